@@ -1,0 +1,89 @@
+//! Model file formats. Each loader yields [`Tensor`]s that are views into memory-mapped files, plus the
+//! metadata that the model's [`crate::model::Config`] and the tokenizer are built from.
+
+pub mod gguf;
+pub mod hf;
+pub mod llama2c;
+
+use anyhow::{bail, Context, Result};
+use kernels::{DType, QMatrix};
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Bytes that tensors point into: a memory-mapped file, or an owned buffer (for data made in memory).
+pub enum Storage {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Storage {
+    /// Maps `path` read-only.
+    pub fn map(path: &Path) -> Result<Arc<Storage>> {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        if file.metadata()?.is_dir() {
+            bail!("{} is a directory", path.display());
+        }
+        // SAFETY: the map is read-only; bushu never writes model files while they are mapped.
+        let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        Ok(Arc::new(Storage::Mapped(map)))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(m) => m,
+            Storage::Owned(v) => v,
+        }
+    }
+}
+
+/// A named tensor: `shape` lists dimensions innermost first (GGUF's `ne` order), so `shape[0]` is the
+/// length of a row and a 2-D weight of `shape = [cols, rows]` maps `cols` inputs to `rows` outputs.
+#[derive(Clone)]
+pub struct Tensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub storage: Arc<Storage>,
+    pub offset: usize,
+    pub nbytes: usize,
+}
+
+impl Tensor {
+    /// A tensor owning its data (tests, converted weights).
+    pub fn from_f32(name: &str, shape: Vec<usize>, values: &[f32]) -> Tensor {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Tensor {
+            name: name.to_owned(),
+            dtype: DType::F32,
+            shape,
+            nbytes: bytes.len(),
+            storage: Arc::new(Storage::Owned(bytes)),
+            offset: 0,
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.storage.bytes()[self.offset..self.offset + self.nbytes]
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The tensor as a matrix of `shape[1..].product()` rows of `shape[0]` elements.
+    pub fn matrix(&self) -> QMatrix<'_> {
+        let cols = self.shape.first().copied().unwrap_or(1);
+        QMatrix::new(self.dtype, self.numel() / cols.max(1), cols, self.bytes())
+    }
+
+    /// All values dequantized to f32.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let m = self.matrix();
+        let mut out = vec![0.0f32; self.numel()];
+        for (r, row) in out.chunks_exact_mut(m.cols).enumerate() {
+            m.dequantize_row(r, row);
+        }
+        out
+    }
+}

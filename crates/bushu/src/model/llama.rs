@@ -1,0 +1,174 @@
+//! The forward pass of a Llama-family decoder, read top to bottom like the paper:
+//! embed → for each layer { RMSNorm → Q,K,V (+bias) → RoPE → append K,V to the cache → causal attention
+//! → output projection → residual → RMSNorm → SwiGLU feed-forward → residual } → RMSNorm → classifier.
+//!
+//! One entry point serves both phases of the lecture's §2: prefill passes the whole prompt (n tokens)
+//! and fills the cache; decode passes one token and appends its k, v.
+
+use super::config::Config;
+use super::kv_cache::KvCache;
+use super::loader::ModelFile;
+use super::weights::Weights;
+use anyhow::{bail, Result};
+use kernels::attention::{attention, AttnShape};
+use kernels::ops::{add_assign, rmsnorm, rope, swiglu};
+use kernels::{matmul, QMatrix};
+
+pub struct Model {
+    pub config: Config,
+    pub weights: Weights,
+    /// RoPE frequency of each rotated pair, scaling applied.
+    inv_freq: Vec<f32>,
+}
+
+/// Which positions of a forward pass get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (generation).
+    Last,
+    /// Every token's (perplexity, verification, tests).
+    All,
+}
+
+/// Activation buffers, grown to the largest batch seen and reused: a decode step allocates nothing.
+#[derive(Default)]
+pub struct Scratch {
+    x: Vec<f32>,
+    xb: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+fn fit(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if buf.len() < n {
+        buf.resize(n, 0.0);
+    }
+    &mut buf[..n]
+}
+
+/// A sequence being generated: its KV cache and its scratch buffers.
+pub struct State {
+    pub cache: KvCache,
+    scratch: Scratch,
+}
+
+impl State {
+    /// Number of positions already in the cache.
+    pub fn pos(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+impl Model {
+    pub fn new(file: &ModelFile) -> Result<Model> {
+        let config = file.config.clone();
+        config.validate()?;
+        let weights = Weights::from_tensors(&config, &file.tensors)?;
+        let mut inv_freq = config.rope_inv_freq();
+        if let Some(factors) = &weights.rope_freqs {
+            for (f, d) in inv_freq.iter_mut().zip(factors) {
+                *f /= d;
+            }
+        }
+        Ok(Model { config, weights, inv_freq })
+    }
+
+    /// A fresh state whose cache holds up to `ctx` positions.
+    pub fn new_state(&self, ctx: usize) -> State {
+        let c = &self.config;
+        State { cache: KvCache::new(c.n_layers, c.kv_dim(), ctx), scratch: Scratch::default() }
+    }
+
+    /// Runs `tokens` at the next positions of `state` and returns the logits (`vocab` values for
+    /// `Logits::Last`, `tokens.len() x vocab` for `Logits::All`).
+    pub fn forward<'s>(&self, state: &'s mut State, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
+        let c = &self.config;
+        let w = &self.weights;
+        let n = tokens.len();
+        let pos0 = state.cache.len();
+        if n == 0 {
+            bail!("forward pass over no tokens");
+        }
+        if pos0 + n > state.cache.capacity() {
+            bail!("context is full: {} positions used + {} new > context size {}", pos0, n, state.cache.capacity());
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            bail!("token id {t} is outside the vocabulary of {} tokens", c.vocab_size);
+        }
+        let (dim, q_dim, kv_dim, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        let s = &mut state.scratch;
+        let cache = &mut state.cache;
+        let shape = AttnShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
+
+        // Token embeddings.
+        let x = fit(&mut s.x, n * dim);
+        let embd = w.token_embd.matrix();
+        for (row, &t) in x.chunks_exact_mut(dim).zip(tokens) {
+            embd.dequantize_row(t as usize, row);
+        }
+
+        for (layer, lw) in w.layers.iter().enumerate() {
+            // Attention block.
+            let xb = fit(&mut s.xb, n * dim);
+            norm_rows(xb, &s.x[..n * dim], &lw.attn_norm, c.rms_eps);
+            let (q, k, v) = (fit(&mut s.q, n * q_dim), fit(&mut s.k, n * kv_dim), fit(&mut s.v, n * kv_dim));
+            linear(&lw.wq.matrix(), xb, q, lw.bq.as_deref());
+            linear(&lw.wk.matrix(), xb, k, lw.bk.as_deref());
+            linear(&lw.wv.matrix(), xb, v, lw.bv.as_deref());
+            for t in 0..n {
+                rope(&mut q[t * q_dim..(t + 1) * q_dim], c.head_dim, pos0 + t, &self.inv_freq, c.rope_style);
+                rope(&mut k[t * kv_dim..(t + 1) * kv_dim], c.head_dim, pos0 + t, &self.inv_freq, c.rope_style);
+            }
+            cache.store(layer, pos0, k, v);
+            let att = fit(&mut s.att, n * q_dim);
+            attention(q, &cache.k[layer], &cache.v[layer], att, shape, pos0);
+            linear(&lw.wo.matrix(), att, xb, None);
+            add_assign(&mut s.x[..n * dim], xb);
+
+            // Feed-forward block.
+            norm_rows(xb, &s.x[..n * dim], &lw.ffn_norm, c.rms_eps);
+            let (gate, up) = (fit(&mut s.gate, n * ffn), fit(&mut s.up, n * ffn));
+            linear(&lw.w_gate.matrix(), xb, gate, None);
+            linear(&lw.w_up.matrix(), xb, up, None);
+            swiglu(gate, up);
+            linear(&lw.w_down.matrix(), gate, xb, None);
+            add_assign(&mut s.x[..n * dim], xb);
+        }
+        cache.advance(n);
+
+        // Final norm and classifier, for the positions asked for.
+        let first = match want {
+            Logits::Last => n - 1,
+            Logits::All => 0,
+        };
+        let m = n - first;
+        let xb = fit(&mut s.xb, m * dim);
+        norm_rows(xb, &s.x[first * dim..n * dim], &w.output_norm, c.rms_eps);
+        let logits = fit(&mut s.logits, m * c.vocab_size);
+        linear(&w.output.matrix(), xb, logits, None);
+        Ok(&s.logits[..m * c.vocab_size])
+    }
+}
+
+/// RMSNorm of each `weight.len()`-sized row of `x` into `out`.
+fn norm_rows(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let d = weight.len();
+    for (o, xr) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        rmsnorm(o, xr, weight, eps);
+    }
+}
+
+/// `y = W x (+ bias)` for every token in `x`.
+fn linear(w: &QMatrix, x: &[f32], y: &mut [f32], bias: Option<&[f32]>) {
+    matmul(w, x, y);
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(b.len()) {
+            add_assign(row, b);
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The weights of a model, looked up by their GGUF names and checked against the config. Matrices stay
+//! where the loader put them (memory-mapped); only the small norm vectors and biases are read into f32.
+
+use super::config::Config;
+use crate::formats::Tensor;
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub wq: Tensor,
+    pub wk: Tensor,
+    pub wv: Tensor,
+    pub wo: Tensor,
+    /// Q/K/V biases (Qwen2).
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: Tensor,
+    pub w_up: Tensor,
+    pub w_down: Tensor,
+}
+
+pub struct Weights {
+    pub token_embd: Tensor,
+    pub layers: Vec<LayerWeights>,
+    pub output_norm: Vec<f32>,
+    /// The classifier; the embedding matrix itself when the model ties them.
+    pub output: Tensor,
+    /// Per-frequency RoPE divisors (`rope_freqs.weight`, Llama 3.1 scaling in GGUF files).
+    pub rope_freqs: Option<Vec<f32>>,
+}
+
+struct Lookup<'a> {
+    tensors: &'a HashMap<String, Tensor>,
+}
+
+impl Lookup<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.tensors.get(name).with_context(|| format!("tensor {name} is missing"))?;
+        self.check(t, shape)?;
+        if !kernels::quants::supported(t.dtype) {
+            bail!("tensor {name} has type {}, which bushu cannot compute with yet", t.dtype);
+        }
+        Ok(t.clone())
+    }
+
+    fn check(&self, t: &Tensor, shape: &[usize]) -> Result<()> {
+        // Trailing dimensions of 1 are optional (a vector may be stored as [n, 1]).
+        let mut have: Vec<usize> = t.shape.clone();
+        while have.len() > shape.len() && have.last() == Some(&1) {
+            have.pop();
+        }
+        if have != shape {
+            bail!("tensor {} has shape {:?}, the config implies {:?}", t.name, t.shape, shape);
+        }
+        Ok(())
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        Ok(self.get(name, &[len])?.to_f32())
+    }
+
+    fn optional_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
+        match self.tensors.contains_key(name) {
+            true => self.vector(name, len).map(Some),
+            false => Ok(None),
+        }
+    }
+}
+
+impl Weights {
+    pub fn from_tensors(c: &Config, tensors: &HashMap<String, Tensor>) -> Result<Weights> {
+        let l = Lookup { tensors };
+        let token_embd = l.get("token_embd.weight", &[c.dim, c.vocab_size])?;
+        let layers = (0..c.n_layers)
+            .map(|i| {
+                let n = |s: &str| format!("blk.{i}.{s}");
+                Ok(LayerWeights {
+                    attn_norm: l.vector(&n("attn_norm.weight"), c.dim)?,
+                    wq: l.get(&n("attn_q.weight"), &[c.dim, c.q_dim()])?,
+                    wk: l.get(&n("attn_k.weight"), &[c.dim, c.kv_dim()])?,
+                    wv: l.get(&n("attn_v.weight"), &[c.dim, c.kv_dim()])?,
+                    wo: l.get(&n("attn_output.weight"), &[c.q_dim(), c.dim])?,
+                    bq: l.optional_vector(&n("attn_q.bias"), c.q_dim())?,
+                    bk: l.optional_vector(&n("attn_k.bias"), c.kv_dim())?,
+                    bv: l.optional_vector(&n("attn_v.bias"), c.kv_dim())?,
+                    ffn_norm: l.vector(&n("ffn_norm.weight"), c.dim)?,
+                    w_gate: l.get(&n("ffn_gate.weight"), &[c.dim, c.ffn_dim])?,
+                    w_up: l.get(&n("ffn_up.weight"), &[c.dim, c.ffn_dim])?,
+                    w_down: l.get(&n("ffn_down.weight"), &[c.ffn_dim, c.dim])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let output = match tensors.contains_key("output.weight") {
+            true => l.get("output.weight", &[c.dim, c.vocab_size])?,
+            false => token_embd.clone(),
+        };
+        Ok(Weights {
+            output_norm: l.vector("output_norm.weight", c.dim)?,
+            rope_freqs: l.optional_vector("rope_freqs.weight", c.rope_dim / 2)?,
+            token_embd,
+            layers,
+            output,
+        })
+    }
+
+    /// Bytes of weights read for one token (every matrix once, the embedding row aside).
+    pub fn bytes_per_token(&self) -> usize {
+        let layer: usize = self
+            .layers
+            .iter()
+            .map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|t| t.nbytes).sum::<usize>())
+            .sum();
+        layer + self.output.nbytes
+    }
+}

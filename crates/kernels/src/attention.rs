@@ -1,0 +1,120 @@
+//! Causal multi-head attention with grouped KV heads, FlashAttention-style (lecture §4): keys and values
+//! are visited in tiles, and a running maximum and running sum (online softmax) rescale the partial
+//! output, so the T x T score matrix is never materialised — each query keeps one tile of scores.
+
+use rayon::prelude::*;
+
+/// Keys per tile.
+const TILE: usize = 64;
+
+/// Shapes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// For each of the `n = q.len() / (n_heads * head_dim)` query tokens, the first at position `pos0`,
+/// attends over the cached positions `0..=pos` (causal) of `k` and `v` (position-major,
+/// `n_kv_heads * head_dim` per position) and writes `out` (same layout as `q`).
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape, pos0: usize) {
+    let hd = s.head_dim;
+    let kv_dim = s.n_kv_heads * hd;
+    let group = s.n_heads / s.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+        let (t, h) = (i / s.n_heads, i % s.n_heads);
+        let qh = &q[i * hd..(i + 1) * hd];
+        let kv_off = (h / group) * hd;
+        attend_one(qh, k, v, o, kv_dim, kv_off, pos0 + t + 1, scale);
+    });
+}
+
+/// One query head against positions `0..len`.
+#[allow(clippy::too_many_arguments)]
+fn attend_one(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], kv_dim: usize, off: usize, len: usize, scale: f32) {
+    let hd = q.len();
+    out.fill(0.0);
+    let mut max = f32::NEG_INFINITY;
+    let mut sum = 0.0f32;
+    let mut scores = [0.0f32; TILE];
+    for start in (0..len).step_by(TILE) {
+        let end = (start + TILE).min(len);
+        let tile = &mut scores[..end - start];
+        let mut tile_max = f32::NEG_INFINITY;
+        for (j, sc) in tile.iter_mut().enumerate() {
+            let kj = &k[(start + j) * kv_dim + off..][..hd];
+            *sc = dot(q, kj) * scale;
+            tile_max = tile_max.max(*sc);
+        }
+        // Rescale what was accumulated under the old maximum.
+        if tile_max > max {
+            let c = (max - tile_max).exp();
+            sum *= c;
+            out.iter_mut().for_each(|o| *o *= c);
+            max = tile_max;
+        }
+        for (j, &sc) in tile.iter().enumerate() {
+            let p = (sc - max).exp();
+            sum += p;
+            let vj = &v[(start + j) * kv_dim + off..][..hd];
+            for (o, &x) in out.iter_mut().zip(vj) {
+                *o += p * x;
+            }
+        }
+    }
+    let inv = 1.0 / sum;
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The textbook version — scores for all positions, softmax, weighted sum — as a reference in tests.
+pub fn attention_naive(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape, pos0: usize) {
+    let hd = s.head_dim;
+    let kv_dim = s.n_kv_heads * hd;
+    let group = s.n_heads / s.n_kv_heads;
+    for (i, o) in out.chunks_exact_mut(hd).enumerate() {
+        let (t, h) = (i / s.n_heads, i % s.n_heads);
+        let qh = &q[i * hd..(i + 1) * hd];
+        let off = (h / group) * hd;
+        let len = pos0 + t + 1;
+        let mut p: Vec<f32> = (0..len).map(|j| dot(qh, &k[j * kv_dim + off..][..hd]) / (hd as f32).sqrt()).collect();
+        crate::ops::softmax(&mut p);
+        o.fill(0.0);
+        for (j, &pj) in p.iter().enumerate() {
+            for (x, &vv) in o.iter_mut().zip(&v[j * kv_dim + off..][..hd]) {
+                *x += pj * vv;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiled_equals_naive() {
+        let s = AttnShape { n_heads: 6, n_kv_heads: 2, head_dim: 16 };
+        let (n, pos0) = (5, 150);
+        let len = pos0 + n;
+        let mut seed = 1u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+        };
+        let q: Vec<f32> = (0..n * 6 * 16).map(|_| rnd()).collect();
+        let k: Vec<f32> = (0..len * 2 * 16).map(|_| rnd()).collect();
+        let v: Vec<f32> = (0..len * 2 * 16).map(|_| rnd()).collect();
+        let (mut a, mut b) = (vec![0.0; q.len()], vec![0.0; q.len()]);
+        attention(&q, &k, &v, &mut a, s, pos0);
+        attention_naive(&q, &k, &v, &mut b, s, pos0);
+        let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(err < 1e-5, "max abs difference {err}");
+    }
+}

@@ -1,0 +1,76 @@
+//! Element-wise and per-vector operations of a transformer block: RMSNorm, softmax, SwiGLU, RoPE.
+
+/// `out = x / sqrt(mean(x^2) + eps) * weight`.
+pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ss + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * inv * w;
+    }
+}
+
+/// Numerically stable softmax in place.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `gate = silu(gate) * up`, the SwiGLU of Llama's feed-forward block.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `x += y`.
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// How RoPE pairs the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dimensions (2i, 2i+1) rotate together: GGUF Llama files (whose converter permuted Q and K rows).
+    Interleaved,
+    /// Dimensions (i, i + d/2) rotate together ("rotate_half"): Hugging Face checkpoints, GGUF Qwen2.
+    Neox,
+}
+
+/// Rotates every head of `x` (`x.len() / head_dim` heads) for position `pos`; `inv_freq` has one
+/// frequency per rotated pair (`rope_dim / 2`; dimensions past `rope_dim` are left as they are).
+pub fn rope(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32], style: RopeStyle) {
+    let half = inv_freq.len();
+    for head in x.chunks_exact_mut(head_dim) {
+        for (i, &f) in inv_freq.iter().enumerate() {
+            let (sin, cos) = (pos as f32 * f).sin_cos();
+            let (a, b) = match style {
+                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                RopeStyle::Neox => (i, i + half),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos - x1 * sin;
+            head[b] = x0 * sin + x1 * cos;
+        }
+    }
+}
+
+/// Index of the largest value (the first one on ties).
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
