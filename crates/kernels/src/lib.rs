@@ -1,11 +1,20 @@
 //! bushu's CPU kernels, kept apart from the model code: storage formats and their dot products,
 //! matrix products split across threads, attention, and the per-vector operations of a transformer block.
+//!
+//! SIMD: [`simd::Simd`] picks AVX-512 / AVX2 / NEON / scalar kernels at run time (`BUSHU_SIMD`
+//! forces one); `x86` and `neon` hold the per-architecture block kernels behind one generic driver.
 
 pub mod attention;
 pub mod dtype;
 pub mod matmul;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod ops;
 pub mod quants;
+pub mod simd;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 pub use dtype::DType;
-pub use matmul::{matmul, QMatrix};
+pub use matmul::{matmul, matmul_on, matmul_with, Precision, QMatrix};
+pub use simd::Simd;

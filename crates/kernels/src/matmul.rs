@@ -1,10 +1,18 @@
 //! Products of a stored weight matrix with f32 activations: `y = W x` for one token (decode) or for a
 //! batch of tokens (prefill), split by rows of `W` across the thread pool. Each weight row is read once
-//! per call, whatever the batch size.
+//! per tile of tokens (4 in prefill), whatever the batch size, and a call allocates nothing once warm.
+//!
+//! Two precisions: [`Precision::Exact`] computes with f32 activations against dequantized weights;
+//! [`Precision::Fast`] first quantizes the activations to int8 blocks of 32 (one scale each, like
+//! llama.cpp's `q8_0`/`q8_1`) and uses integer dot products; plain float weights always use f32.
+//! The kernels are those of [`Simd::active`] (runtime detection, `BUSHU_SIMD` override);
+//! [`matmul_on`] picks a level explicitly (tests).
 
 use crate::dtype::DType;
-use crate::quants;
+use crate::quants::{self, BlockQ8, QK8};
+use crate::simd::Simd;
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// A borrowed weight matrix of `rows x cols` elements of type `dtype`, row-major; each row is a whole
 /// number of blocks.
@@ -37,45 +45,155 @@ impl<'a> QMatrix<'a> {
     }
 }
 
-/// Rows handled per parallel task: large enough to amortise scheduling, small enough to balance.
-const ROWS_PER_TASK: usize = 16;
+/// How activations enter the product with quantized weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 activations against dequantized weights: the scalar result up to f32 rounding.
+    Exact,
+    /// Activations quantized to int8 blocks of 32 once per call, integer dot products (as llama.cpp).
+    /// Error per output at most `Σ_blocks Σ|w| * max|x_block| / 254` beyond `Exact`.
+    #[default]
+    Fast,
+}
 
-/// `y[t] = W x[t]` for each of the `n = x.len() / cols` tokens; `y` holds `n * rows` values, token-major.
+/// One matmul call as the kernels see it: `y[t * rows + r] = W[r] . x[t]`.
+pub(crate) struct Job<'a> {
+    pub dtype: DType,
+    pub w: &'a [u8],
+    pub row_bytes: usize,
+    pub rows: usize,
+    pub cols: usize,
+    /// Tokens.
+    pub n: usize,
+    /// f32 activations, `n * cols`.
+    pub xf: &'a [f32],
+    /// int8 activations, `n * cols / 32` blocks (fast path only, else empty).
+    pub xq: &'a [BlockQ8],
+    pub y: *mut f32,
+}
+
+// SAFETY: workers write disjoint row ranges of `y`; everything else is shared read-only.
+unsafe impl Sync for Job<'_> {}
+
+/// Computes rows `r0..r1` of a job for all its tokens.
+pub(crate) type RowsFn = unsafe fn(&Job, usize, usize);
+
+unsafe fn scalar_exact(job: &Job, r0: usize, r1: usize) {
+    for (t, xt) in job.xf.chunks_exact(job.cols).enumerate() {
+        for r in r0..r1 {
+            let row = &job.w[r * job.row_bytes..][..job.row_bytes];
+            *job.y.add(t * job.rows + r) = quants::dot_row(job.dtype, row, xt);
+        }
+    }
+}
+
+unsafe fn scalar_fast(job: &Job, r0: usize, r1: usize) {
+    for (t, xt) in job.xq.chunks_exact(job.cols / QK8).enumerate() {
+        for r in r0..r1 {
+            let row = &job.w[r * job.row_bytes..][..job.row_bytes];
+            *job.y.add(t * job.rows + r) = quants::dot_row_q8(job.dtype, row, xt);
+        }
+    }
+}
+
+/// The kernel of `level` for this type and precision, or the scalar one.
+fn kernel(dtype: DType, fast: bool, level: Simd) -> RowsFn {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(f) = crate::x86::select(dtype, fast, level) {
+        return f;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if let Some(f) = crate::neon::select(dtype, fast, level) {
+        return f;
+    }
+    let _ = level;
+    if fast {
+        scalar_fast
+    } else {
+        scalar_exact
+    }
+}
+
+thread_local! {
+    /// Quantized activations of the calling thread, reused across calls.
+    static XQ: RefCell<Vec<BlockQ8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `y[t] = W x[t]` for each of the `n = x.len() / cols` tokens, with f32 activations
+/// ([`Precision::Exact`]); `y` holds `n * rows` values, token-major.
 pub fn matmul(w: &QMatrix, x: &[f32], y: &mut [f32]) {
+    matmul_with(w, x, y, Precision::Exact)
+}
+
+/// [`matmul`] with a choice of precision, on the active SIMD level.
+pub fn matmul_with(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision) {
+    matmul_on(w, x, y, precision, Simd::active())
+}
+
+/// [`matmul_with`] on a given SIMD level (the scalar kernels when `level` is not available).
+pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, level: Simd) {
     let n = x.len() / w.cols;
     assert_eq!(x.len(), n * w.cols, "activation length is not a multiple of the matrix width");
     assert_eq!(y.len(), n * w.rows, "output length does not match rows x tokens");
-    if n == 1 {
-        y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, ys)| {
-            let r0 = c * ROWS_PER_TASK;
-            for (i, yv) in ys.iter_mut().enumerate() {
-                *yv = quants::dot_row(w.dtype, w.row(r0 + i), x);
-            }
-        });
+    assert!(quants::supported(w.dtype), "no kernel for tensor type {}", w.dtype);
+    if n == 0 || w.rows == 0 {
         return;
     }
-    // Batched: compute a tile of rows for every token, then scatter into the token-major output.
-    let tiles: Vec<(usize, Vec<f32>)> = (0..w.rows.div_ceil(ROWS_PER_TASK))
-        .into_par_iter()
-        .map(|c| {
-            let r0 = c * ROWS_PER_TASK;
-            let r1 = (r0 + ROWS_PER_TASK).min(w.rows);
-            let mut tile = vec![0.0f32; (r1 - r0) * n];
-            for r in r0..r1 {
-                let row = w.row(r);
-                for (t, xt) in x.chunks_exact(w.cols).enumerate() {
-                    tile[(r - r0) * n + t] = quants::dot_row(w.dtype, row, xt);
-                }
-            }
-            (r0, tile)
-        })
-        .collect();
-    for (r0, tile) in tiles {
-        let nr = tile.len() / n;
-        for i in 0..nr {
-            for t in 0..n {
-                y[t * w.rows + r0 + i] = tile[i * n + t];
-            }
-        }
+    let level = if level.available() { level } else { Simd::Scalar };
+    let fast = precision == Precision::Fast && quants::has_q8_dot(w.dtype);
+    let f = kernel(w.dtype, fast, level);
+    let mut job = Job {
+        dtype: w.dtype,
+        w: w.data,
+        row_bytes: w.row_bytes(),
+        rows: w.rows,
+        cols: w.cols,
+        n,
+        xf: x,
+        xq: &[],
+        y: y.as_mut_ptr(),
+    };
+    if !fast {
+        return par_rows(&job, f);
     }
+    // Take the buffer out of the thread-local (a nested call would find it empty, never borrowed).
+    let mut xq = XQ.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let nb = x.len() / QK8;
+    if xq.len() < nb {
+        xq.resize(nb, BlockQ8::default());
+    }
+    quantize(x, &mut xq[..nb]);
+    job.xq = &xq[..nb];
+    par_rows(&job, f);
+    XQ.with(|b| *b.borrow_mut() = xq);
+}
+
+/// Quantizes activations, in parallel when there are many.
+fn quantize(x: &[f32], out: &mut [BlockQ8]) {
+    const PER_TASK: usize = 1024;
+    if out.len() <= 2 * PER_TASK {
+        return quants::quantize_row_q8(x, out);
+    }
+    out.par_chunks_mut(PER_TASK)
+        .zip(x.par_chunks(PER_TASK * QK8))
+        .for_each(|(o, x)| quants::quantize_row_q8(x, o));
+}
+
+/// Below this many multiply-adds a call runs on the calling thread.
+const SERIAL_WORK: usize = 1 << 15;
+
+/// Splits the rows of a job across the pool: decode in about four chunks per thread, prefill in
+/// chunks of 32 rows (whose weights stay in L2 while every token tile passes over them).
+fn par_rows(job: &Job, f: RowsFn) {
+    let threads = rayon::current_num_threads();
+    let rows = job.rows;
+    if threads == 1 || rows * job.cols * job.n < SERIAL_WORK {
+        // SAFETY: the kernel matches the job's type; rows in range.
+        return unsafe { f(job, 0, rows) };
+    }
+    let chunk = if job.n == 1 { rows.div_ceil(threads * 4).next_multiple_of(4) } else { 32 };
+    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        // SAFETY: as above; chunks are disjoint, so are the outputs they write.
+        unsafe { f(job, c * chunk, rows.min((c + 1) * chunk)) }
+    });
 }

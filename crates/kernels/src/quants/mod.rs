@@ -6,13 +6,17 @@
 //! SIMD and int8-activation paths live beside it and are checked against it.
 
 mod floats;
+pub mod k_quants;
 mod q4_0;
 mod q4_1;
+pub mod q8;
 mod q8_0;
 
 pub use floats::{Bf16, F16, F32};
+pub use k_quants::{Q4K, Q5K, Q6K};
 pub use q4_0::Q4_0;
 pub use q4_1::Q4_1;
+pub use q8::{quantize_row_q8, BlockQ8, QuantDot, QK8};
 pub use q8_0::Q8_0;
 
 use crate::dtype::DType;
@@ -53,7 +57,25 @@ macro_rules! dispatch {
             DType::Q8_0 => $f::<Q8_0>($($arg),*),
             DType::Q4_0 => $f::<Q4_0>($($arg),*),
             DType::Q4_1 => $f::<Q4_1>($($arg),*),
+            DType::Q4K => $f::<Q4K>($($arg),*),
+            DType::Q5K => $f::<Q5K>($($arg),*),
+            DType::Q6K => $f::<Q6K>($($arg),*),
             other => panic!("no kernel for tensor type {other}"),
+        }
+    };
+}
+
+/// Like `dispatch!` for the formats with an int8-activation dot product.
+macro_rules! dispatch_q8 {
+    ($dtype:expr, $f:ident ( $($arg:expr),* )) => {
+        match $dtype {
+            DType::Q8_0 => $f::<Q8_0>($($arg),*),
+            DType::Q4_0 => $f::<Q4_0>($($arg),*),
+            DType::Q4_1 => $f::<Q4_1>($($arg),*),
+            DType::Q4K => $f::<Q4K>($($arg),*),
+            DType::Q5K => $f::<Q5K>($($arg),*),
+            DType::Q6K => $f::<Q6K>($($arg),*),
+            other => panic!("no int8-activation kernel for tensor type {other}"),
         }
     };
 }
@@ -62,8 +84,37 @@ macro_rules! dispatch {
 pub fn supported(dtype: DType) -> bool {
     matches!(
         dtype,
-        DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1
+        DType::F32
+            | DType::F16
+            | DType::BF16
+            | DType::Q8_0
+            | DType::Q4_0
+            | DType::Q4_1
+            | DType::Q4K
+            | DType::Q5K
+            | DType::Q6K
     )
+}
+
+/// Whether `dtype` has a dot product with int8-quantized activations ([`BlockQ8`]); the "fast"
+/// precision uses it, the plain float types always compute with f32 activations.
+pub fn has_q8_dot(dtype: DType) -> bool {
+    supported(dtype) && dtype.is_quantized()
+}
+
+fn dot_row_q8_as<B: QuantDot>(row: &[u8], x: &[BlockQ8]) -> f32 {
+    let per = B::LEN / QK8;
+    row.chunks_exact(B::BYTES)
+        .zip(x.chunks_exact(per))
+        .map(|(block, x)| B::dot_block_q8(block, x))
+        .sum()
+}
+
+/// Dot product of a stored row with int8-quantized activations (`x.len() * 32` elements): the scalar
+/// reference of the fast path. Panics for types without such a kernel (see [`has_q8_dot`]).
+pub fn dot_row_q8(dtype: DType, row: &[u8], x: &[BlockQ8]) -> f32 {
+    debug_assert_eq!(Some(row.len()), dtype.bytes_for(x.len() * QK8));
+    dispatch_q8!(dtype, dot_row_q8_as(row, x))
 }
 
 /// Dequantizes `out.len()` values stored in `row` (a whole number of blocks).

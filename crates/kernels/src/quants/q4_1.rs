@@ -1,6 +1,7 @@
 //! Q4_1: blocks of 32 weights, f16 scale `d`, f16 minimum `m` and 16 bytes of nibbles (low nibbles are
 //! weights 0..16, high nibbles 16..32); `w = d * q + m`.
 
+use super::q8::{idot, BlockQ8, QuantDot};
 use super::{f16_at, BlockFormat};
 
 pub struct Q4_1;
@@ -25,5 +26,14 @@ impl BlockFormat for Q4_1 {
             sx += x[j] + x[j + 16];
         }
         d * s + m * sx
+    }
+}
+
+impl QuantDot for Q4_1 {
+    /// `d dx Σ q qx + m s`.
+    fn dot_block_q8(b: &[u8], x: &[BlockQ8]) -> f32 {
+        let q = &b[4..20];
+        let nib = q.iter().map(|&v| (v & 15) as i32).chain(q.iter().map(|&v| (v >> 4) as i32));
+        f16_at(b, 0) * x[0].d * idot(nib, &x[0].qs) as f32 + f16_at(b, 2) * x[0].s
     }
 }

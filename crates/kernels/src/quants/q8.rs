@@ -1,0 +1,48 @@
+//! Activations quantized to 8 bits for the "fast" products (like llama.cpp's `q8_1`): blocks of 32
+//! values with one f32 scale `d` and the precomputed `s = d * sum(q)` that formats with an offset or a
+//! minimum (Q4_0, Q4_1, K-quants) need; the dot product of a weight block with a block of these is a
+//! sum of int8 x int8 (or uint8 x int8) products, which `maddubs` (AVX2) and `dpbusd` (VNNI) compute.
+
+use super::BlockFormat;
+
+/// Values per activation block.
+pub const QK8: usize = 32;
+
+/// 32 activations `x[i] ≈ d * qs[i]`, with `s = d * Σ qs`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BlockQ8 {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; QK8],
+}
+
+/// Quantizes `x` (a multiple of 32 values) into `out` (`x.len() / 32` blocks): `d = max|x| / 127`,
+/// `q = round_half_even(x / d)`.
+pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
+    assert_eq!(x.len(), out.len() * QK8, "activation length is not a multiple of 32");
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK8)) {
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            *q = (v * id).round_ties_even() as i8;
+            sum += *q as i32;
+        }
+        b.d = d;
+        b.s = d * sum as f32;
+    }
+}
+
+/// A weight format with an integer dot product against [`BlockQ8`] activations (`LEN / 32` of them
+/// per weight block). This scalar version is the reference for the SIMD ones.
+pub trait QuantDot: BlockFormat {
+    fn dot_block_q8(block: &[u8], x: &[BlockQ8]) -> f32;
+}
+
+/// `Σ u[i] * s[i]` over 32 bytes: what one `maddubs`+`madd` (or `dpbusd`) chain sums.
+#[inline]
+pub(crate) fn idot(w: impl Iterator<Item = i32>, x: &[i8]) -> i32 {
+    w.zip(x).map(|(a, &b)| a * b as i32).sum()
+}

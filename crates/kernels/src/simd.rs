@@ -1,0 +1,123 @@
+//! Which instruction set the kernels use, chosen once at run time.
+//!
+//! The best level the CPU supports is detected with `is_x86_feature_detected!` (never a compile-time
+//! `target-cpu`), so one binary runs the AVX-512 kernels on Zen 4/5, the AVX2 ones on Zen 1-3 and the
+//! NEON ones on aarch64. `BUSHU_SIMD=scalar|avx2|avx512|neon` forces a level (a level the CPU lacks is
+//! refused with a warning and the best available one is used), so every path can be checked against
+//! the scalar reference.
+
+use std::sync::OnceLock;
+
+/// An instruction-set level of the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Simd {
+    /// Portable Rust, the reference every other path is tested against.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX-512 F/BW/VL + VNNI (plus everything `Avx2` needs).
+    Avx512,
+    /// aarch64 Advanced SIMD.
+    Neon,
+}
+
+impl Simd {
+    pub const ALL: [Simd; 4] = [Simd::Scalar, Simd::Avx2, Simd::Avx512, Simd::Neon];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Scalar => "scalar",
+            Simd::Avx2 => "avx2",
+            Simd::Avx512 => "avx512",
+            Simd::Neon => "neon",
+        }
+    }
+
+    /// Parses a `BUSHU_SIMD` value (case-insensitive).
+    pub fn from_name(s: &str) -> Option<Simd> {
+        Simd::ALL.into_iter().find(|l| l.name().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// Whether this CPU can run the kernels of this level.
+    pub fn available(self) -> bool {
+        match self {
+            Simd::Scalar => true,
+            Simd::Avx2 => x86_avx2(),
+            Simd::Avx512 => x86_avx2() && x86_avx512(),
+            Simd::Neon => cfg!(target_arch = "aarch64"),
+        }
+    }
+
+    /// The fastest level this CPU supports.
+    pub fn detect() -> Simd {
+        best(Simd::available)
+    }
+
+    /// The level the kernels use: `BUSHU_SIMD` if set and available, else [`Simd::detect`].
+    pub fn active() -> Simd {
+        static ACTIVE: OnceLock<Simd> = OnceLock::new();
+        *ACTIVE.get_or_init(|| {
+            let env = std::env::var("BUSHU_SIMD").ok();
+            choose(env.as_deref(), Simd::available).unwrap_or_else(|(msg, fallback)| {
+                eprintln!("warning: {msg}; using {}", fallback.name());
+                fallback
+            })
+        })
+    }
+
+    /// Levels this CPU can run, scalar first.
+    pub fn available_levels() -> Vec<Simd> {
+        Simd::ALL.into_iter().filter(|l| l.available()).collect()
+    }
+}
+
+impl std::fmt::Display for Simd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The best level for which `available` holds.
+pub fn best(available: impl Fn(Simd) -> bool) -> Simd {
+    [Simd::Avx512, Simd::Avx2, Simd::Neon]
+        .into_iter()
+        .find(|&l| available(l))
+        .unwrap_or(Simd::Scalar)
+}
+
+/// The level for a `BUSHU_SIMD` value `env` given which levels are `available`; an unknown or
+/// unavailable request is an error carrying the level to fall back to.
+pub fn choose(env: Option<&str>, available: impl Fn(Simd) -> bool) -> Result<Simd, (String, Simd)> {
+    let fallback = best(&available);
+    match env.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(fallback),
+        Some(s) => match Simd::from_name(s) {
+            Some(l) if available(l) => Ok(l),
+            Some(l) => Err((format!("BUSHU_SIMD={s}: this CPU cannot run the {} kernels", l.name()), fallback)),
+            None => Err((format!("BUSHU_SIMD={s}: expected scalar, avx2, avx512 or neon"), fallback)),
+        },
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn x86_avx2() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+}
+
+#[cfg(target_arch = "x86_64")]
+fn x86_avx512() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn x86_avx2() -> bool {
+    false
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn x86_avx512() -> bool {
+    false
+}

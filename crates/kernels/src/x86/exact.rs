@@ -1,0 +1,163 @@
+//! "Exact" kernels: f32 activations against weights dequantized in registers, FMA-accumulated; equal
+//! to the scalar path up to f32 rounding (summation order).
+
+use super::{f16, hsum, Kern};
+use crate::quants::BlockFormat;
+use std::arch::x86_64::*;
+use std::marker::PhantomData;
+
+/// A format whose 32-weight chunk dequantizes into four vectors of eight f32.
+pub(crate) trait Exact32 {
+    const BYTES: usize;
+    unsafe fn load(p: *const u8) -> [__m256; 4];
+}
+
+pub(crate) struct Ex<E>(PhantomData<E>);
+
+impl<E: Exact32> Kern for Ex<E> {
+    type X = f32;
+    type W = [__m256; 4];
+    type Acc = [__m256; 2];
+    const ELEMS: usize = 32;
+    const BYTES: usize = E::BYTES;
+    #[inline(always)]
+    unsafe fn zero() -> Self::Acc {
+        [_mm256_setzero_ps(); 2]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> Self::W {
+        E::load(p)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: &mut Self::Acc, w: &Self::W, x: *const f32) {
+        acc[0] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(x), acc[0]);
+        acc[1] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(x.add(8)), acc[1]);
+        acc[0] = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(x.add(16)), acc[0]);
+        acc[1] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(x.add(24)), acc[1]);
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: Self::Acc) -> f32 {
+        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+}
+
+pub(crate) struct F32x;
+pub(crate) struct F16x;
+pub(crate) struct Bf16x;
+pub(crate) struct Q8_0x;
+pub(crate) struct Q4_0x;
+pub(crate) struct Q4_1x;
+
+impl Exact32 for F32x {
+    const BYTES: usize = 128;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> [__m256; 4] {
+        let p = p as *const f32;
+        std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)))
+    }
+}
+
+impl Exact32 for F16x {
+    const BYTES: usize = 64;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> [__m256; 4] {
+        std::array::from_fn(|i| _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * i) as *const __m128i)))
+    }
+}
+
+impl Exact32 for Bf16x {
+    const BYTES: usize = 64;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> [__m256; 4] {
+        std::array::from_fn(|i| {
+            let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(16 * i) as *const __m128i));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
+        })
+    }
+}
+
+/// Eight signed bytes at `p` as f32 times `d`.
+#[inline(always)]
+unsafe fn i8x8(p: *const u8, d: __m256) -> __m256 {
+    let v = _mm_loadl_epi64(p as *const __m128i);
+    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), d)
+}
+
+/// The 32 codes of a Q4_0/Q4_1 block (16 bytes at `p`: low nibbles first, then high) as bytes.
+#[inline(always)]
+pub(crate) unsafe fn nibbles32(p: *const u8) -> __m256i {
+    let b = _mm_loadu_si128(p as *const __m128i);
+    let m = _mm_set1_epi8(15);
+    let lo = _mm_and_si128(b, m);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), m);
+    _mm256_set_m128i(hi, lo)
+}
+
+impl Exact32 for Q8_0x {
+    const BYTES: usize = 34;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> [__m256; 4] {
+        let d = _mm256_set1_ps(f16(p));
+        std::array::from_fn(|i| i8x8(p.add(2 + 8 * i), d))
+    }
+}
+
+/// Codes of a Q4_0/Q4_1 block at `p` spread to four f32 vectors.
+#[inline(always)]
+unsafe fn q4_floats(p: *const u8) -> [__m256; 4] {
+    let q = nibbles32(p);
+    let (lo, hi) = (_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+    let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+    [f(lo), f(_mm_srli_si128::<8>(lo)), f(hi), f(_mm_srli_si128::<8>(hi))]
+}
+
+impl Exact32 for Q4_0x {
+    const BYTES: usize = 18;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> [__m256; 4] {
+        let (d, eight) = (_mm256_set1_ps(f16(p)), _mm256_set1_ps(8.0));
+        q4_floats(p.add(2)).map(|q| _mm256_mul_ps(_mm256_sub_ps(q, eight), d))
+    }
+}
+
+impl Exact32 for Q4_1x {
+    const BYTES: usize = 20;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> [__m256; 4] {
+        let (d, m) = (_mm256_set1_ps(f16(p)), _mm256_set1_ps(f16(p.add(2))));
+        q4_floats(p.add(4)).map(|q| _mm256_add_ps(_mm256_mul_ps(q, d), m))
+    }
+}
+
+/// Any block format, dequantized with its scalar code into a buffer and then FMA'd: the exact path of
+/// the K-quants (the fast path is the one models use).
+pub(crate) struct ViaDequant<B>(PhantomData<B>);
+
+impl<B: BlockFormat> Kern for ViaDequant<B> {
+    type X = f32;
+    type W = [f32; 256];
+    type Acc = [__m256; 2];
+    const ELEMS: usize = B::LEN;
+    const BYTES: usize = B::BYTES;
+    #[inline(always)]
+    unsafe fn zero() -> Self::Acc {
+        [_mm256_setzero_ps(); 2]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> Self::W {
+        let mut w = [0.0f32; 256];
+        B::dequantize_block(std::slice::from_raw_parts(p, B::BYTES), &mut w[..B::LEN]);
+        w
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: &mut Self::Acc, w: &Self::W, x: *const f32) {
+        for i in (0..B::LEN).step_by(16) {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(w.as_ptr().add(i)), _mm256_loadu_ps(x.add(i)), acc[0]);
+            acc[1] = _mm256_fmadd_ps(_mm256_loadu_ps(w.as_ptr().add(i + 8)), _mm256_loadu_ps(x.add(i + 8)), acc[1]);
+        }
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: Self::Acc) -> f32 {
+        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+}

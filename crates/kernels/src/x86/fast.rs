@@ -1,0 +1,245 @@
+//! "Fast" kernels: weights against activations quantized to int8 blocks of 32 ([`BlockQ8`]), integer
+//! dot products per 32 weights (through [`IDot`]), one f32 FMA per block for the scales and one
+//! scalar term for offsets/minimums (`c += cw * s`, with `s = dx * Σ qx`).
+
+use super::exact::nibbles32;
+use super::{f16, hsum, IDot, Kern};
+use crate::quants::k_quants::scale_min_k4;
+use crate::quants::BlockQ8;
+use std::arch::x86_64::*;
+use std::marker::PhantomData;
+
+#[derive(Clone, Copy)]
+pub(crate) struct FAcc {
+    v: __m256,
+    c: f32,
+}
+
+#[inline(always)]
+unsafe fn facc0() -> FAcc {
+    FAcc { v: _mm256_setzero_ps(), c: 0.0 }
+}
+
+#[inline(always)]
+unsafe fn qs(x: &BlockQ8) -> __m256i {
+    _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i)
+}
+
+/// A 32-weight block format: its codes as bytes, whether they are signed (then the `abs`/`sign` trick
+/// makes them unsigned for `maddubs`), its scale and the coefficient of `s` (offset or minimum).
+pub(crate) trait Fast32 {
+    const BYTES: usize;
+    const SIGNED: bool;
+    /// `(codes, d, cw)`.
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32);
+}
+
+pub(crate) struct Q8_0f;
+pub(crate) struct Q4_0f;
+pub(crate) struct Q4_1f;
+
+impl Fast32 for Q8_0f {
+    const BYTES: usize = 34;
+    const SIGNED: bool = true;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        (_mm256_loadu_si256(p.add(2) as *const __m256i), f16(p), 0.0)
+    }
+}
+
+impl Fast32 for Q4_0f {
+    const BYTES: usize = 18;
+    const SIGNED: bool = false;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        let d = f16(p);
+        (nibbles32(p.add(2)), d, -8.0 * d)
+    }
+}
+
+impl Fast32 for Q4_1f {
+    const BYTES: usize = 20;
+    const SIGNED: bool = false;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        (nibbles32(p.add(4)), f16(p), f16(p.add(2)))
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct W32 {
+    u: __m256i,
+    sgn: __m256i,
+    d: f32,
+    cw: f32,
+}
+
+pub(crate) struct Blk32<F, D>(PhantomData<(F, D)>);
+
+impl<F: Fast32, D: IDot> Kern for Blk32<F, D> {
+    type X = BlockQ8;
+    type W = W32;
+    type Acc = FAcc;
+    const ELEMS: usize = 32;
+    const BYTES: usize = F::BYTES;
+    #[inline(always)]
+    unsafe fn zero() -> FAcc {
+        facc0()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> W32 {
+        let (q, d, cw) = F::load(p);
+        let u = if F::SIGNED { _mm256_abs_epi8(q) } else { q };
+        W32 { u, sgn: q, d, cw }
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: &mut FAcc, w: &W32, x: *const BlockQ8) {
+        let x = &*x;
+        let xq = qs(x);
+        let s = if F::SIGNED { _mm256_sign_epi8(xq, w.sgn) } else { xq };
+        let i = D::dot(w.u, s);
+        acc.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(w.d * x.d), acc.v);
+        acc.c += w.cw * x.s;
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: FAcc) -> f32 {
+        hsum(acc.v) + acc.c
+    }
+}
+
+/// Q4_K / Q5_K: the codes of sub-blocks `2j` and `2j + 1` of a super-block.
+pub(crate) trait K4Codes {
+    const BYTES: usize;
+    unsafe fn codes(p: *const u8, j: usize) -> (__m256i, __m256i);
+}
+
+pub(crate) struct Q4Kf;
+pub(crate) struct Q5Kf;
+
+#[inline(always)]
+unsafe fn split_nibbles(v: __m256i) -> (__m256i, __m256i) {
+    let m = _mm256_set1_epi8(15);
+    (_mm256_and_si256(v, m), _mm256_and_si256(_mm256_srli_epi16::<4>(v), m))
+}
+
+impl K4Codes for Q4Kf {
+    const BYTES: usize = 144;
+    #[inline(always)]
+    unsafe fn codes(p: *const u8, j: usize) -> (__m256i, __m256i) {
+        split_nibbles(_mm256_loadu_si256(p.add(16 + 32 * j) as *const __m256i))
+    }
+}
+
+impl K4Codes for Q5Kf {
+    const BYTES: usize = 176;
+    #[inline(always)]
+    unsafe fn codes(p: *const u8, j: usize) -> (__m256i, __m256i) {
+        let (lo, hi) = split_nibbles(_mm256_loadu_si256(p.add(48 + 32 * j) as *const __m256i));
+        let qh = _mm256_loadu_si256(p.add(16) as *const __m256i);
+        let sixteen = _mm256_set1_epi8(16);
+        let bit = |b: i32| {
+            let m = _mm256_set1_epi8((1u8 << b) as i8);
+            _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m), sixteen)
+        };
+        (_mm256_or_si256(lo, bit(2 * j as i32)), _mm256_or_si256(hi, bit(2 * j as i32 + 1)))
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct WK {
+    p: *const u8,
+    /// `d * sc` and `dmin * m` (Q4_K/Q5_K) or `d * sc` per 16 (Q6_K).
+    d: [f32; 16],
+    m: [f32; 8],
+}
+
+pub(crate) struct K4<F, D>(PhantomData<(F, D)>);
+
+impl<F: K4Codes, D: IDot> Kern for K4<F, D> {
+    type X = BlockQ8;
+    type W = WK;
+    type Acc = FAcc;
+    const ELEMS: usize = 256;
+    const BYTES: usize = F::BYTES;
+    #[inline(always)]
+    unsafe fn zero() -> FAcc {
+        facc0()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> WK {
+        let (d, dmin) = (f16(p), f16(p.add(2)));
+        let s = std::slice::from_raw_parts(p.add(4), 12);
+        let mut w = WK { p, d: [0.0; 16], m: [0.0; 8] };
+        for g in 0..8 {
+            let (sc, m) = scale_min_k4(g, s);
+            w.d[g] = d * sc as f32;
+            w.m[g] = -(dmin * m as f32);
+        }
+        w
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: &mut FAcc, w: &WK, x: *const BlockQ8) {
+        for j in 0..4 {
+            let (lo, hi) = F::codes(w.p, j);
+            for (h, q) in [lo, hi].into_iter().enumerate() {
+                let g = 2 * j + h;
+                let xb = &*x.add(g);
+                let i = D::dot(q, qs(xb));
+                acc.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(w.d[g] * xb.d), acc.v);
+                acc.c += w.m[g] * xb.s;
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: FAcc) -> f32 {
+        hsum(acc.v) + acc.c
+    }
+}
+
+/// Q6_K: codes 0..64 (offset 32 subtracted as a second dot with 32s), a scale per 16 weights applied
+/// to the i32 lanes (lanes 0-3 hold weights 0-15 of a sub-block, lanes 4-7 weights 16-31).
+pub(crate) struct Q6Kf<D>(PhantomData<D>);
+
+impl<D: IDot> Kern for Q6Kf<D> {
+    type X = BlockQ8;
+    type W = WK;
+    type Acc = FAcc;
+    const ELEMS: usize = 256;
+    const BYTES: usize = 210;
+    #[inline(always)]
+    unsafe fn zero() -> FAcc {
+        facc0()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> WK {
+        let d = f16(p.add(208));
+        let mut w = WK { p, d: [0.0; 16], m: [0.0; 8] };
+        for (i, v) in w.d.iter_mut().enumerate() {
+            *v = d * (*p.add(192 + i) as i8) as f32;
+        }
+        w
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: &mut FAcc, w: &WK, x: *const BlockQ8) {
+        let (m15, m3, m32) = (_mm256_set1_epi8(15), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+        for n in 0..2 {
+            let qh = _mm256_loadu_si256(w.p.add(128 + 32 * n) as *const __m256i);
+            for k in 0..4 {
+                let ql = _mm256_loadu_si256(w.p.add(64 * n + 32 * (k % 2)) as *const __m256i);
+                let nib = if k < 2 { ql } else { _mm256_srli_epi16::<4>(ql) };
+                let h = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), m3);
+                let q = _mm256_or_si256(_mm256_and_si256(nib, m15), _mm256_slli_epi16::<4>(h));
+                let g = 4 * n + k;
+                let xb = &*x.add(g);
+                let xq = qs(xb);
+                let i = _mm256_sub_epi32(D::dot(q, xq), D::dot(m32, xq));
+                let sc = _mm256_set_m128(_mm_set1_ps(w.d[2 * g + 1] * xb.d), _mm_set1_ps(w.d[2 * g] * xb.d));
+                acc.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), sc, acc.v);
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: FAcc) -> f32 {
+        hsum(acc.v) + acc.c
+    }
+}
