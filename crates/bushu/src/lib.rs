@@ -11,5 +11,6 @@ pub mod cli;
 pub mod formats;
 pub mod generate;
 pub mod model;
+pub mod roofline;
 pub mod sampling;
 pub mod tokenizer;

@@ -1,6 +1,7 @@
 //! The `bushu` command line. Each subcommand is one module; they share model opening and thread setup.
 
 mod info;
+mod roofline;
 mod run;
 mod tokenize;
 
@@ -27,6 +28,8 @@ pub enum Command {
     Detokenize(tokenize::DetokenizeArgs),
     /// Describe a model file: architecture, shapes, tensor types, vocabulary, template.
     Info(info::InfoArgs),
+    /// Roofline analysis: hardware roofs, per-op intensity of prefill and decode, measured points.
+    Roofline(roofline::RooflineArgs),
 }
 
 /// Options every model-using command has.
@@ -76,5 +79,6 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Tokenize(a) => tokenize::tokenize(a),
         Command::Detokenize(a) => tokenize::detokenize(a),
         Command::Info(a) => info::info(a),
+        Command::Roofline(a) => roofline::roofline(a),
     }
 }
