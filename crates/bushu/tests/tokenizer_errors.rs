@@ -10,8 +10,13 @@ fn shared() -> PathBuf {
 }
 
 fn gguf(kv: Vec<(&str, Value)>) -> Gguf {
-    let metadata: BTreeMap<String, Value> = kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    Gguf { version: 3, metadata, tensors: Vec::new() }
+    let metadata: BTreeMap<String, Value> =
+        kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    Gguf {
+        version: 3,
+        metadata,
+        tensors: Vec::new(),
+    }
 }
 
 fn strs(v: &[&str]) -> Value {
@@ -30,7 +35,10 @@ fn malformed_vocabularies() {
     let model = |m: &str| ("tokenizer.ggml.model", Value::String(m.to_owned()));
     let e = err(&gguf(vec![model("llama")]));
     assert!(e.contains("tokenizer.ggml.tokens"), "{e}");
-    let e = err(&gguf(vec![model("gpt2"), ("tokenizer.ggml.tokens", strs(&["a", "b", "ab"]))]));
+    let e = err(&gguf(vec![
+        model("gpt2"),
+        ("tokenizer.ggml.tokens", strs(&["a", "b", "ab"])),
+    ]));
     assert!(e.contains("merges"), "{e}");
     let e = err(&gguf(vec![
         model("gpt2"),
@@ -38,8 +46,14 @@ fn malformed_vocabularies() {
         ("tokenizer.ggml.tokens", strs(&["a", "b", "ab"])),
         ("tokenizer.ggml.merges", strs(&["a b"])),
     ]));
-    assert!(e.contains("unknown pre-tokenizer 'xyz' in tokenizer.ggml.pre"), "{e}");
-    let e = err(&gguf(vec![model("wordpiece-ish"), ("tokenizer.ggml.tokens", strs(&["a"]))]));
+    assert!(
+        e.contains("unknown pre-tokenizer 'xyz' in tokenizer.ggml.pre"),
+        "{e}"
+    );
+    let e = err(&gguf(vec![
+        model("wordpiece-ish"),
+        ("tokenizer.ggml.tokens", strs(&["a"])),
+    ]));
     assert!(e.contains("wordpiece-ish"), "{e}");
     let e = err(&gguf(vec![]));
     assert!(e.contains("tokenizer.ggml.model"), "{e}");
@@ -65,15 +79,44 @@ fn malformed_vocabularies() {
 #[test]
 fn all_pre_tokenizers_compile() {
     for pre in [
-        "default", "gpt-2", "llama-bpe", "qwen2", "deepseek-llm", "deepseek-coder", "falcon", "starcoder", "smollm",
-        "refact", "command-r", "olmo", "dbrx", "smaug-bpe", "poro-chat", "jais", "tekken", "gpt-4o", "mpt", "stablelm2",
-        "bloom", "chatglm-bpe", "viking", "codeshell", "exaone", "minerva-7b", "deepseek-v3", "chameleon", "seed-coder",
+        "default",
+        "gpt-2",
+        "llama-bpe",
+        "qwen2",
+        "deepseek-llm",
+        "deepseek-coder",
+        "falcon",
+        "starcoder",
+        "smollm",
+        "refact",
+        "command-r",
+        "olmo",
+        "dbrx",
+        "smaug-bpe",
+        "poro-chat",
+        "jais",
+        "tekken",
+        "gpt-4o",
+        "mpt",
+        "stablelm2",
+        "bloom",
+        "chatglm-bpe",
+        "viking",
+        "codeshell",
+        "exaone",
+        "minerva-7b",
+        "deepseek-v3",
+        "chameleon",
+        "seed-coder",
         "bailingmoe",
     ] {
         let g = gguf(vec![
             ("tokenizer.ggml.model", Value::String("gpt2".into())),
             ("tokenizer.ggml.pre", Value::String(pre.into())),
-            ("tokenizer.ggml.tokens", strs(&["a", "b", "ab", "Ġ", "1", "Hello"])),
+            (
+                "tokenizer.ggml.tokens",
+                strs(&["a", "b", "ab", "Ġ", "1", "Hello"]),
+            ),
             ("tokenizer.ggml.merges", strs(&["a b"])),
         ]);
         let t = Tokenizer::from_gguf(&g).unwrap_or_else(|e| panic!("{pre}: {e:#}"));
@@ -117,7 +160,10 @@ fn llama2c_tokenizer_bin() {
     }
     // Truncated file and wrong vocab size are errors.
     std::fs::write(&path, &bin[..bin.len() / 2]).unwrap();
-    let e = format!("{:#}", Tokenizer::from_llama2c(&path, tokens.len()).err().unwrap());
+    let e = format!(
+        "{:#}",
+        Tokenizer::from_llama2c(&path, tokens.len()).err().unwrap()
+    );
     assert!(e.contains("truncated"), "{e}");
     std::fs::remove_file(&path).unwrap();
 }

@@ -12,7 +12,8 @@ fn shared() -> PathBuf {
 fn hf_dir_matches_gguf() {
     let m = shared().join("models/shakespeare");
     let hf = Tokenizer::from_hf_dir(&m.join("shakespeare-expert-hf")).unwrap();
-    let gg = Tokenizer::from_gguf(&Gguf::open(&m.join("shakespeare-expert-f16.gguf")).unwrap()).unwrap();
+    let gg =
+        Tokenizer::from_gguf(&Gguf::open(&m.join("shakespeare-expert-f16.gguf")).unwrap()).unwrap();
     assert_eq!(hf.vocab_size(), gg.vocab_size());
     assert_eq!(hf.bos_id(), Some(1));
     assert_eq!(hf.eos_ids(), &[2]);
@@ -58,7 +59,11 @@ fn hf_config_variants() {
     assert_ne!(ids[0], 1);
     assert_eq!(*ids.last().unwrap(), 2);
     assert_eq!(t.eos_ids(), &[2]);
-    fs::write(dir.join("tokenizer_config.json"), r#"{"chat_template": "{{ bos_token }}", "eos_token": "</s>"}"#).unwrap();
+    fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"chat_template": "{{ bos_token }}", "eos_token": "</s>"}"#,
+    )
+    .unwrap();
     let t = Tokenizer::from_hf_dir(&dir).unwrap();
     assert_eq!(t.chat_template(), Some("{{ bos_token }}"));
     assert_eq!(t.bos_id(), None);

@@ -31,14 +31,22 @@ const TEXTS: &[&str] = &[
 
 #[test]
 fn stream_equals_decode() {
-    for name in ["ggml-vocab-llama-spm.gguf", "ggml-vocab-llama-bpe.gguf", "ggml-vocab-qwen2.gguf", "ggml-vocab-gpt-2.gguf"] {
+    for name in [
+        "ggml-vocab-llama-spm.gguf",
+        "ggml-vocab-llama-bpe.gguf",
+        "ggml-vocab-qwen2.gguf",
+        "ggml-vocab-gpt-2.gguf",
+    ] {
         let tok = load(name);
         for text in TEXTS {
             for add_special in [false, true] {
                 let ids = tok.encode(text, add_special).unwrap();
                 let chunks = stream(&tok, &ids);
                 for c in &chunks {
-                    assert!(!c.contains('\u{FFFD}'), "{name} {text:?}: chunk {c:?} has a replacement character");
+                    assert!(
+                        !c.contains('\u{FFFD}'),
+                        "{name} {text:?}: chunk {c:?} has a replacement character"
+                    );
                 }
                 let joined: String = chunks.concat();
                 assert_eq!(joined, tok.decode(&ids), "{name} {text:?}");
@@ -54,7 +62,11 @@ fn stream_equals_decode() {
 fn byte_fallback_is_held_back() {
     let tok = load("ggml-vocab-llama-spm.gguf");
     let ids = tok.encode("🦙", false).unwrap();
-    let bytes: Vec<u32> = ids.iter().copied().filter(|&id| tok.token_text(id).unwrap().starts_with("<0x")).collect();
+    let bytes: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|&id| tok.token_text(id).unwrap().starts_with("<0x"))
+        .collect();
     assert_eq!(bytes.len(), 4, "🦙 is four byte tokens: {ids:?}");
     let mut d = StreamDecoder::new(&tok);
     let mut out = Vec::new();

@@ -21,12 +21,21 @@ fn read_cases(name: &str) -> Vec<(String, Vec<u32>)> {
     let dir = shared().join("testdata/vocab");
     let inp = std::fs::read_to_string(dir.join(format!("{name}.inp"))).unwrap();
     let out = std::fs::read_to_string(dir.join(format!("{name}.out"))).unwrap();
-    let texts: Vec<String> = inp.split("\n__ggml_vocab_test__\n").map(str::to_owned).collect();
+    let texts: Vec<String> = inp
+        .split("\n__ggml_vocab_test__\n")
+        .map(str::to_owned)
+        .collect();
     // The file ends with a separator line: the last split element is empty trailing text.
     let texts = &texts[..texts.len() - 1];
-    let ids: Vec<Vec<u32>> =
-        out.lines().map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect()).collect();
-    assert_eq!(texts.len(), ids.len(), "{name}: .inp and .out disagree on the number of cases");
+    let ids: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(
+        texts.len(),
+        ids.len(),
+        "{name}: .inp and .out disagree on the number of cases"
+    );
     texts.iter().cloned().zip(ids).collect()
 }
 
@@ -39,17 +48,30 @@ fn check(name: &str) {
     for (text, want) in &cases {
         let got = tok.encode(text, false).unwrap();
         if &got != want {
-            failures.push(format!("encode {text:?}\n   expected {want:?}\n   got      {got:?}"));
+            failures.push(format!(
+                "encode {text:?}\n   expected {want:?}\n   got      {got:?}"
+            ));
             continue;
         }
         let back = tok.decode(want);
         if &back != text {
-            failures.push(format!("decode {want:?}\n   expected {text:?}\n   got      {back:?}"));
+            failures.push(format!(
+                "decode {want:?}\n   expected {text:?}\n   got      {back:?}"
+            ));
         }
     }
     let passed = cases.len() - failures.len();
-    eprintln!("{name}: {passed}/{} cases pass (load {load_time:?})", cases.len());
-    assert!(failures.is_empty(), "{name}: {} of {} cases fail:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    eprintln!(
+        "{name}: {passed}/{} cases pass (load {load_time:?})",
+        cases.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{name}: {} of {} cases fail:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -81,7 +103,10 @@ fn special_tokens_in_text() {
     let ids = q.encode("<|im_start|>user\nHi<|im_end|>\n", false).unwrap();
     assert_eq!(ids[0], im_start);
     assert!(ids.contains(&im_end));
-    assert_eq!(q.decode_with_special(&ids), "<|im_start|>user\nHi<|im_end|>\n");
+    assert_eq!(
+        q.decode_with_special(&ids),
+        "<|im_start|>user\nHi<|im_end|>\n"
+    );
     let plain = q.encode_with("<|im_start|>", false, false).unwrap();
     assert!(plain.len() > 1 && !plain.contains(&im_start));
     assert!(q.eos_ids().contains(&im_end), "<|im_end|> ends a turn");
@@ -106,7 +131,10 @@ fn bos_defaults() {
     assert_eq!(l3.encode("Hi", true).unwrap()[0], 128000);
     assert_eq!(l3.eos_ids()[0], 128001);
     let g = load("ggml-vocab-gpt-2.gguf");
-    assert_eq!(g.encode("Hi", true).unwrap(), g.encode("Hi", false).unwrap());
+    assert_eq!(
+        g.encode("Hi", true).unwrap(),
+        g.encode("Hi", false).unwrap()
+    );
     assert_eq!(s.encode("", true).unwrap(), vec![1]);
     assert!(s.encode("", false).unwrap().is_empty());
 }
@@ -116,13 +144,25 @@ fn bos_defaults() {
 fn speed() {
     let text = std::fs::read_to_string(shared().join("testdata/shakespeare/val.txt")).unwrap();
     let text = &text[..text.floor_char_boundary(60_000)];
-    for name in ["ggml-vocab-llama-spm.gguf", "ggml-vocab-llama-bpe.gguf", "ggml-vocab-qwen2.gguf"] {
+    for name in [
+        "ggml-vocab-llama-spm.gguf",
+        "ggml-vocab-llama-bpe.gguf",
+        "ggml-vocab-qwen2.gguf",
+    ] {
         let tok = load(name);
         let t0 = Instant::now();
         let ids = tok.encode(text, false).unwrap();
         let dt = t0.elapsed();
-        eprintln!("{name}: {} bytes -> {} tokens in {dt:?}", text.len(), ids.len());
+        eprintln!(
+            "{name}: {} bytes -> {} tokens in {dt:?}",
+            text.len(),
+            ids.len()
+        );
         assert_eq!(tok.decode(&ids), text);
-        assert!(dt.as_secs_f64() < 1.0, "{name}: encoding {} tokens took {dt:?}", ids.len());
+        assert!(
+            dt.as_secs_f64() < 1.0,
+            "{name}: encoding {} tokens took {dt:?}",
+            ids.len()
+        );
     }
 }

@@ -12,7 +12,8 @@ pub(crate) fn byte_to_char_table() -> [char; 256] {
     let mut t = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let printable =
+            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
         t[b as usize] = if printable {
             char::from_u32(b).unwrap()
         } else {
@@ -25,7 +26,11 @@ pub(crate) fn byte_to_char_table() -> [char; 256] {
 
 /// The inverse of [`byte_to_char_table`].
 pub(crate) fn char_to_byte_map() -> HashMap<char, u8> {
-    byte_to_char_table().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
+    byte_to_char_table()
+        .iter()
+        .enumerate()
+        .map(|(b, &c)| (c, b as u8))
+        .collect()
 }
 
 /// Decodes byte-level token text to its bytes (characters outside the table are kept as UTF-8).
@@ -77,11 +82,19 @@ impl PartialOrd for Pair {
 }
 
 impl Bpe {
-    pub fn new(vocab: &Vocab, merges: &[String], pre: PreTokenizer, ignore_merges: bool) -> Result<Bpe> {
+    pub fn new(
+        vocab: &Vocab,
+        merges: &[String],
+        pre: PreTokenizer,
+        ignore_merges: bool,
+    ) -> Result<Bpe> {
         let byte_chars = byte_to_char_table();
         let mut byte_ids = [None; 256];
         for (b, slot) in byte_ids.iter_mut().enumerate() {
-            *slot = vocab.text_to_id.get(byte_chars[b].to_string().as_str()).copied();
+            *slot = vocab
+                .text_to_id
+                .get(byte_chars[b].to_string().as_str())
+                .copied();
         }
         let mut map = HashMap::with_capacity(merges.len());
         let mut buf = String::new();
@@ -100,7 +113,13 @@ impl Bpe {
             };
             map.entry((ia, ib)).or_insert((rank as u32, im));
         }
-        Ok(Bpe { merges: map, byte_ids, byte_chars, pre, ignore_merges })
+        Ok(Bpe {
+            merges: map,
+            byte_ids,
+            byte_chars,
+            pre,
+            ignore_merges,
+        })
     }
 
     /// Tokenizes one fragment of raw text (no special tokens in it), appending ids to `out`.
@@ -122,7 +141,10 @@ impl Bpe {
     fn encode_word(&self, word: &[u8], out: &mut Vec<u32>) {
         // Symbols: token id (u32::MAX when a byte has no token), linked list over positions.
         let n = word.len();
-        let mut ids: Vec<u32> = word.iter().map(|&b| self.byte_ids[b as usize].unwrap_or(u32::MAX)).collect();
+        let mut ids: Vec<u32> = word
+            .iter()
+            .map(|&b| self.byte_ids[b as usize].unwrap_or(u32::MAX))
+            .collect();
         if n == 1 {
             if ids[0] != u32::MAX {
                 out.push(ids[0]);
@@ -135,7 +157,13 @@ impl Bpe {
         let mut heap = BinaryHeap::with_capacity(n);
         let push = |heap: &mut BinaryHeap<Pair>, ids: &[u32], l: usize, r: usize| {
             if let Some(&(rank, merged)) = self.merges.get(&(ids[l], ids[r])) {
-                heap.push(Pair { rank, left: l, right: r, merged, ids: (ids[l], ids[r]) });
+                heap.push(Pair {
+                    rank,
+                    left: l,
+                    right: r,
+                    merged,
+                    ids: (ids[l], ids[r]),
+                });
             }
         };
         for i in 0..n - 1 {

@@ -18,10 +18,14 @@ fn get_id(g: &Gguf, key: &str, n: usize) -> Option<u32> {
 }
 
 pub(crate) fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
-    let model = g.get_str("tokenizer.ggml.model").context("GGUF has no tokenizer.ggml.model (no tokenizer in this file)")?;
+    let model = g
+        .get_str("tokenizer.ggml.model")
+        .context("GGUF has no tokenizer.ggml.model (no tokenizer in this file)")?;
     let tokens = match g.get("tokenizer.ggml.tokens") {
         None => bail!("GGUF has no tokenizer.ggml.tokens (the vocabulary is missing)"),
-        Some(_) => g.get_strings("tokenizer.ggml.tokens").context("tokenizer.ggml.tokens is not an array of strings")?,
+        Some(_) => g
+            .get_strings("tokenizer.ggml.tokens")
+            .context("tokenizer.ggml.tokens is not an array of strings")?,
     };
     let n = tokens.len();
     if n == 0 {
@@ -30,19 +34,35 @@ pub(crate) fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
     let types: Vec<TokenType> = match g.get("tokenizer.ggml.token_type") {
         None => vec![TokenType::Normal; n],
         Some(_) => {
-            let t = g.get_i64s("tokenizer.ggml.token_type").context("tokenizer.ggml.token_type is not an integer array")?;
+            let t = g
+                .get_i64s("tokenizer.ggml.token_type")
+                .context("tokenizer.ggml.token_type is not an integer array")?;
             if t.len() != n {
-                bail!("tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {n}", t.len());
+                bail!(
+                    "tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {n}",
+                    t.len()
+                );
             }
             t.into_iter().map(TokenType::from_ggml).collect()
         }
     };
-    let texts: Vec<String> =
-        tokens.into_iter().enumerate().map(|(i, t)| if t.is_empty() { format!("[EMPTY_{i}]") } else { t }).collect();
+    let texts: Vec<String> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if t.is_empty() {
+                format!("[EMPTY_{i}]")
+            } else {
+                t
+            }
+        })
+        .collect();
     let chat_template = g.get_str("tokenizer.chat_template").map(str::to_owned);
     let add_eos = get_bool(g, "tokenizer.ggml.add_eos_token").unwrap_or(false);
-    let extra_eog: Vec<u32> =
-        ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"].iter().filter_map(|k| get_id(g, k, n)).collect();
+    let extra_eog: Vec<u32> = ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
+        .iter()
+        .filter_map(|k| get_id(g, k, n))
+        .collect();
 
     match model {
         "llama" => {
@@ -66,7 +86,7 @@ pub(crate) fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
             let eos_ids = eog_ids(&vocab, eos, &extra_eog);
             Ok(Tokenizer::from_inner(Inner {
                 vocab,
-                model: Model::Spm(spm),
+                model: Model::Spm(Box::new(spm)),
                 bos,
                 eos,
                 eos_ids,
@@ -111,7 +131,7 @@ pub(crate) fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
             let eos_ids = eog_ids(&vocab, eos, &extra_eog);
             Ok(Tokenizer::from_inner(Inner {
                 vocab,
-                model: Model::Bpe(bpe),
+                model: Model::Bpe(Box::new(bpe)),
                 bos,
                 eos,
                 eos_ids,

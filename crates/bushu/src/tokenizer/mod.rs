@@ -67,11 +67,25 @@ impl Vocab {
         let mut specials: Vec<u32> = (0..texts.len() as u32)
             .filter(|&i| {
                 let i = i as usize;
-                matches!(types[i], TokenType::Control | TokenType::UserDefined | TokenType::Unknown) && !texts[i].is_empty()
+                matches!(
+                    types[i],
+                    TokenType::Control | TokenType::UserDefined | TokenType::Unknown
+                ) && !texts[i].is_empty()
             })
             .collect();
-        specials.sort_by(|&a, &b| texts[b as usize].len().cmp(&texts[a as usize].len()).then(a.cmp(&b)));
-        Vocab { texts, types, pieces, text_to_id, specials }
+        specials.sort_by(|&a, &b| {
+            texts[b as usize]
+                .len()
+                .cmp(&texts[a as usize].len())
+                .then(a.cmp(&b))
+        });
+        Vocab {
+            texts,
+            types,
+            pieces,
+            text_to_id,
+            specials,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -81,8 +95,8 @@ impl Vocab {
 
 /// The subword model behind a tokenizer.
 pub(crate) enum Model {
-    Spm(spm::Spm),
-    Bpe(bpe::Bpe),
+    Spm(Box<spm::Spm>),
+    Bpe(Box<bpe::Bpe>),
     Hf(Box<tokenizers::Tokenizer>),
 }
 
@@ -144,7 +158,9 @@ impl Tokenizer {
     }
 
     pub(crate) fn from_inner(inner: Inner) -> Tokenizer {
-        Tokenizer { inner: Arc::new(inner) }
+        Tokenizer {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Encodes `text`, recognising special tokens written in it; adds BOS (and EOS) as the file says when
@@ -156,7 +172,12 @@ impl Tokenizer {
     /// Encodes `text`. `parse_special`: control tokens written in the text (e.g. `<|im_start|>`, `<s>`) become
     /// their single ids; when false only user-defined tokens are matched and control tokens are tokenized as
     /// plain text (Hugging Face directories always match their added tokens).
-    pub fn encode_with(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+    pub fn encode_with(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>> {
         let inner = &*self.inner;
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && inner.add_bos {
@@ -166,7 +187,9 @@ impl Tokenizer {
         }
         match &inner.model {
             Model::Hf(t) => {
-                let enc = t.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizer.json encode: {e}"))?;
+                let enc = t
+                    .encode(text, false)
+                    .map_err(|e| anyhow::anyhow!("tokenizer.json encode: {e}"))?;
                 out.extend_from_slice(enc.get_ids());
             }
             Model::Spm(m) => {
@@ -178,7 +201,12 @@ impl Tokenizer {
                             prev_special = true;
                         }
                         Fragment::Text(s) => {
-                            m.encode(&inner.vocab, s, inner.add_space_prefix && prev_special, &mut out);
+                            m.encode(
+                                &inner.vocab,
+                                s,
+                                inner.add_space_prefix && prev_special,
+                                &mut out,
+                            );
                             prev_special = false;
                         }
                     }
@@ -214,7 +242,10 @@ impl Tokenizer {
                 continue;
             }
             let pat = v.texts[id as usize].as_str();
-            if !frags.iter().any(|f| matches!(f, Fragment::Text(s) if s.contains(pat))) {
+            if !frags
+                .iter()
+                .any(|f| matches!(f, Fragment::Text(s) if s.contains(pat)))
+            {
                 continue;
             }
             let mut next = Vec::with_capacity(frags.len() + 2);
@@ -274,7 +305,9 @@ impl Tokenizer {
         let mut out = Vec::new();
         for &id in ids {
             match self.token_type(id) {
-                Some(TokenType::Control | TokenType::Unknown) => out.extend_from_slice(self.inner.vocab.texts[id as usize].as_bytes()),
+                Some(TokenType::Control | TokenType::Unknown) => {
+                    out.extend_from_slice(self.inner.vocab.texts[id as usize].as_bytes())
+                }
                 _ => out.extend_from_slice(self.id_to_bytes(id)),
             }
         }
@@ -284,7 +317,12 @@ impl Tokenizer {
     /// The raw bytes a token renders to (empty for control tokens and ids out of range). A token may hold
     /// part of a UTF-8 character (byte-fallback and byte-level tokens).
     pub fn id_to_bytes(&self, id: u32) -> &[u8] {
-        self.inner.vocab.pieces.get(id as usize).map(Vec::as_slice).unwrap_or(&[])
+        self.inner
+            .vocab
+            .pieces
+            .get(id as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// Alias of [`id_to_bytes`](Self::id_to_bytes).

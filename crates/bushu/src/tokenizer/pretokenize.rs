@@ -26,7 +26,13 @@ const DEEPSEEK3_LLM: &[&str] = &[
     r"[一-龥぀-ゟ゠-ヿ]+",
     r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##,
 ];
-const DEEPSEEK_CODER: &[&str] = &[r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"];
+const DEEPSEEK_CODER: &[&str] = &[
+    r"[\r\n]",
+    r"\s?\p{L}+",
+    r"\s?\p{P}+",
+    r"[一-龥ࠀ-一가-퟿]+",
+    r"\p{N}",
+];
 const FALCON: &[&str] = &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"];
 const STARCODER: &[&str] = &[r"\p{N}", GPT2];
 const DEFAULT: &[&str] = &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"];
@@ -57,27 +63,49 @@ pub(crate) struct PreConfig {
 
 /// The configuration for a `tokenizer.ggml.pre` value, or None for an unknown one.
 pub(crate) fn pre_config(name: &str) -> Option<PreConfig> {
-    let cfg = |regexes: &[&'static str]| PreConfig { regexes: regexes.to_vec(), ignore_merges: false, add_bos: false, no_bos: false };
+    let cfg = |regexes: &[&'static str]| PreConfig {
+        regexes: regexes.to_vec(),
+        ignore_merges: false,
+        add_bos: false,
+        no_bos: false,
+    };
     Some(match name {
         "default" => cfg(DEFAULT),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" => {
-            PreConfig { ignore_merges: true, add_bos: true, ..cfg(&[LLAMA3]) }
-        }
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" => PreConfig {
+            ignore_merges: true,
+            add_bos: true,
+            ..cfg(&[LLAMA3])
+        },
         "dbrx" | "smaug-bpe" => cfg(&[LLAMA3]),
-        "chatglm-bpe" | "glm4" => PreConfig { no_bos: true, ..cfg(&[LLAMA3]) },
+        "chatglm-bpe" | "glm4" => PreConfig {
+            no_bos: true,
+            ..cfg(&[LLAMA3])
+        },
         "deepseek-llm" => cfg(DEEPSEEK_LLM),
         "deepseek-coder" => cfg(DEEPSEEK_CODER),
         "deepseek-v3" | "hunyuan-dense" => cfg(DEEPSEEK3_LLM),
         "falcon" => cfg(FALCON),
-        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" => cfg(STARCODER),
-        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0" | "mellum"
-        | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling"
-        | "exaone4" => cfg(&[GPT2]),
-        "qwen2" | "deepseek-r1-qwen" | "kormo" | "megrez" | "stablelm2" | "hunyuan" | "grok-2" => cfg(&[QWEN2]),
+        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" => {
+            cfg(STARCODER)
+        }
+        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
+        | "a.x-4.0" | "mellum" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo"
+        | "jais" | "trillion" | "granite-docling" | "exaone4" => cfg(&[GPT2]),
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "megrez" | "stablelm2" | "hunyuan" | "grok-2" => {
+            cfg(&[QWEN2])
+        }
         "poro-chat" | "bloom" | "gpt3-finnish" => cfg(&[PORO]),
         "viking" => cfg(&[PORO, r"\p{N}"]),
-        "tekken" => PreConfig { ignore_merges: true, add_bos: true, ..cfg(&[TEKKEN]) },
-        "chameleon" => PreConfig { add_bos: true, ..cfg(CHAMELEON) },
+        "tekken" => PreConfig {
+            ignore_merges: true,
+            add_bos: true,
+            ..cfg(&[TEKKEN])
+        },
+        "chameleon" => PreConfig {
+            add_bos: true,
+            ..cfg(CHAMELEON)
+        },
         "gpt-4o" | "llama4" | "minimax-m2" => cfg(&[GPT4O]),
         "bailingmoe" | "bailingmoe2" | "llada-moe" => cfg(&[BAILINGMOE]),
         "seed-coder" => cfg(&[SEED_CODER]),

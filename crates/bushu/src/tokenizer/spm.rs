@@ -60,7 +60,11 @@ impl Spm {
                 }
             });
         }
-        Spm { scores, byte_ids, unk }
+        Spm {
+            scores,
+            byte_ids,
+            unk,
+        }
     }
 
     /// Tokenizes one fragment of raw text (no special tokens in it), appending ids to `out`.
@@ -82,7 +86,12 @@ impl Spm {
         let mut syms: Vec<Sym> = Vec::with_capacity(text.len());
         let n_chars = text.chars().count();
         for (i, (start, c)) in text.char_indices().enumerate() {
-            syms.push(Sym { start, len: c.len_utf8(), prev: i as i32 - 1, next: if i + 1 == n_chars { -1 } else { i as i32 + 1 } });
+            syms.push(Sym {
+                start,
+                len: c.len_utf8(),
+                prev: i as i32 - 1,
+                next: if i + 1 == n_chars { -1 } else { i as i32 + 1 },
+            });
         }
         let mut heap = BinaryHeap::with_capacity(syms.len());
         for i in 1..syms.len() {
@@ -123,7 +132,15 @@ impl Spm {
         }
     }
 
-    fn try_add(&self, vocab: &Vocab, text: &str, syms: &[Sym], left: i32, right: i32, heap: &mut BinaryHeap<Bigram>) {
+    fn try_add(
+        &self,
+        vocab: &Vocab,
+        text: &str,
+        syms: &[Sym],
+        left: i32,
+        right: i32,
+        heap: &mut BinaryHeap<Bigram>,
+    ) {
         if left < 0 || right < 0 {
             return;
         }
@@ -131,7 +148,12 @@ impl Spm {
         let piece = &text[l.start..l.start + l.len + r.len];
         if let Some(&id) = vocab.text_to_id.get(piece) {
             let score = self.scores.get(id as usize).copied().unwrap_or(0.0);
-            heap.push(Bigram { score, left, right, size: piece.len() });
+            heap.push(Bigram {
+                score,
+                left,
+                right,
+                size: piece.len(),
+            });
         }
     }
 }

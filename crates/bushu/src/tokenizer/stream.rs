@@ -18,13 +18,21 @@ impl StreamDecoder {
     /// A decoder for a fresh sequence: like [`Tokenizer::decode`], it removes the leading space a
     /// SentencePiece tokenizer puts on the first piece.
     pub fn new(tok: &Tokenizer) -> StreamDecoder {
-        StreamDecoder { tok: tok.clone(), pending: Vec::new(), strip: tok.inner.strip_leading_space }
+        StreamDecoder {
+            tok: tok.clone(),
+            pending: Vec::new(),
+            strip: tok.inner.strip_leading_space,
+        }
     }
 
     /// A decoder for text that continues an already-decoded prompt: pieces are rendered as they are (a
     /// generated `▁word` keeps its space).
     pub fn continuation(tok: &Tokenizer) -> StreamDecoder {
-        StreamDecoder { tok: tok.clone(), pending: Vec::new(), strip: false }
+        StreamDecoder {
+            tok: tok.clone(),
+            pending: Vec::new(),
+            strip: false,
+        }
     }
 
     /// Adds one token; returns the text completed by it (possibly empty).
@@ -69,7 +77,6 @@ impl StreamDecoder {
                 }
                 Err(e) => {
                     let valid = e.valid_up_to();
-                    // SAFETY-free: the prefix was just validated.
                     out.push_str(std::str::from_utf8(&self.pending[pos..pos + valid]).unwrap());
                     match e.error_len() {
                         Some(len) => {
