@@ -1,0 +1,60 @@
+//! Logits and greedy tokens of random-weight Hugging Face models (Llama with GQA and llama3 RoPE
+//! scaling, Llama with linear scaling, Qwen2 with biases and tied embeddings, Mistral) against
+//! HF transformers (fixtures made by scripts/refs/make_hf_fixtures.py).
+
+mod common;
+use bushu::model::llama::Logits;
+use bushu::model::{load, Model};
+use common::{f32s, fixture, read_json, u32s};
+
+fn check(name: &str) {
+    let dir = fixture(&format!("hf/{name}"));
+    let r = read_json(&dir.join("reference.json"));
+    let f = load(&dir).unwrap();
+    let model = Model::new(&f).unwrap();
+    let vocab = model.config.vocab_size;
+    let prompt = u32s(&r["prompt_ids"]);
+    let mut state = model.new_state(128);
+    let all = model.forward(&mut state, &prompt, Logits::All).unwrap().to_vec();
+    let positions = u32s(&r["logits_positions"]);
+    let mut worst = 0.0f32;
+    for (p, expect) in positions.iter().zip(r["logits"].as_array().unwrap()) {
+        let expect = f32s(expect);
+        let got = &all[*p as usize * vocab..(*p as usize + 1) * vocab];
+        let err = got.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        worst = worst.max(err);
+    }
+    assert!(worst <= 1e-3, "{name}: logits differ from transformers by {worst}");
+
+    // Greedy continuation.
+    let expect = u32s(&r["greedy"]);
+    let mut state = model.new_state(128);
+    let mut logits = model.forward(&mut state, &prompt, Logits::Last).unwrap().to_vec();
+    let mut got = Vec::new();
+    for _ in 0..expect.len() {
+        let next = kernels::ops::argmax(&logits) as u32;
+        got.push(next);
+        logits = model.forward(&mut state, &[next], Logits::Last).unwrap().to_vec();
+    }
+    assert_eq!(got, expect, "{name}: greedy tokens differ from transformers");
+}
+
+#[test]
+fn llama3_gqa_rope_scaling() {
+    check("llama3-gqa");
+}
+
+#[test]
+fn llama_linear_rope_scaling() {
+    check("llama-linear");
+}
+
+#[test]
+fn qwen2_bias_tied() {
+    check("qwen2-tied");
+}
+
+#[test]
+fn mistral() {
+    check("mistral");
+}
