@@ -1,0 +1,624 @@
+//! Hugging Face model directories: `config.json`, `model.safetensors` (or the shards listed by
+//! `model.safetensors.index.json`), `generation_config.json` and the tokenizer files.
+//!
+//! Tensors are views into the memory-mapped safetensors files (nothing is copied), renamed to the GGUF
+//! names the engine uses and with shapes reversed to innermost first. Hugging Face Llama-family
+//! checkpoints keep each head's Q/K rows in the "rotate_half" order (dimension `i` pairs with
+//! `i + head_dim/2`), so their configs use [`RopeStyle::Neox`]; llama.cpp's converter permutes those rows
+//! into adjacent pairs, which is why GGUF Llama files use [`RopeStyle::Interleaved`] instead.
+
+use super::{Storage, Tensor};
+use crate::model::config::{Config, RopeScaling};
+use crate::model::loader::ModelFile;
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+use kernels::ops::RopeStyle;
+use kernels::DType;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Supported `(model_type, architectures entry)` pairs; the first is also `Config::arch`.
+pub const ARCHITECTURES: &[(&str, &str)] = &[
+    ("llama", "LlamaForCausalLM"),
+    ("mistral", "MistralForCausalLM"),
+    ("qwen2", "Qwen2ForCausalLM"),
+];
+
+/// What `config.json` says: the engine's [`Config`] plus what it has no field for yet.
+#[derive(Clone, Debug)]
+pub struct HfConfig {
+    pub config: Config,
+    /// Sliding-window attention span (Mistral), when it is set and smaller than the context.
+    pub sliding_window: Option<usize>,
+    /// `tie_word_embeddings` as `config.json` gives it. Whatever it says, a model without
+    /// `lm_head.weight` uses `token_embd.weight` as its output projection (an explicit `false` without
+    /// `lm_head.weight` is an error).
+    pub tie_word_embeddings: Option<bool>,
+    /// `eos_token_id` of `config.json` (an integer or a list).
+    pub eos_ids: Vec<u32>,
+}
+
+/// A Hugging Face directory read without its tokenizer.
+pub struct HfModel {
+    pub config: HfConfig,
+    /// Tensors under their GGUF names, shapes innermost first, views into the mapped files.
+    pub tensors: HashMap<String, Tensor>,
+    /// End-of-generation ids of `generation_config.json` and `config.json` (the tokenizer's are added by [`load`]).
+    pub eos_ids: Vec<u32>,
+    /// `chat_template.jinja`, else the `chat_template` of `tokenizer_config.json`.
+    pub chat_template: Option<String>,
+    /// The directory's name.
+    pub name: Option<String>,
+    /// Total size of the safetensors files.
+    pub file_bytes: u64,
+}
+
+/// Opens a Hugging Face model directory: weights, config and tokenizer.
+pub fn load(dir: &Path) -> Result<ModelFile> {
+    let m = read(dir)?;
+    let tokenizer =
+        Tokenizer::from_hf_dir(dir).with_context(|| format!("{}: tokenizer", dir.display()))?;
+    let mut eos_ids = tokenizer.eos_ids().to_vec();
+    push_unique(&mut eos_ids, &m.eos_ids);
+    // chat_template.jinja, else tokenizer_config.json, else whatever the tokenizer found.
+    let chat_template = m
+        .chat_template
+        .or_else(|| tokenizer.chat_template().map(str::to_owned));
+    Ok(ModelFile {
+        config: m.config.config,
+        tensors: m.tensors,
+        tokenizer,
+        format: "safetensors",
+        name: m.name,
+        chat_template,
+        eos_ids,
+        file_bytes: m.file_bytes,
+    })
+}
+
+/// Reads everything of a Hugging Face directory but the tokenizer.
+pub fn read(dir: &Path) -> Result<HfModel> {
+    let config_path = dir.join("config.json");
+    let json = read_json(&config_path)?;
+    let config = parse_config(&json)
+        .with_context(|| format!("{}: unsupported model", config_path.display()))?;
+    let (raw, file_bytes) = read_weights(dir)?;
+    let tensors =
+        rename_tensors(raw).with_context(|| format!("{}: unexpected weights", dir.display()))?;
+    check_tensors(&config, &tensors)
+        .with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
+
+    let mut eos_ids = Vec::new();
+    let gen_path = dir.join("generation_config.json");
+    if gen_path.exists() {
+        eos_ids = token_ids(read_json(&gen_path)?.get("eos_token_id"))
+            .with_context(|| format!("{}: eos_token_id", gen_path.display()))?;
+    }
+    push_unique(&mut eos_ids, &config.eos_ids);
+    Ok(HfModel {
+        config,
+        tensors,
+        eos_ids,
+        chat_template: read_chat_template(dir)?,
+        name: dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())),
+        file_bytes,
+    })
+}
+
+fn push_unique(ids: &mut Vec<u32>, more: &[u32]) {
+    for id in more {
+        if !ids.contains(id) {
+            ids.push(*id);
+        }
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+/// `chat_template.jinja`, else `tokenizer_config.json`'s `chat_template` (a string, or a list of
+/// `{name, template}` of which the `default` one is taken).
+pub fn read_chat_template(dir: &Path) -> Result<Option<String>> {
+    if let Ok(t) = std::fs::read_to_string(dir.join("chat_template.jinja")) {
+        return Ok(Some(t));
+    }
+    let path = dir.join("tokenizer_config.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(match read_json(&path)?.get("chat_template") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .or(list.first())
+            .and_then(|t| t.get("template")?.as_str().map(str::to_owned)),
+        _ => None,
+    })
+}
+
+/// Token ids given as an integer, a list of integers, or nothing.
+fn token_ids(v: Option<&Value>) -> Result<Vec<u32>> {
+    let one = |v: &Value| {
+        v.as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .with_context(|| format!("{v} is not a token id"))
+    };
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a.iter().map(one).collect(),
+        Some(v) => Ok(vec![one(v)?]),
+    }
+}
+
+fn get_usize(obj: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => Ok(Some(v.as_u64().map(|x| x as usize).with_context(|| {
+            format!("{key} = {v} is not a non-negative integer")
+        })?)),
+    }
+}
+
+fn get_f64(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => Ok(Some(
+            v.as_f64()
+                .with_context(|| format!("{key} = {v} is not a number"))?,
+        )),
+    }
+}
+
+/// Builds the model configuration from the contents of `config.json`.
+pub fn parse_config(json: &Value) -> Result<HfConfig> {
+    let obj = json
+        .as_object()
+        .context("config.json is not a JSON object")?;
+    let supported = |i: usize| {
+        let names: Vec<&str> = ARCHITECTURES
+            .iter()
+            .map(|a| if i == 0 { a.0 } else { a.1 })
+            .collect();
+        names.join(", ")
+    };
+    let archs: Vec<&str> = obj
+        .get("architectures")
+        .and_then(Value::as_array)
+        .map_or(Vec::new(), |a| a.iter().filter_map(Value::as_str).collect());
+    let model_type = obj.get("model_type").and_then(Value::as_str);
+    if let Some(t) = model_type.filter(|t| !ARCHITECTURES.iter().any(|a| a.0 == *t)) {
+        bail!(
+            "model_type '{t}' is not supported (supported: {})",
+            supported(0)
+        );
+    }
+    if let Some(a) = archs
+        .iter()
+        .find(|a| !ARCHITECTURES.iter().any(|x| x.1 == **a))
+    {
+        bail!(
+            "architecture '{a}' is not supported (supported: {})",
+            supported(1)
+        );
+    }
+    let arch = match (model_type, archs.first()) {
+        (Some(t), _) => t,
+        (None, Some(a)) => ARCHITECTURES.iter().find(|x| x.1 == *a).unwrap().0,
+        (None, None) => bail!("config.json has neither model_type nor architectures"),
+    };
+    if let Some(act) = obj.get("hidden_act").and_then(Value::as_str) {
+        if act != "silu" {
+            bail!("hidden_act '{act}' is not supported (only silu)");
+        }
+    }
+    let required = |k: &str| get_usize(obj, k)?.with_context(|| format!("config.json has no {k}"));
+    let dim = required("hidden_size")?;
+    let n_heads = required("num_attention_heads")?;
+    let n_kv_heads = get_usize(obj, "num_key_value_heads")?.unwrap_or(n_heads);
+    let head_dim = get_usize(obj, "head_dim")?.unwrap_or(dim.checked_div(n_heads).unwrap_or(0));
+    let max_ctx = required("max_position_embeddings")?;
+    let rope = parse_rope(obj)?;
+    let rope_dim = match rope.partial_rotary_factor {
+        Some(p) if p > 0.0 && p <= 1.0 => ((head_dim as f64 * p) as usize) & !1,
+        Some(p) => bail!("partial_rotary_factor {p} is out of range"),
+        None => head_dim,
+    };
+    let config = Config {
+        arch: arch.to_owned(),
+        dim,
+        n_layers: required("num_hidden_layers")?,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        ffn_dim: required("intermediate_size")?,
+        vocab_size: required("vocab_size")?,
+        max_ctx,
+        rms_eps: get_f64(obj, "rms_norm_eps")?.unwrap_or(1e-6) as f32,
+        rope_theta: rope.theta as f32,
+        rope_dim,
+        rope_scaling: rope.scaling,
+        // Hugging Face's rotate_half pairs dimension i with i + head_dim/2.
+        rope_style: RopeStyle::Neox,
+    };
+    config.validate()?;
+
+    // Qwen2 declares a window even when it is off, and applies it only to layers past max_window_layers.
+    let window_on = match arch {
+        "qwen2" => obj
+            .get("use_sliding_window")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        _ => true,
+    };
+    let sliding_window = match get_usize(obj, "sliding_window")? {
+        Some(w) if window_on && w > 0 && w < max_ctx => Some(w),
+        _ => None,
+    };
+    if arch == "qwen2" && sliding_window.is_some() {
+        bail!("Qwen2 sliding-window attention (use_sliding_window: true) is not supported");
+    }
+    Ok(HfConfig {
+        config,
+        sliding_window,
+        tie_word_embeddings: obj.get("tie_word_embeddings").and_then(Value::as_bool),
+        eos_ids: token_ids(obj.get("eos_token_id")).context("eos_token_id")?,
+    })
+}
+
+struct Rope {
+    theta: f64,
+    scaling: RopeScaling,
+    partial_rotary_factor: Option<f64>,
+}
+
+/// RoPE settings in either style: `rope_theta` + `rope_scaling` (transformers 4), or `rope_parameters`
+/// holding `rope_theta`, `rope_type` and the scaling parameters (transformers 5).
+fn parse_rope(obj: &Map<String, Value>) -> Result<Rope> {
+    let params = match obj.get("rope_parameters") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(p)) => Some(p),
+        Some(v) => bail!("rope_parameters = {v} is not an object"),
+    };
+    let scaling = match params {
+        Some(p) => Some(p),
+        None => match obj.get("rope_scaling") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(s)) => Some(s),
+            Some(v) => bail!("rope_scaling = {v} is not an object"),
+        },
+    };
+    let theta = match params
+        .map(|p| get_f64(p, "rope_theta"))
+        .transpose()?
+        .flatten()
+    {
+        Some(t) => t,
+        None => get_f64(obj, "rope_theta")?.unwrap_or(10000.0),
+    };
+    if theta.is_nan() || theta <= 1.0 {
+        bail!("rope_theta {theta} is out of range");
+    }
+    let partial_rotary_factor = match params
+        .map(|p| get_f64(p, "partial_rotary_factor"))
+        .transpose()?
+        .flatten()
+    {
+        Some(f) => Some(f),
+        None => get_f64(obj, "partial_rotary_factor")?,
+    };
+    let scaling = match scaling {
+        None => RopeScaling::None,
+        Some(s) => {
+            let ty = s
+                .get("rope_type")
+                .or_else(|| s.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("default");
+            let num = |k: &str| -> Result<f32> {
+                let v = get_f64(s, k)?.with_context(|| format!("RoPE type '{ty}' needs {k}"))?;
+                if v.is_nan() || v <= 0.0 {
+                    bail!("RoPE {k} = {v} must be positive");
+                }
+                Ok(v as f32)
+            };
+            match ty {
+                "default" => RopeScaling::None,
+                "linear" => RopeScaling::Linear {
+                    factor: num("factor")?,
+                },
+                "llama3" => {
+                    let (low, high) = (num("low_freq_factor")?, num("high_freq_factor")?);
+                    if high <= low {
+                        bail!("llama3 RoPE: high_freq_factor {high} must exceed low_freq_factor {low}");
+                    }
+                    RopeScaling::Llama3 {
+                        factor: num("factor")?,
+                        low_freq_factor: low,
+                        high_freq_factor: high,
+                        original_max_position: get_usize(s, "original_max_position_embeddings")?
+                            .filter(|&n| n > 0)
+                            .context("llama3 RoPE needs original_max_position_embeddings")?,
+                    }
+                }
+                other => bail!(
+                    "RoPE type '{other}' is not supported (supported: default, linear, llama3)"
+                ),
+            }
+        }
+    };
+    Ok(Rope {
+        theta,
+        scaling,
+        partial_rotary_factor,
+    })
+}
+
+/// Maps and parses one safetensors file. Tensors keep their Hugging Face names; shapes are reversed to
+/// innermost first.
+pub fn read_safetensors(path: &Path) -> Result<Vec<Tensor>> {
+    let storage = Storage::map(path)?;
+    parse_safetensors(storage).with_context(|| format!("{}: bad safetensors file", path.display()))
+}
+
+/// Parses a safetensors image: a u64 LE header length, a JSON header `{name: {dtype, shape,
+/// data_offsets}}` (plus `__metadata__`), then the data, to which the offsets are relative.
+pub fn parse_safetensors(storage: Arc<Storage>) -> Result<Vec<Tensor>> {
+    let buf = storage.bytes();
+    let Some(len_bytes) = buf.get(..8) else {
+        bail!(
+            "file is truncated: {} bytes, not even the 8-byte header length",
+            buf.len()
+        );
+    };
+    let header_len = u64::from_le_bytes(len_bytes.try_into().unwrap());
+    let data_start = 8u64
+        .checked_add(header_len)
+        .filter(|&e| e <= buf.len() as u64)
+        .with_context(|| {
+            format!(
+                "file is truncated: header of {header_len} bytes, file of {} bytes",
+                buf.len()
+            )
+        })? as usize;
+    let header: Map<String, Value> =
+        serde_json::from_slice(&buf[8..data_start]).context("the header is not a JSON object")?;
+    let data_len = (buf.len() - data_start) as u64;
+    let mut tensors = Vec::with_capacity(header.len());
+    for (name, info) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype_name = info
+            .get("dtype")
+            .and_then(Value::as_str)
+            .with_context(|| format!("tensor {name}: no dtype"))?;
+        let dtype = match dtype_name {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            other => bail!(
+                "tensor {name} has dtype {other}, which is not supported (only F32, F16 and BF16)"
+            ),
+        };
+        let mut shape: Vec<usize> = info
+            .get("shape")
+            .and_then(Value::as_array)
+            .and_then(|a| {
+                a.iter()
+                    .map(|d| d.as_u64().map(|d| d as usize))
+                    .collect::<Option<_>>()
+            })
+            .with_context(|| format!("tensor {name}: bad shape"))?;
+        let offsets: Vec<u64> = info
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<_>>())
+            .filter(|o: &Vec<u64>| o.len() == 2)
+            .with_context(|| format!("tensor {name}: bad data_offsets"))?;
+        let (begin, end) = (offsets[0], offsets[1]);
+        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let nbytes = numel
+            .and_then(|n| dtype.bytes_for(n))
+            .with_context(|| format!("tensor {name}: size overflows"))?;
+        if end < begin || end - begin != nbytes as u64 {
+            bail!("tensor {name}: data_offsets {begin}..{end} do not hold {shape:?} {dtype_name} ({nbytes} bytes)");
+        }
+        if end > data_len {
+            bail!(
+                "file is truncated: tensor {name} needs bytes {}..{} but the file has {}",
+                data_start as u64 + begin,
+                data_start as u64 + end,
+                buf.len()
+            );
+        }
+        shape.reverse();
+        tensors.push(Tensor {
+            name: name.clone(),
+            dtype,
+            shape,
+            storage: storage.clone(),
+            offset: data_start + begin as usize,
+            nbytes,
+        });
+    }
+    Ok(tensors)
+}
+
+/// The tensors of `dir` under their Hugging Face names, and the total size of their files.
+pub fn read_weights(dir: &Path) -> Result<(Vec<Tensor>, u64)> {
+    let single = dir.join("model.safetensors");
+    let index_path = dir.join("model.safetensors.index.json");
+    if !index_path.exists() {
+        if !single.exists() {
+            bail!(
+                "{}: no model.safetensors or model.safetensors.index.json",
+                dir.display()
+            );
+        }
+        let bytes = std::fs::metadata(&single)?.len();
+        return Ok((read_safetensors(&single)?, bytes));
+    }
+    let index = read_json(&index_path)?;
+    let map = index
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .with_context(|| format!("{}: no weight_map object", index_path.display()))?;
+    let mut by_file: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, file) in map {
+        let file = file
+            .as_str()
+            .with_context(|| format!("{}: {name} maps to {file}", index_path.display()))?;
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            bail!(
+                "{}: shard name {file:?} is not a file name",
+                index_path.display()
+            );
+        }
+        by_file.entry(file).or_default().push(name);
+    }
+    let (mut out, mut bytes) = (Vec::with_capacity(map.len()), 0u64);
+    for (file, names) in by_file {
+        let path = dir.join(file);
+        let mut in_file: HashMap<String, Tensor> = read_safetensors(&path)?
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        bytes += std::fs::metadata(&path)?.len();
+        for name in names {
+            let t = in_file.remove(name).with_context(|| {
+                format!(
+                    "{} puts tensor {name} in {file}, which has no such tensor",
+                    index_path.display()
+                )
+            })?;
+            out.push(t);
+        }
+    }
+    Ok((out, bytes))
+}
+
+/// The GGUF name of a Hugging Face tensor name (`None` if it is not one the engine knows).
+pub fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let (layer, rest) = hf.strip_prefix("model.layers.")?.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, kind) = rest.rsplit_once('.')?;
+    let (base, biased) = match module {
+        "input_layernorm" => ("attn_norm", false),
+        "post_attention_layernorm" => ("ffn_norm", false),
+        "self_attn.q_proj" => ("attn_q", true),
+        "self_attn.k_proj" => ("attn_k", true),
+        "self_attn.v_proj" => ("attn_v", true),
+        "self_attn.o_proj" => ("attn_output", true),
+        "mlp.gate_proj" => ("ffn_gate", true),
+        "mlp.up_proj" => ("ffn_up", true),
+        "mlp.down_proj" => ("ffn_down", true),
+        _ => return None,
+    };
+    match kind {
+        "weight" => {}
+        "bias" if biased => {}
+        _ => return None,
+    }
+    Some(format!("blk.{layer}.{base}.{kind}"))
+}
+
+/// Renames tensors to GGUF names; RoPE frequency buffers some old checkpoints saved are dropped, any other
+/// unknown tensor is an error (ignoring it could silently compute something else).
+fn rename_tensors(raw: Vec<Tensor>) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::with_capacity(raw.len());
+    for mut t in raw {
+        if t.name.ends_with("rotary_emb.inv_freq") {
+            continue;
+        }
+        let name = gguf_name(&t.name)
+            .with_context(|| format!("tensor {} is not one this engine knows", t.name))?;
+        let hf_name = std::mem::replace(&mut t.name, name.clone());
+        if out.insert(name.clone(), t).is_some() {
+            bail!("tensor {hf_name} ({name}) appears twice");
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that every tensor the model needs is there with the shape `config.json` implies (innermost
+/// first), and that there is nothing for layers the model does not have.
+fn check_tensors(hf: &HfConfig, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let c = &hf.config;
+    let (d, q, kv, f, v) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.vocab_size);
+    let check = |name: &str, shape: &[usize], required: bool| -> Result<()> {
+        match tensors.get(name) {
+            None if required => bail!("tensor {name} is missing"),
+            Some(t) if t.shape != shape => {
+                bail!(
+                    "tensor {name} has shape {:?} (innermost first), expected {shape:?}",
+                    t.shape
+                )
+            }
+            _ => Ok(()),
+        }
+    };
+    check("token_embd.weight", &[d, v], true)?;
+    check("output_norm.weight", &[d], true)?;
+    check("output.weight", &[d, v], false)?;
+    if !tensors.contains_key("output.weight") && hf.tie_word_embeddings == Some(false) {
+        bail!("there is no lm_head.weight and tie_word_embeddings is false");
+    }
+    for l in 0..c.n_layers {
+        let per_layer: [(&str, &[usize], bool); 16] = [
+            ("attn_norm.weight", &[d], true),
+            ("attn_q.weight", &[d, q], true),
+            ("attn_k.weight", &[d, kv], true),
+            ("attn_v.weight", &[d, kv], true),
+            ("attn_output.weight", &[q, d], true),
+            ("ffn_norm.weight", &[d], true),
+            ("ffn_gate.weight", &[d, f], true),
+            ("ffn_up.weight", &[d, f], true),
+            ("ffn_down.weight", &[f, d], true),
+            ("attn_q.bias", &[q], false),
+            ("attn_k.bias", &[kv], false),
+            ("attn_v.bias", &[kv], false),
+            ("attn_output.bias", &[d], false),
+            ("ffn_gate.bias", &[f], false),
+            ("ffn_up.bias", &[f], false),
+            ("ffn_down.bias", &[d], false),
+        ];
+        for (suffix, shape, required) in per_layer {
+            check(&format!("blk.{l}.{suffix}"), shape, required)?;
+        }
+    }
+    let layer_of = |n: &str| {
+        n.strip_prefix("blk.")?
+            .split_once('.')?
+            .0
+            .parse::<usize>()
+            .ok()
+    };
+    let mut extra: Vec<&str> = tensors
+        .keys()
+        .map(String::as_str)
+        .filter(|n| layer_of(n).is_some_and(|l| l >= c.n_layers))
+        .collect();
+    if !extra.is_empty() {
+        extra.sort();
+        bail!(
+            "tensors for layers past num_hidden_layers = {}: {extra:?}",
+            c.n_layers
+        );
+    }
+    Ok(())
+}
