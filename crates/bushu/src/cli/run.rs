@@ -19,7 +19,7 @@ pub struct RunArgs {
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     pub n: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Keep the K most likely tokens (0: all).
     #[arg(long, default_value_t = 40)]

@@ -2,6 +2,7 @@
 //! metadata that the model's [`crate::model::Config`] and the tokenizer are built from.
 
 pub mod gguf;
+pub mod gguf_writer;
 pub mod hf;
 pub mod llama2c;
 

@@ -25,3 +25,57 @@ pub fn f32s(v: &serde_json::Value) -> Vec<f32> {
 pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
+
+use bushu::formats::gguf::{Gguf, Value};
+use bushu::formats::gguf_writer::GgufWriter;
+
+/// A tiny random Llama GGUF (dim 8, 1 layer, 2 heads) with the Llama-2 SentencePiece vocabulary,
+/// for tests that need a complete file to break in some way.
+pub fn tiny_llama_gguf() -> GgufWriter {
+    let vocab = Gguf::open(&shared("testdata/vocab/ggml-vocab-llama-spm.gguf")).unwrap();
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String("llama".into()));
+    let (dim, ffn, n_vocab) = (8usize, 16usize, 32000usize);
+    for (k, v) in [
+        ("llama.embedding_length", dim),
+        ("llama.block_count", 1),
+        ("llama.attention.head_count", 2),
+        ("llama.attention.head_count_kv", 2),
+        ("llama.feed_forward_length", ffn),
+        ("llama.context_length", 64),
+    ] {
+        w.set(k, Value::U32(v as u32));
+    }
+    w.set("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5));
+    for (k, v) in &vocab.metadata {
+        if k.starts_with("tokenizer.") {
+            w.set(k, v.clone());
+        }
+    }
+    let mut seed = 7u32;
+    let mut rnd = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    w.add_f32("token_embd.weight", vec![dim, n_vocab], &rnd(dim * n_vocab));
+    w.add_f32("output_norm.weight", vec![dim], &[1.0; 8]);
+    for (name, shape) in [
+        ("attn_q.weight", vec![dim, dim]),
+        ("attn_k.weight", vec![dim, dim]),
+        ("attn_v.weight", vec![dim, dim]),
+        ("attn_output.weight", vec![dim, dim]),
+        ("ffn_gate.weight", vec![dim, ffn]),
+        ("ffn_up.weight", vec![dim, ffn]),
+        ("ffn_down.weight", vec![ffn, dim]),
+    ] {
+        let n = shape.iter().product();
+        w.add_f32(&format!("blk.0.{name}"), shape, &rnd(n));
+    }
+    w.add_f32("blk.0.attn_norm.weight", vec![dim], &[1.0; 8]);
+    w.add_f32("blk.0.ffn_norm.weight", vec![dim], &[1.0; 8]);
+    w
+}
