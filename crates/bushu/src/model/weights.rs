@@ -73,6 +73,12 @@ impl Lookup<'_> {
 impl Weights {
     pub fn from_tensors(c: &Config, tensors: &HashMap<String, Tensor>) -> Result<Weights> {
         let l = Lookup { tensors };
+        // Biases this forward pass has no place for: refuse rather than silently compute something else.
+        for suffix in ["attn_output.bias", "ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"] {
+            if let Some(name) = tensors.keys().find(|k| k.starts_with("blk.") && k.ends_with(suffix)) {
+                bail!("tensor {name}: biases on this layer are not supported");
+            }
+        }
         let token_embd = l.get("token_embd.weight", &[c.dim, c.vocab_size])?;
         let layers = (0..c.n_layers)
             .map(|i| {
