@@ -93,3 +93,11 @@ fn continuation_keeps_space() {
     let s: String = cut.iter().map(|&id| d.push(id)).collect::<String>() + &d.flush();
     assert_eq!(s, tok.decode(cut));
 }
+
+#[test]
+fn shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync + Clone + std::fmt::Debug>() {}
+    assert_send_sync::<Tokenizer>();
+    fn assert_send<T: Send>() {}
+    assert_send::<StreamDecoder>();
+}

@@ -166,3 +166,34 @@ fn speed() {
         );
     }
 }
+
+/// Long runs of one character (one huge pre-token, one huge whitespace match) stay fast and round-trip.
+#[test]
+fn pathological_inputs() {
+    let texts = [
+        " ".repeat(50_000) + "x",
+        "a".repeat(50_000),
+        "\n".repeat(20_000) + &"\t ".repeat(10_000),
+        "🦙".repeat(5_000),
+        "1234567890".repeat(5_000),
+    ];
+    for name in [
+        "ggml-vocab-llama-spm.gguf",
+        "ggml-vocab-llama-bpe.gguf",
+        "ggml-vocab-qwen2.gguf",
+        "ggml-vocab-gpt-2.gguf",
+    ] {
+        let tok = load(name);
+        for text in &texts {
+            let t0 = Instant::now();
+            let ids = tok.encode(text, false).unwrap();
+            let dt = t0.elapsed();
+            assert_eq!(&tok.decode(&ids), text, "{name}");
+            assert!(
+                dt.as_secs_f64() < 2.0,
+                "{name}: {:?}… took {dt:?}",
+                &text[..8]
+            );
+        }
+    }
+}

@@ -29,7 +29,7 @@ pub enum Command {
     /// Describe a model file: architecture, shapes, tensor types, vocabulary, template.
     Info(info::InfoArgs),
     /// Roofline analysis: hardware roofs, per-op intensity of prefill and decode, measured points.
-    Roofline(roofline::RooflineArgs),
+    Roofline(Box<roofline::RooflineArgs>),
 }
 
 /// Options every model-using command has.
@@ -79,6 +79,6 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Tokenize(a) => tokenize::tokenize(a),
         Command::Detokenize(a) => tokenize::detokenize(a),
         Command::Info(a) => info::info(a),
-        Command::Roofline(a) => roofline::roofline(a),
+        Command::Roofline(a) => roofline::roofline(*a),
     }
 }

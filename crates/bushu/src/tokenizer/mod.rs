@@ -121,6 +121,23 @@ pub struct Tokenizer {
     pub(crate) inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.inner.model {
+            Model::Spm(_) => "sentencepiece",
+            Model::Bpe(_) => "byte-level-bpe",
+            Model::Hf(_) => "tokenizer.json",
+        };
+        f.debug_struct("Tokenizer")
+            .field("kind", &kind)
+            .field("vocab_size", &self.vocab_size())
+            .field("bos", &self.inner.bos)
+            .field("eos_ids", &self.inner.eos_ids)
+            .field("add_bos", &self.inner.add_bos)
+            .finish()
+    }
+}
+
 /// Texts of end-of-generation tokens recognised by name (as llama.cpp does) when they are control tokens.
 const EOG_TEXTS: &[&str] = &[
     "<|eot_id|>",
