@@ -12,6 +12,13 @@ use kernels::DType;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Serialises the tests that time things, so that they do not measure each other.
+static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn timing() -> std::sync::MutexGuard<'static, ()> {
+    TIMING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn lecture_shape() -> Shape {
     Shape {
         batch: 8,
@@ -302,7 +309,8 @@ fn cli_errors() {
     assert!(e.contains(".svg"), "{e}");
     // Clap-level errors.
     assert!(parse(&["--hardware", "a100-80g", "--measure"]).is_err());
-    assert!(parse(&["--run", "--hidden", "64", "--heads", "4"]).is_err());
+    let e = run_err(&["--run", "--hidden", "64", "--heads", "4"]);
+    assert!(e.contains("--run needs a model"), "{e}");
     assert!(parse(&["--model", "x.gguf", "--hidden", "64"]).is_err());
     assert!(parse(&["--batch", "eight"]).is_err());
     assert!(parse(&[
@@ -322,6 +330,7 @@ fn cli_errors() {
 
 #[test]
 fn cli_json_and_plot() {
+    let _t = timing();
     let svg = std::env::temp_dir().join(format!("bushu-roofline-{}.svg", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_bushu"))
         .args([
@@ -403,6 +412,7 @@ fn cli_json_and_plot() {
 
 #[test]
 fn engine_run_points() {
+    let _t = timing();
     let file = bushu::model::load(&models_dir().join("tiny-llama-q8_0.gguf")).unwrap();
     let hw = preset("a100-80g", BandwidthUnit::GiB).unwrap();
     let mut dt = Dtypes::uniform(DType::F32, DType::F32, DType::F32);
@@ -422,29 +432,36 @@ fn engine_run_points() {
 
 #[test]
 fn measured_bandwidth_is_sane_and_stable() {
+    let _t = timing();
     let threads = measure::default_threads();
-    let a = measure::bandwidth(256 << 20, threads, 5);
-    let b = measure::bandwidth(256 << 20, threads, 5);
-    for r in [&a, &b] {
-        // DRAM streaming reads: from a slow VM's ~1 GB/s to a many-channel server's ~1 TB/s.
-        assert!(
-            r.best > 1e9 && r.best < 1e12,
-            "bandwidth {} GB/s",
-            r.best / 1e9
-        );
-        assert!(r.median <= r.best);
+    // Two back-to-back measurements must agree to ±15 %. On a machine shared with other jobs one pair can
+    // be perturbed, so up to three pairs are tried; three unstable pairs in a row fail.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let a = measure::bandwidth(256 << 20, threads, 8);
+        let b = measure::bandwidth(256 << 20, threads, 8);
+        for r in [&a, &b] {
+            // DRAM streaming reads: from a slow VM's ~1 GB/s to a many-channel server's ~1 TB/s.
+            assert!(
+                r.best > 1e9 && r.best < 1e12,
+                "bandwidth {} GB/s",
+                r.best / 1e9
+            );
+            assert!(r.median <= r.best);
+            assert!(r.method.contains("streaming read"), "{}", r.method);
+        }
+        let ratio = a.best / b.best;
+        seen.push((a.best / 1e9, b.best / 1e9));
+        if (0.85..=1.15).contains(&ratio) {
+            return;
+        }
     }
-    let ratio = a.best / b.best;
-    assert!(
-        (0.85..=1.15).contains(&ratio),
-        "runs differ: {} vs {} GB/s",
-        a.best / 1e9,
-        b.best / 1e9
-    );
+    panic!("bandwidth not stable to ±15 % between runs (GB/s pairs): {seen:?}");
 }
 
 #[test]
 fn measured_compute_is_sane() {
+    let _t = timing();
     let threads = measure::default_threads();
     let f = measure::f32_peak(threads, 2);
     // At least 1 GFLOP/s per core, at most 1 TFLOP/s per core.

@@ -3,7 +3,7 @@
 
 use crate::model::load;
 use crate::roofline::analysis::{Dtypes, WeightBytes};
-use crate::roofline::hardware::{preset_names, PRESETS};
+use crate::roofline::hardware::PRESETS;
 use crate::roofline::{
     analyze, measure, plot, preset, run, summarize, BandwidthUnit, Hardware, Options, Report,
     Shape, SummaryRow,
@@ -89,7 +89,7 @@ pub struct RooflineArgs {
 
     /// Run bushu's engine on the model (prefill of T tokens, then --steps decode steps) and place the
     /// measured points. Measures this machine unless --hardware is given.
-    #[arg(long, requires = "model")]
+    #[arg(long)]
     pub run: bool,
     /// Decode steps of --run.
     #[arg(long, default_value_t = 32, value_name = "N")]
@@ -306,6 +306,9 @@ pub fn report(a: &RooflineArgs) -> Result<Report> {
     } else {
         BandwidthUnit::GiB
     };
+    if a.run && a.model.is_none() {
+        bail!("--run needs a model to run: pass --model PATH");
+    }
     // Measuring comes last, after every cheap argument check has passed.
     let file = match &a.model {
         Some(p) => Some(load(p)?),
@@ -400,8 +403,7 @@ pub fn roofline(a: RooflineArgs) -> Result<()> {
     }
     if let Some(n) = &a.hardware {
         // Fail fast on a bad name, before loading or measuring anything.
-        preset(n, BandwidthUnit::GiB)
-            .with_context(|| format!("--hardware: presets are {}", preset_names().join(", ")))?;
+        preset(n, BandwidthUnit::GiB)?;
     }
     let r = report(&a)?;
     if let Some(path) = &a.plot {
