@@ -5,12 +5,16 @@
 //! - [`tokenizer`]: SentencePiece and byte-level BPE tokenizers, streaming detokenization.
 //! - [`sampling`]: logit processors and token choice (greedy, temperature, top-k, top-p).
 //! - [`generate`]: the prefill / decode loop that ties them together.
+//! - [`engine`]: the serving engine: paged KV cache, continuous batching, prefix caching, preemption.
+//! - [`server`]: the OpenAI-compatible HTTP server over the engine (`bushu serve`).
 //! - [`cli`]: the `bushu` command line.
 
 pub mod cli;
+pub mod engine;
 pub mod formats;
 pub mod generate;
 pub mod model;
 pub mod roofline;
 pub mod sampling;
+pub mod server;
 pub mod tokenizer;

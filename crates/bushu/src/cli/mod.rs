@@ -3,6 +3,7 @@
 mod info;
 mod roofline;
 mod run;
+mod serve;
 mod tokenize;
 
 use crate::model::{load, Model, ModelFile};
@@ -30,6 +31,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Roofline analysis: hardware roofs, per-op intensity of prefill and decode, measured points.
     Roofline(Box<roofline::RooflineArgs>),
+    /// OpenAI-compatible HTTP server: continuous batching, paged KV cache, prefix caching.
+    Serve(Box<serve::ServeArgs>),
 }
 
 /// Options every model-using command has.
@@ -80,5 +83,6 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Detokenize(a) => tokenize::detokenize(a),
         Command::Info(a) => info::info(a),
         Command::Roofline(a) => roofline::roofline(*a),
+        Command::Serve(a) => serve::serve(*a),
     }
 }

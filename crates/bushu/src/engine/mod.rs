@@ -1,0 +1,1 @@
+//! The serving engine (issue 7), one concept per module as in nano-vllm.
