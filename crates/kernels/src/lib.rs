@@ -10,6 +10,7 @@ pub mod matmul;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub mod ops;
+pub mod paged_attention;
 pub mod quants;
 pub mod simd;
 #[cfg(target_arch = "x86_64")]
