@@ -27,12 +27,20 @@ pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in b.qs.iter_mut().zip(xs) {
-            *q = (v * id).round_ties_even() as i8;
+            *q = round_even(v * id) as i8;
             sum += *q as i32;
         }
         b.d = d;
         b.s = d * sum as f32;
     }
+}
+
+/// Round half to even for |v| <= 2^22 without a libm call: adding and subtracting 1.5 * 2^23 leaves
+/// the integer nearest to `v` (ties to even, the default rounding mode). Equal to `round_ties_even`.
+#[inline(always)]
+fn round_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
 }
 
 /// A weight format with an integer dot product against [`BlockQ8`] activations (`LEN / 32` of them

@@ -30,6 +30,8 @@ unsafe fn qs(x: &BlockQ8) -> __m256i {
 pub(crate) trait Fast32 {
     const BYTES: usize;
     const SIGNED: bool;
+    /// Whether `cw` can be nonzero (an offset or minimum to apply).
+    const OFFSET: bool = true;
     /// `(codes, d, cw)`.
     unsafe fn load(p: *const u8) -> (__m256i, f32, f32);
 }
@@ -41,6 +43,7 @@ pub(crate) struct Q4_1f;
 impl Fast32 for Q8_0f {
     const BYTES: usize = 34;
     const SIGNED: bool = true;
+    const OFFSET: bool = false;
     #[inline(always)]
     unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
         (_mm256_loadu_si256(p.add(2) as *const __m256i), f16(p), 0.0)
@@ -99,7 +102,9 @@ impl<F: Fast32, D: IDot> Kern for Blk32<F, D> {
         let s = if F::SIGNED { _mm256_sign_epi8(xq, w.sgn) } else { xq };
         let i = D::dot(w.u, s);
         acc.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(w.d * x.d), acc.v);
-        acc.c += w.cw * x.s;
+        if F::OFFSET {
+            acc.c += w.cw * x.s;
+        }
     }
     #[inline(always)]
     unsafe fn finish(acc: FAcc) -> f32 {
