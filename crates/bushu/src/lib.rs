@@ -7,6 +7,7 @@
 //! - [`generate`]: the prefill / decode loop that ties them together.
 //! - [`engine`]: the serving engine: paged KV cache, continuous batching, prefix caching, preemption.
 //! - [`server`]: the OpenAI-compatible HTTP server over the engine (`bushu serve`).
+//! - [`quant`]: quantization (affine int types, llama.cpp block types, GPTQ); [`perplexity`]: evaluation.
 //! - [`cli`]: the `bushu` command line.
 
 pub mod cli;
@@ -14,6 +15,8 @@ pub mod engine;
 pub mod formats;
 pub mod generate;
 pub mod model;
+pub mod perplexity;
+pub mod quant;
 pub mod roofline;
 pub mod sampling;
 pub mod server;

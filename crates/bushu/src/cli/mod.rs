@@ -1,6 +1,8 @@
 //! The `bushu` command line. Each subcommand is one module; they share model opening and thread setup.
 
 mod info;
+mod perplexity;
+mod quantize;
 mod roofline;
 mod run;
 mod serve;
@@ -29,6 +31,10 @@ pub enum Command {
     Detokenize(tokenize::DetokenizeArgs),
     /// Describe a model file: architecture, shapes, tensor types, vocabulary, template.
     Info(info::InfoArgs),
+    /// Perplexity of a text (llama-perplexity's method), optionally KL divergence from a base model.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Quantize a model to GGUF (llama.cpp block types, bushu int types, GPTQ).
+    Quantize(quantize::QuantizeArgs),
     /// Roofline analysis: hardware roofs, per-op intensity of prefill and decode, measured points.
     Roofline(Box<roofline::RooflineArgs>),
     /// OpenAI-compatible HTTP server: continuous batching, paged KV cache, prefix caching.
@@ -82,6 +88,8 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Tokenize(a) => tokenize::tokenize(a),
         Command::Detokenize(a) => tokenize::detokenize(a),
         Command::Info(a) => info::info(a),
+        Command::Perplexity(a) => perplexity::perplexity(a),
+        Command::Quantize(a) => quantize::quantize(a),
         Command::Roofline(a) => roofline::roofline(*a),
         Command::Serve(a) => serve::serve(*a),
     }

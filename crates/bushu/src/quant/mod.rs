@@ -1,0 +1,1 @@
+//! Quantization (lecture §5): affine integer quantization, llama.cpp's GGUF block types, GPTQ.
