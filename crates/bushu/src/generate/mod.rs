@@ -1,13 +1,36 @@
 //! Autoregressive generation (lecture §1–2): prefill the prompt once, then one decode step per token,
 //! each feeding only the new token through the model and its KV cache.
+//!
+//! One loop ([`run_decoder`]) serves every one-token-per-step strategy — a [`Decoder`] chooses the
+//! tokens: sampling/greedy ([`SampleDecoder`]), contrastive search and contrastive decoding
+//! ([`contrastive`]). The loop owns the stop conditions ([`stop`]): EOS, stop strings, the token limit,
+//! the context size. Beam search ([`beam`]) keeps several sequences and has its own driver.
+
+pub mod beam;
+pub mod contrastive;
+pub mod stop;
 
 use crate::model::llama::{Logits, State};
 use crate::model::Model;
+use crate::sampling::beam::BeamParams;
 use crate::sampling::{top_logprobs, Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::time::Instant;
+use stop::StopMatcher;
+
+/// How tokens are chosen.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Strategy {
+    /// Greedy or random sampling, after the processors of `GenerateOptions::sampling`.
+    #[default]
+    Sample,
+    /// Beam search (deterministic; the sampling warpers are not used, the logits processors are).
+    Beam(BeamParams),
+    /// Contrastive search (Su et al. 2022): `penalty_alpha` with the `top_k` most probable tokens.
+    ContrastiveSearch { penalty_alpha: f32, top_k: usize },
+}
 
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -18,15 +41,59 @@ pub struct GenerateOptions {
     pub logprobs: Option<usize>,
     /// Token ids that end generation.
     pub eos_ids: Vec<u32>,
+    /// Strings that end generation (never part of the returned text).
+    pub stop: Vec<String>,
+    pub strategy: Strategy,
+}
+
+impl GenerateOptions {
+    /// Sampling with `sampling`, no stop string.
+    pub fn new(max_tokens: usize, sampling: SamplingParams, eos_ids: Vec<u32>) -> GenerateOptions {
+        GenerateOptions {
+            max_tokens,
+            sampling,
+            logprobs: None,
+            eos_ids,
+            stop: Vec::new(),
+            strategy: Strategy::Sample,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.sampling.validate()?;
+        if self.logprobs == Some(0) {
+            bail!("--logprobs must be at least 1");
+        }
+        if self.stop.iter().any(|s| s.is_empty()) {
+            bail!("--stop strings must not be empty");
+        }
+        match &self.strategy {
+            Strategy::Sample => {}
+            Strategy::Beam(b) => b.validate()?,
+            Strategy::ContrastiveSearch { penalty_alpha, top_k } => {
+                if !(0.0..=1.0).contains(penalty_alpha) {
+                    bail!("--penalty-alpha must be in [0, 1] (got {penalty_alpha})");
+                }
+                if *top_k == 0 {
+                    bail!("contrastive search needs --top-k of at least 1");
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// An end-of-sequence token was produced.
     Stop,
-    /// `max_tokens` reached, or the context is full.
+    /// A `--stop` string appeared in the text.
+    StopString,
+    /// `max_tokens` reached.
     Length,
+    /// The context is full.
+    ContextFull,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -43,6 +110,16 @@ pub struct Timings {
     pub decode_tokens_per_s: f64,
 }
 
+/// One of several returned sequences (beam search).
+#[derive(Clone, Debug, Serialize)]
+pub struct Sequence {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    /// Beam search: `sum log p / len^length_penalty` (HF `sequences_scores`).
+    pub score: f32,
+    pub finish_reason: FinishReason,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Generation {
     pub tokens: Vec<u32>,
@@ -51,7 +128,78 @@ pub struct Generation {
     /// Per generated token, the top-k log-probabilities (when asked for).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub logprobs: Vec<Vec<TokenLogprob>>,
+    /// Beam search: the best sequences, best first (the first is also `tokens`/`text`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sequences: Vec<Sequence>,
     pub timings: Timings,
+}
+
+impl Generation {
+    fn empty() -> Generation {
+        Generation {
+            tokens: Vec::new(),
+            text: String::new(),
+            finish_reason: FinishReason::Length,
+            logprobs: Vec::new(),
+            sequences: Vec::new(),
+            timings: Timings::default(),
+        }
+    }
+}
+
+/// Chooses tokens one at a time for [`run_decoder`].
+pub trait Decoder {
+    /// Runs the prompt through the model(s).
+    fn prefill(&mut self, prompt: &[u32]) -> Result<()>;
+    /// The model's raw logits for the next token (for `logprobs`).
+    fn logits(&self) -> &[f32];
+    /// Chooses the next token.
+    fn choose(&mut self) -> Result<u32>;
+    /// Makes `token` part of the sequence (runs it through the model unless `choose` already did).
+    fn feed(&mut self, token: u32) -> Result<()>;
+    /// Positions left in the context.
+    fn room(&self) -> usize;
+}
+
+/// Greedy or random sampling with one model.
+pub struct SampleDecoder<'a> {
+    model: &'a Model,
+    state: &'a mut State,
+    sampler: Sampler,
+    logits: Vec<f32>,
+}
+
+impl<'a> SampleDecoder<'a> {
+    pub fn new(model: &'a Model, state: &'a mut State, params: &SamplingParams) -> Result<Self> {
+        Ok(SampleDecoder {
+            model,
+            state,
+            sampler: Sampler::new(params)?,
+            logits: Vec::new(),
+        })
+    }
+}
+
+impl Decoder for SampleDecoder<'_> {
+    fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
+        self.sampler.set_prompt(prompt);
+        self.logits = self.model.forward(self.state, prompt, Logits::Last)?.to_vec();
+        Ok(())
+    }
+    fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+    fn choose(&mut self) -> Result<u32> {
+        Ok(self.sampler.sample(&self.logits))
+    }
+    fn feed(&mut self, token: u32) -> Result<()> {
+        let l = self.model.forward(self.state, &[token], Logits::Last)?;
+        self.logits.copy_from_slice(l);
+        Ok(())
+    }
+    fn room(&self) -> usize {
+        self.state.cache.capacity() - self.state.pos()
+    }
 }
 
 /// Generates from `prompt` (token ids) after whatever `state` already holds,
@@ -64,61 +212,120 @@ pub fn generate(
     opts: &GenerateOptions,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation> {
+    opts.validate()?;
+    check_prompt(state, prompt)?;
+    opts.sampling.validate_for_vocab(model.config.vocab_size)?;
+    match &opts.strategy {
+        Strategy::Sample => {
+            let mut dec = SampleDecoder::new(model, state, &opts.sampling)?;
+            run_decoder(&mut dec, tokenizer, prompt, opts, on_text)
+        }
+        Strategy::ContrastiveSearch { penalty_alpha, top_k } => {
+            let mut dec = contrastive::ContrastiveSearch::new(model, state, &opts.sampling, *penalty_alpha, *top_k);
+            run_decoder(&mut dec, tokenizer, prompt, opts, on_text)
+        }
+        Strategy::Beam(b) => {
+            let g = beam::generate_beam(model, None, tokenizer, state, prompt, opts, b)?;
+            on_text(&g.text);
+            Ok(g)
+        }
+    }
+}
+
+/// Errors for an empty prompt or one that does not fit.
+pub fn check_prompt(state: &State, prompt: &[u32]) -> Result<()> {
     if prompt.is_empty() {
         bail!("the prompt is empty (no tokens to start from)");
     }
     let room = state.cache.capacity() - state.pos();
     if prompt.len() > room {
-        bail!("the prompt has {} tokens but the context holds {} (use --ctx to enlarge it)", prompt.len(), room);
+        bail!(
+            "the prompt has {} tokens but the context holds {} (use --ctx to enlarge it)",
+            prompt.len(),
+            room
+        );
     }
-    let mut sampler = Sampler::new(&opts.sampling)?;
+    Ok(())
+}
+
+/// The generation loop around a [`Decoder`]: stop conditions, streaming, logprobs, timings.
+pub fn run_decoder(
+    dec: &mut dyn Decoder,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation> {
     let mut stream = StreamDecoder::continuation(tokenizer);
-    let mut gen = Generation {
-        tokens: Vec::new(),
-        text: String::new(),
-        finish_reason: FinishReason::Length,
-        logprobs: Vec::new(),
-        timings: Timings::default(),
+    let mut stop = StopMatcher::new(&opts.stop);
+    let mut gen = Generation::empty();
+    let mut emit = |gen: &mut Generation, s: &str| {
+        if !s.is_empty() {
+            on_text(s);
+            gen.text.push_str(s);
+        }
     };
 
     let t0 = Instant::now();
-    let mut logits = model.forward(state, prompt, Logits::Last)?;
+    dec.prefill(prompt)?;
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     while gen.tokens.len() < opts.max_tokens {
         if let Some(k) = opts.logprobs {
-            let top = top_logprobs(logits, k);
-            gen.logprobs.push(top.into_iter().map(|(id, logprob)| TokenLogprob { id, logprob }).collect());
+            let top = top_logprobs(dec.logits(), k);
+            gen.logprobs.push(
+                top.into_iter()
+                    .map(|(id, logprob)| TokenLogprob { id, logprob })
+                    .collect(),
+            );
         }
-        let next = sampler.sample(logits);
+        let next = dec.choose()?;
         gen.tokens.push(next);
         if opts.eos_ids.contains(&next) {
             gen.finish_reason = FinishReason::Stop;
             break;
         }
-        let piece = stream.push(next);
-        if !piece.is_empty() {
-            on_text(&piece);
-            gen.text.push_str(&piece);
-        }
-        if gen.tokens.len() == opts.max_tokens || state.pos() == state.cache.capacity() {
+        let (text, hit) = stop.push(&stream.push(next));
+        emit(&mut gen, &text);
+        if hit {
+            gen.finish_reason = FinishReason::StopString;
             break;
         }
-        logits = model.forward(state, &[next], Logits::Last)?;
+        if gen.tokens.len() == opts.max_tokens {
+            gen.finish_reason = FinishReason::Length;
+            break;
+        }
+        if dec.room() == 0 {
+            gen.finish_reason = FinishReason::ContextFull;
+            break;
+        }
+        dec.feed(next)?;
     }
-    let rest = stream.flush();
-    if !rest.is_empty() {
-        on_text(&rest);
-        gen.text.push_str(&rest);
+    if gen.finish_reason != FinishReason::StopString {
+        let (text, hit) = stop.push(&stream.flush());
+        emit(&mut gen, &text);
+        if hit {
+            gen.finish_reason = FinishReason::StopString;
+        } else {
+            let rest = stop.finish();
+            emit(&mut gen, &rest);
+        }
     }
     let decode = t1.elapsed().as_secs_f64();
     // The first token comes from the prefill's logits; decode steps produced the others.
-    let decode_steps = gen.tokens.len().saturating_sub(1);
-    gen.timings = Timings {
+    gen.timings = timings(prompt.len(), gen.tokens.len().saturating_sub(1), prefill, decode);
+    Ok(gen)
+}
+
+fn timings(prompt: usize, decode_steps: usize, prefill: f64, decode: f64) -> Timings {
+    Timings {
         prefill_ms: prefill * 1e3,
         decode_ms: decode * 1e3,
-        prefill_tokens_per_s: prompt.len() as f64 / prefill.max(1e-9),
-        decode_tokens_per_s: if decode_steps > 0 { decode_steps as f64 / decode.max(1e-9) } else { 0.0 },
-    };
-    Ok(gen)
+        prefill_tokens_per_s: prompt as f64 / prefill.max(1e-9),
+        decode_tokens_per_s: if decode_steps > 0 {
+            decode_steps as f64 / decode.max(1e-9)
+        } else {
+            0.0
+        },
+    }
 }

@@ -1,18 +1,39 @@
 //! Choosing the next token from the model's logits.
 //!
-//! The logits pass through a chain of [`LogitProcessor`]s, each one named technique in its own module
-//! (temperature, top-k, top-p), in Hugging Face `generate`'s order: temperature → top-k → top-p. Then
-//! the token is drawn from what is left with a seeded RNG, or — temperature 0 — taken greedily.
+//! The logits pass through a chain of [`LogitProcessor`]s, each one named technique in its own module,
+//! in Hugging Face `generate`'s order (see `docs/DECODING.md` for where llama.cpp differs):
+//!
+//! 1. [`logit_bias`] (HF `sequence_bias` with one-token sequences)
+//! 2. [`repetition_penalty`] (CTRL, multiplicative)
+//! 3. [`presence_penalty`], [`frequency_penalty`] (OpenAI style; not in HF — placed beside repetition)
+//! 4. [`no_repeat_ngram`]
+//! 5. sampling only ("warpers"): [`temperature`] → [`top_k`] → [`top_p`] → [`min_p`]
+//!
+//! Then the token is drawn from what is left with the seeded [`rng`], or — temperature 0 — taken
+//! greedily. The other decoding strategies live in [`beam`] (beam search) and [`contrastive`]
+//! (contrastive decoding and contrastive search); `crate::generate` drives them with a model.
 
+pub mod beam;
+pub mod contrastive;
+pub mod frequency_penalty;
+pub mod logit_bias;
+pub mod min_p;
+pub mod no_repeat_ngram;
+pub mod presence_penalty;
+pub mod repetition_penalty;
 pub mod rng;
 pub mod temperature;
 pub mod top_k;
 pub mod top_p;
 
-use anyhow::{bail, Result};
+mod params;
+
+pub use params::{PenaltyWindow, SamplingParams};
+
 use rng::Rng;
 
 /// The candidate tokens of one step: (token id, logit), in no particular order unless `sorted`.
+#[derive(Clone, Debug, Default)]
 pub struct Candidates {
     pub items: Vec<(u32, f32)>,
     /// Whether `items` is sorted by decreasing logit.
@@ -23,122 +44,241 @@ impl Candidates {
     /// Refills from a full logit vector (reusing the allocation).
     pub fn fill(&mut self, logits: &[f32]) {
         self.items.clear();
-        self.items.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        self.items
+            .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
         self.sorted = false;
     }
 
     pub fn sort(&mut self) {
         if !self.sorted {
-            self.items.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            self.items
+                .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             self.sorted = true;
         }
     }
 
     /// Probabilities of the candidates (softmax of their logits), in `items` order.
     pub fn probs(&self) -> Vec<f32> {
-        let max = self.items.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
-        let e: Vec<f32> = self.items.iter().map(|c| (c.1 - max).exp()).collect();
-        let sum: f32 = e.iter().sum();
-        e.into_iter().map(|p| p / sum).collect()
+        softmax(&self.items.iter().map(|c| c.1).collect::<Vec<_>>())
     }
+
+    /// Applies `f` to the logit of token `id`, wherever it is.
+    pub fn update(&mut self, id: u32, f: impl FnOnce(f32) -> f32) {
+        // Before any truncation the items are the whole vocabulary in id order: index directly.
+        let i = id as usize;
+        if i < self.items.len() && self.items[i].0 == id {
+            self.items[i].1 = f(self.items[i].1);
+        } else if let Some(c) = self.items.iter_mut().find(|c| c.0 == id) {
+            c.1 = f(c.1);
+        }
+    }
+
+    /// Drops the candidates whose logit became `-inf` (banned tokens).
+    pub fn drop_banned(&mut self) {
+        self.items.retain(|c| c.1 != f32::NEG_INFINITY);
+    }
+
+    /// Writes the candidates back into a dense vector of `n` scores, `-inf` for removed tokens.
+    pub fn to_dense(&self, out: &mut [f32]) {
+        out.fill(f32::NEG_INFINITY);
+        for &(id, l) in &self.items {
+            out[id as usize] = l;
+        }
+    }
+}
+
+/// What processors may look at besides the logits: the sequence so far.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    /// Prompt then generated tokens.
+    pub tokens: &'a [u32],
+    /// How many of `tokens` are the prompt.
+    pub prompt_len: usize,
 }
 
 /// One step of logit processing.
 pub trait LogitProcessor: Send {
-    fn process(&mut self, cands: &mut Candidates);
+    fn process(&mut self, cands: &mut Candidates, ctx: &Context);
 }
 
-/// Sampling parameters, as the CLI and the server take them.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SamplingParams {
-    /// 0 means greedy.
-    pub temperature: f32,
-    /// 0 means no top-k.
-    pub top_k: usize,
-    /// 1 means no top-p.
-    pub top_p: f32,
-    pub seed: u64,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 0 }
+/// `softmax(x)`, computed in f64 and tolerant of `-inf` entries.
+pub fn softmax(x: &[f32]) -> Vec<f32> {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return vec![1.0 / x.len().max(1) as f32; x.len()];
     }
+    let e: Vec<f64> = x.iter().map(|&l| ((l - max) as f64).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.into_iter().map(|p| (p / sum) as f32).collect()
 }
 
-impl SamplingParams {
-    pub fn validate(&self) -> Result<()> {
-        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            bail!("temperature must be a finite number >= 0 (got {})", self.temperature);
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            bail!("top-p must be in (0, 1] (got {})", self.top_p);
-        }
-        Ok(())
-    }
-
-    pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0
-    }
+/// `log_softmax(x)` in place (f64 accumulation).
+pub fn log_softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max as f64 + x.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln();
+    x.iter_mut().for_each(|l| *l = (*l as f64 - lse) as f32);
 }
 
-/// Picks tokens: the processor chain plus the RNG.
-pub struct Sampler {
-    greedy: bool,
-    processors: Vec<Box<dyn LogitProcessor>>,
-    rng: Rng,
+/// The processor chain of a [`SamplingParams`]: the logits processors, then — when sampling — the
+/// warpers, in Hugging Face order.
+pub struct Processors {
+    chain: Vec<Box<dyn LogitProcessor>>,
     cands: Candidates,
 }
 
-impl Sampler {
-    pub fn new(p: &SamplingParams) -> Result<Sampler> {
-        p.validate()?;
-        let mut processors: Vec<Box<dyn LogitProcessor>> = Vec::new();
-        if !p.is_greedy() {
-            processors.push(Box::new(temperature::Temperature(p.temperature)));
+impl Processors {
+    /// `warpers`: include temperature, top-k, top-p and min-p (random sampling only, as in HF).
+    pub fn new(p: &SamplingParams, warpers: bool) -> Processors {
+        let mut chain: Vec<Box<dyn LogitProcessor>> = Vec::new();
+        if !p.logit_bias.is_empty() {
+            chain.push(Box::new(logit_bias::LogitBias::new(&p.logit_bias)));
+        }
+        if p.repetition_penalty != 1.0 {
+            chain.push(Box::new(repetition_penalty::RepetitionPenalty::new(
+                p.repetition_penalty,
+                p.penalty_window,
+            )));
+        }
+        if p.presence_penalty != 0.0 {
+            chain.push(Box::new(presence_penalty::PresencePenalty::new(
+                p.presence_penalty,
+                p.penalty_window,
+            )));
+        }
+        if p.frequency_penalty != 0.0 {
+            chain.push(Box::new(frequency_penalty::FrequencyPenalty::new(
+                p.frequency_penalty,
+                p.penalty_window,
+            )));
+        }
+        if p.no_repeat_ngram > 0 {
+            chain.push(Box::new(no_repeat_ngram::NoRepeatNgram(p.no_repeat_ngram)));
+        }
+        if warpers {
+            chain.push(Box::new(temperature::Temperature(p.temperature)));
             if p.top_k > 0 {
-                processors.push(Box::new(top_k::TopK(p.top_k)));
+                chain.push(Box::new(top_k::TopK(p.top_k)));
             }
             if p.top_p < 1.0 {
-                processors.push(Box::new(top_p::TopP(p.top_p)));
+                chain.push(Box::new(top_p::TopP(p.top_p)));
+            }
+            if p.min_p > 0.0 {
+                chain.push(Box::new(min_p::MinP(p.min_p)));
             }
         }
-        Ok(Sampler {
-            greedy: p.is_greedy(),
-            processors,
-            rng: Rng::new(p.seed),
-            cands: Candidates { items: Vec::new(), sorted: false },
-        })
+        Processors {
+            chain,
+            cands: Candidates::default(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chain.is_empty()
     }
 
     /// Adds a processor at the end of the chain.
     pub fn push(&mut self, p: Box<dyn LogitProcessor>) {
-        self.processors.push(p);
+        self.chain.push(p);
     }
 
-    /// Chooses the next token from `logits`.
+    /// Runs the chain over `logits`; the surviving candidates.
+    pub fn apply(&mut self, logits: &[f32], ctx: &Context) -> &mut Candidates {
+        self.cands.fill(logits);
+        for p in &mut self.chain {
+            p.process(&mut self.cands, ctx);
+        }
+        self.cands.drop_banned();
+        &mut self.cands
+    }
+
+    /// Runs the chain over a dense score vector in place (removed tokens become `-inf`): how beam
+    /// search and contrastive search apply processors to whole distributions.
+    pub fn apply_dense(&mut self, scores: &mut [f32], ctx: &Context) {
+        if self.chain.is_empty() {
+            return;
+        }
+        self.apply(scores, ctx);
+        self.cands.to_dense(scores);
+    }
+}
+
+/// Picks tokens: the processor chain plus the RNG, remembering the sequence for the penalties.
+pub struct Sampler {
+    greedy: bool,
+    procs: Processors,
+    rng: Rng,
+    history: Vec<u32>,
+    prompt_len: usize,
+}
+
+impl Sampler {
+    pub fn new(p: &SamplingParams) -> anyhow::Result<Sampler> {
+        p.validate()?;
+        Ok(Sampler {
+            greedy: p.is_greedy(),
+            procs: Processors::new(p, !p.is_greedy()),
+            rng: Rng::new(p.seed),
+            history: Vec::new(),
+            prompt_len: 0,
+        })
+    }
+
+    /// Sets the prompt the penalties and n-gram blocking see (forgetting earlier tokens).
+    pub fn set_prompt(&mut self, prompt: &[u32]) {
+        self.history.clear();
+        self.history.extend_from_slice(prompt);
+        self.prompt_len = prompt.len();
+    }
+
+    /// Records a token as part of the sequence (done by [`Sampler::sample`] for the tokens it picks).
+    pub fn accept(&mut self, token: u32) {
+        self.history.push(token);
+    }
+
+    /// The sequence so far: prompt, then accepted tokens.
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+
+    /// Adds a processor at the end of the chain.
+    pub fn push(&mut self, p: Box<dyn LogitProcessor>) {
+        self.procs.push(p);
+    }
+
+    /// Chooses the next token from `logits` and records it in the history.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.greedy && self.processors.is_empty() {
+        let t = self.choose(logits);
+        self.history.push(t);
+        t
+    }
+
+    fn choose(&mut self, logits: &[f32]) -> u32 {
+        if self.greedy && self.procs.is_empty() {
             return kernels::ops::argmax(logits) as u32;
         }
-        self.cands.fill(logits);
-        for p in &mut self.processors {
-            p.process(&mut self.cands);
+        let ctx = Context {
+            tokens: &self.history,
+            prompt_len: self.prompt_len,
+        };
+        let cands = self.procs.apply(logits, &ctx);
+        if cands.items.is_empty() {
+            // Everything was banned: fall back to the raw argmax rather than invent a token.
+            return kernels::ops::argmax(logits) as u32;
         }
         if self.greedy {
-            self.cands.sort();
-            return self.cands.items[0].0;
+            cands.sort();
+            return cands.items[0].0;
         }
-        let probs = self.cands.probs();
+        let probs = cands.probs();
         let u = self.rng.next_f32();
         let mut acc = 0.0f32;
-        for (c, p) in self.cands.items.iter().zip(&probs) {
+        for (c, p) in cands.items.iter().zip(&probs) {
             acc += p;
             if u < acc {
                 return c.0;
             }
         }
-        self.cands.items.last().map(|c| c.0).unwrap_or(0)
+        cands.items.last().map(|c| c.0).unwrap_or(0)
     }
 }
 

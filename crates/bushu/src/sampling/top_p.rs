@@ -1,12 +1,12 @@
 //! Top-p (nucleus): keep the smallest set of most probable tokens whose probability mass reaches `p`
 //! (lecture §1).
 
-use super::{Candidates, LogitProcessor};
+use super::{Candidates, Context, LogitProcessor};
 
 pub struct TopP(pub f32);
 
 impl LogitProcessor for TopP {
-    fn process(&mut self, c: &mut Candidates) {
+    fn process(&mut self, c: &mut Candidates, _: &Context) {
         c.sort();
         let probs = c.probs();
         let mut acc = 0.0f64;
