@@ -43,7 +43,11 @@ pub fn paged_attention(q: &[f32], kv: PagedKv, queries: &[PagedQuery], out: &mut
     let kv_dim = s.n_kv_heads * hd;
     let group = s.n_heads / s.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    assert_eq!(q.len(), queries.len() * s.n_heads * hd, "query length does not match the query tokens");
+    assert_eq!(
+        q.len(),
+        queries.len() * s.n_heads * hd,
+        "query length does not match the query tokens"
+    );
     assert_eq!(out.len(), q.len(), "output length does not match the queries");
     out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
         let (t, h) = (i / s.n_heads, i % s.n_heads);
@@ -124,8 +128,22 @@ mod tests {
     #[test]
     fn paged_equals_contiguous_bitwise() {
         for (s, bs) in [
-            (AttnShape { n_heads: 6, n_kv_heads: 2, head_dim: 16 }, 16),
-            (AttnShape { n_heads: 4, n_kv_heads: 4, head_dim: 12 }, 5),
+            (
+                AttnShape {
+                    n_heads: 6,
+                    n_kv_heads: 2,
+                    head_dim: 16,
+                },
+                16,
+            ),
+            (
+                AttnShape {
+                    n_heads: 4,
+                    n_kv_heads: 4,
+                    head_dim: 12,
+                },
+                5,
+            ),
         ] {
             let kv_dim = s.n_kv_heads * s.head_dim;
             let q_dim = s.n_heads * s.head_dim;
@@ -166,13 +184,29 @@ mod tests {
                 attention(&qi, &conts[i].0, &conts[i].1, &mut o, s, pos0);
                 want.extend(o);
                 for t in 0..n {
-                    queries.push(PagedQuery { block_table: &tables[i], pos: pos0 + t });
+                    queries.push(PagedQuery {
+                        block_table: &tables[i],
+                        pos: pos0 + t,
+                    });
                 }
                 q.extend(qi);
             }
             let mut out = vec![0.0; q.len()];
-            paged_attention(&q, PagedKv { k: &pk, v: &pv, block_size: bs }, &queries, &mut out, s);
-            assert!(out.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "paged != contiguous");
+            paged_attention(
+                &q,
+                PagedKv {
+                    k: &pk,
+                    v: &pv,
+                    block_size: bs,
+                },
+                &queries,
+                &mut out,
+                s,
+            );
+            assert!(
+                out.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "paged != contiguous"
+            );
         }
     }
 }

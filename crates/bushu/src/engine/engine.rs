@@ -1,0 +1,253 @@
+//! The step loop: schedule → batched forward → sample → update, over and over. Requests come in and
+//! are cancelled between steps; each step reports the tokens it produced.
+
+use super::metrics::Gauges;
+use super::model_runner::{ModelRunner, PagedCache, SeqInput};
+use super::scheduler::{Scheduler, SchedulerConfig};
+use super::sequence::{FinishReason, Request, SeqId, SeqStatus, Sequence};
+use crate::model::Model;
+use crate::sampling::top_logprobs;
+use anyhow::{bail, Result};
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Sequences running at once.
+    pub max_batch: usize,
+    /// Tokens per step: the decode tokens plus prefill chunks.
+    pub max_batched_tokens: usize,
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// KV blocks in the cache.
+    pub num_blocks: usize,
+    pub prefix_caching: bool,
+    /// Longest sequence (prompt + generated).
+    pub max_model_len: usize,
+}
+
+impl EngineConfig {
+    /// Sizes the cache for `model`: `kv_memory` bytes if given, else room for `max_batch` sequences of
+    /// `ctx` positions; `ctx` defaults to the model's context length.
+    pub fn for_model(model: &Model, max_batch: usize, ctx: Option<usize>, kv_memory: Option<usize>) -> EngineConfig {
+        let c = &model.config;
+        let block_size = 16;
+        let ctx = ctx.unwrap_or(c.max_ctx).max(1);
+        let per_pos = PagedCache::bytes_per_position(c.n_layers, c.kv_dim());
+        let positions = match kv_memory {
+            Some(bytes) => bytes / per_pos,
+            None => max_batch * ctx,
+        };
+        let num_blocks = (positions / block_size).max(1);
+        EngineConfig {
+            max_batch,
+            max_batched_tokens: 256,
+            block_size,
+            num_blocks,
+            prefix_caching: true,
+            max_model_len: ctx.min(c.max_ctx).min(num_blocks * block_size),
+        }
+    }
+
+    pub fn kv_bytes(&self, model: &Model) -> usize {
+        let c = &model.config;
+        self.num_blocks * self.block_size * PagedCache::bytes_per_position(c.n_layers, c.kv_dim())
+    }
+}
+
+/// Log-probability of a sampled token, and the most likely alternatives.
+#[derive(Clone, Debug)]
+pub struct Logprobs {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What one step did for one sequence.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub seq: SeqId,
+    /// The token sampled this step (none when the sequence ended without one).
+    pub token: Option<u32>,
+    pub logprobs: Option<Logprobs>,
+    pub finish: Option<FinishReason>,
+    /// Prompt tokens served from the prefix cache (set with the first token).
+    pub cached_tokens: usize,
+}
+
+pub struct Engine {
+    pub sched: Scheduler,
+    pub runner: ModelRunner,
+    pub cfg: EngineConfig,
+    eos: Vec<u32>,
+    next_id: SeqId,
+    steps: u64,
+}
+
+impl Engine {
+    pub fn new(model: Model, eos: Vec<u32>, cfg: EngineConfig) -> Engine {
+        let runner = ModelRunner::new(model, cfg.block_size, cfg.num_blocks);
+        let sched = Scheduler::new(SchedulerConfig {
+            max_batch: cfg.max_batch,
+            max_batched_tokens: cfg.max_batched_tokens,
+            block_size: cfg.block_size,
+            num_blocks: cfg.num_blocks,
+            prefix_caching: cfg.prefix_caching,
+            max_model_len: cfg.max_model_len,
+        });
+        Engine {
+            sched,
+            runner,
+            cfg,
+            eos,
+            next_id: 1,
+            steps: 0,
+        }
+    }
+
+    /// Checks a request against the context; returns the error text the client should see.
+    pub fn check(&self, req: &Request) -> Result<()> {
+        let max = self.cfg.max_model_len;
+        if req.prompt.is_empty() {
+            bail!("the prompt is empty");
+        }
+        if req.prompt.len() >= max {
+            bail!(
+                "This model's maximum context length is {max} tokens. However, you requested {} tokens in the prompt, which leaves no room for the completion.",
+                req.prompt.len()
+            );
+        }
+        let vocab = self.runner.model.config.vocab_size;
+        if let Some(&t) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+            bail!("token id {t} is outside the vocabulary of {vocab} tokens");
+        }
+        req.sampling.validate()?;
+        Ok(())
+    }
+
+    /// Queues a request; it joins the batch at the next step with room for it.
+    pub fn add(&mut self, req: Request) -> Result<SeqId> {
+        self.check(&req)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.sched.add(Sequence::new(id, req)?);
+        Ok(id)
+    }
+
+    /// Cancels a sequence and frees its blocks.
+    pub fn abort(&mut self, id: SeqId) -> bool {
+        let found = self.sched.abort(id);
+        self.sched.remove(id);
+        found
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.sched.is_idle()
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        let b = &self.sched.blocks;
+        Gauges {
+            running: self.sched.num_running(),
+            waiting: self.sched.num_waiting(),
+            kv_blocks_total: b.num_blocks(),
+            kv_blocks_free: b.num_free(),
+            kv_blocks_cached: b.num_cached_free(),
+            prefix_lookup_tokens: b.lookup_tokens,
+            prefix_hit_tokens: b.hit_tokens,
+            preemptions: self.sched.preemptions,
+            steps: self.steps,
+        }
+    }
+
+    /// One step of the loop. Finished sequences are reported once and forgotten.
+    pub fn step(&mut self) -> Result<Vec<Output>> {
+        let chunks = self.sched.schedule();
+        let mut outputs = Vec::new();
+        // Sequences the scheduler had to end (too long for the whole cache).
+        let ended: Vec<SeqId> = self
+            .sched
+            .seqs
+            .values()
+            .filter(|s| s.status == SeqStatus::Finished)
+            .map(|s| s.id)
+            .collect();
+        for id in ended {
+            let seq = self.sched.remove(id).expect("listed");
+            outputs.push(Output {
+                seq: id,
+                token: None,
+                logprobs: None,
+                finish: seq.finish,
+                cached_tokens: 0,
+            });
+        }
+        if chunks.is_empty() {
+            return Ok(outputs);
+        }
+        self.steps += 1;
+        let seqs = &mut self.sched.seqs;
+        let inputs: Vec<SeqInput> = chunks
+            .iter()
+            .map(|c| {
+                let s = &seqs[&c.seq];
+                SeqInput {
+                    tokens: &s.tokens[c.pos0..c.pos0 + c.n],
+                    pos0: c.pos0,
+                    block_table: &s.block_table,
+                    logits: c.sample,
+                }
+            })
+            .collect();
+        let vocab = self.runner.model.config.vocab_size;
+        let logits = self.runner.forward(&inputs)?;
+        drop(inputs);
+        let mut sampled = Vec::new();
+        for (c, row) in chunks.iter().filter(|c| c.sample).zip(logits.chunks_exact(vocab)) {
+            let seq = seqs.get_mut(&c.seq).expect("scheduled");
+            let t = seq.sampler.sample(row);
+            let logprobs = seq.logprobs.map(|k| Logprobs {
+                logprob: logprob_of(row, t),
+                top: top_logprobs(row, k),
+            });
+            let cached_tokens = if seq.num_generated() == 0 { seq.num_cached } else { 0 };
+            sampled.push(t);
+            outputs.push(Output {
+                seq: c.seq,
+                token: Some(t),
+                logprobs,
+                finish: None,
+                cached_tokens,
+            });
+        }
+        let done = self.sched.update(&chunks, &sampled, &self.eos);
+        for (id, reason) in done {
+            if let Some(o) = outputs.iter_mut().find(|o| o.seq == id) {
+                o.finish = Some(reason);
+            }
+            self.sched.remove(id);
+        }
+        Ok(outputs)
+    }
+
+    /// Runs requests to completion (offline use, tests, benchmarks): the generated tokens of each.
+    pub fn generate(&mut self, reqs: Vec<Request>) -> Result<Vec<Vec<u32>>> {
+        let mut ids = Vec::new();
+        for r in reqs {
+            ids.push(self.add(r)?);
+        }
+        let mut out: Vec<Vec<u32>> = vec![Vec::new(); ids.len()];
+        while self.has_work() {
+            for o in self.step()? {
+                if let (Some(i), Some(t)) = (ids.iter().position(|&id| id == o.seq), o.token) {
+                    out[i].push(t);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `log_softmax(logits)[t]`.
+fn logprob_of(logits: &[f32], t: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
+    logits[t as usize] - lse
+}
