@@ -10,7 +10,11 @@ fn main() {
     let rows: usize = a.get(2).map_or(5632, |s| s.parse().unwrap());
     let cols: usize = a.get(3).map_or(2048, |s| s.parse().unwrap());
     let n: usize = a.get(4).map_or(1, |s| s.parse().unwrap());
-    let p = if a.get(5).map(|s| s.as_str()) == Some("exact") { Precision::Exact } else { Precision::Fast };
+    let p = if a.get(5).map(|s| s.as_str()) == Some("exact") {
+        Precision::Exact
+    } else {
+        Precision::Fast
+    };
     let iters: usize = a.get(6).map_or(50, |s| s.parse().unwrap());
     // Several matrices so the working set exceeds the caches, as in a model.
     let nmat = (256 << 20) / t.bytes_for(rows * cols).unwrap() + 1;
@@ -32,7 +36,9 @@ fn main() {
             d
         })
         .collect();
-    let x: Vec<f32> = (0..n * cols).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let x: Vec<f32> = (0..n * cols)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
     let mut y = vec![0.0; n * rows];
     let mut run = |k: usize| {
         let m = QMatrix::new(t, rows, cols, &mats[k % nmat]);

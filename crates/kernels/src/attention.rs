@@ -99,7 +99,9 @@ pub fn attention_naive(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: Attn
         let qh = &q[i * hd..(i + 1) * hd];
         let off = (h / group) * hd;
         let len = pos0 + t + 1;
-        let mut p: Vec<f32> = (0..len).map(|j| dot(qh, &k[j * kv_dim + off..][..hd]) / (hd as f32).sqrt()).collect();
+        let mut p: Vec<f32> = (0..len)
+            .map(|j| dot(qh, &k[j * kv_dim + off..][..hd]) / (hd as f32).sqrt())
+            .collect();
         crate::ops::softmax(&mut p);
         o.fill(0.0);
         for (j, &pj) in p.iter().enumerate() {
@@ -116,7 +118,11 @@ mod tests {
 
     #[test]
     fn tiled_equals_naive() {
-        let s = AttnShape { n_heads: 6, n_kv_heads: 2, head_dim: 16 };
+        let s = AttnShape {
+            n_heads: 6,
+            n_kv_heads: 2,
+            head_dim: 16,
+        };
         let (n, pos0) = (5, 150);
         let len = pos0 + n;
         let mut seed = 1u64;

@@ -72,7 +72,10 @@ impl DType {
     ];
 
     fn row(self) -> &'static (DType, u32, &'static str, usize, usize) {
-        DType::TABLE.iter().find(|r| r.0 == self).expect("every DType is in TABLE")
+        DType::TABLE
+            .iter()
+            .find(|r| r.0 == self)
+            .expect("every DType is in TABLE")
     }
 
     /// The type with GGUF id `id`; the error names the type when it is a known but unsupported one.
@@ -118,7 +121,7 @@ impl DType {
 
     /// Bytes taken by `n` elements; `None` if `n` is not a whole number of blocks.
     pub fn bytes_for(self, n: usize) -> Option<usize> {
-        if n % self.block_len() != 0 {
+        if !n.is_multiple_of(self.block_len()) {
             return None;
         }
         (n / self.block_len()).checked_mul(self.block_bytes())

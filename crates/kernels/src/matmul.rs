@@ -27,7 +27,12 @@ pub struct QMatrix<'a> {
 impl<'a> QMatrix<'a> {
     pub fn new(dtype: DType, rows: usize, cols: usize, data: &'a [u8]) -> Self {
         debug_assert_eq!(Some(data.len()), dtype.bytes_for(cols).map(|b| b * rows));
-        QMatrix { dtype, rows, cols, data }
+        QMatrix {
+            dtype,
+            rows,
+            cols,
+            data,
+        }
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -133,7 +138,11 @@ pub fn matmul_with(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision) 
 /// [`matmul_with`] on a given SIMD level (the scalar kernels when `level` is not available).
 pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, level: Simd) {
     let n = x.len() / w.cols;
-    assert_eq!(x.len(), n * w.cols, "activation length is not a multiple of the matrix width");
+    assert_eq!(
+        x.len(),
+        n * w.cols,
+        "activation length is not a multiple of the matrix width"
+    );
     assert_eq!(y.len(), n * w.rows, "output length does not match rows x tokens");
     assert!(quants::supported(w.dtype), "no kernel for tensor type {}", w.dtype);
     if n == 0 || w.rows == 0 {
@@ -191,7 +200,11 @@ fn par_rows(job: &Job, f: RowsFn) {
         // SAFETY: the kernel matches the job's type; rows in range.
         return unsafe { f(job, 0, rows) };
     }
-    let chunk = if job.n == 1 { rows.div_ceil(threads * 4).next_multiple_of(4) } else { 32 };
+    let chunk = if job.n == 1 {
+        rows.div_ceil(threads * 4).next_multiple_of(4)
+    } else {
+        32
+    };
     (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
         // SAFETY: as above; chunks are disjoint, so are the outputs they write.
         unsafe { f(job, c * chunk, rows.min((c + 1) * chunk)) }

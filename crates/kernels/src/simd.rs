@@ -93,8 +93,14 @@ pub fn choose(env: Option<&str>, available: impl Fn(Simd) -> bool) -> Result<Sim
         None => Ok(fallback),
         Some(s) => match Simd::from_name(s) {
             Some(l) if available(l) => Ok(l),
-            Some(l) => Err((format!("BUSHU_SIMD={s}: this CPU cannot run the {} kernels", l.name()), fallback)),
-            None => Err((format!("BUSHU_SIMD={s}: expected scalar, avx2, avx512 or neon"), fallback)),
+            Some(l) => Err((
+                format!("BUSHU_SIMD={s}: this CPU cannot run the {} kernels", l.name()),
+                fallback,
+            )),
+            None => Err((
+                format!("BUSHU_SIMD={s}: expected scalar, avx2, avx512 or neon"),
+                fallback,
+            )),
         },
     }
 }

@@ -49,13 +49,7 @@ pub const TYPES: [DType; 9] = [
 pub fn random_matrix(rng: &mut Rng, t: DType, rows: usize, cols: usize) -> Vec<u8> {
     let n = rows * cols;
     match t {
-        DType::F32 => {
-            return rng
-                .vec(n, 1.0)
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect()
-        }
+        DType::F32 => return rng.vec(n, 1.0).iter().flat_map(|v| v.to_le_bytes()).collect(),
         DType::F16 => {
             return rng
                 .vec(n, 1.0)
@@ -78,9 +72,7 @@ pub fn random_matrix(rng: &mut Rng, t: DType, rows: usize, cols: usize) -> Vec<u
             DType::Q8_0 => {
                 put_f16(b, 0, rng.f32() * 0.01);
                 // llama.cpp never stores -128.
-                b[2..]
-                    .iter_mut()
-                    .for_each(|q| *q = (*q as i8).max(-127) as u8);
+                b[2..].iter_mut().for_each(|q| *q = (*q as i8).max(-127) as u8);
             }
             DType::Q4_0 => put_f16(b, 0, rng.f32() * 0.1),
             DType::Q4_1 | DType::Q4K | DType::Q5K => {

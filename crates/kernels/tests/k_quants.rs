@@ -8,7 +8,13 @@ fn fixture(name: &str) -> (Vec<u8>, Vec<f32>) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
     let blocks = std::fs::read(format!("{dir}{name}.blocks")).unwrap();
     let values = std::fs::read(format!("{dir}{name}.f32")).unwrap();
-    (blocks, values.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    (
+        blocks,
+        values
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    )
 }
 
 #[test]

@@ -40,10 +40,7 @@ fn every_path_matches_scalar() {
                             let mut got = vec![f32::NAN; n * rows];
                             matmul_on(&w, &x, &mut got, p, l);
                             let e = worst(&got, &want, &s);
-                            assert!(
-                                e <= 1e-5,
-                                "{t} {p:?} {l}: rows {rows} cols {cols} n {n}: rel err {e}"
-                            );
+                            assert!(e <= 1e-5, "{t} {p:?} {l}: rows {rows} cols {cols} n {n}: rel err {e}");
                         }
                     }
                 }
@@ -68,11 +65,7 @@ fn batched_equals_one_token_at_a_time() {
                 for ti in 0..n {
                     let mut one = vec![0.0; rows];
                     matmul_on(&w, &x[ti * cols..(ti + 1) * cols], &mut one, p, l);
-                    assert_eq!(
-                        one,
-                        all[ti * rows..(ti + 1) * rows],
-                        "{t} {p:?} {l} token {ti}"
-                    );
+                    assert_eq!(one, all[ti * rows..(ti + 1) * rows], "{t} {p:?} {l} token {ti}");
                 }
             }
         }
@@ -158,15 +151,10 @@ fn simd_selection() {
     #[cfg(target_arch = "x86_64")]
     {
         let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-        assert_eq!(
-            Simd::Avx2.available(),
-            avx2 && is_x86_feature_detected!("f16c")
-        );
+        assert_eq!(Simd::Avx2.available(), avx2 && is_x86_feature_detected!("f16c"));
         assert_eq!(
             Simd::Avx512.available(),
-            Simd::Avx2.available()
-                && is_x86_feature_detected!("avx512vnni")
-                && is_x86_feature_detected!("avx512bw")
+            Simd::Avx2.available() && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw")
         );
         assert!(!Simd::Neon.available());
     }

@@ -32,7 +32,10 @@ impl QuantDot for Q4_0 {
     /// `d dx Σ q qx - 8 d s`: unsigned nibbles times signed activations, offset applied once.
     fn dot_block_q8(b: &[u8], x: &[BlockQ8]) -> f32 {
         let q = &b[2..18];
-        let nib = q.iter().map(|&v| (v & 15) as i32).chain(q.iter().map(|&v| (v >> 4) as i32));
+        let nib = q
+            .iter()
+            .map(|&v| (v & 15) as i32)
+            .chain(q.iter().map(|&v| (v >> 4) as i32));
         let d = f16_at(b, 0);
         d * x[0].d * idot(nib, &x[0].qs) as f32 - 8.0 * d * x[0].s
     }

@@ -33,7 +33,10 @@ impl QuantDot for Q4_1 {
     /// `d dx Σ q qx + m s`.
     fn dot_block_q8(b: &[u8], x: &[BlockQ8]) -> f32 {
         let q = &b[4..20];
-        let nib = q.iter().map(|&v| (v & 15) as i32).chain(q.iter().map(|&v| (v >> 4) as i32));
+        let nib = q
+            .iter()
+            .map(|&v| (v & 15) as i32)
+            .chain(q.iter().map(|&v| (v >> 4) as i32));
         f16_at(b, 0) * x[0].d * idot(nib, &x[0].qs) as f32 + f16_at(b, 2) * x[0].s
     }
 }

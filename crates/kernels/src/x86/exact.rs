@@ -153,7 +153,11 @@ impl<B: BlockFormat> Kern for ViaDequant<B> {
     unsafe fn dot(acc: &mut Self::Acc, w: &Self::W, x: *const f32) {
         for i in (0..B::LEN).step_by(16) {
             acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(w.as_ptr().add(i)), _mm256_loadu_ps(x.add(i)), acc[0]);
-            acc[1] = _mm256_fmadd_ps(_mm256_loadu_ps(w.as_ptr().add(i + 8)), _mm256_loadu_ps(x.add(i + 8)), acc[1]);
+            acc[1] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(w.as_ptr().add(i + 8)),
+                _mm256_loadu_ps(x.add(i + 8)),
+                acc[1],
+            );
         }
     }
     #[inline(always)]

@@ -17,7 +17,10 @@ pub(crate) struct FAcc {
 
 #[inline(always)]
 unsafe fn facc0() -> FAcc {
-    FAcc { v: _mm256_setzero_ps(), c: 0.0 }
+    FAcc {
+        v: _mm256_setzero_ps(),
+        c: 0.0,
+    }
 }
 
 #[inline(always)]
@@ -146,7 +149,10 @@ impl K4Codes for Q5Kf {
             let m = _mm256_set1_epi8((1u8 << b) as i8);
             _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m), sixteen)
         };
-        (_mm256_or_si256(lo, bit(2 * j as i32)), _mm256_or_si256(hi, bit(2 * j as i32 + 1)))
+        (
+            _mm256_or_si256(lo, bit(2 * j as i32)),
+            _mm256_or_si256(hi, bit(2 * j as i32 + 1)),
+        )
     }
 }
 
@@ -174,7 +180,11 @@ impl<F: K4Codes, D: IDot> Kern for K4<F, D> {
     unsafe fn load(p: *const u8) -> WK {
         let (d, dmin) = (f16(p), f16(p.add(2)));
         let s = std::slice::from_raw_parts(p.add(4), 12);
-        let mut w = WK { p, d: [0.0; 16], m: [0.0; 8] };
+        let mut w = WK {
+            p,
+            d: [0.0; 16],
+            m: [0.0; 8],
+        };
         for g in 0..8 {
             let (sc, m) = scale_min_k4(g, s);
             w.d[g] = d * sc as f32;
@@ -218,7 +228,11 @@ impl<D: IDot> Kern for Q6Kf<D> {
     #[inline(always)]
     unsafe fn load(p: *const u8) -> WK {
         let d = f16(p.add(208));
-        let mut w = WK { p, d: [0.0; 16], m: [0.0; 8] };
+        let mut w = WK {
+            p,
+            d: [0.0; 16],
+            m: [0.0; 8],
+        };
         for (i, v) in w.d.iter_mut().enumerate() {
             *v = d * (*p.add(192 + i) as i8) as f32;
         }

@@ -113,9 +113,9 @@ unsafe fn tile<K: Kern, const R: usize, const T: usize>(job: &Job, r: usize, t: 
         }
     }
     let tail = job.cols - nc * K::ELEMS;
-    for i in 0..R {
-        for j in 0..T {
-            let mut v = K::finish(acc[i][j]);
+    for (i, acc) in acc.iter().enumerate() {
+        for (j, &acc) in acc.iter().enumerate() {
+            let mut v = K::finish(acc);
             if tail > 0 {
                 // Plain float rows whose length is not a multiple of the chunk: the rest in scalar.
                 let row = &job.w[(r + i) * job.row_bytes..][..job.row_bytes];
