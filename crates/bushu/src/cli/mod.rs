@@ -1,5 +1,6 @@
 //! The `bushu` command line. Each subcommand is one module; they share model opening and thread setup.
 
+mod bench;
 mod info;
 mod perplexity;
 mod quantize;
@@ -31,6 +32,8 @@ pub enum Command {
     Detokenize(tokenize::DetokenizeArgs),
     /// Describe a model file: architecture, shapes, tensor types, vocabulary, template.
     Info(info::InfoArgs),
+    /// Prompt-processing and generation speed, llama-bench style.
+    Bench(bench::BenchArgs),
     /// Perplexity of a text (llama-perplexity's method), optionally KL divergence from a base model.
     Perplexity(perplexity::PerplexityArgs),
     /// Quantize a model to GGUF (llama.cpp block types, bushu int types, GPTQ).
@@ -88,6 +91,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Tokenize(a) => tokenize::tokenize(a),
         Command::Detokenize(a) => tokenize::detokenize(a),
         Command::Info(a) => info::info(a),
+        Command::Bench(a) => bench::bench(a),
         Command::Perplexity(a) => perplexity::perplexity(a),
         Command::Quantize(a) => quantize::quantize(a),
         Command::Roofline(a) => roofline::roofline(*a),

@@ -12,13 +12,16 @@ use super::weights::Weights;
 use anyhow::{bail, Result};
 use kernels::attention::{attention, AttnShape};
 use kernels::ops::{add_assign, rmsnorm, rope, swiglu};
-use kernels::{matmul, QMatrix};
+use kernels::{matmul_with, Precision, QMatrix};
 
 pub struct Model {
     pub config: Config,
     pub weights: Weights,
     /// RoPE frequency of each rotated pair, scaling applied.
     inv_freq: Vec<f32>,
+    /// How activations meet quantized weights: `Fast` (int8 activation blocks, as llama.cpp; the
+    /// default) or `Exact` (f32 activations). Plain float weights always use f32.
+    pub precision: Precision,
 }
 
 /// Which positions of a forward pass get logits.
@@ -75,7 +78,7 @@ impl Model {
                 *f /= d;
             }
         }
-        Ok(Model { config, weights, inv_freq })
+        Ok(Model { config, weights, inv_freq, precision: Precision::default() })
     }
 
     /// A fresh state whose cache holds up to `ctx` positions.
@@ -117,9 +120,9 @@ impl Model {
             let xb = fit(&mut s.xb, n * dim);
             norm_rows(xb, &s.x[..n * dim], &lw.attn_norm, c.rms_eps);
             let (q, k, v) = (fit(&mut s.q, n * q_dim), fit(&mut s.k, n * kv_dim), fit(&mut s.v, n * kv_dim));
-            linear(&lw.wq.matrix(), xb, q, lw.bq.as_deref());
-            linear(&lw.wk.matrix(), xb, k, lw.bk.as_deref());
-            linear(&lw.wv.matrix(), xb, v, lw.bv.as_deref());
+            linear(&lw.wq.matrix(), self.precision, xb, q, lw.bq.as_deref());
+            linear(&lw.wk.matrix(), self.precision, xb, k, lw.bk.as_deref());
+            linear(&lw.wv.matrix(), self.precision, xb, v, lw.bv.as_deref());
             for t in 0..n {
                 rope(&mut q[t * q_dim..(t + 1) * q_dim], c.head_dim, pos0 + t, &self.inv_freq, c.rope_style);
                 rope(&mut k[t * kv_dim..(t + 1) * kv_dim], c.head_dim, pos0 + t, &self.inv_freq, c.rope_style);
@@ -127,16 +130,16 @@ impl Model {
             cache.store(layer, pos0, k, v);
             let att = fit(&mut s.att, n * q_dim);
             attention(q, &cache.k[layer], &cache.v[layer], att, shape, pos0);
-            linear(&lw.wo.matrix(), att, xb, None);
+            linear(&lw.wo.matrix(), self.precision, att, xb, None);
             add_assign(&mut s.x[..n * dim], xb);
 
             // Feed-forward block.
             norm_rows(xb, &s.x[..n * dim], &lw.ffn_norm, c.rms_eps);
             let (gate, up) = (fit(&mut s.gate, n * ffn), fit(&mut s.up, n * ffn));
-            linear(&lw.w_gate.matrix(), xb, gate, None);
-            linear(&lw.w_up.matrix(), xb, up, None);
+            linear(&lw.w_gate.matrix(), self.precision, xb, gate, None);
+            linear(&lw.w_up.matrix(), self.precision, xb, up, None);
             swiglu(gate, up);
-            linear(&lw.w_down.matrix(), gate, xb, None);
+            linear(&lw.w_down.matrix(), self.precision, gate, xb, None);
             add_assign(&mut s.x[..n * dim], xb);
         }
         cache.advance(n);
@@ -150,7 +153,7 @@ impl Model {
         let xb = fit(&mut s.xb, m * dim);
         norm_rows(xb, &s.x[first * dim..n * dim], &w.output_norm, c.rms_eps);
         let logits = fit(&mut s.logits, m * c.vocab_size);
-        linear(&w.output.matrix(), xb, logits, None);
+        linear(&w.output.matrix(), self.precision, xb, logits, None);
         Ok(&s.logits[..m * c.vocab_size])
     }
 }
@@ -164,8 +167,8 @@ fn norm_rows(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
 }
 
 /// `y = W x (+ bias)` for every token in `x`.
-fn linear(w: &QMatrix, x: &[f32], y: &mut [f32], bias: Option<&[f32]>) {
-    matmul(w, x, y);
+fn linear(w: &QMatrix, precision: Precision, x: &[f32], y: &mut [f32], bias: Option<&[f32]>) {
+    matmul_with(w, x, y, precision);
     if let Some(b) = bias {
         for row in y.chunks_exact_mut(b.len()) {
             add_assign(row, b);

@@ -1,0 +1,167 @@
+//! `bushu bench`: prompt processing and generation speed, llama-bench style.
+//!
+//! `pp<N>`: one forward pass over `N` random tokens from an empty cache; `tg<N>`: `N` one-token forward
+//! passes from an empty cache. Each test runs once to warm up, then `-r` times; tokens/s are reported as
+//! mean ± sample standard deviation. `--json` prints a list of objects with llama-bench's keys
+//! (`n_prompt`, `n_gen`, `n_threads`, `avg_ts`, `stddev_ts`, `samples_ts`) plus `model_bytes` (file size)
+//! and `bandwidth_gbs` (weight bytes read per token times tokens/s: every matrix once per forward pass,
+//! the embedding table one row per token).
+
+use super::{build_model, ModelArgs};
+use crate::model::llama::Logits;
+use crate::model::Model;
+use anyhow::{bail, Result};
+use clap::Args;
+use kernels::{Precision, Simd};
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt tokens of the prompt-processing test (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Generated tokens of the generation test (0 skips it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+    pub repetitions: usize,
+    /// f32 activations against quantized weights instead of int8 activation blocks.
+    #[arg(long)]
+    pub exact_activations: bool,
+    /// Print JSON (a list of objects, one per test).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+/// Weight bytes one forward pass reads: every matrix, plus one embedding row per token.
+fn bytes_per_pass(model: &Model, tokens: usize) -> f64 {
+    let w = &model.weights;
+    let mut b: usize = w.output.nbytes;
+    for l in &w.layers {
+        b += [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|t| t.nbytes).sum::<usize>();
+    }
+    let embd = &w.token_embd;
+    b += tokens * embd.nbytes / embd.shape.get(1).copied().unwrap_or(1).max(1);
+    b as f64
+}
+
+/// Deterministic pseudo-random token ids below `vocab`.
+fn tokens(n: usize, vocab: usize) -> Vec<u32> {
+    let mut s = 0x2545f4914f6cdd1du64;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % vocab as u64) as u32
+        })
+        .collect()
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    if a.repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    if a.n_prompt == 0 && a.n_gen == 0 {
+        bail!("nothing to run: -p and -n are both 0");
+    }
+    let (file, _) = a.model.open()?;
+    let mut model = build_model(&file)?;
+    if a.exact_activations {
+        model.precision = Precision::Exact;
+    }
+    let c = &model.config;
+    let ctx = a.n_prompt.max(a.n_gen).max(1);
+    if ctx > c.max_ctx.max(ctx) {
+        bail!("context {ctx} exceeds the model's {}", c.max_ctx);
+    }
+    let mut st = model.new_state(ctx);
+    let threads = rayon::current_num_threads();
+    let name = a.model.model.as_ref().and_then(|p| p.file_name()).map(|s| s.to_string_lossy().into_owned());
+    let params: usize = file.tensors.values().map(|t| t.numel()).sum();
+    let prompt = tokens(a.n_prompt.max(a.n_gen), c.vocab_size);
+
+    let mut results = Vec::new();
+    for (test, n) in [("pp", a.n_prompt), ("tg", a.n_gen)] {
+        if n == 0 {
+            continue;
+        }
+        let run = |st: &mut crate::model::llama::State| -> Result<f64> {
+            st.cache.truncate(0);
+            let t = Instant::now();
+            if test == "pp" {
+                model.forward(st, &prompt[..n], Logits::Last)?;
+            } else {
+                for &tok in &prompt[..n] {
+                    model.forward(st, &[tok], Logits::Last)?;
+                }
+            }
+            Ok(n as f64 / t.elapsed().as_secs_f64())
+        };
+        run(&mut st)?; // warm-up
+        let samples: Vec<f64> = (0..a.repetitions).map(|_| run(&mut st)).collect::<Result<_>>()?;
+        let (avg, std) = mean_std(&samples);
+        let per_token = if test == "pp" { bytes_per_pass(&model, n) / n as f64 } else { bytes_per_pass(&model, 1) };
+        results.push(serde_json::json!({
+            "model_filename": name,
+            "model_type": format!("{} {}", c.arch, dominant_type(&file)),
+            "model_bytes": file.file_bytes,
+            "model_n_params": params,
+            "n_threads": threads,
+            "n_prompt": if test == "pp" { n } else { 0 },
+            "n_gen": if test == "tg" { n } else { 0 },
+            "test": format!("{test}{n}"),
+            "simd": Simd::active().name(),
+            "precision": format!("{:?}", model.precision).to_lowercase(),
+            "avg_ts": avg,
+            "stddev_ts": std,
+            "samples_ts": samples,
+            "bandwidth_gbs": per_token * avg / 1e9,
+        }));
+    }
+
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    println!("| model | size | params | simd | threads | test | t/s | GB/s |");
+    println!("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |");
+    for r in &results {
+        println!(
+            "| {} | {:.2} GiB | {:.2} B | {} | {} | {} | {:.2} ± {:.2} | {:.1} |",
+            r["model_type"].as_str().unwrap_or(""),
+            file.file_bytes as f64 / (1u64 << 30) as f64,
+            params as f64 / 1e9,
+            r["simd"].as_str().unwrap_or(""),
+            threads,
+            r["test"].as_str().unwrap_or(""),
+            r["avg_ts"].as_f64().unwrap_or(0.0),
+            r["stddev_ts"].as_f64().unwrap_or(0.0),
+            r["bandwidth_gbs"].as_f64().unwrap_or(0.0),
+        );
+    }
+    Ok(())
+}
+
+/// The type of most matrix bytes (for the model column).
+fn dominant_type(file: &crate::model::ModelFile) -> String {
+    let mut by: std::collections::HashMap<kernels::DType, usize> = Default::default();
+    for t in file.tensors.values() {
+        *by.entry(t.dtype).or_default() += t.nbytes;
+    }
+    by.into_iter().max_by_key(|e| e.1).map(|e| e.0.name().to_owned()).unwrap_or_default()
+}
