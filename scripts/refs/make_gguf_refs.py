@@ -132,7 +132,7 @@ def teacher_forced(model, prompt, toks):
 
 
 def tokenize(bin_dir, path, text):
-    cmd = [os.path.join(bin_dir, "llama-tokenize"), "-m", path, "-p", text, "--ids", "--log-disable"]
+    cmd = [os.path.join(bin_dir, "llama-tokenize"), "-m", path, "-p", text, "--ids", "--log-disable", "--no-escape"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return json.loads(out), cmd
 
@@ -235,7 +235,7 @@ def main():
         model, reader = load_exact(path)
         doc = {"file": os.path.basename(path)}
         if a.chat_messages:
-            import jinja2
+            import jinja2.sandbox
             messages = json.loads(a.chat_messages)
             tmpl = field(reader, "tokenizer.chat_template")
             toks = field(reader, "tokenizer.ggml.tokens")

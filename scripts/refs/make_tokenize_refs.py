@@ -4,7 +4,8 @@
 usage: python3 scripts/refs/make_tokenize_refs.py OUT.json MODEL.gguf [--llamacpp-bin /tmp/llamacpp/build/bin]
 Writes {"file", "add_bos_token" (GGUF metadata), "bos_token_id", "made_with",
         "cases": [{"text", "ids"}]}: ids exactly as llama-tokenize prints them with its defaults
-(special tokens parsed, BOS added only if the vocab asks for it).
+(--no-escape so the text is taken verbatim; special tokens parsed, BOS added only if the vocab asks for it).
+llama-tokenize refuses an empty text, so there is no empty case.
 """
 import argparse, json, os, shlex, subprocess
 
@@ -31,7 +32,7 @@ TEXTS = [
     "   leading and trailing spaces   ",
     "\n\n\n",
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n",
-    "",
+    "C:\\path\\to\\file.txt and a literal \\n backslash-n",
 ]
 
 
@@ -45,7 +46,7 @@ def main():
     exe = os.path.join(a.llamacpp_bin, "llama-tokenize")
     cases = []
     for text in TEXTS:
-        cmd = [exe, "-m", a.model, "-p", text, "--ids", "--log-disable"]
+        cmd = [exe, "-m", a.model, "-p", text, "--ids", "--log-disable", "--no-escape"]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()
         ids = json.loads(out[-1]) if out else []
         cases.append({"text": text, "ids": ids})
@@ -54,8 +55,9 @@ def main():
            "bos_token_id": field(r, "tokenizer.ggml.bos_token_id"),
            "made_with": {"script": "python3 scripts/refs/make_tokenize_refs.py " + " ".join(
                shlex.quote(x) for x in [a.out, a.model]),
-               "per_text": f"{exe} -m MODEL -p TEXT --ids --log-disable (defaults: special tokens parsed)"},
+               "per_text": f"{exe} -m MODEL -p TEXT --ids --log-disable --no-escape (other defaults: special tokens parsed)"},
            "cases": cases}
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(doc, f, ensure_ascii=False, indent=1)
     for c in cases:
