@@ -4,9 +4,7 @@
 use bushu::cli::{main as cli_main, Cli};
 use bushu::roofline::analysis::{dtype_bytes, Dtypes, WeightBytes};
 use bushu::roofline::measure;
-use bushu::roofline::{
-    analyze, matmul_intensity, preset, BandwidthUnit, Family, Hardware, Options, Shape,
-};
+use bushu::roofline::{analyze, matmul_intensity, preset, BandwidthUnit, Family, Hardware, Options, Shape};
 use clap::Parser;
 use kernels::DType;
 use std::path::{Path, PathBuf};
@@ -34,10 +32,7 @@ fn lecture_shape() -> Shape {
 }
 
 fn close(got: f64, want: f64, tol: f64, what: &str) {
-    assert!(
-        (got - want).abs() <= tol,
-        "{what}: got {got}, want {want} ± {tol}"
-    );
+    assert!((got - want).abs() <= tol, "{what}: got {got}, want {want} ± {tol}");
 }
 
 fn models_dir() -> PathBuf {
@@ -52,17 +47,10 @@ fn a100_ridge_uses_gib() {
     close(hw.ridge(), 312e12 / 2039e9, 1e-9, "A100 ridge (GB/s)");
     close(hw.ridge(), 153.02, 0.01, "A100 ridge (GB/s)");
     // Names are case- and dash/underscore-insensitive.
-    assert_eq!(
-        preset("A100_80G", BandwidthUnit::GiB).unwrap().name,
-        "a100-80g"
-    );
+    assert_eq!(preset("A100_80G", BandwidthUnit::GiB).unwrap().name, "a100-80g");
     for name in ["h100-sxm", "rtx4090", "m2-max"] {
         let hw = preset(name, BandwidthUnit::GiB).unwrap();
-        assert!(
-            hw.ridge() > 10.0 && hw.ridge() < 1000.0,
-            "{name} ridge {}",
-            hw.ridge()
-        );
+        assert!(hw.ridge() > 10.0 && hw.ridge() < 1000.0, "{name} ridge {}", hw.ridge());
     }
 }
 
@@ -75,12 +63,7 @@ fn matmul_intensity_form() {
         1e-9,
         "matmul",
     );
-    close(
-        matmul_intensity(8192.0, 4096.0, 4096.0),
-        1638.4,
-        1e-9,
-        "matmul",
-    );
+    close(matmul_intensity(8192.0, 4096.0, 4096.0), 1638.4, 1e-9, "matmul");
     close(matmul_intensity(300.0, 300.0, 300.0), 100.0, 1e-9, "cube");
     // A matrix-vector product stays near 1 whatever the size.
     assert!(matmul_intensity(1.0, 4096.0, 4096.0) < 1.0);
@@ -143,12 +126,7 @@ fn flash_attention_moves_intensity() {
     let fa = &a.prefill.flash_attention;
     assert_eq!(fa.flops, a.prefill.family(Family::Attention).flops);
     // No T x T matrix: T (D + 1) / D = 1032.
-    close(
-        fa.intensity(),
-        1024.0 * 129.0 / 128.0,
-        1e-6,
-        "flash prefill",
-    );
+    close(fa.intensity(), 1024.0 * 129.0 / 128.0, 1e-6, "flash prefill");
     assert_eq!(hw.bound(fa.intensity()), "compute");
     // Decode barely changes: the K/V read dominates.
     close(
@@ -166,12 +144,7 @@ fn flash_attention_moves_intensity() {
             ..Options::default()
         },
     );
-    close(
-        a.prefill.flash_attention.intensity(),
-        129.0,
-        1e-6,
-        "flash Br=128",
-    );
+    close(a.prefill.flash_attention.intensity(), 129.0, 1e-6, "flash Br=128");
 }
 
 #[test]
@@ -196,12 +169,8 @@ fn full_traffic_and_dtypes() {
     let q4 = Dtypes::uniform(DType::Q4_0, DType::BF16, DType::BF16);
     let a16 = analyze(&s, &Dtypes::lecture(), Options::default());
     let a4 = analyze(&s, &q4, Options::default());
-    let r = a4.decode.family(Family::Linear).intensity()
-        / a16.decode.family(Family::Linear).intensity();
-    assert!(
-        r > 3.4 && r < 3.6,
-        "Q4_0 / BF16 decode linear intensity ratio {r}"
-    );
+    let r = a4.decode.family(Family::Linear).intensity() / a16.decode.family(Family::Linear).intensity();
+    assert!(r > 3.4 && r < 3.6, "Q4_0 / BF16 decode linear intensity ratio {r}");
     close(dtype_bytes(DType::Q8_0), 34.0 / 32.0, 1e-12, "Q8_0 bytes");
     // Causal attention halves (about) the prefill attention FLOPs.
     let c = analyze(
@@ -212,14 +181,8 @@ fn full_traffic_and_dtypes() {
             ..Options::default()
         },
     );
-    let ratio =
-        c.prefill.family(Family::Attention).flops / a16.prefill.family(Family::Attention).flops;
-    close(
-        ratio,
-        (1024.0 * 1025.0 / 2.0) / (1024.0 * 1024.0),
-        1e-9,
-        "causal ratio",
-    );
+    let ratio = c.prefill.family(Family::Attention).flops / a16.prefill.family(Family::Attention).flops;
+    close(ratio, (1024.0 * 1025.0 / 2.0) / (1024.0 * 1024.0), 1e-9, "causal ratio");
 }
 
 /// FLOPs of tiny-llama (dim 288, 6 layers, 6 heads of 48, ffn 768, vocab 32000), counted by hand.
@@ -229,14 +192,7 @@ fn tiny_llama_flops_by_hand() {
     let file = bushu::model::load(&path).unwrap();
     let c = &file.config;
     assert_eq!(
-        (
-            c.dim,
-            c.n_layers,
-            c.n_heads,
-            c.head_dim,
-            c.ffn_dim,
-            c.vocab_size
-        ),
+        (c.dim, c.n_layers, c.n_heads, c.head_dim, c.ffn_dim, c.vocab_size),
         (288, 6, 6, 48, 768, 32000)
     );
     let shape = Shape::from_config(c, 1, 16);
@@ -247,10 +203,7 @@ fn tiny_llama_flops_by_hand() {
     // Prefill of 16 tokens.
     // Per token per layer: q, k, v, o: 4 x 2 x 288 x 288 = 663 552; gate, up, down: 3 x 2 x 288 x 768 = 1 327 104.
     // 16 tokens x 6 layers x 1 990 656 = 191 102 976, plus the classifier on the last token 2 x 288 x 32 000.
-    assert_eq!(
-        a.prefill.family(Family::Linear).flops,
-        191_102_976.0 + 18_432_000.0
-    );
+    assert_eq!(a.prefill.family(Family::Linear).flops, 191_102_976.0 + 18_432_000.0);
     // Attention per layer: 4 x 6 heads x 16² x 48 + 4 x 6 x 16² = 301 056; x 6 layers.
     assert_eq!(a.prefill.family(Family::Attention).flops, 1_806_336.0);
     // Others per layer: norms 2 x 4 x 16 x 288, rope 3 x 16 x 576, residuals 2 x 16 x 288, swiglu 5 x 16 x 768
@@ -348,36 +301,19 @@ fn cli_json_and_plot() {
         .arg(&svg)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     close(j["ridge"].as_f64().unwrap(), 142.51, 0.01, "json ridge");
     let get = |phase: &str, fam: &str| {
         let rows = j["summary"].as_array().unwrap();
-        let r = rows
-            .iter()
-            .find(|r| r["phase"] == phase && r["family"] == fam)
-            .unwrap();
+        let r = rows.iter().find(|r| r["phase"] == phase && r["family"] == fam).unwrap();
         (
             r["intensity"].as_f64().unwrap(),
             r["bound"].as_str().unwrap().to_owned(),
         )
     };
-    close(
-        get("prefill", "linear").0,
-        2730.7,
-        0.1,
-        "json prefill linear",
-    );
-    close(
-        get("prefill", "attention").0,
-        114.7,
-        0.1,
-        "json prefill attention",
-    );
+    close(get("prefill", "linear").0, 2730.7, 0.1, "json prefill linear");
+    close(get("prefill", "attention").0, 114.7, 0.1, "json prefill attention");
     close(get("decode", "linear").0, 8.0, 0.1, "json decode linear");
     assert_eq!(get("decode", "total").1, "bandwidth");
     let s = std::fs::read_to_string(&svg).unwrap();
@@ -420,10 +356,7 @@ fn engine_run_points() {
     let pts = bushu::roofline::run::run_engine(&file, 8, 4, &dt, Options::default(), &hw).unwrap();
     assert_eq!(pts.len(), 2);
     for p in &pts {
-        assert!(
-            p.seconds > 0.0 && p.flops > 0.0 && p.fraction_of_roof > 0.0,
-            "{p:?}"
-        );
+        assert!(p.seconds > 0.0 && p.flops > 0.0 && p.fraction_of_roof > 0.0, "{p:?}");
         // A CPU does not beat an A100's roof.
         assert!(p.fraction_of_roof < 1.0, "{p:?}");
     }
@@ -442,11 +375,7 @@ fn measured_bandwidth_is_sane_and_stable() {
         let b = measure::bandwidth(256 << 20, threads, 8);
         for r in [&a, &b] {
             // DRAM streaming reads: from a slow VM's ~1 GB/s to a many-channel server's ~1 TB/s.
-            assert!(
-                r.best > 1e9 && r.best < 1e12,
-                "bandwidth {} GB/s",
-                r.best / 1e9
-            );
+            assert!(r.best > 1e9 && r.best < 1e12, "bandwidth {} GB/s", r.best / 1e9);
             assert!(r.median <= r.best);
             assert!(r.method.contains("streaming read"), "{}", r.method);
         }
@@ -484,9 +413,5 @@ fn measured_compute_is_sane() {
         int8_ops: None,
     };
     let hw = Hardware::from_measured(&m);
-    assert!(
-        hw.ridge() > 0.1 && hw.ridge() < 1000.0,
-        "ridge {}",
-        hw.ridge()
-    );
+    assert!(hw.ridge() > 0.1 && hw.ridge() < 1000.0, "ridge {}", hw.ridge());
 }

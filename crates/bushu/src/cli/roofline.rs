@@ -5,8 +5,7 @@ use crate::model::load;
 use crate::roofline::analysis::{Dtypes, WeightBytes};
 use crate::roofline::hardware::PRESETS;
 use crate::roofline::{
-    analyze, measure, plot, preset, run, summarize, BandwidthUnit, Hardware, Options, Report,
-    Shape, SummaryRow,
+    analyze, measure, plot, preset, run, summarize, BandwidthUnit, Hardware, Options, Report, Shape, SummaryRow,
 };
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -106,9 +105,7 @@ fn dtype(name: &Option<String>, default: DType, what: &str) -> Result<DType> {
     match name {
         None => Ok(default),
         Some(n) => DType::from_name(n).with_context(|| {
-            format!(
-                "unknown {what} dtype '{n}': use f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k, ..."
-            )
+            format!("unknown {what} dtype '{n}': use f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k, ...")
         }),
     }
 }
@@ -176,11 +173,7 @@ fn secs(s: f64) -> String {
 fn print_table(r: &Report) {
     let hw = &r.hardware;
     println!("hardware   {} — {}", hw.name, hw.description);
-    println!(
-        "  compute  {} ({})",
-        si(hw.peak_flops, "FLOP/s"),
-        hw.compute_type
-    );
+    println!("  compute  {} ({})", si(hw.peak_flops, "FLOP/s"), hw.compute_type);
     for (l, p) in &hw.other_peaks {
         println!("           {} ({l})", si(*p, "OP/s"));
     }
@@ -203,11 +196,7 @@ fn print_table(r: &Report) {
             m.f32_flops.method
         );
         match &m.int8_ops {
-            Some(i) => println!(
-                "           int8 {:.1} GOP/s best ({})",
-                i.best / 1e9,
-                i.method
-            ),
+            Some(i) => println!("           int8 {:.1} GOP/s best ({})", i.best / 1e9, i.method),
             None => println!("           int8: no int8 dot-product instruction on this CPU"),
         }
     }
@@ -270,16 +259,7 @@ fn print_table(r: &Report) {
     if !r.runs.is_empty() {
         println!(
             "{:<8} {:>7} {:>10} {:>16} {:>12} {:>16} {:>14} {:>10} {:>10} {:>10}",
-            "measured",
-            "tokens",
-            "time",
-            "FLOP/s",
-            "FLOP/byte",
-            "roof",
-            "bytes/s",
-            "% roof",
-            "% bw",
-            "tok/s"
+            "measured", "tokens", "time", "FLOP/s", "FLOP/byte", "roof", "bytes/s", "% roof", "% bw", "tok/s"
         );
         for p in &r.runs {
             println!(

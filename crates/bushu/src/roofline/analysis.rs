@@ -163,11 +163,7 @@ impl WeightBytes {
         w.label = if counts.len() == 1 && out == main {
             main.name().to_owned()
         } else {
-            let mut others: Vec<&str> = counts
-                .keys()
-                .filter(|d| **d != main)
-                .map(|d| d.name())
-                .collect();
+            let mut others: Vec<&str> = counts.keys().filter(|d| **d != main).map(|d| d.name()).collect();
             others.sort();
             let mut l = main.name().to_owned();
             if !others.is_empty() {
@@ -334,20 +330,8 @@ pub fn analyze(shape: &Shape, dtypes: &Dtypes, opts: Options) -> Analysis {
 }
 
 /// FLOPs and bytes of attention (see the module documentation).
-fn attention(
-    s: &Shape,
-    dt: &Dtypes,
-    opts: Options,
-    q_len: usize,
-    ctx: usize,
-    flash: bool,
-) -> (f64, f64) {
-    let (b, n, nkv, d) = (
-        s.batch as f64,
-        s.heads as f64,
-        s.kv_heads as f64,
-        s.head_dim as f64,
-    );
+fn attention(s: &Shape, dt: &Dtypes, opts: Options, q_len: usize, ctx: usize, flash: bool) -> (f64, f64) {
+    let (b, n, nkv, d) = (s.batch as f64, s.heads as f64, s.kv_heads as f64, s.head_dim as f64);
     let (tq, tk) = (q_len as f64, ctx as f64);
     // Query-key pairs scored per head.
     let pairs = if opts.causal {
@@ -375,12 +359,7 @@ fn attention(
 pub fn pass(phase: &str, s: &Shape, dt: &Dtypes, opts: Options, q_len: usize, ctx: usize) -> Pass {
     let l = s.layers as f64;
     let m = (s.batch * q_len) as f64;
-    let (h, f, qd, kvd) = (
-        s.hidden as f64,
-        s.ffn as f64,
-        s.q_dim() as f64,
-        s.kv_dim() as f64,
-    );
+    let (h, f, qd, kvd) = (s.hidden as f64, s.ffn as f64, s.q_dim() as f64, s.kv_dim() as f64);
     let a = dt.act;
     let out = |n: f64| if opts.count_outputs { n } else { 0.0 };
     let w = &dt.weights;
@@ -394,12 +373,7 @@ pub fn pass(phase: &str, s: &Shape, dt: &Dtypes, opts: Options, q_len: usize, ct
         });
     };
     // Linear `rows x k` by `k x n`.
-    let lin = |rows: f64, k: f64, n: f64, wb: f64| {
-        (
-            2.0 * rows * k * n,
-            rows * k * a + k * n * wb + out(rows * n * a),
-        )
-    };
+    let lin = |rows: f64, k: f64, n: f64, wb: f64| (2.0 * rows * k * n, rows * k * a + k * n * wb + out(rows * n * a));
     let norm = |rows: f64| (4.0 * rows * h, rows * h * a + h * a + out(rows * h * a));
 
     let (fl, by) = norm(m);
@@ -421,13 +395,7 @@ pub fn pass(phase: &str, s: &Shape, dt: &Dtypes, opts: Options, q_len: usize, ct
     push("attention", Family::Attention, fl, by, l);
     let (fl, by) = lin(m, qd, h, w.attn_output);
     push("o_proj", Family::Linear, fl, by, l);
-    push(
-        "residual",
-        Family::Other,
-        m * h,
-        2.0 * m * h * a + out(m * h * a),
-        l,
-    );
+    push("residual", Family::Other, m * h, 2.0 * m * h * a + out(m * h * a), l);
     let (fl, by) = norm(m);
     push("ffn_norm", Family::Other, fl, by, l);
     for (name, wb) in [("gate_proj", w.ffn_gate), ("up_proj", w.ffn_up)] {
@@ -443,13 +411,7 @@ pub fn pass(phase: &str, s: &Shape, dt: &Dtypes, opts: Options, q_len: usize, ct
     );
     let (fl, by) = lin(m, f, h, w.ffn_down);
     push("down_proj", Family::Linear, fl, by, l);
-    push(
-        "residual",
-        Family::Other,
-        m * h,
-        2.0 * m * h * a + out(m * h * a),
-        l,
-    );
+    push("residual", Family::Other, m * h, 2.0 * m * h * a + out(m * h * a), l);
     if s.vocab > 0 {
         let rows = s.batch as f64;
         let (fl, by) = norm(rows);

@@ -162,11 +162,7 @@ impl Hardware {
             compute_type: p.compute_type.to_owned(),
             bandwidth: p.gbps * unit.bytes(),
             bandwidth_note: format!("datasheet {} read as {unit_name}", p.gbps),
-            other_peaks: p
-                .other_peaks
-                .iter()
-                .map(|(l, t)| ((*l).to_owned(), t * 1e12))
-                .collect(),
+            other_peaks: p.other_peaks.iter().map(|(l, t)| ((*l).to_owned(), t * 1e12)).collect(),
         }
     }
 }

@@ -49,9 +49,7 @@ fn best_median(mut v: Vec<f64>) -> (f64, f64) {
 
 /// Threads to use: all the cores.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// The CPU's model name (Linux `/proc/cpuinfo`), or the architecture.
@@ -365,19 +363,12 @@ fn int8_run(kernel: &str, iters: usize) -> f64 {
 }
 
 /// Runs `f(iters)` (returning its op count) on `threads` threads; ops / wall time, best of `passes`.
-fn compute_rate(
-    threads: usize,
-    passes: usize,
-    iters: usize,
-    f: impl Fn(usize) -> f64 + Sync,
-) -> (f64, f64) {
+fn compute_rate(threads: usize, passes: usize, iters: usize, f: impl Fn(usize) -> f64 + Sync) -> (f64, f64) {
     let mut rates = Vec::with_capacity(passes);
     for _ in 0..passes + 1 {
         let t0 = Instant::now();
         let ops: f64 = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads)
-                .map(|_| s.spawn(|| f(black_box(iters))))
-                .collect();
+            let hs: Vec<_> = (0..threads).map(|_| s.spawn(|| f(black_box(iters)))).collect();
             hs.into_iter().map(|h| h.join().unwrap()).sum()
         });
         rates.push(ops / t0.elapsed().as_secs_f64());
@@ -391,11 +382,7 @@ pub fn f32_peak(threads: usize, passes: usize) -> Rate {
     let threads = threads.max(1);
     let passes = passes.max(1);
     let kernel = fma_kernel_name();
-    let iters = if kernel == "scalar" {
-        2_000_000
-    } else {
-        4_000_000
-    };
+    let iters = if kernel == "scalar" { 2_000_000 } else { 4_000_000 };
     let (best, median) = compute_rate(threads, passes, iters, |n| fma_run(kernel, n));
     let chains = match kernel {
         "avx512f" => "24 chains of 16-lane",
@@ -432,9 +419,7 @@ pub fn int8_peak(threads: usize, passes: usize) -> Option<Rate> {
         passes,
         threads,
         kernel: kernel.to_owned(),
-        method: format!(
-            "{threads} threads x {how}, 2 OP per MAC; best of {passes} passes after a warm-up"
-        ),
+        method: format!("{threads} threads x {how}, 2 OP per MAC; best of {passes} passes after a warm-up"),
     })
 }
 

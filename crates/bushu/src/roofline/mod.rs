@@ -35,10 +35,7 @@ impl Hardware {
             name: "this-machine".to_owned(),
             description: format!("{} ({} threads), measured", m.cpu, m.f32_flops.threads),
             peak_flops: m.f32_flops.best,
-            compute_type: format!(
-                "F32 FMA ({}, {} threads)",
-                m.f32_flops.kernel, m.f32_flops.threads
-            ),
+            compute_type: format!("F32 FMA ({}, {} threads)", m.f32_flops.kernel, m.f32_flops.threads),
             bandwidth: m.bandwidth.best,
             bandwidth_note: m.bandwidth.method.clone(),
             other_peaks,
@@ -101,23 +98,11 @@ pub fn summarize(hw: &Hardware, a: &Analysis) -> Vec<SummaryRow> {
             rows.push(SummaryRow::new(hw, &p.phase, f.name(), t.flops, t.bytes));
         }
         let fa = &p.flash_attention;
-        rows.push(SummaryRow::new(
-            hw,
-            &p.phase,
-            "attention (flash)",
-            fa.flops,
-            fa.bytes,
-        ));
+        rows.push(SummaryRow::new(hw, &p.phase, "attention (flash)", fa.flops, fa.bytes));
         let t = p.total();
         rows.push(SummaryRow::new(hw, &p.phase, "total", t.flops, t.bytes));
         let t = p.total_flash();
-        rows.push(SummaryRow::new(
-            hw,
-            &p.phase,
-            "total (flash)",
-            t.flops,
-            t.bytes,
-        ));
+        rows.push(SummaryRow::new(hw, &p.phase, "total (flash)", t.flops, t.bytes));
     }
     rows
 }

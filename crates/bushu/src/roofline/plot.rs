@@ -72,7 +72,11 @@ fn points(hw: &Hardware, a: &Analysis, runs: &[RunPoint]) -> Vec<Pt> {
 
 /// Writes the chart to `path` (`.svg`).
 pub fn plot(path: &Path, hw: &Hardware, a: &Analysis, runs: &[RunPoint]) -> Result<()> {
-    match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()) {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+    {
         Some(e) if e == "svg" => {}
         _ => bail!(
             "--plot {}: only .svg output is supported (render it to PNG with e.g. `convert out.svg out.png`)",
@@ -87,11 +91,7 @@ pub fn plot(path: &Path, hw: &Hardware, a: &Analysis, runs: &[RunPoint]) -> Resu
         10f64.powf((xmin / 4.0).log10().floor()),
         10f64.powf((xmax * 4.0).log10().ceil()),
     );
-    let top = hw
-        .other_peaks
-        .iter()
-        .map(|p| p.1)
-        .fold(hw.peak_flops, f64::max);
+    let top = hw.other_peaks.iter().map(|p| p.1).fold(hw.peak_flops, f64::max);
     let ys = pts.iter().map(|p| p.y).chain([hw.attainable(xmin)]);
     let ymin = ys.fold(f64::MAX, f64::min);
     let (ymin, ymax) = (
@@ -102,10 +102,14 @@ pub fn plot(path: &Path, hw: &Hardware, a: &Analysis, runs: &[RunPoint]) -> Resu
     let root = SVGBackend::new(path, (1100, 720)).into_drawing_area();
     let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (peak, unit) = if hw.peak_flops >= 1e12 {
+        (hw.peak_flops / 1e12, "TFLOP/s")
+    } else {
+        (hw.peak_flops / 1e9, "GFLOP/s")
+    };
     let title = format!(
-        "Roofline: {} — {:.1} TFLOP/s, {:.0} GB/s, ridge {:.2} FLOP/byte",
+        "Roofline: {} — {peak:.1} {unit}, {:.1} GB/s, ridge {:.2} FLOP/byte",
         hw.name,
-        hw.peak_flops / 1e12,
         hw.bandwidth / 1e9,
         ridge
     );
@@ -120,7 +124,7 @@ pub fn plot(path: &Path, hw: &Hardware, a: &Analysis, runs: &[RunPoint]) -> Resu
         .configure_mesh()
         .x_desc("arithmetic intensity (FLOP/byte)")
         .y_desc("attainable FLOP/s")
-        .x_label_formatter(&|x| format!("{x:.3e}"))
+        .x_label_formatter(&|x| if *x >= 1.0 { format!("{x:.0}") } else { format!("{x}") })
         .y_label_formatter(&|y| format!("{y:.0e}"))
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
@@ -136,11 +140,7 @@ pub fn plot(path: &Path, hw: &Hardware, a: &Analysis, runs: &[RunPoint]) -> Resu
     chart
         .draw_series(LineSeries::new(curve(hw.peak_flops), BLACK.stroke_width(3)))
         .map_err(|e| err(&e))?
-        .label(format!(
-            "roof: {} / {:.0} GB/s",
-            hw.compute_type,
-            hw.bandwidth / 1e9
-        ))
+        .label(format!("roof: {} / {:.0} GB/s", hw.compute_type, hw.bandwidth / 1e9))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
     for (label, peak) in &hw.other_peaks {
         let style = RGBColor(140, 140, 140).stroke_width(1);
@@ -177,26 +177,21 @@ pub fn plot(path: &Path, hw: &Hardware, a: &Analysis, runs: &[RunPoint]) -> Resu
         let size = if p.measured { 7 } else { 6 };
         if p.measured {
             chart
-                .draw_series(std::iter::once(TriangleMarker::new(
-                    (p.x, p.y),
-                    size,
-                    style,
-                )))
+                .draw_series(std::iter::once(TriangleMarker::new((p.x, p.y), size, style)))
                 .map_err(|e| err(&e))?;
         } else {
             chart
                 .draw_series(std::iter::once(Circle::new((p.x, p.y), size, style)))
                 .map_err(|e| err(&e))?;
         }
-        let dy = [-22, 14, -36, 28][i % 4];
+        // Labels of points that (nearly) coincide are stacked instead of drawn over each other.
+        let near = |q: &Pt| (q.x / p.x).log10().abs() < 0.12 && (q.y / p.y).log10().abs() < 0.12;
+        let k = pts[..i].iter().filter(|q| near(q)).count() as i32;
+        let dy = if k == 0 { -22 } else { 2 + 15 * k };
         chart
             .draw_series(std::iter::once(
                 EmptyElement::at((p.x, p.y))
-                    + Text::new(
-                        p.label.clone(),
-                        (8, dy),
-                        ("sans-serif", 13).into_font().color(&p.color),
-                    ),
+                    + Text::new(p.label.clone(), (8, dy), ("sans-serif", 13).into_font().color(&p.color)),
             ))
             .map_err(|e| err(&e))?;
     }

@@ -61,9 +61,7 @@ impl RunPoint {
 
 /// Deterministic prompt tokens inside the vocabulary.
 fn tokens(n: usize, vocab: usize) -> Vec<u32> {
-    (0..n)
-        .map(|i| (3 + (i * 7919) % (vocab.max(4) - 3)) as u32)
-        .collect()
+    (0..n).map(|i| (3 + (i * 7919) % (vocab.max(4) - 3)) as u32).collect()
 }
 
 /// Runs a prefill of `prompt` tokens and `steps` decode steps with bushu's engine and returns the two
@@ -89,10 +87,7 @@ pub fn run_engine(
         );
     }
     let shape = Shape::from_config(c, 1, prompt);
-    let opts = Options {
-        causal: true,
-        ..opts
-    };
+    let opts = Options { causal: true, ..opts };
     let toks = tokens(prompt, c.vocab_size);
 
     // Warm-up: touch every weight page once.
