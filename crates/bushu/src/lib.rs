@@ -8,14 +8,17 @@
 //! - [`engine`]: the serving engine: paged KV cache, continuous batching, prefix caching, preemption.
 //! - [`server`]: the OpenAI-compatible HTTP server over the engine (`bushu serve`).
 //! - [`quant`]: quantization (affine int types, llama.cpp block types, GPTQ); [`perplexity`]: evaluation.
+//! - [`chat`]: chat templates (Jinja, Hugging Face semantics); [`pull`]: the model cache and `bushu pull`.
 //! - [`cli`]: the `bushu` command line.
 
+pub mod chat;
 pub mod cli;
 pub mod engine;
 pub mod formats;
 pub mod generate;
 pub mod model;
 pub mod perplexity;
+pub mod pull;
 pub mod quant;
 pub mod roofline;
 pub mod sampling;

@@ -1,0 +1,5 @@
+//! Chat: rendering conversations with the model's Jinja chat template (shared by `bushu chat` and the server).
+
+pub mod template;
+
+pub use template::{ChatTemplate, Message};
