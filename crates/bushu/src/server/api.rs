@@ -1,0 +1,243 @@
+//! Request bodies of the OpenAI API (and the extensions vLLM and llama-server accept), their
+//! validation, and their translation into engine requests.
+
+use super::error::ApiError;
+use crate::engine::Request;
+use crate::sampling::SamplingParams;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Fields shared by `/v1/completions` and `/v1/chat/completions`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(default)]
+pub struct Common {
+    pub model: Option<String>,
+    pub max_tokens: Option<i64>,
+    /// Chat's newer name for `max_tokens`.
+    pub max_completion_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub stop: Option<Stop>,
+    pub seed: Option<i64>,
+    pub n: Option<i64>,
+    pub ignore_eos: bool,
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(default)]
+pub struct StreamOptions {
+    pub include_usage: bool,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Debug)]
+pub struct CompletionRequest {
+    pub prompt: Prompt,
+    /// Legacy logprobs: return this many alternatives per token.
+    #[serde(default)]
+    pub logprobs: Option<i64>,
+    #[serde(default)]
+    pub echo: bool,
+    #[serde(flatten)]
+    pub common: Common,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+#[derive(Deserialize, Debug)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub logprobs: bool,
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
+    #[serde(flatten)]
+    pub common: Common,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Value>,
+}
+
+impl ChatMessage {
+    /// The text of a message: a string, or the text parts of a content array.
+    pub fn text(&self) -> Result<String, ApiError> {
+        match &self.content {
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Array(parts)) => {
+                let mut out = String::new();
+                for p in parts {
+                    match (
+                        p.get("type").and_then(Value::as_str),
+                        p.get("text").and_then(Value::as_str),
+                    ) {
+                        (Some("text"), Some(t)) => out.push_str(t),
+                        _ => {
+                            return Err(ApiError::bad_request("only text content parts are supported").param("messages"))
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            Some(_) => {
+                Err(ApiError::bad_request("message content must be a string or an array of parts").param("messages"))
+            }
+        }
+    }
+}
+
+/// Parses a JSON body, turning serde's complaint into a 400.
+pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+/// What the handlers need beyond the per-choice engine requests.
+pub struct Plan {
+    pub requests: Vec<Request>,
+    pub stops: Vec<String>,
+    pub n: usize,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Builds `n` engine requests over `prompt` from the common fields. `max_default` is the default
+/// `max_tokens`; `logprobs` the number of alternatives asked for, if any.
+pub fn plan(c: &Common, prompt: Vec<u32>, max_default: usize, logprobs: Option<usize>) -> Result<Plan, ApiError> {
+    let n = c.n.unwrap_or(1);
+    if !(1..=16).contains(&n) {
+        return Err(ApiError::bad_request(format!("n must be between 1 and 16 (got {n})")).param("n"));
+    }
+    let max_tokens = match c.max_completion_tokens.or(c.max_tokens) {
+        None => max_default,
+        Some(m) if m >= 1 => m as usize,
+        Some(m) => {
+            return Err(ApiError::bad_request(format!("max_tokens must be at least 1 (got {m})")).param("max_tokens"))
+        }
+    };
+    let temperature = c.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(
+            ApiError::bad_request(format!("temperature must be in [0, 2] (got {temperature})")).param("temperature"),
+        );
+    }
+    for (name, v) in [
+        ("presence_penalty", c.presence_penalty),
+        ("frequency_penalty", c.frequency_penalty),
+    ] {
+        if let Some(v) = v {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(ApiError::bad_request(format!("{name} must be in [-2, 2] (got {v})")).param(name));
+            }
+        }
+    }
+    if let Some(k) = logprobs {
+        if k > 20 {
+            return Err(ApiError::bad_request(format!("at most 20 logprobs per token (got {k})")).param("logprobs"));
+        }
+    }
+    let stops = match &c.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) if v.len() <= 4 => v.clone(),
+        Some(Stop::Many(_)) => return Err(ApiError::bad_request("at most 4 stop sequences").param("stop")),
+    };
+    let base_seed = match c.seed {
+        Some(s) => s as u64,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    };
+    let sampling = SamplingParams {
+        temperature,
+        top_k: c.top_k.unwrap_or(0).max(0) as usize,
+        top_p: c.top_p.unwrap_or(1.0),
+        min_p: c.min_p.unwrap_or(0.0),
+        presence_penalty: c.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
+        repetition_penalty: c.repetition_penalty.unwrap_or(1.0),
+        seed: base_seed,
+        ..Default::default()
+    };
+    sampling
+        .validate()
+        .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    let requests = (0..n as u64)
+        .map(|i| Request {
+            prompt: prompt.clone(),
+            sampling: SamplingParams {
+                seed: base_seed.wrapping_add(i),
+                ..sampling.clone()
+            },
+            max_tokens,
+            ignore_eos: c.ignore_eos,
+            stop_ids: Vec::new(),
+            logprobs,
+        })
+        .collect();
+    Ok(Plan {
+        requests,
+        stops,
+        n: n as usize,
+        stream: c.stream,
+        include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_openai_fields_and_ignores_unknown_ones() {
+        let r: CompletionRequest = parse(
+            br#"{"model":"m","prompt":"hi","max_tokens":5,"temperature":0,"stop":["a","b"],"n":2,"user":"x","top_k":-1}"#,
+        )
+        .unwrap();
+        let p = plan(&r.common, vec![1, 2], 16, None).unwrap();
+        assert_eq!(p.requests.len(), 2);
+        assert_eq!(p.requests[0].max_tokens, 5);
+        assert!(p.requests[0].sampling.is_greedy());
+        assert_eq!(p.requests[0].sampling.top_k, 0);
+        assert_eq!(p.stops, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn rejects_bad_fields() {
+        for body in [
+            r#"{"prompt":"x","temperature":5}"#,
+            r#"{"prompt":"x","n":0}"#,
+            r#"{"prompt":"x","max_tokens":0}"#,
+            r#"{"prompt":"x","top_p":0}"#,
+        ] {
+            let r: CompletionRequest = parse(body.as_bytes()).unwrap();
+            assert!(plan(&r.common, vec![1], 16, None).is_err(), "{body}");
+        }
+        assert!(parse::<CompletionRequest>(br#"{"prompt":"x","max_tokens":"many"}"#).is_err());
+        assert!(parse::<CompletionRequest>(b"{not json").is_err());
+    }
+}

@@ -1,0 +1,274 @@
+//! Turning a request's token stream into OpenAI response bodies: per choice, incremental
+//! detokenization, stop strings (held back until they can no longer match), logprobs, finish reasons,
+//! and the `usage` totals; whole responses and streaming chunks alike.
+
+use crate::engine::{FinishReason, Output, SeqId};
+use crate::generate::stop::StopMatcher;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+use serde_json::{json, Map, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Completion,
+    Chat,
+}
+
+struct Choice {
+    seq: SeqId,
+    dec: StreamDecoder,
+    stop: StopMatcher,
+    text: String,
+    tokens: usize,
+    /// Log-probabilities, in the shape the endpoint returns.
+    logprobs: Vec<Value>,
+    finish: Option<&'static str>,
+    /// Characters of text before each token (completions' `text_offset`).
+    offset: usize,
+}
+
+/// What one engine output changed for the client.
+pub struct Delta {
+    pub index: usize,
+    pub text: String,
+    pub logprobs: Vec<Value>,
+    pub finish: Option<&'static str>,
+    /// A stop string matched: the sequence should be cancelled.
+    pub cancel: Option<SeqId>,
+    pub token: bool,
+}
+
+pub struct Collector {
+    pub kind: Kind,
+    pub id: String,
+    pub model: String,
+    pub created: u64,
+    tok: Tokenizer,
+    choices: Vec<Choice>,
+    pub prompt_tokens: usize,
+    pub cached_tokens: usize,
+    want_logprobs: bool,
+}
+
+impl Collector {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        kind: Kind,
+        id: String,
+        model: String,
+        tok: &Tokenizer,
+        seqs: &[SeqId],
+        stops: &[String],
+        prompt_tokens: usize,
+        want_logprobs: bool,
+    ) -> Collector {
+        let choices = seqs
+            .iter()
+            .map(|&seq| Choice {
+                seq,
+                // Completions continue the prompt's text; a chat answer is decoded on its own.
+                dec: match kind {
+                    Kind::Completion => StreamDecoder::continuation(tok),
+                    Kind::Chat => StreamDecoder::new(tok),
+                },
+                stop: StopMatcher::new(stops),
+                text: String::new(),
+                tokens: 0,
+                logprobs: Vec::new(),
+                finish: None,
+                offset: 0,
+            })
+            .collect();
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Collector {
+            kind,
+            id,
+            model,
+            created,
+            tok: tok.clone(),
+            choices,
+            prompt_tokens,
+            cached_tokens: 0,
+            want_logprobs,
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        self.choices.iter().all(|c| c.finish.is_some())
+    }
+
+    /// Sequences not finished yet.
+    pub fn unfinished(&self) -> Vec<SeqId> {
+        self.choices
+            .iter()
+            .filter(|c| c.finish.is_none())
+            .map(|c| c.seq)
+            .collect()
+    }
+
+    pub fn completion_tokens(&self) -> usize {
+        self.choices.iter().map(|c| c.tokens).sum()
+    }
+
+    /// Takes one engine output; `None` if it no longer matters (the choice already ended).
+    pub fn push(&mut self, o: Output) -> Option<Delta> {
+        let index = self.choices.iter().position(|c| c.seq == o.seq)?;
+        let kind = self.kind;
+        let c = &mut self.choices[index];
+        if c.finish.is_some() {
+            return None;
+        }
+        self.cached_tokens += o.cached_tokens;
+        let mut piece = String::new();
+        let mut logprobs = Vec::new();
+        if let Some(t) = o.token {
+            c.tokens += 1;
+            let eos = o.finish == Some(FinishReason::Stop);
+            if !eos {
+                piece = c.dec.push(t);
+            }
+            if let (Some(lp), true) = (&o.logprobs, self.want_logprobs) {
+                let entry = match kind {
+                    Kind::Chat => chat_logprob(&self.tok, t, lp.logprob, &lp.top),
+                    Kind::Completion => json!({
+                        "token": token_text(&self.tok, t),
+                        "logprob": lp.logprob,
+                        "top": lp.top.iter().map(|&(id, l)| (token_text(&self.tok, id), json!(l))).collect::<Map<_, _>>(),
+                        "offset": c.offset,
+                    }),
+                };
+                logprobs.push(entry);
+            }
+        }
+        if o.finish.is_some() {
+            piece.push_str(&c.dec.flush());
+        }
+        let (mut text, hit) = c.stop.push(&piece);
+        let mut cancel = None;
+        let finish = if hit {
+            cancel = Some(c.seq);
+            Some("stop")
+        } else if let Some(r) = o.finish {
+            text.push_str(&c.stop.finish());
+            Some(r.as_str())
+        } else {
+            None
+        };
+        c.finish = finish;
+        c.offset += text.chars().count();
+        c.text.push_str(&text);
+        c.logprobs.extend(logprobs.iter().cloned());
+        Some(Delta {
+            index,
+            text,
+            logprobs,
+            finish,
+            cancel,
+            token: o.token.is_some(),
+        })
+    }
+
+    pub fn usage(&self) -> Value {
+        let completion = self.completion_tokens();
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        })
+    }
+
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.kind, chunk) {
+            (Kind::Completion, _) => "text_completion",
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+        }
+    }
+
+    fn envelope(&self, chunk: bool, choices: Vec<Value>) -> Value {
+        json!({
+            "id": self.id,
+            "object": self.object(chunk),
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
+
+    /// The whole response.
+    pub fn response(&self) -> Value {
+        let choices = self
+            .choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let lp = self.logprobs_value(&c.logprobs);
+                match self.kind {
+                    Kind::Completion => json!({"index": i, "text": c.text, "logprobs": lp, "finish_reason": c.finish}),
+                    Kind::Chat => json!({
+                        "index": i,
+                        "message": {"role": "assistant", "content": c.text},
+                        "logprobs": lp,
+                        "finish_reason": c.finish,
+                    }),
+                }
+            })
+            .collect();
+        let mut v = self.envelope(false, choices);
+        v["usage"] = self.usage();
+        v
+    }
+
+    /// A streaming chunk for one delta (`first`: the chat chunk that announces the role).
+    pub fn chunk(&self, d: &Delta, first: bool) -> Value {
+        let lp = self.logprobs_value(&d.logprobs);
+        let choice = match self.kind {
+            Kind::Completion => json!({"index": d.index, "text": d.text, "logprobs": lp, "finish_reason": d.finish}),
+            Kind::Chat => {
+                let delta = if first {
+                    json!({"role": "assistant", "content": d.text})
+                } else {
+                    json!({"content": d.text})
+                };
+                json!({"index": d.index, "delta": delta, "logprobs": lp, "finish_reason": d.finish})
+            }
+        };
+        self.envelope(true, vec![choice])
+    }
+
+    /// The last streaming chunk when usage is asked for: no choices, the totals.
+    pub fn usage_chunk(&self) -> Value {
+        let mut v = self.envelope(true, Vec::new());
+        v["usage"] = self.usage();
+        v
+    }
+
+    fn logprobs_value(&self, entries: &[Value]) -> Value {
+        if !self.want_logprobs {
+            return Value::Null;
+        }
+        match self.kind {
+            Kind::Chat => json!({"content": entries}),
+            Kind::Completion => json!({
+                "tokens": entries.iter().map(|e| e["token"].clone()).collect::<Vec<_>>(),
+                "token_logprobs": entries.iter().map(|e| e["logprob"].clone()).collect::<Vec<_>>(),
+                "top_logprobs": entries.iter().map(|e| e["top"].clone()).collect::<Vec<_>>(),
+                "text_offset": entries.iter().map(|e| e["offset"].clone()).collect::<Vec<_>>(),
+            }),
+        }
+    }
+}
+
+fn token_text(tok: &Tokenizer, id: u32) -> String {
+    String::from_utf8_lossy(tok.id_to_bytes(id)).into_owned()
+}
+
+fn chat_logprob(tok: &Tokenizer, t: u32, logprob: f32, top: &[(u32, f32)]) -> Value {
+    let one = |id: u32, l: f32| json!({"token": token_text(tok, id), "logprob": l, "bytes": tok.id_to_bytes(id)});
+    let mut v = one(t, logprob);
+    v["top_logprobs"] = Value::Array(top.iter().map(|&(id, l)| one(id, l)).collect());
+    v
+}
