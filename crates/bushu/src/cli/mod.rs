@@ -1,8 +1,11 @@
 //! The `bushu` command line. Each subcommand is one module; they share model opening and thread setup.
 
 mod bench;
+mod chat;
 mod info;
+mod list;
 mod perplexity;
+mod pull;
 mod quantize;
 mod roofline;
 mod run;
@@ -42,28 +45,40 @@ pub enum Command {
     Roofline(Box<roofline::RooflineArgs>),
     /// OpenAI-compatible HTTP server: continuous batching, paged KV cache, prefix caching.
     Serve(Box<serve::ServeArgs>),
+    /// Download a model into the cache (default: smollm2-135m).
+    Pull(pull::PullArgs),
+    /// Show the models in the cache.
+    List(list::ListArgs),
+    /// Interactive chat with a model (multi-turn, streaming).
+    Chat(Box<chat::ChatArgs>),
 }
 
 /// Options every model-using command has.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Model: a GGUF file, a Hugging Face directory, or a llama2.c checkpoint.
+    /// Model: a GGUF file, a Hugging Face directory, a llama2.c checkpoint, or a cache name
+    /// (`bushu list`; default: smollm2-135m, fetched by `bushu pull`).
     #[arg(short, long)]
     pub model: Option<PathBuf>,
     /// Threads for the matrix products (default: all cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
+    /// Keep activations in f32 against the dequantized weights (default: rounded to 8-bit blocks, as llama.cpp).
+    #[arg(long)]
+    pub exact_activations: bool,
 }
+
+/// `--exact-activations` of the last opened model, for [`build_model`].
+static EXACT_ACTIVATIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl ModelArgs {
     /// Sets up the thread pool and opens the model file.
     pub fn open(&self) -> Result<(ModelFile, f64)> {
         init_threads(self.threads)?;
-        let Some(path) = &self.model else {
-            bail!("no model given: pass --model PATH (a .gguf file, a Hugging Face directory or a llama2.c .bin)");
-        };
+        EXACT_ACTIVATIONS.store(self.exact_activations, std::sync::atomic::Ordering::Relaxed);
+        let path = crate::pull::resolve(self.model.as_deref())?;
         let t = Instant::now();
-        let file = load(path)?;
+        let file = load(&path)?;
         Ok((file, t.elapsed().as_secs_f64() * 1e3))
     }
 }
@@ -81,7 +96,11 @@ fn init_threads(threads: Option<usize>) -> Result<()> {
 
 /// Builds the runnable model from a file.
 pub fn build_model(file: &ModelFile) -> Result<Model> {
-    Model::new(file).context("cannot build the model")
+    let mut model = Model::new(file).context("cannot build the model")?;
+    if EXACT_ACTIVATIONS.load(std::sync::atomic::Ordering::Relaxed) {
+        model.precision = kernels::Precision::Exact;
+    }
+    Ok(model)
 }
 
 /// Runs a parsed command line.
@@ -96,5 +115,8 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Quantize(a) => quantize::quantize(a),
         Command::Roofline(a) => roofline::roofline(*a),
         Command::Serve(a) => serve::serve(*a),
+        Command::Pull(a) => pull::pull(a),
+        Command::List(a) => list::list(a),
+        Command::Chat(a) => chat::chat(*a),
     }
 }

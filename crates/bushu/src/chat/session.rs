@@ -1,0 +1,210 @@
+//! A multi-turn conversation with one model that keeps its KV cache between turns.
+//!
+//! Each turn renders the whole conversation with the chat template, tokenizes it, and compares it with the
+//! tokens the cache already holds: only the tokens after the longest common prefix are run through the model
+//! (normally just the new user turn and the assistant header). Whatever differs (a re-tokenized answer, an
+//! edited history) is truncated from the cache and recomputed, so the result always equals a full re-prefill.
+
+use super::template::{ChatTemplate, Message};
+use crate::generate::{run_decoder, Decoder, FinishReason, GenerateOptions, SampleDecoder};
+use crate::model::llama::State;
+use crate::model::{Model, ModelFile};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// ChatML, for models whose file carries no template.
+pub const CHATML: &str =
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] \
+    + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// End-of-turn markers of common templates: a template that prints one (and whose vocabulary has it as a
+/// single token) stops generation on it, whatever the file's EOS says.
+const END_OF_TURN: [&str; 7] = [
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<｜end▁of▁sentence｜>",
+];
+
+/// The chat template of a model file (ChatML when it has none) and the token ids that end a turn.
+pub fn template_for(file: &ModelFile) -> Result<(ChatTemplate, Vec<u32>, bool)> {
+    let tok = &file.tokenizer;
+    let (src, own) = match file.chat_template.as_deref().or(tok.chat_template()) {
+        Some(s) => (s.to_string(), true),
+        None => (CHATML.to_string(), false),
+    };
+    let template = ChatTemplate::new(&src, tok.bos_token().unwrap_or(""), tok.eos_token().unwrap_or(""))?;
+    let mut stops = file.eos_ids.clone();
+    for marker in END_OF_TURN {
+        if src.contains(marker) {
+            if let Some(id) = tok.token_to_id(marker) {
+                if !stops.contains(&id) {
+                    stops.push(id);
+                }
+            }
+        }
+    }
+    Ok((template, stops, own))
+}
+
+/// What one turn did.
+#[derive(Clone, Debug)]
+pub struct Turn {
+    pub text: String,
+    pub finish_reason: FinishReason,
+    /// Stopped by the interrupt flag.
+    pub interrupted: bool,
+    /// Prompt tokens taken from the cache / run through the model.
+    pub reused_tokens: usize,
+    pub new_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+pub struct ChatSession<'m> {
+    model: &'m Model,
+    tokenizer: &'m Tokenizer,
+    template: ChatTemplate,
+    stop_ids: Vec<u32>,
+    state: State,
+    /// The tokens whose keys and values the cache holds, in order.
+    cached: Vec<u32>,
+    system: Option<String>,
+    messages: Vec<Message>,
+}
+
+/// Stops a [`SampleDecoder`] at the next token once `flag` is set, by choosing an end-of-turn token.
+struct Interruptible<'a> {
+    inner: SampleDecoder<'a>,
+    flag: &'a AtomicBool,
+    stop_id: u32,
+}
+
+impl Decoder for Interruptible<'_> {
+    fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
+        self.inner.prefill(prompt)
+    }
+    fn logits(&self) -> &[f32] {
+        self.inner.logits()
+    }
+    fn choose(&mut self) -> Result<u32> {
+        if self.flag.load(Ordering::Relaxed) {
+            return Ok(self.stop_id);
+        }
+        self.inner.choose()
+    }
+    fn feed(&mut self, token: u32) -> Result<()> {
+        self.inner.feed(token)
+    }
+    fn room(&self) -> usize {
+        self.inner.room()
+    }
+}
+
+impl<'m> ChatSession<'m> {
+    pub fn new(
+        model: &'m Model,
+        tokenizer: &'m Tokenizer,
+        template: ChatTemplate,
+        stop_ids: Vec<u32>,
+        ctx: usize,
+        system: Option<String>,
+    ) -> Result<ChatSession<'m>> {
+        if stop_ids.is_empty() {
+            bail!("the model has no end-of-turn token: a chat answer could not stop");
+        }
+        let state = model.new_state(ctx);
+        let mut s = ChatSession {
+            model,
+            tokenizer,
+            template,
+            stop_ids,
+            state,
+            cached: Vec::new(),
+            system,
+            messages: vec![],
+        };
+        s.reset();
+        Ok(s)
+    }
+
+    /// Forgets the conversation (keeps the system prompt); the cache is reused for the common prefix.
+    pub fn reset(&mut self) {
+        self.messages.clear();
+        if let Some(s) = &self.system {
+            self.messages.push(Message::new("system", s));
+        }
+    }
+
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    /// Tokens in the KV cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.cached.len()
+    }
+
+    /// The conversation so far plus `user`, rendered for generation, as token ids.
+    pub fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let text = self.template.render(messages, true)?;
+        self.tokenizer.encode_with(&text, false, true)
+    }
+
+    /// Answers `user`, streaming text to `on_text`; stops early when `interrupt` is set.
+    pub fn reply(
+        &mut self,
+        user: &str,
+        opts: &GenerateOptions,
+        interrupt: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Turn> {
+        let mut messages = self.messages.clone();
+        messages.push(Message::new("user", user));
+        let ids = self.prompt_ids(&messages)?;
+        // Reuse the longest common prefix, but always run at least one token to get logits.
+        let mut keep = self.cached.iter().zip(&ids).take_while(|(a, b)| a == b).count();
+        keep = keep.min(ids.len().saturating_sub(1));
+        let room = self.state.cache.capacity();
+        if ids.len() + 1 > room {
+            bail!(
+                "the conversation has {} tokens and the context holds {room}: /reset to start over (or a larger --ctx)",
+                ids.len()
+            );
+        }
+        self.state.cache.truncate(keep);
+        self.cached.truncate(keep);
+        let prompt = &ids[keep..];
+        let mut opts = opts.clone();
+        opts.eos_ids = self.stop_ids.clone();
+        let mut dec = Interruptible {
+            inner: SampleDecoder::new(self.model, &mut self.state, &opts.sampling)?,
+            flag: interrupt,
+            stop_id: self.stop_ids[0],
+        };
+        let g = run_decoder(&mut dec, self.tokenizer, prompt, &opts, on_text)?;
+        drop(dec);
+        let interrupted = interrupt.load(Ordering::Relaxed);
+        self.cached.extend_from_slice(prompt);
+        self.cached.extend_from_slice(&g.tokens);
+        self.cached.truncate(self.state.pos());
+        debug_assert_eq!(self.cached.len(), self.state.pos());
+        messages.push(Message::new("assistant", &g.text));
+        self.messages = messages;
+        Ok(Turn {
+            text: g.text,
+            finish_reason: g.finish_reason,
+            interrupted,
+            reused_tokens: keep,
+            new_tokens: prompt.len(),
+            generated_tokens: g.tokens.len() - usize::from(g.finish_reason == FinishReason::Stop),
+            prefill_tokens_per_s: g.timings.prefill_tokens_per_s,
+            decode_tokens_per_s: g.timings.decode_tokens_per_s,
+        })
+    }
+}
