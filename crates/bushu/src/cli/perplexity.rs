@@ -62,7 +62,11 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let tok = &file.tokenizer;
     let tokens = tokenize_text(tok, &text)?;
     let bos = if tok.add_bos() { tok.bos_id() } else { None };
-    let opts = PplOptions { ctx: a.ctx, batch: a.batch.unwrap_or(a.ctx), max_chunks: a.chunks };
+    let opts = PplOptions {
+        ctx: a.ctx,
+        batch: a.batch.unwrap_or(a.ctx),
+        max_chunks: a.chunks,
+    };
     let t = Instant::now();
     let quiet = a.json;
     let r = evaluate(&model, base.as_ref(), &tokens, bos, opts, |i, n, ppl| {

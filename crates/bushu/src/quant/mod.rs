@@ -1,1 +1,16 @@
 //! Quantization (lecture §5): affine integer quantization, llama.cpp's GGUF block types, GPTQ.
+//!
+//! - [`affine`]: `X_q = R(X/S) − Z`, `X~ = S(X_q + Z)`, symmetric/asymmetric, per tensor/channel/group,
+//!   reconstruction error reports.
+//! - [`gguf_types`]: llama.cpp's block encoders (Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K), as `llama-quantize`.
+//! - [`int_types`]: bushu's `intB-{sym,asym}-{tensor,channel,gN}` types and the containers they are stored in.
+//! - [`calib`]: calibration statistics (`XᵀX` per projection input) from a text.
+//! - [`gptq`]: GPTQ with damping, groups and act-order.
+//! - [`convert`]: GGUF → GGUF conversion behind `bushu quantize`.
+
+pub mod affine;
+pub mod calib;
+pub mod convert;
+pub mod gguf_types;
+pub mod gptq;
+pub mod int_types;
