@@ -59,7 +59,7 @@ fn beam_search_with_enough_beams_is_exhaustive() {
     for (v, eos, max_len) in [(3, None, 4), (3, Some(2), 5), (4, Some(0), 4)] {
         for lp in [0.0, 1.0, 2.0, -0.5] {
             let all = exhaustive(v, eos, max_len, lp);
-            let n = (v as usize).pow(max_len as u32);
+            let n = v.pow(max_len as u32);
             let p = BeamParams {
                 num_beams: n,
                 num_return: 5,
