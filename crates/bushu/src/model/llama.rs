@@ -153,7 +153,9 @@ impl Model {
         let xb = fit(&mut s.xb, m * dim);
         norm_rows(xb, &s.x[first * dim..n * dim], &w.output_norm, c.rms_eps);
         let logits = fit(&mut s.logits, m * c.vocab_size);
-        linear(&w.output.matrix(), self.precision, xb, logits, None);
+        // The classifier always takes f32 activations: its activation-quantization error would go
+        // straight into the logits, and it is one matrix per generated token.
+        linear(&w.output.matrix(), Precision::Exact, xb, logits, None);
         Ok(&s.logits[..m * c.vocab_size])
     }
 }
