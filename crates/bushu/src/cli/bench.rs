@@ -12,7 +12,7 @@ use crate::model::llama::Logits;
 use crate::model::Model;
 use anyhow::{bail, Result};
 use clap::Args;
-use kernels::{Precision, Simd};
+use kernels::Simd;
 use std::time::Instant;
 
 #[derive(Args)]
@@ -28,9 +28,6 @@ pub struct BenchArgs {
     /// Repetitions of each test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     pub repetitions: usize,
-    /// f32 activations against quantized weights instead of int8 activation blocks.
-    #[arg(long)]
-    pub exact_activations: bool,
     /// Print JSON (a list of objects, one per test).
     #[arg(long)]
     pub json: bool,
@@ -80,10 +77,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         bail!("nothing to run: -p and -n are both 0");
     }
     let (file, _) = a.model.open()?;
-    let mut model = build_model(&file)?;
-    if a.exact_activations {
-        model.precision = Precision::Exact;
-    }
+    // `--exact-activations` (a model option) is applied by `build_model`.
+    let model = build_model(&file)?;
     let c = &model.config;
     let ctx = a.n_prompt.max(a.n_gen).max(1);
     if ctx > c.max_ctx.max(ctx) {
