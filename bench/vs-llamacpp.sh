@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Side-by-side speed of llama.cpp (llama-bench) and bushu (bushu bench) on the same GGUF files,
+# interleaved: each round runs llama-bench once then bushu bench once per model, so load from other
+# processes hits both alike. Prints a markdown table: median t/s of each and the median of the per-round
+# ratios bushu / llama.cpp, with the CPU model and its SIMD flags.
+#
+#   bench/vs-llamacpp.sh [-p 512] [-n 128] [-t 2] [-r 3] MODEL.gguf...
+#
+# Env: LLAMA_BIN (default /tmp/llamacpp/build/bin, built by ../shared/tools/build-llamacpp.sh),
+#      BUSHU (default target/release/bushu), BUSHU_ARGS (extra bushu bench arguments),
+#      OUT (directory for the raw JSON, default a temp dir).
+set -euo pipefail
+P=512 N=128 T=2 R=3
+while getopts "p:n:t:r:" o; do
+  case $o in p) P=$OPTARG ;; n) N=$OPTARG ;; t) T=$OPTARG ;; r) R=$OPTARG ;; *) exit 2 ;; esac
+done
+shift $((OPTIND - 1))
+[ $# -ge 1 ] || { echo "usage: $0 [-p N] [-n N] [-t N] [-r N] MODEL.gguf..." >&2; exit 2; }
+LLAMA_BIN=${LLAMA_BIN:-/tmp/llamacpp/build/bin}
+BUSHU=${BUSHU:-target/release/bushu}
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH="$LLAMA_BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+[ -x "$LLAMA_BIN/llama-bench" ] || { echo "no $LLAMA_BIN/llama-bench" >&2; exit 1; }
+[ -x "$BUSHU" ] || { echo "no $BUSHU (cargo build --release)" >&2; exit 1; }
+
+for ((round = 1; round <= R; round++)); do
+  for m in "$@"; do
+    b=$(basename "$m" .gguf)
+    echo "round $round/$R: $b" >&2
+    "$LLAMA_BIN/llama-bench" -m "$m" -p "$P" -n "$N" -t "$T" -r 1 -o json >"$OUT/$b.llama.$round.json" 2>/dev/null
+    # shellcheck disable=SC2086
+    "$BUSHU" bench -m "$m" -p "$P" -n "$N" -t "$T" -r 1 --json ${BUSHU_ARGS:-} >"$OUT/$b.bushu.$round.json"
+  done
+done
+
+python3 - "$OUT" "$R" "$@" <<'PY'
+import json, os, statistics, sys
+out, rounds, models = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
+simd = " ".join(f for f in ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"] if f in flags)
+print(f"CPU: {cpu} ({simd}); load average at the end: {os.getloadavg()[0]:.1f}\n")
+print("| model | test | llama.cpp t/s | bushu t/s | bushu / llama.cpp (median of rounds) | ratios per round |")
+print("| --- | --- | ---: | ---: | ---: | --- |")
+for m in models:
+    b = os.path.basename(m)[: -len(".gguf")] if m.endswith(".gguf") else os.path.basename(m)
+    rows = {}
+    for r in range(1, rounds + 1):
+        for who in ("llama", "bushu"):
+            for e in json.load(open(f"{out}/{b}.{who}.{r}.json")):
+                test = f"pp{e['n_prompt']}" if e["n_prompt"] else f"tg{e['n_gen']}"
+                rows.setdefault(test, {}).setdefault(who, []).append(e["avg_ts"])
+    for test, d in rows.items():
+        ratios = [x / y for x, y in zip(d["bushu"], d["llama"])]
+        print(f"| {b} | {test} | {statistics.median(d['llama']):.2f} | {statistics.median(d['bushu']):.2f} "
+              f"| **{statistics.median(ratios):.2f}** | {' '.join(f'{x:.2f}' for x in ratios)} |")
+print(f"\nRaw JSON: {out}")
+PY
