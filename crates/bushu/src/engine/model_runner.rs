@@ -214,7 +214,8 @@ impl ModelRunner {
             return Ok(&[]);
         }
         let logits = fit(&mut s.logits, m * c.vocab_size);
-        linear(&w.output.matrix(), precision, &s.last[..m * dim], logits, None);
+        // As `Model::forward`: the classifier always takes f32 activations.
+        linear(&w.output.matrix(), Precision::Exact, &s.last[..m * dim], logits, None);
         Ok(&s.logits[..m * c.vocab_size])
     }
 }
