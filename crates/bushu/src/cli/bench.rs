@@ -49,7 +49,10 @@ fn bytes_per_pass(model: &Model, tokens: usize) -> f64 {
     let w = &model.weights;
     let mut b: usize = w.output.nbytes;
     for l in &w.layers {
-        b += [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|t| t.nbytes).sum::<usize>();
+        b += [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+            .iter()
+            .map(|t| t.nbytes)
+            .sum::<usize>();
     }
     let embd = &w.token_embd;
     b += tokens * embd.nbytes / embd.shape.get(1).copied().unwrap_or(1).max(1);
@@ -86,7 +89,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     let mut st = model.new_state(ctx);
     let threads = rayon::current_num_threads();
-    let name = a.model.model.as_ref().and_then(|p| p.file_name()).map(|s| s.to_string_lossy().into_owned());
+    let name = a
+        .model
+        .model
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .map(|s| s.to_string_lossy().into_owned());
     let params: usize = file.tensors.values().map(|t| t.numel()).sum();
     let prompt = tokens(a.n_prompt.max(a.n_gen), c.vocab_size);
 
@@ -110,7 +118,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         run(&mut st)?; // warm-up
         let samples: Vec<f64> = (0..a.repetitions).map(|_| run(&mut st)).collect::<Result<_>>()?;
         let (avg, std) = mean_std(&samples);
-        let per_token = if test == "pp" { bytes_per_pass(&model, n) / n as f64 } else { bytes_per_pass(&model, 1) };
+        let per_token = if test == "pp" {
+            bytes_per_pass(&model, n) / n as f64
+        } else {
+            bytes_per_pass(&model, 1)
+        };
         results.push(serde_json::json!({
             "model_filename": name,
             "model_type": format!("{} {}", c.arch, dominant_type(&file)),
@@ -158,5 +170,8 @@ fn dominant_type(file: &crate::model::ModelFile) -> String {
     for t in file.tensors.values() {
         *by.entry(t.dtype).or_default() += t.nbytes;
     }
-    by.into_iter().max_by_key(|e| e.1).map(|e| e.0.name().to_owned()).unwrap_or_default()
+    by.into_iter()
+        .max_by_key(|e| e.1)
+        .map(|e| e.0.name().to_owned())
+        .unwrap_or_default()
 }
