@@ -22,7 +22,7 @@ pub struct ChatArgs {
     #[arg(long)]
     pub system: Option<String>,
     /// Maximum number of tokens per answer.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 1024)]
+    #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
     pub n: usize,
     /// Sampling temperature; 0 (the default) is greedy.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
