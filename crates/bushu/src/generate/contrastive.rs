@@ -1,9 +1,7 @@
 //! Contrastive search and contrastive decoding with models (the scoring is `sampling::contrastive`).
 //!
-//! Contrastive search needs the last hidden state (after the final norm) of every position. The forward
-//! pass returns logits only, so [`Unembed`] recovers the hidden state from them: `logits = W h` with
-//! the classifier `W` (vocab × dim, vocab ≫ dim, full column rank), hence `h = (WᵀW)⁻¹ Wᵀ logits` —
-//! exact up to rounding. (A `Model` API returning the hidden state would save the solve.)
+//! Contrastive search needs the last hidden state (after the final norm) of every position, which the
+//! forward pass leaves in [`State::hidden`].
 
 use super::{Decoder, GenerateOptions, Generation};
 use crate::model::llama::{Logits, State};
@@ -12,76 +10,6 @@ use crate::sampling::contrastive::{contrastive_decoding_scores, contrastive_sear
 use crate::sampling::{softmax, Context, Processors, Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
-
-/// Solves `logits = W h` for `h` by least squares (normal equations, Cholesky in f64).
-pub struct Unembed {
-    /// `W`, vocab × dim, row-major.
-    w: Vec<f32>,
-    dim: usize,
-    /// Lower-triangular Cholesky factor of `WᵀW`, dim × dim.
-    chol: Vec<f64>,
-}
-
-impl Unembed {
-    pub fn new(model: &Model) -> Result<Unembed> {
-        let m = model.weights.output.matrix();
-        let (vocab, dim) = (m.rows, m.cols);
-        let mut w = vec![0f32; vocab * dim];
-        for (r, row) in w.chunks_exact_mut(dim).enumerate() {
-            m.dequantize_row(r, row);
-        }
-        let mut g = vec![0f64; dim * dim];
-        for row in w.chunks_exact(dim) {
-            for i in 0..dim {
-                let ri = row[i] as f64;
-                for j in 0..=i {
-                    g[i * dim + j] += ri * row[j] as f64;
-                }
-            }
-        }
-        // Cholesky: G = L Lᵀ.
-        for j in 0..dim {
-            let mut d = g[j * dim + j];
-            for k in 0..j {
-                d -= g[j * dim + k] * g[j * dim + k];
-            }
-            if d <= 0.0 {
-                bail!("contrastive search: the classifier matrix is rank-deficient, cannot recover hidden states");
-            }
-            let d = d.sqrt();
-            g[j * dim + j] = d;
-            for i in j + 1..dim {
-                let mut s = g[i * dim + j];
-                for k in 0..j {
-                    s -= g[i * dim + k] * g[j * dim + k];
-                }
-                g[i * dim + j] = s / d;
-            }
-        }
-        Ok(Unembed { w, dim, chol: g })
-    }
-
-    /// The hidden state whose logits are `logits`.
-    pub fn hidden(&self, logits: &[f32]) -> Vec<f32> {
-        let n = self.dim;
-        let mut b = vec![0f64; n];
-        for (row, &l) in self.w.chunks_exact(n).zip(logits) {
-            for (bi, &w) in b.iter_mut().zip(row) {
-                *bi += w as f64 * l as f64;
-            }
-        }
-        let l = &self.chol;
-        for i in 0..n {
-            let s: f64 = (0..i).map(|k| l[i * n + k] * b[k]).sum();
-            b[i] = (b[i] - s) / l[i * n + i];
-        }
-        for i in (0..n).rev() {
-            let s: f64 = (i + 1..n).map(|k| l[k * n + i] * b[k]).sum();
-            b[i] = (b[i] - s) / l[i * n + i];
-        }
-        b.into_iter().map(|x| x as f32).collect()
-    }
-}
 
 /// Contrastive search (Su et al. 2022) as HF `generate(penalty_alpha=α, top_k=k)`: the logits
 /// processors (penalties, bias, n-gram) apply first; the `k` most probable tokens are each run one step
@@ -92,7 +20,6 @@ pub struct ContrastiveSearch<'a> {
     procs: Processors,
     alpha: f32,
     k: usize,
-    unembed: Option<Unembed>,
     context: Vec<Vec<f32>>,
     logits: Vec<f32>,
     history: Vec<u32>,
@@ -107,7 +34,6 @@ impl<'a> ContrastiveSearch<'a> {
             procs: Processors::new(p, false),
             alpha,
             k,
-            unembed: None,
             context: Vec::new(),
             logits: Vec::new(),
             history: Vec::new(),
@@ -118,12 +44,11 @@ impl<'a> ContrastiveSearch<'a> {
 
 impl Decoder for ContrastiveSearch<'_> {
     fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
-        let un = Unembed::new(self.model)?;
         let vocab = self.model.config.vocab_size;
+        let dim = self.model.config.dim;
         let all = self.model.forward(self.state, prompt, Logits::All)?;
-        self.context = all.chunks_exact(vocab).map(|l| un.hidden(l)).collect();
         self.logits = all[all.len() - vocab..].to_vec();
-        self.unembed = Some(un);
+        self.context = self.state.hidden().chunks_exact(dim).map(<[f32]>::to_vec).collect();
         self.history = prompt.to_vec();
         self.prompt_len = prompt.len();
         Ok(())
@@ -153,15 +78,14 @@ impl Decoder for ContrastiveSearch<'_> {
             // No position left to look ahead: the most probable token.
             return Ok(ids[0]);
         }
-        let un = self.unembed.as_ref().expect("prefill first");
         let cur = self.state.pos();
         let mut cands = Vec::with_capacity(ids.len());
         let mut cand_logits = Vec::with_capacity(ids.len());
         for &t in &ids {
             self.state.cache.truncate(cur);
-            let l = self.model.forward(self.state, &[t], Logits::Last)?;
-            cands.push((probs[t as usize], un.hidden(l)));
-            cand_logits.push(l.to_vec());
+            let l = self.model.forward(self.state, &[t], Logits::Last)?.to_vec();
+            cands.push((probs[t as usize], self.state.hidden().to_vec()));
+            cand_logits.push(l);
         }
         let sel = contrastive_search_pick(&cands, &self.context, self.alpha);
         if sel != ids.len() - 1 {

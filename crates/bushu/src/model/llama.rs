@@ -58,12 +58,22 @@ fn fit(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
 pub struct State {
     pub cache: KvCache,
     scratch: Scratch,
+    /// Number of positions that got logits in the last forward pass.
+    n_out: usize,
+    /// Model width, for [`State::hidden`].
+    dim: usize,
 }
 
 impl State {
     /// Number of positions already in the cache.
     pub fn pos(&self) -> usize {
         self.cache.len()
+    }
+
+    /// The last layer's hidden states (after the final RMSNorm, the classifier's input) of the
+    /// positions that got logits in the last forward pass, `dim` values each.
+    pub fn hidden(&self) -> &[f32] {
+        &self.scratch.xb[..self.n_out * self.dim]
     }
 }
 
@@ -84,7 +94,7 @@ impl Model {
     /// A fresh state whose cache holds up to `ctx` positions.
     pub fn new_state(&self, ctx: usize) -> State {
         let c = &self.config;
-        State { cache: KvCache::new(c.n_layers, c.kv_dim(), ctx), scratch: Scratch::default() }
+        State { cache: KvCache::new(c.n_layers, c.kv_dim(), ctx), scratch: Scratch::default(), n_out: 0, dim: c.dim }
     }
 
     /// Runs `tokens` at the next positions of `state` and returns the logits (`vocab` values for
@@ -150,6 +160,7 @@ impl Model {
             Logits::All => 0,
         };
         let m = n - first;
+        state.n_out = m;
         let xb = fit(&mut s.xb, m * dim);
         norm_rows(xb, &s.x[first * dim..n * dim], &w.output_norm, c.rms_eps);
         let logits = fit(&mut s.logits, m * c.vocab_size);
