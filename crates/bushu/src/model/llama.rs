@@ -62,6 +62,9 @@ pub struct State {
     n_out: usize,
     /// Model width, for [`State::hidden`].
     dim: usize,
+    /// Positions of the last pass's tokens, and which of them got logits (reused buffers).
+    positions: Vec<usize>,
+    out_rows: Vec<usize>,
 }
 
 impl State {
@@ -94,14 +97,12 @@ impl Model {
     /// A fresh state whose cache holds up to `ctx` positions.
     pub fn new_state(&self, ctx: usize) -> State {
         let c = &self.config;
-        State { cache: KvCache::new(c.n_layers, c.kv_dim(), ctx), scratch: Scratch::default(), n_out: 0, dim: c.dim }
+        State { cache: KvCache::new(c.n_layers, c.kv_dim(), ctx), scratch: Scratch::default(), n_out: 0, dim: c.dim, positions: Vec::new(), out_rows: Vec::new() }
     }
 
     /// Runs `tokens` at the next positions of `state` and returns the logits (`vocab` values for
     /// `Logits::Last`, `tokens.len() x vocab` for `Logits::All`).
     pub fn forward<'s>(&self, state: &'s mut State, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
-        let c = &self.config;
-        let w = &self.weights;
         let n = tokens.len();
         let pos0 = state.cache.len();
         if n == 0 {
@@ -110,12 +111,40 @@ impl Model {
         if pos0 + n > state.cache.capacity() {
             bail!("context is full: {} positions used + {} new > context size {}", pos0, n, state.cache.capacity());
         }
+        state.positions.clear();
+        state.positions.extend(pos0..pos0 + n);
+        state.out_rows.clear();
+        match want {
+            Logits::Last => state.out_rows.push(n - 1),
+            Logits::All => state.out_rows.extend(0..n),
+        }
+        state.n_out = state.out_rows.len();
+        let mut kv = ContiguousKv { cache: &mut state.cache, pos0 };
+        let logits = self.forward_batch(&mut state.scratch, tokens, &state.positions, &mut kv, &state.out_rows)?;
+        state.cache.advance(n);
+        Ok(logits)
+    }
+
+    /// The transformer over a batch of tokens at `positions` (one per token, any mix of sequences),
+    /// with keys and values kept and attended to by `kv`. Returns the logits of the tokens at indices
+    /// `out_rows` (`vocab` values each, in that order) and leaves their final-norm hidden states in
+    /// `scratch`. Every kernel computes a token's row independently of the other rows, so a token's
+    /// results do not depend on what it is batched with.
+    pub fn forward_batch<'s>(
+        &self,
+        s: &'s mut Scratch,
+        tokens: &[u32],
+        positions: &[usize],
+        kv: &mut impl KvStore,
+        out_rows: &[usize],
+    ) -> Result<&'s [f32]> {
+        let c = &self.config;
+        let w = &self.weights;
+        let n = tokens.len();
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
             bail!("token id {t} is outside the vocabulary of {} tokens", c.vocab_size);
         }
         let (dim, q_dim, kv_dim, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
-        let s = &mut state.scratch;
-        let cache = &mut state.cache;
         let shape = AttnShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
 
         // Token embeddings.
@@ -133,13 +162,14 @@ impl Model {
             linear(&lw.wq.matrix(), self.precision, xb, q, lw.bq.as_deref());
             linear(&lw.wk.matrix(), self.precision, xb, k, lw.bk.as_deref());
             linear(&lw.wv.matrix(), self.precision, xb, v, lw.bv.as_deref());
-            for t in 0..n {
-                rope(&mut q[t * q_dim..(t + 1) * q_dim], c.head_dim, pos0 + t, &self.inv_freq, c.rope_style);
-                rope(&mut k[t * kv_dim..(t + 1) * kv_dim], c.head_dim, pos0 + t, &self.inv_freq, c.rope_style);
+            for (t, &pos) in positions.iter().enumerate() {
+                let (qt, kt) = (&mut q[t * q_dim..(t + 1) * q_dim], &mut k[t * kv_dim..(t + 1) * kv_dim]);
+                rope(qt, c.head_dim, pos, &self.inv_freq, c.rope_style);
+                rope(kt, c.head_dim, pos, &self.inv_freq, c.rope_style);
+                kv.store(layer, t, pos, kt, &v[t * kv_dim..(t + 1) * kv_dim]);
             }
-            cache.store(layer, pos0, k, v);
             let att = fit(&mut s.att, n * q_dim);
-            attention(q, &cache.k[layer], &cache.v[layer], att, shape, pos0);
+            kv.attend(layer, q, att, shape);
             linear(&lw.wo.matrix(), self.precision, att, xb, None);
             add_assign(&mut s.x[..n * dim], xb);
 
@@ -152,22 +182,46 @@ impl Model {
             linear(&lw.w_down.matrix(), self.precision, gate, xb, None);
             add_assign(&mut s.x[..n * dim], xb);
         }
-        cache.advance(n);
 
-        // Final norm and classifier, for the positions asked for.
-        let first = match want {
-            Logits::Last => n - 1,
-            Logits::All => 0,
-        };
-        let m = n - first;
-        state.n_out = m;
+        // Final norm and classifier, for the tokens asked for (none for a pass that only fills the cache).
+        let m = out_rows.len();
+        if m == 0 {
+            return Ok(&[]);
+        }
         let xb = fit(&mut s.xb, m * dim);
-        norm_rows(xb, &s.x[first * dim..n * dim], &w.output_norm, c.rms_eps);
+        for (o, &r) in xb.chunks_exact_mut(dim).zip(out_rows) {
+            rmsnorm(o, &s.x[r * dim..(r + 1) * dim], &w.output_norm, c.rms_eps);
+        }
         let logits = fit(&mut s.logits, m * c.vocab_size);
         // The classifier always takes f32 activations: its activation-quantization error would go
         // straight into the logits, and it is one matrix per generated token.
         linear(&w.output.matrix(), Precision::Exact, xb, logits, None);
         Ok(&s.logits[..m * c.vocab_size])
+    }
+}
+
+/// Where a forward pass keeps the keys and values of its tokens, and how their queries attend to
+/// what is kept: a contiguous [`KvCache`] for one sequence here, a paged cache in the serving engine.
+pub trait KvStore {
+    /// Keeps token `token`'s key and value (RoPE applied) of `layer`, at position `pos`.
+    fn store(&mut self, layer: usize, token: usize, pos: usize, k: &[f32], v: &[f32]);
+    /// Causal attention of all the pass's queries `q` in `layer`, written to `out`.
+    fn attend(&mut self, layer: usize, q: &[f32], out: &mut [f32], shape: AttnShape);
+}
+
+/// One sequence's contiguous cache, new tokens from position `pos0` on.
+struct ContiguousKv<'a> {
+    cache: &'a mut KvCache,
+    pos0: usize,
+}
+
+impl KvStore for ContiguousKv<'_> {
+    fn store(&mut self, layer: usize, _token: usize, pos: usize, k: &[f32], v: &[f32]) {
+        self.cache.store(layer, pos, k, v);
+    }
+
+    fn attend(&mut self, layer: usize, q: &[f32], out: &mut [f32], shape: AttnShape) {
+        attention(q, &self.cache.k[layer], &self.cache.v[layer], out, shape, self.pos0);
     }
 }
 
