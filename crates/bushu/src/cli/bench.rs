@@ -7,7 +7,7 @@
 //! and `bandwidth_gbs` (weight bytes read per token times tokens/s: every matrix once per forward pass,
 //! the embedding table one row per token).
 
-use super::{build_model, ModelArgs};
+use super::ModelArgs;
 use crate::model::llama::Logits;
 use crate::model::Model;
 use anyhow::{bail, Result};
@@ -80,8 +80,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         bail!("nothing to run: -p and -n are both 0");
     }
     let (file, _) = a.model.open()?;
-    // `--exact-activations` (a model option) is applied by `build_model`.
-    let model = build_model(&file)?;
+    let model = a.model.build(&file)?;
     let c = &model.config;
     let ctx = a.n_prompt.max(a.n_gen).max(1);
     if ctx > c.max_ctx.max(ctx) {

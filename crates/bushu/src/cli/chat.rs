@@ -3,7 +3,7 @@
 //! current answer and keeps the program running. With stdin not a terminal it reads one message per line.
 
 use super::run::context_size;
-use super::{build_model, ModelArgs};
+use super::ModelArgs;
 use crate::chat::session::{template_for, ChatSession};
 use crate::generate::GenerateOptions;
 use crate::sampling::SamplingParams;
@@ -65,7 +65,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     sampling.validate()?;
     let (file, _) = a.model.open()?;
     let ctx = context_size(a.ctx, file.config.max_ctx)?;
-    let model = build_model(&file)?;
+    let model = a.model.build(&file)?;
     let (template, stops, own_template) = template_for(&file)?;
     let tty = std::io::stdin().is_terminal();
     let name = file.name.clone().unwrap_or_else(|| "model".into());

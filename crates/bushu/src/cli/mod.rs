@@ -68,18 +68,24 @@ pub struct ModelArgs {
     pub exact_activations: bool,
 }
 
-/// `--exact-activations` of the last opened model, for [`build_model`].
-static EXACT_ACTIVATIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl ModelArgs {
     /// Sets up the thread pool and opens the model file.
     pub fn open(&self) -> Result<(ModelFile, f64)> {
         init_threads(self.threads)?;
-        EXACT_ACTIVATIONS.store(self.exact_activations, std::sync::atomic::Ordering::Relaxed);
         let path = crate::pull::resolve(self.model.as_deref())?;
         let t = Instant::now();
         let file = load(&path)?;
         Ok((file, t.elapsed().as_secs_f64() * 1e3))
+    }
+
+    /// Builds the runnable model from a file opened with these options (`--exact-activations`).
+    pub fn build(&self, file: &ModelFile) -> Result<Model> {
+        let mut model = Model::new(file).context("cannot build the model")?;
+        if self.exact_activations {
+            model.precision = kernels::Precision::Exact;
+        }
+        Ok(model)
     }
 }
 
@@ -94,14 +100,6 @@ fn init_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// Builds the runnable model from a file.
-pub fn build_model(file: &ModelFile) -> Result<Model> {
-    let mut model = Model::new(file).context("cannot build the model")?;
-    if EXACT_ACTIVATIONS.load(std::sync::atomic::Ordering::Relaxed) {
-        model.precision = kernels::Precision::Exact;
-    }
-    Ok(model)
-}
 
 /// Runs a parsed command line.
 pub fn main(cli: Cli) -> Result<()> {

@@ -1,7 +1,7 @@
 //! `bushu perplexity`: llama-perplexity's measurement (see [`crate::perplexity`]), optionally with the KL
 //! divergence from a base model.
 
-use super::{build_model, ModelArgs};
+use super::ModelArgs;
 use crate::model::load;
 use crate::perplexity::{evaluate, tokenize_text, PplOptions};
 use anyhow::{bail, Context, Result};
@@ -42,14 +42,14 @@ pub struct PerplexityArgs {
 
 pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let (file, _) = a.model.open()?;
-    let mut model = build_model(&file)?;
+    let mut model = a.model.build(&file)?;
     if a.exact {
         model.precision = Precision::Exact;
     }
     let base = match &a.kl_base {
         Some(p) => {
             let bf = load(p).with_context(|| format!("base model {}", p.display()))?;
-            let mut b = build_model(&bf)?;
+            let mut b = a.model.build(&bf)?;
             b.precision = model.precision;
             Some(b)
         }

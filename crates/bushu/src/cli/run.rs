@@ -2,7 +2,7 @@
 //! Decoding strategy: sampling/greedy (default), `--beams N`, `--penalty-alpha` (contrastive search),
 //! `--amateur PATH` (contrastive decoding, greedy/sampled or with `--beams`).
 
-use super::{build_model, ModelArgs};
+use super::ModelArgs;
 use crate::generate::contrastive::{generate_contrastive, CdParams};
 use crate::generate::{generate, GenerateOptions, Generation, Strategy};
 use crate::sampling::beam::{BeamParams, EarlyStopping};
@@ -201,14 +201,14 @@ pub fn run(a: RunArgs) -> Result<()> {
     let (file, load_ms) = a.model.open()?;
     opts.eos_ids = file.eos_ids.clone();
     let ctx = context_size(a.ctx, file.config.max_ctx)?;
-    let model = build_model(&file)?;
+    let model = a.model.build(&file)?;
     let tok = &file.tokenizer;
     let prompt = tok.encode(&a.prompt, !a.no_bos)?;
     let mut state = model.new_state(ctx);
     let amateur = match &a.amateur {
         Some(path) => {
             let f = crate::model::load(path).with_context(|| format!("cannot open the amateur {}", path.display()))?;
-            let m = build_model(&f)?;
+            let m = a.model.build(&f)?;
             Some((f, m))
         }
         None => None,

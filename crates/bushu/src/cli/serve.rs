@@ -46,9 +46,7 @@ pub struct ServeArgs {
 
 pub fn serve(a: ServeArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;
-    let Some(path) = a.model.model.clone() else {
-        bail!("no model given: pass --model PATH (a .gguf file, a Hugging Face directory or a llama2.c .bin)");
-    };
+    let path = crate::pull::resolve(a.model.model.as_deref())?;
     if a.max_batch == 0 || a.max_batched_tokens == 0 {
         bail!("--max-batch and --max-batched-tokens must be at least 1");
     }
@@ -68,6 +66,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         model_name: a.model_name,
         grace: Duration::from_secs(a.shutdown_grace),
         handle_signals: true,
+        precision: if a.model.exact_activations { kernels::Precision::Exact } else { kernels::Precision::default() },
         ..ServeOptions::new(path)
     };
     let server = Server::start(opts)?;

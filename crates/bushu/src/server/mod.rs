@@ -57,6 +57,8 @@ pub struct ServeOptions {
     pub grace: Duration,
     /// Shut down on SIGTERM / Ctrl-C.
     pub handle_signals: bool,
+    /// How activations meet quantized weights (`--exact-activations` gives `Exact`).
+    pub precision: kernels::Precision,
 }
 
 impl ServeOptions {
@@ -75,6 +77,7 @@ impl ServeOptions {
             model_name: None,
             grace: Duration::from_secs(30),
             handle_signals: false,
+            precision: kernels::Precision::default(),
         }
     }
 }
@@ -91,7 +94,8 @@ impl Server {
     /// Loads the model, binds the address and starts the engine and HTTP threads.
     pub fn start(opts: ServeOptions) -> Result<Server> {
         let file = load(&opts.model)?;
-        let model = Model::new(&file).context("cannot build the model")?;
+        let mut model = Model::new(&file).context("cannot build the model")?;
+        model.precision = opts.precision;
         let mut cfg = EngineConfig::for_model(&model, opts.max_batch, opts.ctx, opts.kv_memory);
         cfg.max_batched_tokens = opts.max_batched_tokens;
         cfg.prefix_caching = opts.prefix_caching;
