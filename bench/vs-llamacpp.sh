@@ -27,7 +27,8 @@ export LD_LIBRARY_PATH="$LLAMA_BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 for ((round = 1; round <= R; round++)); do
   for m in "$@"; do
     b=$(basename "$m" .gguf)
-    echo "round $round/$R: $b" >&2
+    echo "round $round/$R: $b (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
+    cut -d' ' -f1 /proc/loadavg >>"$OUT/load.txt"
     "$LLAMA_BIN/llama-bench" -m "$m" -p "$P" -n "$N" -t "$T" -r 1 -o json >"$OUT/$b.llama.$round.json" 2>/dev/null
     # shellcheck disable=SC2086
     "$BUSHU" bench -m "$m" -p "$P" -n "$N" -t "$T" -r 1 --json ${BUSHU_ARGS:-} >"$OUT/$b.bushu.$round.json"
@@ -40,7 +41,9 @@ out, rounds, models = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
 simd = " ".join(f for f in ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"] if f in flags)
-print(f"CPU: {cpu} ({simd}); load average at the end: {os.getloadavg()[0]:.1f}\n")
+loads = [float(x) for x in open(f"{out}/load.txt").read().split()] if os.path.exists(f"{out}/load.txt") else []
+print(f"CPU: {cpu} ({simd}); 1-min load average before each pair: {min(loads, default=0):.1f}-{max(loads, default=0):.1f}"
+      f" (2 = our own 2 threads), at the end: {os.getloadavg()[0]:.1f}\n")
 print("| model | test | llama.cpp t/s | bushu t/s | bushu / llama.cpp (median of rounds) | ratios per round |")
 print("| --- | --- | ---: | ---: | ---: | --- |")
 for m in models:

@@ -21,7 +21,10 @@ fn fails(args: &[&str], expect: &str) {
     assert_ne!(code, 0, "{args:?} succeeded");
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert!(lines.iter().any(|l| l.contains(expect)), "{args:?}: expected {expect:?} in {err:?}");
+    assert!(
+        lines.iter().any(|l| l.contains(expect)),
+        "{args:?}: expected {expect:?} in {err:?}"
+    );
     assert!(lines.len() <= 3, "{args:?}: error is not short: {err}");
 }
 
@@ -38,7 +41,10 @@ fn write(path: &Path, bytes: &[u8]) -> String {
 
 #[test]
 fn missing_model_file() {
-    fails(&["run", "--model", "/nonexistent/model.gguf", "--prompt", "hi"], "does not exist");
+    fails(
+        &["run", "--model", "/nonexistent/model.gguf", "--prompt", "hi"],
+        "does not exist",
+    );
 }
 
 #[test]
@@ -63,7 +69,10 @@ fn unsupported_architecture() {
     let mut w = tiny_llama_gguf();
     w.set("general.architecture", Value::String("falcon".into()));
     let p = write(&tmp("falcon.gguf"), &w.to_bytes());
-    fails(&["run", "--model", &p, "--prompt", "hi"], "architecture 'falcon' is not supported");
+    fails(
+        &["run", "--model", &p, "--prompt", "hi"],
+        "architecture 'falcon' is not supported",
+    );
 }
 
 #[test]
@@ -80,7 +89,10 @@ fn unsupported_tensor_type() {
     fails(&["run", "--model", &p, "--prompt", "hi"], "IQ2_XXS");
     bytes[type_at..type_at + 4].copy_from_slice(&77u32.to_le_bytes());
     let p = write(&tmp("type77.gguf"), &bytes);
-    fails(&["run", "--model", &p, "--prompt", "hi"], "unknown ggml tensor type id 77");
+    fails(
+        &["run", "--model", &p, "--prompt", "hi"],
+        "unknown ggml tensor type id 77",
+    );
 }
 
 #[test]
@@ -96,7 +108,10 @@ fn missing_tensor() {
     let mut w = tiny_llama_gguf();
     w.tensors.retain(|t| t.name != "blk.0.ffn_up.weight");
     let p = write(&tmp("missing.gguf"), &w.to_bytes());
-    fails(&["run", "--model", &p, "--prompt", "hi"], "blk.0.ffn_up.weight is missing");
+    fails(
+        &["run", "--model", &p, "--prompt", "hi"],
+        "blk.0.ffn_up.weight is missing",
+    );
 }
 
 #[test]
@@ -112,7 +127,18 @@ fn a_tiny_valid_model_runs() {
 fn prompt_longer_than_context() {
     let m = shared("models/tiny-llama-f16.gguf");
     let m = m.to_str().unwrap();
-    fails(&["run", "--model", m, "--prompt", "one two three four five six seven", "--ctx", "4"], "context holds 4");
+    fails(
+        &[
+            "run",
+            "--model",
+            m,
+            "--prompt",
+            "one two three four five six seven",
+            "--ctx",
+            "4",
+        ],
+        "context holds 4",
+    );
 }
 
 #[test]
@@ -121,7 +147,10 @@ fn invalid_flags() {
     let m = m.to_str().unwrap();
     fails(&["run", "--model", m, "--prompt", "x", "--top-p", "1.5"], "top-p");
     fails(&["run", "--model", m, "--prompt", "x", "--top-p", "0"], "top-p");
-    fails(&["run", "--model", m, "--prompt", "x", "--temperature", "-1"], "temperature");
+    fails(
+        &["run", "--model", m, "--prompt", "x", "--temperature", "-1"],
+        "temperature",
+    );
     fails(&["run", "--model", m, "--prompt", "x", "--threads", "0"], "threads");
     fails(&["run", "--model", m, "--prompt", "x", "--ctx", "0"], "ctx");
     fails(&["run", "--model", m, "--prompt", "x", "-n", "abc"], "invalid value");

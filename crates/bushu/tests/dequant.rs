@@ -14,7 +14,12 @@ fn check(model: &str) {
         let name = r["name"].as_str().unwrap();
         let t = g.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!(t.dtype.name(), r["type"].as_str().unwrap(), "{name}");
-        let shape: Vec<usize> = r["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> = r["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(t.shape, shape, "{name}");
         let values = t.to_f32();
         let first = f32s(&r["first64"]);
@@ -24,8 +29,14 @@ fn check(model: &str) {
         let sum: f64 = values.iter().map(|&v| v as f64).sum();
         let sumsq: f64 = values.iter().map(|&v| (v as f64) * (v as f64)).sum();
         let (rs, rq) = (r["sum"].as_f64().unwrap(), r["sum_sq"].as_f64().unwrap());
-        assert!((sum - rs).abs() <= 1e-9 * rs.abs().max(1.0), "{name}: sum {sum} vs {rs}");
-        assert!((sumsq - rq).abs() <= 1e-9 * rq.abs().max(1.0), "{name}: sum of squares {sumsq} vs {rq}");
+        assert!(
+            (sum - rs).abs() <= 1e-9 * rs.abs().max(1.0),
+            "{name}: sum {sum} vs {rs}"
+        );
+        assert!(
+            (sumsq - rq).abs() <= 1e-9 * rq.abs().max(1.0),
+            "{name}: sum of squares {sumsq} vs {rq}"
+        );
     }
 }
 

@@ -13,9 +13,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared")
-        .join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared").join(rel)
 }
 
 fn expert_dir() -> PathBuf {
@@ -86,9 +84,7 @@ fn write_safetensors(path: &Path, tensors: &[Raw]) {
 
 /// Deterministic values exactly representable in F16 and BF16.
 fn values(n: usize, seed: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| ((i * 7 + seed * 13) % 33) as f32 / 16.0 - 1.0)
-        .collect()
+    (0..n).map(|i| ((i * 7 + seed * 13) % 33) as f32 / 16.0 - 1.0).collect()
 }
 
 const DIM: usize = 8;
@@ -188,10 +184,7 @@ fn shakespeare_config_and_tensors() {
         (c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim),
         (288, 6, 6, 2, 48)
     );
-    assert_eq!(
-        (c.ffn_dim, c.vocab_size, c.max_ctx, c.rope_dim),
-        (768, 4096, 512, 48)
-    );
+    assert_eq!((c.ffn_dim, c.vocab_size, c.max_ctx, c.rope_dim), (768, 4096, 512, 48));
     assert_eq!(c.rms_eps, 1e-5);
     assert_eq!(c.rope_theta, 10000.0);
     assert_eq!(c.rope_scaling, RopeScaling::None);
@@ -201,9 +194,7 @@ fn shakespeare_config_and_tensors() {
     assert_eq!(m.eos_ids, vec![2]);
     assert_eq!(
         m.file_bytes,
-        std::fs::metadata(expert_dir().join("model.safetensors"))
-            .unwrap()
-            .len()
+        std::fs::metadata(expert_dir().join("model.safetensors")).unwrap().len()
     );
     assert_eq!(m.name.as_deref(), Some("shakespeare-expert-hf"));
     assert_eq!(m.tensors.len(), 3 + 9 * 6);
@@ -229,10 +220,7 @@ fn shakespeare_config_and_tensors() {
         }
     }
     for (name, shape) in expect {
-        let t = m
-            .tensors
-            .get(&name)
-            .unwrap_or_else(|| panic!("{name} missing"));
+        let t = m.tensors.get(&name).unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!(t.shape, shape, "{name}");
         assert_eq!(t.dtype, DType::F32);
         assert_eq!(t.nbytes, 4 * shape.iter().product::<usize>());
@@ -260,11 +248,7 @@ fn shakespeare_matches_gguf_conversion() {
         let gt = g.tensor(name).unwrap();
         assert_eq!(t.shape, gt.shape, "{name}");
         let ours: Vec<f32> = match gt.dtype {
-            DType::F16 => t
-                .to_f32()
-                .iter()
-                .map(|&x| f16::from_f32(x).to_f32())
-                .collect(),
+            DType::F16 => t.to_f32().iter().map(|&x| f16::from_f32(x).to_f32()).collect(),
             DType::F32 => t.to_f32(),
             other => panic!("{name}: GGUF dtype {other}"),
         };
@@ -275,10 +259,7 @@ fn shakespeare_matches_gguf_conversion() {
         }
         let cols = t.shape[0];
         let row = |v: &[f32], r: usize| v[r * cols..(r + 1) * cols].to_vec();
-        assert!(
-            ours != theirs,
-            "{name}: expected the GGUF rows to be permuted"
-        );
+        assert!(ours != theirs, "{name}: expected the GGUF rows to be permuted");
         for r in 0..t.shape[1] {
             let (h, k) = (r / hd, r % hd);
             let hf_row = h * hd + (k % 2) * (hd / 2) + k / 2;
@@ -350,10 +331,7 @@ fn rope_in_both_config_styles() {
     assert_eq!(rope(json!({"rope_scaling": null})).1, RopeScaling::None);
     // transformers 5: everything in rope_parameters (which wins over a top-level rope_theta).
     llama3["rope_theta"] = json!(500000.0);
-    assert_eq!(
-        rope(json!({"rope_theta": 1e4, "rope_parameters": llama3})),
-        (5e5, want)
-    );
+    assert_eq!(rope(json!({"rope_theta": 1e4, "rope_parameters": llama3})), (5e5, want));
     let v5 = json!({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}});
     assert_eq!(rope(v5), (1e4, RopeScaling::None));
     let v5 = json!({"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4}});
@@ -365,9 +343,7 @@ fn rope_in_both_config_styles() {
         let v5 = json!({"rope_parameters": {"rope_type": ty, "factor": 2.0, "rope_theta": 1e4}});
         assert!(err_text(parse(v5)).contains(&format!("RoPE type '{ty}'")));
     }
-    let e = err_text(parse(
-        json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}),
-    ));
+    let e = err_text(parse(json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}})));
     assert!(e.contains("low_freq_factor"), "{e}");
 }
 
@@ -377,10 +353,7 @@ fn config_defaults_architectures_and_sliding_window() {
     c.as_object_mut().unwrap().remove("num_key_value_heads");
     c["head_dim"] = Value::Null;
     let hc = hf::parse_config(&c).unwrap();
-    assert_eq!(
-        (hc.config.n_kv_heads, hc.config.head_dim),
-        (HEADS, DIM / HEADS)
-    );
+    assert_eq!((hc.config.n_kv_heads, hc.config.head_dim), (HEADS, DIM / HEADS));
     assert_eq!(hc.eos_ids, vec![2]);
     assert_eq!(hc.tie_word_embeddings, None);
 
@@ -401,9 +374,7 @@ fn config_defaults_architectures_and_sliding_window() {
     let mut c = tiny_config("llama", "LlamaForCausalLM");
     c.as_object_mut().unwrap().remove("model_type");
     assert_eq!(hf::parse_config(&c).unwrap().config.arch, "llama");
-    let e = err_text(hf::parse_config(&config_with(
-        json!({"hidden_act": "gelu"}),
-    )));
+    let e = err_text(hf::parse_config(&config_with(json!({"hidden_act": "gelu"}))));
     assert!(e.contains("gelu"), "{e}");
     let e = err_text(hf::parse_config(&config_with(json!({"hidden_size": null}))));
     assert!(e.contains("hidden_size"), "{e}");
@@ -414,10 +385,7 @@ fn config_defaults_architectures_and_sliding_window() {
         hf::parse_config(&c).unwrap()
     };
     let m = mistral(json!(16));
-    assert_eq!(
-        (m.config.arch.as_str(), m.sliding_window),
-        ("mistral", Some(16))
-    );
+    assert_eq!((m.config.arch.as_str(), m.sliding_window), ("mistral", Some(16)));
     assert_eq!(mistral(json!(null)).sliding_window, None);
     assert_eq!(mistral(json!(64)).sliding_window, None);
     assert_eq!(mistral(json!(4096)).sliding_window, None);
@@ -437,28 +405,19 @@ fn f16_bf16_f32_tied_and_biases() {
         let mut cfg = tiny_config("qwen2", "Qwen2ForCausalLM");
         cfg["tie_word_embeddings"] = json!(true);
         let dir = tiny_dir(&format!("dtype-{dtype}"), &cfg, &raw);
-        std::fs::write(
-            dir.0.join("generation_config.json"),
-            r#"{"eos_token_id": [7, 2]}"#,
-        )
-        .unwrap();
+        std::fs::write(dir.0.join("generation_config.json"), r#"{"eos_token_id": [7, 2]}"#).unwrap();
         std::fs::write(dir.0.join("chat_template.jinja"), "{{ messages }}").unwrap();
         let m = hf::read(&dir.0).unwrap();
         assert_same(&m, &raw);
         let want = DType::from_name(dtype).unwrap();
         assert!(m.tensors.values().all(|t| t.dtype == want));
         assert!(!m.tensors.contains_key("output.weight"));
-        assert_eq!(
-            m.tensors["blk.1.attn_k.bias"].shape,
-            vec![KV_HEADS * HEAD_DIM]
-        );
+        assert_eq!(m.tensors["blk.1.attn_k.bias"].shape, vec![KV_HEADS * HEAD_DIM]);
         assert_eq!(m.eos_ids, vec![7, 2]);
         assert_eq!(m.chat_template.as_deref(), Some("{{ messages }}"));
         assert_eq!(
             m.file_bytes,
-            std::fs::metadata(dir.0.join("model.safetensors"))
-                .unwrap()
-                .len()
+            std::fs::metadata(dir.0.join("model.safetensors")).unwrap().len()
         );
         // The tensors are views into the mapped file, not copies.
         let t = &m.tensors["token_embd.weight"];
@@ -478,19 +437,9 @@ fn chat_template_from_tokenizer_config() {
     assert_eq!(hf::read(&dir.0).unwrap().chat_template, None);
     let cfg = json!({"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]});
     std::fs::write(dir.0.join("tokenizer_config.json"), cfg.to_string()).unwrap();
-    assert_eq!(
-        hf::read(&dir.0).unwrap().chat_template.as_deref(),
-        Some("D")
-    );
-    std::fs::write(
-        dir.0.join("tokenizer_config.json"),
-        r#"{"chat_template": "S"}"#,
-    )
-    .unwrap();
-    assert_eq!(
-        hf::read(&dir.0).unwrap().chat_template.as_deref(),
-        Some("S")
-    );
+    assert_eq!(hf::read(&dir.0).unwrap().chat_template.as_deref(), Some("D"));
+    std::fs::write(dir.0.join("tokenizer_config.json"), r#"{"chat_template": "S"}"#).unwrap();
+    assert_eq!(hf::read(&dir.0).unwrap().chat_template.as_deref(), Some("S"));
 }
 
 #[test]
@@ -501,10 +450,7 @@ fn sharded_checkpoint() {
     let dir = TempDir::new("sharded");
     std::fs::write(dir.0.join("config.json"), cfg.to_string()).unwrap();
     let (a, b) = raw.split_at(raw.len() / 2);
-    let names = [
-        "model-00001-of-00002.safetensors",
-        "model-00002-of-00002.safetensors",
-    ];
+    let names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
     write_safetensors(&dir.0.join(names[0]), a);
     write_safetensors(&dir.0.join(names[1]), b);
     let mut map = serde_json::Map::new();
@@ -514,11 +460,7 @@ fn sharded_checkpoint() {
         }
     }
     let index = json!({"metadata": {"total_size": 0}, "weight_map": map});
-    std::fs::write(
-        dir.0.join("model.safetensors.index.json"),
-        index.to_string(),
-    )
-    .unwrap();
+    std::fs::write(dir.0.join("model.safetensors.index.json"), index.to_string()).unwrap();
 
     let m = hf::read(&dir.0).unwrap();
     assert_same(&m, &raw);
@@ -536,11 +478,7 @@ fn sharded_checkpoint() {
     // An index naming a tensor its shard does not have.
     map.insert("model.layers.0.mlp.up_proj.weight".into(), json!(names[0]));
     let index = json!({"weight_map": map});
-    std::fs::write(
-        dir.0.join("model.safetensors.index.json"),
-        index.to_string(),
-    )
-    .unwrap();
+    std::fs::write(dir.0.join("model.safetensors.index.json"), index.to_string()).unwrap();
     let e = err_text(hf::read(&dir.0));
     assert!(
         e.contains("model.layers.0.mlp.up_proj.weight") && e.contains(names[0]),
@@ -636,10 +574,7 @@ fn repository_fixtures() {
     };
     let m = hf::read(&fixture("llama3-gqa")).unwrap();
     let c = &m.config.config;
-    assert_eq!(
-        (c.n_heads, c.n_kv_heads, c.head_dim, c.rope_theta),
-        (8, 2, 16, 5e5)
-    );
+    assert_eq!((c.n_heads, c.n_kv_heads, c.head_dim, c.rope_theta), (8, 2, 16, 5e5));
     let want = RopeScaling::Llama3 {
         factor: 8.0,
         low_freq_factor: 1.0,
@@ -648,20 +583,14 @@ fn repository_fixtures() {
     };
     assert_eq!(c.rope_scaling, want);
     let m = hf::read(&fixture("llama-linear")).unwrap();
-    assert_eq!(
-        m.config.config.rope_scaling,
-        RopeScaling::Linear { factor: 2.0 }
-    );
+    assert_eq!(m.config.config.rope_scaling, RopeScaling::Linear { factor: 2.0 });
     let m = hf::read(&fixture("qwen2-tied")).unwrap();
     assert_eq!(
         (m.config.config.arch.as_str(), m.config.tie_word_embeddings),
         ("qwen2", Some(true))
     );
     assert!(!m.tensors.contains_key("output.weight"));
-    assert_eq!(
-        m.tensors["blk.1.attn_k.bias"].shape,
-        vec![m.config.config.kv_dim()]
-    );
+    assert_eq!(m.tensors["blk.1.attn_k.bias"].shape, vec![m.config.config.kv_dim()]);
     assert_eq!(m.tensors.len(), 26);
     let m = hf::read(&fixture("mistral")).unwrap();
     assert_eq!(

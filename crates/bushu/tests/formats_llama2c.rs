@@ -14,10 +14,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "bushu-formats-llama2c-{}-{tag}",
-            std::process::id()
-        ));
+        let p = std::env::temp_dir().join(format!("bushu-formats-llama2c-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -41,9 +38,7 @@ impl Rng {
         self.0
     }
     fn f32s(&mut self, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| (self.next() % 20001) as f32 / 10000.0 - 1.0)
-            .collect()
+        (0..n).map(|_| (self.next() % 20001) as f32 / 10000.0 - 1.0).collect()
     }
 }
 
@@ -155,11 +150,7 @@ impl Writer {
         let v = self.rng.f32s(rows * cols);
         self.out.extend(v.iter().flat_map(|x| x.to_le_bytes()));
         if let Some(n) = name {
-            let shape = if rows == 1 {
-                vec![cols]
-            } else {
-                vec![cols, rows]
-            };
+            let shape = if rows == 1 { vec![cols] } else { vec![cols, rows] };
             self.expected.insert(n, (shape, v));
         }
     }
@@ -177,11 +168,7 @@ impl Writer {
 /// A llama2.c `tokenizer.bin`: max token length, then per token a score, a length and the bytes.
 fn tokenizer_bin(vocab: usize) -> Vec<u8> {
     let mut tokens: Vec<String> = vec!["<unk>".into(), "\n<s>\n".into(), "\n</s>\n".into()];
-    tokens.extend((3..vocab).map(|i| {
-        ((b'a' + (i % 26) as u8) as char)
-            .to_string()
-            .repeat(1 + i / 26)
-    }));
+    tokens.extend((3..vocab).map(|i| ((b'a' + (i % 26) as u8) as char).to_string().repeat(1 + i / 26)));
     let mut out = (tokens.iter().map(String::len).max().unwrap() as u32)
         .to_le_bytes()
         .to_vec();
@@ -222,10 +209,7 @@ fn check(ck: &llama2c::Checkpoint, d: Dims, expected: &Expected) {
     assert_eq!(c.rope_style, RopeStyle::Interleaved);
     assert_eq!(ck.tensors.len(), expected.len());
     for (name, (shape, values)) in expected {
-        let t = ck
-            .tensors
-            .get(name)
-            .unwrap_or_else(|| panic!("{name} missing"));
+        let t = ck.tensors.get(name).unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!(&t.name, name);
         assert_eq!(t.dtype, DType::F32);
         assert_eq!(&t.shape, shape, "{name}");
@@ -250,10 +234,7 @@ fn legacy_shared_and_separate_classifier() {
         assert_eq!(ck.tensors.contains_key("output.weight"), !shared);
         assert_eq!(ck.file_bytes, bytes.len() as u64);
         // Each layer's slice is its own view, one after another.
-        let (q0, q1) = (
-            &ck.tensors["blk.0.attn_q.weight"],
-            &ck.tensors["blk.1.attn_q.weight"],
-        );
+        let (q0, q1) = (&ck.tensors["blk.0.attn_q.weight"], &ck.tensors["blk.1.attn_q.weight"]);
         assert_eq!(q1.offset, q0.offset + q0.nbytes);
         assert_eq!(ck.tensors["token_embd.weight"].offset, 28);
     }
@@ -276,10 +257,7 @@ fn version1_export() {
         let path = write(&dir, "v1.bin", &bytes);
         let ck = llama2c::read(&path).unwrap();
         check(&ck, d, &expected);
-        assert_eq!(
-            (ck.header.version, ck.header.shared_classifier),
-            (1, shared)
-        );
+        assert_eq!((ck.header.version, ck.header.shared_classifier), (1, shared));
     }
     let (mut bytes, _) = checkpoint(d, true, 1, 1);
     bytes[4] = 2;
@@ -290,10 +268,7 @@ fn version1_export() {
 #[test]
 fn multi_query_attention() {
     let dir = TempDir::new("mqa");
-    let d = Dims {
-        kv_heads: 1,
-        ..TINY
-    };
+    let d = Dims { kv_heads: 1, ..TINY };
     let (bytes, expected) = checkpoint(d, true, 0, 3);
     let ck = llama2c::read(&write(&dir, "mqa.bin", &bytes)).unwrap();
     check(&ck, d, &expected);
@@ -306,13 +281,9 @@ fn truncated_and_malformed_files() {
     let (bytes, _) = checkpoint(TINY, false, 0, 5);
     for cut in [bytes.len() - 4, bytes.len() - 1, bytes.len() / 2, 29, 28] {
         let e = err_text(llama2c::read(&write(&dir, "cut.bin", &bytes[..cut])));
+        assert!(e.contains("truncated") && e.contains("cut.bin"), "cut at {cut}: {e}");
         assert!(
-            e.contains("truncated") && e.contains("cut.bin"),
-            "cut at {cut}: {e}"
-        );
-        assert!(
-            e.contains(&format!("has {cut} bytes"))
-                && e.contains(&format!("implies {}", bytes.len())),
+            e.contains(&format!("has {cut} bytes")) && e.contains(&format!("implies {}", bytes.len())),
             "{e}"
         );
     }
@@ -326,11 +297,9 @@ fn truncated_and_malformed_files() {
     // A header that is no model's.
     let mut bad = bytes.clone();
     bad[12..16].copy_from_slice(&5i32.to_le_bytes()); // 5 heads do not divide dim 16
-    assert!(err_text(llama2c::read(&write(&dir, "heads.bin", &bad)))
-        .contains("does not describe a model"));
+    assert!(err_text(llama2c::read(&write(&dir, "heads.bin", &bad))).contains("does not describe a model"));
     bad[12..16].copy_from_slice(&0i32.to_le_bytes());
-    assert!(err_text(llama2c::read(&write(&dir, "zero.bin", &bad)))
-        .contains("does not describe a model"));
+    assert!(err_text(llama2c::read(&write(&dir, "zero.bin", &bad))).contains("does not describe a model"));
     // Text and random bytes are refused without panicking.
     let text = b"Hello, this is not a llama2.c checkpoint at all, just some text.\n".repeat(10);
     assert!(llama2c::read(&write(&dir, "text.bin", &text)).is_err());

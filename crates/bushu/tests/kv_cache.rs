@@ -14,7 +14,9 @@ fn check(file: &str) {
     let f = load(&shared(file)).unwrap();
     let model = Model::new(&f).unwrap();
     let vocab = model.config.vocab_size;
-    let ids = [1, 9038, 2501, 263, 931, 29892, 727, 471, 263, 2217, 7826, 4257, 365, 2354, 29889, 3118];
+    let ids = [
+        1, 9038, 2501, 263, 931, 29892, 727, 471, 263, 2217, 7826, 4257, 365, 2354, 29889, 3118,
+    ];
     let tokens: Vec<u32> = ids.iter().map(|&t: &u32| t % vocab as u32).collect();
     // Whole sequence at once.
     let mut full = model.new_state(64);
@@ -26,7 +28,10 @@ fn check(file: &str) {
     for (i, &t) in tokens.iter().enumerate().skip(5) {
         let step = model.forward(&mut inc, &[t], Logits::Last).unwrap();
         let err = max_abs(step, &all[i * vocab..(i + 1) * vocab]);
-        assert!(err <= 1e-4, "{file}: position {i}: incremental differs from full by {err}");
+        assert!(
+            err <= 1e-4,
+            "{file}: position {i}: incremental differs from full by {err}"
+        );
     }
     assert_eq!(inc.pos(), tokens.len());
 }

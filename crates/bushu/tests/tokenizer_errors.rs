@@ -10,8 +10,7 @@ fn shared() -> PathBuf {
 }
 
 fn gguf(kv: Vec<(&str, Value)>) -> Gguf {
-    let metadata: BTreeMap<String, Value> =
-        kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let metadata: BTreeMap<String, Value> = kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     Gguf {
         version: 3,
         metadata,
@@ -46,10 +45,7 @@ fn malformed_vocabularies() {
         ("tokenizer.ggml.tokens", strs(&["a", "b", "ab"])),
         ("tokenizer.ggml.merges", strs(&["a b"])),
     ]));
-    assert!(
-        e.contains("unknown pre-tokenizer 'xyz' in tokenizer.ggml.pre"),
-        "{e}"
-    );
+    assert!(e.contains("unknown pre-tokenizer 'xyz' in tokenizer.ggml.pre"), "{e}");
     let e = err(&gguf(vec![
         model("wordpiece-ish"),
         ("tokenizer.ggml.tokens", strs(&["a"])),
@@ -113,10 +109,7 @@ fn all_pre_tokenizers_compile() {
         let g = gguf(vec![
             ("tokenizer.ggml.model", Value::String("gpt2".into())),
             ("tokenizer.ggml.pre", Value::String(pre.into())),
-            (
-                "tokenizer.ggml.tokens",
-                strs(&["a", "b", "ab", "Ġ", "1", "Hello"]),
-            ),
+            ("tokenizer.ggml.tokens", strs(&["a", "b", "ab", "Ġ", "1", "Hello"])),
             ("tokenizer.ggml.merges", strs(&["a b"])),
         ]);
         let t = Tokenizer::from_gguf(&g).unwrap_or_else(|e| panic!("{pre}: {e:#}"));
@@ -160,10 +153,7 @@ fn llama2c_tokenizer_bin() {
     }
     // Truncated file and wrong vocab size are errors.
     std::fs::write(&path, &bin[..bin.len() / 2]).unwrap();
-    let e = format!(
-        "{:#}",
-        Tokenizer::from_llama2c(&path, tokens.len()).err().unwrap()
-    );
+    let e = format!("{:#}", Tokenizer::from_llama2c(&path, tokens.len()).err().unwrap());
     assert!(e.contains("truncated"), "{e}");
     std::fs::remove_file(&path).unwrap();
 }

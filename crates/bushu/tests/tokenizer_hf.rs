@@ -12,8 +12,7 @@ fn shared() -> PathBuf {
 fn hf_dir_matches_gguf() {
     let m = shared().join("models/shakespeare");
     let hf = Tokenizer::from_hf_dir(&m.join("shakespeare-expert-hf")).unwrap();
-    let gg =
-        Tokenizer::from_gguf(&Gguf::open(&m.join("shakespeare-expert-f16.gguf")).unwrap()).unwrap();
+    let gg = Tokenizer::from_gguf(&Gguf::open(&m.join("shakespeare-expert-f16.gguf")).unwrap()).unwrap();
     assert_eq!(hf.vocab_size(), gg.vocab_size());
     assert_eq!(hf.bos_id(), Some(1));
     assert_eq!(hf.eos_ids(), &[2]);

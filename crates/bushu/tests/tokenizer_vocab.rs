@@ -21,10 +21,7 @@ fn read_cases(name: &str) -> Vec<(String, Vec<u32>)> {
     let dir = shared().join("testdata/vocab");
     let inp = std::fs::read_to_string(dir.join(format!("{name}.inp"))).unwrap();
     let out = std::fs::read_to_string(dir.join(format!("{name}.out"))).unwrap();
-    let texts: Vec<String> = inp
-        .split("\n__ggml_vocab_test__\n")
-        .map(str::to_owned)
-        .collect();
+    let texts: Vec<String> = inp.split("\n__ggml_vocab_test__\n").map(str::to_owned).collect();
     // The file ends with a separator line: the last split element is empty trailing text.
     let texts = &texts[..texts.len() - 1];
     let ids: Vec<Vec<u32>> = out
@@ -48,23 +45,16 @@ fn check(name: &str) {
     for (text, want) in &cases {
         let got = tok.encode(text, false).unwrap();
         if &got != want {
-            failures.push(format!(
-                "encode {text:?}\n   expected {want:?}\n   got      {got:?}"
-            ));
+            failures.push(format!("encode {text:?}\n   expected {want:?}\n   got      {got:?}"));
             continue;
         }
         let back = tok.decode(want);
         if &back != text {
-            failures.push(format!(
-                "decode {want:?}\n   expected {text:?}\n   got      {back:?}"
-            ));
+            failures.push(format!("decode {want:?}\n   expected {text:?}\n   got      {back:?}"));
         }
     }
     let passed = cases.len() - failures.len();
-    eprintln!(
-        "{name}: {passed}/{} cases pass (load {load_time:?})",
-        cases.len()
-    );
+    eprintln!("{name}: {passed}/{} cases pass (load {load_time:?})", cases.len());
     assert!(
         failures.is_empty(),
         "{name}: {} of {} cases fail:\n{}",
@@ -103,10 +93,7 @@ fn special_tokens_in_text() {
     let ids = q.encode("<|im_start|>user\nHi<|im_end|>\n", false).unwrap();
     assert_eq!(ids[0], im_start);
     assert!(ids.contains(&im_end));
-    assert_eq!(
-        q.decode_with_special(&ids),
-        "<|im_start|>user\nHi<|im_end|>\n"
-    );
+    assert_eq!(q.decode_with_special(&ids), "<|im_start|>user\nHi<|im_end|>\n");
     let plain = q.encode_with("<|im_start|>", false, false).unwrap();
     assert!(plain.len() > 1 && !plain.contains(&im_start));
     assert!(q.eos_ids().contains(&im_end), "<|im_end|> ends a turn");
@@ -131,10 +118,7 @@ fn bos_defaults() {
     assert_eq!(l3.encode("Hi", true).unwrap()[0], 128000);
     assert_eq!(l3.eos_ids()[0], 128001);
     let g = load("ggml-vocab-gpt-2.gguf");
-    assert_eq!(
-        g.encode("Hi", true).unwrap(),
-        g.encode("Hi", false).unwrap()
-    );
+    assert_eq!(g.encode("Hi", true).unwrap(), g.encode("Hi", false).unwrap());
     assert_eq!(s.encode("", true).unwrap(), vec![1]);
     assert!(s.encode("", false).unwrap().is_empty());
 }
@@ -153,11 +137,7 @@ fn speed() {
         let t0 = Instant::now();
         let ids = tok.encode(text, false).unwrap();
         let dt = t0.elapsed();
-        eprintln!(
-            "{name}: {} bytes -> {} tokens in {dt:?}",
-            text.len(),
-            ids.len()
-        );
+        eprintln!("{name}: {} bytes -> {} tokens in {dt:?}", text.len(), ids.len());
         assert_eq!(tok.decode(&ids), text);
         assert!(
             dt.as_secs_f64() < 1.0,
@@ -189,11 +169,7 @@ fn pathological_inputs() {
             let ids = tok.encode(text, false).unwrap();
             let dt = t0.elapsed();
             assert_eq!(&tok.decode(&ids), text, "{name}");
-            assert!(
-                dt.as_secs_f64() < 2.0,
-                "{name}: {:?}… took {dt:?}",
-                &text[..8]
-            );
+            assert!(dt.as_secs_f64() < 2.0, "{name}: {:?}… took {dt:?}", &text[..8]);
         }
     }
 }

@@ -19,7 +19,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "bushu", version, about = "bushu (部署): run and study large language models on your CPU")]
+#[command(
+    name = "bushu",
+    version,
+    about = "bushu (部署): run and study large language models on your CPU"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -68,7 +72,6 @@ pub struct ModelArgs {
     pub exact_activations: bool,
 }
 
-
 impl ModelArgs {
     /// Sets up the thread pool and opens the model file.
     pub fn open(&self) -> Result<(ModelFile, f64)> {
@@ -99,7 +102,6 @@ fn init_threads(threads: Option<usize>) -> Result<()> {
     let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     Ok(())
 }
-
 
 /// Runs a parsed command line.
 pub fn main(cli: Cli) -> Result<()> {

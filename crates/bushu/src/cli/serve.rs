@@ -66,7 +66,11 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         model_name: a.model_name,
         grace: Duration::from_secs(a.shutdown_grace),
         handle_signals: true,
-        precision: if a.model.exact_activations { kernels::Precision::Exact } else { kernels::Precision::default() },
+        precision: if a.model.exact_activations {
+            kernels::Precision::Exact
+        } else {
+            kernels::Precision::default()
+        },
         ..ServeOptions::new(path)
     };
     let server = Server::start(opts)?;

@@ -32,7 +32,10 @@ pub fn tokenize(a: TokenizeArgs) -> Result<()> {
     let tok = &file.tokenizer;
     let ids = tok.encode(&a.text, !a.no_bos)?;
     if a.json {
-        let pieces: Vec<String> = ids.iter().map(|&i| String::from_utf8_lossy(tok.token_to_piece(i)).into_owned()).collect();
+        let pieces: Vec<String> = ids
+            .iter()
+            .map(|&i| String::from_utf8_lossy(tok.token_to_piece(i)).into_owned())
+            .collect();
         println!("{}", serde_json::json!({ "ids": ids, "pieces": pieces }));
     } else {
         let s: Vec<String> = ids.iter().map(u32::to_string).collect();
@@ -49,7 +52,10 @@ pub fn detokenize(a: DetokenizeArgs) -> Result<()> {
         .iter()
         .flat_map(|s| s.split([',', ' ']).filter(|p| !p.is_empty()))
         .map(|p| {
-            let id: u32 = p.trim_matches(['[', ']']).parse().with_context(|| format!("'{p}' is not a token id"))?;
+            let id: u32 = p
+                .trim_matches(['[', ']'])
+                .parse()
+                .with_context(|| format!("'{p}' is not a token id"))?;
             if id as usize >= tok.vocab_size() {
                 anyhow::bail!("token id {id} is outside the vocabulary of {} tokens", tok.vocab_size());
             }

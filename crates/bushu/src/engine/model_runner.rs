@@ -72,7 +72,11 @@ impl KvStore for PagedStep<'_> {
     }
 
     fn attend(&mut self, layer: usize, q: &[f32], out: &mut [f32], shape: AttnShape) {
-        let kv = PagedKv { k: &self.cache.k[layer], v: &self.cache.v[layer], block_size: self.cache.block_size };
+        let kv = PagedKv {
+            k: &self.cache.k[layer],
+            v: &self.cache.v[layer],
+            block_size: self.cache.block_size,
+        };
         paged_attention(q, kv, self.queries, out, shape);
     }
 }
@@ -100,13 +104,22 @@ impl ModelRunner {
         let bs = self.cache.block_size;
         for s in batch {
             if s.tokens.is_empty() || (s.pos0 + s.tokens.len()).div_ceil(bs) > s.block_table.len() {
-                bail!("sequence chunk at {} of {} tokens has too few blocks", s.pos0, s.tokens.len());
+                bail!(
+                    "sequence chunk at {} of {} tokens has too few blocks",
+                    s.pos0,
+                    s.tokens.len()
+                );
             }
         }
         // Per token: its sequence's block table and its position.
         let queries: Vec<PagedQuery> = batch
             .iter()
-            .flat_map(|s| (0..s.tokens.len()).map(move |t| PagedQuery { block_table: s.block_table, pos: s.pos0 + t }))
+            .flat_map(|s| {
+                (0..s.tokens.len()).map(move |t| PagedQuery {
+                    block_table: s.block_table,
+                    pos: s.pos0 + t,
+                })
+            })
             .collect();
         self.tokens.clear();
         self.positions.clear();
@@ -121,7 +134,16 @@ impl ModelRunner {
                 self.out_rows.push(end - 1);
             }
         }
-        let mut kv = PagedStep { cache: &mut self.cache, queries: &queries };
-        self.model.forward_batch(&mut self.scratch, &self.tokens, &self.positions, &mut kv, &self.out_rows)
+        let mut kv = PagedStep {
+            cache: &mut self.cache,
+            queries: &queries,
+        };
+        self.model.forward_batch(
+            &mut self.scratch,
+            &self.tokens,
+            &self.positions,
+            &mut kv,
+            &self.out_rows,
+        )
     }
 }

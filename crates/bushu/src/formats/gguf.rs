@@ -106,7 +106,11 @@ impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
         let Some(end) = end else {
-            bail!("file is truncated (needed {n} bytes at offset {}, file has {})", self.pos, self.buf.len());
+            bail!(
+                "file is truncated (needed {n} bytes at offset {}, file has {})",
+                self.pos,
+                self.buf.len()
+            );
         };
         let s = &self.buf[self.pos..end];
         self.pos = end;
@@ -190,7 +194,10 @@ impl Gguf {
             metadata.insert(key, v);
         }
         let alignment = match metadata.get("general.alignment") {
-            Some(v) => v.as_i64().filter(|&a| a > 0 && (a & (a - 1)) == 0).context("general.alignment is not a power of two")? as u64,
+            Some(v) => v
+                .as_i64()
+                .filter(|&a| a > 0 && (a & (a - 1)) == 0)
+                .context("general.alignment is not a power of two")? as u64,
             None => DEFAULT_ALIGNMENT,
         };
         struct Info {
@@ -213,18 +220,32 @@ impl Gguf {
             let type_id = r.u32()?;
             let dtype = DType::from_ggml_id(type_id).map_err(|e| anyhow::anyhow!("tensor {name}: {e}"))?;
             let offset = r.u64()?;
-            infos.push(Info { name, shape, dtype, offset });
+            infos.push(Info {
+                name,
+                shape,
+                dtype,
+                offset,
+            });
         }
         let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
         let mut tensors = Vec::with_capacity(infos.len());
         for info in infos {
-            let n: usize = info.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).context("tensor size overflows")?;
+            let n: usize = info
+                .shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .context("tensor size overflows")?;
             let row = info.shape.first().copied().unwrap_or(1);
             let nbytes = info
                 .dtype
                 .bytes_for(n)
                 .filter(|_| row % info.dtype.block_len() == 0)
-                .with_context(|| format!("tensor {}: shape {:?} is not a whole number of {} blocks", info.name, info.shape, info.dtype))?;
+                .with_context(|| {
+                    format!(
+                        "tensor {}: shape {:?} is not a whole number of {} blocks",
+                        info.name, info.shape, info.dtype
+                    )
+                })?;
             let start = data_start.checked_add(info.offset).context("tensor offset overflows")? as usize;
             if start.checked_add(nbytes).is_none_or(|end| end > buf.len()) {
                 bail!(
@@ -244,7 +265,11 @@ impl Gguf {
                 nbytes,
             });
         }
-        Ok(Gguf { version, metadata, tensors })
+        Ok(Gguf {
+            version,
+            metadata,
+            tensors,
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -265,12 +290,20 @@ impl Gguf {
 
     /// A string array (e.g. `tokenizer.ggml.tokens`).
     pub fn get_strings(&self, key: &str) -> Option<Vec<String>> {
-        self.get(key)?.as_array()?.iter().map(|v| v.as_str().map(str::to_owned)).collect()
+        self.get(key)?
+            .as_array()?
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect()
     }
 
     /// A numeric array as f32 (e.g. `tokenizer.ggml.scores`).
     pub fn get_f32s(&self, key: &str) -> Option<Vec<f32>> {
-        self.get(key)?.as_array()?.iter().map(|v| v.as_f64().map(|x| x as f32)).collect()
+        self.get(key)?
+            .as_array()?
+            .iter()
+            .map(|v| v.as_f64().map(|x| x as f32))
+            .collect()
     }
 
     /// An integer array (e.g. `tokenizer.ggml.token_type`).

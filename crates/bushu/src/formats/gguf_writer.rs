@@ -36,7 +36,12 @@ impl GgufWriter {
     }
 
     pub fn add_tensor(&mut self, name: &str, shape: Vec<usize>, dtype: DType, data: Vec<u8>) -> &mut Self {
-        self.tensors.push(TensorData { name: name.to_owned(), shape, dtype, data });
+        self.tensors.push(TensorData {
+            name: name.to_owned(),
+            shape,
+            dtype,
+            data,
+        });
         self
     }
 

@@ -58,14 +58,11 @@ pub struct HfModel {
 /// Opens a Hugging Face model directory: weights, config and tokenizer.
 pub fn load(dir: &Path) -> Result<ModelFile> {
     let m = read(dir)?;
-    let tokenizer =
-        Tokenizer::from_hf_dir(dir).with_context(|| format!("{}: tokenizer", dir.display()))?;
+    let tokenizer = Tokenizer::from_hf_dir(dir).with_context(|| format!("{}: tokenizer", dir.display()))?;
     let mut eos_ids = tokenizer.eos_ids().to_vec();
     push_unique(&mut eos_ids, &m.eos_ids);
     // chat_template.jinja, else tokenizer_config.json, else whatever the tokenizer found.
-    let chat_template = m
-        .chat_template
-        .or_else(|| tokenizer.chat_template().map(str::to_owned));
+    let chat_template = m.chat_template.or_else(|| tokenizer.chat_template().map(str::to_owned));
     Ok(ModelFile {
         config: m.config.config,
         tensors: m.tensors,
@@ -82,13 +79,10 @@ pub fn load(dir: &Path) -> Result<ModelFile> {
 pub fn read(dir: &Path) -> Result<HfModel> {
     let config_path = dir.join("config.json");
     let json = read_json(&config_path)?;
-    let config = parse_config(&json)
-        .with_context(|| format!("{}: unsupported model", config_path.display()))?;
+    let config = parse_config(&json).with_context(|| format!("{}: unsupported model", config_path.display()))?;
     let (raw, file_bytes) = read_weights(dir)?;
-    let tensors =
-        rename_tensors(raw).with_context(|| format!("{}: unexpected weights", dir.display()))?;
-    check_tensors(&config, &tensors)
-        .with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
+    let tensors = rename_tensors(raw).with_context(|| format!("{}: unexpected weights", dir.display()))?;
+    check_tensors(&config, &tensors).with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
 
     let mut eos_ids = Vec::new();
     let gen_path = dir.join("generation_config.json");
@@ -119,8 +113,7 @@ fn push_unique(ids: &mut Vec<u32>, more: &[u32]) {
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
@@ -162,9 +155,11 @@ fn token_ids(v: Option<&Value>) -> Result<Vec<u32>> {
 fn get_usize(obj: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => Ok(Some(v.as_u64().map(|x| x as usize).with_context(|| {
-            format!("{key} = {v} is not a non-negative integer")
-        })?)),
+        Some(v) => {
+            Ok(Some(v.as_u64().map(|x| x as usize).with_context(|| {
+                format!("{key} = {v} is not a non-negative integer")
+            })?))
+        }
     }
 }
 
@@ -172,22 +167,16 @@ fn get_f64(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => Ok(Some(
-            v.as_f64()
-                .with_context(|| format!("{key} = {v} is not a number"))?,
+            v.as_f64().with_context(|| format!("{key} = {v} is not a number"))?,
         )),
     }
 }
 
 /// Builds the model configuration from the contents of `config.json`.
 pub fn parse_config(json: &Value) -> Result<HfConfig> {
-    let obj = json
-        .as_object()
-        .context("config.json is not a JSON object")?;
+    let obj = json.as_object().context("config.json is not a JSON object")?;
     let supported = |i: usize| {
-        let names: Vec<&str> = ARCHITECTURES
-            .iter()
-            .map(|a| if i == 0 { a.0 } else { a.1 })
-            .collect();
+        let names: Vec<&str> = ARCHITECTURES.iter().map(|a| if i == 0 { a.0 } else { a.1 }).collect();
         names.join(", ")
     };
     let archs: Vec<&str> = obj
@@ -196,19 +185,10 @@ pub fn parse_config(json: &Value) -> Result<HfConfig> {
         .map_or(Vec::new(), |a| a.iter().filter_map(Value::as_str).collect());
     let model_type = obj.get("model_type").and_then(Value::as_str);
     if let Some(t) = model_type.filter(|t| !ARCHITECTURES.iter().any(|a| a.0 == *t)) {
-        bail!(
-            "model_type '{t}' is not supported (supported: {})",
-            supported(0)
-        );
+        bail!("model_type '{t}' is not supported (supported: {})", supported(0));
     }
-    if let Some(a) = archs
-        .iter()
-        .find(|a| !ARCHITECTURES.iter().any(|x| x.1 == **a))
-    {
-        bail!(
-            "architecture '{a}' is not supported (supported: {})",
-            supported(1)
-        );
+    if let Some(a) = archs.iter().find(|a| !ARCHITECTURES.iter().any(|x| x.1 == **a)) {
+        bail!("architecture '{a}' is not supported (supported: {})", supported(1));
     }
     let arch = match (model_type, archs.first()) {
         (Some(t), _) => t,
@@ -253,10 +233,7 @@ pub fn parse_config(json: &Value) -> Result<HfConfig> {
 
     // Qwen2 declares a window even when it is off, and applies it only to layers past max_window_layers.
     let window_on = match arch {
-        "qwen2" => obj
-            .get("use_sliding_window")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        "qwen2" => obj.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false),
         _ => true,
     };
     let sliding_window = match get_usize(obj, "sliding_window")? {
@@ -296,11 +273,7 @@ fn parse_rope(obj: &Map<String, Value>) -> Result<Rope> {
             Some(v) => bail!("rope_scaling = {v} is not an object"),
         },
     };
-    let theta = match params
-        .map(|p| get_f64(p, "rope_theta"))
-        .transpose()?
-        .flatten()
-    {
+    let theta = match params.map(|p| get_f64(p, "rope_theta")).transpose()?.flatten() {
         Some(t) => t,
         None => get_f64(obj, "rope_theta")?.unwrap_or(10000.0),
     };
@@ -332,9 +305,7 @@ fn parse_rope(obj: &Map<String, Value>) -> Result<Rope> {
             };
             match ty {
                 "default" => RopeScaling::None,
-                "linear" => RopeScaling::Linear {
-                    factor: num("factor")?,
-                },
+                "linear" => RopeScaling::Linear { factor: num("factor")? },
                 "llama3" => {
                     let (low, high) = (num("low_freq_factor")?, num("high_freq_factor")?);
                     if high <= low {
@@ -349,9 +320,7 @@ fn parse_rope(obj: &Map<String, Value>) -> Result<Rope> {
                             .context("llama3 RoPE needs original_max_position_embeddings")?,
                     }
                 }
-                other => bail!(
-                    "RoPE type '{other}' is not supported (supported: default, linear, llama3)"
-                ),
+                other => bail!("RoPE type '{other}' is not supported (supported: default, linear, llama3)"),
             }
         }
     };
@@ -405,18 +374,12 @@ pub fn parse_safetensors(storage: Arc<Storage>) -> Result<Vec<Tensor>> {
             "F32" => DType::F32,
             "F16" => DType::F16,
             "BF16" => DType::BF16,
-            other => bail!(
-                "tensor {name} has dtype {other}, which is not supported (only F32, F16 and BF16)"
-            ),
+            other => bail!("tensor {name} has dtype {other}, which is not supported (only F32, F16 and BF16)"),
         };
         let mut shape: Vec<usize> = info
             .get("shape")
             .and_then(Value::as_array)
-            .and_then(|a| {
-                a.iter()
-                    .map(|d| d.as_u64().map(|d| d as usize))
-                    .collect::<Option<_>>()
-            })
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<_>>())
             .with_context(|| format!("tensor {name}: bad shape"))?;
         let offsets: Vec<u64> = info
             .get("data_offsets")
@@ -478,10 +441,7 @@ pub fn read_weights(dir: &Path) -> Result<(Vec<Tensor>, u64)> {
             .as_str()
             .with_context(|| format!("{}: {name} maps to {file}", index_path.display()))?;
         if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-            bail!(
-                "{}: shard name {file:?} is not a file name",
-                index_path.display()
-            );
+            bail!("{}: shard name {file:?} is not a file name", index_path.display());
         }
         by_file.entry(file).or_default().push(name);
     }
@@ -545,8 +505,7 @@ fn rename_tensors(raw: Vec<Tensor>) -> Result<HashMap<String, Tensor>> {
         if t.name.ends_with("rotary_emb.inv_freq") {
             continue;
         }
-        let name = gguf_name(&t.name)
-            .with_context(|| format!("tensor {} is not one this engine knows", t.name))?;
+        let name = gguf_name(&t.name).with_context(|| format!("tensor {} is not one this engine knows", t.name))?;
         let hf_name = std::mem::replace(&mut t.name, name.clone());
         if out.insert(name.clone(), t).is_some() {
             bail!("tensor {hf_name} ({name}) appears twice");
@@ -601,13 +560,7 @@ fn check_tensors(hf: &HfConfig, tensors: &HashMap<String, Tensor>) -> Result<()>
             check(&format!("blk.{l}.{suffix}"), shape, required)?;
         }
     }
-    let layer_of = |n: &str| {
-        n.strip_prefix("blk.")?
-            .split_once('.')?
-            .0
-            .parse::<usize>()
-            .ok()
-    };
+    let layer_of = |n: &str| n.strip_prefix("blk.")?.split_once('.')?.0.parse::<usize>().ok();
     let mut extra: Vec<&str> = tensors
         .keys()
         .map(String::as_str)
@@ -615,10 +568,7 @@ fn check_tensors(hf: &HfConfig, tensors: &HashMap<String, Tensor>) -> Result<()>
         .collect();
     if !extra.is_empty() {
         extra.sort();
-        bail!(
-            "tensors for layers past num_hidden_layers = {}: {extra:?}",
-            c.n_layers
-        );
+        bail!("tensors for layers past num_hidden_layers = {}: {extra:?}", c.n_layers);
     }
     Ok(())
 }

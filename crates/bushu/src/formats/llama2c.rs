@@ -97,10 +97,7 @@ pub fn load(path: &Path, tokenizer: Option<&Path>) -> Result<ModelFile> {
 pub fn tokenizer_path(path: &Path, tokenizer: Option<&Path>) -> PathBuf {
     match tokenizer {
         Some(t) => t.to_path_buf(),
-        None => path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("tokenizer.bin"),
+        None => path.parent().unwrap_or(Path::new(".")).join("tokenizer.bin"),
     }
 }
 
@@ -141,8 +138,7 @@ pub fn parse_header(buf: &[u8]) -> Result<(Header, usize)> {
             p[0], p[1], p[2], p[3], p[4], p[5], p[6]
         )
     };
-    if p.iter().enumerate().any(|(i, &v)| i != 5 && v <= 0) || vocab == 0 || (versioned && p[5] < 0)
-    {
+    if p.iter().enumerate().any(|(i, &v)| i != 5 && v <= 0) || vocab == 0 || (versioned && p[5] < 0) {
         bail!("{}", bad());
     }
     let h = Header {
@@ -156,10 +152,7 @@ pub fn parse_header(buf: &[u8]) -> Result<(Header, usize)> {
         shared_classifier,
         version: version as u32,
     };
-    if !h.dim.is_multiple_of(h.n_heads)
-        || !(h.dim / h.n_heads).is_multiple_of(2)
-        || h.n_kv_heads > h.n_heads
-    {
+    if !h.dim.is_multiple_of(h.n_heads) || !(h.dim / h.n_heads).is_multiple_of(2) || h.n_kv_heads > h.n_heads {
         bail!("{}", bad());
     }
     Ok((h, data_start))
@@ -270,9 +263,7 @@ pub fn parse(storage: Arc<Storage>) -> Result<Checkpoint> {
         let names: Vec<Option<String>> = match (&p.name, p.per_layer) {
             (None, _) => vec![None],
             (Some(n), false) => vec![Some(n.clone())],
-            (Some(n), true) => (0..h.n_layers)
-                .map(|l| Some(format!("blk.{l}.{n}")))
-                .collect(),
+            (Some(n), true) => (0..h.n_layers).map(|l| Some(format!("blk.{l}.{n}"))).collect(),
         };
         for name in names {
             if let Some(name) = name {

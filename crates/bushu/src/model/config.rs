@@ -9,9 +9,16 @@ use kernels::ops::RopeStyle;
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (all frequencies divided by `factor`).
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position: usize },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -54,10 +61,18 @@ impl Config {
             }
         }
         if self.n_heads % self.n_kv_heads != 0 {
-            bail!("{} attention heads are not a multiple of {} KV heads", self.n_heads, self.n_kv_heads);
+            bail!(
+                "{} attention heads are not a multiple of {} KV heads",
+                self.n_heads,
+                self.n_kv_heads
+            );
         }
         if self.rope_dim % 2 != 0 || self.rope_dim > self.head_dim {
-            bail!("RoPE dimension {} does not fit head size {}", self.rope_dim, self.head_dim);
+            bail!(
+                "RoPE dimension {} does not fit head size {}",
+                self.rope_dim,
+                self.head_dim
+            );
         }
         if !(self.rms_eps > 0.0 && self.rms_eps < 1.0) {
             bail!("RMSNorm epsilon {} is out of range", self.rms_eps);
@@ -74,7 +89,12 @@ impl Config {
                 match self.rope_scaling {
                     RopeScaling::None => f,
                     RopeScaling::Linear { factor } => f / factor,
-                    RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+                    RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_max_position,
+                    } => {
                         let old = original_max_position as f32;
                         let low_wavelen = old / low_freq_factor;
                         let high_wavelen = old / high_freq_factor;

@@ -91,13 +91,25 @@ impl Model {
                 *f /= d;
             }
         }
-        Ok(Model { config, weights, inv_freq, precision: Precision::default() })
+        Ok(Model {
+            config,
+            weights,
+            inv_freq,
+            precision: Precision::default(),
+        })
     }
 
     /// A fresh state whose cache holds up to `ctx` positions.
     pub fn new_state(&self, ctx: usize) -> State {
         let c = &self.config;
-        State { cache: KvCache::new(c.n_layers, c.kv_dim(), ctx), scratch: Scratch::default(), n_out: 0, dim: c.dim, positions: Vec::new(), out_rows: Vec::new() }
+        State {
+            cache: KvCache::new(c.n_layers, c.kv_dim(), ctx),
+            scratch: Scratch::default(),
+            n_out: 0,
+            dim: c.dim,
+            positions: Vec::new(),
+            out_rows: Vec::new(),
+        }
     }
 
     /// Runs `tokens` at the next positions of `state` and returns the logits (`vocab` values for
@@ -109,7 +121,12 @@ impl Model {
             bail!("forward pass over no tokens");
         }
         if pos0 + n > state.cache.capacity() {
-            bail!("context is full: {} positions used + {} new > context size {}", pos0, n, state.cache.capacity());
+            bail!(
+                "context is full: {} positions used + {} new > context size {}",
+                pos0,
+                n,
+                state.cache.capacity()
+            );
         }
         state.positions.clear();
         state.positions.extend(pos0..pos0 + n);
@@ -119,7 +136,10 @@ impl Model {
             Logits::All => state.out_rows.extend(0..n),
         }
         state.n_out = state.out_rows.len();
-        let mut kv = ContiguousKv { cache: &mut state.cache, pos0 };
+        let mut kv = ContiguousKv {
+            cache: &mut state.cache,
+            pos0,
+        };
         let logits = self.forward_batch(&mut state.scratch, tokens, &state.positions, &mut kv, &state.out_rows)?;
         state.cache.advance(n);
         Ok(logits)
@@ -145,7 +165,11 @@ impl Model {
             bail!("token id {t} is outside the vocabulary of {} tokens", c.vocab_size);
         }
         let (dim, q_dim, kv_dim, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
-        let shape = AttnShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
+        let shape = AttnShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+        };
 
         // Token embeddings.
         let x = fit(&mut s.x, n * dim);
@@ -158,7 +182,11 @@ impl Model {
             // Attention block.
             let xb = fit(&mut s.xb, n * dim);
             norm_rows(xb, &s.x[..n * dim], &lw.attn_norm, c.rms_eps);
-            let (q, k, v) = (fit(&mut s.q, n * q_dim), fit(&mut s.k, n * kv_dim), fit(&mut s.v, n * kv_dim));
+            let (q, k, v) = (
+                fit(&mut s.q, n * q_dim),
+                fit(&mut s.k, n * kv_dim),
+                fit(&mut s.v, n * kv_dim),
+            );
             linear(&lw.wq.matrix(), self.precision, xb, q, lw.bq.as_deref());
             linear(&lw.wk.matrix(), self.precision, xb, k, lw.bk.as_deref());
             linear(&lw.wv.matrix(), self.precision, xb, v, lw.bv.as_deref());

@@ -71,24 +71,39 @@ pub fn load_gguf(path: &Path) -> Result<ModelFile> {
 const LLAMA_LIKE: &[&str] = &["llama", "mistral", "qwen2"];
 
 fn gguf_config(g: &Gguf) -> Result<Config> {
-    let arch = g.architecture().context("no general.architecture in metadata")?.to_owned();
+    let arch = g
+        .architecture()
+        .context("no general.architecture in metadata")?
+        .to_owned();
     if !LLAMA_LIKE.contains(&arch.as_str()) {
-        bail!("architecture '{arch}' is not supported (supported: {})", LLAMA_LIKE.join(", "));
+        bail!(
+            "architecture '{arch}' is not supported (supported: {})",
+            LLAMA_LIKE.join(", ")
+        );
     }
     let key = |k: &str| format!("{arch}.{k}");
     let int = |k: &str| -> Result<usize> {
-        let v = g.get_i64(&key(k)).with_context(|| format!("missing metadata {}", key(k)))?;
+        let v = g
+            .get_i64(&key(k))
+            .with_context(|| format!("missing metadata {}", key(k)))?;
         usize::try_from(v).with_context(|| format!("metadata {} = {v} is negative", key(k)))
     };
     let dim = int("embedding_length")?;
     let n_heads = int("attention.head_count")?;
-    let n_kv_heads = g.get_i64(&key("attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_heads);
+    let n_kv_heads = g
+        .get_i64(&key("attention.head_count_kv"))
+        .map(|v| v as usize)
+        .unwrap_or(n_heads);
     let head_dim = match g.get_i64(&key("attention.key_length")) {
         Some(v) => v as usize,
         None if n_heads > 0 => dim / n_heads,
         None => 0,
     };
-    let embd = g.tensors.iter().find(|t| t.name == "token_embd.weight").context("no token_embd.weight tensor")?;
+    let embd = g
+        .tensors
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .context("no token_embd.weight tensor")?;
     let vocab_size = g
         .get_i64(&key("vocab_size"))
         .map(|v| v as usize)
@@ -96,7 +111,9 @@ fn gguf_config(g: &Gguf) -> Result<Config> {
     let rope_scaling = match g.get_str(&key("rope.scaling.type")) {
         None | Some("none") => RopeScaling::None,
         Some("linear") => {
-            let factor = g.get_f64(&key("rope.scaling.factor")).context("linear RoPE scaling without a factor")? as f32;
+            let factor = g
+                .get_f64(&key("rope.scaling.factor"))
+                .context("linear RoPE scaling without a factor")? as f32;
             if factor <= 0.0 {
                 bail!("RoPE scaling factor {factor} must be positive");
             }
@@ -116,11 +133,18 @@ fn gguf_config(g: &Gguf) -> Result<Config> {
         max_ctx: int("context_length")?,
         rms_eps: g.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
         rope_theta: g.get_f64(&key("rope.freq_base")).unwrap_or(10000.0) as f32,
-        rope_dim: g.get_i64(&key("rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim),
+        rope_dim: g
+            .get_i64(&key("rope.dimension_count"))
+            .map(|v| v as usize)
+            .unwrap_or(head_dim),
         rope_scaling,
         // llama.cpp's converter permutes Q/K rows of Llama-style models so pairs are adjacent;
         // Qwen2 keeps the Hugging Face layout and rotates halves.
-        rope_style: if arch == "qwen2" { RopeStyle::Neox } else { RopeStyle::Interleaved },
+        rope_style: if arch == "qwen2" {
+            RopeStyle::Neox
+        } else {
+            RopeStyle::Interleaved
+        },
         arch,
     };
     config.validate()?;

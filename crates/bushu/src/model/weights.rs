@@ -38,10 +38,16 @@ struct Lookup<'a> {
 
 impl Lookup<'_> {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.tensors.get(name).with_context(|| format!("tensor {name} is missing"))?;
+        let t = self
+            .tensors
+            .get(name)
+            .with_context(|| format!("tensor {name} is missing"))?;
         self.check(t, shape)?;
         if !kernels::quants::supported(t.dtype) {
-            bail!("tensor {name} has type {}, which bushu cannot compute with yet", t.dtype);
+            bail!(
+                "tensor {name} has type {}, which bushu cannot compute with yet",
+                t.dtype
+            );
         }
         Ok(t.clone())
     }
@@ -53,7 +59,12 @@ impl Lookup<'_> {
             have.pop();
         }
         if have != shape {
-            bail!("tensor {} has shape {:?}, the config implies {:?}", t.name, t.shape, shape);
+            bail!(
+                "tensor {} has shape {:?}, the config implies {:?}",
+                t.name,
+                t.shape,
+                shape
+            );
         }
         Ok(())
     }
@@ -117,7 +128,12 @@ impl Weights {
         let layer: usize = self
             .layers
             .iter()
-            .map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|t| t.nbytes).sum::<usize>())
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|t| t.nbytes)
+                    .sum::<usize>()
+            })
             .sum();
         layer + self.output.nbytes
     }

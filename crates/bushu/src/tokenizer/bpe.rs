@@ -12,8 +12,7 @@ pub(crate) fn byte_to_char_table() -> [char; 256] {
     let mut t = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable =
-            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let printable = (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
         t[b as usize] = if printable {
             char::from_u32(b).unwrap()
         } else {
@@ -82,19 +81,11 @@ impl PartialOrd for Pair {
 }
 
 impl Bpe {
-    pub fn new(
-        vocab: &Vocab,
-        merges: &[String],
-        pre: PreTokenizer,
-        ignore_merges: bool,
-    ) -> Result<Bpe> {
+    pub fn new(vocab: &Vocab, merges: &[String], pre: PreTokenizer, ignore_merges: bool) -> Result<Bpe> {
         let byte_chars = byte_to_char_table();
         let mut byte_ids = [None; 256];
         for (b, slot) in byte_ids.iter_mut().enumerate() {
-            *slot = vocab
-                .text_to_id
-                .get(byte_chars[b].to_string().as_str())
-                .copied();
+            *slot = vocab.text_to_id.get(byte_chars[b].to_string().as_str()).copied();
         }
         let mut map = HashMap::with_capacity(merges.len());
         let mut buf = String::new();

@@ -49,13 +49,7 @@ pub(crate) fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
     let texts: Vec<String> = tokens
         .into_iter()
         .enumerate()
-        .map(|(i, t)| {
-            if t.is_empty() {
-                format!("[EMPTY_{i}]")
-            } else {
-                t
-            }
-        })
+        .map(|(i, t)| if t.is_empty() { format!("[EMPTY_{i}]") } else { t })
         .collect();
     let chat_template = g.get_str("tokenizer.chat_template").map(str::to_owned);
     let add_eos = get_bool(g, "tokenizer.ggml.add_eos_token").unwrap_or(false);
@@ -69,9 +63,14 @@ pub(crate) fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
             let scores = match g.get("tokenizer.ggml.scores") {
                 None => vec![0.0; n],
                 Some(_) => {
-                    let s = g.get_f32s("tokenizer.ggml.scores").context("tokenizer.ggml.scores is not a number array")?;
+                    let s = g
+                        .get_f32s("tokenizer.ggml.scores")
+                        .context("tokenizer.ggml.scores is not a number array")?;
                     if s.len() != n {
-                        bail!("tokenizer.ggml.scores has {} entries but tokenizer.ggml.tokens has {n}", s.len());
+                        bail!(
+                            "tokenizer.ggml.scores has {} entries but tokenizer.ggml.tokens has {n}",
+                            s.len()
+                        );
                     }
                     s
                 }
@@ -106,7 +105,9 @@ pub(crate) fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
             };
             let merges = match g.get("tokenizer.ggml.merges") {
                 None => bail!("GGUF tokenizer.ggml.model is 'gpt2' but tokenizer.ggml.merges is missing"),
-                Some(_) => g.get_strings("tokenizer.ggml.merges").context("tokenizer.ggml.merges is not an array of strings")?,
+                Some(_) => g
+                    .get_strings("tokenizer.ggml.merges")
+                    .context("tokenizer.ggml.merges is not an array of strings")?,
             };
             let map = char_to_byte_map();
             let pieces = texts

@@ -32,10 +32,7 @@ pub(crate) fn chat_template_of(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),
         Value::Array(list) => {
-            let named = |n: &str| {
-                list.iter()
-                    .find(|e| e.get("name").and_then(Value::as_str) == Some(n))
-            };
+            let named = |n: &str| list.iter().find(|e| e.get("name").and_then(Value::as_str) == Some(n));
             named("default")
                 .or_else(|| list.first())
                 .and_then(|e| e.get("template"))
@@ -49,8 +46,7 @@ pub(crate) fn chat_template_of(v: Option<&Value>) -> Option<String> {
 fn contains_type(v: &Value, ty: &str) -> bool {
     match v {
         Value::Object(o) => {
-            o.get("type").and_then(Value::as_str) == Some(ty)
-                || o.values().any(|x| contains_type(x, ty))
+            o.get("type").and_then(Value::as_str) == Some(ty) || o.values().any(|x| contains_type(x, ty))
         }
         Value::Array(a) => a.iter().any(|x| contains_type(x, ty)),
         _ => false,
@@ -64,10 +60,7 @@ fn prepends_space(json: &Value) -> bool {
             Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("Metaspace") => {
                 match o.get("prepend_scheme").and_then(Value::as_str) {
                     Some(s) => s != "never",
-                    None => o
-                        .get("add_prefix_space")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(true),
+                    None => o.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(true),
                 }
             }
             Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("Prepend") => {
@@ -83,26 +76,21 @@ fn prepends_space(json: &Value) -> bool {
 
 pub(crate) fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
     let path = dir.join("tokenizer.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let json: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let json: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
     if json.get("model").is_none() {
         bail!(
             "{}: no \"model\" section (not a tokenizers tokenizer.json)",
             path.display()
         );
     }
-    let mut tk: tokenizers::Tokenizer = text
-        .parse()
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let mut tk: tokenizers::Tokenizer = text.parse().map_err(|e| anyhow!("{}: {e}", path.display()))?;
     tk.with_truncation(None).map_err(|e| anyhow!("{e}"))?;
     tk.with_padding(None);
 
     let cfg_path = dir.join("tokenizer_config.json");
     let cfg: Value = match std::fs::read_to_string(&cfg_path) {
-        Ok(s) => serde_json::from_str(&s)
-            .with_context(|| format!("{}: not valid JSON", cfg_path.display()))?,
+        Ok(s) => serde_json::from_str(&s).with_context(|| format!("{}: not valid JSON", cfg_path.display()))?,
         Err(_) => Value::Null,
     };
 
@@ -123,9 +111,7 @@ pub(crate) fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
         }
     }
     let added = tk.get_added_tokens_decoder();
-    let style = if contains_type(&json["decoder"], "ByteLevel")
-        || contains_type(&json["pre_tokenizer"], "ByteLevel")
-    {
+    let style = if contains_type(&json["decoder"], "ByteLevel") || contains_type(&json["pre_tokenizer"], "ByteLevel") {
         Style::ByteLevel
     } else if contains_type(&json["decoder"], "ByteFallback")
         || contains_type(&json["decoder"], "Metaspace")
@@ -140,9 +126,7 @@ pub(crate) fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
         .map(|id| match added.get(&id) {
             Some(a) if a.special => TokenType::Control,
             Some(_) => TokenType::UserDefined,
-            None if style == Style::Spm && parse_byte_token(&texts[id as usize]).is_some() => {
-                TokenType::Byte
-            }
+            None if style == Style::Spm && parse_byte_token(&texts[id as usize]).is_some() => TokenType::Byte,
             None => TokenType::Normal,
         })
         .collect();
@@ -165,19 +149,14 @@ pub(crate) fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
             None => Ok(None),
             Some(t) => match vocab.text_to_id.get(&t) {
                 Some(&id) => Ok(Some(id)),
-                None => bail!(
-                    "{}: {key} {t:?} is not in the vocabulary",
-                    cfg_path.display()
-                ),
+                None => bail!("{}: {key} {t:?} is not in the vocabulary", cfg_path.display()),
             },
         }
     };
     let bos = id_of("bos_token")?;
     let eos = id_of("eos_token")?;
     // What the post-processor adds, for when the config does not say.
-    let probe = tk
-        .encode("", true)
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let probe = tk.encode("", true).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let probe = probe.get_ids();
     let add_bos = match cfg.get("add_bos_token").and_then(Value::as_bool) {
         Some(b) => b,

@@ -9,8 +9,7 @@ use std::path::Path;
 
 pub(crate) fn from_llama2c(path: &Path, vocab_size: usize) -> Result<Tokenizer> {
     let data = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    parse(&data, vocab_size)
-        .with_context(|| format!("{}: not a llama2.c tokenizer.bin", path.display()))
+    parse(&data, vocab_size).with_context(|| format!("{}: not a llama2.c tokenizer.bin", path.display()))
 }
 
 fn parse(data: &[u8], vocab_size: usize) -> Result<Tokenizer> {
@@ -20,10 +19,7 @@ fn parse(data: &[u8], vocab_size: usize) -> Result<Tokenizer> {
     let mut pos = 0usize;
     let mut take = |n: usize| -> Result<&[u8]> {
         if data.len() - pos < n {
-            bail!(
-                "truncated at byte {pos} (needed {n} more, file has {})",
-                data.len()
-            );
+            bail!("truncated at byte {pos} (needed {n} more, file has {})", data.len());
         }
         pos += n;
         Ok(&data[pos - n..pos])
@@ -62,11 +58,7 @@ fn parse(data: &[u8], vocab_size: usize) -> Result<Tokenizer> {
             }
         }
     }
-    let pieces = texts
-        .iter()
-        .zip(&types)
-        .map(|(t, &ty)| spm_piece(t, ty))
-        .collect();
+    let pieces = texts.iter().zip(&types).map(|(t, &ty)| spm_piece(t, ty)).collect();
     let vocab = Vocab::new(texts, types, pieces);
     let bos = (vocab_size > 1).then_some(1);
     let eos = (vocab_size > 2).then_some(2);

@@ -73,12 +73,7 @@ impl Vocab {
                 ) && !texts[i].is_empty()
             })
             .collect();
-        specials.sort_by(|&a, &b| {
-            texts[b as usize]
-                .len()
-                .cmp(&texts[a as usize].len())
-                .then(a.cmp(&b))
-        });
+        specials.sort_by(|&a, &b| texts[b as usize].len().cmp(&texts[a as usize].len()).then(a.cmp(&b)));
         Vocab {
             texts,
             types,
@@ -175,9 +170,7 @@ impl Tokenizer {
     }
 
     pub(crate) fn from_inner(inner: Inner) -> Tokenizer {
-        Tokenizer {
-            inner: Arc::new(inner),
-        }
+        Tokenizer { inner: Arc::new(inner) }
     }
 
     /// Encodes `text`, recognising special tokens written in it; adds BOS (and EOS) as the file says when
@@ -189,12 +182,7 @@ impl Tokenizer {
     /// Encodes `text`. `parse_special`: control tokens written in the text (e.g. `<|im_start|>`, `<s>`) become
     /// their single ids; when false only user-defined tokens are matched and control tokens are tokenized as
     /// plain text (Hugging Face directories always match their added tokens).
-    pub fn encode_with(
-        &self,
-        text: &str,
-        add_special: bool,
-        parse_special: bool,
-    ) -> Result<Vec<u32>> {
+    pub fn encode_with(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
         let inner = &*self.inner;
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && inner.add_bos {
@@ -218,12 +206,7 @@ impl Tokenizer {
                             prev_special = true;
                         }
                         Fragment::Text(s) => {
-                            m.encode(
-                                &inner.vocab,
-                                s,
-                                inner.add_space_prefix && prev_special,
-                                &mut out,
-                            );
+                            m.encode(&inner.vocab, s, inner.add_space_prefix && prev_special, &mut out);
                             prev_special = false;
                         }
                     }
@@ -259,10 +242,7 @@ impl Tokenizer {
                 continue;
             }
             let pat = v.texts[id as usize].as_str();
-            if !frags
-                .iter()
-                .any(|f| matches!(f, Fragment::Text(s) if s.contains(pat)))
-            {
+            if !frags.iter().any(|f| matches!(f, Fragment::Text(s) if s.contains(pat))) {
                 continue;
             }
             let mut next = Vec::with_capacity(frags.len() + 2);

@@ -26,13 +26,7 @@ const DEEPSEEK3_LLM: &[&str] = &[
     r"[一-龥぀-ゟ゠-ヿ]+",
     r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##,
 ];
-const DEEPSEEK_CODER: &[&str] = &[
-    r"[\r\n]",
-    r"\s?\p{L}+",
-    r"\s?\p{P}+",
-    r"[一-龥ࠀ-一가-퟿]+",
-    r"\p{N}",
-];
+const DEEPSEEK_CODER: &[&str] = &[r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"];
 const FALCON: &[&str] = &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"];
 const STARCODER: &[&str] = &[r"\p{N}", GPT2];
 const DEFAULT: &[&str] = &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"];
@@ -71,8 +65,7 @@ pub(crate) fn pre_config(name: &str) -> Option<PreConfig> {
     };
     Some(match name {
         "default" => cfg(DEFAULT),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-        | "lfm2" => PreConfig {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" => PreConfig {
             ignore_merges: true,
             add_bos: true,
             ..cfg(&[LLAMA3])
@@ -86,15 +79,11 @@ pub(crate) fn pre_config(name: &str) -> Option<PreConfig> {
         "deepseek-coder" => cfg(DEEPSEEK_CODER),
         "deepseek-v3" | "hunyuan-dense" => cfg(DEEPSEEK3_LLM),
         "falcon" => cfg(FALCON),
-        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" => {
-            cfg(STARCODER)
-        }
-        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
-        | "a.x-4.0" | "mellum" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo"
-        | "jais" | "trillion" | "granite-docling" | "exaone4" => cfg(&[GPT2]),
-        "qwen2" | "deepseek-r1-qwen" | "kormo" | "megrez" | "stablelm2" | "hunyuan" | "grok-2" => {
-            cfg(&[QWEN2])
-        }
+        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" => cfg(STARCODER),
+        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0" | "mellum"
+        | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling"
+        | "exaone4" => cfg(&[GPT2]),
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "megrez" | "stablelm2" | "hunyuan" | "grok-2" => cfg(&[QWEN2]),
         "poro-chat" | "bloom" | "gpt3-finnish" => cfg(&[PORO]),
         "viking" => cfg(&[PORO, r"\p{N}"]),
         "tekken" => PreConfig {

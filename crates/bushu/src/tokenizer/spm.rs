@@ -60,11 +60,7 @@ impl Spm {
                 }
             });
         }
-        Spm {
-            scores,
-            byte_ids,
-            unk,
-        }
+        Spm { scores, byte_ids, unk }
     }
 
     /// Tokenizes one fragment of raw text (no special tokens in it), appending ids to `out`.
@@ -132,15 +128,7 @@ impl Spm {
         }
     }
 
-    fn try_add(
-        &self,
-        vocab: &Vocab,
-        text: &str,
-        syms: &[Sym],
-        left: i32,
-        right: i32,
-        heap: &mut BinaryHeap<Bigram>,
-    ) {
+    fn try_add(&self, vocab: &Vocab, text: &str, syms: &[Sym], left: i32, right: i32, heap: &mut BinaryHeap<Bigram>) {
         if left < 0 || right < 0 {
             return;
         }
