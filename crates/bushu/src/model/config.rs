@@ -60,14 +60,14 @@ impl Config {
                 bail!("model {what} is 0");
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             bail!(
                 "{} attention heads are not a multiple of {} KV heads",
                 self.n_heads,
                 self.n_kv_heads
             );
         }
-        if self.rope_dim % 2 != 0 || self.rope_dim > self.head_dim {
+        if !self.rope_dim.is_multiple_of(2) || self.rope_dim > self.head_dim {
             bail!(
                 "RoPE dimension {} does not fit head size {}",
                 self.rope_dim,
