@@ -77,7 +77,8 @@ fn serve_answers_then_exits_on_sigterm() {
 #[test]
 fn serve_rejects_bad_flags() {
     for args in [
-        vec!["serve"],
+        vec!["serve", "--model", "no-such-model"],
+        vec!["serve", "--model", &model(), "--max-batch", "0"],
         vec!["serve", "--model", &model(), "--kv-memory", "lots"],
         vec!["serve", "--model", "/nonexistent.gguf"],
     ] {
