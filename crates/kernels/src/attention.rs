@@ -27,13 +27,22 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape,
         let (t, h) = (i / s.n_heads, i % s.n_heads);
         let qh = &q[i * hd..(i + 1) * hd];
         let kv_off = (h / group) * hd;
-        attend_one(qh, k, v, o, kv_dim, kv_off, pos0 + t + 1, scale);
+        attend_one(qh, k, v, o, pos0 + t + 1, scale, |p| p * kv_dim + kv_off);
     });
 }
 
-/// One query head against positions `0..len`.
-#[allow(clippy::too_many_arguments)]
-fn attend_one(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], kv_dim: usize, off: usize, len: usize, scale: f32) {
+/// One query head against positions `0..len`; the key and value of position `p` for this head start
+/// at `at(p)` in `k` and `v` (a contiguous cache here, a block table in the paged kernel).
+#[inline]
+pub(crate) fn attend_one(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    len: usize,
+    scale: f32,
+    at: impl Fn(usize) -> usize,
+) {
     let hd = q.len();
     out.fill(0.0);
     let mut max = f32::NEG_INFINITY;
@@ -44,7 +53,7 @@ fn attend_one(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], kv_dim: usize, o
         let tile = &mut scores[..end - start];
         let mut tile_max = f32::NEG_INFINITY;
         for (j, sc) in tile.iter_mut().enumerate() {
-            let kj = &k[(start + j) * kv_dim + off..][..hd];
+            let kj = &k[at(start + j)..][..hd];
             *sc = dot(q, kj) * scale;
             tile_max = tile_max.max(*sc);
         }
@@ -58,8 +67,7 @@ fn attend_one(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], kv_dim: usize, o
         for (j, &sc) in tile.iter().enumerate() {
             let p = (sc - max).exp();
             sum += p;
-            let vj = &v[(start + j) * kv_dim + off..][..hd];
-            axpy(out, p, vj);
+            axpy(out, p, &v[at(start + j)..][..hd]);
         }
     }
     let inv = 1.0 / sum;

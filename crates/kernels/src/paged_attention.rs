@@ -3,17 +3,13 @@
 //! and share prefix blocks. One call serves a whole batch: every query token carries its sequence's
 //! block table and its position.
 //!
-//! The arithmetic is that of [`crate::attention::attention`], step for step (tiles of 64 positions
-//! counted from position 0, online softmax, the same dot product and accumulation order): only the
+//! The arithmetic is the contiguous kernel's own per-head loop ([`crate::attention`]): only the
 //! address of position `p` changes, `table[p / block_size] * block_size + p % block_size`. So a token's
 //! output is bit-identical to the contiguous kernel's, whatever the batch or the block layout — the
 //! test below holds the two together.
 
-use crate::attention::AttnShape;
+use crate::attention::{attend_one, AttnShape};
 use rayon::prelude::*;
-
-/// Keys per tile (as the contiguous kernel).
-const TILE: usize = 64;
 
 /// One layer's paged cache: `k` and `v` hold `n_blocks * block_size` slots of `n_kv_heads * head_dim`.
 #[derive(Clone, Copy)]
@@ -53,65 +49,10 @@ pub fn paged_attention(q: &[f32], kv: PagedKv, queries: &[PagedQuery], out: &mut
         let (t, h) = (i / s.n_heads, i % s.n_heads);
         let qh = &q[i * hd..(i + 1) * hd];
         let kv_off = (h / group) * hd;
-        attend_one(qh, kv, queries[t], o, kv_dim, kv_off, scale);
+        let query = queries[t];
+        let at = |p: usize| slot(query.block_table, kv.block_size, p) * kv_dim + kv_off;
+        attend_one(qh, kv.k, kv.v, o, query.pos + 1, scale, at);
     });
-}
-
-/// One query head against positions `0..=query.pos`.
-fn attend_one(q: &[f32], kv: PagedKv, query: PagedQuery, out: &mut [f32], kv_dim: usize, off: usize, scale: f32) {
-    let hd = q.len();
-    let len = query.pos + 1;
-    let at = |p: usize| slot(query.block_table, kv.block_size, p) * kv_dim + off;
-    out.fill(0.0);
-    let mut max = f32::NEG_INFINITY;
-    let mut sum = 0.0f32;
-    let mut scores = [0.0f32; TILE];
-    for start in (0..len).step_by(TILE) {
-        let end = (start + TILE).min(len);
-        let tile = &mut scores[..end - start];
-        let mut tile_max = f32::NEG_INFINITY;
-        for (j, sc) in tile.iter_mut().enumerate() {
-            let kj = &kv.k[at(start + j)..][..hd];
-            *sc = dot(q, kj) * scale;
-            tile_max = tile_max.max(*sc);
-        }
-        // Rescale what was accumulated under the old maximum.
-        if tile_max > max {
-            let c = (max - tile_max).exp();
-            sum *= c;
-            out.iter_mut().for_each(|o| *o *= c);
-            max = tile_max;
-        }
-        for (j, &sc) in tile.iter().enumerate() {
-            let p = (sc - max).exp();
-            sum += p;
-            axpy(out, p, &kv.v[at(start + j)..][..hd]);
-        }
-    }
-    let inv = 1.0 / sum;
-    out.iter_mut().for_each(|o| *o *= inv);
-}
-
-/// Dot product in eight independent lanes, as the contiguous kernel computes it.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
-
-/// `y += a * x`.
-#[inline]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o += a * v;
-    }
 }
 
 #[cfg(test)]
