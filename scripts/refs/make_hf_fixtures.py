@@ -61,6 +61,11 @@ MODELS = {
     "mistral": (MistralForCausalLM, MistralConfig, dict(
         COMMON, num_attention_heads=8, num_key_value_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=False,
         sliding_window=None, **rope_kwargs(10000.0, None)), 1004),
+    # sliding-window attention: each position sees only the last 5 (the 12-token prompt and 16 generated
+    # tokens go well past it)
+    "mistral-swa": (MistralForCausalLM, MistralConfig, dict(
+        COMMON, num_attention_heads=8, num_key_value_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        sliding_window=5, **rope_kwargs(10000.0, None)), 1005),
 }
 
 
@@ -93,7 +98,10 @@ def top5(logits_row):
 def main():
     out_root = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/hf"
     torch.set_grad_enabled(False)
+    only = set(sys.argv[2:])  # optional: regenerate only these fixtures
     for name, (cls, cfg_cls, kw, seed) in MODELS.items():
+        if only and name not in only:
+            continue
         torch.manual_seed(seed)
         cfg = cfg_cls(**kw)
         model = cls(cfg).to(torch.float32)

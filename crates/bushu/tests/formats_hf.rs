@@ -189,7 +189,7 @@ fn shakespeare_config_and_tensors() {
     assert_eq!(c.rope_theta, 10000.0);
     assert_eq!(c.rope_scaling, RopeScaling::None);
     assert_eq!(c.rope_style, RopeStyle::Neox);
-    assert_eq!(m.config.sliding_window, None);
+    assert_eq!(m.config.config.sliding_window, None);
     assert_eq!(m.config.tie_word_embeddings, Some(false));
     assert_eq!(m.eos_ids, vec![2]);
     assert_eq!(
@@ -385,15 +385,15 @@ fn config_defaults_architectures_and_sliding_window() {
         hf::parse_config(&c).unwrap()
     };
     let m = mistral(json!(16));
-    assert_eq!((m.config.arch.as_str(), m.sliding_window), ("mistral", Some(16)));
-    assert_eq!(mistral(json!(null)).sliding_window, None);
-    assert_eq!(mistral(json!(64)).sliding_window, None);
-    assert_eq!(mistral(json!(4096)).sliding_window, None);
+    assert_eq!((m.config.arch.as_str(), m.config.sliding_window), ("mistral", Some(16)));
+    assert_eq!(mistral(json!(null)).config.sliding_window, None);
+    assert_eq!(mistral(json!(64)).config.sliding_window, None);
+    assert_eq!(mistral(json!(4096)).config.sliding_window, None);
     // Qwen2 configs name a window that is off unless use_sliding_window.
     let mut q = tiny_config("qwen2", "Qwen2ForCausalLM");
     q["sliding_window"] = json!(16);
     q["use_sliding_window"] = json!(false);
-    assert_eq!(hf::parse_config(&q).unwrap().sliding_window, None);
+    assert_eq!(hf::parse_config(&q).unwrap().config.sliding_window, None);
     q["use_sliding_window"] = json!(true);
     assert!(err_text(hf::parse_config(&q)).contains("sliding"));
 }
@@ -594,7 +594,7 @@ fn repository_fixtures() {
     assert_eq!(m.tensors.len(), 26);
     let m = hf::read(&fixture("mistral")).unwrap();
     assert_eq!(
-        (m.config.config.arch.as_str(), m.config.sliding_window),
+        (m.config.config.arch.as_str(), m.config.config.sliding_window),
         ("mistral", None)
     );
     assert_eq!(m.eos_ids, vec![2]);

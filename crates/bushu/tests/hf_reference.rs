@@ -58,3 +58,23 @@ fn qwen2_bias_tied() {
 fn mistral() {
     check("mistral");
 }
+
+#[test]
+fn mistral_sliding_window() {
+    check("mistral-swa");
+    // The window matters on this prompt: attending to everything gives other logits.
+    let mut f = load(&fixture("hf/mistral-swa")).unwrap();
+    assert_eq!(f.config.sliding_window, Some(5));
+    let r = read_json(&fixture("hf/mistral-swa/reference.json"));
+    let prompt = u32s(&r["prompt_ids"]);
+    let last = f32s(&r["logits"][2]);
+    f.config.sliding_window = None;
+    let model = Model::new(&f).unwrap();
+    let mut st = model.new_state(64);
+    let got = model.forward(&mut st, &prompt, Logits::Last).unwrap();
+    let diff = got.iter().zip(&last).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(
+        diff > 1e-2,
+        "full attention gives the windowed logits (diff {diff}): the fixture does not test the window"
+    );
+}

@@ -13,6 +13,17 @@ pub struct AttnShape {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Sliding-window attention (Mistral): a query at `pos` sees only the last `window` positions,
+    /// `pos + 1 - window ..= pos`. `None`: all positions `0..=pos`.
+    pub window: Option<usize>,
+}
+
+impl AttnShape {
+    /// First position a query at `pos` attends to.
+    #[inline]
+    pub fn first_visible(&self, pos: usize) -> usize {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+    }
 }
 
 /// For each of the `n = q.len() / (n_heads * head_dim)` query tokens, the first at position `pos0`,
@@ -27,28 +38,32 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape,
         let (t, h) = (i / s.n_heads, i % s.n_heads);
         let qh = &q[i * hd..(i + 1) * hd];
         let kv_off = (h / group) * hd;
-        attend_one(qh, k, v, o, pos0 + t + 1, scale, |p| p * kv_dim + kv_off);
+        let pos = pos0 + t;
+        attend_one(qh, k, v, o, s.first_visible(pos)..pos + 1, scale, |p| {
+            p * kv_dim + kv_off
+        });
     });
 }
 
-/// One query head against positions `0..len`; the key and value of position `p` for this head start
-/// at `at(p)` in `k` and `v` (a contiguous cache here, a block table in the paged kernel).
+/// One query head against the positions `visible`; the key and value of position `p` for this head
+/// start at `at(p)` in `k` and `v` (a contiguous cache here, a block table in the paged kernel).
 #[inline]
 pub(crate) fn attend_one(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     out: &mut [f32],
-    len: usize,
+    visible: std::ops::Range<usize>,
     scale: f32,
     at: impl Fn(usize) -> usize,
 ) {
+    let len = visible.end;
     let hd = q.len();
     out.fill(0.0);
     let mut max = f32::NEG_INFINITY;
     let mut sum = 0.0f32;
     let mut scores = [0.0f32; TILE];
-    for start in (0..len).step_by(TILE) {
+    for start in visible.step_by(TILE) {
         let end = (start + TILE).min(len);
         let tile = &mut scores[..end - start];
         let mut tile_max = f32::NEG_INFINITY;
@@ -106,13 +121,14 @@ pub fn attention_naive(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: Attn
         let (t, h) = (i / s.n_heads, i % s.n_heads);
         let qh = &q[i * hd..(i + 1) * hd];
         let off = (h / group) * hd;
-        let len = pos0 + t + 1;
-        let mut p: Vec<f32> = (0..len)
+        let pos = pos0 + t;
+        let first = s.first_visible(pos);
+        let mut p: Vec<f32> = (first..=pos)
             .map(|j| dot(qh, &k[j * kv_dim + off..][..hd]) / (hd as f32).sqrt())
             .collect();
         crate::ops::softmax(&mut p);
         o.fill(0.0);
-        for (j, &pj) in p.iter().enumerate() {
+        for (j, &pj) in (first..).zip(p.iter()) {
             for (x, &vv) in o.iter_mut().zip(&v[j * kv_dim + off..][..hd]) {
                 *x += pj * vv;
             }
@@ -126,25 +142,46 @@ mod tests {
 
     #[test]
     fn tiled_equals_naive() {
+        for window in [None, Some(1), Some(7), Some(100), Some(1000)] {
+            let s = AttnShape {
+                n_heads: 6,
+                n_kv_heads: 2,
+                head_dim: 16,
+                window,
+            };
+            let (n, pos0) = (5, 150);
+            let len = pos0 + n;
+            let mut seed = 1u64;
+            let mut rnd = || {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((seed >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+            };
+            let q: Vec<f32> = (0..n * 6 * 16).map(|_| rnd()).collect();
+            let k: Vec<f32> = (0..len * 2 * 16).map(|_| rnd()).collect();
+            let v: Vec<f32> = (0..len * 2 * 16).map(|_| rnd()).collect();
+            let (mut a, mut b) = (vec![0.0; q.len()], vec![0.0; q.len()]);
+            attention(&q, &k, &v, &mut a, s, pos0);
+            attention_naive(&q, &k, &v, &mut b, s, pos0);
+            let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            assert!(err < 1e-5, "window {window:?}: max abs difference {err}");
+        }
+    }
+
+    /// A window of 1 makes each query return its own value row.
+    #[test]
+    fn window_of_one_sees_only_itself() {
         let s = AttnShape {
-            n_heads: 6,
-            n_kv_heads: 2,
-            head_dim: 16,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 4,
+            window: Some(1),
         };
-        let (n, pos0) = (5, 150);
-        let len = pos0 + n;
-        let mut seed = 1u64;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
-        };
-        let q: Vec<f32> = (0..n * 6 * 16).map(|_| rnd()).collect();
-        let k: Vec<f32> = (0..len * 2 * 16).map(|_| rnd()).collect();
-        let v: Vec<f32> = (0..len * 2 * 16).map(|_| rnd()).collect();
-        let (mut a, mut b) = (vec![0.0; q.len()], vec![0.0; q.len()]);
-        attention(&q, &k, &v, &mut a, s, pos0);
-        attention_naive(&q, &k, &v, &mut b, s, pos0);
-        let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-        assert!(err < 1e-5, "max abs difference {err}");
+        let k: Vec<f32> = (0..3 * 4).map(|i| i as f32 * 0.1).collect();
+        let v: Vec<f32> = (0..3 * 4).map(|i| i as f32).collect();
+        let q = vec![1.0f32; 2 * 2 * 4];
+        let mut out = vec![0.0; q.len()];
+        attention(&q, &k, &v, &mut out, s, 1);
+        assert_eq!(&out[..4], &v[4..8]);
+        assert_eq!(&out[8..12], &v[8..12]);
     }
 }

@@ -51,7 +51,7 @@ pub fn paged_attention(q: &[f32], kv: PagedKv, queries: &[PagedQuery], out: &mut
         let kv_off = (h / group) * hd;
         let query = queries[t];
         let at = |p: usize| slot(query.block_table, kv.block_size, p) * kv_dim + kv_off;
-        attend_one(qh, kv.k, kv.v, o, query.pos + 1, scale, at);
+        attend_one(qh, kv.k, kv.v, o, s.first_visible(query.pos)..query.pos + 1, scale, at);
     });
 }
 
@@ -74,6 +74,7 @@ mod tests {
                     n_heads: 6,
                     n_kv_heads: 2,
                     head_dim: 16,
+                    window: None,
                 },
                 16,
             ),
@@ -82,6 +83,7 @@ mod tests {
                     n_heads: 4,
                     n_kv_heads: 4,
                     head_dim: 12,
+                    window: Some(20),
                 },
                 5,
             ),

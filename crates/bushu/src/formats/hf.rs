@@ -30,8 +30,6 @@ pub const ARCHITECTURES: &[(&str, &str)] = &[
 #[derive(Clone, Debug)]
 pub struct HfConfig {
     pub config: Config,
-    /// Sliding-window attention span (Mistral), when it is set and smaller than the context.
-    pub sliding_window: Option<usize>,
     /// `tie_word_embeddings` as `config.json` gives it. Whatever it says, a model without
     /// `lm_head.weight` uses `token_embd.weight` as its output projection (an explicit `false` without
     /// `lm_head.weight` is an error).
@@ -212,6 +210,18 @@ pub fn parse_config(json: &Value) -> Result<HfConfig> {
         Some(p) => bail!("partial_rotary_factor {p} is out of range"),
         None => head_dim,
     };
+    // Qwen2 declares a window even when it is off, and applies it only to layers past max_window_layers.
+    let window_on = match arch {
+        "qwen2" => obj.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false),
+        _ => true,
+    };
+    let sliding_window = match get_usize(obj, "sliding_window")? {
+        Some(w) if window_on && w > 0 && w < max_ctx => Some(w),
+        _ => None,
+    };
+    if arch == "qwen2" && sliding_window.is_some() {
+        bail!("Qwen2 sliding-window attention (use_sliding_window: true) is not supported");
+    }
     let config = Config {
         arch: arch.to_owned(),
         dim,
@@ -228,24 +238,12 @@ pub fn parse_config(json: &Value) -> Result<HfConfig> {
         rope_scaling: rope.scaling,
         // Hugging Face's rotate_half pairs dimension i with i + head_dim/2.
         rope_style: RopeStyle::Neox,
+        sliding_window,
     };
     config.validate()?;
 
-    // Qwen2 declares a window even when it is off, and applies it only to layers past max_window_layers.
-    let window_on = match arch {
-        "qwen2" => obj.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false),
-        _ => true,
-    };
-    let sliding_window = match get_usize(obj, "sliding_window")? {
-        Some(w) if window_on && w > 0 && w < max_ctx => Some(w),
-        _ => None,
-    };
-    if arch == "qwen2" && sliding_window.is_some() {
-        bail!("Qwen2 sliding-window attention (use_sliding_window: true) is not supported");
-    }
     Ok(HfConfig {
         config,
-        sliding_window,
         tie_word_embeddings: obj.get("tie_word_embeddings").and_then(Value::as_bool),
         eos_ids: token_ids(obj.get("eos_token_id")).context("eos_token_id")?,
     })

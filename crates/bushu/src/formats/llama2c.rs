@@ -296,6 +296,7 @@ pub fn parse(storage: Arc<Storage>) -> Result<Checkpoint> {
         rope_dim: head_dim,
         rope_scaling: RopeScaling::None,
         rope_style: RopeStyle::Interleaved,
+        sliding_window: None,
     };
     config.validate()?;
     Ok(Checkpoint {

@@ -40,6 +40,8 @@ pub struct Config {
     pub rope_dim: usize,
     pub rope_scaling: RopeScaling,
     pub rope_style: RopeStyle,
+    /// Sliding-window attention (Mistral): each position attends to the last this many positions.
+    pub sliding_window: Option<usize>,
 }
 
 impl Config {

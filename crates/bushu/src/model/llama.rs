@@ -169,6 +169,7 @@ impl Model {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
+            window: c.sliding_window,
         };
 
         // Token embeddings.

@@ -145,6 +145,11 @@ fn gguf_config(g: &Gguf) -> Result<Config> {
         } else {
             RopeStyle::Interleaved
         },
+        // Sliding-window attention, where the file declares it (e.g. `mistral3.attention.sliding_window`).
+        sliding_window: g
+            .get_i64(&key("attention.sliding_window"))
+            .filter(|&w| w > 0)
+            .map(|w| w as usize),
         arch,
     };
     config.validate()?;

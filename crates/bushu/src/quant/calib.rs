@@ -84,6 +84,7 @@ pub fn collect(model: &Model, seqs: &[Vec<u32>], mut progress: impl FnMut(usize,
         n_heads: c.n_heads,
         n_kv_heads: c.n_kv_heads,
         head_dim: c.head_dim,
+        window: c.sliding_window,
     };
     let (dim, qd, kvd, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
     let mm = |t: &crate::formats::Tensor, x: &[f32], y: &mut [f32], b: Option<&Vec<f32>>| {
