@@ -138,12 +138,8 @@ impl ModelRunner {
             cache: &mut self.cache,
             queries: &queries,
         };
-        self.model.forward_batch(
-            &mut self.scratch,
-            &self.tokens,
-            &self.positions,
-            &mut kv,
-            &self.out_rows,
-        )
+        let (scratch, tokens, positions, rows) = (&mut self.scratch, &self.tokens, &self.positions, &self.out_rows);
+        self.model
+            .forward_batch(scratch, tokens, positions, &mut kv, rows, &mut |_, _| {})
     }
 }

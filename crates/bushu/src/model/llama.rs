@@ -33,6 +33,22 @@ pub enum Logits {
     All,
 }
 
+/// A place in the forward pass where an observer sees activations: the input of each group of linear
+/// layers (for calibration: GPTQ's Hessians, activation statistics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Normed input of Q, K, V in layer `l`.
+    AttnIn(usize),
+    /// Attention output, the input of the output projection.
+    AttnOut(usize),
+    /// Normed input of the gate and up projections.
+    FfnIn(usize),
+    /// SwiGLU output, the input of the down projection.
+    FfnDown(usize),
+    /// Final-norm hidden states of the tokens that get logits, the classifier's input.
+    Output,
+}
+
 /// Activation buffers, grown to the largest batch seen and reused: a decode step allocates nothing.
 #[derive(Default)]
 pub struct Scratch {
@@ -115,6 +131,17 @@ impl Model {
     /// Runs `tokens` at the next positions of `state` and returns the logits (`vocab` values for
     /// `Logits::Last`, `tokens.len() x vocab` for `Logits::All`).
     pub fn forward<'s>(&self, state: &'s mut State, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
+        self.forward_observed(state, tokens, want, &mut |_, _| {})
+    }
+
+    /// [`Model::forward`], showing `observe` the input of every linear layer ([`Probe`]; `n x width`).
+    pub fn forward_observed<'s>(
+        &self,
+        state: &'s mut State,
+        tokens: &[u32],
+        want: Logits,
+        observe: &mut dyn FnMut(Probe, &[f32]),
+    ) -> Result<&'s [f32]> {
         let n = tokens.len();
         let pos0 = state.cache.len();
         if n == 0 {
@@ -140,7 +167,8 @@ impl Model {
             cache: &mut state.cache,
             pos0,
         };
-        let logits = self.forward_batch(&mut state.scratch, tokens, &state.positions, &mut kv, &state.out_rows)?;
+        let (s, pos, rows) = (&mut state.scratch, &state.positions, &state.out_rows);
+        let logits = self.forward_batch(s, tokens, pos, &mut kv, rows, observe)?;
         state.cache.advance(n);
         Ok(logits)
     }
@@ -157,6 +185,7 @@ impl Model {
         positions: &[usize],
         kv: &mut impl KvStore,
         out_rows: &[usize],
+        observe: &mut dyn FnMut(Probe, &[f32]),
     ) -> Result<&'s [f32]> {
         let c = &self.config;
         let w = &self.weights;
@@ -183,6 +212,7 @@ impl Model {
             // Attention block.
             let xb = fit(&mut s.xb, n * dim);
             norm_rows(xb, &s.x[..n * dim], &lw.attn_norm, c.rms_eps);
+            observe(Probe::AttnIn(layer), xb);
             let (q, k, v) = (
                 fit(&mut s.q, n * q_dim),
                 fit(&mut s.k, n * kv_dim),
@@ -199,15 +229,18 @@ impl Model {
             }
             let att = fit(&mut s.att, n * q_dim);
             kv.attend(layer, q, att, shape);
+            observe(Probe::AttnOut(layer), att);
             linear(&lw.wo.matrix(), self.precision, att, xb, None);
             add_assign(&mut s.x[..n * dim], xb);
 
             // Feed-forward block.
             norm_rows(xb, &s.x[..n * dim], &lw.ffn_norm, c.rms_eps);
+            observe(Probe::FfnIn(layer), xb);
             let (gate, up) = (fit(&mut s.gate, n * ffn), fit(&mut s.up, n * ffn));
             linear(&lw.w_gate.matrix(), self.precision, xb, gate, None);
             linear(&lw.w_up.matrix(), self.precision, xb, up, None);
             swiglu(gate, up);
+            observe(Probe::FfnDown(layer), gate);
             linear(&lw.w_down.matrix(), self.precision, gate, xb, None);
             add_assign(&mut s.x[..n * dim], xb);
         }
@@ -221,6 +254,7 @@ impl Model {
         for (o, &r) in xb.chunks_exact_mut(dim).zip(out_rows) {
             rmsnorm(o, &s.x[r * dim..(r + 1) * dim], &w.output_norm, c.rms_eps);
         }
+        observe(Probe::Output, xb);
         let logits = fit(&mut s.logits, m * c.vocab_size);
         // The classifier always takes f32 activations: its activation-quantization error would go
         // straight into the logits, and it is one matrix per generated token.

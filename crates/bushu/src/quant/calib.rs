@@ -3,11 +3,9 @@
 //! [`crate::model::llama`], written out here so the inputs of each projection can be observed).
 //! The Hessian of the layer-wise objective `||XW − XW_q||²` is `H = 2 XᵀX / n`.
 
+use crate::model::llama::{Logits, Probe};
 use crate::model::Model;
 use anyhow::Result;
-use kernels::attention::{attention, AttnShape};
-use kernels::ops::{add_assign, rmsnorm, rope, swiglu};
-use kernels::{matmul_with, Precision};
 use rayon::prelude::*;
 use std::collections::HashMap;
 
@@ -64,14 +62,7 @@ impl Hessians {
 /// input statistics of every projection and of the classifier.
 pub fn collect(model: &Model, seqs: &[Vec<u32>], mut progress: impl FnMut(usize, usize)) -> Result<Hessians> {
     let c = &model.config;
-    let w = &model.weights;
     let mut h = Hessians::default();
-    let mut inv_freq = c.rope_inv_freq();
-    if let Some(f) = &w.rope_freqs {
-        for (a, d) in inv_freq.iter_mut().zip(f) {
-            *a /= d;
-        }
-    }
     for l in 0..c.n_layers {
         let n = |s: &str| format!("blk.{l}.{s}.weight");
         h.map(&[n("attn_q"), n("attn_k"), n("attn_v")], &format!("blk.{l}.attn_in"));
@@ -80,66 +71,23 @@ pub fn collect(model: &Model, seqs: &[Vec<u32>], mut progress: impl FnMut(usize,
         h.map(&[n("ffn_down")], &format!("blk.{l}.ffn_down"));
     }
     h.map(&["output.weight".to_owned()], "output");
-    let shape = AttnShape {
-        n_heads: c.n_heads,
-        n_kv_heads: c.n_kv_heads,
-        head_dim: c.head_dim,
-        window: c.sliding_window,
-    };
-    let (dim, qd, kvd, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
-    let mm = |t: &crate::formats::Tensor, x: &[f32], y: &mut [f32], b: Option<&Vec<f32>>| {
-        matmul_with(&t.matrix(), x, y, Precision::Exact);
-        if let Some(b) = b {
-            y.chunks_exact_mut(b.len()).for_each(|r| add_assign(r, b));
-        }
-    };
     for (si, seq) in seqs.iter().enumerate() {
         progress(si, seqs.len());
         let n = seq.len();
-        let mut x = vec![0.0f32; n * dim];
-        let embd = w.token_embd.matrix();
-        for (row, &t) in x.chunks_exact_mut(dim).zip(seq) {
-            embd.dequantize_row(t as usize, row);
-        }
-        let mut xb = vec![0.0f32; n * dim];
-        let (mut q, mut k, mut v) = (vec![0.0f32; n * qd], vec![0.0f32; n * kvd], vec![0.0f32; n * kvd]);
-        let mut att = vec![0.0f32; n * qd];
-        let (mut gate, mut up) = (vec![0.0f32; n * ffn], vec![0.0f32; n * ffn]);
-        for (l, lw) in w.layers.iter().enumerate() {
-            norm(&mut xb, &x, &lw.attn_norm, c.rms_eps);
-            h.add(&format!("blk.{l}.attn_in"), &xb, dim);
-            mm(&lw.wq, &xb, &mut q, lw.bq.as_ref());
-            mm(&lw.wk, &xb, &mut k, lw.bk.as_ref());
-            mm(&lw.wv, &xb, &mut v, lw.bv.as_ref());
-            for t in 0..n {
-                rope(&mut q[t * qd..(t + 1) * qd], c.head_dim, t, &inv_freq, c.rope_style);
-                rope(&mut k[t * kvd..(t + 1) * kvd], c.head_dim, t, &inv_freq, c.rope_style);
-            }
-            attention(&q, &k, &v, &mut att, shape, 0);
-            h.add(&format!("blk.{l}.attn_out"), &att, qd);
-            mm(&lw.wo, &att, &mut xb, None);
-            add_assign(&mut x, &xb);
-            norm(&mut xb, &x, &lw.ffn_norm, c.rms_eps);
-            h.add(&format!("blk.{l}.ffn_in"), &xb, dim);
-            mm(&lw.w_gate, &xb, &mut gate, None);
-            mm(&lw.w_up, &xb, &mut up, None);
-            swiglu(&mut gate, &up);
-            h.add(&format!("blk.{l}.ffn_down"), &gate, ffn);
-            mm(&lw.w_down, &gate, &mut xb, None);
-            add_assign(&mut x, &xb);
-        }
-        norm(&mut xb, &x, &w.output_norm, c.rms_eps);
-        h.add("output", &xb, dim);
+        let mut state = model.new_state(n);
+        model.forward_observed(&mut state, seq, Logits::All, &mut |probe, x| {
+            let site = match probe {
+                Probe::AttnIn(l) => format!("blk.{l}.attn_in"),
+                Probe::AttnOut(l) => format!("blk.{l}.attn_out"),
+                Probe::FfnIn(l) => format!("blk.{l}.ffn_in"),
+                Probe::FfnDown(l) => format!("blk.{l}.ffn_down"),
+                Probe::Output => "output".to_owned(),
+            };
+            h.add(&site, x, x.len() / n);
+        })?;
         h.tokens += n;
     }
     Ok(h)
-}
-
-fn norm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    let d = w.len();
-    for (o, xr) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-        rmsnorm(o, xr, w, eps);
-    }
 }
 
 /// `Σ_r Δw_r ᵀ M Δw_r` for `Δ = a − b` (row-major `rows x cols`) and a `cols x cols` matrix `M`: with
