@@ -158,3 +158,29 @@ fn full_val_within_half_a_percent() {
         "Q8_0, all chunks",
     );
 }
+
+/// A q4_k file from `bushu quantize` (most tensors fall back to Q5_0 at this row length, as with
+/// llama-quantize) runs, and scores as llama-perplexity scores the same file.
+#[test]
+fn q4_k_with_q5_0_fallbacks_matches_llama_perplexity() {
+    let dir = std::env::temp_dir().join(format!("bushu-ppl-q4k-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("expert-q4_k.gguf");
+    let (ok, _, err) = bushu(&["quantize", &f16_model(), out.to_str().unwrap(), "--type", "q4_k", "-q"]);
+    assert!(ok, "{err}");
+    let j = ppl_json(&[
+        "perplexity",
+        "-m",
+        out.to_str().unwrap(),
+        "-f",
+        &val(),
+        "--chunks",
+        "4",
+        "--json",
+    ]);
+    close(
+        j["perplexity"].as_f64().unwrap(),
+        reference("expert-q4_k (bushu quantize --type q4_k)", "chunk4"),
+        "Q4_K/Q5_0, 4 chunks",
+    );
+}

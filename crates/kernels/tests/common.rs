@@ -33,13 +33,15 @@ fn put_f16(b: &mut [u8], at: usize, v: f32) {
 }
 
 /// The types with kernels.
-pub const TYPES: [DType; 9] = [
+pub const TYPES: [DType; 11] = [
     DType::F32,
     DType::F16,
     DType::BF16,
     DType::Q8_0,
     DType::Q4_0,
     DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
     DType::Q4K,
     DType::Q5K,
     DType::Q6K,
@@ -74,8 +76,8 @@ pub fn random_matrix(rng: &mut Rng, t: DType, rows: usize, cols: usize) -> Vec<u
                 // llama.cpp never stores -128.
                 b[2..].iter_mut().for_each(|q| *q = (*q as i8).max(-127) as u8);
             }
-            DType::Q4_0 => put_f16(b, 0, rng.f32() * 0.1),
-            DType::Q4_1 | DType::Q4K | DType::Q5K => {
+            DType::Q4_0 | DType::Q5_0 => put_f16(b, 0, rng.f32() * 0.1),
+            DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => {
                 put_f16(b, 0, rng.f32() * 0.1);
                 put_f16(b, 2, rng.f32() * 0.1);
             }

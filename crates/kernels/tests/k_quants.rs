@@ -1,4 +1,4 @@
-//! K-quant dequantization bit-exact against gguf-py (fixtures made by fixtures/make_kquants.py), and
+//! K-quant (and Q5_0 / Q5_1) dequantization bit-exact against gguf-py (fixtures made by fixtures/make_kquants.py), and
 //! the exact dot product equal to the dot with the dequantized row.
 
 use kernels::quants::{dequantize_row, dot_row, supported};
@@ -17,9 +17,17 @@ fn fixture(name: &str) -> (Vec<u8>, Vec<f32>) {
     )
 }
 
+const TYPES: [(&str, DType); 5] = [
+    ("q4_k", DType::Q4K),
+    ("q5_k", DType::Q5K),
+    ("q6_k", DType::Q6K),
+    ("q5_0", DType::Q5_0),
+    ("q5_1", DType::Q5_1),
+];
+
 #[test]
 fn dequantize_bit_exact_vs_gguf_py() {
-    for (name, t) in [("q4_k", DType::Q4K), ("q5_k", DType::Q5K), ("q6_k", DType::Q6K)] {
+    for (name, t) in TYPES {
         assert!(supported(t));
         let (blocks, want) = fixture(name);
         assert_eq!(blocks.len(), t.bytes_for(want.len()).unwrap());
@@ -33,7 +41,7 @@ fn dequantize_bit_exact_vs_gguf_py() {
 
 #[test]
 fn dot_equals_dequantized_dot() {
-    for (name, t) in [("q4_k", DType::Q4K), ("q5_k", DType::Q5K), ("q6_k", DType::Q6K)] {
+    for (name, t) in TYPES {
         let (blocks, w) = fixture(name);
         let x: Vec<f32> = (0..w.len()).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
         let want: f64 = w.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();

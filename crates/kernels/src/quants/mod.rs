@@ -9,6 +9,7 @@ mod floats;
 pub mod k_quants;
 mod q4_0;
 mod q4_1;
+mod q5;
 pub mod q8;
 mod q8_0;
 
@@ -16,6 +17,7 @@ pub use floats::{Bf16, F16, F32};
 pub use k_quants::{Q4K, Q5K, Q6K};
 pub use q4_0::Q4_0;
 pub use q4_1::Q4_1;
+pub use q5::{Q5_0, Q5_1};
 pub use q8::{quantize_row_q8, BlockQ8, QuantDot, QK8};
 pub use q8_0::Q8_0;
 
@@ -57,6 +59,8 @@ macro_rules! dispatch {
             DType::Q8_0 => $f::<Q8_0>($($arg),*),
             DType::Q4_0 => $f::<Q4_0>($($arg),*),
             DType::Q4_1 => $f::<Q4_1>($($arg),*),
+            DType::Q5_0 => $f::<Q5_0>($($arg),*),
+            DType::Q5_1 => $f::<Q5_1>($($arg),*),
             DType::Q4K => $f::<Q4K>($($arg),*),
             DType::Q5K => $f::<Q5K>($($arg),*),
             DType::Q6K => $f::<Q6K>($($arg),*),
@@ -72,6 +76,8 @@ macro_rules! dispatch_q8 {
             DType::Q8_0 => $f::<Q8_0>($($arg),*),
             DType::Q4_0 => $f::<Q4_0>($($arg),*),
             DType::Q4_1 => $f::<Q4_1>($($arg),*),
+            DType::Q5_0 => $f::<Q5_0>($($arg),*),
+            DType::Q5_1 => $f::<Q5_1>($($arg),*),
             DType::Q4K => $f::<Q4K>($($arg),*),
             DType::Q5K => $f::<Q5K>($($arg),*),
             DType::Q6K => $f::<Q6K>($($arg),*),
@@ -90,6 +96,8 @@ pub fn supported(dtype: DType) -> bool {
             | DType::Q8_0
             | DType::Q4_0
             | DType::Q4_1
+            | DType::Q5_0
+            | DType::Q5_1
             | DType::Q4K
             | DType::Q5K
             | DType::Q6K

@@ -187,6 +187,8 @@ pub(crate) fn select(dtype: DType, fast: bool, level: Simd) -> Option<RowsFn> {
                 (DType::Q8_0, false) => $run::<Ex<Q8_0x>>,
                 (DType::Q4_0, false) => $run::<Ex<Q4_0x>>,
                 (DType::Q4_1, false) => $run::<Ex<Q4_1x>>,
+                (DType::Q5_0, false) => $run::<ViaDequant<crate::quants::Q5_0>>,
+                (DType::Q5_1, false) => $run::<ViaDequant<crate::quants::Q5_1>>,
                 (DType::Q4K, false) => $run::<ViaDequant<crate::quants::Q4K>>,
                 (DType::Q5K, false) => $run::<ViaDequant<crate::quants::Q5K>>,
                 (DType::Q6K, false) => $run::<ViaDequant<crate::quants::Q6K>>,
