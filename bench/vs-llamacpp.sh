@@ -8,7 +8,8 @@
 #
 # Env: LLAMA_BIN (default /tmp/llamacpp/build/bin, built by ../shared/tools/build-llamacpp.sh),
 #      BUSHU (default target/release/bushu), BUSHU_ARGS (extra bushu bench arguments),
-#      OUT (directory for the raw JSON, default a temp dir).
+#      OUT (directory for the raw JSON, default a temp dir),
+#      QUIET_WAIT (seconds to wait, at most, before each pair for 6 s of idle CPU; default 30, 0 = off).
 set -euo pipefail
 P=512 N=128 T=2 R=3
 while getopts "p:n:t:r:" o; do
@@ -24,9 +25,21 @@ export LD_LIBRARY_PATH="$LLAMA_BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 [ -x "$LLAMA_BIN/llama-bench" ] || { echo "no $LLAMA_BIN/llama-bench" >&2; exit 1; }
 [ -x "$BUSHU" ] || { echo "no $BUSHU (cargo build --release)" >&2; exit 1; }
 
+busy() { # percent of CPU time not idle over 2 s
+  local a b c d e f g t1 i1
+  read -r _ a b c d e f g _ </proc/stat; t1=$((a + b + c + d + e + f + g)); i1=$d; sleep 2
+  read -r _ a b c d e f g _ </proc/stat; echo $((100 * ((a + b + c + d + e + f + g - t1) - (d - i1)) / (a + b + c + d + e + f + g - t1)))
+}
+quiet() { # other processes' load hits both programs but not equally (llama.cpp's threads spin)
+  local n=0 t0=$SECONDS
+  while [ $((SECONDS - t0)) -lt "${QUIET_WAIT:-30}" ] && [ $n -lt 3 ]; do
+    if [ "$(busy)" -lt 15 ]; then n=$((n + 1)); else n=0; fi
+  done
+}
 for ((round = 1; round <= R; round++)); do
   for m in "$@"; do
     b=$(basename "$m" .gguf)
+    quiet
     echo "round $round/$R: $b (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
     cut -d' ' -f1 /proc/loadavg >>"$OUT/load.txt"
     "$LLAMA_BIN/llama-bench" -m "$m" -p "$P" -n "$N" -t "$T" -r 1 -o json >"$OUT/$b.llama.$round.json" 2>/dev/null
