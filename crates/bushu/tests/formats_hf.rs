@@ -2,40 +2,20 @@
 //! sharded, F32/F16/BF16, truncated and unsupported files), GGUF tensor names and shapes, and an
 //! independent check against the GGUF conversion of the same model.
 
+mod common;
 use bushu::formats::gguf::Gguf;
 use bushu::formats::hf;
 use bushu::model::config::RopeScaling;
 use bushu::tokenizer::Tokenizer;
+use common::{shared, TempDir};
 use half::{bf16, f16};
 use kernels::ops::RopeStyle;
 use kernels::DType;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared").join(rel)
-}
-
 fn expert_dir() -> PathBuf {
     shared("models/shakespeare/shakespeare-expert-hf")
-}
-
-/// A directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("bushu-formats-hf-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// One tensor to write: HF name, safetensors dtype, shape (outermost first), values (exact in F16/BF16).

@@ -1,31 +1,15 @@
 //! llama2.c checkpoints: tiny checkpoints written here (legacy and version-1 layouts, shared and
 //! separate classifiers), checked tensor by tensor; truncated and malformed files; the tokenizer lookup.
 
+mod common;
 use bushu::formats::{llama2c, Storage};
 use bushu::model::config::RopeScaling;
 use bushu::tokenizer::Tokenizer;
+use common::TempDir;
 use kernels::ops::RopeStyle;
 use kernels::DType;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-/// A directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("bushu-formats-llama2c-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Small deterministic pseudo-random generator (xorshift).
 struct Rng(u64);
