@@ -82,12 +82,18 @@ impl ModelArgs {
         Ok((file, t.elapsed().as_secs_f64() * 1e3))
     }
 
-    /// Builds the runnable model from a file opened with these options (`--exact-activations`).
+    /// The activation precision these options ask for (`--exact-activations`).
+    pub fn precision(&self) -> kernels::Precision {
+        match self.exact_activations {
+            true => kernels::Precision::Exact,
+            false => kernels::Precision::default(),
+        }
+    }
+
+    /// Builds the runnable model from a file opened with these options.
     pub fn build(&self, file: &ModelFile) -> Result<Model> {
         let mut model = Model::new(file).context("cannot build the model")?;
-        if self.exact_activations {
-            model.precision = kernels::Precision::Exact;
-        }
+        model.precision = self.precision();
         Ok(model)
     }
 }

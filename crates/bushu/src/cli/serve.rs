@@ -66,11 +66,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         model_name: a.model_name,
         grace: Duration::from_secs(a.shutdown_grace),
         handle_signals: true,
-        precision: if a.model.exact_activations {
-            kernels::Precision::Exact
-        } else {
-            kernels::Precision::default()
-        },
+        precision: a.model.precision(),
         ..ServeOptions::new(path)
     };
     let server = Server::start(opts)?;
