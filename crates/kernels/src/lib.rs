@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod dtype;
+pub mod int8_mixed;
 pub mod matmul;
 #[cfg(target_arch = "aarch64")]
 mod neon;

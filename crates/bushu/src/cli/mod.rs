@@ -13,6 +13,7 @@ mod serve;
 mod tokenize;
 
 use crate::model::{load, Model, ModelFile};
+use crate::quant::llm_int8::check_threshold;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -70,6 +71,10 @@ pub struct ModelArgs {
     /// Keep activations in f32 against the dequantized weights (default: rounded to 8-bit blocks, as llama.cpp).
     #[arg(long)]
     pub exact_activations: bool,
+    /// LLM.int8(): int8 weights and per-token int8 activations, with the feature dimensions where some
+    /// |x| exceeds this threshold kept in f32 (6.0 in the paper; `inf`: no outliers).
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
+    pub int8_outlier_threshold: Option<f32>,
 }
 
 impl ModelArgs {
@@ -92,6 +97,17 @@ impl ModelArgs {
 
     /// Builds the runnable model from a file opened with these options.
     pub fn build(&self, file: &ModelFile) -> Result<Model> {
+        let threshold = self.int8_outlier_threshold.map(check_threshold).transpose()?;
+        let mut model = self.build_base(file)?;
+        if let Some(t) = threshold {
+            model.enable_llm_int8(t)?;
+        }
+        Ok(model)
+    }
+
+    /// [`ModelArgs::build`] with only the activation precision applied: a reference model to compare
+    /// the options against (`perplexity --kl-base`).
+    pub fn build_base(&self, file: &ModelFile) -> Result<Model> {
         let mut model = Model::new(file).context("cannot build the model")?;
         model.precision = self.precision();
         Ok(model)

@@ -29,7 +29,8 @@ pub struct PerplexityArgs {
     #[arg(long)]
     pub chunks: Option<usize>,
     /// A base model (usually the F16 one): report the mean KL divergence from its next-token
-    /// distributions and how often both models' top tokens agree.
+    /// distributions and how often both models' top tokens agree. The base runs without
+    /// `--int8-outlier-threshold`, so KL measures that option too.
     #[arg(long)]
     pub kl_base: Option<PathBuf>,
     /// Multiply quantized weights with f32 activations instead of int8 activation blocks.
@@ -49,7 +50,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let base = match &a.kl_base {
         Some(p) => {
             let bf = load(p).with_context(|| format!("base model {}", p.display()))?;
-            let mut b = a.model.build(&bf)?;
+            let mut b = a.model.build_base(&bf)?;
             b.precision = model.precision;
             Some(b)
         }

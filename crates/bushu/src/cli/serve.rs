@@ -67,6 +67,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         grace: Duration::from_secs(a.shutdown_grace),
         handle_signals: true,
         precision: a.model.precision(),
+        int8_outlier_threshold: a.model.int8_outlier_threshold,
         ..ServeOptions::new(path)
     };
     let server = Server::start(opts)?;

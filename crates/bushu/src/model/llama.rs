@@ -9,6 +9,7 @@ use super::config::Config;
 use super::kv_cache::KvCache;
 use super::loader::ModelFile;
 use super::weights::Weights;
+use crate::quant::llm_int8::{Int8Weights, Proj};
 use anyhow::{bail, Result};
 use kernels::attention::{attention, AttnShape};
 use kernels::ops::{add_assign, rmsnorm, rope, swiglu};
@@ -22,6 +23,9 @@ pub struct Model {
     /// How activations meet quantized weights: `Fast` (int8 activation blocks, as llama.cpp; the
     /// default) or `Exact` (f32 activations). Plain float weights always use f32.
     pub precision: Precision,
+    /// LLM.int8() mixed precision for the layer projections (`--int8-outlier-threshold`); `None`: the
+    /// `precision` path.
+    pub int8: Option<Int8Weights>,
 }
 
 /// Which positions of a forward pass get logits.
@@ -112,7 +116,27 @@ impl Model {
             weights,
             inv_freq,
             precision: Precision::default(),
+            int8: None,
         })
+    }
+
+    /// Switches the layer projections to LLM.int8() with outlier threshold `threshold` (quantizes
+    /// every projection's weights to int8 per output channel, once).
+    pub fn enable_llm_int8(&mut self, threshold: f32) -> Result<()> {
+        self.int8 = Some(Int8Weights::llm_int8(&self.weights, threshold)?);
+        Ok(())
+    }
+
+    /// `y = W x (+ bias)` for projection `p` of layer `layer`: LLM.int8() when enabled, else `precision`.
+    fn proj(&self, layer: usize, p: Proj, x: &[f32], y: &mut [f32], bias: Option<&[f32]>) {
+        let lw = &self.weights.layers[layer];
+        match &self.int8 {
+            Some(i8w) => {
+                i8w.linear(layer, p, lw, x, y);
+                add_bias(y, bias);
+            }
+            None => linear(&p.tensor(lw).matrix(), self.precision, x, y, bias),
+        }
     }
 
     /// A fresh state whose cache holds up to `ctx` positions.
@@ -218,9 +242,9 @@ impl Model {
                 fit(&mut s.k, n * kv_dim),
                 fit(&mut s.v, n * kv_dim),
             );
-            linear(&lw.wq.matrix(), self.precision, xb, q, lw.bq.as_deref());
-            linear(&lw.wk.matrix(), self.precision, xb, k, lw.bk.as_deref());
-            linear(&lw.wv.matrix(), self.precision, xb, v, lw.bv.as_deref());
+            self.proj(layer, Proj::Q, xb, q, lw.bq.as_deref());
+            self.proj(layer, Proj::K, xb, k, lw.bk.as_deref());
+            self.proj(layer, Proj::V, xb, v, lw.bv.as_deref());
             for (t, &pos) in positions.iter().enumerate() {
                 let (qt, kt) = (&mut q[t * q_dim..(t + 1) * q_dim], &mut k[t * kv_dim..(t + 1) * kv_dim]);
                 rope(qt, c.head_dim, pos, &self.inv_freq, c.rope_style);
@@ -230,18 +254,18 @@ impl Model {
             let att = fit(&mut s.att, n * q_dim);
             kv.attend(layer, q, att, shape);
             observe(Probe::AttnOut(layer), att);
-            linear(&lw.wo.matrix(), self.precision, att, xb, None);
+            self.proj(layer, Proj::O, att, xb, None);
             add_assign(&mut s.x[..n * dim], xb);
 
             // Feed-forward block.
             norm_rows(xb, &s.x[..n * dim], &lw.ffn_norm, c.rms_eps);
             observe(Probe::FfnIn(layer), xb);
             let (gate, up) = (fit(&mut s.gate, n * ffn), fit(&mut s.up, n * ffn));
-            linear(&lw.w_gate.matrix(), self.precision, xb, gate, None);
-            linear(&lw.w_up.matrix(), self.precision, xb, up, None);
+            self.proj(layer, Proj::Gate, xb, gate, None);
+            self.proj(layer, Proj::Up, xb, up, None);
             swiglu(gate, up);
             observe(Probe::FfnDown(layer), gate);
-            linear(&lw.w_down.matrix(), self.precision, gate, xb, None);
+            self.proj(layer, Proj::Down, gate, xb, None);
             add_assign(&mut s.x[..n * dim], xb);
         }
 
@@ -299,6 +323,11 @@ fn norm_rows(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
 /// `y = W x (+ bias)` for every token in `x`.
 fn linear(w: &QMatrix, precision: Precision, x: &[f32], y: &mut [f32], bias: Option<&[f32]>) {
     matmul_with(w, x, y, precision);
+    add_bias(y, bias);
+}
+
+/// Adds `bias` to every row of `y`.
+fn add_bias(y: &mut [f32], bias: Option<&[f32]>) {
     if let Some(b) = bias {
         for row in y.chunks_exact_mut(b.len()) {
             add_assign(row, b);

@@ -6,6 +6,7 @@
 //! - [`int_types`]: bushu's `intB-{sym,asym}-{tensor,channel,gN}` types and the containers they are stored in.
 //! - [`calib`]: calibration statistics (`XᵀX` per projection input) from a text.
 //! - [`gptq`]: GPTQ with damping, groups and act-order.
+//! - [`llm_int8`]: LLM.int8() mixed-precision inference (int8 weights and activations, f32 outliers).
 //! - [`convert`]: GGUF → GGUF conversion behind `bushu quantize`.
 
 pub mod affine;
@@ -14,3 +15,4 @@ pub mod convert;
 pub mod gguf_types;
 pub mod gptq;
 pub mod int_types;
+pub mod llm_int8;

@@ -59,6 +59,8 @@ pub struct ServeOptions {
     pub handle_signals: bool,
     /// How activations meet quantized weights (`--exact-activations` gives `Exact`).
     pub precision: kernels::Precision,
+    /// LLM.int8() outlier threshold (`--int8-outlier-threshold`); `None`: the `precision` path.
+    pub int8_outlier_threshold: Option<f32>,
 }
 
 impl ServeOptions {
@@ -78,6 +80,7 @@ impl ServeOptions {
             grace: Duration::from_secs(30),
             handle_signals: false,
             precision: kernels::Precision::default(),
+            int8_outlier_threshold: None,
         }
     }
 }
@@ -96,6 +99,9 @@ impl Server {
         let file = load(&opts.model)?;
         let mut model = Model::new(&file).context("cannot build the model")?;
         model.precision = opts.precision;
+        if let Some(t) = opts.int8_outlier_threshold {
+            model.enable_llm_int8(t)?;
+        }
         let mut cfg = EngineConfig::for_model(&model, opts.max_batch, opts.ctx, opts.kv_memory);
         cfg.max_batched_tokens = opts.max_batched_tokens;
         cfg.prefix_caching = opts.prefix_caching;
