@@ -17,7 +17,10 @@ fn main() {
     };
     let iters: usize = a.get(6).map_or(50, |s| s.parse().unwrap());
     // Several matrices so the working set exceeds the caches, as in a model.
-    let nmat = (256 << 20) / t.bytes_for(rows * cols).unwrap() + 1;
+    let nmat = std::env::var("NMAT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or((256 << 20) / t.bytes_for(rows * cols).unwrap() + 1);
     let mut seed = 1u32;
     let mats: Vec<Vec<u8>> = (0..nmat)
         .map(|_| {
@@ -40,8 +43,14 @@ fn main() {
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
         .collect();
     let mut y = vec![0.0; n * rows];
+    // Packed weights for the fast kernels (as the model uses them) unless PACK=0.
+    let pack = std::env::var("PACK").map_or(true, |v| v != "0");
+    let slots: Vec<kernels::PackSlot> = (0..nmat).map(|_| Default::default()).collect();
     let mut run = |k: usize| {
-        let m = QMatrix::new(t, rows, cols, &mats[k % nmat]);
+        let mut m = QMatrix::new(t, rows, cols, &mats[k % nmat]);
+        if pack {
+            m = m.with_pack(&slots[k % nmat]);
+        }
         matmul_with(&m, &x, &mut y, p);
     };
     for k in 0..nmat {

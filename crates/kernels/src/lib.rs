@@ -11,6 +11,7 @@ pub mod matmul;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub mod ops;
+pub mod packed;
 pub mod paged_attention;
 pub mod quants;
 pub mod simd;
@@ -18,5 +19,5 @@ pub mod simd;
 mod x86;
 
 pub use dtype::DType;
-pub use matmul::{matmul, matmul_on, matmul_with, Precision, QMatrix};
+pub use matmul::{matmul, matmul_on, matmul_with, PackSlot, Precision, QMatrix};
 pub use simd::Simd;

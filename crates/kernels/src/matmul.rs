@@ -9,10 +9,16 @@
 //! [`matmul_on`] picks a level explicitly (tests).
 
 use crate::dtype::DType;
+use crate::packed::{Packed, GROUP};
 use crate::quants::{self, BlockQ8, QK8};
 use crate::simd::Simd;
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// Where a matrix's [`Packed`] copy is made on first use by the fast kernels and kept (`None` inside:
+/// the matrix has no packed layout). Owners of weights keep one per matrix.
+pub type PackSlot = OnceLock<Option<Packed>>;
 
 /// A borrowed weight matrix of `rows x cols` elements of type `dtype`, row-major; each row is a whole
 /// number of blocks.
@@ -22,6 +28,8 @@ pub struct QMatrix<'a> {
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
+    /// Where the packed copy for the fast kernels lives, if the owner keeps one.
+    pub pack: Option<&'a PackSlot>,
 }
 
 impl<'a> QMatrix<'a> {
@@ -32,6 +40,16 @@ impl<'a> QMatrix<'a> {
             rows,
             cols,
             data,
+            pack: None,
+        }
+    }
+
+    /// This matrix with a slot for its packed copy: fast products then run on eight interleaved rows
+    /// ([`Packed`]), made on first use.
+    pub fn with_pack(self, slot: &'a PackSlot) -> Self {
+        QMatrix {
+            pack: Some(slot),
+            ..self
         }
     }
 
@@ -75,6 +93,8 @@ pub(crate) struct Job<'a> {
     /// int8 activations, `n * cols / 32` blocks (fast path only, else empty).
     pub xq: &'a [BlockQ8],
     pub y: *mut f32,
+    /// The packed rows (packed kernels only).
+    pub packed: Option<&'a Packed>,
 }
 
 // SAFETY: workers write disjoint row ranges of `y`; everything else is shared read-only.
@@ -161,6 +181,7 @@ pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, le
         xf: x,
         xq: &[],
         y: y.as_mut_ptr(),
+        packed: None,
     };
     if !fast {
         return par_rows(&job, f);
@@ -173,8 +194,38 @@ pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, le
     }
     quantize(x, &mut xq[..nb]);
     job.xq = &xq[..nb];
-    par_rows(&job, f);
+    match packed_kernel(w, level) {
+        Some((p, pf)) => {
+            job.packed = Some(p);
+            par_units(&job, pf, p.rows / GROUP, 1);
+            job.packed = None;
+            // Rows past the last whole group, row-major.
+            if p.rows < w.rows {
+                // SAFETY: the kernel matches the job's type; rows in range.
+                unsafe { f(&job, p.rows, w.rows) };
+            }
+        }
+        None => par_rows(&job, f),
+    }
     XQ.with(|b| *b.borrow_mut() = xq);
+}
+
+/// The packed copy of `w` (made now if this is its first use) and its kernel at `level`, when `w`
+/// has a pack slot and the level has packed kernels for its type.
+fn packed_kernel<'a>(w: &QMatrix<'a>, level: Simd) -> Option<(&'a Packed, RowsFn)> {
+    let slot = w.pack?;
+    #[cfg(target_arch = "x86_64")]
+    {
+        let f = crate::x86::packed::select(w.dtype, level)?;
+        let p = slot.get_or_init(|| Packed::new(w)).as_ref()?;
+        debug_assert!(p.dtype == w.dtype && p.cols == w.cols && p.rows <= w.rows);
+        Some((p, f))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (slot, level);
+        None
+    }
 }
 
 /// Quantizes activations, in parallel when there are many.
@@ -194,19 +245,25 @@ const SERIAL_WORK: usize = 1 << 15;
 /// Splits the rows of a job across the pool: decode in about four chunks per thread, prefill in
 /// chunks of 32 rows (whose weights stay in L2 while every token tile passes over them).
 fn par_rows(job: &Job, f: RowsFn) {
+    par_units(job, f, job.rows, 4)
+}
+
+/// Splits `units` units of work (rows, or groups of packed rows, as `f` counts them) across the pool:
+/// decode in about four chunks per thread (a multiple of `align` units), prefill in chunks of 32 rows.
+fn par_units(job: &Job, f: RowsFn, units: usize, align: usize) {
     let threads = rayon::current_num_threads();
-    let rows = job.rows;
-    if threads == 1 || rows * job.cols * job.n < SERIAL_WORK {
-        // SAFETY: the kernel matches the job's type; rows in range.
-        return unsafe { f(job, 0, rows) };
+    let per_unit = job.rows / units.max(1);
+    if threads == 1 || job.rows * job.cols * job.n < SERIAL_WORK {
+        // SAFETY: the kernel matches the job's type; units in range.
+        return unsafe { f(job, 0, units) };
     }
     let chunk = if job.n == 1 {
-        rows.div_ceil(threads * 4).next_multiple_of(4)
+        units.div_ceil(threads * 4).next_multiple_of(align)
     } else {
-        32
+        (32 / per_unit.max(1)).max(1)
     };
-    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+    (0..units.div_ceil(chunk)).into_par_iter().for_each(|c| {
         // SAFETY: as above; chunks are disjoint, so are the outputs they write.
-        unsafe { f(job, c * chunk, rows.min((c + 1) * chunk)) }
+        unsafe { f(job, c * chunk, units.min((c + 1) * chunk)) }
     });
 }

@@ -257,6 +257,7 @@ impl Gguf {
                 );
             }
             tensors.push(Tensor {
+                pack: Default::default(),
                 name: info.name,
                 dtype: info.dtype,
                 shape: info.shape,

@@ -403,6 +403,7 @@ pub fn parse_safetensors(storage: Arc<Storage>) -> Result<Vec<Tensor>> {
         }
         shape.reverse();
         tensors.push(Tensor {
+            pack: Default::default(),
             name: name.clone(),
             dtype,
             shape,

@@ -268,6 +268,7 @@ pub fn parse(storage: Arc<Storage>) -> Result<Checkpoint> {
         for name in names {
             if let Some(name) = name {
                 let t = Tensor {
+                    pack: Default::default(),
                     name: name.clone(),
                     dtype: DType::F32,
                     shape: p.shape.clone(),

@@ -7,7 +7,7 @@ pub mod hf;
 pub mod llama2c;
 
 use anyhow::{bail, Context, Result};
-use kernels::{DType, QMatrix};
+use kernels::{DType, PackSlot, QMatrix};
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -48,6 +48,8 @@ pub struct Tensor {
     pub storage: Arc<Storage>,
     pub offset: usize,
     pub nbytes: usize,
+    /// The packed copy of the matrix that the fast kernels make on first use (shared by clones).
+    pub pack: Arc<PackSlot>,
 }
 
 impl Tensor {
@@ -55,6 +57,7 @@ impl Tensor {
     pub fn from_f32(name: &str, shape: Vec<usize>, values: &[f32]) -> Tensor {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         Tensor {
+            pack: Default::default(),
             name: name.to_owned(),
             dtype: DType::F32,
             shape,
@@ -75,7 +78,7 @@ impl Tensor {
     /// The tensor as a matrix of `shape[1..].product()` rows of `shape[0]` elements.
     pub fn matrix(&self) -> QMatrix<'_> {
         let cols = self.shape.first().copied().unwrap_or(1);
-        QMatrix::new(self.dtype, self.numel() / cols.max(1), cols, self.bytes())
+        QMatrix::new(self.dtype, self.numel() / cols.max(1), cols, self.bytes()).with_pack(&self.pack)
     }
 
     /// All values dequantized to f32.

@@ -29,6 +29,22 @@ pub fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
+/// The 12 bytes that [`scale_min_k4`] reads back as these eight 6-bit scales and minimums.
+pub fn pack_scale_min_k4(sc: &[u8], m: &[u8]) -> [u8; 12] {
+    let mut s = [0u8; 12];
+    for j in 0..8 {
+        if j < 4 {
+            s[j] |= sc[j] & 63;
+            s[j + 4] |= m[j] & 63;
+        } else {
+            s[j + 4] = (sc[j] & 0xf) | ((m[j] & 0xf) << 4);
+            s[j - 4] |= (sc[j] >> 4) << 6;
+            s[j] |= (m[j] >> 4) << 6;
+        }
+    }
+    s
+}
+
 /// Codes of Q4_K sub-block `g` (the low nibbles of 32 bytes for even `g`, the high ones for odd).
 #[inline]
 pub fn unpack_q4k(b: &[u8], g: usize, q: &mut [u8; 32]) {

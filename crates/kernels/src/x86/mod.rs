@@ -6,6 +6,7 @@
 
 mod exact;
 mod fast;
+pub(crate) mod packed;
 
 use crate::dtype::DType;
 use crate::matmul::{Job, RowsFn};

@@ -1,0 +1,180 @@
+//! Weights repacked for the int8-activation ("fast") products: rows interleaved by groups of eight, so
+//! that one 256-bit vector holds four codes of each of eight rows and an integer dot product yields the
+//! eight rows' sums in the eight lanes of one register — no horizontal sums, one vector of scales per
+//! block for eight rows, and one sequential stream of bytes per group instead of eight (llama.cpp calls
+//! this "repacking", its `q4_0_8x8`). The packed copy has the same size as the original rows.
+//!
+//! Layout of one group of [`GROUP`] rows: its blocks in order, each a record of
+//! - the eight rows' `d` (f16), then for Q4_1 their `m` (f16); for Q4_K `d`, `dmin` (f16) and the
+//!   6-bit sub-block scales and minimums unpacked to bytes (`[sub-block][row]`);
+//! - the codes in units of 32 bytes, each unit four consecutive code bytes of every row (`[unit][row]
+//!   [4]`): Q8_0 bytes `4k..4k+4` for unit `k`; Q4_0/Q4_1 nibble bytes `4k..4k+4` (low nibbles: weights
+//!   `4k..4k+4`, high: `16+4k..`); Q4_K bytes `32j+4k..` of sub-block pair `j` (low: sub-block `2j`).
+//!
+//! Rows past the last whole group are not packed; products run them with the row-major kernels.
+
+use crate::dtype::DType;
+use crate::matmul::QMatrix;
+use crate::quants::k_quants::scale_min_k4;
+
+/// Rows interleaved in a group.
+pub const GROUP: usize = 8;
+
+/// A packed copy of the first `groups * 8` rows of a matrix.
+#[derive(Debug)]
+pub struct Packed {
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    /// Bytes of one group's record for one weight block.
+    pub rec: usize,
+    data: Vec<u8>,
+}
+
+/// How a block format is packed: bytes of its per-row header in the original block, and of the
+/// header fields repacked (`d` and friends) per group record.
+struct Layout {
+    /// Original bytes before the codes.
+    head: usize,
+    /// Bytes of codes per row and block.
+    codes: usize,
+    /// Record bytes of a group (header + codes).
+    rec: usize,
+}
+
+fn layout(dtype: DType) -> Option<Layout> {
+    Some(match dtype {
+        DType::Q8_0 => Layout {
+            head: 2,
+            codes: 32,
+            rec: GROUP * 34,
+        },
+        DType::Q4_0 => Layout {
+            head: 2,
+            codes: 16,
+            rec: GROUP * 18,
+        },
+        DType::Q4_1 => Layout {
+            head: 4,
+            codes: 16,
+            rec: GROUP * 20,
+        },
+        // d, dmin (f16 x 8 each), scales and mins (8 sub-blocks x 8 rows bytes each), codes.
+        DType::Q4K => Layout {
+            head: 16,
+            codes: 128,
+            rec: 32 + 128 + GROUP * 128,
+        },
+        _ => return None,
+    })
+}
+
+/// Whether matrices of `dtype` can be packed.
+pub fn packable(dtype: DType) -> bool {
+    layout(dtype).is_some()
+}
+
+impl Packed {
+    /// Packs the whole groups of rows of `w`; `None` for types without a packed layout or matrices
+    /// with fewer than eight rows.
+    pub fn new(w: &QMatrix) -> Option<Packed> {
+        let l = layout(w.dtype)?;
+        let groups = w.rows / GROUP;
+        if groups == 0 {
+            return None;
+        }
+        let nb = w.cols / w.dtype.block_len();
+        let bb = w.dtype.block_bytes();
+        let mut data = vec![0u8; groups * nb * l.rec];
+        for (g, out) in data.chunks_exact_mut(nb * l.rec).enumerate() {
+            for (b, rec) in out.chunks_exact_mut(l.rec).enumerate() {
+                let block = |r: usize| &w.row(g * GROUP + r)[b * bb..(b + 1) * bb];
+                pack_record(w.dtype, &l, rec, block);
+            }
+        }
+        Some(Packed {
+            dtype: w.dtype,
+            rows: groups * GROUP,
+            cols: w.cols,
+            rec: l.rec,
+            data,
+        })
+    }
+
+    /// Records of group `g` (`cols / block_len` of them).
+    pub fn group(&self, g: usize) -> &[u8] {
+        let n = self.cols / self.dtype.block_len() * self.rec;
+        &self.data[g * n..(g + 1) * n]
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The original bytes of packed row `r` (the inverse of packing; tests).
+    pub fn unpack_row(&self, r: usize) -> Vec<u8> {
+        let l = layout(self.dtype).expect("packed type");
+        let (g, i) = (r / GROUP, r % GROUP);
+        let mut row = Vec::new();
+        for rec in self.group(g).chunks_exact(self.rec) {
+            row.extend(unpack_block(self.dtype, &l, rec, i));
+        }
+        row
+    }
+}
+
+/// Byte offset of row `r`'s 4-byte share of code unit `u` in a record whose codes start at `at`.
+fn unit(at: usize, u: usize, r: usize) -> usize {
+    at + u * 4 * GROUP + r * 4
+}
+
+fn pack_record<'a>(dtype: DType, l: &Layout, rec: &mut [u8], block: impl Fn(usize) -> &'a [u8]) {
+    let codes_at = l.rec - GROUP * l.codes;
+    for r in 0..GROUP {
+        let b = block(r);
+        match dtype {
+            DType::Q4K => {
+                rec[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
+                rec[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&b[2..4]);
+                for s in 0..8 {
+                    let (sc, m) = scale_min_k4(s, &b[4..16]);
+                    rec[32 + s * GROUP + r] = sc;
+                    rec[96 + s * GROUP + r] = m;
+                }
+            }
+            _ => {
+                // d (and m) of each row, one f16 field after the other.
+                for f in 0..l.head / 2 {
+                    rec[f * 2 * GROUP + 2 * r..][..2].copy_from_slice(&b[2 * f..2 * f + 2]);
+                }
+            }
+        }
+        let codes = &b[l.head..l.head + l.codes];
+        for (u, c) in codes.chunks_exact(4).enumerate() {
+            rec[unit(codes_at, u, r)..][..4].copy_from_slice(c);
+        }
+    }
+}
+
+fn unpack_block(dtype: DType, l: &Layout, rec: &[u8], r: usize) -> Vec<u8> {
+    let codes_at = l.rec - GROUP * l.codes;
+    let mut b = vec![0u8; l.head];
+    match dtype {
+        DType::Q4K => {
+            b[0..2].copy_from_slice(&rec[2 * r..2 * r + 2]);
+            b[2..4].copy_from_slice(&rec[16 + 2 * r..16 + 2 * r + 2]);
+            let sc: Vec<u8> = (0..8).map(|s| rec[32 + s * GROUP + r]).collect();
+            let m: Vec<u8> = (0..8).map(|s| rec[96 + s * GROUP + r]).collect();
+            b[4..16].copy_from_slice(&crate::quants::k_quants::pack_scale_min_k4(&sc, &m));
+        }
+        _ => {
+            for f in 0..l.head / 2 {
+                b[2 * f..2 * f + 2].copy_from_slice(&rec[f * 2 * GROUP + 2 * r..][..2]);
+            }
+        }
+    }
+    for u in 0..l.codes / 4 {
+        b.extend_from_slice(&rec[unit(codes_at, u, r)..][..4]);
+    }
+    b
+}

@@ -1,0 +1,253 @@
+//! Fast kernels over [`Packed`](crate::packed::Packed) groups of eight interleaved rows: each 32-byte
+//! unit holds four codes of every row, so a `u8 x i8` dot product against four activation bytes
+//! broadcast to all lanes leaves the eight rows' partial sums in the eight i32 lanes, and the scales of
+//! eight rows multiply them as one vector. Generic over the integer primitive ([`IAcc`]: AVX2
+//! `maddubs` or AVX-512 VNNI `vpdpbusd`) like the row-major kernels.
+
+use super::{Avx2Dot, IDot, VnniDot};
+use crate::matmul::Job;
+use crate::packed::GROUP;
+use crate::quants::{BlockQ8, QK8};
+use std::arch::x86_64::*;
+use std::marker::PhantomData;
+
+/// Sums of `u8 x i8` products into i32 lanes for small codes (`u <= 15`): AVX2 keeps the pair sums in
+/// i16 between calls (at most 8 calls: `8 * 2 * 15 * 127 < 2^15`), VNNI accumulates i32 directly.
+pub(crate) trait IAcc: IDot {
+    unsafe fn add_small(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+    unsafe fn finish_small(acc: __m256i) -> __m256i;
+}
+
+impl IAcc for Avx2Dot {
+    #[inline(always)]
+    unsafe fn add_small(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_add_epi16(acc, _mm256_maddubs_epi16(u, s))
+    }
+    #[inline(always)]
+    unsafe fn finish_small(acc: __m256i) -> __m256i {
+        _mm256_madd_epi16(acc, _mm256_set1_epi16(1))
+    }
+}
+
+impl IAcc for VnniDot {
+    #[inline(always)]
+    unsafe fn add_small(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, u, s)
+    }
+    #[inline(always)]
+    unsafe fn finish_small(acc: __m256i) -> __m256i {
+        acc
+    }
+}
+
+/// A packed block kernel: `setup` decodes what a record's tokens share (scales, unpacked codes),
+/// `dot` adds one token's products for the eight rows.
+pub(crate) trait PackKern {
+    /// Weights per block (activation blocks: `ELEMS / 32`).
+    const ELEMS: usize;
+    type S;
+    unsafe fn setup(rec: *const u8) -> Self::S;
+    unsafe fn dot(acc: __m256, s: &Self::S, rec: *const u8, x: *const BlockQ8) -> __m256;
+}
+
+/// Eight f16 at `p` as f32.
+#[inline(always)]
+unsafe fn f16x8(p: *const u8) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// Four activation bytes from `at`, in every lane.
+#[inline(always)]
+unsafe fn bcast4(x: &BlockQ8, at: usize) -> __m256i {
+    _mm256_set1_epi32(std::ptr::read_unaligned(x.qs.as_ptr().add(at) as *const i32))
+}
+
+#[inline(always)]
+unsafe fn unit(p: *const u8, u: usize) -> __m256i {
+    _mm256_loadu_si256(p.add(u * 4 * GROUP) as *const __m256i)
+}
+
+/// Low and high nibbles of a unit.
+#[inline(always)]
+unsafe fn nibbles(v: __m256i) -> (__m256i, __m256i) {
+    let m = _mm256_set1_epi8(15);
+    (_mm256_and_si256(v, m), _mm256_and_si256(_mm256_srli_epi16::<4>(v), m))
+}
+
+pub(crate) struct PQ8_0<D>(PhantomData<D>);
+pub(crate) struct PQ4<const OFFSET: bool, D>(PhantomData<D>);
+
+impl<D: IAcc> PackKern for PQ8_0<D> {
+    const ELEMS: usize = 32;
+    type S = __m256;
+    #[inline(always)]
+    unsafe fn setup(rec: *const u8) -> __m256 {
+        f16x8(rec)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256, d: &__m256, rec: *const u8, x: *const BlockQ8) -> __m256 {
+        let x = &*x;
+        let c = rec.add(2 * GROUP);
+        let mut i = _mm256_setzero_si256();
+        for k in 0..8 {
+            let w = unit(c, k);
+            let s = _mm256_sign_epi8(bcast4(x, 4 * k), w);
+            i = _mm256_add_epi32(i, D::dot(_mm256_abs_epi8(w), s));
+        }
+        _mm256_fmadd_ps(*d, _mm256_mul_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(x.d)), acc)
+    }
+}
+
+/// Q4_0 (`OFFSET`: codes minus 8) and Q4_1 (`m` per row): scales and the eight nibble vectors.
+pub(crate) struct Q4S {
+    d: __m256,
+    m: __m256,
+    q: [__m256i; 8],
+}
+
+impl<const OFFSET: bool, D: IAcc> PackKern for PQ4<OFFSET, D> {
+    const ELEMS: usize = 32;
+    type S = Q4S;
+    #[inline(always)]
+    unsafe fn setup(rec: *const u8) -> Q4S {
+        let d = f16x8(rec);
+        let (m, c) = if OFFSET {
+            (_mm256_mul_ps(d, _mm256_set1_ps(-8.0)), rec.add(2 * GROUP))
+        } else {
+            (f16x8(rec.add(2 * GROUP)), rec.add(4 * GROUP))
+        };
+        let mut q = [_mm256_setzero_si256(); 8];
+        for k in 0..4 {
+            (q[2 * k], q[2 * k + 1]) = nibbles(unit(c, k));
+        }
+        Q4S { d, m, q }
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256, s: &Q4S, _rec: *const u8, x: *const BlockQ8) -> __m256 {
+        let x = &*x;
+        let mut i = _mm256_setzero_si256();
+        for k in 0..4 {
+            i = D::add_small(i, s.q[2 * k], bcast4(x, 4 * k));
+            i = D::add_small(i, s.q[2 * k + 1], bcast4(x, 16 + 4 * k));
+        }
+        let v = _mm256_mul_ps(_mm256_cvtepi32_ps(D::finish_small(i)), _mm256_set1_ps(x.d));
+        _mm256_fmadd_ps(s.m, _mm256_set1_ps(x.s), _mm256_fmadd_ps(s.d, v, acc))
+    }
+}
+
+/// Q4_K: per sub-block, `d * sc` and `-dmin * m` of the eight rows.
+pub(crate) struct PQ4K<D>(PhantomData<D>);
+
+pub(crate) struct Q4KS {
+    d: [__m256; 8],
+    m: [__m256; 8],
+}
+
+/// Eight bytes at `p` as f32.
+#[inline(always)]
+unsafe fn u8x8(p: *const u8) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+}
+
+impl<D: IAcc> PackKern for PQ4K<D> {
+    const ELEMS: usize = 256;
+    type S = Q4KS;
+    #[inline(always)]
+    unsafe fn setup(rec: *const u8) -> Q4KS {
+        let d = f16x8(rec);
+        let dmin = _mm256_sub_ps(_mm256_setzero_ps(), f16x8(rec.add(2 * GROUP)));
+        Q4KS {
+            d: std::array::from_fn(|s| _mm256_mul_ps(d, u8x8(rec.add(32 + s * GROUP)))),
+            m: std::array::from_fn(|s| _mm256_mul_ps(dmin, u8x8(rec.add(96 + s * GROUP)))),
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot(mut acc: __m256, s: &Q4KS, rec: *const u8, x: *const BlockQ8) -> __m256 {
+        let c = rec.add(160);
+        for j in 0..4 {
+            let (xl, xh) = (&*x.add(2 * j), &*x.add(2 * j + 1));
+            let (mut il, mut ih) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for k in 0..8 {
+                let (lo, hi) = nibbles(unit(c, 8 * j + k));
+                il = D::add_small(il, lo, bcast4(xl, 4 * k));
+                ih = D::add_small(ih, hi, bcast4(xh, 4 * k));
+            }
+            for (sub, i, xb) in [(2 * j, il, xl), (2 * j + 1, ih, xh)] {
+                let v = _mm256_mul_ps(_mm256_cvtepi32_ps(D::finish_small(i)), _mm256_set1_ps(xb.d));
+                acc = _mm256_fmadd_ps(s.d[sub], v, acc);
+                acc = _mm256_fmadd_ps(s.m[sub], _mm256_set1_ps(xb.s), acc);
+            }
+        }
+        acc
+    }
+}
+
+/// Group `g` (rows `8g..8g+8`) for tokens `t..t+T`.
+#[inline(always)]
+unsafe fn tile<K: PackKern, const T: usize>(job: &Job, g: usize, t: usize) {
+    let p = job.packed.expect("packed job");
+    let (nb, rec) = (job.cols / K::ELEMS, p.rec);
+    let base = p.group(g).as_ptr();
+    let per_tok = job.cols / QK8;
+    let xp: [*const BlockQ8; T] = std::array::from_fn(|j| job.xq[(t + j) * per_tok..].as_ptr());
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let r = base.add(b * rec);
+        let s = K::setup(r);
+        for j in 0..T {
+            acc[j] = K::dot(acc[j], &s, r, xp[j].add(b * K::ELEMS / QK8));
+        }
+    }
+    for (j, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(job.y.add((t + j) * job.rows + g * GROUP), *a);
+    }
+}
+
+/// Groups `g0..g1` for every token of the job, tokens four at a time.
+#[inline(always)]
+unsafe fn run<K: PackKern>(job: &Job, g0: usize, g1: usize) {
+    let mut t = 0;
+    while t + 4 <= job.n {
+        for g in g0..g1 {
+            tile::<K, 4>(job, g, t);
+        }
+        t += 4;
+    }
+    while t < job.n {
+        for g in g0..g1 {
+            tile::<K, 1>(job, g, t);
+        }
+        t += 1;
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_avx2<K: PackKern>(job: &Job, g0: usize, g1: usize) {
+    run::<K>(job, g0, g1)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn run_avx512<K: PackKern>(job: &Job, g0: usize, g1: usize) {
+    run::<K>(job, g0, g1)
+}
+
+/// The packed kernel for `dtype` at `level` (groups `g0..g1` of a job), if there is one.
+pub(crate) fn select(dtype: crate::DType, level: crate::Simd) -> Option<crate::matmul::RowsFn> {
+    use crate::{DType, Simd};
+    macro_rules! pick {
+        ($run:ident, $D:ty) => {
+            Some(match dtype {
+                DType::Q8_0 => $run::<PQ8_0<$D>> as crate::matmul::RowsFn,
+                DType::Q4_0 => $run::<PQ4<true, $D>>,
+                DType::Q4_1 => $run::<PQ4<false, $D>>,
+                DType::Q4K => $run::<PQ4K<$D>>,
+                _ => return None,
+            })
+        };
+    }
+    match level {
+        Simd::Avx2 if Simd::Avx2.available() => pick!(run_avx2, Avx2Dot),
+        Simd::Avx512 if Simd::Avx512.available() => pick!(run_avx512, VnniDot),
+        _ => None,
+    }
+}
