@@ -158,10 +158,10 @@ impl K4Codes for Q5Kf {
 
 #[derive(Clone, Copy)]
 pub(crate) struct WK {
-    p: *const u8,
-    /// `d * sc` and `dmin * m` (Q4_K/Q5_K) or `d * sc` per 16 (Q6_K).
-    d: [f32; 16],
-    m: [f32; 8],
+    pub p: *const u8,
+    /// `d * sc` and `-dmin * m` (Q4_K/Q5_K) or `d * sc` per 16 (Q6_K).
+    pub d: [f32; 16],
+    pub m: [f32; 8],
 }
 
 pub(crate) struct K4<F, D>(PhantomData<(F, D)>);
@@ -211,6 +211,17 @@ impl<F: K4Codes, D: IDot> Kern for K4<F, D> {
     }
 }
 
+/// The 32 codes (0..64, offset 32 not subtracted) of sub-block `g` (0..8) of the Q6_K block at `p`.
+#[inline(always)]
+pub(crate) unsafe fn q6k_codes(p: *const u8, g: usize) -> __m256i {
+    let (n, k) = (g / 4, g % 4);
+    let qh = _mm256_loadu_si256(p.add(128 + 32 * n) as *const __m256i);
+    let ql = _mm256_loadu_si256(p.add(64 * n + 32 * (k % 2)) as *const __m256i);
+    let nib = if k < 2 { ql } else { _mm256_srli_epi16::<4>(ql) };
+    let h = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), _mm256_set1_epi8(3));
+    _mm256_or_si256(_mm256_and_si256(nib, _mm256_set1_epi8(15)), _mm256_slli_epi16::<4>(h))
+}
+
 /// Q6_K: codes 0..64 (offset 32 subtracted as a second dot with 32s), a scale per 16 weights applied
 /// to the i32 lanes (lanes 0-3 hold weights 0-15 of a sub-block, lanes 4-7 weights 16-31).
 pub(crate) struct Q6Kf<D>(PhantomData<D>);
@@ -240,15 +251,11 @@ impl<D: IDot> Kern for Q6Kf<D> {
     }
     #[inline(always)]
     unsafe fn dot(acc: &mut FAcc, w: &WK, x: *const BlockQ8) {
-        let (m15, m3, m32) = (_mm256_set1_epi8(15), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+        let m32 = _mm256_set1_epi8(32);
         for n in 0..2 {
-            let qh = _mm256_loadu_si256(w.p.add(128 + 32 * n) as *const __m256i);
             for k in 0..4 {
-                let ql = _mm256_loadu_si256(w.p.add(64 * n + 32 * (k % 2)) as *const __m256i);
-                let nib = if k < 2 { ql } else { _mm256_srli_epi16::<4>(ql) };
-                let h = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), m3);
-                let q = _mm256_or_si256(_mm256_and_si256(nib, m15), _mm256_slli_epi16::<4>(h));
                 let g = 4 * n + k;
+                let q = q6k_codes(w.p, g);
                 let xb = &*x.add(g);
                 let xq = qs(xb);
                 let i = _mm256_sub_epi32(D::dot(q, xq), D::dot(m32, xq));

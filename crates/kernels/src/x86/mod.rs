@@ -5,6 +5,7 @@
 //! lane, so the two levels compute identical integers and share every other line of code.
 
 mod exact;
+mod exact_k;
 mod fast;
 pub(crate) mod packed;
 
@@ -178,6 +179,7 @@ unsafe fn run_avx512<K: Kern>(job: &Job, r0: usize, r1: usize) {
 /// level is not an x86 one or has no kernel for the type (the caller then uses the scalar path).
 pub(crate) fn select(dtype: DType, fast: bool, level: Simd) -> Option<RowsFn> {
     use exact::*;
+    use exact_k::*;
     use fast::*;
     macro_rules! pick {
         ($run:ident, $D:ty) => {
@@ -190,9 +192,9 @@ pub(crate) fn select(dtype: DType, fast: bool, level: Simd) -> Option<RowsFn> {
                 (DType::Q4_1, false) => $run::<Ex<Q4_1x>>,
                 (DType::Q5_0, false) => $run::<ViaDequant<crate::quants::Q5_0>>,
                 (DType::Q5_1, false) => $run::<ViaDequant<crate::quants::Q5_1>>,
-                (DType::Q4K, false) => $run::<ViaDequant<crate::quants::Q4K>>,
-                (DType::Q5K, false) => $run::<ViaDequant<crate::quants::Q5K>>,
-                (DType::Q6K, false) => $run::<ViaDequant<crate::quants::Q6K>>,
+                (DType::Q4K, false) => $run::<ExK4<Q4Kf>>,
+                (DType::Q5K, false) => $run::<ExK4<Q5Kf>>,
+                (DType::Q6K, false) => $run::<ExQ6K>,
                 (DType::Q8_0, true) => $run::<Blk32<Q8_0f, $D>>,
                 (DType::Q4_0, true) => $run::<Blk32<Q4_0f, $D>>,
                 (DType::Q4_1, true) => $run::<Blk32<Q4_1f, $D>>,

@@ -1,0 +1,96 @@
+//! Exact kernels of the K-quants: codes decoded in registers as the fast kernels decode them, widened
+//! to f32 and multiplied with f32 activations; each sub-block's partial sum then takes its scale (and
+//! minimum, times the sum of its activations). Equal to the scalar path up to f32 summation order.
+
+use super::fast::{q6k_codes, K4Codes, Q6Kf, K4, WK};
+use super::{hsum, Avx2Dot, Kern};
+use std::arch::x86_64::*;
+use std::marker::PhantomData;
+
+/// Sixteen signed byte codes times sixteen activations at `x`, as eight partial sums.
+#[inline(always)]
+unsafe fn qdot16(q: __m128i, x: *const f32) -> __m256 {
+    let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+    let a = _mm256_mul_ps(f(q), _mm256_loadu_ps(x));
+    _mm256_fmadd_ps(f(_mm_srli_si128::<8>(q)), _mm256_loadu_ps(x.add(8)), a)
+}
+
+/// The two halves (weights 0-15 and 16-31) of a 32-code vector.
+#[inline(always)]
+unsafe fn halves(q: __m256i) -> (__m128i, __m128i) {
+    (_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q))
+}
+
+/// Q4_K and Q5_K: `w = d·sc·q − dmin·m` per sub-block of 32.
+pub(crate) struct ExK4<F>(PhantomData<F>);
+
+impl<F: K4Codes> Kern for ExK4<F> {
+    type X = f32;
+    type W = WK;
+    type Acc = [__m256; 2];
+    const ELEMS: usize = 256;
+    const BYTES: usize = F::BYTES;
+    #[inline(always)]
+    unsafe fn zero() -> Self::Acc {
+        [_mm256_setzero_ps(); 2]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> WK {
+        <K4<F, Avx2Dot> as Kern>::load(p)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: &mut Self::Acc, w: &WK, x: *const f32) {
+        for j in 0..4 {
+            let (lo, hi) = F::codes(w.p, j);
+            for (h, q) in [lo, hi].into_iter().enumerate() {
+                let g = 2 * j + h;
+                let xg = x.add(32 * g);
+                let (a, b) = halves(q);
+                let s = _mm256_add_ps(qdot16(a, xg), qdot16(b, xg.add(16)));
+                let sx = _mm256_add_ps(
+                    _mm256_add_ps(_mm256_loadu_ps(xg), _mm256_loadu_ps(xg.add(8))),
+                    _mm256_add_ps(_mm256_loadu_ps(xg.add(16)), _mm256_loadu_ps(xg.add(24))),
+                );
+                acc[0] = _mm256_fmadd_ps(s, _mm256_set1_ps(w.d[g]), acc[0]);
+                acc[1] = _mm256_fmadd_ps(sx, _mm256_set1_ps(w.m[g]), acc[1]);
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: Self::Acc) -> f32 {
+        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+}
+
+/// Q6_K: `w = d·sc·(q − 32)`, a scale per 16 weights.
+pub(crate) struct ExQ6K;
+
+impl Kern for ExQ6K {
+    type X = f32;
+    type W = WK;
+    type Acc = [__m256; 2];
+    const ELEMS: usize = 256;
+    const BYTES: usize = 210;
+    #[inline(always)]
+    unsafe fn zero() -> Self::Acc {
+        [_mm256_setzero_ps(); 2]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> WK {
+        <Q6Kf<Avx2Dot> as Kern>::load(p)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: &mut Self::Acc, w: &WK, x: *const f32) {
+        for g in 0..8 {
+            let q = _mm256_sub_epi8(q6k_codes(w.p, g), _mm256_set1_epi8(32));
+            let (a, b) = halves(q);
+            let xg = x.add(32 * g);
+            acc[0] = _mm256_fmadd_ps(qdot16(a, xg), _mm256_set1_ps(w.d[2 * g]), acc[0]);
+            acc[1] = _mm256_fmadd_ps(qdot16(b, xg.add(16)), _mm256_set1_ps(w.d[2 * g + 1]), acc[1]);
+        }
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: Self::Acc) -> f32 {
+        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+}
