@@ -1,6 +1,12 @@
 //! Causal multi-head attention with grouped KV heads, FlashAttention-style (lecture §4): keys and values
 //! are visited in tiles, and a running maximum and running sum (online softmax) rescale the partial
 //! output, so the T x T score matrix is never materialised — each query keeps one tile of scores.
+//!
+//! The loop is generic over how a cached key or value row is stored ([`KvRows`]): f32 rows here, int8
+//! rows with a scale per position and head in [`kv_int8`], dequantized inside the dot product and the
+//! weighted sum — one online-softmax loop for every cache type.
+
+pub mod kv_int8;
 
 use rayon::prelude::*;
 
@@ -26,10 +32,39 @@ impl AttnShape {
     }
 }
 
+/// Cached keys or values of one layer as attention reads them: the `q.len()` values of one head of one
+/// position start at element `at` (a multiple of the head size).
+pub trait KvRows: Sync {
+    /// `q · row(at)`.
+    fn dot(&self, q: &[f32], at: usize) -> f32;
+    /// `out += a * row(at)`.
+    fn axpy(&self, out: &mut [f32], a: f32, at: usize);
+}
+
+impl KvRows for [f32] {
+    #[inline]
+    fn dot(&self, q: &[f32], at: usize) -> f32 {
+        dot(q, &self[at..][..q.len()])
+    }
+
+    #[inline]
+    fn axpy(&self, out: &mut [f32], a: f32, at: usize) {
+        let x = &self[at..][..out.len()];
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o += a * v;
+        }
+    }
+}
+
 /// For each of the `n = q.len() / (n_heads * head_dim)` query tokens, the first at position `pos0`,
 /// attends over the cached positions `0..=pos` (causal) of `k` and `v` (position-major,
 /// `n_kv_heads * head_dim` per position) and writes `out` (same layout as `q`).
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape, pos0: usize) {
+    attention_kv(q, k, v, out, s, pos0)
+}
+
+/// [`attention`] over keys and values stored in any [`KvRows`] form (f32, int8, ...).
+pub fn attention_kv<K: KvRows + ?Sized>(q: &[f32], k: &K, v: &K, out: &mut [f32], s: AttnShape, pos0: usize) {
     let hd = s.head_dim;
     let kv_dim = s.n_kv_heads * hd;
     let group = s.n_heads / s.n_kv_heads;
@@ -48,17 +83,16 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape,
 /// One query head against the positions `visible`; the key and value of position `p` for this head
 /// start at `at(p)` in `k` and `v` (a contiguous cache here, a block table in the paged kernel).
 #[inline]
-pub(crate) fn attend_one(
+pub(crate) fn attend_one<K: KvRows + ?Sized>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &K,
+    v: &K,
     out: &mut [f32],
     visible: std::ops::Range<usize>,
     scale: f32,
     at: impl Fn(usize) -> usize,
 ) {
     let len = visible.end;
-    let hd = q.len();
     out.fill(0.0);
     let mut max = f32::NEG_INFINITY;
     let mut sum = 0.0f32;
@@ -68,8 +102,7 @@ pub(crate) fn attend_one(
         let tile = &mut scores[..end - start];
         let mut tile_max = f32::NEG_INFINITY;
         for (j, sc) in tile.iter_mut().enumerate() {
-            let kj = &k[at(start + j)..][..hd];
-            *sc = dot(q, kj) * scale;
+            *sc = k.dot(q, at(start + j)) * scale;
             tile_max = tile_max.max(*sc);
         }
         // Rescale what was accumulated under the old maximum.
@@ -82,7 +115,7 @@ pub(crate) fn attend_one(
         for (j, &sc) in tile.iter().enumerate() {
             let p = (sc - max).exp();
             sum += p;
-            axpy(out, p, &v[at(start + j)..][..hd]);
+            v.axpy(out, p, at(start + j));
         }
     }
     let inv = 1.0 / sum;
@@ -102,14 +135,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
-
-/// `y += a * x`.
-#[inline]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o += a * v;
-    }
 }
 
 /// The textbook version — scores for all positions, softmax, weighted sum — as a reference in tests.

@@ -351,7 +351,7 @@ mod tests {
         let (a, b) = (vec![-127i8; 64], vec![-127i8; 64]);
         for level in Simd::available_levels() {
             assert_eq!(dot_for(level)(&a, &b), 64 * 127 * 127);
-            assert_eq!(dot_for(level)(&a, &vec![127i8; 64]), -64 * 127 * 127);
+            assert_eq!(dot_for(level)(&a, &[127i8; 64]), -64 * 127 * 127);
         }
     }
 
@@ -377,8 +377,8 @@ mod tests {
             let sx = quantize_absmax(&reg, &mut q);
             for r in 0..rows {
                 let mut acc = 0.0f64;
-                for c in 0..cols {
-                    acc += q[c] as f64 * w8.q[r * cols + c] as f64 * sx as f64 * w8.scale[r] as f64;
+                for (&a, &b) in q.iter().zip(&w8.q[r * cols..(r + 1) * cols]) {
+                    acc += a as f64 * b as f64 * sx as f64 * w8.scale[r] as f64;
                 }
                 for &c in &outl {
                     acc += row[c] as f64 * wf[r * cols + c] as f64;

@@ -8,16 +8,24 @@
 //! output is bit-identical to the contiguous kernel's, whatever the batch or the block layout — the
 //! test below holds the two together.
 
-use crate::attention::{attend_one, AttnShape};
+use crate::attention::{attend_one, AttnShape, KvRows};
 use rayon::prelude::*;
 
-/// One layer's paged cache: `k` and `v` hold `n_blocks * block_size` slots of `n_kv_heads * head_dim`.
-#[derive(Clone, Copy)]
-pub struct PagedKv<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+/// One layer's paged cache: `k` and `v` hold `n_blocks * block_size` slots of `n_kv_heads * head_dim`,
+/// f32 by default, or any [`KvRows`] storage (int8: [`crate::attention::kv_int8::KvI8`]).
+pub struct PagedKv<'a, K: ?Sized = [f32]> {
+    pub k: &'a K,
+    pub v: &'a K,
     pub block_size: usize,
 }
+
+impl<K: ?Sized> Clone for PagedKv<'_, K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K: ?Sized> Copy for PagedKv<'_, K> {}
 
 /// A query token: the block table of its sequence, and its position (it attends to `0..=pos`).
 #[derive(Clone, Copy, Debug)]
@@ -34,7 +42,13 @@ pub fn slot(table: &[u32], block_size: usize, pos: usize) -> usize {
 
 /// For each query token `t` (`q` holds `queries.len() x n_heads x head_dim`), causal attention over
 /// positions `0..=queries[t].pos` of its sequence; writes `out` in the layout of `q`.
-pub fn paged_attention(q: &[f32], kv: PagedKv, queries: &[PagedQuery], out: &mut [f32], s: AttnShape) {
+pub fn paged_attention<K: KvRows + ?Sized>(
+    q: &[f32],
+    kv: PagedKv<K>,
+    queries: &[PagedQuery],
+    out: &mut [f32],
+    s: AttnShape,
+) {
     let hd = s.head_dim;
     let kv_dim = s.n_kv_heads * hd;
     let group = s.n_heads / s.n_kv_heads;
@@ -138,8 +152,8 @@ mod tests {
             paged_attention(
                 &q,
                 PagedKv {
-                    k: &pk,
-                    v: &pv,
+                    k: &pk[..],
+                    v: &pv[..],
                     block_size: bs,
                 },
                 &queries,
@@ -151,5 +165,65 @@ mod tests {
                 "paged != contiguous"
             );
         }
+    }
+
+    /// The int8 cache too: same codes and scales, scattered over blocks, give the contiguous result bit for bit.
+    #[test]
+    fn paged_int8_equals_contiguous_bitwise() {
+        use crate::attention::attention_kv;
+        use crate::attention::kv_int8::{quantize_heads, KvI8};
+        let s = AttnShape {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 8,
+            window: None,
+        };
+        let (kv_dim, hd, bs, len) = (16, 8, 4, 30usize);
+        let mut seed = 3u64;
+        let table: Vec<u32> = (0..len.div_ceil(bs) as u32).rev().collect();
+        let slots = table.len() * bs;
+        let k: Vec<f32> = (0..len * kv_dim).map(|_| rnd(&mut seed)).collect();
+        let v: Vec<f32> = (0..len * kv_dim).map(|_| rnd(&mut seed)).collect();
+        let quant = |x: &[f32], n: usize| {
+            let (mut q, mut sc) = (vec![0i8; n * kv_dim], vec![0.0f32; n * kv_dim / hd]);
+            quantize_heads(x, hd, &mut q[..x.len()], &mut sc[..x.len() / hd]);
+            (q, sc)
+        };
+        let ((kq, ks), (vq, vs)) = (quant(&k, len), quant(&v, len));
+        // The same rows at their paged slots.
+        let (mut pkq, mut pks, mut pvq, mut pvs) = (
+            vec![0i8; slots * kv_dim],
+            vec![0.0; slots * 2],
+            vec![0i8; slots * kv_dim],
+            vec![0.0; slots * 2],
+        );
+        for p in 0..len {
+            let at = slot(&table, bs, p);
+            pkq[at * kv_dim..][..kv_dim].copy_from_slice(&kq[p * kv_dim..][..kv_dim]);
+            pvq[at * kv_dim..][..kv_dim].copy_from_slice(&vq[p * kv_dim..][..kv_dim]);
+            pks[at * 2..][..2].copy_from_slice(&ks[p * 2..][..2]);
+            pvs[at * 2..][..2].copy_from_slice(&vs[p * 2..][..2]);
+        }
+        let view = |q, scale| KvI8 { q, scale, head_dim: hd };
+        let (ck, cv) = (view(&kq[..], &ks[..]), view(&vq[..], &vs[..]));
+        let (pk, pv) = (view(&pkq[..], &pks[..]), view(&pvq[..], &pvs[..]));
+        let n = 3;
+        let q: Vec<f32> = (0..n * 4 * hd).map(|_| rnd(&mut seed)).collect();
+        let mut want = vec![0.0; q.len()];
+        attention_kv(&q, &ck, &cv, &mut want, s, len - n);
+        let queries: Vec<PagedQuery> = (len - n..len)
+            .map(|pos| PagedQuery {
+                block_table: &table,
+                pos,
+            })
+            .collect();
+        let mut out = vec![0.0; q.len()];
+        let kv = PagedKv {
+            k: &pk,
+            v: &pv,
+            block_size: bs,
+        };
+        paged_attention(&q, kv, &queries, &mut out, s);
+        assert!(out.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }

@@ -30,7 +30,7 @@ pub struct PerplexityArgs {
     pub chunks: Option<usize>,
     /// A base model (usually the F16 one): report the mean KL divergence from its next-token
     /// distributions and how often both models' top tokens agree. The base runs without
-    /// `--int8-outlier-threshold`, so KL measures that option too.
+    /// `--int8-outlier-threshold` and with an f32 KV cache, so KL measures those options too.
     #[arg(long)]
     pub kl_base: Option<PathBuf>,
     /// Multiply quantized weights with f32 activations instead of int8 activation blocks.

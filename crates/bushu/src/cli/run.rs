@@ -252,6 +252,7 @@ pub fn run(a: RunArgs) -> Result<()> {
                 "prefill_tokens_per_s": g.timings.prefill_tokens_per_s,
                 "decode_tokens_per_s": g.timings.decode_tokens_per_s,
             },
+            "kv_cache": {"type": state.cache.kv_type().name(), "bytes": state.cache.bytes(), "positions": ctx},
         });
         if a.logprobs.is_some() && !g.logprobs.is_empty() {
             out["logprobs"] = serde_json::to_value(&g.logprobs)?;

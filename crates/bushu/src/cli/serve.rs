@@ -68,17 +68,20 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         handle_signals: true,
         precision: a.model.precision(),
         int8_outlier_threshold: a.model.int8_outlier_threshold,
+        kv_type: a.model.kv_type,
         ..ServeOptions::new(path)
     };
     let server = Server::start(opts)?;
     let e = &server.engine;
     eprintln!(
-        "bushu serve: listening on http://{} — max batch {}, {} KV blocks of {} ({} positions), context {}, {} tokens/step, prefix cache {}",
+        "bushu serve: listening on http://{} — max batch {}, {} KV blocks of {} ({} positions, {} {:.1} MiB), context {}, {} tokens/step, prefix cache {}",
         server.addr,
         e.max_batch,
         e.num_blocks,
         e.block_size,
         e.num_blocks * e.block_size,
+        a.model.kv_type.name(),
+        e.kv_bytes() as f64 / (1 << 20) as f64,
         e.max_model_len,
         e.max_batched_tokens,
         if e.prefix_caching { "on" } else { "off" },

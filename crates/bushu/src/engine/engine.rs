@@ -22,6 +22,8 @@ pub struct EngineConfig {
     pub prefix_caching: bool,
     /// Longest sequence (prompt + generated).
     pub max_model_len: usize,
+    /// KV cache bytes per position (all layers, keys and values) of the model's `--kv-type`.
+    pub kv_bytes_per_position: usize,
 }
 
 impl EngineConfig {
@@ -31,7 +33,7 @@ impl EngineConfig {
         let c = &model.config;
         let block_size = 16;
         let ctx = ctx.unwrap_or(c.max_ctx).max(1);
-        let per_pos = PagedCache::bytes_per_position(c.n_layers, c.kv_dim());
+        let per_pos = PagedCache::bytes_per_position(model);
         let positions = match kv_memory {
             Some(bytes) => bytes / per_pos,
             None => max_batch * ctx,
@@ -44,12 +46,13 @@ impl EngineConfig {
             num_blocks,
             prefix_caching: true,
             max_model_len: ctx.min(c.max_ctx).min(num_blocks * block_size),
+            kv_bytes_per_position: per_pos,
         }
     }
 
-    pub fn kv_bytes(&self, model: &Model) -> usize {
-        let c = &model.config;
-        self.num_blocks * self.block_size * PagedCache::bytes_per_position(c.n_layers, c.kv_dim())
+    /// Bytes of the whole KV cache.
+    pub fn kv_bytes(&self) -> usize {
+        self.num_blocks * self.block_size * self.kv_bytes_per_position
     }
 }
 

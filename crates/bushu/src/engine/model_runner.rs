@@ -9,34 +9,45 @@
 //! kernel bit for bit. So a token's logits do not depend on what it is batched with, nor on how its
 //! prompt was split into chunks or served from the prefix cache (`tests/engine_identity.rs`).
 
+use crate::model::kv_cache::{KvLayer, KvType, KvView};
 use crate::model::llama::{KvStore, Scratch};
 use crate::model::Model;
 use anyhow::{bail, Result};
 use kernels::attention::AttnShape;
 use kernels::paged_attention::{paged_attention, slot, PagedKv, PagedQuery};
 
-/// Keys and values of every layer, in blocks of `block_size` slots of `kv_dim` values.
+/// Keys and values of every layer, in blocks of `block_size` slots of `kv_dim` values (f32, or int8
+/// with a scale per slot and KV head: [`KvType`]).
 pub struct PagedCache {
-    pub k: Vec<Vec<f32>>,
-    pub v: Vec<Vec<f32>>,
+    pub layers: Vec<KvLayer>,
     pub block_size: usize,
     pub num_blocks: usize,
+    pub kv_type: KvType,
 }
 
 impl PagedCache {
-    pub fn new(n_layers: usize, kv_dim: usize, block_size: usize, num_blocks: usize) -> PagedCache {
-        let n = num_blocks * block_size * kv_dim;
+    pub fn new(model: &Model, block_size: usize, num_blocks: usize) -> PagedCache {
+        let c = &model.config;
+        let slots = num_blocks * block_size;
         PagedCache {
-            k: (0..n_layers).map(|_| vec![0.0; n]).collect(),
-            v: (0..n_layers).map(|_| vec![0.0; n]).collect(),
+            layers: (0..c.n_layers)
+                .map(|_| KvLayer::new(model.kv_type, slots, c.kv_dim(), c.head_dim))
+                .collect(),
             block_size,
             num_blocks,
+            kv_type: model.kv_type,
         }
     }
 
-    /// Bytes for one position of every layer (keys and values).
-    pub fn bytes_per_position(n_layers: usize, kv_dim: usize) -> usize {
-        2 * n_layers * kv_dim * std::mem::size_of::<f32>()
+    /// Bytes for one position of every layer (keys and values) of `model`'s cache type.
+    pub fn bytes_per_position(model: &Model) -> usize {
+        let c = &model.config;
+        model.kv_type.bytes_per_position(c.n_layers, c.kv_dim(), c.head_dim)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(KvLayer::bytes).sum()
     }
 }
 
@@ -67,24 +78,28 @@ struct PagedStep<'a> {
 impl KvStore for PagedStep<'_> {
     fn store(&mut self, layer: usize, token: usize, pos: usize, k: &[f32], v: &[f32]) {
         let at = slot(self.queries[token].block_table, self.cache.block_size, pos) * k.len();
-        self.cache.k[layer][at..at + k.len()].copy_from_slice(k);
-        self.cache.v[layer][at..at + v.len()].copy_from_slice(v);
+        self.cache.layers[layer].write(at, k, v);
     }
 
     fn attend(&mut self, layer: usize, q: &[f32], out: &mut [f32], shape: AttnShape) {
-        let kv = PagedKv {
-            k: &self.cache.k[layer],
-            v: &self.cache.v[layer],
-            block_size: self.cache.block_size,
-        };
-        paged_attention(q, kv, self.queries, out, shape);
+        let block_size = self.cache.block_size;
+        match self.cache.layers[layer].view() {
+            KvView::F32 { k, v } => paged_attention(q, PagedKv { k, v, block_size }, self.queries, out, shape),
+            KvView::Int8 { k, v } => {
+                let kv = PagedKv {
+                    k: &k,
+                    v: &v,
+                    block_size,
+                };
+                paged_attention(q, kv, self.queries, out, shape)
+            }
+        }
     }
 }
 
 impl ModelRunner {
     pub fn new(model: Model, block_size: usize, num_blocks: usize) -> ModelRunner {
-        let c = &model.config;
-        let cache = PagedCache::new(c.n_layers, c.kv_dim(), block_size, num_blocks);
+        let cache = PagedCache::new(&model, block_size, num_blocks);
         ModelRunner {
             model,
             cache,

@@ -100,14 +100,16 @@ impl Prefix<'_> {
         let logits = self.model.forward(self.state, &[token], Logits::Last)?.to_vec();
         let pos = self.base + parent.len;
         let mut child = SuffixKv::empty(parent.k.len(), &self.meter);
+        let (mut kr, mut vr) = (vec![0.0; kv], vec![0.0; kv]);
         for l in 0..parent.k.len() {
-            for (dst, src, all) in [
-                (&mut child.k[l], &parent.k[l], &self.state.cache.k[l]),
-                (&mut child.v[l], &parent.v[l], &self.state.cache.v[l]),
+            self.state.cache.read(l, pos, &mut kr, &mut vr);
+            for (dst, src, row) in [
+                (&mut child.k[l], &parent.k[l], &kr),
+                (&mut child.v[l], &parent.v[l], &vr),
             ] {
                 dst.reserve_exact(src.len() + kv);
                 dst.extend_from_slice(src);
-                dst.extend_from_slice(&all[pos * kv..(pos + 1) * kv]);
+                dst.extend_from_slice(row);
             }
         }
         child.len = parent.len + 1;

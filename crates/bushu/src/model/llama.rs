@@ -6,12 +6,12 @@
 //! and fills the cache; decode passes one token and appends its k, v.
 
 use super::config::Config;
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, KvType, KvView};
 use super::loader::ModelFile;
 use super::weights::Weights;
 use crate::quant::llm_int8::{Int8Weights, Proj};
 use anyhow::{bail, Result};
-use kernels::attention::{attention, AttnShape};
+use kernels::attention::{attention, attention_kv, AttnShape};
 use kernels::ops::{add_assign, rmsnorm, rope, swiglu};
 use kernels::{matmul_with, Precision, QMatrix};
 
@@ -26,6 +26,8 @@ pub struct Model {
     /// LLM.int8() mixed precision for the layer projections (`--int8-outlier-threshold`); `None`: the
     /// `precision` path.
     pub int8: Option<Int8Weights>,
+    /// How [`Model::new_state`] (and the serving engine) store keys and values (`--kv-type`).
+    pub kv_type: KvType,
 }
 
 /// Which positions of a forward pass get logits.
@@ -117,6 +119,7 @@ impl Model {
             inv_freq,
             precision: Precision::default(),
             int8: None,
+            kv_type: KvType::default(),
         })
     }
 
@@ -143,7 +146,7 @@ impl Model {
     pub fn new_state(&self, ctx: usize) -> State {
         let c = &self.config;
         State {
-            cache: KvCache::new(c.n_layers, c.kv_dim(), ctx),
+            cache: KvCache::new(self.kv_type, c.n_layers, c.kv_dim(), c.head_dim, ctx),
             scratch: Scratch::default(),
             n_out: 0,
             dim: c.dim,
@@ -308,7 +311,10 @@ impl KvStore for ContiguousKv<'_> {
     }
 
     fn attend(&mut self, layer: usize, q: &[f32], out: &mut [f32], shape: AttnShape) {
-        attention(q, &self.cache.k[layer], &self.cache.v[layer], out, shape, self.pos0);
+        match self.cache.layers[layer].view() {
+            KvView::F32 { k, v } => attention(q, k, v, out, shape, self.pos0),
+            KvView::Int8 { k, v } => attention_kv(q, &k, &v, out, shape, self.pos0),
+        }
     }
 }
 

@@ -14,6 +14,6 @@ pub mod loader;
 pub mod weights;
 
 pub use config::{Config, RopeScaling};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvType};
 pub use llama::Model;
 pub use loader::{load, ModelFile};

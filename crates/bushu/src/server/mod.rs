@@ -61,6 +61,8 @@ pub struct ServeOptions {
     pub precision: kernels::Precision,
     /// LLM.int8() outlier threshold (`--int8-outlier-threshold`); `None`: the `precision` path.
     pub int8_outlier_threshold: Option<f32>,
+    /// How the paged KV cache stores keys and values (`--kv-type`).
+    pub kv_type: crate::model::KvType,
 }
 
 impl ServeOptions {
@@ -81,6 +83,7 @@ impl ServeOptions {
             handle_signals: false,
             precision: kernels::Precision::default(),
             int8_outlier_threshold: None,
+            kv_type: crate::model::KvType::default(),
         }
     }
 }
@@ -102,6 +105,7 @@ impl Server {
         if let Some(t) = opts.int8_outlier_threshold {
             model.enable_llm_int8(t)?;
         }
+        model.kv_type = opts.kv_type;
         let mut cfg = EngineConfig::for_model(&model, opts.max_batch, opts.ctx, opts.kv_memory);
         cfg.max_batched_tokens = opts.max_batched_tokens;
         cfg.prefix_caching = opts.prefix_caching;
