@@ -13,7 +13,8 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct QuantizeArgs {
-    /// Input model: a GGUF file (F32/F16/BF16 or already quantized tensors).
+    /// Input model: a GGUF file (F32/F16/BF16 or already quantized tensors), or a Hugging Face directory
+    /// (config.json, safetensors, SentencePiece tokenizer.model), converted as convert_hf_to_gguf.py does.
     pub input: PathBuf,
     /// Output GGUF file.
     pub output: PathBuf,
@@ -54,12 +55,6 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build_global();
-    if a.input.is_dir() {
-        bail!(
-            "{}: quantize reads GGUF; convert a Hugging Face directory with convert_hf_to_gguf.py first",
-            a.input.display()
-        );
-    }
     let hessians = match (&target, &a.calib) {
         (Target::Gptq(_), None) => bail!("GPTQ needs a calibration text: --calib FILE"),
         (Target::Gptq(_), Some(path)) => {

@@ -1,4 +1,5 @@
 //! GGUF → GGUF quantization (`bushu quantize`): which tensors get which type, and the file around them.
+//! The input may also be a Hugging Face directory, read as llama.cpp's converter would ([`hf_gguf`]).
 //!
 //! Tensor choice follows `llama-quantize`: only tensors named `*.weight` with two or more dimensions are
 //! quantized (norms and other vectors keep their type); `output.weight` goes to Q6_K for the sub-8-bit
@@ -17,6 +18,8 @@ use crate::formats::Tensor;
 use anyhow::{bail, Context, Result};
 use kernels::DType;
 use std::path::Path;
+
+pub mod hf_gguf;
 
 /// What `--type` asks for.
 #[derive(Clone, Debug, PartialEq)]
@@ -123,23 +126,30 @@ pub fn gguf_type_for(name: &str, cols: usize, d: DType, pure: bool) -> DType {
     fallback(d, cols)
 }
 
-/// Quantizes the GGUF at `input` into `output`; `progress(i, n, name)` is called before each tensor.
+/// Quantizes the GGUF file or Hugging Face directory at `input` into the GGUF `output`;
+/// `progress(i, n, name)` is called before each tensor.
 pub fn quantize_gguf(
     input: &Path,
     output: &Path,
     opts: &QuantizeOptions,
     mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<Vec<TensorReport>> {
-    let g = Gguf::open(input)?;
+    let (metadata, tensors) = if input.is_dir() {
+        let s = hf_gguf::read(input)?;
+        (s.metadata, s.tensors)
+    } else {
+        let g = Gguf::open(input)?;
+        (g.metadata.into_iter().collect(), g.tensors)
+    };
     let mut w = GgufWriter::new();
-    for (k, v) in &g.metadata {
-        w.set(k, v.clone());
+    for (k, v) in metadata {
+        w.set(&k, v);
     }
     w.set("general.file_type", Value::U32(opts.target.file_type()));
     w.set("general.quantization_version", Value::U32(2));
     let mut reports = Vec::new();
-    let n = g.tensors.len();
-    for (i, t) in g.tensors.iter().enumerate() {
+    let n = tensors.len();
+    for (i, t) in tensors.iter().enumerate() {
         progress(i, n, &t.name);
         if !quantizable(t) {
             w.add_tensor(&t.name, t.shape.clone(), t.dtype, t.bytes().to_vec());
