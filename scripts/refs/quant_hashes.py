@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Per-tensor FNV-1a-64 hashes of GGUF files written by llama-quantize, for bushu's bit-identity tests
+"""Per-tensor FNV-1a-64 hashes of GGUF files written by llama.cpp (llama-quantize, convert_hf_to_gguf.py), for bushu's bit-identity tests
 (tests/fixtures/quant/llama-quantize-hashes.json).
 
   L=/tmp/llamacpp/build/bin/llama-quantize; F=../shared/models/shakespeare/shakespeare-expert-f16.gguf
@@ -8,8 +8,15 @@
   $L        $F /tmp/q/expert-Q4_0.gguf Q4_0            # output.weight -> Q6_K -> Q8_0 fallback
   python3 scripts/refs/quant_hashes.py q4_k:--pure:/tmp/q/expert-Q4_K-pure.gguf q6_k::/tmp/q/expert-Q6_K.gguf \
       q4_0::/tmp/q/expert-Q4_0.gguf > tests/fixtures/quant/llama-quantize-hashes.json
+
+Files written by convert_hf_to_gguf.py straight from the Hugging Face directory (tests/fixtures/quant/convert-hf-hashes.json):
+
+  cd /tmp/llamacpp/src && python3 convert_hf_to_gguf.py ../shared/models/shakespeare/shakespeare-expert-hf \
+      --outtype q8_0 --outfile /tmp/q/cv-expert-q8_0.gguf      # (from the repo root: /work/shared/...)
+  SOURCE=shakespeare-expert-hf python3 scripts/refs/quant_hashes.py q8_0::/tmp/q/cv-expert-q8_0.gguf \
+      > tests/fixtures/quant/convert-hf-hashes.json
 """
-import json, sys
+import json, os, sys
 import numpy as np
 import gguf
 
@@ -21,7 +28,7 @@ def fnv1a64(b: bytes) -> str:
         h = (h * 0x100000001b3) & 0xffffffffffffffff
     return f"{h:016x}"
 
-out = {"about": __doc__.strip().splitlines()[0], "source": "shakespeare-expert-f16.gguf", "files": []}
+out = {"about": __doc__.strip().splitlines()[0], "source": os.environ.get("SOURCE", "shakespeare-expert-f16.gguf"), "files": []}
 for arg in sys.argv[1:]:
     ty, flag, path = arg.split(":", 2)
     r = gguf.GGUFReader(path)

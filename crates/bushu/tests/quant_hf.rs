@@ -72,14 +72,38 @@ fn argmax_flips(a: &[f32], b: &[f32], vocab: usize) -> Vec<usize> {
         .collect()
 }
 
+fn fnv1a64(b: &[u8]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &x in b {
+        h ^= x as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
 #[test]
-fn hf_dir_to_q8_0_runs_like_llama_quantize_q8_0() {
-    // Q8_0 straight from the F32 checkpoint (as `convert_hf_to_gguf.py --outtype q8_0` does) vs
-    // llama-quantize's Q8_0 of the F16 file: the blocks differ where F16 rounding moved a value across a
-    // rounding boundary, the models agree to Q8_0 precision.
+fn hf_dir_to_q8_0_is_convert_hf_to_gguf_q8_0_and_runs_like_llama_quantize_q8_0() {
+    // Q8_0 straight from the F32 checkpoint: every tensor is the one `convert_hf_to_gguf.py --outtype q8_0`
+    // wrote (hashes in the fixture, scripts/refs/quant_hashes.py).
     let tmp = TempDir::new("quant-hf-q8");
     let dir = shared("models/shakespeare/shakespeare-expert-hf");
     let ours = convert(&dir, &tmp.0.join("q8_0.gguf"), "q8_0").unwrap();
+    let refs = common::read_json(&fixture("quant/convert-hf-hashes.json"));
+    let want = refs["files"][0]["tensors"].as_object().unwrap();
+    let g = Gguf::open(&ours).unwrap();
+    assert_eq!(g.tensors.len(), want.len());
+    for t in &g.tensors {
+        let w = &want[&t.name];
+        assert_eq!(t.dtype.name(), w["dtype"].as_str().unwrap(), "type of {}", t.name);
+        assert_eq!(
+            fnv1a64(t.bytes()),
+            w["fnv1a64"].as_str().unwrap(),
+            "bytes of {}",
+            t.name
+        );
+    }
+    // Against llama-quantize's Q8_0 of the F16 file the blocks differ where F16 rounding moved a value
+    // across a rounding boundary; the models agree to Q8_0 precision.
     let theirs = shared("models/shakespeare/shakespeare-expert-q8_0.gguf");
     let text = std::fs::read_to_string(shared("testdata/shakespeare/val.txt")).unwrap();
     let file = load(&theirs).unwrap();
