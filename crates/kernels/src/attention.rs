@@ -8,8 +8,6 @@
 
 pub mod kv_int8;
 
-use rayon::prelude::*;
-
 /// Keys per tile.
 const TILE: usize = 64;
 
@@ -69,7 +67,7 @@ pub fn attention_kv<K: KvRows + ?Sized>(q: &[f32], k: &K, v: &K, out: &mut [f32]
     let kv_dim = s.n_kv_heads * hd;
     let group = s.n_heads / s.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+    crate::pool::for_each_chunk_mut(out, hd, &|i, o| {
         let (t, h) = (i / s.n_heads, i % s.n_heads);
         let qh = &q[i * hd..(i + 1) * hd];
         let kv_off = (h / group) * hd;

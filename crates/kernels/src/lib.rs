@@ -12,6 +12,7 @@ pub mod matmul;
 mod neon;
 pub mod ops;
 pub mod packed;
+pub mod pool;
 pub mod paged_attention;
 pub mod quants;
 pub mod simd;

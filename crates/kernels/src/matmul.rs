@@ -12,7 +12,6 @@ use crate::dtype::DType;
 use crate::packed::{Packed, GROUP};
 use crate::quants::{self, BlockQ8, QK8};
 use crate::simd::Simd;
-use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
@@ -234,9 +233,14 @@ fn quantize(x: &[f32], out: &mut [BlockQ8]) {
     if out.len() <= 2 * PER_TASK {
         return quants::quantize_row_q8(x, out);
     }
-    out.par_chunks_mut(PER_TASK)
-        .zip(x.par_chunks(PER_TASK * QK8))
-        .for_each(|(o, x)| quants::quantize_row_q8(x, o));
+    let o = crate::pool::SendPtr(out.as_mut_ptr());
+    let nb = out.len();
+    crate::pool::run(nb.div_ceil(PER_TASK), &|c| {
+        let (a, b) = (c * PER_TASK, nb.min((c + 1) * PER_TASK));
+        // SAFETY: tasks write disjoint block ranges of `out`.
+        let o = unsafe { std::slice::from_raw_parts_mut(o.get().add(a), b - a) };
+        quants::quantize_row_q8(&x[a * QK8..b * QK8], o)
+    });
 }
 
 /// Below this many multiply-adds a call runs on the calling thread.
@@ -251,7 +255,7 @@ fn par_rows(job: &Job, f: RowsFn) {
 /// Splits `units` units of work (rows, or groups of packed rows, as `f` counts them) across the pool:
 /// decode in about four chunks per thread (a multiple of `align` units), prefill in chunks of 32 rows.
 fn par_units(job: &Job, f: RowsFn, units: usize, align: usize) {
-    let threads = rayon::current_num_threads();
+    let threads = crate::pool::threads();
     let per_unit = job.rows / units.max(1);
     if threads == 1 || job.rows * job.cols * job.n < SERIAL_WORK {
         // SAFETY: the kernel matches the job's type; units in range.
@@ -262,7 +266,7 @@ fn par_units(job: &Job, f: RowsFn, units: usize, align: usize) {
     } else {
         (32 / per_unit.max(1)).max(1)
     };
-    (0..units.div_ceil(chunk)).into_par_iter().for_each(|c| {
+    crate::pool::run(units.div_ceil(chunk), &|c| {
         // SAFETY: as above; chunks are disjoint, so are the outputs they write.
         unsafe { f(job, c * chunk, units.min((c + 1) * chunk)) }
     });

@@ -9,7 +9,6 @@
 //! test below holds the two together.
 
 use crate::attention::{attend_one, AttnShape, KvRows};
-use rayon::prelude::*;
 
 /// One layer's paged cache: `k` and `v` hold `n_blocks * block_size` slots of `n_kv_heads * head_dim`,
 /// f32 by default, or any [`KvRows`] storage (int8: [`crate::attention::kv_int8::KvI8`]).
@@ -59,7 +58,7 @@ pub fn paged_attention<K: KvRows + ?Sized>(
         "query length does not match the query tokens"
     );
     assert_eq!(out.len(), q.len(), "output length does not match the queries");
-    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+    crate::pool::for_each_chunk_mut(out, hd, &|i, o| {
         let (t, h) = (i / s.n_heads, i % s.n_heads);
         let qh = &q[i * hd..(i + 1) * hd];
         let kv_off = (h / group) * hd;
