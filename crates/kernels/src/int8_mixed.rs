@@ -87,17 +87,18 @@ fn quantize_with(x: &[f32], q: &mut [i8], amax: f32) -> f32 {
 
 /// Feature dimensions (columns of the `n x cols` matrix `x`) where some `|x| > threshold`, ascending.
 pub fn outlier_columns(x: &[f32], cols: usize, threshold: f32) -> Vec<usize> {
-    let mut out = Vec::new();
-    outlier_columns_into(x, cols, threshold, &mut out);
+    let (mut out, mut mask) = (Vec::new(), Vec::new());
+    outlier_columns_into(x, cols, threshold, &mut out, &mut mask);
     out
 }
 
-fn outlier_columns_into(x: &[f32], cols: usize, threshold: f32, out: &mut Vec<usize>) {
+fn outlier_columns_into(x: &[f32], cols: usize, threshold: f32, out: &mut Vec<usize>, mask: &mut Vec<bool>) {
     out.clear();
     if threshold.is_infinite() {
         return;
     }
-    let mut mask = vec![false; cols];
+    mask.clear();
+    mask.resize(cols, false);
     for row in x.chunks_exact(cols) {
         for (m, v) in mask.iter_mut().zip(row) {
             *m |= v.abs() > threshold;
@@ -172,6 +173,7 @@ struct Scratch {
     xq: Vec<i8>,
     sx: Vec<f32>,
     outliers: Vec<usize>,
+    mask: Vec<bool>,
     /// `n x outliers` f32 activations of the outlier columns.
     xo: Vec<f32>,
 }
@@ -232,7 +234,7 @@ pub fn matmul_int8_on(w8: &Int8Matrix, w: &QMatrix, x: &[f32], y: &mut [f32], mo
 fn quantize_activations(x: &[f32], cols: usize, mode: ActInt8, s: &mut Scratch) {
     let n = x.len() / cols;
     match mode {
-        ActInt8::Mixed { threshold } => outlier_columns_into(x, cols, threshold, &mut s.outliers),
+        ActInt8::Mixed { threshold } => outlier_columns_into(x, cols, threshold, &mut s.outliers, &mut s.mask),
         ActInt8::PerTensor => s.outliers.clear(),
     }
     s.xq.resize(n * cols, 0);
