@@ -15,7 +15,7 @@
 
 use crate::dtype::DType;
 use crate::matmul::QMatrix;
-use crate::quants::k_quants::scale_min_k4;
+use crate::quants::k_quants::{scale_min_k4, unpack_q6k};
 
 /// Rows interleaved in a group.
 pub const GROUP: usize = 8;
@@ -64,6 +64,12 @@ fn layout(dtype: DType) -> Option<Layout> {
             head: 16,
             codes: 128,
             rec: 32 + 128 + GROUP * 128,
+        },
+        // d, scales (16 x 8 rows), low code bits (128 per row), high bits (64 per row).
+        DType::Q6K => Layout {
+            head: 0,
+            codes: 192,
+            rec: 16 + 128 + GROUP * 192,
         },
         _ => return None,
     })
@@ -130,6 +136,9 @@ fn unit(at: usize, u: usize, r: usize) -> usize {
 
 fn pack_record<'a>(dtype: DType, l: &Layout, rec: &mut [u8], block: impl Fn(usize) -> &'a [u8]) {
     let codes_at = l.rec - GROUP * l.codes;
+    if dtype == DType::Q6K {
+        return (0..GROUP).for_each(|r| pack_q6k(rec, r, block(r)));
+    }
     for r in 0..GROUP {
         let b = block(r);
         match dtype {
@@ -158,6 +167,9 @@ fn pack_record<'a>(dtype: DType, l: &Layout, rec: &mut [u8], block: impl Fn(usiz
 
 fn unpack_block(dtype: DType, l: &Layout, rec: &[u8], r: usize) -> Vec<u8> {
     let codes_at = l.rec - GROUP * l.codes;
+    if dtype == DType::Q6K {
+        return unpack_q6k_row(rec, r);
+    }
     let mut b = vec![0u8; l.head];
     match dtype {
         DType::Q4K => {
@@ -175,6 +187,54 @@ fn unpack_block(dtype: DType, l: &Layout, rec: &[u8], r: usize) -> Vec<u8> {
     }
     for u in 0..l.codes / 4 {
         b.extend_from_slice(&rec[unit(codes_at, u, r)..][..4]);
+    }
+    b
+}
+
+/// Where Q6_K's low-bit and high-bit units start in a record.
+pub const Q6K_QL: usize = 16 + 128;
+pub const Q6K_QH: usize = Q6K_QL + 32 * GROUP * 4;
+
+fn pack_q6k(rec: &mut [u8], r: usize, b: &[u8]) {
+    rec[2 * r..2 * r + 2].copy_from_slice(&b[208..210]);
+    for i in 0..16 {
+        rec[16 + i * GROUP + r] = b[192 + i];
+    }
+    let mut c = [[0u8; 32]; 8];
+    for (g, c) in c.iter_mut().enumerate() {
+        unpack_q6k(b, g, c);
+    }
+    for k in 0..8 {
+        for i in 0..4 {
+            let w = 4 * k + i;
+            for p in 0..4 {
+                rec[unit(Q6K_QL, 8 * p + k, r) + i] = (c[2 * p][w] & 15) | (c[2 * p + 1][w] & 15) << 4;
+            }
+            for h in 0..2 {
+                rec[unit(Q6K_QH, 8 * h + k, r) + i] = (0..4).map(|j| (c[4 * h + j][w] >> 4) << (2 * j)).sum();
+            }
+        }
+    }
+}
+
+/// Row `r`'s original Q6_K block from a packed record.
+fn unpack_q6k_row(rec: &[u8], r: usize) -> Vec<u8> {
+    let mut b = vec![0u8; 210];
+    b[208..210].copy_from_slice(&rec[2 * r..2 * r + 2]);
+    for i in 0..16 {
+        b[192 + i] = rec[16 + i * GROUP + r];
+    }
+    for g in 0..8 {
+        let (p, h, j) = (g / 2, g / 4, g % 4);
+        for w in 0..32 {
+            let (k, i) = (w / 4, w % 4);
+            let lo = (rec[unit(Q6K_QL, 8 * p + k, r) + i] >> (4 * (g % 2))) & 15;
+            let hi = (rec[unit(Q6K_QH, 8 * h + k, r) + i] >> (2 * j)) & 3;
+            // Q6_K's own layout: sub-block g = 4n + m of half n.
+            let (n, m) = (g / 4, g % 4);
+            b[64 * n + 32 * (m % 2) + w] |= lo << (4 * (m / 2));
+            b[128 + 32 * n + w] |= hi << (2 * m);
+        }
     }
     b
 }

@@ -10,7 +10,7 @@ use kernels::packed::{packable, Packed};
 use kernels::simd::Simd;
 use kernels::{matmul_on, DType, PackSlot, Precision, QMatrix};
 
-const PACKED: [DType; 4] = [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K];
+const PACKED: [DType; 5] = [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K];
 
 #[test]
 fn packing_is_a_permutation_of_the_rows() {

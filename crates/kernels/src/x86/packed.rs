@@ -6,13 +6,14 @@
 
 use super::{Avx2Dot, IDot, VnniDot};
 use crate::matmul::Job;
-use crate::packed::GROUP;
+use crate::packed::{GROUP, Q6K_QH, Q6K_QL};
 use crate::quants::{BlockQ8, QK8};
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
-/// Sums of `u8 x i8` products into i32 lanes for small codes (`u <= 15`): AVX2 keeps the pair sums in
-/// i16 between calls (at most 8 calls: `8 * 2 * 15 * 127 < 2^15`), VNNI accumulates i32 directly.
+/// Sums of `u8 x i8` products into i32 lanes for small codes: AVX2 keeps the pair sums in i16 between
+/// calls (at most 8 calls for `u <= 15`: `8 * 2 * 15 * 127 < 2^15`; 4 for `u <= 32`), VNNI
+/// accumulates i32 directly.
 pub(crate) trait IAcc: IDot {
     unsafe fn add_small(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
     unsafe fn finish_small(acc: __m256i) -> __m256i;
@@ -182,6 +183,71 @@ impl<D: IAcc> PackKern for PQ4K<D> {
     }
 }
 
+/// Q6_K: codes `q − 32` signed (|q − 32| <= 32), so the `abs`/`sign` trick keeps four `maddubs`
+/// per i16 lane in range; a scale per 16 weights (units 0-3 and 4-7 of a sub-block).
+pub(crate) struct PQ6K<D>(PhantomData<D>);
+
+/// Bits `2j`, `2j+1` of each byte moved to bits 4, 5 (the rest cleared).
+#[inline(always)]
+unsafe fn bits45(v: __m256i, j: usize) -> __m256i {
+    let v = match j {
+        0 => _mm256_slli_epi16::<4>(v),
+        1 => _mm256_slli_epi16::<2>(v),
+        2 => v,
+        _ => _mm256_srli_epi16::<2>(v),
+    };
+    _mm256_and_si256(v, _mm256_set1_epi8(0x30))
+}
+
+impl<D: IAcc> PackKern for PQ6K<D> {
+    const ELEMS: usize = 256;
+    type S = [__m256; 16];
+    #[inline(always)]
+    unsafe fn setup(rec: *const u8) -> [__m256; 16] {
+        let d = f16x8(rec);
+        std::array::from_fn(|i| {
+            let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(rec.add(16 + i * GROUP) as *const __m128i));
+            _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc))
+        })
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256, s: &[__m256; 16], rec: *const u8, x: *const BlockQ8) -> __m256 {
+        let acc = q6k_pair::<D, 0>(acc, s, rec, x);
+        let acc = q6k_pair::<D, 1>(acc, s, rec, x);
+        let acc = q6k_pair::<D, 2>(acc, s, rec, x);
+        q6k_pair::<D, 3>(acc, s, rec, x)
+    }
+}
+
+/// Sub-blocks `2P` and `2P+1` of a Q6_K record (a constant `P`, so the bit shifts are immediates).
+#[inline(always)]
+unsafe fn q6k_pair<D: IAcc, const P: usize>(
+    mut acc: __m256,
+    s: &[__m256; 16],
+    rec: *const u8,
+    x: *const BlockQ8,
+) -> __m256 {
+    let (ql, qh) = (rec.add(Q6K_QL), rec.add(Q6K_QH));
+    let m32 = _mm256_set1_epi8(32);
+    let (xa, xb) = (&*x.add(2 * P), &*x.add(2 * P + 1));
+    for half in 0..2 {
+        let (mut ia, mut ib) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for k in 4 * half..4 * half + 4 {
+            let (lo, hi) = nibbles(unit(ql, 8 * P + k));
+            let h = unit(qh, 8 * (P / 2) + k);
+            let wa = _mm256_sub_epi8(_mm256_or_si256(lo, bits45(h, 2 * (P % 2))), m32);
+            let wb = _mm256_sub_epi8(_mm256_or_si256(hi, bits45(h, 2 * (P % 2) + 1)), m32);
+            ia = D::add_small(ia, _mm256_abs_epi8(wa), _mm256_sign_epi8(bcast4(xa, 4 * k), wa));
+            ib = D::add_small(ib, _mm256_abs_epi8(wb), _mm256_sign_epi8(bcast4(xb, 4 * k), wb));
+        }
+        let va = _mm256_mul_ps(_mm256_cvtepi32_ps(D::finish_small(ia)), _mm256_set1_ps(xa.d));
+        let vb = _mm256_mul_ps(_mm256_cvtepi32_ps(D::finish_small(ib)), _mm256_set1_ps(xb.d));
+        acc = _mm256_fmadd_ps(s[4 * P + half], va, acc);
+        acc = _mm256_fmadd_ps(s[4 * P + 2 + half], vb, acc);
+    }
+    acc
+}
+
 /// Group `g` (rows `8g..8g+8`) for tokens `t..t+T`.
 #[inline(always)]
 unsafe fn tile<K: PackKern, const T: usize>(job: &Job, g: usize, t: usize) {
@@ -241,6 +307,7 @@ pub(crate) fn select(dtype: crate::DType, level: crate::Simd) -> Option<crate::m
                 DType::Q4_0 => $run::<PQ4<true, $D>>,
                 DType::Q4_1 => $run::<PQ4<false, $D>>,
                 DType::Q4K => $run::<PQ4K<$D>>,
+                DType::Q6K => $run::<PQ6K<$D>>,
                 _ => return None,
             })
         };
