@@ -73,6 +73,12 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         "bushu chat: {name}, context {ctx}, precision {}",
         precision_line(model.precision)
     );
+    if let Some(kernels::int8_mixed::ActInt8::Mixed { threshold }) = model.int8.as_ref().map(|w| w.mode) {
+        eprintln!("bushu chat: layer projections in LLM.int8, outlier threshold {threshold}");
+    }
+    if model.kv_type != crate::model::KvType::F32 {
+        eprintln!("bushu chat: KV cache in {}", model.kv_type.name());
+    }
     if !own_template {
         eprintln!("bushu chat: the model file has no chat template; using ChatML");
     }
