@@ -199,3 +199,39 @@ fn serve_with_int8_kv() {
     assert_eq!(json["usage"]["completion_tokens"], 12, "{json}");
     assert!(!json["choices"][0]["text"].as_str().unwrap().is_empty());
 }
+
+/// `run --kv-type int8 --json` reports the cache it used; an unknown type is refused without a panic.
+#[test]
+fn run_reports_the_cache() {
+    let f = load(&shared(EXPERT)).unwrap();
+    let c = f.config.clone();
+    let run = |kv: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bushu"))
+            .args(["run", "--model", shared(EXPERT).to_str().unwrap(), "--prompt", "ROMEO:"])
+            .args([
+                "-n",
+                "4",
+                "--temperature",
+                "0",
+                "--ctx",
+                "128",
+                "--json",
+                "--kv-type",
+                kv,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run("int8");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["kv_cache"]["type"], "int8");
+    let want = 128 * KvType::Int8.bytes_per_position(c.n_layers, c.kv_dim(), c.head_dim);
+    assert_eq!(j["kv_cache"]["bytes"].as_u64(), Some(want as u64));
+    let bad = run("q3");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("--kv-type") && !err.contains("panicked"),
+        "{err}"
+    );
+}
