@@ -1,0 +1,114 @@
+//! A zeroed byte buffer for large weight copies (packed matrices). On Linux it is an anonymous
+//! mapping: zero pages come free on first touch, with no memset pass over the whole buffer (which an
+//! aligned `alloc_zeroed` does), and it starts on a 2 MiB boundary.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+
+#[cfg(target_os = "linux")]
+const HUGE: usize = 2 << 20;
+
+pub struct HugeBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    layout: Option<Layout>,
+}
+
+// SAFETY: an owned allocation, like a Vec<u8>.
+unsafe impl Send for HugeBuf {}
+unsafe impl Sync for HugeBuf {}
+
+impl HugeBuf {
+    /// `len` zero bytes.
+    pub fn zeroed(len: usize) -> HugeBuf {
+        if len == 0 {
+            return HugeBuf {
+                ptr: NonNull::dangling(),
+                len,
+                layout: None,
+            };
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(ptr) = map_huge(len) {
+            return HugeBuf { ptr, len, layout: None };
+        }
+        let layout = Layout::from_size_align(len, 64).expect("buffer size overflows");
+        // SAFETY: the layout has a nonzero size.
+        let Some(ptr) = NonNull::new(unsafe { alloc_zeroed(layout) }) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        HugeBuf {
+            ptr,
+            len,
+            layout: Some(layout),
+        }
+    }
+}
+
+/// An anonymous private mapping of `len` bytes starting on a 2 MiB boundary. (Advising huge pages
+/// made packing slower here: the kernel compacts memory to find them on first touch.)
+#[cfg(target_os = "linux")]
+fn map_huge(len: usize) -> Option<NonNull<u8>> {
+    let total = len + HUGE;
+    // SAFETY: a fresh anonymous mapping; the unaligned head and the tail beyond `len` are unmapped.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            total,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        let start = p as usize;
+        let aligned = start.next_multiple_of(HUGE);
+        if aligned > start {
+            libc::munmap(p, aligned - start);
+        }
+        let end = aligned + len.next_multiple_of(4096);
+        if start + total > end {
+            libc::munmap(end as *mut libc::c_void, start + total - end);
+        }
+        NonNull::new(aligned as *mut u8)
+    }
+}
+
+impl Drop for HugeBuf {
+    fn drop(&mut self) {
+        match self.layout {
+            // SAFETY: allocated with this layout in `zeroed`.
+            Some(layout) => unsafe { dealloc(self.ptr.as_ptr(), layout) },
+            #[cfg(target_os = "linux")]
+            // SAFETY: mapped by `map_huge` with this length (rounded up to pages by the kernel).
+            None if self.len > 0 => unsafe {
+                libc::munmap(self.ptr.as_ptr().cast(), self.len);
+            },
+            None => {}
+        }
+    }
+}
+
+impl Deref for HugeBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `len` initialized (zeroed) bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for HugeBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::fmt::Debug for HugeBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HugeBuf({} bytes)", self.len)
+    }
+}
