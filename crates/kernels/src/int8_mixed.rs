@@ -218,14 +218,12 @@ pub fn matmul_int8_on(w8: &Int8Matrix, w: &QMatrix, x: &[f32], y: &mut [f32], mo
         dot: dot_for(level),
         y: Out(y.as_mut_ptr()),
     };
-    let threads = rayon::current_num_threads();
+    let threads = crate::pool::threads();
     if threads == 1 || rows * cols * n < (1 << 15) {
         job.rows(0, rows);
     } else {
         let chunk = if n == 1 { rows.div_ceil(threads * 4).max(1) } else { 32 };
-        (0..rows.div_ceil(chunk))
-            .into_par_iter()
-            .for_each(|c| job.rows(c * chunk, rows.min((c + 1) * chunk)));
+        crate::pool::run(rows.div_ceil(chunk), &|c| job.rows(c * chunk, rows.min((c + 1) * chunk)));
     }
     SCRATCH.with(|b| *b.borrow_mut() = s);
 }
