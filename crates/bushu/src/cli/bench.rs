@@ -5,7 +5,9 @@
 //! mean ± sample standard deviation. `--json` prints a list of objects with llama-bench's keys
 //! (`n_prompt`, `n_gen`, `n_threads`, `avg_ts`, `stddev_ts`, `samples_ts`) plus `model_bytes` (file size)
 //! and `bandwidth_gbs` (weight bytes read per token times tokens/s: every matrix once per forward pass,
-//! the embedding table one row per token).
+//! the embedding table one row per token), and `load_ms`: from opening the file to the logits of a
+//! first one-token pass (mapping, checks, the packing of weights for the fast kernels, first touch of
+//! every page), the "load to first token" of a cached file.
 
 use super::ModelArgs;
 use crate::model::llama::Logits;
@@ -79,8 +81,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if a.n_prompt == 0 && a.n_gen == 0 {
         bail!("nothing to run: -p and -n are both 0");
     }
+    let t_load = Instant::now();
     let (file, _) = a.model.open()?;
     let model = a.model.build(&file)?;
+    model.forward(&mut model.new_state(1), &[0], Logits::Last)?;
+    let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let c = &model.config;
     let ctx = a.n_prompt.max(a.n_gen).max(1);
     if ctx > c.max_ctx.max(ctx) {
@@ -137,6 +142,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "stddev_ts": std,
             "samples_ts": samples,
             "bandwidth_gbs": per_token * avg / 1e9,
+            "load_ms": load_ms,
         }));
     }
 
@@ -160,6 +166,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             r["bandwidth_gbs"].as_f64().unwrap_or(0.0),
         );
     }
+    println!("load to first token: {load_ms:.0} ms");
     Ok(())
 }
 
