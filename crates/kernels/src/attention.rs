@@ -80,8 +80,40 @@ pub fn attention_kv<K: KvRows + ?Sized>(q: &[f32], k: &K, v: &K, out: &mut [f32]
 
 /// One query head against the positions `visible`; the key and value of position `p` for this head
 /// start at `at(p)` in `k` and `v` (a contiguous cache here, a block table in the paged kernel).
+/// On x86 with AVX2 the loops are compiled for it (8-wide vectors; the same operations in the same
+/// order, so every level gives the same result).
 #[inline]
 pub(crate) fn attend_one<K: KvRows + ?Sized>(
+    q: &[f32],
+    k: &K,
+    v: &K,
+    out: &mut [f32],
+    visible: std::ops::Range<usize>,
+    scale: f32,
+    at: impl Fn(usize) -> usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(crate::Simd::active(), crate::Simd::Avx2 | crate::Simd::Avx512) {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<K: KvRows + ?Sized>(
+            q: &[f32],
+            k: &K,
+            v: &K,
+            out: &mut [f32],
+            visible: std::ops::Range<usize>,
+            scale: f32,
+            at: impl Fn(usize) -> usize,
+        ) {
+            attend(q, k, v, out, visible, scale, at)
+        }
+        // SAFETY: the CPU has AVX2 and FMA (that is what the active level means).
+        return unsafe { avx2(q, k, v, out, visible, scale, at) };
+    }
+    attend(q, k, v, out, visible, scale, at)
+}
+
+#[inline(always)]
+fn attend<K: KvRows + ?Sized>(
     q: &[f32],
     k: &K,
     v: &K,

@@ -41,40 +41,73 @@ impl<E: Exact32> Kern for Ex<E> {
     }
 }
 
+/// A plain float format: eight weights at a time as one vector.
+pub(crate) trait Float8 {
+    /// Bytes of eight weights.
+    const BYTES: usize;
+    unsafe fn load8(p: *const u8) -> __m256;
+}
+
+/// Float weights eight at a time with one accumulator per (row, token): a small register footprint,
+/// so prefill tiles can hold 4 rows x 2 tokens of accumulators with every operand in a register.
+pub(crate) struct Fl<E>(PhantomData<E>);
+
+impl<E: Float8> Kern for Fl<E> {
+    type X = f32;
+    type W = __m256;
+    type Acc = __m256;
+    const ELEMS: usize = 8;
+    const BYTES: usize = E::BYTES;
+    const WIDE_TILE: bool = true;
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m256 {
+        E::load8(p)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: &mut __m256, w: &__m256, x: *const f32) {
+        *acc = _mm256_fmadd_ps(*w, _mm256_loadu_ps(x), *acc);
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: __m256) -> f32 {
+        hsum(acc)
+    }
+}
+
+impl Float8 for F32x {
+    const BYTES: usize = 32;
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        _mm256_loadu_ps(p as *const f32)
+    }
+}
+
+impl Float8 for F16x {
+    const BYTES: usize = 16;
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+impl Float8 for Bf16x {
+    const BYTES: usize = 16;
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
+    }
+}
+
 pub(crate) struct F32x;
 pub(crate) struct F16x;
 pub(crate) struct Bf16x;
 pub(crate) struct Q8_0x;
 pub(crate) struct Q4_0x;
 pub(crate) struct Q4_1x;
-
-impl Exact32 for F32x {
-    const BYTES: usize = 128;
-    #[inline(always)]
-    unsafe fn load(p: *const u8) -> [__m256; 4] {
-        let p = p as *const f32;
-        std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)))
-    }
-}
-
-impl Exact32 for F16x {
-    const BYTES: usize = 64;
-    #[inline(always)]
-    unsafe fn load(p: *const u8) -> [__m256; 4] {
-        std::array::from_fn(|i| _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * i) as *const __m128i)))
-    }
-}
-
-impl Exact32 for Bf16x {
-    const BYTES: usize = 64;
-    #[inline(always)]
-    unsafe fn load(p: *const u8) -> [__m256; 4] {
-        std::array::from_fn(|i| {
-            let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(16 * i) as *const __m128i));
-            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
-        })
-    }
-}
 
 /// Eight signed bytes at `p` as f32 times `d`.
 #[inline(always)]

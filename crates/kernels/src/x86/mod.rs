@@ -26,6 +26,8 @@ pub(crate) trait Kern {
     const ELEMS: usize;
     /// Bytes per chunk.
     const BYTES: usize;
+    /// Prefill tiles of 4 rows x 2 tokens instead of 2 x 4 (for small `W` and `Acc`).
+    const WIDE_TILE: bool = false;
     unsafe fn zero() -> Self::Acc;
     unsafe fn load(w: *const u8) -> Self::W;
     unsafe fn dot(acc: &mut Self::Acc, w: &Self::W, x: *const Self::X);
@@ -139,6 +141,20 @@ const DR: usize = 4;
 #[inline(always)]
 unsafe fn run<K: Kern>(job: &Job, r0: usize, r1: usize) {
     let mut t = 0;
+    if K::WIDE_TILE {
+        while t + 2 <= job.n {
+            let mut r = r0;
+            while r + 4 <= r1 {
+                tile::<K, 4, 2>(job, r, t);
+                r += 4;
+            }
+            while r < r1 {
+                tile::<K, 1, 2>(job, r, t);
+                r += 1;
+            }
+            t += 2;
+        }
+    }
     while t + TT <= job.n {
         let mut r = r0;
         while r + TR <= r1 {
@@ -184,9 +200,9 @@ pub(crate) fn select(dtype: DType, fast: bool, level: Simd) -> Option<RowsFn> {
     macro_rules! pick {
         ($run:ident, $D:ty) => {
             Some(match (dtype, fast) {
-                (DType::F32, _) => $run::<Ex<F32x>> as RowsFn,
-                (DType::F16, _) => $run::<Ex<F16x>>,
-                (DType::BF16, _) => $run::<Ex<Bf16x>>,
+                (DType::F32, _) => $run::<Fl<F32x>> as RowsFn,
+                (DType::F16, _) => $run::<Fl<F16x>>,
+                (DType::BF16, _) => $run::<Fl<Bf16x>>,
                 (DType::Q8_0, false) => $run::<Ex<Q8_0x>>,
                 (DType::Q4_0, false) => $run::<Ex<Q4_0x>>,
                 (DType::Q4_1, false) => $run::<Ex<Q4_1x>>,
