@@ -1,5 +1,5 @@
 //! Micro-benchmark of one matrix product: `cargo run --release -p bushu-kernels --example matbench --
-//! TYPE ROWS COLS TOKENS [exact|fast] [ITERS]` (random codes); prints GB/s of weights and GMAC/s.
+//! TYPE ROWS COLS TOKENS [exact|fast|wide] [ITERS]` (random codes); prints GB/s of weights and GMAC/s.
 
 use kernels::{matmul_with, DType, Precision, QMatrix};
 use std::time::Instant;
@@ -10,10 +10,10 @@ fn main() {
     let rows: usize = a.get(2).map_or(5632, |s| s.parse().unwrap());
     let cols: usize = a.get(3).map_or(2048, |s| s.parse().unwrap());
     let n: usize = a.get(4).map_or(1, |s| s.parse().unwrap());
-    let p = if a.get(5).map(|s| s.as_str()) == Some("exact") {
-        Precision::Exact
-    } else {
-        Precision::Fast
+    let p = match a.get(5).map(|s| s.as_str()) {
+        Some("exact") => Precision::Exact,
+        Some("wide") => Precision::Wide,
+        _ => Precision::Fast,
     };
     let iters: usize = a.get(6).map_or(50, |s| s.parse().unwrap());
     // Several matrices so the working set exceeds the caches, as in a model.

@@ -86,3 +86,39 @@ fn exact_products_ignore_the_pack() {
     matmul_on(&w, &x, &mut y, Precision::Exact, Simd::active());
     assert!(slot.get().is_none(), "f32-activation products never pack");
 }
+
+#[test]
+fn wide_products_are_exact_to_int16_rounding() {
+    let mut rng = Rng::new(13);
+    let levels: Vec<Simd> = Simd::available_levels()
+        .into_iter()
+        .filter(|l| *l != Simd::Scalar)
+        .collect();
+    for t in [DType::Q8_0, DType::Q6K, DType::Q4_0] {
+        for rows in [8, 13, 40] {
+            let cols = 2 * t.block_len();
+            let data = random_matrix(&mut rng, t, rows, cols);
+            let plain = QMatrix::new(t, rows, cols, &data);
+            for n in 1..=3 {
+                let x = rng.vec(n * cols, 2.0);
+                let s = abs_scale(t, &data, rows, cols, &x);
+                let mut want = vec![0.0; n * rows];
+                matmul_on(&plain, &x, &mut want, Precision::Exact, Simd::Scalar);
+                for &l in &levels {
+                    let slot = PackSlot::new();
+                    let mut got = vec![f32::NAN; n * rows];
+                    matmul_on(&plain.with_pack(&slot), &x, &mut got, Precision::Wide, l);
+                    let e = worst(&got, &want, &s);
+                    // int16 rounding: half a step of 1/32767 of each block's largest |x|.
+                    assert!(e <= 1e-4, "{t} {l}: rows {rows} n {n}: rel err {e}");
+                    let mut fast = vec![0.0; n * rows];
+                    matmul_on(&plain, &x, &mut fast, Precision::Fast, l);
+                    let ef = worst(&fast, &want, &s);
+                    if t != DType::Q4_0 {
+                        assert!(e * 20.0 < ef, "{t} {l}: wide error {e} is not far below int8's {ef}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -48,8 +48,10 @@ pub struct ChatArgs {
 pub fn precision_line(p: Precision) -> &'static str {
     match p {
         Precision::Fast => {
-            "fast: activations rounded to 8-bit blocks as llama.cpp does (--exact-activations keeps them in f32)"
+            "fast: activations rounded to 8-bit blocks as llama.cpp does, 16-bit for the classifier \
+             (--exact-activations keeps them in f32)"
         }
+        Precision::Wide => "wide: activations rounded to 16-bit blocks",
         Precision::Exact => "exact: f32 activations against the dequantized weights (--exact-activations)",
     }
 }

@@ -283,9 +283,14 @@ impl Model {
         }
         observe(Probe::Output, xb);
         let logits = fit(&mut s.logits, m * c.vocab_size);
-        // The classifier always takes f32 activations: its activation-quantization error would go
-        // straight into the logits, and it is one matrix per generated token.
-        linear(&w.output.matrix(), Precision::Exact, xb, logits, None);
+        // The classifier's activation rounding would go straight into the logits: the fast model rounds
+        // them to 16 bits (256 times finer than int8, at int8 speed for Q8_0/Q6_K; f32 for other types),
+        // the exact one keeps f32.
+        let classifier = match self.precision {
+            Precision::Fast => Precision::Wide,
+            p => p,
+        };
+        linear(&w.output.matrix(), classifier, xb, logits, None);
         Ok(&s.logits[..m * c.vocab_size])
     }
 }

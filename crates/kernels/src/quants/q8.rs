@@ -35,6 +35,30 @@ pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
     }
 }
 
+/// 32 activations `x[i] ≈ d * qs[i]` in 16 bits (`d = max|x| / 32767`): for products whose
+/// activation rounding must stay far below f32 noise in the logits (the classifier), at the cost of
+/// int16 instead of int8 multiplies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BlockQ16 {
+    pub d: f32,
+    pub qs: [i16; QK8],
+}
+
+/// Quantizes `x` (a multiple of 32 values) into `out`, 16 bits per value, round half to even.
+pub fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16]) {
+    assert_eq!(x.len(), out.len() * QK8, "activation length is not a multiple of 32");
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK8)) {
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 32767.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            *q = round_even(v * id) as i16;
+        }
+        b.d = d;
+    }
+}
+
 /// Round half to even for |v| <= 2^22 without a libm call: adding and subtracting 1.5 * 2^23 leaves
 /// the integer nearest to `v` (ties to even, the default rounding mode). Equal to `round_ties_even`.
 #[inline(always)]

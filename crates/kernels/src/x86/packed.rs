@@ -7,7 +7,7 @@
 use super::{Avx2Dot, IDot, VnniDot};
 use crate::matmul::Job;
 use crate::packed::{GROUP, Q6K_QH, Q6K_QL};
-use crate::quants::{BlockQ8, QK8};
+use crate::quants::{BlockQ16, BlockQ8, QK8};
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
@@ -246,6 +246,111 @@ unsafe fn q6k_pair<D: IAcc, const P: usize>(
         acc = _mm256_fmadd_ps(s[4 * P + 2 + half], vb, acc);
     }
     acc
+}
+
+/// A packed format's product with int16 activations ([`BlockQ16`]), for `Precision::Wide`.
+pub(crate) trait WideKern: PackKern {
+    unsafe fn dot16(acc: __m256, s: &Self::S, rec: *const u8, x: *const BlockQ16) -> __m256;
+}
+
+/// The eight row sums of two `madd` accumulators: `lo` holds (pairs of) rows 0-3, `hi` rows 4-7,
+/// each row's two i32 adjacent; summed and put in row order.
+#[inline(always)]
+unsafe fn rows8(lo: __m256i, hi: __m256i) -> __m256 {
+    // Per 128-bit lane: [r0 r1 r4 r5] and [r2 r3 r6 r7].
+    let s = _mm256_hadd_epi32(lo, hi);
+    _mm256_cvtepi32_ps(_mm256_permute4x64_epi64::<0b11_01_10_00>(s))
+}
+
+/// `Σ w·x` of one unit (four signed byte codes of each of eight rows, `w`) with four int16
+/// activations from `at`, added to `(lo, hi)` as [`rows8`] reads them.
+#[inline(always)]
+unsafe fn madd16(lo: &mut __m256i, hi: &mut __m256i, w: __m256i, x: &BlockQ16, at: usize) {
+    let xv = _mm256_set1_epi64x(std::ptr::read_unaligned(x.qs.as_ptr().add(at) as *const i64));
+    let wl = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w));
+    let wh = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(w));
+    *lo = _mm256_add_epi32(*lo, _mm256_madd_epi16(wl, xv));
+    *hi = _mm256_add_epi32(*hi, _mm256_madd_epi16(wh, xv));
+}
+
+impl<D: IAcc> WideKern for PQ8_0<D> {
+    #[inline(always)]
+    unsafe fn dot16(acc: __m256, d: &__m256, rec: *const u8, x: *const BlockQ16) -> __m256 {
+        let x = &*x;
+        let c = rec.add(2 * GROUP);
+        let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for k in 0..8 {
+            madd16(&mut lo, &mut hi, unit(c, k), x, 4 * k);
+        }
+        _mm256_fmadd_ps(*d, _mm256_mul_ps(rows8(lo, hi), _mm256_set1_ps(x.d)), acc)
+    }
+}
+
+impl<D: IAcc> WideKern for PQ6K<D> {
+    #[inline(always)]
+    unsafe fn dot16(mut acc: __m256, s: &[__m256; 16], rec: *const u8, x: *const BlockQ16) -> __m256 {
+        let (ql, qh) = (rec.add(Q6K_QL), rec.add(Q6K_QH));
+        let m32 = _mm256_set1_epi8(32);
+        for g in 0..8 {
+            let (p, e, j) = (g / 2, g % 2, g % 4);
+            let xg = &*x.add(g);
+            for half in 0..2 {
+                let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                for k in 4 * half..4 * half + 4 {
+                    let (l, h) = nibbles(unit(ql, 8 * p + k));
+                    let nib = if e == 0 { l } else { h };
+                    let w = _mm256_sub_epi8(_mm256_or_si256(nib, bits45(unit(qh, 8 * (g / 4) + k), j)), m32);
+                    madd16(&mut lo, &mut hi, w, xg, 4 * k);
+                }
+                let v = _mm256_mul_ps(rows8(lo, hi), _mm256_set1_ps(xg.d));
+                acc = _mm256_fmadd_ps(s[2 * g + half], v, acc);
+            }
+        }
+        acc
+    }
+}
+
+/// [`tile`] for int16 activations.
+#[inline(always)]
+unsafe fn tile_wide<K: WideKern, const T: usize>(job: &Job, g: usize, t: usize) {
+    let p = job.packed.expect("packed job");
+    let (nb, rec) = (job.cols / K::ELEMS, p.rec);
+    let base = p.group(g).as_ptr();
+    let per_tok = job.cols / QK8;
+    let xp: [*const BlockQ16; T] = std::array::from_fn(|j| job.xw[(t + j) * per_tok..].as_ptr());
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let r = base.add(b * rec);
+        let s = K::setup(r);
+        for j in 0..T {
+            acc[j] = K::dot16(acc[j], &s, r, xp[j].add(b * K::ELEMS / QK8));
+        }
+    }
+    for (j, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(job.y.add((t + j) * job.rows + g * GROUP), *a);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_wide<K: WideKern>(job: &Job, g0: usize, g1: usize) {
+    for t in 0..job.n {
+        for g in g0..g1 {
+            tile_wide::<K, 1>(job, g, t);
+        }
+    }
+}
+
+/// The int16-activation packed kernel for `dtype`, if there is one (AVX2; the AVX-512 level runs it too).
+pub(crate) fn select_wide(dtype: crate::DType, level: crate::Simd) -> Option<crate::matmul::RowsFn> {
+    use crate::{DType, Simd};
+    if !matches!(level, Simd::Avx2 | Simd::Avx512) || !Simd::Avx2.available() {
+        return None;
+    }
+    Some(match dtype {
+        DType::Q8_0 => run_wide::<PQ8_0<Avx2Dot>> as crate::matmul::RowsFn,
+        DType::Q6K => run_wide::<PQ6K<Avx2Dot>>,
+        _ => return None,
+    })
 }
 
 /// Group `g` (rows `8g..8g+8`) for tokens `t..t+T`.
