@@ -2,7 +2,6 @@
 //! to the scalar path up to f32 rounding (summation order).
 
 use super::{f16, hsum, Kern};
-use crate::quants::BlockFormat;
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
@@ -108,6 +107,26 @@ pub(crate) struct Bf16x;
 pub(crate) struct Q8_0x;
 pub(crate) struct Q4_0x;
 pub(crate) struct Q4_1x;
+pub(crate) struct Q5_0x;
+pub(crate) struct Q5_1x;
+
+impl Exact32 for Q5_0x {
+    const BYTES: usize = 22;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> [__m256; 4] {
+        let (d, sixteen) = (_mm256_set1_ps(f16(p)), _mm256_set1_ps(16.0));
+        u8_floats(super::fast::codes5(p.add(2), p.add(6))).map(|q| _mm256_mul_ps(_mm256_sub_ps(q, sixteen), d))
+    }
+}
+
+impl Exact32 for Q5_1x {
+    const BYTES: usize = 24;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> [__m256; 4] {
+        let (d, m) = (_mm256_set1_ps(f16(p)), _mm256_set1_ps(f16(p.add(2))));
+        u8_floats(super::fast::codes5(p.add(4), p.add(8))).map(|q| _mm256_add_ps(_mm256_mul_ps(q, d), m))
+    }
+}
 
 /// Eight signed bytes at `p` as f32 times `d`.
 #[inline(always)]
@@ -138,7 +157,12 @@ impl Exact32 for Q8_0x {
 /// Codes of a Q4_0/Q4_1 block at `p` spread to four f32 vectors.
 #[inline(always)]
 unsafe fn q4_floats(p: *const u8) -> [__m256; 4] {
-    let q = nibbles32(p);
+    u8_floats(nibbles32(p))
+}
+
+/// 32 unsigned byte codes as four f32 vectors.
+#[inline(always)]
+unsafe fn u8_floats(q: __m256i) -> [__m256; 4] {
     let (lo, hi) = (_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
     let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
     [f(lo), f(_mm_srli_si128::<8>(lo)), f(hi), f(_mm_srli_si128::<8>(hi))]
@@ -159,42 +183,5 @@ impl Exact32 for Q4_1x {
     unsafe fn load(p: *const u8) -> [__m256; 4] {
         let (d, m) = (_mm256_set1_ps(f16(p)), _mm256_set1_ps(f16(p.add(2))));
         q4_floats(p.add(4)).map(|q| _mm256_add_ps(_mm256_mul_ps(q, d), m))
-    }
-}
-
-/// Any block format, dequantized with its scalar code into a buffer and then FMA'd: the exact path of
-/// the K-quants (the fast path is the one models use).
-pub(crate) struct ViaDequant<B>(PhantomData<B>);
-
-impl<B: BlockFormat> Kern for ViaDequant<B> {
-    type X = f32;
-    type W = [f32; 256];
-    type Acc = [__m256; 2];
-    const ELEMS: usize = B::LEN;
-    const BYTES: usize = B::BYTES;
-    #[inline(always)]
-    unsafe fn zero() -> Self::Acc {
-        [_mm256_setzero_ps(); 2]
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const u8) -> Self::W {
-        let mut w = [0.0f32; 256];
-        B::dequantize_block(std::slice::from_raw_parts(p, B::BYTES), &mut w[..B::LEN]);
-        w
-    }
-    #[inline(always)]
-    unsafe fn dot(acc: &mut Self::Acc, w: &Self::W, x: *const f32) {
-        for i in (0..B::LEN).step_by(16) {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(w.as_ptr().add(i)), _mm256_loadu_ps(x.add(i)), acc[0]);
-            acc[1] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(w.as_ptr().add(i + 8)),
-                _mm256_loadu_ps(x.add(i + 8)),
-                acc[1],
-            );
-        }
-    }
-    #[inline(always)]
-    unsafe fn finish(acc: Self::Acc) -> f32 {
-        hsum(_mm256_add_ps(acc[0], acc[1]))
     }
 }

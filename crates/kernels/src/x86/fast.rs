@@ -42,6 +42,41 @@ pub(crate) trait Fast32 {
 pub(crate) struct Q8_0f;
 pub(crate) struct Q4_0f;
 pub(crate) struct Q4_1f;
+pub(crate) struct Q5_0f;
+pub(crate) struct Q5_1f;
+
+/// The 32 five-bit codes of a Q5_0/Q5_1 block: nibbles at `qs`, bit 4 of code `i` in bit `i` of the
+/// little-endian u32 at `qh`.
+#[inline(always)]
+pub(crate) unsafe fn codes5(qh: *const u8, qs: *const u8) -> __m256i {
+    let v = _mm256_set1_epi32(std::ptr::read_unaligned(qh as *const i32));
+    // Byte i of the result takes byte i / 8 of `qh`, then tests bit i % 8.
+    let pick = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+    );
+    let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(v, pick), bits), bits);
+    _mm256_or_si256(nibbles32(qs), _mm256_and_si256(set, _mm256_set1_epi8(16)))
+}
+
+impl Fast32 for Q5_0f {
+    const BYTES: usize = 22;
+    const SIGNED: bool = false;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        let d = f16(p);
+        (codes5(p.add(2), p.add(6)), d, -16.0 * d)
+    }
+}
+
+impl Fast32 for Q5_1f {
+    const BYTES: usize = 24;
+    const SIGNED: bool = false;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        (codes5(p.add(4), p.add(8)), f16(p), f16(p.add(2)))
+    }
+}
 
 impl Fast32 for Q8_0f {
     const BYTES: usize = 34;
@@ -218,7 +253,10 @@ pub(crate) unsafe fn q6k_codes(p: *const u8, g: usize) -> __m256i {
     let qh = _mm256_loadu_si256(p.add(128 + 32 * n) as *const __m256i);
     let ql = _mm256_loadu_si256(p.add(64 * n + 32 * (k % 2)) as *const __m256i);
     let nib = if k < 2 { ql } else { _mm256_srli_epi16::<4>(ql) };
-    let h = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), _mm256_set1_epi8(3));
+    let h = _mm256_and_si256(
+        _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)),
+        _mm256_set1_epi8(3),
+    );
     _mm256_or_si256(_mm256_and_si256(nib, _mm256_set1_epi8(15)), _mm256_slli_epi16::<4>(h))
 }
 
