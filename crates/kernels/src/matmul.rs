@@ -9,15 +9,11 @@
 //! [`matmul_on`] picks a level explicitly (tests).
 
 use crate::dtype::DType;
+pub use crate::packed::PackSlot;
 use crate::packed::{Packed, GROUP};
 use crate::quants::{self, BlockQ16, BlockQ8, QK8};
 use crate::simd::Simd;
 use std::cell::RefCell;
-use std::sync::OnceLock;
-
-/// Where a matrix's [`Packed`] copy is made on first use by the fast kernels and kept (`None` inside:
-/// the matrix has no packed layout). Owners of weights keep one per matrix.
-pub type PackSlot = OnceLock<Option<Packed>>;
 
 /// A borrowed weight matrix of `rows x cols` elements of type `dtype`, row-major; each row is a whole
 /// number of blocks.
@@ -229,7 +225,7 @@ fn wide(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
         let Some(f) = crate::x86::packed::select_wide(w.dtype, level) else {
             return false;
         };
-        let Some(p) = w.pack.and_then(|slot| slot.get_or_init(|| Packed::new(w)).as_ref()) else {
+        let Some(p) = w.pack.and_then(|slot| slot.for_product(w)) else {
             return false;
         };
         let n = x.len() / w.cols;
@@ -275,7 +271,7 @@ fn packed_kernel<'a>(w: &QMatrix<'a>, level: Simd) -> Option<(&'a Packed, RowsFn
     #[cfg(target_arch = "x86_64")]
     {
         let f = crate::x86::packed::select(w.dtype, level)?;
-        let p = slot.get_or_init(|| Packed::new(w)).as_ref()?;
+        let p = slot.for_product(w)?;
         debug_assert!(p.dtype == w.dtype && p.cols == w.cols && p.rows <= w.rows);
         Some((p, f))
     }

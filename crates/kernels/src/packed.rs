@@ -17,6 +17,8 @@ use crate::buffer::HugeBuf;
 use crate::dtype::DType;
 use crate::matmul::QMatrix;
 use crate::quants::k_quants::{scale_min_k4, unpack_q6k};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 /// Rows interleaved in a group.
 pub const GROUP: usize = 8;
@@ -81,10 +83,57 @@ pub fn packable(dtype: DType) -> bool {
     layout(dtype).is_some()
 }
 
+/// Where a matrix's packed copy lives once made. By default the first fast product makes it (and waits
+/// for it); a [`defer`](PackSlot::defer)red slot is filled by someone else (a background packer, with
+/// [`fill_serial`](PackSlot::fill_serial)) and products use the row-major kernels until it is.
+#[derive(Debug, Default)]
+pub struct PackSlot {
+    cell: OnceLock<Option<Packed>>,
+    deferred: AtomicBool,
+}
+
+impl PackSlot {
+    pub fn new() -> PackSlot {
+        PackSlot::default()
+    }
+
+    /// Whether the slot has been filled (with a packed copy, or with "this matrix has none").
+    pub fn is_ready(&self) -> bool {
+        self.cell.get().is_some()
+    }
+
+    /// The packed copy, if made.
+    pub fn get(&self) -> Option<&Packed> {
+        self.cell.get()?.as_ref()
+    }
+
+    /// From now on products do not make the copy themselves.
+    pub fn defer(&self) {
+        self.deferred.store(true, Ordering::Relaxed);
+    }
+
+    /// Makes the copy of `w` on this thread alone (no pool), unless made already.
+    pub fn fill_serial(&self, w: &QMatrix) {
+        self.cell.get_or_init(|| Packed::build(w, false));
+    }
+
+    /// The copy a product of `w` should use: made now (on the pool) unless deferred.
+    pub(crate) fn for_product(&self, w: &QMatrix) -> Option<&Packed> {
+        if self.deferred.load(Ordering::Relaxed) {
+            return self.get();
+        }
+        self.cell.get_or_init(|| Packed::new(w)).as_ref()
+    }
+}
+
 impl Packed {
-    /// Packs the whole groups of rows of `w`; `None` for types without a packed layout or matrices
-    /// with fewer than eight rows.
+    /// Packs the whole groups of rows of `w` (in parallel on the pool); `None` for types without a
+    /// packed layout or matrices with fewer than eight rows.
     pub fn new(w: &QMatrix) -> Option<Packed> {
+        Packed::build(w, true)
+    }
+
+    fn build(w: &QMatrix, parallel: bool) -> Option<Packed> {
         let l = layout(w.dtype)?;
         let groups = w.rows / GROUP;
         if groups == 0 {
@@ -94,12 +143,19 @@ impl Packed {
         let (bb, rb) = (w.dtype.block_bytes(), w.row_bytes());
         let mut data = HugeBuf::zeroed(groups * nb * l.rec);
         // Groups in parallel: packing is a copy, bound by page faults and memory bandwidth.
-        crate::pool::for_each_chunk_mut(&mut data, nb * l.rec, &|g, out| {
+        let group = |g: usize, out: &mut [u8]| {
             let rows: [&[u8]; GROUP] = std::array::from_fn(|r| &w.data[(g * GROUP + r) * rb..][..rb]);
             for (b, rec) in out.chunks_exact_mut(l.rec).enumerate() {
                 pack_record(w.dtype, &l, rec, |r| &rows[r][b * bb..(b + 1) * bb]);
             }
-        });
+        };
+        if parallel {
+            crate::pool::for_each_chunk_mut(&mut data, nb * l.rec, &group);
+        } else {
+            data.chunks_exact_mut(nb * l.rec)
+                .enumerate()
+                .for_each(|(g, out)| group(g, out));
+        }
         Some(Packed {
             dtype: w.dtype,
             rows: groups * GROUP,

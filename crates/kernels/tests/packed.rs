@@ -61,7 +61,7 @@ fn packed_products_equal_row_major_ones() {
                     matmul_on(&plain, &x, &mut want, Precision::Fast, l);
                     let mut got = vec![f32::NAN; n * rows];
                     matmul_on(&packed, &x, &mut got, Precision::Fast, l);
-                    assert!(slot.get().is_some_and(|p| p.is_some()), "{t} {l}: the pack was made");
+                    assert!(slot.get().is_some(), "{t} {l}: the pack was made");
                     let e = worst(&got, &want, &s);
                     assert!(e <= 1e-5, "{t} {l}: rows {rows} n {n}: rel err {e}");
                     // Batching does not change a token's result.
@@ -84,7 +84,30 @@ fn exact_products_ignore_the_pack() {
     let x = rng.vec(cols, 1.0);
     let mut y = vec![0.0; rows];
     matmul_on(&w, &x, &mut y, Precision::Exact, Simd::active());
-    assert!(slot.get().is_none(), "f32-activation products never pack");
+    assert!(!slot.is_ready(), "f32-activation products never pack");
+}
+
+#[test]
+fn a_deferred_slot_waits_for_its_packer() {
+    let mut rng = Rng::new(17);
+    let (t, rows, cols) = (DType::Q4_0, 16, 64);
+    let data = random_matrix(&mut rng, t, rows, cols);
+    let plain = QMatrix::new(t, rows, cols, &data);
+    let x = rng.vec(cols, 1.0);
+    let mut want = vec![0.0; rows];
+    matmul_on(&plain, &x, &mut want, Precision::Fast, Simd::active());
+    let slot = PackSlot::new();
+    slot.defer();
+    let w = plain.with_pack(&slot);
+    let mut y = vec![0.0; rows];
+    matmul_on(&w, &x, &mut y, Precision::Fast, Simd::active());
+    assert!(!slot.is_ready(), "a deferred slot is not filled by a product");
+    assert_eq!(y, want, "row-major until packed");
+    slot.fill_serial(&plain);
+    assert!(slot.get().is_some(), "filled by the packer");
+    matmul_on(&w, &x, &mut y, Precision::Fast, Simd::active());
+    let s = abs_scale(t, &data, rows, cols, &x);
+    assert!(worst(&y, &want, &s) <= 1e-5);
 }
 
 #[test]

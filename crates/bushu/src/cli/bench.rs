@@ -6,8 +6,9 @@
 //! (`n_prompt`, `n_gen`, `n_threads`, `avg_ts`, `stddev_ts`, `samples_ts`) plus `model_bytes` (file size)
 //! and `bandwidth_gbs` (weight bytes read per token times tokens/s: every matrix once per forward pass,
 //! the embedding table one row per token), and `load_ms`: from opening the file to the logits of a
-//! first one-token pass (mapping, checks, the packing of weights for the fast kernels, first touch of
-//! every page), the "load to first token" of a cached file.
+//! first one-token pass (mapping, checks, first touch of every page; small models also pack their
+//! weights for the fast kernels, big ones pack in the background), the "load to first token" of a
+//! cached file. The speed tests start once the weights are packed.
 
 use super::ModelArgs;
 use crate::model::llama::Logits;
@@ -86,6 +87,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let model = a.model.build(&file)?;
     model.forward(&mut model.new_state(1), &[0], Logits::Last)?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
+    // The speed tests run on the packed weights.
+    model.weights.wait_packed();
     let c = &model.config;
     let ctx = a.n_prompt.max(a.n_gen).max(1);
     if ctx > c.max_ctx.max(ctx) {

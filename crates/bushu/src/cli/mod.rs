@@ -107,6 +107,9 @@ impl ModelArgs {
             model.enable_llm_int8(t)?;
         }
         model.kv_type = self.kv_type;
+        if model.precision == kernels::Precision::Fast && model.int8.is_none() {
+            model.weights.prepare_packing();
+        }
         Ok(model)
     }
 

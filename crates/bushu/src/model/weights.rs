@@ -5,6 +5,8 @@ use super::config::Config;
 use crate::formats::Tensor;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
 
 pub struct LayerWeights {
     pub attn_norm: Vec<f32>,
@@ -30,7 +32,12 @@ pub struct Weights {
     pub output: Tensor,
     /// Per-frequency RoPE divisors (`rope_freqs.weight`, Llama 3.1 scaling in GGUF files).
     pub rope_freqs: Option<Vec<f32>>,
+    /// The background thread packing the matrices, if one was started.
+    packer: Mutex<Option<JoinHandle<()>>>,
 }
+
+/// Packable matrix bytes from which [`Weights::prepare_packing`] packs on a background thread.
+const BACKGROUND_PACKING: usize = 256 << 20;
 
 struct Lookup<'a> {
     tensors: &'a HashMap<String, Tensor>,
@@ -120,7 +127,55 @@ impl Weights {
             token_embd,
             layers,
             output,
+            packer: Mutex::new(None),
         })
+    }
+
+    /// Every matrix, the classifier last (it may be the embedding table itself).
+    fn matrices(&self) -> impl Iterator<Item = &Tensor> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+            .chain([&self.output])
+    }
+
+    /// Prepares the packed copies the fast kernels use (`kernels::packed`). Small models are left to
+    /// pack each matrix on its first product (milliseconds). From 256 MiB of packable matrices on,
+    /// copying them all takes long enough (~0.7 ms per MB on the hosts measured: page faults of the
+    /// fresh memory) to hold up the first token, so a background thread packs them, in the order the
+    /// forward pass uses them, while the first tokens run on the row-major kernels; each matrix
+    /// switches over when its copy is complete (results move by f32 summation order only).
+    pub fn prepare_packing(&self) {
+        let packable: Vec<Tensor> = self
+            .matrices()
+            .filter(|t| kernels::packed::packable(t.dtype))
+            .cloned()
+            .collect();
+        if packable.iter().map(|t| t.nbytes).sum::<usize>() < BACKGROUND_PACKING {
+            return;
+        }
+        for t in &packable {
+            t.pack.defer();
+        }
+        let handle = std::thread::Builder::new().name("bushu-packer".into()).spawn(move || {
+            for t in &packable {
+                t.pack.fill_serial(&t.matrix());
+            }
+        });
+        if let (Ok(h), Ok(mut slot)) = (handle, self.packer.lock()) {
+            *slot = Some(h);
+        } else {
+            // No thread: pack on first use after all.
+            self.matrices().for_each(|t| t.pack.fill_serial(&t.matrix()));
+        }
+    }
+
+    /// Waits until a background packer (if any) has packed every matrix.
+    pub fn wait_packed(&self) {
+        let h = self.packer.lock().ok().and_then(|mut s| s.take());
+        if let Some(h) = h {
+            let _ = h.join();
+        }
     }
 
     /// Bytes of weights read for one token (every matrix once, the embedding row aside).
