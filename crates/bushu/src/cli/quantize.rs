@@ -14,7 +14,8 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct QuantizeArgs {
     /// Input model: a GGUF file (F32/F16/BF16 or already quantized tensors), or a Hugging Face directory
-    /// (config.json, safetensors, SentencePiece tokenizer.model), converted as convert_hf_to_gguf.py does.
+    /// (config.json, safetensors, a SentencePiece tokenizer.model or a byte-level BPE tokenizer.json),
+    /// converted as convert_hf_to_gguf.py does.
     pub input: PathBuf,
     /// Output GGUF file.
     pub output: PathBuf,

@@ -10,7 +10,7 @@ mod bpe;
 mod gguf;
 mod hf;
 mod llama2c;
-mod pretokenize;
+pub(crate) mod pretokenize;
 mod spm;
 mod stream;
 

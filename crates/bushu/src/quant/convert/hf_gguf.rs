@@ -7,14 +7,19 @@
 //!   (llama.cpp rotates halves for it). 1-D tensors are stored as F32, as the converter does.
 //! - Metadata: the keys `TextModel.set_gguf_parameters` and `LlamaModel.set_gguf_parameters` write for
 //!   these models (block count, context, sizes, heads, RoPE base/dimensions/linear scaling, RMS epsilon,
-//!   `key_length`/`value_length` when `config.json` has `head_dim`, vocabulary size).
-//! - Tokenizer: SentencePiece only, as `_set_vocab_sentencepiece` does it: pieces, scores and types from
+//!   `key_length`/`value_length` when `config.json` has `head_dim`, vocabulary size). Llama 3 RoPE scaling
+//!   becomes the `rope_freqs.weight` tensor of `LlamaModel.generate_extra_tensors` ([`llama3_rope_factors`]).
+//! - Tokenizer, SentencePiece as `_set_vocab_sentencepiece` does it: pieces, scores and types from
 //!   `tokenizer.model` (read here with a small protobuf reader), `added_tokens.json` and
-//!   `tokenizer_config.json`'s `added_tokens_decoder`, padding to `vocab_size`, then gguf-py's
-//!   `SpecialVocab` (special ids; `add_bos`/`add_eos`/`add_sep` from the `TemplateProcessing` post-processor
-//!   and `tokenizer_config.json`; the chat template). A directory without `tokenizer.model` (byte-level
-//!   BPE, whose llama.cpp pre-tokenizer name the converter finds by hashing tokenizer outputs) is refused
-//!   with a clear error rather than converted approximately.
+//!   `tokenizer_config.json`'s `added_tokens_decoder`, padding to `vocab_size`.
+//! - Tokenizer, byte-level BPE (`tokenizer.json` without `tokenizer.model`) as `_set_vocab_gpt2` does it:
+//!   the vocabulary by id with the added tokens (CONTROL when special, USER_DEFINED otherwise), `[PAD{i}]` up
+//!   to `vocab_size`, the merges, and `tokenizer.ggml.pre`. The converter finds that name by hashing the
+//!   token ids of a probe text; here the `tokenizer.json` pre-tokenizer (its `Split` regexes, `Digits`,
+//!   `ByteLevel`'s regex) is compared with the regexes of bushu's named pre-tokenizers ([`bpe_pre_name`]),
+//!   and a tokenizer that matches none is refused.
+//! - Both: gguf-py's `SpecialVocab` (special ids; `add_bos`/`add_eos`/`add_sep` from the post-processor and
+//!   `tokenizer_config.json`; the chat template).
 
 use crate::formats::gguf::Value;
 use crate::formats::hf::{self, gguf_name};
@@ -72,10 +77,8 @@ pub fn read(dir: &Path) -> Result<HfSource> {
             set(&key("rope.scaling.type"), Value::String("linear".into()));
             set(&key("rope.scaling.factor"), Value::F32(factor));
         }
-        RopeScaling::Llama3 { .. } => bail!(
-            "{}: Llama 3 RoPE scaling (stored by llama.cpp as a rope_freqs tensor) is not converted; {CONVERTER}",
-            dir.display()
-        ),
+        // Stored as the `rope_freqs` tensor (below), with no metadata key.
+        RopeScaling::Llama3 { .. } => {}
     }
     set(&key("rope.freq_base"), Value::F32(c.rope_theta));
     set(&key("attention.layer_norm_rms_epsilon"), Value::F32(c.rms_eps));
@@ -87,13 +90,31 @@ pub fn read(dir: &Path) -> Result<HfSource> {
         set(&key("vocab_size"), u32v(c.vocab_size));
         set(&key("rope.dimension_count"), u32v(c.rope_dim));
     }
-    for (k, v) in tokenizer_metadata(dir, c.vocab_size)? {
+    for (k, v) in tokenizer_metadata(dir, c.vocab_size, arch)? {
         set(&k, v);
     }
 
     // Tensors in the order of the safetensors files, Q/K rows permuted for llama.
     let (raw, _) = hf::read_weights(dir)?;
-    let mut tensors = Vec::with_capacity(m.tensors.len());
+    let mut tensors = Vec::with_capacity(m.tensors.len() + 1);
+    if let RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position,
+    } = c.rope_scaling
+    {
+        // `LlamaModel.generate_extra_tensors` yields it before the checkpoint's tensors.
+        let f = llama3_rope_factors(
+            c.rope_theta,
+            c.head_dim,
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position as f32,
+        );
+        tensors.push(Tensor::from_f32("rope_freqs.weight", vec![f.len()], &f));
+    }
     for t in raw {
         let Some(name) = gguf_name(&t.name) else { continue };
         let t = m.tensors[&name].clone();
@@ -131,6 +152,29 @@ pub fn size_label(n: usize) -> String {
     };
     let digits = format!("{}", x.round() as u64).trim_start_matches('0').len();
     format!("{x:.*}{suffix}", 2usize.saturating_sub(digits))
+}
+
+/// `LlamaModel.generate_extra_tensors` for `rope_type: llama3`: one divisor per rotated pair (`head_dim / 2`),
+/// computed in f32 as the converter's torch code does (`freqs = 1 / base^(arange(0, dim, 2) / dim)`, then 1,
+/// `factor` or the smooth blend by wavelength against `original_max_position_embeddings`).
+pub fn llama3_rope_factors(base: f32, dim: usize, factor: f32, low: f32, high: f32, old_ctx: f32) -> Vec<f32> {
+    let low_wavelen = old_ctx / low;
+    let high_wavelen = old_ctx / high;
+    (0..dim)
+        .step_by(2)
+        .map(|i| {
+            let freq = 1.0f32 / base.powf(i as f32 / dim as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (old_ctx / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
 }
 
 /// `LlamaModel.permute`: within each of `heads` heads, row `s·hd/2 + i` moves to `2i + s`.
@@ -270,15 +314,42 @@ fn does_token_look_special(t: &str) -> bool {
         || (t.starts_with("<unused") && t.ends_with('>'))
 }
 
-/// `tokenizer.*` metadata of a SentencePiece directory (see the module documentation).
-fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Value)>> {
+/// The chat template: tokenizer_config.json's string, else chat_template.jinja (only with a tokenizer_config.json).
+fn chat_template(dir: &Path, tc: Option<&Json>) -> Option<String> {
+    let jinja = std::fs::read_to_string(dir.join("chat_template.jinja")).ok();
+    tc.and_then(|t| match t.get("chat_template") {
+        Some(Json::String(s)) => Some(s.clone()),
+        Some(_) => None,
+        None => jinja,
+    })
+}
+
+fn read_json_if_file(path: &Path) -> Result<Option<Json>> {
+    if path.is_file() {
+        read_json(path).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// `tokenizer.*` metadata of a directory: SentencePiece with `tokenizer.model`, else byte-level BPE from
+/// `tokenizer.json` (see the module documentation).
+fn tokenizer_metadata(dir: &Path, vocab_size: usize, arch: &str) -> Result<Vec<(String, Value)>> {
     let spm = dir.join("tokenizer.model");
     if !spm.is_file() {
-        bail!(
-            "{}: no tokenizer.model; only SentencePiece tokenizers are converted to GGUF metadata (byte-level \
-             BPE needs llama.cpp's pre-tokenizer name, which convert_hf_to_gguf.py finds by hashing); {CONVERTER}",
-            dir.display()
-        );
+        let mut md = bpe_metadata(dir, vocab_size)?;
+        // `LlamaModel.set_vocab` writes tokenizer_config.json's add_prefix_space first, whatever the vocabulary.
+        let tc = read_json_if_file(&dir.join("tokenizer_config.json"))?;
+        if let Some(add) = tc
+            .as_ref()
+            .and_then(|t| t.get("add_prefix_space"))
+            .and_then(Json::as_bool)
+        {
+            if arch == "llama" {
+                md.insert(0, ("tokenizer.ggml.add_space_prefix".into(), Value::Bool(add)));
+            }
+        }
+        return Ok(md);
     }
     let bytes = std::fs::read(&spm).with_context(|| format!("cannot read {}", spm.display()))?;
     let pieces = sentencepiece_pieces(&bytes).with_context(|| format!("{}", spm.display()))?;
@@ -352,13 +423,7 @@ fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Valu
         None
     };
     let config = read_json(&dir.join("config.json"))?;
-    // The chat template: tokenizer_config.json's string, else chat_template.jinja (only with a tokenizer_config.json).
-    let jinja = std::fs::read_to_string(dir.join("chat_template.jinja")).ok();
-    let template = tc.as_ref().and_then(|t| match t.get("chat_template") {
-        Some(Json::String(s)) => Some(s.clone()),
-        Some(_) => None,
-        None => jinja,
-    });
+    let template = chat_template(dir, tc.as_ref());
     md.extend(special_vocab(tj.as_ref(), tc.as_ref(), &config, vocab_size, template));
     if let Some(add) = tc
         .as_ref()
@@ -370,7 +435,7 @@ fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Valu
     Ok(md)
 }
 
-/// gguf-py's `SpecialVocab` for SentencePiece models: special token ids, `add_*_token`, chat template.
+/// gguf-py's `SpecialVocab`: special token ids, `add_*_token` (post-processor, tokenizer_config.json), chat template.
 fn special_vocab(
     tj: Option<&Json>,
     tc: Option<&Json>,
@@ -388,10 +453,14 @@ fn special_vocab(
     };
     let (bos, eos, sep, cls) = (content("bos"), content("eos"), content("sep"), content("cls"));
     let mut add: Vec<(&str, bool)> = Vec::new();
-    let mut set_add = |typ: &'static str, v: bool| match add.iter_mut().find(|a| a.0 == typ) {
-        Some(a) => a.1 = v,
-        None => add.push((typ, v)),
-    };
+    // A dict in insertion order: `overwrite` false is Python's `setdefault`.
+    fn set(add: &mut Vec<(&'static str, bool)>, typ: &'static str, v: bool, overwrite: bool) {
+        match add.iter_mut().find(|a| a.0 == typ) {
+            Some(a) if overwrite => a.1 = v,
+            Some(_) => {}
+            None => add.push((typ, v)),
+        }
+    }
     let special_id = |e: &Json| {
         e.get("SpecialToken")
             .and_then(|s| s.get("id"))
@@ -404,17 +473,36 @@ fn special_vocab(
             .and_then(Json::as_array)
             .cloned()
             .unwrap_or_else(|| vec![pp.clone()]);
-        for p in procs.iter().filter(|p| p["type"] == "TemplateProcessing") {
+        for p in &procs {
+            if p["type"] == "ByteLevel" {
+                set(&mut add, "bos", false, false);
+                set(&mut add, "eos", false, false);
+                continue;
+            }
+            if p["type"] == "RobertaProcessing" {
+                for typ in ["bos", "eos", "sep"] {
+                    set(&mut add, typ, true, true);
+                }
+                continue;
+            }
+            if p["type"] != "TemplateProcessing" {
+                continue;
+            }
             let single = p["single"].as_array().cloned().unwrap_or_default();
             let (mut first, mut last) = (None, None);
             if single.len() > 1 {
                 first = special_id(&single[0]);
                 if let Some(f) = &first {
-                    set_add("bos", Some(f) == bos.as_ref() || Some(f) == cls.as_ref());
+                    set(
+                        &mut add,
+                        "bos",
+                        Some(f) == bos.as_ref() || Some(f) == cls.as_ref(),
+                        true,
+                    );
                 }
                 last = special_id(&single[single.len() - 1]);
                 if let Some(l) = &last {
-                    set_add("eos", Some(l) == eos.as_ref());
+                    set(&mut add, "eos", Some(l) == eos.as_ref(), true);
                 }
             }
             let mut pair = p["pair"].as_array().cloned().unwrap_or_default();
@@ -441,7 +529,7 @@ fn special_vocab(
                 let is_sep =
                     |e: &Json| special_id(e).is_some_and(|s| Some(&s) == sep.as_ref() || Some(&s) == eos.as_ref());
                 let add_sep = (is_sep(&mid[0]) && last.is_none()) || (mid.len() == 2 && is_sep(&mid[1]));
-                set_add("sep", add_sep);
+                set(&mut add, "sep", add_sep, true);
             }
         }
     }
@@ -459,7 +547,7 @@ fn special_vocab(
             .and_then(|t| t.get(format!("add_{typ}_token")))
             .and_then(Json::as_bool)
         {
-            set_add(typ, b);
+            set(&mut add, typ, b, true);
         }
         let c = content(typ);
         let id = c.and_then(|c| added.iter().find(|a| a["content"] == c.as_str())?["id"].as_u64());
@@ -489,4 +577,239 @@ fn special_vocab(
         md.push(("tokenizer.chat_template".into(), Value::String(t)));
     }
     md
+}
+
+/// `_set_vocab_gpt2` of a byte-level BPE `tokenizer.json`: `get_vocab_base` (the vocabulary by id with added
+/// tokens, `[PAD{i}]` up to `vocab_size`; added tokens CONTROL when special or special-looking, else
+/// USER_DEFINED), the pre-tokenizer name, then `SpecialVocab` with the merges.
+fn bpe_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Value)>> {
+    let tj_path = dir.join("tokenizer.json");
+    if !tj_path.is_file() {
+        bail!(
+            "{}: neither tokenizer.model nor tokenizer.json; {CONVERTER}",
+            dir.display()
+        );
+    }
+    let tj = read_json(&tj_path)?;
+    let model = &tj["model"];
+    let byte_level = contains_type(&tj["pre_tokenizer"], "ByteLevel");
+    if model["type"] != "BPE" || !byte_level {
+        bail!(
+            "{}: no tokenizer.model, and tokenizer.json is not byte-level BPE (model {}, no ByteLevel \
+             pre-tokenizer); {CONVERTER}",
+            tj_path.display(),
+            model["type"]
+        );
+    }
+    let pre = bpe_pre_name(&tj).map_err(|e| anyhow::anyhow!("{}: {e}; {CONVERTER}", tj_path.display()))?;
+
+    let mut by_id: Vec<Option<String>> = vec![None; vocab_size];
+    let mut put = |text: &str, id: u64| -> Result<()> {
+        let slot = by_id.get_mut(id as usize).with_context(|| {
+            format!(
+                "{}: token id {id} is not below vocab_size {vocab_size}",
+                tj_path.display()
+            )
+        })?;
+        *slot = Some(text.to_owned());
+        Ok(())
+    };
+    for (text, id) in model["vocab"]
+        .as_object()
+        .context("tokenizer.json: model.vocab is not an object")?
+    {
+        put(text, id.as_u64().context("tokenizer.json: vocab id is not an integer")?)?;
+    }
+    let added: &[Json] = tj["added_tokens"].as_array().map_or(&[], Vec::as_slice);
+    let mut special = vec![None; vocab_size];
+    for a in added {
+        let id = a["id"]
+            .as_u64()
+            .context("tokenizer.json: added token id is not an integer")?;
+        let text = a["content"]
+            .as_str()
+            .context("tokenizer.json: added token has no content")?;
+        put(text, id)?;
+        special[id as usize] = Some(a["special"].as_bool().unwrap_or(false));
+    }
+    let mut tokens = Vec::with_capacity(vocab_size);
+    let mut types = Vec::with_capacity(vocab_size);
+    for (i, t) in by_id.into_iter().enumerate() {
+        match (t, special[i]) {
+            (None, _) => {
+                tokens.push(format!("[PAD{i}]"));
+                types.push(UNUSED);
+            }
+            (Some(t), None) => {
+                tokens.push(t);
+                types.push(NORMAL);
+            }
+            (Some(t), Some(sp)) if sp || does_token_look_special(&t) => {
+                tokens.push(t);
+                types.push(CONTROL);
+            }
+            (Some(t), Some(_)) => {
+                tokens.push(t.replace('\u{2581}', " "));
+                types.push(USER_DEFINED);
+            }
+        }
+    }
+    // gguf-py's merges: "a b" strings as they are; pairs joined with a space, a space inside a part written
+    // as U+0120 (`chr(ord(" ") + 256)`).
+    let merges: Vec<String> = match model["merges"].as_array() {
+        Some(list) => list
+            .iter()
+            .map(|m| match m {
+                Json::String(s) => Ok(s.clone()),
+                Json::Array(p) if p.len() == 2 => {
+                    let part = |x: &Json| x.as_str().map(|s| s.replace(' ', "\u{120}"));
+                    Ok(format!(
+                        "{} {}",
+                        part(&p[0]).context("merge part is not a string")?,
+                        part(&p[1]).context("merge part is not a string")?
+                    ))
+                }
+                _ => bail!("{}: a merge is neither \"a b\" nor [a, b]", tj_path.display()),
+            })
+            .collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
+    if merges.is_empty() {
+        bail!("{}: byte-level BPE without merges; {CONVERTER}", tj_path.display());
+    }
+    let mut md: Vec<(String, Value)> = vec![
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String(pre.into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges".into(),
+            Value::Array(merges.into_iter().map(Value::String).collect()),
+        ),
+    ];
+    let tc = read_json_if_file(&dir.join("tokenizer_config.json"))?;
+    let config = read_json(&dir.join("config.json"))?;
+    let template = chat_template(dir, tc.as_ref());
+    md.extend(special_vocab(Some(&tj), tc.as_ref(), &config, vocab_size, template));
+    Ok(md)
+}
+
+fn contains_type(v: &Json, ty: &str) -> bool {
+    match v {
+        Json::Object(o) => o.get("type").and_then(Json::as_str) == Some(ty) || o.values().any(|x| contains_type(x, ty)),
+        Json::Array(a) => a.iter().any(|x| contains_type(x, ty)),
+        _ => false,
+    }
+}
+
+/// The regex of `ByteLevel { use_regex: true }` in the `tokenizers` library.
+const HF_BYTE_LEVEL: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+/// The contractions as the models' regexes write them and as llama.cpp (and bushu) spell them out.
+const CONTRACTIONS_I: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)";
+const CONTRACTIONS: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])";
+
+/// bushu's pre-tokenizer names tried in turn; the first whose regexes and `ignore_merges` match wins.
+const PRE_NAMES: [&str; 17] = [
+    "gpt-2",
+    "llama-bpe",
+    "qwen2",
+    "smollm",
+    "smaug-bpe",
+    "deepseek-llm",
+    "deepseek-coder",
+    "deepseek-v3",
+    "falcon",
+    "default",
+    "poro-chat",
+    "viking",
+    "tekken",
+    "chameleon",
+    "gpt-4o",
+    "bailingmoe",
+    "seed-coder",
+];
+
+/// The `tokenizer.ggml.pre` name of a byte-level BPE `tokenizer.json`: its pre-tokenizer as a list of
+/// regexes (`Split` patterns, `Digits`, the regex of `ByteLevel` when `use_regex`), compared with the regexes
+/// of bushu's named pre-tokenizers (`tokenizer::pretokenize`), along with the model's `ignore_merges`.
+/// llama.cpp's converter instead hashes the token ids of a probe text; for the models both know, the names
+/// agree. Errors name what did not match.
+pub fn bpe_pre_name(tj: &Json) -> std::result::Result<&'static str, String> {
+    match &tj["normalizer"] {
+        Json::Null => {}
+        n if n["type"] == "NFC" => {} // llama.cpp does not normalize either; NFC text is unchanged
+        n => return Err(format!("normalizer {} has no llama.cpp equivalent", n["type"])),
+    }
+    let pt = &tj["pre_tokenizer"];
+    let list: Vec<&Json> = match pt["type"].as_str() {
+        Some("Sequence") => pt["pretokenizers"]
+            .as_array()
+            .map(|v| v.iter().collect())
+            .unwrap_or_default(),
+        _ => vec![pt],
+    };
+    let mut regexes: Vec<String> = Vec::new();
+    for p in list {
+        match p["type"].as_str().unwrap_or("") {
+            "ByteLevel" => {
+                if p["add_prefix_space"].as_bool() == Some(true) {
+                    return Err("ByteLevel with add_prefix_space has no llama.cpp pre-tokenizer".into());
+                }
+                if p["use_regex"].as_bool().unwrap_or(true) {
+                    regexes.push(HF_BYTE_LEVEL.into());
+                }
+            }
+            "Split" => {
+                let Some(re) = p["pattern"]["Regex"].as_str() else {
+                    return Err(format!("Split on {} (not a regex)", p["pattern"]));
+                };
+                if p["behavior"] != "Isolated" || p["invert"].as_bool() == Some(true) {
+                    return Err(format!(
+                        "Split {re:?} with behavior {} (only Isolated is known)",
+                        p["behavior"]
+                    ));
+                }
+                regexes.push(re.to_owned());
+            }
+            "Digits" => regexes.push(
+                if p["individual_digits"].as_bool() == Some(true) {
+                    r"\p{N}"
+                } else {
+                    r"\p{N}+"
+                }
+                .into(),
+            ),
+            other => return Err(format!("pre-tokenizer '{other}' has no llama.cpp equivalent")),
+        }
+    }
+    // Spellings that split alike: the contractions case-insensitive or spelled out; GPT-2's regex with or
+    // without its final `|\s+` (what that alternative matches is left between matches, a piece either way).
+    let norm = |r: &str| {
+        let r = r.replace(CONTRACTIONS_I, CONTRACTIONS);
+        match r.strip_suffix(r"|\s+") {
+            Some(head) if head.ends_with(r"| ?[^\s\p{L}\p{N}]+|\s+(?!\S)") && head.starts_with("'s|") => {
+                head.to_owned()
+            }
+            _ => r,
+        }
+    };
+    let ours: Vec<String> = regexes.iter().map(|r| norm(r)).collect();
+    let ignore_merges = tj["model"]["ignore_merges"].as_bool().unwrap_or(false);
+    for name in PRE_NAMES {
+        let cfg = crate::tokenizer::pretokenize::pre_config(name).expect("a known name");
+        let theirs: Vec<String> = cfg.regexes.iter().map(|r| norm(r)).collect();
+        if theirs == ours && cfg.ignore_merges == ignore_merges {
+            return Ok(name);
+        }
+    }
+    Err(format!(
+        "its pre-tokenizer (regexes {ours:?}, ignore_merges {ignore_merges}) matches none of bushu's named \
+         pre-tokenizers"
+    ))
 }
