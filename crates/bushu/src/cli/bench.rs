@@ -95,7 +95,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         bail!("context {ctx} exceeds the model's {}", c.max_ctx);
     }
     let mut st = model.new_state(ctx);
-    let threads = rayon::current_num_threads();
+    let threads = kernels::pool::threads();
     let name = a
         .model
         .model
