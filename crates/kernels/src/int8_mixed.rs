@@ -223,7 +223,9 @@ pub fn matmul_int8_on(w8: &Int8Matrix, w: &QMatrix, x: &[f32], y: &mut [f32], mo
         job.rows(0, rows);
     } else {
         let chunk = if n == 1 { rows.div_ceil(threads * 4).max(1) } else { 32 };
-        crate::pool::run(rows.div_ceil(chunk), &|c| job.rows(c * chunk, rows.min((c + 1) * chunk)));
+        crate::pool::run(rows.div_ceil(chunk), &|c| {
+            job.rows(c * chunk, rows.min((c + 1) * chunk))
+        });
     }
     SCRATCH.with(|b| *b.borrow_mut() = s);
 }

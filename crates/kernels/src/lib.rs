@@ -13,8 +13,8 @@ pub mod matmul;
 mod neon;
 pub mod ops;
 pub mod packed;
-pub mod pool;
 pub mod paged_attention;
+pub mod pool;
 pub mod quants;
 pub mod simd;
 #[cfg(target_arch = "x86_64")]

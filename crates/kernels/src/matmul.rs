@@ -102,6 +102,25 @@ pub(crate) struct Job<'a> {
 // SAFETY: workers write disjoint row ranges of `y`; everything else is shared read-only.
 unsafe impl Sync for Job<'_> {}
 
+impl<'a> Job<'a> {
+    /// `y = W x` with f32 activations only (callers add quantized ones and the packed rows).
+    fn new(w: &QMatrix<'a>, x: &'a [f32], y: &mut [f32]) -> Job<'a> {
+        Job {
+            dtype: w.dtype,
+            w: w.data,
+            row_bytes: w.row_bytes(),
+            rows: w.rows,
+            cols: w.cols,
+            n: x.len() / w.cols,
+            xf: x,
+            xq: &[],
+            xw: &[],
+            y: y.as_mut_ptr(),
+            packed: None,
+        }
+    }
+}
+
 /// Computes rows `r0..r1` of a job for all its tokens.
 pub(crate) type RowsFn = unsafe fn(&Job, usize, usize);
 
@@ -177,19 +196,7 @@ pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, le
     }
     let fast = precision == Precision::Fast && quants::has_q8_dot(w.dtype);
     let f = kernel(w.dtype, fast, level);
-    let mut job = Job {
-        dtype: w.dtype,
-        w: w.data,
-        row_bytes: w.row_bytes(),
-        rows: w.rows,
-        cols: w.cols,
-        n,
-        xf: x,
-        xq: &[],
-        xw: &[],
-        y: y.as_mut_ptr(),
-        packed: None,
-    };
+    let mut job = Job::new(w, x, y);
     if !fast {
         return par_rows(&job, f);
     }
@@ -228,7 +235,6 @@ fn wide(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
         let Some(p) = w.pack.and_then(|slot| slot.for_product(w)) else {
             return false;
         };
-        let n = x.len() / w.cols;
         let mut xw = XW.with(|b| std::mem::take(&mut *b.borrow_mut()));
         let nb = x.len() / QK8;
         if xw.len() < nb {
@@ -236,17 +242,9 @@ fn wide(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
         }
         quants::quantize_row_q16(x, &mut xw[..nb]);
         let job = Job {
-            dtype: w.dtype,
-            w: w.data,
-            row_bytes: w.row_bytes(),
-            rows: w.rows,
-            cols: w.cols,
-            n,
-            xf: x,
-            xq: &[],
             xw: &xw[..nb],
-            y: y.as_mut_ptr(),
             packed: Some(p),
+            ..Job::new(w, x, y)
         };
         par_units(&job, f, p.rows / GROUP, 1);
         if p.rows < w.rows {

@@ -310,32 +310,11 @@ impl<D: IAcc> WideKern for PQ6K<D> {
     }
 }
 
-/// [`tile`] for int16 activations.
-#[inline(always)]
-unsafe fn tile_wide<K: WideKern, const T: usize>(job: &Job, g: usize, t: usize) {
-    let p = job.packed.expect("packed job");
-    let (nb, rec) = (job.cols / K::ELEMS, p.rec);
-    let base = p.group(g).as_ptr();
-    let per_tok = job.cols / QK8;
-    let xp: [*const BlockQ16; T] = std::array::from_fn(|j| job.xw[(t + j) * per_tok..].as_ptr());
-    let mut acc = [_mm256_setzero_ps(); T];
-    for b in 0..nb {
-        let r = base.add(b * rec);
-        let s = K::setup(r);
-        for j in 0..T {
-            acc[j] = K::dot16(acc[j], &s, r, xp[j].add(b * K::ELEMS / QK8));
-        }
-    }
-    for (j, a) in acc.iter().enumerate() {
-        _mm256_storeu_ps(job.y.add((t + j) * job.rows + g * GROUP), *a);
-    }
-}
-
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_wide<K: WideKern>(job: &Job, g0: usize, g1: usize) {
     for t in 0..job.n {
         for g in g0..g1 {
-            tile_wide::<K, 1>(job, g, t);
+            tile_with::<K, BlockQ16, 1>(job, job.xw, g, t, |a, s, r, x| K::dot16(a, s, r, x));
         }
     }
 }
@@ -353,20 +332,33 @@ pub(crate) fn select_wide(dtype: crate::DType, level: crate::Simd) -> Option<cra
     })
 }
 
-/// Group `g` (rows `8g..8g+8`) for tokens `t..t+T`.
+/// Group `g` (rows `8g..8g+8`) for tokens `t..t+T`, with int8 activations.
 #[inline(always)]
 unsafe fn tile<K: PackKern, const T: usize>(job: &Job, g: usize, t: usize) {
+    tile_with::<K, BlockQ8, T>(job, job.xq, g, t, |a, s, r, x| K::dot(a, s, r, x))
+}
+
+/// Group `g` for tokens `t..t+T` with activation blocks `xs` (`cols / 32` per token) and the block
+/// product `dot`: each record's shared state is decoded once for the `T` tokens.
+#[inline(always)]
+unsafe fn tile_with<K: PackKern, X, const T: usize>(
+    job: &Job,
+    xs: &[X],
+    g: usize,
+    t: usize,
+    dot: impl Fn(__m256, &K::S, *const u8, *const X) -> __m256,
+) {
     let p = job.packed.expect("packed job");
     let (nb, rec) = (job.cols / K::ELEMS, p.rec);
     let base = p.group(g).as_ptr();
     let per_tok = job.cols / QK8;
-    let xp: [*const BlockQ8; T] = std::array::from_fn(|j| job.xq[(t + j) * per_tok..].as_ptr());
+    let xp: [*const X; T] = std::array::from_fn(|j| xs[(t + j) * per_tok..].as_ptr());
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let r = base.add(b * rec);
         let s = K::setup(r);
         for j in 0..T {
-            acc[j] = K::dot(acc[j], &s, r, xp[j].add(b * K::ELEMS / QK8));
+            acc[j] = dot(acc[j], &s, r, xp[j].add(b * K::ELEMS / QK8));
         }
     }
     for (j, a) in acc.iter().enumerate() {
