@@ -40,12 +40,12 @@ pub trait KvRows: Sync {
 }
 
 impl KvRows for [f32] {
-    #[inline]
+    #[inline(always)]
     fn dot(&self, q: &[f32], at: usize) -> f32 {
         dot(q, &self[at..][..q.len()])
     }
 
-    #[inline]
+    #[inline(always)]
     fn axpy(&self, out: &mut [f32], a: f32, at: usize) {
         let x = &self[at..][..out.len()];
         for (o, &v) in out.iter_mut().zip(x) {
@@ -61,21 +61,120 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape,
     attention_kv(q, k, v, out, s, pos0)
 }
 
-/// [`attention`] over keys and values stored in any [`KvRows`] form (f32, int8, ...).
+/// [`attention`] over keys and values stored in any [`KvRows`] form (f32, int8, ...). The query heads
+/// that share a KV head (GQA) are one task: each cached key and value row is read once for all of them
+/// (a 512-token prefill otherwise streams every layer's cache once per query head).
 pub fn attention_kv<K: KvRows + ?Sized>(q: &[f32], k: &K, v: &K, out: &mut [f32], s: AttnShape, pos0: usize) {
     let hd = s.head_dim;
     let kv_dim = s.n_kv_heads * hd;
     let group = s.n_heads / s.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    crate::pool::for_each_chunk_mut(out, hd, &|i, o| {
-        let (t, h) = (i / s.n_heads, i % s.n_heads);
-        let qh = &q[i * hd..(i + 1) * hd];
-        let kv_off = (h / group) * hd;
+    crate::pool::for_each_chunk_mut(out, group * hd, &|i, o| {
+        let (t, kvh) = (i / s.n_kv_heads, i % s.n_kv_heads);
+        let qg = &q[i * group * hd..(i + 1) * group * hd];
+        let kv_off = kvh * hd;
         let pos = pos0 + t;
-        attend_one(qh, k, v, o, s.first_visible(pos)..pos + 1, scale, |p| {
-            p * kv_dim + kv_off
-        });
+        let visible = s.first_visible(pos)..pos + 1;
+        if group > MAX_GROUP {
+            for (qh, oh) in qg.chunks_exact(hd).zip(o.chunks_exact_mut(hd)) {
+                attend_one(qh, k, v, oh, visible.clone(), scale, |p| p * kv_dim + kv_off);
+            }
+        } else {
+            attend_group(qg, k, v, o, hd, visible, scale, |p| p * kv_dim + kv_off);
+        }
     });
+}
+
+/// Query heads attended together by [`attend_group`] (larger groups go one head at a time).
+const MAX_GROUP: usize = 16;
+
+/// [`attend_one`] for `q.len() / hd` query heads that read the same keys and values: the same
+/// operations in the same order for each head (so the same results), each row loaded once for all.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn attend_group<K: KvRows + ?Sized>(
+    q: &[f32],
+    k: &K,
+    v: &K,
+    out: &mut [f32],
+    hd: usize,
+    visible: std::ops::Range<usize>,
+    scale: f32,
+    at: impl Fn(usize) -> usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(crate::Simd::active(), crate::Simd::Avx2 | crate::Simd::Avx512) {
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<K: KvRows + ?Sized>(
+            q: &[f32],
+            k: &K,
+            v: &K,
+            out: &mut [f32],
+            hd: usize,
+            visible: std::ops::Range<usize>,
+            scale: f32,
+            at: impl Fn(usize) -> usize,
+        ) {
+            group_impl(q, k, v, out, hd, visible, scale, at)
+        }
+        // SAFETY: the CPU has AVX2 and FMA (that is what the active level means).
+        return unsafe { avx2(q, k, v, out, hd, visible, scale, at) };
+    }
+    group_impl(q, k, v, out, hd, visible, scale, at)
+}
+
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[inline(always)]
+fn group_impl<K: KvRows + ?Sized>(
+    q: &[f32],
+    k: &K,
+    v: &K,
+    out: &mut [f32],
+    hd: usize,
+    visible: std::ops::Range<usize>,
+    scale: f32,
+    at: impl Fn(usize) -> usize,
+) {
+    let g = q.len() / hd;
+    let len = visible.end;
+    out.fill(0.0);
+    let mut max = [f32::NEG_INFINITY; MAX_GROUP];
+    let mut sum = [0.0f32; MAX_GROUP];
+    let mut scores = [[0.0f32; TILE]; MAX_GROUP];
+    for start in visible.step_by(TILE) {
+        let end = (start + TILE).min(len);
+        for j in 0..end - start {
+            let a = at(start + j);
+            for (h, qh) in q.chunks_exact(hd).enumerate() {
+                scores[h][j] = k.dot(qh, a) * scale;
+            }
+        }
+        for h in 0..g {
+            let tile_max = scores[h][..end - start]
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            // Rescale what was accumulated under the old maximum.
+            if tile_max > max[h] {
+                let c = (max[h] - tile_max).exp();
+                sum[h] *= c;
+                out[h * hd..(h + 1) * hd].iter_mut().for_each(|o| *o *= c);
+                max[h] = tile_max;
+            }
+        }
+        for j in 0..end - start {
+            let a = at(start + j);
+            for (h, oh) in out.chunks_exact_mut(hd).enumerate() {
+                let p = (scores[h][j] - max[h]).exp();
+                sum[h] += p;
+                v.axpy(oh, p, a);
+            }
+        }
+    }
+    for (h, oh) in out.chunks_exact_mut(hd).enumerate() {
+        let inv = 1.0 / sum[h];
+        oh.iter_mut().for_each(|o| *o *= inv);
+    }
 }
 
 /// One query head against the positions `visible`; the key and value of position `p` for this head
@@ -154,7 +253,7 @@ fn attend<K: KvRows + ?Sized>(
 
 /// Dot product in eight independent lanes (vectorizes on every target; the order is fixed, so every
 /// SIMD level gives the same result).
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));

@@ -16,12 +16,12 @@ pub struct KvI8<'a> {
 }
 
 impl KvRows for KvI8<'_> {
-    #[inline]
+    #[inline(always)]
     fn dot(&self, q: &[f32], at: usize) -> f32 {
         dot_f32_i8(q, &self.q[at..][..q.len()]) * self.scale[at / self.head_dim]
     }
 
-    #[inline]
+    #[inline(always)]
     fn axpy(&self, out: &mut [f32], a: f32, at: usize) {
         let a = a * self.scale[at / self.head_dim];
         let x = &self.q[at..][..out.len()];
@@ -32,7 +32,7 @@ impl KvRows for KvI8<'_> {
 }
 
 /// `Σ a[i] b[i]` in eight f32 lanes (vectorizes on every target).
-#[inline]
+#[inline(always)]
 fn dot_f32_i8(a: &[f32], b: &[i8]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
