@@ -74,25 +74,24 @@ pub fn attention_kv<K: KvRows + ?Sized>(q: &[f32], k: &K, v: &K, out: &mut [f32]
         let qg = &q[i * group * hd..(i + 1) * group * hd];
         let kv_off = kvh * hd;
         let pos = pos0 + t;
-        let visible = s.first_visible(pos)..pos + 1;
-        if group > MAX_GROUP {
-            for (qh, oh) in qg.chunks_exact(hd).zip(o.chunks_exact_mut(hd)) {
-                attend_one(qh, k, v, oh, visible.clone(), scale, |p| p * kv_dim + kv_off);
-            }
-        } else {
-            attend_group(qg, k, v, o, hd, visible, scale, |p| p * kv_dim + kv_off);
-        }
+        attend_heads(qg, k, v, o, hd, s.first_visible(pos)..pos + 1, scale, |p| {
+            p * kv_dim + kv_off
+        });
     });
 }
 
-/// Query heads attended together by [`attend_group`] (larger groups go one head at a time).
+/// Query heads attended together by one pass over the positions (larger groups take several passes).
 const MAX_GROUP: usize = 16;
 
-/// [`attend_one`] for `q.len() / hd` query heads that read the same keys and values: the same
-/// operations in the same order for each head (so the same results), each row loaded once for all.
+/// The `q.len() / hd` query heads that read the same keys and values (one head, or a GQA group), against
+/// the positions `visible`; the key and value row of position `p` start at `at(p)` in `k` and `v` (a
+/// contiguous cache, or a block table in the paged kernel). Tiled online softmax, each row loaded once
+/// for up to [`MAX_GROUP`] heads; every head goes through the same operations in the same order, so
+/// its result does not depend on how many heads share the pass. On x86 with AVX2 the loops are compiled
+/// for it (8-wide vectors, same operations and order, so every level gives the same result).
 #[allow(clippy::too_many_arguments)]
 #[inline]
-fn attend_group<K: KvRows + ?Sized>(
+pub(crate) fn attend_heads<K: KvRows + ?Sized>(
     q: &[f32],
     k: &K,
     v: &K,
@@ -116,12 +115,29 @@ fn attend_group<K: KvRows + ?Sized>(
             scale: f32,
             at: impl Fn(usize) -> usize,
         ) {
-            group_impl(q, k, v, out, hd, visible, scale, at)
+            passes(q, k, v, out, hd, visible, scale, at)
         }
         // SAFETY: the CPU has AVX2 and FMA (that is what the active level means).
         return unsafe { avx2(q, k, v, out, hd, visible, scale, at) };
     }
-    group_impl(q, k, v, out, hd, visible, scale, at)
+    passes(q, k, v, out, hd, visible, scale, at)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn passes<K: KvRows + ?Sized>(
+    q: &[f32],
+    k: &K,
+    v: &K,
+    out: &mut [f32],
+    hd: usize,
+    visible: std::ops::Range<usize>,
+    scale: f32,
+    at: impl Fn(usize) -> usize,
+) {
+    for (qs, os) in q.chunks(MAX_GROUP * hd).zip(out.chunks_mut(MAX_GROUP * hd)) {
+        group_impl(qs, k, v, os, hd, visible.clone(), scale, &at);
+    }
 }
 
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
@@ -175,80 +191,6 @@ fn group_impl<K: KvRows + ?Sized>(
         let inv = 1.0 / sum[h];
         oh.iter_mut().for_each(|o| *o *= inv);
     }
-}
-
-/// One query head against the positions `visible`; the key and value of position `p` for this head
-/// start at `at(p)` in `k` and `v` (a contiguous cache here, a block table in the paged kernel).
-/// On x86 with AVX2 the loops are compiled for it (8-wide vectors; the same operations in the same
-/// order, so every level gives the same result).
-#[inline]
-pub(crate) fn attend_one<K: KvRows + ?Sized>(
-    q: &[f32],
-    k: &K,
-    v: &K,
-    out: &mut [f32],
-    visible: std::ops::Range<usize>,
-    scale: f32,
-    at: impl Fn(usize) -> usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if matches!(crate::Simd::active(), crate::Simd::Avx2 | crate::Simd::Avx512) {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<K: KvRows + ?Sized>(
-            q: &[f32],
-            k: &K,
-            v: &K,
-            out: &mut [f32],
-            visible: std::ops::Range<usize>,
-            scale: f32,
-            at: impl Fn(usize) -> usize,
-        ) {
-            attend(q, k, v, out, visible, scale, at)
-        }
-        // SAFETY: the CPU has AVX2 and FMA (that is what the active level means).
-        return unsafe { avx2(q, k, v, out, visible, scale, at) };
-    }
-    attend(q, k, v, out, visible, scale, at)
-}
-
-#[inline(always)]
-fn attend<K: KvRows + ?Sized>(
-    q: &[f32],
-    k: &K,
-    v: &K,
-    out: &mut [f32],
-    visible: std::ops::Range<usize>,
-    scale: f32,
-    at: impl Fn(usize) -> usize,
-) {
-    let len = visible.end;
-    out.fill(0.0);
-    let mut max = f32::NEG_INFINITY;
-    let mut sum = 0.0f32;
-    let mut scores = [0.0f32; TILE];
-    for start in visible.step_by(TILE) {
-        let end = (start + TILE).min(len);
-        let tile = &mut scores[..end - start];
-        let mut tile_max = f32::NEG_INFINITY;
-        for (j, sc) in tile.iter_mut().enumerate() {
-            *sc = k.dot(q, at(start + j)) * scale;
-            tile_max = tile_max.max(*sc);
-        }
-        // Rescale what was accumulated under the old maximum.
-        if tile_max > max {
-            let c = (max - tile_max).exp();
-            sum *= c;
-            out.iter_mut().for_each(|o| *o *= c);
-            max = tile_max;
-        }
-        for (j, &sc) in tile.iter().enumerate() {
-            let p = (sc - max).exp();
-            sum += p;
-            v.axpy(out, p, at(start + j));
-        }
-    }
-    let inv = 1.0 / sum;
-    out.iter_mut().for_each(|o| *o *= inv);
 }
 
 /// Dot product in eight independent lanes (vectorizes on every target; the order is fixed, so every

@@ -196,18 +196,26 @@ pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, le
     }
     let fast = precision == Precision::Fast && quants::has_q8_dot(w.dtype);
     let f = kernel(w.dtype, fast, level);
-    let mut job = Job::new(w, x, y);
     if !fast {
-        return par_rows(&job, f);
+        return par_rows(&Job::new(w, x, y), f);
     }
-    // Take the buffer out of the thread-local (a nested call would find it empty, never borrowed).
-    let mut xq = XQ.with(|b| std::mem::take(&mut *b.borrow_mut()));
-    let nb = x.len() / QK8;
-    if xq.len() < nb {
-        xq.resize(nb, BlockQ8::default());
-    }
-    quantize(x, &mut xq[..nb]);
-    job.xq = &xq[..nb];
+    with_scratch(&XQ, x.len() / QK8, |xq| {
+        quantize(x, xq);
+        run_fast(
+            w,
+            Job {
+                xq,
+                ..Job::new(w, x, y)
+            },
+            f,
+            level,
+        )
+    })
+}
+
+/// A fast job's rows: packed groups (if `w` has a packed copy and the level kernels for it), then the
+/// rows past the last group row-major; or all rows row-major.
+fn run_fast<'a>(w: &QMatrix<'a>, mut job: Job<'a>, f: RowsFn, level: Simd) {
     match packed_kernel(w, level) {
         Some((p, pf)) => {
             job.packed = Some(p);
@@ -221,7 +229,22 @@ pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, le
         }
         None => par_rows(&job, f),
     }
-    XQ.with(|b| *b.borrow_mut() = xq);
+}
+
+/// Runs `f` on the first `n` elements of a thread-local scratch vector, grown as needed and kept for
+/// the next call. The vector is taken out while `f` runs (a nested call finds it empty, never borrowed).
+fn with_scratch<T: Clone + Default, R>(
+    cell: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    n: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    let mut buf = cell.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if buf.len() < n {
+        buf.resize(n, T::default());
+    }
+    let r = f(&mut buf[..n]);
+    cell.with(|b| *b.borrow_mut() = buf);
+    r
 }
 
 /// [`Precision::Wide`]: int16 activations against the packed rows (the tail rows in f32); false, with
@@ -235,24 +258,20 @@ fn wide(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
         let Some(p) = w.pack.and_then(|slot| slot.for_product(w)) else {
             return false;
         };
-        let mut xw = XW.with(|b| std::mem::take(&mut *b.borrow_mut()));
-        let nb = x.len() / QK8;
-        if xw.len() < nb {
-            xw.resize(nb, BlockQ16::default());
-        }
-        quants::quantize_row_q16(x, &mut xw[..nb]);
-        let job = Job {
-            xw: &xw[..nb],
-            packed: Some(p),
-            ..Job::new(w, x, y)
-        };
-        par_units(&job, f, p.rows / GROUP, 1);
-        if p.rows < w.rows {
-            let ex = Job { packed: None, ..job };
-            // SAFETY: the exact kernel of this type; rows in range.
-            unsafe { kernel(w.dtype, false, level)(&ex, p.rows, w.rows) };
-        }
-        XW.with(|b| *b.borrow_mut() = xw);
+        with_scratch(&XW, x.len() / QK8, |xw| {
+            quants::quantize_row_q16(x, xw);
+            let job = Job {
+                xw,
+                packed: Some(p),
+                ..Job::new(w, x, y)
+            };
+            par_units(&job, f, p.rows / GROUP, 1);
+            if p.rows < w.rows {
+                let ex = Job { packed: None, ..job };
+                // SAFETY: the exact kernel of this type; rows in range.
+                unsafe { kernel(w.dtype, false, level)(&ex, p.rows, w.rows) };
+            }
+        });
         true
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -8,7 +8,7 @@
 //! output is bit-identical to the contiguous kernel's, whatever the batch or the block layout — the
 //! test below holds the two together.
 
-use crate::attention::{attend_one, AttnShape, KvRows};
+use crate::attention::{attend_heads, AttnShape, KvRows};
 
 /// One layer's paged cache: `k` and `v` hold `n_blocks * block_size` slots of `n_kv_heads * head_dim`,
 /// f32 by default, or any [`KvRows`] storage (int8: [`crate::attention::kv_int8::KvI8`]).
@@ -58,13 +58,23 @@ pub fn paged_attention<K: KvRows + ?Sized>(
         "query length does not match the query tokens"
     );
     assert_eq!(out.len(), q.len(), "output length does not match the queries");
-    crate::pool::for_each_chunk_mut(out, hd, &|i, o| {
-        let (t, h) = (i / s.n_heads, i % s.n_heads);
-        let qh = &q[i * hd..(i + 1) * hd];
-        let kv_off = (h / group) * hd;
+    // One task per (query token, KV head): the query heads of a GQA group read each row once.
+    crate::pool::for_each_chunk_mut(out, group * hd, &|i, o| {
+        let (t, kvh) = (i / s.n_kv_heads, i % s.n_kv_heads);
+        let qg = &q[i * group * hd..(i + 1) * group * hd];
+        let kv_off = kvh * hd;
         let query = queries[t];
         let at = |p: usize| slot(query.block_table, kv.block_size, p) * kv_dim + kv_off;
-        attend_one(qh, kv.k, kv.v, o, s.first_visible(query.pos)..query.pos + 1, scale, at);
+        attend_heads(
+            qg,
+            kv.k,
+            kv.v,
+            o,
+            hd,
+            s.first_visible(query.pos)..query.pos + 1,
+            scale,
+            at,
+        );
     });
 }
 

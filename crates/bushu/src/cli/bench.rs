@@ -49,17 +49,9 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// Weight bytes one forward pass reads: every matrix, plus one embedding row per token.
 fn bytes_per_pass(model: &Model, tokens: usize) -> f64 {
-    let w = &model.weights;
-    let mut b: usize = w.output.nbytes;
-    for l in &w.layers {
-        b += [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-            .iter()
-            .map(|t| t.nbytes)
-            .sum::<usize>();
-    }
-    let embd = &w.token_embd;
-    b += tokens * embd.nbytes / embd.shape.get(1).copied().unwrap_or(1).max(1);
-    b as f64
+    let embd = &model.weights.token_embd;
+    let row = embd.nbytes / embd.shape.get(1).copied().unwrap_or(1).max(1);
+    (model.weights.bytes_per_token() + tokens * row) as f64
 }
 
 /// Deterministic pseudo-random token ids below `vocab`.

@@ -180,16 +180,6 @@ impl Weights {
 
     /// Bytes of weights read for one token (every matrix once, the embedding row aside).
     pub fn bytes_per_token(&self) -> usize {
-        let layer: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                    .iter()
-                    .map(|t| t.nbytes)
-                    .sum::<usize>()
-            })
-            .sum();
-        layer + self.output.nbytes
+        self.matrices().map(|t| t.nbytes).sum()
     }
 }
