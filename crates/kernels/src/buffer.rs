@@ -7,38 +7,38 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
 #[cfg(target_os = "linux")]
-const HUGE: usize = 2 << 20;
+const ALIGN: usize = 2 << 20;
 
-pub struct HugeBuf {
+pub struct ZeroedBuf {
     ptr: NonNull<u8>,
     len: usize,
     layout: Option<Layout>,
 }
 
 // SAFETY: an owned allocation, like a Vec<u8>.
-unsafe impl Send for HugeBuf {}
-unsafe impl Sync for HugeBuf {}
+unsafe impl Send for ZeroedBuf {}
+unsafe impl Sync for ZeroedBuf {}
 
-impl HugeBuf {
+impl ZeroedBuf {
     /// `len` zero bytes.
-    pub fn zeroed(len: usize) -> HugeBuf {
+    pub fn zeroed(len: usize) -> ZeroedBuf {
         if len == 0 {
-            return HugeBuf {
+            return ZeroedBuf {
                 ptr: NonNull::dangling(),
                 len,
                 layout: None,
             };
         }
         #[cfg(target_os = "linux")]
-        if let Some(ptr) = map_huge(len) {
-            return HugeBuf { ptr, len, layout: None };
+        if let Some(ptr) = map_zeroed(len) {
+            return ZeroedBuf { ptr, len, layout: None };
         }
         let layout = Layout::from_size_align(len, 64).expect("buffer size overflows");
         // SAFETY: the layout has a nonzero size.
         let Some(ptr) = NonNull::new(unsafe { alloc_zeroed(layout) }) else {
             std::alloc::handle_alloc_error(layout)
         };
-        HugeBuf {
+        ZeroedBuf {
             ptr,
             len,
             layout: Some(layout),
@@ -49,8 +49,8 @@ impl HugeBuf {
 /// An anonymous private mapping of `len` bytes starting on a 2 MiB boundary. (Advising huge pages
 /// made packing slower here: the kernel compacts memory to find them on first touch.)
 #[cfg(target_os = "linux")]
-fn map_huge(len: usize) -> Option<NonNull<u8>> {
-    let total = len + HUGE;
+fn map_zeroed(len: usize) -> Option<NonNull<u8>> {
+    let total = len + ALIGN;
     // SAFETY: a fresh anonymous mapping; the unaligned head and the tail beyond `len` are unmapped.
     unsafe {
         let p = libc::mmap(
@@ -65,7 +65,7 @@ fn map_huge(len: usize) -> Option<NonNull<u8>> {
             return None;
         }
         let start = p as usize;
-        let aligned = start.next_multiple_of(HUGE);
+        let aligned = start.next_multiple_of(ALIGN);
         if aligned > start {
             libc::munmap(p, aligned - start);
         }
@@ -77,13 +77,13 @@ fn map_huge(len: usize) -> Option<NonNull<u8>> {
     }
 }
 
-impl Drop for HugeBuf {
+impl Drop for ZeroedBuf {
     fn drop(&mut self) {
         match self.layout {
             // SAFETY: allocated with this layout in `zeroed`.
             Some(layout) => unsafe { dealloc(self.ptr.as_ptr(), layout) },
             #[cfg(target_os = "linux")]
-            // SAFETY: mapped by `map_huge` with this length (rounded up to pages by the kernel).
+            // SAFETY: mapped by `map_zeroed` with this length (rounded up to pages by the kernel).
             None if self.len > 0 => unsafe {
                 libc::munmap(self.ptr.as_ptr().cast(), self.len);
             },
@@ -92,7 +92,7 @@ impl Drop for HugeBuf {
     }
 }
 
-impl Deref for HugeBuf {
+impl Deref for ZeroedBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         // SAFETY: `len` initialized (zeroed) bytes.
@@ -100,15 +100,15 @@ impl Deref for HugeBuf {
     }
 }
 
-impl DerefMut for HugeBuf {
+impl DerefMut for ZeroedBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as above, uniquely borrowed.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl std::fmt::Debug for HugeBuf {
+impl std::fmt::Debug for ZeroedBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HugeBuf({} bytes)", self.len)
+        write!(f, "ZeroedBuf({} bytes)", self.len)
     }
 }

@@ -13,7 +13,7 @@
 //!
 //! Rows past the last whole group are not packed; products run them with the row-major kernels.
 
-use crate::buffer::HugeBuf;
+use crate::buffer::ZeroedBuf;
 use crate::dtype::DType;
 use crate::matmul::QMatrix;
 use crate::quants::k_quants::{scale_min_k4, unpack_q6k};
@@ -31,7 +31,7 @@ pub struct Packed {
     pub cols: usize,
     /// Bytes of one group's record for one weight block.
     pub rec: usize,
-    data: HugeBuf,
+    data: ZeroedBuf,
 }
 
 /// How a block format is packed: bytes of its per-row header in the original block, and of the
@@ -141,7 +141,7 @@ impl Packed {
         }
         let nb = w.cols / w.dtype.block_len();
         let (bb, rb) = (w.dtype.block_bytes(), w.row_bytes());
-        let mut data = HugeBuf::zeroed(groups * nb * l.rec);
+        let mut data = ZeroedBuf::zeroed(groups * nb * l.rec);
         // Groups in parallel: packing is a copy, bound by page faults and memory bandwidth.
         let group = |g: usize, out: &mut [u8]| {
             let rows: [&[u8]; GROUP] = std::array::from_fn(|r| &w.data[(g * GROUP + r) * rb..][..rb]);
