@@ -200,7 +200,7 @@ pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, le
         return par_rows(&Job::new(w, x, y), f);
     }
     with_scratch(&XQ, x.len() / QK8, |xq| {
-        quantize(x, xq);
+        quantize(x, xq, level);
         run_fast(
             w,
             Job {
@@ -259,7 +259,7 @@ fn wide(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
             return false;
         };
         with_scratch(&XW, x.len() / QK8, |xw| {
-            quants::quantize_row_q16(x, xw);
+            quantize_at(x, xw, level);
             let job = Job {
                 xw,
                 packed: Some(p),
@@ -299,11 +299,49 @@ fn packed_kernel<'a>(w: &QMatrix<'a>, level: Simd) -> Option<(&'a Packed, RowsFn
     }
 }
 
+/// An activation block type: its scalar quantizer (the reference) and a bit-identical AVX2 one.
+trait ActBlock: Sized {
+    fn scalar(x: &[f32], out: &mut [Self]);
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx2(x: &[f32], out: &mut [Self]);
+}
+
+impl ActBlock for BlockQ8 {
+    fn scalar(x: &[f32], out: &mut [Self]) {
+        quants::quantize_row_q8(x, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx2(x: &[f32], out: &mut [Self]) {
+        crate::x86::quantize::quantize_row_q8(x, out)
+    }
+}
+
+impl ActBlock for BlockQ16 {
+    fn scalar(x: &[f32], out: &mut [Self]) {
+        quants::quantize_row_q16(x, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx2(x: &[f32], out: &mut [Self]) {
+        crate::x86::quantize::quantize_row_q16(x, out)
+    }
+}
+
+/// Quantizes activations at `level`.
+fn quantize_at<B: ActBlock>(x: &[f32], out: &mut [B], level: Simd) {
+    #[cfg(target_arch = "x86_64")]
+    if level != Simd::Scalar && Simd::Avx2.available() {
+        // SAFETY: AVX2 and FMA are present.
+        return unsafe { B::avx2(x, out) };
+    }
+    let _ = level;
+    B::scalar(x, out)
+}
+
 /// Quantizes activations, in parallel when there are many.
-fn quantize(x: &[f32], out: &mut [BlockQ8]) {
-    const PER_TASK: usize = 1024;
+fn quantize(x: &[f32], out: &mut [BlockQ8], level: Simd) {
+    const PER_TASK: usize = 512;
     if out.len() <= 2 * PER_TASK {
-        return quants::quantize_row_q8(x, out);
+        return quantize_at(x, out, level);
     }
     let o = crate::pool::SendPtr(out.as_mut_ptr());
     let nb = out.len();
@@ -311,7 +349,7 @@ fn quantize(x: &[f32], out: &mut [BlockQ8]) {
         let (a, b) = (c * PER_TASK, nb.min((c + 1) * PER_TASK));
         // SAFETY: tasks write disjoint block ranges of `out`.
         let o = unsafe { std::slice::from_raw_parts_mut(o.get().add(a), b - a) };
-        quants::quantize_row_q8(&x[a * QK8..b * QK8], o)
+        quantize_at(&x[a * QK8..b * QK8], o, level)
     });
 }
 

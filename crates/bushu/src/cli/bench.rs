@@ -18,6 +18,8 @@ use clap::Args;
 use kernels::Simd;
 use std::time::Instant;
 
+mod batched;
+
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(flatten)]
@@ -31,6 +33,11 @@ pub struct BenchArgs {
     /// Repetitions of each test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     pub repetitions: usize,
+    /// Parallel sequences, llama-batched-bench style: `pp` prefills B prompts of `-p` tokens in one
+    /// batched step, `tg` runs `-n` steps of one token per sequence over the paged KV cache the server
+    /// uses (tokens/s over all sequences: batched-bench's S_PP and S_TG).
+    #[arg(short = 'b', long = "batch", default_value_t = 1)]
+    pub batch: usize,
     /// Print JSON (a list of objects, one per test).
     #[arg(long)]
     pub json: bool,
@@ -71,6 +78,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
     if a.n_prompt == 0 && a.n_gen == 0 {
         bail!("nothing to run: -p and -n are both 0");
     }
@@ -81,12 +91,20 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     // The speed tests run on the packed weights.
     model.weights.wait_packed();
-    let c = &model.config;
-    let ctx = a.n_prompt.max(a.n_gen).max(1);
-    if ctx > c.max_ctx.max(ctx) {
-        bail!("context {ctx} exceeds the model's {}", c.max_ctx);
+    // One sequence: the pp and tg tests each start from an empty cache; batched: the tg steps follow
+    // the prompts, as in llama-batched-bench.
+    let ctx = match a.batch {
+        1 => a.n_prompt.max(a.n_gen).max(1),
+        _ => a.n_prompt + a.n_gen,
+    };
+    if ctx > model.config.max_ctx {
+        bail!("context {ctx} exceeds the model's {}", model.config.max_ctx);
     }
-    let mut st = model.new_state(ctx);
+    let (arch, vocab) = (model.config.arch.clone(), model.config.vocab_size);
+    let mut subject = match a.batch {
+        1 => Subject::One(model.new_state(ctx), model),
+        b => Subject::Many(batched::runner(model, b, ctx)),
+    };
     let threads = kernels::pool::threads();
     let name = a
         .model
@@ -95,42 +113,39 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         .and_then(|p| p.file_name())
         .map(|s| s.to_string_lossy().into_owned());
     let params: usize = file.tensors.values().map(|t| t.numel()).sum();
-    let prompt = tokens(a.n_prompt.max(a.n_gen), c.vocab_size);
+    let prompt = tokens(a.n_prompt.max(a.n_gen), vocab);
 
     let mut results = Vec::new();
     for (test, n) in [("pp", a.n_prompt), ("tg", a.n_gen)] {
         if n == 0 {
             continue;
         }
-        let run = |st: &mut crate::model::llama::State| -> Result<f64> {
-            st.cache.truncate(0);
-            let t = Instant::now();
-            if test == "pp" {
-                model.forward(st, &prompt[..n], Logits::Last)?;
-            } else {
-                for &tok in &prompt[..n] {
-                    model.forward(st, &[tok], Logits::Last)?;
-                }
-            }
-            Ok(n as f64 / t.elapsed().as_secs_f64())
+        let (pp, reps) = (test == "pp", a.repetitions);
+        let samples = match &mut subject {
+            Subject::One(st, model) => single_samples(model, st, &prompt, pp, n, reps)?,
+            Subject::Many(r) => batched::samples(r, a.batch, a.n_prompt, a.n_gen, pp, reps)?,
         };
-        run(&mut st)?; // warm-up
-        let samples: Vec<f64> = (0..a.repetitions).map(|_| run(&mut st)).collect::<Result<_>>()?;
+        let model = subject.model();
         let (avg, std) = mean_std(&samples);
         let per_token = if test == "pp" {
-            bytes_per_pass(&model, n) / n as f64
+            bytes_per_pass(model, n) / n as f64
         } else {
-            bytes_per_pass(&model, 1)
+            bytes_per_pass(model, a.batch) / a.batch as f64
+        };
+        let label = match a.batch {
+            1 => format!("{test}{n}"),
+            b => format!("{test}{n} x{b}"),
         };
         results.push(serde_json::json!({
             "model_filename": name,
-            "model_type": format!("{} {}", c.arch, dominant_type(&file)),
+            "model_type": format!("{arch} {}", dominant_type(&file)),
             "model_bytes": file.file_bytes,
             "model_n_params": params,
             "n_threads": threads,
             "n_prompt": if test == "pp" { n } else { 0 },
             "n_gen": if test == "tg" { n } else { 0 },
-            "test": format!("{test}{n}"),
+            "n_batch": a.batch,
+            "test": label,
             "simd": Simd::active().name(),
             "precision": format!("{:?}", model.precision).to_lowercase(),
             "avg_ts": avg,
@@ -163,6 +178,47 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     println!("load to first token: {load_ms:.0} ms");
     Ok(())
+}
+
+/// What the tests run on: one sequence's state and the model, or the serving engine's batched runner.
+enum Subject {
+    One(crate::model::llama::State, Model),
+    Many(crate::engine::model_runner::ModelRunner),
+}
+
+impl Subject {
+    fn model(&self) -> &Model {
+        match self {
+            Subject::One(_, m) => m,
+            Subject::Many(r) => &r.model,
+        }
+    }
+}
+
+/// Tokens/s of `reps` runs (after a warm-up) of one sequence: a `n`-token prompt in one pass, or `n`
+/// one-token passes.
+fn single_samples(
+    model: &Model,
+    st: &mut crate::model::llama::State,
+    prompt: &[u32],
+    pp: bool,
+    n: usize,
+    reps: usize,
+) -> Result<Vec<f64>> {
+    let mut run = || -> Result<f64> {
+        st.cache.truncate(0);
+        let t = Instant::now();
+        if pp {
+            model.forward(st, &prompt[..n], Logits::Last)?;
+        } else {
+            for &tok in &prompt[..n] {
+                model.forward(st, &[tok], Logits::Last)?;
+            }
+        }
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    };
+    run()?; // warm-up
+    (0..reps).map(|_| run()).collect()
 }
 
 /// The type of most matrix bytes (for the model column).

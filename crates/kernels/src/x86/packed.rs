@@ -248,9 +248,15 @@ unsafe fn q6k_pair<D: IAcc, const P: usize>(
     acc
 }
 
-/// A packed format's product with int16 activations ([`BlockQ16`]), for `Precision::Wide`.
+/// A packed format's product with int16 activations ([`BlockQ16`]), for `Precision::Wide`: the codes
+/// of a unit are decoded and widened once for the `T` tokens of a tile.
 pub(crate) trait WideKern: PackKern {
-    unsafe fn dot16(acc: __m256, s: &Self::S, rec: *const u8, x: *const BlockQ16) -> __m256;
+    unsafe fn dot16<const T: usize>(
+        acc: [__m256; T],
+        s: &Self::S,
+        rec: *const u8,
+        x: [*const BlockQ16; T],
+    ) -> [__m256; T];
 }
 
 /// The eight row sums of two `madd` accumulators: `lo` holds (pairs of) rows 0-3, `hi` rows 4-7,
@@ -262,48 +268,81 @@ unsafe fn rows8(lo: __m256i, hi: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_permute4x64_epi64::<0b11_01_10_00>(s))
 }
 
-/// `Σ w·x` of one unit (four signed byte codes of each of eight rows, `w`) with four int16
-/// activations from `at`, added to `(lo, hi)` as [`rows8`] reads them.
+/// Products of one unit (four signed byte codes of each of eight rows, `w`) with four int16
+/// activations from `at` of each token, added to the tokens' `(lo, hi)` as [`rows8`] reads them.
 #[inline(always)]
-unsafe fn madd16(lo: &mut __m256i, hi: &mut __m256i, w: __m256i, x: &BlockQ16, at: usize) {
-    let xv = _mm256_set1_epi64x(std::ptr::read_unaligned(x.qs.as_ptr().add(at) as *const i64));
+unsafe fn madd16<const T: usize>(
+    lo: &mut [__m256i; T],
+    hi: &mut [__m256i; T],
+    w: __m256i,
+    x: [&BlockQ16; T],
+    at: usize,
+) {
     let wl = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w));
     let wh = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(w));
-    *lo = _mm256_add_epi32(*lo, _mm256_madd_epi16(wl, xv));
-    *hi = _mm256_add_epi32(*hi, _mm256_madd_epi16(wh, xv));
+    for j in 0..T {
+        let xv = _mm256_set1_epi64x(std::ptr::read_unaligned(x[j].qs.as_ptr().add(at) as *const i64));
+        lo[j] = _mm256_add_epi32(lo[j], _mm256_madd_epi16(wl, xv));
+        hi[j] = _mm256_add_epi32(hi[j], _mm256_madd_epi16(wh, xv));
+    }
+}
+
+/// Adds `scale * rows8(lo, hi) * x.d` to each token's accumulator.
+#[inline(always)]
+unsafe fn finish16<const T: usize>(
+    acc: &mut [__m256; T],
+    scale: __m256,
+    lo: [__m256i; T],
+    hi: [__m256i; T],
+    x: [&BlockQ16; T],
+) {
+    for j in 0..T {
+        let v = _mm256_mul_ps(rows8(lo[j], hi[j]), _mm256_set1_ps(x[j].d));
+        acc[j] = _mm256_fmadd_ps(scale, v, acc[j]);
+    }
 }
 
 impl<D: IAcc> WideKern for PQ8_0<D> {
     #[inline(always)]
-    unsafe fn dot16(acc: __m256, d: &__m256, rec: *const u8, x: *const BlockQ16) -> __m256 {
-        let x = &*x;
+    unsafe fn dot16<const T: usize>(
+        mut acc: [__m256; T],
+        d: &__m256,
+        rec: *const u8,
+        x: [*const BlockQ16; T],
+    ) -> [__m256; T] {
+        let x = x.map(|p| &*p);
         let c = rec.add(2 * GROUP);
-        let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let (mut lo, mut hi) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
         for k in 0..8 {
             madd16(&mut lo, &mut hi, unit(c, k), x, 4 * k);
         }
-        _mm256_fmadd_ps(*d, _mm256_mul_ps(rows8(lo, hi), _mm256_set1_ps(x.d)), acc)
+        finish16(&mut acc, *d, lo, hi, x);
+        acc
     }
 }
 
 impl<D: IAcc> WideKern for PQ6K<D> {
     #[inline(always)]
-    unsafe fn dot16(mut acc: __m256, s: &[__m256; 16], rec: *const u8, x: *const BlockQ16) -> __m256 {
+    unsafe fn dot16<const T: usize>(
+        mut acc: [__m256; T],
+        s: &[__m256; 16],
+        rec: *const u8,
+        x: [*const BlockQ16; T],
+    ) -> [__m256; T] {
         let (ql, qh) = (rec.add(Q6K_QL), rec.add(Q6K_QH));
         let m32 = _mm256_set1_epi8(32);
         for g in 0..8 {
             let (p, e, j) = (g / 2, g % 2, g % 4);
-            let xg = &*x.add(g);
+            let xg = x.map(|p| &*p.add(g));
             for half in 0..2 {
-                let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                let (mut lo, mut hi) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
                 for k in 4 * half..4 * half + 4 {
                     let (l, h) = nibbles(unit(ql, 8 * p + k));
                     let nib = if e == 0 { l } else { h };
                     let w = _mm256_sub_epi8(_mm256_or_si256(nib, bits45(unit(qh, 8 * (g / 4) + k), j)), m32);
                     madd16(&mut lo, &mut hi, w, xg, 4 * k);
                 }
-                let v = _mm256_mul_ps(rows8(lo, hi), _mm256_set1_ps(xg.d));
-                acc = _mm256_fmadd_ps(s[2 * g + half], v, acc);
+                finish16(&mut acc, s[2 * g + half], lo, hi, xg);
             }
         }
         acc
@@ -312,10 +351,39 @@ impl<D: IAcc> WideKern for PQ6K<D> {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_wide<K: WideKern>(job: &Job, g0: usize, g1: usize) {
-    for t in 0..job.n {
+    let mut t = 0;
+    while t + 4 <= job.n {
         for g in g0..g1 {
-            tile_with::<K, BlockQ16, 1>(job, job.xw, g, t, |a, s, r, x| K::dot16(a, s, r, x));
+            tile_wide::<K, 4>(job, g, t);
         }
+        t += 4;
+    }
+    while t < job.n {
+        for g in g0..g1 {
+            tile_wide::<K, 1>(job, g, t);
+        }
+        t += 1;
+    }
+}
+
+#[inline(always)]
+unsafe fn tile_wide<K: WideKern, const T: usize>(job: &Job, g: usize, t: usize) {
+    let p = job.packed.expect("packed job");
+    let (nb, rec) = (job.cols / K::ELEMS, p.rec);
+    let base = p.group(g).as_ptr();
+    let per_tok = job.cols / QK8;
+    let xp: [*const BlockQ16; T] = std::array::from_fn(|j| job.xw[(t + j) * per_tok..].as_ptr());
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let r = base.add(b * rec);
+        let mut x = xp;
+        for p in &mut x {
+            *p = p.add(b * K::ELEMS / QK8);
+        }
+        acc = K::dot16::<T>(acc, &K::setup(r), r, x);
+    }
+    for (j, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(job.y.add((t + j) * job.rows + g * GROUP), *a);
     }
 }
 
