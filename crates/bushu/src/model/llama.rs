@@ -272,6 +272,8 @@ impl Model {
             add_assign(&mut s.x[..n * dim], xb);
         }
 
+        w.first_pass_done();
+
         // Final norm and classifier, for the tokens asked for (none for a pass that only fills the cache).
         let m = out_rows.len();
         if m == 0 {

@@ -5,8 +5,10 @@ use super::config::Config;
 use crate::formats::Tensor;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 pub struct LayerWeights {
     pub attn_norm: Vec<f32>,
@@ -34,7 +36,37 @@ pub struct Weights {
     pub rope_freqs: Option<Vec<f32>>,
     /// The background thread packing the matrices, if one was started.
     packer: Mutex<Option<JoinHandle<()>>>,
+    /// Opened by the end of the first forward pass: the background packer waits for it.
+    first_pass: Arc<Gate>,
 }
+
+/// A one-way gate: closed until [`Gate::open`], then open for good.
+#[derive(Default)]
+struct Gate {
+    open: AtomicBool,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        if !self.open.swap(true, Ordering::AcqRel) {
+            let _guard = self.lock.lock();
+            self.cv.notify_all();
+        }
+    }
+
+    /// Waits until the gate opens, or `at_most`.
+    fn wait(&self, at_most: Duration) {
+        let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .cv
+            .wait_timeout_while(guard, at_most, |_| !self.open.load(Ordering::Acquire));
+    }
+}
+
+/// How long a background packer waits for the first forward pass to end before it starts anyway.
+const FIRST_PASS_WAIT: Duration = Duration::from_secs(5);
 
 /// Packable matrix bytes from which [`Weights::prepare_packing`] packs on a background thread.
 const BACKGROUND_PACKING: usize = 256 << 20;
@@ -128,6 +160,7 @@ impl Weights {
             layers,
             output,
             packer: Mutex::new(None),
+            first_pass: Arc::default(),
         })
     }
 
@@ -144,7 +177,8 @@ impl Weights {
     /// copying them all takes long enough (~0.7 ms per MB on the hosts measured: page faults of the
     /// fresh memory) to hold up the first token, so a background thread packs them, in the order the
     /// forward pass uses them, while the first tokens run on the row-major kernels; each matrix
-    /// switches over when its copy is complete (results move by f32 summation order only).
+    /// switches over when its copy is complete (results move by f32 summation order only). The packer
+    /// starts once the first forward pass is over (or after 5 s), so the first token has the cores.
     pub fn prepare_packing(&self) {
         let packable: Vec<Tensor> = self
             .matrices()
@@ -157,7 +191,11 @@ impl Weights {
         for t in &packable {
             t.pack.defer();
         }
+        let first_pass = self.first_pass.clone();
         let handle = std::thread::Builder::new().name("bushu-packer".into()).spawn(move || {
+            // The first token (often a prompt) runs alone on the row-major kernels: packing beside it
+            // would take one of the cores it uses.
+            first_pass.wait(FIRST_PASS_WAIT);
             for t in &packable {
                 t.pack.fill_serial(&t.matrix());
             }
@@ -170,8 +208,16 @@ impl Weights {
         }
     }
 
+    /// Tells a background packer that the first forward pass is over (cheap after the first call).
+    pub fn first_pass_done(&self) {
+        if !self.first_pass.open.load(Ordering::Relaxed) {
+            self.first_pass.open();
+        }
+    }
+
     /// Waits until a background packer (if any) has packed every matrix.
     pub fn wait_packed(&self) {
+        self.first_pass_done();
         let h = self.packer.lock().ok().and_then(|mut s| s.take());
         if let Some(h) = h {
             let _ = h.join();
