@@ -127,11 +127,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         };
         let model = subject.model();
         let (avg, std) = mean_std(&samples);
-        let per_token = if test == "pp" {
-            bytes_per_pass(model, n) / n as f64
-        } else {
-            bytes_per_pass(model, a.batch) / a.batch as f64
-        };
+        // Tokens per forward pass: the prompts of every sequence, or one token of each.
+        let per_pass = if pp { n * a.batch } else { a.batch };
+        let per_token = bytes_per_pass(model, per_pass) / per_pass as f64;
         let label = match a.batch {
             1 => format!("{test}{n}"),
             b => format!("{test}{n} x{b}"),

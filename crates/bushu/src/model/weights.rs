@@ -49,8 +49,9 @@ struct Gate {
 }
 
 impl Gate {
+    /// Opens the gate; after the first call, one atomic load.
     fn open(&self) {
-        if !self.open.swap(true, Ordering::AcqRel) {
+        if !self.open.load(Ordering::Acquire) && !self.open.swap(true, Ordering::AcqRel) {
             let _guard = self.lock.lock();
             self.cv.notify_all();
         }
@@ -210,9 +211,7 @@ impl Weights {
 
     /// Tells a background packer that the first forward pass is over (cheap after the first call).
     pub fn first_pass_done(&self) {
-        if !self.first_pass.open.load(Ordering::Relaxed) {
-            self.first_pass.open();
-        }
+        self.first_pass.open();
     }
 
     /// Waits until a background packer (if any) has packed every matrix.
