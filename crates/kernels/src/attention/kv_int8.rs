@@ -26,7 +26,7 @@ impl KvRows for KvI8<'_> {
         let a = a * self.scale[at / self.head_dim];
         let x = &self.q[at..][..out.len()];
         for (o, &v) in out.iter_mut().zip(x) {
-            *o += a * v as f32;
+            *o = a.mul_add(v as f32, *o);
         }
     }
 }
@@ -44,7 +44,7 @@ fn dot_f32_i8(a: &[f32], b: &[i8]) -> f32 {
         .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
-            acc[i] += x[i] * y[i] as f32;
+            acc[i] = x[i].mul_add(y[i] as f32, acc[i]);
         }
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
