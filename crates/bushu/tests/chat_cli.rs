@@ -20,13 +20,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn tiny_chat_model() -> PathBuf {
+/// The tiny model with a ChatML template, in a directory removed when the returned guard drops.
+fn tiny_chat_model() -> (common::TempDir, PathBuf) {
     let mut w = common::tiny_llama_gguf();
     w.set("tokenizer.chat_template", Value::String(CHATML.into()));
     w.set("llama.context_length", Value::U32(1024));
-    let p = std::env::temp_dir().join(format!("bushu-chat-tiny-{}.gguf", std::process::id()));
+    let dir = common::TempDir::new("chat-tiny");
+    let p = dir.0.join("tiny-chat.gguf");
     w.write(&p).unwrap();
-    p
+    (dir, p)
 }
 
 fn smollm2() -> Option<PathBuf> {
@@ -63,7 +65,7 @@ fn turn_stats(stderr: &str) -> Vec<(usize, usize)> {
 
 #[test]
 fn piped_lines_reset_exit_and_cache_reuse() {
-    let model = tiny_chat_model();
+    let (_dir, model) = tiny_chat_model();
     let mut child = Command::new(env!("CARGO_BIN_EXE_bushu"))
         .args([
             "chat",

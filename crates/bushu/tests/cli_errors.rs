@@ -3,7 +3,7 @@
 mod common;
 use bushu::formats::gguf::Value;
 use common::{shared, tiny_llama_gguf};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn bushu(args: &[&str]) -> (i32, String, String) {
@@ -28,12 +28,6 @@ fn fails(args: &[&str], expect: &str) {
     assert!(lines.len() <= 3, "{args:?}: error is not short: {err}");
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bushu-cli-errors-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
 fn write(path: &Path, bytes: &[u8]) -> String {
     std::fs::write(path, bytes).unwrap();
     path.to_str().unwrap().to_owned()
@@ -49,16 +43,21 @@ fn missing_model_file() {
 
 #[test]
 fn truncated_gguf() {
+    let dir = common::TempDir::new("cli-errors-truncated_gguf");
     let full = std::fs::read(shared("models/tiny-llama-f16.gguf")).unwrap();
     for cut in [3usize, 100, 600_000, full.len() - 1000] {
-        let p = write(&tmp(&format!("trunc-{cut}.gguf")), &full[..cut]);
+        let p = write(&dir.0.join(format!("trunc-{cut}.gguf")), &full[..cut]);
         fails(&["run", "--model", &p, "--prompt", "hi"], "truncated");
     }
 }
 
 #[test]
 fn garbage_file() {
-    let p = write(&tmp("garbage.bin"), b"this is not a model at all, just some text");
+    let dir = common::TempDir::new("cli-errors-garbage_file");
+    let p = write(
+        &dir.0.join("garbage.bin"),
+        b"this is not a model at all, just some text",
+    );
     let (code, _, err) = bushu(&["info", "--model", &p]);
     assert_ne!(code, 0);
     assert!(err.starts_with("error:") && !err.contains("panicked"), "{err}");
@@ -66,9 +65,10 @@ fn garbage_file() {
 
 #[test]
 fn unsupported_architecture() {
+    let dir = common::TempDir::new("cli-errors-unsupported_architecture");
     let mut w = tiny_llama_gguf();
     w.set("general.architecture", Value::String("falcon".into()));
-    let p = write(&tmp("falcon.gguf"), &w.to_bytes());
+    let p = write(&dir.0.join("falcon.gguf"), &w.to_bytes());
     fails(
         &["run", "--model", &p, "--prompt", "hi"],
         "architecture 'falcon' is not supported",
@@ -77,6 +77,7 @@ fn unsupported_architecture() {
 
 #[test]
 fn unsupported_tensor_type() {
+    let dir = common::TempDir::new("cli-errors-unsupported_tensor_type");
     let w = tiny_llama_gguf();
     let mut bytes = w.to_bytes();
     // Retype the first tensor (token_embd, F32 = 0) as IQ2_XXS (16): find its info record.
@@ -85,10 +86,10 @@ fn unsupported_tensor_type() {
     let type_at = at + 4 + 2 * 8; // n_dims (u32) + two u64 dims
     assert_eq!(bytes[type_at..type_at + 4], 0u32.to_le_bytes());
     bytes[type_at..type_at + 4].copy_from_slice(&16u32.to_le_bytes());
-    let p = write(&tmp("iq2.gguf"), &bytes);
+    let p = write(&dir.0.join("iq2.gguf"), &bytes);
     fails(&["run", "--model", &p, "--prompt", "hi"], "IQ2_XXS");
     bytes[type_at..type_at + 4].copy_from_slice(&77u32.to_le_bytes());
-    let p = write(&tmp("type77.gguf"), &bytes);
+    let p = write(&dir.0.join("type77.gguf"), &bytes);
     fails(
         &["run", "--model", &p, "--prompt", "hi"],
         "unknown ggml tensor type id 77",
@@ -97,17 +98,19 @@ fn unsupported_tensor_type() {
 
 #[test]
 fn shape_mismatch() {
+    let dir = common::TempDir::new("cli-errors-shape_mismatch");
     let mut w = tiny_llama_gguf();
     w.set("llama.feed_forward_length", Value::U32(24));
-    let p = write(&tmp("shape.gguf"), &w.to_bytes());
+    let p = write(&dir.0.join("shape.gguf"), &w.to_bytes());
     fails(&["run", "--model", &p, "--prompt", "hi"], "the config implies");
 }
 
 #[test]
 fn missing_tensor() {
+    let dir = common::TempDir::new("cli-errors-missing_tensor");
     let mut w = tiny_llama_gguf();
     w.tensors.retain(|t| t.name != "blk.0.ffn_up.weight");
-    let p = write(&tmp("missing.gguf"), &w.to_bytes());
+    let p = write(&dir.0.join("missing.gguf"), &w.to_bytes());
     fails(
         &["run", "--model", &p, "--prompt", "hi"],
         "blk.0.ffn_up.weight is missing",
@@ -116,7 +119,8 @@ fn missing_tensor() {
 
 #[test]
 fn a_tiny_valid_model_runs() {
-    let p = write(&tmp("ok.gguf"), &tiny_llama_gguf().to_bytes());
+    let dir = common::TempDir::new("cli-errors-a_tiny_valid_model_runs");
+    let p = write(&dir.0.join("ok.gguf"), &tiny_llama_gguf().to_bytes());
     let (code, out, err) = bushu(&["run", "--model", &p, "--prompt", "hi", "-n", "4", "--json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -28,14 +28,14 @@ fn val() -> String {
     shared("testdata/shakespeare/val.txt").to_str().unwrap().to_owned()
 }
 
-/// The expert in Q8_0, written by `bushu quantize` (tensor bytes identical to llama-quantize's).
-fn q8_model() -> String {
-    let dir = std::env::temp_dir().join(format!("bushu-ppl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let out: PathBuf = dir.join("expert-q8_0.gguf");
+/// The expert in Q8_0, written by `bushu quantize` (tensor bytes identical to llama-quantize's), in a
+/// directory (named by `tag`, unique per test) removed when the returned guard drops.
+fn q8_model(tag: &str) -> (common::TempDir, String) {
+    let dir = common::TempDir::new(tag);
+    let out: PathBuf = dir.0.join("expert-q8_0.gguf");
     let (ok, _, err) = bushu(&["quantize", &f16_model(), out.to_str().unwrap(), "--type", "q8_0", "-q"]);
     assert!(ok, "{err}");
-    out.to_str().unwrap().to_owned()
+    (dir, out.to_str().unwrap().to_owned())
 }
 
 fn reference(model: &str, key: &str) -> f64 {
@@ -82,7 +82,7 @@ fn f16_matches_llama_perplexity_20_chunks() {
 
 #[test]
 fn q8_0_matches_llama_perplexity_and_kl_to_f16_is_small() {
-    let q8 = q8_model();
+    let (_dir, q8) = q8_model("ppl-q8_0-kl");
     let j = ppl_json(&[
         "perplexity",
         "-m",
@@ -133,9 +133,8 @@ fn kl_of_a_model_with_itself_is_zero() {
 
 #[test]
 fn short_text_is_one_clear_error() {
-    let dir = std::env::temp_dir().join(format!("bushu-ppl-short-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("short.txt");
+    let dir = common::TempDir::new("ppl-short-text");
+    let p = dir.0.join("short.txt");
     std::fs::write(&p, "To be, or not to be.\n").unwrap();
     let (ok, _, err) = bushu(&["perplexity", "-m", &f16_model(), "-f", p.to_str().unwrap()]);
     assert!(!ok);
@@ -151,7 +150,8 @@ fn full_val_within_half_a_percent() {
         reference("shakespeare-expert-f16.gguf", "final"),
         "F16, all chunks",
     );
-    let j = ppl_json(&["perplexity", "-m", &q8_model(), "-f", &val(), "--json"]);
+    let (_dir, q8) = q8_model("ppl-full-val");
+    let j = ppl_json(&["perplexity", "-m", &q8, "-f", &val(), "--json"]);
     close(
         j["perplexity"].as_f64().unwrap(),
         reference("shakespeare-expert-q8_0.gguf", "final"),
@@ -163,9 +163,8 @@ fn full_val_within_half_a_percent() {
 /// llama-quantize) runs, and scores as llama-perplexity scores the same file.
 #[test]
 fn q4_k_with_q5_0_fallbacks_matches_llama_perplexity() {
-    let dir = std::env::temp_dir().join(format!("bushu-ppl-q4k-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join("expert-q4_k.gguf");
+    let dir = common::TempDir::new("ppl-q4_k");
+    let out = dir.0.join("expert-q4_k.gguf");
     let (ok, _, err) = bushu(&["quantize", &f16_model(), out.to_str().unwrap(), "--type", "q4_k", "-q"]);
     assert!(ok, "{err}");
     let j = ppl_json(&[

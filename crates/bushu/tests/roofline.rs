@@ -1,6 +1,7 @@
 //! The roofline analyzer: the lecture's numbers (§3) as test vectors, a hand-computed FLOP count of a
 //! real model file, CLI errors, the plot, and this machine's measurements being sane.
 
+mod common;
 use bushu::cli::{main as cli_main, Cli};
 use bushu::roofline::analysis::{dtype_bytes, Dtypes, WeightBytes};
 use bushu::roofline::measure;
@@ -284,7 +285,8 @@ fn cli_errors() {
 #[test]
 fn cli_json_and_plot() {
     let _t = timing();
-    let svg = std::env::temp_dir().join(format!("bushu-roofline-{}.svg", std::process::id()));
+    let dir = common::TempDir::new("roofline-cli-json-plot");
+    let svg = dir.0.join("roofline.svg");
     let out = Command::new(env!("CARGO_BIN_EXE_bushu"))
         .args([
             "roofline",
@@ -321,7 +323,6 @@ fn cli_json_and_plot() {
         s.starts_with("<svg") && s.contains("ridge 142.51") && s.contains("prefill linear"),
         "svg"
     );
-    let _ = std::fs::remove_file(&svg);
 
     // The table prints the lecture's rows.
     let out = Command::new(env!("CARGO_BIN_EXE_bushu"))

@@ -1,5 +1,6 @@
 //! Malformed vocabularies give clear errors; llama2.c tokenizer.bin loads and agrees with GGUF.
 
+mod common;
 use bushu::formats::gguf::{Gguf, Value};
 use bushu::tokenizer::Tokenizer;
 use std::collections::BTreeMap;
@@ -138,7 +139,8 @@ fn llama2c_tokenizer_bin() {
         bin.extend_from_slice(&(text.len() as i32).to_le_bytes());
         bin.extend_from_slice(text.as_bytes());
     }
-    let path = std::env::temp_dir().join(format!("bushu-tok-{}.bin", std::process::id()));
+    let dir = common::TempDir::new("tok-llama2c-bin");
+    let path = dir.0.join("tokenizer.bin");
     std::fs::write(&path, &bin).unwrap();
     let l2 = Tokenizer::from_llama2c(&path, tokens.len()).unwrap();
     let gg = Tokenizer::from_gguf(&g).unwrap();
@@ -155,5 +157,4 @@ fn llama2c_tokenizer_bin() {
     std::fs::write(&path, &bin[..bin.len() / 2]).unwrap();
     let e = format!("{:#}", Tokenizer::from_llama2c(&path, tokens.len()).err().unwrap());
     assert!(e.contains("truncated"), "{e}");
-    std::fs::remove_file(&path).unwrap();
 }

@@ -1,5 +1,6 @@
 //! The Hugging Face directory and the GGUF conversion of the same Shakespeare tokenizer agree.
 
+mod common;
 use bushu::formats::gguf::Gguf;
 use bushu::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
@@ -42,34 +43,32 @@ fn hf_dir_matches_gguf() {
 fn hf_config_variants() {
     use std::fs;
     let src = shared().join("models/shakespeare/shakespeare-expert-hf");
-    let dir = std::env::temp_dir().join(format!("bushu-tok-hf-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    fs::copy(src.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let dir = common::TempDir::new("tok-hf-config-variants");
+    fs::copy(src.join("tokenizer.json"), dir.0.join("tokenizer.json")).unwrap();
     fs::write(
-        dir.join("tokenizer_config.json"),
+        dir.0.join("tokenizer_config.json"),
         r#"{"add_bos_token": false, "add_eos_token": true, "bos_token": {"content": "<s>", "lstrip": false},
             "eos_token": {"content": "</s>"},
             "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}"#,
     )
     .unwrap();
-    let t = Tokenizer::from_hf_dir(&dir).unwrap();
+    let t = Tokenizer::from_hf_dir(&dir.0).unwrap();
     assert_eq!(t.chat_template(), Some("D"));
     let ids = t.encode("Hello", true).unwrap();
     assert_ne!(ids[0], 1);
     assert_eq!(*ids.last().unwrap(), 2);
     assert_eq!(t.eos_ids(), &[2]);
     fs::write(
-        dir.join("tokenizer_config.json"),
+        dir.0.join("tokenizer_config.json"),
         r#"{"chat_template": "{{ bos_token }}", "eos_token": "</s>"}"#,
     )
     .unwrap();
-    let t = Tokenizer::from_hf_dir(&dir).unwrap();
+    let t = Tokenizer::from_hf_dir(&dir.0).unwrap();
     assert_eq!(t.chat_template(), Some("{{ bos_token }}"));
     assert_eq!(t.bos_id(), None);
     // No tokenizer_config.json: nothing but the vocabulary.
-    fs::remove_file(dir.join("tokenizer_config.json")).unwrap();
-    let t = Tokenizer::from_hf_dir(&dir).unwrap();
+    fs::remove_file(dir.0.join("tokenizer_config.json")).unwrap();
+    let t = Tokenizer::from_hf_dir(&dir.0).unwrap();
     assert_eq!(t.chat_template(), None);
-    assert!(Tokenizer::from_hf_dir(&dir.join("nope")).is_err());
-    fs::remove_dir_all(&dir).unwrap();
+    assert!(Tokenizer::from_hf_dir(&dir.0.join("nope")).is_err());
 }
