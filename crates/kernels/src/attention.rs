@@ -33,16 +33,71 @@ impl AttnShape {
 /// Cached keys or values of one layer as attention reads them: the `q.len()` values of one head of one
 /// position start at element `at` (a multiple of the head size).
 pub trait KvRows: Sync {
-    /// `q · row(at)`.
-    fn dot(&self, q: &[f32], at: usize) -> f32;
+    /// Whether a row's dot product is multiplied by [`row_scale`](Self::row_scale) (quantized rows).
+    const SCALED: bool;
+    /// The eight stored values from element `at`, as f32 (codes, before the row's scale).
+    fn load8(&self, at: usize) -> [f32; 8];
+    /// The stored value at element `at`, as f32.
+    fn load1(&self, at: usize) -> f32;
+    /// The scale of the row holding element `at` (when [`SCALED`](Self::SCALED)).
+    fn row_scale(&self, at: usize) -> f32;
     /// `out += a * row(at)`.
     fn axpy(&self, out: &mut [f32], a: f32, at: usize);
+
+    /// `q · row(at)`.
+    #[inline(always)]
+    fn dot(&self, q: &[f32], at: usize) -> f32 {
+        dots::<Self, 1>(self, q, q.len(), at)[0]
+    }
+}
+
+/// `q_h · row(at)` for the `N` heads `q_h = q[h * hd..(h + 1) * hd]`: the row is loaded once for all of
+/// them and their `N` accumulators are independent chains. Each head's products are summed in eight
+/// lanes (fused multiply-adds, lane `i` takes elements `i`, `i + 8`, ...), then
+/// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`, then the tail: the same operations in the same
+/// order for every `N` and on every SIMD level.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn dots<K: KvRows + ?Sized, const N: usize>(k: &K, q: &[f32], hd: usize, at: usize) -> [f32; N] {
+    let mut acc = [[0.0f32; 8]; N];
+    let body = hd - hd % 8;
+    for c in (0..body).step_by(8) {
+        let x = k.load8(at + c);
+        for h in 0..N {
+            let qh = &q[h * hd + c..][..8];
+            for i in 0..8 {
+                acc[h][i] = qh[i].mul_add(x[i], acc[h][i]);
+            }
+        }
+    }
+    let mut out = [0.0f32; N];
+    for h in 0..N {
+        let a = &acc[h];
+        let tail: f32 = (body..hd).map(|i| q[h * hd + i] * k.load1(at + i)).sum();
+        out[h] = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail;
+        if K::SCALED {
+            out[h] *= k.row_scale(at);
+        }
+    }
+    out
 }
 
 impl KvRows for [f32] {
+    const SCALED: bool = false;
+
     #[inline(always)]
-    fn dot(&self, q: &[f32], at: usize) -> f32 {
-        dot(q, &self[at..][..q.len()])
+    fn load8(&self, at: usize) -> [f32; 8] {
+        self[at..at + 8].try_into().unwrap()
+    }
+
+    #[inline(always)]
+    fn load1(&self, at: usize) -> f32 {
+        self[at]
+    }
+
+    #[inline(always)]
+    fn row_scale(&self, _at: usize) -> f32 {
+        1.0
     }
 
     #[inline(always)]
@@ -162,8 +217,17 @@ fn group_impl<K: KvRows + ?Sized>(
         let end = (start + TILE).min(len);
         for j in 0..end - start {
             let a = at(start + j);
-            for (h, qh) in q.chunks_exact(hd).enumerate() {
-                scores[h][j] = k.dot(qh, a) * scale;
+            // Heads eight, four, two or one at a time, each row loaded once per batch of heads.
+            let mut h = 0;
+            while h < g {
+                let qh = &q[h * hd..];
+                let n = match g - h {
+                    8.. => put(&mut scores[h..], j, dots::<K, 8>(k, qh, hd, a), scale),
+                    4..=7 => put(&mut scores[h..], j, dots::<K, 4>(k, qh, hd, a), scale),
+                    2..=3 => put(&mut scores[h..], j, dots::<K, 2>(k, qh, hd, a), scale),
+                    _ => put(&mut scores[h..], j, dots::<K, 1>(k, qh, hd, a), scale),
+                };
+                h += n;
             }
         }
         for h in 0..g {
@@ -246,19 +310,13 @@ fn exp_shifted(s: &mut [f32], m: f32) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// Dot product in eight independent lanes (vectorizes on every target; the order is fixed, so every
-/// SIMD level gives the same result).
+/// `scores[h][j] = d[h] * scale` for the `N` heads of `d`; returns `N`.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] = x[i].mul_add(y[i], acc[i]);
-        }
+fn put<const N: usize>(scores: &mut [[f32; TILE]], j: usize, d: [f32; N], scale: f32) -> usize {
+    for (row, d) in scores.iter_mut().zip(d) {
+        row[j] = d * scale;
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    N
 }
 
 /// The textbook version — scores for all positions, softmax, weighted sum — as a reference in tests.
@@ -273,7 +331,13 @@ pub fn attention_naive(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: Attn
         let pos = pos0 + t;
         let first = s.first_visible(pos);
         let mut p: Vec<f32> = (first..=pos)
-            .map(|j| dot(qh, &k[j * kv_dim + off..][..hd]) / (hd as f32).sqrt())
+            .map(|j| {
+                qh.iter()
+                    .zip(&k[j * kv_dim + off..][..hd])
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>()
+                    / (hd as f32).sqrt()
+            })
             .collect();
         crate::ops::softmax(&mut p);
         o.fill(0.0);

@@ -16,9 +16,22 @@ pub struct KvI8<'a> {
 }
 
 impl KvRows for KvI8<'_> {
+    const SCALED: bool = true;
+
     #[inline(always)]
-    fn dot(&self, q: &[f32], at: usize) -> f32 {
-        dot_f32_i8(q, &self.q[at..][..q.len()]) * self.scale[at / self.head_dim]
+    fn load8(&self, at: usize) -> [f32; 8] {
+        let c: &[i8; 8] = self.q[at..at + 8].try_into().unwrap();
+        c.map(|v| v as f32)
+    }
+
+    #[inline(always)]
+    fn load1(&self, at: usize) -> f32 {
+        self.q[at] as f32
+    }
+
+    #[inline(always)]
+    fn row_scale(&self, at: usize) -> f32 {
+        self.scale[at / self.head_dim]
     }
 
     #[inline(always)]
@@ -29,25 +42,6 @@ impl KvRows for KvI8<'_> {
             *o = a.mul_add(v as f32, *o);
         }
     }
-}
-
-/// `Σ a[i] b[i]` in eight f32 lanes (vectorizes on every target).
-#[inline(always)]
-fn dot_f32_i8(a: &[f32], b: &[i8]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, &y)| x * y as f32)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] = x[i].mul_add(y[i] as f32, acc[i]);
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// Quantizes `x` (whole heads of `head_dim` values) into `q`, one absmax scale per head into `scale`.
