@@ -43,6 +43,8 @@ pub trait KvRows: Sync {
     fn row_scale(&self, at: usize) -> f32;
     /// `out += a * row(at)`.
     fn axpy(&self, out: &mut [f32], a: f32, at: usize);
+    /// Asks the CPU to start loading the `len` values from element `at` into the cache (a hint).
+    fn prefetch(&self, at: usize, len: usize);
 
     /// `q · row(at)`.
     #[inline(always)]
@@ -98,6 +100,11 @@ impl KvRows for [f32] {
     #[inline(always)]
     fn row_scale(&self, _at: usize) -> f32 {
         1.0
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, at: usize, len: usize) {
+        prefetch_bytes(self[at..].as_ptr().cast(), len * 4);
     }
 
     #[inline(always)]
@@ -217,6 +224,11 @@ fn group_impl<K: KvRows + ?Sized>(
         let end = (start + TILE).min(len);
         for j in 0..end - start {
             let a = at(start + j);
+            if start + j + AHEAD < len {
+                k.prefetch(at(start + j + AHEAD), hd);
+            }
+            // This tile's value rows, read once the tile's scores are known.
+            v.prefetch(a, hd);
             // Heads eight, four, two or one at a time, each row loaded once per batch of heads.
             let mut h = 0;
             while h < g {
@@ -309,6 +321,22 @@ fn exp_shifted(s: &mut [f32], m: f32) -> f32 {
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
+
+/// Prefetch hint for the cache lines of `bytes` bytes from `p` (no-op off x86-64).
+#[inline(always)]
+pub(crate) fn prefetch_bytes(p: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for off in (0..bytes).step_by(64) {
+        // SAFETY: a prefetch never faults, whatever the address.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(off).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, bytes);
+}
+
+/// Rows ahead of the one being read that the score and weighted-sum loops prefetch (cached rows of
+/// successive positions are a KV-row stride apart, or in another block of a paged cache).
+const AHEAD: usize = 4;
 
 /// `scores[h][j] = d[h] * scale` for the `N` heads of `d`; returns `N`.
 #[inline(always)]

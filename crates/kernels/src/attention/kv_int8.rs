@@ -35,6 +35,11 @@ impl KvRows for KvI8<'_> {
     }
 
     #[inline(always)]
+    fn prefetch(&self, at: usize, len: usize) {
+        super::prefetch_bytes(self.q[at..].as_ptr().cast(), len);
+    }
+
+    #[inline(always)]
     fn axpy(&self, out: &mut [f32], a: f32, at: usize) {
         let a = a * self.scale[at / self.head_dim];
         let x = &self.q[at..][..out.len()];
