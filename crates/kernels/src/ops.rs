@@ -23,11 +23,19 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// `gate = silu(gate) * up`, the SwiGLU of Llama's feed-forward block.
+/// `gate = silu(gate) * up`, the SwiGLU of Llama's feed-forward block; long vectors (a batch of
+/// tokens) are split across the thread pool.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+    const CHUNK: usize = 4096;
+    fn one(gate: &mut [f32], up: &[f32]) {
+        for (g, &u) in gate.iter_mut().zip(up) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
     }
+    if gate.len() < 2 * CHUNK {
+        return one(gate, up);
+    }
+    crate::pool::for_each_chunk_mut(gate, CHUNK, &|i, g| one(g, &up[i * CHUNK..]));
 }
 
 /// `x += y`.
@@ -50,13 +58,14 @@ pub enum RopeStyle {
 /// frequency per rotated pair (`rope_dim / 2`; dimensions past `rope_dim` are left as they are).
 pub fn rope(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32], style: RopeStyle) {
     let half = inv_freq.len();
-    for head in x.chunks_exact_mut(head_dim) {
-        for (i, &f) in inv_freq.iter().enumerate() {
-            let (sin, cos) = (pos as f32 * f).sin_cos();
-            let (a, b) = match style {
-                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                RopeStyle::Neox => (i, i + half),
-            };
+    // Each pair's angle once for all heads.
+    for (i, &f) in inv_freq.iter().enumerate() {
+        let (sin, cos) = (pos as f32 * f).sin_cos();
+        let (a, b) = match style {
+            RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+            RopeStyle::Neox => (i, i + half),
+        };
+        for head in x.chunks_exact_mut(head_dim) {
             let (x0, x1) = (head[a], head[b]);
             head[a] = x0 * cos - x1 * sin;
             head[b] = x0 * sin + x1 * cos;
