@@ -68,11 +68,12 @@ fn layout(dtype: DType) -> Option<Layout> {
             codes: 128,
             rec: 32 + 128 + GROUP * 128,
         },
-        // d, scales (16 x 8 rows), low code bits (128 per row), high bits (64 per row).
+        // d, scales (16 x 8 rows), the 6-bit codes one per byte (0..=63, 256 per row): 22 % more
+        // bytes than the file's 6 bits, for products with no bit assembly and no sign trick.
         DType::Q6K => Layout {
             head: 0,
-            codes: 192,
-            rec: 16 + 128 + GROUP * 192,
+            codes: 256,
+            rec: 16 + 128 + GROUP * 256,
         },
         _ => return None,
     })
@@ -256,28 +257,19 @@ fn unpack_block(dtype: DType, l: &Layout, rec: &[u8], r: usize) -> Vec<u8> {
     b
 }
 
-/// Where Q6_K's low-bit and high-bit units start in a record.
-pub const Q6K_QL: usize = 16 + 128;
-pub const Q6K_QH: usize = Q6K_QL + 32 * GROUP * 4;
+/// Where Q6_K's codes start in a record: sub-block `g`'s 32 codes of row `r` are units `8g..8g + 8`.
+pub const Q6K_Q: usize = 16 + 128;
 
 fn pack_q6k(rec: &mut [u8], r: usize, b: &[u8]) {
     rec[2 * r..2 * r + 2].copy_from_slice(&b[208..210]);
     for i in 0..16 {
         rec[16 + i * GROUP + r] = b[192 + i];
     }
-    let mut c = [[0u8; 32]; 8];
-    for (g, c) in c.iter_mut().enumerate() {
-        unpack_q6k(b, g, c);
-    }
-    for k in 0..8 {
-        for i in 0..4 {
-            let w = 4 * k + i;
-            for p in 0..4 {
-                rec[unit(Q6K_QL, 8 * p + k, r) + i] = (c[2 * p][w] & 15) | (c[2 * p + 1][w] & 15) << 4;
-            }
-            for h in 0..2 {
-                rec[unit(Q6K_QH, 8 * h + k, r) + i] = (0..4).map(|j| (c[4 * h + j][w] >> 4) << (2 * j)).sum();
-            }
+    let mut c = [0u8; 32];
+    for g in 0..8 {
+        unpack_q6k(b, g, &mut c);
+        for (w, &q) in c.iter().enumerate() {
+            rec[unit(Q6K_Q, 8 * g + w / 4, r) + w % 4] = q;
         }
     }
 }
@@ -290,11 +282,9 @@ fn unpack_q6k_row(rec: &[u8], r: usize) -> Vec<u8> {
         b[192 + i] = rec[16 + i * GROUP + r];
     }
     for g in 0..8 {
-        let (p, h, j) = (g / 2, g / 4, g % 4);
         for w in 0..32 {
-            let (k, i) = (w / 4, w % 4);
-            let lo = (rec[unit(Q6K_QL, 8 * p + k, r) + i] >> (4 * (g % 2))) & 15;
-            let hi = (rec[unit(Q6K_QH, 8 * h + k, r) + i] >> (2 * j)) & 3;
+            let q = rec[unit(Q6K_Q, 8 * g + w / 4, r) + w % 4];
+            let (lo, hi) = (q & 15, q >> 4);
             // Q6_K's own layout: sub-block g = 4n + m of half n.
             let (n, m) = (g / 4, g % 4);
             b[64 * n + 32 * (m % 2) + w] |= lo << (4 * (m / 2));

@@ -1,4 +1,5 @@
-//! Packed (eight interleaved rows) weights: the layout is a permutation of the original bytes, and fast
+//! Packed (eight interleaved rows) weights: the layout holds the original bytes (a permutation; Q6_K's
+//! 6-bit codes widened to one per byte) and unpacks to them exactly, and fast
 //! products through it equal the row-major fast products on every SIMD level — within 1e-5 of `Σ|w x|`
 //! (the integer sums are identical; only the f32 block sums reorder) — for row counts with and without
 //! a partial last group, and batch sizes 1..=9 (token tiles of 4 plus single tokens).
@@ -22,10 +23,14 @@ fn packing_is_a_permutation_of_the_rows() {
         let w = QMatrix::new(t, rows, cols, &data);
         let p = Packed::new(&w).expect("packable");
         assert_eq!(p.rows, 16, "{t}: whole groups only");
-        assert_eq!(
-            p.bytes(),
-            t.bytes_for(16 * cols).unwrap() + if t == DType::Q4K { 16 * 2 * 4 } else { 0 }
-        );
+        // Q4_K: scales and mins unpacked to bytes (4 more per row and block); Q6_K: a byte per code
+        // (64 more per row and block).
+        let extra = match t {
+            DType::Q4K => 16 * 2 * 4,
+            DType::Q6K => 16 * 2 * 64,
+            _ => 0,
+        };
+        assert_eq!(p.bytes(), t.bytes_for(16 * cols).unwrap() + extra, "{t}");
         for r in 0..p.rows {
             assert_eq!(p.unpack_row(r), w.row(r), "{t} row {r}");
         }

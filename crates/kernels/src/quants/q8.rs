@@ -8,13 +8,15 @@ use super::BlockFormat;
 /// Values per activation block.
 pub const QK8: usize = 32;
 
-/// 32 activations `x[i] ≈ d * qs[i]`, with `s = d * Σ qs`.
+/// 32 activations `x[i] ≈ d * qs[i]`, with `s = d * Σ qs` and the integer sums of each half,
+/// `h[j] = Σ qs[16j..16j + 16]` (for weights stored with an offset per 16, Q6_K's packed codes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct BlockQ8 {
     pub d: f32,
     pub s: f32,
     pub qs: [i8; QK8],
+    pub h: [i16; 2],
 }
 
 /// Quantizes `x` (a multiple of 32 values) into `out` (`x.len() / 32` blocks): `d = max|x| / 127`,
@@ -25,13 +27,13 @@ pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
         let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
         for (q, &v) in b.qs.iter_mut().zip(xs) {
             *q = round_even(v * id) as i8;
-            sum += *q as i32;
         }
+        let half = |j: usize| b.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum::<i16>();
+        b.h = [half(0), half(1)];
         b.d = d;
-        b.s = d * sum as f32;
+        b.s = d * (b.h[0] as i32 + b.h[1] as i32) as f32;
     }
 }
 

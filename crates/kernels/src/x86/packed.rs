@@ -6,7 +6,7 @@
 
 use super::{Avx2Dot, IDot, VnniDot};
 use crate::matmul::Job;
-use crate::packed::{GROUP, Q6K_QH, Q6K_QL};
+use crate::packed::{GROUP, Q6K_Q};
 use crate::quants::{BlockQ16, BlockQ8, QK8};
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
@@ -183,21 +183,11 @@ impl<D: IAcc> PackKern for PQ4K<D> {
     }
 }
 
-/// Q6_K: codes `q − 32` signed (|q − 32| <= 32), so the `abs`/`sign` trick keeps four `maddubs`
-/// per i16 lane in range; a scale per 16 weights (units 0-3 and 4-7 of a sub-block).
+/// Q6_K: codes `q` in 0..=63, one per byte, standing for `q − 32`: `u8 x i8` products of the codes as
+/// they are (two `maddubs` per i16 lane stay in range: `2 * 2 * 63 * 128 < 2^15`), minus `32 Σ x` per 16
+/// activations ([`BlockQ8::h`]): the same integers as `Σ (q − 32) x`; a scale per 16 weights (units
+/// 0-3 and 4-7 of a sub-block).
 pub(crate) struct PQ6K<D>(PhantomData<D>);
-
-/// Bits `2j`, `2j+1` of each byte moved to bits 4, 5 (the rest cleared).
-#[inline(always)]
-unsafe fn bits45(v: __m256i, j: usize) -> __m256i {
-    let v = match j {
-        0 => _mm256_slli_epi16::<4>(v),
-        1 => _mm256_slli_epi16::<2>(v),
-        2 => v,
-        _ => _mm256_srli_epi16::<2>(v),
-    };
-    _mm256_and_si256(v, _mm256_set1_epi8(0x30))
-}
 
 impl<D: IAcc> PackKern for PQ6K<D> {
     const ELEMS: usize = 256;
@@ -211,41 +201,30 @@ impl<D: IAcc> PackKern for PQ6K<D> {
         })
     }
     #[inline(always)]
-    unsafe fn dot(acc: __m256, s: &[__m256; 16], rec: *const u8, x: *const BlockQ8) -> __m256 {
-        let acc = q6k_pair::<D, 0>(acc, s, rec, x);
-        let acc = q6k_pair::<D, 1>(acc, s, rec, x);
-        let acc = q6k_pair::<D, 2>(acc, s, rec, x);
-        q6k_pair::<D, 3>(acc, s, rec, x)
-    }
-}
-
-/// Sub-blocks `2P` and `2P+1` of a Q6_K record (a constant `P`, so the bit shifts are immediates).
-#[inline(always)]
-unsafe fn q6k_pair<D: IAcc, const P: usize>(
-    mut acc: __m256,
-    s: &[__m256; 16],
-    rec: *const u8,
-    x: *const BlockQ8,
-) -> __m256 {
-    let (ql, qh) = (rec.add(Q6K_QL), rec.add(Q6K_QH));
-    let m32 = _mm256_set1_epi8(32);
-    let (xa, xb) = (&*x.add(2 * P), &*x.add(2 * P + 1));
-    for half in 0..2 {
-        let (mut ia, mut ib) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-        for k in 4 * half..4 * half + 4 {
-            let (lo, hi) = nibbles(unit(ql, 8 * P + k));
-            let h = unit(qh, 8 * (P / 2) + k);
-            let wa = _mm256_sub_epi8(_mm256_or_si256(lo, bits45(h, 2 * (P % 2))), m32);
-            let wb = _mm256_sub_epi8(_mm256_or_si256(hi, bits45(h, 2 * (P % 2) + 1)), m32);
-            ia = D::add_small(ia, _mm256_abs_epi8(wa), _mm256_sign_epi8(bcast4(xa, 4 * k), wa));
-            ib = D::add_small(ib, _mm256_abs_epi8(wb), _mm256_sign_epi8(bcast4(xb, 4 * k), wb));
+    unsafe fn dot(mut acc: __m256, s: &[__m256; 16], rec: *const u8, x: *const BlockQ8) -> __m256 {
+        let c = rec.add(Q6K_Q);
+        for g in 0..8 {
+            let xg = &*x.add(g);
+            for half in 0..2 {
+                let u = 8 * g + 4 * half;
+                let a = D::add_small(
+                    D::add_small(_mm256_setzero_si256(), unit(c, u), bcast4(xg, 16 * half)),
+                    unit(c, u + 1),
+                    bcast4(xg, 16 * half + 4),
+                );
+                let b = D::add_small(
+                    D::add_small(_mm256_setzero_si256(), unit(c, u + 2), bcast4(xg, 16 * half + 8)),
+                    unit(c, u + 3),
+                    bcast4(xg, 16 * half + 12),
+                );
+                let i = _mm256_add_epi32(D::finish_small(a), D::finish_small(b));
+                let i = _mm256_sub_epi32(i, _mm256_set1_epi32(32 * xg.h[half] as i32));
+                let v = _mm256_mul_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(xg.d));
+                acc = _mm256_fmadd_ps(s[2 * g + half], v, acc);
+            }
         }
-        let va = _mm256_mul_ps(_mm256_cvtepi32_ps(D::finish_small(ia)), _mm256_set1_ps(xa.d));
-        let vb = _mm256_mul_ps(_mm256_cvtepi32_ps(D::finish_small(ib)), _mm256_set1_ps(xb.d));
-        acc = _mm256_fmadd_ps(s[4 * P + half], va, acc);
-        acc = _mm256_fmadd_ps(s[4 * P + 2 + half], vb, acc);
+        acc
     }
-    acc
 }
 
 /// A packed format's product with int16 activations ([`BlockQ16`]), for `Precision::Wide`: the codes
@@ -329,18 +308,14 @@ impl<D: IAcc> WideKern for PQ6K<D> {
         rec: *const u8,
         x: [*const BlockQ16; T],
     ) -> [__m256; T] {
-        let (ql, qh) = (rec.add(Q6K_QL), rec.add(Q6K_QH));
+        let c = rec.add(Q6K_Q);
         let m32 = _mm256_set1_epi8(32);
         for g in 0..8 {
-            let (p, e, j) = (g / 2, g % 2, g % 4);
             let xg = x.map(|p| &*p.add(g));
             for half in 0..2 {
                 let (mut lo, mut hi) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
                 for k in 4 * half..4 * half + 4 {
-                    let (l, h) = nibbles(unit(ql, 8 * p + k));
-                    let nib = if e == 0 { l } else { h };
-                    let w = _mm256_sub_epi8(_mm256_or_si256(nib, bits45(unit(qh, 8 * (g / 4) + k), j)), m32);
-                    madd16(&mut lo, &mut hi, w, xg, 4 * k);
+                    madd16(&mut lo, &mut hi, _mm256_sub_epi8(unit(c, 8 * g + k), m32), xg, 4 * k);
                 }
                 finish16(&mut acc, s[2 * g + half], lo, hi, xg);
             }

@@ -35,17 +35,25 @@ pub(crate) unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK8)) {
         let (q, d) = codes(xs, 127.0);
-        let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-        let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
-        let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
-        let sum = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32::<1>(s2)));
+        // Half sums: codes 0-15 are in q[0], q[1], codes 16-31 in q[2], q[3].
+        let (h0, h1) = (sum_i32(q[0], q[1]), sum_i32(q[2], q[3]));
         // Packing works per 128-bit lane; the permutation puts the 32 bytes back in order.
         let w = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
         let w = _mm256_permutevar8x32_epi32(w, order);
         _mm256_storeu_si256(b.qs.as_mut_ptr() as *mut __m256i, w);
+        b.h = [h0 as i16, h1 as i16];
         b.d = d;
-        b.s = d * sum as f32;
+        b.s = d * (h0 + h1) as f32;
     }
+}
+
+/// The sum of the sixteen i32 lanes of `a` and `b`.
+#[inline(always)]
+unsafe fn sum_i32(a: __m256i, b: __m256i) -> i32 {
+    let s = _mm256_add_epi32(a, b);
+    let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+    let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+    _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32::<1>(s2)))
 }
 
 #[target_feature(enable = "avx2,fma")]
