@@ -93,6 +93,7 @@ pub(crate) struct Job<'a> {
     /// int8 activations, `n * cols / 32` blocks (fast path only, else empty).
     pub xq: &'a [BlockQ8],
     /// int16 activations, `n * cols / 32` blocks (wide path only, else empty).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub xw: &'a [BlockQ16],
     pub y: *mut f32,
     /// The packed rows (packed kernels only).

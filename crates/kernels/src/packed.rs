@@ -119,6 +119,7 @@ impl PackSlot {
     }
 
     /// The copy a product of `w` should use: made now (on the pool) unless deferred.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn for_product(&self, w: &QMatrix) -> Option<&Packed> {
         if self.deferred.load(Ordering::Relaxed) {
             return self.get();
