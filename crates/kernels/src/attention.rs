@@ -33,13 +33,11 @@ impl AttnShape {
 /// Cached keys or values of one layer as attention reads them: the `q.len()` values of one head of one
 /// position start at element `at` (a multiple of the head size).
 pub trait KvRows: Sync {
-    /// Whether a row's dot product is multiplied by [`row_scale`](Self::row_scale) (quantized rows).
-    const SCALED: bool;
     /// The eight stored values from element `at`, as f32 (codes, before the row's scale).
     fn load8(&self, at: usize) -> [f32; 8];
     /// The stored value at element `at`, as f32.
     fn load1(&self, at: usize) -> f32;
-    /// The scale of the row holding element `at` (when [`SCALED`](Self::SCALED)).
+    /// The scale of the row holding element `at` (1 for f32 rows: multiplying by it is exact).
     fn row_scale(&self, at: usize) -> f32;
     /// `out += a * row(at)`.
     fn axpy(&self, out: &mut [f32], a: f32, at: usize);
@@ -76,17 +74,12 @@ fn dots<K: KvRows + ?Sized, const N: usize>(k: &K, q: &[f32], hd: usize, at: usi
     for h in 0..N {
         let a = &acc[h];
         let tail: f32 = (body..hd).map(|i| q[h * hd + i] * k.load1(at + i)).sum();
-        out[h] = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail;
-        if K::SCALED {
-            out[h] *= k.row_scale(at);
-        }
+        out[h] = (((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail) * k.row_scale(at);
     }
     out
 }
 
 impl KvRows for [f32] {
-    const SCALED: bool = false;
-
     #[inline(always)]
     fn load8(&self, at: usize) -> [f32; 8] {
         self[at..at + 8].try_into().unwrap()
@@ -289,8 +282,9 @@ fn weighted_rows<K: KvRows + ?Sized, const HD: usize>(v: &K, out: &mut [f32], p:
 fn exp_shifted(s: &mut [f32], m: f32) -> f32 {
     #[inline(always)]
     fn exp(x: f32) -> f32 {
-        const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-                                         // Below -87.3 the result would be subnormal (< 1.2e-38): 0 instead.
+        // 1.5 * 2^23: adding it rounds to an integer.
+        const MAGIC: f32 = 12_582_912.0;
+        // Below -87.3 the result would be subnormal (< 1.2e-38): 0 instead.
         let (tiny, x) = (x < -87.3, x.max(-87.3));
         let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
         let r = (x - n * 0.693_359_4) - n * -2.121_944_4e-4;
@@ -334,8 +328,8 @@ pub(crate) fn prefetch_bytes(p: *const u8, bytes: usize) {
     let _ = (p, bytes);
 }
 
-/// Rows ahead of the one being read that the score and weighted-sum loops prefetch (cached rows of
-/// successive positions are a KV-row stride apart, or in another block of a paged cache).
+/// Key rows ahead of the one being read that the score loop prefetches (cached rows of successive
+/// positions are a KV-row stride apart, or in another block of a paged cache).
 const AHEAD: usize = 4;
 
 /// `scores[h][j] = d[h] * scale` for the `N` heads of `d`; returns `N`.

@@ -344,13 +344,8 @@ fn quantize(x: &[f32], out: &mut [BlockQ8], level: Simd) {
     if out.len() <= 2 * PER_TASK {
         return quantize_at(x, out, level);
     }
-    let o = crate::pool::SendPtr(out.as_mut_ptr());
-    let nb = out.len();
-    crate::pool::run(nb.div_ceil(PER_TASK), &|c| {
-        let (a, b) = (c * PER_TASK, nb.min((c + 1) * PER_TASK));
-        // SAFETY: tasks write disjoint block ranges of `out`.
-        let o = unsafe { std::slice::from_raw_parts_mut(o.get().add(a), b - a) };
-        quantize_at(&x[a * QK8..b * QK8], o, level)
+    crate::pool::for_each_chunk_mut(out, PER_TASK, &|c, o| {
+        quantize_at(&x[c * PER_TASK * QK8..][..o.len() * QK8], o, level)
     });
 }
 

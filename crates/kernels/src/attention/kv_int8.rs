@@ -16,8 +16,6 @@ pub struct KvI8<'a> {
 }
 
 impl KvRows for KvI8<'_> {
-    const SCALED: bool = true;
-
     #[inline(always)]
     fn load8(&self, at: usize) -> [f32; 8] {
         let c: &[i8; 8] = self.q[at..at + 8].try_into().unwrap();
@@ -41,7 +39,7 @@ impl KvRows for KvI8<'_> {
 
     #[inline(always)]
     fn axpy(&self, out: &mut [f32], a: f32, at: usize) {
-        let a = a * self.scale[at / self.head_dim];
+        let a = a * self.row_scale(at);
         let x = &self.q[at..][..out.len()];
         for (o, &v) in out.iter_mut().zip(x) {
             *o = a.mul_add(v as f32, *o);

@@ -206,18 +206,8 @@ impl<D: IAcc> PackKern for PQ6K<D> {
         for g in 0..8 {
             let xg = &*x.add(g);
             for half in 0..2 {
-                let u = 8 * g + 4 * half;
-                let a = D::add_small(
-                    D::add_small(_mm256_setzero_si256(), unit(c, u), bcast4(xg, 16 * half)),
-                    unit(c, u + 1),
-                    bcast4(xg, 16 * half + 4),
-                );
-                let b = D::add_small(
-                    D::add_small(_mm256_setzero_si256(), unit(c, u + 2), bcast4(xg, 16 * half + 8)),
-                    unit(c, u + 3),
-                    bcast4(xg, 16 * half + 12),
-                );
-                let i = _mm256_add_epi32(D::finish_small(a), D::finish_small(b));
+                let (u, at) = (8 * g + 4 * half, 16 * half);
+                let i = _mm256_add_epi32(q6k_two::<D>(c, u, xg, at), q6k_two::<D>(c, u + 2, xg, at + 8));
                 let i = _mm256_sub_epi32(i, _mm256_set1_epi32(32 * xg.h[half] as i32));
                 let v = _mm256_mul_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(xg.d));
                 acc = _mm256_fmadd_ps(s[2 * g + half], v, acc);
@@ -225,6 +215,14 @@ impl<D: IAcc> PackKern for PQ6K<D> {
         }
         acc
     }
+}
+
+/// Products of Q6_K code units `u`, `u + 1` with the activation bytes from `at`, as i32 lanes (two
+/// `maddubs` sums are the most an i16 lane holds for codes up to 63).
+#[inline(always)]
+unsafe fn q6k_two<D: IAcc>(c: *const u8, u: usize, x: &BlockQ8, at: usize) -> __m256i {
+    let i = D::add_small(_mm256_setzero_si256(), unit(c, u), bcast4(x, at));
+    D::finish_small(D::add_small(i, unit(c, u + 1), bcast4(x, at + 4)))
 }
 
 /// A packed format's product with int16 activations ([`BlockQ16`]), for `Precision::Wide`: the codes
@@ -375,33 +373,21 @@ pub(crate) fn select_wide(dtype: crate::DType, level: crate::Simd) -> Option<cra
     })
 }
 
-/// Group `g` (rows `8g..8g+8`) for tokens `t..t+T`, with int8 activations.
+/// Group `g` (rows `8g..8g+8`) for tokens `t..t+T`, with int8 activations: each record's shared state
+/// is decoded once for the `T` tokens.
 #[inline(always)]
 unsafe fn tile<K: PackKern, const T: usize>(job: &Job, g: usize, t: usize) {
-    tile_with::<K, BlockQ8, T>(job, job.xq, g, t, |a, s, r, x| K::dot(a, s, r, x))
-}
-
-/// Group `g` for tokens `t..t+T` with activation blocks `xs` (`cols / 32` per token) and the block
-/// product `dot`: each record's shared state is decoded once for the `T` tokens.
-#[inline(always)]
-unsafe fn tile_with<K: PackKern, X, const T: usize>(
-    job: &Job,
-    xs: &[X],
-    g: usize,
-    t: usize,
-    dot: impl Fn(__m256, &K::S, *const u8, *const X) -> __m256,
-) {
     let p = job.packed.expect("packed job");
     let (nb, rec) = (job.cols / K::ELEMS, p.rec);
     let base = p.group(g).as_ptr();
     let per_tok = job.cols / QK8;
-    let xp: [*const X; T] = std::array::from_fn(|j| xs[(t + j) * per_tok..].as_ptr());
+    let xp: [*const BlockQ8; T] = std::array::from_fn(|j| job.xq[(t + j) * per_tok..].as_ptr());
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let r = base.add(b * rec);
         let s = K::setup(r);
         for j in 0..T {
-            acc[j] = dot(acc[j], &s, r, xp[j].add(b * K::ELEMS / QK8));
+            acc[j] = K::dot(acc[j], &s, r, xp[j].add(b * K::ELEMS / QK8));
         }
     }
     for (j, a) in acc.iter().enumerate() {
