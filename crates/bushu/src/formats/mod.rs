@@ -27,6 +27,12 @@ impl Storage {
         }
         // SAFETY: the map is read-only; bushu never writes model files while they are mapped.
         let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        // Transparent huge pages for the weights: when the file is read into the page cache through this
+        // mapping, the kernel (Linux with file THP, e.g. ext4/xfs large folios) keeps it in 2 MiB folios
+        // and later loads map each with one page-table entry instead of 512 — most of the first forward
+        // pass's cost on a warm cache. Advice only: kernels without it ignore it or refuse it harmlessly.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
         Ok(Arc::new(Storage::Mapped(map)))
     }
 
