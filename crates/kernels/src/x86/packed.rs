@@ -4,7 +4,7 @@
 //! eight rows multiply them as one vector. Generic over the integer primitive ([`IAcc`]: AVX2
 //! `maddubs` or AVX-512 VNNI `vpdpbusd`) like the row-major kernels.
 
-use super::{Avx2Dot, IDot, VnniDot};
+use super::{prefetch, Avx2Dot, IDot, VnniDot};
 use crate::matmul::Job;
 use crate::packed::{GROUP, Q6K_Q};
 use crate::quants::{BlockQ16, BlockQ8, QK8};
@@ -385,6 +385,10 @@ unsafe fn tile<K: PackKern, const T: usize>(job: &Job, g: usize, t: usize) {
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let r = base.add(b * rec);
+        if T == 1 {
+            // Decode: the record 2 KiB ahead (Q8_0 22 -> 26 GB/s, Q4_K 18 -> 22).
+            prefetch(r.wrapping_add(PF_DIST), rec);
+        }
         let s = K::setup(r);
         for j in 0..T {
             acc[j] = K::dot(acc[j], &s, r, xp[j].add(b * K::ELEMS / QK8));
@@ -394,6 +398,8 @@ unsafe fn tile<K: PackKern, const T: usize>(job: &Job, g: usize, t: usize) {
         _mm256_storeu_ps(job.y.add((t + j) * job.rows + g * GROUP), *a);
     }
 }
+
+const PF_DIST: usize = 2048;
 
 /// Groups `g0..g1` for every token of the job, tokens four at a time.
 #[inline(always)]
