@@ -349,6 +349,9 @@ unsafe fn tile_wide<K: WideKern, const T: usize>(job: &Job, g: usize, t: usize) 
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let r = base.add(b * rec);
+        if T == 1 {
+            prefetch(r.wrapping_add(PF_DIST), rec);
+        }
         let mut x = xp;
         for p in &mut x {
             *p = p.add(b * K::ELEMS / QK8);
