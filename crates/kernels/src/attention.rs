@@ -47,7 +47,7 @@ pub trait KvRows: Sync {
     /// `q · row(at)`.
     #[inline(always)]
     fn dot(&self, q: &[f32], at: usize) -> f32 {
-        dots::<Self, 1>(self, q, q.len(), at)[0]
+        dots::<Self, 1, false>(self, q, q.len(), at)[0]
     }
 }
 
@@ -55,20 +55,28 @@ pub trait KvRows: Sync {
 /// them and their `N` accumulators are independent chains. Each head's products are summed in eight
 /// lanes (fused multiply-adds, lane `i` takes elements `i`, `i + 8`, ...), then
 /// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`, then the tail: the same operations in the same
-/// order for every `N` and on every SIMD level.
+/// order for every `N` and on every SIMD level. `AVX` (only inside AVX-compiled callers): the final
+/// sums of four or eight heads run as vector shuffles and adds, the same additions in the same order.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn dots<K: KvRows + ?Sized, const N: usize>(k: &K, q: &[f32], hd: usize, at: usize) -> [f32; N] {
+fn dots<K: KvRows + ?Sized, const N: usize, const AVX: bool>(k: &K, q: &[f32], hd: usize, at: usize) -> [f32; N] {
     let mut acc = [[0.0f32; 8]; N];
     let body = hd - hd % 8;
+    assert!(q.len() >= N * hd);
     for c in (0..body).step_by(8) {
         let x = k.load8(at + c);
         for h in 0..N {
-            let qh = &q[h * hd + c..][..8];
+            // SAFETY: h * hd + c + 8 <= N * hd <= q.len() (no bounds checks in the hottest loop).
+            let qh = unsafe { &*(q.as_ptr().add(h * hd + c) as *const [f32; 8]) };
             for i in 0..8 {
                 acc[h][i] = qh[i].mul_add(x[i], acc[h][i]);
             }
         }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if AVX && body == hd && (N == 4 || N == 8) {
+        // SAFETY: `AVX` is set only by callers compiled for AVX2 on a CPU that has it.
+        return unsafe { tree_sums(&acc, k.row_scale(at)) };
     }
     let mut out = [0.0f32; N];
     for h in 0..N {
@@ -170,17 +178,17 @@ pub(crate) fn attend_heads<K: KvRows + ?Sized>(
             scale: f32,
             at: impl Fn(usize) -> usize,
         ) {
-            passes(q, k, v, out, hd, visible, scale, at)
+            passes::<K, true>(q, k, v, out, hd, visible, scale, at)
         }
         // SAFETY: the CPU has AVX2 and FMA (that is what the active level means).
         return unsafe { avx2(q, k, v, out, hd, visible, scale, at) };
     }
-    passes(q, k, v, out, hd, visible, scale, at)
+    passes::<K, false>(q, k, v, out, hd, visible, scale, at)
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn passes<K: KvRows + ?Sized>(
+fn passes<K: KvRows + ?Sized, const AVX: bool>(
     q: &[f32],
     k: &K,
     v: &K,
@@ -191,13 +199,13 @@ fn passes<K: KvRows + ?Sized>(
     at: impl Fn(usize) -> usize,
 ) {
     for (qs, os) in q.chunks(MAX_GROUP * hd).zip(out.chunks_mut(MAX_GROUP * hd)) {
-        group_impl(qs, k, v, os, hd, visible.clone(), scale, &at);
+        group_impl::<K, AVX>(qs, k, v, os, hd, visible.clone(), scale, &at);
     }
 }
 
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 #[inline(always)]
-fn group_impl<K: KvRows + ?Sized>(
+fn group_impl<K: KvRows + ?Sized, const AVX: bool>(
     q: &[f32],
     k: &K,
     v: &K,
@@ -227,10 +235,10 @@ fn group_impl<K: KvRows + ?Sized>(
             while h < g {
                 let qh = &q[h * hd..];
                 let n = match g - h {
-                    8.. => put(&mut scores[h..], j, dots::<K, 8>(k, qh, hd, a), scale),
-                    4..=7 => put(&mut scores[h..], j, dots::<K, 4>(k, qh, hd, a), scale),
-                    2..=3 => put(&mut scores[h..], j, dots::<K, 2>(k, qh, hd, a), scale),
-                    _ => put(&mut scores[h..], j, dots::<K, 1>(k, qh, hd, a), scale),
+                    8.. => put(&mut scores[h..], j, dots::<K, 8, AVX>(k, qh, hd, a), scale),
+                    4..=7 => put(&mut scores[h..], j, dots::<K, 4, AVX>(k, qh, hd, a), scale),
+                    2..=3 => put(&mut scores[h..], j, dots::<K, 2, AVX>(k, qh, hd, a), scale),
+                    _ => put(&mut scores[h..], j, dots::<K, 1, AVX>(k, qh, hd, a), scale),
                 };
                 h += n;
             }
@@ -332,6 +340,33 @@ pub(crate) fn prefetch_bytes(p: *const u8, bytes: usize) {
 /// positions are a KV-row stride apart, or in another block of a paged cache).
 const AHEAD: usize = 4;
 
+/// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))` of each of the `N` (4 or 8) lane sums, times
+/// `row_scale`, as [`dots`] computes it head by head: the lane halves of two heads added in one vector
+/// (`a0+a4 .. a3+a7`), then two horizontal adds pair them as the scalar tree does.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tree_sums<const N: usize>(acc: &[[f32; 8]; N], row_scale: f32) -> [f32; N] {
+    use std::arch::x86_64::*;
+    let a = |h: usize| _mm256_loadu_ps(acc[h.min(N - 1)].as_ptr());
+    let halves = |x: __m256, y: __m256| {
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(x, y),
+            _mm256_permute2f128_ps::<0x31>(x, y),
+        )
+    };
+    // Per 128-bit half: heads 0, 2 (low) and 1, 3 (high), each as its two pair sums.
+    let h0123 = _mm256_hadd_ps(halves(a(0), a(1)), halves(a(2), a(3)));
+    let h4567 = match N {
+        8 => _mm256_hadd_ps(halves(a(4), a(5)), halves(a(6), a(7))),
+        _ => h0123,
+    };
+    // [h0, h2, h4, h6 | h1, h3, h5, h7] (N = 4: [h0, h2, h0, h2 | h1, h3, h1, h3]).
+    let r = _mm256_mul_ps(_mm256_hadd_ps(h0123, h4567), _mm256_set1_ps(row_scale));
+    let mut t = [0.0f32; 8];
+    _mm256_storeu_ps(t.as_mut_ptr(), r);
+    std::array::from_fn(|h| t[(h % 2) * 4 + h / 2])
+}
+
 /// `scores[h][j] = d[h] * scale` for the `N` heads of `d`; returns `N`.
 #[inline(always)]
 fn put<const N: usize>(scores: &mut [[f32; TILE]], j: usize, d: [f32; N], scale: f32) -> usize {
@@ -399,6 +434,52 @@ mod tests {
             attention_naive(&q, &k, &v, &mut b, s, pos0);
             let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
             assert!(err < 1e-5, "window {window:?}: max abs difference {err}");
+        }
+    }
+
+    /// The active SIMD level (AVX2 here when the CPU has it: vector loops, vector sums of 4 and 8 heads)
+    /// gives bit for bit the scalar loops' result, for groups of 8, 6 (4 + 2), 4 and 1 heads.
+    #[test]
+    fn active_level_equals_scalar_bit_for_bit() {
+        for (heads, kv, hd) in [(32, 4, 64), (12, 2, 64), (8, 2, 32), (4, 4, 128), (6, 1, 24)] {
+            let (n, hd_all) = (150, heads * hd);
+            let kv_dim = kv * hd;
+            let mut seed = 7u64;
+            let mut rnd = |len: usize| -> Vec<f32> {
+                (0..len)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        ((seed >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+                    })
+                    .collect()
+            };
+            let (q, k, v) = (rnd(n * hd_all), rnd(n * kv_dim), rnd(n * kv_dim));
+            let s = AttnShape {
+                n_heads: heads,
+                n_kv_heads: kv,
+                head_dim: hd,
+                window: None,
+            };
+            let mut fast = vec![0.0; q.len()];
+            attention(&q, &k, &v, &mut fast, s, 0);
+            let group = heads / kv;
+            let scale = 1.0 / (hd as f32).sqrt();
+            for t in 0..n {
+                for kvh in 0..kv {
+                    let i = t * kv + kvh;
+                    let mut o = vec![0.0; group * hd];
+                    let qg = &q[i * group * hd..(i + 1) * group * hd];
+                    passes::<[f32], false>(qg, &k[..], &v[..], &mut o, hd, 0..t + 1, scale, |p| {
+                        p * kv_dim + kvh * hd
+                    });
+                    let got = &fast[i * group * hd..(i + 1) * group * hd];
+                    assert!(
+                        o.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{heads}/{kv} heads, hd {hd}, token {t}: {} differs from scalar",
+                        crate::Simd::active().name()
+                    );
+                }
+            }
         }
     }
 
