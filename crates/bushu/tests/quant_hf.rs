@@ -377,16 +377,17 @@ fn with_bpe(k: &BpeKind, tmp: &Path) -> PathBuf {
     }
     let g = Gguf::open(&shared(&format!("testdata/vocab/{}", k.vocab))).unwrap();
     let tokens = g.get_strings("tokenizer.ggml.tokens").unwrap();
-    let keep: std::collections::HashSet<&str> = tokens[..N_BPE].iter().map(String::as_str).collect();
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens[..N_BPE]
+    let keep: std::collections::HashSet<&str> = tokens.iter().take(N_BPE).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
         .iter()
+        .take(N_BPE)
         .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
+        .map(|(i, t)| (t.to_owned(), json!(i)))
         .collect();
     let merges: Vec<serde_json::Value> = g
         .get_strings("tokenizer.ggml.merges")
         .unwrap()
-        .into_iter()
+        .iter()
         .filter(|m| {
             let (a, b) = m.split_once(' ').unwrap();
             keep.contains(a) && keep.contains(b) && keep.contains(format!("{a}{b}").as_str())
@@ -490,9 +491,9 @@ fn byte_level_bpe_directories_convert_like_convert_hf_to_gguf() {
         let types = g.get_i64s("tokenizer.ggml.token_type").unwrap();
         let gtok = g.get_strings("tokenizer.ggml.tokens").unwrap();
         assert_eq!(types.len(), 4096);
-        assert_eq!(gtok[4095], "[PAD4095]");
+        assert_eq!(&gtok[4095], "[PAD4095]");
         for (i, (t, sp)) in k.added.iter().enumerate() {
-            assert_eq!(gtok[N_BPE + i], *t);
+            assert_eq!(&gtok[N_BPE + i], *t);
             assert_eq!(types[N_BPE + i], if *sp { 3 } else { 4 }, "type of {t}");
         }
         assert!(types[..N_BPE].iter().all(|&t| t == 1) && types[4095] == 5);

@@ -1,12 +1,17 @@
 //! GGUF files (versions 2 and 3): header, metadata key/values, tensor infos, aligned tensor data.
-//! The file is memory-mapped; tensors are views into the map, never copies.
+//! The file is memory-mapped; tensors are views into the map, never copies. Metadata arrays of strings and
+//! of numbers are read in one pass into packed values (a vocabulary is a few allocations, not one per token).
 
 use super::{Storage, Tensor};
 use anyhow::{bail, Context, Result};
 use kernels::DType;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+
+pub use super::strlist::StrList;
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,6 +28,11 @@ pub enum Value {
     F64(f64),
     Bool(bool),
     String(String),
+    /// An array of strings (what the reader makes of one; e.g. `tokenizer.ggml.tokens`).
+    Strings(StrList),
+    /// An array of numbers or bools (what the reader makes of one; e.g. `tokenizer.ggml.scores`).
+    Numbers(Numbers),
+    /// Any other array (of arrays), or an array built element by element (the writer accepts all three).
     Array(Vec<Value>),
 }
 
@@ -59,6 +69,8 @@ impl Value {
         }
     }
 
+    /// An array held element by element (string and number arrays read from a file are
+    /// [`Value::Strings`] and [`Value::Numbers`]; [`Gguf::get_strings`] and friends take any of them).
     pub fn as_array(&self) -> Option<&[Value]> {
         match self {
             Value::Array(a) => Some(a),
@@ -73,17 +85,163 @@ impl Value {
         }
     }
 
+    /// The number of elements of an array value.
+    pub fn array_len(&self) -> Option<usize> {
+        match self {
+            Value::Strings(a) => Some(a.len()),
+            Value::Numbers(a) => Some(a.len()),
+            Value::Array(a) => Some(a.len()),
+            _ => None,
+        }
+    }
+
     /// A short rendering for `bushu info` (arrays are summarised).
     pub fn summary(&self) -> String {
+        if let Some(n) = self.array_len() {
+            return format!("[{n} values]");
+        }
         match self {
             Value::String(s) if s.len() > 80 => format!("{:?}… ({} bytes)", &s[..s.floor_char_boundary(60)], s.len()),
             Value::String(s) => format!("{s:?}"),
-            Value::Array(a) => format!("[{} values]", a.len()),
             Value::F32(v) => v.to_string(),
             Value::F64(v) => v.to_string(),
             Value::Bool(v) => v.to_string(),
             other => other.as_i64().map(|v| v.to_string()).unwrap_or_default(),
         }
+    }
+}
+
+/// The type of a number (or bool) metadata value: GGUF value types 0-7 and 10-12.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NumType {
+    U8,
+    I8,
+    U16,
+    I16,
+    U32,
+    I32,
+    F32,
+    Bool,
+    U64,
+    I64,
+    F64,
+}
+
+impl NumType {
+    pub fn from_id(id: u32) -> Option<NumType> {
+        use NumType::*;
+        Some(match id {
+            0 => U8,
+            1 => I8,
+            2 => U16,
+            3 => I16,
+            4 => U32,
+            5 => I32,
+            6 => F32,
+            7 => Bool,
+            10 => U64,
+            11 => I64,
+            12 => F64,
+            _ => return None,
+        })
+    }
+
+    /// The GGUF value type id.
+    pub fn id(self) -> u32 {
+        use NumType::*;
+        match self {
+            U8 => 0,
+            I8 => 1,
+            U16 => 2,
+            I16 => 3,
+            U32 => 4,
+            I32 => 5,
+            F32 => 6,
+            Bool => 7,
+            U64 => 10,
+            I64 => 11,
+            F64 => 12,
+        }
+    }
+
+    /// Bytes per value.
+    pub fn size(self) -> usize {
+        use NumType::*;
+        match self {
+            U8 | I8 | Bool => 1,
+            U16 | I16 => 2,
+            U32 | I32 | F32 => 4,
+            U64 | I64 | F64 => 8,
+        }
+    }
+
+    /// The value whose little-endian encoding is `b` (`size()` bytes).
+    fn decode(self, b: &[u8]) -> Value {
+        fn le<const N: usize>(b: &[u8]) -> [u8; N] {
+            b[..N].try_into().unwrap()
+        }
+        match self {
+            NumType::U8 => Value::U8(b[0]),
+            NumType::I8 => Value::I8(b[0] as i8),
+            NumType::U16 => Value::U16(u16::from_le_bytes(le(b))),
+            NumType::I16 => Value::I16(i16::from_le_bytes(le(b))),
+            NumType::U32 => Value::U32(u32::from_le_bytes(le(b))),
+            NumType::I32 => Value::I32(i32::from_le_bytes(le(b))),
+            NumType::F32 => Value::F32(f32::from_le_bytes(le(b))),
+            NumType::Bool => Value::Bool(b[0] != 0),
+            NumType::U64 => Value::U64(u64::from_le_bytes(le(b))),
+            NumType::I64 => Value::I64(i64::from_le_bytes(le(b))),
+            NumType::F64 => Value::F64(f64::from_le_bytes(le(b))),
+        }
+    }
+}
+
+/// An array of numbers (or bools) of one type, kept as the file's little-endian bytes: read with one copy,
+/// written back identically, elements decoded when asked for.
+#[derive(Clone, PartialEq)]
+pub struct Numbers {
+    ty: NumType,
+    bytes: Vec<u8>,
+}
+
+impl Numbers {
+    /// The array whose little-endian encoding is `bytes`, or None when that is not a whole number of values.
+    pub fn from_le_bytes(ty: NumType, bytes: Vec<u8>) -> Option<Numbers> {
+        bytes.len().is_multiple_of(ty.size()).then_some(Numbers { ty, bytes })
+    }
+
+    pub fn ty(&self) -> NumType {
+        self.ty
+    }
+
+    /// The values' little-endian encoding.
+    pub fn as_le_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len() / self.ty.size()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Element `i` as a scalar value (e.g. [`Value::F32`]).
+    pub fn get(&self, i: usize) -> Option<Value> {
+        let n = self.ty.size();
+        let b = self.bytes.get(i.checked_mul(n)?..)?;
+        (b.len() >= n).then(|| self.ty.decode(b))
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Value> + '_ {
+        self.bytes.chunks_exact(self.ty.size()).map(|b| self.ty.decode(b))
+    }
+}
+
+impl fmt::Debug for Numbers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -131,37 +289,61 @@ impl<'a> Reader<'a> {
         Ok(String::from_utf8_lossy(b).into_owned())
     }
     fn value(&mut self, ty: u32, depth: usize) -> Result<Value> {
+        if let Some(t) = NumType::from_id(ty) {
+            return Ok(t.decode(self.take(t.size())?));
+        }
         Ok(match ty {
-            0 => Value::U8(self.arr::<1>()?[0]),
-            1 => Value::I8(self.arr::<1>()?[0] as i8),
-            2 => Value::U16(u16::from_le_bytes(self.arr()?)),
-            3 => Value::I16(i16::from_le_bytes(self.arr()?)),
-            4 => Value::U32(self.u32()?),
-            5 => Value::I32(i32::from_le_bytes(self.arr()?)),
-            6 => Value::F32(f32::from_le_bytes(self.arr()?)),
-            7 => Value::Bool(self.arr::<1>()?[0] != 0),
             8 => Value::String(self.string()?),
             9 => {
                 if depth > 2 {
                     bail!("metadata arrays nested too deeply");
                 }
                 let ety = self.u32()?;
-                let n = self.u64()? as usize;
-                // Every element takes at least one byte: refuse counts the file cannot hold.
-                if n > self.buf.len() - self.pos {
-                    bail!("file is truncated (array of {n} elements at offset {})", self.pos);
-                }
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    v.push(self.value(ety, depth + 1)?);
-                }
-                Value::Array(v)
+                let n = self.u64()?;
+                self.array(ety, n, depth)?
             }
-            10 => Value::U64(self.u64()?),
-            11 => Value::I64(i64::from_le_bytes(self.arr()?)),
-            12 => Value::F64(f64::from_le_bytes(self.arr()?)),
             t => bail!("unknown metadata value type {t}"),
         })
+    }
+    /// An array of `n` values of type `ety`: strings and numbers packed, anything else value by value.
+    fn array(&mut self, ety: u32, n: u64, depth: usize) -> Result<Value> {
+        let num = NumType::from_id(ety);
+        // Refuse counts the file cannot hold before reserving anything: a string takes at least its 8-byte
+        // length, an array its 12-byte header, any other value at least a byte.
+        let min_size = match ety {
+            8 => 8,
+            9 => 12,
+            _ => num.map_or(1, NumType::size),
+        };
+        let remaining = self.buf.len() - self.pos;
+        let Some(n) = usize::try_from(n).ok().filter(|&n| n <= remaining / min_size) else {
+            bail!("file is truncated (array of {n} elements at offset {})", self.pos);
+        };
+        if let Some(ty) = num {
+            let bytes = self.take(n * ty.size())?.to_vec();
+            return Ok(Value::Numbers(Numbers { ty, bytes }));
+        }
+        if ety == 8 {
+            // Measure, then copy into one buffer.
+            let start = self.pos;
+            let mut total = 0;
+            for _ in 0..n {
+                let len = self.u64()? as usize;
+                total += self.take(len)?.len();
+            }
+            self.pos = start;
+            let mut list = StrList::with_capacity(n, total);
+            for _ in 0..n {
+                let len = self.u64()? as usize;
+                list.push_lossy(self.take(len)?);
+            }
+            return Ok(Value::Strings(list));
+        }
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(self.value(ety, depth + 1)?);
+        }
+        Ok(Value::Array(v))
     }
 }
 
@@ -289,27 +471,36 @@ impl Gguf {
         self.get(key).and_then(Value::as_f64)
     }
 
-    /// A string array (e.g. `tokenizer.ggml.tokens`).
-    pub fn get_strings(&self, key: &str) -> Option<Vec<String>> {
-        self.get(key)?
-            .as_array()?
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned))
-            .collect()
+    /// A string array (e.g. `tokenizer.ggml.tokens`): borrowed as read from a file, gathered when the
+    /// metadata holds it value by value.
+    pub fn get_strings(&self, key: &str) -> Option<Cow<'_, StrList>> {
+        match self.get(key)? {
+            Value::Strings(a) => Some(Cow::Borrowed(a)),
+            Value::Array(a) => a.iter().map(Value::as_str).collect::<Option<_>>().map(Cow::Owned),
+            // An empty array's element type says nothing.
+            Value::Numbers(a) if a.is_empty() => Some(Cow::Owned(StrList::new())),
+            _ => None,
+        }
     }
 
     /// A numeric array as f32 (e.g. `tokenizer.ggml.scores`).
     pub fn get_f32s(&self, key: &str) -> Option<Vec<f32>> {
-        self.get(key)?
-            .as_array()?
-            .iter()
-            .map(|v| v.as_f64().map(|x| x as f32))
-            .collect()
+        self.get_numbers(key, |v| v.as_f64().map(|x| x as f32))
     }
 
     /// An integer array (e.g. `tokenizer.ggml.token_type`).
     pub fn get_i64s(&self, key: &str) -> Option<Vec<i64>> {
-        self.get(key)?.as_array()?.iter().map(Value::as_i64).collect()
+        self.get_numbers(key, Value::as_i64)
+    }
+
+    /// The array at `key` with `f` applied to each element, or None if `f` fails on one.
+    fn get_numbers<T>(&self, key: &str, f: impl Fn(&Value) -> Option<T>) -> Option<Vec<T>> {
+        match self.get(key)? {
+            Value::Numbers(a) => a.iter().map(|v| f(&v)).collect(),
+            Value::Array(a) => a.iter().map(f).collect(),
+            Value::Strings(a) if a.is_empty() => Some(Vec::new()),
+            _ => None,
+        }
     }
 
     pub fn tensor(&self, name: &str) -> Option<&Tensor> {

@@ -108,7 +108,7 @@ fn type_id(v: &Value) -> u32 {
         Value::F32(_) => 6,
         Value::Bool(_) => 7,
         Value::String(_) => 8,
-        Value::Array(_) => 9,
+        Value::Strings(_) | Value::Numbers(_) | Value::Array(_) => 9,
         Value::U64(_) => 10,
         Value::I64(_) => 11,
         Value::F64(_) => 12,
@@ -126,6 +126,18 @@ fn put_value(b: &mut Vec<u8>, v: &Value) {
         Value::F32(x) => b.extend_from_slice(&x.to_le_bytes()),
         Value::Bool(x) => b.push(*x as u8),
         Value::String(s) => put_str(b, s),
+        Value::Strings(a) => {
+            b.extend_from_slice(&8u32.to_le_bytes());
+            b.extend_from_slice(&(a.len() as u64).to_le_bytes());
+            for s in a.iter() {
+                put_str(b, s);
+            }
+        }
+        Value::Numbers(a) => {
+            b.extend_from_slice(&a.ty().id().to_le_bytes());
+            b.extend_from_slice(&(a.len() as u64).to_le_bytes());
+            b.extend_from_slice(a.as_le_bytes());
+        }
         Value::Array(a) => {
             let ety = a.first().map(type_id).unwrap_or(4);
             b.extend_from_slice(&ety.to_le_bytes());

@@ -5,6 +5,7 @@ pub mod gguf;
 pub mod gguf_writer;
 pub mod hf;
 pub mod llama2c;
+pub mod strlist;
 
 use anyhow::{bail, Context, Result};
 use kernels::{DType, PackSlot, QMatrix};

@@ -23,33 +23,37 @@ pub(crate) fn byte_to_char_table() -> [char; 256] {
     t
 }
 
-/// The inverse of [`byte_to_char_table`].
-pub(crate) fn char_to_byte_map() -> HashMap<char, u8> {
-    byte_to_char_table()
-        .iter()
-        .enumerate()
-        .map(|(b, &c)| (c, b as u8))
-        .collect()
+/// The inverse of [`byte_to_char_table`], indexed by code point (the table's characters are below U+0144).
+pub(crate) struct CharToByte([Option<u8>; 0x144]);
+
+impl CharToByte {
+    fn get(&self, c: char) -> Option<u8> {
+        self.0.get(c as usize).copied().flatten()
+    }
 }
 
-/// Decodes byte-level token text to its bytes (characters outside the table are kept as UTF-8).
-pub(crate) fn byte_level_decode(text: &str, map: &HashMap<char, u8>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len());
+pub(crate) fn char_to_byte_map() -> CharToByte {
+    let mut map = CharToByte([None; 0x144]);
+    for (b, &c) in byte_to_char_table().iter().enumerate() {
+        map.0[c as usize] = Some(b as u8);
+    }
+    map
+}
+
+/// Decodes byte-level token text to its bytes, appended to `out` (characters outside the table are kept as
+/// UTF-8).
+pub(crate) fn byte_level_decode(text: &str, map: &CharToByte, out: &mut Vec<u8>) {
     for c in text.chars() {
-        match map.get(&c) {
-            Some(&b) => out.push(b),
-            None => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
+        match map.get(c) {
+            Some(b) => out.push(b),
+            None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
         }
     }
-    out
 }
 
 pub(crate) struct Bpe {
     /// (left id, right id) → (rank, merged id).
-    merges: HashMap<(u32, u32), (u32, u32)>,
+    merges: HashMap<(u32, u32), (u32, u32), ahash::RandomState>,
     /// Token of each single byte's mapped character.
     byte_ids: [Option<u32>; 256],
     byte_chars: [char; 256],
@@ -81,25 +85,31 @@ impl PartialOrd for Pair {
 }
 
 impl Bpe {
-    pub fn new(vocab: &Vocab, merges: &[String], pre: PreTokenizer, ignore_merges: bool) -> Result<Bpe> {
+    /// `merges` are `"left right"` texts, highest priority first.
+    pub fn new<'a>(
+        vocab: &Vocab,
+        merges: impl ExactSizeIterator<Item = &'a str>,
+        pre: PreTokenizer,
+        ignore_merges: bool,
+    ) -> Result<Bpe> {
         let byte_chars = byte_to_char_table();
         let mut byte_ids = [None; 256];
         for (b, slot) in byte_ids.iter_mut().enumerate() {
-            *slot = vocab.text_to_id.get(byte_chars[b].to_string().as_str()).copied();
+            *slot = vocab.id(byte_chars[b].encode_utf8(&mut [0; 4]));
         }
-        let mut map = HashMap::with_capacity(merges.len());
+        let mut map = HashMap::with_capacity_and_hasher(merges.len(), ahash::RandomState::new());
         let mut buf = String::new();
-        for (rank, m) in merges.iter().enumerate() {
+        for (rank, m) in merges.enumerate() {
             let Some((a, b)) = m.split_once(' ') else {
                 bail!("tokenizer.ggml.merges[{rank}] = {m:?} is not of the form \"left right\"");
             };
-            let (Some(&ia), Some(&ib)) = (vocab.text_to_id.get(a), vocab.text_to_id.get(b)) else {
+            let (Some(ia), Some(ib)) = (vocab.id(a), vocab.id(b)) else {
                 continue;
             };
             buf.clear();
             buf.push_str(a);
             buf.push_str(b);
-            let Some(&im) = vocab.text_to_id.get(buf.as_str()) else {
+            let Some(im) = vocab.id(&buf) else {
                 continue;
             };
             map.entry((ia, ib)).or_insert((rank as u32, im));
@@ -120,7 +130,7 @@ impl Bpe {
             if self.ignore_merges {
                 mapped.clear();
                 mapped.extend(word.bytes().map(|b| self.byte_chars[b as usize]));
-                if let Some(&id) = vocab.text_to_id.get(mapped.as_str()) {
+                if let Some(id) = vocab.id(&mapped) {
                     out.push(id);
                     continue;
                 }

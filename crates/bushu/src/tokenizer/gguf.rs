@@ -3,7 +3,7 @@
 use super::bpe::{byte_level_decode, char_to_byte_map, Bpe};
 use super::pretokenize::{pre_config, PreTokenizer};
 use super::spm::Spm;
-use super::{eog_ids, spm_piece, Inner, Model, TokenType, Tokenizer, Vocab};
+use super::{eog_ids, name_empty, spm_piece, Inner, Model, TokenType, Tokenizer, Vocab};
 use crate::formats::gguf::Gguf;
 use anyhow::{bail, Context, Result};
 
@@ -46,11 +46,7 @@ pub(crate) fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
             t.into_iter().map(TokenType::from_ggml).collect()
         }
     };
-    let texts: Vec<String> = tokens
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| if t.is_empty() { format!("[EMPTY_{i}]") } else { t })
-        .collect();
+    let texts = name_empty(tokens.iter(), tokens.text_len());
     let chat_template = g.get_str("tokenizer.chat_template").map(str::to_owned);
     let add_eos = get_bool(g, "tokenizer.ggml.add_eos_token").unwrap_or(false);
     let extra_eog: Vec<u32> = ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
@@ -75,8 +71,7 @@ pub(crate) fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
                     s
                 }
             };
-            let pieces = texts.iter().zip(&types).map(|(t, &ty)| spm_piece(t, ty)).collect();
-            let vocab = Vocab::new(texts, types, pieces);
+            let vocab = Vocab::new(texts, types, spm_piece);
             let bos = get_id(g, "tokenizer.ggml.bos_token_id", n).or((n > 1).then_some(1));
             let eos = get_id(g, "tokenizer.ggml.eos_token_id", n).or((n > 2).then_some(2));
             let unk = get_id(g, "tokenizer.ggml.unknown_token_id", n).or(Some(0));
@@ -110,18 +105,13 @@ pub(crate) fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
                     .context("tokenizer.ggml.merges is not an array of strings")?,
             };
             let map = char_to_byte_map();
-            let pieces = texts
-                .iter()
-                .zip(&types)
-                .map(|(t, &ty)| match ty {
-                    TokenType::Normal => byte_level_decode(t, &map),
-                    TokenType::UserDefined => t.as_bytes().to_vec(),
-                    _ => Vec::new(),
-                })
-                .collect();
-            let vocab = Vocab::new(texts, types, pieces);
+            let vocab = Vocab::new(texts, types, |t, ty, out| match ty {
+                TokenType::Normal => byte_level_decode(t, &map, out),
+                TokenType::UserDefined => out.extend_from_slice(t.as_bytes()),
+                _ => {}
+            });
             let pretok = PreTokenizer::new(&pre.regexes)?;
-            let bpe = Bpe::new(&vocab, &merges, pretok, pre.ignore_merges)?;
+            let bpe = Bpe::new(&vocab, merges.iter(), pretok, pre.ignore_merges)?;
             let default_special = if n > 11 { Some(11) } else { None };
             let bos = match get_id(g, "tokenizer.ggml.bos_token_id", n) {
                 Some(b) => Some(b),

@@ -2,7 +2,7 @@
 //! `tokenizer_config.json` for `add_bos_token` / `add_eos_token`, `bos_token`, `eos_token` and `chat_template`.
 
 use super::bpe::{byte_level_decode, char_to_byte_map};
-use super::{eog_ids, parse_byte_token, spm_piece, Inner, Model, TokenType, Tokenizer, Vocab};
+use super::{eog_ids, name_empty, parse_byte_token, spm_piece, Inner, Model, TokenType, Tokenizer, Vocab};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::path::Path;
@@ -101,15 +101,11 @@ pub(crate) fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
         .map(|&id| id as usize + 1)
         .max()
         .context("tokenizer.json has an empty vocabulary")?;
-    let mut texts = vec![String::new(); n];
-    for (t, id) in map {
-        texts[id as usize] = t;
+    let mut by_id = vec![""; n];
+    for (t, &id) in &map {
+        by_id[id as usize] = t;
     }
-    for (i, t) in texts.iter_mut().enumerate() {
-        if t.is_empty() {
-            *t = format!("[EMPTY_{i}]");
-        }
-    }
+    let texts = name_empty(by_id.into_iter(), map.keys().map(String::len).sum());
     let added = tk.get_added_tokens_decoder();
     let style = if contains_type(&json["decoder"], "ByteLevel") || contains_type(&json["pre_tokenizer"], "ByteLevel") {
         Style::ByteLevel
@@ -131,24 +127,19 @@ pub(crate) fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
         })
         .collect();
     let byte_map = char_to_byte_map();
-    let pieces = texts
-        .iter()
-        .zip(&types)
-        .map(|(t, &ty)| match (style, ty) {
-            (_, TokenType::Control | TokenType::Unknown | TokenType::Unused) => Vec::new(),
-            (_, TokenType::UserDefined) => t.as_bytes().to_vec(),
-            (Style::ByteLevel, _) => byte_level_decode(t, &byte_map),
-            (Style::Spm, ty) => spm_piece(t, ty),
-            (Style::Raw, _) => t.as_bytes().to_vec(),
-        })
-        .collect();
-    let vocab = Vocab::new(texts, types, pieces);
+    let vocab = Vocab::new(texts, types, |t, ty, out| match (style, ty) {
+        (_, TokenType::Control | TokenType::Unknown | TokenType::Unused) => {}
+        (_, TokenType::UserDefined) => out.extend_from_slice(t.as_bytes()),
+        (Style::ByteLevel, _) => byte_level_decode(t, &byte_map, out),
+        (Style::Spm, ty) => spm_piece(t, ty, out),
+        (Style::Raw, _) => out.extend_from_slice(t.as_bytes()),
+    });
 
     let id_of = |key: &str| -> Result<Option<u32>> {
         match token_content(cfg.get(key)) {
             None => Ok(None),
-            Some(t) => match vocab.text_to_id.get(&t) {
-                Some(&id) => Ok(Some(id)),
+            Some(t) => match vocab.id(&t) {
+                Some(id) => Ok(Some(id)),
                 None => bail!("{}: {key} {t:?} is not in the vocabulary", cfg_path.display()),
             },
         }

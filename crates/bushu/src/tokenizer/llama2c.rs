@@ -58,8 +58,7 @@ fn parse(data: &[u8], vocab_size: usize) -> Result<Tokenizer> {
             }
         }
     }
-    let pieces = texts.iter().zip(&types).map(|(t, &ty)| spm_piece(t, ty)).collect();
-    let vocab = Vocab::new(texts, types, pieces);
+    let vocab = Vocab::new(texts.iter().collect(), types, spm_piece);
     let bos = (vocab_size > 1).then_some(1);
     let eos = (vocab_size > 2).then_some(2);
     let spm = Spm::new(&vocab, scores, Some(0));

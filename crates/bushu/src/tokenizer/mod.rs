@@ -17,8 +17,9 @@ mod stream;
 pub use stream::StreamDecoder;
 
 use crate::formats::gguf::Gguf;
+use crate::formats::strlist::{ByteList, StrList};
 use anyhow::Result;
-use std::collections::HashMap;
+use hashbrown::HashTable;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -46,23 +47,41 @@ impl TokenType {
     }
 }
 
-/// The vocabulary shared by every tokenizer kind: token texts, types and their rendered bytes.
+/// The vocabulary shared by every tokenizer kind: token texts, types and their rendered bytes, each table
+/// packed into one buffer, and an index from text to id that borrows the texts.
 pub(crate) struct Vocab {
     /// Token text as stored in the file (e.g. `▁Hello`, `Ġworld`, `<0x0A>`, `<s>`).
-    pub texts: Vec<String>,
+    pub texts: StrList,
     pub types: Vec<TokenType>,
     /// The bytes a token renders to when decoding (empty for control / unknown / unused tokens).
-    pub pieces: Vec<Vec<u8>>,
-    pub text_to_id: HashMap<String, u32>,
+    pub pieces: ByteList,
+    /// Token ids hashed by their text (the first id of a text that occurs twice).
+    ids: HashTable<u32>,
+    hasher: ahash::RandomState,
     /// Tokens matched literally in the input before tokenization (control, user-defined, unknown), longest first.
     pub specials: Vec<u32>,
 }
 
 impl Vocab {
-    pub fn new(texts: Vec<String>, types: Vec<TokenType>, pieces: Vec<Vec<u8>>) -> Vocab {
-        let mut text_to_id = HashMap::with_capacity(texts.len());
+    /// The vocabulary of `texts` and `types`, each token's piece being what `render(text, type, out)` appends.
+    pub fn new(texts: StrList, types: Vec<TokenType>, render: impl Fn(&str, TokenType, &mut Vec<u8>)) -> Vocab {
+        assert_eq!(texts.len(), types.len(), "one type per token text");
+        let mut pieces = ByteList::with_capacity(texts.len(), texts.text_len());
+        for (t, &ty) in texts.iter().zip(&types) {
+            pieces.push_with(|out| render(t, ty, out));
+        }
+        let hasher = ahash::RandomState::new();
+        let mut ids = HashTable::with_capacity(texts.len());
         for (i, t) in texts.iter().enumerate() {
-            text_to_id.entry(t.clone()).or_insert(i as u32);
+            let hash = hasher.hash_one(t);
+            let entry = ids.entry(
+                hash,
+                |&id| &texts[id as usize] == t,
+                |&id| hasher.hash_one(&texts[id as usize]),
+            );
+            if let hashbrown::hash_table::Entry::Vacant(e) = entry {
+                e.insert(i as u32);
+            }
         }
         let mut specials: Vec<u32> = (0..texts.len() as u32)
             .filter(|&i| {
@@ -78,7 +97,8 @@ impl Vocab {
             texts,
             types,
             pieces,
-            text_to_id,
+            ids,
+            hasher,
             specials,
         }
     }
@@ -86,6 +106,26 @@ impl Vocab {
     pub fn len(&self) -> usize {
         self.texts.len()
     }
+
+    /// The id of the token whose text is `text`.
+    pub fn id(&self, text: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(text);
+        self.ids.find(hash, |&id| &self.texts[id as usize] == text).copied()
+    }
+}
+
+/// Token texts with each empty one named `[EMPTY_<id>]` (as llama.cpp does: an empty text can be neither
+/// matched nor looked up).
+pub(crate) fn name_empty<'a>(texts: impl ExactSizeIterator<Item = &'a str>, bytes: usize) -> StrList {
+    let mut out = StrList::with_capacity(texts.len(), bytes);
+    for (i, t) in texts.enumerate() {
+        if t.is_empty() {
+            out.push(&format!("[EMPTY_{i}]"));
+        } else {
+            out.push(t);
+        }
+    }
+    out
 }
 
 /// The subword model behind a tokenizer.
@@ -241,7 +281,7 @@ impl Tokenizer {
             if !parse_special && ty != TokenType::UserDefined {
                 continue;
             }
-            let pat = v.texts[id as usize].as_str();
+            let pat = &v.texts[id as usize];
             if !frags.iter().any(|f| matches!(f, Fragment::Text(s) if s.contains(pat))) {
                 continue;
             }
@@ -314,12 +354,7 @@ impl Tokenizer {
     /// The raw bytes a token renders to (empty for control tokens and ids out of range). A token may hold
     /// part of a UTF-8 character (byte-fallback and byte-level tokens).
     pub fn id_to_bytes(&self, id: u32) -> &[u8] {
-        self.inner
-            .vocab
-            .pieces
-            .get(id as usize)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.inner.vocab.pieces.get(id as usize).unwrap_or(&[])
     }
 
     /// Alias of [`id_to_bytes`](Self::id_to_bytes).
@@ -329,12 +364,12 @@ impl Tokenizer {
 
     /// The token's text as stored in the vocabulary (e.g. `▁the`, `Ġthe`, `<0x0A>`, `<|im_end|>`).
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.inner.vocab.texts.get(id as usize).map(String::as_str)
+        self.inner.vocab.texts.get(id as usize)
     }
 
     /// The id of a vocabulary entry given its stored text.
     pub fn token_to_id(&self, text: &str) -> Option<u32> {
-        self.inner.vocab.text_to_id.get(text).copied()
+        self.inner.vocab.id(text)
     }
 
     pub fn token_type(&self, id: u32) -> Option<TokenType> {
@@ -398,7 +433,7 @@ pub(crate) fn eog_ids(vocab: &Vocab, eos: Option<u32>, extra: &[u32]) -> Vec<u32
         }
     }
     for t in EOG_TEXTS {
-        if let Some(&id) = vocab.text_to_id.get(*t) {
+        if let Some(id) = vocab.id(t) {
             if vocab.types[id as usize] == TokenType::Control && !ids.contains(&id) {
                 ids.push(id);
             }
@@ -416,11 +451,19 @@ pub(crate) fn parse_byte_token(t: &str) -> Option<u8> {
     u8::from_str_radix(h, 16).ok()
 }
 
-/// Renders a SentencePiece token: `▁` → space, `<0xXX>` byte tokens → the byte, control/unknown → nothing.
-pub(crate) fn spm_piece(text: &str, ty: TokenType) -> Vec<u8> {
+/// Renders a SentencePiece token into `out`: `▁` → space, `<0xXX>` byte tokens → the byte, control/unknown →
+/// nothing.
+pub(crate) fn spm_piece(text: &str, ty: TokenType, out: &mut Vec<u8>) {
     match ty {
-        TokenType::Normal | TokenType::UserDefined => text.replace('\u{2581}', " ").into_bytes(),
-        TokenType::Byte => parse_byte_token(text).map(|b| vec![b]).unwrap_or_default(),
-        _ => Vec::new(),
+        TokenType::Normal | TokenType::UserDefined => {
+            let mut parts = text.split('\u{2581}');
+            out.extend_from_slice(parts.next().unwrap_or("").as_bytes());
+            for p in parts {
+                out.push(b' ');
+                out.extend_from_slice(p.as_bytes());
+            }
+        }
+        TokenType::Byte => out.extend(parse_byte_token(text)),
+        _ => {}
     }
 }

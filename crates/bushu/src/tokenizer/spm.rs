@@ -51,10 +51,10 @@ impl Spm {
         let mut byte_ids = [None; 256];
         for (b, slot) in byte_ids.iter_mut().enumerate() {
             let t = format!("<0x{b:02X}>");
-            *slot = vocab.text_to_id.get(&t).copied().or_else(|| {
+            *slot = vocab.id(&t).or_else(|| {
                 let c = char::from(b as u8);
                 if b < 128 {
-                    vocab.text_to_id.get(c.to_string().as_str()).copied()
+                    vocab.id(c.encode_utf8(&mut [0; 4]))
                 } else {
                     None
                 }
@@ -114,8 +114,8 @@ impl Spm {
         while i != -1 {
             let s = syms[i as usize];
             let piece = &text[s.start..s.start + s.len];
-            match vocab.text_to_id.get(piece) {
-                Some(&id) => out.push(id),
+            match vocab.id(piece) {
+                Some(id) => out.push(id),
                 None => {
                     for &b in piece.as_bytes() {
                         if let Some(id) = self.byte_ids[b as usize].or(self.unk) {
@@ -134,7 +134,7 @@ impl Spm {
         }
         let (l, r) = (syms[left as usize], syms[right as usize]);
         let piece = &text[l.start..l.start + l.len + r.len];
-        if let Some(&id) = vocab.text_to_id.get(piece) {
+        if let Some(id) = vocab.id(piece) {
             let score = self.scores.get(id as usize).copied().unwrap_or(0.0);
             heap.push(Bigram {
                 score,
