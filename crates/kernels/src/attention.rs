@@ -76,7 +76,7 @@ fn dots<K: KvRows + ?Sized, const N: usize, const AVX: bool>(k: &K, q: &[f32], h
     #[cfg(target_arch = "x86_64")]
     if AVX && body == hd && (N == 4 || N == 8) {
         // SAFETY: `AVX` is set only by callers compiled for AVX2 on a CPU that has it.
-        return unsafe { tree_sums(&acc, k.row_scale(at)) };
+        return unsafe { tree_sums(&acc, [k.row_scale(at); 8]) };
     }
     let mut out = [0.0f32; N];
     for h in 0..N {
@@ -85,6 +85,36 @@ fn dots<K: KvRows + ?Sized, const N: usize, const AVX: bool>(k: &K, q: &[f32], h
         out[h] = (((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail) * k.row_scale(at);
     }
     out
+}
+
+/// [`dots`] of four heads against the two rows at `at[0]` and `at[1]`: each query chunk is loaded once
+/// for both rows (the same operations per head and row as `dots`). Only where `dots` takes the vector
+/// sums (`AVX`, head size a multiple of 8); elsewhere it is `dots` row by row.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn dots4x2<K: KvRows + ?Sized, const AVX: bool>(k: &K, q: &[f32], hd: usize, at: [usize; 2]) -> [[f32; 4]; 2] {
+    #[cfg(target_arch = "x86_64")]
+    if AVX && hd % 8 == 0 {
+        let mut acc = [[0.0f32; 8]; 8];
+        assert!(q.len() >= 4 * hd);
+        for c in (0..hd).step_by(8) {
+            let x = [k.load8(at[0] + c), k.load8(at[1] + c)];
+            for h in 0..4 {
+                // SAFETY: h * hd + c + 8 <= 4 * hd <= q.len().
+                let qh = unsafe { &*(q.as_ptr().add(h * hd + c) as *const [f32; 8]) };
+                for r in 0..2 {
+                    for i in 0..8 {
+                        acc[4 * r + h][i] = qh[i].mul_add(x[r][i], acc[4 * r + h][i]);
+                    }
+                }
+            }
+        }
+        let (s0, s1) = (k.row_scale(at[0]), k.row_scale(at[1]));
+        // SAFETY: `AVX` is set only by callers compiled for AVX2 on a CPU that has it.
+        let d = unsafe { tree_sums(&acc, [s0, s0, s0, s0, s1, s1, s1, s1]) };
+        return [[d[0], d[1], d[2], d[3]], [d[4], d[5], d[6], d[7]]];
+    }
+    [dots::<K, 4, AVX>(k, q, hd, at[0]), dots::<K, 4, AVX>(k, q, hd, at[1])]
 }
 
 impl KvRows for [f32] {
@@ -223,13 +253,29 @@ fn group_impl<K: KvRows + ?Sized, const AVX: bool>(
     let mut scores = [[0.0f32; TILE]; MAX_GROUP];
     for start in visible.step_by(TILE) {
         let end = (start + TILE).min(len);
-        for j in 0..end - start {
+        let mut j = 0;
+        while j < end - start {
             let a = at(start + j);
-            if start + j + AHEAD < len {
-                k.prefetch(at(start + j + AHEAD), hd);
+            for p in [start + j + AHEAD, start + j + AHEAD + 1] {
+                if p < len {
+                    k.prefetch(at(p), hd);
+                }
             }
             // This tile's value rows, read once the tile's scores are known.
             v.prefetch(a, hd);
+            // Groups of 4k heads: two rows at a time, four heads at a time (each query chunk loaded
+            // once for both rows).
+            if g % 4 == 0 && j + 1 < end - start {
+                let a1 = at(start + j + 1);
+                v.prefetch(a1, hd);
+                for h in (0..g).step_by(4) {
+                    let d = dots4x2::<K, AVX>(k, &q[h * hd..], hd, [a, a1]);
+                    put(&mut scores[h..], j, d[0], scale);
+                    put(&mut scores[h..], j + 1, d[1], scale);
+                }
+                j += 2;
+                continue;
+            }
             // Heads eight, four, two or one at a time, each row loaded once per batch of heads.
             let mut h = 0;
             while h < g {
@@ -242,6 +288,7 @@ fn group_impl<K: KvRows + ?Sized, const AVX: bool>(
                 };
                 h += n;
             }
+            j += 1;
         }
         for h in 0..g {
             let sc = &mut scores[h][..end - start];
@@ -341,11 +388,11 @@ pub(crate) fn prefetch_bytes(p: *const u8, bytes: usize) {
 const AHEAD: usize = 4;
 
 /// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))` of each of the `N` (4 or 8) lane sums, times
-/// `row_scale`, as [`dots`] computes it head by head: the lane halves of two heads added in one vector
+/// its `row_scale`, as [`dots`] computes it head by head: the lane halves of two heads added in one vector
 /// (`a0+a4 .. a3+a7`), then two horizontal adds pair them as the scalar tree does.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn tree_sums<const N: usize>(acc: &[[f32; 8]; N], row_scale: f32) -> [f32; N] {
+unsafe fn tree_sums<const N: usize>(acc: &[[f32; 8]; N], row_scale: [f32; 8]) -> [f32; N] {
     use std::arch::x86_64::*;
     let a = |h: usize| _mm256_loadu_ps(acc[h.min(N - 1)].as_ptr());
     let halves = |x: __m256, y: __m256| {
@@ -361,7 +408,11 @@ unsafe fn tree_sums<const N: usize>(acc: &[[f32; 8]; N], row_scale: f32) -> [f32
         _ => h0123,
     };
     // [h0, h2, h4, h6 | h1, h3, h5, h7] (N = 4: [h0, h2, h0, h2 | h1, h3, h1, h3]).
-    let r = _mm256_mul_ps(_mm256_hadd_ps(h0123, h4567), _mm256_set1_ps(row_scale));
+    let sc = |h: usize| row_scale[h % N];
+    let r = _mm256_mul_ps(
+        _mm256_hadd_ps(h0123, h4567),
+        _mm256_setr_ps(sc(0), sc(2), sc(4), sc(6), sc(1), sc(3), sc(5), sc(7)),
+    );
     let mut t = [0.0f32; 8];
     _mm256_storeu_ps(t.as_mut_ptr(), r);
     std::array::from_fn(|h| t[(h % 2) * 4 + h / 2])
