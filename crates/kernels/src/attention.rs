@@ -94,7 +94,7 @@ fn dots<K: KvRows + ?Sized, const N: usize, const AVX: bool>(k: &K, q: &[f32], h
 #[allow(clippy::needless_range_loop)]
 fn dots4x2<K: KvRows + ?Sized, const AVX: bool>(k: &K, q: &[f32], hd: usize, at: [usize; 2]) -> [[f32; 4]; 2] {
     #[cfg(target_arch = "x86_64")]
-    if AVX && hd % 8 == 0 {
+    if AVX && hd.is_multiple_of(8) {
         let mut acc = [[0.0f32; 8]; 8];
         assert!(q.len() >= 4 * hd);
         for c in (0..hd).step_by(8) {
@@ -265,7 +265,7 @@ fn group_impl<K: KvRows + ?Sized, const AVX: bool>(
             v.prefetch(a, hd);
             // Groups of 4k heads: two rows at a time, four heads at a time (each query chunk loaded
             // once for both rows).
-            if g % 4 == 0 && j + 1 < end - start {
+            if g.is_multiple_of(4) && j + 1 < end - start {
                 let a1 = at(start + j + 1);
                 v.prefetch(a1, hd);
                 for h in (0..g).step_by(4) {
