@@ -4,32 +4,22 @@
 use std::fmt;
 use std::ops::Index;
 
-/// Strings packed into one buffer: item `i` is `text[offsets[i]..offsets[i + 1]]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StrList {
-    text: String,
-    /// `len() + 1` offsets into `text`, the first 0.
-    offsets: Vec<usize>,
-}
+/// Strings packed into one buffer: a [`ByteList`] whose items are all UTF-8 (only `&str` goes in).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct StrList(ByteList);
 
 impl StrList {
     pub fn new() -> StrList {
-        StrList::with_capacity(0, 0)
+        StrList::default()
     }
 
     /// An empty list with room for `items` strings of `bytes` bytes in all.
     pub fn with_capacity(items: usize, bytes: usize) -> StrList {
-        let mut offsets = Vec::with_capacity(items + 1);
-        offsets.push(0);
-        StrList {
-            text: String::with_capacity(bytes),
-            offsets,
-        }
+        StrList(ByteList::with_capacity(items, bytes))
     }
 
     pub fn push(&mut self, s: &str) {
-        self.text.push_str(s);
-        self.offsets.push(self.text.len());
+        self.0.push(s.as_bytes());
     }
 
     /// Appends `bytes` as a string, invalid UTF-8 sequences replaced by U+FFFD.
@@ -38,40 +28,37 @@ impl StrList {
     }
 
     pub fn len(&self) -> usize {
-        self.offsets.len() - 1
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.0.is_empty()
     }
 
     /// The bytes of all the strings together.
     pub fn text_len(&self) -> usize {
-        self.text.len()
+        self.0.data.len()
     }
 
     pub fn get(&self, i: usize) -> Option<&str> {
-        let (&start, &end) = (self.offsets.get(i)?, self.offsets.get(i + 1)?);
-        Some(&self.text[start..end])
+        self.0.get(i).map(utf8)
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + DoubleEndedIterator + '_ {
-        self.offsets.windows(2).map(|w| &self.text[w[0]..w[1]])
+        self.0.iter().map(utf8)
     }
 }
 
-impl Default for StrList {
-    fn default() -> StrList {
-        StrList::new()
-    }
+/// An item of a [`StrList`] as the `&str` it was pushed as.
+fn utf8(b: &[u8]) -> &str {
+    // SAFETY: every item was pushed from a `&str`, and item boundaries are string boundaries.
+    unsafe { std::str::from_utf8_unchecked(b) }
 }
 
 impl Index<usize> for StrList {
     type Output = str;
     fn index(&self, i: usize) -> &str {
-        let n = self.len();
-        self.get(i)
-            .unwrap_or_else(|| panic!("index {i} out of range for a list of {n} strings"))
+        utf8(&self.0[i])
     }
 }
 
