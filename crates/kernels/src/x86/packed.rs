@@ -49,6 +49,19 @@ pub(crate) trait PackKern {
     type S;
     unsafe fn setup(rec: *const u8) -> Self::S;
     unsafe fn dot(acc: __m256, s: &Self::S, rec: *const u8, x: *const BlockQ8) -> __m256;
+    /// [`PackKern::dot`] for the `T` tokens of a tile (kernels may order the work differently).
+    #[inline(always)]
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m256; T],
+        s: &Self::S,
+        rec: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m256; T] {
+        for j in 0..T {
+            acc[j] = Self::dot(acc[j], s, rec, x[j]);
+        }
+        acc
+    }
 }
 
 /// Eight f16 at `p` as f32.
@@ -87,15 +100,32 @@ impl<D: IAcc> PackKern for PQ8_0<D> {
     }
     #[inline(always)]
     unsafe fn dot(acc: __m256, d: &__m256, rec: *const u8, x: *const BlockQ8) -> __m256 {
-        let x = &*x;
+        Self::dot_tile([acc], d, rec, [x])[0]
+    }
+    /// Unit by unit, each unit's codes and their absolute values shared by the `T` tokens (token by
+    /// token they would need sixteen registers and spill): the same integers and float operations.
+    #[inline(always)]
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m256; T],
+        d: &__m256,
+        rec: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m256; T] {
+        let x = x.map(|p| &*p);
         let c = rec.add(2 * GROUP);
-        let mut i = _mm256_setzero_si256();
+        let mut i = [_mm256_setzero_si256(); T];
         for k in 0..8 {
             let w = unit(c, k);
-            let s = _mm256_sign_epi8(bcast4(x, 4 * k), w);
-            i = _mm256_add_epi32(i, D::dot(_mm256_abs_epi8(w), s));
+            let u = _mm256_abs_epi8(w);
+            for j in 0..T {
+                i[j] = _mm256_add_epi32(i[j], D::dot(u, _mm256_sign_epi8(bcast4(x[j], 4 * k), w)));
+            }
         }
-        _mm256_fmadd_ps(*d, _mm256_mul_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(x.d)), acc)
+        for j in 0..T {
+            let v = _mm256_mul_ps(_mm256_cvtepi32_ps(i[j]), _mm256_set1_ps(x[j].d));
+            acc[j] = _mm256_fmadd_ps(*d, v, acc[j]);
+        }
+        acc
     }
 }
 
@@ -163,20 +193,34 @@ impl<D: IAcc> PackKern for PQ4K<D> {
         }
     }
     #[inline(always)]
-    unsafe fn dot(mut acc: __m256, s: &Q4KS, rec: *const u8, x: *const BlockQ8) -> __m256 {
+    unsafe fn dot(acc: __m256, s: &Q4KS, rec: *const u8, x: *const BlockQ8) -> __m256 {
+        Self::dot_tile([acc], s, rec, [x])[0]
+    }
+    /// Each unit's nibbles split once for the `T` tokens; per token the same sums in the same order.
+    #[inline(always)]
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m256; T],
+        s: &Q4KS,
+        rec: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m256; T] {
         let c = rec.add(160);
         for j in 0..4 {
-            let (xl, xh) = (&*x.add(2 * j), &*x.add(2 * j + 1));
-            let (mut il, mut ih) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            let (xl, xh) = (x.map(|p| &*p.add(2 * j)), x.map(|p| &*p.add(2 * j + 1)));
+            let (mut il, mut ih) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
             for k in 0..8 {
                 let (lo, hi) = nibbles(unit(c, 8 * j + k));
-                il = D::add_small(il, lo, bcast4(xl, 4 * k));
-                ih = D::add_small(ih, hi, bcast4(xh, 4 * k));
+                for t in 0..T {
+                    il[t] = D::add_small(il[t], lo, bcast4(xl[t], 4 * k));
+                    ih[t] = D::add_small(ih[t], hi, bcast4(xh[t], 4 * k));
+                }
             }
-            for (sub, i, xb) in [(2 * j, il, xl), (2 * j + 1, ih, xh)] {
-                let v = _mm256_mul_ps(_mm256_cvtepi32_ps(D::finish_small(i)), _mm256_set1_ps(xb.d));
-                acc = _mm256_fmadd_ps(s.d[sub], v, acc);
-                acc = _mm256_fmadd_ps(s.m[sub], _mm256_set1_ps(xb.s), acc);
+            for t in 0..T {
+                for (sub, i, xb) in [(2 * j, il[t], xl[t]), (2 * j + 1, ih[t], xh[t])] {
+                    let v = _mm256_mul_ps(_mm256_cvtepi32_ps(D::finish_small(i)), _mm256_set1_ps(xb.d));
+                    acc[t] = _mm256_fmadd_ps(s.d[sub], v, acc[t]);
+                    acc[t] = _mm256_fmadd_ps(s.m[sub], _mm256_set1_ps(xb.s), acc[t]);
+                }
             }
         }
         acc
@@ -393,9 +437,7 @@ unsafe fn tile<K: PackKern, const T: usize>(job: &Job, g: usize, t: usize) {
             prefetch(r.wrapping_add(PF_DIST), rec);
         }
         let s = K::setup(r);
-        for j in 0..T {
-            acc[j] = K::dot(acc[j], &s, r, xp[j].add(b * K::ELEMS / QK8));
-        }
+        acc = K::dot_tile(acc, &s, r, xp.map(|p| p.add(b * K::ELEMS / QK8)));
     }
     for (j, a) in acc.iter().enumerate() {
         _mm256_storeu_ps(job.y.add((t + j) * job.rows + g * GROUP), *a);
