@@ -139,4 +139,17 @@ fn truncated_files_and_impossible_counts_are_errors() {
     assert!(e.contains("truncated"), "{e}");
     let e = err(&raw_array(13, 1, &[0; 16]));
     assert!(e.contains("unknown metadata value type 13"), "{e}");
+    // An unknown element type is refused before its count is looked at (a huge count of 1-byte
+    // elements of it once reserved 48 bytes per element and aborted).
+    let e = err(&raw_array(13, 3_000_000, &vec![0; 4 << 20]));
+    assert!(e.contains("unknown metadata value type 13"), "{e}");
+    // Arrays of empty arrays fit the file (12 bytes each) but are bounded: held value by value they
+    // would take four times the file in memory.
+    let mut empty = 0u32.to_le_bytes().to_vec();
+    empty.extend_from_slice(&0u64.to_le_bytes());
+    let n = 70_000;
+    let e = err(&raw_array(9, n, &empty.repeat(n as usize)));
+    assert!(e.contains("70000 arrays"), "{e}");
+    let ok = parse(&raw_array(9, 1000, &empty.repeat(1000))).expect("1000 empty arrays");
+    assert_eq!(ok.get("a").and_then(Value::array_len), Some(1000));
 }

@@ -47,7 +47,8 @@ pub trait KvRows: Sync {
     /// `q · row(at)`.
     #[inline(always)]
     fn dot(&self, q: &[f32], at: usize) -> f32 {
-        dots::<Self, 1, false>(self, q, q.len(), at)[0]
+        // SAFETY: `AVX` is false (no vector instructions).
+        unsafe { dots::<Self, 1, false>(self, q, q.len(), at)[0] }
     }
 }
 
@@ -59,7 +60,15 @@ pub trait KvRows: Sync {
 /// sums of four or eight heads run as vector shuffles and adds, the same additions in the same order.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn dots<K: KvRows + ?Sized, const N: usize, const AVX: bool>(k: &K, q: &[f32], hd: usize, at: usize) -> [f32; N] {
+///
+/// # Safety
+/// With `AVX`, the CPU must have AVX2 and FMA (the caller is compiled for them).
+unsafe fn dots<K: KvRows + ?Sized, const N: usize, const AVX: bool>(
+    k: &K,
+    q: &[f32],
+    hd: usize,
+    at: usize,
+) -> [f32; N] {
     let mut acc = [[0.0f32; 8]; N];
     let body = hd - hd % 8;
     assert!(q.len() >= N * hd);
@@ -92,7 +101,10 @@ fn dots<K: KvRows + ?Sized, const N: usize, const AVX: bool>(k: &K, q: &[f32], h
 /// sums (`AVX`, head size a multiple of 8); elsewhere it is `dots` row by row.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn dots4x2<K: KvRows + ?Sized, const AVX: bool>(k: &K, q: &[f32], hd: usize, at: [usize; 2]) -> [[f32; 4]; 2] {
+///
+/// # Safety
+/// As [`dots`].
+unsafe fn dots4x2<K: KvRows + ?Sized, const AVX: bool>(k: &K, q: &[f32], hd: usize, at: [usize; 2]) -> [[f32; 4]; 2] {
     #[cfg(target_arch = "x86_64")]
     if AVX && hd.is_multiple_of(8) {
         let mut acc = [[0.0f32; 8]; 8];
@@ -135,7 +147,7 @@ impl KvRows for [f32] {
 
     #[inline(always)]
     fn prefetch(&self, at: usize, len: usize) {
-        prefetch_bytes(self[at..].as_ptr().cast(), len * 4);
+        crate::simd::prefetch_bytes(self[at..].as_ptr().cast(), len * 4);
     }
 
     #[inline(always)]
@@ -213,12 +225,15 @@ pub(crate) fn attend_heads<K: KvRows + ?Sized>(
         // SAFETY: the CPU has AVX2 and FMA (that is what the active level means).
         return unsafe { avx2(q, k, v, out, hd, visible, scale, at) };
     }
-    passes::<K, false>(q, k, v, out, hd, visible, scale, at)
+    // SAFETY: `AVX` is false (no vector instructions).
+    unsafe { passes::<K, false>(q, k, v, out, hd, visible, scale, at) }
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn passes<K: KvRows + ?Sized, const AVX: bool>(
+/// # Safety
+/// With `AVX`, the CPU must have AVX2 and FMA.
+unsafe fn passes<K: KvRows + ?Sized, const AVX: bool>(
     q: &[f32],
     k: &K,
     v: &K,
@@ -235,7 +250,9 @@ fn passes<K: KvRows + ?Sized, const AVX: bool>(
 
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 #[inline(always)]
-fn group_impl<K: KvRows + ?Sized, const AVX: bool>(
+/// # Safety
+/// With `AVX`, the CPU must have AVX2 and FMA.
+unsafe fn group_impl<K: KvRows + ?Sized, const AVX: bool>(
     q: &[f32],
     k: &K,
     v: &K,
@@ -256,16 +273,17 @@ fn group_impl<K: KvRows + ?Sized, const AVX: bool>(
         let mut j = 0;
         while j < end - start {
             let a = at(start + j);
-            for p in [start + j + AHEAD, start + j + AHEAD + 1] {
-                if p < len {
-                    k.prefetch(at(p), hd);
-                }
+            if start + j + AHEAD < len {
+                k.prefetch(at(start + j + AHEAD), hd);
             }
             // This tile's value rows, read once the tile's scores are known.
             v.prefetch(a, hd);
-            // Groups of 4k heads: two rows at a time, four heads at a time (each query chunk loaded
-            // once for both rows).
-            if g.is_multiple_of(4) && j + 1 < end - start {
+            // Groups of 4k heads, with the vector sums: two rows at a time, four heads at a time (each
+            // query chunk loaded once for both rows).
+            if AVX && hd.is_multiple_of(8) && g.is_multiple_of(4) && j + 1 < end - start {
+                if start + j + 1 + AHEAD < len {
+                    k.prefetch(at(start + j + 1 + AHEAD), hd);
+                }
                 let a1 = at(start + j + 1);
                 v.prefetch(a1, hd);
                 for h in (0..g).step_by(4) {
@@ -369,18 +387,6 @@ fn exp_shifted(s: &mut [f32], m: f32) -> f32 {
         tail += *x;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
-
-/// Prefetch hint for the cache lines of `bytes` bytes from `p` (no-op off x86-64).
-#[inline(always)]
-pub(crate) fn prefetch_bytes(p: *const u8, bytes: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for off in (0..bytes).step_by(64) {
-        // SAFETY: a prefetch never faults, whatever the address.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(off).cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, bytes);
 }
 
 /// Key rows ahead of the one being read that the score loop prefetches (cached rows of successive
@@ -520,9 +526,12 @@ mod tests {
                     let i = t * kv + kvh;
                     let mut o = vec![0.0; group * hd];
                     let qg = &q[i * group * hd..(i + 1) * group * hd];
-                    passes::<[f32], false>(qg, &k[..], &v[..], &mut o, hd, 0..t + 1, scale, |p| {
-                        p * kv_dim + kvh * hd
-                    });
+                    // SAFETY: `AVX` is false.
+                    unsafe {
+                        passes::<[f32], false>(qg, &k[..], &v[..], &mut o, hd, 0..t + 1, scale, |p| {
+                            p * kv_dim + kvh * hd
+                        })
+                    };
                     let got = &fast[i * group * hd..(i + 1) * group * hd];
                     assert!(
                         o.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()),

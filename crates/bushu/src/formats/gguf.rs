@@ -309,16 +309,22 @@ impl<'a> Reader<'a> {
     fn array(&mut self, ety: u32, n: u64, depth: usize) -> Result<Value> {
         let num = NumType::from_id(ety);
         // Refuse counts the file cannot hold before reserving anything: a string takes at least its 8-byte
-        // length, an array its 12-byte header, any other value at least a byte.
-        let min_size = match ety {
-            8 => 8,
-            9 => 12,
-            _ => num.map_or(1, NumType::size),
+        // length, an array its 12-byte header, a number its size.
+        let min_size = match (ety, num) {
+            (_, Some(t)) => t.size(),
+            (8, _) => 8,
+            (9, _) => 12,
+            _ => bail!("unknown metadata value type {ety} (array elements)"),
         };
         let remaining = self.buf.len() - self.pos;
         let Some(n) = usize::try_from(n).ok().filter(|&n| n <= remaining / min_size) else {
             bail!("file is truncated (array of {n} elements at offset {})", self.pos);
         };
+        // Arrays of arrays are held value by value (48 bytes each for a 12-byte header): a bound, so a
+        // malformed file cannot ask for several times its size in memory. No known GGUF writer nests them.
+        if ety == 9 && n > MAX_NESTED {
+            bail!("metadata array of {n} arrays (at most {MAX_NESTED} are read)");
+        }
         if let Some(ty) = num {
             let bytes = self.take(n * ty.size())?.to_vec();
             return Ok(Value::Numbers(Numbers { ty, bytes }));
@@ -346,6 +352,9 @@ impl<'a> Reader<'a> {
         Ok(Value::Array(v))
     }
 }
+
+/// Most arrays an array of arrays may hold.
+const MAX_NESTED: usize = 1 << 16;
 
 impl Gguf {
     /// Maps and parses `path`.

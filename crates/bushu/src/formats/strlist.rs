@@ -111,9 +111,11 @@ impl ByteList {
         self.push_with(|data| data.extend_from_slice(b));
     }
 
-    /// Appends one item: the bytes `write` appends to the buffer it is given.
+    /// Appends one item: the bytes `write` appends to the buffer it is given (it must not remove any).
     pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.data.len();
         write(&mut self.data);
+        assert!(self.data.len() >= start, "ByteList::push_with may only append");
         self.offsets.push(self.data.len());
     }
 

@@ -34,7 +34,7 @@ impl KvRows for KvI8<'_> {
 
     #[inline(always)]
     fn prefetch(&self, at: usize, len: usize) {
-        super::prefetch_bytes(self.q[at..].as_ptr().cast(), len);
+        crate::simd::prefetch_bytes(self.q[at..].as_ptr().cast(), len);
     }
 
     #[inline(always)]

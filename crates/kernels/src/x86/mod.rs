@@ -13,7 +13,7 @@ pub(crate) mod quantize;
 use crate::dtype::DType;
 use crate::matmul::{Job, RowsFn};
 use crate::quants::{dot_row, BlockQ8, QK8};
-use crate::simd::Simd;
+use crate::simd::{prefetch_bytes, Simd};
 use std::arch::x86_64::*;
 
 /// A block kernel: decodes one chunk of a weight row (`load`) and accumulates its dot product with one
@@ -101,16 +101,6 @@ pub(crate) unsafe fn f16(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
-/// Asks for the cache lines of `bytes` bytes at `p` (a hint: never faults, even past the data).
-#[inline(always)]
-pub(crate) unsafe fn prefetch(p: *const u8, bytes: usize) {
-    let mut o = 0;
-    while o < bytes {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o) as *const i8);
-        o += 64;
-    }
-}
-
 /// `R` rows from `r`, `T` tokens from `t`: every chunk of each row is loaded once and used `T` times.
 #[inline(always)]
 unsafe fn tile<K: Kern, const R: usize, const T: usize>(job: &Job, r: usize, t: usize) {
@@ -125,7 +115,7 @@ unsafe fn tile<K: Kern, const R: usize, const T: usize>(job: &Job, r: usize, t: 
                 // Decode reads R rows as R streams, which the hardware prefetcher does not follow
                 // (Zen 3: Q4_0 16 -> 25-29 GMAC/s, Q6_K 6.5 -> 17-19): fetch the same place of the next
                 // tile's rows, one tile ahead.
-                prefetch(wp[i].wrapping_add(R * job.row_bytes + c * K::BYTES), K::BYTES);
+                prefetch_bytes(wp[i].wrapping_add(R * job.row_bytes + c * K::BYTES), K::BYTES);
             }
             let w = K::load(wp[i].add(c * K::BYTES));
             for j in 0..T {

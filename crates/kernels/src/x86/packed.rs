@@ -4,10 +4,11 @@
 //! eight rows multiply them as one vector. Generic over the integer primitive ([`IAcc`]: AVX2
 //! `maddubs` or AVX-512 VNNI `vpdpbusd`) like the row-major kernels.
 
-use super::{prefetch, Avx2Dot, IDot, VnniDot};
+use super::{Avx2Dot, IDot, VnniDot};
 use crate::matmul::Job;
 use crate::packed::{GROUP, Q6K_Q};
 use crate::quants::{BlockQ16, BlockQ8, QK8};
+use crate::simd::prefetch_bytes;
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
@@ -394,7 +395,7 @@ unsafe fn tile_wide<K: WideKern, const T: usize>(job: &Job, g: usize, t: usize) 
     for b in 0..nb {
         let r = base.add(b * rec);
         if T == 1 {
-            prefetch(r.wrapping_add(PF_DIST), rec);
+            prefetch_bytes(r.wrapping_add(PF_DIST), rec);
         }
         let mut x = xp;
         for p in &mut x {
@@ -434,7 +435,7 @@ unsafe fn tile<K: PackKern, const T: usize>(job: &Job, g: usize, t: usize) {
         let r = base.add(b * rec);
         if T == 1 {
             // Decode: the record 2 KiB ahead (Q8_0 22 -> 26 GB/s, Q4_K 18 -> 22).
-            prefetch(r.wrapping_add(PF_DIST), rec);
+            prefetch_bytes(r.wrapping_add(PF_DIST), rec);
         }
         let s = K::setup(r);
         acc = K::dot_tile(acc, &s, r, xp.map(|p| p.add(b * K::ELEMS / QK8)));
