@@ -220,10 +220,15 @@ fn pack_record<'a>(dtype: DType, l: &Layout, rec: &mut [u8], block: impl Fn(usiz
                 }
             }
         }
-        // The codes, four bytes at a time (the hot loop of packing: plain 32-bit moves).
-        let (src, dst) = (b[l.head..].as_ptr(), rec.as_mut_ptr());
-        for u in 0..l.codes / 4 {
-            // SAFETY: in bounds by the asserts above (`unit(codes_at, u, r) + 4 <= l.rec`).
+    }
+    // The codes, four bytes at a time, unit by unit: the eight rows' words of a unit are one contiguous
+    // 32-byte store (the hot loop of packing).
+    let src: [*const u8; GROUP] = std::array::from_fn(|r| block(r)[l.head..].as_ptr());
+    let dst = rec.as_mut_ptr();
+    for u in 0..l.codes / 4 {
+        for (r, src) in src.iter().enumerate() {
+            // SAFETY: in bounds by the asserts above (`4 * u + 4 <= l.codes` bytes of each block's codes,
+            // `unit(codes_at, u, r) + 4 <= l.rec`).
             unsafe {
                 let v = std::ptr::read_unaligned(src.add(4 * u) as *const u32);
                 std::ptr::write_unaligned(dst.add(unit(codes_at, u, r)) as *mut u32, v);
