@@ -58,11 +58,11 @@ pub trait KvRows: Sync {
 /// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`, then the tail: the same operations in the same
 /// order for every `N` and on every SIMD level. `AVX` (only inside AVX-compiled callers): the final
 /// sums of four or eight heads run as vector shuffles and adds, the same additions in the same order.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
 ///
 /// # Safety
 /// With `AVX`, the CPU must have AVX2 and FMA (the caller is compiled for them).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
 unsafe fn dots<K: KvRows + ?Sized, const N: usize, const AVX: bool>(
     k: &K,
     q: &[f32],
@@ -99,11 +99,11 @@ unsafe fn dots<K: KvRows + ?Sized, const N: usize, const AVX: bool>(
 /// [`dots`] of four heads against the two rows at `at[0]` and `at[1]`: each query chunk is loaded once
 /// for both rows (the same operations per head and row as `dots`). Only where `dots` takes the vector
 /// sums (`AVX`, head size a multiple of 8); elsewhere it is `dots` row by row.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
 ///
 /// # Safety
 /// As [`dots`].
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
 unsafe fn dots4x2<K: KvRows + ?Sized, const AVX: bool>(k: &K, q: &[f32], hd: usize, at: [usize; 2]) -> [[f32; 4]; 2] {
     #[cfg(target_arch = "x86_64")]
     if AVX && hd.is_multiple_of(8) {
@@ -229,10 +229,10 @@ pub(crate) fn attend_heads<K: KvRows + ?Sized>(
     unsafe { passes::<K, false>(q, k, v, out, hd, visible, scale, at) }
 }
 
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
 /// # Safety
 /// With `AVX`, the CPU must have AVX2 and FMA.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
 unsafe fn passes<K: KvRows + ?Sized, const AVX: bool>(
     q: &[f32],
     k: &K,
@@ -248,10 +248,10 @@ unsafe fn passes<K: KvRows + ?Sized, const AVX: bool>(
     }
 }
 
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-#[inline(always)]
 /// # Safety
 /// With `AVX`, the CPU must have AVX2 and FMA.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[inline(always)]
 unsafe fn group_impl<K: KvRows + ?Sized, const AVX: bool>(
     q: &[f32],
     k: &K,

@@ -111,57 +111,34 @@ impl Value {
     }
 }
 
-/// The type of a number (or bool) metadata value: GGUF value types 0-7 and 10-12.
+/// The type of a number (or bool) metadata value: GGUF value types 0-7 and 10-12 (the discriminants).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
 pub enum NumType {
-    U8,
-    I8,
-    U16,
-    I16,
-    U32,
-    I32,
-    F32,
-    Bool,
-    U64,
-    I64,
-    F64,
+    U8 = 0,
+    I8 = 1,
+    U16 = 2,
+    I16 = 3,
+    U32 = 4,
+    I32 = 5,
+    F32 = 6,
+    Bool = 7,
+    U64 = 10,
+    I64 = 11,
+    F64 = 12,
 }
 
 impl NumType {
     pub fn from_id(id: u32) -> Option<NumType> {
         use NumType::*;
-        Some(match id {
-            0 => U8,
-            1 => I8,
-            2 => U16,
-            3 => I16,
-            4 => U32,
-            5 => I32,
-            6 => F32,
-            7 => Bool,
-            10 => U64,
-            11 => I64,
-            12 => F64,
-            _ => return None,
-        })
+        [U8, I8, U16, I16, U32, I32, F32, Bool, U64, I64, F64]
+            .into_iter()
+            .find(|t| t.id() == id)
     }
 
     /// The GGUF value type id.
     pub fn id(self) -> u32 {
-        use NumType::*;
-        match self {
-            U8 => 0,
-            I8 => 1,
-            U16 => 2,
-            I16 => 3,
-            U32 => 4,
-            I32 => 5,
-            F32 => 6,
-            Bool => 7,
-            U64 => 10,
-            I64 => 11,
-            F64 => 12,
-        }
+        self as u32
     }
 
     /// Bytes per value.

@@ -97,6 +97,12 @@ fn put_str(b: &mut Vec<u8>, s: &str) {
     b.extend_from_slice(s.as_bytes());
 }
 
+/// An array's element type and length.
+fn put_array_header(b: &mut Vec<u8>, ety: u32, n: usize) {
+    b.extend_from_slice(&ety.to_le_bytes());
+    b.extend_from_slice(&(n as u64).to_le_bytes());
+}
+
 fn type_id(v: &Value) -> u32 {
     match v {
         Value::U8(_) => 0,
@@ -127,21 +133,17 @@ fn put_value(b: &mut Vec<u8>, v: &Value) {
         Value::Bool(x) => b.push(*x as u8),
         Value::String(s) => put_str(b, s),
         Value::Strings(a) => {
-            b.extend_from_slice(&8u32.to_le_bytes());
-            b.extend_from_slice(&(a.len() as u64).to_le_bytes());
+            put_array_header(b, 8, a.len());
             for s in a.iter() {
                 put_str(b, s);
             }
         }
         Value::Numbers(a) => {
-            b.extend_from_slice(&a.ty().id().to_le_bytes());
-            b.extend_from_slice(&(a.len() as u64).to_le_bytes());
+            put_array_header(b, a.ty().id(), a.len());
             b.extend_from_slice(a.as_le_bytes());
         }
         Value::Array(a) => {
-            let ety = a.first().map(type_id).unwrap_or(4);
-            b.extend_from_slice(&ety.to_le_bytes());
-            b.extend_from_slice(&(a.len() as u64).to_le_bytes());
+            put_array_header(b, a.first().map(type_id).unwrap_or(4), a.len());
             for x in a {
                 put_value(b, x);
             }
