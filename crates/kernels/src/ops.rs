@@ -38,6 +38,42 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     crate::pool::for_each_chunk_mut(gate, CHUNK, &|i, g| one(g, &up[i * CHUNK..]));
 }
 
+/// `gate = gelu(gate) * up` with GELU's tanh approximation, the GeGLU of Gemma's feed-forward block
+/// (`gelu_pytorch_tanh`: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`); long vectors are split
+/// across the thread pool.
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    const CHUNK: usize = 4096;
+    fn one(gate: &mut [f32], up: &[f32]) {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        for (g, &u) in gate.iter_mut().zip(up) {
+            let x = *g;
+            *g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()) * u;
+        }
+    }
+    if gate.len() < 2 * CHUNK {
+        return one(gate, up);
+    }
+    crate::pool::for_each_chunk_mut(gate, CHUNK, &|i, g| one(g, &up[i * CHUNK..]));
+}
+
+/// RMSNorm of every `weight.len()`-sized piece of `x` in place (per-head QK-norm).
+pub fn rmsnorm_pieces(x: &mut [f32], weight: &[f32], eps: f32) {
+    for piece in x.chunks_exact_mut(weight.len()) {
+        let ss: f32 = piece.iter().map(|v| v * v).sum::<f32>() / piece.len() as f32;
+        let inv = 1.0 / (ss + eps).sqrt();
+        for (v, &w) in piece.iter_mut().zip(weight) {
+            *v = *v * inv * w;
+        }
+    }
+}
+
+/// `x *= s`.
+pub fn scale(x: &mut [f32], s: f32) {
+    for v in x {
+        *v *= s;
+    }
+}
+
 /// `x += y`.
 pub fn add_assign(x: &mut [f32], y: &[f32]) {
     for (a, &b) in x.iter_mut().zip(y) {

@@ -8,7 +8,8 @@
 //! into adjacent pairs, which is why GGUF Llama files use [`RopeStyle::Interleaved`] instead.
 
 use super::{Storage, Tensor};
-use crate::model::config::{Config, RopeScaling};
+use crate::model::arch::{self, Family, Windows};
+use crate::model::config::{Activation, Block, Config, RopeScaling};
 use crate::model::loader::ModelFile;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -18,13 +19,6 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-
-/// Supported `(model_type, architectures entry)` pairs; the first is also `Config::arch`.
-pub const ARCHITECTURES: &[(&str, &str)] = &[
-    ("llama", "LlamaForCausalLM"),
-    ("mistral", "MistralForCausalLM"),
-    ("qwen2", "Qwen2ForCausalLM"),
-];
 
 /// What `config.json` says: the engine's [`Config`] plus what it has no field for yet.
 #[derive(Clone, Debug)]
@@ -79,7 +73,8 @@ pub fn read(dir: &Path) -> Result<HfModel> {
     let json = read_json(&config_path)?;
     let config = parse_config(&json).with_context(|| format!("{}: unsupported model", config_path.display()))?;
     let (raw, file_bytes) = read_weights(dir)?;
-    let tensors = rename_tensors(raw).with_context(|| format!("{}: unexpected weights", dir.display()))?;
+    let family = arch::by_name(&config.config.arch)?;
+    let tensors = rename_tensors(family, raw).with_context(|| format!("{}: unexpected weights", dir.display()))?;
     check_tensors(&config, &tensors).with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
 
     let mut eos_ids = Vec::new();
@@ -173,29 +168,29 @@ fn get_f64(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>> {
 /// Builds the model configuration from the contents of `config.json`.
 pub fn parse_config(json: &Value) -> Result<HfConfig> {
     let obj = json.as_object().context("config.json is not a JSON object")?;
-    let supported = |i: usize| {
-        let names: Vec<&str> = ARCHITECTURES.iter().map(|a| if i == 0 { a.0 } else { a.1 }).collect();
-        names.join(", ")
-    };
     let archs: Vec<&str> = obj
         .get("architectures")
         .and_then(Value::as_array)
         .map_or(Vec::new(), |a| a.iter().filter_map(Value::as_str).collect());
-    let model_type = obj.get("model_type").and_then(Value::as_str);
-    if let Some(t) = model_type.filter(|t| !ARCHITECTURES.iter().any(|a| a.0 == *t)) {
-        bail!("model_type '{t}' is not supported (supported: {})", supported(0));
-    }
-    if let Some(a) = archs.iter().find(|a| !ARCHITECTURES.iter().any(|x| x.1 == **a)) {
-        bail!("architecture '{a}' is not supported (supported: {})", supported(1));
-    }
-    let arch = match (model_type, archs.first()) {
-        (Some(t), _) => t,
-        (None, Some(a)) => ARCHITECTURES.iter().find(|x| x.1 == *a).unwrap().0,
-        (None, None) => bail!("config.json has neither model_type nor architectures"),
+    let family = arch::by_hf(obj.get("model_type").and_then(Value::as_str), &archs)?;
+    let arch = family.name;
+    // Gemma names its activation `hidden_activation` (and keeps a stale `hidden_act`).
+    let act_key = match family.activation {
+        Activation::Silu => "hidden_act",
+        Activation::GeluTanh => "hidden_activation",
     };
-    if let Some(act) = obj.get("hidden_act").and_then(Value::as_str) {
-        if act != "silu" {
-            bail!("hidden_act '{act}' is not supported (only silu)");
+    if let Some(act) = obj.get(act_key).and_then(Value::as_str) {
+        let expected: &[&str] = match family.activation {
+            Activation::Silu => &["silu"],
+            Activation::GeluTanh => &["gelu_pytorch_tanh", "gelu_tanh"],
+        };
+        if !expected.contains(&act) {
+            bail!("{act_key} '{act}' is not supported (only {})", expected.join(", "));
+        }
+    }
+    for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
+        if let Some(v) = get_f64(obj, key)? {
+            bail!("{key} = {v} is not supported");
         }
     }
     let required = |k: &str| get_usize(obj, k)?.with_context(|| format!("config.json has no {k}"));
@@ -222,10 +217,12 @@ pub fn parse_config(json: &Value) -> Result<HfConfig> {
     if arch == "qwen2" && sliding_window.is_some() {
         bail!("Qwen2 sliding-window attention (use_sliding_window: true) is not supported");
     }
+    let n_layers = required("num_hidden_layers")?;
+    let block = hf_block(family, obj, n_layers, dim)?;
     let config = Config {
         arch: arch.to_owned(),
         dim,
-        n_layers: required("num_hidden_layers")?,
+        n_layers,
         n_heads,
         n_kv_heads,
         head_dim,
@@ -239,6 +236,7 @@ pub fn parse_config(json: &Value) -> Result<HfConfig> {
         // Hugging Face's rotate_half pairs dimension i with i + head_dim/2.
         rope_style: RopeStyle::Neox,
         sliding_window,
+        block,
     };
     config.validate()?;
 
@@ -247,6 +245,50 @@ pub fn parse_config(json: &Value) -> Result<HfConfig> {
         tie_word_embeddings: obj.get("tie_word_embeddings").and_then(Value::as_bool),
         eos_ids: token_ids(obj.get("eos_token_id")).context("eos_token_id")?,
     })
+}
+
+/// The family's block as `config.json` specifies it: Gemma 3's `query_pre_attn_scalar`,
+/// `rope_local_base_freq` and local/global layout (`layer_types`, or `sliding_window_pattern`), and its
+/// norms stored minus one.
+fn hf_block(family: &Family, obj: &Map<String, Value>, n_layers: usize, dim: usize) -> Result<Block> {
+    let mut block = family.block(n_layers, dim);
+    if family.hf_norm_minus_one {
+        block.norm_offset = 1.0;
+    }
+    if let Windows::GlobalEvery { .. } = family.windows {
+        if let Some(s) = get_f64(obj, "query_pre_attn_scalar")? {
+            if !(s > 0.0 && s.is_finite()) {
+                bail!("query_pre_attn_scalar {s} must be positive");
+            }
+            block.attn_scale = Some((1.0 / s.sqrt()) as f32);
+        }
+        if let Some(theta) = get_f64(obj, "rope_local_base_freq")? {
+            block.rope_theta_local = Some(theta as f32);
+        }
+        match (obj.get("layer_types"), get_usize(obj, "sliding_window_pattern")?) {
+            (Some(Value::Array(types)), _) => {
+                if types.len() != n_layers {
+                    bail!(
+                        "layer_types lists {} layers, num_hidden_layers is {n_layers}",
+                        types.len()
+                    );
+                }
+                block.local_layers = types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        Some("sliding_attention") => Ok(true),
+                        Some("full_attention") => Ok(false),
+                        _ => bail!("layer type {t} is not sliding_attention or full_attention"),
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            (Some(v), _) if !v.is_null() => bail!("layer_types = {v} is not a list"),
+            (_, Some(0)) => bail!("sliding_window_pattern 0 must be positive"),
+            (_, Some(n)) => block.local_layers = (0..n_layers).map(|l| (l + 1) % n != 0).collect(),
+            _ => {}
+        }
+    }
+    Ok(block)
 }
 
 struct Rope {
@@ -465,46 +507,23 @@ pub fn read_weights(dir: &Path) -> Result<(Vec<Tensor>, u64)> {
     Ok((out, bytes))
 }
 
-/// The GGUF name of a Hugging Face tensor name (`None` if it is not one the engine knows).
+/// The GGUF name of a Hugging Face tensor name of a Llama-layout model (`None` if it is not one the engine
+/// knows); other families: [`Family::gguf_name`].
 pub fn gguf_name(hf: &str) -> Option<String> {
-    match hf {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
-    }
-    let (layer, rest) = hf.strip_prefix("model.layers.")?.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, kind) = rest.rsplit_once('.')?;
-    let (base, biased) = match module {
-        "input_layernorm" => ("attn_norm", false),
-        "post_attention_layernorm" => ("ffn_norm", false),
-        "self_attn.q_proj" => ("attn_q", true),
-        "self_attn.k_proj" => ("attn_k", true),
-        "self_attn.v_proj" => ("attn_v", true),
-        "self_attn.o_proj" => ("attn_output", true),
-        "mlp.gate_proj" => ("ffn_gate", true),
-        "mlp.up_proj" => ("ffn_up", true),
-        "mlp.down_proj" => ("ffn_down", true),
-        _ => return None,
-    };
-    match kind {
-        "weight" => {}
-        "bias" if biased => {}
-        _ => return None,
-    }
-    Some(format!("blk.{layer}.{base}.{kind}"))
+    arch::LLAMA.gguf_name(hf)
 }
 
 /// Renames tensors to GGUF names; RoPE frequency buffers some old checkpoints saved are dropped, any other
 /// unknown tensor is an error (ignoring it could silently compute something else).
-fn rename_tensors(raw: Vec<Tensor>) -> Result<HashMap<String, Tensor>> {
+fn rename_tensors(family: &Family, raw: Vec<Tensor>) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::with_capacity(raw.len());
     for mut t in raw {
         if t.name.ends_with("rotary_emb.inv_freq") {
             continue;
         }
-        let name = gguf_name(&t.name).with_context(|| format!("tensor {} is not one this engine knows", t.name))?;
+        let name = family
+            .gguf_name(&t.name)
+            .with_context(|| format!("tensor {} is not one this engine knows", t.name))?;
         let hf_name = std::mem::replace(&mut t.name, name.clone());
         if out.insert(name.clone(), t).is_some() {
             bail!("tensor {hf_name} ({name}) appears twice");
@@ -517,7 +536,7 @@ fn rename_tensors(raw: Vec<Tensor>) -> Result<HashMap<String, Tensor>> {
 /// first), and that there is nothing for layers the model does not have.
 fn check_tensors(hf: &HfConfig, tensors: &HashMap<String, Tensor>) -> Result<()> {
     let c = &hf.config;
-    let (d, q, kv, f, v) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.vocab_size);
+    let (d, v) = (c.dim, c.vocab_size);
     let check = |name: &str, shape: &[usize], required: bool| -> Result<()> {
         match tensors.get(name) {
             None if required => bail!("tensor {name} is missing"),
@@ -536,27 +555,10 @@ fn check_tensors(hf: &HfConfig, tensors: &HashMap<String, Tensor>) -> Result<()>
     if !tensors.contains_key("output.weight") && hf.tie_word_embeddings == Some(false) {
         bail!("there is no lm_head.weight and tie_word_embeddings is false");
     }
+    let family = arch::by_name(&c.arch)?;
     for l in 0..c.n_layers {
-        let per_layer: [(&str, &[usize], bool); 16] = [
-            ("attn_norm.weight", &[d], true),
-            ("attn_q.weight", &[d, q], true),
-            ("attn_k.weight", &[d, kv], true),
-            ("attn_v.weight", &[d, kv], true),
-            ("attn_output.weight", &[q, d], true),
-            ("ffn_norm.weight", &[d], true),
-            ("ffn_gate.weight", &[d, f], true),
-            ("ffn_up.weight", &[d, f], true),
-            ("ffn_down.weight", &[f, d], true),
-            ("attn_q.bias", &[q], false),
-            ("attn_k.bias", &[kv], false),
-            ("attn_v.bias", &[kv], false),
-            ("attn_output.bias", &[d], false),
-            ("ffn_gate.bias", &[f], false),
-            ("ffn_up.bias", &[f], false),
-            ("ffn_down.bias", &[d], false),
-        ];
-        for (suffix, shape, required) in per_layer {
-            check(&format!("blk.{l}.{suffix}"), shape, required)?;
+        for spec in family.layer {
+            check(&format!("blk.{l}.{}", spec.gguf), &spec.shape(c), spec.required)?;
         }
     }
     let layer_of = |n: &str| n.strip_prefix("blk.")?.split_once('.')?.0.parse::<usize>().ok();

@@ -298,6 +298,7 @@ pub fn parse(storage: Arc<Storage>) -> Result<Checkpoint> {
         rope_scaling: RopeScaling::None,
         rope_style: RopeStyle::Interleaved,
         sliding_window: None,
+        block: Default::default(),
     };
     config.validate()?;
     Ok(Checkpoint {

@@ -1,25 +1,34 @@
 //! The forward pass of a Llama-family decoder, read top to bottom like the paper:
 //! embed → for each layer { RMSNorm → Q,K,V (+bias) → RoPE → append K,V to the cache → causal attention
 //! → output projection → residual → RMSNorm → SwiGLU feed-forward → residual } → RMSNorm → classifier.
+//! Other families' blocks differ in a few marked steps ([`crate::model::arch`]): Gemma 3 scales the
+//! embeddings, RMS-normalizes each query and key head before RoPE, normalizes the attention and
+//! feed-forward outputs before their residual adds, uses GeGLU, and alternates sliding-window (local)
+//! layers with global ones, each kind with its own RoPE base.
 //!
 //! One entry point serves both phases of the lecture's §2: prefill passes the whole prompt (n tokens)
 //! and fills the cache; decode passes one token and appends its k, v.
 
-use super::config::Config;
+use super::config::{Activation, Config};
 use super::kv_cache::{KvCache, KvType, KvView};
 use super::loader::ModelFile;
 use super::weights::Weights;
 use crate::quant::llm_int8::{Int8Weights, Proj};
 use anyhow::{bail, Result};
 use kernels::attention::{attention, attention_kv, AttnShape};
-use kernels::ops::{add_assign, rmsnorm, rope, swiglu};
+use kernels::ops::{add_assign, geglu, rmsnorm, rmsnorm_pieces, rope, scale, swiglu};
 use kernels::{matmul_with, Precision, QMatrix};
 
 pub struct Model {
     pub config: Config,
     pub weights: Weights,
-    /// RoPE frequency of each rotated pair, scaling applied.
+    /// RoPE frequency of each rotated pair, scaling applied; and those of the local (sliding-window)
+    /// layers, which may have their own base.
     inv_freq: Vec<f32>,
+    inv_freq_local: Vec<f32>,
+    /// Queries are multiplied by this before attention (whose kernels scale by 1/sqrt(head_dim)) when
+    /// the family scales them otherwise.
+    q_rescale: Option<f32>,
     /// How activations meet quantized weights: `Fast` (int8 activation blocks, as llama.cpp; the
     /// default) or `Exact` (f32 activations). Plain float weights always use f32.
     pub precision: Precision,
@@ -113,10 +122,17 @@ impl Model {
                 *f /= d;
             }
         }
+        let inv_freq_local = match config.block.rope_theta_local {
+            Some(_) => config.rope_inv_freq_local(),
+            None => inv_freq.clone(),
+        };
+        let q_rescale = config.block.attn_scale.map(|s| s * (config.head_dim as f32).sqrt());
         Ok(Model {
             config,
             weights,
             inv_freq,
+            inv_freq_local,
+            q_rescale,
             precision: Precision::default(),
             int8: None,
             kv_type: KvType::default(),
@@ -221,21 +237,30 @@ impl Model {
             bail!("token id {t} is outside the vocabulary of {} tokens", c.vocab_size);
         }
         let (dim, q_dim, kv_dim, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
-        let shape = AttnShape {
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
-            window: c.sliding_window,
-        };
 
-        // Token embeddings.
+        // Token embeddings (Gemma: times sqrt(dim)).
         let x = fit(&mut s.x, n * dim);
         let embd = w.token_embd.matrix();
         for (row, &t) in x.chunks_exact_mut(dim).zip(tokens) {
             embd.dequantize_row(t as usize, row);
         }
+        if let Some(e) = c.block.embed_scale {
+            scale(x, e);
+        }
 
         for (layer, lw) in w.layers.iter().enumerate() {
+            // Local (sliding-window) layers may have their own RoPE base.
+            let (window, inv_freq) = match c.is_local(layer) {
+                true => (c.window(layer), &self.inv_freq_local),
+                false => (None, &self.inv_freq),
+            };
+            let shape = AttnShape {
+                n_heads: c.n_heads,
+                n_kv_heads: c.n_kv_heads,
+                head_dim: c.head_dim,
+                window,
+            };
+
             // Attention block.
             let xb = fit(&mut s.xb, n * dim);
             norm_rows(xb, &s.x[..n * dim], &lw.attn_norm, c.rms_eps);
@@ -248,16 +273,27 @@ impl Model {
             self.proj(layer, Proj::Q, xb, q, lw.bq.as_deref());
             self.proj(layer, Proj::K, xb, k, lw.bk.as_deref());
             self.proj(layer, Proj::V, xb, v, lw.bv.as_deref());
+            // QK-norm (Gemma 3): every query and key head RMS-normalized.
+            if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
+                rmsnorm_pieces(q, qn, c.rms_eps);
+                rmsnorm_pieces(k, kn, c.rms_eps);
+            }
             for (t, &pos) in positions.iter().enumerate() {
                 let (qt, kt) = (&mut q[t * q_dim..(t + 1) * q_dim], &mut k[t * kv_dim..(t + 1) * kv_dim]);
-                rope(qt, c.head_dim, pos, &self.inv_freq, c.rope_style);
-                rope(kt, c.head_dim, pos, &self.inv_freq, c.rope_style);
+                rope(qt, c.head_dim, pos, inv_freq, c.rope_style);
+                rope(kt, c.head_dim, pos, inv_freq, c.rope_style);
                 kv.store(layer, t, pos, kt, &v[t * kv_dim..(t + 1) * kv_dim]);
+            }
+            if let Some(r) = self.q_rescale {
+                scale(q, r);
             }
             let att = fit(&mut s.att, n * q_dim);
             kv.attend(layer, q, att, shape);
             observe(Probe::AttnOut(layer), att);
             self.proj(layer, Proj::O, att, xb, None);
+            if let Some(pn) = &lw.post_attn_norm {
+                rmsnorm_pieces(xb, pn, c.rms_eps);
+            }
             add_assign(&mut s.x[..n * dim], xb);
 
             // Feed-forward block.
@@ -266,9 +302,15 @@ impl Model {
             let (gate, up) = (fit(&mut s.gate, n * ffn), fit(&mut s.up, n * ffn));
             self.proj(layer, Proj::Gate, xb, gate, None);
             self.proj(layer, Proj::Up, xb, up, None);
-            swiglu(gate, up);
+            match c.block.activation {
+                Activation::Silu => swiglu(gate, up),
+                Activation::GeluTanh => geglu(gate, up),
+            }
             observe(Probe::FfnDown(layer), gate);
             self.proj(layer, Proj::Down, gate, xb, None);
+            if let Some(pn) = &lw.post_ffn_norm {
+                rmsnorm_pieces(xb, pn, c.rms_eps);
+            }
             add_assign(&mut s.x[..n * dim], xb);
         }
 

@@ -1,5 +1,6 @@
-//! The Llama-family transformer (Llama 2/3, Mistral, Qwen2, TinyLlama, SmolLM).
+//! The decoder-only transformers bushu runs (Llama 2/3, Mistral, Qwen2, TinyLlama, SmolLM, Gemma 3).
 //!
+//! - [`arch`]: the table of model families: names, tensors, how each block differs from Llama's.
 //! - [`config`]: hyper-parameters, whatever file they come from.
 //! - [`loader`]: opens a model path (GGUF file, Hugging Face directory, llama2.c checkpoint) into a
 //!   [`ModelFile`]: config, tensors under canonical GGUF names, tokenizer, metadata.
@@ -7,13 +8,14 @@
 //! - [`kv_cache`]: keys and values of past positions.
 //! - [`llama`]: the forward pass (prefill and incremental decode).
 
+pub mod arch;
 pub mod config;
 pub mod kv_cache;
 pub mod llama;
 pub mod loader;
 pub mod weights;
 
-pub use config::{Config, RopeScaling};
+pub use config::{Activation, Block, Config, RopeScaling};
 pub use kv_cache::{KvCache, KvType};
 pub use llama::Model;
 pub use loader::{load, ModelFile};

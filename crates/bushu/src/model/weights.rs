@@ -1,6 +1,7 @@
 //! The weights of a model, looked up by their GGUF names and checked against the config. Matrices stay
 //! where the loader put them (memory-mapped); only the small norm vectors and biases are read into f32.
 
+use super::arch::{self, Family};
 use super::config::Config;
 use crate::formats::Tensor;
 use anyhow::{bail, Context, Result};
@@ -20,7 +21,14 @@ pub struct LayerWeights {
     pub bq: Option<Vec<f32>>,
     pub bk: Option<Vec<f32>>,
     pub bv: Option<Vec<f32>>,
+    /// Per-head RMSNorm of queries and keys before RoPE (Gemma 3).
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    /// RMSNorm of the attention output before the residual add (Gemma 2/3).
+    pub post_attn_norm: Option<Vec<f32>>,
     pub ffn_norm: Vec<f32>,
+    /// RMSNorm of the feed-forward output before the residual add (Gemma 2/3).
+    pub post_ffn_norm: Option<Vec<f32>>,
     pub w_gate: Tensor,
     pub w_up: Tensor,
     pub w_down: Tensor,
@@ -74,6 +82,8 @@ const BACKGROUND_PACKING: usize = 256 << 20;
 
 struct Lookup<'a> {
     tensors: &'a HashMap<String, Tensor>,
+    config: &'a Config,
+    family: &'static Family,
 }
 
 impl Lookup<'_> {
@@ -110,7 +120,11 @@ impl Lookup<'_> {
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
-        Ok(self.get(name, &[len])?.to_f32())
+        let mut v = self.get(name, &[len])?.to_f32();
+        if name.ends_with("norm.weight") && self.config.block.norm_offset != 0.0 {
+            v.iter_mut().for_each(|w| *w += self.config.block.norm_offset);
+        }
+        Ok(v)
     }
 
     fn optional_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
@@ -119,34 +133,80 @@ impl Lookup<'_> {
             false => Ok(None),
         }
     }
+
+    /// Layer `i`'s tensor `suffix` as the family's table describes it: required or optional, its shape.
+    fn layer(&self, i: usize, suffix: &str) -> Result<Option<Tensor>> {
+        let spec = self
+            .family
+            .layer_tensor(suffix)
+            .with_context(|| format!("the {} layer has no tensor {suffix}", self.family.name))?;
+        let name = format!("blk.{i}.{suffix}");
+        match self.tensors.contains_key(&name) || spec.required {
+            true => self.get(&name, &spec.shape(self.config)).map(Some),
+            false => Ok(None),
+        }
+    }
+
+    fn layer_matrix(&self, i: usize, suffix: &str) -> Result<Tensor> {
+        Ok(self.layer(i, suffix)?.expect("a required tensor"))
+    }
+
+    fn layer_vector(&self, i: usize, suffix: &str) -> Result<Option<Vec<f32>>> {
+        match self.family.layer_tensor(suffix) {
+            // Not part of this family's layer (e.g. Gemma's extra norms in a Llama).
+            None => Ok(None),
+            Some(spec) => self
+                .optional_vector(&format!("blk.{i}.{suffix}"), spec.shape(self.config)[0])
+                .and_then(|v| match (v, spec.required) {
+                    (None, true) => bail!("tensor blk.{i}.{suffix} is missing"),
+                    (v, _) => Ok(v),
+                }),
+        }
+    }
 }
 
 impl Weights {
     pub fn from_tensors(c: &Config, tensors: &HashMap<String, Tensor>) -> Result<Weights> {
-        let l = Lookup { tensors };
-        // Biases this forward pass has no place for: refuse rather than silently compute something else.
-        for suffix in ["attn_output.bias", "ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"] {
-            if let Some(name) = tensors.keys().find(|k| k.starts_with("blk.") && k.ends_with(suffix)) {
-                bail!("tensor {name}: biases on this layer are not supported");
+        let family = arch::by_name(&c.arch)?;
+        let l = Lookup {
+            tensors,
+            config: c,
+            family,
+        };
+        // Biases the family's layer has no place for: refuse rather than silently compute something else.
+        for name in tensors.keys() {
+            let suffix = name
+                .strip_prefix("blk.")
+                .and_then(|r| r.split_once('.'))
+                .map(|(_, s)| s);
+            if let Some(suffix) = suffix.filter(|s| s.ends_with(".bias") && family.layer_tensor(s).is_none()) {
+                bail!("tensor {name}: biases on this layer ({suffix}) are not supported");
             }
         }
         let token_embd = l.get("token_embd.weight", &[c.dim, c.vocab_size])?;
         let layers = (0..c.n_layers)
             .map(|i| {
-                let n = |s: &str| format!("blk.{i}.{s}");
+                let required = |s: &str| -> Result<Vec<f32>> {
+                    l.layer_vector(i, s)?
+                        .with_context(|| format!("tensor blk.{i}.{s} is missing"))
+                };
                 Ok(LayerWeights {
-                    attn_norm: l.vector(&n("attn_norm.weight"), c.dim)?,
-                    wq: l.get(&n("attn_q.weight"), &[c.dim, c.q_dim()])?,
-                    wk: l.get(&n("attn_k.weight"), &[c.dim, c.kv_dim()])?,
-                    wv: l.get(&n("attn_v.weight"), &[c.dim, c.kv_dim()])?,
-                    wo: l.get(&n("attn_output.weight"), &[c.q_dim(), c.dim])?,
-                    bq: l.optional_vector(&n("attn_q.bias"), c.q_dim())?,
-                    bk: l.optional_vector(&n("attn_k.bias"), c.kv_dim())?,
-                    bv: l.optional_vector(&n("attn_v.bias"), c.kv_dim())?,
-                    ffn_norm: l.vector(&n("ffn_norm.weight"), c.dim)?,
-                    w_gate: l.get(&n("ffn_gate.weight"), &[c.dim, c.ffn_dim])?,
-                    w_up: l.get(&n("ffn_up.weight"), &[c.dim, c.ffn_dim])?,
-                    w_down: l.get(&n("ffn_down.weight"), &[c.ffn_dim, c.dim])?,
+                    attn_norm: required("attn_norm.weight")?,
+                    wq: l.layer_matrix(i, "attn_q.weight")?,
+                    wk: l.layer_matrix(i, "attn_k.weight")?,
+                    wv: l.layer_matrix(i, "attn_v.weight")?,
+                    wo: l.layer_matrix(i, "attn_output.weight")?,
+                    bq: l.layer_vector(i, "attn_q.bias")?,
+                    bk: l.layer_vector(i, "attn_k.bias")?,
+                    bv: l.layer_vector(i, "attn_v.bias")?,
+                    q_norm: l.layer_vector(i, "attn_q_norm.weight")?,
+                    k_norm: l.layer_vector(i, "attn_k_norm.weight")?,
+                    post_attn_norm: l.layer_vector(i, "post_attention_norm.weight")?,
+                    ffn_norm: required("ffn_norm.weight")?,
+                    post_ffn_norm: l.layer_vector(i, "post_ffw_norm.weight")?,
+                    w_gate: l.layer_matrix(i, "ffn_gate.weight")?,
+                    w_up: l.layer_matrix(i, "ffn_up.weight")?,
+                    w_down: l.layer_matrix(i, "ffn_down.weight")?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
