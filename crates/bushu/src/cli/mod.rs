@@ -12,9 +12,8 @@ mod run;
 mod serve;
 mod tokenize;
 
-use crate::model::{load, KvType, Model, ModelFile};
-use crate::quant::llm_int8::check_threshold;
-use anyhow::{bail, Context, Result};
+use crate::model::{load, KvType, Model, ModelFile, ModelOptions};
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -99,26 +98,19 @@ impl ModelArgs {
         }
     }
 
-    /// Builds the runnable model from a file opened with these options.
-    pub fn build(&self, file: &ModelFile) -> Result<Model> {
-        let threshold = self.int8_outlier_threshold.map(check_threshold).transpose()?;
-        let mut model = self.build_base(file)?;
-        if let Some(t) = threshold {
-            model.enable_llm_int8(t)?;
+    /// The model options these flags ask for.
+    pub fn options(&self) -> ModelOptions {
+        ModelOptions {
+            precision: self.precision(),
+            int8_outlier_threshold: self.int8_outlier_threshold,
+            kv_type: self.kv_type,
+            background_packing: true,
         }
-        model.kv_type = self.kv_type;
-        if model.precision == kernels::Precision::Fast && model.int8.is_none() {
-            model.weights.prepare_packing();
-        }
-        Ok(model)
     }
 
-    /// [`ModelArgs::build`] with only the activation precision applied (no LLM.int8, f32 KV cache): a
-    /// reference model to compare the options against (`perplexity --kl-base`).
-    pub fn build_base(&self, file: &ModelFile) -> Result<Model> {
-        let mut model = Model::new(file).context("cannot build the model")?;
-        model.precision = self.precision();
-        Ok(model)
+    /// Builds the runnable model from a file opened with these options.
+    pub fn build(&self, file: &ModelFile) -> Result<Model> {
+        self.options().build(file)
     }
 }
 

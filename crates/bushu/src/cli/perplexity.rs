@@ -43,16 +43,15 @@ pub struct PerplexityArgs {
 
 pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let (file, _) = a.model.open()?;
-    let mut model = a.model.build(&file)?;
+    let mut opts = a.model.options();
     if a.exact {
-        model.precision = Precision::Exact;
+        opts.precision = Precision::Exact;
     }
+    let model = opts.build(&file)?;
     let base = match &a.kl_base {
         Some(p) => {
             let bf = load(p).with_context(|| format!("base model {}", p.display()))?;
-            let mut b = a.model.build_base(&bf)?;
-            b.precision = model.precision;
-            Some(b)
+            Some(opts.base().build(&bf)?)
         }
         None => None,
     };

@@ -60,9 +60,8 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         (Target::Gptq(_), None) => bail!("GPTQ needs a calibration text: --calib FILE"),
         (Target::Gptq(_), Some(path)) => {
             let file = load(&a.input)?;
-            let mut model = crate::model::Model::new(&file)?;
             // Calibration statistics of the exact model (f32 activations).
-            model.precision = kernels::Precision::Exact;
+            let model = crate::model::ModelOptions::exact().build(&file)?;
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
             let toks = tokenize_text(&file.tokenizer, &text)?;
             let seqs = calibration_sequences(&toks, a.calib_ctx, a.calib_seqs, file.tokenizer.bos_id());

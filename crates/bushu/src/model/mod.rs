@@ -6,6 +6,7 @@
 //!   [`ModelFile`]: config, tensors under canonical GGUF names, tokenizer, metadata.
 //! - [`weights`]: the tensors of each layer, checked against the config.
 //! - [`kv_cache`]: keys and values of past positions.
+//! - [`options`]: the one builder from a model file to a runnable model.
 //! - [`llama`]: the forward pass (prefill and incremental decode).
 
 pub mod arch;
@@ -13,9 +14,11 @@ pub mod config;
 pub mod kv_cache;
 pub mod llama;
 pub mod loader;
+pub mod options;
 pub mod weights;
 
 pub use config::{Activation, Block, Config, RopeScaling};
 pub use kv_cache::{KvCache, KvType};
 pub use llama::Model;
 pub use loader::{load, ModelFile};
+pub use options::ModelOptions;

@@ -8,7 +8,7 @@
 use super::analysis::{pass, Dtypes, Options, Shape, Totals};
 use super::hardware::Hardware;
 use crate::model::llama::Logits;
-use crate::model::{Model, ModelFile};
+use crate::model::{ModelFile, ModelOptions};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -77,7 +77,12 @@ pub fn run_engine(
     if prompt == 0 {
         bail!("--seq must be at least 1 for --run");
     }
-    let model = Model::new(file)?;
+    // Packed on first use, in this thread: no packer sharing the cores with the measurement.
+    let model = ModelOptions {
+        background_packing: false,
+        ..ModelOptions::default()
+    }
+    .build(file)?;
     let c = &model.config;
     let ctx = prompt + steps;
     if ctx > c.max_ctx && c.max_ctx > 0 {

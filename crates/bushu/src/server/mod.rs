@@ -19,7 +19,7 @@ pub mod worker;
 use crate::chat::ChatTemplate;
 use crate::engine::metrics::Metrics;
 use crate::engine::{Engine, EngineConfig};
-use crate::model::{load, Model};
+use crate::model::{load, ModelOptions};
 use anyhow::{Context, Result};
 use routes::AppState;
 use std::net::SocketAddr;
@@ -66,6 +66,16 @@ pub struct ServeOptions {
 }
 
 impl ServeOptions {
+    /// How the model is built.
+    pub fn model_options(&self) -> ModelOptions {
+        ModelOptions {
+            precision: self.precision,
+            int8_outlier_threshold: self.int8_outlier_threshold,
+            kv_type: self.kv_type,
+            background_packing: true,
+        }
+    }
+
     pub fn new(model: PathBuf) -> ServeOptions {
         ServeOptions {
             model,
@@ -100,12 +110,7 @@ impl Server {
     /// Loads the model, binds the address and starts the engine and HTTP threads.
     pub fn start(opts: ServeOptions) -> Result<Server> {
         let file = load(&opts.model)?;
-        let mut model = Model::new(&file).context("cannot build the model")?;
-        model.precision = opts.precision;
-        if let Some(t) = opts.int8_outlier_threshold {
-            model.enable_llm_int8(t)?;
-        }
-        model.kv_type = opts.kv_type;
+        let model = opts.model_options().build(&file)?;
         let mut cfg = EngineConfig::for_model(&model, opts.max_batch, opts.ctx, opts.kv_memory);
         cfg.max_batched_tokens = opts.max_batched_tokens;
         cfg.prefix_caching = opts.prefix_caching;
