@@ -4,8 +4,8 @@
 
 mod common;
 use bushu::formats::gguf::Gguf;
-use bushu::formats::hf;
 use bushu::model::config::RopeScaling;
+use bushu::model::hf;
 use bushu::tokenizer::Tokenizer;
 use common::{shared, TempDir};
 use half::{bf16, f16};

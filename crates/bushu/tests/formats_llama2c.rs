@@ -2,8 +2,9 @@
 //! separate classifiers), checked tensor by tensor; truncated and malformed files; the tokenizer lookup.
 
 mod common;
-use bushu::formats::{llama2c, Storage};
+use bushu::formats::Storage;
 use bushu::model::config::RopeScaling;
+use bushu::model::llama2c;
 use bushu::tokenizer::Tokenizer;
 use common::TempDir;
 use kernels::ops::RopeStyle;

@@ -12,8 +12,8 @@
 use super::config::{Activation, Config};
 use super::kv_cache::{KvCache, KvType, KvView};
 use super::loader::ModelFile;
-use super::weights::Weights;
-use crate::quant::llm_int8::{Int8Weights, Proj};
+use super::weights::{Proj, Weights};
+use crate::quant::llm_int8::Int8Weights;
 use anyhow::{bail, Result};
 use kernels::attention::{attention, attention_kv, AttnShape};
 use kernels::ops::{add_assign, geglu, rmsnorm, rmsnorm_pieces, rope, scale, swiglu};

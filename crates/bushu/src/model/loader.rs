@@ -3,8 +3,9 @@
 
 use super::arch;
 use super::config::Config;
+use super::{hf, llama2c};
 use crate::formats::gguf::Gguf;
-use crate::formats::{hf, llama2c, Tensor};
+use crate::formats::Tensor;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;

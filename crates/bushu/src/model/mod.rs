@@ -2,6 +2,7 @@
 //!
 //! - [`arch`]: the table of model families: names, tensors, how each block differs from Llama's.
 //! - [`config`]: hyper-parameters, whatever file they come from.
+//! - [`hf`], [`llama2c`]: a Hugging Face directory, a llama2.c checkpoint as a model (GGUF: [`arch`]).
 //! - [`loader`]: opens a model path (GGUF file, Hugging Face directory, llama2.c checkpoint) into a
 //!   [`ModelFile`]: config, tensors under canonical GGUF names, tokenizer, metadata.
 //! - [`weights`]: the tensors of each layer, checked against the config.
@@ -11,8 +12,10 @@
 
 pub mod arch;
 pub mod config;
+pub mod hf;
 pub mod kv_cache;
 pub mod llama;
+pub mod llama2c;
 pub mod loader;
 pub mod options;
 pub mod weights;

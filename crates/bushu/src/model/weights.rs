@@ -34,6 +34,35 @@ pub struct LayerWeights {
     pub w_down: Tensor,
 }
 
+/// A projection of a transformer layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
+
+    /// This projection's stored weight in `lw`.
+    pub fn tensor(self, lw: &LayerWeights) -> &Tensor {
+        match self {
+            Proj::Q => &lw.wq,
+            Proj::K => &lw.wk,
+            Proj::V => &lw.wv,
+            Proj::O => &lw.wo,
+            Proj::Gate => &lw.w_gate,
+            Proj::Up => &lw.w_up,
+            Proj::Down => &lw.w_down,
+        }
+    }
+}
+
 pub struct Weights {
     pub token_embd: Tensor,
     pub layers: Vec<LayerWeights>,

@@ -4,42 +4,12 @@
 //! the outlier feature dimensions in f32 against the original (memory-mapped) tensor. The kernel is
 //! [`kernels::int8_mixed`]; the classifier keeps its f32 path.
 
-use crate::formats::Tensor;
-use crate::model::weights::{LayerWeights, Weights};
+use crate::model::weights::{LayerWeights, Proj, Weights};
 use anyhow::{bail, Result};
 use kernels::int8_mixed::{matmul_int8, ActInt8, Int8Matrix};
 
 /// The default outlier threshold of the paper (and of bitsandbytes).
 pub const DEFAULT_THRESHOLD: f32 = 6.0;
-
-/// A projection of a transformer layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proj {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-impl Proj {
-    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
-
-    /// This projection's stored weight in `lw`.
-    pub fn tensor(self, lw: &LayerWeights) -> &Tensor {
-        match self {
-            Proj::Q => &lw.wq,
-            Proj::K => &lw.wk,
-            Proj::V => &lw.wv,
-            Proj::O => &lw.wo,
-            Proj::Gate => &lw.w_gate,
-            Proj::Up => &lw.w_up,
-            Proj::Down => &lw.w_down,
-        }
-    }
-}
 
 /// Checks an outlier threshold given on the command line: positive, not NaN (`inf` = no outliers).
 pub fn check_threshold(t: f32) -> Result<f32> {

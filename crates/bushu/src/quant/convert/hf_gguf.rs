@@ -1,7 +1,7 @@
 //! A Hugging Face directory as the GGUF that llama.cpp's `convert_hf_to_gguf.py` would make of it: the input
 //! side of `bushu quantize DIR OUT.gguf`.
 //!
-//! - Tensors get llama.cpp's names ([`crate::formats::hf::gguf_name`]); for the `llama` architecture
+//! - Tensors get llama.cpp's names ([`crate::model::hf::gguf_name`]); for the `llama` architecture
 //!   (Llama, Mistral) the rows of `attn_q`/`attn_k` (weights and biases) are permuted per head from Hugging
 //!   Face's rotate-half order to llama.cpp's adjacent pairs (`LlamaModel.permute`); Qwen2 keeps the order
 //!   (llama.cpp rotates halves for it). 1-D tensors are stored as F32, as the converter does.
@@ -22,9 +22,9 @@
 //!   `tokenizer_config.json`; the chat template).
 
 use crate::formats::gguf::Value;
-use crate::formats::hf::{self, gguf_name};
 use crate::formats::Tensor;
 use crate::model::config::RopeScaling;
+use crate::model::hf::{self, gguf_name};
 use anyhow::{bail, Context, Result};
 use serde_json::Value as Json;
 use std::path::Path;
@@ -95,7 +95,7 @@ pub fn read(dir: &Path) -> Result<HfSource> {
     }
 
     // Tensors in the order of the safetensors files, Q/K rows permuted for llama.
-    let (raw, _) = hf::read_weights(dir)?;
+    let (raw, _) = crate::formats::hf::read_weights(dir)?;
     let mut tensors = Vec::with_capacity(m.tensors.len() + 1);
     if let RopeScaling::Llama3 {
         factor,
