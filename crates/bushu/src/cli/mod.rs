@@ -9,6 +9,7 @@ mod pull;
 mod quantize;
 mod roofline;
 mod run;
+mod sampling;
 mod serve;
 mod tokenize;
 

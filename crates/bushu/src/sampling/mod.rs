@@ -28,7 +28,7 @@ pub mod top_p;
 
 mod params;
 
-pub use params::{PenaltyWindow, SamplingParams};
+pub use params::{InvalidParam, PenaltyWindow, SamplingParams};
 
 use rng::Rng;
 
