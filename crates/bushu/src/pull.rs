@@ -151,14 +151,14 @@ pub fn resolve(model: Option<&Path>) -> Result<PathBuf> {
             return Ok(PathBuf::from(name));
         }
         bail!(
-            "unknown model '{name}': not a file, and not a known model name ({}); pass --model PATH",
+            "unknown model '{name}': not a file, and not a known model name ({})",
             known_names()
         );
     };
     let dir = models_dir();
     let path = dir.join(&spec.file_name);
     let how = if model.is_none() {
-        "no --model given and the default model"
+        "no model given and the default model"
     } else {
         "model"
     };

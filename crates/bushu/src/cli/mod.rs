@@ -102,7 +102,8 @@ impl ModelArgs {
 
     /// Builds the runnable model from a file opened with these options.
     pub fn build(&self, file: &ModelFile) -> Result<Model> {
-        let threshold = self.int8_outlier_threshold.map(check_threshold).transpose()?;
+        let threshold = self.int8_outlier_threshold.map(check_threshold).transpose();
+        let threshold = threshold.map_err(|e| sampling::flag_error(e, &[]))?;
         let mut model = self.build_base(file)?;
         if let Some(t) = threshold {
             model.enable_llm_int8(t)?;

@@ -78,7 +78,8 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
             }
             let _ = std::io::stderr().flush();
         }
-    })?;
+    })
+    .map_err(|e| super::sampling::flag_error(e, &[]))?;
     let secs = t.elapsed().as_secs_f64();
     if a.json {
         let mut j = json!({
