@@ -17,6 +17,7 @@
 
 use crate::model::llama::Logits;
 use crate::model::Model;
+use crate::sampling::InvalidParam;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 
@@ -140,16 +141,17 @@ pub fn evaluate(
 ) -> Result<PplResult> {
     let ctx = opts.ctx;
     if ctx < 4 {
-        bail!("--ctx must be at least 4 (got {ctx})");
+        return Err(InvalidParam::error("ctx", format!("must be at least 4 (got {ctx})")));
     }
     if opts.batch == 0 {
-        bail!("--batch must be at least 1");
+        return Err(InvalidParam::error("batch", "must be at least 1"));
     }
     if ctx > model.config.max_ctx {
-        bail!(
-            "--ctx {ctx} exceeds the model's context length {}",
-            model.config.max_ctx
-        );
+        let max = model.config.max_ctx;
+        return Err(InvalidParam::error(
+            "ctx",
+            format!("({ctx}) exceeds the model's context length {max}"),
+        ));
     }
     if tokens.len() < 2 * ctx {
         bail!(

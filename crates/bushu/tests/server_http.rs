@@ -2,6 +2,11 @@
 //! health, metrics, the 4xx cases, API keys, queue limits, cancellation on disconnect, preemption and
 //! graceful shutdown.
 
+mod common;
+
+use bushu::chat::session::CHATML;
+use bushu::chat::{ChatTemplate, Message};
+use bushu::formats::gguf::Value as GgufValue;
 use bushu::server::{ServeOptions, Server};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -344,4 +349,41 @@ fn graceful_shutdown_finishes_in_flight() {
     assert!(rest.contains("\"finish_reason\":\"length\""));
     stopper.join().unwrap().unwrap();
     assert!(TcpStream::connect(a).is_err(), "still listening after shutdown");
+}
+
+#[test]
+fn chat_renders_the_models_own_template() {
+    // A template unlike ChatML, in the file's metadata: the prompt the server counts must be this
+    // template's rendering, tokenized.
+    let src = "{% for m in messages %}### {{ m.role }}: {{ m.content }}\n{% endfor %}\
+               {% if add_generation_prompt %}### assistant:{% endif %}";
+    let dir = common::TempDir::new("server-http-own-template");
+    let path = dir.0.join("templated.gguf");
+    let mut w = common::tiny_llama_gguf();
+    w.set("tokenizer.chat_template", GgufValue::String(src.into()));
+    w.write(&path).unwrap();
+    let tok = bushu::model::load(&path).unwrap().tokenizer;
+    let messages = [Message::new("system", "Be brief."), Message::new("user", "Hello there")];
+    let count = |src: &str| {
+        let t = ChatTemplate::new(src, tok.bos_token().unwrap_or(""), tok.eos_token().unwrap_or("")).unwrap();
+        tok.encode_with(&t.render(&messages, true).unwrap(), false, true)
+            .unwrap()
+            .len()
+    };
+    let (own, chatml) = (count(src), count(CHATML));
+    assert_ne!(own, chatml, "the test needs templates of different lengths");
+
+    let server = start(|o| {
+        o.model = path.clone();
+        o.ctx = Some(64);
+    });
+    let body = json!({
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}],
+        "max_tokens": 2,
+        "temperature": 0,
+    });
+    let (st, v) = post(server.addr, "/v1/chat/completions", body);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], own, "{v}");
+    server.shutdown().unwrap();
 }

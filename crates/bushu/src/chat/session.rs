@@ -6,7 +6,7 @@
 //! edited history) is truncated from the cache and recomputed, so the result always equals a full re-prefill.
 
 use super::template::{ChatTemplate, Message};
-use crate::generate::{run_decoder, Decoder, FinishReason, GenerateOptions, SampleDecoder};
+use crate::generate::{run_decoder, ContextTooSmall, Decoder, FinishReason, GenerateOptions, SampleDecoder};
 use crate::model::llama::State;
 use crate::model::{Model, ModelFile};
 use crate::tokenizer::Tokenizer;
@@ -172,10 +172,12 @@ impl<'m> ChatSession<'m> {
         keep = keep.min(ids.len().saturating_sub(1));
         let room = self.state.cache.capacity();
         if ids.len() + 1 > room {
-            bail!(
-                "the conversation has {} tokens and the context holds {room}: /reset to start over (or a larger --ctx)",
-                ids.len()
-            );
+            return Err(ContextTooSmall {
+                what: "conversation",
+                tokens: ids.len(),
+                room,
+            }
+            .into());
         }
         self.state.cache.truncate(keep);
         self.cached.truncate(keep);

@@ -3,10 +3,10 @@
 //! current answer and keeps the program running. With stdin not a terminal it reads one message per line.
 
 use super::run::context_size;
+use super::sampling::{flag_error, SamplingArgs};
 use super::ModelArgs;
 use crate::chat::session::{template_for, ChatSession};
-use crate::generate::GenerateOptions;
-use crate::sampling::SamplingParams;
+use crate::generate::{ContextTooSmall, GenerateOptions};
 use anyhow::{Context, Result};
 use clap::Args;
 use kernels::Precision;
@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 #[derive(Args)]
+// Chat answers are greedy unless asked otherwise (run samples at 0.8 by default).
+#[command(mut_arg("temperature", |a| a.default_value("0")))]
 pub struct ChatArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -24,18 +26,8 @@ pub struct ChatArgs {
     /// Maximum number of tokens per answer.
     #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
     pub n: usize,
-    /// Sampling temperature; 0 (the default) is greedy.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pub temperature: f32,
-    /// Keep the K most likely tokens (0: all).
-    #[arg(long, default_value_t = 40)]
-    pub top_k: usize,
-    /// Keep the smallest set of tokens whose probability reaches P (1: all).
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f32,
-    /// Random seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Context size in tokens (default: the model's, at most 4096).
     #[arg(long)]
     pub ctx: Option<usize>,
@@ -57,17 +49,13 @@ pub fn precision_line(p: Precision) -> &'static str {
 }
 
 pub fn chat(a: ChatArgs) -> Result<()> {
-    let sampling = SamplingParams {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: a.seed,
-        ..Default::default()
-    };
-    sampling.validate()?;
+    let sampling = a.sampling.params()?;
     let (file, _) = a.model.open()?;
     let ctx = context_size(a.ctx, file.config.max_ctx)?;
     let model = a.model.build(&file)?;
+    sampling
+        .validate_for_vocab(model.config.vocab_size)
+        .map_err(|e| flag_error(e, &[]))?;
     let (template, stops, own_template) = template_for(&file)?;
     let tty = std::io::stdin().is_terminal();
     let name = file.name.clone().unwrap_or_else(|| "model".into());
@@ -139,7 +127,10 @@ pub fn chat(a: ChatArgs) -> Result<()> {
             Ok(t) => t,
             Err(e) => {
                 // The conversation stays usable: report and read the next message.
-                eprintln!("error: {e:#}");
+                match e.downcast_ref::<ContextTooSmall>() {
+                    Some(c) => eprintln!("error: {c}: /reset to start over (or a larger --ctx)"),
+                    None => eprintln!("error: {e:#}"),
+                }
                 if !tty {
                     return Err(e);
                 }

@@ -9,6 +9,7 @@ mod pull;
 mod quantize;
 mod roofline;
 mod run;
+mod sampling;
 mod serve;
 mod tokenize;
 
@@ -110,7 +111,7 @@ impl ModelArgs {
 
     /// Builds the runnable model from a file opened with these options.
     pub fn build(&self, file: &ModelFile) -> Result<Model> {
-        self.options().build(file)
+        self.options().build(file).map_err(|e| sampling::flag_error(e, &[]))
     }
 }
 

@@ -47,7 +47,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     if a.exact {
         opts.precision = Precision::Exact;
     }
-    let model = opts.build(&file)?;
+    let model = opts.build(&file).map_err(|e| super::sampling::flag_error(e, &[]))?;
     let base = match &a.kl_base {
         Some(p) => {
             let bf = load(p).with_context(|| format!("base model {}", p.display()))?;
@@ -77,7 +77,8 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
             }
             let _ = std::io::stderr().flush();
         }
-    })?;
+    })
+    .map_err(|e| super::sampling::flag_error(e, &[]))?;
     let secs = t.elapsed().as_secs_f64();
     if a.json {
         let mut j = json!({

@@ -330,7 +330,7 @@ pub fn report(a: &RooflineArgs) -> Result<Report> {
         causal: a.causal,
     };
     let hw_preset = match &a.hardware {
-        Some(n) => Some(preset(n, unit)?),
+        Some(n) => Some(preset(n, unit).map_err(measure_hint)?),
         None => None,
     };
     let threads = match a.threads {
@@ -355,7 +355,8 @@ pub fn report(a: &RooflineArgs) -> Result<Report> {
     let runs = match (&file, a.run) {
         (Some(f), true) => {
             super::init_threads(Some(threads))?;
-            run::run_engine(f, shape.seq, a.steps, &dtypes, opts, &hardware)?
+            run::run_engine(f, shape.seq, a.steps, &dtypes, opts, &hardware)
+                .map_err(|e| super::sampling::flag_error(e, &[("prompt", "--seq")]))?
         }
         _ => Vec::new(),
     };
@@ -371,6 +372,11 @@ pub fn report(a: &RooflineArgs) -> Result<Report> {
     })
 }
 
+/// An unknown preset's error, with the way out the command line offers.
+fn measure_hint(e: anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#} (or pass --measure for this machine)")
+}
+
 pub fn roofline(a: RooflineArgs) -> Result<()> {
     if a.list_hardware {
         for p in PRESETS {
@@ -383,11 +389,11 @@ pub fn roofline(a: RooflineArgs) -> Result<()> {
     }
     if let Some(n) = &a.hardware {
         // Fail fast on a bad name, before loading or measuring anything.
-        preset(n, BandwidthUnit::GiB)?;
+        preset(n, BandwidthUnit::GiB).map_err(measure_hint)?;
     }
     let r = report(&a)?;
     if let Some(path) = &a.plot {
-        plot::plot(path, &r.hardware, &r.analysis, &r.runs)?;
+        plot::plot(path, &r.hardware, &r.analysis, &r.runs).context("--plot")?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

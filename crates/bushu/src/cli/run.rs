@@ -2,11 +2,11 @@
 //! Decoding strategy: sampling/greedy (default), `--beams N`, `--penalty-alpha` (contrastive search),
 //! `--amateur PATH` (contrastive decoding, greedy/sampled or with `--beams`).
 
+use super::sampling::{flag_error, SamplingArgs};
 use super::ModelArgs;
 use crate::generate::contrastive::{generate_contrastive, CdParams};
 use crate::generate::{generate, GenerateOptions, Generation, Strategy};
 use crate::sampling::beam::{BeamParams, EarlyStopping};
-use crate::sampling::{PenaltyWindow, SamplingParams};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -23,42 +23,8 @@ pub struct RunArgs {
     /// Number of tokens to generate.
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     pub n: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
-    pub temperature: f32,
-    /// Keep the K most likely tokens (0: all). Also contrastive search's candidate count.
-    #[arg(long, default_value_t = 40)]
-    pub top_k: usize,
-    /// Keep the smallest set of tokens whose probability reaches P (1: all).
-    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
-    pub top_p: f32,
-    /// Keep tokens with probability at least P times the most likely one's (0: off).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pub min_p: f32,
-    /// Random seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// CTRL repetition penalty (1: off): seen tokens' logits divided (if > 0) or multiplied (if < 0).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub repetition_penalty: f32,
-    /// Subtract this from the logit of every token already seen (0: off).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pub presence_penalty: f32,
-    /// Subtract this times its count from the logit of every token already seen (0: off).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pub frequency_penalty: f32,
-    /// The penalties look at the last N tokens only (0: all).
-    #[arg(long, default_value_t = 0)]
-    pub penalty_last_n: usize,
-    /// The penalties ignore the prompt's tokens.
-    #[arg(long)]
-    pub penalty_skip_prompt: bool,
-    /// Never repeat an n-gram of this many tokens.
-    #[arg(long, allow_negative_numbers = true)]
-    pub no_repeat_ngram: Option<i64>,
-    /// Add BIAS to token ID's logit (`ID=BIAS`, BIAS may be -inf); repeatable.
-    #[arg(long, value_name = "ID=BIAS", allow_negative_numbers = true)]
-    pub logit_bias: Vec<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Stop when the text contains STRING (never included in the output); repeatable.
     #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
     pub stop: Vec<String>,
@@ -100,49 +66,16 @@ pub struct RunArgs {
     pub logprobs: Option<usize>,
 }
 
-/// Parses `ID=BIAS`.
-pub fn parse_logit_bias(s: &str) -> Result<(u32, f32)> {
-    let (id, b) = s
-        .split_once('=')
-        .with_context(|| format!("--logit-bias wants ID=BIAS (got {s:?})"))?;
-    let id: u32 = id
-        .trim()
-        .parse()
-        .with_context(|| format!("--logit-bias: {id:?} is not a token id"))?;
-    let b: f32 = b
-        .trim()
-        .parse()
-        .with_context(|| format!("--logit-bias: {b:?} is not a number"))?;
-    Ok((id, b))
-}
+/// Parameters whose flag is not `--` and their name with dashes.
+const FLAGS: &[(&str, &str)] = &[
+    ("num_beams", "--beams"),
+    ("alpha", "--cd-alpha"),
+    ("amateur_temperature", "--cd-amateur-temperature"),
+];
 
 /// The generation options the flags describe (everything checkable before loading a model).
 pub fn options(a: &RunArgs, eos_ids: Vec<u32>) -> Result<GenerateOptions> {
-    let no_repeat_ngram = match a.no_repeat_ngram {
-        Some(n) if n <= 0 => bail!("--no-repeat-ngram must be at least 1 (got {n})"),
-        Some(n) => n as usize,
-        None => 0,
-    };
-    let sampling = SamplingParams {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        min_p: a.min_p,
-        seed: a.seed,
-        repetition_penalty: a.repetition_penalty,
-        presence_penalty: a.presence_penalty,
-        frequency_penalty: a.frequency_penalty,
-        penalty_window: PenaltyWindow {
-            last_n: a.penalty_last_n,
-            include_prompt: !a.penalty_skip_prompt,
-        },
-        no_repeat_ngram,
-        logit_bias: a
-            .logit_bias
-            .iter()
-            .map(|s| parse_logit_bias(s))
-            .collect::<Result<_>>()?,
-    };
+    let sampling = a.sampling.params()?;
     if a.beams < 1 {
         bail!("--beams must be at least 1 (got {})", a.beams);
     }
@@ -162,7 +95,7 @@ pub fn options(a: &RunArgs, eos_ids: Vec<u32>) -> Result<GenerateOptions> {
         }
         Strategy::ContrastiveSearch {
             penalty_alpha: alpha,
-            top_k: a.top_k,
+            top_k: a.sampling.top_k,
         }
     } else if a.beams > 1 {
         Strategy::Beam(BeamParams {
@@ -185,13 +118,14 @@ pub fn options(a: &RunArgs, eos_ids: Vec<u32>) -> Result<GenerateOptions> {
         stop: a.stop.clone(),
         strategy,
     };
-    opts.validate()?;
+    opts.validate().map_err(|e| flag_error(e, FLAGS))?;
     if a.amateur.is_some() {
         CdParams {
             alpha: a.cd_alpha,
             amateur_temperature: a.cd_amateur_temperature,
         }
-        .validate()?;
+        .validate()
+        .map_err(|e| flag_error(e, FLAGS))?;
     }
     Ok(opts)
 }
@@ -234,10 +168,11 @@ pub fn run(a: RunArgs) -> Result<()> {
                 &opts,
                 cd,
                 &mut on_text,
-            )?
+            )
         }
-        None => generate(&model, tok, &mut state, &prompt, &opts, &mut on_text)?,
-    };
+        None => generate(&model, tok, &mut state, &prompt, &opts, &mut on_text),
+    }
+    .map_err(|e| flag_error(e, FLAGS))?;
     drop(stdout);
     if a.json {
         let mut out = json!({

@@ -69,7 +69,7 @@ pub struct Gauges {
 }
 
 pub struct Metrics {
-    /// Finished requests by HTTP status / outcome label.
+    /// Finished requests by outcome, under labels the caller chooses (the engine gives them no meaning).
     pub requests: BTreeMap<String, u64>,
     pub prompt_tokens: u64,
     pub generation_tokens: u64,
@@ -94,9 +94,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts a finished request under `status` (`200`, `400`, `429`, `499` for cancelled, ...).
-    pub fn request(&mut self, status: &str) {
-        *self.requests.entry(status.to_owned()).or_default() += 1;
+    /// Counts a finished request under the caller's outcome label (rendered as the `status` label).
+    pub fn request(&mut self, outcome: &str) {
+        *self.requests.entry(outcome.to_owned()).or_default() += 1;
     }
 
     pub fn render(&self) -> String {

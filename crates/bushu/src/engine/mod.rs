@@ -8,7 +8,7 @@
 //! - [`metrics`]: counters, histograms and gauges in the Prometheus text format.
 //!
 //! The engine is synchronous and single-threaded at its core (the kernels use the thread pool);
-//! [`crate::server`] runs it on its own thread behind the HTTP layer.
+//! [`crate::server`] runs it on its own thread.
 
 pub mod block_manager;
 #[allow(clippy::module_inception)]

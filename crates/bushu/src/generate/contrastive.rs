@@ -7,7 +7,7 @@ use super::{Decoder, GenerateOptions, Generation};
 use crate::model::llama::{Logits, State};
 use crate::model::Model;
 use crate::sampling::contrastive::{contrastive_decoding_scores, contrastive_search_pick};
-use crate::sampling::{softmax, Context, Processors, Sampler, SamplingParams};
+use crate::sampling::{softmax, Context, InvalidParam, Processors, Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 
@@ -208,13 +208,17 @@ impl Default for CdParams {
 impl CdParams {
     pub fn validate(&self) -> Result<()> {
         if !(self.alpha > 0.0 && self.alpha <= 1.0) {
-            bail!("--cd-alpha must be in (0, 1] (got {})", self.alpha);
+            return Err(InvalidParam::error(
+                "alpha",
+                format!("must be in (0, 1] (got {})", self.alpha),
+            ));
         }
         if !(self.amateur_temperature > 0.0 && self.amateur_temperature.is_finite()) {
-            bail!(
-                "--cd-amateur-temperature must be a finite number > 0 (got {})",
-                self.amateur_temperature
-            );
+            let got = self.amateur_temperature;
+            return Err(InvalidParam::error(
+                "amateur_temperature",
+                format!("must be a finite number > 0 (got {got})"),
+            ));
         }
         Ok(())
     }
@@ -261,7 +265,7 @@ pub fn generate_contrastive(
             super::run_decoder(&mut dec, expert.1, prompt, opts, on_text)
         }
         super::Strategy::ContrastiveSearch { .. } => {
-            bail!("contrastive decoding (--amateur) and contrastive search (--penalty-alpha) cannot be combined")
+            bail!("contrastive decoding (an amateur model) and contrastive search (penalty_alpha) cannot be combined")
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod stop;
 use crate::model::llama::{Logits, State};
 use crate::model::Model;
 use crate::sampling::beam::BeamParams;
-use crate::sampling::{top_logprobs, Sampler, SamplingParams};
+use crate::sampling::{top_logprobs, InvalidParam, Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -62,20 +62,26 @@ impl GenerateOptions {
     pub fn validate(&self) -> Result<()> {
         self.sampling.validate()?;
         if self.logprobs == Some(0) {
-            bail!("--logprobs must be at least 1");
+            return Err(InvalidParam::error("logprobs", "must be at least 1"));
         }
         if self.stop.iter().any(|s| s.is_empty()) {
-            bail!("--stop strings must not be empty");
+            return Err(InvalidParam::error("stop", "strings must not be empty"));
         }
         match &self.strategy {
             Strategy::Sample => {}
             Strategy::Beam(b) => b.validate()?,
             Strategy::ContrastiveSearch { penalty_alpha, top_k } => {
                 if !(0.0..=1.0).contains(penalty_alpha) {
-                    bail!("--penalty-alpha must be in [0, 1] (got {penalty_alpha})");
+                    return Err(InvalidParam::error(
+                        "penalty_alpha",
+                        format!("must be in [0, 1] (got {penalty_alpha})"),
+                    ));
                 }
                 if *top_k == 0 {
-                    bail!("contrastive search needs --top-k of at least 1");
+                    return Err(InvalidParam::error(
+                        "top_k",
+                        "must be at least 1 for contrastive search (got 0)",
+                    ));
                 }
             }
         }
@@ -88,7 +94,7 @@ impl GenerateOptions {
 pub enum FinishReason {
     /// An end-of-sequence token was produced.
     Stop,
-    /// A `--stop` string appeared in the text.
+    /// A stop string appeared in the text.
     StopString,
     /// `max_tokens` reached.
     Length,
@@ -239,14 +245,36 @@ pub fn check_prompt(state: &State, prompt: &[u32]) -> Result<()> {
     }
     let room = state.cache.capacity() - state.pos();
     if prompt.len() > room {
-        bail!(
-            "the prompt has {} tokens but the context holds {} (use --ctx to enlarge it)",
-            prompt.len(),
-            room
-        );
+        return Err(ContextTooSmall {
+            what: "prompt",
+            tokens: prompt.len(),
+            room,
+        }
+        .into());
     }
     Ok(())
 }
+
+/// The prompt (or a chat's conversation) does not fit in the context. A type rather than a message so
+/// that the command line can add how to enlarge the context (its `--ctx`) without the library naming
+/// flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContextTooSmall {
+    /// What did not fit: "prompt", "conversation".
+    pub what: &'static str,
+    pub tokens: usize,
+    /// Positions left in the context.
+    pub room: usize,
+}
+
+impl std::fmt::Display for ContextTooSmall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ContextTooSmall { what, tokens, room } = self;
+        write!(f, "the {what} has {tokens} tokens but the context holds {room}")
+    }
+}
+
+impl std::error::Error for ContextTooSmall {}
 
 /// The generation loop around a [`Decoder`]: stop conditions, streaming, logprobs, timings.
 pub fn run_decoder(

@@ -45,7 +45,7 @@ fn cholesky(a: &mut [f64], n: usize) -> Result<()> {
             d -= a[j * n + k] * a[j * n + k];
         }
         if d <= 0.0 || !d.is_finite() {
-            bail!("Hessian is not positive definite (pivot {j}: {d}); raise --damp");
+            bail!("Hessian is not positive definite (pivot {j}: {d}); raise the dampening (damp)");
         }
         let d = d.sqrt();
         a[j * n + j] = d;

@@ -5,16 +5,19 @@
 //! [`kernels::int8_mixed`]; the classifier keeps its f32 path.
 
 use crate::model::weights::{LayerWeights, Proj, Weights};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use kernels::int8_mixed::{matmul_int8, ActInt8, Int8Matrix};
 
 /// The default outlier threshold of the paper (and of bitsandbytes).
 pub const DEFAULT_THRESHOLD: f32 = 6.0;
 
-/// Checks an outlier threshold given on the command line: positive, not NaN (`inf` = no outliers).
+/// Checks an outlier threshold: positive, not NaN (`inf` = no outliers).
 pub fn check_threshold(t: f32) -> Result<f32> {
     if t.is_nan() || t <= 0.0 {
-        bail!("--int8-outlier-threshold must be a positive number, got {t}");
+        return Err(crate::sampling::InvalidParam::error(
+            "int8_outlier_threshold",
+            format!("must be a positive number, got {t}"),
+        ));
     }
     Ok(t)
 }
@@ -72,7 +75,7 @@ mod tests {
         assert!(check_threshold(f32::INFINITY).is_ok());
         for bad in [0.0, -1.0, f32::NAN] {
             let e = check_threshold(bad).unwrap_err().to_string();
-            assert!(e.contains("--int8-outlier-threshold") && !e.contains('\n'), "{e}");
+            assert!(e.contains("int8_outlier_threshold") && !e.contains('\n'), "{e}");
         }
     }
 }

@@ -173,7 +173,7 @@ pub fn preset(name: &str, unit: BandwidthUnit) -> Result<Hardware> {
     match PRESETS.iter().find(|p| p.name == want) {
         Some(p) => Ok(Hardware::from_preset(p, unit)),
         None => bail!(
-            "unknown hardware '{name}': known presets are {} (or pass --measure for this machine)",
+            "unknown hardware '{name}': known presets are {}",
             preset_names().join(", ")
         ),
     }

@@ -79,7 +79,7 @@ pub fn plot(path: &Path, hw: &Hardware, a: &Analysis, runs: &[RunPoint]) -> Resu
     {
         Some(e) if e == "svg" => {}
         _ => bail!(
-            "--plot {}: only .svg output is supported (render it to PNG with e.g. `convert out.svg out.png`)",
+            "{}: only .svg output is supported (render it to PNG with e.g. `convert out.svg out.png`)",
             path.display()
         ),
     }

@@ -75,7 +75,10 @@ pub fn run_engine(
     hw: &Hardware,
 ) -> Result<Vec<RunPoint>> {
     if prompt == 0 {
-        bail!("--seq must be at least 1 for --run");
+        return Err(crate::sampling::InvalidParam::error(
+            "prompt",
+            "must be at least 1 token for a measured run",
+        ));
     }
     // Packed on first use, in this thread: no packer sharing the cores with the measurement.
     let model = ModelOptions {
@@ -87,7 +90,7 @@ pub fn run_engine(
     let ctx = prompt + steps;
     if ctx > c.max_ctx && c.max_ctx > 0 {
         bail!(
-            "--seq {prompt} + --steps {steps} = {ctx} exceeds the model's context of {}",
+            "a prompt of {prompt} tokens + {steps} steps = {ctx} exceeds the model's context of {}",
             c.max_ctx
         );
     }

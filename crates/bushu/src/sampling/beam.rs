@@ -16,6 +16,7 @@
 //! `crate::generate::beam`) and over the scores, so the same code runs on log-probabilities, on the
 //! contrastive-decoding objective, and on the toy distributions of the tests.
 
+use super::InvalidParam;
 use anyhow::Result;
 
 /// When the search may end before the length limit (HF `early_stopping`).
@@ -68,17 +69,21 @@ impl Default for BeamParams {
 impl BeamParams {
     pub fn validate(&self) -> Result<()> {
         if self.num_beams == 0 {
-            anyhow::bail!("--beams must be at least 1");
+            return Err(InvalidParam::error("num_beams", "must be at least 1"));
         }
         if self.num_return == 0 || self.num_return > self.num_beams {
-            anyhow::bail!(
-                "--num-return must be between 1 and the number of beams ({}), got {}",
-                self.num_beams,
-                self.num_return
-            );
+            let (beams, got) = (self.num_beams, self.num_return);
+            return Err(InvalidParam::error(
+                "num_return",
+                format!("must be between 1 and num_beams ({beams}), got {got}"),
+            ));
         }
         if !self.length_penalty.is_finite() {
-            anyhow::bail!("--length-penalty must be a finite number (got {})", self.length_penalty);
+            let got = self.length_penalty;
+            return Err(InvalidParam::error(
+                "length_penalty",
+                format!("must be a finite number (got {got})"),
+            ));
         }
         Ok(())
     }

@@ -28,7 +28,7 @@ pub mod top_p;
 
 mod params;
 
-pub use params::{PenaltyWindow, SamplingParams};
+pub use params::{InvalidParam, PenaltyWindow, SamplingParams};
 
 use rng::Rng;
 
@@ -97,6 +97,9 @@ pub struct Context<'a> {
 }
 
 /// One step of logit processing.
+///
+/// A processor depends on the candidates and the [`Context`] only, carrying nothing from one step to the
+/// next: that is what lets [`Sampler::rewind`] undo tokens by shortening the history alone.
 pub trait LogitProcessor: Send {
     fn process(&mut self, cands: &mut Candidates, ctx: &Context);
 }
@@ -203,12 +206,27 @@ impl Processors {
 }
 
 /// Picks tokens: the processor chain plus the RNG, remembering the sequence for the penalties.
+///
+/// Everything the chain depends on besides the logits is the history (processors see the sequence only
+/// through [`Context`]), so [`Sampler::rewind`] puts the sampler back exactly where it was at an
+/// earlier length — what speculative decoding needs after rejecting drafted tokens.
 pub struct Sampler {
     greedy: bool,
     procs: Processors,
     rng: Rng,
     history: Vec<u32>,
     prompt_len: usize,
+    /// The probabilities of the surviving candidates of the last [`Sampler::process`], in the
+    /// candidates' order (kept to reuse the allocation).
+    probs: Vec<f32>,
+}
+
+/// What processing one row left to choose from.
+enum Processed {
+    /// A single possible token: greedy decoding, or everything banned (then the raw argmax).
+    Token(u32),
+    /// The candidates in `procs` with their probabilities in `probs`.
+    Candidates,
 }
 
 impl Sampler {
@@ -220,6 +238,7 @@ impl Sampler {
             rng: Rng::new(p.seed),
             history: Vec::new(),
             prompt_len: 0,
+            probs: Vec::new(),
         })
     }
 
@@ -240,21 +259,55 @@ impl Sampler {
         &self.history
     }
 
+    /// Forgets the tokens after the first `len` of the history (prompt included), as if they had never
+    /// been accepted: the next distributions are those of the shorter sequence. Rewinding into the prompt
+    /// shortens the prompt too. A `len` beyond the history changes nothing.
+    ///
+    /// The random generator is not rewound: the draws made for the forgotten tokens (and any uniform a
+    /// speculative step used to reject them) are spent, and reusing them would make the next draw depend
+    /// on the rejection it follows, which breaks the exactness of rejection sampling.
+    pub fn rewind(&mut self, len: usize) {
+        self.history.truncate(len);
+        self.prompt_len = self.prompt_len.min(self.history.len());
+    }
+
     /// Adds a processor at the end of the chain.
     pub fn push(&mut self, p: Box<dyn LogitProcessor>) {
         self.procs.push(p);
     }
 
-    /// Chooses the next token from `logits` and records it in the history.
+    /// The distribution [`Sampler::sample`] draws the next token from, given `logits` and the history:
+    /// the whole processor chain applied, then normalized; one probability per token of the vocabulary,
+    /// 0 for the tokens the chain removed. Greedy decoding (temperature 0) is the one-hot of the token it
+    /// picks. Does not draw and does not record anything.
+    pub fn distribution(&mut self, logits: &[f32]) -> Vec<f32> {
+        let mut out = vec![0.0; logits.len()];
+        match self.process(logits) {
+            Processed::Token(t) => out[t as usize] = 1.0,
+            Processed::Candidates => {
+                for (c, &p) in self.procs.cands.items.iter().zip(&self.probs) {
+                    out[c.0 as usize] = p;
+                }
+            }
+        }
+        out
+    }
+
+    /// Chooses the next token from `logits` and records it in the history: a draw from
+    /// [`Sampler::distribution`].
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let t = self.choose(logits);
+        let t = match self.process(logits) {
+            Processed::Token(t) => t,
+            Processed::Candidates => self.draw(),
+        };
         self.history.push(t);
         t
     }
 
-    fn choose(&mut self, logits: &[f32]) -> u32 {
+    /// Runs the chain over one row; the one token left, or the candidates and their probabilities.
+    fn process(&mut self, logits: &[f32]) -> Processed {
         if self.greedy && self.procs.is_empty() {
-            return kernels::ops::argmax(logits) as u32;
+            return Processed::Token(kernels::ops::argmax(logits) as u32);
         }
         let ctx = Context {
             tokens: &self.history,
@@ -263,22 +316,29 @@ impl Sampler {
         let cands = self.procs.apply(logits, &ctx);
         if cands.items.is_empty() {
             // Everything was banned: fall back to the raw argmax rather than invent a token.
-            return kernels::ops::argmax(logits) as u32;
+            return Processed::Token(kernels::ops::argmax(logits) as u32);
         }
         if self.greedy {
             cands.sort();
-            return cands.items[0].0;
+            return Processed::Token(cands.items[0].0);
         }
-        let probs = cands.probs();
+        self.probs = cands.probs();
+        Processed::Candidates
+    }
+
+    /// Inverse-CDF draw over the candidates of the last [`Sampler::process`].
+    fn draw(&mut self) -> u32 {
+        let items = &self.procs.cands.items;
         let u = self.rng.next_f32();
         let mut acc = 0.0f32;
-        for (c, p) in cands.items.iter().zip(&probs) {
+        for (c, p) in items.iter().zip(&self.probs) {
             acc += p;
             if u < acc {
                 return c.0;
             }
         }
-        cands.items.last().map(|c| c.0).unwrap_or(0)
+        // Rounding left the sum a hair under u: the last candidate takes that sliver.
+        items.last().map(|c| c.0).unwrap_or(0)
     }
 }
 

@@ -1,6 +1,36 @@
 //! The knobs of the processor chain, as the CLI and the server take them, with their validation.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use std::fmt;
+
+/// A parameter outside its range. The library names the parameter as its field (`top_p`) and says what
+/// is wrong; the layers above know how their users spell it (`--top-p` on the command line, the JSON
+/// field in the server) and render it their way, which is why this is a type and not a string.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InvalidParam {
+    /// The parameter, as the library's field name (`top_p`, `num_beams`).
+    pub name: &'static str,
+    /// What is wrong, worded to follow the name: `must be in (0, 1] (got 0)`.
+    pub problem: String,
+}
+
+impl InvalidParam {
+    /// An [`InvalidParam`] as an `anyhow` error (what the validations return).
+    pub fn error(name: &'static str, problem: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(InvalidParam {
+            name,
+            problem: problem.into(),
+        })
+    }
+}
+
+impl fmt::Display for InvalidParam {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.name, self.problem)
+    }
+}
+
+impl std::error::Error for InvalidParam {}
 
 /// Which past tokens the repetition, presence and frequency penalties look at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,35 +124,50 @@ impl SamplingParams {
 
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            bail!("temperature must be a finite number >= 0 (got {})", self.temperature);
+            return Err(InvalidParam::error(
+                "temperature",
+                format!("must be a finite number >= 0 (got {})", self.temperature),
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            bail!("top-p must be in (0, 1] (got {})", self.top_p);
+            return Err(InvalidParam::error(
+                "top_p",
+                format!("must be in (0, 1] (got {})", self.top_p),
+            ));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            bail!("min-p must be in [0, 1] (got {})", self.min_p);
+            return Err(InvalidParam::error(
+                "min_p",
+                format!("must be in [0, 1] (got {})", self.min_p),
+            ));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            bail!(
-                "repetition penalty must be a finite number > 0 (got {})",
-                self.repetition_penalty
-            );
+            let got = self.repetition_penalty;
+            return Err(InvalidParam::error(
+                "repetition_penalty",
+                format!("must be a finite number > 0 (got {got})"),
+            ));
         }
         if !self.presence_penalty.is_finite() {
-            bail!(
-                "presence penalty must be a finite number (got {})",
-                self.presence_penalty
-            );
+            let got = self.presence_penalty;
+            return Err(InvalidParam::error(
+                "presence_penalty",
+                format!("must be a finite number (got {got})"),
+            ));
         }
         if !self.frequency_penalty.is_finite() {
-            bail!(
-                "frequency penalty must be a finite number (got {})",
-                self.frequency_penalty
-            );
+            let got = self.frequency_penalty;
+            return Err(InvalidParam::error(
+                "frequency_penalty",
+                format!("must be a finite number (got {got})"),
+            ));
         }
         for &(id, b) in &self.logit_bias {
             if b.is_nan() || b == f32::INFINITY {
-                bail!("logit bias of token {id} must be a number or -inf (got {b})");
+                return Err(InvalidParam::error(
+                    "logit_bias",
+                    format!("must be a number or -inf (got {b} for token {id})"),
+                ));
             }
         }
         Ok(())
@@ -131,7 +176,10 @@ impl SamplingParams {
     /// Checks the token ids against a vocabulary size.
     pub fn validate_for_vocab(&self, vocab: usize) -> Result<()> {
         if let Some(&(id, _)) = self.logit_bias.iter().find(|b| b.0 as usize >= vocab) {
-            bail!("logit bias names token {id}, outside the vocabulary of {vocab} tokens");
+            return Err(InvalidParam::error(
+                "logit_bias",
+                format!("names token {id}, outside the vocabulary of {vocab} tokens"),
+            ));
         }
         Ok(())
     }

@@ -124,20 +124,69 @@ pub struct Plan {
     pub include_usage: bool,
 }
 
-/// Builds `n` engine requests over `prompt` from the common fields. `max_default` is the default
-/// `max_tokens`; `logprobs` the number of alternatives asked for, if any.
-pub fn plan(c: &Common, prompt: Vec<u32>, max_default: usize, logprobs: Option<usize>) -> Result<Plan, ApiError> {
+/// What an endpoint made of its request's prompt, and the limits that go with it.
+pub struct Prompted {
+    pub tokens: Vec<u32>,
+    /// `max_tokens` when the request gives none.
+    pub max_default: usize,
+    /// Alternatives per token asked for, if any.
+    pub logprobs: Option<usize>,
+    /// Tokens that end a choice besides the model's EOS (a chat template's end of turn).
+    pub stop_ids: Vec<u32>,
+}
+
+/// The one mapping from an OpenAI request to engine requests, for both endpoints: `n` requests over the
+/// prompt, with the sampling parameters of the common fields (seeds `seed`, `seed + 1`, ...).
+pub fn plan(c: &Common, p: Prompted) -> Result<Plan, ApiError> {
     let n = c.n.unwrap_or(1);
     if !(1..=16).contains(&n) {
         return Err(ApiError::bad_request(format!("n must be between 1 and 16 (got {n})")).param("n"));
     }
     let max_tokens = match c.max_completion_tokens.or(c.max_tokens) {
-        None => max_default,
+        None => p.max_default,
         Some(m) if m >= 1 => m as usize,
         Some(m) => {
             return Err(ApiError::bad_request(format!("max_tokens must be at least 1 (got {m})")).param("max_tokens"))
         }
     };
+    if let Some(k) = p.logprobs {
+        if k > 20 {
+            return Err(ApiError::bad_request(format!("at most 20 logprobs per token (got {k})")).param("logprobs"));
+        }
+    }
+    let stops = match &c.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) if v.len() <= 4 => v.clone(),
+        Some(Stop::Many(_)) => return Err(ApiError::bad_request("at most 4 stop sequences").param("stop")),
+    };
+    let sampling = sampling(c)?;
+    let requests = (0..n as u64)
+        .map(|i| Request {
+            prompt: p.tokens.clone(),
+            sampling: SamplingParams {
+                seed: sampling.seed.wrapping_add(i),
+                ..sampling.clone()
+            },
+            max_tokens,
+            ignore_eos: c.ignore_eos,
+            stop_ids: p.stop_ids.clone(),
+            logprobs: p.logprobs,
+        })
+        .collect();
+    Ok(Plan {
+        requests,
+        stops,
+        n: n as usize,
+        stream: c.stream,
+        include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+    })
+}
+
+/// The sampling parameters of the common fields, with OpenAI's defaults and ranges (temperature 1 in
+/// [0, 2], penalties in [-2, 2]; no top-k, top-p 1) on top of the library's own validation. Without a
+/// seed, the clock's.
+fn sampling(c: &Common) -> Result<SamplingParams, ApiError> {
     let temperature = c.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(
@@ -154,18 +203,7 @@ pub fn plan(c: &Common, prompt: Vec<u32>, max_default: usize, logprobs: Option<u
             }
         }
     }
-    if let Some(k) = logprobs {
-        if k > 20 {
-            return Err(ApiError::bad_request(format!("at most 20 logprobs per token (got {k})")).param("logprobs"));
-        }
-    }
-    let stops = match &c.stop {
-        None => Vec::new(),
-        Some(Stop::One(s)) => vec![s.clone()],
-        Some(Stop::Many(v)) if v.len() <= 4 => v.clone(),
-        Some(Stop::Many(_)) => return Err(ApiError::bad_request("at most 4 stop sequences").param("stop")),
-    };
-    let base_seed = match c.seed {
+    let seed = match c.seed {
         Some(s) => s as u64,
         None => std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -180,37 +218,25 @@ pub fn plan(c: &Common, prompt: Vec<u32>, max_default: usize, logprobs: Option<u
         presence_penalty: c.presence_penalty.unwrap_or(0.0),
         frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
         repetition_penalty: c.repetition_penalty.unwrap_or(1.0),
-        seed: base_seed,
+        seed,
         ..Default::default()
     };
-    sampling
-        .validate()
-        .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
-    let requests = (0..n as u64)
-        .map(|i| Request {
-            prompt: prompt.clone(),
-            sampling: SamplingParams {
-                seed: base_seed.wrapping_add(i),
-                ..sampling.clone()
-            },
-            max_tokens,
-            ignore_eos: c.ignore_eos,
-            stop_ids: Vec::new(),
-            logprobs,
-        })
-        .collect();
-    Ok(Plan {
-        requests,
-        stops,
-        n: n as usize,
-        stream: c.stream,
-        include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
-    })
+    sampling.validate()?;
+    Ok(sampling)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn prompted(tokens: Vec<u32>) -> Prompted {
+        Prompted {
+            tokens,
+            max_default: 16,
+            logprobs: None,
+            stop_ids: Vec::new(),
+        }
+    }
 
     #[test]
     fn parses_openai_fields_and_ignores_unknown_ones() {
@@ -218,8 +244,16 @@ mod tests {
             br#"{"model":"m","prompt":"hi","max_tokens":5,"temperature":0,"stop":["a","b"],"n":2,"user":"x","top_k":-1}"#,
         )
         .unwrap();
-        let p = plan(&r.common, vec![1, 2], 16, None).unwrap();
+        let p = plan(
+            &r.common,
+            Prompted {
+                stop_ids: vec![7],
+                ..prompted(vec![1, 2])
+            },
+        )
+        .unwrap();
         assert_eq!(p.requests.len(), 2);
+        assert!(p.requests.iter().all(|q| q.stop_ids == [7] && q.prompt == [1, 2]));
         assert_eq!(p.requests[0].max_tokens, 5);
         assert!(p.requests[0].sampling.is_greedy());
         assert_eq!(p.requests[0].sampling.top_k, 0);
@@ -235,8 +269,15 @@ mod tests {
             r#"{"prompt":"x","top_p":0}"#,
         ] {
             let r: CompletionRequest = parse(body.as_bytes()).unwrap();
-            assert!(plan(&r.common, vec![1], 16, None).is_err(), "{body}");
+            assert!(plan(&r.common, prompted(vec![1])).is_err(), "{body}");
         }
+        // The library's parameter names are the JSON fields: they become `param`.
+        let r: CompletionRequest = parse(br#"{"prompt":"x","top_p":0}"#).unwrap();
+        let e = plan(&r.common, prompted(vec![1])).err().unwrap();
+        assert_eq!(
+            (e.param, e.message.as_str()),
+            (Some("top_p"), "top_p must be in (0, 1] (got 0)")
+        );
         assert!(parse::<CompletionRequest>(br#"{"prompt":"x","max_tokens":"many"}"#).is_err());
         assert!(parse::<CompletionRequest>(b"{not json").is_err());
     }

@@ -1,5 +1,6 @@
 //! Errors as OpenAI returns them: a status and `{"error": {"message", "type", "param", "code"}}`.
 
+use crate::sampling::InvalidParam;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -55,7 +56,12 @@ impl IntoResponse for ApiError {
 }
 
 impl From<anyhow::Error> for ApiError {
+    /// A 400; an invalid parameter's name (the library's, which is the JSON field's) becomes `param`.
     fn from(e: anyhow::Error) -> ApiError {
-        ApiError::bad_request(format!("{e:#}"))
+        let param = e.downcast_ref::<InvalidParam>().map(|p| p.name);
+        ApiError {
+            param,
+            ..ApiError::bad_request(format!("{e:#}"))
+        }
     }
 }

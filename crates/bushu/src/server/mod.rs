@@ -16,7 +16,7 @@ pub mod respond;
 pub mod routes;
 pub mod worker;
 
-use crate::chat::ChatTemplate;
+use crate::chat::session::template_for;
 use crate::engine::metrics::Metrics;
 use crate::engine::{Engine, EngineConfig};
 use crate::model::{load, ModelOptions};
@@ -29,10 +29,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use worker::{Command, Worker};
-
-/// A ChatML template for models that bring none (as llama-server falls back to).
-const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
-{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -114,13 +110,9 @@ impl Server {
         let mut cfg = EngineConfig::for_model(&model, opts.max_batch, opts.ctx, opts.kv_memory);
         cfg.max_batched_tokens = opts.max_batched_tokens;
         cfg.prefix_caching = opts.prefix_caching;
-        let tok = file.tokenizer.clone();
-        let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
-        let (bos, eos) = (text(tok.bos_id()), text(tok.eos_id()));
-        let template = match &file.chat_template {
-            Some(src) => Some(ChatTemplate::new(src, &bos, &eos).context("the model's chat template")?),
-            None => Some(ChatTemplate::new(CHATML, &bos, &eos)?),
-        };
+        // The model's own template and end-of-turn tokens, as `bushu chat` uses them (ChatML when the
+        // file has no template, as llama-server falls back to).
+        let (template, chat_stop_ids, _) = template_for(&file).context("the model's chat template")?;
         let model_id = opts.model_name.clone().unwrap_or_else(|| {
             opts.model
                 .file_name()
@@ -143,6 +135,7 @@ impl Server {
             worker: worker.clone(),
             tokenizer: file.tokenizer.clone(),
             template,
+            chat_stop_ids,
             model_id,
             api_key: opts.api_key.clone(),
             metrics,

@@ -1,7 +1,7 @@
 //! The HTTP endpoints: OpenAI's completions, chat completions and models, plus health and Prometheus
 //! metrics; bearer-key authentication on `/v1`; SSE streaming.
 
-use super::api::{self, ChatRequest, CompletionRequest, Plan, Prompt};
+use super::api::{self, ChatRequest, CompletionRequest, Plan, Prompt, Prompted};
 use super::error::ApiError;
 use super::respond::{Collector, Kind};
 use super::worker::{Command, SubmitError, Worker};
@@ -27,7 +27,10 @@ use tokio::sync::mpsc;
 pub struct AppState {
     pub worker: Worker,
     pub tokenizer: Tokenizer,
-    pub template: Option<ChatTemplate>,
+    /// The model's chat template (ChatML when its file has none).
+    pub template: ChatTemplate,
+    /// The tokens that end a chat answer besides the model's EOS: the template's end-of-turn marker.
+    pub chat_stop_ids: Vec<u32>,
     pub model_id: String,
     pub api_key: Option<String>,
     pub metrics: Arc<Mutex<Metrics>>,
@@ -115,7 +118,13 @@ async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Res
         _ => return Err(ApiError::bad_request("send one prompt per request").param("prompt")),
     };
     let logprobs = r.logprobs.map(|k| k.max(0) as usize);
-    let plan = api::plan(&r.common, prompt, 16, logprobs)?;
+    let prompted = Prompted {
+        tokens: prompt,
+        max_default: 16,
+        logprobs,
+        stop_ids: Vec::new(),
+    };
+    let plan = api::plan(&r.common, prompted)?;
     let id = format!("cmpl-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
     generate(st, plan, Kind::Completion, id, logprobs.is_some()).await
 }
@@ -130,11 +139,8 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Resul
         .iter()
         .map(|m| Ok(Message::new(&m.role, &m.text()?)))
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let template = st
+    let text = st
         .template
-        .as_ref()
-        .ok_or_else(|| ApiError::bad_request("this model has no chat template"))?;
-    let text = template
         .render(&messages, true)
         .map_err(|e| ApiError::bad_request(format!("chat template: {e:#}")))?;
     let prompt = st.tokenizer.encode_with(&text, false, true)?;
@@ -142,8 +148,13 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Resul
         (false, _) => None,
         (true, k) => Some(k.unwrap_or(0).max(0) as usize),
     };
-    let max_default = st.max_model_len.saturating_sub(prompt.len()).max(1);
-    let plan = api::plan(&r.common, prompt, max_default, logprobs)?;
+    let prompted = Prompted {
+        max_default: st.max_model_len.saturating_sub(prompt.len()).max(1),
+        tokens: prompt,
+        logprobs,
+        stop_ids: st.chat_stop_ids.clone(),
+    };
+    let plan = api::plan(&r.common, prompted)?;
     let id = format!("chatcmpl-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
     generate(st, plan, Kind::Chat, id, r.logprobs).await
 }

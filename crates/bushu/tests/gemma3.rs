@@ -1,0 +1,150 @@
+//! Gemma 3 270M (Q4_K_M, the real file: `bushu pull gemma3-270m`) against llama.cpp and the exact model
+//! (fixtures made by scripts/refs/make_gemma3_refs.py, tests/fixtures/gemma3/):
+//! - tokenization equal to `llama-tokenize` on varied texts (code, CJK, emoji, whitespace runs, specials);
+//! - greedy continuations equal to llama.cpp's up to the first near-tie of either engine;
+//! - the chat template renders Gemma's turns.
+//!
+//! Without the model in the cache (`$BUSHU_HOME`, default ~/.cache/bushu/models) these tests are skipped
+//! with a message.
+
+mod common;
+
+use bushu::chat::session::template_for;
+use bushu::chat::Message;
+use bushu::model::llama::Logits;
+use bushu::model::{load, Model, ModelFile, ModelOptions};
+use bushu::pull::{check_cached, find_model, models_dir, CacheStatus};
+use common::{fixture, read_json, u32s};
+use serde_json::Value as Json;
+
+fn model_file() -> Option<ModelFile> {
+    let spec = find_model("gemma3-270m").unwrap();
+    let dir = models_dir();
+    match check_cached(&spec, &dir) {
+        Ok(CacheStatus::Ok) => Some(load(&dir.join(&spec.file_name)).unwrap()),
+        other => {
+            eprintln!(
+                "SKIPPED: Gemma 3 270M is not in the model cache {} ({other:?}); run `bushu pull gemma3-270m`",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let lse = logits.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln() + m;
+    logits.iter().map(|&x| x as f64 - lse).collect()
+}
+
+/// The best token and its margin over the second best.
+fn top2(lp: &[f64]) -> (u32, f64) {
+    let (mut b, mut s) = (0usize, f64::NEG_INFINITY);
+    for i in 1..lp.len() {
+        if lp[i] > lp[b] {
+            s = lp[b];
+            b = i;
+        } else if lp[i] > s {
+            s = lp[i];
+        }
+    }
+    (b as u32, lp[b] - s)
+}
+
+#[test]
+fn tokenization_equals_llama_tokenize() {
+    let Some(file) = model_file() else { return };
+    let tok = &file.tokenizer;
+    let r = read_json(&fixture("gemma3/tokenize.json"));
+    let cases = r["cases"].as_array().unwrap();
+    assert!(cases.len() >= 20);
+    let mut failures = Vec::new();
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let mut check = |what: &str, got: Vec<u32>, want: &Json| {
+            let want = u32s(want);
+            if got != want {
+                failures.push(format!("{what} {text:?}\n  llama.cpp {want:?}\n  bushu     {got:?}"));
+            }
+        };
+        check("with BOS", tok.encode(text, true).unwrap(), &c["ids"]);
+        check("without BOS", tok.encode(text, false).unwrap(), &c["ids_no_bos"]);
+        if let Some(want) = c.get("ids_no_parse_special") {
+            check("specials as text", tok.encode_with(text, true, false).unwrap(), want);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Greedy tokens of `model` after `prompt` with each step's margin between the two best tokens.
+fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<(u32, f64)> {
+    let mut st = model.new_state(prompt.len() + n + 1);
+    let mut out = Vec::new();
+    let mut lp = log_softmax(model.forward(&mut st, prompt, Logits::Last).unwrap());
+    for _ in 0..n {
+        let (t, gap) = top2(&lp);
+        out.push((t, gap));
+        lp = log_softmax(model.forward(&mut st, &[t], Logits::Last).unwrap());
+    }
+    out
+}
+
+/// Greedy continuations equal llama.cpp's until the first step where either engine's two best tokens are
+/// within 0.1 nat (below that, rounding differences between any two engines may flip the choice). Both
+/// bushu paths: 8-bit activation blocks (as llama.cpp) and f32 activations.
+#[test]
+fn greedy_equals_llama_cpp_until_a_near_tie() {
+    let Some(file) = model_file() else { return };
+    let r = read_json(&fixture("gemma3/greedy.json"));
+    for opts in [ModelOptions::default(), ModelOptions::exact()] {
+        let model = opts.build(&file).unwrap();
+        let mut compared = 0;
+        for p in r["prompts"].as_array().unwrap() {
+            let prompt = u32s(&p["ids"]);
+            let want = u32s(&p["tokens"]);
+            let gaps: Vec<f64> = p["gaps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g.as_f64().unwrap())
+                .collect();
+            let got = greedy(&model, &prompt, want.len());
+            for (i, ((t, gap), w)) in got.iter().zip(&want).enumerate() {
+                if gaps[i] < 0.1 || *gap < 0.1 {
+                    break;
+                }
+                assert_eq!(
+                    t, w,
+                    "{:?} prompt {:?}, step {i}: bushu {t} (margin {gap:.3}), llama.cpp {w} (margin {:.3})",
+                    opts.precision, p["name"], gaps[i]
+                );
+                compared += 1;
+            }
+        }
+        // The comparison is not vacuous: most steps are not near-ties.
+        assert!(compared >= 100, "{:?}: only {compared} steps compared", opts.precision);
+    }
+}
+
+/// Gemma's template (the family's, the file has none): system folded into the first user turn,
+/// `assistant` as `model`, turns closed by `<end_of_turn>`, which also ends generation.
+#[test]
+fn chat_template_renders_gemma_turns() {
+    let Some(file) = model_file() else { return };
+    let (template, stops, _) = template_for(&file).unwrap();
+    let msgs = [
+        Message::new("system", "Be brief."),
+        Message::new("user", "Hi"),
+        Message::new("assistant", "Hello!"),
+        Message::new("user", "Capital of France?"),
+    ];
+    let text = template.render(&msgs, true).unwrap();
+    assert_eq!(
+        text,
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n\
+         <start_of_turn>user\nCapital of France?<end_of_turn>\n<start_of_turn>model\n"
+    );
+    let eot = file.tokenizer.token_to_id("<end_of_turn>").unwrap();
+    assert!(stops.contains(&eot), "{stops:?}");
+}
