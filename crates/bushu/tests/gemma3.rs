@@ -77,29 +77,29 @@ fn tokenization_equals_llama_tokenize() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Greedy tokens of `model` after `prompt` with each step's margin between the two best tokens.
-fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<(u32, f64)> {
-    let mut st = model.new_state(prompt.len() + n + 1);
-    let mut out = Vec::new();
-    let mut lp = log_softmax(model.forward(&mut st, prompt, Logits::Last).unwrap());
-    for _ in 0..n {
-        let (t, gap) = top2(&lp);
-        out.push((t, gap));
-        lp = log_softmax(model.forward(&mut st, &[t], Logits::Last).unwrap());
+/// Log-probabilities of `model` at each step of `path` after `prompt` (teacher-forced).
+fn teacher_forced(model: &Model, prompt: &[u32], path: &[u32]) -> Vec<Vec<f64>> {
+    let mut st = model.new_state(prompt.len() + path.len() + 1);
+    let mut out = vec![log_softmax(model.forward(&mut st, prompt, Logits::Last).unwrap())];
+    for &t in &path[..path.len() - 1] {
+        out.push(log_softmax(model.forward(&mut st, &[t], Logits::Last).unwrap()));
     }
     out
 }
 
-/// Greedy continuations equal llama.cpp's until the first step where either engine's two best tokens are
-/// within 0.1 nat (below that, rounding differences between any two engines may flip the choice). Both
-/// bushu paths: 8-bit activation blocks (as llama.cpp) and f32 activations.
+/// Greedy decoding equals llama.cpp's wherever the margin allows: along llama.cpp's 64 greedy tokens of
+/// each prompt, at every step where llama.cpp's two best tokens are at least 0.3 nat apart, bushu's best
+/// token is llama.cpp's (a near-tie may flip between any two engines: this small model has many, so
+/// comparing only up to the first one would test a handful of steps). Both bushu paths: 8-bit
+/// activation blocks (as llama.cpp) and f32 activations; and bushu's own free-running greedy tokens
+/// equal llama.cpp's up to the first step either engine calls a near-tie.
 #[test]
-fn greedy_equals_llama_cpp_until_a_near_tie() {
+fn greedy_equals_llama_cpp_where_the_margin_allows() {
     let Some(file) = model_file() else { return };
     let r = read_json(&fixture("gemma3/greedy.json"));
     for opts in [ModelOptions::default(), ModelOptions::exact()] {
         let model = opts.build(&file).unwrap();
-        let mut compared = 0;
+        let (mut compared, mut free_running) = (0, 0);
         for p in r["prompts"].as_array().unwrap() {
             let prompt = u32s(&p["ids"]);
             let want = u32s(&p["tokens"]);
@@ -109,10 +109,17 @@ fn greedy_equals_llama_cpp_until_a_near_tie() {
                 .iter()
                 .map(|g| g.as_f64().unwrap())
                 .collect();
-            let got = greedy(&model, &prompt, want.len());
-            for (i, ((t, gap), w)) in got.iter().zip(&want).enumerate() {
-                if gaps[i] < 0.1 || *gap < 0.1 {
-                    break;
+            let lps = teacher_forced(&model, &prompt, &want);
+            let mut tied = false;
+            for (i, (lp, &w)) in lps.iter().zip(&want).enumerate() {
+                let (t, gap) = top2(lp);
+                tied |= gap < 0.1 || gaps[i] < 0.1;
+                if !tied {
+                    // Up to here bushu's greedy run followed the same path.
+                    free_running += 1;
+                }
+                if gaps[i] < 0.3 {
+                    continue;
                 }
                 assert_eq!(
                     t, w,
@@ -122,8 +129,12 @@ fn greedy_equals_llama_cpp_until_a_near_tie() {
                 compared += 1;
             }
         }
-        // The comparison is not vacuous: most steps are not near-ties.
-        assert!(compared >= 100, "{:?}: only {compared} steps compared", opts.precision);
+        // Not vacuous: most of the 384 steps have a clear winner.
+        assert!(compared >= 150, "{:?}: only {compared} steps compared", opts.precision);
+        eprintln!(
+            "{:?}: {compared} steps agree; free-running agreement {free_running} steps",
+            opts.precision
+        );
     }
 }
 
