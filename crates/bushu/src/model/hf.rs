@@ -235,7 +235,25 @@ fn hf_block(family: &Family, obj: &Map<String, Value>, n_layers: usize, dim: usi
             }
             block.attn_scale = Some((1.0 / s.sqrt()) as f32);
         }
-        if let Some(theta) = get_f64(obj, "rope_local_base_freq")? {
+        let per_type = obj.get("rope_parameters").and_then(|p| p.get("sliding_attention"));
+        let local_theta = match per_type {
+            Some(Value::Object(local)) => {
+                if let Some(t) = local
+                    .get("rope_type")
+                    .and_then(Value::as_str)
+                    .filter(|t| *t != "default")
+                {
+                    bail!("RoPE type '{t}' of the sliding-window layers is not supported (only default)");
+                }
+                get_f64(local, "rope_theta")?
+            }
+            Some(v) => bail!("rope_parameters.sliding_attention = {v} is not an object"),
+            None => get_f64(obj, "rope_local_base_freq")?,
+        };
+        if let Some(theta) = local_theta {
+            if theta.is_nan() || theta <= 1.0 {
+                bail!("local RoPE base {theta} is out of range");
+            }
             block.rope_theta_local = Some(theta as f32);
         }
         match (obj.get("layer_types"), get_usize(obj, "sliding_window_pattern")?) {
@@ -275,7 +293,13 @@ struct Rope {
 fn parse_rope(obj: &Map<String, Value>) -> Result<Rope> {
     let params = match obj.get("rope_parameters") {
         None | Some(Value::Null) => None,
-        Some(Value::Object(p)) => Some(p),
+        // Per layer type (Gemma 3 in transformers 5): the global layers' parameters are the model's;
+        // the local layers' base is read by `hf_block`.
+        Some(Value::Object(p)) => match p.get("full_attention") {
+            Some(Value::Object(full)) => Some(full),
+            Some(v) => bail!("rope_parameters.full_attention = {v} is not an object"),
+            None => Some(p),
+        },
         Some(v) => bail!("rope_parameters = {v} is not an object"),
     };
     let scaling = match params {
