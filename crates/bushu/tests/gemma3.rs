@@ -11,31 +11,12 @@ mod common;
 
 use bushu::chat::session::template_for;
 use bushu::chat::Message;
-use bushu::model::llama::Logits;
-use bushu::model::{load, Model, ModelFile, ModelOptions};
-use bushu::pull::{check_cached, find_model, models_dir, CacheStatus};
-use common::{fixture, read_json, u32s};
+use bushu::model::{ModelFile, ModelOptions};
+use common::{fixture, read_json, teacher_forced, u32s};
 use serde_json::Value as Json;
 
 fn model_file() -> Option<ModelFile> {
-    let spec = find_model("gemma3-270m").unwrap();
-    let dir = models_dir();
-    match check_cached(&spec, &dir) {
-        Ok(CacheStatus::Ok) => Some(load(&dir.join(&spec.file_name)).unwrap()),
-        other => {
-            eprintln!(
-                "SKIPPED: Gemma 3 270M is not in the model cache {} ({other:?}); run `bushu pull gemma3-270m`",
-                dir.display()
-            );
-            None
-        }
-    }
-}
-
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let lse = logits.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln() + m;
-    logits.iter().map(|&x| x as f64 - lse).collect()
+    common::cached_model("gemma3-270m")
 }
 
 /// The best token and its margin over the second best.
@@ -75,16 +56,6 @@ fn tokenization_equals_llama_tokenize() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-/// Log-probabilities of `model` at each step of `path` after `prompt` (teacher-forced).
-fn teacher_forced(model: &Model, prompt: &[u32], path: &[u32]) -> Vec<Vec<f64>> {
-    let mut st = model.new_state(prompt.len() + path.len() + 1);
-    let mut out = vec![log_softmax(model.forward(&mut st, prompt, Logits::Last).unwrap())];
-    for &t in &path[..path.len() - 1] {
-        out.push(log_softmax(model.forward(&mut st, &[t], Logits::Last).unwrap()));
-    }
-    out
 }
 
 /// Greedy decoding equals llama.cpp's wherever the margin allows: along llama.cpp's 64 greedy tokens of

@@ -11,25 +11,9 @@
 mod common;
 use bushu::model::llama::Logits;
 use bushu::model::{load, Model};
-use common::{fixture, read_json, shared, u32s};
+use common::{fixture, log_softmax, read_json, shared, teacher_forced, u32s};
 use kernels::Precision;
 use serde_json::Value;
-
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
-    logits.iter().map(|&l| l as f64 - lse).collect()
-}
-
-/// Log-probabilities of bushu at every step, teacher-forced along `path` after `prompt`.
-fn teacher_forced(model: &Model, prompt: &[u32], path: &[u32]) -> Vec<Vec<f64>> {
-    let mut st = model.new_state(prompt.len() + path.len() + 1);
-    let mut out = vec![log_softmax(model.forward(&mut st, prompt, Logits::Last).unwrap())];
-    for &t in &path[..path.len() - 1] {
-        out.push(log_softmax(model.forward(&mut st, &[t], Logits::Last).unwrap()));
-    }
-    out
-}
 
 fn argmax(v: &[f64]) -> u32 {
     (0..v.len())

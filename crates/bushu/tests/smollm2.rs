@@ -15,32 +15,14 @@ mod common;
 use bushu::chat::session::template_for;
 use bushu::chat::Message;
 use bushu::model::llama::Logits;
-use bushu::model::{load, Model, ModelFile};
-use bushu::pull::{check_cached, find_model, models_dir, CacheStatus, DEFAULT_MODEL};
-use common::{fixture, read_json, u32s};
+use bushu::model::{Model, ModelFile};
+use bushu::pull::DEFAULT_MODEL;
+use common::{fixture, log_softmax, read_json, u32s};
 use kernels::Precision;
 use serde_json::Value as Json;
 
 fn model_file() -> Option<ModelFile> {
-    let spec = find_model(DEFAULT_MODEL).unwrap();
-    let dir = models_dir();
-    match check_cached(&spec, &dir) {
-        Ok(CacheStatus::Ok) => Some(load(&dir.join(&spec.file_name)).unwrap()),
-        other => {
-            eprintln!(
-                "SKIPPED: SmolLM2-135M is not in the model cache {} ({other:?}); run `bushu pull` (or set BUSHU_HOME)",
-                dir.display()
-            );
-            None
-        }
-    }
-}
-
-/// Log-softmax of raw logits, in f64.
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let lse = logits.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln() + m;
-    logits.iter().map(|&x| x as f64 - lse).collect()
+    common::cached_model(DEFAULT_MODEL)
 }
 
 fn argmax(lp: &[f64]) -> u32 {

@@ -17,6 +17,44 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// A model from the model cache (`bushu pull NAME`), or `None` with a message saying the tests that
+/// need it are skipped.
+pub fn cached_model(name: &str) -> Option<bushu::model::ModelFile> {
+    use bushu::pull::{check_cached, find_model, models_dir, CacheStatus};
+    let spec = find_model(name).unwrap();
+    let dir = models_dir();
+    match check_cached(&spec, &dir) {
+        Ok(CacheStatus::Ok) => Some(bushu::model::load(&dir.join(&spec.file_name)).unwrap()),
+        other => {
+            eprintln!(
+                "SKIPPED: {} is not in the model cache {} ({other:?}); run `bushu pull {}` (or set BUSHU_HOME)",
+                spec.name,
+                dir.display(),
+                spec.name
+            );
+            None
+        }
+    }
+}
+
+/// Log-softmax of raw logits, in f64.
+pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+    logits.iter().map(|&l| l as f64 - lse).collect()
+}
+
+/// Log-probabilities of `model` at every step, teacher-forced along `path` after `prompt`.
+pub fn teacher_forced(model: &bushu::model::Model, prompt: &[u32], path: &[u32]) -> Vec<Vec<f64>> {
+    use bushu::model::llama::Logits;
+    let mut st = model.new_state(prompt.len() + path.len() + 1);
+    let mut out = vec![log_softmax(model.forward(&mut st, prompt, Logits::Last).unwrap())];
+    for &t in &path[..path.len() - 1] {
+        out.push(log_softmax(model.forward(&mut st, &[t], Logits::Last).unwrap()));
+    }
+    out
+}
+
 pub fn read_json(path: &std::path::Path) -> serde_json::Value {
     let s = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&s).unwrap()
