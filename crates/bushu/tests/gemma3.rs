@@ -195,3 +195,40 @@ fn logprobs_closer_to_the_exact_model_than_llama_cpp() {
         }
     }
 }
+
+/// `bushu perplexity` equals `llama-perplexity` (8 chunks of 512 tokens of the Shakespeare validation
+/// text, the second half of each scored) within 0.5 % (measured: 45.962 vs 45.992, 0.07 %).
+#[test]
+fn perplexity_equals_llama_perplexity() {
+    if model_file().is_none() {
+        return;
+    }
+    let r = read_json(&fixture("gemma3/perplexity.json"));
+    let theirs = r["ppl"].as_f64().unwrap();
+    let val = common::shared("testdata/shakespeare/val.txt");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bushu"))
+        .args([
+            "perplexity",
+            "--model",
+            "gemma3-270m",
+            "--ctx",
+            "512",
+            "--chunks",
+            "8",
+            "--json",
+            "--file",
+        ])
+        .arg(&val)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ours: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let ppl = ours["perplexity"].as_f64().unwrap();
+    let rel = (ppl - theirs).abs() / theirs;
+    eprintln!(
+        "perplexity: bushu {ppl:.4}, llama-perplexity {theirs:.4} ({:.3} %)",
+        100.0 * rel
+    );
+    assert_eq!(ours["scored_tokens"].as_u64(), Some(8 * 255));
+    assert!(rel < 0.005, "bushu {ppl} vs llama-perplexity {theirs}");
+}
