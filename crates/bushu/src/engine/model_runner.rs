@@ -133,6 +133,7 @@ impl ModelRunner {
                 (0..s.tokens.len()).map(move |t| PagedQuery {
                     block_table: s.block_table,
                     pos: s.pos0 + t,
+                    path: &[],
                 })
             })
             .collect();
