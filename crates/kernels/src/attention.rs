@@ -243,7 +243,11 @@ pub fn attention_tree<K: KvRows + ?Sized>(
     let kv_dim = s.n_kv_heads * hd;
     let group = s.n_heads / s.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    assert_eq!(q.len(), tree.len() * s.n_heads * hd, "query length does not match the tree");
+    assert_eq!(
+        q.len(),
+        tree.len() * s.n_heads * hd,
+        "query length does not match the tree"
+    );
     crate::pool::for_each_chunk_mut(out, group * hd, &|i, o| {
         let (t, kvh) = (i / s.n_kv_heads, i % s.n_kv_heads);
         let qg = &q[i * group * hd..(i + 1) * group * hd];
@@ -647,7 +651,10 @@ mod tests {
             // Tokens 0 and 3 are roots; 1 and 2 are siblings under 0; 4 is under 2.
             let idx = [0, 0, 1, 0, 2, 3, 0, 2, 4];
             let start = [0, 1, 3, 5, 6, 9];
-            let tree = TreePaths { idx: &idx, start: &start };
+            let tree = TreePaths {
+                idx: &idx,
+                start: &start,
+            };
             let mut seed = 5u64;
             let mut rnd = |len: usize| -> Vec<f32> {
                 (0..len)
@@ -667,7 +674,9 @@ mod tests {
                 let path = tree.path(t);
                 let rows: Vec<usize> = (0..pos0).chain(path.iter().map(|&i| pos0 + i)).collect();
                 let gather = |x: &[f32]| -> Vec<f32> {
-                    rows.iter().flat_map(|&r| x[r * kv_dim..(r + 1) * kv_dim].to_vec()).collect()
+                    rows.iter()
+                        .flat_map(|&r| x[r * kv_dim..(r + 1) * kv_dim].to_vec())
+                        .collect()
                 };
                 let (kb, vb) = (gather(&k), gather(&v));
                 let mut alone = vec![0.0; q_dim];

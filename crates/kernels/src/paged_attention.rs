@@ -206,13 +206,19 @@ mod tests {
         // Tokens 0 and 3 are roots; 1 and 2 are siblings under 0; 4 is under 2.
         let idx = [0, 0, 1, 0, 2, 3, 0, 2, 4];
         let start = [0, 1, 3, 5, 6, 9];
-        let tree = TreePaths { idx: &idx, start: &start };
+        let tree = TreePaths {
+            idx: &idx,
+            start: &start,
+        };
         let rows = pos0 + 5;
         let table: Vec<u32> = (0..rows.div_ceil(bs) as u32).rev().collect();
         let mut seed = 11u64;
         let k: Vec<f32> = (0..rows * kv_dim).map(|_| rnd(&mut seed)).collect();
         let v: Vec<f32> = (0..rows * kv_dim).map(|_| rnd(&mut seed)).collect();
-        let (mut pk, mut pv) = (vec![0.0; table.len() * bs * kv_dim], vec![0.0; table.len() * bs * kv_dim]);
+        let (mut pk, mut pv) = (
+            vec![0.0; table.len() * bs * kv_dim],
+            vec![0.0; table.len() * bs * kv_dim],
+        );
         for r in 0..rows {
             let at = slot(&table, bs, r) * kv_dim;
             pk[at..at + kv_dim].copy_from_slice(&k[r * kv_dim..(r + 1) * kv_dim]);

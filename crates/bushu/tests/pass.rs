@@ -1,0 +1,195 @@
+//! Several tokens per step (issue 17's foundation for speculative decoding), on the single-sequence
+//! forward pass: KV rewind, logits of chosen rows, and token trees — each bit for bit against running
+//! the same tokens the plain way, with the f32 and the int8 KV cache.
+
+mod common;
+use bushu::model::llama::State;
+use bushu::model::{load, KvType, Logits, Model, Pass};
+use common::shared;
+
+const MODELS: [&str; 2] = [
+    "models/tiny-llama-f16.gguf",
+    "models/shakespeare/shakespeare-expert-f16.gguf",
+];
+
+fn models() -> Vec<(String, Model)> {
+    let mut out = Vec::new();
+    for path in MODELS {
+        let file = load(&shared(path)).unwrap();
+        for kv in [KvType::F32, KvType::Int8] {
+            let mut m = Model::new(&file).unwrap();
+            m.kv_type = kv;
+            out.push((format!("{path} ({})", kv.name()), m));
+        }
+    }
+    out
+}
+
+fn tokens(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            3 + ((s >> 33) as usize % (vocab - 3)) as u32
+        })
+        .collect()
+}
+
+fn same(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// The logits of `n` greedy decode steps from `state`, starting with token `t`.
+fn decode(model: &Model, state: &mut State, mut t: u32, n: usize) -> Vec<Vec<f32>> {
+    (0..n)
+        .map(|_| {
+            let l = model.forward(state, &[t], Logits::Last).unwrap().to_vec();
+            t = kernels::ops::argmax(&l) as u32;
+            l
+        })
+        .collect()
+}
+
+/// Rejected drafts, rewound and overwritten, leave no trace: the logits then equal those of a cache
+/// that never saw them.
+#[test]
+fn rewound_and_refed_equals_never_rewound() {
+    for (name, model) in models() {
+        let vocab = model.config.vocab_size;
+        let prompt = tokens(1, 21, vocab);
+        let next = tokens(2, 3, vocab);
+        let mut plain = model.new_state(64);
+        model.forward(&mut plain, &prompt, Logits::None).unwrap();
+        let want = model.forward(&mut plain, &next, Logits::All).unwrap().to_vec();
+        let want_more = decode(&model, &mut plain, 5, 4);
+
+        let mut rewound = model.new_state(64);
+        model.forward(&mut rewound, &prompt, Logits::Last).unwrap();
+        // Five rejected drafts, then three more, each batch rewound.
+        for (seed, n) in [(3, 5), (4, 3)] {
+            model
+                .forward(&mut rewound, &tokens(seed, n, vocab), Logits::All)
+                .unwrap();
+            assert_eq!(rewound.pos(), prompt.len() + n);
+            rewound.rewind(prompt.len());
+            assert_eq!(rewound.pos(), prompt.len());
+        }
+        let got = model.forward(&mut rewound, &next, Logits::All).unwrap().to_vec();
+        assert!(same(&got, &want), "{name}: after rewind");
+        assert!(
+            decode(&model, &mut rewound, 5, 4) == want_more,
+            "{name}: decoding after rewind"
+        );
+        // Rewinding past the end changes nothing.
+        rewound.rewind(1000);
+        assert_eq!(rewound.pos(), prompt.len() + 3 + 4);
+    }
+}
+
+/// Logits of chosen rows of one pass, several per sequence, equal those of feeding the tokens one at a
+/// time; no logits at all is allowed, rows outside the pass are an error.
+#[test]
+fn chosen_rows_equal_one_at_a_time() {
+    for (name, model) in models() {
+        let vocab = model.config.vocab_size;
+        let prompt = tokens(5, 17, vocab);
+        let run = tokens(6, 6, vocab);
+        let mut one = model.new_state(64);
+        model.forward(&mut one, &prompt, Logits::None).unwrap();
+        let singles: Vec<Vec<f32>> = run
+            .iter()
+            .map(|&t| model.forward(&mut one, &[t], Logits::Last).unwrap().to_vec())
+            .collect();
+
+        let mut many = model.new_state(64);
+        assert!(model.forward(&mut many, &prompt, Logits::None).unwrap().is_empty());
+        let rows = [5, 0, 3, 4];
+        let got = model.forward(&mut many, &run, Logits::Rows(&rows)).unwrap().to_vec();
+        for (i, &r) in rows.iter().enumerate() {
+            assert!(same(&got[i * vocab..(i + 1) * vocab], &singles[r]), "{name}: row {r}");
+        }
+        assert_eq!(many.hidden().len(), rows.len() * model.config.dim);
+        let e = model.forward(&mut many, &run[..2], Logits::Rows(&[2])).unwrap_err();
+        assert!(e.to_string().contains("row 2 of a pass of 2"), "{e}");
+    }
+}
+
+/// Three draft branches under one root token, verified in one tree pass: every token gets the logits
+/// of its branch run alone. Keeping the accepted branch leaves the cache as that branch alone would.
+#[test]
+fn tree_equals_each_branch_alone() {
+    for (name, model) in models() {
+        let vocab = model.config.vocab_size;
+        let prompt = tokens(7, 19, vocab);
+        let d = tokens(8, 8, vocab);
+        // Root r; branches r-a0-a1-a2, r-b0-b1-b2, r-c0 (a sibling of a0 and b0).
+        let tree = [d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]];
+        let parent = [None, Some(0), Some(1), Some(2), Some(0), Some(4), Some(5), Some(0)];
+        let branches: [&[usize]; 3] = [&[0, 1, 2, 3], &[0, 4, 5, 6], &[0, 7]];
+
+        let mut state = model.new_state(64);
+        model.forward(&mut state, &prompt, Logits::None).unwrap();
+        let pos0 = state.pos();
+        let all = model
+            .forward_pass(&mut state, Pass::tree(&tree, &parent, Logits::All))
+            .unwrap()
+            .to_vec();
+        assert_eq!(state.pos(), pos0 + tree.len());
+        assert_eq!(state.tree().path(6), [0, 4, 5, 6]);
+
+        let mut alone_states = Vec::new();
+        for rows in branches {
+            let mut alone = model.new_state(64);
+            model.forward(&mut alone, &prompt, Logits::None).unwrap();
+            let toks: Vec<u32> = rows.iter().map(|&i| tree[i]).collect();
+            let want = model.forward(&mut alone, &toks, Logits::All).unwrap().to_vec();
+            for (j, &i) in rows.iter().enumerate() {
+                let got = &all[i * vocab..(i + 1) * vocab];
+                assert!(same(got, &want[j * vocab..(j + 1) * vocab]), "{name}: tree token {i}");
+            }
+            alone_states.push(alone);
+        }
+
+        // The mask matters: run causally, the same tokens give other logits from the first token
+        // whose view differs (b0 sees a0..a2 before it).
+        let mut causal = model.new_state(64);
+        model.forward(&mut causal, &prompt, Logits::None).unwrap();
+        let c = model.forward(&mut causal, &tree, Logits::All).unwrap();
+        assert!(same(&c[..2 * vocab], &all[..2 * vocab]), "{name}: r, a0 see the same");
+        assert!(
+            !same(&c[4 * vocab..5 * vocab], &all[4 * vocab..5 * vocab]),
+            "{name}: mask ignored"
+        );
+
+        // Accept branch b (the drafts r, b0, b1), keep its rows, decode on: as the branch alone.
+        let path = state.tree().path(5).to_vec();
+        state.cache.keep_rows(pos0, &path).unwrap();
+        assert_eq!(state.pos(), pos0 + 3);
+        let mut alone = model.new_state(64);
+        model.forward(&mut alone, &prompt, Logits::None).unwrap();
+        model
+            .forward(&mut alone, &[tree[0], tree[4], tree[5]], Logits::None)
+            .unwrap();
+        assert!(
+            decode(&model, &mut state, 9, 5) == decode(&model, &mut alone, 9, 5),
+            "{name}: decoding after keeping branch b"
+        );
+    }
+}
+
+/// Malformed trees and row lists are errors, not panics.
+#[test]
+fn bad_passes_are_errors() {
+    let (_, model) = models().remove(0);
+    let mut state = model.new_state(16);
+    let bad_parent = model.forward_pass(&mut state, Pass::tree(&[5, 6], &[None, Some(1)], Logits::All));
+    assert!(bad_parent.unwrap_err().to_string().contains("not an earlier one"));
+    let short = model.forward_pass(&mut state, Pass::tree(&[5, 6], &[None], Logits::All));
+    assert!(short.unwrap_err().to_string().contains("1 parents over 2 tokens"));
+    assert_eq!(state.pos(), 0);
+    model.forward(&mut state, &[5, 6, 7], Logits::None).unwrap();
+    assert!(state.cache.keep_rows(1, &[1, 0]).is_err());
+    assert!(state.cache.keep_rows(1, &[0, 2]).is_err());
+    state.cache.keep_rows(0, &[0, 2]).unwrap();
+    assert_eq!(state.pos(), 2);
+}
