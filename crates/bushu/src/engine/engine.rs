@@ -1,11 +1,19 @@
 //! The step loop: schedule → batched forward → sample → update, over and over. Requests come in and
-//! are cancelled between steps; each step reports the tokens it produced.
+//! are cancelled between steps; each step reports the tokens it produced — one per sequence, or more
+//! when a drafter's guesses ([`Engine::propose`]) are confirmed.
+//!
+//! Drafts are verified by sampling: the pass gives the logits of the last token and of every draft,
+//! the sequence's sampler picks a token from each row in turn, and a draft is kept while it is the
+//! token picked. Every emitted token is thus picked by the same sampler, from the same logits (bit for
+//! bit) and with the same random draws as without drafts: the output does not depend on the drafts,
+//! only the number of steps does. (For a deterministic drafter this is exactly speculative sampling:
+//! a draft `d` survives with probability `p(d)`, and a rejection's token follows `p` without `d`.)
 
 use super::metrics::Gauges;
 use super::model_runner::{ModelRunner, PagedCache, SeqInput};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::sequence::{FinishReason, Request, SeqId, SeqStatus, Sequence};
-use crate::model::Model;
+use crate::model::{Logits, Model};
 use crate::sampling::top_logprobs;
 use anyhow::{bail, Result};
 
@@ -67,9 +75,11 @@ pub struct Logprobs {
 #[derive(Clone, Debug)]
 pub struct Output {
     pub seq: SeqId,
-    /// The token sampled this step (none when the sequence ended without one).
-    pub token: Option<u32>,
-    pub logprobs: Option<Logprobs>,
+    /// The tokens this step produced, in order: usually one, more when drafts were confirmed, none
+    /// when the sequence ended without one.
+    pub tokens: Vec<u32>,
+    /// One per token, when the request asked for log-probabilities.
+    pub logprobs: Vec<Logprobs>,
     pub finish: Option<FinishReason>,
     /// Prompt tokens served from the prefix cache (set with the first token).
     pub cached_tokens: usize,
@@ -134,6 +144,28 @@ impl Engine {
         Ok(id)
     }
 
+    /// Proposes `draft` as the tokens that follow sequence `id` so far: its next decode step verifies
+    /// them in the same pass (replacing an earlier proposal). Drafts past the sequence's length limits
+    /// are dropped, since they could not be kept.
+    pub fn propose(&mut self, id: SeqId, draft: &[u32]) -> Result<()> {
+        let vocab = self.runner.model.config.vocab_size;
+        if let Some(&t) = draft.iter().find(|&&t| t as usize >= vocab) {
+            bail!("draft token id {t} is outside the vocabulary of {vocab} tokens");
+        }
+        let max_len = self.cfg.max_model_len;
+        let Some(seq) = self.sched.seqs.get_mut(&id).filter(|s| s.status != SeqStatus::Finished) else {
+            bail!("no running sequence {id}");
+        };
+        // Each confirmed draft is one more token and one more computed position, and the step adds
+        // one more token after them.
+        let room = (max_len - seq.len())
+            .min(seq.max_tokens - seq.num_generated())
+            .saturating_sub(1);
+        seq.draft.clear();
+        seq.draft.extend_from_slice(&draft[..draft.len().min(room)]);
+        Ok(())
+    }
+
     /// Cancels a sequence and frees its blocks.
     pub fn abort(&mut self, id: SeqId) -> bool {
         let found = self.sched.abort(id);
@@ -176,8 +208,8 @@ impl Engine {
             let seq = self.sched.remove(id).expect("listed");
             outputs.push(Output {
                 seq: id,
-                token: None,
-                logprobs: None,
+                tokens: Vec::new(),
+                logprobs: Vec::new(),
                 finish: seq.finish,
                 cached_tokens: 0,
             });
@@ -187,45 +219,83 @@ impl Engine {
         }
         self.steps += 1;
         let seqs = &mut self.sched.seqs;
-        let inputs: Vec<SeqInput> = chunks
+        // A chunk with drafts runs the sequence's uncomputed token and the drafts after it.
+        let joined: Vec<Option<Vec<u32>>> = chunks
             .iter()
             .map(|c| {
                 let s = &seqs[&c.seq];
-                SeqInput {
-                    tokens: &s.tokens[c.pos0..c.pos0 + c.n],
-                    pos0: c.pos0,
-                    block_table: &s.block_table,
-                    logits: c.sample,
-                }
+                (c.draft > 0).then(|| {
+                    let mut t = s.tokens[c.pos0..c.pos0 + c.n - c.draft].to_vec();
+                    t.extend_from_slice(&s.draft[..c.draft]);
+                    t
+                })
+            })
+            .collect();
+        // Logits of the rows from the last token before the drafts to the end: slices of one list.
+        let max_n = chunks.iter().map(|c| c.n).max().unwrap_or(0);
+        let row_ids: Vec<usize> = (0..max_n).collect();
+        let inputs: Vec<SeqInput> = chunks
+            .iter()
+            .zip(&joined)
+            .map(|(c, joined)| {
+                let s = &seqs[&c.seq];
+                let logits = match (c.sample, c.draft) {
+                    (false, _) => Logits::None,
+                    (true, 0) => Logits::Last,
+                    (true, k) => Logits::Rows(&row_ids[c.n - k - 1..c.n]),
+                };
+                let tokens = joined.as_deref().unwrap_or(&s.tokens[c.pos0..c.pos0 + c.n]);
+                SeqInput::causal(tokens, c.pos0, &s.block_table, logits)
             })
             .collect();
         let vocab = self.runner.model.config.vocab_size;
         let logits = self.runner.forward(&inputs)?;
         drop(inputs);
         let mut sampled = Vec::new();
-        for (c, row) in chunks.iter().filter(|c| c.sample).zip(logits.chunks_exact(vocab)) {
+        // Per sampling chunk: its output's index and the sequence's length before this step's tokens.
+        let mut bases = Vec::new();
+        let mut rows = logits.chunks_exact(vocab);
+        for c in chunks.iter().filter(|c| c.sample) {
             let seq = seqs.get_mut(&c.seq).expect("scheduled");
-            let t = seq.sampler.sample(row);
-            let logprobs = seq.logprobs.map(|k| Logprobs {
-                logprob: logprob_of(row, t),
-                top: top_logprobs(row, k),
-            });
             let cached_tokens = if seq.num_generated() == 0 { seq.num_cached } else { 0 };
-            sampled.push(t);
-            outputs.push(Output {
+            let mut out = Output {
                 seq: c.seq,
-                token: Some(t),
-                logprobs,
+                tokens: Vec::with_capacity(1),
+                logprobs: Vec::new(),
                 finish: None,
                 cached_tokens,
-            });
+            };
+            // Row i + 1 follows draft i (row 0 the last token): sample on while the drafts are
+            // confirmed; every row of the chunk is taken from `rows`, sampled or not.
+            let mut open = true;
+            for (i, row) in rows.by_ref().take(c.draft + 1).enumerate() {
+                if !open {
+                    continue;
+                }
+                let t = seq.sampler.sample(row);
+                if let Some(k) = seq.logprobs {
+                    out.logprobs.push(Logprobs {
+                        logprob: logprob_of(row, t),
+                        top: top_logprobs(row, k),
+                    });
+                }
+                out.tokens.push(t);
+                open = i < c.draft && seq.draft[i] == t;
+            }
+            sampled.push(out.tokens.clone());
+            bases.push((outputs.len(), seq.len()));
+            outputs.push(out);
         }
         let done = self.sched.update(&chunks, &sampled, &self.eos);
         for (id, reason) in done {
-            if let Some(o) = outputs.iter_mut().find(|o| o.seq == id) {
+            let seq = self.sched.remove(id).expect("finished sequence");
+            if let Some(&(i, base)) = bases.iter().find(|&&(i, _)| outputs[i].seq == id) {
+                // Tokens sampled after the one that ended the sequence are not part of it.
+                let o = &mut outputs[i];
+                o.tokens.truncate(seq.len() - base);
+                o.logprobs.truncate(seq.len() - base);
                 o.finish = Some(reason);
             }
-            self.sched.remove(id);
         }
         Ok(outputs)
     }
@@ -239,8 +309,8 @@ impl Engine {
         let mut out: Vec<Vec<u32>> = vec![Vec::new(); ids.len()];
         while self.has_work() {
             for o in self.step()? {
-                if let (Some(i), Some(t)) = (ids.iter().position(|&id| id == o.seq), o.token) {
-                    out[i].push(t);
+                if let Some(i) = ids.iter().position(|&id| id == o.seq) {
+                    out[i].extend_from_slice(&o.tokens);
                 }
             }
         }

@@ -83,6 +83,9 @@ pub struct Sequence {
     pub block_table: Vec<u32>,
     /// Prefix hashes of the full blocks already registered with the block manager.
     pub block_hashes: Vec<u64>,
+    /// Tokens a drafter guessed come next ([`crate::engine::Engine::propose`]): the next decode step
+    /// runs them with the last token and keeps those its own sampling confirms.
+    pub draft: Vec<u32>,
     pub status: SeqStatus,
     pub finish: Option<FinishReason>,
     pub sampler: Sampler,
@@ -107,6 +110,7 @@ impl Sequence {
             num_cached: 0,
             block_table: Vec::new(),
             block_hashes: Vec::new(),
+            draft: Vec::new(),
             status: SeqStatus::Waiting,
             finish: None,
             sampler,
