@@ -1,10 +1,14 @@
-//! Several tokens per step (issue 17's foundation for speculative decoding), on the single-sequence
-//! forward pass: KV rewind, logits of chosen rows, and token trees — each bit for bit against running
-//! the same tokens the plain way, with the f32 and the int8 KV cache.
+//! Several tokens per step (issue 17's foundation for speculative decoding): KV rewind, logits of
+//! chosen rows and token trees — each bit for bit against running the same tokens the plain way, with
+//! the f32 and the int8 KV cache, on the single-sequence forward pass and on the paged cache — and
+//! drafts verified in the serving engine's step loop.
 
 mod common;
+use bushu::engine::model_runner::{ModelRunner, SeqInput};
+use bushu::engine::{Engine, EngineConfig, Request};
 use bushu::model::llama::State;
-use bushu::model::{load, KvType, Logits, Model, Pass};
+use bushu::model::{load, KvType, Logits, Model, ModelFile, Pass};
+use bushu::sampling::SamplingParams;
 use common::shared;
 
 const MODELS: [&str; 2] = [
@@ -192,4 +196,204 @@ fn bad_passes_are_errors() {
     assert!(state.cache.keep_rows(1, &[0, 2]).is_err());
     state.cache.keep_rows(0, &[0, 2]).unwrap();
     assert_eq!(state.pos(), 2);
+}
+
+// The serving engine: paged cache, drafts verified in the step loop.
+
+fn engine_models() -> Vec<(String, ModelFile)> {
+    [
+        "models/tiny-llama-q8_0.gguf",
+        "models/shakespeare/shakespeare-expert-f16.gguf",
+    ]
+    .iter()
+    .map(|p| (p.to_string(), load(&shared(p)).unwrap()))
+    .collect()
+}
+
+fn with_kv(file: &ModelFile, kv: KvType) -> Model {
+    let mut m = Model::new(file).unwrap();
+    m.kv_type = kv;
+    m
+}
+
+/// On the paged cache through block tables, batched with another sequence: rows overwritten after a
+/// rewind, chosen rows, a token tree and its kept branch all give the contiguous cache's logits.
+#[test]
+fn paged_runner_matches_contiguous() {
+    for (name, file) in engine_models() {
+        for kv in [KvType::F32, KvType::Int8] {
+            let model = with_kv(&file, kv);
+            let vocab = model.config.vocab_size;
+            let mut runner = ModelRunner::new(with_kv(&file, kv), 4, 32);
+            let (ta, tb): (Vec<u32>, Vec<u32>) = ((0..12).rev().collect(), (12..24).collect());
+            let (prompt, other) = (tokens(11, 19, vocab), tokens(12, 40, vocab));
+            let step = |runner: &mut ModelRunner, mine: SeqInput, at: usize| -> Vec<f32> {
+                let o = SeqInput::causal(&other[at..at + 1], at, &tb, Logits::Last);
+                let n_other = vocab;
+                let out = runner.forward(&[o, mine]).unwrap();
+                out[n_other..].to_vec()
+            };
+            let mut state = model.new_state(64);
+            model.forward(&mut state, &prompt, Logits::None).unwrap();
+            runner
+                .forward(&[
+                    SeqInput::causal(&other[..19], 0, &tb, Logits::None),
+                    SeqInput::causal(&prompt, 0, &ta, Logits::None),
+                ])
+                .unwrap();
+            // Rejected drafts at 19..24 (crossing a block), then the real tokens over them.
+            step(
+                &mut runner,
+                SeqInput::causal(&tokens(13, 5, vocab), 19, &ta, Logits::All),
+                19,
+            );
+            let real = tokens(14, 3, vocab);
+            let got = step(&mut runner, SeqInput::causal(&real, 19, &ta, Logits::Rows(&[2, 0])), 20);
+            let want = model.forward(&mut state, &real, Logits::All).unwrap().to_vec();
+            assert!(
+                same(&got[..vocab], &want[2 * vocab..]),
+                "{name} {kv:?}: row 2 after rewind"
+            );
+            assert!(same(&got[vocab..], &want[..vocab]), "{name} {kv:?}: row 0 after rewind");
+
+            // A tree from 22: two branches under a root.
+            let tree = tokens(15, 6, vocab);
+            let parent = [None, Some(0), Some(1), Some(0), Some(3), Some(4)];
+            let pos0 = state.pos();
+            let want = model
+                .forward_pass(&mut state, Pass::tree(&tree, &parent, Logits::All))
+                .unwrap()
+                .to_vec();
+            let mine = SeqInput {
+                tree: Some(&parent),
+                ..SeqInput::causal(&tree, pos0, &ta, Logits::All)
+            };
+            let got = step(&mut runner, mine, 21);
+            assert!(same(&got, &want), "{name} {kv:?}: tree");
+            // Keep the second branch's first two drafts (rows 0, 3, 4), then decode on.
+            let path = state.tree().path(4).to_vec();
+            state.cache.keep_rows(pos0, &path).unwrap();
+            runner.cache.keep_rows(&ta, pos0, &path).unwrap();
+            let want = model.forward(&mut state, &[7], Logits::Last).unwrap().to_vec();
+            let got = step(&mut runner, SeqInput::causal(&[7], pos0 + 3, &ta, Logits::Last), 22);
+            assert!(same(&got, &want), "{name} {kv:?}: decode after keeping a branch");
+        }
+    }
+}
+
+fn engine(file: &ModelFile, kv: KvType, prefix: bool) -> Engine {
+    let model = with_kv(file, kv);
+    let mut cfg = EngineConfig::for_model(&model, 8, Some(256), None);
+    // Small blocks: drafts and their rewinds cross block boundaries.
+    cfg.block_size = 4;
+    cfg.num_blocks = 160;
+    cfg.max_batched_tokens = 256;
+    cfg.max_model_len = 256;
+    cfg.prefix_caching = prefix;
+    Engine::new(model, file.eos_ids.clone(), cfg)
+}
+
+/// A draft guessed from `want` (the output without drafts) after `g` generated tokens: right, wrong
+/// from its second token, or wrong from its first, by sequence.
+fn draft(want: &[u32], g: usize, i: usize) -> Vec<u32> {
+    let mut d = want[g.min(want.len())..(g + 4).min(want.len())].to_vec();
+    let wrong = |t: u32| if t > 3 { t - 1 } else { t + 1 };
+    match i % 3 {
+        1 if d.len() > 1 => d[1] = wrong(d[1]),
+        2 if !d.is_empty() => d[0] = wrong(d[0]),
+        _ => {}
+    }
+    d
+}
+
+/// Runs `reqs` proposing drafts before every step: the tokens of each and the steps that gave it some.
+fn run_drafted(e: &mut Engine, reqs: &[Request], want: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<usize>) {
+    let ids: Vec<_> = reqs.iter().map(|r| e.add(r.clone()).unwrap()).collect();
+    let mut out = vec![Vec::new(); ids.len()];
+    let mut done = vec![false; ids.len()];
+    let mut steps = vec![0; ids.len()];
+    while e.has_work() {
+        for (i, &id) in ids.iter().enumerate() {
+            if !done[i] {
+                e.propose(id, &draft(&want[i], out[i].len(), i)).unwrap();
+            }
+        }
+        for o in e.step().unwrap() {
+            let i = ids.iter().position(|&id| id == o.seq).unwrap();
+            if let Some(k) = reqs[i].logprobs {
+                assert_eq!(o.logprobs.len(), o.tokens.len());
+                assert!(o.logprobs.iter().all(|l| l.top.len() == k));
+            }
+            out[i].extend_from_slice(&o.tokens);
+            steps[i] += usize::from(!o.tokens.is_empty());
+            done[i] |= o.finish.is_some();
+        }
+    }
+    (out, steps)
+}
+
+/// Drafts, right or wrong, never change what the engine generates — greedy or sampled, f32 or int8
+/// KV — and right ones save steps. Rejected drafts never reach the prefix cache: prompts that continue
+/// the finished sequences then give the outputs of an engine without prefix caching.
+#[test]
+fn drafts_do_not_change_outputs() {
+    for (name, file) in engine_models() {
+        let vocab = file.config.vocab_size;
+        let mut reqs: Vec<Request> = (0..6)
+            .map(|i| Request {
+                ignore_eos: true,
+                ..Request::greedy(tokens(20 + i, 9 + 5 * i as usize, vocab), 13 + i as usize)
+            })
+            .collect();
+        reqs[4].sampling = SamplingParams {
+            temperature: 0.9,
+            top_k: 40,
+            seed: 5,
+            ..Default::default()
+        };
+        reqs[5].logprobs = Some(2);
+        reqs[5].ignore_eos = false;
+        for kv in [KvType::F32, KvType::Int8] {
+            let want = engine(&file, kv, true).generate(reqs.clone()).unwrap();
+            let mut drafted = engine(&file, kv, true);
+            let (got, steps) = run_drafted(&mut drafted, &reqs, &want);
+            assert_eq!(got, want, "{name} {kv:?}");
+            // After the prefill's token, right drafts give 5 tokens a step; right for one token, 2;
+            // wrong, 1 as without drafts.
+            for (i, (&s, w)) in steps.iter().zip(&want).enumerate() {
+                let rest = w.len() - 1;
+                let most = 1 + [rest.div_ceil(5), rest.div_ceil(2), rest][i % 3];
+                assert!(
+                    s <= most,
+                    "{name} {kv:?}: sequence {i}: {s} steps for {} tokens",
+                    w.len()
+                );
+            }
+            assert_eq!(drafted.gauges().kv_blocks_free, 160, "{name} {kv:?}: blocks leaked");
+
+            // Prompts continuing the drafted sequences (through positions that held rejected drafts).
+            let next: Vec<Request> = reqs
+                .iter()
+                .zip(&got)
+                .enumerate()
+                .map(|(i, (r, g))| {
+                    let mut p = r.prompt.clone();
+                    p.extend_from_slice(&g[..g.len() - 1]);
+                    p.extend(tokens(40 + i as u64, 2, vocab));
+                    Request::greedy(p, 6)
+                })
+                .collect();
+            let hits0 = drafted.gauges().prefix_hit_tokens;
+            let cached = drafted.generate(next.clone()).unwrap();
+            assert!(
+                drafted.gauges().prefix_hit_tokens > hits0 + 60,
+                "{name}: prefix cache unused"
+            );
+            assert_eq!(
+                cached,
+                engine(&file, kv, false).generate(next).unwrap(),
+                "{name} {kv:?}: prefix cache"
+            );
+        }
+    }
 }

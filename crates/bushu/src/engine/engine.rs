@@ -244,7 +244,10 @@ impl Engine {
                     (true, 0) => Logits::Last,
                     (true, k) => Logits::Rows(&row_ids[c.n - k - 1..c.n]),
                 };
-                let tokens = joined.as_deref().unwrap_or(&s.tokens[c.pos0..c.pos0 + c.n]);
+                let tokens = match joined {
+                    Some(t) => t,
+                    None => &s.tokens[c.pos0..c.pos0 + c.n],
+                };
                 SeqInput::causal(tokens, c.pos0, &s.block_table, logits)
             })
             .collect();

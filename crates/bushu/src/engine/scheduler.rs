@@ -397,6 +397,36 @@ mod tests {
         );
     }
 
+    /// A decode with drafts reserves their positions; the rejected ones are rewound, their blocks
+    /// given back; drafts that do not fit the free blocks are left out rather than preempt anyone.
+    #[test]
+    fn drafts_reserve_then_rewind() {
+        let mut s = sched(4, 100, 5);
+        add(&mut s, 1, 7, 10);
+        step(&mut s);
+        let seq = s.seqs.get_mut(&1).unwrap();
+        seq.draft = vec![1, 2, 3, 4, 5, 6];
+        let c = s.schedule();
+        let want = Chunk {
+            seq: 1,
+            pos0: 7,
+            n: 7,
+            sample: true,
+            draft: 6,
+        };
+        assert_eq!(c, vec![want]);
+        assert_eq!(s.seqs[&1].block_table.len(), 4, "positions 0..14 reserved");
+        // Draft 1 confirmed, then another token: 2 tokens, 9 positions computed.
+        s.update(&c, &[vec![1, 9]], &[]);
+        let seq = &s.seqs[&1];
+        assert_eq!((seq.num_computed, seq.len(), seq.block_table.len()), (9, 10, 3));
+        assert!(seq.draft.is_empty());
+        assert_eq!(s.blocks.num_free(), 2);
+        // 13 drafts would need 6 blocks of 4 (23 positions): they wait, the decode goes alone.
+        s.seqs.get_mut(&1).unwrap().draft = (0..13).collect();
+        assert_eq!(s.schedule()[0].draft, 0);
+    }
+
     #[test]
     fn abort_frees_blocks() {
         let mut s = sched(4, 100, 16);
