@@ -1,6 +1,7 @@
 //! A sequence: one stream of tokens being generated (a request's choice), with what the engine knows
 //! about it — how many of its positions are in the KV cache, which blocks hold them, how to sample.
 
+pub use crate::generate::FinishReason;
 use crate::sampling::{Sampler, SamplingParams};
 use anyhow::Result;
 use std::time::Instant;
@@ -14,28 +15,6 @@ pub enum SeqStatus {
     /// Admitted: holds blocks, gets tokens scheduled every step.
     Running,
     Finished,
-}
-
-/// Why a sequence stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// An end-of-sequence or stop token.
-    Stop,
-    /// `max_tokens`, or the context (or the whole KV cache) is full.
-    Length,
-    /// Cancelled (client gone, shutdown).
-    Abort,
-}
-
-impl FinishReason {
-    /// The OpenAI `finish_reason` string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::Abort => "abort",
-        }
-    }
 }
 
 /// What a request asks of one sequence.
