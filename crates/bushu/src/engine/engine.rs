@@ -158,8 +158,9 @@ impl Engine {
         };
         // Each confirmed draft is one more token and one more computed position, and the step adds
         // one more token after them.
-        let room = (max_len - seq.len())
-            .min(seq.max_tokens - seq.num_generated())
+        let room = max_len
+            .saturating_sub(seq.len())
+            .min(seq.max_tokens.saturating_sub(seq.num_generated()))
             .saturating_sub(1);
         seq.draft.clear();
         seq.draft.extend_from_slice(&draft[..draft.len().min(room)]);
