@@ -293,17 +293,23 @@ fn engine(file: &ModelFile, kv: KvType, prefix: bool) -> Engine {
     Engine::new(model, file.eos_ids.clone(), cfg)
 }
 
-/// A draft guessed from `want` (the output without drafts) after `g` generated tokens: right, wrong
-/// from its second token, or wrong from its first, by sequence.
-fn draft(want: &[u32], g: usize, i: usize) -> Vec<u32> {
+/// Drafts guessed from `want` (the output without drafts) after `g` generated tokens, by sequence:
+/// a chain right for 4 tokens, a chain wrong from its second token, a chain wrong from its first,
+/// and a tree whose right branch of 3 is the second of its roots, among wrong siblings (so keeping it
+/// moves rows).
+fn draft(want: &[u32], g: usize, i: usize) -> (Vec<u32>, Vec<Option<usize>>) {
     let mut d = want[g.min(want.len())..(g + 4).min(want.len())].to_vec();
     let wrong = |t: u32| if t > 3 { t - 1 } else { t + 1 };
-    match i % 3 {
+    match i % 4 {
         1 if d.len() > 1 => d[1] = wrong(d[1]),
         2 if !d.is_empty() => d[0] = wrong(d[0]),
+        3 if d.len() >= 3 => {
+            let tokens = vec![wrong(d[0]), d[0], wrong(d[1]), 5, d[1], d[2]];
+            return (tokens, vec![None, None, Some(1), Some(0), Some(1), Some(4)]);
+        }
         _ => {}
     }
-    d
+    (d, Vec::new())
 }
 
 /// Runs `reqs` proposing drafts before every step: the tokens of each and the steps that gave it some.
@@ -315,7 +321,8 @@ fn run_drafted(e: &mut Engine, reqs: &[Request], want: &[Vec<u32>]) -> (Vec<Vec<
     while e.has_work() {
         for (i, &id) in ids.iter().enumerate() {
             if !done[i] {
-                e.propose(id, &draft(&want[i], out[i].len(), i)).unwrap();
+                let (d, parent) = draft(&want[i], out[i].len(), i);
+                e.propose_tree(id, &d, &parent).unwrap();
             }
         }
         for o in e.step().unwrap() {
@@ -332,14 +339,14 @@ fn run_drafted(e: &mut Engine, reqs: &[Request], want: &[Vec<u32>]) -> (Vec<Vec<
     (out, steps)
 }
 
-/// Drafts, right or wrong, never change what the engine generates — greedy or sampled, f32 or int8
-/// KV — and right ones save steps. Rejected drafts never reach the prefix cache: prompts that continue
+/// Drafts, right or wrong, in chains or trees, never change what the engine generates — greedy or
+/// sampled, f32 or int8 KV — and right ones save steps. Rejected drafts never reach the prefix cache: prompts that continue
 /// the finished sequences then give the outputs of an engine without prefix caching.
 #[test]
 fn drafts_do_not_change_outputs() {
     for (name, file) in engine_models() {
         let vocab = file.config.vocab_size;
-        let mut reqs: Vec<Request> = (0..6)
+        let mut reqs: Vec<Request> = (0..8)
             .map(|i| Request {
                 ignore_eos: true,
                 ..Request::greedy(tokens(20 + i, 9 + 5 * i as usize, vocab), 13 + i as usize)
@@ -359,10 +366,10 @@ fn drafts_do_not_change_outputs() {
             let (got, steps) = run_drafted(&mut drafted, &reqs, &want);
             assert_eq!(got, want, "{name} {kv:?}");
             // After the prefill's token, right drafts give 5 tokens a step; right for one token, 2;
-            // wrong, 1 as without drafts.
+            // wrong, 1 as without drafts; the tree 4 (but fewer near the end, where it is a chain).
             for (i, (&s, w)) in steps.iter().zip(&want).enumerate() {
                 let rest = w.len() - 1;
-                let most = 1 + [rest.div_ceil(5), rest.div_ceil(2), rest][i % 3];
+                let most = 1 + [rest.div_ceil(5), rest.div_ceil(2), rest, rest.div_ceil(4) + 1][i % 4];
                 assert!(
                     s <= most,
                     "{name} {kv:?}: sequence {i}: {s} steps for {} tokens",
@@ -396,4 +403,21 @@ fn drafts_do_not_change_outputs() {
             );
         }
     }
+}
+
+/// Bad proposals are errors: malformed trees, tokens outside the vocabulary, finished sequences.
+#[test]
+fn bad_proposals_are_errors() {
+    let (_, file) = engine_models().remove(0);
+    let mut e = engine(&file, KvType::F32, true);
+    let id = e.add(Request::greedy(tokens(1, 5, 1000), 2)).unwrap();
+    assert!(e.propose_tree(id, &[4, 5], &[None, Some(1)]).is_err());
+    assert!(e.propose_tree(id, &[4, 5], &[None]).is_err());
+    assert!(e.propose(id, &[1 << 30]).is_err());
+    assert!(e.propose(id + 1, &[4]).is_err());
+    e.propose_tree(id, &[4, 5], &[None, None]).unwrap();
+    while e.has_work() {
+        e.step().unwrap();
+    }
+    assert!(e.propose(id, &[4]).is_err());
 }

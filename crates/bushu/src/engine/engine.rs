@@ -8,6 +8,10 @@
 //! bit) and with the same random draws as without drafts: the output does not depend on the drafts,
 //! only the number of steps does. (For a deterministic drafter this is exactly speculative sampling:
 //! a draft `d` survives with probability `p(d)`, and a rejection's token follows `p` without `d`.)
+//!
+//! Drafts may form a tree ([`Engine::propose_tree`]): the walk then goes from the last token's row to
+//! the child drafted as the token sampled, and so on; the accepted branch's rows are moved to
+//! consecutive positions ([`PagedCache::keep_rows`]) before the rest is rewound.
 
 use super::metrics::Gauges;
 use super::model_runner::{ModelRunner, PagedCache, SeqInput};
@@ -148,9 +152,22 @@ impl Engine {
     /// them in the same pass (replacing an earlier proposal). Drafts past the sequence's length limits
     /// are dropped, since they could not be kept.
     pub fn propose(&mut self, id: SeqId, draft: &[u32]) -> Result<()> {
+        self.propose_tree(id, draft, &[])
+    }
+
+    /// [`Engine::propose`] for a tree of drafts: `parent[i]` is the index of draft `i`'s parent
+    /// draft (an earlier one), `None` if it follows the sequence's tokens directly; an empty `parent`
+    /// is a chain. Near the length limits only the first drafts are kept (a tree's prefix is a tree).
+    pub fn propose_tree(&mut self, id: SeqId, draft: &[u32], parent: &[Option<usize>]) -> Result<()> {
         let vocab = self.runner.model.config.vocab_size;
         if let Some(&t) = draft.iter().find(|&&t| t as usize >= vocab) {
             bail!("draft token id {t} is outside the vocabulary of {vocab} tokens");
+        }
+        if !parent.is_empty() && parent.len() != draft.len() {
+            bail!("a tree of {} parents over {} drafts", parent.len(), draft.len());
+        }
+        if let Some((i, p)) = parent.iter().enumerate().find(|&(i, p)| p.is_some_and(|p| p >= i)) {
+            bail!("draft {i} names draft {p:?} as its parent, not an earlier one");
         }
         let max_len = self.cfg.max_model_len;
         let Some(seq) = self.sched.seqs.get_mut(&id).filter(|s| s.status != SeqStatus::Finished) else {
@@ -162,8 +179,11 @@ impl Engine {
             .saturating_sub(seq.len())
             .min(seq.max_tokens.saturating_sub(seq.num_generated()))
             .saturating_sub(1);
+        let keep = draft.len().min(room);
         seq.draft.clear();
-        seq.draft.extend_from_slice(&draft[..draft.len().min(room)]);
+        seq.draft.extend_from_slice(&draft[..keep]);
+        seq.draft_parent.clear();
+        seq.draft_parent.extend_from_slice(&parent[..parent.len().min(keep)]);
         Ok(())
     }
 
@@ -232,13 +252,25 @@ impl Engine {
                 })
             })
             .collect();
+        // A tree of drafts over the chunk: the last token is its root, row 0.
+        let trees: Vec<Option<Vec<Option<usize>>>> = chunks
+            .iter()
+            .map(|c| {
+                let s = &seqs[&c.seq];
+                (c.draft > 0 && !s.draft_parent.is_empty()).then(|| {
+                    let drafts = (0..c.draft).map(|i| Some(draft_parent_row(&s.draft_parent, i)));
+                    std::iter::once(None).chain(drafts).collect()
+                })
+            })
+            .collect();
         // Logits of the rows from the last token before the drafts to the end: slices of one list.
         let max_n = chunks.iter().map(|c| c.n).max().unwrap_or(0);
         let row_ids: Vec<usize> = (0..max_n).collect();
         let inputs: Vec<SeqInput> = chunks
             .iter()
             .zip(&joined)
-            .map(|(c, joined)| {
+            .zip(&trees)
+            .map(|((c, joined), tree)| {
                 let s = &seqs[&c.seq];
                 let logits = match (c.sample, c.draft) {
                     (false, _) => Logits::None,
@@ -249,7 +281,10 @@ impl Engine {
                     Some(t) => t,
                     None => &s.tokens[c.pos0..c.pos0 + c.n],
                 };
-                SeqInput::causal(tokens, c.pos0, &s.block_table, logits)
+                SeqInput {
+                    tree: tree.as_deref(),
+                    ..SeqInput::causal(tokens, c.pos0, &s.block_table, logits)
+                }
             })
             .collect();
         let vocab = self.runner.model.config.vocab_size;
@@ -258,7 +293,10 @@ impl Engine {
         let mut sampled = Vec::new();
         // Per sampling chunk: its output's index and the sequence's length before this step's tokens.
         let mut bases = Vec::new();
-        let mut rows = logits.chunks_exact(vocab);
+        // First logits row of the next sampling chunk.
+        let mut at = 0;
+        // Accepted tree branches to move: sequence, first row, rows (done once the logits are read).
+        let mut keeps = Vec::new();
         for c in chunks.iter().filter(|c| c.sample) {
             let seq = seqs.get_mut(&c.seq).expect("scheduled");
             let cached_tokens = if seq.num_generated() == 0 { seq.num_cached } else { 0 };
@@ -269,13 +307,14 @@ impl Engine {
                 finish: None,
                 cached_tokens,
             };
-            // Row i + 1 follows draft i (row 0 the last token): sample on while the drafts are
-            // confirmed; every row of the chunk is taken from `rows`, sampled or not.
-            let mut open = true;
-            for (i, row) in rows.by_ref().take(c.draft + 1).enumerate() {
-                if !open {
-                    continue;
-                }
+            // Row i + 1 follows draft i (row 0 the last token). From row 0, sample a token and go on
+            // to the row of the draft that is this token, a child of the current row, while there is one.
+            let chunk_rows = &logits[at * vocab..(at + c.draft + 1) * vocab];
+            at += c.draft + 1;
+            let mut path = vec![0];
+            let mut node = 0;
+            loop {
+                let row = &chunk_rows[node * vocab..(node + 1) * vocab];
                 let t = seq.sampler.sample(row);
                 if let Some(k) = seq.logprobs {
                     out.logprobs.push(Logprobs {
@@ -284,11 +323,28 @@ impl Engine {
                     });
                 }
                 out.tokens.push(t);
-                open = i < c.draft && seq.draft[i] == t;
+                let parent_row = |i: usize| match seq.draft_parent.is_empty() {
+                    true => i,
+                    false => draft_parent_row(&seq.draft_parent, i),
+                };
+                match (0..c.draft).find(|&i| parent_row(i) == node && seq.draft[i] == t) {
+                    Some(i) => {
+                        node = i + 1;
+                        path.push(node);
+                    }
+                    None => break,
+                }
+            }
+            // A tree's accepted branch is moved to consecutive positions (a chain's already is).
+            if path.iter().enumerate().any(|(d, &r)| d != r) {
+                keeps.push((c.seq, c.pos0, path));
             }
             sampled.push(out.tokens.clone());
             bases.push((outputs.len(), seq.len()));
             outputs.push(out);
+        }
+        for (id, pos0, path) in keeps {
+            self.runner.cache.keep_rows(&seqs[&id].block_table, pos0, &path)?;
         }
         let done = self.sched.update(&chunks, &sampled, &self.eos);
         for (id, reason) in done {
@@ -320,6 +376,12 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// The chunk row of draft `i`'s parent in a tree of drafts (row 0 is the last token, draft `j` row
+/// `j + 1`).
+fn draft_parent_row(parent: &[Option<usize>], i: usize) -> usize {
+    parent[i].map_or(0, |p| p + 1)
 }
 
 /// `log_softmax(logits)[t]`.

@@ -184,6 +184,7 @@ impl Scheduler {
                 // Confirmed drafts are computed positions: the token sampled from each row matched it.
                 seq.num_computed += toks.len().saturating_sub(1).min(c.draft);
                 seq.draft.clear();
+                seq.draft_parent.clear();
                 for &t in toks {
                     seq.tokens.push(t);
                     let reason = if !seq.ignore_eos && (eos.contains(&t) || seq.stop_ids.contains(&t)) {

@@ -65,6 +65,9 @@ pub struct Sequence {
     /// Tokens a drafter guessed come next ([`crate::engine::Engine::propose`]): the next decode step
     /// runs them with the last token and keeps those its own sampling confirms.
     pub draft: Vec<u32>,
+    /// Empty for a chain of drafts; else draft `i`'s parent draft, `None` for one that follows
+    /// `tokens` directly ([`crate::engine::Engine::propose_tree`]).
+    pub draft_parent: Vec<Option<usize>>,
     pub status: SeqStatus,
     pub finish: Option<FinishReason>,
     pub sampler: Sampler,
@@ -90,6 +93,7 @@ impl Sequence {
             block_table: Vec::new(),
             block_hashes: Vec::new(),
             draft: Vec::new(),
+            draft_parent: Vec::new(),
             status: SeqStatus::Waiting,
             finish: None,
             sampler,
