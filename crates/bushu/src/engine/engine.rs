@@ -311,7 +311,8 @@ impl Engine {
             // to the row of the draft that is this token, a child of the current row, while there is one.
             let chunk_rows = &logits[at * vocab..(at + c.draft + 1) * vocab];
             at += c.draft + 1;
-            let mut path = vec![0];
+            // Rows of the accepted drafts (no allocation without drafts).
+            let mut accepted = Vec::new();
             let mut node = 0;
             loop {
                 let row = &chunk_rows[node * vocab..(node + 1) * vocab];
@@ -330,13 +331,14 @@ impl Engine {
                 match (0..c.draft).find(|&i| parent_row(i) == node && seq.draft[i] == t) {
                     Some(i) => {
                         node = i + 1;
-                        path.push(node);
+                        accepted.push(node);
                     }
                     None => break,
                 }
             }
             // A tree's accepted branch is moved to consecutive positions (a chain's already is).
-            if path.iter().enumerate().any(|(d, &r)| d != r) {
+            if accepted.iter().enumerate().any(|(d, &r)| r != d + 1) {
+                let path: Vec<usize> = std::iter::once(0).chain(accepted).collect();
                 keeps.push((c.seq, c.pos0, path));
             }
             sampled.push(out.tokens.clone());
