@@ -92,7 +92,7 @@ pub struct SeqInput<'a> {
     /// The rows of `tokens` whose logits are returned (none for a prefill chunk short of the end,
     /// the last to sample, several to verify drafts).
     pub logits: Logits<'a>,
-    /// `Some(parent)`: the tokens form a tree ([`crate::model::Pass::tree`]), in rows `pos0..` at
+    /// `Some(parent)`: the tokens form a tree (as in [`crate::model::Pass`]), in rows `pos0..` at
     /// positions `pos0 + depth`.
     pub tree: Option<&'a [Option<usize>]>,
 }

@@ -69,7 +69,7 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// A token tree (`parent` as [`Pass::tree`]).
+    /// A token tree (`parent` as in the `tree` field).
     pub fn tree(tokens: &'a [u32], parent: &'a [Option<usize>], logits: Logits<'a>) -> Pass<'a> {
         Pass {
             tokens,
@@ -88,7 +88,7 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// Lays out the tree of `parent` ([`Pass::tree`]); an error unless every parent comes before its
+    /// Lays out the tree of `parent` (as in [`Pass`]); an error unless every parent comes before its
     /// child (which also rules out cycles).
     pub fn build(&mut self, parent: &[Option<usize>]) -> Result<()> {
         self.depth.clear();
