@@ -263,8 +263,9 @@ impl Engine {
                 })
             })
             .collect();
-        // Logits of the rows from the last token before the drafts to the end: slices of one list.
-        let max_n = chunks.iter().map(|c| c.n).max().unwrap_or(0);
+        // Logits of the rows from the last token before the drafts to the end: slices of one list
+        // (empty, and not allocated, without drafts).
+        let max_n = chunks.iter().filter(|c| c.draft > 0).map(|c| c.n).max().unwrap_or(0);
         let row_ids: Vec<usize> = (0..max_n).collect();
         let inputs: Vec<SeqInput> = chunks
             .iter()
