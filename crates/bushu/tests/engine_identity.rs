@@ -100,13 +100,15 @@ fn runner_logits_equal_model_forward() {
                         tokens: other_chunk,
                         pos0: lo,
                         block_table: &tb,
-                        logits: true,
+                        logits: Logits::Last,
+                        tree: None,
                     },
                     SeqInput {
                         tokens: &prompt[lo..hi],
                         pos0: lo,
                         block_table: &ta,
-                        logits: true,
+                        logits: Logits::Last,
+                        tree: None,
                     },
                 ])
                 .unwrap();
@@ -127,13 +129,15 @@ fn runner_logits_equal_model_forward() {
                         tokens: &[next],
                         pos0: pos,
                         block_table: &ta,
-                        logits: true,
+                        logits: Logits::Last,
+                        tree: None,
                     },
                     SeqInput {
                         tokens: &other[pos..pos + 1],
                         pos0: pos,
                         block_table: &tb,
-                        logits: true,
+                        logits: Logits::Last,
+                        tree: None,
                     },
                 ])
                 .unwrap();

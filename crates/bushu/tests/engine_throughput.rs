@@ -67,7 +67,7 @@ fn throughput_batch_1_4_16() {
                     continue;
                 }
                 if t_first.is_some() {
-                    decoded += out.iter().filter(|o| o.token.is_some()).count();
+                    decoded += out.iter().map(|o| o.tokens.len()).sum::<usize>();
                 }
             }
             let total = t0.elapsed().as_secs_f64();

@@ -139,13 +139,15 @@ fn paged_int8_equals_contiguous_int8() {
                     tokens: &other[lo..hi + 10],
                     pos0: lo,
                     block_table: &tb,
-                    logits: true,
+                    logits: Logits::Last,
+                    tree: None,
                 },
                 SeqInput {
                     tokens: &prompt[lo..hi],
                     pos0: lo,
                     block_table: &ta,
-                    logits: true,
+                    logits: Logits::Last,
+                    tree: None,
                 },
             ])
             .unwrap();
@@ -162,7 +164,8 @@ fn paged_int8_equals_contiguous_int8() {
                 tokens: &[next],
                 pos0: pos,
                 block_table: &ta,
-                logits: true,
+                logits: Logits::Last,
+                tree: None,
             }])
             .unwrap();
         assert!(same(out, &want), "decode at {pos}");

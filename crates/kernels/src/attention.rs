@@ -185,6 +185,81 @@ pub fn attention_kv<K: KvRows + ?Sized>(q: &[f32], k: &K, v: &K, out: &mut [f32]
     });
 }
 
+/// Which of a pass's own tokens each query token sees when they form a tree (speculative decoding
+/// verifies several drafts in one pass) rather than a causal run. Query `t`'s path lists, by depth, the
+/// pass indices of its ancestors and then `t` itself. The pass's tokens are stored at rows
+/// `pos0 + index` (siblings cannot share a row), while `t` sits at position `pos0 + depth` (its RoPE
+/// position): it sees the cached positions before `pos0` and, as position `pos0 + d`, the row of its
+/// path's depth-`d` token. So it attends exactly as the same branch, run alone as a causal pass, would:
+/// the same rows in the same order through the same loop, bit for bit.
+#[derive(Clone, Copy, Debug)]
+pub struct TreePaths<'a> {
+    /// The paths one after the other.
+    pub idx: &'a [usize],
+    /// Token `t`'s path is `idx[start[t]..start[t + 1]]` (never empty).
+    pub start: &'a [usize],
+}
+
+impl<'a> TreePaths<'a> {
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.start.len().saturating_sub(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Token `t`'s path: its ancestors by depth, then itself.
+    #[inline]
+    pub fn path(&self, t: usize) -> &'a [usize] {
+        &self.idx[self.start[t]..self.start[t + 1]]
+    }
+}
+
+/// Row of position `p` for a query whose path is `path`, the pass starting at row and position `pos0`.
+#[inline(always)]
+pub fn tree_row(path: &[usize], pos0: usize, p: usize) -> usize {
+    if p < pos0 {
+        p
+    } else {
+        pos0 + path[p - pos0]
+    }
+}
+
+/// [`attention_kv`] for a pass whose tokens form a tree ([`TreePaths`]): query `t` attends to the cached
+/// positions before `pos0` and to its path, at position `pos0 + depth`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_tree<K: KvRows + ?Sized>(
+    q: &[f32],
+    k: &K,
+    v: &K,
+    out: &mut [f32],
+    s: AttnShape,
+    pos0: usize,
+    tree: TreePaths,
+) {
+    let hd = s.head_dim;
+    let kv_dim = s.n_kv_heads * hd;
+    let group = s.n_heads / s.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    assert_eq!(
+        q.len(),
+        tree.len() * s.n_heads * hd,
+        "query length does not match the tree"
+    );
+    crate::pool::for_each_chunk_mut(out, group * hd, &|i, o| {
+        let (t, kvh) = (i / s.n_kv_heads, i % s.n_kv_heads);
+        let qg = &q[i * group * hd..(i + 1) * group * hd];
+        let kv_off = kvh * hd;
+        let path = tree.path(t);
+        let pos = pos0 + path.len() - 1;
+        attend_heads(qg, k, v, o, hd, s.first_visible(pos)..pos + 1, scale, |p| {
+            tree_row(path, pos0, p) * kv_dim + kv_off
+        });
+    });
+}
+
 /// Query heads attended together by one pass over the positions (larger groups take several passes).
 const MAX_GROUP: usize = 16;
 
@@ -559,6 +634,64 @@ mod tests {
         }
         let exact: f64 = want.iter().map(|&w| w as f64).sum();
         assert!((sum as f64 - exact).abs() < 1e-5 * exact, "sum {sum} vs {exact}");
+    }
+
+    /// Each token of a tree attends as its branch run alone would, bit for bit (with and without a
+    /// window), and not as a causal pass over the same rows (the mask is not ignored).
+    #[test]
+    fn tree_equals_branch_alone_bit_for_bit() {
+        for window in [None, Some(16)] {
+            let s = AttnShape {
+                n_heads: 4,
+                n_kv_heads: 2,
+                head_dim: 16,
+                window,
+            };
+            let (kv_dim, q_dim, pos0) = (32, 64, 70);
+            // Tokens 0 and 3 are roots; 1 and 2 are siblings under 0; 4 is under 2.
+            let idx = [0, 0, 1, 0, 2, 3, 0, 2, 4];
+            let start = [0, 1, 3, 5, 6, 9];
+            let tree = TreePaths {
+                idx: &idx,
+                start: &start,
+            };
+            let mut seed = 5u64;
+            let mut rnd = |len: usize| -> Vec<f32> {
+                (0..len)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        ((seed >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+                    })
+                    .collect()
+            };
+            let (k, v, q) = (rnd((pos0 + 5) * kv_dim), rnd((pos0 + 5) * kv_dim), rnd(5 * q_dim));
+            let mut out = vec![0.0; q.len()];
+            attention_tree(&q, &k[..], &v[..], &mut out, s, pos0, tree);
+            let mut causal = vec![0.0; q.len()];
+            attention(&q, &k, &v, &mut causal, s, pos0);
+            for t in 0..5 {
+                // The branch alone: the cached rows, then its path's rows at consecutive positions.
+                let path = tree.path(t);
+                let rows: Vec<usize> = (0..pos0).chain(path.iter().map(|&i| pos0 + i)).collect();
+                let gather = |x: &[f32]| -> Vec<f32> {
+                    rows.iter()
+                        .flat_map(|&r| x[r * kv_dim..(r + 1) * kv_dim].to_vec())
+                        .collect()
+                };
+                let (kb, vb) = (gather(&k), gather(&v));
+                let mut alone = vec![0.0; q_dim];
+                let pos = pos0 + path.len() - 1;
+                attention(&q[t * q_dim..(t + 1) * q_dim], &kb, &vb, &mut alone, s, pos);
+                let got = &out[t * q_dim..(t + 1) * q_dim];
+                assert!(
+                    got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "token {t}, window {window:?}"
+                );
+                // Tokens 0 and 1 see what a causal pass shows them; the others' views differ.
+                let c = &causal[t * q_dim..(t + 1) * q_dim];
+                assert_eq!(t <= 1, got == c, "token {t}: tree vs causal");
+            }
+        }
     }
 
     /// A window of 1 makes each query return its own value row.

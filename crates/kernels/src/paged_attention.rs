@@ -8,7 +8,7 @@
 //! output is bit-identical to the contiguous kernel's, whatever the batch or the block layout — the
 //! test below holds the two together.
 
-use crate::attention::{attend_heads, AttnShape, KvRows};
+use crate::attention::{attend_heads, tree_row, AttnShape, KvRows};
 
 /// One layer's paged cache: `k` and `v` hold `n_blocks * block_size` slots of `n_kv_heads * head_dim`,
 /// f32 by default, or any [`KvRows`] storage (int8: [`crate::attention::kv_int8::KvI8`]).
@@ -31,6 +31,21 @@ impl<K: ?Sized> Copy for PagedKv<'_, K> {}
 pub struct PagedQuery<'a> {
     pub block_table: &'a [u32],
     pub pos: usize,
+    /// Empty for a causal pass. In a token tree ([`crate::attention::TreePaths`]): the query's path, the
+    /// chunk-relative indices of its ancestors by depth and then its own; its chunk starts at row and
+    /// position `pos + 1 - path.len()`, and its own row is that plus the path's last index.
+    pub path: &'a [usize],
+}
+
+impl PagedQuery<'_> {
+    /// The query's own row (logical slot index) under its block table: its position, unless in a tree.
+    #[inline]
+    pub fn row(&self) -> usize {
+        match self.path.last() {
+            Some(&i) => self.pos + 1 - self.path.len() + i,
+            None => self.pos,
+        }
+    }
 }
 
 /// Slot of position `pos` under `table`.
@@ -40,7 +55,8 @@ pub fn slot(table: &[u32], block_size: usize, pos: usize) -> usize {
 }
 
 /// For each query token `t` (`q` holds `queries.len() x n_heads x head_dim`), causal attention over
-/// positions `0..=queries[t].pos` of its sequence; writes `out` in the layout of `q`.
+/// positions `0..=queries[t].pos` of its sequence (positions of its chunk mapped through its tree
+/// path, if it has one); writes `out` in the layout of `q`.
 pub fn paged_attention<K: KvRows + ?Sized>(
     q: &[f32],
     kv: PagedKv<K>,
@@ -64,17 +80,16 @@ pub fn paged_attention<K: KvRows + ?Sized>(
         let qg = &q[i * group * hd..(i + 1) * group * hd];
         let kv_off = kvh * hd;
         let query = queries[t];
-        let at = |p: usize| slot(query.block_table, kv.block_size, p) * kv_dim + kv_off;
-        attend_heads(
-            qg,
-            kv.k,
-            kv.v,
-            o,
-            hd,
-            s.first_visible(query.pos)..query.pos + 1,
-            scale,
-            at,
-        );
+        let visible = s.first_visible(query.pos)..query.pos + 1;
+        let (table, bs) = (query.block_table, kv.block_size);
+        if query.path.is_empty() {
+            let at = |p: usize| slot(table, bs, p) * kv_dim + kv_off;
+            attend_heads(qg, kv.k, kv.v, o, hd, visible, scale, at);
+        } else {
+            let pos0 = query.pos + 1 - query.path.len();
+            let at = |p: usize| slot(table, bs, tree_row(query.path, pos0, p)) * kv_dim + kv_off;
+            attend_heads(qg, kv.k, kv.v, o, hd, visible, scale, at);
+        }
     });
 }
 
@@ -153,6 +168,7 @@ mod tests {
                     queries.push(PagedQuery {
                         block_table: &tables[i],
                         pos: pos0 + t,
+                        path: &[],
                     });
                 }
                 q.extend(qi);
@@ -174,6 +190,59 @@ mod tests {
                 "paged != contiguous"
             );
         }
+    }
+
+    /// A token tree through a block table gives the contiguous tree kernel's outputs bit for bit.
+    #[test]
+    fn paged_tree_equals_contiguous_tree() {
+        use crate::attention::{attention_tree, TreePaths};
+        let s = AttnShape {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 16,
+            window: None,
+        };
+        let (kv_dim, bs, pos0) = (32usize, 4usize, 13usize);
+        // Tokens 0 and 3 are roots; 1 and 2 are siblings under 0; 4 is under 2.
+        let idx = [0, 0, 1, 0, 2, 3, 0, 2, 4];
+        let start = [0, 1, 3, 5, 6, 9];
+        let tree = TreePaths {
+            idx: &idx,
+            start: &start,
+        };
+        let rows = pos0 + 5;
+        let table: Vec<u32> = (0..rows.div_ceil(bs) as u32).rev().collect();
+        let mut seed = 11u64;
+        let k: Vec<f32> = (0..rows * kv_dim).map(|_| rnd(&mut seed)).collect();
+        let v: Vec<f32> = (0..rows * kv_dim).map(|_| rnd(&mut seed)).collect();
+        let (mut pk, mut pv) = (
+            vec![0.0; table.len() * bs * kv_dim],
+            vec![0.0; table.len() * bs * kv_dim],
+        );
+        for r in 0..rows {
+            let at = slot(&table, bs, r) * kv_dim;
+            pk[at..at + kv_dim].copy_from_slice(&k[r * kv_dim..(r + 1) * kv_dim]);
+            pv[at..at + kv_dim].copy_from_slice(&v[r * kv_dim..(r + 1) * kv_dim]);
+        }
+        let q: Vec<f32> = (0..5 * 64).map(|_| rnd(&mut seed)).collect();
+        let mut want = vec![0.0; q.len()];
+        attention_tree(&q, &k[..], &v[..], &mut want, s, pos0, tree);
+        let queries: Vec<PagedQuery> = (0..5)
+            .map(|t| PagedQuery {
+                block_table: &table,
+                pos: pos0 + tree.path(t).len() - 1,
+                path: tree.path(t),
+            })
+            .collect();
+        assert_eq!(queries[4].row(), pos0 + 4);
+        let mut out = vec![0.0; q.len()];
+        let kv = PagedKv {
+            k: &pk[..],
+            v: &pv[..],
+            block_size: bs,
+        };
+        paged_attention(&q, kv, &queries, &mut out, s);
+        assert!(out.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     /// The int8 cache too: same codes and scales, scattered over blocks, give the contiguous result bit for bit.
@@ -224,6 +293,7 @@ mod tests {
             .map(|pos| PagedQuery {
                 block_table: &table,
                 pos,
+                path: &[],
             })
             .collect();
         let mut out = vec![0.0; q.len()];

@@ -6,6 +6,11 @@
 //! before it (so a hash names a whole prefix). When its last user lets go, a registered block keeps its
 //! contents on an LRU list: a later request with the same prefix takes it back without recomputing, and
 //! the allocator evicts the least recently freed of them only when no blank block is left.
+//!
+//! Speculative decoding reserves blocks for drafts and keeps fewer: [`BlockManager::rewind`] gives back
+//! the blocks that hold only rejected positions. A block is registered only once every position in it
+//! is computed *and accepted* ([`BlockManager::commit`] runs after the rewind, over the first
+//! `num_computed` tokens), so the prefix cache never hands out rejected keys and values.
 
 use super::sequence::Sequence;
 use std::collections::hash_map::DefaultHasher;
@@ -195,21 +200,49 @@ impl BlockManager {
     /// Releases every block of `seq` (last blocks first, so they are evicted before the shared heads).
     pub fn free(&mut self, seq: &mut Sequence) {
         for &b in seq.block_table.iter().rev() {
-            let blk = &mut self.blocks[b as usize];
-            blk.ref_count -= 1;
-            if blk.ref_count == 0 {
-                if blk.hash.is_some() {
-                    self.tick += 1;
-                    blk.lru_tick = self.tick;
-                    self.lru.insert(self.tick, b);
-                } else {
-                    self.blank.push(b);
-                }
-            }
+            self.release(b);
         }
         seq.block_table.clear();
         seq.block_hashes.clear();
         seq.num_computed = 0;
+    }
+
+    /// Rewinds `seq` to at most `n` computed positions (rejected drafts): the blocks past the one
+    /// holding position `n - 1` go back to the free list, and registered hashes past the kept full blocks
+    /// are forgotten by the sequence. A partly kept block that is registered or shared must not be
+    /// written again, so `seq` then rewinds to that block's start (it recomputes the rest, which is
+    /// always safe). Returns the computed positions kept.
+    pub fn rewind(&mut self, seq: &mut Sequence, n: usize) -> usize {
+        let bs = self.block_size;
+        let mut n = n.min(seq.num_computed);
+        if !n.is_multiple_of(bs) {
+            let blk = &self.blocks[seq.block_table[n / bs] as usize];
+            if blk.hash.is_some() || blk.ref_count > 1 {
+                n -= n % bs;
+            }
+        }
+        while seq.block_table.len() > self.blocks_for(n) {
+            let b = seq.block_table.pop().expect("non-empty");
+            self.release(b);
+        }
+        seq.block_hashes.truncate(n / bs);
+        seq.num_computed = n;
+        n
+    }
+
+    /// Drops one user of block `b`; with none left, it goes to the LRU list if registered, else blank.
+    fn release(&mut self, b: u32) {
+        let blk = &mut self.blocks[b as usize];
+        blk.ref_count -= 1;
+        if blk.ref_count == 0 {
+            if blk.hash.is_some() {
+                self.tick += 1;
+                blk.lru_tick = self.tick;
+                self.lru.insert(self.tick, b);
+            } else {
+                self.blank.push(b);
+            }
+        }
     }
 
     /// Fraction of looked-up prompt tokens served from the prefix cache.
@@ -289,6 +322,48 @@ mod tests {
         // Freed last-first: block 1 went on the LRU list first, so it is evicted first.
         assert_eq!(c.block_table, vec![1]);
         assert_eq!(bm.lookup(&[1, 2, 3, 4], 2).len(), 1, "block 0's prefix survives");
+    }
+
+    /// Blocks reserved for drafts and rejected go back; a block is registered only with accepted
+    /// positions, so a prompt that continues with the rejected tokens finds only the accepted prefix.
+    #[test]
+    fn rewind_frees_rejected_blocks_and_never_registers_them() {
+        let mut bm = BlockManager::new(8, 4, true);
+        let mut a = seq(1, (0..6).collect());
+        assert!(bm.grow(&mut a, 6));
+        a.num_computed = 6;
+        bm.commit(&mut a);
+        assert_eq!(a.block_hashes.len(), 1);
+        // Decode with 5 drafts: positions 6..12 reserved (blocks 1 and 2), 1 draft accepted.
+        a.tokens.extend([50, 51, 52, 53, 54]);
+        assert!(bm.grow(&mut a, 11));
+        assert_eq!(a.block_table.len(), 3);
+        a.num_computed = 11;
+        assert_eq!(bm.rewind(&mut a, 7), 7);
+        a.tokens.truncate(7);
+        a.tokens.push(60);
+        bm.commit(&mut a);
+        assert_eq!(a.block_table.len(), 2, "the block of rejected positions only went back");
+        assert_eq!(bm.num_free(), 6);
+        assert_eq!(a.block_hashes.len(), 1, "block 1 is not full of accepted positions");
+        // Accepted up to 8: block 1 holds 4, 5, 50, 60 and is registered as such.
+        a.tokens.push(61);
+        a.num_computed = 8;
+        bm.commit(&mut a);
+        let mut rejected: Vec<u32> = (0..6).collect();
+        rejected.extend([50, 51, 52, 53, 54]);
+        assert_eq!(
+            bm.lookup(&rejected, 2).len(),
+            1,
+            "rejected positions are never a cached prefix"
+        );
+        assert_eq!(bm.lookup(&a.tokens, 2).len(), 2);
+        // Rewinding into a registered block keeps none of it: it is not to be written again.
+        assert_eq!(bm.rewind(&mut a, 6), 4);
+        assert_eq!((a.block_table.len(), a.block_hashes.len()), (1, 1));
+        bm.free(&mut a);
+        assert_eq!(bm.num_free(), 8);
+        assert_eq!(bm.lookup(&a.tokens, 2).len(), 2, "the accepted blocks stay cached");
     }
 
     #[test]

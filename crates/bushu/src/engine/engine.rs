@@ -1,11 +1,23 @@
 //! The step loop: schedule → batched forward → sample → update, over and over. Requests come in and
-//! are cancelled between steps; each step reports the tokens it produced.
+//! are cancelled between steps; each step reports the tokens it produced — one per sequence, or more
+//! when a drafter's guesses ([`Engine::propose`]) are confirmed.
+//!
+//! Drafts are verified by sampling: the pass gives the logits of the last token and of every draft,
+//! the sequence's sampler picks a token from each row in turn, and a draft is kept while it is the
+//! token picked. Every emitted token is thus picked by the same sampler, from the same logits (bit for
+//! bit) and with the same random draws as without drafts: the output does not depend on the drafts,
+//! only the number of steps does. (For a deterministic drafter this is exactly speculative sampling:
+//! a draft `d` survives with probability `p(d)`, and a rejection's token follows `p` without `d`.)
+//!
+//! Drafts may form a tree ([`Engine::propose_tree`]): the walk then goes from the last token's row to
+//! the child drafted as the token sampled, and so on; the accepted branch's rows are moved to
+//! consecutive positions ([`PagedCache::keep_rows`]) before the rest is rewound.
 
 use super::metrics::Gauges;
 use super::model_runner::{ModelRunner, PagedCache, SeqInput};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::sequence::{FinishReason, Request, SeqId, SeqStatus, Sequence};
-use crate::model::Model;
+use crate::model::{Logits, Model};
 use crate::sampling::top_logprobs;
 use anyhow::{bail, Result};
 
@@ -67,9 +79,11 @@ pub struct Logprobs {
 #[derive(Clone, Debug)]
 pub struct Output {
     pub seq: SeqId,
-    /// The token sampled this step (none when the sequence ended without one).
-    pub token: Option<u32>,
-    pub logprobs: Option<Logprobs>,
+    /// The tokens this step produced, in order: usually one, more when drafts were confirmed, none
+    /// when the sequence ended without one.
+    pub tokens: Vec<u32>,
+    /// One per token, when the request asked for log-probabilities.
+    pub logprobs: Vec<Logprobs>,
     pub finish: Option<FinishReason>,
     /// Prompt tokens served from the prefix cache (set with the first token).
     pub cached_tokens: usize,
@@ -134,6 +148,45 @@ impl Engine {
         Ok(id)
     }
 
+    /// Proposes `draft` as the tokens that follow sequence `id` so far: its next decode step verifies
+    /// them in the same pass (replacing an earlier proposal). Drafts past the sequence's length limits
+    /// are dropped, since they could not be kept.
+    pub fn propose(&mut self, id: SeqId, draft: &[u32]) -> Result<()> {
+        self.propose_tree(id, draft, &[])
+    }
+
+    /// [`Engine::propose`] for a tree of drafts: `parent[i]` is the index of draft `i`'s parent
+    /// draft (an earlier one), `None` if it follows the sequence's tokens directly; an empty `parent`
+    /// is a chain. Near the length limits only the first drafts are kept (a tree's prefix is a tree).
+    pub fn propose_tree(&mut self, id: SeqId, draft: &[u32], parent: &[Option<usize>]) -> Result<()> {
+        let vocab = self.runner.model.config.vocab_size;
+        if let Some(&t) = draft.iter().find(|&&t| t as usize >= vocab) {
+            bail!("draft token id {t} is outside the vocabulary of {vocab} tokens");
+        }
+        if !parent.is_empty() && parent.len() != draft.len() {
+            bail!("a tree of {} parents over {} drafts", parent.len(), draft.len());
+        }
+        if let Some((i, p)) = parent.iter().enumerate().find(|&(i, p)| p.is_some_and(|p| p >= i)) {
+            bail!("draft {i} names draft {p:?} as its parent, not an earlier one");
+        }
+        let max_len = self.cfg.max_model_len;
+        let Some(seq) = self.sched.seqs.get_mut(&id).filter(|s| s.status != SeqStatus::Finished) else {
+            bail!("no running sequence {id}");
+        };
+        // Each confirmed draft is one more token and one more computed position, and the step adds
+        // one more token after them.
+        let room = max_len
+            .saturating_sub(seq.len())
+            .min(seq.max_tokens.saturating_sub(seq.num_generated()))
+            .saturating_sub(1);
+        let keep = draft.len().min(room);
+        seq.draft.clear();
+        seq.draft.extend_from_slice(&draft[..keep]);
+        seq.draft_parent.clear();
+        seq.draft_parent.extend_from_slice(&parent[..parent.len().min(keep)]);
+        Ok(())
+    }
+
     /// Cancels a sequence and frees its blocks.
     pub fn abort(&mut self, id: SeqId) -> bool {
         let found = self.sched.abort(id);
@@ -176,8 +229,8 @@ impl Engine {
             let seq = self.sched.remove(id).expect("listed");
             outputs.push(Output {
                 seq: id,
-                token: None,
-                logprobs: None,
+                tokens: Vec::new(),
+                logprobs: Vec::new(),
                 finish: seq.finish,
                 cached_tokens: 0,
             });
@@ -187,15 +240,51 @@ impl Engine {
         }
         self.steps += 1;
         let seqs = &mut self.sched.seqs;
-        let inputs: Vec<SeqInput> = chunks
+        // A chunk with drafts runs the sequence's uncomputed token and the drafts after it.
+        let joined: Vec<Option<Vec<u32>>> = chunks
             .iter()
             .map(|c| {
                 let s = &seqs[&c.seq];
+                (c.draft > 0).then(|| {
+                    let mut t = s.tokens[c.pos0..c.pos0 + c.n - c.draft].to_vec();
+                    t.extend_from_slice(&s.draft[..c.draft]);
+                    t
+                })
+            })
+            .collect();
+        // A tree of drafts over the chunk: the last token is its root, row 0.
+        let trees: Vec<Option<Vec<Option<usize>>>> = chunks
+            .iter()
+            .map(|c| {
+                let s = &seqs[&c.seq];
+                (c.draft > 0 && !s.draft_parent.is_empty()).then(|| {
+                    let drafts = (0..c.draft).map(|i| Some(draft_parent_row(&s.draft_parent, i)));
+                    std::iter::once(None).chain(drafts).collect()
+                })
+            })
+            .collect();
+        // Logits of the rows from the last token before the drafts to the end: slices of one list
+        // (empty, and not allocated, without drafts).
+        let max_n = chunks.iter().filter(|c| c.draft > 0).map(|c| c.n).max().unwrap_or(0);
+        let row_ids: Vec<usize> = (0..max_n).collect();
+        let inputs: Vec<SeqInput> = chunks
+            .iter()
+            .zip(&joined)
+            .zip(&trees)
+            .map(|((c, joined), tree)| {
+                let s = &seqs[&c.seq];
+                let logits = match (c.sample, c.draft) {
+                    (false, _) => Logits::None,
+                    (true, 0) => Logits::Last,
+                    (true, k) => Logits::Rows(&row_ids[c.n - k - 1..c.n]),
+                };
+                let tokens = match joined {
+                    Some(t) => t,
+                    None => &s.tokens[c.pos0..c.pos0 + c.n],
+                };
                 SeqInput {
-                    tokens: &s.tokens[c.pos0..c.pos0 + c.n],
-                    pos0: c.pos0,
-                    block_table: &s.block_table,
-                    logits: c.sample,
+                    tree: tree.as_deref(),
+                    ..SeqInput::causal(tokens, c.pos0, &s.block_table, logits)
                 }
             })
             .collect();
@@ -203,29 +292,73 @@ impl Engine {
         let logits = self.runner.forward(&inputs)?;
         drop(inputs);
         let mut sampled = Vec::new();
-        for (c, row) in chunks.iter().filter(|c| c.sample).zip(logits.chunks_exact(vocab)) {
+        // Per sampling chunk: its output's index and the sequence's length before this step's tokens.
+        let mut bases = Vec::new();
+        // First logits row of the next sampling chunk.
+        let mut at = 0;
+        // Accepted tree branches to move: sequence, first row, rows (done once the logits are read).
+        let mut keeps = Vec::new();
+        for c in chunks.iter().filter(|c| c.sample) {
             let seq = seqs.get_mut(&c.seq).expect("scheduled");
-            let t = seq.sampler.sample(row);
-            let logprobs = seq.logprobs.map(|k| Logprobs {
-                logprob: logprob_of(row, t),
-                top: top_logprobs(row, k),
-            });
             let cached_tokens = if seq.num_generated() == 0 { seq.num_cached } else { 0 };
-            sampled.push(t);
-            outputs.push(Output {
+            let mut out = Output {
                 seq: c.seq,
-                token: Some(t),
-                logprobs,
+                tokens: Vec::with_capacity(1),
+                logprobs: Vec::new(),
                 finish: None,
                 cached_tokens,
-            });
+            };
+            // Row i + 1 follows draft i (row 0 the last token). From row 0, sample a token and go on
+            // to the row of the draft that is this token, a child of the current row, while there is one.
+            let chunk_rows = &logits[at * vocab..(at + c.draft + 1) * vocab];
+            at += c.draft + 1;
+            // Rows of the accepted drafts (no allocation without drafts).
+            let mut accepted = Vec::new();
+            let mut node = 0;
+            loop {
+                let row = &chunk_rows[node * vocab..(node + 1) * vocab];
+                let t = seq.sampler.sample(row);
+                if let Some(k) = seq.logprobs {
+                    out.logprobs.push(Logprobs {
+                        logprob: logprob_of(row, t),
+                        top: top_logprobs(row, k),
+                    });
+                }
+                out.tokens.push(t);
+                let parent_row = |i: usize| match seq.draft_parent.is_empty() {
+                    true => i,
+                    false => draft_parent_row(&seq.draft_parent, i),
+                };
+                match (0..c.draft).find(|&i| parent_row(i) == node && seq.draft[i] == t) {
+                    Some(i) => {
+                        node = i + 1;
+                        accepted.push(node);
+                    }
+                    None => break,
+                }
+            }
+            // A tree's accepted branch is moved to consecutive positions (a chain's already is).
+            if accepted.iter().enumerate().any(|(d, &r)| r != d + 1) {
+                let path: Vec<usize> = std::iter::once(0).chain(accepted).collect();
+                keeps.push((c.seq, c.pos0, path));
+            }
+            sampled.push(out.tokens.clone());
+            bases.push((outputs.len(), seq.len()));
+            outputs.push(out);
+        }
+        for (id, pos0, path) in keeps {
+            self.runner.cache.keep_rows(&seqs[&id].block_table, pos0, &path)?;
         }
         let done = self.sched.update(&chunks, &sampled, &self.eos);
         for (id, reason) in done {
-            if let Some(o) = outputs.iter_mut().find(|o| o.seq == id) {
+            let seq = self.sched.remove(id).expect("finished sequence");
+            if let Some(&(i, base)) = bases.iter().find(|&&(i, _)| outputs[i].seq == id) {
+                // Tokens sampled after the one that ended the sequence are not part of it.
+                let o = &mut outputs[i];
+                o.tokens.truncate(seq.len() - base);
+                o.logprobs.truncate(seq.len() - base);
                 o.finish = Some(reason);
             }
-            self.sched.remove(id);
         }
         Ok(outputs)
     }
@@ -239,13 +372,19 @@ impl Engine {
         let mut out: Vec<Vec<u32>> = vec![Vec::new(); ids.len()];
         while self.has_work() {
             for o in self.step()? {
-                if let (Some(i), Some(t)) = (ids.iter().position(|&id| id == o.seq), o.token) {
-                    out[i].push(t);
+                if let Some(i) = ids.iter().position(|&id| id == o.seq) {
+                    out[i].extend_from_slice(&o.tokens);
                 }
             }
         }
         Ok(out)
     }
+}
+
+/// The chunk row of draft `i`'s parent in a tree of drafts (row 0 is the last token, draft `j` row
+/// `j + 1`).
+fn draft_parent_row(parent: &[Option<usize>], i: usize) -> usize {
+    parent[i].map_or(0, |p| p + 1)
 }
 
 /// `log_softmax(logits)[t]`.

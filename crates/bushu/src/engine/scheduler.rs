@@ -8,6 +8,11 @@
 //! a prefix-cache lookup that may skip most of their prompt. When a sequence needs a block and none is
 //! free, the most recently admitted running sequence is preempted: its blocks are freed and it goes
 //! back to the head of the queue, to be recomputed (cheaply, if its blocks are still in the cache).
+//!
+//! A decoding sequence with drafts ([`Sequence::draft`]) runs them in the same chunk as its last token:
+//! the scheduler reserves their positions (blocks included, when they fit without preempting anyone),
+//! and [`Scheduler::update`] keeps the positions of the drafts the sampled tokens confirm and rewinds
+//! the rest ([`BlockManager::rewind`]).
 
 use super::block_manager::BlockManager;
 use super::sequence::{FinishReason, SeqId, SeqStatus, Sequence};
@@ -26,14 +31,17 @@ pub struct SchedulerConfig {
     pub max_model_len: usize,
 }
 
-/// Tokens of one sequence to run this step: positions `pos0 .. pos0 + n`.
+/// Tokens of one sequence to run this step: positions `pos0 .. pos0 + n`, the last `draft` of them
+/// the sequence's drafts (beyond its tokens).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Chunk {
     pub seq: SeqId,
     pub pos0: usize,
     pub n: usize,
-    /// The chunk reaches the end of the sequence: sample a token from its last logits.
+    /// The chunk reaches the end of the sequence: sample a token from the logits of its last token
+    /// before the drafts, then one more per draft confirmed.
     pub sample: bool,
+    pub draft: usize,
 }
 
 pub struct Scheduler {
@@ -86,15 +94,24 @@ impl Scheduler {
             let id = self.running[i];
             let seq = self.seqs.get_mut(&id).expect("running sequence");
             let n = seq.num_uncomputed().min(budget);
+            // Drafts ride along with a decode's token, if the budget and the free blocks allow.
+            let mut draft = 0;
+            if seq.num_uncomputed() == 1 {
+                draft = seq.draft.len().min(budget - 1);
+                if !self.blocks.can_grow(seq, seq.num_computed + n + draft) {
+                    draft = 0;
+                }
+            }
             let positions = seq.num_computed + n;
-            if self.blocks.grow(seq, positions) {
+            if self.blocks.grow(seq, positions + draft) {
                 out.push(Chunk {
                     seq: id,
                     pos0: seq.num_computed,
-                    n,
+                    n: n + draft,
                     sample: positions == seq.len(),
+                    draft,
                 });
-                budget -= n;
+                budget -= n + draft;
                 i += 1;
                 continue;
             }
@@ -133,6 +150,7 @@ impl Scheduler {
                 pos0: cached,
                 n,
                 sample: cached + n == seq.len(),
+                draft: 0,
             });
             budget -= n;
             self.running.push(id);
@@ -150,30 +168,44 @@ impl Scheduler {
         self.waiting.push_front(id);
     }
 
-    /// After the model ran `chunks`: advances them, registers full blocks, appends the sampled tokens
-    /// (`sampled[k]` for the k-th chunk with `sample`) and finishes sequences. Returns the finished ones.
-    pub fn update(&mut self, chunks: &[Chunk], sampled: &[u32], eos: &[u32]) -> Vec<(SeqId, FinishReason)> {
+    /// After the model ran `chunks`: advances them, appends the sampled tokens (`sampled[k]` for the
+    /// k-th chunk with `sample`: the drafts confirmed, in order, then one more), keeps the positions of
+    /// the confirmed drafts and rewinds the rejected ones, registers full blocks and finishes sequences
+    /// (a sequence ends at its first stop token or at its length limit; the tokens sampled after are
+    /// dropped). Returns the finished ones.
+    pub fn update(&mut self, chunks: &[Chunk], sampled: &[Vec<u32>], eos: &[u32]) -> Vec<(SeqId, FinishReason)> {
         let mut done = Vec::new();
         let mut s = sampled.iter();
         for c in chunks {
             let seq = self.seqs.get_mut(&c.seq).expect("scheduled sequence");
-            seq.num_computed = c.pos0 + c.n;
+            seq.num_computed = c.pos0 + c.n - c.draft;
+            if c.sample {
+                let toks = s.next().expect("sampled tokens per sampling chunk");
+                // Confirmed drafts are computed positions: the token sampled from each row matched it.
+                seq.num_computed += toks.len().saturating_sub(1).min(c.draft);
+                seq.draft.clear();
+                seq.draft_parent.clear();
+                for &t in toks {
+                    seq.tokens.push(t);
+                    let reason = if !seq.ignore_eos && (eos.contains(&t) || seq.stop_ids.contains(&t)) {
+                        Some(FinishReason::Stop)
+                    } else if seq.num_generated() >= seq.max_tokens || seq.len() >= self.cfg.max_model_len {
+                        Some(FinishReason::Length)
+                    } else {
+                        None
+                    };
+                    if let Some(r) = reason {
+                        done.push((c.seq, r));
+                        break;
+                    }
+                }
+            }
+            if c.draft > 0 {
+                // Blocks reserved for rejected drafts go back; only accepted positions get committed.
+                let kept = seq.num_computed.min(seq.len());
+                self.blocks.rewind(seq, kept);
+            }
             self.blocks.commit(seq);
-            if !c.sample {
-                continue;
-            }
-            let t = *s.next().expect("one sampled token per sampling chunk");
-            seq.tokens.push(t);
-            let reason = if !seq.ignore_eos && (eos.contains(&t) || seq.stop_ids.contains(&t)) {
-                Some(FinishReason::Stop)
-            } else if seq.num_generated() >= seq.max_tokens || seq.len() >= self.cfg.max_model_len {
-                Some(FinishReason::Length)
-            } else {
-                None
-            };
-            if let Some(r) = reason {
-                done.push((c.seq, r));
-            }
         }
         for &(id, r) in &done {
             self.running.retain(|&x| x != id);
@@ -233,7 +265,7 @@ mod tests {
     /// Runs a step with a fixed sampled token.
     fn step(s: &mut Scheduler) -> Vec<Chunk> {
         let chunks = s.schedule();
-        let sampled: Vec<u32> = chunks.iter().filter(|c| c.sample).map(|_| 7).collect();
+        let sampled: Vec<Vec<u32>> = chunks.iter().filter(|c| c.sample).map(|_| vec![7]).collect();
         s.update(&chunks, &sampled, &[]);
         chunks
     }
@@ -249,7 +281,8 @@ mod tests {
                 seq: 1,
                 pos0: 0,
                 n: 3,
-                sample: true
+                sample: true,
+                draft: 0
             }]
         );
         add(&mut s, 2, 20, 10);
@@ -261,7 +294,8 @@ mod tests {
                 seq: 1,
                 pos0: 3,
                 n: 1,
-                sample: true
+                sample: true,
+                draft: 0
             }
         );
         assert_eq!(
@@ -270,7 +304,8 @@ mod tests {
                 seq: 2,
                 pos0: 0,
                 n: 7,
-                sample: false
+                sample: false,
+                draft: 0
             }
         );
         let c = step(&mut s);
@@ -280,7 +315,8 @@ mod tests {
                 seq: 2,
                 pos0: 7,
                 n: 7,
-                sample: false
+                sample: false,
+                draft: 0
             }
         );
         let c = step(&mut s);
@@ -290,7 +326,8 @@ mod tests {
                 seq: 2,
                 pos0: 14,
                 n: 6,
-                sample: true
+                sample: true,
+                draft: 0
             }
         );
     }
@@ -313,7 +350,8 @@ mod tests {
                 seq: 3,
                 pos0: 0,
                 n: 5,
-                sample: true
+                sample: true,
+                draft: 0
             }]
         );
     }
@@ -354,9 +392,40 @@ mod tests {
                 seq: 5,
                 pos0: 8,
                 n: 2,
-                sample: true
+                sample: true,
+                draft: 0
             }]
         );
+    }
+
+    /// A decode with drafts reserves their positions; the rejected ones are rewound, their blocks
+    /// given back; drafts that do not fit the free blocks are left out rather than preempt anyone.
+    #[test]
+    fn drafts_reserve_then_rewind() {
+        let mut s = sched(4, 100, 5);
+        add(&mut s, 1, 7, 10);
+        step(&mut s);
+        let seq = s.seqs.get_mut(&1).unwrap();
+        seq.draft = vec![1, 2, 3, 4, 5, 6];
+        let c = s.schedule();
+        let want = Chunk {
+            seq: 1,
+            pos0: 7,
+            n: 7,
+            sample: true,
+            draft: 6,
+        };
+        assert_eq!(c, vec![want]);
+        assert_eq!(s.seqs[&1].block_table.len(), 4, "positions 0..14 reserved");
+        // Draft 1 confirmed, then another token: 2 tokens, 9 positions computed.
+        s.update(&c, &[vec![1, 9]], &[]);
+        let seq = &s.seqs[&1];
+        assert_eq!((seq.num_computed, seq.len(), seq.block_table.len()), (9, 10, 3));
+        assert!(seq.draft.is_empty());
+        assert_eq!(s.blocks.num_free(), 2);
+        // 13 drafts would need 6 blocks of 4 (23 positions): they wait, the decode goes alone.
+        s.seqs.get_mut(&1).unwrap().draft = (0..13).collect();
+        assert_eq!(s.schedule()[0].draft, 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A sequence: one stream of tokens being generated (a request's choice), with what the engine knows
 //! about it — how many of its positions are in the KV cache, which blocks hold them, how to sample.
 
+pub use crate::generate::FinishReason;
 use crate::sampling::{Sampler, SamplingParams};
 use anyhow::Result;
 use std::time::Instant;
@@ -14,28 +15,6 @@ pub enum SeqStatus {
     /// Admitted: holds blocks, gets tokens scheduled every step.
     Running,
     Finished,
-}
-
-/// Why a sequence stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// An end-of-sequence or stop token.
-    Stop,
-    /// `max_tokens`, or the context (or the whole KV cache) is full.
-    Length,
-    /// Cancelled (client gone, shutdown).
-    Abort,
-}
-
-impl FinishReason {
-    /// The OpenAI `finish_reason` string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::Abort => "abort",
-        }
-    }
 }
 
 /// What a request asks of one sequence.
@@ -83,6 +62,12 @@ pub struct Sequence {
     pub block_table: Vec<u32>,
     /// Prefix hashes of the full blocks already registered with the block manager.
     pub block_hashes: Vec<u64>,
+    /// Tokens a drafter guessed come next ([`crate::engine::Engine::propose`]): the next decode step
+    /// runs them with the last token and keeps those its own sampling confirms.
+    pub draft: Vec<u32>,
+    /// Empty for a chain of drafts; else draft `i`'s parent draft, `None` for one that follows
+    /// `tokens` directly ([`crate::engine::Engine::propose_tree`]).
+    pub draft_parent: Vec<Option<usize>>,
     pub status: SeqStatus,
     pub finish: Option<FinishReason>,
     pub sampler: Sampler,
@@ -107,6 +92,8 @@ impl Sequence {
             num_cached: 0,
             block_table: Vec::new(),
             block_hashes: Vec::new(),
+            draft: Vec::new(),
+            draft_parent: Vec::new(),
             status: SeqStatus::Waiting,
             finish: None,
             sampler,

@@ -89,17 +89,32 @@ impl GenerateOptions {
     }
 }
 
+/// Why a sequence stopped, for the command line (its JSON name: `stop`, `stop_string`, `length`,
+/// `context_full`, `abort`) and for the serving engine (the OpenAI string: [`FinishReason::as_str`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
-    /// An end-of-sequence token was produced.
+    /// An end-of-sequence or stop token was produced.
     Stop,
     /// A stop string appeared in the text.
     StopString,
-    /// `max_tokens` reached.
+    /// `max_tokens` reached (the serving engine: or the context, or the whole KV cache, is full).
     Length,
     /// The context is full.
     ContextFull,
+    /// Cancelled (client gone, shutdown).
+    Abort,
+}
+
+impl FinishReason {
+    /// The OpenAI `finish_reason` string: a stop string is a stop, a full context a length.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop | FinishReason::StopString => "stop",
+            FinishReason::Length | FinishReason::ContextFull => "length",
+            FinishReason::Abort => "abort",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

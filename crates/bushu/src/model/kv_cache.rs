@@ -5,7 +5,12 @@
 //! absmax over that head's `head_dim` values — per-head granularity, so a value is quantized once when
 //! it is written and never requantized as later positions arrive). [`KvLayer`] is one layer's storage,
 //! shared by this contiguous cache and the serving engine's paged one.
+//!
+//! Rewinding (speculative decoding's rejected drafts) is forgetting: [`KvCache::truncate`] lowers the
+//! length and the next pass overwrites the rows. Nothing about a row depends on the rows after it, so a
+//! rewound and re-fed cache holds bit for bit what a never-rewound one does.
 
+use anyhow::{bail, Result};
 use kernels::attention::kv_int8::{dequantize_heads, quantize_heads, KvI8};
 
 /// How cached keys and values are stored.
@@ -74,6 +79,14 @@ impl Int8Rows {
         dequantize_heads(&self.q[at..end], &self.scale[at / hd..end / hd], hd, out);
     }
 
+    /// Copies the `len` values from element `from` to element `to` (whole heads): codes and scales, as
+    /// they are, so the copy reads back exactly as the original.
+    fn copy(&mut self, from: usize, to: usize, len: usize) {
+        let hd = self.head_dim;
+        self.q.copy_within(from..from + len, to);
+        self.scale.copy_within(from / hd..(from + len) / hd, to / hd);
+    }
+
     fn bytes(&self) -> usize {
         self.q.len() + self.scale.len() * std::mem::size_of::<f32>()
     }
@@ -131,6 +144,21 @@ impl KvLayer {
             KvLayer::Int8 { k, v } => {
                 k.read(at, ok);
                 v.read(at, ov);
+            }
+        }
+    }
+
+    /// Copies the keys and values of the `len` elements from element `from` to element `to` (whole
+    /// positions), bit for bit.
+    pub fn copy(&mut self, from: usize, to: usize, len: usize) {
+        match self {
+            KvLayer::F32 { k, v } => {
+                k.copy_within(from..from + len, to);
+                v.copy_within(from..from + len, to);
+            }
+            KvLayer::Int8 { k, v } => {
+                k.copy(from, to, len);
+                v.copy(from, to, len);
             }
         }
     }
@@ -194,9 +222,35 @@ impl KvCache {
         self.capacity
     }
 
-    /// Forgets positions from `len` on (to reuse a shared prefix, or start over with 0).
+    /// Rewinds to `len` positions: forgets those from `len` on (rejected drafts, a shared prefix to
+    /// reuse, or 0 to start over). Their rows are overwritten by the next pass, which then computes
+    /// exactly what it would have without them. A `len` beyond the current length changes nothing.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+    }
+
+    /// Keeps an accepted branch of a token tree run from position `pos0`: the rows `pos0 + rows[d]`
+    /// move to positions `pos0 + d`, and the cache ends after them. `rows` must increase (a tree path
+    /// does: [`crate::model::pass::Tree::path`]) and name filled rows; the moves then never overwrite a
+    /// row still to be moved.
+    pub fn keep_rows(&mut self, pos0: usize, rows: &[usize]) -> Result<()> {
+        if rows.windows(2).any(|w| w[0] >= w[1]) {
+            bail!("rows to keep must increase: {rows:?}");
+        }
+        let end = pos0 + rows.last().map_or(0, |&last| last + 1);
+        if end > self.len {
+            bail!("rows to keep end at {end}, past the {} filled positions", self.len);
+        }
+        let kv_dim = self.kv_dim;
+        for (d, &r) in rows.iter().enumerate() {
+            if r != d {
+                for layer in &mut self.layers {
+                    layer.copy((pos0 + r) * kv_dim, (pos0 + d) * kv_dim, kv_dim);
+                }
+            }
+        }
+        self.len = pos0 + rows.len();
+        Ok(())
     }
 
     /// Stores `k` and `v` (`n x kv_dim`) of layer `layer` at positions `pos..pos + n`.

@@ -7,15 +7,18 @@
 //! layers with global ones, each kind with its own RoPE base.
 //!
 //! One entry point serves both phases of the lecture's §2: prefill passes the whole prompt (n tokens)
-//! and fills the cache; decode passes one token and appends its k, v.
+//! and fills the cache; decode passes one token and appends its k, v. A [`Pass`] also serves
+//! verification: logits of chosen rows, and token trees ([`super::pass`]).
 
 use super::config::{Activation, Config};
 use super::kv_cache::{KvCache, KvType, KvView};
 use super::loader::ModelFile;
+use super::pass::Tree;
+pub use super::pass::{Logits, Pass};
 use super::weights::{Proj, Weights};
 use crate::quant::llm_int8::Int8Weights;
 use anyhow::{bail, Result};
-use kernels::attention::{attention, attention_kv, AttnShape};
+use kernels::attention::{attention, attention_kv, attention_tree, AttnShape, TreePaths};
 use kernels::ops::{add_assign, geglu, rmsnorm, rmsnorm_pieces, rope, scale, swiglu};
 use kernels::{matmul_with, Precision, QMatrix};
 
@@ -37,15 +40,6 @@ pub struct Model {
     pub int8: Option<Int8Weights>,
     /// How [`Model::new_state`] (and the serving engine) store keys and values (`--kv-type`).
     pub kv_type: KvType,
-}
-
-/// Which positions of a forward pass get logits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Logits {
-    /// Only the last token's (generation).
-    Last,
-    /// Every token's (perplexity, verification, tests).
-    All,
 }
 
 /// A place in the forward pass where an observer sees activations: the input of each group of linear
@@ -96,12 +90,26 @@ pub struct State {
     /// Positions of the last pass's tokens, and which of them got logits (reused buffers).
     positions: Vec<usize>,
     out_rows: Vec<usize>,
+    /// The last tree pass's layout.
+    tree: Tree,
 }
 
 impl State {
     /// Number of positions already in the cache.
     pub fn pos(&self) -> usize {
         self.cache.len()
+    }
+
+    /// Forgets the positions from `len` on (rejected drafts): the next pass starts at `len`, as if
+    /// they had never been run ([`KvCache::truncate`]).
+    pub fn rewind(&mut self, len: usize) {
+        self.cache.truncate(len);
+    }
+
+    /// The layout of the last pass's token tree ([`Tree::path`] of a token names the rows to keep
+    /// when its branch is accepted: [`KvCache::keep_rows`]).
+    pub fn tree(&self) -> &Tree {
+        &self.tree
     }
 
     /// The last layer's hidden states (after the final RMSNorm, the classifier's input) of the
@@ -168,13 +176,14 @@ impl Model {
             dim: c.dim,
             positions: Vec::new(),
             out_rows: Vec::new(),
+            tree: Tree::default(),
         }
     }
 
     /// Runs `tokens` at the next positions of `state` and returns the logits (`vocab` values for
-    /// `Logits::Last`, `tokens.len() x vocab` for `Logits::All`).
+    /// `Logits::Last`, `tokens.len() x vocab` for `Logits::All`, one row per index for `Logits::Rows`).
     pub fn forward<'s>(&self, state: &'s mut State, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
-        self.forward_observed(state, tokens, want, &mut |_, _| {})
+        self.forward_pass_observed(state, Pass::causal(tokens, want), &mut |_, _| {})
     }
 
     /// [`Model::forward`], showing `observe` the input of every linear layer ([`Probe`]; `n x width`).
@@ -185,7 +194,24 @@ impl Model {
         want: Logits,
         observe: &mut dyn FnMut(Probe, &[f32]),
     ) -> Result<&'s [f32]> {
-        let n = tokens.len();
+        self.forward_pass_observed(state, Pass::causal(tokens, want), observe)
+    }
+
+    /// Runs `pass` from the current end of `state`'s cache and returns the logits of its rows that
+    /// get them, in their order. Its tokens take the cache rows `pos..pos + n` — in a tree too, whose
+    /// tokens sit at depth-based positions ([`super::pass`]).
+    pub fn forward_pass<'s>(&self, state: &'s mut State, pass: Pass) -> Result<&'s [f32]> {
+        self.forward_pass_observed(state, pass, &mut |_, _| {})
+    }
+
+    /// [`Model::forward_pass`], showing `observe` the input of every linear layer.
+    pub fn forward_pass_observed<'s>(
+        &self,
+        state: &'s mut State,
+        pass: Pass,
+        observe: &mut dyn FnMut(Probe, &[f32]),
+    ) -> Result<&'s [f32]> {
+        let (tokens, n) = (pass.tokens, pass.tokens.len());
         let pos0 = state.cache.len();
         if n == 0 {
             bail!("forward pass over no tokens");
@@ -199,16 +225,23 @@ impl Model {
             );
         }
         state.positions.clear();
-        state.positions.extend(pos0..pos0 + n);
-        state.out_rows.clear();
-        match want {
-            Logits::Last => state.out_rows.push(n - 1),
-            Logits::All => state.out_rows.extend(0..n),
+        match pass.tree {
+            None => state.positions.extend(pos0..pos0 + n),
+            Some(parent) => {
+                if parent.len() != n {
+                    bail!("a tree of {} parents over {n} tokens", parent.len());
+                }
+                state.tree.build(parent)?;
+                state.positions.extend((0..n).map(|t| pos0 + state.tree.depth(t)));
+            }
         }
+        state.out_rows.clear();
+        pass.logits.rows(n, &mut state.out_rows)?;
         state.n_out = state.out_rows.len();
         let mut kv = ContiguousKv {
             cache: &mut state.cache,
             pos0,
+            tree: pass.tree.map(|_| state.tree.paths()),
         };
         let (s, pos, rows) = (&mut state.scratch, &state.positions, &state.out_rows);
         let logits = self.forward_batch(s, tokens, pos, &mut kv, rows, observe)?;
@@ -342,27 +375,34 @@ impl Model {
 /// Where a forward pass keeps the keys and values of its tokens, and how their queries attend to
 /// what is kept: a contiguous [`KvCache`] for one sequence here, a paged cache in the serving engine.
 pub trait KvStore {
-    /// Keeps token `token`'s key and value (RoPE applied) of `layer`, at position `pos`.
+    /// Keeps token `token`'s key and value (RoPE applied at position `pos`) of `layer`. The store
+    /// picks the row: a token's position is not its row in a token tree.
     fn store(&mut self, layer: usize, token: usize, pos: usize, k: &[f32], v: &[f32]);
-    /// Causal attention of all the pass's queries `q` in `layer`, written to `out`.
+    /// Attention of all the pass's queries `q` in `layer`, written to `out`: causal, or as the store's
+    /// token tree says.
     fn attend(&mut self, layer: usize, q: &[f32], out: &mut [f32], shape: AttnShape);
 }
 
-/// One sequence's contiguous cache, new tokens from position `pos0` on.
+/// One sequence's contiguous cache, the pass's tokens in rows `pos0..` (at positions `pos0..` too,
+/// unless they form the tree `tree`).
 struct ContiguousKv<'a> {
     cache: &'a mut KvCache,
     pos0: usize,
+    tree: Option<TreePaths<'a>>,
 }
 
 impl KvStore for ContiguousKv<'_> {
-    fn store(&mut self, layer: usize, _token: usize, pos: usize, k: &[f32], v: &[f32]) {
-        self.cache.store(layer, pos, k, v);
+    fn store(&mut self, layer: usize, token: usize, _pos: usize, k: &[f32], v: &[f32]) {
+        self.cache.store(layer, self.pos0 + token, k, v);
     }
 
     fn attend(&mut self, layer: usize, q: &[f32], out: &mut [f32], shape: AttnShape) {
-        match self.cache.layers[layer].view() {
-            KvView::F32 { k, v } => attention(q, k, v, out, shape, self.pos0),
-            KvView::Int8 { k, v } => attention_kv(q, &k, &v, out, shape, self.pos0),
+        let pos0 = self.pos0;
+        match (self.cache.layers[layer].view(), self.tree) {
+            (KvView::F32 { k, v }, None) => attention(q, k, v, out, shape, pos0),
+            (KvView::Int8 { k, v }, None) => attention_kv(q, &k, &v, out, shape, pos0),
+            (KvView::F32 { k, v }, Some(t)) => attention_tree(q, k, v, out, shape, pos0, t),
+            (KvView::Int8 { k, v }, Some(t)) => attention_tree(q, &k, &v, out, shape, pos0, t),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`kv_cache`]: keys and values of past positions.
 //! - [`options`]: the one builder from a model file to a runnable model.
 //! - [`llama`]: the forward pass (prefill and incremental decode).
+//! - [`pass`]: what a pass computes: rows that get logits, causal or token-tree visibility.
 
 pub mod arch;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod llama;
 pub mod llama2c;
 pub mod loader;
 pub mod options;
+pub mod pass;
 pub mod weights;
 
 pub use config::{Activation, Block, Config, RopeScaling};
@@ -25,3 +27,4 @@ pub use kv_cache::{KvCache, KvType};
 pub use llama::Model;
 pub use loader::{load, ModelFile};
 pub use options::ModelOptions;
+pub use pass::{Logits, Pass};

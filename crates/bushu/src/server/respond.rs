@@ -123,20 +123,22 @@ impl Collector {
         self.cached_tokens += o.cached_tokens;
         let mut piece = String::new();
         let mut logprobs = Vec::new();
-        if let Some(t) = o.token {
+        for (i, &t) in o.tokens.iter().enumerate() {
             c.tokens += 1;
-            let eos = o.finish == Some(FinishReason::Stop);
+            // Where this token's text starts: after the earlier tokens of this output.
+            let offset = c.offset + piece.chars().count();
+            let eos = i + 1 == o.tokens.len() && o.finish == Some(FinishReason::Stop);
             if !eos {
-                piece = c.dec.push(t);
+                piece.push_str(&c.dec.push(t));
             }
-            if let (Some(lp), true) = (&o.logprobs, self.want_logprobs) {
+            if let (Some(lp), true) = (o.logprobs.get(i), self.want_logprobs) {
                 let entry = match kind {
                     Kind::Chat => chat_logprob(&self.tok, t, lp.logprob, &lp.top),
                     Kind::Completion => json!({
                         "token": token_text(&self.tok, t),
                         "logprob": lp.logprob,
                         "top": lp.top.iter().map(|&(id, l)| (token_text(&self.tok, id), json!(l))).collect::<Map<_, _>>(),
-                        "offset": c.offset,
+                        "offset": offset,
                     }),
                 };
                 logprobs.push(entry);
@@ -166,7 +168,7 @@ impl Collector {
             logprobs,
             finish,
             cancel,
-            token: o.token.is_some(),
+            token: !o.tokens.is_empty(),
         })
     }
 

@@ -141,7 +141,7 @@ fn run(mut engine: Engine, rx: mpsc::Receiver<Command>, max_queue: usize, metric
                 continue;
             }
         };
-        let tokens = outputs.iter().filter(|o| o.token.is_some()).count();
+        let tokens = outputs.iter().map(|o| o.tokens.len()).sum();
         for o in outputs {
             let (id, finished) = (o.seq, o.finish.is_some());
             let delivered = routes.get(&id).is_some_and(|tx| tx.send(o).is_ok());
@@ -162,8 +162,8 @@ fn cancel(engine: &mut Engine, routes: &mut HashMap<SeqId, tmpsc::UnboundedSende
         if let Some(tx) = routes.remove(&id) {
             let _ = tx.send(Output {
                 seq: id,
-                token: None,
-                logprobs: None,
+                tokens: Vec::new(),
+                logprobs: Vec::new(),
                 finish: Some(crate::engine::FinishReason::Abort),
                 cached_tokens: 0,
             });

@@ -7,7 +7,7 @@
 
 use super::tokens;
 use crate::engine::model_runner::{ModelRunner, SeqInput};
-use crate::model::Model;
+use crate::model::{Logits, Model};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -42,7 +42,8 @@ pub fn samples(
                     tokens: &prompts[s * n_prompt..(s + 1) * n_prompt],
                     pos0: 0,
                     block_table: &tables[s],
-                    logits: true,
+                    logits: Logits::Last,
+                    tree: None,
                 })
                 .collect();
             r.forward(&step)?;
@@ -57,7 +58,8 @@ pub fn samples(
                     tokens: &gen[g * batch + s..][..1],
                     pos0: n_prompt + g,
                     block_table: &tables[s],
-                    logits: true,
+                    logits: Logits::Last,
+                    tree: None,
                 })
                 .collect();
             r.forward(&step)?;
