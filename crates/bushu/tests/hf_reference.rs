@@ -14,7 +14,7 @@ fn check(name: &str) {
 
 fn check_dir(name: &str, dir: &std::path::Path) {
     let r = read_json(&dir.join("reference.json"));
-    let f = load(&dir).unwrap();
+    let f = load(dir).unwrap();
     let model = Model::new(&f).unwrap();
     let vocab = model.config.vocab_size;
     let prompt = u32s(&r["prompt_ids"]);

@@ -200,6 +200,76 @@ fn bad_passes_are_errors() {
 
 // The serving engine: paged cache, drafts verified in the step loop.
 
+/// Early exit: a pass through the first `k` layers gives the logits of the model cut to `k` layers, bit
+/// for bit; the residual stream kept after the last layer, RMS-normalized, is the classifier's input;
+/// and a full pass over the same positions after a rewind leaves no trace of the exit pass.
+#[test]
+fn exit_and_hidden_states() {
+    let file = load(&shared("models/shakespeare/shakespeare-expert-f16.gguf")).unwrap();
+    let full = Model::new(&file).unwrap();
+    let n_layers = full.config.n_layers;
+    assert!(n_layers >= 2);
+    let toks = tokens(11, 12, full.config.vocab_size);
+    for k in 1..=n_layers {
+        let mut cut_file = load(&shared("models/shakespeare/shakespeare-expert-f16.gguf")).unwrap();
+        cut_file.config.n_layers = k;
+        let cut = Model::new(&cut_file).unwrap();
+        let mut a = full.new_state(32);
+        let mut b = cut.new_state(32);
+        let ea = full
+            .forward_pass(&mut a, Pass::causal(&toks, Logits::All).exit_after(k))
+            .unwrap()
+            .to_vec();
+        let eb = cut.forward(&mut b, &toks, Logits::All).unwrap().to_vec();
+        assert!(same(&ea, &eb), "exit after {k} layers differs from the {k}-layer model");
+    }
+    // Hidden states: after the last layer, normed, they are the classifier's input.
+    let last = n_layers - 1;
+    let layers = [0, last];
+    let mut st = full.new_state(32);
+    let rows = [3, 7, 11];
+    full.forward_pass(&mut st, Pass::causal(&toks, Logits::Rows(&rows)).keep_hidden(&layers))
+        .unwrap();
+    let dim = full.config.dim;
+    let h = st.hidden_at(last).unwrap().to_vec();
+    assert_eq!(h.len(), rows.len() * dim);
+    assert_eq!(st.hidden_at(0).unwrap().len(), rows.len() * dim);
+    if last != 1 {
+        assert!(st.hidden_at(1).is_none(), "a layer not asked for");
+    }
+    let mut normed = vec![0.0; h.len()];
+    for (o, x) in normed.chunks_exact_mut(dim).zip(h.chunks_exact(dim)) {
+        kernels::ops::rmsnorm(o, x, &full.weights.output_norm, full.config.rms_eps);
+    }
+    assert!(
+        same(&normed, st.hidden()),
+        "kept residual, normed, is not the classifier's input"
+    );
+    // Layer 0's rows differ from the last layer's (the test would not see a wrong layer otherwise).
+    assert!(!same(st.hidden_at(0).unwrap(), &h));
+
+    // An exit pass, rewound, then the full pass: as if the exit pass never ran.
+    let mut plain = full.new_state(32);
+    let want = full.forward(&mut plain, &toks, Logits::All).unwrap().to_vec();
+    let mut st = full.new_state(32);
+    full.forward(&mut st, &toks[..4], Logits::None).unwrap();
+    full.forward_pass(&mut st, Pass::causal(&toks[4..], Logits::Last).exit_after(1))
+        .unwrap();
+    st.rewind(4);
+    let got = full.forward(&mut st, &toks[4..], Logits::All).unwrap().to_vec();
+    assert!(same(&got, &want[4 * full.config.vocab_size..]));
+
+    // Bad requests are errors.
+    let mut st = full.new_state(32);
+    for bad in [
+        Pass::causal(&toks, Logits::Last).exit_after(0),
+        Pass::causal(&toks, Logits::Last).exit_after(n_layers + 1),
+        Pass::causal(&toks, Logits::Last).exit_after(1).keep_hidden(&[1]),
+    ] {
+        assert!(full.forward_pass(&mut st, bad).is_err());
+    }
+}
+
 fn engine_models() -> Vec<(String, ModelFile)> {
     [
         "models/tiny-llama-q8_0.gguf",

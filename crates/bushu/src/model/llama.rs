@@ -56,6 +56,8 @@ pub enum Probe {
     FfnDown(usize),
     /// Final-norm hidden states of the tokens that get logits, the classifier's input.
     Output,
+    /// The residual stream after layer `l` (`n x dim`).
+    Residual(usize),
 }
 
 /// Activation buffers, grown to the largest batch seen and reused: a decode step allocates nothing.
@@ -92,12 +94,24 @@ pub struct State {
     out_rows: Vec<usize>,
     /// The last tree pass's layout.
     tree: Tree,
+    /// The residual stream of the logit rows after the layers the last pass asked for
+    /// ([`Pass::keep_hidden`]), layer after layer in `hidden_layers`' order.
+    hidden_at: Vec<f32>,
+    hidden_layers: Vec<usize>,
 }
 
 impl State {
     /// Number of positions already in the cache.
     pub fn pos(&self) -> usize {
         self.cache.len()
+    }
+
+    /// The residual stream after layer `layer` (before the final norm) of the rows that got logits in
+    /// the last pass, `dim` values each in their order, if that pass kept it ([`Pass::keep_hidden`]).
+    pub fn hidden_at(&self, layer: usize) -> Option<&[f32]> {
+        let i = self.hidden_layers.iter().position(|&l| l == layer)?;
+        let size = self.n_out * self.dim;
+        self.hidden_at.get(i * size..(i + 1) * size)
     }
 
     /// Forgets the positions from `len` on (rejected drafts): the next pass starts at `len`, as if
@@ -177,6 +191,8 @@ impl Model {
             positions: Vec::new(),
             out_rows: Vec::new(),
             tree: Tree::default(),
+            hidden_at: Vec::new(),
+            hidden_layers: Vec::new(),
         }
     }
 
@@ -243,8 +259,40 @@ impl Model {
             pos0,
             tree: pass.tree.map(|_| state.tree.paths()),
         };
-        let (s, pos, rows) = (&mut state.scratch, &state.positions, &state.out_rows);
-        let logits = self.forward_batch(s, tokens, pos, &mut kv, rows, observe)?;
+        let layers = match pass.exit {
+            Some(k) if k == 0 || k > self.config.n_layers => {
+                bail!(
+                    "exit after {k} layers: the model has {} (at least 1)",
+                    self.config.n_layers
+                )
+            }
+            Some(k) => k,
+            None => self.config.n_layers,
+        };
+        if let Some(&l) = pass.hidden.iter().find(|&&l| l >= layers) {
+            bail!("hidden states after layer {l} asked of a pass through {layers} layers");
+        }
+        // The residual rows of the logit rows after the asked layers, layer by layer.
+        let (dim, kept) = (self.config.dim, &mut state.hidden_at);
+        kept.clear();
+        let rows = &state.out_rows;
+        let mut keep = |p: Probe, x: &[f32]| {
+            if let Probe::Residual(l) = p {
+                if pass.hidden.contains(&l) {
+                    for &r in rows {
+                        kept.extend_from_slice(&x[r * dim..(r + 1) * dim]);
+                    }
+                }
+            }
+            observe(p, x)
+        };
+        let (s, pos) = (&mut state.scratch, &state.positions);
+        let logits = self.forward_layers(s, tokens, pos, &mut kv, rows, layers, &mut keep)?;
+        // Kept in layer order, each asked layer once.
+        state.hidden_layers.clear();
+        state.hidden_layers.extend_from_slice(pass.hidden);
+        state.hidden_layers.sort_unstable();
+        state.hidden_layers.dedup();
         state.cache.advance(n);
         Ok(logits)
     }
@@ -261,6 +309,23 @@ impl Model {
         positions: &[usize],
         kv: &mut impl KvStore,
         out_rows: &[usize],
+        observe: &mut dyn FnMut(Probe, &[f32]),
+    ) -> Result<&'s [f32]> {
+        let layers = self.config.n_layers;
+        self.forward_layers(s, tokens, positions, kv, out_rows, layers, observe)
+    }
+
+    /// [`Model::forward_batch`] through the first `layers` layers only, then the final norm and the
+    /// classifier (early exit).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_layers<'s>(
+        &self,
+        s: &'s mut Scratch,
+        tokens: &[u32],
+        positions: &[usize],
+        kv: &mut impl KvStore,
+        out_rows: &[usize],
+        layers: usize,
         observe: &mut dyn FnMut(Probe, &[f32]),
     ) -> Result<&'s [f32]> {
         let c = &self.config;
@@ -281,7 +346,7 @@ impl Model {
             scale(x, e);
         }
 
-        for (layer, lw) in w.layers.iter().enumerate() {
+        for (layer, lw) in w.layers.iter().enumerate().take(layers) {
             // Local (sliding-window) layers may have their own RoPE base.
             let (window, inv_freq) = match c.is_local(layer) {
                 true => (c.window(layer), &self.inv_freq_local),
@@ -345,6 +410,7 @@ impl Model {
                 rmsnorm_pieces(xb, pn, c.rms_eps);
             }
             add_assign(&mut s.x[..n * dim], xb);
+            observe(Probe::Residual(layer), &s.x[..n * dim]);
         }
 
         w.first_pass_done();

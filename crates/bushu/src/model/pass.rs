@@ -57,6 +57,13 @@ pub struct Pass<'a> {
     /// `None`: causal. `Some(parent)`: a token tree, `parent[i]` the index in the pass of token `i`'s
     /// parent (before `i`), `None` for a root.
     pub tree: Option<&'a [Option<usize>]>,
+    /// `Some(k)`: run only the first `k` layers, then the final norm and the classifier (early exit; the
+    /// draft of self-speculation). Layers `k..` store no keys and values for these tokens: a later full
+    /// pass over the same positions (after a rewind) computes them.
+    pub exit: Option<usize>,
+    /// Layers after which the residual stream of the rows that get logits is kept
+    /// (`State::hidden_at`): features for exit heads, distillation, drafters.
+    pub hidden: &'a [usize],
 }
 
 impl<'a> Pass<'a> {
@@ -66,6 +73,8 @@ impl<'a> Pass<'a> {
             tokens,
             logits,
             tree: None,
+            exit: None,
+            hidden: &[],
         }
     }
 
@@ -75,7 +84,22 @@ impl<'a> Pass<'a> {
             tokens,
             logits,
             tree: Some(parent),
+            exit: None,
+            hidden: &[],
         }
+    }
+
+    /// This pass stopping after `layers` layers.
+    pub fn exit_after(self, layers: usize) -> Pass<'a> {
+        Pass {
+            exit: Some(layers),
+            ..self
+        }
+    }
+
+    /// This pass keeping the residual stream after each of `layers` (0-based: after layer `l` runs).
+    pub fn keep_hidden(self, layers: &'a [usize]) -> Pass<'a> {
+        Pass { hidden: layers, ..self }
     }
 }
 

@@ -82,6 +82,8 @@ pub fn collect(model: &Model, seqs: &[Vec<u32>], mut progress: impl FnMut(usize,
                 Probe::FfnIn(l) => format!("blk.{l}.ffn_in"),
                 Probe::FfnDown(l) => format!("blk.{l}.ffn_down"),
                 Probe::Output => "output".to_owned(),
+                // Not the input of a linear layer: no Hessian.
+                Probe::Residual(_) => return,
             };
             h.add(&site, x, x.len() / n);
         })?;
