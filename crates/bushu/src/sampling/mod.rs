@@ -276,6 +276,24 @@ impl Sampler {
         self.procs.push(p);
     }
 
+    /// Whether tokens are taken greedily (temperature 0).
+    pub fn is_greedy(&self) -> bool {
+        self.greedy
+    }
+
+    /// The seeded generator the draws come from (speculative decoding's acceptance tests and residual
+    /// draws use it too, so that one seed fixes the whole run).
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    /// A token drawn from `probs` (one weight per token of the vocabulary, e.g. a
+    /// [`Sampler::distribution`] or a residual of one) with the sampler's generator; not recorded in
+    /// the history.
+    pub fn sample_from(&mut self, probs: &[f32]) -> u32 {
+        self.rng.categorical(probs) as u32
+    }
+
     /// The distribution [`Sampler::sample`] draws the next token from, given `logits` and the history:
     /// the whole processor chain applied, then normalized; one probability per token of the vocabulary,
     /// 0 for the tokens the chain removed. Greedy decoding (temperature 0) is the one-hot of the token it

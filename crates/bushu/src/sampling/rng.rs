@@ -28,4 +28,25 @@ impl Rng {
     pub fn next_f32(&mut self) -> f32 {
         (self.next_u32() >> 8) as f32 / (1u32 << 24) as f32
     }
+
+    /// An index drawn with probability proportional to `weights` (non-negative, not necessarily
+    /// normalized: a residual `max(0, p - q)` can be drawn from as it is), by inverse CDF. All-zero
+    /// weights give index 0.
+    pub fn categorical(&mut self, weights: &[f32]) -> usize {
+        let total: f64 = weights.iter().map(|&w| w as f64).sum();
+        let u = self.next_f32() as f64 * total;
+        let mut acc = 0.0f64;
+        let mut last = 0;
+        for (i, &w) in weights.iter().enumerate() {
+            if w > 0.0 {
+                acc += w as f64;
+                last = i;
+                if u < acc {
+                    return i;
+                }
+            }
+        }
+        // Rounding left the sum a hair under u: the last positive weight takes that sliver.
+        last
+    }
 }

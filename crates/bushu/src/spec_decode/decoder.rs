@@ -1,0 +1,163 @@
+//! Speculative decoding as a [`Decoder`] of the ordinary generation loop ([`run_decoder`]): the loop
+//! still takes one token at a time (and owns EOS, stop strings, the token limit, the context), while
+//! the decoder hands out the tokens of its last verification step from a queue and runs the next step
+//! only when the queue is empty. Tokens a step produced after a stop condition are simply not used.
+//!
+//! The sequence's invariant between steps: the target's cache holds the sequence but its last token,
+//! whose logits a step computes first (row 0 of the verification pass), and the sampler's history holds
+//! the whole sequence.
+
+use super::adaptive::{DraftLength, DraftLengthParams};
+use super::proposer::{Proposal, Proposer};
+use super::verify::verify;
+use super::SpecStats;
+use crate::generate::{check_prompt, run_decoder, Decoder, GenerateOptions, Generation, Strategy};
+use crate::model::llama::State;
+use crate::model::{Logits, Model};
+use crate::sampling::{Context, Sampler};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Result};
+
+/// Speculative decoding with one target model and one proposer.
+pub struct SpecDecoder<'a> {
+    model: &'a Model,
+    state: &'a mut State,
+    sampler: Sampler,
+    proposer: &'a mut dyn Proposer,
+    length: DraftLength,
+    prompt_len: usize,
+    max_tokens: usize,
+    /// Tokens handed out by `choose` so far.
+    emitted: usize,
+    /// The last step's tokens, handed out from `next` on, and the raw logits each was chosen from.
+    queue: Vec<u32>,
+    next: usize,
+    rows: Vec<f32>,
+    pub stats: SpecStats,
+}
+
+impl<'a> SpecDecoder<'a> {
+    pub fn new(
+        model: &'a Model,
+        state: &'a mut State,
+        proposer: &'a mut dyn Proposer,
+        opts: &GenerateOptions,
+        length: DraftLengthParams,
+    ) -> Result<SpecDecoder<'a>> {
+        Ok(SpecDecoder {
+            model,
+            state,
+            sampler: Sampler::new(&opts.sampling)?,
+            proposer,
+            length: DraftLength::new(length)?,
+            prompt_len: 0,
+            max_tokens: opts.max_tokens,
+            emitted: 0,
+            queue: Vec::new(),
+            next: 0,
+            rows: Vec::new(),
+            stats: SpecStats::default(),
+        })
+    }
+
+    /// One draft-and-verify step after the sequence so far.
+    fn step(&mut self) -> Result<()> {
+        let pos0 = self.state.pos();
+        let history = self.sampler.history();
+        debug_assert_eq!(pos0 + 1, history.len());
+        let last = *history.last().expect("a sequence");
+        // Room for the verification pass (last token + drafts) and no drafts beyond the token limit.
+        let room = self.state.cache.capacity() - pos0 - 1;
+        let left = self.max_tokens.saturating_sub(self.emitted).saturating_sub(1);
+        let k = self.length.k().min(room).min(left);
+        let mut proposal = Proposal::default();
+        if k > 0 {
+            let seq = Context {
+                tokens: history,
+                prompt_len: self.prompt_len,
+            };
+            proposal = self.proposer.propose(&seq, k, self.model, self.state)?;
+            if self.state.pos() != pos0 {
+                bail!("the {} proposer left the target's cache at {} positions, not {pos0}", self.proposer.name(), self.state.pos());
+            }
+            proposal.truncate(k);
+            if !self.length.enough(proposal.len()) {
+                proposal = Proposal::default();
+                self.proposer.accepted(0);
+            }
+        }
+        let step = verify(self.model, self.state, &mut self.sampler, last, &proposal, &mut self.rows)?;
+        if !proposal.is_empty() {
+            self.proposer.accepted(step.accepted);
+            self.length.update(proposal.len(), step.accepted);
+            self.stats.draft_n += proposal.len();
+            self.stats.draft_n_accepted += step.accepted;
+            self.stats.draft_steps += 1;
+        }
+        self.stats.target_passes += 1;
+        self.stats.switched_off = self.length.is_off();
+        self.queue = step.tokens;
+        self.next = 0;
+        Ok(())
+    }
+}
+
+impl Decoder for SpecDecoder<'_> {
+    fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
+        self.sampler.set_prompt(prompt);
+        self.prompt_len = prompt.len();
+        let logits = self.model.forward(self.state, prompt, Logits::Last)?;
+        self.rows.clear();
+        self.rows.extend_from_slice(logits);
+        // The first token comes from the prefill's logits, as in plain decoding.
+        self.queue = vec![self.sampler.sample(&self.rows)];
+        self.next = 0;
+        Ok(())
+    }
+    fn logits(&self) -> &[f32] {
+        let vocab = self.model.config.vocab_size;
+        &self.rows[self.next * vocab..(self.next + 1) * vocab]
+    }
+    fn choose(&mut self) -> Result<u32> {
+        let t = self.queue[self.next];
+        self.next += 1;
+        self.emitted += 1;
+        Ok(t)
+    }
+    fn feed(&mut self, _token: u32) -> Result<()> {
+        if self.next == self.queue.len() {
+            self.step()?;
+        }
+        Ok(())
+    }
+    fn room(&self) -> usize {
+        // As if every handed-out token but the last were in the cache (plain decoding's count): the
+        // cache itself may be ahead, holding tokens of the queue not handed out yet.
+        let fed = self.prompt_len + self.emitted.saturating_sub(1);
+        self.state.cache.capacity().saturating_sub(fed)
+    }
+}
+
+/// Generates from `prompt` with speculative decoding (`opts.strategy` must be sampling or greedy):
+/// the output has exactly the distribution of plain decoding with `opts` — token for token the same
+/// when greedy. Returns the generation and what speculation did.
+pub fn generate_speculative(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    state: &mut State,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    proposer: &mut dyn Proposer,
+    length: DraftLengthParams,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<(Generation, SpecStats)> {
+    opts.validate()?;
+    if opts.strategy != Strategy::Sample {
+        bail!("speculative decoding works with sampling or greedy decoding only, not beam search or contrastive search");
+    }
+    check_prompt(state, prompt)?;
+    opts.sampling.validate_for_vocab(model.config.vocab_size)?;
+    let mut dec = SpecDecoder::new(model, state, proposer, opts, length)?;
+    let g = run_decoder(&mut dec, tokenizer, prompt, opts, on_text)?;
+    Ok((g, dec.stats))
+}

@@ -1,0 +1,110 @@
+//! Draft-model speculation (Leviathan et al. 2023; Chen et al. 2023; llama.cpp's `--model-draft`): a
+//! second, smaller model with the same vocabulary drafts `k` tokens autoregressively with its own KV
+//! cache. Its cache follows the sequence: before drafting it catches up on the tokens it has not seen
+//! (the target's last token), and after verification it is rewound to the accepted length, so a
+//! rejected draft leaves no trace. Drafting stops early when the draft's top probability falls below
+//! `p_min` (llama.cpp's `--draft-p-min`): an unsure draft is likely to be rejected.
+
+use super::proposer::{push, DraftSampler, Proposal, Proposer};
+use crate::model::llama::State;
+use crate::model::{Logits, Model};
+use crate::sampling::{Context, SamplingParams};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Result};
+
+/// Errors unless the draft can speak for the target: the same number of logits and the same tokenizer
+/// (every token's id, text and bytes).
+pub fn check_same_vocabulary(target: (&Model, &Tokenizer), draft: (&Model, &Tokenizer)) -> Result<()> {
+    let (tv, dv) = (target.0.config.vocab_size, draft.0.config.vocab_size);
+    if tv != dv {
+        bail!("the draft model's vocabulary has {dv} tokens, the target's {tv}: speculative decoding needs one shared vocabulary");
+    }
+    let (tt, dt) = (target.1, draft.1);
+    if tt.vocab_size() != dt.vocab_size() {
+        bail!(
+            "the draft model's tokenizer has {} tokens, the target's {}: speculative decoding needs one shared vocabulary",
+            dt.vocab_size(),
+            tt.vocab_size()
+        );
+    }
+    for id in 0..tt.vocab_size() as u32 {
+        if tt.token_text(id) != dt.token_text(id) || tt.token_to_piece(id) != dt.token_to_piece(id) {
+            bail!(
+                "the draft model's tokenizer differs from the target's (token {id}: {:?} vs {:?}): speculative decoding needs one shared vocabulary",
+                dt.token_text(id).unwrap_or(""),
+                tt.token_text(id).unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A draft model and its cache.
+pub struct DraftModel<'a> {
+    model: &'a Model,
+    state: State,
+    /// The tokens in `state`'s cache, in order.
+    cached: Vec<u32>,
+    /// The sequence length the last proposal followed.
+    base: usize,
+    sampler: DraftSampler,
+}
+
+impl<'a> DraftModel<'a> {
+    /// `model` drafting for a target sampling with `params`, in a cache of `ctx` positions.
+    pub fn new(model: &'a Model, ctx: usize, params: &SamplingParams, p_min: f32) -> Result<DraftModel<'a>> {
+        Ok(DraftModel {
+            model,
+            state: model.new_state(ctx),
+            cached: Vec::new(),
+            base: 0,
+            sampler: DraftSampler::new(params, p_min)?,
+        })
+    }
+
+    /// Rewinds the cache to its longest prefix shared with `tokens`.
+    fn sync(&mut self, tokens: &[u32]) {
+        let common = self.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        self.cached.truncate(common);
+        self.state.rewind(common);
+    }
+}
+
+impl Proposer for DraftModel<'_> {
+    fn name(&self) -> &'static str {
+        "draft model"
+    }
+
+    fn propose(&mut self, seq: &Context, k: usize, _target: &Model, _state: &mut State) -> Result<Proposal> {
+        let tokens = seq.tokens;
+        self.base = tokens.len();
+        self.sync(tokens);
+        // Room for the tokens it has not seen and k - 1 drafts fed back.
+        let room = self.state.cache.capacity() - self.state.pos();
+        let new = &tokens[self.cached.len()..];
+        if new.is_empty() || new.len() + k.saturating_sub(1) > room {
+            return Ok(Proposal::default());
+        }
+        self.sampler.start(seq);
+        let mut out = Proposal::default();
+        let mut logits = self.model.forward(&mut self.state, new, Logits::Last)?;
+        self.cached.extend_from_slice(new);
+        loop {
+            let Some((t, q)) = self.sampler.pick(logits) else { break };
+            push(&mut out, t, q);
+            if out.len() == k {
+                break;
+            }
+            logits = self.model.forward(&mut self.state, &[t], Logits::Last)?;
+            self.cached.push(t);
+        }
+        Ok(out)
+    }
+
+    fn accepted(&mut self, n: usize) {
+        // The cache holds the sequence, then drafts; keep the sequence and the accepted ones.
+        let keep = (self.base + n).min(self.cached.len());
+        self.cached.truncate(keep);
+        self.state.rewind(keep);
+    }
+}

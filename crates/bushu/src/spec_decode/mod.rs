@@ -1,0 +1,72 @@
+//! Speculative decoding (lecture §6; issue 18): a cheap proposer drafts up to `k` tokens, the target
+//! model checks them all in one forward pass, and the tokens it would have produced anyway are kept —
+//! several tokens for one pass of the large model, with exactly the target's output distribution.
+//!
+//! One concept per file, as vLLM's `spec_decode`:
+//!
+//! - [`proposer`]: the [`Proposer`] trait (draft up to `k` tokens, hear how many were accepted) and the
+//!   draft sampling the model-based proposers share;
+//! - [`lookup`]: prompt lookup (n-gram match over prompt and output, no model);
+//! - [`draft_model`]: a second, smaller model with the same vocabulary and its own KV cache;
+//! - [`self_spec`]: the target's own first layers as the draft (early exit, sharing its cache);
+//! - [`rejection`]: the per-position acceptance rule (greedy match, or rejection sampling);
+//! - [`verify`]: one verification step — one target pass over the last token and the drafts, the
+//!   rule applied row by row, the cache and the sampler brought back to the accepted length;
+//! - [`adaptive`]: the draft length, grown and shrunk from recent acceptance, and switched off when
+//!   drafts keep being rejected;
+//! - [`decoder`]: all of it as a [`crate::generate::Decoder`] for the ordinary generation loop (stop
+//!   conditions, streaming, logprobs), entered through [`generate_speculative`].
+//!
+//! Plain decoding does not go through any of this: it costs nothing when speculation is off.
+
+pub mod adaptive;
+pub mod decoder;
+pub mod draft_model;
+pub mod lookup;
+pub mod proposer;
+pub mod rejection;
+pub mod self_spec;
+pub mod verify;
+
+pub use adaptive::{DraftLength, DraftLengthParams};
+pub use decoder::{generate_speculative, SpecDecoder};
+pub use draft_model::{check_same_vocabulary, DraftModel};
+pub use lookup::PromptLookup;
+pub use proposer::{Proposal, Proposer};
+pub use self_spec::SelfSpeculation;
+
+use serde::Serialize;
+
+/// What speculation did over one generation (llama-server's `draft_n`, `draft_n_accepted`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct SpecStats {
+    /// Draft tokens proposed and verified.
+    pub draft_n: usize,
+    /// Draft tokens the target accepted.
+    pub draft_n_accepted: usize,
+    /// Target passes that verified at least one draft.
+    pub draft_steps: usize,
+    /// Target passes in all after the prefill (with drafts or without).
+    pub target_passes: usize,
+    /// Whether speculation was switched off for lack of acceptance.
+    pub switched_off: bool,
+}
+
+impl SpecStats {
+    /// Mean accepted length: tokens produced per target pass that verified drafts (accepted drafts + the
+    /// target's own token), EAGLE's τ; 0 when nothing was drafted.
+    pub fn mean_accepted_length(&self) -> f64 {
+        if self.draft_steps == 0 {
+            return 0.0;
+        }
+        (self.draft_n_accepted + self.draft_steps) as f64 / self.draft_steps as f64
+    }
+
+    /// Fraction of the drafted tokens accepted (0 when nothing was drafted).
+    pub fn acceptance_rate(&self) -> f64 {
+        if self.draft_n == 0 {
+            return 0.0;
+        }
+        self.draft_n_accepted as f64 / self.draft_n as f64
+    }
+}

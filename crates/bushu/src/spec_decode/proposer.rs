@@ -1,0 +1,130 @@
+//! What a proposer is: something that, given the sequence so far, drafts up to `k` next tokens (and,
+//! when it samples them, the distribution `q` each was drawn from), and is then told how many the
+//! target accepted so it can rewind whatever state it keeps.
+//!
+//! Also the draft sampling the model-based proposers ([`super::draft_model`], [`super::self_spec`])
+//! share: greedy (the target decodes greedily) or a draw from the draft's own processed distribution
+//! `q` (the target samples; rejection sampling needs `q`), stopping when the draft is unsure.
+
+use crate::model::llama::State;
+use crate::model::Model;
+use crate::sampling::{Context, Sampler, SamplingParams};
+use anyhow::Result;
+
+/// Drafted tokens, to be verified in order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Proposal {
+    pub tokens: Vec<u32>,
+    /// `q[i]`: the distribution `tokens[i]` was drawn from (one probability per vocabulary token).
+    /// `None`: the proposer is deterministic — `q` is the one-hot of each token.
+    pub q: Option<Vec<Vec<f32>>>,
+}
+
+impl Proposal {
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The distribution of draft `i`, `None` for a one-hot.
+    pub fn q(&self, i: usize) -> Option<&[f32]> {
+        self.q.as_ref().map(|q| q[i].as_slice())
+    }
+
+    /// Keeps the first `n` drafts.
+    pub fn truncate(&mut self, n: usize) {
+        self.tokens.truncate(n);
+        if let Some(q) = &mut self.q {
+            q.truncate(n);
+        }
+    }
+}
+
+/// Drafts tokens for speculative decoding.
+pub trait Proposer {
+    /// A short name for messages (`lookup`, `draft model`, `self-speculation`).
+    fn name(&self) -> &'static str;
+
+    /// Up to `k` (≥ 1) draft tokens to follow `seq` (prompt, then every token generated so far; its last
+    /// token is not in the target's cache yet). `target` and `state` are the target model and its cache,
+    /// holding `seq` minus its last token; a proposer that runs the target (self-speculation) must leave
+    /// `state` at that length. May return fewer tokens, or none.
+    fn propose(&mut self, seq: &Context, k: usize, target: &Model, state: &mut State) -> Result<Proposal>;
+
+    /// The target accepted the first `n` tokens of the last proposal (the rest were rejected): rewind
+    /// any state to the sequence plus those `n`.
+    fn accepted(&mut self, n: usize);
+}
+
+/// How a draft model chooses its tokens: greedily when the target decodes greedily, else by drawing
+/// from its own processed distribution `q` (the same processor chain as the target's, its own seeded
+/// generator), which it reports for rejection sampling. Stops the draft when the draft model's top
+/// probability (softmax of its raw logits) falls below `p_min`.
+pub struct DraftSampler {
+    sampler: Sampler,
+    p_min: f32,
+}
+
+impl DraftSampler {
+    /// The draft's sampler for a target sampling with `params`.
+    pub fn new(params: &SamplingParams, p_min: f32) -> Result<DraftSampler> {
+        // Its own stream of draws: the target's generator must see only the target's draws.
+        let own = SamplingParams {
+            seed: params.seed ^ 0x5DEE_CE66_D1CE_5EED,
+            ..params.clone()
+        };
+        Ok(DraftSampler {
+            sampler: Sampler::new(&own)?,
+            p_min,
+        })
+    }
+
+    /// Whether drafts carry a distribution (sampling) or are one-hot (greedy).
+    pub fn samples(&self) -> bool {
+        !self.sampler.is_greedy()
+    }
+
+    /// Sets the history the processors see to `seq`.
+    pub fn start(&mut self, seq: &Context) {
+        self.sampler.set_prompt(&seq.tokens[..seq.prompt_len]);
+        for &t in &seq.tokens[seq.prompt_len..] {
+            self.sampler.accept(t);
+        }
+    }
+
+    /// The next draft token from the draft's `logits` (recorded in the history) and its `q` when
+    /// sampling; `None` when the draft's top probability is below `p_min`.
+    pub fn pick(&mut self, logits: &[f32]) -> Option<(u32, Option<Vec<f32>>)> {
+        if self.p_min > 0.0 && top_probability(logits) < self.p_min {
+            return None;
+        }
+        if self.sampler.is_greedy() {
+            return Some((self.sampler.sample(logits), None));
+        }
+        let q = self.sampler.distribution(logits);
+        let t = self.sampler.sample_from(&q);
+        self.sampler.accept(t);
+        Some((t, Some(q)))
+    }
+}
+
+/// The largest probability of `softmax(logits)`.
+pub fn top_probability(logits: &[f32]) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return 0.0;
+    }
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    (1.0 / sum) as f32
+}
+
+/// Appends a pick to a proposal being built.
+pub(super) fn push(p: &mut Proposal, token: u32, q: Option<Vec<f32>>) {
+    p.tokens.push(token);
+    if let Some(q) = q {
+        p.q.get_or_insert_with(Vec::new).push(q);
+    }
+}

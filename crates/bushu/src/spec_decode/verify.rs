@@ -1,0 +1,66 @@
+//! One verification step: the target runs the last token and the `k` drafts in ONE forward pass with
+//! logits for all `k + 1` rows ([`Logits::Rows`]): row `i` is the target's next-token logits after the
+//! sequence and the first `i` drafts, exactly what `k + 1` plain decode steps would have computed (each
+//! row is computed independently of the others). Drafts are checked in order with [`verify_one`]; the
+//! first rejected draft is replaced by the residual draw and ends the step, and if all are accepted the
+//! last row gives a bonus token. Then the target's cache is rewound to the accepted length (the
+//! rejected drafts' keys and values forgotten) and the sampler's history holds exactly the tokens kept.
+
+use super::proposer::Proposal;
+use super::rejection::{verify_one, Verdict};
+use crate::model::llama::State;
+use crate::model::{Logits, Model, Pass};
+use crate::sampling::Sampler;
+use anyhow::Result;
+
+/// What a verification step produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The accepted drafts, then the target's own token (the replacement of the first rejected draft,
+    /// or the bonus token): between 1 and `k + 1` tokens.
+    pub tokens: Vec<u32>,
+    /// How many drafts were accepted.
+    pub accepted: usize,
+}
+
+/// Verifies `proposal` after `last` (the sequence's last token, not yet in `state`'s cache, which holds
+/// the rest of the sequence; `sampler`'s history is the whole sequence). Leaves the cache holding the
+/// sequence and every returned token but the last, the history the sequence and every returned token,
+/// and in `rows` the raw logits each returned token was chosen from (`vocab` values each, in order).
+pub fn verify(
+    model: &Model,
+    state: &mut State,
+    sampler: &mut Sampler,
+    last: u32,
+    proposal: &Proposal,
+    rows: &mut Vec<f32>,
+) -> Result<Step> {
+    let (pos0, k, vocab) = (state.pos(), proposal.len(), model.config.vocab_size);
+    let mut input = Vec::with_capacity(k + 1);
+    input.push(last);
+    input.extend_from_slice(&proposal.tokens);
+    let idx: Vec<usize> = (0..=k).collect();
+    let logits = model.forward_pass(state, Pass::causal(&input, Logits::Rows(&idx)))?;
+    rows.clear();
+    rows.extend_from_slice(logits);
+    let mut tokens = Vec::with_capacity(k + 1);
+    for (i, &x) in proposal.tokens.iter().enumerate() {
+        let p = sampler.distribution(&rows[i * vocab..(i + 1) * vocab]);
+        match verify_one(&p, proposal.q(i), x, sampler.rng()) {
+            Verdict::Accept => {
+                sampler.accept(x);
+                tokens.push(x);
+            }
+            Verdict::Reject(t) => {
+                sampler.accept(t);
+                tokens.push(t);
+                // Keep `last` and the i accepted drafts; the target's token is the next `last`.
+                state.rewind(pos0 + 1 + i);
+                return Ok(Step { tokens, accepted: i });
+            }
+        }
+    }
+    // Every draft stands: the cache keeps them all, and the last row gives one more token.
+    tokens.push(sampler.sample(&rows[k * vocab..(k + 1) * vocab]));
+    Ok(Step { tokens, accepted: k })
+}
