@@ -1,12 +1,17 @@
 //! `bushu run`: generate from a prompt, streaming text, or one JSON object with `--json`.
 //! Decoding strategy: sampling/greedy (default), `--beams N`, `--penalty-alpha` (contrastive search),
-//! `--amateur PATH` (contrastive decoding, greedy/sampled or with `--beams`).
+//! `--amateur PATH` (contrastive decoding, greedy/sampled or with `--beams`). Speculative decoding of
+//! greedy or sampled output: `--draft-model PATH`, `--lookup` or `--self-speculate L` (one of them).
 
 use super::sampling::{flag_error, SamplingArgs};
 use super::ModelArgs;
 use crate::generate::contrastive::{generate_contrastive, CdParams};
 use crate::generate::{generate, GenerateOptions, Generation, Strategy};
 use crate::sampling::beam::{BeamParams, EarlyStopping};
+use crate::spec_decode::{
+    check_same_vocabulary, generate_speculative, DraftLengthParams, DraftModel, PromptLookup, Proposer,
+    SelfSpeculation,
+};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -52,6 +57,28 @@ pub struct RunArgs {
     /// Contrastive search (Su et al. 2022) with this degeneration penalty α, among --top-k tokens.
     #[arg(long, allow_negative_numbers = true)]
     pub penalty_alpha: Option<f32>,
+    /// Speculative decoding with this draft model (same vocabulary as the model).
+    #[arg(long, value_name = "PATH")]
+    pub draft_model: Option<PathBuf>,
+    /// Speculative decoding: draft at most K tokens per step (the length adapts to acceptance).
+    #[arg(long, value_name = "K", default_value_t = 8)]
+    pub draft_max: usize,
+    /// Speculative decoding: draft at least K tokens per step; shorter drafts are not verified (0: any).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub draft_min: usize,
+    /// With --draft-model or --self-speculate: stop drafting when the draft's top probability is below P.
+    #[arg(long, value_name = "P", default_value_t = 0.75, allow_negative_numbers = true)]
+    pub draft_p_min: f32,
+    /// Speculative decoding by prompt lookup: draft the tokens that followed the last n-gram's most recent
+    /// earlier occurrence in the prompt and output.
+    #[arg(long)]
+    pub lookup: bool,
+    /// With --lookup: match n-grams of at most N tokens (longest first).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub lookup_ngram: usize,
+    /// Speculative decoding with the model's own first L layers as the draft (early exit).
+    #[arg(long, value_name = "L")]
+    pub self_speculate: Option<usize>,
     /// Context size in tokens (default: the model's, at most 4096).
     #[arg(long)]
     pub ctx: Option<usize>,
@@ -73,8 +100,61 @@ const FLAGS: &[(&str, &str)] = &[
     ("amateur_temperature", "--cd-amateur-temperature"),
 ];
 
+/// The proposer the speculative-decoding flags ask for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Speculation {
+    Off,
+    DraftModel(PathBuf),
+    Lookup { ngram: usize },
+    SelfSpeculate { layers: usize },
+}
+
+/// The speculative-decoding flags, checked (everything but what needs the model: its layer count, the
+/// draft's vocabulary).
+pub fn speculation(a: &RunArgs) -> Result<(Speculation, DraftLengthParams)> {
+    let length = DraftLengthParams {
+        max: a.draft_max,
+        min: a.draft_min,
+        ..DraftLengthParams::default()
+    };
+    length.validate()?;
+    if !(0.0..=1.0).contains(&a.draft_p_min) {
+        bail!("--draft-p-min must be in [0, 1] (got {})", a.draft_p_min);
+    }
+    if a.lookup_ngram == 0 {
+        bail!("--lookup-ngram must be at least 1 (got 0)");
+    }
+    let modes = [a.draft_model.is_some(), a.lookup, a.self_speculate.is_some()];
+    if modes.iter().filter(|&&m| m).count() > 1 {
+        bail!("--draft-model, --lookup and --self-speculate cannot be combined: choose one proposer");
+    }
+    let spec = match (&a.draft_model, a.self_speculate) {
+        (Some(p), _) => Speculation::DraftModel(p.clone()),
+        (_, Some(0)) => bail!("--self-speculate must be at least 1 (the number of layers drafting)"),
+        (_, Some(l)) => Speculation::SelfSpeculate { layers: l },
+        _ if a.lookup => Speculation::Lookup { ngram: a.lookup_ngram },
+        _ => Speculation::Off,
+    };
+    if spec != Speculation::Off {
+        let other = if a.beams > 1 {
+            Some("--beams")
+        } else if a.penalty_alpha.is_some() {
+            Some("--penalty-alpha (contrastive search)")
+        } else if a.amateur.is_some() {
+            Some("--amateur (contrastive decoding)")
+        } else {
+            None
+        };
+        if let Some(other) = other {
+            bail!("speculative decoding (--draft-model, --lookup, --self-speculate) and {other} cannot be combined");
+        }
+    }
+    Ok((spec, length))
+}
+
 /// The generation options the flags describe (everything checkable before loading a model).
 pub fn options(a: &RunArgs, eos_ids: Vec<u32>) -> Result<GenerateOptions> {
+    speculation(a)?;
     let sampling = a.sampling.params()?;
     if a.beams < 1 {
         bail!("--beams must be at least 1 (got {})", a.beams);
@@ -147,6 +227,38 @@ pub fn run(a: RunArgs) -> Result<()> {
         }
         None => None,
     };
+    let (spec, length) = speculation(&a)?;
+    let draft = match &spec {
+        Speculation::DraftModel(path) => {
+            let f = crate::model::load(path).with_context(|| format!("cannot open the draft model {}", path.display()))?;
+            check_same_vocabulary((file.config.vocab_size, tok), (f.config.vocab_size, &f.tokenizer))?;
+            let m = a.model.build(&f)?;
+            Some(m)
+        }
+        Speculation::SelfSpeculate { layers } if *layers >= model.config.n_layers => bail!(
+            "--self-speculate must be between 1 and {} (the model has {} layers), got {layers}",
+            model.config.n_layers - 1,
+            model.config.n_layers
+        ),
+        _ => None,
+    };
+    let mut proposer: Option<Box<dyn Proposer + '_>> = match &spec {
+        Speculation::Off => None,
+        Speculation::DraftModel(_) => Some(Box::new(DraftModel::new(
+            draft.as_ref().expect("the draft model was built"),
+            ctx,
+            &opts.sampling,
+            a.draft_p_min,
+        )?)),
+        Speculation::Lookup { ngram } => Some(Box::new(PromptLookup::new(*ngram)?)),
+        Speculation::SelfSpeculate { layers } => Some(Box::new(SelfSpeculation::new(
+            *layers,
+            model.config.n_layers,
+            &opts.sampling,
+            a.draft_p_min,
+        )?)),
+    };
+    let mut stats = None;
     let mut stdout = std::io::stdout().lock();
     let mut on_text = |s: &str| {
         if !a.json {
@@ -154,8 +266,13 @@ pub fn run(a: RunArgs) -> Result<()> {
             let _ = stdout.flush();
         }
     };
-    let g: Generation = match &amateur {
-        Some((af, am)) => {
+    let g: Generation = match (&amateur, &mut proposer) {
+        (_, Some(p)) => generate_speculative(&model, tok, &mut state, &prompt, &opts, p.as_mut(), length, &mut on_text)
+            .map(|(g, s)| {
+                stats = Some((p.name(), s));
+                g
+            }),
+        (Some((af, am)), None) => {
             let mut astate = am.new_state(ctx);
             let cd = CdParams {
                 alpha: a.cd_alpha,
@@ -170,7 +287,7 @@ pub fn run(a: RunArgs) -> Result<()> {
                 &mut on_text,
             )
         }
-        None => generate(&model, tok, &mut state, &prompt, &opts, &mut on_text),
+        (None, None) => generate(&model, tok, &mut state, &prompt, &opts, &mut on_text),
     }
     .map_err(|e| flag_error(e, FLAGS))?;
     drop(stdout);
@@ -195,6 +312,21 @@ pub fn run(a: RunArgs) -> Result<()> {
         if !g.sequences.is_empty() {
             out["sequences"] = serde_json::to_value(&g.sequences)?;
         }
+        if let Some((name, s)) = &stats {
+            // llama-server reports these two among its timings.
+            out["timings"]["draft_n"] = json!(s.draft_n);
+            out["timings"]["draft_n_accepted"] = json!(s.draft_n_accepted);
+            out["speculative"] = json!({
+                "proposer": name,
+                "draft_n": s.draft_n,
+                "draft_n_accepted": s.draft_n_accepted,
+                "acceptance_rate": s.acceptance_rate(),
+                "mean_accepted_length": s.mean_accepted_length(),
+                "draft_steps": s.draft_steps,
+                "target_passes": s.target_passes,
+                "switched_off": s.switched_off,
+            });
+        }
         println!("{out}");
     } else {
         println!();
@@ -206,6 +338,17 @@ pub fn run(a: RunArgs) -> Result<()> {
             g.timings.decode_tokens_per_s,
             serde_json::to_value(g.finish_reason)?.as_str().unwrap_or("?")
         );
+        if let Some((name, s)) = &stats {
+            eprintln!(
+                "[{name}: {} drafted, {} accepted ({:.0} %), mean accepted length {:.2} over {} target passes{}]",
+                s.draft_n,
+                s.draft_n_accepted,
+                100.0 * s.acceptance_rate(),
+                s.mean_accepted_length(),
+                s.target_passes,
+                if s.switched_off { ", switched off for lack of acceptance" } else { "" }
+            );
+        }
         for (i, s) in g.sequences.iter().enumerate().skip(1) {
             eprintln!("[sequence {} score {:.4}] {}", i + 1, s.score, s.text);
         }

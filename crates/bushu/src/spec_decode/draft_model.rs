@@ -12,10 +12,10 @@ use crate::sampling::{Context, SamplingParams};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 
-/// Errors unless the draft can speak for the target: the same number of logits and the same tokenizer
-/// (every token's id, text and bytes).
-pub fn check_same_vocabulary(target: (&Model, &Tokenizer), draft: (&Model, &Tokenizer)) -> Result<()> {
-    let (tv, dv) = (target.0.config.vocab_size, draft.0.config.vocab_size);
+/// Errors unless the draft can speak for the target: the same number of logits (`target.0`,
+/// `draft.0`: the models' vocabulary sizes) and the same tokenizer (every token's id, text and bytes).
+pub fn check_same_vocabulary(target: (usize, &Tokenizer), draft: (usize, &Tokenizer)) -> Result<()> {
+    let (tv, dv) = (target.0, draft.0);
     if tv != dv {
         bail!("the draft model's vocabulary has {dv} tokens, the target's {tv}: speculative decoding needs one shared vocabulary");
     }
