@@ -50,12 +50,14 @@ fn length() -> DraftLengthParams {
 
 fn plain(f: &ModelFile, m: &Model, prompt: &[u32], o: &GenerateOptions) -> Vec<u32> {
     let mut st = m.new_state(512);
-    generate(m, &f.tokenizer, &mut st, prompt, o, &mut |_| {}).unwrap().tokens
+    generate(m, &f.tokenizer, &mut st, prompt, o, &mut |_| {})
+        .unwrap()
+        .tokens
 }
 
 fn spec(f: &ModelFile, m: &Model, prompt: &[u32], o: &GenerateOptions, p: &mut dyn Proposer) -> (Vec<u32>, SpecStats) {
     let mut st = m.new_state(512);
-    let (g, s) = generate_speculative(m, &f.tokenizer, &mut st, prompt, o, p, length(), &mut |_| {}).unwrap();
+    let (g, s) = generate_speculative((m, &f.tokenizer, &mut st), prompt, o, p, length(), &mut |_| {}).unwrap();
     assert_eq!(g.tokens.len(), N);
     (g.tokens, s)
 }
@@ -79,8 +81,14 @@ fn greedy_matches(target: &str, draft: &str, self_layers: &[usize]) -> Vec<(Stri
         let want = plain(&f, &m, &prompt, &o);
         let mut proposers: Vec<(String, Box<dyn Proposer + '_>)> = vec![
             ("lookup".into(), Box::new(PromptLookup::new(3).unwrap())),
-            ("draft".into(), Box::new(DraftModel::new(&dm, 512, &o.sampling, 0.0).unwrap())),
-            ("self=target".into(), Box::new(DraftModel::new(&m, 512, &o.sampling, 0.0).unwrap())),
+            (
+                "draft".into(),
+                Box::new(DraftModel::new(&dm, 512, &o.sampling, 0.0).unwrap()),
+            ),
+            (
+                "self=target".into(),
+                Box::new(DraftModel::new(&m, 512, &o.sampling, 0.0).unwrap()),
+            ),
         ];
         for &l in self_layers {
             let p = SelfSpeculation::new(l, m.config.n_layers, &o.sampling, 0.0).unwrap();
@@ -88,7 +96,10 @@ fn greedy_matches(target: &str, draft: &str, self_layers: &[usize]) -> Vec<(Stri
         }
         for (name, p) in &mut proposers {
             let (got, s) = spec(&f, &m, &prompt, &o, p.as_mut());
-            assert_eq!(got, want, "{target}, {name}, prompt {text:?}: speculative output differs");
+            assert_eq!(
+                got, want,
+                "{target}, {name}, prompt {text:?}: speculative output differs"
+            );
             assert!(s.draft_n_accepted <= s.draft_n);
             add(name.clone(), s);
         }
@@ -228,21 +239,28 @@ const TV_OK: f64 = 0.015;
 fn rejection_sampling_reproduces_the_target_distribution() {
     let (p, q) = (p_toy(), q_toy());
     // The draft drawn from q, verified: the output is distributed as p.
-    assert!(tv_of(&p, |rng| {
-        let x = rng.categorical(&q) as u32;
-        token(verify_one(&p, Some(&q), x, rng), x)
-    }) < TV_OK);
+    assert!(
+        tv_of(&p, |rng| {
+            let x = rng.categorical(&q) as u32;
+            token(verify_one(&p, Some(&q), x, rng), x)
+        }) < TV_OK
+    );
     // A deterministic proposer (q one-hot on a fixed draft), likely and unlikely drafts alike.
     for x in [0, 4] {
-        assert!(tv_of(&p, |rng| token(verify_one(&p, None, x, rng), x)) < TV_OK, "draft {x}");
+        assert!(
+            tv_of(&p, |rng| token(verify_one(&p, None, x, rng), x)) < TV_OK,
+            "draft {x}"
+        );
     }
     // q giving zero to tokens p likes, and p banning tokens q proposes (top-k, min-p).
     let p2 = vec![0.0, 0.5, 0.0, 0.25, 0.25, 0.0, 0.0, 0.0];
     let q2 = vec![0.3, 0.0, 0.3, 0.2, 0.0, 0.1, 0.1, 0.0];
-    assert!(tv_of(&p2, |rng| {
-        let x = rng.categorical(&q2) as u32;
-        token(verify_one(&p2, Some(&q2), x, rng), x)
-    }) < TV_OK);
+    assert!(
+        tv_of(&p2, |rng| {
+            let x = rng.categorical(&q2) as u32;
+            token(verify_one(&p2, Some(&q2), x, rng), x)
+        }) < TV_OK
+    );
     // Greedy: p one-hot, every draft leads to the argmax.
     let g = vec![0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0];
     for x in 0..8 {
@@ -319,22 +337,56 @@ fn bad_speculation_flags_are_refused() {
     let tiny = path(TINY);
     fails(&["--draft-model", &tiny], "one shared vocabulary");
     fails(&["--lookup", "--draft-max", "0"], "--draft-max must be at least 1");
-    fails(&["--lookup", "--draft-max", "2", "--draft-min", "3"], "--draft-min (3) must not exceed --draft-max (2)");
-    fails(&["--lookup", "--lookup-ngram", "0"], "--lookup-ngram must be at least 1");
+    fails(
+        &["--lookup", "--draft-max", "2", "--draft-min", "3"],
+        "--draft-min (3) must not exceed --draft-max (2)",
+    );
+    fails(
+        &["--lookup", "--lookup-ngram", "0"],
+        "--lookup-ngram must be at least 1",
+    );
     fails(&["--self-speculate", "0"], "--self-speculate must be at least 1");
-    fails(&["--self-speculate", "6"], "--self-speculate must be between 1 and 5 (the model has 6 layers)");
-    fails(&["--lookup", "--self-speculate", "2"], "cannot be combined: choose one proposer");
+    fails(
+        &["--self-speculate", "6"],
+        "--self-speculate must be between 1 and 5 (the model has 6 layers)",
+    );
+    fails(
+        &["--lookup", "--self-speculate", "2"],
+        "cannot be combined: choose one proposer",
+    );
     fails(&["--lookup", "--beams", "2"], "--beams cannot be combined");
-    fails(&["--lookup", "--penalty-alpha", "0.6"], "--penalty-alpha (contrastive search) cannot be combined");
+    fails(
+        &["--lookup", "--penalty-alpha", "0.6"],
+        "--penalty-alpha (contrastive search) cannot be combined",
+    );
     let a = path(AMATEUR);
-    fails(&["--lookup", "--amateur", &a], "--amateur (contrastive decoding) cannot be combined");
-    fails(&["--draft-model", &a, "--draft-p-min", "1.5"], "--draft-p-min must be in [0, 1]");
+    fails(
+        &["--lookup", "--amateur", &a],
+        "--amateur (contrastive decoding) cannot be combined",
+    );
+    fails(
+        &["--draft-model", &a, "--draft-p-min", "1.5"],
+        "--draft-p-min must be in [0, 1]",
+    );
 }
 
 #[test]
 fn json_reports_drafts_and_output_is_plain_greedy() {
     let m = path(EXPERT);
-    let base = ["run", "-m", &m, "-p", PROMPTS[0], "-n", "32", "-t", "1", "--temperature", "0", "--json"];
+    let base = [
+        "run",
+        "-m",
+        &m,
+        "-p",
+        PROMPTS[0],
+        "-n",
+        "32",
+        "-t",
+        "1",
+        "--temperature",
+        "0",
+        "--json",
+    ];
     let run = |extra: &[&str]| {
         let mut args = base.to_vec();
         args.extend_from_slice(extra);
@@ -345,7 +397,11 @@ fn json_reports_drafts_and_output_is_plain_greedy() {
     let plain = run(&[]);
     assert!(plain.get("speculative").is_none() && plain["timings"].get("draft_n").is_none());
     let a = path(AMATEUR);
-    for extra in [&["--lookup"][..], &["--draft-model", &a, "--draft-p-min", "0"], &["--self-speculate", "3"]] {
+    for extra in [
+        &["--lookup"][..],
+        &["--draft-model", &a, "--draft-p-min", "0"],
+        &["--self-speculate", "3"],
+    ] {
         let j = run(extra);
         assert_eq!(j["tokens"], plain["tokens"], "{extra:?}");
         assert_eq!(j["text"], plain["text"], "{extra:?}");

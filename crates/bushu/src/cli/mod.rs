@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Generate text from a prompt.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Print the token ids of a text.
     Tokenize(tokenize::TokenizeArgs),
     /// Print the text of token ids.
@@ -129,7 +129,7 @@ fn init_threads(threads: Option<usize>) -> Result<()> {
 /// Runs a parsed command line.
 pub fn main(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run(a) => run::run(a),
+        Command::Run(a) => run::run(*a),
         Command::Tokenize(a) => tokenize::tokenize(a),
         Command::Detokenize(a) => tokenize::detokenize(a),
         Command::Info(a) => info::info(a),

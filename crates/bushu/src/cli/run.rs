@@ -9,8 +9,7 @@ use crate::generate::contrastive::{generate_contrastive, CdParams};
 use crate::generate::{generate, GenerateOptions, Generation, Strategy};
 use crate::sampling::beam::{BeamParams, EarlyStopping};
 use crate::spec_decode::{
-    check_same_vocabulary, generate_speculative, DraftLengthParams, DraftModel, PromptLookup, Proposer,
-    SelfSpeculation,
+    check_same_vocabulary, generate_speculative, DraftLengthParams, DraftModel, PromptLookup, Proposer, SelfSpeculation,
 };
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -230,7 +229,8 @@ pub fn run(a: RunArgs) -> Result<()> {
     let (spec, length) = speculation(&a)?;
     let draft = match &spec {
         Speculation::DraftModel(path) => {
-            let f = crate::model::load(path).with_context(|| format!("cannot open the draft model {}", path.display()))?;
+            let f =
+                crate::model::load(path).with_context(|| format!("cannot open the draft model {}", path.display()))?;
             check_same_vocabulary((file.config.vocab_size, tok), (f.config.vocab_size, &f.tokenizer))?;
             let m = a.model.build(&f)?;
             Some(m)
@@ -267,11 +267,18 @@ pub fn run(a: RunArgs) -> Result<()> {
         }
     };
     let g: Generation = match (&amateur, &mut proposer) {
-        (_, Some(p)) => generate_speculative(&model, tok, &mut state, &prompt, &opts, p.as_mut(), length, &mut on_text)
-            .map(|(g, s)| {
-                stats = Some((p.name(), s));
-                g
-            }),
+        (_, Some(p)) => generate_speculative(
+            (&model, tok, &mut state),
+            &prompt,
+            &opts,
+            p.as_mut(),
+            length,
+            &mut on_text,
+        )
+        .map(|(g, s)| {
+            stats = Some((p.name(), s));
+            g
+        }),
         (Some((af, am)), None) => {
             let mut astate = am.new_state(ctx);
             let cd = CdParams {
@@ -346,7 +353,11 @@ pub fn run(a: RunArgs) -> Result<()> {
                 100.0 * s.acceptance_rate(),
                 s.mean_accepted_length(),
                 s.target_passes,
-                if s.switched_off { ", switched off for lack of acceptance" } else { "" }
+                if s.switched_off {
+                    ", switched off for lack of acceptance"
+                } else {
+                    ""
+                }
             );
         }
         for (i, s) in g.sequences.iter().enumerate().skip(1) {

@@ -137,7 +137,16 @@ mod tests {
         assert!(l.is_off());
         assert_eq!(l.k(), 0);
         assert!(!l.enough(1) && l.enough(2));
-        assert!(DraftLength::new(DraftLengthParams { max: 0, ..Default::default() }).is_err());
-        assert!(DraftLength::new(DraftLengthParams { max: 2, min: 3, ..Default::default() }).is_err());
+        assert!(DraftLength::new(DraftLengthParams {
+            max: 0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(DraftLength::new(DraftLengthParams {
+            max: 2,
+            min: 3,
+            ..Default::default()
+        })
+        .is_err());
     }
 }

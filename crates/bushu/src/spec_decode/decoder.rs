@@ -78,7 +78,11 @@ impl<'a> SpecDecoder<'a> {
             };
             proposal = self.proposer.propose(&seq, k, self.model, self.state)?;
             if self.state.pos() != pos0 {
-                bail!("the {} proposer left the target's cache at {} positions, not {pos0}", self.proposer.name(), self.state.pos());
+                bail!(
+                    "the {} proposer left the target's cache at {} positions, not {pos0}",
+                    self.proposer.name(),
+                    self.state.pos()
+                );
             }
             proposal.truncate(k);
             if !self.length.enough(proposal.len()) {
@@ -86,7 +90,14 @@ impl<'a> SpecDecoder<'a> {
                 self.proposer.accepted(0);
             }
         }
-        let step = verify(self.model, self.state, &mut self.sampler, last, &proposal, &mut self.rows)?;
+        let step = verify(
+            self.model,
+            self.state,
+            &mut self.sampler,
+            last,
+            &proposal,
+            &mut self.rows,
+        )?;
         if !proposal.is_empty() {
             self.proposer.accepted(step.accepted);
             self.length.update(proposal.len(), step.accepted);
@@ -140,11 +151,9 @@ impl Decoder for SpecDecoder<'_> {
 
 /// Generates from `prompt` with speculative decoding (`opts.strategy` must be sampling or greedy):
 /// the output has exactly the distribution of plain decoding with `opts` — token for token the same
-/// when greedy. Returns the generation and what speculation did.
+/// when greedy. `proposer` drafts, `length` sets the draft length. Returns the generation and what speculation did.
 pub fn generate_speculative(
-    model: &Model,
-    tokenizer: &Tokenizer,
-    state: &mut State,
+    (model, tokenizer, state): (&Model, &Tokenizer, &mut State),
     prompt: &[u32],
     opts: &GenerateOptions,
     proposer: &mut dyn Proposer,
@@ -153,7 +162,9 @@ pub fn generate_speculative(
 ) -> Result<(Generation, SpecStats)> {
     opts.validate()?;
     if opts.strategy != Strategy::Sample {
-        bail!("speculative decoding works with sampling or greedy decoding only, not beam search or contrastive search");
+        bail!(
+            "speculative decoding works with sampling or greedy decoding only, not beam search or contrastive search"
+        );
     }
     check_prompt(state, prompt)?;
     opts.sampling.validate_for_vocab(model.config.vocab_size)?;

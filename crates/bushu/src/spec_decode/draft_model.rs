@@ -89,8 +89,7 @@ impl Proposer for DraftModel<'_> {
         let mut out = Proposal::default();
         let mut logits = self.model.forward(&mut self.state, new, Logits::Last)?;
         self.cached.extend_from_slice(new);
-        loop {
-            let Some((t, q)) = self.sampler.pick(logits) else { break };
+        while let Some((t, q)) = self.sampler.pick(logits) {
             push(&mut out, t, q);
             if out.len() == k {
                 break;
