@@ -39,15 +39,19 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 }
 
 /// `gate = gelu(gate) * up` with GELU's tanh approximation, the GeGLU of Gemma's feed-forward block
-/// (`gelu_pytorch_tanh`: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`); long vectors are split
-/// across the thread pool.
+/// (`gelu_pytorch_tanh`: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, computed as
+/// `x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))`, the same function); long vectors are split across the
+/// thread pool.
 pub fn geglu(gate: &mut [f32], up: &[f32]) {
     const CHUNK: usize = 4096;
     fn one(gate: &mut [f32], up: &[f32]) {
-        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        // 0.5 (1 + tanh(z)) = 1 / (1 + exp(-2z)): one exp per value, as SiLU, instead of libm's tanh
+        // (which goes through expm1 and was 14 % of a Gemma prefill).
+        const TWO_SQRT_2_OVER_PI: f32 = 2.0 * 0.797_884_6;
         for (g, &u) in gate.iter_mut().zip(up) {
             let x = *g;
-            *g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()) * u;
+            let z = TWO_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+            *g = x / (1.0 + (-z).exp()) * u;
         }
     }
     if gate.len() < 2 * CHUNK {
@@ -118,4 +122,28 @@ pub fn argmax(x: &[f32]) -> usize {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod geglu_tests {
+    /// The sigmoid form equals the tanh form of GELU within f32 rounding, over the range that matters
+    /// (and saturates cleanly far out).
+    #[test]
+    fn geglu_is_gelu_tanh() {
+        let xs: Vec<f32> = (-4000..=4000)
+            .map(|i| i as f32 * 0.005)
+            .chain([-100.0, 100.0])
+            .collect();
+        let mut g = xs.clone();
+        super::geglu(&mut g, &vec![1.0; xs.len()]);
+        for (&x, &y) in xs.iter().zip(&g) {
+            let x64 = x as f64;
+            let want =
+                0.5 * x64 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3))).tanh());
+            assert!(
+                (y as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "gelu({x}) = {y}, expected {want}"
+            );
+        }
+    }
 }
