@@ -8,7 +8,7 @@ use crate::model::llama::{Logits, State};
 use crate::model::Model;
 use crate::sampling::contrastive::{contrastive_decoding_scores, contrastive_search_pick};
 use crate::sampling::{softmax, Context, InvalidParam, Processors, Sampler, SamplingParams};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Tokenizer, VocabDifference};
 use anyhow::{bail, Result};
 
 /// Contrastive search (Su et al. 2022) as HF `generate(penalty_alpha=α, top_k=k)`: the logits
@@ -108,21 +108,14 @@ impl Decoder for ContrastiveSearch<'_> {
 
 /// Errors unless the two tokenizers are the same (same size, same token texts and bytes).
 pub fn check_same_tokenizer(expert: &Tokenizer, amateur: &Tokenizer) -> Result<()> {
-    if expert.vocab_size() != amateur.vocab_size() {
-        bail!(
-            "the amateur's tokenizer differs from the model's ({} vs {} tokens): contrastive decoding needs one shared vocabulary",
-            amateur.vocab_size(),
-            expert.vocab_size()
-        );
-    }
-    for id in 0..expert.vocab_size() as u32 {
-        if expert.token_text(id) != amateur.token_text(id) || expert.token_to_piece(id) != amateur.token_to_piece(id) {
-            bail!(
-                "the amateur's tokenizer differs from the model's (token {id}: {:?} vs {:?}): contrastive decoding needs one shared vocabulary",
-                amateur.token_text(id).unwrap_or(""),
-                expert.token_text(id).unwrap_or("")
-            );
-        }
+    match expert.vocab_difference(amateur) {
+        None => {}
+        Some(VocabDifference::Size { ours, theirs }) => bail!(
+            "the amateur's tokenizer differs from the model's ({theirs} vs {ours} tokens): contrastive decoding needs one shared vocabulary"
+        ),
+        Some(VocabDifference::Token { id, ours, theirs }) => bail!(
+            "the amateur's tokenizer differs from the model's (token {id}: {theirs:?} vs {ours:?}): contrastive decoding needs one shared vocabulary"
+        ),
     }
     Ok(())
 }

@@ -54,11 +54,6 @@ impl LayerTensor {
     pub fn shape(&self, c: &Config) -> Vec<usize> {
         self.shape.iter().map(|d| d.size(c)).collect()
     }
-
-    /// An RMSNorm weight (Hugging Face Gemma stores these minus one).
-    pub fn is_norm(&self) -> bool {
-        self.gguf.ends_with("norm.weight")
-    }
 }
 
 const fn t(gguf: &'static str, hf: &'static str, shape: &'static [Dim], required: bool) -> LayerTensor {

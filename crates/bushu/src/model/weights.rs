@@ -177,7 +177,8 @@ impl Lookup<'_> {
     }
 
     fn layer_matrix(&self, i: usize, suffix: &str) -> Result<Tensor> {
-        Ok(self.layer(i, suffix)?.expect("a required tensor"))
+        self.layer(i, suffix)?
+            .with_context(|| format!("tensor blk.{i}.{suffix} is missing"))
     }
 
     fn layer_vector(&self, i: usize, suffix: &str) -> Result<Option<Vec<f32>>> {

@@ -9,7 +9,7 @@ use super::proposer::{push, DraftSampler, Proposal, Proposer};
 use crate::model::llama::State;
 use crate::model::{Logits, Model};
 use crate::sampling::{Context, SamplingParams};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Tokenizer, VocabDifference};
 use anyhow::{bail, Result};
 
 /// Errors unless the draft can speak for the target: the same number of logits (`target.0`,
@@ -19,22 +19,14 @@ pub fn check_same_vocabulary(target: (usize, &Tokenizer), draft: (usize, &Tokeni
     if tv != dv {
         bail!("the draft model's vocabulary has {dv} tokens, the target's {tv}: speculative decoding needs one shared vocabulary");
     }
-    let (tt, dt) = (target.1, draft.1);
-    if tt.vocab_size() != dt.vocab_size() {
-        bail!(
-            "the draft model's tokenizer has {} tokens, the target's {}: speculative decoding needs one shared vocabulary",
-            dt.vocab_size(),
-            tt.vocab_size()
-        );
-    }
-    for id in 0..tt.vocab_size() as u32 {
-        if tt.token_text(id) != dt.token_text(id) || tt.token_to_piece(id) != dt.token_to_piece(id) {
-            bail!(
-                "the draft model's tokenizer differs from the target's (token {id}: {:?} vs {:?}): speculative decoding needs one shared vocabulary",
-                dt.token_text(id).unwrap_or(""),
-                tt.token_text(id).unwrap_or("")
-            );
-        }
+    match target.1.vocab_difference(draft.1) {
+        None => {}
+        Some(VocabDifference::Size { ours, theirs }) => bail!(
+            "the draft model's tokenizer has {theirs} tokens, the target's {ours}: speculative decoding needs one shared vocabulary"
+        ),
+        Some(VocabDifference::Token { id, ours, theirs }) => bail!(
+            "the draft model's tokenizer differs from the target's (token {id}: {theirs:?} vs {ours:?}): speculative decoding needs one shared vocabulary"
+        ),
     }
     Ok(())
 }

@@ -193,6 +193,21 @@ enum Fragment<'a> {
     Token(u32),
 }
 
+/// How two vocabularies differ ([`Tokenizer::vocab_difference`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VocabDifference {
+    Size {
+        ours: usize,
+        theirs: usize,
+    },
+    /// The first token whose text or bytes differ, with both texts.
+    Token {
+        id: u32,
+        ours: String,
+        theirs: String,
+    },
+}
+
 impl Tokenizer {
     /// Builds the tokenizer described by the `tokenizer.ggml.*` metadata of a GGUF file.
     pub fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
@@ -378,6 +393,24 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.vocab.len()
+    }
+
+    /// Where `other`'s vocabulary first differs from this one (size, then each token's text and
+    /// bytes), or `None` when a model of one can read the other's token ids.
+    pub fn vocab_difference(&self, other: &Tokenizer) -> Option<VocabDifference> {
+        if self.vocab_size() != other.vocab_size() {
+            return Some(VocabDifference::Size {
+                ours: self.vocab_size(),
+                theirs: other.vocab_size(),
+            });
+        }
+        (0..self.vocab_size() as u32)
+            .find(|&id| self.token_text(id) != other.token_text(id) || self.id_to_bytes(id) != other.id_to_bytes(id))
+            .map(|id| VocabDifference::Token {
+                id,
+                ours: self.token_text(id).unwrap_or("").to_owned(),
+                theirs: other.token_text(id).unwrap_or("").to_owned(),
+            })
     }
 
     pub fn bos_id(&self) -> Option<u32> {
