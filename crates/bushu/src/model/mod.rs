@@ -7,6 +7,7 @@
 //!   [`ModelFile`]: config, tensors under canonical GGUF names, tokenizer, metadata.
 //! - [`weights`]: the tensors of each layer, checked against the config.
 //! - [`kv_cache`]: keys and values of past positions.
+//! - [`memory`]: the memory available, and size checks before allocating.
 //! - [`options`]: the one builder from a model file to a runnable model.
 //! - [`llama`]: the forward pass (prefill and incremental decode).
 //! - [`pass`]: what a pass computes: rows that get logits, causal or token-tree visibility.
@@ -18,6 +19,7 @@ pub mod kv_cache;
 pub mod llama;
 pub mod llama2c;
 pub mod loader;
+pub mod memory;
 pub mod options;
 pub mod pass;
 pub mod weights;

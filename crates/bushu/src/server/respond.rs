@@ -24,6 +24,8 @@ struct Choice {
     finish: Option<&'static str>,
     /// Characters of text before each token (completions' `text_offset`).
     offset: usize,
+    /// The prompt's text, still to go before the choice's first text (completions' `echo`).
+    echo: Option<String>,
 }
 
 /// What one engine output changed for the client.
@@ -60,6 +62,7 @@ impl Collector {
         stops: &[String],
         prompt_tokens: usize,
         want_logprobs: bool,
+        echo: Option<String>,
     ) -> Collector {
         let choices = seqs
             .iter()
@@ -76,6 +79,7 @@ impl Collector {
                 logprobs: Vec::new(),
                 finish: None,
                 offset: 0,
+                echo: echo.clone(),
             })
             .collect();
         let created = std::time::SystemTime::now()
@@ -159,6 +163,9 @@ impl Collector {
             None
         };
         c.finish = finish;
+        if let Some(e) = c.echo.take() {
+            text.insert_str(0, &e);
+        }
         c.offset += text.chars().count();
         c.text.push_str(&text);
         c.logprobs.extend(logprobs.iter().cloned());
