@@ -87,6 +87,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         int8_outlier_threshold: a.model.int8_outlier_threshold,
         kv_type: a.model.kv_type,
         metrics_public: a.metrics_public,
+        check_tensors: a.model.check_tensors_asked(),
         max_connections: a.max_connections,
         ..ServeOptions::new(path)
     };

@@ -434,6 +434,15 @@ impl Model {
             p => p,
         };
         linear(&w.output.matrix(), classifier, xb, logits, None);
+        // NaN or infinity in the weights or activations ends here: an error, never text sampled from it.
+        if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "the model computed a non-finite logit ({} for token {} of output row {}): NaN or infinity in its weights or activations (`bushu info --check-tensors` looks for them in the file)",
+                logits[i],
+                i % c.vocab_size,
+                i / c.vocab_size
+            );
+        }
         Ok(&s.logits[..m * c.vocab_size])
     }
 }

@@ -66,6 +66,8 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// How long a connection may take to send a request's headers, and stay idle between requests.
     pub header_timeout: Duration,
+    /// Check the weights for NaN/infinity at load (`None`: for files under 1 GiB).
+    pub check_tensors: Option<bool>,
 }
 
 impl ServeOptions {
@@ -100,6 +102,7 @@ impl ServeOptions {
             metrics_public: false,
             max_connections: 512,
             header_timeout: Duration::from_secs(10),
+            check_tensors: None,
         }
     }
 }
@@ -118,6 +121,9 @@ impl Server {
     /// Loads the model, binds the address and starts the engine and HTTP threads.
     pub fn start(opts: ServeOptions) -> Result<Server> {
         let file = load(&opts.model)?;
+        if crate::model::check::wanted(opts.check_tensors, &file) {
+            crate::model::check::check_tensors(&file)?;
+        }
         let model = opts.model_options().build(&file)?;
         // Sized before anything is allocated: a cache that cannot fit is refused with the numbers.
         let plan = EngineConfig::sized(

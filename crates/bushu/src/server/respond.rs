@@ -99,6 +99,11 @@ impl Collector {
         }
     }
 
+    /// Whether a choice ended because the engine failed.
+    pub fn failed(&self) -> bool {
+        self.choices.iter().any(|c| c.finish == Some("error"))
+    }
+
     pub fn done(&self) -> bool {
         self.choices.iter().all(|c| c.finish.is_some())
     }

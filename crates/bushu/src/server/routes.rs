@@ -419,6 +419,9 @@ async fn generate(
         if !sub.col.done() {
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine stopped"));
         }
+        if sub.col.failed() {
+            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, st.worker.last_error()));
+        }
         return Ok(Json(sub.col.response()).into_response());
     }
     // Streaming: a task feeds the SSE body; when the client disconnects the body is dropped, the
@@ -433,6 +436,12 @@ async fn generate(
                 _ = tx.closed() => return,
             };
             let Some(d) = d else { break };
+            if d.finish == Some("error") {
+                // As vLLM: an error object in the stream, then its end.
+                let e = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, st.worker.last_error());
+                let _ = tx.send(Ok(Event::default().data(e.body().to_string()))).await;
+                break;
+            }
             if d.text.is_empty() && d.finish.is_none() && d.logprobs.is_empty() {
                 continue;
             }
