@@ -378,15 +378,19 @@ mod tests {
         Prompted {
             tokens,
             max_default: 16,
+            max_model_len: 64,
+            vocab: 100,
+            prompt_name: "prompt",
             logprobs: None,
             stop_ids: Vec::new(),
         }
     }
 
     #[test]
-    fn parses_openai_fields_and_ignores_unknown_ones() {
-        let r: CompletionRequest = parse(
+    fn parses_openai_fields_and_refuses_unknown_ones() {
+        let r: CompletionRequest = parse_request(
             br#"{"model":"m","prompt":"hi","max_tokens":5,"temperature":0,"stop":["a","b"],"n":2,"user":"x","top_k":-1}"#,
+            COMPLETION_FIELDS,
         )
         .unwrap();
         let p = plan(
@@ -403,6 +407,31 @@ mod tests {
         assert!(p.requests[0].sampling.is_greedy());
         assert_eq!(p.requests[0].sampling.top_k, 0);
         assert_eq!(p.stops, vec!["a", "b"]);
+        let e = parse_request::<CompletionRequest>(br#"{"prompt":"x","suffix":"y"}"#, COMPLETION_FIELDS).unwrap_err();
+        assert!(e.message.starts_with("unsupported field 'suffix'"), "{}", e.message);
+        // A chat field on the completions endpoint is unknown there.
+        assert!(parse_request::<CompletionRequest>(br#"{"prompt":"x","messages":[]}"#, COMPLETION_FIELDS).is_err());
+        let e = parse_request::<ChatRequest>(br#"{"messages":[],"tools":[]}"#, CHAT_FIELDS).unwrap_err();
+        assert_eq!(e.param, Some("tools"));
+        assert!(parse_request::<ChatRequest>(b"[1]", CHAT_FIELDS).is_err());
+    }
+
+    #[test]
+    fn max_tokens_and_the_context() {
+        let r: CompletionRequest = parse(br#"{"prompt":"x"}"#).unwrap();
+        // No max_tokens: the default, lowered to the room left (64 - 60).
+        let p = plan(&r.common, prompted(vec![1; 60])).unwrap();
+        assert_eq!(p.requests[0].max_tokens, 4);
+        assert!(plan(&r.common, prompted(vec![1; 64])).is_err());
+        let r: CompletionRequest = parse(br#"{"prompt":"x","max_tokens":5}"#).unwrap();
+        assert!(plan(&r.common, prompted(vec![1; 59])).is_ok());
+        let e = plan(&r.common, prompted(vec![1; 60])).err().unwrap();
+        assert!(e.message.contains("you requested 65 tokens (60 in the prompt, 5 in the completion)"), "{}", e.message);
+        let r: CompletionRequest = parse(br#"{"prompt":"x","logit_bias":{"7":-100,"99":2.5}}"#).unwrap();
+        let p = plan(&r.common, prompted(vec![1])).unwrap();
+        assert_eq!(p.requests[0].sampling.logit_bias, vec![(7, -100.0), (99, 2.5)]);
+        let r: CompletionRequest = parse(br#"{"prompt":"x","logit_bias":{"100":1}}"#).unwrap();
+        assert_eq!(plan(&r.common, prompted(vec![1])).err().unwrap().param, Some("logit_bias"));
     }
 
     #[test]
