@@ -166,9 +166,17 @@ fn mutate_json(rng: &mut Rng, v: &mut Value, depth: usize) {
 /// Runs `exec` on mutations of `seeds` until the time or iteration budget ends; panics (with the
 /// saved input's path) on the first panic of `exec`. Returns the number of executions.
 fn fuzz(target: &str, seeds: &[Vec<u8>], mut mutate: impl FnMut(&mut Rng, &mut Vec<u8>), exec: impl Fn(&[u8])) -> u64 {
-    let secs: f64 = std::env::var("BUSHU_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
-    let iters: u64 = std::env::var("BUSHU_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
-    let seed = target.bytes().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let secs: f64 = std::env::var("BUSHU_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let iters: u64 = std::env::var("BUSHU_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u64::MAX);
+    let seed = target.bytes().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     let mut rng = Rng(seed);
     let t = Instant::now();
     let mut n = 0u64;
@@ -185,11 +193,17 @@ fn fuzz(target: &str, seeds: &[Vec<u8>], mut mutate: impl FnMut(&mut Rng, &mut V
             std::fs::create_dir_all(&dir).unwrap();
             let p = dir.join(format!("{target}-{n}"));
             std::fs::write(&p, &input).unwrap();
-            panic!("fuzz target {target}: a panic on execution {n}; input saved to {}", p.display());
+            panic!(
+                "fuzz target {target}: a panic on execution {n}; input saved to {}",
+                p.display()
+            );
         }
         n += 1;
     }
-    eprintln!("fuzz {target}: {n} executions in {:.1} s, no panic", t.elapsed().as_secs_f64());
+    eprintln!(
+        "fuzz {target}: {n} executions in {:.1} s, no panic",
+        t.elapsed().as_secs_f64()
+    );
     n
 }
 
@@ -203,7 +217,11 @@ fn load_and_run(path: &Path) {
     let Ok(model) = opts.build(&file) else { return };
     let ctx = model.config.max_ctx.clamp(1, 8);
     let mut st = model.new_state(ctx);
-    let token = file.tokenizer.bos_id().unwrap_or(0).min(model.config.vocab_size as u32 - 1);
+    let token = file
+        .tokenizer
+        .bos_id()
+        .unwrap_or(0)
+        .min(model.config.vocab_size as u32 - 1);
     if let Ok(logits) = model.forward(&mut st, &[token], Logits::Last) {
         assert!(logits.iter().all(|v| v.is_finite()), "non-finite logits returned as Ok");
     }
@@ -212,23 +230,36 @@ fn load_and_run(path: &Path) {
 #[test]
 fn fuzz_gguf() {
     let dir = TempDir::new("fuzz-gguf");
-    let seeds: Vec<Vec<u8>> = ["models/shakespeare/shakespeare-amateur-f16.gguf", "models/shakespeare/shakespeare-amateur-q8_0.gguf"]
-        .iter()
-        .map(|p| std::fs::read(shared(p)).unwrap())
-        .collect();
+    let seeds: Vec<Vec<u8>> = [
+        "models/shakespeare/shakespeare-amateur-f16.gguf",
+        "models/shakespeare/shakespeare-amateur-q8_0.gguf",
+    ]
+    .iter()
+    .map(|p| std::fs::read(shared(p)).unwrap())
+    .collect();
     // Mutations go where the metadata and tensor table are: the first 200 KiB.
     let path = dir.0.join("m.gguf");
-    fuzz("gguf", &seeds, |r, d| mutate_bytes(r, d, 200 << 10), |b| {
-        std::fs::write(&path, b).unwrap();
-        load_and_run(&path);
-    });
+    fuzz(
+        "gguf",
+        &seeds,
+        |r, d| mutate_bytes(r, d, 200 << 10),
+        |b| {
+            std::fs::write(&path, b).unwrap();
+            load_and_run(&path);
+        },
+    );
 }
 
 #[test]
 fn fuzz_hf_directory() {
     let src = shared("models/shakespeare/shakespeare-amateur-hf");
     let dir = TempDir::new("fuzz-hf");
-    let names = ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"];
+    let names = [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    ];
     // A seed is one of the files, tagged by its index in the first byte.
     let seeds: Vec<Vec<u8>> = names
         .iter()
@@ -327,7 +358,11 @@ fn fuzz_llama2c() {
             d.extend(body);
         },
         |b| {
-            let (m, t) = if b[0] == 0 { (&b[1..], &tok[..]) } else { (&model[..], &b[1..]) };
+            let (m, t) = if b[0] == 0 {
+                (&b[1..], &tok[..])
+            } else {
+                (&model[..], &b[1..])
+            };
             std::fs::write(&mp, m).unwrap();
             std::fs::write(&tp, t).unwrap();
             load_and_run(&mp);
@@ -342,7 +377,9 @@ fn fuzz_llama2c() {
 }
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz/corpus")
+        .join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -364,20 +401,28 @@ fn fuzz_chat_template() {
         Message::new("assistant", "Hi."),
         Message::new("user", "\u{1b}[2J and \r\n"),
     ];
-    fuzz("template", &seeds, |r, d| mutate_bytes(r, d, usize::MAX), |b| {
-        let Ok(src) = std::str::from_utf8(b) else { return };
-        if let Ok(t) = ChatTemplate::new(src, "<s>", "</s>") {
-            let _ = t.render(&conversation, true);
-            let _ = t.render(&conversation[..1], false);
-        }
-    });
+    fuzz(
+        "template",
+        &seeds,
+        |r, d| mutate_bytes(r, d, usize::MAX),
+        |b| {
+            let Ok(src) = std::str::from_utf8(b) else { return };
+            if let Ok(t) = ChatTemplate::new(src, "<s>", "</s>") {
+                let _ = t.render(&conversation, true);
+                let _ = t.render(&conversation[..1], false);
+            }
+        },
+    );
 }
 
 #[test]
 fn fuzz_request() {
     use bushu::server::api::{self, ChatRequest, CompletionRequest, Prompted};
     let seeds = corpus("request");
-    assert!(seeds.iter().all(|s| serde_json::from_slice::<Value>(s).is_ok()), "the request corpus is JSON");
+    assert!(
+        seeds.iter().all(|s| serde_json::from_slice::<Value>(s).is_ok()),
+        "the request corpus is JSON"
+    );
     let (max_model_len, vocab) = (64usize, 100usize);
     fuzz(
         "request",
@@ -415,9 +460,17 @@ fn fuzz_request() {
                 assert!((1..=16).contains(&p.n) && p.requests.len() == p.n);
                 assert!(p.stops.len() <= 4 && p.stops.iter().all(|s| !s.is_empty()));
                 for q in &p.requests {
-                    assert!(q.max_tokens >= 1 && q.prompt.len() + q.max_tokens <= max_model_len, "{}", q.max_tokens);
+                    assert!(
+                        q.max_tokens >= 1 && q.prompt.len() + q.max_tokens <= max_model_len,
+                        "{}",
+                        q.max_tokens
+                    );
                     assert!(q.sampling.validate().is_ok());
-                    assert!(q.sampling.logit_bias.iter().all(|&(id, b)| (id as usize) < vocab && b.abs() <= 100.0));
+                    assert!(q
+                        .sampling
+                        .logit_bias
+                        .iter()
+                        .all(|&(id, b)| (id as usize) < vocab && b.abs() <= 100.0));
                 }
             }
         },
@@ -429,7 +482,12 @@ fn fuzz_request() {
 #[should_panic(expected = "fuzz target selftest: a panic on execution")]
 fn harness_reports_a_panic() {
     let seeds = vec![vec![1u8, 2, 3, 4]];
-    fuzz("selftest", &seeds, |r, d| mutate_bytes(r, d, usize::MAX), |b| {
-        assert!(!b.contains(&0xff), "found it");
-    });
+    fuzz(
+        "selftest",
+        &seeds,
+        |r, d| mutate_bytes(r, d, usize::MAX),
+        |b| {
+            assert!(!b.contains(&0xff), "found it");
+        },
+    );
 }
