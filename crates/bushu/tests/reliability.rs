@@ -192,6 +192,29 @@ fn run_ctx_is_checked() {
     );
     // 100,000,000 x 13,824 bytes = 1.26 TiB.
     assert!(line.contains("give a smaller --ctx"), "{line}");
+    // Other user-sized caches: beams, batched benchmarks (before: an abort, or minutes of work first).
+    fails(
+        &["run", "--model", m, "--prompt", "hi", "--beams", "100000000"],
+        Some("2G"),
+        &["beam search with --beams 100000000", "give fewer --beams"],
+    );
+    fails(
+        &[
+            "bench",
+            "--model",
+            m,
+            "-b",
+            "100000000",
+            "-p",
+            "8",
+            "-n",
+            "8",
+            "-r",
+            "1",
+        ],
+        Some("2G"),
+        &["-b 100000000 sequences", "give a smaller -b"],
+    );
     let (code, err) = bushu(
         &["run", "--model", m, "--prompt", "hi", "-n", "2", "--ctx", "4000"],
         None,
@@ -788,4 +811,32 @@ fn request_fields_are_honoured_or_refused() {
         "{v}"
     );
     server.shutdown().unwrap();
+}
+
+/// Found by `tests/fuzz.rs` (target `hf`): a BPE `continuing_subword_prefix` longer than a merge's
+/// second token made the `tokenizers` library panic ("start byte index 8 is out of bounds"); now an
+/// error naming the merge.
+#[test]
+fn tokenizer_json_prefix_longer_than_a_merge_is_an_error() {
+    let src = shared("models/shakespeare/shakespeare-amateur-hf");
+    let dir = TempDir::new("rel-bpe-prefix");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.0.join(e.file_name())).unwrap();
+    }
+    let p = dir.0.join("tokenizer.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    v["model"]["continuing_subword_prefix"] = json!("\u{1b}[31m\r\n\u{0}");
+    std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+    let e = bushu::model::load(&dir.0).err().expect("refused");
+    assert!(
+        format!("{e:#}").contains("shorter than the continuing_subword_prefix"),
+        "{e:#}"
+    );
+    let line = fails(
+        &["info", "--model", dir.0.to_str().unwrap()],
+        None,
+        &["continuing_subword_prefix", "[31m"],
+    );
+    assert!(!line.contains('\x1b'), "{line:?}");
 }

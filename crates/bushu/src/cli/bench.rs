@@ -100,6 +100,15 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if ctx > model.config.max_ctx {
         bail!("context {ctx} exceeds the model's {}", model.config.max_ctx);
     }
+    {
+        let c = &model.config;
+        let per_pos = a.model.kv_type.bytes_per_position(c.n_layers, c.kv_dim(), c.head_dim);
+        crate::model::memory::ensure_fits(
+            crate::model::memory::product(a.batch, ctx, per_pos),
+            &format!("the KV cache of -b {} sequences of {ctx} positions", a.batch),
+            "give a smaller -b, -p or -n",
+        )?;
+    }
     let (arch, vocab) = (model.config.arch.clone(), model.config.vocab_size);
     let mut subject = match a.batch {
         1 => Subject::One(model.new_state(ctx), model),

@@ -215,6 +215,19 @@ pub fn run(a: RunArgs) -> Result<()> {
     opts.eos_ids = file.eos_ids.clone();
     let ctx = context_size(a.ctx, &file.config, a.model.kv_type)?;
     let model = a.model.build(&file)?;
+    if a.beams > 1 {
+        // Each beam may hold up to a context of KV rows, and a step scores every beam's vocabulary.
+        let c = &model.config;
+        let per_pos = a.model.kv_type.bytes_per_position(c.n_layers, c.kv_dim(), c.head_dim);
+        let beams = a.beams as usize;
+        let bytes =
+            crate::model::memory::product(beams, ctx, per_pos) + crate::model::memory::product(beams, c.vocab_size, 8);
+        crate::model::memory::ensure_fits(
+            bytes,
+            &format!("beam search with --beams {beams} over a context of {ctx}"),
+            "give fewer --beams or a smaller --ctx",
+        )?;
+    }
     let tok = &file.tokenizer;
     let prompt = tok.encode(&a.prompt, !a.no_bos)?;
     let mut state = model.new_state(ctx);

@@ -74,6 +74,31 @@ fn prepends_space(json: &Value) -> bool {
     metaspace_prepends(&json["pre_tokenizer"]) || metaspace_prepends(&json["normalizer"])
 }
 
+/// What the `tokenizers` library assumes of a BPE model without checking (it slices the second token of
+/// each merge past `continuing_subword_prefix`, and panics when that token is shorter; found by
+/// `tests/fuzz.rs`): every merge's second token is at least the prefix long, at a character boundary.
+fn check_merges(model: &Value) -> Result<()> {
+    let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("");
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    for (i, m) in model["merges"].as_array().into_iter().flatten().enumerate() {
+        let second = match m {
+            Value::String(s) => s.split_once(' ').map(|(_, b)| b),
+            Value::Array(a) => a.get(1).and_then(Value::as_str),
+            _ => None,
+        };
+        if let Some(b) = second.filter(|b| !b.is_char_boundary(prefix.len())) {
+            bail!(
+                "merge {i}: token {:?} is shorter than the continuing_subword_prefix {:?}",
+                b,
+                prefix
+            );
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
     let path = dir.join("tokenizer.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
@@ -84,6 +109,7 @@ pub(crate) fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
             path.display()
         );
     }
+    check_merges(&json["model"]).with_context(|| format!("{}", path.display()))?;
     let mut tk: tokenizers::Tokenizer = text.parse().map_err(|e| anyhow!("{}: {e}", path.display()))?;
     tk.with_truncation(None).map_err(|e| anyhow!("{e}"))?;
     tk.with_padding(None);
