@@ -814,8 +814,8 @@ fn request_fields_are_honoured_or_refused() {
 }
 
 /// Found by `tests/fuzz.rs` (target `hf`): a BPE `continuing_subword_prefix` longer than a merge's
-/// second token made the `tokenizers` library panic ("start byte index 8 is out of bounds"); now an
-/// error naming the merge.
+/// second token made the `tokenizers` library panic ("start byte index 8 is out of bounds"), and so
+/// did a `TemplateProcessing` that places an undefined special token; now errors naming the cause.
 #[test]
 fn tokenizer_json_prefix_longer_than_a_merge_is_an_error() {
     let src = shared("models/shakespeare/shakespeare-amateur-hf");

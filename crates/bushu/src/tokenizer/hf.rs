@@ -99,6 +99,35 @@ fn check_merges(model: &Value) -> Result<()> {
     Ok(())
 }
 
+/// Another assumption of the `tokenizers` library that it does not check when it reads a file (found by
+/// `tests/fuzz.rs`; it panics with "no entry found for key" when encoding): every special token a
+/// `TemplateProcessing` post-processor places is one of its `special_tokens` (also inside a `Sequence`
+/// of processors).
+fn check_post_processor(p: &Value) -> Result<()> {
+    match p["type"].as_str() {
+        Some("Sequence") => {
+            for q in p["processors"].as_array().into_iter().flatten() {
+                check_post_processor(q)?;
+            }
+        }
+        Some("TemplateProcessing") => {
+            let known = p["special_tokens"].as_object();
+            for piece in ["single", "pair"]
+                .iter()
+                .flat_map(|k| p[*k].as_array().into_iter().flatten())
+            {
+                if let Some(id) = piece["SpecialToken"]["id"].as_str() {
+                    if !known.is_some_and(|k| k.contains_key(id)) {
+                        bail!("post_processor: the template places the special token {id:?}, which its special_tokens do not define");
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 pub(crate) fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
     let path = dir.join("tokenizer.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
@@ -110,6 +139,7 @@ pub(crate) fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
         );
     }
     check_merges(&json["model"]).with_context(|| format!("{}", path.display()))?;
+    check_post_processor(&json["post_processor"]).with_context(|| format!("{}", path.display()))?;
     let mut tk: tokenizers::Tokenizer = text.parse().map_err(|e| anyhow!("{}: {e}", path.display()))?;
     tk.with_truncation(None).map_err(|e| anyhow!("{e}"))?;
     tk.with_padding(None);
