@@ -1,5 +1,6 @@
 //! `bushu serve`: the OpenAI-compatible HTTP server (continuous batching, paged KV cache, prefix caching).
 
+use super::spec::SpecArgs;
 use super::ModelArgs;
 use crate::server::{ServeOptions, Server};
 use anyhow::{bail, Context, Result};
@@ -42,6 +43,8 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace: u64,
+    #[command(flatten)]
+    pub spec: SpecArgs,
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
@@ -51,6 +54,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         bail!("--max-batch and --max-batched-tokens must be at least 1");
     }
     let kv_memory = a.kv_memory.as_deref().map(parse_size).transpose()?;
+    let spec = a.spec.options()?;
     let opts = ServeOptions {
         host: a.host,
         port: a.port,
@@ -69,6 +73,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         precision: a.model.precision(),
         int8_outlier_threshold: a.model.int8_outlier_threshold,
         kv_type: a.model.kv_type,
+        spec,
         ..ServeOptions::new(path)
     };
     let server = Server::start(opts)?;
@@ -86,6 +91,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         e.max_batched_tokens,
         if e.prefix_caching { "on" } else { "off" },
     );
+    if let Some(s) = &server.speculation {
+        eprintln!("bushu serve: speculative decoding by {s}");
+    }
     server.join()
 }
 

@@ -20,6 +20,8 @@ use crate::chat::session::template_for;
 use crate::engine::metrics::Metrics;
 use crate::engine::{Engine, EngineConfig};
 use crate::model::{load, ModelOptions};
+use crate::spec_decode::serving::{draft_runner, Method, Speculator};
+use crate::spec_decode::{check_same_vocabulary, PromptLookup, SpecOptions, Speculation};
 use anyhow::{Context, Result};
 use routes::AppState;
 use std::net::SocketAddr;
@@ -59,6 +61,8 @@ pub struct ServeOptions {
     pub int8_outlier_threshold: Option<f32>,
     /// How the paged KV cache stores keys and values (`--kv-type`).
     pub kv_type: crate::model::KvType,
+    /// Speculative decoding in the engine (`--lookup`, `--draft-model`, `--self-speculate`).
+    pub spec: SpecOptions,
 }
 
 impl ServeOptions {
@@ -90,6 +94,7 @@ impl ServeOptions {
             precision: kernels::Precision::default(),
             int8_outlier_threshold: None,
             kv_type: crate::model::KvType::default(),
+            spec: SpecOptions::off(),
         }
     }
 }
@@ -98,6 +103,8 @@ impl ServeOptions {
 pub struct Server {
     pub addr: SocketAddr,
     pub engine: EngineConfig,
+    /// The proposer speculating in the engine and its draft length (for the start-up line).
+    pub speculation: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     http: Option<std::thread::JoinHandle<Result<()>>>,
 }
@@ -121,7 +128,29 @@ impl Server {
         });
         let metrics = Arc::new(Mutex::new(Metrics::default()));
         let max_model_len = cfg.max_model_len;
-        let engine = Engine::new(model, file.eos_ids.clone(), cfg.clone());
+        let mut engine = Engine::new(model, file.eos_ids.clone(), cfg.clone());
+        let method = match &opts.spec.method {
+            Speculation::Off => None,
+            Speculation::Lookup { ngram } => Some(Method::Lookup(PromptLookup::new(*ngram)?)),
+            Speculation::SelfSpeculate { layers } => Some(Method::SelfSpeculate { layers: *layers }),
+            Speculation::DraftModel(path) => {
+                let f = load(path).with_context(|| format!("cannot open the draft model {}", path.display()))?;
+                check_same_vocabulary(
+                    (file.config.vocab_size, &file.tokenizer),
+                    (f.config.vocab_size, &f.tokenizer),
+                )?;
+                let draft = opts.model_options().build(&f)?;
+                Some(Method::DraftModel(draft_runner(draft, &engine.runner)?))
+            }
+        };
+        if let Some(method) = method {
+            let spec = &opts.spec;
+            engine.spec = Some(Speculator::new(method, spec.length, spec.p_min, &engine.runner)?);
+        }
+        let speculation = engine.spec.as_ref().map(|s| {
+            let l = &opts.spec.length;
+            format!("{} (up to {} drafts per step, at least {})", s.name(), l.max, l.min)
+        });
         let (worker, engine_thread) = Worker::spawn(engine, opts.max_queue, metrics.clone());
         let listener = std::net::TcpListener::bind((opts.host.as_str(), opts.port))
             .with_context(|| format!("cannot listen on {}:{}", opts.host, opts.port))?;
@@ -177,6 +206,7 @@ impl Server {
         Ok(Server {
             addr,
             engine: cfg,
+            speculation,
             stop: Some(stop),
             http: Some(http),
         })

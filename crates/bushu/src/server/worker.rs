@@ -166,6 +166,7 @@ fn cancel(engine: &mut Engine, routes: &mut HashMap<SeqId, tmpsc::UnboundedSende
                 logprobs: Vec::new(),
                 finish: Some(crate::engine::FinishReason::Abort),
                 cached_tokens: 0,
+                verified: Default::default(),
             });
         }
     }
@@ -174,5 +175,8 @@ fn cancel(engine: &mut Engine, routes: &mut HashMap<SeqId, tmpsc::UnboundedSende
 fn publish(engine: &Engine, metrics: &Mutex<Metrics>, tokens: usize) {
     let mut m = metrics.lock().unwrap();
     m.gauges = engine.gauges();
+    if let Some(spec) = &engine.spec {
+        m.spec = Some(spec.counters.clone());
+    }
     m.generation_tokens += tokens as u64;
 }
