@@ -288,9 +288,10 @@ fn packed_kernel<'a>(w: &QMatrix<'a>, level: Simd) -> Option<(&'a Packed, RowsFn
     let slot = w.pack?;
     #[cfg(target_arch = "x86_64")]
     {
-        let f = crate::x86::packed::select(w.dtype, level)?;
+        let dtype = crate::packed::packed_dtype(w.dtype);
+        let f = crate::x86::packed::select(dtype, level)?;
         let p = slot.for_product(w)?;
-        debug_assert!(p.dtype == w.dtype && p.cols == w.cols && p.rows <= w.rows);
+        debug_assert!(p.dtype == dtype && p.cols == w.cols && p.rows <= w.rows);
         Some((p, f))
     }
     #[cfg(not(target_arch = "x86_64"))]
