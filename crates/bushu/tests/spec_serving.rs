@@ -238,6 +238,7 @@ fn serve_with_lookup_reports_drafts() {
             method: Speculation::Lookup { ngram: 3 },
             length: length(),
             p_min: 0.75,
+            draft_vocab: None,
         },
     ] {
         let mut o = ServeOptions::new(shared(EXPERT));

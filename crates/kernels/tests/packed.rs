@@ -169,3 +169,39 @@ fn wide_products_are_exact_to_int16_rounding() {
         }
     }
 }
+
+/// The first rows of a packed matrix (a draft's restricted classifier) multiply as those rows of the
+/// whole product: bit for bit in the packed groups, within 1e-5 in the rows past them; the copy made
+/// is the whole matrix's.
+#[test]
+fn first_rows_products() {
+    let mut rng = Rng::new(9);
+    for t in PACKED {
+        let (rows, cols) = (40, 2 * t.block_len());
+        let data = random_matrix(&mut rng, t, rows, cols);
+        let slot = PackSlot::new();
+        let full = QMatrix::new(t, rows, cols, &data).with_pack(&slot);
+        for n in [3, 16, 21, 40] {
+            for tokens in [1, 5] {
+                let x = rng.vec(tokens * cols, 2.0);
+                let s = abs_scale(t, &data, rows, cols, &x);
+                for precision in [Precision::Fast, Precision::Wide] {
+                    let mut want = vec![0.0; tokens * rows];
+                    matmul_on(&full, &x, &mut want, precision, Simd::detect());
+                    let part = full.first_rows(n);
+                    assert_eq!(part.rows, n);
+                    let mut got = vec![f32::NAN; tokens * n];
+                    matmul_on(&part, &x, &mut got, precision, Simd::detect());
+                    assert_eq!(slot.get().map(|p| p.rows), Some(40), "{t}: the whole matrix packed");
+                    for tok in 0..tokens {
+                        let (g, w) = (&got[tok * n..(tok + 1) * n], &want[tok * rows..tok * rows + n]);
+                        let grouped = n / 8 * 8;
+                        assert_eq!(g[..grouped], w[..grouped], "{t} {precision:?} n {n}");
+                        let e = worst(&g[grouped..], &w[grouped..n], &s[tok * rows + grouped..tok * rows + n]);
+                        assert!(e <= 1e-5, "{t} {precision:?} n {n}: {e}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -185,7 +185,8 @@ pub fn run(a: RunArgs) -> Result<()> {
             let f =
                 crate::model::load(path).with_context(|| format!("cannot open the draft model {}", path.display()))?;
             check_same_vocabulary((file.config.vocab_size, tok), (f.config.vocab_size, &f.tokenizer))?;
-            let m = a.model.build(&f)?;
+            let mut m = a.model.build(&f)?;
+            m.head_rows = a.spec.options()?.draft_vocab;
             Some(m)
         }
         Speculation::SelfSpeculate { layers } if *layers >= model.config.n_layers => bail!(

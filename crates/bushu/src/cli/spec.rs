@@ -21,6 +21,10 @@ pub struct SpecArgs {
     /// With --draft-model or --self-speculate: stop drafting when the draft's top probability is below P.
     #[arg(long, value_name = "P", default_value_t = 0.75, allow_negative_numbers = true)]
     pub draft_p_min: f32,
+    /// With --draft-model: the draft's classifier computes only the first N vocabulary entries (FR-Spec;
+    /// byte-level BPE numbers tokens most frequent first). 0: the whole vocabulary.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub draft_vocab: usize,
     /// Speculative decoding by prompt lookup: draft the tokens that followed the last n-gram's most recent
     /// earlier occurrence in the prompt and output.
     #[arg(long)]
@@ -62,10 +66,14 @@ impl SpecArgs {
             },
             _ => Speculation::Off,
         };
+        if self.draft_vocab > 0 && !matches!(method, Speculation::DraftModel(_)) {
+            bail!("--draft-vocab restricts a draft model's classifier: it needs --draft-model");
+        }
         Ok(SpecOptions {
             method,
             length,
             p_min: self.draft_p_min,
+            draft_vocab: (self.draft_vocab > 0).then_some(self.draft_vocab),
         })
     }
 }

@@ -139,7 +139,8 @@ impl Server {
                     (file.config.vocab_size, &file.tokenizer),
                     (f.config.vocab_size, &f.tokenizer),
                 )?;
-                let draft = opts.model_options().build(&f)?;
+                let mut draft = opts.model_options().build(&f)?;
+                draft.head_rows = opts.spec.draft_vocab;
                 Some(Method::DraftModel(draft_runner(draft, &engine.runner)?))
             }
         };

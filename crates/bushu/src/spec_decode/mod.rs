@@ -56,6 +56,9 @@ pub struct SpecOptions {
     pub method: Speculation,
     pub length: DraftLengthParams,
     pub p_min: f32,
+    /// The draft model's classifier over the first `n` vocabulary entries only
+    /// ([`crate::model::Model::head_rows`]).
+    pub draft_vocab: Option<usize>,
 }
 
 impl SpecOptions {
@@ -65,6 +68,7 @@ impl SpecOptions {
             method: Speculation::Off,
             length: DraftLengthParams::default(),
             p_min: 0.75,
+            draft_vocab: None,
         }
     }
 }
