@@ -10,10 +10,11 @@
 //! - [`server`]: the OpenAI-compatible HTTP server over the engine (`bushu serve`).
 //! - [`quant`]: quantization (affine int types, llama.cpp block types, GPTQ); [`perplexity`]: evaluation.
 //! - [`chat`]: chat templates (Jinja, Hugging Face semantics); [`pull`]: the model cache and `bushu pull`.
-//! - [`cli`]: the `bushu` command line.
+//! - [`cli`]: the `bushu` command line; [`display`]: untrusted text in messages, control characters escaped.
 
 pub mod chat;
 pub mod cli;
+pub mod display;
 pub mod engine;
 pub mod formats;
 pub mod generate;

@@ -13,12 +13,14 @@ fn main() {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
+        let msg = bushu::display::escape_controls(&msg);
         eprintln!("error: internal error: {msg}{at} (please report this)");
     }));
     let cli = bushu::cli::Cli::parse();
     if let Err(e) = bushu::cli::main(cli) {
-        // One line: the error and its causes.
-        let msg = format!("{e:#}").replace('\n', " ");
+        // One line: the error and its causes, with the control characters of whatever a file or a
+        // user gave escaped (a newline, an ANSI escape sequence).
+        let msg = bushu::display::escape_controls(&format!("{e:#}"));
         eprintln!("error: {msg}");
         std::process::exit(1);
     }

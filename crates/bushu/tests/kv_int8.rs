@@ -185,7 +185,7 @@ fn serve_with_int8_kv() {
     let f = load(&shared(EXPERT)).unwrap();
     let f32_blocks = EngineConfig::for_model(&model(&f, KvType::F32), 16, Some(256), Some(1 << 20)).num_blocks;
     assert!(server.engine.num_blocks >= 3 * f32_blocks);
-    let body = r#"{"model":"m","prompt":"ROMEO:","max_tokens":12,"temperature":0}"#;
+    let body = r#"{"prompt":"ROMEO:","max_tokens":12,"temperature":0}"#;
     let mut s = TcpStream::connect(server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(

@@ -109,7 +109,7 @@ fn completions_chat_streaming_models_health_metrics() {
     assert_eq!(st, 200);
     assert!(models.contains("tiny-llama-q8_0.gguf"), "{models}");
 
-    let req = json!({"model": "m", "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "ignore_eos": true, "logprobs": 2});
+    let req = json!({"model": "tiny-llama-q8_0.gguf", "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "ignore_eos": true, "logprobs": 2});
     let (st, v) = post(a, "/v1/completions", req.clone());
     assert_eq!(st, 200, "{v}");
     let text = v["choices"][0]["text"].as_str().unwrap().to_string();

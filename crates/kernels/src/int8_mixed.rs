@@ -72,8 +72,10 @@ pub fn quantize_absmax(x: &[f32], q: &mut [i8]) -> f32 {
     quantize_with(x, q, amax)
 }
 
-/// Quantizes `x` with the scale `amax / 127`; returns that scale.
+/// Quantizes `x` with the scale `amax / 127`; returns that scale (NaN when `x` holds a NaN, which
+/// `amax` does not show: `f32::max` skips NaNs).
 fn quantize_with(x: &[f32], q: &mut [i8], amax: f32) -> f32 {
+    let amax = if x.iter().any(|v| v.is_nan()) { f32::NAN } else { amax };
     if amax == 0.0 || !amax.is_finite() {
         q.fill(0);
         return if amax.is_finite() { 0.0 } else { amax };

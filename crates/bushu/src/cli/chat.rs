@@ -51,7 +51,7 @@ pub fn precision_line(p: Precision) -> &'static str {
 pub fn chat(a: ChatArgs) -> Result<()> {
     let sampling = a.sampling.params()?;
     let (file, _) = a.model.open()?;
-    let ctx = context_size(a.ctx, file.config.max_ctx)?;
+    let ctx = context_size(a.ctx, &file.config, a.model.kv_type)?;
     let model = a.model.build(&file)?;
     sampling
         .validate_for_vocab(model.config.vocab_size)

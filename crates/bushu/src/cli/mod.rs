@@ -80,6 +80,12 @@ pub struct ModelArgs {
     /// (about 3.7x less memory at head size 48, 3.8x at 64).
     #[arg(long, value_enum, default_value_t = KvType::F32)]
     pub kv_type: KvType,
+    /// Check every weight for NaN and infinity when loading (default: for files under 1 GiB).
+    #[arg(long, conflicts_with = "no_check_tensors")]
+    pub check_tensors: bool,
+    /// Skip the weight check.
+    #[arg(long)]
+    pub no_check_tensors: bool,
 }
 
 impl ModelArgs {
@@ -89,7 +95,19 @@ impl ModelArgs {
         let path = crate::pull::resolve(self.model.as_deref())?;
         let t = Instant::now();
         let file = load(&path)?;
+        if crate::model::check::wanted(self.check_tensors_asked(), &file) {
+            crate::model::check::check_tensors(&file)?;
+        }
         Ok((file, t.elapsed().as_secs_f64() * 1e3))
+    }
+
+    /// `--check-tensors` (`Some(true)`), `--no-check-tensors` (`Some(false)`), or neither.
+    pub fn check_tensors_asked(&self) -> Option<bool> {
+        match (self.check_tensors, self.no_check_tensors) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
     }
 
     /// The activation precision these options ask for (`--exact-activations`).

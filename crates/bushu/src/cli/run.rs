@@ -166,7 +166,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let mut opts = options(&a, Vec::new())?;
     let (file, load_ms) = a.model.open()?;
     opts.eos_ids = file.eos_ids.clone();
-    let ctx = context_size(a.ctx, file.config.max_ctx)?;
+    let ctx = context_size(a.ctx, &file.config, a.model.kv_type)?;
     let model = a.model.build(&file)?;
     let tok = &file.tokenizer;
     let prompt = tok.encode(&a.prompt, !a.no_bos)?;
@@ -321,11 +321,24 @@ pub fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// The context size to allocate: what was asked, else the model's own capped at 4096.
-pub fn context_size(asked: Option<usize>, model_max: usize) -> Result<usize> {
-    match asked {
+/// The context size to allocate: what was asked, else the model's own capped at 4096. Beyond the
+/// trained context is allowed with a warning; a KV cache (of `kv_type`) that cannot fit in the memory
+/// available is refused before it is allocated, with the numbers.
+pub fn context_size(asked: Option<usize>, config: &crate::model::Config, kv_type: crate::model::KvType) -> Result<usize> {
+    use crate::model::memory::{ensure_fits, product};
+    let ctx = match asked {
         Some(0) => bail!("--ctx must be at least 1"),
-        Some(n) => Ok(n),
-        None => Ok(model_max.min(4096)),
+        Some(n) => n,
+        None => config.max_ctx.min(4096),
+    };
+    if let Some(note) = config.beyond_training(ctx) {
+        eprintln!("warning: {note}");
     }
+    let per_pos = kv_type.bytes_per_position(config.n_layers, config.kv_dim(), config.head_dim);
+    ensure_fits(
+        product(ctx, per_pos, 1),
+        &format!("the {} KV cache of --ctx {ctx} positions", kv_type.name()),
+        "give a smaller --ctx",
+    )?;
+    Ok(ctx)
 }

@@ -25,10 +25,11 @@ pub struct ServeArgs {
     /// Sequences allowed to wait before requests are refused with 429.
     #[arg(long, default_value_t = 256)]
     pub max_queue: usize,
-    /// KV cache size, e.g. 512M or 2G (default: --max-batch sequences of --ctx positions).
+    /// KV cache size, e.g. 512M or 2G (default: --max-batch sequences of --ctx positions, at most half
+    /// of the memory available beside the model).
     #[arg(long)]
     pub kv_memory: Option<String>,
-    /// Longest sequence, prompt + completion (default: the model's context length).
+    /// Longest sequence, prompt + completion (default: the model's trained context length).
     #[arg(short, long)]
     pub ctx: Option<usize>,
     /// Tokens per engine step: decodes plus chunks of prompts.
@@ -45,6 +46,12 @@ pub struct ServeArgs {
     pub shutdown_grace: u64,
     #[command(flatten)]
     pub spec: SpecArgs,
+    /// Serve /metrics without the API key (by default it asks for the key when there is one).
+    #[arg(long)]
+    pub metrics_public: bool,
+    /// Connections open at once; the next ones get 503.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
@@ -53,8 +60,18 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if a.max_batch == 0 || a.max_batched_tokens == 0 {
         bail!("--max-batch and --max-batched-tokens must be at least 1");
     }
-    let kv_memory = a.kv_memory.as_deref().map(parse_size).transpose()?;
     let spec = a.spec.options()?;
+    if a.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    if a.ctx == Some(0) {
+        bail!("--ctx must be at least 1");
+    }
+    let kv_memory = a
+        .kv_memory
+        .as_deref()
+        .map(|s| crate::model::memory::parse_size(s).context("--kv-memory"))
+        .transpose()?;
     let opts = ServeOptions {
         host: a.host,
         port: a.port,
@@ -74,19 +91,26 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         int8_outlier_threshold: a.model.int8_outlier_threshold,
         kv_type: a.model.kv_type,
         spec,
+        metrics_public: a.metrics_public,
+        check_tensors: a.model.check_tensors_asked(),
+        max_connections: a.max_connections,
         ..ServeOptions::new(path)
     };
     let server = Server::start(opts)?;
     let e = &server.engine;
+    for note in &server.kv_plan.notes {
+        eprintln!("bushu serve: warning: {note}");
+    }
     eprintln!(
-        "bushu serve: listening on http://{} — max batch {}, {} KV blocks of {} ({} positions, {} {:.1} MiB), context {}, {} tokens/step, prefix cache {}",
+        "bushu serve: listening on http://{} — max batch {}, KV cache {} {} reserved for {} positions ({} blocks of {}; sized from {}), context {}, {} tokens/step, prefix cache {}",
         server.addr,
         e.max_batch,
+        a.model.kv_type.name(),
+        crate::model::memory::fmt_bytes(e.kv_bytes() as u128),
+        e.num_blocks * e.block_size,
         e.num_blocks,
         e.block_size,
-        e.num_blocks * e.block_size,
-        a.model.kv_type.name(),
-        e.kv_bytes() as f64 / (1 << 20) as f64,
+        server.kv_plan.basis,
         e.max_model_len,
         e.max_batched_tokens,
         if e.prefix_caching { "on" } else { "off" },
@@ -95,24 +119,4 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         eprintln!("bushu serve: speculative decoding by {s}");
     }
     server.join()
-}
-
-/// `123`, `64K`, `512M`, `2G` (powers of 1024; a trailing `B`/`iB` is allowed).
-pub fn parse_size(s: &str) -> Result<usize> {
-    let t = s.trim().to_ascii_uppercase();
-    let t = t.trim_end_matches("IB").trim_end_matches('B');
-    let (num, mul) = match t.chars().last() {
-        Some('K') => (&t[..t.len() - 1], 1usize << 10),
-        Some('M') => (&t[..t.len() - 1], 1 << 20),
-        Some('G') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .with_context(|| format!("cannot read the size '{s}' (e.g. 512M, 2G)"))?;
-    if v.is_nan() || v <= 0.0 {
-        bail!("size '{s}' must be positive");
-    }
-    Ok((v * mul as f64) as usize)
 }

@@ -20,7 +20,7 @@ use super::sequence::{FinishReason, Request, SeqId, SeqStatus, Sequence};
 use crate::model::{Logits, Model};
 use crate::sampling::top_logprobs;
 use crate::spec_decode::serving::{Speculator, Verified};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -39,28 +39,125 @@ pub struct EngineConfig {
     pub kv_bytes_per_position: usize,
 }
 
+/// What a server asks of its KV cache; [`EngineConfig::sized`] turns it into a cache that fits.
+#[derive(Clone, Debug)]
+pub struct KvSizing {
+    pub max_batch: usize,
+    /// Longest sequence asked for (`--ctx`; default: the model's trained context).
+    pub ctx: Option<usize>,
+    /// Bytes asked for (`--kv-memory`; default: from `max_batch`, the context and the memory available).
+    pub kv_memory: Option<usize>,
+    /// Bytes of memory available ([`crate::model::memory::available_bytes`]); `None`: unknown.
+    pub available: Option<u64>,
+    /// Size of the model's files (their pages compete with the cache for memory).
+    pub model_bytes: u64,
+}
+
+/// A sized cache, how it was chosen, and what the user should know about it.
+#[derive(Clone, Debug)]
+pub struct KvPlan {
+    pub cfg: EngineConfig,
+    /// How the size was chosen, e.g. `16 sequences x 2048 positions`.
+    pub basis: String,
+    /// Lines worth a warning: a context beyond the trained one, a context lowered to fit.
+    pub notes: Vec<String>,
+}
+
 impl EngineConfig {
     /// Sizes the cache for `model`: `kv_memory` bytes if given, else room for `max_batch` sequences of
-    /// `ctx` positions; `ctx` defaults to the model's context length.
+    /// `ctx` positions; `ctx` defaults to the model's context length. No memory check: tests and
+    /// benchmarks with known small sizes; servers use [`EngineConfig::sized`].
     pub fn for_model(model: &Model, max_batch: usize, ctx: Option<usize>, kv_memory: Option<usize>) -> EngineConfig {
-        let c = &model.config;
-        let block_size = 16;
-        let ctx = ctx.unwrap_or(c.max_ctx).max(1);
-        let per_pos = PagedCache::bytes_per_position(model);
-        let positions = match kv_memory {
-            Some(bytes) => bytes / per_pos,
-            None => max_batch * ctx,
+        let sizing = KvSizing {
+            max_batch,
+            ctx: Some(ctx.unwrap_or(model.config.max_ctx).clamp(1, model.config.max_ctx)),
+            kv_memory,
+            available: None,
+            model_bytes: 0,
         };
-        let num_blocks = (positions / block_size).max(1);
+        match EngineConfig::sized(model, &sizing) {
+            Ok(plan) => plan.cfg,
+            // Too small for one block: one block, as before sizes were checked.
+            Err(_) => EngineConfig::with_blocks(model, max_batch, 1, 16),
+        }
+    }
+
+    /// The config of a cache of `num_blocks` blocks and sequences of at most `max_model_len`.
+    fn with_blocks(model: &Model, max_batch: usize, num_blocks: usize, max_model_len: usize) -> EngineConfig {
+        let block_size = 16;
         EngineConfig {
             max_batch,
             max_batched_tokens: 256,
             block_size,
             num_blocks,
             prefix_caching: true,
-            max_model_len: ctx.min(c.max_ctx).min(num_blocks * block_size),
-            kv_bytes_per_position: per_pos,
+            max_model_len: max_model_len.min(num_blocks * block_size),
+            kv_bytes_per_position: PagedCache::bytes_per_position(model),
         }
+    }
+
+    /// Sizes the cache for `model` from what was asked and what the machine has, before anything is
+    /// allocated: `--kv-memory` if given (refused beyond the memory available), else `max_batch`
+    /// sequences of the context, capped at half of the memory available beyond the model's files. The
+    /// longest sequence is the context, or what the cache holds if less. Every product is computed
+    /// without overflow; a cache that cannot hold one block is an error naming the numbers and the flag.
+    pub fn sized(model: &Model, s: &KvSizing) -> Result<KvPlan> {
+        use crate::model::memory::{ensure_fits_in, fmt_bytes, product};
+        let c = &model.config;
+        let block_size = 16;
+        let per_pos = PagedCache::bytes_per_position(model);
+        let trained = c.max_ctx;
+        let mut notes = Vec::new();
+        let ctx = match s.ctx {
+            Some(0) => bail!("--ctx must be at least 1"),
+            Some(n) => n,
+            None => trained,
+        };
+        if ctx > trained {
+            notes.extend(c.beyond_training(ctx));
+        }
+        let wanted = product(s.max_batch, ctx, per_pos);
+        let (bytes, basis) = match s.kv_memory {
+            Some(b) => {
+                ensure_fits_in(b as u128, s.available, "the KV cache asked for by --kv-memory", "give a smaller --kv-memory")?;
+                (b as u128, format!("--kv-memory {}", fmt_bytes(b as u128)))
+            }
+            None => {
+                let per_seq = format!("{} sequences x {ctx} positions", s.max_batch);
+                match s.available.map(|a| a.saturating_sub(s.model_bytes) as u128 / 2) {
+                    Some(cap) if wanted > cap => (
+                        cap,
+                        format!(
+                            "half of the {} of memory available beside the model's {} ({per_seq} would need {})",
+                            fmt_bytes(s.available.unwrap_or(0) as u128),
+                            fmt_bytes(s.model_bytes as u128),
+                            fmt_bytes(wanted)
+                        ),
+                    ),
+                    _ => (wanted, per_seq),
+                }
+            }
+        };
+        let blocks = bytes / (per_pos as u128 * block_size as u128);
+        if blocks == 0 {
+            bail!(
+                "a KV cache of {} holds fewer than {block_size} positions of {} each ({}); give a larger --kv-memory or free memory",
+                fmt_bytes(bytes),
+                fmt_bytes(per_pos as u128),
+                basis
+            );
+        }
+        // `bytes` fits in usize (checked against usize::MAX or made from usizes), so the count does too.
+        let num_blocks = usize::try_from(blocks).context("KV block count")?;
+        let cfg = EngineConfig::with_blocks(model, s.max_batch, num_blocks, ctx);
+        if cfg.max_model_len < ctx {
+            notes.push(format!(
+                "the longest sequence is {} positions, what the KV cache of {} holds, not the context's {ctx}; give a larger --kv-memory or a smaller --ctx",
+                cfg.max_model_len,
+                fmt_bytes(cfg.kv_bytes() as u128)
+            ));
+        }
+        Ok(KvPlan { cfg, basis, notes })
     }
 
     /// Bytes of the whole KV cache.

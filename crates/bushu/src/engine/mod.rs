@@ -19,5 +19,5 @@ pub mod model_runner;
 pub mod scheduler;
 pub mod sequence;
 
-pub use engine::{Engine, EngineConfig, Logprobs, Output};
+pub use engine::{Engine, EngineConfig, KvPlan, KvSizing, Logprobs, Output};
 pub use sequence::{FinishReason, Request, SeqId};

@@ -104,6 +104,8 @@ pub enum FinishReason {
     ContextFull,
     /// Cancelled (client gone, shutdown).
     Abort,
+    /// The engine failed (e.g. the model computed non-finite logits); the sequence was ended.
+    Error,
 }
 
 impl FinishReason {
@@ -113,6 +115,7 @@ impl FinishReason {
             FinishReason::Stop | FinishReason::StopString => "stop",
             FinishReason::Length | FinishReason::ContextFull => "length",
             FinishReason::Abort => "abort",
+            FinishReason::Error => "error",
         }
     }
 }

@@ -207,6 +207,27 @@ fn rope_inv_freq(rope_dim: usize, theta: f32, scaling: &RopeScaling) -> Vec<f32>
 }
 
 impl Config {
+    /// A warning when a context of `ctx` positions goes past the one the model was trained for (and
+    /// that its RoPE scaling, if any, already covers), or `None`.
+    pub fn beyond_training(&self, ctx: usize) -> Option<String> {
+        if ctx <= self.max_ctx {
+            return None;
+        }
+        let rope = match &self.rope_scaling {
+            RopeScaling::None => "the file gives no RoPE scaling".to_string(),
+            RopeScaling::Linear { factor } => format!("with the file's linear RoPE scaling x{factor}"),
+            RopeScaling::Llama3 {
+                factor,
+                original_max_position,
+                ..
+            } => format!("with the file's Llama 3 RoPE scaling x{factor} from {original_max_position}"),
+        };
+        Some(format!(
+            "--ctx {ctx} is beyond the {} positions the model was trained for ({rope}); text past position {} is unlikely to make sense",
+            self.max_ctx, self.max_ctx
+        ))
+    }
+
     /// Number of query heads sharing one KV head.
     pub fn gqa_group(&self) -> usize {
         self.n_heads / self.n_kv_heads

@@ -441,8 +441,12 @@ impl Model {
             Precision::Fast => Precision::Wide,
             p => p,
         };
-        match self.head_rows.filter(|&n| n < c.vocab_size) {
-            None => linear(&w.output.matrix(), classifier, xb, logits, None),
+        // NaN or infinity in the weights or activations ends here: an error, never text sampled from it.
+        let (computed, n) = match self.head_rows.filter(|&n| n < c.vocab_size) {
+            None => {
+                linear(&w.output.matrix(), classifier, xb, logits, None);
+                (&*logits, c.vocab_size)
+            }
             Some(n) => {
                 let head = fit(&mut s.head, m * n);
                 linear(&w.output.matrix().first_rows(n), classifier, xb, head, None);
@@ -450,7 +454,16 @@ impl Model {
                     row[..n].copy_from_slice(part);
                     row[n..].fill(f32::NEG_INFINITY);
                 }
+                (&*head, n)
             }
+        };
+        if let Some(i) = computed.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "the model computed a non-finite logit ({} for token {} of output row {}): NaN or infinity in its weights or activations (`bushu info --check-tensors` looks for them in the file)",
+                computed[i],
+                i % n,
+                i / n
+            );
         }
         Ok(&s.logits[..m * c.vocab_size])
     }

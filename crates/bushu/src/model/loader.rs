@@ -36,17 +36,42 @@ pub fn load(path: &Path) -> Result<ModelFile> {
     if !path.exists() {
         bail!("model path {} does not exist", path.display());
     }
-    if path.is_dir() {
-        return hf::load(path);
+    let file = if path.is_dir() {
+        hf::load(path)?
+    } else {
+        let mut magic = [0u8; 4];
+        let n = std::fs::File::open(path)
+            .and_then(|mut f| f.read(&mut magic))
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 4 && &magic == b"GGUF" {
+            load_gguf(path)?
+        } else {
+            llama2c::load(path, None)?
+        }
+    };
+    check_vocab(file.tokenizer.vocab_size(), file.config.vocab_size)
+        .with_context(|| format!("{}: tokenizer", path.display()))?;
+    Ok(file)
+}
+
+/// The tokenizer and the model must agree on the vocabulary: every token id the tokenizer can give
+/// needs a row of the model's embedding and classifier, and the model's rows beyond the tokenizer's
+/// ids may only be padding (a few hundred, or a sixteenth: Qwen2.5 has 271, Phi-3 53), not most of a
+/// vocabulary, which is a tokenizer taken from another model.
+pub fn check_vocab(tokenizer: usize, model: usize) -> Result<()> {
+    if tokenizer > model {
+        bail!(
+            "the tokenizer has {tokenizer} tokens but the model only {model} rows: ids {model} to {} have no embedding",
+            tokenizer - 1
+        );
     }
-    let mut magic = [0u8; 4];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut magic))
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    if n == 4 && &magic == b"GGUF" {
-        return load_gguf(path);
+    let padding = model - tokenizer;
+    if padding > 256.max(tokenizer / 16) {
+        bail!(
+            "the tokenizer has {tokenizer} tokens for a model of {model}: the model's other {padding} rows are too many to be padding (a tokenizer from another model?)"
+        );
     }
-    llama2c::load(path, None)
+    Ok(())
 }
 
 /// Opens a GGUF model file.
@@ -76,4 +101,17 @@ pub fn load_gguf(path: &Path) -> Result<ModelFile> {
 fn gguf_config(g: &Gguf) -> Result<Config> {
     let name = g.architecture().context("no general.architecture in metadata")?;
     arch::by_name(name)?.gguf_config(g)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn vocab_sizes_agree_up_to_padding() {
+        use super::check_vocab;
+        assert!(check_vocab(32000, 32000).is_ok());
+        assert!(check_vocab(151665, 151936).is_ok()); // Qwen2.5
+        assert!(check_vocab(32011, 32064).is_ok()); // Phi-3
+        assert!(check_vocab(100, 4096).is_err());
+        assert!(check_vocab(4097, 4096).is_err());
+    }
 }

@@ -28,7 +28,63 @@ pub struct Common {
     pub ignore_eos: bool,
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    /// Token id (as a string) -> bias in [-100, 100], added to the logit before sampling.
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    /// The end user, for the client's own records; it changes nothing in the answer.
+    pub user: Option<String>,
 }
+
+/// The fields of [`Common`], for [`parse_request`]'s check of unknown fields.
+const COMMON_FIELDS: &[&str] = &[
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "stop",
+    "seed",
+    "n",
+    "ignore_eos",
+    "stream",
+    "stream_options",
+    "logit_bias",
+    "user",
+];
+
+/// Fields of `/v1/completions` besides [`COMMON_FIELDS`].
+pub const COMPLETION_FIELDS: &[&str] = &["prompt", "logprobs", "echo"];
+/// Fields of `/v1/chat/completions` besides [`COMMON_FIELDS`].
+pub const CHAT_FIELDS: &[&str] = &["messages", "logprobs", "top_logprobs"];
+
+// ---- Structured output: NOT SUPPORTED YET. -------------------------------------------------------
+/// The structured-output and tool-calling fields (OpenAI's, and vLLM's guided decoding). Until the
+/// engine constrains decoding, a request carrying any of them is refused with a 400 saying so, rather
+/// than answered as if the constraint held. This one function is the place to replace when it does.
+pub fn refuse_structured_output(body: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    const FIELDS: &[&str] = &[
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "guided_json",
+        "guided_regex",
+        "guided_grammar",
+        "guided_choice",
+    ];
+    match FIELDS.iter().find(|f| body.contains_key(**f)) {
+        Some(f) => Err(ApiError::bad_request(format!(
+            "{f} is not supported by this server (structured output and tool calling are not implemented yet)"
+        ))
+        .param(f)),
+        None => Ok(()),
+    }
+}
+// ---------------------------------------------------------------------------------------------------
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(default)]
@@ -76,6 +132,7 @@ pub struct ChatRequest {
 }
 
 #[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
 pub struct ChatMessage {
     pub role: String,
     #[serde(default)]
@@ -83,6 +140,19 @@ pub struct ChatMessage {
 }
 
 impl ChatMessage {
+    /// The role, checked: OpenAI's roles (`developer` is its newer name for `system`).
+    pub fn role(&self) -> Result<&str, ApiError> {
+        match self.role.as_str() {
+            "system" | "developer" => Ok("system"),
+            r @ ("user" | "assistant" | "tool") => Ok(r),
+            r => Err(ApiError::bad_request(format!(
+                "unknown message role '{}' (expected system, developer, user, assistant or tool)",
+                r.escape_debug()
+            ))
+            .param("messages")),
+        }
+    }
+
     /// The text of a message: a string, or the text parts of a content array.
     pub fn text(&self) -> Result<String, ApiError> {
         match &self.content {
@@ -115,6 +185,29 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
+/// Parses an endpoint's JSON body strictly: a JSON object whose every field is one this server
+/// honours ([`COMMON_FIELDS`] and the endpoint's `fields`), so that nothing a client asks for is
+/// silently ignored; structured output goes through [`refuse_structured_output`].
+pub fn parse_request<T: for<'de> Deserialize<'de>>(body: &[u8], fields: &[&str]) -> Result<T, ApiError> {
+    let v: Value = parse(body)?;
+    let Value::Object(map) = &v else {
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
+    };
+    refuse_structured_output(map)?;
+    if let Some(k) = map
+        .keys()
+        .find(|k| !COMMON_FIELDS.contains(&k.as_str()) && !fields.contains(&k.as_str()))
+    {
+        let known: Vec<&str> = COMMON_FIELDS.iter().chain(fields).copied().collect();
+        return Err(ApiError::bad_request(format!(
+            "unsupported field '{}' (this server honours: {})",
+            k.escape_debug(),
+            known.join(", ")
+        )));
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
 /// What the handlers need beyond the per-choice engine requests.
 pub struct Plan {
     pub requests: Vec<Request>,
@@ -127,8 +220,14 @@ pub struct Plan {
 /// What an endpoint made of its request's prompt, and the limits that go with it.
 pub struct Prompted {
     pub tokens: Vec<u32>,
-    /// `max_tokens` when the request gives none.
+    /// `max_tokens` when the request gives none (lowered to the room left in the context).
     pub max_default: usize,
+    /// Longest sequence the engine runs (prompt + completion).
+    pub max_model_len: usize,
+    /// The model's vocabulary size (for `logit_bias`).
+    pub vocab: usize,
+    /// What the prompt is called in errors: `messages` (chat) or `prompt`.
+    pub prompt_name: &'static str,
     /// Alternatives per token asked for, if any.
     pub logprobs: Option<usize>,
     /// Tokens that end a choice besides the model's EOS (a chat template's end of turn).
@@ -142,12 +241,31 @@ pub fn plan(c: &Common, p: Prompted) -> Result<Plan, ApiError> {
     if !(1..=16).contains(&n) {
         return Err(ApiError::bad_request(format!("n must be between 1 and 16 (got {n})")).param("n"));
     }
+    let (max, prompt) = (p.max_model_len, p.tokens.len());
+    let room = max.saturating_sub(prompt);
+    if room == 0 {
+        return Err(ApiError::bad_request(format!(
+            "This model's maximum context length is {max} tokens. However, you requested {prompt} tokens in the {}, which leaves no room for the completion. Please reduce the length of the {}.",
+            p.prompt_name, p.prompt_name
+        ))
+        .param(p.prompt_name));
+    }
     let max_tokens = match c.max_completion_tokens.or(c.max_tokens) {
-        None => p.max_default,
-        Some(m) if m >= 1 => m as usize,
-        Some(m) => {
+        None => p.max_default.min(room),
+        Some(m) if m < 1 => {
             return Err(ApiError::bad_request(format!("max_tokens must be at least 1 (got {m})")).param("max_tokens"))
         }
+        // vLLM's words.
+        Some(m) if m as u64 > room as u64 => {
+            return Err(ApiError::bad_request(format!(
+                "This model's maximum context length is {max} tokens. However, you requested {} tokens ({prompt} in the {}, {m} in the completion). Please reduce the length of the {} or completion.",
+                prompt as u64 + m as u64,
+                p.prompt_name,
+                p.prompt_name
+            ))
+            .param("max_tokens"))
+        }
+        Some(m) => m as usize,
     };
     if let Some(k) = p.logprobs {
         if k > 20 {
@@ -160,7 +278,11 @@ pub fn plan(c: &Common, p: Prompted) -> Result<Plan, ApiError> {
         Some(Stop::Many(v)) if v.len() <= 4 => v.clone(),
         Some(Stop::Many(_)) => return Err(ApiError::bad_request("at most 4 stop sequences").param("stop")),
     };
+    if stops.iter().any(String::is_empty) {
+        return Err(ApiError::bad_request("stop sequences must not be empty").param("stop"));
+    }
     let sampling = sampling(c)?;
+    sampling.validate_for_vocab(p.vocab)?;
     let requests = (0..n as u64)
         .map(|i| Request {
             prompt: p.tokens.clone(),
@@ -210,9 +332,32 @@ fn sampling(c: &Common) -> Result<SamplingParams, ApiError> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0),
     };
+    // vLLM's convention: -1 (or 0) is no top-k.
+    let top_k = match c.top_k.unwrap_or(0) {
+        -1 | 0 => 0,
+        k if k >= 1 => usize::try_from(k).unwrap_or(usize::MAX),
+        k => {
+            return Err(ApiError::bad_request(format!("top_k must be -1 (off) or at least 1 (got {k})")).param("top_k"))
+        }
+    };
+    let mut logit_bias = Vec::new();
+    for (k, &b) in c.logit_bias.iter().flatten() {
+        let id: u32 = k.parse().map_err(|_| {
+            ApiError::bad_request(format!("logit_bias keys must be token ids (got '{}')", k.escape_debug()))
+                .param("logit_bias")
+        })?;
+        if !(-100.0..=100.0).contains(&b) {
+            return Err(
+                ApiError::bad_request(format!("logit_bias values must be in [-100, 100] (got {b} for token {id})"))
+                    .param("logit_bias"),
+            );
+        }
+        logit_bias.push((id, b));
+    }
     let sampling = SamplingParams {
         temperature,
-        top_k: c.top_k.unwrap_or(0).max(0) as usize,
+        top_k,
+        logit_bias,
         top_p: c.top_p.unwrap_or(1.0),
         min_p: c.min_p.unwrap_or(0.0),
         presence_penalty: c.presence_penalty.unwrap_or(0.0),
@@ -233,15 +378,19 @@ mod tests {
         Prompted {
             tokens,
             max_default: 16,
+            max_model_len: 64,
+            vocab: 100,
+            prompt_name: "prompt",
             logprobs: None,
             stop_ids: Vec::new(),
         }
     }
 
     #[test]
-    fn parses_openai_fields_and_ignores_unknown_ones() {
-        let r: CompletionRequest = parse(
+    fn parses_openai_fields_and_refuses_unknown_ones() {
+        let r: CompletionRequest = parse_request(
             br#"{"model":"m","prompt":"hi","max_tokens":5,"temperature":0,"stop":["a","b"],"n":2,"user":"x","top_k":-1}"#,
+            COMPLETION_FIELDS,
         )
         .unwrap();
         let p = plan(
@@ -258,6 +407,31 @@ mod tests {
         assert!(p.requests[0].sampling.is_greedy());
         assert_eq!(p.requests[0].sampling.top_k, 0);
         assert_eq!(p.stops, vec!["a", "b"]);
+        let e = parse_request::<CompletionRequest>(br#"{"prompt":"x","suffix":"y"}"#, COMPLETION_FIELDS).unwrap_err();
+        assert!(e.message.starts_with("unsupported field 'suffix'"), "{}", e.message);
+        // A chat field on the completions endpoint is unknown there.
+        assert!(parse_request::<CompletionRequest>(br#"{"prompt":"x","messages":[]}"#, COMPLETION_FIELDS).is_err());
+        let e = parse_request::<ChatRequest>(br#"{"messages":[],"tools":[]}"#, CHAT_FIELDS).unwrap_err();
+        assert_eq!(e.param, Some("tools"));
+        assert!(parse_request::<ChatRequest>(b"[1]", CHAT_FIELDS).is_err());
+    }
+
+    #[test]
+    fn max_tokens_and_the_context() {
+        let r: CompletionRequest = parse(br#"{"prompt":"x"}"#).unwrap();
+        // No max_tokens: the default, lowered to the room left (64 - 60).
+        let p = plan(&r.common, prompted(vec![1; 60])).unwrap();
+        assert_eq!(p.requests[0].max_tokens, 4);
+        assert!(plan(&r.common, prompted(vec![1; 64])).is_err());
+        let r: CompletionRequest = parse(br#"{"prompt":"x","max_tokens":5}"#).unwrap();
+        assert!(plan(&r.common, prompted(vec![1; 59])).is_ok());
+        let e = plan(&r.common, prompted(vec![1; 60])).err().unwrap();
+        assert!(e.message.contains("you requested 65 tokens (60 in the prompt, 5 in the completion)"), "{}", e.message);
+        let r: CompletionRequest = parse(br#"{"prompt":"x","logit_bias":{"7":-100,"99":2.5}}"#).unwrap();
+        let p = plan(&r.common, prompted(vec![1])).unwrap();
+        assert_eq!(p.requests[0].sampling.logit_bias, vec![(7, -100.0), (99, 2.5)]);
+        let r: CompletionRequest = parse(br#"{"prompt":"x","logit_bias":{"100":1}}"#).unwrap();
+        assert_eq!(plan(&r.common, prompted(vec![1])).err().unwrap().param, Some("logit_bias"));
     }
 
     #[test]

@@ -43,14 +43,21 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": {
-            "message": self.message,
+impl ApiError {
+    /// `{"error": {...}}`, the message's control characters escaped (it may quote a model file).
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": crate::display::escape_controls(&self.message),
             "type": self.kind(),
             "param": self.param,
             "code": self.status.as_u16(),
-        }});
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body();
         (self.status, Json(body)).into_response()
     }
 }

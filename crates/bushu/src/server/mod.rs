@@ -18,7 +18,7 @@ pub mod worker;
 
 use crate::chat::session::template_for;
 use crate::engine::metrics::Metrics;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, KvPlan, KvSizing};
 use crate::model::{load, ModelOptions};
 use crate::spec_decode::serving::{draft_runner, Method, Speculator};
 use crate::spec_decode::{check_same_vocabulary, PromptLookup, SpecOptions, Speculation};
@@ -42,9 +42,10 @@ pub struct ServeOptions {
     pub max_batch: usize,
     /// Sequences allowed to wait for admission before requests get 429.
     pub max_queue: usize,
-    /// KV cache bytes (default: `max_batch` sequences of `ctx`).
+    /// KV cache bytes (default: `max_batch` sequences of `ctx`, at most half of the memory available
+    /// beside the model: [`EngineConfig::sized`]).
     pub kv_memory: Option<usize>,
-    /// Longest sequence (default: the model's context).
+    /// Longest sequence (default: the model's trained context).
     pub ctx: Option<usize>,
     /// Tokens per engine step (prefill chunks + decodes).
     pub max_batched_tokens: usize,
@@ -63,6 +64,14 @@ pub struct ServeOptions {
     pub kv_type: crate::model::KvType,
     /// Speculative decoding in the engine (`--lookup`, `--draft-model`, `--self-speculate`).
     pub spec: SpecOptions,
+    /// `/metrics` open to anyone even with an API key (`--metrics-public`).
+    pub metrics_public: bool,
+    /// Connections open at once; more are answered 503 and closed (`--max-connections`).
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers, and stay idle between requests.
+    pub header_timeout: Duration,
+    /// Check the weights for NaN/infinity at load (`None`: for files under 1 GiB).
+    pub check_tensors: Option<bool>,
 }
 
 impl ServeOptions {
@@ -95,6 +104,10 @@ impl ServeOptions {
             int8_outlier_threshold: None,
             kv_type: crate::model::KvType::default(),
             spec: SpecOptions::off(),
+            metrics_public: false,
+            max_connections: 512,
+            header_timeout: Duration::from_secs(10),
+            check_tensors: None,
         }
     }
 }
@@ -105,6 +118,8 @@ pub struct Server {
     pub engine: EngineConfig,
     /// The proposer speculating in the engine and its draft length (for the start-up line).
     pub speculation: Option<String>,
+    /// How the KV cache was sized, and the warnings that go with it.
+    pub kv_plan: KvPlan,
     stop: Option<oneshot::Sender<()>>,
     http: Option<std::thread::JoinHandle<Result<()>>>,
 }
@@ -113,8 +128,22 @@ impl Server {
     /// Loads the model, binds the address and starts the engine and HTTP threads.
     pub fn start(opts: ServeOptions) -> Result<Server> {
         let file = load(&opts.model)?;
+        if crate::model::check::wanted(opts.check_tensors, &file) {
+            crate::model::check::check_tensors(&file)?;
+        }
         let model = opts.model_options().build(&file)?;
-        let mut cfg = EngineConfig::for_model(&model, opts.max_batch, opts.ctx, opts.kv_memory);
+        // Sized before anything is allocated: a cache that cannot fit is refused with the numbers.
+        let plan = EngineConfig::sized(
+            &model,
+            &KvSizing {
+                max_batch: opts.max_batch,
+                ctx: opts.ctx,
+                kv_memory: opts.kv_memory,
+                available: crate::model::memory::available_bytes(),
+                model_bytes: file.file_bytes,
+            },
+        )?;
+        let mut cfg = plan.cfg.clone();
         cfg.max_batched_tokens = opts.max_batched_tokens;
         cfg.prefix_caching = opts.prefix_caching;
         // The model's own template and end-of-turn tokens, as `bushu chat` uses them (ChatML when the
@@ -126,6 +155,12 @@ impl Server {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "model".into())
         });
+        let model_alias = opts
+            .model
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|a| *a != model_id);
+        let vocab = model.config.vocab_size;
         let metrics = Arc::new(Mutex::new(Metrics::default()));
         let max_model_len = cfg.max_model_len;
         let mut engine = Engine::new(model, file.eos_ids.clone(), cfg.clone());
@@ -167,7 +202,10 @@ impl Server {
             template,
             chat_stop_ids,
             model_id,
+            model_alias,
+            vocab,
             api_key: opts.api_key.clone(),
+            metrics_public: opts.metrics_public,
             metrics,
             max_model_len,
             shutting_down: AtomicBool::new(false),
@@ -176,6 +214,10 @@ impl Server {
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let (grace, signals) = (opts.grace, opts.handle_signals);
+        let limits = ConnLimits {
+            max_connections: opts.max_connections.max(1),
+            header_timeout: opts.header_timeout,
+        };
         let http = std::thread::Builder::new()
             .name("bushu-http".into())
             .spawn(move || -> Result<()> {
@@ -197,7 +239,7 @@ impl Server {
                             w.send(Command::CancelAll);
                         });
                     };
-                    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+                    serve_http(listener, app, limits, shutdown).await;
                     worker.send(Command::Stop);
                     Ok::<(), anyhow::Error>(())
                 })?;
@@ -208,6 +250,7 @@ impl Server {
             addr,
             engine: cfg,
             speculation,
+            kv_plan: plan,
             stop: Some(stop),
             http: Some(http),
         })
@@ -236,6 +279,78 @@ impl Drop for Server {
             let _ = s.send(());
         }
     }
+}
+
+/// What one client may hold of the server.
+#[derive(Clone, Copy, Debug)]
+struct ConnLimits {
+    max_connections: usize,
+    header_timeout: Duration,
+}
+
+/// The accept loop (axum's `serve` with the limits it does not expose): HTTP/1.1 connections with a
+/// header-read timeout (which also ends idle keep-alive connections) and bounded headers, at most
+/// `max_connections` of them (the next ones get a 503 and are closed). On `shutdown` it stops
+/// accepting and waits for the open connections to finish their requests.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: ConnLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(64 << 10)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok(c) => c,
+                // Out of file descriptors and the like: wait, then go on accepting.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_connection(stream, limits.max_connections));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// A connection beyond the cap: a 503 in OpenAI's JSON, then closed.
+async fn refuse_connection(mut stream: tokio::net::TcpStream, max: usize) {
+    use tokio::io::AsyncWriteExt;
+    let body = serde_json::json!({"error": {
+        "message": format!("the server has {max} connections open (--max-connections); retry later"),
+        "type": "service_unavailable",
+        "param": null,
+        "code": 503,
+    }})
+    .to_string();
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(resp.as_bytes())).await;
 }
 
 async fn wait_for_stop(stopped: oneshot::Receiver<()>, signals: bool) {

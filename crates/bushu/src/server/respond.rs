@@ -24,6 +24,8 @@ struct Choice {
     finish: Option<&'static str>,
     /// Characters of text before each token (completions' `text_offset`).
     offset: usize,
+    /// The prompt's text, still to go before the choice's first text (completions' `echo`).
+    echo: Option<String>,
 }
 
 /// What one engine output changed for the client.
@@ -64,6 +66,7 @@ impl Collector {
         stops: &[String],
         prompt_tokens: usize,
         want_logprobs: bool,
+        echo: Option<String>,
     ) -> Collector {
         let choices = seqs
             .iter()
@@ -80,6 +83,7 @@ impl Collector {
                 logprobs: Vec::new(),
                 finish: None,
                 offset: 0,
+                echo: echo.clone(),
             })
             .collect();
         let created = std::time::SystemTime::now()
@@ -99,6 +103,11 @@ impl Collector {
             draft_n_accepted: 0,
             want_logprobs,
         }
+    }
+
+    /// Whether a choice ended because the engine failed.
+    pub fn failed(&self) -> bool {
+        self.choices.iter().any(|c| c.finish == Some("error"))
     }
 
     pub fn done(&self) -> bool {
@@ -167,6 +176,9 @@ impl Collector {
             None
         };
         c.finish = finish;
+        if let Some(e) = c.echo.take() {
+            text.insert_str(0, &e);
+        }
         c.offset += text.chars().count();
         c.text.push_str(&text);
         c.logprobs.extend(logprobs.iter().cloned());

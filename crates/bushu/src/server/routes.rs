@@ -1,5 +1,6 @@
 //! The HTTP endpoints: OpenAI's completions, chat completions and models, plus health and Prometheus
-//! metrics; bearer-key authentication on `/v1`; SSE streaming.
+//! metrics; bearer-key authentication on `/v1` (and `/metrics`); OpenAI-style JSON for every error;
+//! SSE streaming.
 
 use super::api::{self, ChatRequest, CompletionRequest, Plan, Prompt, Prompted};
 use super::error::ApiError;
@@ -10,8 +11,8 @@ use crate::engine::metrics::Metrics;
 use crate::engine::{Output, SeqId};
 use crate::tokenizer::Tokenizer;
 use axum::body::Bytes;
-use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +22,7 @@ use serde_json::json;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 pub struct AppState {
@@ -32,7 +33,13 @@ pub struct AppState {
     /// The tokens that end a chat answer besides the model's EOS: the template's end-of-turn marker.
     pub chat_stop_ids: Vec<u32>,
     pub model_id: String,
+    /// Another name `model` may give: the file name without its extension.
+    pub model_alias: Option<String>,
+    /// The model's vocabulary size.
+    pub vocab: usize,
     pub api_key: Option<String>,
+    /// `/metrics` without the key even when there is one (`--metrics-public`).
+    pub metrics_public: bool,
     pub metrics: Arc<Mutex<Metrics>>,
     pub max_model_len: usize,
     pub shutting_down: AtomicBool,
@@ -40,40 +47,151 @@ pub struct AppState {
     pub created: u64,
 }
 
+/// Largest request body (OpenAI's own limit is larger, but a prompt of a few thousand tokens is far
+/// below this).
+pub const MAX_BODY: usize = 2 << 20;
+/// How long a client has to send a request's body once its headers are in.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .layer(middleware::from_fn(intake))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            get(metrics).layer(middleware::from_fn_with_state(state.clone(), metrics_auth)),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|req: Request| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {} is not allowed on {}", req.method(), req.uri().path()),
+            )
+        })
         .layer(middleware::from_fn_with_state(state.clone(), count_status))
+        .layer(middleware::from_fn(json_errors))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// Whatever answers with an error that is not already OpenAI's JSON (axum's and hyper's own 4xx
+/// responses: 405, 413, 415, 408, ...) gets it, with the status's reason as the message.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&body);
+    let reason = status.canonical_reason().unwrap_or("error");
+    let msg = match detail.trim() {
+        "" => reason.to_string(),
+        d => format!("{reason}: {d}"),
+    };
+    ApiError::new(status, msg).into_response()
+}
+
+/// Before a `/v1` POST handler: the body must be JSON (415 otherwise), at most [`MAX_BODY`] bytes
+/// (413) and arrive within [`BODY_TIMEOUT`] (408); it is read here, whole, so a handler never waits
+/// on a slow client.
+async fn intake(req: Request, next: Next) -> Response {
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the request body must be JSON (Content-Type: application/json)",
+        )
+        .into_response();
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+            )
+            .into_response()
+        }
+        Ok(Err(_)) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than {} bytes (or was cut short)", MAX_BODY),
+            )
+            .into_response()
+        }
+        Ok(Ok(b)) => b,
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+}
+
+/// The key of an `Authorization` header: scheme `Bearer` in any case, as RFC 9110 has it.
+fn bearer(req: &Request) -> Option<&str> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, key) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+}
+
+/// Whether `given` is `key`, in a time that does not depend on where they differ (nor on the key's
+/// length): their SHA-256 digests are compared byte by byte without an early exit.
+fn same_key(given: &str, key: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(key.as_bytes()));
+    let diff = a.iter().zip(b.iter()).fold(0u8, |d, (x, y)| d | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The key check itself: `None` when the request may go on.
+fn check_key(st: &AppState, req: &Request) -> Option<Response> {
+    let key = st.api_key.as_ref()?;
+    let given = bearer(req);
+    if given.is_some_and(|g| same_key(g, key)) {
+        return None;
+    }
+    let msg = if given.is_none() {
+        "missing API key (Authorization: Bearer ...)"
+    } else {
+        "invalid API key"
+    };
+    Some(ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response())
 }
 
 /// `Authorization: Bearer KEY` when the server has a key.
 async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &st.api_key {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(key.as_str()) {
-            let msg = if given.is_none() {
-                "missing API key (Authorization: Bearer ...)"
-            } else {
-                "invalid API key"
-            };
-            return ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response();
-        }
+    if let Some(refused) = check_key(&st, &req) {
+        return refused;
     }
     if st.shutting_down.load(Ordering::Relaxed) {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down").into_response();
+    }
+    next.run(req).await
+}
+
+/// `/metrics` (request and token counts) asks for the key too, unless `--metrics-public`.
+async fn metrics_auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if !st.metrics_public {
+        if let Some(refused) = check_key(&st, &req) {
+            return refused;
+        }
     }
     next.run(req).await
 }
@@ -107,56 +225,109 @@ async fn models(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
     }]}))
 }
 
+/// The model a request names must be the one loaded: its id (`--model-name`, else the file name) or
+/// the file name without its extension. A request without `model` gets the loaded one.
+fn check_model(st: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+    match model {
+        None => Ok(()),
+        Some(m) if m == st.model_id || st.model_alias.as_deref() == Some(m) => Ok(()),
+        Some(m) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "The model `{}` does not exist. This server serves `{}`.",
+                m.escape_debug(),
+                st.model_id
+            ),
+        )
+        .param("model")),
+    }
+}
+
+/// A logprobs count (`logprobs` of completions, `top_logprobs` of chat): 0 to 20.
+fn logprobs_count(k: Option<i64>, name: &'static str) -> Result<Option<usize>, ApiError> {
+    match k {
+        None => Ok(None),
+        Some(k @ 0..=20) => Ok(Some(k as usize)),
+        Some(k) => Err(ApiError::bad_request(format!("{name} must be between 0 and 20 (got {k})")).param(name)),
+    }
+}
+
 async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
-    let r: CompletionRequest = api::parse(&body)?;
+    let r: CompletionRequest = api::parse_request(&body, api::COMPLETION_FIELDS)?;
+    check_model(&st, r.common.model.as_deref())?;
     let encode = |s: &str| st.tokenizer.encode(s, true).map_err(ApiError::from);
-    let prompt = match &r.prompt {
-        Prompt::Text(s) => encode(s)?,
-        Prompt::Texts(v) if v.len() == 1 => encode(&v[0])?,
-        Prompt::Tokens(t) => t.clone(),
-        Prompt::TokenLists(v) if v.len() == 1 => v[0].clone(),
+    let (prompt, text) = match &r.prompt {
+        Prompt::Text(s) => (encode(s)?, Some(s.clone())),
+        Prompt::Texts(v) if v.len() == 1 => (encode(&v[0])?, Some(v[0].clone())),
+        Prompt::Tokens(t) => (t.clone(), None),
+        Prompt::TokenLists(v) if v.len() == 1 => (v[0].clone(), None),
         _ => return Err(ApiError::bad_request("send one prompt per request").param("prompt")),
     };
-    let logprobs = r.logprobs.map(|k| k.max(0) as usize);
+    let logprobs = logprobs_count(r.logprobs, "logprobs")?;
+    // `echo`: the prompt's text before each choice's (the prompt's logprobs are not computed).
+    let echo = match (r.echo, logprobs) {
+        (false, _) => None,
+        (true, Some(_)) => {
+            return Err(
+                ApiError::bad_request("echo with logprobs is not supported (prompt logprobs are not computed)")
+                    .param("echo"),
+            )
+        }
+        (true, None) => Some(match text {
+            Some(t) => t,
+            None => st.tokenizer.decode(&prompt),
+        }),
+    };
     let prompted = Prompted {
         tokens: prompt,
         max_default: 16,
+        max_model_len: st.max_model_len,
+        vocab: st.vocab,
+        prompt_name: "prompt",
         logprobs,
         stop_ids: Vec::new(),
     };
     let plan = api::plan(&r.common, prompted)?;
     let id = format!("cmpl-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
-    generate(st, plan, Kind::Completion, id, logprobs.is_some()).await
+    generate(st, plan, Kind::Completion, id, logprobs.is_some(), echo).await
 }
 
 async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
-    let r: ChatRequest = api::parse(&body)?;
+    let r: ChatRequest = api::parse_request(&body, api::CHAT_FIELDS)?;
+    check_model(&st, r.common.model.as_deref())?;
     if r.messages.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty").param("messages"));
     }
     let messages = r
         .messages
         .iter()
-        .map(|m| Ok(Message::new(&m.role, &m.text()?)))
+        .map(|m| Ok(Message::new(m.role()?, &m.text()?)))
         .collect::<Result<Vec<_>, ApiError>>()?;
     let text = st
         .template
         .render(&messages, true)
         .map_err(|e| ApiError::bad_request(format!("chat template: {e:#}")))?;
     let prompt = st.tokenizer.encode_with(&text, false, true)?;
-    let logprobs = match (r.logprobs, r.top_logprobs) {
-        (false, _) => None,
-        (true, k) => Some(k.unwrap_or(0).max(0) as usize),
+    let top = logprobs_count(r.top_logprobs, "top_logprobs")?;
+    let logprobs = match (r.logprobs, top) {
+        (false, Some(_)) => {
+            return Err(ApiError::bad_request("top_logprobs needs logprobs: true").param("top_logprobs"))
+        }
+        (false, None) => None,
+        (true, k) => Some(k.unwrap_or(0)),
     };
     let prompted = Prompted {
-        max_default: st.max_model_len.saturating_sub(prompt.len()).max(1),
+        max_default: st.max_model_len,
+        max_model_len: st.max_model_len,
+        vocab: st.vocab,
+        prompt_name: "messages",
         tokens: prompt,
         logprobs,
         stop_ids: st.chat_stop_ids.clone(),
     };
     let plan = api::plan(&r.common, prompted)?;
     let id = format!("chatcmpl-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
-    generate(st, plan, Kind::Chat, id, r.logprobs).await
+    generate(st, plan, Kind::Chat, id, r.logprobs, None).await
 }
 
 /// A request's sequences in the engine; dropping it (finished, or the client went away) cancels
@@ -213,6 +384,7 @@ async fn generate(
     kind: Kind,
     id: String,
     want_logprobs: bool,
+    echo: Option<String>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
     let prompt_tokens = plan.requests[0].prompt.len();
@@ -232,6 +404,7 @@ async fn generate(
         &plan.stops,
         prompt_tokens * plan.n,
         want_logprobs,
+        echo,
     );
     let mut sub = Submission {
         worker: st.worker.clone(),
@@ -245,6 +418,9 @@ async fn generate(
         while sub.next().await.is_some() {}
         if !sub.col.done() {
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine stopped"));
+        }
+        if sub.col.failed() {
+            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, st.worker.last_error()));
         }
         return Ok(Json(sub.col.response()).into_response());
     }
@@ -260,6 +436,12 @@ async fn generate(
                 _ = tx.closed() => return,
             };
             let Some(d) = d else { break };
+            if d.finish == Some("error") {
+                // As vLLM: an error object in the stream, then its end.
+                let e = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, st.worker.last_error());
+                let _ = tx.send(Ok(Event::default().data(e.body().to_string()))).await;
+                break;
+            }
             if d.text.is_empty() && d.finish.is_none() && d.logprobs.is_empty() {
                 continue;
             }

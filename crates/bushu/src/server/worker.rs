@@ -4,7 +4,7 @@
 //! sequences cancelled, which frees their blocks.
 
 use crate::engine::metrics::Metrics;
-use crate::engine::{Engine, Output, Request, SeqId};
+use crate::engine::{Engine, FinishReason, Output, Request, SeqId};
 use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,8 @@ pub enum SubmitError {
 #[derive(Clone)]
 pub struct Worker {
     tx: mpsc::Sender<Command>,
+    /// Why the last failed step failed (its sequences end with [`crate::engine::FinishReason::Error`]).
+    last_error: Arc<Mutex<String>>,
 }
 
 impl Worker {
@@ -43,11 +45,18 @@ impl Worker {
         metrics: Arc<Mutex<Metrics>>,
     ) -> (Worker, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel();
+        let last_error = Arc::new(Mutex::new(String::new()));
+        let errors = last_error.clone();
         let h = std::thread::Builder::new()
             .name("bushu-engine".into())
-            .spawn(move || run(engine, rx, max_queue, metrics))
+            .spawn(move || run(engine, rx, max_queue, metrics, errors))
             .expect("spawn the engine thread");
-        (Worker { tx }, h)
+        (Worker { tx, last_error }, h)
+    }
+
+    /// The message of the last failed engine step.
+    pub fn last_error(&self) -> String {
+        self.last_error.lock().unwrap().clone()
     }
 
     pub fn send(&self, c: Command) {
@@ -69,7 +78,13 @@ impl Worker {
     }
 }
 
-fn run(mut engine: Engine, rx: mpsc::Receiver<Command>, max_queue: usize, metrics: Arc<Mutex<Metrics>>) {
+fn run(
+    mut engine: Engine,
+    rx: mpsc::Receiver<Command>,
+    max_queue: usize,
+    metrics: Arc<Mutex<Metrics>>,
+    last_error: Arc<Mutex<String>>,
+) {
     let mut routes: HashMap<SeqId, tmpsc::UnboundedSender<Output>> = HashMap::new();
     loop {
         // Block for a command when idle; otherwise take what is queued and step.
@@ -134,10 +149,13 @@ fn run(mut engine: Engine, rx: mpsc::Receiver<Command>, max_queue: usize, metric
         let outputs = match engine.step() {
             Ok(o) => o,
             Err(e) => {
-                // A failed step should not happen; end every sequence in flight rather than spin.
-                eprintln!("bushu serve: engine step failed: {e:#}");
+                // A failed step (non-finite logits from a broken model, ...): end every sequence in
+                // flight with the error, which their requests report, rather than spin.
+                let msg = format!("{e:#}");
+                eprintln!("bushu serve: engine step failed: {}", crate::display::escape_controls(&msg));
+                *last_error.lock().unwrap() = msg;
                 let ids: Vec<SeqId> = routes.keys().copied().collect();
-                cancel(&mut engine, &mut routes, &ids);
+                end(&mut engine, &mut routes, &ids, FinishReason::Error);
                 continue;
             }
         };
@@ -157,6 +175,16 @@ fn run(mut engine: Engine, rx: mpsc::Receiver<Command>, max_queue: usize, metric
 
 /// Aborts sequences and tells their requests (if still listening).
 fn cancel(engine: &mut Engine, routes: &mut HashMap<SeqId, tmpsc::UnboundedSender<Output>>, ids: &[SeqId]) {
+    end(engine, routes, ids, FinishReason::Abort)
+}
+
+/// Ends sequences with `reason` and tells their requests (if still listening).
+fn end(
+    engine: &mut Engine,
+    routes: &mut HashMap<SeqId, tmpsc::UnboundedSender<Output>>,
+    ids: &[SeqId],
+    reason: FinishReason,
+) {
     for &id in ids {
         engine.abort(id);
         if let Some(tx) = routes.remove(&id) {
@@ -164,7 +192,7 @@ fn cancel(engine: &mut Engine, routes: &mut HashMap<SeqId, tmpsc::UnboundedSende
                 seq: id,
                 tokens: Vec::new(),
                 logprobs: Vec::new(),
-                finish: Some(crate::engine::FinishReason::Abort),
+                finish: Some(reason),
                 cached_tokens: 0,
                 verified: Default::default(),
             });

@@ -48,13 +48,15 @@ impl KvRows for KvI8<'_> {
 }
 
 /// Quantizes `x` (whole heads of `head_dim` values) into `q`, one absmax scale per head into `scale`.
+/// A head with a NaN or an infinity is stored as zero codes with a NaN scale, so it reads back as NaN
+/// rather than as quietly rounded numbers.
 pub fn quantize_heads(x: &[f32], head_dim: usize, q: &mut [i8], scale: &mut [f32]) {
     debug_assert_eq!(x.len(), scale.len() * head_dim);
     for ((xh, qh), s) in x.chunks_exact(head_dim).zip(q.chunks_exact_mut(head_dim)).zip(scale) {
         let amax = xh.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        if amax == 0.0 {
+        if amax == 0.0 || !xh.iter().all(|v| v.is_finite()) {
             qh.fill(0);
-            *s = 0.0;
+            *s = if amax == 0.0 { 0.0 } else { f32::NAN };
             continue;
         }
         let inv = 127.0 / amax;

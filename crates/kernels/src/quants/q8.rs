@@ -20,10 +20,20 @@ pub struct BlockQ8 {
 }
 
 /// Quantizes `x` (a multiple of 32 values) into `out` (`x.len() / 32` blocks): `d = max|x| / 127`,
-/// `q = round_half_even(x / d)`.
+/// `q = round_half_even(x / d)`. A block holding a NaN or an infinity becomes codes 0 with `d` and `s`
+/// NaN, so that every product with it is NaN (and the caller sees non-finite output) instead of
+/// integers that wrapped.
 pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
     assert_eq!(x.len(), out.len() * QK8, "activation length is not a multiple of 32");
     for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK8)) {
+        if !xs.iter().all(|v| v.is_finite()) {
+            *b = BlockQ8 {
+                d: f32::NAN,
+                s: f32::NAN,
+                ..BlockQ8::default()
+            };
+            continue;
+        }
         let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -47,10 +57,18 @@ pub struct BlockQ16 {
     pub qs: [i16; QK8],
 }
 
-/// Quantizes `x` (a multiple of 32 values) into `out`, 16 bits per value, round half to even.
+/// Quantizes `x` (a multiple of 32 values) into `out`, 16 bits per value, round half to even (a
+/// block with a NaN or an infinity: codes 0 and `d` NaN, as [`quantize_row_q8`]).
 pub fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16]) {
     assert_eq!(x.len(), out.len() * QK8, "activation length is not a multiple of 32");
     for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK8)) {
+        if !xs.iter().all(|v| v.is_finite()) {
+            *b = BlockQ16 {
+                d: f32::NAN,
+                qs: [0; QK8],
+            };
+            continue;
+        }
         let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 32767.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };

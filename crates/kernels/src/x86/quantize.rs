@@ -1,20 +1,28 @@
 //! Activation quantization ([`BlockQ8`], [`BlockQ16`]) eight lanes at a time: the same arithmetic as
 //! the scalar reference in [`crate::quants`] (`amax / 127`, `1 / d`, `x * id` rounded half to even),
-//! so the blocks are bit-identical to it.
+//! so the blocks are bit-identical to it — a block with a NaN or an infinity included (codes 0, scale
+//! NaN: no integer ever sees a NaN's conversion, `i32::MIN`).
 
 use crate::quants::{BlockQ16, BlockQ8, QK8};
 use std::arch::x86_64::*;
 
 /// A block's four vectors, its `id = 1 / d` applied and rounded to integers, and `d`; `full` is the
-/// largest code (127 or 32767).
+/// largest code (127 or 32767). A block with a NaN or an infinity gives zero codes and `d` NaN.
 #[inline(always)]
 unsafe fn codes(xs: &[f32], full: f32) -> ([__m256i; 4], f32) {
     // Loops, not closures (`map`, `from_fn`): a closure would not inherit the target features.
     let mut v = [_mm256_setzero_ps(); 4];
     let mut m = _mm256_setzero_ps();
+    let mut bad = _mm256_setzero_ps();
     for (i, vi) in v.iter_mut().enumerate() {
         *vi = _mm256_loadu_ps(xs.as_ptr().add(8 * i));
-        m = _mm256_max_ps(m, _mm256_andnot_ps(_mm256_set1_ps(-0.0), *vi));
+        let a = _mm256_andnot_ps(_mm256_set1_ps(-0.0), *vi);
+        m = _mm256_max_ps(m, a);
+        // Not less than infinity: an infinity, or a NaN (unordered).
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(a, _mm256_set1_ps(f32::INFINITY)));
+    }
+    if _mm256_movemask_ps(bad) != 0 {
+        return ([_mm256_setzero_si256(); 4], f32::NAN);
     }
     let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
     let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
@@ -43,7 +51,8 @@ pub(crate) unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
         _mm256_storeu_si256(b.qs.as_mut_ptr() as *mut __m256i, w);
         b.h = [h0 as i16, h1 as i16];
         b.d = d;
-        b.s = d * (h0 + h1) as f32;
+        // NaN for a non-finite block (whose codes and sums are 0), as the scalar version.
+        b.s = if d.is_nan() { f32::NAN } else { d * (h0 + h1) as f32 };
     }
 }
 
@@ -91,6 +100,45 @@ mod tests {
             *x = if i == 0 { 127.0 } else { i as f32 - 16.5 };
         }
         v
+    }
+
+    /// Blocks with a NaN, an infinity, both signs of infinity, and an otherwise normal block with one NaN.
+    fn non_finite() -> Vec<f32> {
+        let mut v = values()[..32 * 4].to_vec();
+        v[3] = f32::NAN;
+        v[32 + 31] = f32::INFINITY;
+        v[64] = f32::NEG_INFINITY;
+        v[65] = f32::INFINITY;
+        v[96 + 17] = -f32::NAN;
+        v
+    }
+
+    #[test]
+    fn non_finite_blocks_are_nan_scaled_zero_codes_in_both_versions() {
+        let x = non_finite();
+        let nb = x.len() / 32;
+        let mut a = vec![Default::default(); nb];
+        quants::quantize_row_q8(&x, &mut a);
+        for b in &a {
+            assert!(b.d.is_nan() && b.s.is_nan() && b.qs == [0; 32] && b.h == [0, 0], "{b:?}");
+        }
+        let mut a16 = vec![Default::default(); nb];
+        quants::quantize_row_q16(&x, &mut a16);
+        assert!(a16.iter().all(|b: &quants::BlockQ16| b.d.is_nan() && b.qs == [0; 32]));
+        if !crate::Simd::Avx2.available() {
+            return;
+        }
+        let mut b = vec![Default::default(); nb];
+        unsafe { super::quantize_row_q8(&x, &mut b) };
+        let bits = |v: &[quants::BlockQ8]| {
+            v.iter()
+                .map(|b| (b.d.to_bits() & 0x7fc0_0000, b.s.to_bits() & 0x7fc0_0000, b.qs, b.h))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&a), bits(&b));
+        let mut b16 = vec![Default::default(); nb];
+        unsafe { super::quantize_row_q16(&x, &mut b16) };
+        assert!(b16.iter().all(|b: &quants::BlockQ16| b.d.is_nan() && b.qs == [0; 32]));
     }
 
     #[test]
