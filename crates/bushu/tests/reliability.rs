@@ -29,14 +29,20 @@ fn bushu(args: &[&str], mem: Option<&str>) -> (i32, String) {
         c.env("BUSHU_MEMORY_AVAILABLE", m);
     }
     let out = c.output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A command that must fail with one short `error:` line containing every one of `expect`.
 fn fails(args: &[&str], mem: Option<&str>, expect: &[&str]) -> String {
     let (code, err) = bushu(args, mem);
     assert_eq!(code, 1, "{args:?}: exit {code}, {err}");
-    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{args:?}: {err}"));
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("{args:?}: {err}"));
     for e in expect {
         assert!(line.contains(e), "{args:?}: expected {e:?} in {line:?}");
     }
@@ -113,19 +119,33 @@ fn serve_sizes_the_kv_cache_from_memory_or_refuses() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(
-        lines.concat().contains("beyond the 2048 positions the model was trained for (the file gives no RoPE scaling)"),
+        lines
+            .concat()
+            .contains("beyond the 2048 positions the model was trained for (the file gives no RoPE scaling)"),
         "{lines:?}"
     );
     let m = tiny();
     let m = m.to_str().unwrap();
-    fails(&["serve", "--model", m, "--kv-memory", "1e30"], None, &["--kv-memory", "1e30", "larger than this machine can address"]);
+    fails(
+        &["serve", "--model", m, "--kv-memory", "1e30"],
+        None,
+        &["--kv-memory", "1e30", "larger than this machine can address"],
+    );
     fails(
         &["serve", "--model", m, "--kv-memory", "1000000G"],
         Some("1G"),
         &["976.6 TiB", "1.0 GiB of memory is available", "--kv-memory"],
     );
-    fails(&["serve", "--model", m, "--kv-memory", "100"], Some("1G"), &["fewer than 16 positions", "--kv-memory"]);
-    fails(&["serve", "--model", m, "--ctx", "0"], None, &["--ctx must be at least 1"]);
+    fails(
+        &["serve", "--model", m, "--kv-memory", "100"],
+        Some("1G"),
+        &["fewer than 16 positions", "--kv-memory"],
+    );
+    fails(
+        &["serve", "--model", m, "--ctx", "0"],
+        None,
+        &["--ctx must be at least 1"],
+    );
 }
 
 /// The same through the library, against the model's numbers: 6 layers x 288 wide x 2 (K, V) x 4
@@ -172,9 +192,15 @@ fn run_ctx_is_checked() {
     );
     // 100,000,000 x 13,824 bytes = 1.26 TiB.
     assert!(line.contains("give a smaller --ctx"), "{line}");
-    let (code, err) = bushu(&["run", "--model", m, "--prompt", "hi", "-n", "2", "--ctx", "4000"], None);
+    let (code, err) = bushu(
+        &["run", "--model", m, "--prompt", "hi", "-n", "2", "--ctx", "4000"],
+        None,
+    );
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("warning: --ctx 4000 is beyond the 2048 positions the model was trained for"), "{err}");
+    assert!(
+        err.contains("warning: --ctx 4000 is beyond the 2048 positions the model was trained for"),
+        "{err}"
+    );
 }
 
 // ---- 6: NaN / infinity in the weights --------------------------------------------------------------
@@ -186,15 +212,31 @@ fn run_ctx_is_checked() {
 fn non_finite_weights_are_errors() {
     let dir = TempDir::new("rel-nan");
     let mut w = tiny_llama_gguf();
-    w.add_f32("blk.0.attn_norm.weight", vec![8], &[1.0, 1.0, 1.0, f32::NAN, 1.0, 1.0, 1.0, 1.0]);
+    w.add_f32(
+        "blk.0.attn_norm.weight",
+        vec![8],
+        &[1.0, 1.0, 1.0, f32::NAN, 1.0, 1.0, 1.0, 1.0],
+    );
     let nan = write(&dir.0, "nan.gguf", &w);
     fails(
         &["run", "--model", &nan, "--prompt", "hi", "-n", "4"],
         None,
-        &["tensor blk.0.attn_norm.weight holds NaN at element 3", "--no-check-tensors"],
+        &[
+            "tensor blk.0.attn_norm.weight holds NaN at element 3",
+            "--no-check-tensors",
+        ],
     );
     fails(
-        &["run", "--model", &nan, "--prompt", "hi", "-n", "4", "--no-check-tensors"],
+        &[
+            "run",
+            "--model",
+            &nan,
+            "--prompt",
+            "hi",
+            "-n",
+            "4",
+            "--no-check-tensors",
+        ],
         None,
         &["non-finite logit"],
     );
@@ -203,9 +245,22 @@ fn non_finite_weights_are_errors() {
     emb[8 * 1 + 2] = f32::INFINITY; // token 1 (BOS)
     w.add_f32("token_embd.weight", vec![8, 32000], &emb);
     let inf = write(&dir.0, "inf.gguf", &w);
-    fails(&["run", "--model", &inf, "--prompt", "hi", "--check-tensors"], None, &["token_embd.weight holds inf at element 10"]);
+    fails(
+        &["run", "--model", &inf, "--prompt", "hi", "--check-tensors"],
+        None,
+        &["token_embd.weight holds inf at element 10"],
+    );
     for exact in [false, true] {
-        let mut args = vec!["run", "--model", &inf, "--prompt", "hi", "-n", "4", "--no-check-tensors"];
+        let mut args = vec![
+            "run",
+            "--model",
+            &inf,
+            "--prompt",
+            "hi",
+            "-n",
+            "4",
+            "--no-check-tensors",
+        ];
         if exact {
             args.push("--exact-activations");
         }
@@ -227,10 +282,23 @@ fn server_reports_non_finite_logits() {
     let server = Server::start(o).unwrap();
     let (st, v) = post(server.addr, "/v1/completions", json!({"prompt": "hi", "max_tokens": 3}));
     assert_eq!(st, 500, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("non-finite logit"), "{v}");
-    let (st, body) = raw(server.addr, "POST", "/v1/completions", "application/json", &json!({"prompt": "hi", "max_tokens": 3, "stream": true}).to_string(), None);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("non-finite logit"),
+        "{v}"
+    );
+    let (st, body) = raw(
+        server.addr,
+        "POST",
+        "/v1/completions",
+        "application/json",
+        &json!({"prompt": "hi", "max_tokens": 3, "stream": true}).to_string(),
+        None,
+    );
     assert_eq!(st, 200);
-    assert!(body.contains("\"error\"") && body.contains("non-finite logit") && body.contains("[DONE]"), "{body}");
+    assert!(
+        body.contains("\"error\"") && body.contains("non-finite logit") && body.contains("[DONE]"),
+        "{body}"
+    );
     server.shutdown().unwrap();
     // And the default check refuses to start.
     let mut o = ServeOptions::new(PathBuf::from(&p));
@@ -250,7 +318,10 @@ fn control_characters_from_files_are_escaped() {
     let p = write(&dir.0, "ansi.gguf", &w);
     let (code, err) = bushu(&["run", "--model", &p, "--prompt", "hi"], None);
     assert_eq!(code, 1);
-    assert!(!err.contains('\x1b') && !err.contains('\r'), "raw control characters: {err:?}");
+    assert!(
+        !err.contains('\x1b') && !err.contains('\r'),
+        "raw control characters: {err:?}"
+    );
     assert!(err.contains("\\x1b[2J\\x1b[31mevil\\rfake"), "{err}");
 }
 
@@ -264,7 +335,11 @@ fn tokenizer_and_model_vocabularies_must_agree() {
     let vocab = bushu::formats::gguf::Gguf::open(&shared("testdata/vocab/ggml-vocab-llama-spm.gguf")).unwrap();
     let cut = |n: usize| {
         let mut w = tiny_llama_gguf();
-        for key in ["tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"] {
+        for key in [
+            "tokenizer.ggml.tokens",
+            "tokenizer.ggml.scores",
+            "tokenizer.ggml.token_type",
+        ] {
             let cut = match &vocab.metadata[key] {
                 G::Strings(l) => G::Array(l.iter().take(n).map(|t| G::String(t.to_string())).collect()),
                 G::Numbers(l) => G::Array(l.iter().take(n).collect()),
@@ -275,14 +350,22 @@ fn tokenizer_and_model_vocabularies_must_agree() {
         w
     };
     let p = write(&dir.0, "cut.gguf", &cut(100));
-    fails(&["run", "--model", &p, "--prompt", "hi"], None, &["tokenizer has 100 tokens for a model of 32000"]);
+    fails(
+        &["run", "--model", &p, "--prompt", "hi"],
+        None,
+        &["tokenizer has 100 tokens for a model of 32000"],
+    );
     let mut w = tiny_llama_gguf();
     w.set("llama.vocab_size", G::U32(30000));
     let mut e = vec![0.01f32; 8 * 30000];
     e[0] = 0.02;
     w.add_f32("token_embd.weight", vec![8, 30000], &e);
     let p = write(&dir.0, "small-model.gguf", &w);
-    fails(&["run", "--model", &p, "--prompt", "hi"], None, &["tokenizer has 32000 tokens but the model only 30000 rows"]);
+    fails(
+        &["run", "--model", &p, "--prompt", "hi"],
+        None,
+        &["tokenizer has 32000 tokens but the model only 30000 rows"],
+    );
 }
 
 // ---- the server: 3, 4, 5, 9 and issue 22's fields ----------------------------------------------------
@@ -342,7 +425,10 @@ fn is_error(st: u16, body: &str, want: u16) -> Value {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body:?}"));
     assert_eq!(v["error"]["code"], want, "{v}");
     assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    assert!(v["error"]["type"].is_string() && v["error"].get("param").is_some(), "{v}");
+    assert!(
+        v["error"]["type"].is_string() && v["error"].get("param").is_some(),
+        "{v}"
+    );
     v
 }
 
@@ -362,10 +448,24 @@ fn every_http_error_is_openai_json() {
     is_error(st, &b, 413);
     let (st, b) = raw(a, "POST", "/v1/completions", "text/plain", r#"{"prompt":"hi"}"#, None);
     is_error(st, &b, 415);
-    let (st, b) = raw(a, "POST", "/v1/chat/completions", "application/x-www-form-urlencoded", "a=b", None);
+    let (st, b) = raw(
+        a,
+        "POST",
+        "/v1/chat/completions",
+        "application/x-www-form-urlencoded",
+        "a=b",
+        None,
+    );
     is_error(st, &b, 415);
     // A charset parameter is fine.
-    let (st, b) = raw(a, "POST", "/v1/completions", "application/json; charset=utf-8", r#"{"prompt":"hi","max_tokens":1}"#, None);
+    let (st, b) = raw(
+        a,
+        "POST",
+        "/v1/completions",
+        "application/json; charset=utf-8",
+        r#"{"prompt":"hi","max_tokens":1}"#,
+        None,
+    );
     assert_eq!(st, 200, "{b}");
     server.shutdown().unwrap();
 }
@@ -376,21 +476,49 @@ fn every_http_error_is_openai_json() {
 fn max_tokens_beyond_the_context_is_refused_with_numbers() {
     let server = start(|o| o.ctx = Some(64));
     let a = server.addr;
-    let (st, v) = post(a, "/v1/completions", json!({"prompt": vec![450u32; 50], "max_tokens": 20}));
+    let (st, v) = post(
+        a,
+        "/v1/completions",
+        json!({"prompt": vec![450u32; 50], "max_tokens": 20}),
+    );
     let v = is_error(st, &v.to_string(), 400);
     assert_eq!(
         v["error"]["message"],
         "This model's maximum context length is 64 tokens. However, you requested 70 tokens (50 in the prompt, 20 in the completion). Please reduce the length of the prompt or completion."
     );
     assert_eq!(v["error"]["param"], "max_tokens");
-    let (st, v) = post(a, "/v1/completions", json!({"prompt": "hi", "max_tokens": 1_000_000_000}));
+    let (st, v) = post(
+        a,
+        "/v1/completions",
+        json!({"prompt": "hi", "max_tokens": 1_000_000_000}),
+    );
     let v = is_error(st, &v.to_string(), 400);
-    assert!(v["error"]["message"].as_str().unwrap().contains("1000000000 in the completion"), "{v}");
-    let (st, v) = post(a, "/v1/chat/completions", json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1000000000 in the completion"),
+        "{v}"
+    );
+    let (st, v) = post(
+        a,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}),
+    );
     let v = is_error(st, &v.to_string(), 400);
-    assert!(v["error"]["message"].as_str().unwrap().contains("in the messages, 100 in the completion"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("in the messages, 100 in the completion"),
+        "{v}"
+    );
     // Exactly the room left: accepted, and all of it generated.
-    let (st, v) = post(a, "/v1/completions", json!({"prompt": vec![450u32; 50], "max_tokens": 14, "ignore_eos": true}));
+    let (st, v) = post(
+        a,
+        "/v1/completions",
+        json!({"prompt": vec![450u32; 50], "max_tokens": 14, "ignore_eos": true}),
+    );
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["usage"]["completion_tokens"], 14);
     server.shutdown().unwrap();
@@ -432,7 +560,10 @@ fn slow_clients_time_out_and_connections_are_capped() {
     std::thread::sleep(Duration::from_millis(200));
     let (st, b) = raw(a, "GET", "/health", "application/json", "", None);
     let v = is_error(st, &b, 503);
-    assert!(v["error"]["message"].as_str().unwrap().contains("--max-connections"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("--max-connections"),
+        "{v}"
+    );
     drop(held);
     // The idle ones time out too, and the slots come back.
     std::thread::sleep(Duration::from_millis(1500));
@@ -447,7 +578,14 @@ fn strict_validation_auth_and_metrics() {
     let server = start(|o| o.api_key = Some("sekret".into()));
     let a = server.addr;
     let call = |body: Value, auth: &str| {
-        let (st, b) = raw(a, "POST", "/v1/completions", "application/json", &body.to_string(), Some(auth));
+        let (st, b) = raw(
+            a,
+            "POST",
+            "/v1/completions",
+            "application/json",
+            &body.to_string(),
+            Some(auth),
+        );
         (st, b)
     };
     for scheme in ["Bearer", "bearer", "BEARER"] {
@@ -457,7 +595,10 @@ fn strict_validation_auth_and_metrics() {
     let (st, b) = call(json!({"prompt": "hi"}), "Bearer sekreT");
     assert!(is_error(st, &b, 401)["error"]["message"] == "invalid API key");
     let (st, b) = call(json!({"prompt": "hi"}), "Basic sekret");
-    assert!(is_error(st, &b, 401)["error"]["message"].as_str().unwrap().starts_with("missing API key"));
+    assert!(is_error(st, &b, 401)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("missing API key"));
     let key = "Bearer sekret";
     for (bad, param) in [
         (json!({"prompt": "hi", "top_k": -5}), "top_k"),
@@ -474,16 +615,28 @@ fn strict_validation_auth_and_metrics() {
         assert_eq!(v["error"]["param"], param, "{bad}: {v}");
     }
     let chat = |body: Value| {
-        let (st, b) = raw(a, "POST", "/v1/chat/completions", "application/json", &body.to_string(), Some(key));
+        let (st, b) = raw(
+            a,
+            "POST",
+            "/v1/chat/completions",
+            "application/json",
+            &body.to_string(),
+            Some(key),
+        );
         (st, b)
     };
     let (st, b) = chat(json!({"messages": [{"role": "wizard", "content": "hi"}]}));
-    assert!(is_error(st, &b, 400)["error"]["message"].as_str().unwrap().contains("unknown message role 'wizard'"));
+    assert!(is_error(st, &b, 400)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown message role 'wizard'"));
     let (st, b) = chat(json!({"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}));
     is_error(st, &b, 400);
     let (st, b) = chat(json!({"messages": [{"role": "user", "content": "hi", "tool_calls": []}]}));
     is_error(st, &b, 400);
-    let (st, b) = chat(json!({"messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}], "max_tokens": 1}));
+    let (st, b) = chat(
+        json!({"messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}], "max_tokens": 1}),
+    );
     assert_eq!(st, 200, "{b}");
     // top_k -1 is "off" (vLLM's convention).
     assert_eq!(call(json!({"prompt": "hi", "top_k": -1, "max_tokens": 1}), key).0, 200);
@@ -510,15 +663,40 @@ fn request_fields_are_honoured_or_refused() {
     let (st, v) = post(a, "/v1/completions", json!({"model": "gpt-4o", "prompt": "hi"}));
     let v = is_error(st, &v.to_string(), 404);
     assert_eq!(v["error"]["param"], "model");
-    assert!(v["error"]["message"].as_str().unwrap().contains("`gpt-4o` does not exist"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`gpt-4o` does not exist"),
+        "{v}"
+    );
     for name in ["tiny-llama-q8_0.gguf", "tiny-llama-q8_0"] {
-        let (st, v) = post(a, "/v1/completions", json!({"model": name, "prompt": "hi", "max_tokens": 1}));
+        let (st, v) = post(
+            a,
+            "/v1/completions",
+            json!({"model": name, "prompt": "hi", "max_tokens": 1}),
+        );
         assert_eq!(st, 200, "{name}: {v}");
     }
     let (st, v) = post(a, "/v1/completions", json!({"prompt": "hi", "frobnicate": 1}));
     let v = is_error(st, &v.to_string(), 400);
-    assert!(v["error"]["message"].as_str().unwrap().contains("unsupported field 'frobnicate'"), "{v}");
-    for field in ["response_format", "tools", "tool_choice", "guided_json", "guided_regex", "guided_grammar", "guided_choice", "parallel_tool_calls"] {
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unsupported field 'frobnicate'"),
+        "{v}"
+    );
+    for field in [
+        "response_format",
+        "tools",
+        "tool_choice",
+        "guided_json",
+        "guided_regex",
+        "guided_grammar",
+        "guided_choice",
+        "parallel_tool_calls",
+    ] {
         let mut body = json!({"messages": [{"role": "user", "content": "hi"}]});
         body[field] = json!({"type": "json_object"});
         let (st, v) = post(a, "/v1/chat/completions", body);
@@ -535,7 +713,8 @@ fn request_fields_are_honoured_or_refused() {
 
     // logit_bias: greedy text without bias, then the same prompt with +100 on one token: every token
     // is that token (its logit beats the rest by far more than their spread).
-    let greedy = json!({"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0, "ignore_eos": true, "logprobs": 0});
+    let greedy =
+        json!({"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0, "ignore_eos": true, "logprobs": 0});
     let (st, plain) = post(a, "/v1/completions", greedy.clone());
     assert_eq!(st, 200, "{plain}");
     let tok = bushu::model::load(&tiny()).unwrap().tokenizer;
@@ -544,12 +723,22 @@ fn request_fields_are_honoured_or_refused() {
     biased["logit_bias"] = json!({ target.to_string(): 100 });
     let (st, v) = post(a, "/v1/completions", biased);
     assert_eq!(st, 200, "{v}");
-    let toks: Vec<&str> = v["choices"][0]["logprobs"]["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let toks: Vec<&str> = v["choices"][0]["logprobs"]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
     assert_eq!(toks, vec![" castle"; 6], "{v}");
     assert_ne!(plain["choices"][0]["text"], v["choices"][0]["text"]);
     // A bias of -100 on the greedy first token bans it.
-    let first = plain["choices"][0]["logprobs"]["tokens"][0].as_str().unwrap().to_string();
-    let first_id = tok.token_to_id(&first.replace(' ', "▁")).expect("the greedy token's id");
+    let first = plain["choices"][0]["logprobs"]["tokens"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first_id = tok
+        .token_to_id(&first.replace(' ', "▁"))
+        .expect("the greedy token's id");
     let mut banned = greedy.clone();
     banned["logit_bias"] = json!({ first_id.to_string(): -100 });
     let (_, v) = post(a, "/v1/completions", banned);
@@ -564,17 +753,39 @@ fn request_fields_are_honoured_or_refused() {
     let want = format!("Once upon a time{}", plain["choices"][0]["text"].as_str().unwrap());
     assert_eq!(v["choices"][0]["text"], want.as_str());
     echo["stream"] = json!(true);
-    let (_, body) = raw(a, "POST", "/v1/completions", "application/json", &echo.to_string(), None);
+    let (_, body) = raw(
+        a,
+        "POST",
+        "/v1/completions",
+        "application/json",
+        &echo.to_string(),
+        None,
+    );
     let streamed: String = body
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"].as_str().unwrap_or("").to_string())
+        .map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
         .collect();
     assert_eq!(streamed, want);
     // Prompt as token ids: echo decodes them.
     let ids = tok.encode("Once upon a time", true).unwrap();
-    let (_, v) = post(a, "/v1/completions", json!({"prompt": ids, "max_tokens": 2, "temperature": 0, "echo": true}));
-    assert!(v["choices"][0]["text"].as_str().unwrap().starts_with("Once upon a time"), "{v}");
+    let (_, v) = post(
+        a,
+        "/v1/completions",
+        json!({"prompt": ids, "max_tokens": 2, "temperature": 0, "echo": true}),
+    );
+    assert!(
+        v["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Once upon a time"),
+        "{v}"
+    );
     server.shutdown().unwrap();
 }

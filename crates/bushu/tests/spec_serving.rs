@@ -274,3 +274,29 @@ fn serve_with_lookup_reports_drafts() {
     }
     assert_eq!(texts[0], texts[1]);
 }
+
+/// With a draft model, `--kv-memory` holds both caches: the blocks are sized by the two models' bytes
+/// per position together.
+#[test]
+fn kv_memory_covers_the_draft_cache() {
+    use bushu::engine::model_runner::PagedCache;
+    let per = |rel: &str| PagedCache::bytes_per_position(&Model::new(&open(rel)).unwrap());
+    let (t, d) = (per(EXPERT), per(AMATEUR));
+    let budget = 4 << 20;
+    let mut o = ServeOptions::new(shared(EXPERT));
+    o.port = 0;
+    o.kv_memory = Some(budget);
+    o.spec = SpecOptions {
+        method: Speculation::DraftModel(shared(AMATEUR)),
+        ..SpecOptions::off()
+    };
+    let server = Server::start(o).unwrap();
+    let e = &server.engine;
+    let used = e.num_blocks * e.block_size * (t + d);
+    assert!(
+        used <= budget && used + e.block_size * (t + d) > budget,
+        "{used} of {budget}"
+    );
+    assert!(server.speculation.as_deref().unwrap().contains("KV cache"));
+    server.shutdown().unwrap();
+}

@@ -324,7 +324,11 @@ pub fn run(a: RunArgs) -> Result<()> {
 /// The context size to allocate: what was asked, else the model's own capped at 4096. Beyond the
 /// trained context is allowed with a warning; a KV cache (of `kv_type`) that cannot fit in the memory
 /// available is refused before it is allocated, with the numbers.
-pub fn context_size(asked: Option<usize>, config: &crate::model::Config, kv_type: crate::model::KvType) -> Result<usize> {
+pub fn context_size(
+    asked: Option<usize>,
+    config: &crate::model::Config,
+    kv_type: crate::model::KvType,
+) -> Result<usize> {
     use crate::model::memory::{ensure_fits, product};
     let ctx = match asked {
         Some(0) => bail!("--ctx must be at least 1"),

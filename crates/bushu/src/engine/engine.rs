@@ -119,7 +119,12 @@ impl EngineConfig {
         let wanted = product(s.max_batch, ctx, per_pos);
         let (bytes, basis) = match s.kv_memory {
             Some(b) => {
-                ensure_fits_in(b as u128, s.available, "the KV cache asked for by --kv-memory", "give a smaller --kv-memory")?;
+                ensure_fits_in(
+                    b as u128,
+                    s.available,
+                    "the KV cache asked for by --kv-memory",
+                    "give a smaller --kv-memory",
+                )?;
                 (b as u128, format!("--kv-memory {}", fmt_bytes(b as u128)))
             }
             None => {

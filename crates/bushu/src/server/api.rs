@@ -343,14 +343,17 @@ fn sampling(c: &Common) -> Result<SamplingParams, ApiError> {
     let mut logit_bias = Vec::new();
     for (k, &b) in c.logit_bias.iter().flatten() {
         let id: u32 = k.parse().map_err(|_| {
-            ApiError::bad_request(format!("logit_bias keys must be token ids (got '{}')", k.escape_debug()))
-                .param("logit_bias")
+            ApiError::bad_request(format!(
+                "logit_bias keys must be token ids (got '{}')",
+                k.escape_debug()
+            ))
+            .param("logit_bias")
         })?;
         if !(-100.0..=100.0).contains(&b) {
-            return Err(
-                ApiError::bad_request(format!("logit_bias values must be in [-100, 100] (got {b} for token {id})"))
-                    .param("logit_bias"),
-            );
+            return Err(ApiError::bad_request(format!(
+                "logit_bias values must be in [-100, 100] (got {b} for token {id})"
+            ))
+            .param("logit_bias"));
         }
         logit_bias.push((id, b));
     }
@@ -426,12 +429,20 @@ mod tests {
         let r: CompletionRequest = parse(br#"{"prompt":"x","max_tokens":5}"#).unwrap();
         assert!(plan(&r.common, prompted(vec![1; 59])).is_ok());
         let e = plan(&r.common, prompted(vec![1; 60])).err().unwrap();
-        assert!(e.message.contains("you requested 65 tokens (60 in the prompt, 5 in the completion)"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("you requested 65 tokens (60 in the prompt, 5 in the completion)"),
+            "{}",
+            e.message
+        );
         let r: CompletionRequest = parse(br#"{"prompt":"x","logit_bias":{"7":-100,"99":2.5}}"#).unwrap();
         let p = plan(&r.common, prompted(vec![1])).unwrap();
         assert_eq!(p.requests[0].sampling.logit_bias, vec![(7, -100.0), (99, 2.5)]);
         let r: CompletionRequest = parse(br#"{"prompt":"x","logit_bias":{"100":1}}"#).unwrap();
-        assert_eq!(plan(&r.common, prompted(vec![1])).err().unwrap().param, Some("logit_bias"));
+        assert_eq!(
+            plan(&r.common, prompted(vec![1])).err().unwrap().param,
+            Some("logit_bias")
+        );
     }
 
     #[test]

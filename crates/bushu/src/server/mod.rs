@@ -18,6 +18,7 @@ pub mod worker;
 
 use crate::chat::session::template_for;
 use crate::engine::metrics::Metrics;
+use crate::engine::model_runner::PagedCache;
 use crate::engine::{Engine, EngineConfig, KvPlan, KvSizing};
 use crate::model::{load, ModelOptions};
 use crate::spec_decode::serving::{draft_runner, Method, Speculator};
@@ -132,15 +133,33 @@ impl Server {
             crate::model::check::check_tensors(&file)?;
         }
         let model = opts.model_options().build(&file)?;
+        // A draft model is loaded first: its paged cache has the target's blocks, so the KV budget is
+        // shared between the two caches in proportion to their bytes per position.
+        let draft = match &opts.spec.method {
+            Speculation::DraftModel(path) => {
+                let f = load(path).with_context(|| format!("cannot open the draft model {}", path.display()))?;
+                check_same_vocabulary(
+                    (file.config.vocab_size, &file.tokenizer),
+                    (f.config.vocab_size, &f.tokenizer),
+                )?;
+                let mut draft = opts.model_options().build(&f)?;
+                draft.head_rows = opts.spec.draft_vocab;
+                Some(draft)
+            }
+            _ => None,
+        };
+        let per_pos = PagedCache::bytes_per_position(&model) as u128;
+        let draft_per_pos = draft.as_ref().map_or(0, |d| PagedCache::bytes_per_position(d) as u128);
+        let share = |b: u128| b * per_pos / (per_pos + draft_per_pos);
         // Sized before anything is allocated: a cache that cannot fit is refused with the numbers.
         let plan = EngineConfig::sized(
             &model,
             &KvSizing {
                 max_batch: opts.max_batch,
                 ctx: opts.ctx,
-                kv_memory: opts.kv_memory,
-                available: crate::model::memory::available_bytes(),
-                model_bytes: file.file_bytes,
+                kv_memory: opts.kv_memory.map(|b| share(b as u128) as usize),
+                available: crate::model::memory::available_bytes().map(|a| share(a as u128) as u64),
+                model_bytes: share(file.file_bytes as u128) as u64,
             },
         )?;
         let mut cfg = plan.cfg.clone();
@@ -168,14 +187,8 @@ impl Server {
             Speculation::Off => None,
             Speculation::Lookup { ngram } => Some(Method::Lookup(PromptLookup::new(*ngram)?)),
             Speculation::SelfSpeculate { layers } => Some(Method::SelfSpeculate { layers: *layers }),
-            Speculation::DraftModel(path) => {
-                let f = load(path).with_context(|| format!("cannot open the draft model {}", path.display()))?;
-                check_same_vocabulary(
-                    (file.config.vocab_size, &file.tokenizer),
-                    (f.config.vocab_size, &f.tokenizer),
-                )?;
-                let mut draft = opts.model_options().build(&f)?;
-                draft.head_rows = opts.spec.draft_vocab;
+            Speculation::DraftModel(_) => {
+                let draft = draft.expect("the draft model was loaded");
                 Some(Method::DraftModel(draft_runner(draft, &engine.runner)?))
             }
         };
@@ -185,7 +198,16 @@ impl Server {
         }
         let speculation = engine.spec.as_ref().map(|s| {
             let l = &opts.spec.length;
-            format!("{} (up to {} drafts per step, at least {})", s.name(), l.max, l.min)
+            let cache = match s.draft_cache_bytes() {
+                Some(b) => format!(", its KV cache {:.1} MiB", b as f64 / (1 << 20) as f64),
+                None => String::new(),
+            };
+            format!(
+                "{} (up to {} drafts per step, at least {}{cache})",
+                s.name(),
+                l.max,
+                l.min
+            )
         });
         let (worker, engine_thread) = Worker::spawn(engine, opts.max_queue, metrics.clone());
         let listener = std::net::TcpListener::bind((opts.host.as_str(), opts.port))

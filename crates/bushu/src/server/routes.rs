@@ -141,7 +141,8 @@ async fn intake(req: Request, next: Next) -> Response {
         }
         Ok(Ok(b)) => b,
     };
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 /// The key of an `Authorization` header: scheme `Bearer` in any case, as RFC 9110 has it.

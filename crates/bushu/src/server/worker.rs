@@ -152,7 +152,10 @@ fn run(
                 // A failed step (non-finite logits from a broken model, ...): end every sequence in
                 // flight with the error, which their requests report, rather than spin.
                 let msg = format!("{e:#}");
-                eprintln!("bushu serve: engine step failed: {}", crate::display::escape_controls(&msg));
+                eprintln!(
+                    "bushu serve: engine step failed: {}",
+                    crate::display::escape_controls(&msg)
+                );
                 *last_error.lock().unwrap() = msg;
                 let ids: Vec<SeqId> = routes.keys().copied().collect();
                 end(&mut engine, &mut routes, &ids, FinishReason::Error);

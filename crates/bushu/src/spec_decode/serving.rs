@@ -139,6 +139,14 @@ impl Speculator {
         self.method.name()
     }
 
+    /// Bytes of the draft model's KV cache (`None` without a draft model).
+    pub fn draft_cache_bytes(&self) -> Option<usize> {
+        match &self.method {
+            Method::DraftModel(r) => Some(r.cache.bytes()),
+            _ => None,
+        }
+    }
+
     /// Drafts for every running sequence that is decoding (its prompt done, one token to run), set as
     /// its [`crate::engine::sequence::Sequence::draft`]. Model-based drafts get their positions' blocks
     /// first (the ones verification would take); a sequence without free blocks for them goes without.

@@ -120,7 +120,10 @@ mod tests {
         let mut a = vec![Default::default(); nb];
         quants::quantize_row_q8(&x, &mut a);
         for b in &a {
-            assert!(b.d.is_nan() && b.s.is_nan() && b.qs == [0; 32] && b.h == [0, 0], "{b:?}");
+            assert!(
+                b.d.is_nan() && b.s.is_nan() && b.qs == [0; 32] && b.h == [0, 0],
+                "{b:?}"
+            );
         }
         let mut a16 = vec![Default::default(); nb];
         quants::quantize_row_q16(&x, &mut a16);
