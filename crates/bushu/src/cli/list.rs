@@ -14,7 +14,7 @@ pub fn list(_a: ListArgs) -> Result<()> {
     let rows = list_cache(&dir)?;
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
     let swidth = rows.iter().map(|r| r.source.len()).max().unwrap_or(6).max(6);
-    println!("{:width$}  {:>9}  {:swidth$}  STATUS", "NAME", "SIZE", "SOURCE");
+    println!("{:width$}  {:>10}  {:swidth$}  STATUS", "NAME", "SIZE", "SOURCE");
     for r in rows {
         // The size on disk, else the size a pull fetches.
         let size = match (r.size, r.full_size) {
@@ -22,7 +22,7 @@ pub fn list(_a: ListArgs) -> Result<()> {
             (0, None) => "-".into(),
             (n, _) => human(n),
         };
-        println!("{:width$}  {:>9}  {:swidth$}  {}", r.name, size, r.source, r.status);
+        println!("{:width$}  {:>10}  {:swidth$}  {}", r.name, size, r.source, r.status);
     }
     Ok(())
 }

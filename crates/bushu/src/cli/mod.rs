@@ -63,8 +63,8 @@ pub enum Command {
 /// Options every model-using command has.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Model: a GGUF file, a Hugging Face directory, a llama2.c checkpoint, or a cache name
-    /// (`bushu list`; default: smollm2-135m, fetched by `bushu pull`).
+    /// Model: a GGUF file, a Hugging Face directory, a llama2.c checkpoint, a cache name (`bushu list`),
+    /// or a pulled hf:ORG/REPO[:FILE] (default: smollm2-135m, fetched by `bushu pull`).
     #[arg(short, long)]
     pub model: Option<PathBuf>,
     /// Threads for the matrix products (default: all cores).

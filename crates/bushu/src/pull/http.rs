@@ -17,15 +17,70 @@ use std::time::Duration;
 /// Attempts in a row that bring no new byte before a download gives up.
 pub const MAX_RETRIES: u32 = 5;
 
-/// The shared client.
-pub fn agent() -> ureq::Agent {
+/// The client: proxies from `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`, except for loopback hosts and the hosts
+/// of `NO_PROXY` (which `ureq` itself does not read).
+pub struct Client {
+    proxied: ureq::Agent,
+    direct: ureq::Agent,
+}
+
+fn builder() -> ureq::AgentBuilder {
     ureq::AgentBuilder::new()
-        .try_proxy_from_env(true)
         .timeout_connect(Duration::from_secs(30))
         .timeout_read(Duration::from_secs(60))
         .redirects(10)
         .user_agent(concat!("bushu/", env!("CARGO_PKG_VERSION")))
-        .build()
+}
+
+/// The host of a URL, lower case, without port or brackets.
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map(|x| x.1).unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit_once('@').map(|x| x.1).unwrap_or(authority);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.to_ascii_lowercase()
+}
+
+/// Whether `url` is reached without the proxy: loopback, or a host `no_proxy` names (`*`, `host`,
+/// `.domain` or `domain` for its subdomains too).
+fn bypass(url: &str, no_proxy: &str) -> bool {
+    let host = host_of(url);
+    if host == "localhost" || host == "::1" || host.starts_with("127.") {
+        return true;
+    }
+    no_proxy.split(',').map(|e| e.trim().to_ascii_lowercase()).any(|e| {
+        let e = e.trim_start_matches('.');
+        !e.is_empty() && (e == "*" || host == e || host.ends_with(&format!(".{e}")))
+    })
+}
+
+impl Client {
+    pub fn new() -> Client {
+        Client {
+            proxied: builder().try_proxy_from_env(true).build(),
+            direct: builder().try_proxy_from_env(false).build(),
+        }
+    }
+
+    /// A GET request for `url` on the right agent.
+    pub fn get(&self, url: &str) -> ureq::Request {
+        let no_proxy = std::env::var("NO_PROXY")
+            .or_else(|_| std::env::var("no_proxy"))
+            .unwrap_or_default();
+        match bypass(url, &no_proxy) {
+            true => self.direct.get(url),
+            false => self.proxied.get(url),
+        }
+    }
+}
+
+impl Default for Client {
+    fn default() -> Client {
+        Client::new()
+    }
 }
 
 /// One line for a failed request: the HTTP status, or why the host could not be reached.
@@ -41,7 +96,7 @@ pub fn describe(url: &str, e: ureq::Error) -> anyhow::Error {
 }
 
 /// GETs `url` with `accept` and returns the body as text with its content type.
-pub fn get_text(agent: &ureq::Agent, url: &str, accept: &str) -> Result<(String, String)> {
+pub fn get_text(agent: &Client, url: &str, accept: &str) -> Result<(String, String)> {
     let r = agent
         .get(url)
         .set("Accept", accept)
@@ -69,7 +124,7 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
 /// (a longer partial file is started over). Returns the final size. `progress` counts the bytes of this file
 /// on top of `offset` (earlier files of the same pull).
 pub fn download(
-    agent: &ureq::Agent,
+    agent: &Client,
     url: &str,
     partial: &Path,
     expected: Option<u64>,
@@ -200,6 +255,19 @@ fn truncate(file: &File, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_bypass() {
+        assert!(bypass("http://127.0.0.1:8080/simple", ""));
+        assert!(bypass("http://[::1]:80/x", ""));
+        assert!(bypass("http://LOCALHOST/x", ""));
+        assert!(!bypass("https://pypi.org/simple", ""));
+        assert!(bypass("https://pypi.org/simple", "example.com, pypi.org"));
+        assert!(bypass("https://files.pythonhosted.org/p", ".pythonhosted.org"));
+        assert!(bypass("https://user:pw@mirror.corp:8443/simple", "corp"));
+        assert!(!bypass("https://notcorp/simple", "corp"));
+        assert!(bypass("https://x/", "*"));
+    }
 
     #[test]
     fn content_range() {

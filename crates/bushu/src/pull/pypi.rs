@@ -51,8 +51,42 @@ pub fn normalize(name: &str) -> String {
     out
 }
 
-/// `url` made absolute against the page it was found on.
+/// `url` made absolute against the page it was found on (RFC 3986 reference resolution for the forms indexes
+/// use: absolute, absolute-path, relative-path with `.`/`..` segments).
 fn absolute(page: &str, url: &str) -> String {
+    let joined = join(page, url);
+    // Remove dot segments from the path.
+    let Some(scheme_end) = joined.find("://") else {
+        return joined;
+    };
+    let path_start = joined[scheme_end + 3..]
+        .find('/')
+        .map(|i| scheme_end + 3 + i)
+        .unwrap_or(joined.len());
+    let (origin, path) = joined.split_at(path_start);
+    let (path, query) = match path.find(['?', '#']) {
+        Some(i) => path.split_at(i),
+        None => (path, ""),
+    };
+    let mut out: Vec<&str> = Vec::new();
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    for (k, seg) in segs.iter().enumerate() {
+        match *seg {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+        // A trailing `.` or `..` leaves a folder path.
+        if k == segs.len() - 1 && (*seg == "." || *seg == "..") {
+            out.push("");
+        }
+    }
+    format!("{origin}/{}{query}", out.join("/"))
+}
+
+fn join(page: &str, url: &str) -> String {
     if url.starts_with("http://") || url.starts_with("https://") {
         return url.to_string();
     }
@@ -69,7 +103,7 @@ fn absolute(page: &str, url: &str) -> String {
 }
 
 /// The wheel of `package` `version` on the index at `index`.
-pub fn find_wheel(agent: &ureq::Agent, index: &str, package: &str, version: &str) -> Result<Wheel> {
+pub fn find_wheel(agent: &super::http::Client, index: &str, package: &str, version: &str) -> Result<Wheel> {
     let page = format!("{index}/{}/", normalize(package));
     let accept = "application/vnd.pypi.simple.v1+json, text/html;q=0.1";
     let (ctype, body) = get_text(agent, &page, accept)
@@ -151,7 +185,9 @@ mod tests {
     fn urls_are_made_absolute() {
         let page = "http://127.0.0.1:8080/simple/x/";
         assert_eq!(absolute(page, "/files/a.whl"), "http://127.0.0.1:8080/files/a.whl");
-        assert_eq!(absolute(page, "../../files/a.whl"), "http://127.0.0.1:8080/simple/x/../../files/a.whl");
+        assert_eq!(absolute(page, "../../files/a.whl"), "http://127.0.0.1:8080/files/a.whl");
+        assert_eq!(absolute(page, "./a.whl#sha256=00"), "http://127.0.0.1:8080/simple/x/a.whl#sha256=00");
+        assert_eq!(absolute("https://h/simple/x/", "/a/./b/../c.whl"), "https://h/a/c.whl");
         assert_eq!(absolute(page, "https://h/a.whl"), "https://h/a.whl");
     }
 
