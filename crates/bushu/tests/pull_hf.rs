@@ -39,8 +39,11 @@ fn hub(files: Vec<(String, Vec<u8>)>, lie_about: Option<&str>, drop_once: bool, 
         }
         if req.path == "/api/models/org/repo/revision/main" {
             let siblings: Vec<_> = files.iter().map(|(n, _)| serde_json::json!({"rfilename": n})).collect();
-            return Reply::new(200, serde_json::json!({"sha": COMMIT, "siblings": siblings}).to_string())
-                .header("Content-Type", "application/json");
+            return Reply::new(
+                200,
+                serde_json::json!({"sha": COMMIT, "siblings": siblings}).to_string(),
+            )
+            .header("Content-Type", "application/json");
         }
         if let Some(name) = req.path.strip_prefix("/org/repo/resolve/main/") {
             let Some((_, data)) = files.iter().find(|(n, _)| n == name) else {
@@ -129,32 +132,59 @@ fn pull_by_repo_resumes_and_is_usable_by_name() {
     let cdn = server.requests("/cdn/m-Q4_K_M.gguf");
     let ranges: Vec<Option<&str>> = cdn.iter().map(|r| r.header("range")).collect();
     assert!(
-        ranges.iter().any(|r| r.is_some_and(|r| r != "bytes=0-0" && r != "bytes=0-")),
+        ranges
+            .iter()
+            .any(|r| r.is_some_and(|r| r != "bytes=0-0" && r != "bytes=0-")),
         "no resumed range request: {ranges:?}"
     );
     let resolve = server.requests("/org/repo/resolve/main/m-Q4_K_M.gguf");
-    assert!(resolve.iter().all(|r| r.header("authorization") == Some("Bearer hf_secret")));
+    assert!(resolve
+        .iter()
+        .all(|r| r.header("authorization") == Some("Bearer hf_secret")));
     // The file is in bushu's cache, hf-hub's layout, with the right bytes.
-    let snap = home.join(format!("huggingface/models--org--repo/snapshots/{COMMIT}/m-Q4_K_M.gguf"));
+    let snap = home.join(format!(
+        "huggingface/models--org--repo/snapshots/{COMMIT}/m-Q4_K_M.gguf"
+    ));
     assert_eq!(std::fs::read(&snap).unwrap(), data);
     // Usable by name: tokenize through --model hf:..., with and without the file name.
     for name in ["hf:org/repo", "hf:org/repo:m-Q4_K_M.gguf"] {
-        let out = bushu(&home, &hf_home, "http://127.0.0.1:9", None, &["tokenize", "--model", name, "--no-bos", "Hello world"]);
+        let out = bushu(
+            &home,
+            &hf_home,
+            "http://127.0.0.1:9",
+            None,
+            &["tokenize", "--model", name, "--no-bos", "Hello world"],
+        );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "9707 1879");
     }
     // A second pull is answered from the cache (no hub needed).
-    let out = bushu(&home, &hf_home, "http://127.0.0.1:9", None, &["pull", "hf:org/repo:m-Q4_K_M.gguf"]);
+    let out = bushu(
+        &home,
+        &hf_home,
+        "http://127.0.0.1:9",
+        None,
+        &["pull", "hf:org/repo:m-Q4_K_M.gguf"],
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("already pulled"));
     // list shows it; rm removes it.
     let out = bushu(&home, &hf_home, &ep, None, &["list"]);
     let list = String::from_utf8_lossy(&out.stdout);
-    let line = list.lines().find(|l| l.starts_with("hf:org/repo:m-Q4_K_M.gguf")).unwrap_or_else(|| panic!("{list}"));
+    let line = list
+        .lines()
+        .find(|l| l.starts_with("hf:org/repo:m-Q4_K_M.gguf"))
+        .unwrap_or_else(|| panic!("{list}"));
     assert!(line.contains("Hugging Face") && line.contains("5.9 MB"), "{line}");
     let out = bushu(&home, &hf_home, &ep, None, &["rm", "hf:org/repo"]);
     assert!(out.status.success());
     assert!(!snap.exists());
-    let e = one_error(&bushu(&home, &hf_home, &ep, None, &["tokenize", "--model", "hf:org/repo", "x"]));
+    let e = one_error(&bushu(
+        &home,
+        &hf_home,
+        &ep,
+        None,
+        &["tokenize", "--model", "hf:org/repo", "x"],
+    ));
     assert!(e.contains("is not downloaded"), "{e}");
 }
 

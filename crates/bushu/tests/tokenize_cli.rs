@@ -18,11 +18,7 @@ fn bushu(args: &[&str]) -> Output {
 }
 
 fn stdout_ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
@@ -89,7 +85,12 @@ fn crafted(dir: &Path, vocab: &str, arch: &str, tensors: &[(&str, usize)]) -> Pa
 fn unsupported_family_and_missing_embeddings() {
     let tmp = common::TempDir::new("tokenize-crafted");
     // A family bushu does not run.
-    let phi3 = crafted(&tmp.0, "ggml-vocab-llama-spm.gguf", "phi3", &[("output_norm.weight", 8)]);
+    let phi3 = crafted(
+        &tmp.0,
+        "ggml-vocab-llama-spm.gguf",
+        "phi3",
+        &[("output_norm.weight", 8)],
+    );
     check_against_vectors(&phi3, "ggml-vocab-llama-spm.gguf");
     let out = bushu(&["run", "--model", phi3.to_str().unwrap(), "-p", "hi", "-n", "1"]);
     assert!(!out.status.success());

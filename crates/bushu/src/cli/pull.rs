@@ -1,6 +1,8 @@
 //! `bushu pull [NAME]` (a known model, or `hf:ORG/REPO[:FILE]`) and `bushu rm NAME` (see [`crate::pull`]).
 
-use crate::pull::{find_model, hf, known_models, models_dir, pull as pull_model, remove, Pulled, Removed, DEFAULT_MODEL};
+use crate::pull::{
+    find_model, hf, known_models, models_dir, pull as pull_model, remove, Pulled, Removed, DEFAULT_MODEL,
+};
 use anyhow::{bail, Result};
 use clap::Args;
 

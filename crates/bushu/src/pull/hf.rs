@@ -47,7 +47,9 @@ pub fn parse(name: &str) -> Option<Result<HfRef>> {
     }
     if let Some(f) = file {
         if f.is_empty() || f.starts_with('/') || f.split('/').any(|c| c.is_empty() || c == "..") {
-            return Some(Err(anyhow::anyhow!("'{name}': '{f}' is not a file name of the repository")));
+            return Some(Err(anyhow::anyhow!(
+                "'{name}': '{f}' is not a file name of the repository"
+            )));
         }
     }
     Some(Ok(HfRef {
@@ -70,13 +72,19 @@ fn snapshot(models: &Path, r: &HfRef) -> Option<PathBuf> {
 
 /// The `.gguf` files of a list of repository files (`None` when no single one can be chosen: the error says why).
 fn choose_gguf(repo: &str, files: &[String]) -> Result<String> {
-    let ggufs: Vec<&String> = files.iter().filter(|f| f.to_ascii_lowercase().ends_with(".gguf")).collect();
+    let ggufs: Vec<&String> = files
+        .iter()
+        .filter(|f| f.to_ascii_lowercase().ends_with(".gguf"))
+        .collect();
     match ggufs.len() {
         0 => bail!("hf:{repo} has no .gguf file; name the file: hf:{repo}:FILE"),
         1 => return Ok(ggufs[0].clone()),
         _ => {}
     }
-    let q4km: Vec<&&String> = ggufs.iter().filter(|f| f.to_ascii_lowercase().contains("q4_k_m")).collect();
+    let q4km: Vec<&&String> = ggufs
+        .iter()
+        .filter(|f| f.to_ascii_lowercase().contains("q4_k_m"))
+        .collect();
     if q4km.len() == 1 {
         return Ok((*q4km[0]).clone());
     }
@@ -117,7 +125,10 @@ pub fn list(models: &Path) -> Vec<(String, PathBuf)> {
         .collect();
     repos.sort();
     for repo in repos {
-        let r = HfRef { repo: repo.clone(), file: None };
+        let r = HfRef {
+            repo: repo.clone(),
+            file: None,
+        };
         let Some(snap) = snapshot(models, &r) else { continue };
         let mut files = Vec::new();
         walk(&snap, &snap, &mut files);
@@ -244,7 +255,10 @@ pub fn pull(models: &Path, r: &HfRef) -> Result<(HfRef, PathBuf, bool)> {
         .map_err(|e| describe(&full, e))?;
     // The blob is named by its ETag: the SHA-256 for Git LFS files.
     let blob = std::fs::canonicalize(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let etag = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let etag = blob
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if etag.len() == 64 && etag.chars().all(|c| c.is_ascii_hexdigit()) {
         let got = super::sha256_file(&blob)?;
         if got != etag.to_ascii_lowercase() {
@@ -262,7 +276,9 @@ mod tests {
 
     #[test]
     fn references() {
-        let r = parse("hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF:qwen2.5-0.5b-instruct-q4_k_m.gguf").unwrap().unwrap();
+        let r = parse("hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF:qwen2.5-0.5b-instruct-q4_k_m.gguf")
+            .unwrap()
+            .unwrap();
         assert_eq!(r.repo, "Qwen/Qwen2.5-0.5B-Instruct-GGUF");
         assert_eq!(r.file.as_deref(), Some("qwen2.5-0.5b-instruct-q4_k_m.gguf"));
         assert_eq!(parse("hf:a/b").unwrap().unwrap().file, None);

