@@ -3,7 +3,8 @@
 
 Standard library only (asyncio streams, HTTP/1.1 with chunked transfer decoding, SSE parsing), so it
 runs on a fresh machine with no pip install. Each client sends its own prompt of random token ids
-(distinct per client, so no prefix cache helps), `max_tokens` = --gen, `ignore_eos`, greedy, `stream`.
+(distinct per client, so no prefix cache helps) or, with --prompt-files, the files' texts round robin,
+`max_tokens` = --gen, `ignore_eos`, greedy, `stream`.
 
 Measured per client: TTFT = first streamed text event - request sent; inter-token latency = gaps
 between consecutive text events (a server that skips empty-text tokens, such as partial UTF-8 bytes,
@@ -144,7 +145,12 @@ def warmup(url, model, vocab_lo, vocab_hi):
 async def run(a):
     u = urllib.parse.urlparse(a.url)
     rng = random.Random(a.seed)
-    prompts = [[rng.randrange(a.vocab_lo, a.vocab_hi) for _ in range(a.prompt)] for _ in range(a.clients)]
+    if a.prompt_files:
+        # Text prompts, round robin over the files (grounded workloads: speculative decoding by lookup).
+        texts = [open(f).read() for f in a.prompt_files]
+        prompts = [texts[i % len(texts)] for i in range(a.clients)]
+    else:
+        prompts = [[rng.randrange(a.vocab_lo, a.vocab_hi) for _ in range(a.prompt)] for _ in range(a.clients)]
     res = [None] * a.clients
     t_start = asyncio.Event()
     tasks = []
@@ -172,6 +178,7 @@ def main():
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens per client")
     ap.add_argument("--gen", type=int, default=128, help="generated tokens per client")
+    ap.add_argument("--prompt-files", nargs="*", help="text prompts (round robin) instead of random token ids")
     ap.add_argument("--vocab-lo", type=int, default=1000)
     ap.add_argument("--vocab-hi", type=int, default=30000)
     ap.add_argument("--seed", type=int, default=1)

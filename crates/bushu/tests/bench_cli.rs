@@ -65,3 +65,21 @@ fn bad_arguments_are_one_line_errors() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// `--verify`: one row per size, times per pass, t(1) / t(1) = 1; bad sizes and depths are refused.
+#[test]
+fn verification_cost() {
+    let r = rows(&bench(&["--verify", "1,3,8", "--depth", "32", "-r", "2", "--json"]));
+    let ks: Vec<u64> = r.iter().map(|x| x["k"].as_u64().unwrap()).collect();
+    assert_eq!(ks, [1, 3, 8]);
+    assert_eq!(r[0]["test"], "verify1@d32");
+    assert_eq!(r[0]["t_k_over_t_1"].as_f64(), Some(1.0));
+    assert!(r.iter().all(|x| x["avg_ms"].as_f64().unwrap() > 0.0));
+    for bad in [&["--verify", "0,2"][..], &["--verify", "4", "--depth", "100000"]] {
+        let out = bench(bad);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--verify") || err.contains("--depth"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}

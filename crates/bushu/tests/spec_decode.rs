@@ -66,6 +66,9 @@ fn spec(f: &ModelFile, m: &Model, prompt: &[u32], o: &GenerateOptions, p: &mut d
 fn greedy_matches(target: &str, draft: &str, self_layers: &[usize]) -> Vec<(String, SpecStats)> {
     let (f, m) = open(target);
     let (_, dm) = open(draft);
+    // The draft with a classifier over the first third of the vocabulary (FR-Spec).
+    let (_, mut dm_head) = open(draft);
+    dm_head.head_rows = Some(dm_head.config.vocab_size / 3);
     let o = opts(SamplingParams::greedy());
     let mut totals: Vec<(String, SpecStats)> = Vec::new();
     let mut add = |name: String, s: SpecStats| match totals.iter_mut().find(|t| t.0 == name) {
@@ -84,6 +87,10 @@ fn greedy_matches(target: &str, draft: &str, self_layers: &[usize]) -> Vec<(Stri
             (
                 "draft".into(),
                 Box::new(DraftModel::new(&dm, 512, &o.sampling, 0.0).unwrap()),
+            ),
+            (
+                "draft, restricted head".into(),
+                Box::new(DraftModel::new(&dm_head, 512, &o.sampling, 0.0).unwrap()),
             ),
             (
                 "self=target".into(),
@@ -368,6 +375,31 @@ fn bad_speculation_flags_are_refused() {
         &["--draft-model", &a, "--draft-p-min", "1.5"],
         "--draft-p-min must be in [0, 1]",
     );
+    fails(
+        &["--lookup", "--draft-vocab", "100"],
+        "--draft-vocab restricts a draft model's classifier",
+    );
+}
+
+/// A restricted classifier (FR-Spec's draft head) gives the first `n` logits of the whole one and
+/// `-inf` for the others.
+#[test]
+fn restricted_head_logits() {
+    let (f, m) = open(EXPERT);
+    let (_, mut r) = open(EXPERT);
+    let n = 1000;
+    r.head_rows = Some(n);
+    let prompt = f.tokenizer.encode(PROMPTS[0], true).unwrap();
+    let (mut a, mut b) = (m.new_state(64), r.new_state(64));
+    let full = m.forward(&mut a, &prompt, bushu::model::Logits::All).unwrap().to_vec();
+    let part = r.forward(&mut b, &prompt, bushu::model::Logits::All).unwrap().to_vec();
+    let vocab = m.config.vocab_size;
+    for (fr, pr) in full.chunks_exact(vocab).zip(part.chunks_exact(vocab)) {
+        for (x, y) in fr[..n].iter().zip(&pr[..n]) {
+            assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "{x} vs {y}");
+        }
+        assert!(pr[n..].iter().all(|&v| v == f32::NEG_INFINITY));
+    }
 }
 
 #[test]

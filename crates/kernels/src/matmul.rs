@@ -48,6 +48,21 @@ impl<'a> QMatrix<'a> {
         }
     }
 
+    /// The first `n` rows (at most all), sharing the packed copy: a whole matrix's copy is made first
+    /// (unless its making is deferred to someone else), never one of just these rows; products run its
+    /// groups within the `n` rows and the rest row-major.
+    pub fn first_rows(self, n: usize) -> Self {
+        let n = n.min(self.rows);
+        if let Some(slot) = self.pack {
+            slot.for_product(&self);
+        }
+        QMatrix {
+            rows: n,
+            data: &self.data[..n * self.row_bytes()],
+            ..self
+        }
+    }
+
     pub fn row_bytes(&self) -> usize {
         self.data.len() / self.rows
     }
@@ -219,13 +234,14 @@ pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, le
 fn run_fast<'a>(w: &QMatrix<'a>, mut job: Job<'a>, f: RowsFn, level: Simd) {
     match packed_kernel(w, level) {
         Some((p, pf)) => {
+            let packed_rows = packed_rows(p, w);
             job.packed = Some(p);
-            par_units(&job, pf, p.rows / GROUP, 1);
+            par_units(&job, pf, packed_rows / GROUP, 1);
             job.packed = None;
             // Rows past the last whole group, row-major.
-            if p.rows < w.rows {
+            if packed_rows < w.rows {
                 // SAFETY: the kernel matches the job's type; rows in range.
-                unsafe { f(&job, p.rows, w.rows) };
+                unsafe { f(&job, packed_rows, w.rows) };
             }
         }
         None => par_rows(&job, f),
@@ -266,11 +282,12 @@ fn wide(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
                 packed: Some(p),
                 ..Job::new(w, x, y)
             };
-            par_units(&job, f, p.rows / GROUP, 1);
-            if p.rows < w.rows {
+            let packed_rows = packed_rows(p, w);
+            par_units(&job, f, packed_rows / GROUP, 1);
+            if packed_rows < w.rows {
                 let ex = Job { packed: None, ..job };
                 // SAFETY: the exact kernel of this type; rows in range.
-                unsafe { kernel(w.dtype, false, level)(&ex, p.rows, w.rows) };
+                unsafe { kernel(w.dtype, false, level)(&ex, packed_rows, w.rows) };
             }
         });
         true
@@ -282,15 +299,22 @@ fn wide(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
     }
 }
 
+/// Rows of `w` a product runs through its packed copy `p`: the copy's whole groups within `w`'s rows
+/// (`w` may be the first rows of the matrix packed).
+fn packed_rows(p: &Packed, w: &QMatrix) -> usize {
+    p.rows.min(w.rows / GROUP * GROUP)
+}
+
 /// The packed copy of `w` (made now if this is its first use) and its kernel at `level`, when `w`
 /// has a pack slot and the level has packed kernels for its type.
 fn packed_kernel<'a>(w: &QMatrix<'a>, level: Simd) -> Option<(&'a Packed, RowsFn)> {
     let slot = w.pack?;
     #[cfg(target_arch = "x86_64")]
     {
-        let f = crate::x86::packed::select(w.dtype, level)?;
+        let dtype = crate::packed::packed_dtype(w.dtype);
+        let f = crate::x86::packed::select(dtype, level)?;
         let p = slot.for_product(w)?;
-        debug_assert!(p.dtype == w.dtype && p.cols == w.cols && p.rows <= w.rows);
+        debug_assert!(p.dtype == dtype && p.cols == w.cols);
         Some((p, f))
     }
     #[cfg(not(target_arch = "x86_64"))]

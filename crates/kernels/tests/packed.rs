@@ -1,5 +1,5 @@
 //! Packed (eight interleaved rows) weights: the layout holds the original bytes (a permutation; Q6_K's
-//! 6-bit codes widened to one per byte) and unpacks to them exactly, and fast
+//! 6-bit codes widened to one per byte; Q5_0 as the Q8_0 blocks of the same weights) and unpacks to them exactly, and fast
 //! products through it equal the row-major fast products on every SIMD level — within 1e-5 of `Σ|w x|`
 //! (the integer sums are identical; only the f32 block sums reorder) — for row counts with and without
 //! a partial last group, and batch sizes 1..=9 (token tiles of 4 plus single tokens).
@@ -11,12 +11,19 @@ use kernels::packed::{packable, Packed};
 use kernels::simd::Simd;
 use kernels::{matmul_on, DType, PackSlot, Precision, QMatrix};
 
-const PACKED: [DType; 5] = [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K];
+const PACKED: [DType; 6] = [
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q4K,
+    DType::Q6K,
+    DType::Q5_0,
+];
 
 #[test]
 fn packing_is_a_permutation_of_the_rows() {
     let mut rng = Rng::new(3);
-    for t in PACKED {
+    for t in PACKED.into_iter().filter(|&t| t != DType::Q5_0) {
         assert!(packable(t));
         let (rows, cols) = (21, 2 * t.block_len());
         let data = random_matrix(&mut rng, t, rows, cols);
@@ -36,6 +43,18 @@ fn packing_is_a_permutation_of_the_rows() {
         }
     }
     assert!(!packable(DType::F16));
+    // Q5_0 is packed as Q8_0, exactly: the same weights, bit for bit.
+    let (rows, cols) = (16, 64);
+    let data = random_matrix(&mut rng, DType::Q5_0, rows, cols);
+    let w = QMatrix::new(DType::Q5_0, rows, cols, &data);
+    let p = Packed::new(&w).expect("packable");
+    assert_eq!(p.dtype, DType::Q8_0);
+    for r in 0..rows {
+        let (mut want, mut got) = (vec![0.0; cols], vec![0.0; cols]);
+        w.dequantize_row(r, &mut want);
+        QMatrix::new(DType::Q8_0, 1, cols, &p.unpack_row(r)).dequantize_row(0, &mut got);
+        assert_eq!(got, want, "Q5_0 row {r}");
+    }
     let d = random_matrix(&mut rng, DType::Q8_0, 7, 32);
     assert!(
         Packed::new(&QMatrix::new(DType::Q8_0, 7, 32, &d)).is_none(),
@@ -144,6 +163,42 @@ fn wide_products_are_exact_to_int16_rounding() {
                     let ef = worst(&fast, &want, &s);
                     if t != DType::Q4_0 {
                         assert!(e * 20.0 < ef, "{t} {l}: wide error {e} is not far below int8's {ef}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The first rows of a packed matrix (a draft's restricted classifier) multiply as those rows of the
+/// whole product: bit for bit in the packed groups, within 1e-5 in the rows past them; the copy made
+/// is the whole matrix's.
+#[test]
+fn first_rows_products() {
+    let mut rng = Rng::new(9);
+    for t in PACKED {
+        let (rows, cols) = (40, 2 * t.block_len());
+        let data = random_matrix(&mut rng, t, rows, cols);
+        let slot = PackSlot::new();
+        let full = QMatrix::new(t, rows, cols, &data).with_pack(&slot);
+        for n in [3, 16, 21, 40] {
+            for tokens in [1, 5] {
+                let x = rng.vec(tokens * cols, 2.0);
+                let s = abs_scale(t, &data, rows, cols, &x);
+                for precision in [Precision::Fast, Precision::Wide] {
+                    let mut want = vec![0.0; tokens * rows];
+                    matmul_on(&full, &x, &mut want, precision, Simd::detect());
+                    let part = full.first_rows(n);
+                    assert_eq!(part.rows, n);
+                    let mut got = vec![f32::NAN; tokens * n];
+                    matmul_on(&part, &x, &mut got, precision, Simd::detect());
+                    assert_eq!(slot.get().map(|p| p.rows), Some(40), "{t}: the whole matrix packed");
+                    for tok in 0..tokens {
+                        let (g, w) = (&got[tok * n..(tok + 1) * n], &want[tok * rows..tok * rows + n]);
+                        let grouped = n / 8 * 8;
+                        assert_eq!(g[..grouped], w[..grouped], "{t} {precision:?} n {n}");
+                        let e = worst(&g[grouped..], &w[grouped..n], &s[tok * rows + grouped..tok * rows + n]);
+                        assert!(e <= 1e-5, "{t} {precision:?} n {n}: {e}");
                     }
                 }
             }

@@ -19,6 +19,7 @@ use kernels::Simd;
 use std::time::Instant;
 
 mod batched;
+mod verify;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -38,6 +39,13 @@ pub struct BenchArgs {
     /// uses (tokens/s over all sequences: batched-bench's S_PP and S_TG).
     #[arg(short = 'b', long = "batch", default_value_t = 1)]
     pub batch: usize,
+    /// Speculative decoding's verification cost: one pass over K tokens (each size in this list) with
+    /// logits for every row, after --depth cached positions; reports t(K) / t(1). Replaces -p / -n.
+    #[arg(long, value_delimiter = ',', value_name = "K,...")]
+    pub verify: Vec<usize>,
+    /// With --verify: cached positions before the verified tokens.
+    #[arg(long, default_value_t = 256)]
+    pub depth: usize,
     /// Print JSON (a list of objects, one per test).
     #[arg(long)]
     pub json: bool,
@@ -87,6 +95,38 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let t_load = Instant::now();
     let (file, _) = a.model.open()?;
     let model = a.model.build(&file)?;
+    if !a.verify.is_empty() {
+        model.weights.wait_packed();
+        let prompt = tokens(
+            a.depth + a.verify.iter().max().copied().unwrap_or(1),
+            model.config.vocab_size,
+        );
+        let costs = verify::verify_costs(&model, &prompt, a.depth, &a.verify, a.repetitions)?;
+        let t1 = costs.iter().find(|c| c.0 == 1).map(|c| c.1);
+        let rows: Vec<_> = costs
+            .iter()
+            .map(|&(k, ms, std)| {
+                serde_json::json!({"test": format!("verify{k}@d{}", a.depth), "k": k, "depth": a.depth,
+                    "n_threads": kernels::pool::threads(), "avg_ms": ms, "stddev_ms": std,
+                    "t_k_over_t_1": t1.map(|t1| ms / t1)})
+            })
+            .collect();
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            println!("| k | ms per pass | t(k) / t(1) |\n| ---: | ---: | ---: |");
+            for r in &rows {
+                let ratio = r["t_k_over_t_1"].as_f64().map_or("-".into(), |x| format!("{x:.2}"));
+                println!(
+                    "| {} | {:.2} ± {:.2} | {ratio} |",
+                    r["k"],
+                    r["avg_ms"].as_f64().unwrap_or(0.0),
+                    r["stddev_ms"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+        return Ok(());
+    }
     model.forward(&mut model.new_state(1), &[0], Logits::Last)?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     // The speed tests run on the packed weights.

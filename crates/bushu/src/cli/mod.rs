@@ -11,6 +11,7 @@ mod roofline;
 mod run;
 mod sampling;
 mod serve;
+mod spec;
 mod tokenize;
 
 use crate::model::{load, KvType, Model, ModelFile, ModelOptions};
@@ -50,10 +51,12 @@ pub enum Command {
     Roofline(Box<roofline::RooflineArgs>),
     /// OpenAI-compatible HTTP server: continuous batching, paged KV cache, prefix caching.
     Serve(Box<serve::ServeArgs>),
-    /// Download a model into the cache (default: smollm2-135m).
+    /// Download a model into the cache (default: smollm2-135m; also hf:ORG/REPO[:FILE]).
     Pull(pull::PullArgs),
-    /// Show the models in the cache.
+    /// Show the models in the cache and the known ones, with sizes and sources.
     List(list::ListArgs),
+    /// Remove a model from the cache.
+    Rm(pull::RmArgs),
     /// Interactive chat with a model (multi-turn, streaming).
     Chat(Box<chat::ChatArgs>),
 }
@@ -61,8 +64,8 @@ pub enum Command {
 /// Options every model-using command has.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Model: a GGUF file, a Hugging Face directory, a llama2.c checkpoint, or a cache name
-    /// (`bushu list`; default: smollm2-135m, fetched by `bushu pull`).
+    /// Model: a GGUF file, a Hugging Face directory, a llama2.c checkpoint, a cache name (`bushu list`),
+    /// or a pulled hf:ORG/REPO[:FILE] (default: smollm2-135m, fetched by `bushu pull`).
     #[arg(short, long)]
     pub model: Option<PathBuf>,
     /// Threads for the matrix products (default: all cores).
@@ -158,6 +161,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Serve(a) => serve::serve(*a),
         Command::Pull(a) => pull::pull(a),
         Command::List(a) => list::list(a),
+        Command::Rm(a) => pull::rm(a),
         Command::Chat(a) => chat::chat(*a),
     }
 }

@@ -4,12 +4,14 @@
 //! greedy or sampled output: `--draft-model PATH`, `--lookup` or `--self-speculate L` (one of them).
 
 use super::sampling::{flag_error, SamplingArgs};
+use super::spec::SpecArgs;
 use super::ModelArgs;
 use crate::generate::contrastive::{generate_contrastive, CdParams};
 use crate::generate::{generate, GenerateOptions, Generation, Strategy};
 use crate::sampling::beam::{BeamParams, EarlyStopping};
 use crate::spec_decode::{
-    check_same_vocabulary, generate_speculative, DraftLengthParams, DraftModel, PromptLookup, Proposer, SelfSpeculation,
+    check_same_vocabulary, generate_speculative, DraftLengthParams, DraftModel, PromptLookup, Proposer,
+    SelfSpeculation, SpecOptions, Speculation,
 };
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -56,28 +58,8 @@ pub struct RunArgs {
     /// Contrastive search (Su et al. 2022) with this degeneration penalty α, among --top-k tokens.
     #[arg(long, allow_negative_numbers = true)]
     pub penalty_alpha: Option<f32>,
-    /// Speculative decoding with this draft model (same vocabulary as the model).
-    #[arg(long, value_name = "PATH")]
-    pub draft_model: Option<PathBuf>,
-    /// Speculative decoding: draft at most K tokens per step (the length adapts to acceptance).
-    #[arg(long, value_name = "K", default_value_t = 8)]
-    pub draft_max: usize,
-    /// Speculative decoding: draft at least K tokens per step; shorter drafts are not verified (0: any).
-    #[arg(long, value_name = "K", default_value_t = 0)]
-    pub draft_min: usize,
-    /// With --draft-model or --self-speculate: stop drafting when the draft's top probability is below P.
-    #[arg(long, value_name = "P", default_value_t = 0.75, allow_negative_numbers = true)]
-    pub draft_p_min: f32,
-    /// Speculative decoding by prompt lookup: draft the tokens that followed the last n-gram's most recent
-    /// earlier occurrence in the prompt and output.
-    #[arg(long)]
-    pub lookup: bool,
-    /// With --lookup: match n-grams of at most N tokens (longest first).
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    pub lookup_ngram: usize,
-    /// Speculative decoding with the model's own first L layers as the draft (early exit).
-    #[arg(long, value_name = "L")]
-    pub self_speculate: Option<usize>,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// Context size in tokens (default: the model's, at most 4096).
     #[arg(long)]
     pub ctx: Option<usize>,
@@ -99,41 +81,12 @@ const FLAGS: &[(&str, &str)] = &[
     ("amateur_temperature", "--cd-amateur-temperature"),
 ];
 
-/// The proposer the speculative-decoding flags ask for.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Speculation {
-    Off,
-    DraftModel(PathBuf),
-    Lookup { ngram: usize },
-    SelfSpeculate { layers: usize },
-}
-
 /// The speculative-decoding flags, checked (everything but what needs the model: its layer count, the
-/// draft's vocabulary).
+/// draft's vocabulary), and against the decoding strategies they cannot be combined with.
 pub fn speculation(a: &RunArgs) -> Result<(Speculation, DraftLengthParams)> {
-    let length = DraftLengthParams {
-        max: a.draft_max,
-        min: a.draft_min,
-        ..DraftLengthParams::default()
-    };
-    length.validate()?;
-    if !(0.0..=1.0).contains(&a.draft_p_min) {
-        bail!("--draft-p-min must be in [0, 1] (got {})", a.draft_p_min);
-    }
-    if a.lookup_ngram == 0 {
-        bail!("--lookup-ngram must be at least 1 (got 0)");
-    }
-    let modes = [a.draft_model.is_some(), a.lookup, a.self_speculate.is_some()];
-    if modes.iter().filter(|&&m| m).count() > 1 {
-        bail!("--draft-model, --lookup and --self-speculate cannot be combined: choose one proposer");
-    }
-    let spec = match (&a.draft_model, a.self_speculate) {
-        (Some(p), _) => Speculation::DraftModel(p.clone()),
-        (_, Some(0)) => bail!("--self-speculate must be at least 1 (the number of layers drafting)"),
-        (_, Some(l)) => Speculation::SelfSpeculate { layers: l },
-        _ if a.lookup => Speculation::Lookup { ngram: a.lookup_ngram },
-        _ => Speculation::Off,
-    };
+    let SpecOptions {
+        method: spec, length, ..
+    } = a.spec.options()?;
     if spec != Speculation::Off {
         let other = if a.beams > 1 {
             Some("--beams")
@@ -245,7 +198,8 @@ pub fn run(a: RunArgs) -> Result<()> {
             let f =
                 crate::model::load(path).with_context(|| format!("cannot open the draft model {}", path.display()))?;
             check_same_vocabulary((file.config.vocab_size, tok), (f.config.vocab_size, &f.tokenizer))?;
-            let m = a.model.build(&f)?;
+            let mut m = a.model.build(&f)?;
+            m.head_rows = a.spec.options()?.draft_vocab;
             Some(m)
         }
         Speculation::SelfSpeculate { layers } if *layers >= model.config.n_layers => bail!(
@@ -261,14 +215,14 @@ pub fn run(a: RunArgs) -> Result<()> {
             draft.as_ref().expect("the draft model was built"),
             ctx,
             &opts.sampling,
-            a.draft_p_min,
+            a.spec.draft_p_min,
         )?)),
         Speculation::Lookup { ngram } => Some(Box::new(PromptLookup::new(*ngram)?)),
         Speculation::SelfSpeculate { layers } => Some(Box::new(SelfSpeculation::new(
             *layers,
             model.config.n_layers,
             &opts.sampling,
-            a.draft_p_min,
+            a.spec.draft_p_min,
         )?)),
     };
     let mut stats = None;

@@ -1,5 +1,6 @@
 //! `bushu serve`: the OpenAI-compatible HTTP server (continuous batching, paged KV cache, prefix caching).
 
+use super::spec::SpecArgs;
 use super::ModelArgs;
 use crate::server::{ServeOptions, Server};
 use anyhow::{bail, Context, Result};
@@ -43,6 +44,8 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace: u64,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// Serve /metrics without the API key (by default it asks for the key when there is one).
     #[arg(long)]
     pub metrics_public: bool,
@@ -57,6 +60,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if a.max_batch == 0 || a.max_batched_tokens == 0 {
         bail!("--max-batch and --max-batched-tokens must be at least 1");
     }
+    let spec = a.spec.options()?;
     if a.max_connections == 0 {
         bail!("--max-connections must be at least 1");
     }
@@ -86,6 +90,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         precision: a.model.precision(),
         int8_outlier_threshold: a.model.int8_outlier_threshold,
         kv_type: a.model.kv_type,
+        spec,
         metrics_public: a.metrics_public,
         check_tensors: a.model.check_tensors_asked(),
         max_connections: a.max_connections,
@@ -110,5 +115,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         e.max_batched_tokens,
         if e.prefix_caching { "on" } else { "off" },
     );
+    if let Some(s) = &server.speculation {
+        eprintln!("bushu serve: speculative decoding by {s}");
+    }
     server.join()
 }

@@ -1,8 +1,17 @@
-//! `bushu tokenize` and `bushu detokenize`.
+//! `bushu tokenize` and `bushu detokenize`. Both read only the model's tokenizer
+//! ([`crate::model::loader::load_tokenizer`]), as `llama-tokenize` does: a vocabulary-only GGUF file or a model
+//! family bushu cannot run is fine.
 
 use super::ModelArgs;
+use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use clap::Args;
+
+/// The tokenizer of `--model` (a path or a cache name), without the weights.
+fn open_tokenizer(m: &ModelArgs) -> Result<Tokenizer> {
+    let path = crate::pull::resolve(m.model.as_deref())?;
+    crate::model::loader::load_tokenizer(&path)
+}
 
 #[derive(Args)]
 pub struct TokenizeArgs {
@@ -28,8 +37,7 @@ pub struct DetokenizeArgs {
 }
 
 pub fn tokenize(a: TokenizeArgs) -> Result<()> {
-    let (file, _) = a.model.open()?;
-    let tok = &file.tokenizer;
+    let tok = &open_tokenizer(&a.model)?;
     let ids = tok.encode(&a.text, !a.no_bos)?;
     if a.json {
         let pieces: Vec<String> = ids
@@ -45,8 +53,7 @@ pub fn tokenize(a: TokenizeArgs) -> Result<()> {
 }
 
 pub fn detokenize(a: DetokenizeArgs) -> Result<()> {
-    let (file, _) = a.model.open()?;
-    let tok = &file.tokenizer;
+    let tok = &open_tokenizer(&a.model)?;
     let ids = a
         .ids
         .iter()

@@ -19,6 +19,7 @@ use super::scheduler::{Scheduler, SchedulerConfig};
 use super::sequence::{FinishReason, Request, SeqId, SeqStatus, Sequence};
 use crate::model::{Logits, Model};
 use crate::sampling::top_logprobs;
+use crate::spec_decode::serving::{Speculator, Verified};
 use anyhow::{bail, Context, Result};
 
 #[derive(Clone, Debug)]
@@ -189,6 +190,8 @@ pub struct Output {
     pub finish: Option<FinishReason>,
     /// Prompt tokens served from the prefix cache (set with the first token).
     pub cached_tokens: usize,
+    /// Drafts this step verified for the sequence and how many it kept.
+    pub verified: Verified,
 }
 
 pub struct Engine {
@@ -198,6 +201,8 @@ pub struct Engine {
     eos: Vec<u32>,
     next_id: SeqId,
     steps: u64,
+    /// Speculative decoding: drafts for every decoding sequence before each step.
+    pub spec: Option<Speculator>,
 }
 
 impl Engine {
@@ -218,6 +223,7 @@ impl Engine {
             eos,
             next_id: 1,
             steps: 0,
+            spec: None,
         }
     }
 
@@ -317,6 +323,9 @@ impl Engine {
 
     /// One step of the loop. Finished sequences are reported once and forgotten.
     pub fn step(&mut self) -> Result<Vec<Output>> {
+        if let Some(spec) = &mut self.spec {
+            spec.draft(&mut self.sched, &mut self.runner)?;
+        }
         let chunks = self.sched.schedule();
         let mut outputs = Vec::new();
         // Sequences the scheduler had to end (too long for the whole cache).
@@ -335,6 +344,7 @@ impl Engine {
                 logprobs: Vec::new(),
                 finish: seq.finish,
                 cached_tokens: 0,
+                verified: Verified::default(),
             });
         }
         if chunks.is_empty() {
@@ -409,6 +419,7 @@ impl Engine {
                 logprobs: Vec::new(),
                 finish: None,
                 cached_tokens,
+                verified: Verified::default(),
             };
             // Row i + 1 follows draft i (row 0 the last token). From row 0, sample a token and go on
             // to the row of the draft that is this token, a child of the current row, while there is one.
@@ -438,6 +449,13 @@ impl Engine {
                     }
                     None => break,
                 }
+            }
+            out.verified = Verified {
+                drafted: c.draft,
+                accepted: accepted.len(),
+            };
+            if let Some(spec) = &mut self.spec {
+                spec.verified(c.seq, out.verified);
             }
             // A tree's accepted branch is moved to consecutive positions (a chain's already is).
             if accepted.iter().enumerate().any(|(d, &r)| r != d + 1) {

@@ -77,6 +77,8 @@ pub struct Metrics {
     pub itl: Histogram,
     pub e2e: Histogram,
     pub gauges: Gauges,
+    /// Speculative decoding's counters, when the engine speculates.
+    pub spec: Option<crate::spec_decode::serving::SpecCounters>,
 }
 
 impl Default for Metrics {
@@ -89,6 +91,7 @@ impl Default for Metrics {
             itl: Histogram::new(LATENCY),
             e2e: Histogram::new(E2E),
             gauges: Gauges::default(),
+            spec: None,
         }
     }
 }
@@ -208,6 +211,34 @@ impl Metrics {
             g.preemptions,
         );
         counter(&mut o, "bushu_engine_steps_total", "Engine steps.", g.steps);
+        if let Some(s) = &self.spec {
+            counter(
+                &mut o,
+                "bushu_spec_decode_num_drafts_total",
+                "Speculative verifications with at least one draft.",
+                s.num_drafts,
+            );
+            counter(
+                &mut o,
+                "bushu_spec_decode_num_draft_tokens_total",
+                "Draft tokens verified.",
+                s.num_draft_tokens,
+            );
+            counter(
+                &mut o,
+                "bushu_spec_decode_num_accepted_tokens_total",
+                "Draft tokens accepted.",
+                s.num_accepted_tokens,
+            );
+            let name = "bushu_spec_decode_num_accepted_tokens_per_pos_total";
+            let _ = writeln!(
+                o,
+                "# HELP {name} Draft tokens accepted, by position in the draft (0 = first).\n# TYPE {name} counter"
+            );
+            for (i, n) in s.num_accepted_tokens_per_pos.iter().enumerate() {
+                let _ = writeln!(o, "{name}{{position=\"{i}\"}} {n}");
+            }
+        }
         o
     }
 }

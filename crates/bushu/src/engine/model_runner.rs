@@ -168,6 +168,13 @@ impl ModelRunner {
     /// Runs one step; returns the logits (`vocab` each) of the rows each sequence's `logits` names,
     /// sequence after sequence.
     pub fn forward(&mut self, batch: &[SeqInput]) -> Result<&[f32]> {
+        let layers = self.model.config.n_layers;
+        self.forward_layers(batch, layers)
+    }
+
+    /// [`ModelRunner::forward`] through the first `layers` layers, then the final norm and the classifier
+    /// (early exit: the draft of self-speculation). Layers `layers..` store nothing for these tokens.
+    pub fn forward_layers(&mut self, batch: &[SeqInput], layers: usize) -> Result<&[f32]> {
         let n: usize = batch.iter().map(|s| s.tokens.len()).sum();
         if n == 0 {
             bail!("forward step over no tokens");
@@ -226,6 +233,6 @@ impl ModelRunner {
         };
         let (scratch, tokens, positions, rows) = (&mut self.scratch, &self.tokens, &self.positions, &self.out_rows);
         self.model
-            .forward_batch(scratch, tokens, positions, &mut kv, rows, &mut |_, _| {})
+            .forward_layers(scratch, tokens, positions, &mut kv, rows, layers, &mut |_, _| {})
     }
 }

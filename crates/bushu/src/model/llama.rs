@@ -40,6 +40,11 @@ pub struct Model {
     pub int8: Option<Int8Weights>,
     /// How [`Model::new_state`] (and the serving engine) store keys and values (`--kv-type`).
     pub kv_type: KvType,
+    /// `Some(n)`: the classifier computes the logits of the first `n` vocabulary entries only, the
+    /// others are `-inf` — a draft model's cheaper head (FR-Spec, Zhao et al. 2025: a draft restricted
+    /// to frequent tokens; byte-level BPE vocabularies number their tokens in merge order, most
+    /// frequent first). `None`: every entry.
+    pub head_rows: Option<usize>,
 }
 
 /// A place in the forward pass where an observer sees activations: the input of each group of linear
@@ -72,6 +77,8 @@ pub struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     logits: Vec<f32>,
+    /// The restricted classifier's logits ([`Model::head_rows`]).
+    head: Vec<f32>,
 }
 
 fn fit(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -158,6 +165,7 @@ impl Model {
             precision: Precision::default(),
             int8: None,
             kv_type: KvType::default(),
+            head_rows: None,
         })
     }
 
@@ -433,14 +441,28 @@ impl Model {
             Precision::Fast => Precision::Wide,
             p => p,
         };
-        linear(&w.output.matrix(), classifier, xb, logits, None);
         // NaN or infinity in the weights or activations ends here: an error, never text sampled from it.
-        if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+        let (computed, n) = match self.head_rows.filter(|&n| n < c.vocab_size) {
+            None => {
+                linear(&w.output.matrix(), classifier, xb, logits, None);
+                (&*logits, c.vocab_size)
+            }
+            Some(n) => {
+                let head = fit(&mut s.head, m * n);
+                linear(&w.output.matrix().first_rows(n), classifier, xb, head, None);
+                for (row, part) in logits.chunks_exact_mut(c.vocab_size).zip(head.chunks_exact(n)) {
+                    row[..n].copy_from_slice(part);
+                    row[n..].fill(f32::NEG_INFINITY);
+                }
+                (&*head, n)
+            }
+        };
+        if let Some(i) = computed.iter().position(|v| !v.is_finite()) {
             bail!(
                 "the model computed a non-finite logit ({} for token {} of output row {}): NaN or infinity in its weights or activations (`bushu info --check-tensors` looks for them in the file)",
-                logits[i],
-                i % c.vocab_size,
-                i / c.vocab_size
+                computed[i],
+                i % n,
+                i / n
             );
         }
         Ok(&s.logits[..m * c.vocab_size])

@@ -75,6 +75,28 @@ pub fn check_vocab(tokenizer: usize, model: usize) -> Result<()> {
     Ok(())
 }
 
+/// Opens only the tokenizer of a model path, as `llama-tokenize` does: a GGUF file needs its `tokenizer.*`
+/// metadata and nothing else (a vocabulary-only file, or a family bushu cannot run, works), a Hugging Face
+/// directory needs its `tokenizer.json`; a llama2.c checkpoint is read whole (its header gives the vocabulary
+/// size of `tokenizer.bin`).
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    if !path.exists() {
+        bail!("model path {} does not exist", path.display());
+    }
+    if path.is_dir() {
+        return Tokenizer::from_hf_dir(path).with_context(|| format!("{}: tokenizer", path.display()));
+    }
+    let mut magic = [0u8; 4];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut magic))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if n == 4 && &magic == b"GGUF" {
+        let g = Gguf::open(path)?;
+        return Tokenizer::from_gguf(&g).with_context(|| format!("{}: tokenizer", path.display()));
+    }
+    Ok(llama2c::load(path, None)?.tokenizer)
+}
+
 /// Opens a GGUF model file.
 pub fn load_gguf(path: &Path) -> Result<ModelFile> {
     let g = Gguf::open(path)?;

@@ -18,8 +18,11 @@ pub mod worker;
 
 use crate::chat::session::template_for;
 use crate::engine::metrics::Metrics;
+use crate::engine::model_runner::PagedCache;
 use crate::engine::{Engine, EngineConfig, KvPlan, KvSizing};
 use crate::model::{load, ModelOptions};
+use crate::spec_decode::serving::{draft_runner, Method, Speculator};
+use crate::spec_decode::{check_same_vocabulary, PromptLookup, SpecOptions, Speculation};
 use anyhow::{Context, Result};
 use routes::AppState;
 use std::net::SocketAddr;
@@ -60,6 +63,8 @@ pub struct ServeOptions {
     pub int8_outlier_threshold: Option<f32>,
     /// How the paged KV cache stores keys and values (`--kv-type`).
     pub kv_type: crate::model::KvType,
+    /// Speculative decoding in the engine (`--lookup`, `--draft-model`, `--self-speculate`).
+    pub spec: SpecOptions,
     /// `/metrics` open to anyone even with an API key (`--metrics-public`).
     pub metrics_public: bool,
     /// Connections open at once; more are answered 503 and closed (`--max-connections`).
@@ -99,6 +104,7 @@ impl ServeOptions {
             precision: kernels::Precision::default(),
             int8_outlier_threshold: None,
             kv_type: crate::model::KvType::default(),
+            spec: SpecOptions::off(),
             metrics_public: false,
             max_connections: 512,
             header_timeout: Duration::from_secs(10),
@@ -111,6 +117,8 @@ impl ServeOptions {
 pub struct Server {
     pub addr: SocketAddr,
     pub engine: EngineConfig,
+    /// The proposer speculating in the engine and its draft length (for the start-up line).
+    pub speculation: Option<String>,
     /// How the KV cache was sized, and the warnings that go with it.
     pub kv_plan: KvPlan,
     stop: Option<oneshot::Sender<()>>,
@@ -125,15 +133,33 @@ impl Server {
             crate::model::check::check_tensors(&file)?;
         }
         let model = opts.model_options().build(&file)?;
+        // A draft model is loaded first: its paged cache has the target's blocks, so the KV budget is
+        // shared between the two caches in proportion to their bytes per position.
+        let draft = match &opts.spec.method {
+            Speculation::DraftModel(path) => {
+                let f = load(path).with_context(|| format!("cannot open the draft model {}", path.display()))?;
+                check_same_vocabulary(
+                    (file.config.vocab_size, &file.tokenizer),
+                    (f.config.vocab_size, &f.tokenizer),
+                )?;
+                let mut draft = opts.model_options().build(&f)?;
+                draft.head_rows = opts.spec.draft_vocab;
+                Some(draft)
+            }
+            _ => None,
+        };
+        let per_pos = PagedCache::bytes_per_position(&model) as u128;
+        let draft_per_pos = draft.as_ref().map_or(0, |d| PagedCache::bytes_per_position(d) as u128);
+        let share = |b: u128| b * per_pos / (per_pos + draft_per_pos);
         // Sized before anything is allocated: a cache that cannot fit is refused with the numbers.
         let plan = EngineConfig::sized(
             &model,
             &KvSizing {
                 max_batch: opts.max_batch,
                 ctx: opts.ctx,
-                kv_memory: opts.kv_memory,
-                available: crate::model::memory::available_bytes(),
-                model_bytes: file.file_bytes,
+                kv_memory: opts.kv_memory.map(|b| share(b as u128) as usize),
+                available: crate::model::memory::available_bytes().map(|a| share(a as u128) as u64),
+                model_bytes: share(file.file_bytes as u128) as u64,
             },
         )?;
         let mut cfg = plan.cfg.clone();
@@ -156,7 +182,33 @@ impl Server {
         let vocab = model.config.vocab_size;
         let metrics = Arc::new(Mutex::new(Metrics::default()));
         let max_model_len = cfg.max_model_len;
-        let engine = Engine::new(model, file.eos_ids.clone(), cfg.clone());
+        let mut engine = Engine::new(model, file.eos_ids.clone(), cfg.clone());
+        let method = match &opts.spec.method {
+            Speculation::Off => None,
+            Speculation::Lookup { ngram } => Some(Method::Lookup(PromptLookup::new(*ngram)?)),
+            Speculation::SelfSpeculate { layers } => Some(Method::SelfSpeculate { layers: *layers }),
+            Speculation::DraftModel(_) => {
+                let draft = draft.expect("the draft model was loaded");
+                Some(Method::DraftModel(draft_runner(draft, &engine.runner)?))
+            }
+        };
+        if let Some(method) = method {
+            let spec = &opts.spec;
+            engine.spec = Some(Speculator::new(method, spec.length, spec.p_min, &engine.runner)?);
+        }
+        let speculation = engine.spec.as_ref().map(|s| {
+            let l = &opts.spec.length;
+            let cache = match s.draft_cache_bytes() {
+                Some(b) => format!(", its KV cache {:.1} MiB", b as f64 / (1 << 20) as f64),
+                None => String::new(),
+            };
+            format!(
+                "{} (up to {} drafts per step, at least {}{cache})",
+                s.name(),
+                l.max,
+                l.min
+            )
+        });
         let (worker, engine_thread) = Worker::spawn(engine, opts.max_queue, metrics.clone());
         let listener = std::net::TcpListener::bind((opts.host.as_str(), opts.port))
             .with_context(|| format!("cannot listen on {}:{}", opts.host, opts.port))?;
@@ -219,6 +271,7 @@ impl Server {
         Ok(Server {
             addr,
             engine: cfg,
+            speculation,
             kv_plan: plan,
             stop: Some(stop),
             http: Some(http),

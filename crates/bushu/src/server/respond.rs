@@ -48,6 +48,10 @@ pub struct Collector {
     choices: Vec<Choice>,
     pub prompt_tokens: usize,
     pub cached_tokens: usize,
+    /// Speculative decoding: drafts verified for this request and kept (llama-server's `draft_n`,
+    /// `draft_n_accepted`).
+    pub draft_n: usize,
+    pub draft_n_accepted: usize,
     want_logprobs: bool,
 }
 
@@ -95,6 +99,8 @@ impl Collector {
             choices,
             prompt_tokens,
             cached_tokens: 0,
+            draft_n: 0,
+            draft_n_accepted: 0,
             want_logprobs,
         }
     }
@@ -130,6 +136,8 @@ impl Collector {
             return None;
         }
         self.cached_tokens += o.cached_tokens;
+        self.draft_n += o.verified.drafted;
+        self.draft_n_accepted += o.verified.accepted;
         let mut piece = String::new();
         let mut logprobs = Vec::new();
         for (i, &t) in o.tokens.iter().enumerate() {
@@ -233,7 +241,15 @@ impl Collector {
             .collect();
         let mut v = self.envelope(false, choices);
         v["usage"] = self.usage();
+        self.add_timings(&mut v);
         v
+    }
+
+    /// With speculative decoding, llama-server's `timings.draft_n` / `draft_n_accepted`.
+    fn add_timings(&self, v: &mut Value) {
+        if self.draft_n > 0 {
+            v["timings"] = json!({"draft_n": self.draft_n, "draft_n_accepted": self.draft_n_accepted});
+        }
     }
 
     /// A streaming chunk for one delta (`first`: the chat chunk that announces the role).
@@ -257,6 +273,7 @@ impl Collector {
     pub fn usage_chunk(&self) -> Value {
         let mut v = self.envelope(true, Vec::new());
         v["usage"] = self.usage();
+        self.add_timings(&mut v);
         v
     }
 

@@ -197,6 +197,7 @@ fn end(
                 logprobs: Vec::new(),
                 finish: Some(reason),
                 cached_tokens: 0,
+                verified: Default::default(),
             });
         }
     }
@@ -205,5 +206,8 @@ fn end(
 fn publish(engine: &Engine, metrics: &Mutex<Metrics>, tokens: usize) {
     let mut m = metrics.lock().unwrap();
     m.gauges = engine.gauges();
+    if let Some(spec) = &engine.spec {
+        m.spec = Some(spec.counters.clone());
+    }
     m.generation_tokens += tokens as u64;
 }

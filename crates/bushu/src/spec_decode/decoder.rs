@@ -117,6 +117,7 @@ impl Decoder for SpecDecoder<'_> {
     fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
         self.sampler.set_prompt(prompt);
         self.prompt_len = prompt.len();
+        self.proposer.prefill(prompt)?;
         let logits = self.model.forward(self.state, prompt, Logits::Last)?;
         self.rows.clear();
         self.rows.extend_from_slice(logits);

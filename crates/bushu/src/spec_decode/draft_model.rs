@@ -92,6 +92,16 @@ impl Proposer for DraftModel<'_> {
         Ok(out)
     }
 
+    fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
+        self.sync(prompt);
+        let new = &prompt[self.cached.len()..];
+        if !new.is_empty() && new.len() <= self.state.cache.capacity() - self.state.pos() {
+            self.model.forward(&mut self.state, new, Logits::None)?;
+            self.cached.extend_from_slice(new);
+        }
+        Ok(())
+    }
+
     fn accepted(&mut self, n: usize) {
         // The cache holds the sequence, then drafts; keep the sequence and the accepted ones.
         let keep = (self.base + n).min(self.cached.len());

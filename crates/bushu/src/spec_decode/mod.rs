@@ -14,6 +14,8 @@
 //!   rule applied row by row, the cache and the sampler brought back to the accepted length;
 //! - [`adaptive`]: the draft length, grown and shrunk from recent acceptance, and switched off when
 //!   drafts keep being rejected;
+//! - [`serving`]: the same proposers inside the serving engine, drafting for every running sequence
+//!   in batched passes (a draft model in its own paged cache over the target's block tables);
 //! - [`decoder`]: all of it as a [`crate::generate::Decoder`] for the ordinary generation loop (stop
 //!   conditions, streaming, logprobs), entered through [`generate_speculative`].
 //!
@@ -26,6 +28,7 @@ pub mod lookup;
 pub mod proposer;
 pub mod rejection;
 pub mod self_spec;
+pub mod serving;
 pub mod verify;
 
 pub use adaptive::{DraftLength, DraftLengthParams};
@@ -36,6 +39,39 @@ pub use proposer::{Proposal, Proposer};
 pub use self_spec::SelfSpeculation;
 
 use serde::Serialize;
+use std::path::PathBuf;
+
+/// The proposer asked for (`--draft-model`, `--lookup`, `--self-speculate`, or none).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Speculation {
+    Off,
+    DraftModel(PathBuf),
+    Lookup { ngram: usize },
+    SelfSpeculate { layers: usize },
+}
+
+/// Speculative decoding as asked for: the proposer, the draft length, the draft confidence floor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpecOptions {
+    pub method: Speculation,
+    pub length: DraftLengthParams,
+    pub p_min: f32,
+    /// The draft model's classifier over the first `n` vocabulary entries only
+    /// ([`crate::model::Model::head_rows`]).
+    pub draft_vocab: Option<usize>,
+}
+
+impl SpecOptions {
+    /// No speculation.
+    pub fn off() -> SpecOptions {
+        SpecOptions {
+            method: Speculation::Off,
+            length: DraftLengthParams::default(),
+            p_min: 0.75,
+            draft_vocab: None,
+        }
+    }
+}
 
 /// What speculation did over one generation (llama-server's `draft_n`, `draft_n_accepted`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]

@@ -54,6 +54,12 @@ pub trait Proposer {
     /// `state` at that length. May return fewer tokens, or none.
     fn propose(&mut self, seq: &Context, k: usize, target: &Model, state: &mut State) -> Result<Proposal>;
 
+    /// The prompt is being prefilled: a proposer with its own cache fills it now (counted as prompt
+    /// processing, as llama.cpp's speculative example does), not at its first proposal.
+    fn prefill(&mut self, _prompt: &[u32]) -> Result<()> {
+        Ok(())
+    }
+
     /// The target accepted the first `n` tokens of the last proposal (the rest were rejected): rewind
     /// any state to the sequence plus those `n`.
     fn accepted(&mut self, n: usize);
