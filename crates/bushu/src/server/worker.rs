@@ -162,7 +162,9 @@ fn run(
                 continue;
             }
         };
+        // The metrics first: a client that has its answer sees a /metrics that counts it.
         let tokens = outputs.iter().map(|o| o.tokens.len()).sum();
+        publish(&engine, &metrics, tokens);
         for o in outputs {
             let (id, finished) = (o.seq, o.finish.is_some());
             let delivered = routes.get(&id).is_some_and(|tx| tx.send(o).is_ok());
@@ -172,7 +174,6 @@ fn run(
                 cancel(&mut engine, &mut routes, &[id]);
             }
         }
-        publish(&engine, &metrics, tokens);
     }
 }
 
