@@ -11,6 +11,7 @@ mod roofline;
 mod run;
 mod sampling;
 mod serve;
+mod structured;
 mod tokenize;
 
 use crate::model::{load, KvType, Model, ModelFile, ModelOptions};
