@@ -28,6 +28,9 @@ pub struct Common {
     pub ignore_eos: bool,
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    /// `response_format` and vLLM's `guided_*` fields (`super::structured`).
+    #[serde(flatten)]
+    pub structured: super::structured::StructuredFields,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -71,6 +74,13 @@ pub struct ChatRequest {
     pub logprobs: bool,
     #[serde(default)]
     pub top_logprobs: Option<i64>,
+    /// OpenAI tool calling (`super::tools`).
+    #[serde(default)]
+    pub tools: Option<Value>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -80,9 +90,25 @@ pub struct ChatMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Value>,
+    /// The message's other fields (`tool_calls`, `tool_call_id`, `name`), for tool calling.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
 }
 
 impl ChatMessage {
+    /// Whether the message is part of a tool exchange (an assistant's calls or a tool's result).
+    pub fn is_tool_exchange(&self) -> bool {
+        self.role == "tool" || self.extra.get("tool_calls").is_some_and(|c| !c.is_null())
+    }
+
+    /// The message as OpenAI sent it (text content, other fields kept).
+    pub fn to_value(&self) -> Result<Value, ApiError> {
+        let mut m = self.extra.clone();
+        m.insert("role".into(), Value::String(self.role.clone()));
+        m.insert("content".into(), Value::String(self.text()?));
+        Ok(Value::Object(m))
+    }
+
     /// The text of a message: a string, or the text parts of a content array.
     pub fn text(&self) -> Result<String, ApiError> {
         match &self.content {

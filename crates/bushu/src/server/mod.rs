@@ -14,6 +14,8 @@ pub mod api;
 pub mod error;
 pub mod respond;
 pub mod routes;
+pub mod structured;
+pub mod tools;
 pub mod worker;
 
 use crate::chat::session::template_for;
@@ -121,6 +123,17 @@ impl Server {
         });
         let metrics = Arc::new(Mutex::new(Metrics::default()));
         let max_model_len = cfg.max_model_len;
+        let mut grammar_eos = file.eos_ids.clone();
+        grammar_eos.extend(chat_stop_ids.iter().filter(|t| !file.eos_ids.contains(t)));
+        let structured = Arc::new(structured::Structured::new(
+            file.tokenizer.clone(),
+            model.config.vocab_size,
+            grammar_eos,
+            file.chat_template
+                .as_deref()
+                .or(file.tokenizer.chat_template())
+                .is_some_and(|t| t.contains("tools")),
+        ));
         let engine = Engine::new(model, file.eos_ids.clone(), cfg.clone());
         let (worker, engine_thread) = Worker::spawn(engine, opts.max_queue, metrics.clone());
         let listener = std::net::TcpListener::bind((opts.host.as_str(), opts.port))
@@ -143,6 +156,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             created,
+            structured,
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let (grace, signals) = (opts.grace, opts.handle_signals);

@@ -38,6 +38,8 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     pub next_id: AtomicU64,
     pub created: u64,
+    /// Structured output: the grammar compiler (`super::structured`).
+    pub structured: Arc<super::structured::Structured>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -124,9 +126,10 @@ async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Res
         logprobs,
         stop_ids: Vec::new(),
     };
-    let plan = api::plan(&r.common, prompted)?;
+    let mut plan = api::plan(&r.common, prompted)?;
+    st.structured.apply(&r.common.structured, r.common.ignore_eos, &mut plan).await?;
     let id = format!("cmpl-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
-    generate(st, plan, Kind::Completion, id, logprobs.is_some()).await
+    generate(st, plan, Kind::Completion, id, logprobs.is_some(), None).await
 }
 
 async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
@@ -134,15 +137,20 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Resul
     if r.messages.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty").param("messages"));
     }
-    let messages = r
-        .messages
-        .iter()
-        .map(|m| Ok(Message::new(&m.role, &m.text()?)))
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    let text = st
-        .template
-        .render(&messages, true)
-        .map_err(|e| ApiError::bad_request(format!("chat template: {e:#}")))?;
+    let tools = super::tools::Tools::parse(r.tools.as_ref(), r.tool_choice.as_ref(), r.parallel_tool_calls)?;
+    let text = if tools.is_some() || r.messages.iter().any(|m| m.is_tool_exchange()) {
+        let raw = r.messages.iter().map(|m| m.to_value()).collect::<Result<Vec<_>, ApiError>>()?;
+        super::tools::render(tools.as_ref(), &st.template, st.structured.native_tools, &raw)?
+    } else {
+        let messages = r
+            .messages
+            .iter()
+            .map(|m| Ok(Message::new(&m.role, &m.text()?)))
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        st.template
+            .render(&messages, true)
+            .map_err(|e| ApiError::bad_request(format!("chat template: {e:#}")))?
+    };
     let prompt = st.tokenizer.encode_with(&text, false, true)?;
     let logprobs = match (r.logprobs, r.top_logprobs) {
         (false, _) => None,
@@ -154,9 +162,21 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Resul
         logprobs,
         stop_ids: st.chat_stop_ids.clone(),
     };
-    let plan = api::plan(&r.common, prompted)?;
+    let mut plan = api::plan(&r.common, prompted)?;
+    st.structured.apply(&r.common.structured, r.common.ignore_eos, &mut plan).await?;
+    let tools = tools.filter(|t| t.active());
+    if let Some(c) = tools.as_ref().and_then(|t| t.constraint()) {
+        if r.common.structured.constraint()?.is_some() {
+            return Err(ApiError::bad_request(
+                "tool_choice required or a named function cannot be combined with response_format or guided_* fields",
+            )
+            .param("tool_choice"));
+        }
+        let g = st.structured.compile(c, "tools").await?;
+        st.structured.attach(g, r.common.ignore_eos, "tool_choice", &mut plan)?;
+    }
     let id = format!("chatcmpl-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
-    generate(st, plan, Kind::Chat, id, r.logprobs).await
+    generate(st, plan, Kind::Chat, id, r.logprobs, tools).await
 }
 
 /// A request's sequences in the engine; dropping it (finished, or the client went away) cancels
@@ -213,6 +233,7 @@ async fn generate(
     kind: Kind,
     id: String,
     want_logprobs: bool,
+    tools: Option<super::tools::Tools>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
     let prompt_tokens = plan.requests[0].prompt.len();
@@ -225,7 +246,7 @@ async fn generate(
     })?;
     let col = Collector::new(
         kind,
-        id,
+        id.clone(),
         st.model_id.clone(),
         &st.tokenizer,
         &ids,
@@ -241,12 +262,28 @@ async fn generate(
         arrival,
         last_token: None,
     };
-    if !plan.stream {
+    if !plan.stream || tools.is_some() {
         while sub.next().await.is_some() {}
         if !sub.col.done() {
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine stopped"));
         }
-        return Ok(Json(sub.col.response()).into_response());
+        let mut resp = sub.col.response();
+        if let Some(t) = &tools {
+            t.rewrite(&mut resp, &id);
+        }
+        if !plan.stream {
+            return Ok(Json(resp).into_response());
+        }
+        // Tools: the whole answer, sent as OpenAI's chunks (super::tools).
+        let mut events: Vec<Result<Event, Infallible>> = super::tools::Tools::chunks(&resp)
+            .into_iter()
+            .map(|c| Ok(Event::default().data(c.to_string())))
+            .collect();
+        if plan.include_usage {
+            events.push(Ok(Event::default().data(sub.col.usage_chunk().to_string())));
+        }
+        events.push(Ok(Event::default().data("[DONE]")));
+        return Ok(Sse::new(futures::stream::iter(events)).into_response());
     }
     // Streaming: a task feeds the SSE body; when the client disconnects the body is dropped, the
     // task's send fails, and dropping the submission cancels the sequences.
