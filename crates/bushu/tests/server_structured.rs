@@ -82,9 +82,13 @@ fn response_format_guided_fields_and_errors() {
 
     // json_schema, strict, greedy and sampled, n = 2.
     for temperature in [0.0, 1.0] {
-        let (s, r) = post(a, "/v1/chat/completions", json!({
+        let (s, r) = post(
+            a,
+            "/v1/chat/completions",
+            json!({
             "messages": msgs, "max_tokens": 96, "temperature": temperature, "n": 2, "seed": 3,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "weather", "strict": true, "schema": weather()}}}));
+            "response_format": {"type": "json_schema", "json_schema": {"name": "weather", "strict": true, "schema": weather()}}}),
+        );
         assert_eq!(s, 200, "{r}");
         for c in r["choices"].as_array().unwrap() {
             assert_eq!(c["finish_reason"], "stop", "{c}");
@@ -94,8 +98,12 @@ fn response_format_guided_fields_and_errors() {
         }
     }
     // json_object.
-    let (s, r) = post(a, "/v1/chat/completions", json!({
-        "messages": msgs, "max_tokens": 64, "temperature": 0, "response_format": {"type": "json_object"}}));
+    let (s, r) = post(
+        a,
+        "/v1/chat/completions",
+        json!({
+        "messages": msgs, "max_tokens": 64, "temperature": 0, "response_format": {"type": "json_object"}}),
+    );
     assert_eq!(s, 200, "{r}");
     let c = &r["choices"][0];
     let content = c["message"]["content"].as_str().unwrap();
@@ -106,48 +114,76 @@ fn response_format_guided_fields_and_errors() {
         assert!(content.starts_with('{'), "{content}");
     }
     // text: no constraint.
-    let (s, _) = post(a, "/v1/chat/completions", json!({
-        "messages": msgs, "max_tokens": 4, "response_format": {"type": "text"}}));
+    let (s, _) = post(
+        a,
+        "/v1/chat/completions",
+        json!({
+        "messages": msgs, "max_tokens": 4, "response_format": {"type": "text"}}),
+    );
     assert_eq!(s, 200);
 
     // vLLM's guided fields on /v1/completions.
-    let (s, r) = post(a, "/v1/completions", json!({
-        "prompt": "KING:", "max_tokens": 20, "temperature": 1.0, "seed": 5, "guided_regex": "[0-9]{2}:[0-9]{2} (am|pm)"}));
+    let (s, r) = post(
+        a,
+        "/v1/completions",
+        json!({
+        "prompt": "KING:", "max_tokens": 20, "temperature": 1.0, "seed": 5, "guided_regex": "[0-9]{2}:[0-9]{2} (am|pm)"}),
+    );
     assert_eq!(s, 200, "{r}");
     let text = r["choices"][0]["text"].as_str().unwrap();
     let rx = fancy_regex::Regex::new("^[0-9]{2}:[0-9]{2} (am|pm)$").unwrap();
     assert!(rx.is_match(text).unwrap(), "{text:?}");
     assert_eq!(r["choices"][0]["finish_reason"], "stop");
-    let (s, r) = post(a, "/v1/completions", json!({
-        "prompt": "KING:", "max_tokens": 30, "temperature": 1.0, "guided_choice": ["Hamlet", "Ophelia \"the fair\""]}));
+    let (s, r) = post(
+        a,
+        "/v1/completions",
+        json!({
+        "prompt": "KING:", "max_tokens": 30, "temperature": 1.0, "guided_choice": ["Hamlet", "Ophelia \"the fair\""]}),
+    );
     assert_eq!(s, 200, "{r}");
     let text = r["choices"][0]["text"].as_str().unwrap();
     assert!(text == "Hamlet" || text == "Ophelia \"the fair\"", "{text:?}");
-    let (s, r) = post(a, "/v1/completions", json!({
+    let (s, r) = post(
+        a,
+        "/v1/completions",
+        json!({
         "prompt": "KING:", "max_tokens": 30, "temperature": 0,
-        "guided_grammar": "start: \"(\" item (\" \" item)* \")\"\nitem: /[a-z]{1,6}/ | NUMBER\n%import common.NUMBER\n"}));
+        "guided_grammar": "start: \"(\" item (\" \" item)* \")\"\nitem: /[a-z]{1,6}/ | NUMBER\n%import common.NUMBER\n"}),
+    );
     assert_eq!(s, 200, "{r}");
     let text = r["choices"][0]["text"].as_str().unwrap();
     assert!(text.starts_with('('), "{text:?}");
     if r["choices"][0]["finish_reason"] == "stop" {
         assert!(text.ends_with(')'), "{text:?}");
     }
-    let (s, r) = post(a, "/v1/completions", json!({
-        "prompt": "KING:", "max_tokens": 96, "temperature": 0, "guided_json": weather().to_string()}));
+    let (s, r) = post(
+        a,
+        "/v1/completions",
+        json!({
+        "prompt": "KING:", "max_tokens": 96, "temperature": 0, "guided_json": weather().to_string()}),
+    );
     assert_eq!(s, 200, "{r}");
     let v: Value = serde_json::from_str(r["choices"][0]["text"].as_str().unwrap()).unwrap();
     assert!(valid(&weather(), &v));
 
     // Cut by the token limit: length, and the text is not a complete object.
-    let (s, r) = post(a, "/v1/completions", json!({"prompt": "KING:", "max_tokens": 4, "temperature": 0, "guided_json": weather()}));
+    let (s, r) = post(
+        a,
+        "/v1/completions",
+        json!({"prompt": "KING:", "max_tokens": 4, "temperature": 0, "guided_json": weather()}),
+    );
     assert_eq!(s, 200);
     assert_eq!(r["choices"][0]["finish_reason"], "length");
     assert!(serde_json::from_str::<Value>(r["choices"][0]["text"].as_str().unwrap()).is_err());
 
     // Streaming: the concatenated deltas are the schema's JSON.
-    let (s, body) = post_raw(a, "/v1/chat/completions", &json!({
+    let (s, body) = post_raw(
+        a,
+        "/v1/chat/completions",
+        &json!({
         "messages": msgs, "max_tokens": 96, "temperature": 0, "stream": true,
-        "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": weather()}}}));
+        "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": weather()}}}),
+    );
     assert_eq!(s, 200);
     let mut text = String::new();
     let mut finish = Value::Null;
@@ -169,16 +205,48 @@ fn response_format_guided_fields_and_errors() {
 
     // 400s naming the field and the problem.
     let cases = [
-        (json!({"guided_regex": "[0-9"}), "guided_regex", "unclosed character class"),
-        (json!({"guided_grammar": "start: nope"}), "guided_grammar", "unknown name"),
-        (json!({"guided_json": {"type": "integer", "minimum": 3, "maximum": 1}}), "guided_json", "Unsatisfiable"),
+        (
+            json!({"guided_regex": "[0-9"}),
+            "guided_regex",
+            "unclosed character class",
+        ),
+        (
+            json!({"guided_grammar": "start: nope"}),
+            "guided_grammar",
+            "unknown name",
+        ),
+        (
+            json!({"guided_json": {"type": "integer", "minimum": 3, "maximum": 1}}),
+            "guided_json",
+            "Unsatisfiable",
+        ),
         (json!({"guided_json": "{not json"}), "guided_json", "not JSON"),
         (json!({"guided_choice": []}), "guided_choice", "at least one"),
-        (json!({"response_format": {"type": "xml"}}), "response_format", "\"xml\""),
-        (json!({"response_format": {"type": "json_schema"}}), "response_format", "json_schema"),
-        (json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}}), "response_format", "nowhere"),
-        (json!({"response_format": {"type": "json_object"}, "guided_regex": "a"}), "guided_regex", "cannot be combined"),
-        (json!({"guided_regex": "a", "ignore_eos": true}), "ignore_eos", "ignore_eos"),
+        (
+            json!({"response_format": {"type": "xml"}}),
+            "response_format",
+            "\"xml\"",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema"}}),
+            "response_format",
+            "json_schema",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}}),
+            "response_format",
+            "nowhere",
+        ),
+        (
+            json!({"response_format": {"type": "json_object"}, "guided_regex": "a"}),
+            "guided_regex",
+            "cannot be combined",
+        ),
+        (
+            json!({"guided_regex": "a", "ignore_eos": true}),
+            "ignore_eos",
+            "ignore_eos",
+        ),
     ];
     for (extra, param, needle) in cases {
         let mut body = json!({"prompt": "KING:", "max_tokens": 4});
@@ -228,11 +296,22 @@ fn official_openai_client_response_format() {
     }
     let server = start();
     let out = Command::new("python3")
-        .args(["-c", SCRIPT, &format!("http://{}/v1", server.addr), &weather().to_string()])
+        .args([
+            "-c",
+            SCRIPT,
+            &format!("http://{}/v1", server.addr),
+            &weather().to_string(),
+        ])
         .output()
         .unwrap();
-    let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && so.contains("openai structured ok"), "stdout: {so}\nstderr: {se}");
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && so.contains("openai structured ok"),
+        "stdout: {so}\nstderr: {se}"
+    );
     server.shutdown().unwrap();
 }
 
@@ -318,11 +397,23 @@ print("openai tools ok")
 
 fn tools_against(server: &Server, tools: &Value, context: &str) {
     let out = Command::new("python3")
-        .args(["-c", TOOLS_SCRIPT, &format!("http://{}/v1", server.addr), &tools.to_string(), context])
+        .args([
+            "-c",
+            TOOLS_SCRIPT,
+            &format!("http://{}/v1", server.addr),
+            &tools.to_string(),
+            context,
+        ])
         .output()
         .unwrap();
-    let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && so.contains("openai tools ok"), "stdout: {so}\nstderr: {se}");
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && so.contains("openai tools ok"),
+        "stdout: {so}\nstderr: {se}"
+    );
 }
 
 #[test]
@@ -393,6 +484,9 @@ fn tools_render_through_qwen25_and_chatml_templates() {
     assert!(text.starts_with("<|im_start|>system\n# Tools\n"), "{text}");
     assert!(text.contains("<tools>\n{\"type\":\"function\""), "{text}");
     assert!(text.contains("<|im_start|>assistant\n<tool_call>\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Rome\"}}\n</tool_call><|im_end|>"), "{text}");
-    assert!(text.contains("<|im_start|>user\n<tool_response>\n{\"temp\": 20}\n</tool_response><|im_end|>"), "{text}");
+    assert!(
+        text.contains("<|im_start|>user\n<tool_response>\n{\"temp\": 20}\n</tool_response><|im_end|>"),
+        "{text}"
+    );
     assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
 }

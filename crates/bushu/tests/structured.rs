@@ -70,7 +70,11 @@ fn run_schemas(f: &ModelFile, m: &Model, prompt: &dyn Fn(&str) -> Vec<u32>, max_
                     let v: Value = serde_json::from_str(&out.text)
                         .unwrap_or_else(|e| panic!("{name} t={temperature}: not JSON ({e}): {}", out.text));
                     let errors: Vec<String> = check.iter_errors(&v).map(|e| e.to_string()).collect();
-                    assert!(errors.is_empty(), "{name} t={temperature}: {} invalid: {errors:?}", out.text);
+                    assert!(
+                        errors.is_empty(),
+                        "{name} t={temperature}: {} invalid: {errors:?}",
+                        out.text
+                    );
                     // The end-of-sequence token is the last one and the only one.
                     assert!(f.eos_ids.contains(out.tokens.last().unwrap()));
                 }
@@ -97,7 +101,12 @@ fn run_schemas(f: &ModelFile, m: &Model, prompt: &dyn Fn(&str) -> Vec<u32>, max_
 fn json_schemas_shakespeare_greedy_and_sampled() {
     let (f, m) = open(EXPERT);
     let tok = f.tokenizer.clone();
-    let (done, cut) = run_schemas(&f, &m, &|name| tok.encode(&format!("KING: {name}\n"), true).unwrap(), 96);
+    let (done, cut) = run_schemas(
+        &f,
+        &m,
+        &|name| tok.encode(&format!("KING: {name}\n"), true).unwrap(),
+        96,
+    );
     eprintln!("shakespeare: {done} complete, {cut} cut by the token limit");
     // The schemas bound their strings, not their numbers' digits: a model this small repeating a digit
     // runs into the limit (then `length`, checked above); most outputs complete.
@@ -106,7 +115,9 @@ fn json_schemas_shakespeare_greedy_and_sampled() {
 
 #[test]
 fn json_schemas_smollm2_greedy_and_sampled() {
-    let Some(f) = common::cached_model("smollm2-135m") else { return };
+    let Some(f) = common::cached_model("smollm2-135m") else {
+        return;
+    };
     let m = Model::new(&f).unwrap();
     let tok = f.tokenizer.clone();
     let prompt = |name: &str| {
@@ -194,11 +205,17 @@ fn compile_errors_name_the_problem() {
             "JSON schema",
             "minimum (5) is greater than maximum (2)",
         ),
-        (Constraint::JsonSchema(serde_json::json!([1])), "JSON schema", "must be an object"),
+        (
+            Constraint::JsonSchema(serde_json::json!([1])),
+            "JSON schema",
+            "must be an object",
+        ),
     ];
     for (c, kind, needle) in cases {
         let e = compiler.compile(&c).unwrap_err();
-        let g = e.downcast_ref::<InvalidGrammar>().unwrap_or_else(|| panic!("{c:?}: {e}"));
+        let g = e
+            .downcast_ref::<InvalidGrammar>()
+            .unwrap_or_else(|| panic!("{c:?}: {e}"));
         assert_eq!(g.kind, kind);
         assert!(g.problem.contains(needle), "{c:?}: {}", g.problem);
         assert!(!e.to_string().contains('\n'), "{e}");
@@ -282,7 +299,9 @@ fn rewinding_the_sampler_rewinds_the_grammar() {
     }
     // At a step with a choice take another allowed token (a different branch), then rewind to the
     // choice: the distributions are those of the first path again.
-    let k = (0..7).find(|&i| dists[i].iter().filter(|&&p| p > 0.0).count() > 1).expect("a step with a choice");
+    let k = (0..7)
+        .find(|&i| dists[i].iter().filter(|&&p| p > 0.0).count() > 1)
+        .expect("a step with a choice");
     s.rewind(prompt.len() + k);
     let other = (0..vocab as u32)
         .find(|&t| dists[k][t as usize] > 0.0 && t != path[k])
@@ -325,15 +344,15 @@ fn speculative_decoding_under_a_grammar_equals_plain_decoding() {
     };
     let mut draft = DraftModel::new(&dm, 256, &opts.sampling, 0.0).unwrap();
     let mut st = m.new_state(256);
-    let (spec, stats) = generate_speculative((&m, &f.tokenizer, &mut st), &p, &opts, &mut draft, length, &mut |_| {})
-        .unwrap();
+    let (spec, stats) =
+        generate_speculative((&m, &f.tokenizer, &mut st), &p, &opts, &mut draft, length, &mut |_| {}).unwrap();
     assert_eq!(spec.tokens, plain.tokens);
     assert_eq!(spec.finish_reason, plain.finish_reason);
     assert!(stats.draft_n_accepted > 0, "{stats:?}");
     let mut lookup = PromptLookup::new(3).unwrap();
     let mut st = m.new_state(256);
-    let (spec, _) = generate_speculative((&m, &f.tokenizer, &mut st), &p, &opts, &mut lookup, length, &mut |_| {})
-        .unwrap();
+    let (spec, _) =
+        generate_speculative((&m, &f.tokenizer, &mut st), &p, &opts, &mut lookup, length, &mut |_| {}).unwrap();
     assert_eq!(spec.tokens, plain.tokens);
     if plain.finish_reason == FinishReason::Stop {
         let v: Value = serde_json::from_str(&plain.text).unwrap();
@@ -361,7 +380,18 @@ fn cli_run_with_a_json_schema_regex_and_grammar() {
     let sp = dir.join("weather.json");
     std::fs::write(&sp, schema.to_string()).unwrap();
     let (code, out, err) = bushu(&[
-        "run", "-m", &m, "-p", "KING:", "-n", "80", "--temperature", "0", "--json-schema", sp.to_str().unwrap(), "--json",
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "KING:",
+        "-n",
+        "80",
+        "--temperature",
+        "0",
+        "--json-schema",
+        sp.to_str().unwrap(),
+        "--json",
     ]);
     assert_eq!(code, 0, "{err}");
     let o: Value = serde_json::from_str(&out).unwrap();
@@ -375,7 +405,20 @@ fn cli_run_with_a_json_schema_regex_and_grammar() {
 
     let gp = dir.join("g.lark");
     std::fs::write(&gp, "start: \"[\" num (\", \" num)* \"]\"\nnum: /[1-9][0-9]?/\n").unwrap();
-    let (code, out, err) = bushu(&["run", "-m", &m, "-p", "KING:", "-n", "30", "--temperature", "0", "--grammar", gp.to_str().unwrap(), "--json"]);
+    let (code, out, err) = bushu(&[
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "KING:",
+        "-n",
+        "30",
+        "--temperature",
+        "0",
+        "--grammar",
+        gp.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let o: Value = serde_json::from_str(&out).unwrap();
     let text = o["text"].as_str().unwrap();
@@ -394,7 +437,10 @@ fn cli_run_with_a_json_schema_regex_and_grammar() {
     std::fs::write(&notjson, "{type: object").unwrap();
     for (args, needle) in [
         (vec!["--regex", "[0-9"], "--regex: invalid regex"),
-        (vec!["--json-schema", bad.to_str().unwrap()], "--json-schema: invalid JSON schema: Unsatisfiable"),
+        (
+            vec!["--json-schema", bad.to_str().unwrap()],
+            "--json-schema: invalid JSON schema: Unsatisfiable",
+        ),
         (vec!["--json-schema", notjson.to_str().unwrap()], "is not JSON"),
         (vec!["--json-schema", "/nonexistent/s.json"], "cannot read"),
         (vec!["--json-object", "--regex", "a"], "cannot be combined"),
@@ -419,11 +465,16 @@ fn cli_run_with_a_json_schema_regex_and_grammar() {
 #[test]
 #[ignore]
 fn measure_mask_time_and_decode_speed_smollm2() {
-    let Some(f) = common::cached_model("smollm2-135m") else { return };
+    let Some(f) = common::cached_model("smollm2-135m") else {
+        return;
+    };
     let m = Model::new(&f).unwrap();
     let t0 = std::time::Instant::now();
     let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
-    eprintln!("compiler (token trie + llguidance tables) built in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
+    eprintln!(
+        "compiler (token trie + llguidance tables) built in {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     let mut times = Vec::new();
     let mut first = Vec::new();
     let mut compile = Vec::new();

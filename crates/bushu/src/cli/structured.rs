@@ -75,7 +75,9 @@ impl StructuredArgs {
     pub fn compile(&self, tok: &Tokenizer, n_vocab: usize, eos_ids: &[u32]) -> Result<Option<Arc<Grammar>>> {
         let Some(c) = self.constraint()? else { return Ok(None) };
         let compiler = Compiler::new(tok, n_vocab, eos_ids)?;
-        let g = compiler.compile(&c).map_err(|e| anyhow::anyhow!("{}: {e}", self.flag()))?;
+        let g = compiler
+            .compile(&c)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.flag()))?;
         Ok(Some(g))
     }
 }

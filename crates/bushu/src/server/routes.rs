@@ -127,7 +127,9 @@ async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Res
         stop_ids: Vec::new(),
     };
     let mut plan = api::plan(&r.common, prompted)?;
-    st.structured.apply(&r.common.structured, r.common.ignore_eos, &mut plan).await?;
+    st.structured
+        .apply(&r.common.structured, r.common.ignore_eos, &mut plan)
+        .await?;
     let id = format!("cmpl-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
     generate(st, plan, Kind::Completion, id, logprobs.is_some(), None).await
 }
@@ -139,7 +141,11 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Resul
     }
     let tools = super::tools::Tools::parse(r.tools.as_ref(), r.tool_choice.as_ref(), r.parallel_tool_calls)?;
     let text = if tools.is_some() || r.messages.iter().any(|m| m.is_tool_exchange()) {
-        let raw = r.messages.iter().map(|m| m.to_value()).collect::<Result<Vec<_>, ApiError>>()?;
+        let raw = r
+            .messages
+            .iter()
+            .map(|m| m.to_value())
+            .collect::<Result<Vec<_>, ApiError>>()?;
         super::tools::render(tools.as_ref(), &st.template, st.structured.native_tools, &raw)?
     } else {
         let messages = r
@@ -163,7 +169,9 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Resul
         stop_ids: st.chat_stop_ids.clone(),
     };
     let mut plan = api::plan(&r.common, prompted)?;
-    st.structured.apply(&r.common.structured, r.common.ignore_eos, &mut plan).await?;
+    st.structured
+        .apply(&r.common.structured, r.common.ignore_eos, &mut plan)
+        .await?;
     let tools = tools.filter(|t| t.active());
     if let Some(c) = tools.as_ref().and_then(|t| t.constraint()) {
         if r.common.structured.constraint()?.is_some() {

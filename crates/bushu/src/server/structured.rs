@@ -56,12 +56,18 @@ impl StructuredFields {
                 return Err(bad("guided_choice must list at least one choice", "guided_choice"));
             }
             let alts: Vec<String> = choices.iter().map(|c| lark_string(c)).collect();
-            found.push((Constraint::Lark(format!("start: {}\n", alts.join(" | "))), "guided_choice"));
+            found.push((
+                Constraint::Lark(format!("start: {}\n", alts.join(" | "))),
+                "guided_choice",
+            ));
         }
         if found.len() > 1 {
             let names: Vec<&str> = found.iter().map(|f| f.1).collect();
             return Err(bad(
-                format!("{} cannot be combined: give one structured-output constraint", names.join(" and ")),
+                format!(
+                    "{} cannot be combined: give one structured-output constraint",
+                    names.join(" and ")
+                ),
                 found[1].1,
             ));
         }
@@ -154,14 +160,27 @@ impl Structured {
 
     /// Applies the request's constraint, if any, to every choice of `plan`: the grammar in the sampling
     /// parameters, and the end-of-sequence tokens the grammar ends with among the tokens that stop it.
-    pub async fn apply(self: &Arc<Self>, f: &StructuredFields, ignore_eos: bool, plan: &mut Plan) -> Result<(), ApiError> {
-        let Some((c, param)) = f.constraint()? else { return Ok(()) };
+    pub async fn apply(
+        self: &Arc<Self>,
+        f: &StructuredFields,
+        ignore_eos: bool,
+        plan: &mut Plan,
+    ) -> Result<(), ApiError> {
+        let Some((c, param)) = f.constraint()? else {
+            return Ok(());
+        };
         let g = self.compile(c, param).await?;
         self.attach(g, ignore_eos, param, plan)
     }
 
     /// Attaches a compiled grammar to every choice of `plan`.
-    pub fn attach(&self, g: Arc<Grammar>, ignore_eos: bool, param: &'static str, plan: &mut Plan) -> Result<(), ApiError> {
+    pub fn attach(
+        &self,
+        g: Arc<Grammar>,
+        ignore_eos: bool,
+        param: &'static str,
+        plan: &mut Plan,
+    ) -> Result<(), ApiError> {
         if ignore_eos {
             return Err(bad(
                 format!("ignore_eos cannot be combined with {param}: a constrained output ends with an end-of-sequence token"),

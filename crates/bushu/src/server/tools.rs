@@ -47,11 +47,20 @@ pub struct Tools {
 impl Tools {
     /// Checks `tools`, `tool_choice` and `parallel_tool_calls`; `None` when the request has no tools (a
     /// `tool_choice` other than `none` without tools is a 400).
-    pub fn parse(tools: Option<&Value>, choice: Option<&Value>, parallel: Option<bool>) -> Result<Option<Tools>, ApiError> {
+    pub fn parse(
+        tools: Option<&Value>,
+        choice: Option<&Value>,
+        parallel: Option<bool>,
+    ) -> Result<Option<Tools>, ApiError> {
         let defs = match tools {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(a)) => a.clone(),
-            Some(_) => return Err(bad("tools must be an array of {\"type\": \"function\", \"function\": {...}}", "tools")),
+            Some(_) => {
+                return Err(bad(
+                    "tools must be an array of {\"type\": \"function\", \"function\": {...}}",
+                    "tools",
+                ))
+            }
         };
         let mut names = Vec::new();
         for (i, t) in defs.iter().enumerate() {
@@ -63,11 +72,17 @@ impl Tools {
                 return Err(bad(format!("tools[{i}].function.name is missing"), "tools"));
             };
             if name.is_empty() || names.iter().any(|n| n == name) {
-                return Err(bad(format!("tools[{i}].function.name {name:?} is empty or repeated"), "tools"));
+                return Err(bad(
+                    format!("tools[{i}].function.name {name:?} is empty or repeated"),
+                    "tools",
+                ));
             }
             if let Some(p) = f.and_then(|f| f.get("parameters")) {
                 if !p.is_object() {
-                    return Err(bad(format!("tools[{i}].function.parameters must be a JSON schema object"), "tools"));
+                    return Err(bad(
+                        format!("tools[{i}].function.parameters must be a JSON schema object"),
+                        "tools",
+                    ));
                 }
             }
             names.push(name.to_string());
@@ -85,7 +100,10 @@ impl Tools {
                     ))
                 }
             },
-            Some(v) => match (v.get("type").and_then(Value::as_str), v.pointer("/function/name").and_then(Value::as_str)) {
+            Some(v) => match (
+                v.get("type").and_then(Value::as_str),
+                v.pointer("/function/name").and_then(Value::as_str),
+            ) {
                 (Some("function"), Some(n)) => Choice::Named(n.to_string()),
                 _ => {
                     return Err(bad(
@@ -98,12 +116,18 @@ impl Tools {
         if defs.is_empty() {
             return match choice {
                 Choice::Auto | Choice::None => Ok(None),
-                _ => Err(bad("tool_choice asks for a tool call but the request has no tools", "tool_choice")),
+                _ => Err(bad(
+                    "tool_choice asks for a tool call but the request has no tools",
+                    "tool_choice",
+                )),
             };
         }
         if let Choice::Named(n) = &choice {
             if !names.contains(n) {
-                return Err(bad(format!("tool_choice names {n:?}, which is not among the tools"), "tool_choice"));
+                return Err(bad(
+                    format!("tool_choice names {n:?}, which is not among the tools"),
+                    "tool_choice",
+                ));
             }
         }
         Ok(Some(Tools {
@@ -199,13 +223,17 @@ impl Tools {
         if !self.active() {
             return;
         }
-        let Some(choices) = resp["choices"].as_array_mut() else { return };
+        let Some(choices) = resp["choices"].as_array_mut() else {
+            return;
+        };
         for (ci, c) in choices.iter_mut().enumerate() {
             if c["finish_reason"] != "stop" {
                 continue;
             }
             let text = c["message"]["content"].as_str().unwrap_or("").to_string();
-            let Some((content, calls)) = self.parse_calls(&text) else { continue };
+            let Some((content, calls)) = self.parse_calls(&text) else {
+                continue;
+            };
             let calls: Vec<Value> = calls
                 .into_iter()
                 .enumerate()
@@ -235,7 +263,9 @@ impl Tools {
             let m = &c["message"];
             out.push(env(json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})));
             if let Some(t) = m["content"].as_str().filter(|t| !t.is_empty()) {
-                out.push(env(json!({"index": i, "delta": {"content": t}, "logprobs": null, "finish_reason": null})));
+                out.push(env(
+                    json!({"index": i, "delta": {"content": t}, "logprobs": null, "finish_reason": null}),
+                ));
             }
             for (k, tc) in m["tool_calls"].as_array().into_iter().flatten().enumerate() {
                 out.push(env(json!({"index": i, "delta": {"tool_calls": [{"index": k, "id": tc["id"], "type": "function",
@@ -243,7 +273,9 @@ impl Tools {
                 out.push(env(json!({"index": i, "delta": {"tool_calls": [{"index": k,
                     "function": {"arguments": tc["function"]["arguments"]}}]}, "logprobs": null, "finish_reason": null})));
             }
-            out.push(env(json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": c["finish_reason"]})));
+            out.push(env(
+                json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": c["finish_reason"]}),
+            ));
         }
         out
     }
@@ -252,7 +284,12 @@ impl Tools {
 /// The prompt: the conversation (OpenAI messages, tool calls and results included) rendered with the
 /// active tools, natively when the template knows tools, else with the tool instructions as a system
 /// message.
-pub fn render(tools: Option<&Tools>, template: &ChatTemplate, native: bool, messages: &[Value]) -> Result<String, ApiError> {
+pub fn render(
+    tools: Option<&Tools>,
+    template: &ChatTemplate,
+    native: bool,
+    messages: &[Value],
+) -> Result<String, ApiError> {
     let messages: Vec<Value> = messages.iter().map(|m| for_template(m, native)).collect();
     let active = tools.filter(|t| t.active());
     let (messages, defs) = match active {
@@ -332,21 +369,37 @@ mod tests {
         let text = "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"add\", \"arguments\": {}}\n</tool_call>";
         let (content, calls) = t.parse_calls(text).unwrap();
         assert_eq!(content, "Let me look.");
-        assert_eq!(calls, vec![("get_weather".into(), "{\"city\":\"Paris\"}".into()), ("add".into(), "{}".into())]);
+        assert_eq!(
+            calls,
+            vec![
+                ("get_weather".into(), "{\"city\":\"Paris\"}".into()),
+                ("add".into(), "{}".into())
+            ]
+        );
         assert!(t.parse_calls("no call here").is_none());
-        assert!(t.parse_calls("<tool_call>{\"name\": \"nope\", \"arguments\": {}}</tool_call>").is_none());
-        assert!(t.parse_calls("<tool_call>{\"name\": \"add\", \"arguments\": 3}</tool_call>").is_none());
+        assert!(t
+            .parse_calls("<tool_call>{\"name\": \"nope\", \"arguments\": {}}</tool_call>")
+            .is_none());
+        assert!(t
+            .parse_calls("<tool_call>{\"name\": \"add\", \"arguments\": 3}</tool_call>")
+            .is_none());
         assert!(t.parse_calls("<tool_call>{not json</tool_call>").is_none());
     }
 
     #[test]
     fn tool_choice_checks() {
         assert_eq!(tools(json!("required")).choice, Choice::Required);
-        assert_eq!(tools(json!({"type": "function", "function": {"name": "add"}})).choice, Choice::Named("add".into()));
+        assert_eq!(
+            tools(json!({"type": "function", "function": {"name": "add"}})).choice,
+            Choice::Named("add".into())
+        );
         let defs = json!([{"type": "function", "function": {"name": "f"}}]);
         for (c, needle) in [
             (json!("sometimes"), "tool_choice must be"),
-            (json!({"type": "function", "function": {"name": "g"}}), "not among the tools"),
+            (
+                json!({"type": "function", "function": {"name": "g"}}),
+                "not among the tools",
+            ),
             (json!({"type": "function"}), "tool_choice must be"),
         ] {
             let e = Tools::parse(Some(&defs), Some(&c), None).unwrap_err();
@@ -367,8 +420,14 @@ mod tests {
         assert_eq!(native["tool_calls"][0]["function"]["arguments"], json!({"a": 1}));
         assert_eq!(native["content"], "");
         let plain = for_template(&m, false);
-        assert_eq!(plain["content"], "<tool_call>\n{\"name\":\"add\",\"arguments\":{\"a\":1}}\n</tool_call>");
+        assert_eq!(
+            plain["content"],
+            "<tool_call>\n{\"name\":\"add\",\"arguments\":{\"a\":1}}\n</tool_call>"
+        );
         let r = for_template(&json!({"role": "tool", "tool_call_id": "c1", "content": "2"}), false);
-        assert_eq!(r, json!({"role": "user", "content": "<tool_response>\n2\n</tool_response>"}));
+        assert_eq!(
+            r,
+            json!({"role": "user", "content": "<tool_response>\n2\n</tool_response>"})
+        );
     }
 }

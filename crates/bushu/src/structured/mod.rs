@@ -227,12 +227,7 @@ impl GrammarState {
     /// Brings the state to `generated` (the tokens after the prompt): rolls back the tokens that are no
     /// longer there, consumes the new ones.
     pub fn sync(&mut self, generated: &[u32]) -> Result<()> {
-        let common = self
-            .consumed
-            .iter()
-            .zip(generated)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let common = self.consumed.iter().zip(generated).take_while(|(a, b)| a == b).count();
         if common < self.consumed.len() {
             let back = self.consumed.len() - common;
             if common == 0 {
