@@ -540,3 +540,37 @@ fn measure_mask_time_and_decode_speed_smollm2() {
         tok_u as f64 / s_u
     );
 }
+
+#[test]
+fn cli_chat_answers_follow_the_schema() {
+    use std::io::Write;
+    let m = shared(EXPERT).to_str().unwrap().to_owned();
+    let dir = std::env::temp_dir().join(format!("bushu-structured-chat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_, schema) = schemas().into_iter().find(|(n, _)| n == "weather").unwrap();
+    let sp = dir.join("weather.json");
+    std::fs::write(&sp, schema.to_string()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bushu"))
+        .args(["chat", "-m", &m, "-n", "96", "--json-schema", sp.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"The weather in Verona?\nAnd in Padua?\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let answers: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(answers.len(), 2, "{stdout}");
+    for a in answers {
+        let v: Value = serde_json::from_str(a).unwrap_or_else(|e| panic!("{a}: {e}"));
+        assert!(validator(&schema).is_valid(&v), "{v}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
