@@ -5,6 +5,7 @@
 //! - [`tokenizer`]: SentencePiece and byte-level BPE tokenizers, streaming detokenization.
 //! - [`sampling`]: logit processors and token choice (greedy, temperature, top-k, top-p).
 //! - [`generate`]: the prefill / decode loop that ties them together.
+//! - [`structured`]: structured output (JSON Schema, regex, Lark grammars on llguidance), tool calls.
 //! - [`spec_decode`]: speculative decoding for `bushu run` (prompt lookup, draft model, self-speculation).
 //! - [`engine`]: the serving engine: paged KV cache, continuous batching, prefix caching, preemption.
 //! - [`server`]: the OpenAI-compatible HTTP server over the engine (`bushu serve`).
@@ -26,4 +27,5 @@ pub mod roofline;
 pub mod sampling;
 pub mod server;
 pub mod spec_decode;
+pub mod structured;
 pub mod tokenizer;

@@ -437,10 +437,12 @@ mod tests {
         let out = t
             .render_with(Value::from(()), false, None, &[("x", Value::from_serialize(&x))])
             .unwrap();
+        // Keys in insertion order, as Python's dicts keep them (serde_json's `preserve_order`, which
+        // llguidance turns on).
         assert_eq!(
             out,
-            "{\"a\": null, \"b\": [1, 2.5, \"é<&>\\\"\\n\"], \"c\": {}}|{\n  \"a\": null,\n  \"b\": [\n    1,\n    2.5,\n    \
-             \"é<&>\\\"\\n\"\n  ],\n  \"c\": {}\n}|a b|True|4|<s></s>"
+            "{\"b\": [1, 2.5, \"é<&>\\\"\\n\"], \"a\": null, \"c\": {}}|{\n  \"b\": [\n    1,\n    2.5,\n    \
+             \"é<&>\\\"\\n\"\n  ],\n  \"a\": null,\n  \"c\": {}\n}|a b|True|4|<s></s>"
         );
     }
 

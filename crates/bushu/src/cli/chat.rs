@@ -4,6 +4,7 @@
 
 use super::run::context_size;
 use super::sampling::{flag_error, SamplingArgs};
+use super::structured::StructuredArgs;
 use super::ModelArgs;
 use crate::chat::session::{template_for, ChatSession};
 use crate::generate::{ContextTooSmall, GenerateOptions};
@@ -28,6 +29,8 @@ pub struct ChatArgs {
     pub n: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub structured: StructuredArgs,
     /// Context size in tokens (default: the model's, at most 4096).
     #[arg(long)]
     pub ctx: Option<usize>,
@@ -49,7 +52,8 @@ pub fn precision_line(p: Precision) -> &'static str {
 }
 
 pub fn chat(a: ChatArgs) -> Result<()> {
-    let sampling = a.sampling.params()?;
+    let mut sampling = a.sampling.params()?;
+    a.structured.constraint()?;
     let (file, _) = a.model.open()?;
     let ctx = context_size(a.ctx, &file.config, a.model.kv_type)?;
     let model = a.model.build(&file)?;
@@ -57,6 +61,8 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         .validate_for_vocab(model.config.vocab_size)
         .map_err(|e| flag_error(e, &[]))?;
     let (template, stops, own_template) = template_for(&file)?;
+    // Each answer follows the grammar and ends with an end-of-turn token.
+    sampling.grammar = a.structured.compile(&file.tokenizer, model.config.vocab_size, &stops)?;
     let tty = std::io::stdin().is_terminal();
     let name = file.name.clone().unwrap_or_else(|| "model".into());
     eprintln!(

@@ -12,6 +12,7 @@ mod run;
 mod sampling;
 mod serve;
 mod spec;
+mod structured;
 mod tokenize;
 
 use crate::model::{load, KvType, Model, ModelFile, ModelOptions};

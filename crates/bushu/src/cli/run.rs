@@ -5,6 +5,7 @@
 
 use super::sampling::{flag_error, SamplingArgs};
 use super::spec::SpecArgs;
+use super::structured::StructuredArgs;
 use super::ModelArgs;
 use crate::generate::contrastive::{generate_contrastive, CdParams};
 use crate::generate::{generate, GenerateOptions, Generation, Strategy};
@@ -31,6 +32,8 @@ pub struct RunArgs {
     pub n: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub structured: StructuredArgs,
     /// Stop when the text contains STRING (never included in the output); repeatable.
     #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
     pub stop: Vec<String>,
@@ -118,6 +121,24 @@ pub fn options(a: &RunArgs, eos_ids: Vec<u32>) -> Result<GenerateOptions> {
             a.num_return
         );
     }
+    if a.structured.constraint()?.is_some() {
+        let other = if a.beams > 1 {
+            Some("--beams")
+        } else if a.penalty_alpha.is_some() {
+            Some("--penalty-alpha (contrastive search)")
+        } else if a.amateur.is_some() {
+            Some("--amateur (contrastive decoding)")
+        } else {
+            None
+        };
+        if let Some(other) = other {
+            bail!(
+                "{} (structured output) and {other} cannot be combined: structured output samples or decodes greedily, \
+                 speculative decoding included",
+                a.structured.flag()
+            );
+        }
+    }
     let strategy = if let Some(alpha) = a.penalty_alpha {
         if a.beams > 1 {
             bail!("--penalty-alpha (contrastive search) and --beams cannot be combined");
@@ -182,6 +203,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         )?;
     }
     let tok = &file.tokenizer;
+    opts.sampling.grammar = a.structured.compile(tok, model.config.vocab_size, &file.eos_ids)?;
     let prompt = tok.encode(&a.prompt, !a.no_bos)?;
     let mut state = model.new_state(ctx);
     let amateur = match &a.amateur {

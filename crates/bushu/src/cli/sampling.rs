@@ -75,6 +75,7 @@ impl SamplingArgs {
                 .iter()
                 .map(|s| parse_logit_bias(s))
                 .collect::<Result<_>>()?,
+            grammar: None,
         };
         p.validate().map_err(|e| flag_error(e, &[]))?;
         Ok(p)

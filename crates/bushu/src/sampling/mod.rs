@@ -3,6 +3,7 @@
 //! The logits pass through a chain of [`LogitProcessor`]s, each one named technique in its own module,
 //! in Hugging Face `generate`'s order (see `docs/DECODING.md` for where llama.cpp differs):
 //!
+//! 0. [`grammar`] (structured output: the tokens a grammar does not allow are removed first)
 //! 1. [`logit_bias`] (HF `sequence_bias` with one-token sequences)
 //! 2. [`repetition_penalty`] (CTRL, multiplicative)
 //! 3. [`presence_penalty`], [`frequency_penalty`] (OpenAI style; not in HF — placed beside repetition)
@@ -16,6 +17,7 @@
 pub mod beam;
 pub mod contrastive;
 pub mod frequency_penalty;
+pub mod grammar;
 pub mod logit_bias;
 pub mod min_p;
 pub mod no_repeat_ngram;
@@ -133,6 +135,9 @@ impl Processors {
     /// `warpers`: include temperature, top-k, top-p and min-p (random sampling only, as in HF).
     pub fn new(p: &SamplingParams, warpers: bool) -> Processors {
         let mut chain: Vec<Box<dyn LogitProcessor>> = Vec::new();
+        if let Some(g) = &p.grammar {
+            chain.push(Box::new(grammar::GrammarMask::new(g)));
+        }
         if !p.logit_bias.is_empty() {
             chain.push(Box::new(logit_bias::LogitBias::new(&p.logit_bias)));
         }
@@ -337,8 +342,13 @@ impl Sampler {
             return Processed::Token(kernels::ops::argmax(logits) as u32);
         }
         if self.greedy {
-            cands.sort();
-            return Processed::Token(cands.items[0].0);
+            // The first of a sort by decreasing logit then increasing id, without sorting.
+            let best = cands
+                .items
+                .iter()
+                .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+                .expect("candidates are not empty");
+            return Processed::Token(best.0);
         }
         self.probs = cands.probs();
         Processed::Candidates

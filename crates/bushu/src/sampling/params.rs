@@ -1,7 +1,9 @@
 //! The knobs of the processor chain, as the CLI and the server take them, with their validation.
 
+use crate::structured::Grammar;
 use anyhow::Result;
 use std::fmt;
+use std::sync::Arc;
 
 /// A parameter outside its range. The library names the parameter as its field (`top_p`) and says what
 /// is wrong; the layers above know how their users spell it (`--top-p` on the command line, the JSON
@@ -93,6 +95,8 @@ pub struct SamplingParams {
     pub no_repeat_ngram: usize,
     /// Added to the logit of each listed token (`-inf` bans it).
     pub logit_bias: Vec<(u32, f32)>,
+    /// Structured output: only the tokens this grammar allows (`crate::structured`).
+    pub grammar: Option<Arc<Grammar>>,
 }
 
 impl Default for SamplingParams {
@@ -109,6 +113,7 @@ impl Default for SamplingParams {
             penalty_window: PenaltyWindow::default(),
             no_repeat_ngram: 0,
             logit_bias: Vec::new(),
+            grammar: None,
         }
     }
 }
@@ -180,6 +185,17 @@ impl SamplingParams {
                 "logit_bias",
                 format!("names token {id}, outside the vocabulary of {vocab} tokens"),
             ));
+        }
+        if let Some(g) = &self.grammar {
+            if g.n_vocab() < vocab {
+                return Err(InvalidParam::error(
+                    "grammar",
+                    format!(
+                        "was compiled for {} tokens, but the model has {vocab}: compile it for this model",
+                        g.n_vocab()
+                    ),
+                ));
+            }
         }
         Ok(())
     }

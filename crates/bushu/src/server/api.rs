@@ -32,6 +32,9 @@ pub struct Common {
     pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
     /// The end user, for the client's own records; it changes nothing in the answer.
     pub user: Option<String>,
+    /// `response_format` and vLLM's `guided_*` fields (`super::structured`).
+    #[serde(flatten)]
+    pub structured: super::structured::StructuredFields,
 }
 
 /// The fields of [`Common`], for [`parse_request`]'s check of unknown fields.
@@ -54,37 +57,27 @@ const COMMON_FIELDS: &[&str] = &[
     "stream_options",
     "logit_bias",
     "user",
+    "response_format",
+    "guided_json",
+    "guided_regex",
+    "guided_grammar",
+    "guided_choice",
 ];
 
 /// Fields of `/v1/completions` besides [`COMMON_FIELDS`].
 pub const COMPLETION_FIELDS: &[&str] = &["prompt", "logprobs", "echo"];
 /// Fields of `/v1/chat/completions` besides [`COMMON_FIELDS`].
-pub const CHAT_FIELDS: &[&str] = &["messages", "logprobs", "top_logprobs"];
+pub const CHAT_FIELDS: &[&str] = &[
+    "messages",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+];
 
-// ---- Structured output: NOT SUPPORTED YET. -------------------------------------------------------
-/// The structured-output and tool-calling fields (OpenAI's, and vLLM's guided decoding). Until the
-/// engine constrains decoding, a request carrying any of them is refused with a 400 saying so, rather
-/// than answered as if the constraint held. This one function is the place to replace when it does.
-pub fn refuse_structured_output(body: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
-    const FIELDS: &[&str] = &[
-        "response_format",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "guided_json",
-        "guided_regex",
-        "guided_grammar",
-        "guided_choice",
-    ];
-    match FIELDS.iter().find(|f| body.contains_key(**f)) {
-        Some(f) => Err(ApiError::bad_request(format!(
-            "{f} is not supported by this server (structured output and tool calling are not implemented yet)"
-        ))
-        .param(f)),
-        None => Ok(()),
-    }
-}
-// ---------------------------------------------------------------------------------------------------
+/// Fields of a chat message besides `role` and `content` (tool calling's).
+const MESSAGE_FIELDS: &[&str] = &["tool_calls", "tool_call_id", "name"];
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(default)]
@@ -127,21 +120,39 @@ pub struct ChatRequest {
     pub logprobs: bool,
     #[serde(default)]
     pub top_logprobs: Option<i64>,
+    /// OpenAI tool calling (`super::tools`).
+    #[serde(default)]
+    pub tools: Option<Value>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub common: Common,
 }
 
 #[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
 pub struct ChatMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Value>,
+    /// The message's other fields (`tool_calls`, `tool_call_id`, `name`), for tool calling.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
 }
 
 impl ChatMessage {
-    /// The role, checked: OpenAI's roles (`developer` is its newer name for `system`).
+    /// The role, checked: OpenAI's roles (`developer` is its newer name for `system`); the message's
+    /// other fields must be tool calling's.
     pub fn role(&self) -> Result<&str, ApiError> {
+        if let Some(k) = self.extra.keys().find(|k| !MESSAGE_FIELDS.contains(&k.as_str())) {
+            return Err(ApiError::bad_request(format!(
+                "unsupported message field '{}' (messages have role, content, {})",
+                k.escape_debug(),
+                MESSAGE_FIELDS.join(", ")
+            ))
+            .param("messages"));
+        }
         match self.role.as_str() {
             "system" | "developer" => Ok("system"),
             r @ ("user" | "assistant" | "tool") => Ok(r),
@@ -151,6 +162,19 @@ impl ChatMessage {
             ))
             .param("messages")),
         }
+    }
+
+    /// Whether the message is part of a tool exchange (an assistant's calls or a tool's result).
+    pub fn is_tool_exchange(&self) -> bool {
+        self.role == "tool" || self.extra.get("tool_calls").is_some_and(|c| !c.is_null())
+    }
+
+    /// The message as OpenAI sent it (text content, other fields kept).
+    pub fn to_value(&self) -> Result<Value, ApiError> {
+        let mut m = self.extra.clone();
+        m.insert("role".into(), Value::String(self.role.clone()));
+        m.insert("content".into(), Value::String(self.text()?));
+        Ok(Value::Object(m))
     }
 
     /// The text of a message: a string, or the text parts of a content array.
@@ -187,13 +211,12 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
 
 /// Parses an endpoint's JSON body strictly: a JSON object whose every field is one this server
 /// honours ([`COMMON_FIELDS`] and the endpoint's `fields`), so that nothing a client asks for is
-/// silently ignored; structured output goes through [`refuse_structured_output`].
+/// silently ignored.
 pub fn parse_request<T: for<'de> Deserialize<'de>>(body: &[u8], fields: &[&str]) -> Result<T, ApiError> {
     let v: Value = parse(body)?;
     let Value::Object(map) = &v else {
         return Err(ApiError::bad_request("the request body must be a JSON object"));
     };
-    refuse_structured_output(map)?;
     if let Some(k) = map
         .keys()
         .find(|k| !COMMON_FIELDS.contains(&k.as_str()) && !fields.contains(&k.as_str()))

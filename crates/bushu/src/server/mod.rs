@@ -14,6 +14,8 @@ pub mod api;
 pub mod error;
 pub mod respond;
 pub mod routes;
+pub mod structured;
+pub mod tools;
 pub mod worker;
 
 use crate::chat::session::template_for;
@@ -182,6 +184,17 @@ impl Server {
         let vocab = model.config.vocab_size;
         let metrics = Arc::new(Mutex::new(Metrics::default()));
         let max_model_len = cfg.max_model_len;
+        let mut grammar_eos = file.eos_ids.clone();
+        grammar_eos.extend(chat_stop_ids.iter().filter(|t| !file.eos_ids.contains(t)));
+        let structured = Arc::new(structured::Structured::new(
+            file.tokenizer.clone(),
+            model.config.vocab_size,
+            grammar_eos,
+            file.chat_template
+                .as_deref()
+                .or(file.tokenizer.chat_template())
+                .is_some_and(|t| t.contains("tools")),
+        ));
         let mut engine = Engine::new(model, file.eos_ids.clone(), cfg.clone());
         let method = match &opts.spec.method {
             Speculation::Off => None,
@@ -233,6 +246,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             created,
+            structured,
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let (grace, signals) = (opts.grace, opts.handle_signals);

@@ -45,6 +45,8 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     pub next_id: AtomicU64,
     pub created: u64,
+    /// Structured output: the grammar compiler (`super::structured`).
+    pub structured: Arc<super::structured::Structured>,
 }
 
 /// Largest request body (OpenAI's own limit is larger, but a prompt of a few thousand tokens is far
@@ -288,9 +290,12 @@ async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Res
         logprobs,
         stop_ids: Vec::new(),
     };
-    let plan = api::plan(&r.common, prompted)?;
+    let mut plan = api::plan(&r.common, prompted)?;
+    st.structured
+        .apply(&r.common.structured, r.common.ignore_eos, &mut plan)
+        .await?;
     let id = format!("cmpl-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
-    generate(st, plan, Kind::Completion, id, logprobs.is_some(), echo).await
+    generate(st, plan, Kind::Completion, id, logprobs.is_some(), echo, None).await
 }
 
 async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
@@ -299,15 +304,28 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Resul
     if r.messages.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty").param("messages"));
     }
-    let messages = r
-        .messages
-        .iter()
-        .map(|m| Ok(Message::new(m.role()?, &m.text()?)))
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    let text = st
-        .template
-        .render(&messages, true)
-        .map_err(|e| ApiError::bad_request(format!("chat template: {e:#}")))?;
+    // Roles and message fields checked first, whichever way the conversation is rendered.
+    for m in &r.messages {
+        m.role()?;
+    }
+    let tools = super::tools::Tools::parse(r.tools.as_ref(), r.tool_choice.as_ref(), r.parallel_tool_calls)?;
+    let text = if tools.is_some() || r.messages.iter().any(|m| m.is_tool_exchange()) {
+        let raw = r
+            .messages
+            .iter()
+            .map(|m| m.to_value())
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        super::tools::render(tools.as_ref(), &st.template, st.structured.native_tools, &raw)?
+    } else {
+        let messages = r
+            .messages
+            .iter()
+            .map(|m| Ok(Message::new(m.role()?, &m.text()?)))
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        st.template
+            .render(&messages, true)
+            .map_err(|e| ApiError::bad_request(format!("chat template: {e:#}")))?
+    };
     let prompt = st.tokenizer.encode_with(&text, false, true)?;
     let top = logprobs_count(r.top_logprobs, "top_logprobs")?;
     let logprobs = match (r.logprobs, top) {
@@ -326,9 +344,23 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Resul
         logprobs,
         stop_ids: st.chat_stop_ids.clone(),
     };
-    let plan = api::plan(&r.common, prompted)?;
+    let mut plan = api::plan(&r.common, prompted)?;
+    st.structured
+        .apply(&r.common.structured, r.common.ignore_eos, &mut plan)
+        .await?;
+    let tools = tools.filter(|t| t.active());
+    if let Some(c) = tools.as_ref().and_then(|t| t.constraint()) {
+        if r.common.structured.constraint()?.is_some() {
+            return Err(ApiError::bad_request(
+                "tool_choice required or a named function cannot be combined with response_format or guided_* fields",
+            )
+            .param("tool_choice"));
+        }
+        let g = st.structured.compile(c, "tools").await?;
+        st.structured.attach(g, r.common.ignore_eos, "tool_choice", &mut plan)?;
+    }
     let id = format!("chatcmpl-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
-    generate(st, plan, Kind::Chat, id, r.logprobs, None).await
+    generate(st, plan, Kind::Chat, id, r.logprobs, None, tools).await
 }
 
 /// A request's sequences in the engine; dropping it (finished, or the client went away) cancels
@@ -386,6 +418,7 @@ async fn generate(
     id: String,
     want_logprobs: bool,
     echo: Option<String>,
+    tools: Option<super::tools::Tools>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
     let prompt_tokens = plan.requests[0].prompt.len();
@@ -398,7 +431,7 @@ async fn generate(
     })?;
     let col = Collector::new(
         kind,
-        id,
+        id.clone(),
         st.model_id.clone(),
         &st.tokenizer,
         &ids,
@@ -415,7 +448,7 @@ async fn generate(
         arrival,
         last_token: None,
     };
-    if !plan.stream {
+    if !plan.stream || tools.is_some() {
         while sub.next().await.is_some() {}
         if !sub.col.done() {
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine stopped"));
@@ -423,7 +456,23 @@ async fn generate(
         if sub.col.failed() {
             return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, st.worker.last_error()));
         }
-        return Ok(Json(sub.col.response()).into_response());
+        let mut resp = sub.col.response();
+        if let Some(t) = &tools {
+            t.rewrite(&mut resp, &id);
+        }
+        if !plan.stream {
+            return Ok(Json(resp).into_response());
+        }
+        // Tools: the whole answer, sent as OpenAI's chunks (super::tools).
+        let mut events: Vec<Result<Event, Infallible>> = super::tools::Tools::chunks(&resp)
+            .into_iter()
+            .map(|c| Ok(Event::default().data(c.to_string())))
+            .collect();
+        if plan.include_usage {
+            events.push(Ok(Event::default().data(sub.col.usage_chunk().to_string())));
+        }
+        events.push(Ok(Event::default().data("[DONE]")));
+        return Ok(Sse::new(futures::stream::iter(events)).into_response());
     }
     // Streaming: a task feeds the SSE body; when the client disconnects the body is dropped, the
     // task's send fails, and dropping the submission cancels the sequences.

@@ -1,0 +1,576 @@
+//! Structured output (issue 21): 35 JSON schemas of real-world shapes (nested objects, arrays with
+//! min/max items, enums, anyOf/allOf, $ref and recursion, string formats and patterns, numeric bounds,
+//! multipleOf, tuples, nullable fields) on the Shakespeare model (always present) and SmolLM2 (when
+//! cached), greedy and sampled. Every output that ends on an end-of-sequence token parses and validates
+//! against its schema with the `jsonschema` crate (formats checked); an output cut by the token limit is
+//! reported as `length` and its tokens are a prefix the grammar has not completed. Also: regex and Lark
+//! constraints, the token trie's bytes, rewinding a grammar, speculative decoding under a grammar equal to
+//! plain decoding, and the command line (`--json-schema`, `--regex`, `--grammar`, errors in one line).
+
+mod common;
+use bushu::generate::{generate, FinishReason, GenerateOptions};
+use bushu::model::{load, Model, ModelFile};
+use bushu::sampling::{Sampler, SamplingParams};
+use bushu::spec_decode::{generate_speculative, DraftLengthParams, DraftModel, PromptLookup};
+use bushu::structured::{vocab, Compiler, Constraint, InvalidGrammar};
+use common::{fixture, shared};
+use serde_json::Value;
+use std::process::Command;
+
+const EXPERT: &str = "models/shakespeare/shakespeare-expert-f16.gguf";
+const AMATEUR: &str = "models/shakespeare/shakespeare-amateur-f16.gguf";
+
+fn open(rel: &str) -> (ModelFile, Model) {
+    let f = load(&shared(rel)).unwrap();
+    let m = Model::new(&f).unwrap();
+    (f, m)
+}
+
+fn schemas() -> Vec<(String, Value)> {
+    let v = common::read_json(&fixture("structured/schemas.json"));
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["schema"].clone()))
+        .collect()
+}
+
+fn validator(schema: &Value) -> jsonschema::Validator {
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
+        .unwrap_or_else(|e| panic!("the validator rejects the schema {schema}: {e}"))
+}
+
+/// Runs every schema on a model, greedy and sampled; returns (completed, cut by the limit).
+fn run_schemas(f: &ModelFile, m: &Model, prompt: &dyn Fn(&str) -> Vec<u32>, max_tokens: usize) -> (usize, usize) {
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let (mut done, mut cut) = (0, 0);
+    for (name, schema) in schemas() {
+        let g = compiler
+            .compile(&Constraint::JsonSchema(schema.clone()))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let check = validator(&schema);
+        for (i, temperature) in [0.0, 0.9].into_iter().enumerate() {
+            let sampling = SamplingParams {
+                temperature,
+                top_k: 0,
+                top_p: 1.0,
+                seed: 7 + i as u64,
+                grammar: Some(g.clone()),
+                ..Default::default()
+            };
+            let opts = GenerateOptions::new(max_tokens, sampling, f.eos_ids.clone());
+            let p = prompt(&name);
+            let mut st = m.new_state(p.len() + max_tokens + 1);
+            let out = generate(m, &f.tokenizer, &mut st, &p, &opts, &mut |_| {}).unwrap();
+            match out.finish_reason {
+                FinishReason::Stop => {
+                    done += 1;
+                    let v: Value = serde_json::from_str(&out.text)
+                        .unwrap_or_else(|e| panic!("{name} t={temperature}: not JSON ({e}): {}", out.text));
+                    let errors: Vec<String> = check.iter_errors(&v).map(|e| e.to_string()).collect();
+                    assert!(
+                        errors.is_empty(),
+                        "{name} t={temperature}: {} invalid: {errors:?}",
+                        out.text
+                    );
+                    // The end-of-sequence token is the last one and the only one.
+                    assert!(f.eos_ids.contains(out.tokens.last().unwrap()));
+                }
+                FinishReason::Length => {
+                    cut += 1;
+                    assert_eq!(out.tokens.len(), max_tokens);
+                    // Not complete: the grammar does not accept the text (or the model was not asked to end).
+                    let mut s = g.state();
+                    s.mask(&out.tokens);
+                    assert!(s.error().is_none(), "{name}: the tokens left the grammar");
+                    if check.is_valid(&serde_json::from_str(&out.text).unwrap_or(Value::Null)) {
+                        assert!(s.is_accepting(), "{name}: a complete output reported as cut");
+                    }
+                }
+                other => panic!("{name}: finish {other:?}"),
+            }
+            eprintln!("{name} t={temperature} {:?}: {}", out.finish_reason, out.text);
+        }
+    }
+    (done, cut)
+}
+
+#[test]
+fn json_schemas_shakespeare_greedy_and_sampled() {
+    let (f, m) = open(EXPERT);
+    let tok = f.tokenizer.clone();
+    let (done, cut) = run_schemas(
+        &f,
+        &m,
+        &|name| tok.encode(&format!("KING: {name}\n"), true).unwrap(),
+        96,
+    );
+    eprintln!("shakespeare: {done} complete, {cut} cut by the token limit");
+    // The schemas bound their strings, not their numbers' digits: a model this small repeating a digit
+    // runs into the limit (then `length`, checked above); most outputs complete.
+    assert!(done >= 45, "only {done} of 70 outputs completed");
+}
+
+#[test]
+fn json_schemas_smollm2_greedy_and_sampled() {
+    let Some(f) = common::cached_model("smollm2-135m") else {
+        return;
+    };
+    let m = Model::new(&f).unwrap();
+    let tok = f.tokenizer.clone();
+    let prompt = |name: &str| {
+        let text = format!(
+            "<|im_start|>user\nGive an example {} as JSON.<|im_end|>\n<|im_start|>assistant\n",
+            name.replace('_', " ")
+        );
+        tok.encode_with(&text, false, true).unwrap()
+    };
+    let (done, cut) = run_schemas(&f, &m, &prompt, 96);
+    eprintln!("smollm2: {done} complete, {cut} cut by the token limit");
+    assert!(done >= 45, "only {done} of 70 outputs completed");
+}
+
+#[test]
+fn a_schema_cut_by_the_token_limit_finishes_with_length() {
+    let (f, m) = open(EXPERT);
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    // 40 characters at least: cannot fit in 6 tokens.
+    let schema = serde_json::json!({"type": "object", "properties": {"s": {"type": "string", "minLength": 40}}, "required": ["s"]});
+    let g = compiler.compile(&Constraint::JsonSchema(schema)).unwrap();
+    let opts = GenerateOptions::new(
+        6,
+        SamplingParams {
+            grammar: Some(g),
+            ..SamplingParams::greedy()
+        },
+        f.eos_ids.clone(),
+    );
+    let p = f.tokenizer.encode("KING:", true).unwrap();
+    let mut st = m.new_state(64);
+    let out = generate(&m, &f.tokenizer, &mut st, &p, &opts, &mut |_| {}).unwrap();
+    assert_eq!(out.finish_reason, FinishReason::Length);
+    assert!(out.text.starts_with("{\"s\""), "{}", out.text);
+    assert!(serde_json::from_str::<Value>(&out.text).is_err());
+}
+
+#[test]
+fn regex_and_lark_constraints() {
+    let (f, m) = open(EXPERT);
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let rx = fancy_regex::Regex::new(r"^[0-9]{3}-[a-z]{2,5}$").unwrap();
+    let lark = r#"start: greeting " " name
+greeting: "hail" | "farewell"
+name: /[A-Z][a-z]{1,8}/"#;
+    let lark_rx = fancy_regex::Regex::new(r"^(hail|farewell) [A-Z][a-z]{1,8}$").unwrap();
+    for (c, check) in [
+        (Constraint::Regex(r"[0-9]{3}-[a-z]{2,5}".into()), &rx),
+        (Constraint::Lark(lark.into()), &lark_rx),
+    ] {
+        let g = compiler.compile(&c).unwrap();
+        for seed in 0..4 {
+            let sampling = SamplingParams {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+                seed,
+                grammar: Some(g.clone()),
+                ..Default::default()
+            };
+            let opts = GenerateOptions::new(40, sampling, f.eos_ids.clone());
+            let p = f.tokenizer.encode("ROMEO:", true).unwrap();
+            let mut st = m.new_state(64);
+            let out = generate(&m, &f.tokenizer, &mut st, &p, &opts, &mut |_| {}).unwrap();
+            assert_eq!(out.finish_reason, FinishReason::Stop, "{c:?}: {}", out.text);
+            assert!(check.is_match(&out.text).unwrap(), "{c:?}: {:?}", out.text);
+        }
+    }
+}
+
+#[test]
+fn compile_errors_name_the_problem() {
+    let (f, m) = open(EXPERT);
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let cases = [
+        (Constraint::Regex("[0-9".into()), "regex", "unclosed character class"),
+        (Constraint::Lark("start: foo".into()), "Lark grammar", "unknown name"),
+        (
+            Constraint::JsonSchema(serde_json::json!({"$ref": "#/$defs/nowhere"})),
+            "JSON schema",
+            "/$defs/nowhere",
+        ),
+        (
+            Constraint::JsonSchema(serde_json::json!({"type": "integer", "minimum": 5, "maximum": 2})),
+            "JSON schema",
+            "minimum (5) is greater than maximum (2)",
+        ),
+        (
+            Constraint::JsonSchema(serde_json::json!([1])),
+            "JSON schema",
+            "must be an object",
+        ),
+    ];
+    for (c, kind, needle) in cases {
+        let e = compiler.compile(&c).unwrap_err();
+        let g = e
+            .downcast_ref::<InvalidGrammar>()
+            .unwrap_or_else(|| panic!("{c:?}: {e}"));
+        assert_eq!(g.kind, kind);
+        assert!(g.problem.contains(needle), "{c:?}: {}", g.problem);
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+}
+
+#[test]
+fn token_bytes_follow_the_tokenizer() {
+    // SentencePiece with byte fallback: `▁the` is " the", `<0x0A>` is a newline byte, `</s>` special.
+    let (f, _) = open(EXPERT);
+    let tok = &f.tokenizer;
+    let bytes = vocab::token_bytes(tok, tok.vocab_size());
+    let nl = tok.token_to_id("<0x0A>").unwrap();
+    assert_eq!(bytes[nl as usize], b"\n");
+    let eos = tok.eos_id().unwrap();
+    assert_eq!(bytes[eos as usize], b"\xff</s>");
+    let mut hand = 0;
+    for id in 0..tok.vocab_size() as u32 {
+        let text = tok.token_text(id).unwrap();
+        if let Some(rest) = text.strip_prefix('\u{2581}') {
+            if !rest.is_empty() && !rest.contains('\u{2581}') {
+                assert_eq!(bytes[id as usize], format!(" {rest}").as_bytes(), "{text}");
+                hand += 1;
+            }
+        }
+    }
+    assert!(hand > 100);
+    // Byte-level BPE: `Ġworld` is " world"; `<|im_end|>` is special.
+    if let Some(f) = common::cached_model("smollm2-135m") {
+        let tok = &f.tokenizer;
+        let bytes = vocab::token_bytes(tok, tok.vocab_size());
+        let w = tok.token_to_id("\u{120}world").unwrap();
+        assert_eq!(bytes[w as usize], b" world");
+        let end = tok.token_to_id("<|im_end|>").unwrap();
+        assert_eq!(bytes[end as usize], b"\xff<|im_end|>");
+        // Every token's bytes decode to what the tokenizer decodes it to.
+        for id in (0..tok.vocab_size() as u32).step_by(97) {
+            if bytes[id as usize].first() != Some(&0xff) {
+                assert_eq!(bytes[id as usize], tok.decode_bytes(&[id]), "token {id}");
+            }
+        }
+    }
+}
+
+#[test]
+fn rewinding_the_sampler_rewinds_the_grammar() {
+    let (f, m) = open(EXPERT);
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let g = compiler
+        .compile(&Constraint::Regex("[a-z]{2,4}[0-9]{1,3}-[a-z]{2,6}".into()))
+        .unwrap();
+    // Sampling (greedy's distribution is a one-hot): the distributions show what the grammar allows.
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        grammar: Some(g),
+        ..Default::default()
+    };
+    let vocab = m.config.vocab_size;
+    // Flat logits favouring higher ids: the grammar alone decides what is possible.
+    let logits: Vec<f32> = (0..vocab).map(|i| i as f32 * 1e-4).collect();
+    let argmax = |d: &[f32]| (0..d.len()).max_by(|&a, &b| d[a].total_cmp(&d[b])).unwrap() as u32;
+    let prompt = [1u32, 5, 9];
+    let mut s = Sampler::new(&params).unwrap();
+    s.set_prompt(&prompt);
+    let mut path = Vec::new();
+    let mut dists = Vec::new();
+    for _ in 0..8 {
+        let d = s.distribution(&logits);
+        let t = argmax(&d);
+        dists.push(d);
+        path.push(t);
+        s.accept(t);
+    }
+    // Back to 3 generated tokens, then on again: the same distributions.
+    s.rewind(prompt.len() + 3);
+    for i in 3..8 {
+        assert_eq!(s.distribution(&logits), dists[i], "step {i}");
+        s.accept(path[i]);
+    }
+    // At a step with a choice take another allowed token (a different branch), then rewind to the
+    // choice: the distributions are those of the first path again.
+    let k = (0..7)
+        .find(|&i| dists[i].iter().filter(|&&p| p > 0.0).count() > 1)
+        .expect("a step with a choice");
+    s.rewind(prompt.len() + k);
+    let other = (0..vocab as u32)
+        .find(|&t| dists[k][t as usize] > 0.0 && t != path[k])
+        .unwrap();
+    s.accept(other);
+    let next = argmax(&s.distribution(&logits));
+    s.accept(next);
+    s.rewind(prompt.len() + k);
+    for i in k..8 {
+        assert_eq!(s.distribution(&logits), dists[i], "step {i} after the branch");
+        s.accept(path[i]);
+    }
+    // Every token of the path was allowed where it was taken.
+    for (i, &t) in path.iter().enumerate() {
+        assert!(dists[i][t as usize] > 0.0, "step {i}");
+    }
+}
+
+#[test]
+fn speculative_decoding_under_a_grammar_equals_plain_decoding() {
+    let (f, m) = open(EXPERT);
+    let (_, dm) = open(AMATEUR);
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let (_, schema) = schemas().into_iter().find(|(n, _)| n == "recipe").unwrap();
+    let g = compiler.compile(&Constraint::JsonSchema(schema.clone())).unwrap();
+    let opts = GenerateOptions::new(
+        80,
+        SamplingParams {
+            grammar: Some(g),
+            ..SamplingParams::greedy()
+        },
+        f.eos_ids.clone(),
+    );
+    let p = f.tokenizer.encode("KING: a recipe\n", true).unwrap();
+    let mut st = m.new_state(256);
+    let plain = generate(&m, &f.tokenizer, &mut st, &p, &opts, &mut |_| {}).unwrap();
+    let length = DraftLengthParams {
+        max: 6,
+        ..DraftLengthParams::default()
+    };
+    let mut draft = DraftModel::new(&dm, 256, &opts.sampling, 0.0).unwrap();
+    let mut st = m.new_state(256);
+    let (spec, stats) =
+        generate_speculative((&m, &f.tokenizer, &mut st), &p, &opts, &mut draft, length, &mut |_| {}).unwrap();
+    assert_eq!(spec.tokens, plain.tokens);
+    assert_eq!(spec.finish_reason, plain.finish_reason);
+    assert!(stats.draft_n_accepted > 0, "{stats:?}");
+    let mut lookup = PromptLookup::new(3).unwrap();
+    let mut st = m.new_state(256);
+    let (spec, _) =
+        generate_speculative((&m, &f.tokenizer, &mut st), &p, &opts, &mut lookup, length, &mut |_| {}).unwrap();
+    assert_eq!(spec.tokens, plain.tokens);
+    if plain.finish_reason == FinishReason::Stop {
+        let v: Value = serde_json::from_str(&plain.text).unwrap();
+        assert!(validator(&schema).is_valid(&v), "{}", plain.text);
+    }
+}
+
+// ---- Command line ----
+
+fn bushu(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bushu")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_run_with_a_json_schema_regex_and_grammar() {
+    let m = shared(EXPERT).to_str().unwrap().to_owned();
+    let dir = std::env::temp_dir().join(format!("bushu-structured-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_, schema) = schemas().into_iter().find(|(n, _)| n == "weather").unwrap();
+    let sp = dir.join("weather.json");
+    std::fs::write(&sp, schema.to_string()).unwrap();
+    let (code, out, err) = bushu(&[
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "KING:",
+        "-n",
+        "80",
+        "--temperature",
+        "0",
+        "--json-schema",
+        sp.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let o: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(o["finish_reason"], "stop", "{o}");
+    let v: Value = serde_json::from_str(o["text"].as_str().unwrap()).unwrap();
+    assert!(validator(&schema).is_valid(&v), "{v}");
+
+    let (code, out, err) = bushu(&["run", "-m", &m, "-p", "KING:", "-n", "20", "--regex", "(yes|no)"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim() == "yes" || out.trim() == "no", "{out:?}");
+
+    let gp = dir.join("g.lark");
+    std::fs::write(&gp, "start: \"[\" num (\", \" num)* \"]\"\nnum: /[1-9][0-9]?/\n").unwrap();
+    let (code, out, err) = bushu(&[
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "KING:",
+        "-n",
+        "30",
+        "--temperature",
+        "0",
+        "--grammar",
+        gp.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let o: Value = serde_json::from_str(&out).unwrap();
+    let text = o["text"].as_str().unwrap();
+    if o["finish_reason"] == "stop" {
+        let v: Vec<u32> = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert!(v.iter().all(|&n| (1..100).contains(&n)));
+    } else {
+        assert_eq!(o["finish_reason"], "length");
+        assert!(text.starts_with('['), "{text}");
+    }
+
+    // Errors: one line, non-zero exit, nothing generated.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"type\": \"integer\", \"minimum\": 3, \"maximum\": 1}").unwrap();
+    let notjson = dir.join("not.json");
+    std::fs::write(&notjson, "{type: object").unwrap();
+    for (args, needle) in [
+        (vec!["--regex", "[0-9"], "--regex: invalid regex"),
+        (
+            vec!["--json-schema", bad.to_str().unwrap()],
+            "--json-schema: invalid JSON schema: Unsatisfiable",
+        ),
+        (vec!["--json-schema", notjson.to_str().unwrap()], "is not JSON"),
+        (vec!["--json-schema", "/nonexistent/s.json"], "cannot read"),
+        (vec!["--json-object", "--regex", "a"], "cannot be combined"),
+        (vec!["--json-object", "--beams", "2"], "cannot be combined"),
+    ] {
+        let mut a = vec!["run", "-m", &m, "-p", "KING:", "-n", "4"];
+        a.extend_from_slice(&args);
+        let (code, out, err) = bushu(&a);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(out.trim().is_empty(), "{args:?}: {out}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(lines[0].contains(needle), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Measurements for docs/STRUCTURED.md (run by hand: `cargo test --release --test structured -- --ignored
+/// --nocapture`): mask time per token on SmolLM2's 49,152-token vocabulary (replaying greedy outputs of
+/// every schema: one sync of one token plus one mask per step), first-mask latency after compile, and
+/// decode tokens/s with and without a grammar on the same prompt.
+#[test]
+#[ignore]
+fn measure_mask_time_and_decode_speed_smollm2() {
+    let Some(f) = common::cached_model("smollm2-135m") else {
+        return;
+    };
+    let m = Model::new(&f).unwrap();
+    let t0 = std::time::Instant::now();
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    eprintln!(
+        "compiler (token trie + llguidance tables) built in {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    let mut times = Vec::new();
+    let mut first = Vec::new();
+    let mut compile = Vec::new();
+    let (mut tok_c, mut s_c, mut tok_u, mut s_u) = (0usize, 0f64, 0usize, 0f64);
+    for (name, schema) in schemas() {
+        let t0 = std::time::Instant::now();
+        let g = compiler.compile(&Constraint::JsonSchema(schema)).unwrap();
+        compile.push(t0.elapsed().as_secs_f64());
+        let text = format!("<|im_start|>user\nGive an example {name} as JSON.<|im_end|>\n<|im_start|>assistant\n");
+        let p = f.tokenizer.encode_with(&text, false, true).unwrap();
+        let run = |grammar| {
+            let sampling = SamplingParams {
+                grammar,
+                ..SamplingParams::greedy()
+            };
+            let mut st = m.new_state(p.len() + 97);
+            let opts = GenerateOptions::new(64, sampling, f.eos_ids.clone());
+            generate(&m, &f.tokenizer, &mut st, &p, &opts, &mut |_| {}).unwrap()
+        };
+        let c = run(Some(g.clone()));
+        let mut u_opts = GenerateOptions::new(c.tokens.len(), SamplingParams::greedy(), Vec::new());
+        u_opts.max_tokens = c.tokens.len();
+        let mut st = m.new_state(p.len() + 97);
+        let u = generate(&m, &f.tokenizer, &mut st, &p, &u_opts, &mut |_| {}).unwrap();
+        tok_c += c.tokens.len().saturating_sub(1);
+        s_c += c.timings.decode_ms / 1e3;
+        tok_u += u.tokens.len().saturating_sub(1);
+        s_u += u.timings.decode_ms / 1e3;
+        let mut s = g.state();
+        for i in 0..c.tokens.len() {
+            let t0 = std::time::Instant::now();
+            let _ = s.mask(&c.tokens[..i]);
+            let dt = t0.elapsed().as_secs_f64();
+            if i == 0 {
+                first.push(dt);
+            } else {
+                times.push(dt);
+            }
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let p99 = times[(times.len() as f64 * 0.99) as usize];
+    first.sort_by(f64::total_cmp);
+    compile.sort_by(f64::total_cmp);
+    eprintln!(
+        "mask per token over {} steps: mean {:.1} us, p99 {:.1} us, max {:.1} us",
+        times.len(),
+        mean * 1e6,
+        p99 * 1e6,
+        times.last().unwrap() * 1e6
+    );
+    eprintln!(
+        "compile: median {:.2} ms, max {:.2} ms; first mask after compile: median {:.1} us, max {:.1} us",
+        compile[compile.len() / 2] * 1e3,
+        compile.last().unwrap() * 1e3,
+        first[first.len() / 2] * 1e6,
+        first.last().unwrap() * 1e6
+    );
+    eprintln!(
+        "decode: constrained {:.1} t/s ({tok_c} tokens), unconstrained {:.1} t/s ({tok_u} tokens) on the same prompts",
+        tok_c as f64 / s_c,
+        tok_u as f64 / s_u
+    );
+}
+
+#[test]
+fn cli_chat_answers_follow_the_schema() {
+    use std::io::Write;
+    let m = shared(EXPERT).to_str().unwrap().to_owned();
+    let dir = std::env::temp_dir().join(format!("bushu-structured-chat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_, schema) = schemas().into_iter().find(|(n, _)| n == "weather").unwrap();
+    let sp = dir.join("weather.json");
+    std::fs::write(&sp, schema.to_string()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bushu"))
+        .args(["chat", "-m", &m, "-n", "96", "--json-schema", sp.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"The weather in Verona?\nAnd in Padua?\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let answers: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(answers.len(), 2, "{stdout}");
+    for a in answers {
+        let v: Value = serde_json::from_str(a).unwrap_or_else(|e| panic!("{a}: {e}"));
+        assert!(validator(&schema).is_valid(&v), "{v}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
