@@ -338,6 +338,7 @@ impl Model {
     ) -> Result<&'s [f32]> {
         let c = &self.config;
         let w = &self.weights;
+        w.before_pass();
         let n = tokens.len();
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
             bail!("token id {t} is outside the vocabulary of {} tokens", c.vocab_size);

@@ -267,8 +267,8 @@ impl Weights {
     /// pack each matrix on its first product (milliseconds). From 256 MiB of packable matrices on,
     /// copying them all takes long enough (~0.7 ms per MB on the hosts measured: page faults of the
     /// fresh memory) to hold up the first token, so a background thread packs them, in the order the
-    /// forward pass uses them, while the first tokens run on the row-major kernels; each matrix
-    /// switches over when its copy is complete (results move by f32 summation order only). The packer
+    /// forward pass uses them, while the first pass (the prompt) runs on the row-major kernels; the
+    /// second pass waits for the packer ([`Weights::before_pass`]), so results never depend on timing. The packer
     /// starts once the first forward pass is over (or after 5 s), so the first token has the cores.
     pub fn prepare_packing(&self) {
         let packable: Vec<Tensor> = self
@@ -302,6 +302,16 @@ impl Weights {
     /// Tells a background packer that the first forward pass is over (cheap after the first call).
     pub fn first_pass_done(&self) {
         self.first_pass.open();
+    }
+
+    /// Called before each forward pass: after the first one, waits for a background packer to finish,
+    /// so that only the first pass runs on the row-major kernels and every later pass on the packed
+    /// ones — the same pass sequence then gives the same bits, whatever the timing (a pass never
+    /// switches kernels halfway, a multi-token pass and single-token passes over the same tokens agree).
+    pub fn before_pass(&self) {
+        if self.first_pass.open.load(Ordering::Acquire) {
+            self.wait_packed();
+        }
     }
 
     /// Waits until a background packer (if any) has packed every matrix.
