@@ -28,7 +28,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub kv_memory: Option<String>,
     /// Longest sequence, prompt + completion (default: the model's context length).
-    #[arg(short, long)]
+    #[arg(short, long, visible_alias = "ctx-size")]
     pub ctx: Option<usize>,
     /// Tokens per engine step: decodes plus chunks of prompts.
     #[arg(long, default_value_t = 256)]
