@@ -67,7 +67,7 @@ A line ending in \\ continues the message on the next line. Ctrl-C stops an answ
 /// Where messages come from: a line editor on a terminal, else the lines of stdin.
 enum Input {
     Editor {
-        editor: rustyline::DefaultEditor,
+        editor: Box<rustyline::DefaultEditor>,
         history: Option<PathBuf>,
     },
     Lines(std::io::Lines<std::io::StdinLock<'static>>),
@@ -84,7 +84,10 @@ impl Input {
             // No history yet is not an error.
             let _ = editor.load_history(h);
         }
-        Ok(Input::Editor { editor, history })
+        Ok(Input::Editor {
+            editor: Box::new(editor),
+            history,
+        })
     }
 
     /// The next message, its lines joined while they end in `\`; `None` at the end of the input.

@@ -45,6 +45,7 @@ pub struct ServeArgs {
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
+    a.model.gpu_note();
     super::init_threads(a.model.threads)?;
     let path = crate::pull::resolve(a.model.model.as_deref())?;
     if a.max_batch == 0 || a.max_batched_tokens == 0 {
