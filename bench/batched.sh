@@ -27,7 +27,7 @@ for ((round = 1; round <= R; round++)); do
   echo "round $round/$R (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
   "$LLAMA_BIN/llama-batched-bench" -m "$m" -npp "$P" -ntg "$N" -npl "$B" -c $((B * (P + N))) -t "$T" \
     --output-format jsonl 2>/dev/null | grep '^{' >"$OUT/llama.$round.json"
-  "$BUSHU" bench -m "$m" -b "$B" -p "$P" -n "$N" -t "$T" -r 1 --json >"$OUT/bushu.$round.json"
+  "$BUSHU" bench -m "$m" -b "$B" -p "$P" -n "$N" -t "$T" -r 1 --precision fast --json >"$OUT/bushu.$round.json"
 done
 
 python3 - "$OUT" "$R" "$m" "$B" "$P" "$N" <<'PY'

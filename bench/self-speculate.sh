@@ -6,7 +6,7 @@
 #
 #   bench/self-speculate.sh [-n 128] [-r 2] [-L "4 8 12 16 20 24 28"] [-P 0.75] MODEL.gguf PROMPT.txt...
 #
-# Env: BUSHU (default target/release/bushu), OUT (raw JSON; default a temp dir).
+# Env: BUSHU (default target/release/bushu), OUT (raw JSON; default a temp dir), PRECISION (default fast).
 set -euo pipefail
 N=128 R=2 LS="4 8 12 16 20 24 28" PMIN=0.75
 while getopts "n:r:L:P:" o; do
@@ -26,7 +26,7 @@ for ((round = 1; round <= R; round++)); do
       flags=()
       [ "$L" = 0 ] || flags=(--self-speculate "$L" --draft-p-min "$PMIN")
       echo "round $round/$R: $b L=$L" >&2
-      "$BUSHU" run -m "$M" --prompt "$(cat "$f")" -n "$N" --temperature 0 --json "${flags[@]}" >"$OUT/$b.$L.$round.json"
+      "$BUSHU" run --precision "${PRECISION:-fast}" -m "$M" --prompt "$(cat "$f")" -n "$N" --temperature 0 --json "${flags[@]}" >"$OUT/$b.$L.$round.json"
     done
   done
 done

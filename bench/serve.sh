@@ -13,7 +13,7 @@
 #   -B  llama-batched-bench parallel sequences (0 skips it)
 #
 # Env: LLAMA_BIN (default /tmp/llamacpp/build/bin), BUSHU (default target/release/bushu),
-#      BUSHU_ARGS / LLAMA_ARGS (extra server arguments), PORT (default 18080; llama-server PORT+1),
+#      BUSHU_ARGS (extra server arguments, default `--precision fast`: llama.cpp's method) / LLAMA_ARGS, PORT (default 18080; llama-server PORT+1),
 #      OUT (directory for logs and JSON, default a temp dir).
 set -euo pipefail
 NS="16 64" P=128 G=128 T=2 TMO=900 B=16
@@ -58,7 +58,7 @@ for N in $NS; do
   echo "N=$N: bushu serve" >&2
   # shellcheck disable=SC2086
   "$BUSHU" serve --model "$M" --host 127.0.0.1 --port "$PORT" -t "$T" --max-batch "$N" --ctx "$CTX" \
-    --max-queue $((N * 4)) ${BUSHU_ARGS:-} >"$OUT/bushu.$N.log" 2>&1 &
+    --max-queue $((N * 4)) ${BUSHU_ARGS:---precision fast} >"$OUT/bushu.$N.log" 2>&1 &
   SERVER_PID=$!
   client "bushu.$N" "$PORT" "$N"
   stop_server

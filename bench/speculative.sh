@@ -11,7 +11,8 @@
 #
 # The Qwen2.5-Coder pair comes from scripts/fetch-qwen-pair.sh. Env: LLAMA_BIN (default
 # /tmp/llamacpp/build/bin), BUSHU (default target/release/bushu), OUT (raw outputs; default a temp dir),
-# P_MIN (draft confidence floor for both engines, default 0.75), CASES (default all six, by name:
+# P_MIN (draft confidence floor for both engines, default 0.75), PRECISION (bushu's, default fast: llama.cpp's
+# int8 activations), CASES (default all six, by name:
 # bushu,bushu-draft,bushu-lookup,llama,llama-draft,llama-lookup).
 set -euo pipefail
 N=128 T=2 R=2 K=8
@@ -26,6 +27,7 @@ LLAMA_BIN=${LLAMA_BIN:-/tmp/llamacpp/build/bin}
 BUSHU=${BUSHU:-target/release/bushu}
 OUT=${OUT:-$(mktemp -d)}
 P_MIN=${P_MIN:-0.75}
+PRECISION=${PRECISION:-fast}
 CASES=${CASES:-bushu,bushu-draft,bushu-lookup,llama,llama-draft,llama-lookup}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$LLAMA_BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -35,10 +37,10 @@ run_case() { # case prompt-file out-file
   local p
   p=$(cat "$2")
   case $1 in
-  bushu) "$BUSHU" run -m "$TARGET" --prompt "$p" -n "$N" --temperature 0 --threads "$T" --json >"$3" ;;
-  bushu-draft) "$BUSHU" run -m "$TARGET" --prompt "$p" -n "$N" --temperature 0 --threads "$T" --json \
+  bushu) "$BUSHU" run --precision "$PRECISION" -m "$TARGET" --prompt "$p" -n "$N" --temperature 0 --threads "$T" --json >"$3" ;;
+  bushu-draft) "$BUSHU" run --precision "$PRECISION" -m "$TARGET" --prompt "$p" -n "$N" --temperature 0 --threads "$T" --json \
     --draft-model "$DRAFT" --draft-max "$K" --draft-p-min "$P_MIN" >"$3" ;;
-  bushu-lookup) "$BUSHU" run -m "$TARGET" --prompt "$p" -n "$N" --temperature 0 --threads "$T" --json \
+  bushu-lookup) "$BUSHU" run --precision "$PRECISION" -m "$TARGET" --prompt "$p" -n "$N" --temperature 0 --threads "$T" --json \
     --lookup --draft-max "$K" >"$3" ;;
   llama) "$LLAMA_BIN/llama-completion" -m "$TARGET" -p "$p" -n "$N" --temp 0 -t "$T" -no-cnv --ignore-eos \
     </dev/null >"$3" 2>&1 ;;

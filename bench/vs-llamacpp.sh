@@ -7,7 +7,8 @@
 #   bench/vs-llamacpp.sh [-p 512] [-n 128] [-t 2] [-r 3] MODEL.gguf...
 #
 # Env: LLAMA_BIN (default /tmp/llamacpp/build/bin, built by ../shared/tools/build-llamacpp.sh),
-#      BUSHU (default target/release/bushu), BUSHU_ARGS (extra bushu bench arguments),
+#      BUSHU (default target/release/bushu), BUSHU_ARGS (extra bushu bench arguments; default
+#      `--precision fast`, llama.cpp's method, since the default precision is `wide`: docs/PRECISION.md),
 #      OUT (directory for the raw JSON, default a temp dir),
 #      QUIET_WAIT (seconds to wait, at most, before each pair for 6 s of idle CPU; default 30, 0 = off).
 set -euo pipefail
@@ -44,7 +45,7 @@ for ((round = 1; round <= R; round++)); do
     cut -d' ' -f1 /proc/loadavg >>"$OUT/load.txt"
     "$LLAMA_BIN/llama-bench" -m "$m" -p "$P" -n "$N" -t "$T" -r 1 -o json >"$OUT/$b.llama.$round.json" 2>/dev/null
     # shellcheck disable=SC2086
-    "$BUSHU" bench -m "$m" -p "$P" -n "$N" -t "$T" -r 1 --json ${BUSHU_ARGS:-} >"$OUT/$b.bushu.$round.json"
+    "$BUSHU" bench -m "$m" -p "$P" -n "$N" -t "$T" -r 1 --json ${BUSHU_ARGS:---precision fast} >"$OUT/$b.bushu.$round.json"
   done
 done
 

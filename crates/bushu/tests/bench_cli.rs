@@ -83,3 +83,34 @@ fn verification_cost() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// The model column names the layers' type, as llama-bench does: the tiny Q4_0 file keeps its large
+/// embedding and classifier in other types (most of its bytes), yet is a Q4_0 model.
+#[test]
+fn model_type_is_the_layers_type() {
+    for (file, want) in [
+        ("tiny-llama-q4_0.gguf", "llama q4_0"),
+        ("tiny-llama-q8_0.gguf", "llama q8_0"),
+    ] {
+        let model = common::shared(&format!("models/{file}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_bushu"))
+            .args([
+                "bench",
+                "-m",
+                model.to_str().unwrap(),
+                "-t",
+                "1",
+                "-p",
+                "4",
+                "-n",
+                "0",
+                "-r",
+                "1",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        let r = rows(&out);
+        assert_eq!(r[0]["model_type"].as_str().unwrap().to_lowercase(), want, "{file}");
+    }
+}

@@ -1,6 +1,7 @@
-//! `bushu chat`: one message per line when stdin is not a terminal, `/reset`, `/exit`, the precision banner,
-//! KV-cache reuse across turns (and that it answers as a full re-prefill would), and Ctrl-C stopping an answer
-//! without leaving the program. The tiny random-weight model runs everywhere; the SmolLM2 tests need
+//! `bushu chat`: one message per line when stdin is not a terminal, `/reset`, `/exit`, `/help`, `/system`,
+//! `/save`, a trailing `\` continuing a message, the precision banner, KV-cache reuse across turns (and that it
+//! answers as a full re-prefill would), Ctrl-C stopping an answer without leaving the program (finish
+//! reason `Abort`), and the README's question answered right with no flags. The tiny random-weight model runs everywhere; the SmolLM2 tests need
 //! `bushu pull` (skipped with a message otherwise).
 
 mod common;
@@ -94,7 +95,7 @@ fn piped_lines_reset_exit_and_cache_reuse() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("precision fast"),
+        stderr.contains("precision wide"),
         "the banner names the precision path: {stderr}"
     );
     assert!(stderr.contains("[conversation reset]"), "{stderr}");
@@ -230,6 +231,13 @@ fn ctrl_c_stops_the_answer_not_the_program() {
         })
         .collect();
     assert_eq!(gen.len(), 2, "two answers: {err}");
+    // The cut answer's finish is the interrupt's, the next one the model's own end of turn.
+    let finishes: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("generated at"))
+        .map(|l| l.rsplit("; ").next().unwrap().trim_end_matches(']'))
+        .collect();
+    assert_eq!(finishes, ["Abort", "Stop"], "{err}");
     assert!(gen[0] < 3000, "the first answer was cut short: {err}");
     assert!(out.contains('2') && out.contains("Paris"), "{out}");
     eprintln!(
@@ -237,4 +245,59 @@ fn ctrl_c_stops_the_answer_not_the_program() {
         gen[0],
         out.lines().last().unwrap_or("")
     );
+}
+
+/// Runs `bushu chat ARGS` with `input` on stdin: (success, stdout, stderr).
+fn chat_with(args: &[&str], input: &str) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bushu"))
+        .arg("chat")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_system_save_and_continued_lines() {
+    let (_dir, model) = tiny_chat_model();
+    let saved = _dir.0.join("conversation.json");
+    let input = format!(
+        "/help\n/system\n/system You are terse.\n/system\nfirst line\\\nsecond line\n/nonsense\n/save {}\n/save\n",
+        saved.display()
+    );
+    let (ok, _, err) = chat_with(&["-m", model.to_str().unwrap(), "-n", "3", "-t", "1"], &input);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("/save FILE") && err.contains("continues the message"),
+        "/help: {err}"
+    );
+    assert!(err.contains("[no system prompt set"), "{err}");
+    assert!(err.contains("[system prompt: \"You are terse.\"]"), "{err}");
+    assert!(err.contains("unknown command /nonsense"), "{err}");
+    assert!(err.contains("/save needs a file name"), "{err}");
+    let msgs: Vec<Message> = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    assert_eq!(msgs[0], Message::new("system", "You are terse."));
+    // The two lines joined by the trailing backslash: one message, its line break kept.
+    assert_eq!(msgs[1], Message::new("user", "first line\nsecond line"));
+    assert_eq!(msgs[2].role, "assistant");
+}
+
+/// The README's first command: no flags, the default model, the right answer (the exact model's).
+#[test]
+fn default_chat_answers_paris() {
+    let Some(path) = smollm2() else { return };
+    let _ = path;
+    let (ok, out, err) = chat_with(&[], "What is the capital of France?\n");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "The capital of France is Paris.", "{err}");
 }

@@ -68,7 +68,7 @@ fn tokenization_equals_llama_tokenize() {
 fn greedy_equals_llama_cpp_where_the_margin_allows() {
     let Some(file) = model_file() else { return };
     let r = read_json(&fixture("gemma3/greedy.json"));
-    for opts in [ModelOptions::default(), ModelOptions::exact()] {
+    for opts in [ModelOptions::fast(), ModelOptions::exact()] {
         let model = opts.build(&file).unwrap();
         let (mut compared, mut free_running) = (0, 0);
         for p in r["prompts"].as_array().unwrap() {
@@ -141,7 +141,7 @@ fn chat_template_renders_gemma_turns() {
 fn logprobs_closer_to_the_exact_model_than_llama_cpp() {
     let Some(file) = model_file() else { return };
     let r = read_json(&fixture("gemma3/reference.json"));
-    for opts in [ModelOptions::exact(), ModelOptions::default()] {
+    for opts in [ModelOptions::exact(), ModelOptions::fast()] {
         let model = opts.build(&file).unwrap();
         let (mut ours, mut theirs_max, mut theirs_sum, mut theirs_n) = (Vec::new(), 0f64, 0f64, 0usize);
         for case in r["cases"].as_array().unwrap() {

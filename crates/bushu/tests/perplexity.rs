@@ -8,8 +8,14 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 
+/// Runs bushu; `perplexity` at llama.cpp's precision (8-bit activation blocks), as llama-perplexity computes.
 fn bushu(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bushu")).args(args).output().unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bushu"));
+    c.args(args);
+    if args.first() == Some(&"perplexity") {
+        c.args(["--precision", "fast"]);
+    }
+    let out = c.output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

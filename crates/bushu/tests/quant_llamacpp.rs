@@ -4,7 +4,7 @@
 //! per type, the sha256 of the file `bushu quantize` wrote and llama.cpp's greedy tokens on it (llama-server,
 //! checked against llama-simple), plus llama.cpp's tokens on the file llama-quantize wrote for the same
 //! container. Here the file is written again and must hash the same (so it is the file llama.cpp ran), and
-//! bushu's greedy tokens on it (default precision: 8-bit activation blocks, like llama.cpp) must equal
+//! bushu's greedy tokens on it (`--precision fast`: 8-bit activation blocks, like llama.cpp) must equal
 //! llama.cpp's until the first step where either side's top-2 logprob gap is under [`NEAR_TIE`]; a
 //! divergence anywhere else fails. llama-quantize's files were bit-identical (tensor bytes) to a bushu file
 //! of the recorded `equivalent_bushu_args`, which stands in for them here.
@@ -66,6 +66,8 @@ fn bushu_greedy(model: &Path, prompt: &str, n: usize) -> Greedy {
     let o = c
         .args([
             "run",
+            "--precision",
+            "fast",
             "--temperature",
             "0",
             "--json",

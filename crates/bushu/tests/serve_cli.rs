@@ -72,6 +72,18 @@ fn serve_answers_then_exits_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status}");
+    // One log line for the request: its id, tokens in and out, TTFT, decode rate, finish.
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    let log: Vec<&str> = rest.lines().filter(|l| l.starts_with("bushu serve: cmpl-")).collect();
+    assert_eq!(log.len(), 1, "{rest}");
+    let words: Vec<&str> = log[0].split_whitespace().collect();
+    let after = |w: &str| words[words.iter().position(|x| *x == w).unwrap() + 1];
+    assert_eq!(after("completion"), "3", "{}", log[0]);
+    assert_eq!(after("finish"), "length", "{}", log[0]);
+    assert!(after("prompt").parse::<usize>().unwrap() >= 2, "{}", log[0]);
+    assert!(after("ttft").parse::<f64>().unwrap() > 0.0, "{}", log[0]);
+    assert!(after("decode").parse::<f64>().unwrap() > 0.0, "{}", log[0]);
 }
 
 #[test]

@@ -140,8 +140,8 @@ fn logprobs_against_exact_model_and_llamacpp() {
 
     // Fast path along llama.cpp's greedy path, against the exact model on that path, over the pairs llama.cpp
     // reports too (its top 5 ∩ the exact model's top 5).
-    let fast = Model::new(&file).unwrap();
-    assert_eq!(fast.precision, Precision::Fast);
+    let mut fast = Model::new(&file).unwrap();
+    fast.precision = Precision::Fast;
     let fast_on_lc = forced(&fast, &prompt, &lc_toks);
     let (mut d_lc, mut d_us) = (Vec::new(), Vec::new());
     for s in 0..n {
@@ -274,4 +274,80 @@ fn chat_rendering_equals_transformers_token_for_token() {
         let ids = file.tokenizer.encode_with(&text, false, true).unwrap();
         assert_eq!(ids, u32s(&c["ids"]), "{name}: token ids");
     }
+}
+
+/// Greedy tokens of a chat answer (to the first end-of-turn token, at most `n`).
+fn answer(model: &Model, prompt: &[u32], n: usize, stops: &[u32]) -> Vec<u32> {
+    let mut st = model.new_state(prompt.len() + n + 1);
+    let mut lp = log_softmax(model.forward(&mut st, prompt, Logits::Last).unwrap());
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let t = argmax(&lp);
+        out.push(t);
+        if stops.contains(&t) {
+            break;
+        }
+        lp = log_softmax(model.forward(&mut st, &[t], Logits::Last).unwrap());
+    }
+    out
+}
+
+/// The default precision answers as the exact model does (issue 22), on the prompts of the measured set
+/// (bench/prompts/chat-prompts.txt, docs/PRECISION.md) where the 8-bit path's greedy answer parts from the
+/// exact model's within its first 8 tokens: the default's first 8 tokens equal the exact model's on every
+/// one, while the 8-bit path's differ on most (the check can fail).
+#[test]
+fn default_precision_answers_as_the_exact_model() {
+    let Some(file) = model_file() else { return };
+    // Line numbers (from 0) in the prompt set.
+    let picked = [
+        0usize, 3, 4, 10, 13, 14, 31, 38, 40, 43, 44, 65, 71, 74, 80, 82, 94, 97, 105, 109, 118, 120, 125, 132, 140,
+        143, 145,
+    ];
+    let set = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../bench/prompts/chat-prompts.txt"
+    ))
+    .unwrap();
+    let lines: Vec<&str> = set.lines().collect();
+    assert!(lines.len() >= 200, "the prompt set has {} prompts", lines.len());
+    let (template, stops, _) = template_for(&file).unwrap();
+    let build = |p: Option<Precision>| {
+        let mut o = bushu::model::ModelOptions::default();
+        if let Some(p) = p {
+            o.precision = p;
+        }
+        o.background_packing = false;
+        o.build(&file).unwrap()
+    };
+    let (default, exact, fast) = (build(None), build(Some(Precision::Exact)), build(Some(Precision::Fast)));
+    assert_ne!(default.precision, Precision::Fast, "the default is not the 8-bit path");
+    let (mut same, mut fast_differs) = (0, 0);
+    for &i in &picked {
+        let msgs = [Message::new("user", lines[i])];
+        let ids = file
+            .tokenizer
+            .encode_with(&template.render(&msgs, true).unwrap(), false, true)
+            .unwrap();
+        let want = answer(&exact, &ids, 8, &stops);
+        let got = answer(&default, &ids, 8, &stops);
+        assert_eq!(
+            got,
+            want,
+            "prompt {i} {:?}: default {:?}, exact {:?}",
+            lines[i],
+            file.tokenizer.decode(&got),
+            file.tokenizer.decode(&want)
+        );
+        same += 1;
+        fast_differs += usize::from(answer(&fast, &ids, 8, &stops) != want);
+    }
+    eprintln!(
+        "default = exact on {same}/{} prompts; the 8-bit path differs on {fast_differs}",
+        picked.len()
+    );
+    assert!(
+        fast_differs * 2 >= picked.len(),
+        "the 8-bit path differs on only {fast_differs} of these prompts"
+    );
 }

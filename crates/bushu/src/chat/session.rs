@@ -133,6 +133,17 @@ impl<'m> ChatSession<'m> {
         Ok(s)
     }
 
+    /// The system prompt (`None`: the template's own, if any).
+    pub fn system(&self) -> Option<&str> {
+        self.system.as_deref()
+    }
+
+    /// Sets the system prompt and starts a new conversation with it.
+    pub fn set_system(&mut self, system: Option<String>) {
+        self.system = system;
+        self.reset();
+    }
+
     /// Forgets the conversation (keeps the system prompt); the cache is reused for the common prefix.
     pub fn reset(&mut self) {
         self.messages.clear();
@@ -192,6 +203,12 @@ impl<'m> ChatSession<'m> {
         let g = run_decoder(&mut dec, self.tokenizer, prompt, &opts, on_text)?;
         drop(dec);
         let interrupted = interrupt.load(Ordering::Relaxed);
+        let generated_tokens = g.tokens.len() - usize::from(g.finish_reason == FinishReason::Stop);
+        // The end-of-turn token an interrupt chose is not the model's: the answer was cut (Abort).
+        let finish_reason = match g.finish_reason {
+            FinishReason::Stop if interrupted => FinishReason::Abort,
+            f => f,
+        };
         self.cached.extend_from_slice(prompt);
         self.cached.extend_from_slice(&g.tokens);
         self.cached.truncate(self.state.pos());
@@ -200,11 +217,11 @@ impl<'m> ChatSession<'m> {
         self.messages = messages;
         Ok(Turn {
             text: g.text,
-            finish_reason: g.finish_reason,
+            finish_reason,
             interrupted,
             reused_tokens: keep,
             new_tokens: prompt.len(),
-            generated_tokens: g.tokens.len() - usize::from(g.finish_reason == FinishReason::Stop),
+            generated_tokens,
             prefill_tokens_per_s: g.timings.prefill_tokens_per_s,
             decode_tokens_per_s: g.timings.decode_tokens_per_s,
         })

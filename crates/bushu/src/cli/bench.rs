@@ -268,11 +268,24 @@ fn single_samples(
     (0..reps).map(|_| run()).collect()
 }
 
-/// The type of most matrix bytes (for the model column).
+/// The type of most bytes of the layers' weights (for the model column). The embedding and the
+/// classifier are left out, as are the norms: llama-quantize keeps those at other types (a Q4_0 file of a
+/// small model with a large vocabulary has most of its bytes in a Q8_0 or Q6_K embedding), and llama-bench
+/// names the file by its layers' type.
 fn dominant_type(file: &crate::model::ModelFile) -> String {
+    let outside = |name: &str| {
+        ["embd", "embed", "lm_head", "norm"].iter().any(|w| name.contains(w)) || name.starts_with("output.")
+    };
     let mut by: std::collections::HashMap<kernels::DType, usize> = Default::default();
-    for t in file.tensors.values() {
-        *by.entry(t.dtype).or_default() += t.nbytes;
+    for (name, t) in &file.tensors {
+        if !outside(name) {
+            *by.entry(t.dtype).or_default() += t.nbytes;
+        }
+    }
+    if by.is_empty() {
+        for t in file.tensors.values() {
+            *by.entry(t.dtype).or_default() += t.nbytes;
+        }
     }
     by.into_iter()
         .max_by_key(|e| e.1)

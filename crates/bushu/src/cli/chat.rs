@@ -1,6 +1,8 @@
 //! `bushu chat`: an interactive terminal chat. Streams the answer, keeps the conversation (reusing the KV cache
-//! of the turns already computed), `/reset` forgets it, `/exit` (or end of input) leaves, Ctrl-C stops the
-//! current answer and keeps the program running. With stdin not a terminal it reads one message per line.
+//! of the turns already computed). On a terminal, input goes through a line editor (`rustyline`: editing,
+//! history kept in the cache directory); with stdin not a terminal it reads one message per line. Either
+//! way a line ending in `\` continues on the next one, and the commands are [`HELP`]'s. Ctrl-C stops the
+//! current answer and keeps the program running.
 
 use super::run::context_size;
 use super::sampling::{flag_error, SamplingArgs};
@@ -11,7 +13,9 @@ use crate::generate::{ContextTooSmall, GenerateOptions};
 use anyhow::{Context, Result};
 use clap::Args;
 use kernels::Precision;
+use rustyline::error::ReadlineError;
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -32,7 +36,7 @@ pub struct ChatArgs {
     #[command(flatten)]
     pub structured: StructuredArgs,
     /// Context size in tokens (default: the model's, at most 4096).
-    #[arg(long)]
+    #[arg(short, long, visible_alias = "ctx-size")]
     pub ctx: Option<usize>,
     /// Print prompt-reuse and speed figures after each answer (always on stderr).
     #[arg(long)]
@@ -44,11 +48,140 @@ pub fn precision_line(p: Precision) -> &'static str {
     match p {
         Precision::Fast => {
             "fast: activations rounded to 8-bit blocks as llama.cpp does, 16-bit for the classifier \
-             (--exact-activations keeps them in f32)"
+             (faster; greedy answers can differ from the exact model's)"
         }
-        Precision::Wide => "wide: activations rounded to 16-bit blocks",
-        Precision::Exact => "exact: f32 activations against the dequantized weights (--exact-activations)",
+        Precision::Wide => {
+            "wide: activations in 16-bit blocks where a kernel exists, f32 elsewhere \
+             (--precision fast: 8-bit blocks, faster, less exact)"
+        }
+        Precision::Exact => "exact: f32 activations against the dequantized weights",
     }
+}
+
+/// What `/help` prints.
+pub const HELP: &str = "\
+/help            this list
+/system [TEXT]   show the system prompt, or set it to TEXT (starts a new conversation)
+/save FILE       write the conversation so far to FILE as JSON ([{\"role\", \"content\"}, ...])
+/reset           forget the conversation (keeps the system prompt)
+/exit            leave (also /quit, /bye, Ctrl-D)
+A line ending in \\ continues the message on the next line. Ctrl-C stops an answer.";
+
+/// Where messages come from: a line editor on a terminal, else the lines of stdin.
+enum Input {
+    Editor {
+        editor: Box<rustyline::DefaultEditor>,
+        history: Option<PathBuf>,
+    },
+    Lines(std::io::Lines<std::io::StdinLock<'static>>),
+}
+
+impl Input {
+    fn new(tty: bool) -> Result<Input> {
+        if !tty {
+            return Ok(Input::Lines(std::io::stdin().lock().lines()));
+        }
+        let mut editor = rustyline::DefaultEditor::new().context("cannot set up the line editor")?;
+        let history = crate::pull::models_dir().parent().map(|d| d.join("chat_history"));
+        if let Some(h) = &history {
+            // No history yet is not an error.
+            let _ = editor.load_history(h);
+        }
+        Ok(Input::Editor {
+            editor: Box::new(editor),
+            history,
+        })
+    }
+
+    /// The next message, its lines joined while they end in `\`; `None` at the end of the input.
+    fn next_message(&mut self) -> Result<Option<String>> {
+        let mut msg = String::new();
+        loop {
+            let line = match self {
+                Input::Editor { editor, .. } => match editor.readline(if msg.is_empty() { ">>> " } else { "... " }) {
+                    Ok(l) => l,
+                    Err(ReadlineError::Interrupted) => {
+                        eprintln!("(use /exit or Ctrl-D to leave)");
+                        msg.clear();
+                        continue;
+                    }
+                    Err(ReadlineError::Eof) => return Ok(None),
+                    Err(e) => return Err(e).context("cannot read the terminal"),
+                },
+                Input::Lines(lines) => match lines.next() {
+                    Some(l) => l.context("cannot read the standard input")?,
+                    None if msg.is_empty() => return Ok(None),
+                    None => break,
+                },
+            };
+            match line.strip_suffix('\\') {
+                Some(head) => {
+                    msg.push_str(head);
+                    msg.push('\n');
+                }
+                None => {
+                    msg.push_str(&line);
+                    break;
+                }
+            }
+        }
+        if let Input::Editor { editor, history } = self {
+            if !msg.trim().is_empty() {
+                let _ = editor.add_history_entry(msg.as_str());
+                if let Some(h) = history {
+                    if let Some(dir) = h.parent() {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
+                    if let Err(e) = editor.save_history(h) {
+                        eprintln!("warning: cannot save the chat history to {}: {e}", h.display());
+                        *history = None;
+                    }
+                }
+            }
+        }
+        Ok(Some(msg))
+    }
+}
+
+/// A `/` command's outcome.
+enum Action {
+    Handled,
+    Exit,
+}
+
+/// Runs a `/command` line (`None`: not a command, a message).
+fn command(line: &str, session: &mut ChatSession) -> Option<Action> {
+    let rest = line.strip_prefix('/')?;
+    let (name, arg) = match rest.split_once(char::is_whitespace) {
+        Some((n, a)) => (n, a.trim()),
+        None => (rest, ""),
+    };
+    match name {
+        "exit" | "quit" | "bye" => return Some(Action::Exit),
+        "reset" => {
+            session.reset();
+            eprintln!("[conversation reset]");
+        }
+        "help" | "?" => eprintln!("{HELP}"),
+        "system" if arg.is_empty() => match session.system() {
+            Some(s) => eprintln!("[system prompt: {s:?}]"),
+            None => eprintln!("[no system prompt set: the chat template's own, if it has one]"),
+        },
+        "system" => {
+            session.set_system(Some(arg.to_string()));
+            eprintln!("[system prompt set; new conversation]");
+        }
+        "save" if arg.is_empty() => eprintln!("error: /save needs a file name: /save FILE"),
+        "save" => {
+            let json = serde_json::to_string_pretty(session.messages()).expect("messages serialize");
+            match std::fs::write(arg, json + "\n") {
+                Ok(()) => eprintln!("[conversation saved to {arg}: {} messages]", session.messages().len()),
+                Err(e) => eprintln!("error: cannot write {arg}: {e}"),
+            }
+        }
+        _ => eprintln!("error: unknown command /{name}: /help lists the commands"),
+    }
+    Some(Action::Handled)
 }
 
 pub fn chat(a: ChatArgs) -> Result<()> {
@@ -79,7 +212,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         eprintln!("bushu chat: the model file has no chat template; using ChatML");
     }
     if tty {
-        eprintln!("Type a message; /reset forgets the conversation, /exit (or Ctrl-D) leaves, Ctrl-C stops an answer.");
+        eprintln!("Type a message; /help lists the commands, /exit (or Ctrl-D) leaves, Ctrl-C stops an answer.");
     }
     let mut session = ChatSession::new(&model, &file.tokenizer, template, stops, ctx, a.system.clone())?;
     let opts = GenerateOptions::new(a.n, sampling, Vec::new());
@@ -92,31 +225,22 @@ pub fn chat(a: ChatArgs) -> Result<()> {
             if generating.load(Ordering::SeqCst) {
                 interrupt.store(true, Ordering::SeqCst);
             } else {
-                eprint!("\n(use /exit or Ctrl-D to leave)\n>>> ");
+                eprintln!("\n(use /exit or Ctrl-D to leave)");
             }
         })
         .context("cannot install the Ctrl-C handler")?;
     }
 
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
-    loop {
-        if tty {
-            eprint!(">>> ");
-            let _ = std::io::stderr().flush();
+    let mut input = Input::new(tty)?;
+    while let Some(message) = input.next_message()? {
+        let msg = message.trim();
+        if msg.is_empty() {
+            continue;
         }
-        let Some(line) = lines.next() else { break };
-        let line = line.context("cannot read the standard input")?;
-        let msg = line.trim();
-        match msg {
-            "" => continue,
-            "/exit" | "/quit" | "/bye" => break,
-            "/reset" => {
-                session.reset();
-                eprintln!("[conversation reset]");
-                continue;
-            }
-            _ => {}
+        match command(msg, &mut session) {
+            Some(Action::Exit) => break,
+            Some(Action::Handled) => continue,
+            None => {}
         }
         interrupt.store(false, Ordering::SeqCst);
         generating.store(true, Ordering::SeqCst);

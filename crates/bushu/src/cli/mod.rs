@@ -17,14 +17,18 @@ mod tokenize;
 
 use crate::model::{load, KvType, Model, ModelFile, ModelOptions};
 use anyhow::{bail, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use kernels::Precision;
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// `bushu --version`'s first line: the package version and the commit it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("BUSHU_GIT_HASH"), ")");
 
 #[derive(Parser)]
 #[command(
     name = "bushu",
-    version,
+    version = VERSION,
     about = "bushu (部署): run and study large language models on your CPU"
 )]
 pub struct Cli {
@@ -60,6 +64,36 @@ pub enum Command {
     Rm(pull::RmArgs),
     /// Interactive chat with a model (multi-turn, streaming).
     Chat(Box<chat::ChatArgs>),
+    /// Print a shell completion script (e.g. `bushu completions bash > ~/.local/share/bash-completion/completions/bushu`).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// How activations meet quantized weights (`--precision`); docs/PRECISION.md has the measurements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// f32 activations against the dequantized weights, everywhere.
+    Exact,
+    /// Activations rounded to 16-bit blocks where a kernel exists (Q8_0 and Q6_K weights), f32 elsewhere.
+    Wide,
+    /// Activations rounded to 8-bit blocks as llama.cpp does (16-bit for the classifier).
+    Fast,
+}
+
+impl PrecisionArg {
+    pub fn precision(self) -> Precision {
+        match self {
+            PrecisionArg::Exact => Precision::Exact,
+            PrecisionArg::Wide => Precision::Wide,
+            PrecisionArg::Fast => Precision::Fast,
+        }
+    }
 }
 
 /// Options every model-using command has.
@@ -72,9 +106,18 @@ pub struct ModelArgs {
     /// Threads for the matrix products (default: all cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
-    /// Keep activations in f32 against the dequantized weights (default: rounded to 8-bit blocks, as llama.cpp).
-    #[arg(long)]
+    /// How activations meet quantized weights: `wide` keeps greedy answers equal to the exact model's
+    /// (f32, or 16-bit blocks where a kernel exists); `fast` rounds them to 8-bit blocks as llama.cpp
+    /// does (faster, but SmolLM2's greedy chat answer then differs from the exact model's on about half
+    /// of the prompts, docs/PRECISION.md); `exact`: f32 everywhere.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Wide)]
+    pub precision: PrecisionArg,
+    /// The same as `--precision exact`.
+    #[arg(long, conflicts_with = "precision")]
     pub exact_activations: bool,
+    /// llama.cpp's GPU offload (`-ngl N`): accepted, with a note; this build runs on the CPU only.
+    #[arg(long = "n-gpu-layers", alias = "gpu-layers", value_name = "N")]
+    pub n_gpu_layers: Option<String>,
     /// LLM.int8(): int8 weights and per-token int8 activations, with the feature dimensions where some
     /// |x| exceeds this threshold kept in f32 (6.0 in the paper; `inf`: no outliers).
     #[arg(long, value_name = "T", allow_hyphen_values = true)]
@@ -94,6 +137,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Sets up the thread pool and opens the model file.
     pub fn open(&self) -> Result<(ModelFile, f64)> {
+        self.gpu_note();
         init_threads(self.threads)?;
         let path = crate::pull::resolve(self.model.as_deref())?;
         let t = Instant::now();
@@ -113,11 +157,18 @@ impl ModelArgs {
         }
     }
 
-    /// The activation precision these options ask for (`--exact-activations`).
-    pub fn precision(&self) -> kernels::Precision {
+    /// The note `-ngl` gets: nothing is offloaded.
+    pub fn gpu_note(&self) {
+        if let Some(n) = &self.n_gpu_layers {
+            eprintln!("note: -ngl/--n-gpu-layers {n} ignored: this build of bushu runs on the CPU only");
+        }
+    }
+
+    /// The activation precision these options ask for (`--precision`, `--exact-activations`).
+    pub fn precision(&self) -> Precision {
         match self.exact_activations {
-            true => kernels::Precision::Exact,
-            false => kernels::Precision::default(),
+            true => Precision::Exact,
+            false => self.precision.precision(),
         }
     }
 
@@ -148,6 +199,50 @@ fn init_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// Arguments as clap should see them: llama.cpp's multi-letter short option `-ngl N` (clap's short
+/// options are single letters) becomes `--n-gpu-layers N`.
+pub fn llama_cpp_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some("-ngl") => "--n-gpu-layers".into(),
+            Some(s) if s.starts_with("-ngl=") => format!("--n-gpu-layers={}", &s[5..]).into(),
+            _ => a,
+        })
+        .collect()
+}
+
+/// `bushu --version`: the version, the commit, and the kernels' instruction set on this CPU.
+pub fn long_version() -> String {
+    let level = kernels::Simd::active();
+    let what = match level {
+        kernels::Simd::Scalar => "portable Rust, no SIMD kernels",
+        kernels::Simd::Avx2 => "AVX2, FMA, F16C",
+        kernels::Simd::Avx512 => "AVX-512 F/BW/VL, AVX512-VNNI, AVX2, FMA, F16C",
+        kernels::Simd::Neon => "Advanced SIMD",
+    };
+    let others: Vec<&str> = kernels::Simd::available_levels()
+        .into_iter()
+        .filter(|&l| l != level)
+        .map(|l| l.name())
+        .collect();
+    format!(
+        "{VERSION}\nkernels: {} ({what}); also available: {} (BUSHU_SIMD selects one)\nbuild: {} {}, CPU only",
+        level.name(),
+        others.join(", "),
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+    )
+}
+
+/// Parses the process's command line ([`llama_cpp_args`], [`long_version`]); exits on a usage error.
+pub fn parse() -> Cli {
+    let long: &'static str = Box::leak(long_version().into_boxed_str());
+    let matches = Cli::command()
+        .long_version(long)
+        .get_matches_from(llama_cpp_args(std::env::args_os()));
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 /// Runs a parsed command line.
 pub fn main(cli: Cli) -> Result<()> {
     match cli.command {
@@ -164,5 +259,9 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::List(a) => list::list(a),
         Command::Rm(a) => pull::rm(a),
         Command::Chat(a) => chat::chat(*a),
+        Command::Completions(a) => {
+            clap_complete::generate(a.shell, &mut Cli::command(), "bushu", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }

@@ -6,7 +6,6 @@ use crate::model::load;
 use crate::perplexity::{evaluate, tokenize_text, PplOptions};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use kernels::Precision;
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,7 +19,7 @@ pub struct PerplexityArgs {
     #[arg(short, long)]
     pub file: PathBuf,
     /// Tokens per chunk; the second half of each chunk is scored.
-    #[arg(short, long, default_value_t = 512)]
+    #[arg(short, long, visible_alias = "ctx-size", default_value_t = 512)]
     pub ctx: usize,
     /// Tokens per forward pass within a chunk (default: the whole chunk).
     #[arg(short, long)]
@@ -33,9 +32,6 @@ pub struct PerplexityArgs {
     /// `--int8-outlier-threshold` and with an f32 KV cache, so KL measures those options too.
     #[arg(long)]
     pub kl_base: Option<PathBuf>,
-    /// Multiply quantized weights with f32 activations instead of int8 activation blocks.
-    #[arg(long)]
-    pub exact: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -43,10 +39,7 @@ pub struct PerplexityArgs {
 
 pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let (file, _) = a.model.open()?;
-    let mut opts = a.model.options();
-    if a.exact {
-        opts.precision = Precision::Exact;
-    }
+    let opts = a.model.options();
     let model = opts.build(&file).map_err(|e| super::sampling::flag_error(e, &[]))?;
     let base = match &a.kl_base {
         Some(p) => {

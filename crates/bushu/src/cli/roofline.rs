@@ -4,6 +4,7 @@
 use crate::model::load;
 use crate::roofline::analysis::{Dtypes, WeightBytes};
 use crate::roofline::hardware::PRESETS;
+use crate::roofline::measure::Measured;
 use crate::roofline::{
     analyze, measure, plot, preset, run, summarize, BandwidthUnit, Hardware, Options, Report, Shape, SummaryRow,
 };
@@ -170,8 +171,8 @@ fn secs(s: f64) -> String {
     }
 }
 
-fn print_table(r: &Report) {
-    let hw = &r.hardware;
+/// The hardware lines of the table: roofs, ridge, what was measured.
+fn print_hardware(hw: &Hardware, ridge: f64, measured: Option<&Measured>) {
     println!("hardware   {} — {}", hw.name, hw.description);
     println!("  compute  {} ({})", si(hw.peak_flops, "FLOP/s"), hw.compute_type);
     for (l, p) in &hw.other_peaks {
@@ -183,8 +184,8 @@ fn print_table(r: &Report) {
         hw.bandwidth / 1e9,
         hw.bandwidth_note
     );
-    println!("  ridge    {:.2} FLOP/byte", r.ridge);
-    if let Some(m) = &r.measured {
+    println!("  ridge    {ridge:.2} FLOP/byte");
+    if let Some(m) = measured {
         println!(
             "  measured bandwidth {:.1} GB/s best, {:.1} GB/s median",
             m.bandwidth.best / 1e9,
@@ -200,6 +201,11 @@ fn print_table(r: &Report) {
             None => println!("           int8: no int8 dot-product instruction on this CPU"),
         }
     }
+}
+
+fn print_table(r: &Report) {
+    let hw = &r.hardware;
+    print_hardware(hw, r.ridge, r.measured.as_ref());
     let a = &r.analysis;
     let s = &a.shape;
     if let Some(m) = &r.model {
@@ -372,6 +378,18 @@ pub fn report(a: &RooflineArgs) -> Result<Report> {
     })
 }
 
+/// `--measure` with neither a model nor any shape flag: measure this machine and stop there.
+fn measure_only(a: &RooflineArgs) -> bool {
+    a.measure
+        && !a.run
+        && a.model.is_none()
+        && [
+            a.batch, a.seq, a.hidden, a.heads, a.head_dim, a.layers, a.ffn, a.kv_heads, a.vocab,
+        ]
+        .iter()
+        .all(Option::is_none)
+}
+
 /// An unknown preset's error, with the way out the command line offers.
 fn measure_hint(e: anyhow::Error) -> anyhow::Error {
     anyhow::anyhow!("{e:#} (or pass --measure for this machine)")
@@ -390,6 +408,31 @@ pub fn roofline(a: RooflineArgs) -> Result<()> {
     if let Some(n) = &a.hardware {
         // Fail fast on a bad name, before loading or measuring anything.
         preset(n, BandwidthUnit::GiB).map_err(measure_hint)?;
+    }
+    if measure_only(&a) {
+        // The machine's roofs alone: no model or shape to place on them.
+        if a.plot.is_some() {
+            bail!(
+                "--plot draws a model's operations on the roofs: give --model PATH or a shape (--hidden H --heads N)"
+            );
+        }
+        if a.measure_mib == 0 {
+            bail!("--measure-mib must be at least 1");
+        }
+        let threads = match a.threads {
+            Some(0) => bail!("--threads must be at least 1"),
+            Some(n) => n,
+            None => measure::default_threads(),
+        };
+        let m = measure::measure(threads, a.measure_mib << 20, a.passes);
+        let hw = Hardware::from_measured(&m);
+        if a.json {
+            let v = serde_json::json!({ "hardware": hw, "ridge": hw.ridge(), "measured": m });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            print_hardware(&hw, hw.ridge(), Some(&m));
+        }
+        return Ok(());
     }
     let r = report(&a)?;
     if let Some(path) = &a.plot {

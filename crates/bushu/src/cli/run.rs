@@ -25,8 +25,11 @@ pub struct RunArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// The prompt text.
-    #[arg(short, long)]
-    pub prompt: String,
+    #[arg(short, long, required_unless_present = "file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from this file (llama.cpp's `-f`).
+    #[arg(short, long, value_name = "FILE", conflicts_with = "prompt")]
+    pub file: Option<PathBuf>,
     /// Number of tokens to generate.
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     pub n: usize,
@@ -64,7 +67,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub spec: SpecArgs,
     /// Context size in tokens (default: the model's, at most 4096).
-    #[arg(long)]
+    #[arg(short, long, visible_alias = "ctx-size")]
     pub ctx: Option<usize>,
     /// Do not add the BOS token to the prompt.
     #[arg(long)]
@@ -183,6 +186,18 @@ pub fn options(a: &RunArgs, eos_ids: Vec<u32>) -> Result<GenerateOptions> {
     Ok(opts)
 }
 
+/// The prompt: `--prompt`, or the contents of `--file`.
+fn prompt_text(a: &RunArgs) -> Result<String> {
+    match (&a.prompt, &a.file) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, Some(f)) => {
+            let bytes = std::fs::read(f).with_context(|| format!("cannot read the prompt file {}", f.display()))?;
+            String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("the prompt file {} is not UTF-8 text", f.display()))
+        }
+        (None, None) => anyhow::bail!("give a prompt: --prompt TEXT or --file FILE"),
+    }
+}
+
 pub fn run(a: RunArgs) -> Result<()> {
     let mut opts = options(&a, Vec::new())?;
     let (file, load_ms) = a.model.open()?;
@@ -204,7 +219,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     }
     let tok = &file.tokenizer;
     opts.sampling.grammar = a.structured.compile(tok, model.config.vocab_size, &file.eos_ids)?;
-    let prompt = tok.encode(&a.prompt, !a.no_bos)?;
+    let prompt = tok.encode(&prompt_text(&a)?, !a.no_bos)?;
     let mut state = model.new_state(ctx);
     let amateur = match &a.amateur {
         Some(path) => {

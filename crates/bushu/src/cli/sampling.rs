@@ -10,8 +10,8 @@ use clap::Args;
 /// them with `mut_arg` (chat is greedy by default), so that `--help` shows each command's own.
 #[derive(Args, Clone, Debug)]
 pub struct SamplingArgs {
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
+    /// Sampling temperature; 0 is greedy (`--temp` as in llama.cpp).
+    #[arg(long, visible_alias = "temp", default_value_t = 0.8, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Keep the K most likely tokens (0: all). Also contrastive search's candidate count.
     #[arg(long, default_value_t = 40)]
@@ -23,10 +23,15 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub min_p: f32,
     /// Random seed.
-    #[arg(long, default_value_t = 0)]
+    #[arg(short = 's', long, default_value_t = 0)]
     pub seed: u64,
     /// CTRL repetition penalty (1: off): seen tokens' logits divided (if > 0) or multiplied (if < 0).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        visible_alias = "repeat-penalty",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
     pub repetition_penalty: f32,
     /// Subtract this from the logit of every token already seen (0: off).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
@@ -35,7 +40,7 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub frequency_penalty: f32,
     /// The penalties look at the last N tokens only (0: all).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, visible_alias = "repeat-last-n", default_value_t = 0)]
     pub penalty_last_n: usize,
     /// The penalties ignore the prompt's tokens.
     #[arg(long)]

@@ -30,7 +30,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub kv_memory: Option<String>,
     /// Longest sequence, prompt + completion (default: the model's trained context length).
-    #[arg(short, long)]
+    #[arg(short, long, visible_alias = "ctx-size")]
     pub ctx: Option<usize>,
     /// Tokens per engine step: decodes plus chunks of prompts.
     #[arg(long, default_value_t = 256)]
@@ -55,6 +55,7 @@ pub struct ServeArgs {
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
+    a.model.gpu_note();
     super::init_threads(a.model.threads)?;
     let path = crate::pull::resolve(a.model.model.as_deref())?;
     if a.max_batch == 0 || a.max_batched_tokens == 0 {

@@ -11,7 +11,8 @@ use kernels::Precision;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelOptions {
-    /// How activations meet quantized weights: int8 blocks (`Fast`, as llama.cpp) or f32 (`Exact`).
+    /// How activations meet quantized weights: int16 blocks where a kernel exists, else f32 (`Wide`,
+    /// the default), int8 blocks (`Fast`, as llama.cpp) or f32 (`Exact`).
     pub precision: Precision,
     /// LLM.int8() for the layer projections, with this outlier threshold (`inf`: no outliers).
     pub int8_outlier_threshold: Option<f32>,
@@ -39,6 +40,14 @@ impl ModelOptions {
     pub fn exact() -> ModelOptions {
         ModelOptions {
             precision: Precision::Exact,
+            ..ModelOptions::default()
+        }
+    }
+
+    /// llama.cpp's method: int8 activation blocks (a 16-bit classifier).
+    pub fn fast() -> ModelOptions {
+        ModelOptions {
+            precision: Precision::Fast,
             ..ModelOptions::default()
         }
     }

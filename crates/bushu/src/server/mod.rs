@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod error;
+pub mod request_log;
 pub mod respond;
 pub mod routes;
 pub mod structured;

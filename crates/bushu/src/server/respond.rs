@@ -114,6 +114,11 @@ impl Collector {
         self.choices.iter().all(|c| c.finish.is_some())
     }
 
+    /// Each choice's finish reason (`None`: not finished).
+    pub fn finishes(&self) -> Vec<Option<&'static str>> {
+        self.choices.iter().map(|c| c.finish).collect()
+    }
+
     /// Sequences not finished yet.
     pub fn unfinished(&self) -> Vec<SeqId> {
         self.choices

@@ -371,6 +371,7 @@ struct Submission {
     col: Collector,
     metrics: Arc<Mutex<Metrics>>,
     arrival: Instant,
+    first_token: Option<Instant>,
     last_token: Option<Instant>,
 }
 
@@ -387,7 +388,10 @@ impl Submission {
                 let now = Instant::now();
                 let mut m = self.metrics.lock().unwrap();
                 match self.last_token {
-                    None => m.ttft.observe((now - self.arrival).as_secs_f64()),
+                    None => {
+                        m.ttft.observe((now - self.arrival).as_secs_f64());
+                        self.first_token = Some(now);
+                    }
                     Some(t) => m.itl.observe((now - t).as_secs_f64()),
                 }
                 self.last_token = Some(now);
@@ -400,6 +404,16 @@ impl Submission {
 
 impl Drop for Submission {
     fn drop(&mut self) {
+        let log = super::request_log::RequestLog {
+            id: &self.col.id,
+            prompt_tokens: self.col.prompt_tokens,
+            cached_tokens: self.col.cached_tokens,
+            completion_tokens: self.col.completion_tokens(),
+            ttft: self.first_token.map(|t| t - self.arrival),
+            total: self.arrival.elapsed(),
+            finishes: self.col.finishes(),
+        };
+        eprintln!("{}", log.line());
         let left: Vec<SeqId> = self.col.unfinished();
         let mut m = self.metrics.lock().unwrap();
         if left.is_empty() {
@@ -446,6 +460,7 @@ async fn generate(
         col,
         metrics: st.metrics.clone(),
         arrival,
+        first_token: None,
         last_token: None,
     };
     if !plan.stream || tools.is_some() {
