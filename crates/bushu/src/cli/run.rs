@@ -94,20 +94,25 @@ pub fn speculation(a: &RunArgs) -> Result<(Speculation, DraftLengthParams)> {
         method: spec, length, ..
     } = a.spec.options()?;
     if spec != Speculation::Off {
-        let other = if a.beams > 1 {
-            Some("--beams")
-        } else if a.penalty_alpha.is_some() {
-            Some("--penalty-alpha (contrastive search)")
-        } else if a.amateur.is_some() {
-            Some("--amateur (contrastive decoding)")
-        } else {
-            None
-        };
-        if let Some(other) = other {
+        if let Some(other) = other_strategy(a) {
             bail!("speculative decoding (--draft-model, --lookup, --self-speculate) and {other} cannot be combined");
         }
     }
     Ok((spec, length))
+}
+
+/// The decoding strategy other than sampling or greedy decoding the flags ask for, if any (speculative
+/// decoding and structured output work with those two only).
+fn other_strategy(a: &RunArgs) -> Option<&'static str> {
+    if a.beams > 1 {
+        Some("--beams")
+    } else if a.penalty_alpha.is_some() {
+        Some("--penalty-alpha (contrastive search)")
+    } else if a.amateur.is_some() {
+        Some("--amateur (contrastive decoding)")
+    } else {
+        None
+    }
 }
 
 /// The generation options the flags describe (everything checkable before loading a model).
@@ -125,16 +130,7 @@ pub fn options(a: &RunArgs, eos_ids: Vec<u32>) -> Result<GenerateOptions> {
         );
     }
     if a.structured.constraint()?.is_some() {
-        let other = if a.beams > 1 {
-            Some("--beams")
-        } else if a.penalty_alpha.is_some() {
-            Some("--penalty-alpha (contrastive search)")
-        } else if a.amateur.is_some() {
-            Some("--amateur (contrastive decoding)")
-        } else {
-            None
-        };
-        if let Some(other) = other {
+        if let Some(other) = other_strategy(a) {
             bail!(
                 "{} (structured output) and {other} cannot be combined: structured output samples or decodes greedily, \
                  speculative decoding included",
