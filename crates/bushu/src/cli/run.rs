@@ -11,8 +11,8 @@ use crate::generate::contrastive::{generate_contrastive, CdParams};
 use crate::generate::{generate, GenerateOptions, Generation, Strategy};
 use crate::sampling::beam::{BeamParams, EarlyStopping};
 use crate::spec_decode::{
-    check_same_vocabulary, generate_speculative, DraftLengthParams, DraftModel, PromptLookup, Proposer,
-    SelfSpeculation, SpecOptions, Speculation,
+    generate_speculative, load_draft, DraftLengthParams, DraftModel, PromptLookup, Proposer, SelfSpeculation,
+    SpecOptions, Speculation,
 };
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -227,14 +227,10 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     let (spec, length) = speculation(&a)?;
     let draft = match &spec {
-        Speculation::DraftModel(path) => {
-            let f =
-                crate::model::load(path).with_context(|| format!("cannot open the draft model {}", path.display()))?;
-            check_same_vocabulary((file.config.vocab_size, tok), (f.config.vocab_size, &f.tokenizer))?;
-            let mut m = a.model.build(&f)?;
-            m.head_rows = a.spec.options()?.draft_vocab;
-            Some(m)
-        }
+        Speculation::DraftModel(path) => Some(
+            load_draft(path, &file, &a.model.options(), a.spec.options()?.draft_vocab)
+                .map_err(|e| super::sampling::flag_error(e, &[]))?,
+        ),
         Speculation::SelfSpeculate { layers } if *layers >= model.config.n_layers => bail!(
             "--self-speculate must be between 1 and {} (the model has {} layers), got {layers}",
             model.config.n_layers - 1,

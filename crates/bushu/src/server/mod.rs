@@ -25,7 +25,7 @@ use crate::engine::model_runner::PagedCache;
 use crate::engine::{Engine, EngineConfig, KvPlan, KvSizing};
 use crate::model::{load, ModelOptions};
 use crate::spec_decode::serving::{draft_runner, Method, Speculator};
-use crate::spec_decode::{check_same_vocabulary, PromptLookup, SpecOptions, Speculation};
+use crate::spec_decode::{load_draft, PromptLookup, SpecOptions, Speculation};
 use anyhow::{Context, Result};
 use routes::AppState;
 use std::net::SocketAddr;
@@ -140,14 +140,7 @@ impl Server {
         // shared between the two caches in proportion to their bytes per position.
         let draft = match &opts.spec.method {
             Speculation::DraftModel(path) => {
-                let f = load(path).with_context(|| format!("cannot open the draft model {}", path.display()))?;
-                check_same_vocabulary(
-                    (file.config.vocab_size, &file.tokenizer),
-                    (f.config.vocab_size, &f.tokenizer),
-                )?;
-                let mut draft = opts.model_options().build(&f)?;
-                draft.head_rows = opts.spec.draft_vocab;
-                Some(draft)
+                Some(load_draft(path, &file, &opts.model_options(), opts.spec.draft_vocab)?)
             }
             _ => None,
         };

@@ -31,6 +31,26 @@ pub fn check_same_vocabulary(target: (usize, &Tokenizer), draft: (usize, &Tokeni
     Ok(())
 }
 
+/// Opens the draft model at `path` for `target` (checked with [`check_same_vocabulary`]) and builds it
+/// with `options`; `draft_vocab` restricts its classifier ([`Model::head_rows`]). One loader for `run`
+/// and `serve`.
+pub fn load_draft(
+    path: &std::path::Path,
+    target: &crate::model::ModelFile,
+    options: &crate::model::ModelOptions,
+    draft_vocab: Option<usize>,
+) -> Result<Model> {
+    use anyhow::Context;
+    let f = crate::model::load(path).with_context(|| format!("cannot open the draft model {}", path.display()))?;
+    check_same_vocabulary(
+        (target.config.vocab_size, &target.tokenizer),
+        (f.config.vocab_size, &f.tokenizer),
+    )?;
+    let mut m = options.build(&f)?;
+    m.head_rows = draft_vocab;
+    Ok(m)
+}
+
 /// A draft model and its cache.
 pub struct DraftModel<'a> {
     model: &'a Model,

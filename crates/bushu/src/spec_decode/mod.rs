@@ -33,7 +33,7 @@ pub mod verify;
 
 pub use adaptive::{DraftLength, DraftLengthParams};
 pub use decoder::{generate_speculative, SpecDecoder};
-pub use draft_model::{check_same_vocabulary, DraftModel};
+pub use draft_model::{check_same_vocabulary, load_draft, DraftModel};
 pub use lookup::PromptLookup;
 pub use proposer::{Proposal, Proposer};
 pub use self_spec::SelfSpeculation;
