@@ -98,6 +98,37 @@ fn packed_products_equal_row_major_ones() {
     }
 }
 
+/// The AVX-512 level runs two groups (sixteen rows) per 512-bit vector, Q8_0 with unsigned-shifted codes
+/// and an integer correction: per row the same integers and float operations as the 256-bit AVX2
+/// kernels, so the two levels agree bit for bit — for pairs of groups, an odd last group, and token
+/// tiles of 8 and 4 with their tails.
+#[test]
+fn sixteen_row_kernels_equal_eight_row_ones_bit_for_bit() {
+    if !Simd::Avx512.available() || !Simd::Avx2.available() {
+        eprintln!("skipped: this CPU lacks AVX-512 (F/BW/VL/VNNI) or AVX2");
+        return;
+    }
+    let mut rng = Rng::new(23);
+    for t in PACKED {
+        for rows in [16, 24, 45] {
+            let cols = 2 * t.block_len();
+            let data = random_matrix(&mut rng, t, rows, cols);
+            let plain = QMatrix::new(t, rows, cols, &data);
+            let slot = PackSlot::new();
+            let packed = plain.with_pack(&slot);
+            for n in [1, 2, 3, 4, 5, 8, 9, 13, 17] {
+                let x = rng.vec(n * cols, 2.0);
+                let mut avx2 = vec![0.0; n * rows];
+                matmul_on(&packed, &x, &mut avx2, Precision::Fast, Simd::Avx2);
+                let mut avx512 = vec![f32::NAN; n * rows];
+                matmul_on(&packed, &x, &mut avx512, Precision::Fast, Simd::Avx512);
+                let same = avx2.iter().zip(&avx512).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{t}: rows {rows} n {n}: AVX-512 differs from AVX2");
+            }
+        }
+    }
+}
+
 #[test]
 fn exact_products_ignore_the_pack() {
     let mut rng = Rng::new(9);

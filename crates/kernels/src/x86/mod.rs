@@ -8,6 +8,7 @@ mod exact;
 mod exact_k;
 mod fast;
 pub(crate) mod packed;
+mod packed512;
 pub(crate) mod quantize;
 
 use crate::dtype::DType;

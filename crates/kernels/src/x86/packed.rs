@@ -67,7 +67,7 @@ pub(crate) trait PackKern {
 
 /// How far ahead of the record being read decode prefetches (Q8_0 22 -> 26 GB/s, Q4_K 18 -> 22 on Zen 3;
 /// 1-8 KiB measured alike within noise).
-const PF_DIST: usize = 2048;
+pub(crate) const PF_DIST: usize = 2048;
 
 /// Eight f16 at `p` as f32.
 #[inline(always)]
@@ -450,7 +450,7 @@ unsafe fn tile<K: PackKern, const T: usize>(job: &Job, g: usize, t: usize) {
 
 /// Groups `g0..g1` for every token of the job, tokens four at a time.
 #[inline(always)]
-unsafe fn run<K: PackKern>(job: &Job, g0: usize, g1: usize) {
+pub(crate) unsafe fn run<K: PackKern>(job: &Job, g0: usize, g1: usize) {
     let mut t = 0;
     while t + 4 <= job.n {
         for g in g0..g1 {
@@ -493,7 +493,9 @@ pub(crate) fn select(dtype: crate::DType, level: crate::Simd) -> Option<crate::m
     }
     match level {
         Simd::Avx2 if Simd::Avx2.available() => pick!(run_avx2, Avx2Dot),
-        Simd::Avx512 if Simd::Avx512.available() => pick!(run_avx512, VnniDot),
+        Simd::Avx512 if Simd::Avx512.available() => {
+            super::packed512::select(dtype).or_else(|| pick!(run_avx512, VnniDot))
+        }
         _ => None,
     }
 }

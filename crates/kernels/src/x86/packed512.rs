@@ -1,0 +1,323 @@
+//! AVX-512 kernels over packed rows: two groups of eight interleaved rows side by side in one 512-bit
+//! register (sixteen rows per vector), so each activation broadcast, integer dot product and float
+//! epilogue serves sixteen rows instead of eight (ik_llama.cpp's `_r8` kernels pair groups the same
+//! way). Every lane does what the 256-bit kernels of [`super::packed`] do for its row — the same
+//! integers and the same float operations in the same order — so both give the same bits.
+//!
+//! Q8_0 has its own trick here: `vpdpbusd` multiplies unsigned by signed bytes, so instead of taking
+//! the codes' absolute values and moving their signs onto the activations token by token (two
+//! instructions per token and unit), the codes are shifted to unsigned once per unit (`w + 128`, an
+//! exclusive-or with `0x80`) and `128 Σ x` is taken off the token's integer sum: the same integer.
+
+use super::packed::{PackKern, PF_DIST, PQ4, PQ4K, PQ6K, PQ8_0};
+use super::VnniDot;
+use crate::matmul::Job;
+use crate::packed::{GROUP, Q6K_Q};
+use crate::quants::{BlockQ8, QK8};
+use crate::simd::prefetch_bytes;
+use std::arch::x86_64::*;
+
+/// A block kernel over two packed records (rows `0..8` from `r0`, `8..16` from `r1`): `setup` decodes
+/// what the tile's tokens share, `dot_tile` adds the products of `T` tokens.
+pub(crate) trait Kern16 {
+    /// Weights per block.
+    const ELEMS: usize;
+    type S;
+    unsafe fn setup(r0: *const u8, r1: *const u8) -> Self::S;
+    unsafe fn dot_tile<const T: usize>(
+        acc: [__m512; T],
+        s: &Self::S,
+        r0: *const u8,
+        r1: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m512; T];
+}
+
+/// Unit `u` (four codes of each of eight rows) of both records' codes: rows 0-7 low, 8-15 high.
+#[inline(always)]
+unsafe fn unit16(c0: *const u8, c1: *const u8, u: usize) -> __m512i {
+    let lo = _mm256_loadu_si256(c0.add(u * 4 * GROUP) as *const __m256i);
+    let hi = _mm256_loadu_si256(c1.add(u * 4 * GROUP) as *const __m256i);
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// Eight f16 at `p0` and eight at `p1` as sixteen f32.
+#[inline(always)]
+unsafe fn f16x16(p0: *const u8, p1: *const u8) -> __m512 {
+    let lo = _mm_loadu_si128(p0 as *const __m128i);
+    let hi = _mm_loadu_si128(p1 as *const __m128i);
+    _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo), hi))
+}
+
+/// Eight bytes at `p0` and eight at `p1` as sixteen f32 (unsigned: Q4_K's scales and minimums).
+#[inline(always)]
+unsafe fn u8x16(p0: *const u8, p1: *const u8) -> __m512 {
+    let b = _mm_unpacklo_epi64(
+        _mm_loadl_epi64(p0 as *const __m128i),
+        _mm_loadl_epi64(p1 as *const __m128i),
+    );
+    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b))
+}
+
+/// Eight bytes at `p0` and eight at `p1` as sixteen f32 (signed: Q6_K's scales).
+#[inline(always)]
+unsafe fn i8x16(p0: *const u8, p1: *const u8) -> __m512 {
+    let b = _mm_unpacklo_epi64(
+        _mm_loadl_epi64(p0 as *const __m128i),
+        _mm_loadl_epi64(p1 as *const __m128i),
+    );
+    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))
+}
+
+/// Four activation bytes from `at`, in every lane.
+#[inline(always)]
+unsafe fn bcast4(x: &BlockQ8, at: usize) -> __m512i {
+    _mm512_set1_epi32(std::ptr::read_unaligned(x.qs.as_ptr().add(at) as *const i32))
+}
+
+/// Low and high nibbles of sixteen rows' unit.
+#[inline(always)]
+unsafe fn nibbles(v: __m512i) -> (__m512i, __m512i) {
+    let m = _mm512_set1_epi8(15);
+    (_mm512_and_si512(v, m), _mm512_and_si512(_mm512_srli_epi16::<4>(v), m))
+}
+
+/// `acc + d * (cvt(i) * x.d)`: the 256-bit kernels' epilogue.
+#[inline(always)]
+unsafe fn scaled(acc: __m512, d: __m512, i: __m512i, xd: f32) -> __m512 {
+    _mm512_fmadd_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(i), _mm512_set1_ps(xd)), acc)
+}
+
+pub(crate) struct P16Q8_0;
+
+impl Kern16 for P16Q8_0 {
+    const ELEMS: usize = 32;
+    type S = __m512;
+    #[inline(always)]
+    unsafe fn setup(r0: *const u8, r1: *const u8) -> __m512 {
+        f16x16(r0, r1)
+    }
+    #[inline(always)]
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m512; T],
+        d: &__m512,
+        r0: *const u8,
+        r1: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m512; T] {
+        let x = x.map(|p| &*p);
+        let (c0, c1) = (r0.add(2 * GROUP), r1.add(2 * GROUP));
+        let flip = _mm512_set1_epi8(i8::MIN);
+        let mut i = [_mm512_setzero_si512(); T];
+        for k in 0..8 {
+            // w + 128 as unsigned bytes.
+            let u = _mm512_xor_si512(unit16(c0, c1, k), flip);
+            for j in 0..T {
+                i[j] = _mm512_dpbusd_epi32(i[j], u, bcast4(x[j], 4 * k));
+            }
+        }
+        for j in 0..T {
+            let sum = 128 * (x[j].h[0] as i32 + x[j].h[1] as i32);
+            acc[j] = scaled(acc[j], *d, _mm512_sub_epi32(i[j], _mm512_set1_epi32(sum)), x[j].d);
+        }
+        acc
+    }
+}
+
+/// Q4_0 (`OFFSET`) and Q4_1: scales, offsets and the eight nibble vectors of sixteen rows.
+pub(crate) struct P16Q4<const OFFSET: bool>;
+
+pub(crate) struct Q4S16 {
+    d: __m512,
+    m: __m512,
+    q: [__m512i; 8],
+}
+
+impl<const OFFSET: bool> Kern16 for P16Q4<OFFSET> {
+    const ELEMS: usize = 32;
+    type S = Q4S16;
+    #[inline(always)]
+    unsafe fn setup(r0: *const u8, r1: *const u8) -> Q4S16 {
+        let d = f16x16(r0, r1);
+        let (m, at) = if OFFSET {
+            (_mm512_mul_ps(d, _mm512_set1_ps(-8.0)), 2 * GROUP)
+        } else {
+            (f16x16(r0.add(2 * GROUP), r1.add(2 * GROUP)), 4 * GROUP)
+        };
+        let mut q = [_mm512_setzero_si512(); 8];
+        for k in 0..4 {
+            (q[2 * k], q[2 * k + 1]) = nibbles(unit16(r0.add(at), r1.add(at), k));
+        }
+        Q4S16 { d, m, q }
+    }
+    #[inline(always)]
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m512; T],
+        s: &Q4S16,
+        _r0: *const u8,
+        _r1: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m512; T] {
+        let x = x.map(|p| &*p);
+        let mut i = [_mm512_setzero_si512(); T];
+        for k in 0..4 {
+            for j in 0..T {
+                i[j] = _mm512_dpbusd_epi32(i[j], s.q[2 * k], bcast4(x[j], 4 * k));
+                i[j] = _mm512_dpbusd_epi32(i[j], s.q[2 * k + 1], bcast4(x[j], 16 + 4 * k));
+            }
+        }
+        for j in 0..T {
+            let a = scaled(acc[j], s.d, i[j], x[j].d);
+            acc[j] = _mm512_fmadd_ps(s.m, _mm512_set1_ps(x[j].s), a);
+        }
+        acc
+    }
+}
+
+/// Q4_K: `d` and `−dmin` of sixteen rows; each sub-block's scales and minimums are applied as the
+/// 256-bit kernel applies them (`d * sc`, `−dmin * m`, then per token).
+pub(crate) struct P16Q4K;
+
+impl Kern16 for P16Q4K {
+    const ELEMS: usize = 256;
+    type S = (__m512, __m512);
+    #[inline(always)]
+    unsafe fn setup(r0: *const u8, r1: *const u8) -> (__m512, __m512) {
+        let dmin = f16x16(r0.add(2 * GROUP), r1.add(2 * GROUP));
+        (f16x16(r0, r1), _mm512_sub_ps(_mm512_setzero_ps(), dmin))
+    }
+    #[inline(always)]
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m512; T],
+        &(d, dmin): &(__m512, __m512),
+        r0: *const u8,
+        r1: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m512; T] {
+        let (c0, c1) = (r0.add(160), r1.add(160));
+        for j in 0..4 {
+            let (xl, xh) = (x.map(|p| &*p.add(2 * j)), x.map(|p| &*p.add(2 * j + 1)));
+            let (mut il, mut ih) = ([_mm512_setzero_si512(); T], [_mm512_setzero_si512(); T]);
+            for k in 0..8 {
+                let (lo, hi) = nibbles(unit16(c0, c1, 8 * j + k));
+                for t in 0..T {
+                    il[t] = _mm512_dpbusd_epi32(il[t], lo, bcast4(xl[t], 4 * k));
+                    ih[t] = _mm512_dpbusd_epi32(ih[t], hi, bcast4(xh[t], 4 * k));
+                }
+            }
+            let sc = |sub: usize| _mm512_mul_ps(d, u8x16(r0.add(32 + sub * GROUP), r1.add(32 + sub * GROUP)));
+            let mn = |sub: usize| _mm512_mul_ps(dmin, u8x16(r0.add(96 + sub * GROUP), r1.add(96 + sub * GROUP)));
+            let (dl, dh, ml, mh) = (sc(2 * j), sc(2 * j + 1), mn(2 * j), mn(2 * j + 1));
+            for t in 0..T {
+                for (ds, ms, i, xb) in [(dl, ml, il[t], xl[t]), (dh, mh, ih[t], xh[t])] {
+                    acc[t] = scaled(acc[t], ds, i, xb.d);
+                    acc[t] = _mm512_fmadd_ps(ms, _mm512_set1_ps(xb.s), acc[t]);
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// Q6_K: codes 0..=63 standing for `q − 32` (`Σ q x − 32 Σ x` per 16 activations, [`BlockQ8::h`]),
+/// a scale per 16 weights.
+pub(crate) struct P16Q6K;
+
+impl Kern16 for P16Q6K {
+    const ELEMS: usize = 256;
+    type S = __m512;
+    #[inline(always)]
+    unsafe fn setup(r0: *const u8, r1: *const u8) -> __m512 {
+        f16x16(r0, r1)
+    }
+    #[inline(always)]
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m512; T],
+        d: &__m512,
+        r0: *const u8,
+        r1: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m512; T] {
+        let (c0, c1) = (r0.add(Q6K_Q), r1.add(Q6K_Q));
+        for g in 0..8 {
+            let xg = x.map(|p| &*p.add(g));
+            for half in 0..2 {
+                let s = _mm512_mul_ps(
+                    *d,
+                    i8x16(r0.add(16 + (2 * g + half) * GROUP), r1.add(16 + (2 * g + half) * GROUP)),
+                );
+                let mut i = [_mm512_setzero_si512(); T];
+                for k in 4 * half..4 * half + 4 {
+                    let u = unit16(c0, c1, 8 * g + k);
+                    for t in 0..T {
+                        i[t] = _mm512_dpbusd_epi32(i[t], u, bcast4(xg[t], 4 * k));
+                    }
+                }
+                for t in 0..T {
+                    let i = _mm512_sub_epi32(i[t], _mm512_set1_epi32(32 * xg[t].h[half] as i32));
+                    acc[t] = scaled(acc[t], s, i, xg[t].d);
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// Groups `g, g + 1` (rows `8g..8g + 16`) for tokens `t..t + T`.
+#[inline(always)]
+unsafe fn tile16<K: Kern16, const T: usize>(job: &Job, g: usize, t: usize) {
+    let p = job.packed.expect("packed job");
+    let (nb, rec) = (job.cols / K::ELEMS, p.rec);
+    let (b0, b1) = (p.group(g).as_ptr(), p.group(g + 1).as_ptr());
+    let per_tok = job.cols / QK8;
+    let xp: [*const BlockQ8; T] = std::array::from_fn(|j| job.xq[(t + j) * per_tok..].as_ptr());
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..nb {
+        let (r0, r1) = (b0.add(b * rec), b1.add(b * rec));
+        if T == 1 {
+            prefetch_bytes(r0.wrapping_add(PF_DIST), rec);
+            prefetch_bytes(r1.wrapping_add(PF_DIST), rec);
+        }
+        let s = K::setup(r0, r1);
+        acc = K::dot_tile(acc, &s, r0, r1, xp.map(|p| p.add(b * K::ELEMS / QK8)));
+    }
+    for (j, a) in acc.iter().enumerate() {
+        _mm512_storeu_ps(job.y.add((t + j) * job.rows + g * GROUP), *a);
+    }
+}
+
+/// Groups `g0..g1` for every token: pairs of groups with the sixteen-row kernel `K`, tokens `T` at a
+/// time, an odd last group with the eight-row kernel `K8`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn run16<K: Kern16, K8: PackKern, const T: usize>(job: &Job, g0: usize, g1: usize) {
+    let pairs = (g1 - g0) / 2;
+    let mut t = 0;
+    while t + T <= job.n {
+        for g in (g0..g0 + 2 * pairs).step_by(2) {
+            tile16::<K, T>(job, g, t);
+        }
+        t += T;
+    }
+    while t < job.n {
+        for g in (g0..g0 + 2 * pairs).step_by(2) {
+            tile16::<K, 1>(job, g, t);
+        }
+        t += 1;
+    }
+    if g0 + 2 * pairs < g1 {
+        super::packed::run::<K8>(job, g1 - 1, g1);
+    }
+}
+
+/// The sixteen-row kernel for `dtype` (the CPU has AVX-512 F/BW/VL/VNNI), if there is one.
+pub(crate) fn select(dtype: crate::DType) -> Option<crate::matmul::RowsFn> {
+    use crate::DType;
+    Some(match dtype {
+        DType::Q8_0 => run16::<P16Q8_0, PQ8_0<VnniDot>, 8> as crate::matmul::RowsFn,
+        DType::Q4_0 => run16::<P16Q4<true>, PQ4<true, VnniDot>, 8>,
+        DType::Q4_1 => run16::<P16Q4<false>, PQ4<false, VnniDot>, 8>,
+        DType::Q4K => run16::<P16Q4K, PQ4K<VnniDot>, 4>,
+        DType::Q6K => run16::<P16Q6K, PQ6K<VnniDot>, 4>,
+        _ => return None,
+    })
+}
