@@ -83,7 +83,7 @@ unsafe fn dots<K: KvRows + ?Sized, const N: usize, const AVX: bool>(
         }
     }
     #[cfg(target_arch = "x86_64")]
-    if AVX && body == hd && (N == 4 || N == 8) {
+    if AVX && body == hd && (N == 3 || N == 4 || N == 8) {
         // SAFETY: `AVX` is set only by callers compiled for AVX2 on a CPU that has it.
         return unsafe { tree_sums(&acc, [k.row_scale(at); 8]) };
     }
@@ -96,23 +96,29 @@ unsafe fn dots<K: KvRows + ?Sized, const N: usize, const AVX: bool>(
     out
 }
 
-/// [`dots`] of four heads against the two rows at `at[0]` and `at[1]`: each query chunk is loaded once
-/// for both rows (the same operations per head and row as `dots`). Only where `dots` takes the vector
-/// sums (`AVX`, head size a multiple of 8); elsewhere it is `dots` row by row.
+/// [`dots`] of `H` (3 or 4) heads against the two rows at `at[0]` and `at[1]`: each query chunk is
+/// loaded once for both rows (the same operations per head and row as `dots`). Only where `dots` takes
+/// the vector sums (`AVX`, head size a multiple of 8); elsewhere it is `dots` row by row.
 ///
 /// # Safety
 /// As [`dots`].
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-unsafe fn dots4x2<K: KvRows + ?Sized, const AVX: bool>(k: &K, q: &[f32], hd: usize, at: [usize; 2]) -> [[f32; 4]; 2] {
+unsafe fn dots_x2<K: KvRows + ?Sized, const H: usize, const AVX: bool>(
+    k: &K,
+    q: &[f32],
+    hd: usize,
+    at: [usize; 2],
+) -> [[f32; H]; 2] {
+    const { assert!(H == 3 || H == 4) };
     #[cfg(target_arch = "x86_64")]
     if AVX && hd.is_multiple_of(8) {
         let mut acc = [[0.0f32; 8]; 8];
-        assert!(q.len() >= 4 * hd);
+        assert!(q.len() >= H * hd);
         for c in (0..hd).step_by(8) {
             let x = [k.load8(at[0] + c), k.load8(at[1] + c)];
-            for h in 0..4 {
-                // SAFETY: h * hd + c + 8 <= 4 * hd <= q.len().
+            for h in 0..H {
+                // SAFETY: h * hd + c + 8 <= H * hd <= q.len().
                 let qh = unsafe { &*(q.as_ptr().add(h * hd + c) as *const [f32; 8]) };
                 for r in 0..2 {
                     for i in 0..8 {
@@ -124,9 +130,9 @@ unsafe fn dots4x2<K: KvRows + ?Sized, const AVX: bool>(k: &K, q: &[f32], hd: usi
         let (s0, s1) = (k.row_scale(at[0]), k.row_scale(at[1]));
         // SAFETY: `AVX` is set only by callers compiled for AVX2 on a CPU that has it.
         let d = unsafe { tree_sums(&acc, [s0, s0, s0, s0, s1, s1, s1, s1]) };
-        return [[d[0], d[1], d[2], d[3]], [d[4], d[5], d[6], d[7]]];
+        return [std::array::from_fn(|h| d[h]), std::array::from_fn(|h| d[4 + h])];
     }
-    [dots::<K, 4, AVX>(k, q, hd, at[0]), dots::<K, 4, AVX>(k, q, hd, at[1])]
+    [dots::<K, H, AVX>(k, q, hd, at[0]), dots::<K, H, AVX>(k, q, hd, at[1])]
 }
 
 impl KvRows for [f32] {
@@ -353,16 +359,23 @@ unsafe fn group_impl<K: KvRows + ?Sized, const AVX: bool>(
             }
             // This tile's value rows, read once the tile's scores are known.
             v.prefetch(a, hd);
-            // Groups of 4k heads, with the vector sums: two rows at a time, four heads at a time (each
-            // query chunk loaded once for both rows).
-            if AVX && hd.is_multiple_of(8) && g.is_multiple_of(4) && j + 1 < end - start {
+            // Groups of 4k or 4k + 3 heads, with the vector sums: two rows at a time, four (then three)
+            // heads at a time (each query chunk loaded once for both rows).
+            if AVX && hd.is_multiple_of(8) && matches!(g % 4, 0 | 3) && j + 1 < end - start {
                 if start + j + 1 + AHEAD < len {
                     k.prefetch(at(start + j + 1 + AHEAD), hd);
                 }
                 let a1 = at(start + j + 1);
                 v.prefetch(a1, hd);
-                for h in (0..g).step_by(4) {
-                    let d = dots4x2::<K, AVX>(k, &q[h * hd..], hd, [a, a1]);
+                let mut h = 0;
+                while h + 4 <= g {
+                    let d = dots_x2::<K, 4, AVX>(k, &q[h * hd..], hd, [a, a1]);
+                    put(&mut scores[h..], j, d[0], scale);
+                    put(&mut scores[h..], j + 1, d[1], scale);
+                    h += 4;
+                }
+                if h < g {
+                    let d = dots_x2::<K, 3, AVX>(k, &q[h * hd..], hd, [a, a1]);
                     put(&mut scores[h..], j, d[0], scale);
                     put(&mut scores[h..], j + 1, d[1], scale);
                 }
@@ -376,7 +389,8 @@ unsafe fn group_impl<K: KvRows + ?Sized, const AVX: bool>(
                 let n = match g - h {
                     8.. => put(&mut scores[h..], j, dots::<K, 8, AVX>(k, qh, hd, a), scale),
                     4..=7 => put(&mut scores[h..], j, dots::<K, 4, AVX>(k, qh, hd, a), scale),
-                    2..=3 => put(&mut scores[h..], j, dots::<K, 2, AVX>(k, qh, hd, a), scale),
+                    3 => put(&mut scores[h..], j, dots::<K, 3, AVX>(k, qh, hd, a), scale),
+                    2 => put(&mut scores[h..], j, dots::<K, 2, AVX>(k, qh, hd, a), scale),
                     _ => put(&mut scores[h..], j, dots::<K, 1, AVX>(k, qh, hd, a), scale),
                 };
                 h += n;
@@ -468,7 +482,7 @@ fn exp_shifted(s: &mut [f32], m: f32) -> f32 {
 /// positions are a KV-row stride apart, or in another block of a paged cache).
 const AHEAD: usize = 4;
 
-/// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))` of each of the `N` (4 or 8) lane sums, times
+/// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))` of each of the `N` (3, 4 or 8) lane sums, times
 /// its `row_scale`, as [`dots`] computes it head by head: the lane halves of two heads added in one vector
 /// (`a0+a4 .. a3+a7`), then two horizontal adds pair them as the scalar tree does.
 #[cfg(target_arch = "x86_64")]
@@ -570,10 +584,10 @@ mod tests {
     }
 
     /// The active SIMD level (AVX2 here when the CPU has it: vector loops, vector sums of 4 and 8 heads)
-    /// gives bit for bit the scalar loops' result, for groups of 8, 6 (4 + 2), 4 and 1 heads.
+    /// gives bit for bit the scalar loops' result, for groups of 8, 6 (4 + 2), 4, 3, 7 (4 + 3), 5 and 1 heads.
     #[test]
     fn active_level_equals_scalar_bit_for_bit() {
-        for (heads, kv, hd) in [(32, 4, 64), (12, 2, 64), (8, 2, 32), (4, 4, 128), (6, 1, 24)] {
+        for (heads, kv, hd) in [(32, 4, 64), (12, 2, 64), (8, 2, 32), (4, 4, 128), (6, 1, 24), (9, 3, 64), (14, 2, 32), (5, 1, 32)] {
             let (n, hd_all) = (150, heads * hd);
             let kv_dim = kv * hd;
             let mut seed = 7u64;
