@@ -587,7 +587,16 @@ mod tests {
     /// gives bit for bit the scalar loops' result, for groups of 8, 6 (4 + 2), 4, 3, 7 (4 + 3), 5 and 1 heads.
     #[test]
     fn active_level_equals_scalar_bit_for_bit() {
-        for (heads, kv, hd) in [(32, 4, 64), (12, 2, 64), (8, 2, 32), (4, 4, 128), (6, 1, 24), (9, 3, 64), (14, 2, 32), (5, 1, 32)] {
+        for (heads, kv, hd) in [
+            (32, 4, 64),
+            (12, 2, 64),
+            (8, 2, 32),
+            (4, 4, 128),
+            (6, 1, 24),
+            (9, 3, 64),
+            (14, 2, 32),
+            (5, 1, 32),
+        ] {
             let (n, hd_all) = (150, heads * hd);
             let kv_dim = kv * hd;
             let mut seed = 7u64;

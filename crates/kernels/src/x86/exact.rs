@@ -76,6 +76,69 @@ impl<E: Float8> Kern for Fl<E> {
     }
 }
 
+/// A plain float format sixteen weights at a time (AVX-512).
+pub(crate) trait Float16 {
+    /// Bytes of sixteen weights.
+    const BYTES: usize;
+    unsafe fn load16(p: *const u8) -> __m512;
+}
+
+/// [`Fl`] in 512-bit vectors: sixteen weights per load, tiles of 4 rows x 4 tokens (sixteen
+/// accumulators of the 32 registers). Only inside functions compiled for AVX-512F.
+pub(crate) struct Fl16<E>(PhantomData<E>);
+
+impl<E: Float16> Kern for Fl16<E> {
+    type X = f32;
+    type W = __m512;
+    type Acc = __m512;
+    const ELEMS: usize = 16;
+    const BYTES: usize = E::BYTES;
+    const WIDE_TILE: bool = true;
+    const WIDE_4X4: bool = true;
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m512 {
+        E::load16(p)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: &mut __m512, w: &__m512, x: *const f32) {
+        *acc = _mm512_fmadd_ps(*w, _mm512_loadu_ps(x), *acc);
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: __m512) -> f32 {
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
+        hsum(_mm256_add_ps(_mm512_castps512_ps256(acc), hi))
+    }
+}
+
+impl Float16 for F32x {
+    const BYTES: usize = 64;
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> __m512 {
+        _mm512_loadu_ps(p as *const f32)
+    }
+}
+
+impl Float16 for F16x {
+    const BYTES: usize = 32;
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+}
+
+impl Float16 for Bf16x {
+    const BYTES: usize = 32;
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> __m512 {
+        let h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(h))
+    }
+}
+
 impl Float8 for F32x {
     const BYTES: usize = 32;
     #[inline(always)]

@@ -30,6 +30,8 @@ pub(crate) trait Kern {
     const BYTES: usize;
     /// Prefill tiles of 4 rows x 2 tokens instead of 2 x 4 (for small `W` and `Acc`).
     const WIDE_TILE: bool = false;
+    /// With `WIDE_TILE`, tiles of 4 rows x 4 tokens (AVX-512's 32 registers hold their 16 accumulators).
+    const WIDE_4X4: bool = false;
     unsafe fn zero() -> Self::Acc;
     unsafe fn load(w: *const u8) -> Self::W;
     unsafe fn dot(acc: &mut Self::Acc, w: &Self::W, x: *const Self::X);
@@ -149,19 +151,11 @@ const DR: usize = 4;
 #[inline(always)]
 unsafe fn run<K: Kern>(job: &Job, r0: usize, r1: usize) {
     let mut t = 0;
+    if K::WIDE_TILE && K::WIDE_4X4 {
+        wide_tiles::<K, 4>(job, r0, r1, &mut t);
+    }
     if K::WIDE_TILE {
-        while t + 2 <= job.n {
-            let mut r = r0;
-            while r + 4 <= r1 {
-                tile::<K, 4, 2>(job, r, t);
-                r += 4;
-            }
-            while r < r1 {
-                tile::<K, 1, 2>(job, r, t);
-                r += 1;
-            }
-            t += 2;
-        }
+        wide_tiles::<K, 2>(job, r0, r1, &mut t);
     }
     while t + TT <= job.n {
         let mut r = r0;
@@ -186,6 +180,23 @@ unsafe fn run<K: Kern>(job: &Job, r0: usize, r1: usize) {
             r += 1;
         }
         t += 1;
+    }
+}
+
+/// Tiles of 4 rows x `T` tokens from token `*t` while `T` tokens remain (advancing `*t`).
+#[inline(always)]
+unsafe fn wide_tiles<K: Kern, const T: usize>(job: &Job, r0: usize, r1: usize, t: &mut usize) {
+    while *t + T <= job.n {
+        let mut r = r0;
+        while r + 4 <= r1 {
+            tile::<K, 4, T>(job, r, *t);
+            r += 4;
+        }
+        while r < r1 {
+            tile::<K, 1, T>(job, r, *t);
+            r += 1;
+        }
+        *t += T;
     }
 }
 
@@ -233,7 +244,13 @@ pub(crate) fn select(dtype: DType, fast: bool, level: Simd) -> Option<RowsFn> {
     }
     match level {
         Simd::Avx2 if Simd::Avx2.available() => pick!(run_avx2, Avx2Dot),
-        Simd::Avx512 if Simd::Avx512.available() => pick!(run_avx512, VnniDot),
+        Simd::Avx512 if Simd::Avx512.available() => match dtype {
+            // Float weights sixteen at a time in 512-bit vectors.
+            DType::F32 => Some(run_avx512::<Fl16<F32x>> as RowsFn),
+            DType::F16 => Some(run_avx512::<Fl16<F16x>>),
+            DType::BF16 => Some(run_avx512::<Fl16<Bf16x>>),
+            _ => pick!(run_avx512, VnniDot),
+        },
         _ => None,
     }
 }
