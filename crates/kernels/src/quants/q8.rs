@@ -54,6 +54,8 @@ pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct BlockQ16 {
     pub d: f32,
+    /// `d * Σ qs`: what formats with an offset or a minimum (Q4_0, Q4_1, Q4_K) need.
+    pub s: f32,
     pub qs: [i16; QK8],
 }
 
@@ -65,6 +67,7 @@ pub fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16]) {
         if !xs.iter().all(|v| v.is_finite()) {
             *b = BlockQ16 {
                 d: f32::NAN,
+                s: f32::NAN,
                 qs: [0; QK8],
             };
             continue;
@@ -76,6 +79,7 @@ pub fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16]) {
             *q = round_even(v * id) as i16;
         }
         b.d = d;
+        b.s = d * b.qs.iter().map(|&q| q as i32).sum::<i32>() as f32;
     }
 }
 

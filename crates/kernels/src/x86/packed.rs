@@ -371,6 +371,63 @@ impl<D: IAcc> WideKern for PQ6K<D> {
     }
 }
 
+impl<const OFFSET: bool, D: IAcc> WideKern for PQ4<OFFSET, D> {
+    /// The nibble vectors of [`PackKern::setup`] against int16 activations; the offset (Q4_0's `−8 d`)
+    /// or minimum (Q4_1's `m`) times the block's activation sum.
+    #[inline(always)]
+    unsafe fn dot16<const T: usize>(
+        mut acc: [__m256; T],
+        s: &Q4S,
+        _rec: *const u8,
+        x: [*const BlockQ16; T],
+    ) -> [__m256; T] {
+        let x = x.map(|p| &*p);
+        let (mut lo, mut hi) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
+        for k in 0..4 {
+            madd16(&mut lo, &mut hi, s.q[2 * k], x, 4 * k);
+            madd16(&mut lo, &mut hi, s.q[2 * k + 1], x, 16 + 4 * k);
+        }
+        finish16(&mut acc, s.d, lo, hi, x);
+        for j in 0..T {
+            acc[j] = _mm256_fmadd_ps(s.m, _mm256_set1_ps(x[j].s), acc[j]);
+        }
+        acc
+    }
+}
+
+impl<D: IAcc> WideKern for PQ4K<D> {
+    /// Per sub-block: the nibbles against int16 activations, `d * sc` and `−dmin * m` as in the int8
+    /// kernel.
+    #[inline(always)]
+    unsafe fn dot16<const T: usize>(
+        mut acc: [__m256; T],
+        s: &Q4KS,
+        rec: *const u8,
+        x: [*const BlockQ16; T],
+    ) -> [__m256; T] {
+        let c = rec.add(160);
+        for j in 0..4 {
+            let (xl, xh) = (x.map(|p| &*p.add(2 * j)), x.map(|p| &*p.add(2 * j + 1)));
+            let (mut ll, mut lh) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
+            let (mut hl, mut hh) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
+            for k in 0..8 {
+                let (lo, hi) = nibbles(unit(c, 8 * j + k));
+                madd16(&mut ll, &mut lh, lo, xl, 4 * k);
+                madd16(&mut hl, &mut hh, hi, xh, 4 * k);
+            }
+            finish16(&mut acc, s.d[2 * j], ll, lh, xl);
+            for t in 0..T {
+                acc[t] = _mm256_fmadd_ps(s.m[2 * j], _mm256_set1_ps(xl[t].s), acc[t]);
+            }
+            finish16(&mut acc, s.d[2 * j + 1], hl, hh, xh);
+            for t in 0..T {
+                acc[t] = _mm256_fmadd_ps(s.m[2 * j + 1], _mm256_set1_ps(xh[t].s), acc[t]);
+            }
+        }
+        acc
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_wide<K: WideKern>(job: &Job, g0: usize, g1: usize) {
     let mut t = 0;
@@ -421,6 +478,9 @@ pub(crate) fn select_wide(dtype: crate::DType, level: crate::Simd) -> Option<cra
     Some(match dtype {
         DType::Q8_0 => run_wide::<PQ8_0<Avx2Dot>> as crate::matmul::RowsFn,
         DType::Q6K => run_wide::<PQ6K<Avx2Dot>>,
+        DType::Q4_0 => run_wide::<PQ4<true, Avx2Dot>>,
+        DType::Q4_1 => run_wide::<PQ4<false, Avx2Dot>>,
+        DType::Q4K => run_wide::<PQ4K<Avx2Dot>>,
         _ => return None,
     })
 }
