@@ -99,9 +99,9 @@ fn packed_products_equal_row_major_ones() {
 }
 
 /// The AVX-512 level runs two groups (sixteen rows) per 512-bit vector, Q8_0 with unsigned-shifted codes
-/// and an integer correction: per row the same integers and float operations as the 256-bit AVX2
-/// kernels, so the two levels agree bit for bit — for pairs of groups, an odd last group, and token
-/// tiles of 8 and 4 with their tails.
+/// and an integer correction, and the wide (int16) products with `vpdpwssd`: per row the same integers
+/// and float operations as the 256-bit AVX2 kernels, so the two levels agree bit for bit — for pairs of
+/// groups, an odd last group, and token tiles of 8 and 4 with their tails.
 #[test]
 fn sixteen_row_kernels_equal_eight_row_ones_bit_for_bit() {
     if !Simd::Avx512.available() || !Simd::Avx2.available() {
@@ -118,12 +118,14 @@ fn sixteen_row_kernels_equal_eight_row_ones_bit_for_bit() {
             let packed = plain.with_pack(&slot);
             for n in [1, 2, 3, 4, 5, 8, 9, 13, 17] {
                 let x = rng.vec(n * cols, 2.0);
-                let mut avx2 = vec![0.0; n * rows];
-                matmul_on(&packed, &x, &mut avx2, Precision::Fast, Simd::Avx2);
-                let mut avx512 = vec![f32::NAN; n * rows];
-                matmul_on(&packed, &x, &mut avx512, Precision::Fast, Simd::Avx512);
-                let same = avx2.iter().zip(&avx512).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{t}: rows {rows} n {n}: AVX-512 differs from AVX2");
+                for p in [Precision::Fast, Precision::Wide] {
+                    let mut avx2 = vec![0.0; n * rows];
+                    matmul_on(&packed, &x, &mut avx2, p, Simd::Avx2);
+                    let mut avx512 = vec![f32::NAN; n * rows];
+                    matmul_on(&packed, &x, &mut avx512, p, Simd::Avx512);
+                    let same = avx2.iter().zip(&avx512).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{t} {p:?}: rows {rows} n {n}: AVX-512 differs from AVX2");
+                }
             }
         }
     }

@@ -277,7 +277,7 @@ unsafe fn q6k_two<D: IAcc>(c: *const u8, u: usize, x: &BlockQ8, at: usize) -> __
 /// A packed format's product with int16 activations ([`BlockQ16`]), for `Precision::Wide`: the codes
 /// of a unit are decoded and widened once for the `T` tokens of a tile.
 pub(crate) trait WideKern: PackKern {
-    unsafe fn dot16<const T: usize>(
+    unsafe fn dot16<W: Wide16, const T: usize>(
         acc: [__m256; T],
         s: &Self::S,
         rec: *const u8,
@@ -285,8 +285,83 @@ pub(crate) trait WideKern: PackKern {
     ) -> [__m256; T];
 }
 
-/// The eight row sums of two `madd` accumulators: `lo` holds (pairs of) rows 0-3, `hi` rows 4-7,
-/// each row's two i32 adjacent; summed and put in row order.
+/// The int16 products of the wide kernels: a unit (four signed byte codes of each of eight rows) widened
+/// once, then per token multiplied by four int16 activations broadcast to every row, each i32 lane
+/// summing two products of one row (lanes: row 0's two pairs, row 1's, ...); [`Wide16::rows`] adds the
+/// pairs. AVX2: `madd` on two 256-bit halves; AVX-512 VNNI: one `vpdpwssd` on 512 bits — the same
+/// integers (exact, no saturation), so the two levels give the same bits.
+pub(crate) trait Wide16 {
+    type W: Copy;
+    type A: Copy;
+    unsafe fn zero() -> Self::A;
+    unsafe fn widen(u: __m256i) -> Self::W;
+    unsafe fn madd(a: Self::A, w: &Self::W, x: &BlockQ16, at: usize) -> Self::A;
+    /// The eight rows' sums, as f32 in row order.
+    unsafe fn rows(a: Self::A) -> __m256;
+}
+
+/// AVX2: rows 0-3 in the low accumulator, 4-7 in the high one.
+pub(crate) struct Madd16;
+/// AVX-512 VNNI: rows 0-3 in the low 256 bits, 4-7 in the high.
+pub(crate) struct Dpwssd;
+
+/// Four int16 activations from `at`.
+#[inline(always)]
+unsafe fn x4(x: &BlockQ16, at: usize) -> i64 {
+    std::ptr::read_unaligned(x.qs.as_ptr().add(at) as *const i64)
+}
+
+impl Wide16 for Madd16 {
+    type W = (__m256i, __m256i);
+    type A = (__m256i, __m256i);
+    #[inline(always)]
+    unsafe fn zero() -> Self::A {
+        (_mm256_setzero_si256(), _mm256_setzero_si256())
+    }
+    #[inline(always)]
+    unsafe fn widen(w: __m256i) -> Self::W {
+        (
+            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w)),
+            _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(w)),
+        )
+    }
+    #[inline(always)]
+    unsafe fn madd(a: Self::A, w: &Self::W, x: &BlockQ16, at: usize) -> Self::A {
+        let xv = _mm256_set1_epi64x(x4(x, at));
+        (
+            _mm256_add_epi32(a.0, _mm256_madd_epi16(w.0, xv)),
+            _mm256_add_epi32(a.1, _mm256_madd_epi16(w.1, xv)),
+        )
+    }
+    #[inline(always)]
+    unsafe fn rows(a: Self::A) -> __m256 {
+        rows8(a.0, a.1)
+    }
+}
+
+impl Wide16 for Dpwssd {
+    type W = __m512i;
+    type A = __m512i;
+    #[inline(always)]
+    unsafe fn zero() -> __m512i {
+        _mm512_setzero_si512()
+    }
+    #[inline(always)]
+    unsafe fn widen(w: __m256i) -> __m512i {
+        _mm512_cvtepi8_epi16(w)
+    }
+    #[inline(always)]
+    unsafe fn madd(a: __m512i, w: &__m512i, x: &BlockQ16, at: usize) -> __m512i {
+        _mm512_dpwssd_epi32(a, *w, _mm512_set1_epi64(x4(x, at)))
+    }
+    #[inline(always)]
+    unsafe fn rows(a: __m512i) -> __m256 {
+        rows8(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a))
+    }
+}
+
+/// The eight row sums of two accumulators: `lo` holds (pairs of) rows 0-3, `hi` rows 4-7, each row's
+/// two i32 adjacent; summed and put in row order.
 #[inline(always)]
 unsafe fn rows8(lo: __m256i, hi: __m256i) -> __m256 {
     // Per 128-bit lane: [r0 r1 r4 r5] and [r2 r3 r6 r7].
@@ -295,42 +370,27 @@ unsafe fn rows8(lo: __m256i, hi: __m256i) -> __m256 {
 }
 
 /// Products of one unit (four signed byte codes of each of eight rows, `w`) with four int16
-/// activations from `at` of each token, added to the tokens' `(lo, hi)` as [`rows8`] reads them.
+/// activations from `at` of each token, added to the tokens' accumulators.
 #[inline(always)]
-unsafe fn madd16<const T: usize>(
-    lo: &mut [__m256i; T],
-    hi: &mut [__m256i; T],
-    w: __m256i,
-    x: [&BlockQ16; T],
-    at: usize,
-) {
-    let wl = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w));
-    let wh = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(w));
+unsafe fn madd16<W: Wide16, const T: usize>(a: &mut [W::A; T], w: __m256i, x: [&BlockQ16; T], at: usize) {
+    let wd = W::widen(w);
     for j in 0..T {
-        let xv = _mm256_set1_epi64x(std::ptr::read_unaligned(x[j].qs.as_ptr().add(at) as *const i64));
-        lo[j] = _mm256_add_epi32(lo[j], _mm256_madd_epi16(wl, xv));
-        hi[j] = _mm256_add_epi32(hi[j], _mm256_madd_epi16(wh, xv));
+        a[j] = W::madd(a[j], &wd, x[j], at);
     }
 }
 
-/// Adds `scale * rows8(lo, hi) * x.d` to each token's accumulator.
+/// Adds `scale * rows(a) * x.d` to each token's accumulator.
 #[inline(always)]
-unsafe fn finish16<const T: usize>(
-    acc: &mut [__m256; T],
-    scale: __m256,
-    lo: [__m256i; T],
-    hi: [__m256i; T],
-    x: [&BlockQ16; T],
-) {
+unsafe fn finish16<W: Wide16, const T: usize>(acc: &mut [__m256; T], scale: __m256, a: [W::A; T], x: [&BlockQ16; T]) {
     for j in 0..T {
-        let v = _mm256_mul_ps(rows8(lo[j], hi[j]), _mm256_set1_ps(x[j].d));
+        let v = _mm256_mul_ps(W::rows(a[j]), _mm256_set1_ps(x[j].d));
         acc[j] = _mm256_fmadd_ps(scale, v, acc[j]);
     }
 }
 
 impl<D: IAcc> WideKern for PQ8_0<D> {
     #[inline(always)]
-    unsafe fn dot16<const T: usize>(
+    unsafe fn dot16<W: Wide16, const T: usize>(
         mut acc: [__m256; T],
         d: &__m256,
         rec: *const u8,
@@ -338,18 +398,18 @@ impl<D: IAcc> WideKern for PQ8_0<D> {
     ) -> [__m256; T] {
         let x = x.map(|p| &*p);
         let c = rec.add(2 * GROUP);
-        let (mut lo, mut hi) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
+        let mut a = [W::zero(); T];
         for k in 0..8 {
-            madd16(&mut lo, &mut hi, unit(c, k), x, 4 * k);
+            madd16::<W, T>(&mut a, unit(c, k), x, 4 * k);
         }
-        finish16(&mut acc, *d, lo, hi, x);
+        finish16::<W, T>(&mut acc, *d, a, x);
         acc
     }
 }
 
 impl<D: IAcc> WideKern for PQ6K<D> {
     #[inline(always)]
-    unsafe fn dot16<const T: usize>(
+    unsafe fn dot16<W: Wide16, const T: usize>(
         mut acc: [__m256; T],
         s: &[__m256; 16],
         rec: *const u8,
@@ -360,11 +420,11 @@ impl<D: IAcc> WideKern for PQ6K<D> {
         for g in 0..8 {
             let xg = x.map(|p| &*p.add(g));
             for half in 0..2 {
-                let (mut lo, mut hi) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
+                let mut a = [W::zero(); T];
                 for k in 4 * half..4 * half + 4 {
-                    madd16(&mut lo, &mut hi, _mm256_sub_epi8(unit(c, 8 * g + k), m32), xg, 4 * k);
+                    madd16::<W, T>(&mut a, _mm256_sub_epi8(unit(c, 8 * g + k), m32), xg, 4 * k);
                 }
-                finish16(&mut acc, s[2 * g + half], lo, hi, xg);
+                finish16::<W, T>(&mut acc, s[2 * g + half], a, xg);
             }
         }
         acc
@@ -375,19 +435,19 @@ impl<const OFFSET: bool, D: IAcc> WideKern for PQ4<OFFSET, D> {
     /// The nibble vectors of [`PackKern::setup`] against int16 activations; the offset (Q4_0's `−8 d`)
     /// or minimum (Q4_1's `m`) times the block's activation sum.
     #[inline(always)]
-    unsafe fn dot16<const T: usize>(
+    unsafe fn dot16<W: Wide16, const T: usize>(
         mut acc: [__m256; T],
         s: &Q4S,
         _rec: *const u8,
         x: [*const BlockQ16; T],
     ) -> [__m256; T] {
         let x = x.map(|p| &*p);
-        let (mut lo, mut hi) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
+        let mut a = [W::zero(); T];
         for k in 0..4 {
-            madd16(&mut lo, &mut hi, s.q[2 * k], x, 4 * k);
-            madd16(&mut lo, &mut hi, s.q[2 * k + 1], x, 16 + 4 * k);
+            madd16::<W, T>(&mut a, s.q[2 * k], x, 4 * k);
+            madd16::<W, T>(&mut a, s.q[2 * k + 1], x, 16 + 4 * k);
         }
-        finish16(&mut acc, s.d, lo, hi, x);
+        finish16::<W, T>(&mut acc, s.d, a, x);
         for j in 0..T {
             acc[j] = _mm256_fmadd_ps(s.m, _mm256_set1_ps(x[j].s), acc[j]);
         }
@@ -399,7 +459,7 @@ impl<D: IAcc> WideKern for PQ4K<D> {
     /// Per sub-block: the nibbles against int16 activations, `d * sc` and `−dmin * m` as in the int8
     /// kernel.
     #[inline(always)]
-    unsafe fn dot16<const T: usize>(
+    unsafe fn dot16<W: Wide16, const T: usize>(
         mut acc: [__m256; T],
         s: &Q4KS,
         rec: *const u8,
@@ -408,18 +468,17 @@ impl<D: IAcc> WideKern for PQ4K<D> {
         let c = rec.add(160);
         for j in 0..4 {
             let (xl, xh) = (x.map(|p| &*p.add(2 * j)), x.map(|p| &*p.add(2 * j + 1)));
-            let (mut ll, mut lh) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
-            let (mut hl, mut hh) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
+            let (mut al, mut ah) = ([W::zero(); T], [W::zero(); T]);
             for k in 0..8 {
                 let (lo, hi) = nibbles(unit(c, 8 * j + k));
-                madd16(&mut ll, &mut lh, lo, xl, 4 * k);
-                madd16(&mut hl, &mut hh, hi, xh, 4 * k);
+                madd16::<W, T>(&mut al, lo, xl, 4 * k);
+                madd16::<W, T>(&mut ah, hi, xh, 4 * k);
             }
-            finish16(&mut acc, s.d[2 * j], ll, lh, xl);
+            finish16::<W, T>(&mut acc, s.d[2 * j], al, xl);
             for t in 0..T {
                 acc[t] = _mm256_fmadd_ps(s.m[2 * j], _mm256_set1_ps(xl[t].s), acc[t]);
             }
-            finish16(&mut acc, s.d[2 * j + 1], hl, hh, xh);
+            finish16::<W, T>(&mut acc, s.d[2 * j + 1], ah, xh);
             for t in 0..T {
                 acc[t] = _mm256_fmadd_ps(s.m[2 * j + 1], _mm256_set1_ps(xh[t].s), acc[t]);
             }
@@ -428,25 +487,35 @@ impl<D: IAcc> WideKern for PQ4K<D> {
     }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn run_wide<K: WideKern>(job: &Job, g0: usize, g1: usize) {
+#[inline(always)]
+unsafe fn run_wide<K: WideKern, W: Wide16>(job: &Job, g0: usize, g1: usize) {
     let mut t = 0;
     while t + 4 <= job.n {
         for g in g0..g1 {
-            tile_wide::<K, 4>(job, g, t);
+            tile_wide::<K, W, 4>(job, g, t);
         }
         t += 4;
     }
     while t < job.n {
         for g in g0..g1 {
-            tile_wide::<K, 1>(job, g, t);
+            tile_wide::<K, W, 1>(job, g, t);
         }
         t += 1;
     }
 }
 
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_wide_avx2<K: WideKern>(job: &Job, g0: usize, g1: usize) {
+    run_wide::<K, Madd16>(job, g0, g1)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn run_wide_avx512<K: WideKern>(job: &Job, g0: usize, g1: usize) {
+    run_wide::<K, Dpwssd>(job, g0, g1)
+}
+
 #[inline(always)]
-unsafe fn tile_wide<K: WideKern, const T: usize>(job: &Job, g: usize, t: usize) {
+unsafe fn tile_wide<K: WideKern, W: Wide16, const T: usize>(job: &Job, g: usize, t: usize) {
     let p = job.packed.expect("packed job");
     let (nb, rec) = (job.cols / K::ELEMS, p.rec);
     let base = p.group(g).as_ptr();
@@ -462,27 +531,34 @@ unsafe fn tile_wide<K: WideKern, const T: usize>(job: &Job, g: usize, t: usize) 
         for p in &mut x {
             *p = p.add(b * K::ELEMS / QK8);
         }
-        acc = K::dot16::<T>(acc, &K::setup(r), r, x);
+        acc = K::dot16::<W, T>(acc, &K::setup(r), r, x);
     }
     for (j, a) in acc.iter().enumerate() {
         _mm256_storeu_ps(job.y.add((t + j) * job.rows + g * GROUP), *a);
     }
 }
 
-/// The int16-activation packed kernel for `dtype`, if there is one (AVX2; the AVX-512 level runs it too).
+/// The int16-activation packed kernel for `dtype` at `level`, if there is one: AVX2 `madd`, or
+/// AVX-512 VNNI `vpdpwssd` (the same integers).
 pub(crate) fn select_wide(dtype: crate::DType, level: crate::Simd) -> Option<crate::matmul::RowsFn> {
     use crate::{DType, Simd};
-    if !matches!(level, Simd::Avx2 | Simd::Avx512) || !Simd::Avx2.available() {
-        return None;
+    macro_rules! pick {
+        ($run:ident, $D:ty) => {
+            Some(match dtype {
+                DType::Q8_0 => $run::<PQ8_0<$D>> as crate::matmul::RowsFn,
+                DType::Q6K => $run::<PQ6K<$D>>,
+                DType::Q4_0 => $run::<PQ4<true, $D>>,
+                DType::Q4_1 => $run::<PQ4<false, $D>>,
+                DType::Q4K => $run::<PQ4K<$D>>,
+                _ => return None,
+            })
+        };
     }
-    Some(match dtype {
-        DType::Q8_0 => run_wide::<PQ8_0<Avx2Dot>> as crate::matmul::RowsFn,
-        DType::Q6K => run_wide::<PQ6K<Avx2Dot>>,
-        DType::Q4_0 => run_wide::<PQ4<true, Avx2Dot>>,
-        DType::Q4_1 => run_wide::<PQ4<false, Avx2Dot>>,
-        DType::Q4K => run_wide::<PQ4K<Avx2Dot>>,
-        _ => return None,
-    })
+    match level {
+        Simd::Avx2 if Simd::Avx2.available() => pick!(run_wide_avx2, Avx2Dot),
+        Simd::Avx512 if Simd::Avx512.available() => pick!(run_wide_avx512, VnniDot),
+        _ => None,
+    }
 }
 
 /// Group `g` (rows `8g..8g+8`) for tokens `t..t+T`, with int8 activations: each record's shared state

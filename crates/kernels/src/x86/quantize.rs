@@ -76,7 +76,11 @@ pub(crate) unsafe fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16]) {
         }
         b.d = d;
         // NaN for a non-finite block (whose codes are 0), as the scalar version.
-        b.s = if d.is_nan() { f32::NAN } else { d * (sum_i32(q[0], q[1]) + sum_i32(q[2], q[3])) as f32 };
+        b.s = if d.is_nan() {
+            f32::NAN
+        } else {
+            d * (sum_i32(q[0], q[1]) + sum_i32(q[2], q[3])) as f32
+        };
     }
 }
 
