@@ -599,7 +599,7 @@ fn chat_cli_speculation_and_its_errors() {
             .lines()
             .filter(|l| l.starts_with("[draft_n "))
             .map(|l| {
-                let w: Vec<&str> = l.split(|c: char| c == ' ' || c == ';').collect();
+                let w: Vec<&str> = l.split([' ', ';']).collect();
                 (w[1].parse().unwrap(), w[3].parse().unwrap())
             })
             .collect();

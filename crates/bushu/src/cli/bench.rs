@@ -316,6 +316,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// A speculative run's proposer and what it did (`None`: plain decoding).
+type Drafted = Option<(&'static str, SpecStats)>;
+
 /// Tokens/s of `reps` greedy generations (after a warm-up) of `n` tokens after `prompt` from an empty
 /// cache, speculative when `spec` asks for it (a fresh proposer each time: a draft model's cache starts
 /// empty too); prefill excluded. With speculation, also what it did and whether the output equals
@@ -327,11 +330,11 @@ fn prompt_samples(
     reps: usize,
     spec: &SpecOptions,
     draft: Option<&Model>,
-) -> Result<(Vec<f64>, Option<(&'static str, SpecStats)>, bool)> {
+) -> Result<(Vec<f64>, Drafted, bool)> {
     // No EOS: every run is n tokens long.
     let opts = GenerateOptions::new(n, SamplingParams::greedy(), Vec::new());
     let ctx = st.cache.capacity();
-    let mut run = || -> Result<(Vec<u32>, f64, Option<(&'static str, SpecStats)>)> {
+    let mut run = || -> Result<(Vec<u32>, f64, Drafted)> {
         st.cache.truncate(0);
         match super::spec::proposer(spec, draft, model, ctx, &opts.sampling)? {
             Some(mut p) => {
