@@ -12,7 +12,8 @@ use bushu::sampling::rng::Rng;
 use bushu::sampling::SamplingParams;
 use bushu::spec_decode::rejection::{verify_one, Verdict};
 use bushu::spec_decode::{
-    generate_speculative, DraftLengthParams, DraftModel, PromptLookup, Proposer, SelfSpeculation, SpecStats,
+    generate_speculative, DraftLengthParams, DraftModel, DraftTree, LookupThenDraft, PromptLookup, Proposer,
+    SelfSpeculation, SpecStats,
 };
 use common::shared;
 use std::process::Command;
@@ -96,6 +97,13 @@ fn greedy_matches(target: &str, draft: &str, self_layers: &[usize]) -> Vec<(Stri
                 "self=target".into(),
                 Box::new(DraftModel::new(&m, 512, &o.sampling, 0.0).unwrap()),
             ),
+            (
+                "lookup+draft".into(),
+                Box::new(LookupThenDraft::new(
+                    PromptLookup::new(3).unwrap(),
+                    DraftModel::new(&dm, 512, &o.sampling, 0.0).unwrap(),
+                )),
+            ),
         ];
         for &l in self_layers {
             let p = SelfSpeculation::new(l, m.config.n_layers, &o.sampling, 0.0).unwrap();
@@ -146,6 +154,49 @@ fn greedy_speculation_equals_greedy_decoding_tiny_llama() {
     let s = stats(&t, "self=target");
     assert_eq!(s.draft_n_accepted, s.draft_n);
     assert!(s.draft_n > 0);
+}
+
+/// Lookup and the draft model combined: on a prompt that repeats itself both draft (lookup where a
+/// 2-gram or longer recurs, the draft model elsewhere), and the output is plain greedy's, greedy and
+/// with penalties.
+#[test]
+fn lookup_then_draft_uses_both_and_stays_exact() {
+    let (f, m) = open(EXPERT);
+    let (_, dm) = open(AMATEUR);
+    // A refrain to continue: lookup finds it; the draft model drafts once the text leaves it.
+    let refrain = "Once more unto the breach, dear friends, once more; ";
+    let prompt = f
+        .tokenizer
+        .encode(
+            &format!("KING HENRY: {refrain}{refrain}{refrain}Once more unto the"),
+            true,
+        )
+        .unwrap();
+    for sampling in [
+        SamplingParams::greedy(),
+        SamplingParams {
+            repetition_penalty: 1.3,
+            ..SamplingParams::greedy()
+        },
+    ] {
+        let o = opts(sampling);
+        let want = plain(&f, &m, &prompt, &o);
+        let mut p = LookupThenDraft::new(
+            PromptLookup::new(3).unwrap(),
+            DraftModel::new(&dm, 512, &o.sampling, 0.0).unwrap(),
+        );
+        let (got, s) = spec(&f, &m, &prompt, &o, &mut p);
+        eprintln!(
+            "penalty {}: (lookup, draft model) steps {:?}, {s:?}",
+            o.sampling.repetition_penalty, p.steps
+        );
+        assert_eq!(got, want);
+        assert!(s.draft_n_accepted > 0, "{s:?}");
+        if o.sampling.repetition_penalty == 1.0 {
+            // Greedy continues the refrain (lookup), then leaves it (the draft model).
+            assert!(p.steps.0 > 0 && p.steps.1 > 0, "{:?}", p.steps);
+        }
+    }
 }
 
 #[test]
@@ -359,8 +410,9 @@ fn bad_speculation_flags_are_refused() {
     );
     fails(
         &["--lookup", "--self-speculate", "2"],
-        "cannot be combined: choose one proposer",
+        "--self-speculate cannot be combined with --draft-model or --lookup",
     );
+    fails(&["--draft-model", &tiny, "--lookup"], "one shared vocabulary");
     fails(&["--lookup", "--beams", "2"], "--beams cannot be combined");
     fails(
         &["--lookup", "--penalty-alpha", "0.6"],
@@ -433,6 +485,7 @@ fn json_reports_drafts_and_output_is_plain_greedy() {
         &["--lookup"][..],
         &["--draft-model", &a, "--draft-p-min", "0"],
         &["--self-speculate", "3"],
+        &["--draft-model", &a, "--lookup"],
     ] {
         let j = run(extra);
         assert_eq!(j["tokens"], plain["tokens"], "{extra:?}");
@@ -442,4 +495,418 @@ fn json_reports_drafts_and_output_is_plain_greedy() {
         assert_eq!(&j["speculative"]["draft_n"], n);
         assert!(j["speculative"]["mean_accepted_length"].as_f64().is_some());
     }
+}
+
+// ---- Chat ----
+
+/// A conversation of three turns, plain and with each proposer: the same answers (greedy, token for
+/// token: the texts and the cache contents after each turn), drafts accepted, per-turn statistics.
+#[test]
+fn chat_with_speculation_answers_as_plain_chat() {
+    use bushu::chat::session::{template_for, ChatSession};
+    use std::sync::atomic::AtomicBool;
+    let (f, m) = open(EXPERT);
+    let (_, dm) = open(AMATEUR);
+    let o = GenerateOptions::new(40, SamplingParams::greedy(), Vec::new());
+    let turns = [
+        "ROMEO: But soft, what light through yonder window breaks?",
+        "JULIET: O Romeo, Romeo, wherefore art thou Romeo?",
+        "ROMEO: But soft, what light through yonder window breaks?",
+    ];
+    let never = AtomicBool::new(false);
+    let converse = |p: Option<Box<dyn Proposer + '_>>| {
+        let (template, stops, _) = template_for(&f).unwrap();
+        let mut s = ChatSession::new(&m, &f.tokenizer, template, stops, 512, None).unwrap();
+        if let Some(p) = p {
+            s.set_speculation(p, length()).unwrap();
+        }
+        turns
+            .iter()
+            .map(|t| {
+                let turn = s.reply(t, &o, &never, &mut |_| {}).unwrap();
+                (turn.text.clone(), turn.generated_tokens, s.cached_tokens(), turn.spec)
+            })
+            .collect::<Vec<_>>()
+    };
+    let want = converse(None);
+    assert!(want.iter().all(|t| t.3.is_none() && t.1 > 0));
+    let proposers: Vec<(&str, Box<dyn Proposer + '_>)> = vec![
+        ("lookup", Box::new(PromptLookup::new(3).unwrap())),
+        ("draft", Box::new(DraftModel::new(&dm, 512, &o.sampling, 0.0).unwrap())),
+        (
+            "self-spec",
+            Box::new(SelfSpeculation::new(3, m.config.n_layers, &o.sampling, 0.0).unwrap()),
+        ),
+        (
+            "lookup+draft",
+            Box::new(LookupThenDraft::new(
+                PromptLookup::new(3).unwrap(),
+                DraftModel::new(&dm, 512, &o.sampling, 0.0).unwrap(),
+            )),
+        ),
+    ];
+    for (name, p) in proposers {
+        let got = converse(Some(p));
+        let mut accepted = 0;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!((&g.0, g.1, g.2), (&w.0, w.1, w.2), "{name}, turn {i}");
+            let s = g.3.expect("speculation statistics");
+            assert!(s.draft_n_accepted <= s.draft_n);
+            accepted += s.draft_n_accepted;
+        }
+        assert!(accepted > 0, "{name}: no draft accepted in three turns");
+    }
+}
+
+/// `bushu chat` with each proposer answers as plain `bushu chat` and reports each turn's drafts.
+#[test]
+fn chat_cli_speculation_and_its_errors() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let m = path(EXPERT);
+    let chat = |extra: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bushu"))
+            .args(["chat", "-m", &m, "-n", "24", "-t", "1", "--verbose"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = format!("{}\n{}\n", PROMPTS[0], PROMPTS[1]);
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, plain, err) = chat(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("draft_n"), "{err}");
+    let a = path(AMATEUR);
+    for extra in [
+        &["--lookup"][..],
+        &["--draft-model", &a, "--draft-p-min", "0"],
+        &["--self-speculate", "3"],
+        &["--draft-model", &a, "--lookup"],
+    ] {
+        let (code, out, err) = chat(extra);
+        assert_eq!(code, 0, "{extra:?}: {err}");
+        assert_eq!(out, plain, "{extra:?}");
+        let counts: Vec<(u64, u64)> = err
+            .lines()
+            .filter(|l| l.starts_with("[draft_n "))
+            .map(|l| {
+                let w: Vec<&str> = l.split([' ', ';']).collect();
+                (w[1].parse().unwrap(), w[3].parse().unwrap())
+            })
+            .collect();
+        assert_eq!(counts.len(), 2, "{extra:?}: one line per turn: {err}");
+        assert!(counts.iter().all(|(n, a)| a <= n), "{counts:?}");
+    }
+    // Bad input: one line, nothing answered.
+    let tiny = path(TINY);
+    for (extra, expect) in [
+        (&["--lookup", "--draft-max", "0"][..], "--draft-max must be at least 1"),
+        (
+            &["--lookup", "--lookup-ngram", "0"],
+            "--lookup-ngram must be at least 1",
+        ),
+        (
+            &["--self-speculate", "6"],
+            "--self-speculate must be between 1 and 5 (the model has 6 layers)",
+        ),
+        (&["--draft-model", &tiny], "one shared vocabulary"),
+    ] {
+        let (code, out, err) = chat(extra);
+        assert_ne!(code, 0, "{extra:?} succeeded");
+        assert!(out.trim().is_empty(), "{extra:?} answered: {out}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{extra:?}: not one line: {err}");
+        assert!(lines[0].contains(expect), "{extra:?}: {err}");
+    }
+}
+
+// ---- Bench ----
+
+/// `bushu bench -f PROMPT` with each proposer: a `tg` row measured on that prompt with the drafts'
+/// statistics, its output checked against plain greedy decoding; bad input is one line.
+#[test]
+fn bench_tg_with_speculation() {
+    let dir = common::TempDir::new("bench-spec");
+    let prompt = dir.0.join("prompt.txt");
+    std::fs::write(&prompt, PROMPTS[0]).unwrap();
+    let (m, p, a) = (path(EXPERT), prompt.to_str().unwrap().to_owned(), path(AMATEUR));
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", "-m", &m, "-t", "1", "-p", "0", "-n", "24", "-r", "1", "--json"];
+        args.extend_from_slice(extra);
+        bushu(&args)
+    };
+    let (code, out, err) = bench(&["-f", &p]);
+    assert_eq!(code, 0, "{err}");
+    let plain: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plain[0]["test"], "tg24");
+    assert!(plain[0]["prompt_tokens"].as_u64().unwrap() > 10);
+    assert!(plain[0].get("speculative").is_none());
+    for (extra, proposer) in [
+        (&["--lookup"][..], "lookup"),
+        (&["--draft-model", &a, "--draft-p-min", "0"], "draft model"),
+        (&["--self-speculate", "3"], "self-speculation"),
+        (&["--draft-model", &a, "--lookup"], "lookup + draft model"),
+    ] {
+        let mut args = vec!["-f", &p];
+        args.extend_from_slice(extra);
+        let (code, out, err) = bench(&args);
+        assert_eq!(code, 0, "{extra:?}: {err}");
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let row = &r[0];
+        assert_eq!(row["test"], "tg24 spec", "{extra:?}");
+        assert!(row["avg_ts"].as_f64().unwrap() > 0.0);
+        let s = &row["speculative"];
+        assert_eq!(s["proposer"], proposer);
+        assert_eq!(s["same_output_as_plain"], true, "{extra:?}: {row}");
+        let (n, acc) = (s["draft_n"].as_u64().unwrap(), s["draft_n_accepted"].as_u64().unwrap());
+        assert!(n > 0 && acc <= n, "{extra:?}: {s}");
+        assert!(s["acceptance_rate"].as_f64().is_some() && s["mean_accepted_length"].as_f64().is_some());
+    }
+    let tiny = path(TINY);
+    for (extra, expect) in [
+        (&["--lookup"][..], "give one with --file FILE"),
+        (
+            &["-f", &p, "--lookup", "--draft-max", "0"],
+            "--draft-max must be at least 1",
+        ),
+        (
+            &["-f", &p, "--lookup", "--lookup-ngram", "0"],
+            "--lookup-ngram must be at least 1",
+        ),
+        (
+            &["-f", &p, "--self-speculate", "6"],
+            "--self-speculate must be between 1 and 5 (the model has 6 layers)",
+        ),
+        (&["-f", &p, "--draft-model", &tiny], "one shared vocabulary"),
+        (&["-f", &p, "--lookup", "-b", "2"], "cannot be combined with -b"),
+    ] {
+        let (code, out, err) = bench(extra);
+        assert_ne!(code, 0, "{extra:?} succeeded");
+        assert!(out.trim().is_empty(), "{extra:?}: {out}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{extra:?}: not one line: {err}");
+        assert!(lines[0].contains(expect), "{extra:?}: {err}");
+    }
+}
+
+// ---- Token trees ----
+
+fn tree_draft<'a>(dm: &'a Model, o: &GenerateOptions, extra: usize, p_branch: f32, p_min: f32) -> DraftModel<'a> {
+    DraftModel::new(dm, 512, &o.sampling, p_min)
+        .unwrap()
+        .with_tree(DraftTree { extra, p_branch })
+        .unwrap()
+}
+
+/// Greedy decoding with draft trees equals plain greedy decoding token for token (shakespeare, with
+/// and without penalties; the random tiny model), second choices of the draft get accepted, and the
+/// cache after generation holds bit for bit what plain decoding's holds.
+#[test]
+fn tree_speculation_equals_greedy_decoding_and_leaves_the_plain_cache() {
+    for (target, draft) in [(EXPERT, AMATEUR), (TINY, TINY_Q8)] {
+        let (f, m) = open(target);
+        let (_, dm) = open(draft);
+        let mut second = 0;
+        for sampling in [
+            SamplingParams::greedy(),
+            SamplingParams {
+                repetition_penalty: 1.3,
+                ..SamplingParams::greedy()
+            },
+        ] {
+            let o = opts(sampling);
+            for text in PROMPTS {
+                let prompt = f.tokenizer.encode(text, true).unwrap();
+                let mut plain_state = m.new_state(512);
+                let want = generate(&m, &f.tokenizer, &mut plain_state, &prompt, &o, &mut |_| {})
+                    .unwrap()
+                    .tokens;
+                for (extra, p_branch, p_min) in [(4, 0.9, 0.75), (8, 1.0, 0.3)] {
+                    let mut d = tree_draft(&dm, &o, extra, p_branch, p_min);
+                    let mut st = m.new_state(512);
+                    let (g, s) =
+                        generate_speculative((&m, &f.tokenizer, &mut st), &prompt, &o, &mut d, length(), &mut |_| {})
+                            .unwrap();
+                    let tag = format!("{target}, {text:?}, tree ({extra}, {p_branch}, {p_min})");
+                    assert_eq!(g.tokens, want, "{tag}");
+                    assert!(s.tree_steps > 0, "{tag}: {s:?}");
+                    second += s.tree_second_choices;
+                    // The cache: every layer's keys and values at every position plain decoding filled.
+                    let len = plain_state.pos();
+                    assert!(st.pos() >= len, "{tag}");
+                    st.rewind(len);
+                    let kv = m.config.kv_dim();
+                    let (mut a, mut b, mut c, mut d2) = (vec![0.0; kv], vec![0.0; kv], vec![0.0; kv], vec![0.0; kv]);
+                    for layer in 0..m.config.n_layers {
+                        for pos in 0..len {
+                            plain_state.cache.read(layer, pos, &mut a, &mut b);
+                            st.cache.read(layer, pos, &mut c, &mut d2);
+                            let same = a
+                                .iter()
+                                .chain(&b)
+                                .zip(c.iter().chain(&d2))
+                                .all(|(x, y)| x.to_bits() == y.to_bits());
+                            assert!(same, "{tag}: layer {layer} position {pos} differs");
+                        }
+                    }
+                }
+            }
+        }
+        if target == EXPERT {
+            assert!(second > 0, "{target}: no second choice of the draft was ever accepted");
+        }
+    }
+}
+
+/// A hand-built tree on the trained model, whose accepted branch is known from plain greedy decoding:
+/// the right branch under a wrong sibling, a right token under a wrong parent (not accepted), the
+/// target's own token after the last right node; the cache keeps exactly that branch.
+#[test]
+fn hand_built_tree_accepts_the_known_branch() {
+    use bushu::model::Logits;
+    use bushu::sampling::Sampler;
+    use bushu::spec_decode::verify::verify_tree;
+    use bushu::spec_decode::Proposal;
+    let (f, m) = open(EXPERT);
+    let vocab = m.config.vocab_size as u32;
+    let prompt = f.tokenizer.encode(PROMPTS[1], true).unwrap();
+    let o = GenerateOptions::new(4, SamplingParams::greedy(), Vec::new());
+    let g = plain(&f, &m, &prompt, &o);
+    let (g1, g2, g3) = (g[0], g[1], g[2]);
+    let wrong = |t: u32| (t + 1) % vocab;
+    // Drafts:       0 w(g1)  1 g1   2 g2 (under g1)  3 w(g2) (under g1)  4 w(g3) (under g2)  5 g2 (under 0)
+    let p = Proposal {
+        tokens: vec![wrong(g1), g1, g2, wrong(g2), wrong(g3), g2],
+        q: None,
+        parent: vec![None, None, Some(1), Some(1), Some(2), Some(0)],
+    };
+    let (last, head) = prompt.split_last().unwrap();
+    let mut st = m.new_state(128);
+    m.forward(&mut st, head, Logits::None).unwrap();
+    let pos0 = st.pos();
+    let mut sampler = Sampler::new(&SamplingParams::greedy()).unwrap();
+    sampler.set_prompt(&prompt);
+    let mut rows = Vec::new();
+    let step = verify_tree(&m, &mut st, &mut sampler, *last, &p, &mut rows).unwrap();
+    assert_eq!(step.tokens, [g1, g2, g3]);
+    assert_eq!(step.accepted, 2);
+    assert!(step.off_first, "g1 is the second child of the root");
+    assert_eq!(st.pos(), pos0 + 3, "the cache keeps last, g1, g2");
+    assert_eq!(sampler.history().len(), prompt.len() + 3);
+    // The rows the tokens were chosen from, and the next step, as plain causal decoding gives them.
+    let mut alone = m.new_state(128);
+    let want_rows = m
+        .forward(&mut alone, &[&prompt[..], &[g1, g2]].concat(), Logits::All)
+        .unwrap()
+        .to_vec();
+    let v = vocab as usize;
+    let n = prompt.len();
+    assert_eq!(rows.len(), 3 * v);
+    for i in 0..3 {
+        let (a, b) = (&rows[i * v..(i + 1) * v], &want_rows[(n - 1 + i) * v..(n + i) * v]);
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "row {i}");
+    }
+    let next = m.forward(&mut st, &[g3], Logits::Last).unwrap().to_vec();
+    let want = m.forward(&mut alone, &[g3], Logits::Last).unwrap().to_vec();
+    assert!(
+        next.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "next logits"
+    );
+
+    // Every child of the root wrong: the target's token only, the cache one position longer.
+    let p = Proposal {
+        tokens: vec![wrong(g1), wrong(wrong(g1))],
+        q: None,
+        parent: vec![None, None],
+    };
+    let mut st = m.new_state(128);
+    m.forward(&mut st, head, Logits::None).unwrap();
+    let mut sampler = Sampler::new(&SamplingParams::greedy()).unwrap();
+    sampler.set_prompt(&prompt);
+    let step = verify_tree(&m, &mut st, &mut sampler, *last, &p, &mut rows).unwrap();
+    assert_eq!((step.tokens, step.accepted, st.pos()), (vec![g1], 0, pos0 + 1));
+    // A sampling target is refused (trees are verified greedily).
+    let mut s = Sampler::new(&SamplingParams {
+        temperature: 0.8,
+        ..SamplingParams::default()
+    })
+    .unwrap();
+    assert!(verify_tree(&m, &mut st, &mut s, *last, &p, &mut rows).is_err());
+}
+
+#[test]
+fn tree_flags_on_the_command_line() {
+    let m = path(EXPERT);
+    let a = path(AMATEUR);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "-m",
+            &m,
+            "-p",
+            PROMPTS[1],
+            "-n",
+            "32",
+            "-t",
+            "1",
+            "--temperature",
+            "0",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = bushu(&args);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let plain = run(&[]);
+    for extra in [
+        &["--draft-model", &a, "--draft-tree", "4"][..],
+        &[
+            "--draft-model",
+            &a,
+            "--draft-tree",
+            "6",
+            "--draft-tree-p",
+            "1",
+            "--lookup",
+        ],
+    ] {
+        let j = run(extra);
+        assert_eq!(j["tokens"], plain["tokens"], "{extra:?}");
+        assert!(j["speculative"]["tree_steps"].as_u64().unwrap() > 0, "{extra:?}: {j}");
+    }
+    fails(
+        &["--lookup", "--draft-tree", "2"],
+        "--draft-tree grows a draft model's token tree",
+    );
+    fails(
+        &["--draft-model", &a, "--draft-tree", "2", "--temperature", "0.8"],
+        "--draft-tree verifies greedy decoding only",
+    );
+    fails(
+        &["--draft-model", &a, "--draft-tree", "2", "--draft-tree-p", "2"],
+        "--draft-tree-p must be in [0, 1]",
+    );
+    let (code, _, err) = bushu(&[
+        "serve",
+        "-m",
+        &m,
+        "--draft-model",
+        &a,
+        "--draft-tree",
+        "2",
+        "--port",
+        "0",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--draft-tree is for bushu run and chat"), "{err}");
 }

@@ -2,7 +2,8 @@
 //! draft model in its own paged cache, self-speculation), 8 concurrent sequences generate token for
 //! token what the engine generates without speculation — greedy and sampled, with and without the
 //! prefix cache, under preemption — while drafts are accepted; a draft model equal to the target is
-//! always accepted; no block is leaked; `bushu serve --lookup` reports `timings.draft_n` and the
+//! always accepted; lookup and a draft model combined (both drafting) change nothing either; no block
+//! is leaked; `bushu serve --lookup` reports `timings.draft_n` and the
 //! `spec_decode` counters.
 
 mod common;
@@ -88,12 +89,25 @@ fn methods(e: &Engine) -> Vec<(&'static str, Method, f32)> {
         ("draft amateur", Method::DraftModel(draft(AMATEUR)), 0.0),
         ("draft = target", Method::DraftModel(draft(EXPERT)), 0.0),
         ("self-speculation", Method::SelfSpeculate { layers: 3 }, 0.3),
+        (
+            "lookup then draft",
+            Method::LookupThenDraft(PromptLookup::new(3).unwrap(), draft(AMATEUR)),
+            0.0,
+        ),
     ]
 }
 
 fn run(mut e: Engine, reqs: &[Request]) -> (Vec<Vec<u32>>, Option<SpecCounters>, usize, u64) {
     let out = e.generate(reqs.to_vec()).unwrap();
     let g = e.gauges();
+    if let Some(s) = e.spec.as_ref().filter(|s| s.name() == "lookup + draft model") {
+        // Both halves of the combined proposer drafted.
+        assert!(
+            s.combined_sources.0 > 0 && s.combined_sources.1 > 0,
+            "{:?}",
+            s.combined_sources
+        );
+    }
     (out, e.spec.map(|s| s.counters), g.kv_blocks_free, g.preemptions)
 }
 
@@ -239,6 +253,7 @@ fn serve_with_lookup_reports_drafts() {
             length: length(),
             p_min: 0.75,
             draft_vocab: None,
+            tree: None,
         },
     ] {
         let mut o = ServeOptions::new(shared(EXPERT));

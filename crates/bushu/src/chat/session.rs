@@ -4,11 +4,16 @@
 //! tokens the cache already holds: only the tokens after the longest common prefix are run through the model
 //! (normally just the new user turn and the assistant header). Whatever differs (a re-tokenized answer, an
 //! edited history) is truncated from the cache and recomputed, so the result always equals a full re-prefill.
+//!
+//! With a proposer ([`ChatSession::set_speculation`]) every answer is decoded speculatively
+//! ([`crate::spec_decode::SpecDecoder`]): the same answer (greedy: token for token), the proposer drafting
+//! from the whole conversation, and the cache left as plain decoding leaves it.
 
 use super::template::{ChatTemplate, Message};
 use crate::generate::{run_decoder, ContextTooSmall, Decoder, FinishReason, GenerateOptions, SampleDecoder};
 use crate::model::llama::State;
 use crate::model::{Model, ModelFile};
+use crate::spec_decode::{DraftLengthParams, Proposer, SpecDecoder, SpecStats};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +69,8 @@ pub struct Turn {
     pub generated_tokens: usize,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
+    /// What speculative decoding did in this turn (`None` without a proposer).
+    pub spec: Option<SpecStats>,
 }
 
 pub struct ChatSession<'m> {
@@ -76,16 +83,19 @@ pub struct ChatSession<'m> {
     cached: Vec<u32>,
     system: Option<String>,
     messages: Vec<Message>,
+    /// Speculative decoding: the proposer (kept across turns, with whatever cache it has) and the draft
+    /// length.
+    spec: Option<(Box<dyn Proposer + 'm>, DraftLengthParams)>,
 }
 
-/// Stops a [`SampleDecoder`] at the next token once `flag` is set, by choosing an end-of-turn token.
-struct Interruptible<'a> {
-    inner: SampleDecoder<'a>,
+/// Stops a decoder at the next token once `flag` is set, by choosing an end-of-turn token.
+struct Interruptible<'a, 'd> {
+    inner: &'a mut (dyn Decoder + 'd),
     flag: &'a AtomicBool,
     stop_id: u32,
 }
 
-impl Decoder for Interruptible<'_> {
+impl Decoder for Interruptible<'_, '_> {
     fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
         self.inner.prefill(prompt)
     }
@@ -128,9 +138,18 @@ impl<'m> ChatSession<'m> {
             cached: Vec::new(),
             system,
             messages: vec![],
+            spec: None,
         };
         s.reset();
         Ok(s)
+    }
+
+    /// Decodes every answer speculatively, `proposer` drafting up to `length` tokens a step (the
+    /// answers do not change: greedy ones token for token, sampled ones in distribution).
+    pub fn set_speculation(&mut self, proposer: Box<dyn Proposer + 'm>, length: DraftLengthParams) -> Result<()> {
+        length.validate()?;
+        self.spec = Some((proposer, length));
+        Ok(())
     }
 
     /// The system prompt (`None`: the template's own, if any).
@@ -195,13 +214,32 @@ impl<'m> ChatSession<'m> {
         let prompt = &ids[keep..];
         let mut opts = opts.clone();
         opts.eos_ids = self.stop_ids.clone();
-        let mut dec = Interruptible {
-            inner: SampleDecoder::new(self.model, &mut self.state, &opts.sampling)?,
-            flag: interrupt,
-            stop_id: self.stop_ids[0],
+        let stop_id = self.stop_ids[0];
+        let (g, spec) = match &mut self.spec {
+            None => {
+                let mut inner = SampleDecoder::new(self.model, &mut self.state, &opts.sampling)?;
+                let mut dec = Interruptible {
+                    inner: &mut inner,
+                    flag: interrupt,
+                    stop_id,
+                };
+                (run_decoder(&mut dec, self.tokenizer, prompt, &opts, on_text)?, None)
+            }
+            Some((proposer, length)) => {
+                let mut inner = SpecDecoder::new(self.model, &mut self.state, proposer.as_mut(), &opts, *length)?
+                    .after(&self.cached);
+                let mut dec = Interruptible {
+                    inner: &mut inner,
+                    flag: interrupt,
+                    stop_id,
+                };
+                let g = run_decoder(&mut dec, self.tokenizer, prompt, &opts, on_text)?;
+                // Verified tokens after a stop (or replaced by an interrupt) leave the cache.
+                inner.settle(g.tokens.len());
+                let stats = inner.stats;
+                (g, Some(stats))
+            }
         };
-        let g = run_decoder(&mut dec, self.tokenizer, prompt, &opts, on_text)?;
-        drop(dec);
         let interrupted = interrupt.load(Ordering::Relaxed);
         let generated_tokens = g.tokens.len() - usize::from(g.finish_reason == FinishReason::Stop);
         // The end-of-turn token an interrupt chose is not the model's: the answer was cut (Abort).
@@ -224,6 +262,7 @@ impl<'m> ChatSession<'m> {
             generated_tokens,
             prefill_tokens_per_s: g.timings.prefill_tokens_per_s,
             decode_tokens_per_s: g.timings.decode_tokens_per_s,
+            spec,
         })
     }
 }

@@ -9,10 +9,21 @@
 //! first one-token pass (mapping, checks, first touch of every page; small models also pack their
 //! weights for the fast kernels, big ones pack in the background), the "load to first token" of a
 //! cached file. The speed tests start once the weights are packed.
+//!
+//! `-f FILE`: the `tg` test generates greedily after that prompt (its prefill not timed; tokens/s over
+//! the decode steps, no EOS so always `-n` tokens) rather than running random tokens — what speculative
+//! decoding needs, since drafts of random tokens are not meaningful. With `--draft-model`, `--lookup`
+//! or `--self-speculate` (the flags of `bushu run`; they need `-f`) that generation is speculative, and
+//! the row adds a `speculative` object (proposer, `draft_n`, `draft_n_accepted`, acceptance rate, mean
+//! accepted length) and whether the output equals plain greedy decoding's.
 
+use super::spec::SpecArgs;
 use super::ModelArgs;
+use crate::generate::{generate, GenerateOptions};
 use crate::model::llama::Logits;
 use crate::model::Model;
+use crate::sampling::SamplingParams;
+use crate::spec_decode::{generate_speculative, SpecOptions, SpecStats, Speculation};
 use anyhow::{bail, Result};
 use clap::Args;
 use kernels::Simd;
@@ -46,6 +57,12 @@ pub struct BenchArgs {
     /// With --verify: cached positions before the verified tokens.
     #[arg(long, default_value_t = 256)]
     pub depth: usize,
+    /// The tg test generates greedily after the prompt in this file (not random tokens); needed by
+    /// speculative decoding.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// Print JSON (a list of objects, one per test).
     #[arg(long)]
     pub json: bool,
@@ -92,9 +109,38 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if a.n_prompt == 0 && a.n_gen == 0 {
         bail!("nothing to run: -p and -n are both 0");
     }
+    let spec = a.spec.options()?;
+    let speculating = spec.method != Speculation::Off;
+    if speculating || a.file.is_some() {
+        let what = if speculating { "speculative decoding" } else { "--file" };
+        if a.batch > 1 {
+            bail!("{what} in bench measures one sequence: it cannot be combined with -b");
+        }
+        if !a.verify.is_empty() {
+            bail!("{what} and --verify cannot be combined");
+        }
+    }
+    let prompt_text = match &a.file {
+        Some(f) => Some(std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("cannot read the prompt file {}: {e}", f.display()))?),
+        None if speculating => bail!(
+            "speculative decoding in bench measures tg after a prompt: give one with --file FILE (drafts of random tokens are not meaningful)"
+        ),
+        None => None,
+    };
     let t_load = Instant::now();
     let (file, _) = a.model.open()?;
     let model = a.model.build(&file)?;
+    let draft = super::spec::load_draft_for(&spec, &file, &model, &a.model)?;
+    let real_prompt = match &prompt_text {
+        Some(t) => {
+            let p = file.tokenizer.encode(t, true)?;
+            if p.is_empty() {
+                bail!("the prompt file is empty");
+            }
+            Some(p)
+        }
+        None => None,
+    };
     if !a.verify.is_empty() {
         model.weights.wait_packed();
         let prompt = tokens(
@@ -133,8 +179,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     model.weights.wait_packed();
     // One sequence: the pp and tg tests each start from an empty cache; batched: the tg steps follow
     // the prompts, as in llama-batched-bench.
-    let ctx = match a.batch {
-        1 => a.n_prompt.max(a.n_gen).max(1),
+    let ctx = match (a.batch, &real_prompt) {
+        // The prompt, the generated tokens, and room for the last verification pass's drafts.
+        (1, Some(p)) => a.n_prompt.max(p.len() + a.n_gen + spec.length.max + 1),
+        (1, None) => a.n_prompt.max(a.n_gen).max(1),
         _ => a.n_prompt + a.n_gen,
     };
     if ctx > model.config.max_ctx {
@@ -170,9 +218,16 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             continue;
         }
         let (pp, reps) = (test == "pp", a.repetitions);
-        let samples = match &mut subject {
-            Subject::One(st, model) => single_samples(model, st, &prompt, pp, n, reps)?,
-            Subject::Many(r) => batched::samples(r, a.batch, a.n_prompt, a.n_gen, pp, reps)?,
+        let mut spec_row = None;
+        let samples = match (&mut subject, &real_prompt) {
+            (Subject::One(st, model), Some(p)) if !pp => {
+                let tok = &file.tokenizer;
+                let r = prompt_samples((model, tok, st), p, n, reps, &spec, draft.as_ref())?;
+                spec_row = Some((r.1, r.2, p.len()));
+                r.0
+            }
+            (Subject::One(st, model), _) => single_samples(model, st, &prompt, pp, n, reps)?,
+            (Subject::Many(r), _) => batched::samples(r, a.batch, a.n_prompt, a.n_gen, pp, reps)?,
         };
         let model = subject.model();
         let (avg, std) = mean_std(&samples);
@@ -183,7 +238,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             1 => format!("{test}{n}"),
             b => format!("{test}{n} x{b}"),
         };
-        results.push(serde_json::json!({
+        let mut row = serde_json::json!({
             "model_filename": name,
             "model_type": format!("{arch} {}", dominant_type(&file)),
             "model_bytes": file.file_bytes,
@@ -200,7 +255,26 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "samples_ts": samples,
             "bandwidth_gbs": per_token * avg / 1e9,
             "load_ms": load_ms,
-        }));
+        });
+        if let Some((stats, same, prompt_tokens)) = spec_row {
+            row["prompt_tokens"] = serde_json::json!(prompt_tokens);
+            if let Some((name, s)) = stats {
+                row["test"] = serde_json::json!(format!("{label} spec"));
+                row["speculative"] = serde_json::json!({
+                    "proposer": name,
+                    "draft_n": s.draft_n,
+                    "draft_n_accepted": s.draft_n_accepted,
+                    "acceptance_rate": s.acceptance_rate(),
+                    "mean_accepted_length": s.mean_accepted_length(),
+                    "target_passes": s.target_passes,
+                    "switched_off": s.switched_off,
+                    "tree_steps": s.tree_steps,
+                    "tree_second_choices": s.tree_second_choices,
+                    "same_output_as_plain": same,
+                });
+            }
+        }
+        results.push(row);
     }
 
     if a.json {
@@ -224,7 +298,66 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         );
     }
     println!("load to first token: {load_ms:.0} ms");
+    for r in &results {
+        if let Some(s) = r.get("speculative") {
+            println!(
+                "{}: {} after a {}-token prompt: {} drafted, {} accepted ({:.0} %), mean accepted length {:.2}, output {} plain greedy",
+                r["test"].as_str().unwrap_or(""),
+                s["proposer"].as_str().unwrap_or(""),
+                r["prompt_tokens"],
+                s["draft_n"],
+                s["draft_n_accepted"],
+                100.0 * s["acceptance_rate"].as_f64().unwrap_or(0.0),
+                s["mean_accepted_length"].as_f64().unwrap_or(0.0),
+                if s["same_output_as_plain"].as_bool() == Some(true) { "equal to" } else { "DIFFERENT from" }
+            );
+        }
+    }
     Ok(())
+}
+
+/// A speculative run's proposer and what it did (`None`: plain decoding).
+type Drafted = Option<(&'static str, SpecStats)>;
+
+/// Tokens/s of `reps` greedy generations (after a warm-up) of `n` tokens after `prompt` from an empty
+/// cache, speculative when `spec` asks for it (a fresh proposer each time: a draft model's cache starts
+/// empty too); prefill excluded. With speculation, also what it did and whether the output equals
+/// plain greedy decoding's (one plain generation more, untimed).
+fn prompt_samples(
+    (model, tok, st): (&Model, &crate::tokenizer::Tokenizer, &mut crate::model::llama::State),
+    prompt: &[u32],
+    n: usize,
+    reps: usize,
+    spec: &SpecOptions,
+    draft: Option<&Model>,
+) -> Result<(Vec<f64>, Drafted, bool)> {
+    // No EOS: every run is n tokens long.
+    let opts = GenerateOptions::new(n, SamplingParams::greedy(), Vec::new());
+    let ctx = st.cache.capacity();
+    let mut run = || -> Result<(Vec<u32>, f64, Drafted)> {
+        st.cache.truncate(0);
+        match super::spec::proposer(spec, draft, model, ctx, &opts.sampling)? {
+            Some(mut p) => {
+                let (g, s) =
+                    generate_speculative((model, tok, st), prompt, &opts, p.as_mut(), spec.length, &mut |_| {})?;
+                Ok((g.tokens, g.timings.decode_tokens_per_s, Some((p.name(), s))))
+            }
+            None => {
+                let g = generate(model, tok, st, prompt, &opts, &mut |_| {})?;
+                Ok((g.tokens, g.timings.decode_tokens_per_s, None))
+            }
+        }
+    };
+    let (tokens, _, stats) = run()?; // warm-up
+    let samples = (0..reps).map(|_| run().map(|r| r.1)).collect::<Result<Vec<f64>>>()?;
+    let same = match stats {
+        Some(_) => {
+            st.cache.truncate(0);
+            generate(model, tok, st, prompt, &opts, &mut |_| {})?.tokens == tokens
+        }
+        None => true,
+    };
+    Ok((samples, stats, same))
 }
 
 /// What the tests run on: one sequence's state and the model, or the serving engine's batched runner.

@@ -2,10 +2,12 @@
 //! of the turns already computed). On a terminal, input goes through a line editor (`rustyline`: editing,
 //! history kept in the cache directory); with stdin not a terminal it reads one message per line. Either
 //! way a line ending in `\` continues on the next one, and the commands are [`HELP`]'s. Ctrl-C stops the
-//! current answer and keeps the program running.
+//! current answer and keeps the program running. Speculative decoding (`--draft-model`, `--lookup`,
+//! `--self-speculate`, as `bushu run`) decodes every answer; `--verbose` reports each turn's drafts.
 
 use super::run::context_size;
 use super::sampling::{flag_error, SamplingArgs};
+use super::spec::SpecArgs;
 use super::structured::StructuredArgs;
 use super::ModelArgs;
 use crate::chat::session::{template_for, ChatSession};
@@ -35,6 +37,8 @@ pub struct ChatArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub structured: StructuredArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// Context size in tokens (default: the model's, at most 4096).
     #[arg(short, long, visible_alias = "ctx-size")]
     pub ctx: Option<usize>,
@@ -187,12 +191,14 @@ fn command(line: &str, session: &mut ChatSession) -> Option<Action> {
 pub fn chat(a: ChatArgs) -> Result<()> {
     let mut sampling = a.sampling.params()?;
     a.structured.constraint()?;
+    let spec = a.spec.options()?;
     let (file, _) = a.model.open()?;
     let ctx = context_size(a.ctx, &file.config, a.model.kv_type)?;
     let model = a.model.build(&file)?;
     sampling
         .validate_for_vocab(model.config.vocab_size)
         .map_err(|e| flag_error(e, &[]))?;
+    let draft = super::spec::load_draft_for(&spec, &file, &model, &a.model)?;
     let (template, stops, own_template) = template_for(&file)?;
     // Each answer follows the grammar and ends with an end-of-turn token.
     sampling.grammar = a.structured.compile(&file.tokenizer, model.config.vocab_size, &stops)?;
@@ -216,6 +222,14 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     }
     let mut session = ChatSession::new(&model, &file.tokenizer, template, stops, ctx, a.system.clone())?;
     let opts = GenerateOptions::new(a.n, sampling, Vec::new());
+    if let Some(p) = super::spec::proposer(&spec, draft.as_ref(), &model, ctx, &opts.sampling)? {
+        eprintln!(
+            "bushu chat: speculative decoding by {} (up to {} drafts per step)",
+            p.name(),
+            spec.length.max
+        );
+        session.set_speculation(p, spec.length)?;
+    }
 
     let interrupt = Arc::new(AtomicBool::new(false));
     let generating = Arc::new(AtomicBool::new(false));
@@ -280,6 +294,21 @@ pub fn chat(a: ChatArgs) -> Result<()> {
                 turn.decode_tokens_per_s,
                 turn.finish_reason
             );
+            if let Some(s) = &turn.spec {
+                // llama-server's names for the two counts.
+                eprintln!(
+                    "[draft_n {} draft_n_accepted {}; mean accepted length {:.2} over {} target passes{}]",
+                    s.draft_n,
+                    s.draft_n_accepted,
+                    s.mean_accepted_length(),
+                    s.target_passes,
+                    if s.switched_off {
+                        ", switched off for lack of acceptance"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
     }
     Ok(())

@@ -10,10 +10,7 @@ use super::ModelArgs;
 use crate::generate::contrastive::{generate_contrastive, CdParams};
 use crate::generate::{generate, GenerateOptions, Generation, Strategy};
 use crate::sampling::beam::{BeamParams, EarlyStopping};
-use crate::spec_decode::{
-    generate_speculative, load_draft, DraftLengthParams, DraftModel, PromptLookup, Proposer, SelfSpeculation,
-    SpecOptions, Speculation,
-};
+use crate::spec_decode::{generate_speculative, DraftLengthParams, SpecOptions, Speculation};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -225,35 +222,10 @@ pub fn run(a: RunArgs) -> Result<()> {
         }
         None => None,
     };
-    let (spec, length) = speculation(&a)?;
-    let draft = match &spec {
-        Speculation::DraftModel(path) => Some(
-            load_draft(path, &file, &a.model.options(), a.spec.options()?.draft_vocab)
-                .map_err(|e| super::sampling::flag_error(e, &[]))?,
-        ),
-        Speculation::SelfSpeculate { layers } if *layers >= model.config.n_layers => bail!(
-            "--self-speculate must be between 1 and {} (the model has {} layers), got {layers}",
-            model.config.n_layers - 1,
-            model.config.n_layers
-        ),
-        _ => None,
-    };
-    let mut proposer: Option<Box<dyn Proposer + '_>> = match &spec {
-        Speculation::Off => None,
-        Speculation::DraftModel(_) => Some(Box::new(DraftModel::new(
-            draft.as_ref().expect("the draft model was built"),
-            ctx,
-            &opts.sampling,
-            a.spec.draft_p_min,
-        )?)),
-        Speculation::Lookup { ngram } => Some(Box::new(PromptLookup::new(*ngram)?)),
-        Speculation::SelfSpeculate { layers } => Some(Box::new(SelfSpeculation::new(
-            *layers,
-            model.config.n_layers,
-            &opts.sampling,
-            a.spec.draft_p_min,
-        )?)),
-    };
+    let (_, length) = speculation(&a)?;
+    let spec = a.spec.options()?;
+    let draft = super::spec::load_draft_for(&spec, &file, &model, &a.model)?;
+    let mut proposer = super::spec::proposer(&spec, draft.as_ref(), &model, ctx, &opts.sampling)?;
     let mut stats = None;
     let mut stdout = std::io::stdout().lock();
     let mut on_text = |s: &str| {
@@ -328,6 +300,8 @@ pub fn run(a: RunArgs) -> Result<()> {
                 "draft_steps": s.draft_steps,
                 "target_passes": s.target_passes,
                 "switched_off": s.switched_off,
+                "tree_steps": s.tree_steps,
+                "tree_second_choices": s.tree_second_choices,
             });
         }
         println!("{out}");

@@ -1,8 +1,15 @@
-//! The speculative-decoding flags, one set for `run` and `serve`: which proposer (`--draft-model`,
-//! `--lookup`, `--self-speculate`) and how long its drafts are (`--draft-max`, `--draft-min`,
-//! `--draft-p-min`), checked before any model is loaded.
+//! The speculative-decoding flags, one set for `run`, `chat`, `bench` and `serve`: which proposer
+//! (`--draft-model`, `--lookup`, `--self-speculate`) and how long its drafts are (`--draft-max`,
+//! `--draft-min`, `--draft-p-min`), checked before any model is loaded; then, with the model, the
+//! checks that need it (the layer count, the draft's vocabulary) and the proposer itself.
 
-use crate::spec_decode::{DraftLengthParams, SpecOptions, Speculation};
+use super::ModelArgs;
+use crate::model::{Model, ModelFile};
+use crate::sampling::SamplingParams;
+use crate::spec_decode::{
+    load_draft, DraftLengthParams, DraftModel, DraftTree, LookupThenDraft, PromptLookup, Proposer, SelfSpeculation,
+    SpecOptions, Speculation,
+};
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -26,12 +33,20 @@ pub struct SpecArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub draft_vocab: usize,
     /// Speculative decoding by prompt lookup: draft the tokens that followed the last n-gram's most recent
-    /// earlier occurrence in the prompt and output.
+    /// earlier occurrence in the prompt and output. With --draft-model: lookup when it matches at least
+    /// 2 tokens, the draft model otherwise.
     #[arg(long)]
     pub lookup: bool,
     /// With --lookup: match n-grams of at most N tokens (longest first).
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub lookup_ngram: usize,
+    /// With --draft-model (greedy, run and chat): draft a token tree with up to N nodes beyond the chain —
+    /// a second choice where the draft is unsure — verified in one pass. 0: chains.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub draft_tree: usize,
+    /// With --draft-tree: a drafted position whose top probability is below P gets a sibling.
+    #[arg(long, value_name = "P", default_value_t = 0.9, allow_negative_numbers = true)]
+    pub draft_tree_p: f32,
     /// Speculative decoding with the model's own first L layers as the draft (early exit).
     #[arg(long, value_name = "L")]
     pub self_speculate: Option<usize>,
@@ -53,11 +68,14 @@ impl SpecArgs {
         if self.lookup_ngram == 0 {
             bail!("--lookup-ngram must be at least 1 (got 0)");
         }
-        let modes = [self.draft_model.is_some(), self.lookup, self.self_speculate.is_some()];
-        if modes.iter().filter(|&&m| m).count() > 1 {
-            bail!("--draft-model, --lookup and --self-speculate cannot be combined: choose one proposer");
+        if self.self_speculate.is_some() && (self.draft_model.is_some() || self.lookup) {
+            bail!("--self-speculate cannot be combined with --draft-model or --lookup: choose one proposer (--draft-model and --lookup go together)");
         }
         let method = match (&self.draft_model, self.self_speculate) {
+            (Some(p), _) if self.lookup => Speculation::LookupThenDraft {
+                draft: p.clone(),
+                ngram: self.lookup_ngram,
+            },
             (Some(p), _) => Speculation::DraftModel(p.clone()),
             (_, Some(0)) => bail!("--self-speculate must be at least 1 (the number of layers drafting)"),
             (_, Some(l)) => Speculation::SelfSpeculate { layers: l },
@@ -66,14 +84,82 @@ impl SpecArgs {
             },
             _ => Speculation::Off,
         };
-        if self.draft_vocab > 0 && !matches!(method, Speculation::DraftModel(_)) {
+        if self.draft_vocab > 0 && method.draft_path().is_none() {
             bail!("--draft-vocab restricts a draft model's classifier: it needs --draft-model");
+        }
+        if self.draft_tree > 0 && method.draft_path().is_none() {
+            bail!("--draft-tree grows a draft model's token tree: it needs --draft-model");
+        }
+        if !(0.0..=1.0).contains(&self.draft_tree_p) {
+            bail!("--draft-tree-p must be in [0, 1] (got {})", self.draft_tree_p);
         }
         Ok(SpecOptions {
             method,
             length,
             p_min: self.draft_p_min,
             draft_vocab: (self.draft_vocab > 0).then_some(self.draft_vocab),
+            tree: (self.draft_tree > 0).then_some(DraftTree {
+                extra: self.draft_tree,
+                p_branch: self.draft_tree_p,
+            }),
         })
+    }
+}
+
+/// The checks that need the target (self-speculation's layer count; the draft model's vocabulary, when
+/// it is opened) and the draft model of `opts`, built as the target is (`None` without one).
+pub fn load_draft_for(opts: &SpecOptions, file: &ModelFile, model: &Model, margs: &ModelArgs) -> Result<Option<Model>> {
+    if let Some(path) = opts.method.draft_path() {
+        let d = load_draft(path, file, &margs.options(), opts.draft_vocab)
+            .map_err(|e| super::sampling::flag_error(e, &[]))?;
+        return Ok(Some(d));
+    }
+    match &opts.method {
+        Speculation::SelfSpeculate { layers } if *layers >= model.config.n_layers => bail!(
+            "--self-speculate must be between 1 and {} (the model has {} layers), got {layers}",
+            model.config.n_layers.max(2) - 1,
+            model.config.n_layers
+        ),
+        _ => Ok(None),
+    }
+}
+
+/// The proposer of `opts` for `model` decoding with `sampling` in a context of `ctx` (`draft`: the model
+/// [`load_draft_for`] built); `None` without speculation.
+pub fn proposer<'a>(
+    opts: &SpecOptions,
+    draft: Option<&'a Model>,
+    model: &Model,
+    ctx: usize,
+    sampling: &SamplingParams,
+) -> Result<Option<Box<dyn Proposer + 'a>>> {
+    Ok(match &opts.method {
+        Speculation::Off => None,
+        Speculation::DraftModel(_) => Some(Box::new(draft_model(opts, draft, ctx, sampling)?)),
+        Speculation::Lookup { ngram } => Some(Box::new(PromptLookup::new(*ngram)?)),
+        Speculation::LookupThenDraft { ngram, .. } => Some(Box::new(LookupThenDraft::new(
+            PromptLookup::new(*ngram)?,
+            draft_model(opts, draft, ctx, sampling)?,
+        ))),
+        Speculation::SelfSpeculate { layers } => Some(Box::new(SelfSpeculation::new(
+            *layers,
+            model.config.n_layers,
+            sampling,
+            opts.p_min,
+        )?)),
+    })
+}
+
+/// The draft model's proposer, drafting trees when `opts` asks for them.
+fn draft_model<'a>(
+    opts: &SpecOptions,
+    draft: Option<&'a Model>,
+    ctx: usize,
+    sampling: &SamplingParams,
+) -> Result<DraftModel<'a>> {
+    let d = DraftModel::new(draft.expect("the draft model was loaded"), ctx, sampling, opts.p_min)?;
+    match opts.tree {
+        Some(t) => d.with_tree(t),
+        None => Ok(d),
     }
 }

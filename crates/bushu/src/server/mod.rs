@@ -138,11 +138,9 @@ impl Server {
         let model = opts.model_options().build(&file)?;
         // A draft model is loaded first: its paged cache has the target's blocks, so the KV budget is
         // shared between the two caches in proportion to their bytes per position.
-        let draft = match &opts.spec.method {
-            Speculation::DraftModel(path) => {
-                Some(load_draft(path, &file, &opts.model_options(), opts.spec.draft_vocab)?)
-            }
-            _ => None,
+        let draft = match opts.spec.method.draft_path() {
+            Some(path) => Some(load_draft(path, &file, &opts.model_options(), opts.spec.draft_vocab)?),
+            None => None,
         };
         let per_pos = PagedCache::bytes_per_position(&model) as u128;
         let draft_per_pos = draft.as_ref().map_or(0, |d| PagedCache::bytes_per_position(d) as u128);
@@ -197,6 +195,13 @@ impl Server {
             Speculation::DraftModel(_) => {
                 let draft = draft.expect("the draft model was loaded");
                 Some(Method::DraftModel(draft_runner(draft, &engine.runner)?))
+            }
+            Speculation::LookupThenDraft { ngram, .. } => {
+                let draft = draft.expect("the draft model was loaded");
+                Some(Method::LookupThenDraft(
+                    PromptLookup::new(*ngram)?,
+                    draft_runner(draft, &engine.runner)?,
+                ))
             }
         };
         if let Some(method) = method {

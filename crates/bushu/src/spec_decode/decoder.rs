@@ -5,11 +5,14 @@
 //!
 //! The sequence's invariant between steps: the target's cache holds the sequence but its last token,
 //! whose logits a step computes first (row 0 of the verification pass), and the sampler's history holds
-//! the whole sequence.
+//! the generation's prompt and every token since. The sequence may start with tokens the cache held
+//! before the prompt (the earlier turns of a chat, [`SpecDecoder::after`]): the proposers see them (a
+//! lookup finds its n-grams there, a draft model reuses its own cache of them), the sampler does not,
+//! exactly as in plain decoding.
 
 use super::adaptive::{DraftLength, DraftLengthParams};
 use super::proposer::{Proposal, Proposer};
-use super::verify::verify;
+use super::verify::{verify, verify_tree};
 use super::SpecStats;
 use crate::generate::{check_prompt, run_decoder, Decoder, GenerateOptions, Generation, Strategy};
 use crate::model::llama::State;
@@ -33,6 +36,11 @@ pub struct SpecDecoder<'a> {
     queue: Vec<u32>,
     next: usize,
     rows: Vec<f32>,
+    /// The whole sequence: the tokens cached before the prompt, the prompt, every token since (those
+    /// of the queue included).
+    seq: Vec<u32>,
+    /// Positions the cache held before the prompt.
+    start: usize,
     pub stats: SpecStats,
 }
 
@@ -56,16 +64,34 @@ impl<'a> SpecDecoder<'a> {
             queue: Vec::new(),
             next: 0,
             rows: Vec::new(),
+            seq: Vec::new(),
+            start: 0,
             stats: SpecStats::default(),
         })
+    }
+
+    /// Generation continues after `cached`, the tokens the target's cache holds (a conversation so
+    /// far): the proposers draft from them too.
+    pub fn after(mut self, cached: &[u32]) -> Self {
+        self.seq = cached.to_vec();
+        self
+    }
+
+    /// The cache length plain decoding leaves after generating `generated` tokens (every one but the
+    /// last run through the model): the cache is rewound to it, forgetting verified tokens a stop
+    /// condition left unused, so a conversation goes on from the cache plain decoding would have.
+    pub fn settle(&mut self, generated: usize) {
+        let plain = self.start + self.prompt_len + generated.saturating_sub(1);
+        if self.state.pos() > plain {
+            self.state.rewind(plain);
+        }
     }
 
     /// One draft-and-verify step after the sequence so far.
     fn step(&mut self) -> Result<()> {
         let pos0 = self.state.pos();
-        let history = self.sampler.history();
-        debug_assert_eq!(pos0 + 1, history.len());
-        let last = *history.last().expect("a sequence");
+        debug_assert_eq!(pos0 + 1, self.seq.len());
+        let last = *self.seq.last().expect("a sequence");
         // Room for the verification pass (last token + drafts) and no drafts beyond the token limit.
         let room = self.state.cache.capacity() - pos0 - 1;
         let left = self.max_tokens.saturating_sub(self.emitted).saturating_sub(1);
@@ -73,8 +99,8 @@ impl<'a> SpecDecoder<'a> {
         let mut proposal = Proposal::default();
         if k > 0 {
             let seq = Context {
-                tokens: history,
-                prompt_len: self.prompt_len,
+                tokens: &self.seq,
+                prompt_len: self.start + self.prompt_len,
             };
             proposal = self.proposer.propose(&seq, k, self.model, self.state)?;
             if self.state.pos() != pos0 {
@@ -84,13 +110,15 @@ impl<'a> SpecDecoder<'a> {
                     self.state.pos()
                 );
             }
-            proposal.truncate(k);
-            if !self.length.enough(proposal.len()) {
+            // A chain of at most k drafts; a tree of depth at most k, and as many nodes as there is room.
+            proposal.truncate(if proposal.is_tree() { room } else { k });
+            if !self.length.enough(proposal.depth()) {
                 proposal = Proposal::default();
                 self.proposer.accepted(0);
             }
         }
-        let step = verify(
+        let check = if proposal.is_tree() { verify_tree } else { verify };
+        let step = check(
             self.model,
             self.state,
             &mut self.sampler,
@@ -100,13 +128,20 @@ impl<'a> SpecDecoder<'a> {
         )?;
         if !proposal.is_empty() {
             self.proposer.accepted(step.accepted);
-            self.length.update(proposal.len(), step.accepted);
+            // The length adapts to the tree's depth (its chain), whose nodes are drafted one by one.
+            let depth = proposal.depth();
+            self.length.update(depth, step.accepted.min(depth));
             self.stats.draft_n += proposal.len();
             self.stats.draft_n_accepted += step.accepted;
             self.stats.draft_steps += 1;
+            if proposal.is_tree() {
+                self.stats.tree_steps += 1;
+                self.stats.tree_second_choices += usize::from(step.off_first);
+            }
         }
         self.stats.target_passes += 1;
         self.stats.switched_off = self.length.is_off();
+        self.seq.extend_from_slice(&step.tokens);
         self.queue = step.tokens;
         self.next = 0;
         Ok(())
@@ -115,14 +150,24 @@ impl<'a> SpecDecoder<'a> {
 
 impl Decoder for SpecDecoder<'_> {
     fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
+        self.start = self.state.pos();
+        if self.seq.len() != self.start {
+            bail!(
+                "speculative decoding after {} tokens, but the cache holds {}",
+                self.seq.len(),
+                self.start
+            );
+        }
         self.sampler.set_prompt(prompt);
         self.prompt_len = prompt.len();
-        self.proposer.prefill(prompt)?;
+        self.seq.extend_from_slice(prompt);
+        self.proposer.prefill(&self.seq)?;
         let logits = self.model.forward(self.state, prompt, Logits::Last)?;
         self.rows.clear();
         self.rows.extend_from_slice(logits);
         // The first token comes from the prefill's logits, as in plain decoding.
         self.queue = vec![self.sampler.sample(&self.rows)];
+        self.seq.push(self.queue[0]);
         self.next = 0;
         Ok(())
     }
@@ -145,7 +190,7 @@ impl Decoder for SpecDecoder<'_> {
     fn room(&self) -> usize {
         // As if every handed-out token but the last were in the cache (plain decoding's count): the
         // cache itself may be ahead, holding tokens of the queue not handed out yet.
-        let fed = self.prompt_len + self.emitted.saturating_sub(1);
+        let fed = self.start + self.prompt_len + self.emitted.saturating_sub(1);
         self.state.cache.capacity().saturating_sub(fed)
     }
 }

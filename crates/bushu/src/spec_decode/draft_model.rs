@@ -4,8 +4,14 @@
 //! (the target's last token), and after verification it is rewound to the accepted length, so a
 //! rejected draft leaves no trace. Drafting stops early when the draft's top probability falls below
 //! `p_min` (llama.cpp's `--draft-p-min`): an unsure draft is likely to be rejected.
+//!
+//! With a [`DraftTree`] (greedy decoding) the draft hedges where it is unsure: a position whose top
+//! probability is below `p_branch` also gets the draft's next best token as a sibling leaf, and where
+//! drafting stops for lack of confidence its two best tokens both become leaves — at most `extra` such
+//! additional nodes per step. The target verifies the whole tree in one pass
+//! ([`super::verify::verify_tree`]). Leaves cost verification rows but no draft pass.
 
-use super::proposer::{push, DraftSampler, Proposal, Proposer};
+use super::proposer::{push, top_two, DraftSampler, Proposal, Proposer};
 use crate::model::llama::State;
 use crate::model::{Logits, Model};
 use crate::sampling::{Context, SamplingParams};
@@ -51,6 +57,15 @@ pub fn load_draft(
     Ok(m)
 }
 
+/// How a draft model grows a token tree rather than a chain (`--draft-tree N`, `--draft-tree-p P`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DraftTree {
+    /// Nodes beyond the chain, at most, per step.
+    pub extra: usize,
+    /// A drafted position whose top probability is below this gets a sibling.
+    pub p_branch: f32,
+}
+
 /// A draft model and its cache.
 pub struct DraftModel<'a> {
     model: &'a Model,
@@ -60,6 +75,7 @@ pub struct DraftModel<'a> {
     /// The sequence length the last proposal followed.
     base: usize,
     sampler: DraftSampler,
+    tree: Option<DraftTree>,
 }
 
 impl<'a> DraftModel<'a> {
@@ -71,7 +87,21 @@ impl<'a> DraftModel<'a> {
             cached: Vec::new(),
             base: 0,
             sampler: DraftSampler::new(params, p_min)?,
+            tree: None,
         })
+    }
+
+    /// Drafts token trees (`tree`) rather than chains when the target decodes greedily; an error for a
+    /// sampling target (tree verification is greedy).
+    pub fn with_tree(mut self, tree: DraftTree) -> Result<Self> {
+        if self.sampler.samples() {
+            bail!("--draft-tree verifies greedy decoding only (--temperature 0)");
+        }
+        if !(0.0..=1.0).contains(&tree.p_branch) {
+            bail!("--draft-tree-p must be in [0, 1] (got {})", tree.p_branch);
+        }
+        self.tree = (tree.extra > 0).then_some(tree);
+        Ok(self)
     }
 
     /// Rewinds the cache to its longest prefix shared with `tokens`.
@@ -101,9 +131,39 @@ impl Proposer for DraftModel<'_> {
         let mut out = Proposal::default();
         let mut logits = self.model.forward(&mut self.state, new, Logits::Last)?;
         self.cached.extend_from_slice(new);
-        while let Some((t, q)) = self.sampler.pick(logits) {
+        // A tree: nodes left beyond the chain, and the parent of the next chain node.
+        let mut extra = self.tree.map_or(0, |t| t.extra);
+        let mut parent = None;
+        let mut chain = 0;
+        loop {
+            let top = self.tree.and_then(|_| top_two(logits));
+            let Some((t, q)) = self.sampler.pick(logits) else {
+                // Unsure: a tree hedges with the draft's two best tokens as leaves.
+                if let (Some(_), Some((a, b, _))) = (self.tree, top) {
+                    if extra > 0 {
+                        for x in [a, b] {
+                            out.tokens.push(x);
+                            out.parent.push(parent);
+                        }
+                    }
+                }
+                break;
+            };
             push(&mut out, t, q);
-            if out.len() == k {
+            chain += 1;
+            if let Some(tree) = self.tree {
+                out.parent.push(parent);
+                let me = out.len() - 1;
+                if let Some((a, b, p)) = top {
+                    if extra > 0 && p < tree.p_branch {
+                        out.tokens.push(if a != t { a } else { b });
+                        out.parent.push(parent);
+                        extra -= 1;
+                    }
+                }
+                parent = Some(me);
+            }
+            if chain == k {
                 break;
             }
             logits = self.model.forward(&mut self.state, &[t], Logits::Last)?;

@@ -29,6 +29,12 @@ impl PromptLookup {
     /// Up to `k` tokens that followed the most recent earlier occurrence of the longest suffix of
     /// `tokens` (at most `ngram_max` long) seen before; empty when no suffix recurs.
     pub fn lookup(&self, tokens: &[u32], k: usize) -> Vec<u32> {
+        self.lookup_match(tokens, k).map(|m| m.1).unwrap_or_default()
+    }
+
+    /// [`PromptLookup::lookup`] with the length of the suffix that matched: `(n, drafts)`; `None`
+    /// when no suffix recurs.
+    pub fn lookup_match(&self, tokens: &[u32], k: usize) -> Option<(usize, Vec<u32>)> {
         let len = tokens.len();
         for n in (1..=self.ngram_max.min(len.saturating_sub(1))).rev() {
             let pattern = &tokens[len - n..];
@@ -37,11 +43,16 @@ impl PromptLookup {
             for i in (0..len - n).rev() {
                 if &tokens[i..i + n] == pattern {
                     let from = i + n;
-                    return tokens[from..(from + k).min(len)].to_vec();
+                    return Some((n, tokens[from..(from + k).min(len)].to_vec()));
                 }
             }
         }
-        Vec::new()
+        None
+    }
+
+    /// The longest n-gram it matches.
+    pub fn ngram_max(&self) -> usize {
+        self.ngram_max
     }
 }
 
@@ -53,7 +64,7 @@ impl Proposer for PromptLookup {
     fn propose(&mut self, seq: &Context, k: usize, _target: &Model, _state: &mut State) -> Result<Proposal> {
         Ok(Proposal {
             tokens: self.lookup(seq.tokens, k),
-            q: None,
+            ..Proposal::default()
         })
     }
 
@@ -80,5 +91,8 @@ mod tests {
         // A run of one token proposes more of it.
         assert_eq!(l.lookup(&[3, 3, 3, 3], 5), [3]);
         assert!(PromptLookup::new(0).is_err());
+        assert_eq!(l.lookup_match(&[1, 2, 3, 4, 5, 9, 1, 2, 3], 2), Some((3, vec![4, 5])));
+        assert_eq!(l.lookup_match(&[7, 1, 7, 2, 8, 7], 1), Some((1, vec![2])));
+        assert_eq!(l.lookup_match(&[1, 2, 3], 1), None);
     }
 }

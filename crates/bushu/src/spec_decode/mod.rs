@@ -9,6 +9,7 @@
 //! - [`lookup`]: prompt lookup (n-gram match over prompt and output, no model);
 //! - [`draft_model`]: a second, smaller model with the same vocabulary and its own KV cache;
 //! - [`self_spec`]: the target's own first layers as the draft (early exit, sharing its cache);
+//! - [`combined`]: prompt lookup when it has a match, the draft model otherwise;
 //! - [`rejection`]: the per-position acceptance rule (greedy match, or rejection sampling);
 //! - [`verify`]: one verification step — one target pass over the last token and the drafts, the
 //!   rule applied row by row, the cache and the sampler brought back to the accepted length;
@@ -22,6 +23,7 @@
 //! Plain decoding does not go through any of this: it costs nothing when speculation is off.
 
 pub mod adaptive;
+pub mod combined;
 pub mod decoder;
 pub mod draft_model;
 pub mod lookup;
@@ -32,22 +34,43 @@ pub mod serving;
 pub mod verify;
 
 pub use adaptive::{DraftLength, DraftLengthParams};
+pub use combined::LookupThenDraft;
 pub use decoder::{generate_speculative, SpecDecoder};
-pub use draft_model::{check_same_vocabulary, load_draft, DraftModel};
+pub use draft_model::{check_same_vocabulary, load_draft, DraftModel, DraftTree};
 pub use lookup::PromptLookup;
 pub use proposer::{Proposal, Proposer};
 pub use self_spec::SelfSpeculation;
 
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// The proposer asked for (`--draft-model`, `--lookup`, `--self-speculate`, or none).
+/// The proposer asked for (`--draft-model`, `--lookup`, `--self-speculate`, `--draft-model` with
+/// `--lookup`, or none).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Speculation {
     Off,
     DraftModel(PathBuf),
-    Lookup { ngram: usize },
-    SelfSpeculate { layers: usize },
+    Lookup {
+        ngram: usize,
+    },
+    SelfSpeculate {
+        layers: usize,
+    },
+    /// Prompt lookup when it has a match, the draft model otherwise ([`combined`]).
+    LookupThenDraft {
+        draft: PathBuf,
+        ngram: usize,
+    },
+}
+
+impl Speculation {
+    /// The draft model to load, if any.
+    pub fn draft_path(&self) -> Option<&Path> {
+        match self {
+            Speculation::DraftModel(p) | Speculation::LookupThenDraft { draft: p, .. } => Some(p),
+            _ => None,
+        }
+    }
 }
 
 /// Speculative decoding as asked for: the proposer, the draft length, the draft confidence floor.
@@ -59,6 +82,8 @@ pub struct SpecOptions {
     /// The draft model's classifier over the first `n` vocabulary entries only
     /// ([`crate::model::Model::head_rows`]).
     pub draft_vocab: Option<usize>,
+    /// A draft model drafting token trees (`bushu run` and `chat`, greedy).
+    pub tree: Option<DraftTree>,
 }
 
 impl SpecOptions {
@@ -69,6 +94,7 @@ impl SpecOptions {
             length: DraftLengthParams::default(),
             p_min: 0.75,
             draft_vocab: None,
+            tree: None,
         }
     }
 }
@@ -86,6 +112,11 @@ pub struct SpecStats {
     pub target_passes: usize,
     /// Whether speculation was switched off for lack of acceptance.
     pub switched_off: bool,
+    /// Steps that verified a token tree.
+    pub tree_steps: usize,
+    /// Tree steps whose accepted branch took a second choice of the draft (what a chain would have
+    /// missed).
+    pub tree_second_choices: usize,
 }
 
 impl SpecStats {

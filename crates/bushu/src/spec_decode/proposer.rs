@@ -11,13 +11,17 @@ use crate::model::Model;
 use crate::sampling::{Context, Sampler, SamplingParams};
 use anyhow::Result;
 
-/// Drafted tokens, to be verified in order.
+/// Drafted tokens, to be verified in order: a chain, or a token tree.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Proposal {
     pub tokens: Vec<u32>,
     /// `q[i]`: the distribution `tokens[i]` was drawn from (one probability per vocabulary token).
     /// `None`: the proposer is deterministic — `q` is the one-hot of each token.
     pub q: Option<Vec<Vec<f32>>>,
+    /// Empty: the tokens are a chain. Else a token tree (greedy verification only): `parent[i]` is the
+    /// index of token `i`'s parent among the tokens (always an earlier one), `None` for a token that
+    /// follows the sequence's last token directly.
+    pub parent: Vec<Option<usize>>,
 }
 
 impl Proposal {
@@ -34,12 +38,30 @@ impl Proposal {
         self.q.as_ref().map(|q| q[i].as_slice())
     }
 
-    /// Keeps the first `n` drafts.
+    /// Keeps the first `n` drafts (of a tree, a tree too: parents come before their children).
     pub fn truncate(&mut self, n: usize) {
         self.tokens.truncate(n);
         if let Some(q) = &mut self.q {
             q.truncate(n);
         }
+        self.parent.truncate(n);
+    }
+
+    /// Whether the drafts form a tree (not a chain).
+    pub fn is_tree(&self) -> bool {
+        !self.parent.is_empty()
+    }
+
+    /// The length of its longest branch (a chain's length).
+    pub fn depth(&self) -> usize {
+        if !self.is_tree() {
+            return self.tokens.len();
+        }
+        let mut depth = Vec::with_capacity(self.parent.len());
+        for p in &self.parent {
+            depth.push(p.map_or(1, |p| depth[p] + 1));
+        }
+        depth.into_iter().max().unwrap_or(0)
     }
 }
 
@@ -115,6 +137,29 @@ impl DraftSampler {
         self.sampler.accept(t);
         Some((t, Some(q)))
     }
+}
+
+/// The two most likely tokens of `logits` and the probability of the first (`softmax`); `None` for
+/// fewer than two finite logits.
+pub fn top_two(logits: &[f32]) -> Option<(u32, u32, f32)> {
+    let (mut a, mut b) = (None::<usize>, None::<usize>);
+    for (i, &l) in logits.iter().enumerate() {
+        if l == f32::NEG_INFINITY {
+            continue;
+        }
+        match a {
+            Some(x) if l <= logits[x] => {
+                if b.is_none_or(|y| l > logits[y]) {
+                    b = Some(i);
+                }
+            }
+            _ => {
+                b = a;
+                a = Some(i);
+            }
+        }
+    }
+    Some((a? as u32, b? as u32, top_probability(logits)))
 }
 
 /// The largest probability of `softmax(logits)`.

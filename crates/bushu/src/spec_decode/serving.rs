@@ -17,7 +17,10 @@
 //!   never correctness; a sequence's draft position is reset when it is preempted;
 //! - **self-speculation**: the target's own first `L` layers, final norm and classifier, in batched
 //!   early-exit passes over the target's cache; the verification pass then rewrites those positions
-//!   with every layer.
+//!   with every layer;
+//! - **lookup, then the draft model** ([`super::combined`]): the sequences whose n-gram match is long
+//!   enough take it, the others draft with the draft model (which catches up on the tokens it skipped
+//!   the next time it drafts for the sequence).
 //!
 //! Drafts are the draft's most likely tokens (for a greedy target exactly what it would pick; for a
 //! sampling target, a guess the engine's sampling either confirms or not — the output distribution is
@@ -45,6 +48,8 @@ pub enum Method {
     SelfSpeculate {
         layers: usize,
     },
+    /// Prompt lookup when it has a match of [`super::combined::min_match`] tokens, else the draft model.
+    LookupThenDraft(PromptLookup, Box<ModelRunner>),
 }
 
 impl Method {
@@ -53,6 +58,7 @@ impl Method {
             Method::Lookup(_) => "lookup",
             Method::DraftModel(_) => "draft model",
             Method::SelfSpeculate { .. } => "self-speculation",
+            Method::LookupThenDraft(..) => "lookup + draft model",
         }
     }
 }
@@ -88,6 +94,8 @@ pub struct Speculator {
     p_min: f32,
     seqs: HashMap<SeqId, SeqSpec>,
     pub counters: SpecCounters,
+    /// Lookup then draft model: the proposals each made, (lookup, draft model).
+    pub combined_sources: (u64, u64),
 }
 
 /// What one step's verification did for one sequence.
@@ -112,7 +120,7 @@ impl Speculator {
                 c.n_layers.max(2) - 1,
                 c.n_layers
             ),
-            Method::DraftModel(d) => {
+            Method::DraftModel(d) | Method::LookupThenDraft(_, d) => {
                 if d.model.config.vocab_size != c.vocab_size {
                     bail!(
                         "the draft model's vocabulary has {} tokens, the target's {}: speculative decoding needs one shared vocabulary",
@@ -132,6 +140,7 @@ impl Speculator {
             p_min,
             seqs: HashMap::new(),
             counters: SpecCounters::default(),
+            combined_sources: (0, 0),
         })
     }
 
@@ -142,7 +151,7 @@ impl Speculator {
     /// Bytes of the draft model's KV cache (`None` without a draft model).
     pub fn draft_cache_bytes(&self) -> Option<usize> {
         match &self.method {
-            Method::DraftModel(r) => Some(r.cache.bytes()),
+            Method::DraftModel(r) | Method::LookupThenDraft(_, r) => Some(r.cache.bytes()),
             _ => None,
         }
     }
@@ -192,23 +201,25 @@ impl Speculator {
                 }
                 Ok(())
             }
-            Method::DraftModel(runner) => {
-                let (seqs, p_min) = (&mut self.seqs, self.p_min);
-                let plan = reserve(sched, &todo, |id, seq_len, preemptions| {
-                    let s = seqs.get_mut(&id).expect("listed");
-                    if s.preemptions != preemptions {
-                        s.preemptions = preemptions;
-                        s.draft_computed = 0;
+            Method::DraftModel(runner) => draft_with(runner, &mut self.seqs, sched, &todo, self.p_min, self.length.min),
+            Method::LookupThenDraft(l, runner) => {
+                let min = super::combined::min_match(l.ngram_max());
+                let mut rest = Vec::new();
+                for &(id, k) in &todo {
+                    let seq = sched.seqs.get_mut(&id).expect("listed");
+                    match l.lookup_match(&seq.tokens, k) {
+                        Some((n, d)) if n >= min && self.seqs[&id].length.enough(d.len()) => {
+                            seq.draft = d;
+                            // Not fed to the draft model: nothing of it in its cache.
+                            self.seqs.get_mut(&id).expect("listed").fed = 0;
+                            self.combined_sources.0 += 1;
+                        }
+                        _ => rest.push((id, k)),
                     }
-                    // The tokens it has not seen, through the sequence's last one.
-                    let from = s.draft_computed.min(seq_len - 1);
-                    s.draft_computed = seq_len;
-                    from
-                });
-                let fed = rounds(runner, None, sched, &plan, p_min, self.length.min)?;
-                for (&(id, _, _), fed) in plan.iter().zip(fed) {
-                    self.seqs.get_mut(&id).expect("listed").fed = fed;
                 }
+                draft_with(runner, &mut self.seqs, sched, &rest, self.p_min, self.length.min)?;
+                let drafted = rest.iter().filter(|(id, _)| !sched.seqs[id].draft.is_empty()).count();
+                self.combined_sources.1 += drafted as u64;
                 Ok(())
             }
             Method::SelfSpeculate { layers } => {
@@ -250,6 +261,33 @@ impl Speculator {
     pub fn stats(&self, id: SeqId) -> Option<SpecStats> {
         self.seqs.get(&id).map(|s| s.stats)
     }
+}
+
+/// Drafts with the draft model in `runner` for the sequences of `todo` (`(sequence, drafts to ask for)`).
+fn draft_with(
+    runner: &mut ModelRunner,
+    seqs: &mut HashMap<SeqId, SeqSpec>,
+    sched: &mut Scheduler,
+    todo: &[(SeqId, usize)],
+    p_min: f32,
+    min: usize,
+) -> Result<()> {
+    let plan = reserve(sched, todo, |id, seq_len, preemptions| {
+        let s = seqs.get_mut(&id).expect("listed");
+        if s.preemptions != preemptions {
+            s.preemptions = preemptions;
+            s.draft_computed = 0;
+        }
+        // The tokens it has not seen, through the sequence's last one.
+        let from = s.draft_computed.min(seq_len - 1);
+        s.draft_computed = seq_len;
+        from
+    });
+    let fed = rounds(runner, None, sched, &plan, p_min, min)?;
+    for (&(id, _, _), fed) in plan.iter().zip(fed) {
+        seqs.get_mut(&id).expect("listed").fed = fed;
+    }
+    Ok(())
 }
 
 /// For each sequence to draft for, the blocks its drafted positions take (the first positions

@@ -5,13 +5,20 @@
 //! first rejected draft is replaced by the residual draw and ends the step, and if all are accepted the
 //! last row gives a bonus token. Then the target's cache is rewound to the accepted length (the
 //! rejected drafts' keys and values forgotten) and the sampler's history holds exactly the tokens kept.
+//!
+//! A token tree ([`verify_tree`], greedy) is verified the same way in one tree-masked pass
+//! ([`Pass::tree`]: each node sees the sequence and its own ancestors, at its depth's position): from
+//! the last token's row, the target's choice is looked for among the node's children, and the walk goes
+//! on while it is found. The accepted branch's cache rows are then moved to consecutive positions
+//! ([`crate::model::KvCache::keep_rows`]) and the other branches forgotten: the cache holds exactly what
+//! running the accepted tokens causally would have written.
 
 use super::proposer::Proposal;
 use super::rejection::{verify_one, Verdict};
 use crate::model::llama::State;
 use crate::model::{Logits, Model, Pass};
 use crate::sampling::Sampler;
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 /// What a verification step produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +28,9 @@ pub struct Step {
     pub tokens: Vec<u32>,
     /// How many drafts were accepted.
     pub accepted: usize,
+    /// A token tree's accepted branch left the first-child line somewhere (took a node's second or
+    /// later child: a draft's second choice).
+    pub off_first: bool,
 }
 
 /// Verifies `proposal` after `last` (the sequence's last token, not yet in `state`'s cache, which holds
@@ -56,11 +66,75 @@ pub fn verify(
                 tokens.push(t);
                 // Keep `last` and the i accepted drafts; the target's token is the next `last`.
                 state.rewind(pos0 + 1 + i);
-                return Ok(Step { tokens, accepted: i });
+                return Ok(Step {
+                    tokens,
+                    accepted: i,
+                    off_first: false,
+                });
             }
         }
     }
     // Every draft stands: the cache keeps them all, and the last row gives one more token.
     tokens.push(sampler.sample(&rows[k * vocab..(k + 1) * vocab]));
-    Ok(Step { tokens, accepted: k })
+    Ok(Step {
+        tokens,
+        accepted: k,
+        off_first: false,
+    })
+}
+
+/// Verifies the token tree `proposal` (its `parent`s set) after `last`, greedily (`sampler` must be
+/// greedy): the target's choice after each accepted node is looked for among that node's children.
+/// Leaves the cache holding the sequence, `last` and the accepted nodes (moved to consecutive positions),
+/// the history the sequence and every returned token, and in `rows` the logits each was chosen from.
+pub fn verify_tree(
+    model: &Model,
+    state: &mut State,
+    sampler: &mut Sampler,
+    last: u32,
+    proposal: &Proposal,
+    rows: &mut Vec<f32>,
+) -> Result<Step> {
+    if !sampler.is_greedy() {
+        bail!("token trees are verified greedily only (--temperature 0)");
+    }
+    let (pos0, n, vocab) = (state.pos(), proposal.len(), model.config.vocab_size);
+    if proposal.parent.len() != n {
+        bail!("a tree of {} parents over {n} drafts", proposal.parent.len());
+    }
+    // The pass: `last` is the root (row 0), draft i is row i + 1.
+    let mut input = Vec::with_capacity(n + 1);
+    input.push(last);
+    input.extend_from_slice(&proposal.tokens);
+    let mut parent = Vec::with_capacity(n + 1);
+    parent.push(None);
+    parent.extend(proposal.parent.iter().map(|p| Some(p.map_or(0, |i| i + 1))));
+    let idx: Vec<usize> = (0..=n).collect();
+    let all = model
+        .forward_pass(state, Pass::tree(&input, &parent, Logits::Rows(&idx)))?
+        .to_vec();
+    rows.clear();
+    let (mut node, mut path, mut tokens, mut off_first) = (0, vec![0], Vec::new(), false);
+    loop {
+        let row = &all[node * vocab..(node + 1) * vocab];
+        rows.extend_from_slice(row);
+        let t = sampler.sample(row);
+        tokens.push(t);
+        let mut children = (node + 1..=n).filter(|&c| parent[c] == Some(node));
+        let first = children.clone().next();
+        match children.find(|&c| input[c] == t) {
+            Some(c) => {
+                off_first |= Some(c) != first;
+                node = c;
+                path.push(c);
+            }
+            None => break,
+        }
+    }
+    state.cache.keep_rows(pos0, &path)?;
+    Ok(Step {
+        accepted: path.len() - 1,
+        tokens,
+        off_first,
+    })
 }
