@@ -110,7 +110,9 @@ fn q5_0_as_q8_0(b: &[u8], out: &mut [u8; 34]) {
 
 /// Where a matrix's packed copy lives once made. By default the first fast product makes it (and waits
 /// for it); a [`defer`](PackSlot::defer)red slot is filled by someone else (a background packer, with
-/// [`fill_serial`](PackSlot::fill_serial)) and products use the row-major kernels until it is.
+/// [`fill_serial`](PackSlot::fill_serial)) and products use the row-major kernels until the slot is
+/// [`release`](PackSlot::release)d — not merely until it is filled, so that which kernel a product
+/// uses never depends on how far the packer has got.
 #[derive(Debug, Default)]
 pub struct PackSlot {
     cell: OnceLock<Option<Packed>>,
@@ -132,9 +134,15 @@ impl PackSlot {
         self.cell.get()?.as_ref()
     }
 
-    /// From now on products do not make the copy themselves.
+    /// From now on products use the row-major kernels and do not make the copy themselves, until
+    /// [`PackSlot::release`].
     pub fn defer(&self) {
-        self.deferred.store(true, Ordering::Relaxed);
+        self.deferred.store(true, Ordering::Release);
+    }
+
+    /// Ends [`PackSlot::defer`]: products use the copy (made on first use if no one filled it).
+    pub fn release(&self) {
+        self.deferred.store(false, Ordering::Release);
     }
 
     /// Makes the copy of `w` on this thread alone (no pool), unless made already.
@@ -145,8 +153,8 @@ impl PackSlot {
     /// The copy a product of `w` should use: made now (on the pool) unless deferred.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn for_product(&self, w: &QMatrix) -> Option<&Packed> {
-        if self.deferred.load(Ordering::Relaxed) {
-            return self.get();
+        if self.deferred.load(Ordering::Acquire) {
+            return None;
         }
         self.cell.get_or_init(|| Packed::new(w)).as_ref()
     }

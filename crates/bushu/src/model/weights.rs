@@ -268,7 +268,8 @@ impl Weights {
     /// copying them all takes long enough (~0.7 ms per MB on the hosts measured: page faults of the
     /// fresh memory) to hold up the first token, so a background thread packs them, in the order the
     /// forward pass uses them, while the first pass (the prompt) runs on the row-major kernels; the
-    /// second pass waits for the packer ([`Weights::before_pass`]), so results never depend on timing. The packer
+    /// second pass waits for the packer ([`Weights::before_pass`]) and only then lets products use the copies
+    /// (a copy the packer finishes during a long first pass is not used in it), so results never depend on timing. The packer
     /// starts once the first forward pass is over (or after 5 s), so the first token has the cores.
     pub fn prepare_packing(&self) {
         let packable: Vec<Tensor> = self
@@ -295,7 +296,7 @@ impl Weights {
             *slot = Some(h);
         } else {
             // No thread: pack on first use after all.
-            self.matrices().for_each(|t| t.pack.fill_serial(&t.matrix()));
+            self.matrices().for_each(|t| t.pack.release());
         }
     }
 
@@ -320,6 +321,8 @@ impl Weights {
         let h = self.packer.lock().ok().and_then(|mut s| s.take());
         if let Some(h) = h {
             let _ = h.join();
+            // Every deferred copy is made: from this pass on, products use them.
+            self.matrices().for_each(|t| t.pack.release());
         }
     }
 
