@@ -9,7 +9,7 @@ mod pull;
 mod quantize;
 mod roofline;
 mod run;
-mod sampling;
+pub mod sampling;
 mod serve;
 mod spec;
 mod structured;

@@ -233,6 +233,7 @@ impl Server {
             model_id,
             model_alias,
             vocab,
+            generation: file.generation.clone(),
             api_key: opts.api_key.clone(),
             metrics_public: opts.metrics_public,
             metrics,

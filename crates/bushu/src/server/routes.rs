@@ -37,6 +37,8 @@ pub struct AppState {
     pub model_alias: Option<String>,
     /// The model's vocabulary size.
     pub vocab: usize,
+    /// The sampling values the model ships (defaults of the requests' fields).
+    pub generation: crate::model::GenerationDefaults,
     pub api_key: Option<String>,
     /// `/metrics` without the key even when there is one (`--metrics-public`).
     pub metrics_public: bool,
@@ -286,6 +288,7 @@ async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Res
         max_default: 16,
         max_model_len: st.max_model_len,
         vocab: st.vocab,
+        generation: st.generation.clone(),
         prompt_name: "prompt",
         logprobs,
         stop_ids: Vec::new(),
@@ -339,6 +342,7 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Resul
         max_default: st.max_model_len,
         max_model_len: st.max_model_len,
         vocab: st.vocab,
+        generation: st.generation.clone(),
         prompt_name: "messages",
         tokens: prompt,
         logprobs,
