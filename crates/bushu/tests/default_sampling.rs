@@ -32,13 +32,19 @@ fn flags_then_model_then_command_default() {
         top_p: Some(0.8),
         min_p: None,
     };
-    let Sub::Run(run) = parse(&["run", "-m", "M", "-p", "hi"]).command else { panic!() };
-    let Sub::Chat(chat) = parse(&["chat"]).command else { panic!() };
+    let Sub::Run(run) = parse(&["run", "-m", "M", "-p", "hi"]).command else {
+        panic!()
+    };
+    let Sub::Chat(chat) = parse(&["chat"]).command else {
+        panic!()
+    };
     assert_eq!(run.sampling.resolved(&none, Cmd::Run), (0.8, 40, 0.95, 0.0));
     assert_eq!(chat.sampling.resolved(&none, Cmd::Chat), (0.0, 40, 0.95, 0.0));
     assert_eq!(run.sampling.resolved(&model, Cmd::Run), (0.6, 20, 0.8, 0.0));
     assert_eq!(chat.sampling.resolved(&model, Cmd::Chat), (0.6, 20, 0.8, 0.0));
-    let Sub::Chat(flags) = parse(&["chat", "--temp", "0.2", "--top-k", "5"]).command else { panic!() };
+    let Sub::Chat(flags) = parse(&["chat", "--temp", "0.2", "--top-k", "5"]).command else {
+        panic!()
+    };
     assert_eq!(flags.sampling.resolved(&model, Cmd::Chat), (0.2, 5, 0.8, 0.0));
     assert_eq!(GenerationDefaults::TEMPERATURE, 0.8);
 }
@@ -63,7 +69,10 @@ fn generation_config_values_are_read_and_checked() {
         GenerationDefaults::default()
     );
     let e = GenerationDefaults::from_generation_config(&json!({"temperature": "hot"})).unwrap_err();
-    assert!(e.to_string().contains("temperature must be a non-negative number"), "{e}");
+    assert!(
+        e.to_string().contains("temperature must be a non-negative number"),
+        "{e}"
+    );
 }
 
 fn run_tokens(model: &Path, extra: &[&str]) -> Vec<u32> {
@@ -113,10 +122,20 @@ fn run_takes_the_models_temperature_else_0_8() {
 fn a_hugging_face_generation_config_sets_the_default() {
     let dir = TempDir::new("default-sampling-hf");
     let src = shared("models/shakespeare/shakespeare-expert-hf");
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer.model", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+    ] {
         std::os::unix::fs::symlink(src.join(f), dir.0.join(f)).unwrap();
     }
-    std::fs::write(dir.0.join("generation_config.json"), r#"{"eos_token_id": 2, "temperature": 0}"#).unwrap();
+    std::fs::write(
+        dir.0.join("generation_config.json"),
+        r#"{"eos_token_id": 2, "temperature": 0}"#,
+    )
+    .unwrap();
     let greedy = run_tokens(&src, &["--temperature", "0"]);
     assert_ne!(run_tokens(&src, &[]), greedy, "the shipped directory samples at 0.8");
     assert_eq!(run_tokens(&dir.0, &[]), greedy);
@@ -162,7 +181,11 @@ fn serve_requests_without_temperature_take_the_same_default() {
     };
     let s = serve(tiny(&dir.0, None));
     let default = completion(&s, body(None));
-    assert_eq!(default, completion(&s, body(Some(0.8))), "0.8 when the request gives none");
+    assert_eq!(
+        default,
+        completion(&s, body(Some(0.8))),
+        "0.8 when the request gives none"
+    );
     assert_ne!(default, completion(&s, body(Some(1.0))), "not OpenAI's 1");
     let greedy = completion(&s, body(Some(0.0)));
     s.shutdown().unwrap();

@@ -56,7 +56,10 @@ fn ps_reports_the_model_and_its_kv_cache() {
     assert_eq!(kv["type"], "f32");
     assert_eq!(kv["blocks_total"].as_u64(), Some(s.engine.num_blocks as u64));
     assert_eq!(kv["bytes_total"].as_u64(), Some(s.engine.kv_bytes() as u64));
-    assert_eq!((kv["blocks_used"].as_u64(), kv["bytes_used"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (kv["blocks_used"].as_u64(), kv["bytes_used"].as_u64()),
+        (Some(0), Some(0))
+    );
     assert_eq!((m["running"].as_u64(), m["waiting"].as_u64()), (Some(0), Some(0)));
 
     // A finished request's blocks stay in the prefix cache: cached, not used. 40 prompt tokens and 8
@@ -76,11 +79,17 @@ fn ps_reports_the_model_and_its_kv_cache() {
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("NAME") && lines[0].contains("KV USED"), "{out}");
-    assert!(lines[1].starts_with("tiny-llama-q8_0.gguf") && lines[1].contains(" f32 "), "{out}");
+    assert!(
+        lines[1].starts_with("tiny-llama-q8_0.gguf") && lines[1].contains(" f32 "),
+        "{out}"
+    );
     s.shutdown().unwrap();
 
     // No server: one line, exit 1.
     let (ok, out, err) = ps(port, &[]);
     assert!(!ok && out.is_empty(), "{out}");
-    assert!(err.contains("no bushu server at 127.0.0.1:") && err.trim().lines().count() == 1, "{err}");
+    assert!(
+        err.contains("no bushu server at 127.0.0.1:") && err.trim().lines().count() == 1,
+        "{err}"
+    );
 }

@@ -19,7 +19,8 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// `(name, dim, layers, heads, kv_heads, ffn, vocab, tied)`.
-const MODELS: &[(&str, usize, usize, usize, usize, usize, usize, bool)] = &[
+type Shape = (&'static str, usize, usize, usize, usize, usize, usize, bool);
+const MODELS: &[Shape] = &[
     ("gqa", 256, 8, 8, 2, 288, 512, false),
     ("tied", 256, 4, 4, 4, 512, 384, true),
 ];
@@ -48,7 +49,7 @@ fn weights(rng: &mut Rng, cols: usize, rows: usize) -> Vec<f32> {
             let x = (rng.uniform() + rng.uniform() + rng.uniform() + rng.uniform()) * scale;
             v.push(if i < 32 {
                 0.0
-            } else if i % 97 == 0 {
+            } else if i.is_multiple_of(97) {
                 x * 8.0
             } else {
                 x
@@ -159,7 +160,11 @@ fn mixtures_are_bit_identical_to_llama_quantize() {
             for t in ours {
                 let got = format!("{} {}", t.dtype.name(), sha16(t.bytes()));
                 let w = tensors[&t.name].as_str().unwrap();
-                assert_eq!(got, w, "{model} {mixture}: {} (type, sha256) against llama-quantize's", t.name);
+                assert_eq!(
+                    got, w,
+                    "{model} {mixture}: {} (type, sha256) against llama-quantize's",
+                    t.name
+                );
                 kinds.insert(t.dtype.name());
                 checked += 1;
             }
@@ -171,13 +176,21 @@ fn mixtures_are_bit_identical_to_llama_quantize() {
 
 #[test]
 fn types_bushu_cannot_write_are_refused_by_name() {
-    for (name, word) in [("IQ2_XS", "IQ2_XS"), ("q2_k_s", "Q2_K_S"), ("BF16", "BF16"), ("iq4_nl", "IQ4_NL")] {
+    for (name, word) in [
+        ("IQ2_XS", "IQ2_XS"),
+        ("q2_k_s", "Q2_K_S"),
+        ("BF16", "BF16"),
+        ("iq4_nl", "IQ4_NL"),
+    ] {
         let e = Target::parse(name).unwrap_err().to_string();
         assert!(e.contains(&format!("cannot write llama.cpp's {word}")), "{name}: {e}");
         assert!(!e.contains('\n'), "{e}");
     }
     let e = Target::parse("q4_k_x").unwrap_err().to_string();
-    assert!(e.contains("unknown quantization type 'q4_k_x'") && e.contains("Q4_K_M"), "{e}");
+    assert!(
+        e.contains("unknown quantization type 'q4_k_x'") && e.contains("Q4_K_M"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -202,5 +215,8 @@ fn a_file_of_a_type_bushu_cannot_run_is_refused_in_one_line() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("Q3_K") && err.contains("cannot compute"), "{err}");
-    assert!(!err.contains("internal error") && err.trim().lines().count() == 1, "{err}");
+    assert!(
+        !err.contains("internal error") && err.trim().lines().count() == 1,
+        "{err}"
+    );
 }

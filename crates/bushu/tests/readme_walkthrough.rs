@@ -143,7 +143,11 @@ fn readme_commands_run() {
     let readme = read("README.md");
     let mut ran = 0;
     for line in blocks(&readme, "sh").concat() {
-        for cmd in strip_comment(&line).split("&&").map(str::trim).filter(|c| !c.is_empty()) {
+        for cmd in strip_comment(&line)
+            .split("&&")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
             if cmd.starts_with("cargo ") {
                 eprintln!("not run (this test is part of it): {cmd}");
                 continue;
@@ -201,7 +205,7 @@ fn lines_match(pats: &[&str], lines: &[&str]) -> bool {
     }
 }
 
-fn trim_end<'a>(mut v: Vec<&'a str>) -> Vec<&'a str> {
+fn trim_end(mut v: Vec<&str>) -> Vec<&str> {
     while v.last().is_some_and(|l| l.is_empty()) {
         v.pop();
     }

@@ -6,11 +6,11 @@
 
 use super::run::context_size;
 use super::sampling::{flag_error, Command, SamplingArgs};
-use crate::model::GenerationDefaults;
 use super::structured::StructuredArgs;
 use super::ModelArgs;
 use crate::chat::session::{template_for, ChatSession};
 use crate::generate::{ContextTooSmall, GenerateOptions};
+use crate::model::GenerationDefaults;
 use anyhow::{Context, Result};
 use clap::Args;
 use kernels::Precision;

@@ -29,7 +29,9 @@ pub fn ps(a: PsArgs) -> Result<()> {
     }
     let v: Value = match req.call() {
         Ok(r) => r.into_json()?,
-        Err(ureq::Error::Status(401, _)) => bail!("the server at {}:{} wants an API key: --api-key KEY", a.host, a.port),
+        Err(ureq::Error::Status(401, _)) => {
+            bail!("the server at {}:{} wants an API key: --api-key KEY", a.host, a.port)
+        }
         Err(ureq::Error::Status(code, _)) => {
             bail!("{url} answered {code}: is this a bushu server (bushu serve)?")
         }

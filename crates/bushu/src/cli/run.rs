@@ -4,12 +4,12 @@
 //! greedy or sampled output: `--draft-model PATH`, `--lookup` or `--self-speculate L` (one of them).
 
 use super::sampling::{flag_error, Command, SamplingArgs};
-use crate::model::GenerationDefaults;
 use super::spec::SpecArgs;
 use super::structured::StructuredArgs;
 use super::ModelArgs;
 use crate::generate::contrastive::{generate_contrastive, CdParams};
 use crate::generate::{generate, GenerateOptions, Generation, Strategy};
+use crate::model::GenerationDefaults;
 use crate::sampling::beam::{BeamParams, EarlyStopping};
 use crate::spec_decode::{
     generate_speculative, load_draft, DraftLengthParams, DraftModel, PromptLookup, Proposer, SelfSpeculation,

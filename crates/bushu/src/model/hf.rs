@@ -84,7 +84,8 @@ pub fn read(dir: &Path) -> Result<HfModel> {
     let gen_path = dir.join("generation_config.json");
     if gen_path.exists() {
         let gen = read_json(&gen_path)?;
-        eos_ids = token_ids(gen.get("eos_token_id")).with_context(|| format!("{}: eos_token_id", gen_path.display()))?;
+        eos_ids =
+            token_ids(gen.get("eos_token_id")).with_context(|| format!("{}: eos_token_id", gen_path.display()))?;
         generation = super::loader::GenerationDefaults::from_generation_config(&gen)
             .with_context(|| format!("{}", gen_path.display()))?;
     }

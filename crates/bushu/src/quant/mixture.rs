@@ -114,7 +114,12 @@ impl Ftype {
 
     /// The canonical name (`Q4_K_M` for the alias `Q4_K`).
     pub fn name(self) -> &'static str {
-        NAMES.iter().rev().find(|(_, f)| *f == self).map(|(n, _)| *n).unwrap_or("?")
+        NAMES
+            .iter()
+            .rev()
+            .find(|(_, f)| *f == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
     }
 
     /// `general.file_type` (llama.h's `LLAMA_FTYPE_*`).
@@ -205,8 +210,10 @@ impl ModelFacts {
         let key = |k: &str| get(&format!("{arch}.{k}"));
         let n_layer = first_u64(key("block_count")).unwrap_or(0) as usize;
         let n_head = first_u64(key("attention.head_count")).unwrap_or(0) as usize;
-        let n_head_kv = first_u64(key("attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_head);
-        let n_gqa = if n_head_kv > 0 { n_head / n_head_kv } else { 0 };
+        let n_head_kv = first_u64(key("attention.head_count_kv"))
+            .map(|v| v as usize)
+            .unwrap_or(n_head);
+        let n_gqa = n_head.checked_div(n_head_kv).unwrap_or(0);
         let n_expert = first_u64(key("expert_count")).unwrap_or(0) as usize;
         let is_70b = match arch.as_str() {
             "llama" => n_layer == 80 && n_head != n_head_kv,
@@ -522,7 +529,10 @@ mod tests {
         assert_eq!(Ftype::Q4_K_M.name(), "Q4_K_M");
         assert_eq!(Ftype::parse("int4-sym-g32").unwrap(), None);
         let e = Ftype::parse("iq2_xs").unwrap_err().to_string();
-        assert!(e.contains("cannot write llama.cpp's IQ2_XS") && !e.contains('\n'), "{e}");
+        assert!(
+            e.contains("cannot write llama.cpp's IQ2_XS") && !e.contains('\n'),
+            "{e}"
+        );
     }
 
     #[test]
