@@ -41,7 +41,10 @@ fn llama_cpp_aliases_parse_to_the_same_options() {
     ]);
     for cli in [long, short] {
         let Sub::Run(a) = cli.command else { panic!("not run") };
-        assert_eq!((a.ctx, a.sampling.temperature, a.sampling.seed), (Some(256), 0.5, 7));
+        assert_eq!(
+            (a.ctx, a.sampling.temperature, a.sampling.seed),
+            (Some(256), Some(0.5), 7)
+        );
         assert_eq!(a.prompt.as_deref(), Some("hi"));
         assert_eq!(a.model.n_gpu_layers.as_deref(), Some("99"));
     }
@@ -72,7 +75,10 @@ fn llama_cpp_aliases_parse_to_the_same_options() {
     else {
         panic!()
     };
-    assert_eq!((a.ctx, a.sampling.temperature, a.sampling.seed), (Some(512), 0.3, 3));
+    assert_eq!(
+        (a.ctx, a.sampling.temperature, a.sampling.seed),
+        (Some(512), Some(0.3), 3)
+    );
     assert_eq!(a.sampling.repetition_penalty, 1.1);
     let Sub::Serve(a) = parse(&["serve", "--ctx-size", "1024"]).command else {
         panic!()

@@ -442,6 +442,7 @@ fn fuzz_request() {
                 max_default: 16,
                 max_model_len,
                 vocab,
+                generation: Default::default(),
                 prompt_name: "prompt",
                 logprobs: None,
                 stop_ids: Vec::new(),

@@ -6,12 +6,13 @@
 //! `--self-speculate`, as `bushu run`) decodes every answer; `--verbose` reports each turn's drafts.
 
 use super::run::context_size;
-use super::sampling::{flag_error, SamplingArgs};
+use super::sampling::{flag_error, Command, SamplingArgs};
 use super::spec::SpecArgs;
 use super::structured::StructuredArgs;
 use super::ModelArgs;
 use crate::chat::session::{template_for, ChatSession};
 use crate::generate::{ContextTooSmall, GenerateOptions};
+use crate::model::GenerationDefaults;
 use anyhow::{Context, Result};
 use clap::Args;
 use kernels::Precision;
@@ -22,8 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 #[derive(Args)]
-// Chat answers are greedy unless asked otherwise (run samples at 0.8 by default).
-#[command(mut_arg("temperature", |a| a.default_value("0")))]
+// Chat answers are greedy unless the flags or the model say otherwise (`sampling::Command::Chat`).
 pub struct ChatArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -189,10 +189,11 @@ fn command(line: &str, session: &mut ChatSession) -> Option<Action> {
 }
 
 pub fn chat(a: ChatArgs) -> Result<()> {
-    let mut sampling = a.sampling.params()?;
+    a.sampling.params(&GenerationDefaults::default(), Command::Chat)?;
     a.structured.constraint()?;
     let spec = a.spec.options()?;
     let (file, _) = a.model.open()?;
+    let mut sampling = a.sampling.params(&file.generation, Command::Chat)?;
     let ctx = context_size(a.ctx, &file.config, a.model.kv_type)?;
     let model = a.model.build(&file)?;
     sampling

@@ -5,11 +5,12 @@ mod chat;
 mod info;
 mod list;
 mod perplexity;
+mod ps;
 mod pull;
 mod quantize;
 mod roofline;
 mod run;
-mod sampling;
+pub mod sampling;
 mod serve;
 mod spec;
 mod structured;
@@ -62,6 +63,8 @@ pub enum Command {
     List(list::ListArgs),
     /// Remove a model from the cache.
     Rm(pull::RmArgs),
+    /// What a running `bushu serve` has loaded, and its KV cache use (ollama's ps).
+    Ps(ps::PsArgs),
     /// Interactive chat with a model (multi-turn, streaming).
     Chat(Box<chat::ChatArgs>),
     /// Print a shell completion script (e.g. `bushu completions bash > ~/.local/share/bash-completion/completions/bushu`).
@@ -258,6 +261,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Pull(a) => pull::pull(a),
         Command::List(a) => list::list(a),
         Command::Rm(a) => pull::rm(a),
+        Command::Ps(a) => ps::ps(a),
         Command::Chat(a) => chat::chat(*a),
         Command::Completions(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "bushu", &mut std::io::stdout());

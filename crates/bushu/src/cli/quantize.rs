@@ -8,7 +8,7 @@ use crate::quant::convert::{quantize_gguf, QuantizeOptions, Target};
 use crate::quant::gptq::GptqConfig;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -19,8 +19,9 @@ pub struct QuantizeArgs {
     pub input: PathBuf,
     /// Output GGUF file.
     pub output: PathBuf,
-    /// Target type: q8_0, q4_0, q4_1, q5_0, q4_k, q6_k, f16; int8-sym-channel, int4-asym-g128, ...;
-    /// gptq-int4-g128, gptq-int4-g32, gptq-int3-g128.
+    /// Target type: llama-quantize's file types (Q4_K_M, Q4_K_S, Q5_K_M, Q5_K_S, Q3_K_S, Q3_K_M, Q3_K_L,
+    /// Q2_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, F16, F32; Q4_K = Q4_K_M, any case), with its type for
+    /// each tensor; bushu's int8-sym-channel, int4-asym-g128, ...; gptq-int4-g128, gptq-int4-g32, gptq-int3-g128.
     #[arg(long = "type", short = 'T')]
     pub ty: String,
     /// Calibration text for GPTQ.
@@ -37,7 +38,8 @@ pub struct QuantizeArgs {
     /// GPTQ: quantize columns in order of decreasing activation energy (static groups).
     #[arg(long)]
     pub act_order: bool,
-    /// Use the type for every tensor (no Q6_K output layer), like llama-quantize --pure.
+    /// Use the file type's base type for every tensor (no Q6_K output layer, no more bits for attn_v and
+    /// ffn_down), like llama-quantize --pure.
     #[arg(long)]
     pub pure: bool,
     /// Threads (default: all cores).
@@ -94,8 +96,10 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         },
     };
     let quiet = a.quiet;
+    // The progress line redraws itself: on a terminal only (a log would get every frame).
+    let progress = !quiet && std::io::stderr().is_terminal();
     let reports = quantize_gguf(&a.input, &a.output, &opts, |i, n, name| {
-        if !quiet {
+        if progress {
             let done = (i + 1) * 30 / n;
             eprint!(
                 "\r[{}{}] {}/{n} {name:<32}",
@@ -106,8 +110,10 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
             let _ = std::io::stderr().flush();
         }
     })?;
-    if !quiet {
+    if progress {
         eprintln!();
+    }
+    if !quiet {
         println!(
             "{:<28} {:>6} {:>12} {:>10} {:>8}",
             "tensor", "type", "||W-W~||²", "rel", "SQNR dB"

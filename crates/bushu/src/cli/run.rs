@@ -3,12 +3,13 @@
 //! `--amateur PATH` (contrastive decoding, greedy/sampled or with `--beams`). Speculative decoding of
 //! greedy or sampled output: `--draft-model PATH`, `--lookup` or `--self-speculate L` (one of them).
 
-use super::sampling::{flag_error, SamplingArgs};
+use super::sampling::{flag_error, Command, SamplingArgs};
 use super::spec::SpecArgs;
 use super::structured::StructuredArgs;
 use super::ModelArgs;
 use crate::generate::contrastive::{generate_contrastive, CdParams};
 use crate::generate::{generate, GenerateOptions, Generation, Strategy};
+use crate::model::GenerationDefaults;
 use crate::sampling::beam::{BeamParams, EarlyStopping};
 use crate::spec_decode::{generate_speculative, DraftLengthParams, SpecOptions, Speculation};
 use anyhow::{bail, Context, Result};
@@ -112,10 +113,11 @@ fn other_strategy(a: &RunArgs) -> Option<&'static str> {
     }
 }
 
-/// The generation options the flags describe (everything checkable before loading a model).
-pub fn options(a: &RunArgs, eos_ids: Vec<u32>) -> Result<GenerateOptions> {
+/// The generation options the flags describe for a model shipping `model`'s sampling values (called
+/// once with none before the model loads: everything checkable then is checked then).
+pub fn options(a: &RunArgs, eos_ids: Vec<u32>, model: &GenerationDefaults) -> Result<GenerateOptions> {
     speculation(a)?;
-    let sampling = a.sampling.params()?;
+    let sampling = a.sampling.params(model, Command::Run)?;
     if a.beams < 1 {
         bail!("--beams must be at least 1 (got {})", a.beams);
     }
@@ -144,7 +146,7 @@ pub fn options(a: &RunArgs, eos_ids: Vec<u32>) -> Result<GenerateOptions> {
         }
         Strategy::ContrastiveSearch {
             penalty_alpha: alpha,
-            top_k: a.sampling.top_k,
+            top_k: sampling.top_k,
         }
     } else if a.beams > 1 {
         Strategy::Beam(BeamParams {
@@ -192,9 +194,9 @@ fn prompt_text(a: &RunArgs) -> Result<String> {
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
-    let mut opts = options(&a, Vec::new())?;
+    options(&a, Vec::new(), &GenerationDefaults::default())?;
     let (file, load_ms) = a.model.open()?;
-    opts.eos_ids = file.eos_ids.clone();
+    let mut opts = options(&a, file.eos_ids.clone(), &file.generation)?;
     let ctx = context_size(a.ctx, &file.config, a.model.kv_type)?;
     let model = a.model.build(&file)?;
     if a.beams > 1 {

@@ -2,26 +2,31 @@
 //! and how library errors about a parameter are said in terms of the flag that sets it.
 
 use crate::generate::ContextTooSmall;
+use crate::model::GenerationDefaults;
 use crate::sampling::{InvalidParam, PenaltyWindow, SamplingParams};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 
-/// The processor chain's flags. The defaults are `bushu run`'s; a command that wants others overrides
-/// them with `mut_arg` (chat is greedy by default), so that `--help` shows each command's own.
+/// The processor chain's flags. Temperature, top-k, top-p and min-p left unset take the model's own
+/// values ([`GenerationDefaults`]: GGUF `general.sampling.*`, `generation_config.json`), else bushu's
+/// defaults: temperature 0.8 (llama.cpp's) for `run`, 0 (greedy) for `chat`, top-k 40, top-p 0.95, min-p 0.
 #[derive(Args, Clone, Debug)]
 pub struct SamplingArgs {
-    /// Sampling temperature; 0 is greedy (`--temp` as in llama.cpp).
-    #[arg(long, visible_alias = "temp", default_value_t = 0.8, allow_negative_numbers = true)]
-    pub temperature: f32,
-    /// Keep the K most likely tokens (0: all). Also contrastive search's candidate count.
-    #[arg(long, default_value_t = 40)]
-    pub top_k: usize,
-    /// Keep the smallest set of tokens whose probability reaches P (1: all).
-    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
-    pub top_p: f32,
-    /// Keep tokens with probability at least P times the most likely one's (0: off).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pub min_p: f32,
+    /// Sampling temperature; 0 is greedy (`--temp` as in llama.cpp) [default: the model's, else 0.8 for
+    /// run, 0 for chat].
+    #[arg(long, visible_alias = "temp", allow_negative_numbers = true)]
+    pub temperature: Option<f32>,
+    /// Keep the K most likely tokens (0: all). Also contrastive search's candidate count [default: the
+    /// model's, else 40].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability reaches P (1: all) [default: the model's, else 0.95].
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+    /// Keep tokens with probability at least P times the most likely one's (0: off) [default: the model's,
+    /// else 0].
+    #[arg(long, allow_negative_numbers = true)]
+    pub min_p: Option<f32>,
     /// Random seed.
     #[arg(short = 's', long, default_value_t = 0)]
     pub seed: u64,
@@ -53,19 +58,44 @@ pub struct SamplingArgs {
     pub logit_bias: Vec<String>,
 }
 
+/// Which command's default temperature applies when neither a flag nor the model gives one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `run`: llama.cpp's 0.8.
+    Run,
+    /// `chat`: greedy, so that an answer is the exact model's, the same every time.
+    Chat,
+}
+
 impl SamplingArgs {
-    /// The sampling parameters these flags describe, validated (errors name the flags).
-    pub fn params(&self) -> Result<SamplingParams> {
+    /// Temperature, top-k, top-p, min-p: the flag's, else the model's, else the command's default.
+    pub fn resolved(&self, model: &GenerationDefaults, command: Command) -> (f32, usize, f32, f32) {
+        let temperature = match command {
+            Command::Run => GenerationDefaults::TEMPERATURE,
+            Command::Chat => 0.0,
+        };
+        (
+            self.temperature.or(model.temperature).unwrap_or(temperature),
+            self.top_k.or(model.top_k).unwrap_or(40),
+            self.top_p.or(model.top_p).unwrap_or(0.95),
+            self.min_p.or(model.min_p).unwrap_or(0.0),
+        )
+    }
+
+    /// The sampling parameters these flags describe for `command` on a model shipping `model`'s values,
+    /// validated (errors name the flags).
+    pub fn params(&self, model: &GenerationDefaults, command: Command) -> Result<SamplingParams> {
+        let (temperature, top_k, top_p, min_p) = self.resolved(model, command);
         let no_repeat_ngram = match self.no_repeat_ngram {
             Some(n) if n <= 0 => bail!("--no-repeat-ngram must be at least 1 (got {n})"),
             Some(n) => n as usize,
             None => 0,
         };
         let p = SamplingParams {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
             seed: self.seed,
             repetition_penalty: self.repetition_penalty,
             presence_penalty: self.presence_penalty,

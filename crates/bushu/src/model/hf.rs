@@ -44,6 +44,8 @@ pub struct HfModel {
     pub name: Option<String>,
     /// Total size of the safetensors files.
     pub file_bytes: u64,
+    /// The sampling values of `generation_config.json`.
+    pub generation: super::loader::GenerationDefaults,
 }
 
 /// Opens a Hugging Face model directory: weights, config and tokenizer.
@@ -63,6 +65,7 @@ pub fn load(dir: &Path) -> Result<ModelFile> {
         chat_template,
         eos_ids,
         file_bytes: m.file_bytes,
+        generation: m.generation,
     })
 }
 
@@ -77,10 +80,14 @@ pub fn read(dir: &Path) -> Result<HfModel> {
     check_tensors(&config, &tensors).with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
 
     let mut eos_ids = Vec::new();
+    let mut generation = super::loader::GenerationDefaults::default();
     let gen_path = dir.join("generation_config.json");
     if gen_path.exists() {
-        eos_ids = token_ids(read_json(&gen_path)?.get("eos_token_id"))
-            .with_context(|| format!("{}: eos_token_id", gen_path.display()))?;
+        let gen = read_json(&gen_path)?;
+        eos_ids =
+            token_ids(gen.get("eos_token_id")).with_context(|| format!("{}: eos_token_id", gen_path.display()))?;
+        generation = super::loader::GenerationDefaults::from_generation_config(&gen)
+            .with_context(|| format!("{}", gen_path.display()))?;
     }
     push_unique(&mut eos_ids, &config.eos_ids);
     Ok(HfModel {
@@ -88,6 +95,7 @@ pub fn read(dir: &Path) -> Result<HfModel> {
         tensors,
         eos_ids,
         chat_template: read_chat_template(dir)?,
+        generation,
         name: dir
             .canonicalize()
             .ok()

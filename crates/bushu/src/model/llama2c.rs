@@ -94,6 +94,7 @@ pub fn load(path: &Path, tokenizer: Option<&Path>) -> Result<ModelFile> {
         chat_template: None,
         eos_ids,
         file_bytes: ck.file_bytes,
+        generation: Default::default(),
     })
 }
 

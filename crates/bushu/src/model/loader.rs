@@ -29,6 +29,59 @@ pub struct ModelFile {
     pub eos_ids: Vec<u32>,
     /// Size of the model files in bytes.
     pub file_bytes: u64,
+    /// The sampling values the model ships, if any.
+    pub generation: GenerationDefaults,
+}
+
+/// The sampling values a model ships: GGUF's `general.sampling.{temp,top_k,top_p,min_p}` (which llama.cpp's
+/// converter copies from `generation_config.json`), or a Hugging Face directory's `generation_config.json`
+/// (`temperature`, `top_k`, `top_p`, `min_p`; `do_sample` is ignored, as llama.cpp's converter ignores
+/// it). Each one the model gives replaces bushu's default on every command, unless a flag or a request
+/// field sets it; the defaults are [`GenerationDefaults::TEMPERATURE`] (llama.cpp's 0.8) for `run` and for
+/// `serve` requests, greedy for `chat`, top-k 40 / top-p 0.95 / min-p 0 for `run` and `chat`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GenerationDefaults {
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+}
+
+impl GenerationDefaults {
+    /// The default temperature of `run` and of `serve` requests when the model gives none (llama.cpp's,
+    /// llama-cli's and llama-server's alike).
+    pub const TEMPERATURE: f32 = 0.8;
+
+    /// Reads `general.sampling.*` of a GGUF file.
+    pub fn from_gguf(g: &Gguf) -> GenerationDefaults {
+        let f = |k: &str| g.get(k).and_then(|v| v.as_f64());
+        GenerationDefaults {
+            temperature: f("general.sampling.temp").map(|v| v as f32),
+            top_k: f("general.sampling.top_k").filter(|v| *v >= 0.0).map(|v| v as usize),
+            top_p: f("general.sampling.top_p").map(|v| v as f32),
+            min_p: f("general.sampling.min_p").map(|v| v as f32),
+        }
+    }
+
+    /// Reads a `generation_config.json` (its parsed JSON).
+    pub fn from_generation_config(v: &serde_json::Value) -> Result<GenerationDefaults> {
+        let f = |k: &str| -> Result<Option<f64>> {
+            match v.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(x) => x
+                    .as_f64()
+                    .filter(|x| x.is_finite() && *x >= 0.0)
+                    .map(Some)
+                    .with_context(|| format!("{k} must be a non-negative number (got {x})")),
+            }
+        };
+        Ok(GenerationDefaults {
+            temperature: f("temperature")?.map(|v| v as f32),
+            top_k: f("top_k")?.map(|v| v as usize),
+            top_p: f("top_p")?.map(|v| v as f32),
+            min_p: f("min_p")?.map(|v| v as f32),
+        })
+    }
 }
 
 /// Opens `path` as whichever format it is.
@@ -105,6 +158,7 @@ pub fn load_gguf(path: &Path) -> Result<ModelFile> {
     let tokenizer = Tokenizer::from_gguf(&g).with_context(|| format!("{}: tokenizer", path.display()))?;
     let eos_ids = tokenizer.eos_ids().to_vec();
     let file_bytes = std::fs::metadata(path)?.len();
+    let generation = GenerationDefaults::from_gguf(&g);
     Ok(ModelFile {
         config,
         name: g.get_str("general.name").map(str::to_owned),
@@ -117,6 +171,7 @@ pub fn load_gguf(path: &Path) -> Result<ModelFile> {
         format: "gguf",
         eos_ids,
         file_bytes,
+        generation,
     })
 }
 

@@ -29,6 +29,6 @@ pub mod weights;
 pub use config::{Activation, Block, Config, RopeScaling};
 pub use kv_cache::{KvCache, KvType};
 pub use llama::Model;
-pub use loader::{load, ModelFile};
+pub use loader::{load, GenerationDefaults, ModelFile};
 pub use options::ModelOptions;
 pub use pass::{Logits, Pass};

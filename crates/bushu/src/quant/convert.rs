@@ -1,20 +1,20 @@
 //! GGUF → GGUF quantization (`bushu quantize`): which tensors get which type, and the file around them.
 //! The input may also be a Hugging Face directory, read as llama.cpp's converter would ([`hf_gguf`]).
 //!
-//! Tensor choice follows `llama-quantize`: only tensors named `*.weight` with two or more dimensions are
-//! quantized (norms and other vectors keep their type); `output.weight` goes to Q6_K for the sub-8-bit
-//! llama.cpp types unless `--pure`; a type whose block does not divide the row length falls back as in
-//! llama.cpp (Q4_K → Q5_0, Q6_K → Q8_0, 32-blocks → F16). Metadata is copied with `general.file_type`
-//! and `general.quantization_version` set.
+//! Tensor choice follows `llama-quantize` ([`super::mixture`]): for llama.cpp's file types (`Q4_K_M`,
+//! `Q3_K_S`, `Q8_0`, ...) the same type per tensor; for bushu's int and GPTQ types the tensors llama.cpp
+//! would quantize, in the type's container (F16 where a row is not a multiple of 32). A tensor already of
+//! the chosen type is copied unchanged, as llama-quantize does. Metadata is copied with
+//! `general.file_type` and `general.quantization_version` set.
 
 use super::affine::QuantError;
 use super::calib::Hessians;
-use super::gguf_types::{can_encode, quantize_matrix};
+use super::gguf_types::{can_encode, dequantize_row, quantize_matrix};
 use super::gptq::GptqConfig;
 use super::int_types::{encode_rtn, IntType};
+use super::mixture::{allows_quantization, choose_types, Ftype, ModelFacts};
 use crate::formats::gguf::{Gguf, Value};
 use crate::formats::gguf_writer::GgufWriter;
-use crate::formats::Tensor;
 use anyhow::{bail, Context, Result};
 use kernels::DType;
 use std::path::Path;
@@ -24,8 +24,8 @@ pub mod hf_gguf;
 /// What `--type` asks for.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Target {
-    /// A llama.cpp block type.
-    Gguf(DType),
+    /// A llama.cpp file type (a mixture of block types, as llama-quantize chooses them).
+    Gguf(Ftype),
     /// A bushu integer type (round to nearest).
     Int(IntType),
     /// GPTQ into an integer type's container.
@@ -33,7 +33,8 @@ pub enum Target {
 }
 
 impl Target {
-    /// Parses `q8_0`, `q4_0`, `q4_1`, `q4_k`, `q6_k`, `f16`, `int4-asym-g128`, `gptq-int4-g128`, ...
+    /// Parses llama-quantize's names (`Q4_K_M`, `q4_k` = `Q4_K_M`, `Q8_0`, `F16`, ... any case),
+    /// `int4-asym-g128`, `gptq-int4-g128`, ...
     pub fn parse(name: &str) -> Result<Target> {
         let lower = name.to_ascii_lowercase();
         if let Some(rest) = lower.strip_prefix("gptq-") {
@@ -48,32 +49,22 @@ impl Target {
             }
         } else if let Some(t) = IntType::parse(&lower) {
             return Ok(Target::Int(t));
-        } else if let Some(d) = DType::from_name(&lower).filter(|&d| can_encode(d)) {
-            return Ok(Target::Gguf(d));
+        } else if let Some(f) = Ftype::parse(name)? {
+            debug_assert!(can_encode(f.default_type()));
+            return Ok(Target::Gguf(f));
         }
         bail!(
-            "unknown quantization type '{name}' (llama.cpp: q8_0, q4_0, q4_1, q5_0, q4_k, q6_k, f16; bushu: \
-             int8-sym-channel, int4-asym-g128, ... (int8/int4/int3, sym/asym, tensor/channel/g32/g64/g128); \
-             gptq-int4-g128, gptq-int4-g32, gptq-int3-g128)"
+            "unknown quantization type '{name}' (llama.cpp: {}; bushu: int8-sym-channel, int4-asym-g128, ... \
+             (int8/int4/int3, sym/asym, tensor/channel/g32/g64/g128); gptq-int4-g128, gptq-int4-g32, gptq-int3-g128)",
+            Ftype::names()
         )
     }
 
-    /// llama.cpp's `general.file_type` for the mix.
+    /// llama.cpp's `general.file_type`.
     fn file_type(&self) -> u32 {
-        let d = match self {
-            Target::Gguf(d) => *d,
-            Target::Int(t) | Target::Gptq(t) => t.container(),
-        };
-        match d {
-            DType::F32 => 0,
-            DType::F16 => 1,
-            DType::Q4_0 => 2,
-            DType::Q4_1 => 3,
-            DType::Q8_0 => 7,
-            DType::Q5_0 => 8,
-            DType::Q4K => 15,
-            DType::Q6K => 18,
-            _ => 1,
+        match self {
+            Target::Gguf(f) => f.id(),
+            Target::Int(t) | Target::Gptq(t) => Ftype::of_container(t.container()),
         }
     }
 }
@@ -95,35 +86,6 @@ pub struct TensorReport {
     pub dtype: DType,
     pub error: QuantError,
     pub bytes: usize,
-}
-
-fn fallback(d: DType, cols: usize) -> DType {
-    if cols.is_multiple_of(d.block_len()) {
-        return d;
-    }
-    match d {
-        DType::Q4K => DType::Q5_0,
-        DType::Q6K => DType::Q8_0,
-        _ => DType::F16,
-    }
-}
-
-fn quantizable(t: &Tensor) -> bool {
-    t.name.ends_with(".weight") && t.shape.iter().filter(|&&d| d > 1).count() >= 2 && !t.name.contains("norm")
-}
-
-/// The llama.cpp type of a tensor under a llama.cpp target.
-pub fn gguf_type_for(name: &str, cols: usize, d: DType, pure: bool) -> DType {
-    let d = if !pure && name == "output.weight" && d != DType::Q8_0 && d.is_quantized() {
-        if !cols.is_multiple_of(d.block_len()) {
-            DType::Q8_0
-        } else {
-            DType::Q6K
-        }
-    } else {
-        d
-    };
-    fallback(d, cols)
 }
 
 /// Quantizes the GGUF file or Hugging Face directory at `input` into the GGUF `output`;
@@ -149,25 +111,33 @@ pub fn quantize_gguf(
     w.set("general.quantization_version", Value::U32(2));
     let mut reports = Vec::new();
     let n = tensors.len();
+    let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    let chosen = match &opts.target {
+        Target::Gguf(f) => {
+            let facts = ModelFacts::of(&w.metadata, &names);
+            let shapes: Vec<(&str, &[usize])> = tensors.iter().map(|t| (t.name.as_str(), &t.shape[..])).collect();
+            choose_types(*f, opts.pure, &facts, &shapes)
+        }
+        _ => tensors
+            .iter()
+            .map(|t| allows_quantization(&t.name, &t.shape).then_some(DType::F16))
+            .collect(),
+    };
     for (i, t) in tensors.iter().enumerate() {
         progress(i, n, &t.name);
-        if !quantizable(t) {
+        // Not quantized, or already of the chosen type: copied as it is (llama-quantize does the same).
+        let Some(chosen) = chosen[i].filter(|&d| !(matches!(opts.target, Target::Gguf(_)) && d == t.dtype)) else {
             w.add_tensor(&t.name, t.shape.clone(), t.dtype, t.bytes().to_vec());
             continue;
-        }
+        };
         let cols = t.shape[0];
         let rows = t.numel() / cols;
         let x = t.to_f32();
         let (dtype, data, deq) = match &opts.target {
-            Target::Gguf(d) => {
-                let dt = gguf_type_for(&t.name, cols, *d, opts.pure);
-                let data = quantize_matrix(dt, &x, cols)?;
-                let deq = if kernels::quants::supported(dt) {
-                    Some(dequantize(dt, &data, rows, cols))
-                } else {
-                    None
-                };
-                (dt, data, deq)
+            Target::Gguf(_) => {
+                let data = quantize_matrix(chosen, &x, cols)?;
+                let deq = dequantize(chosen, &data, rows, cols);
+                (chosen, data, deq)
             }
             Target::Int(ty) | Target::Gptq(ty) if cols % 32 != 0 => {
                 let _ = ty;
@@ -204,11 +174,12 @@ pub fn quantize_gguf(
     Ok(reports)
 }
 
-fn dequantize(dt: DType, data: &[u8], rows: usize, cols: usize) -> Vec<f32> {
-    let m = kernels::QMatrix::new(dt, rows, cols, data);
+/// The values a quantized matrix stands for (`None` for a type nothing here decodes).
+fn dequantize(dt: DType, data: &[u8], rows: usize, cols: usize) -> Option<Vec<f32>> {
     let mut out = vec![0.0f32; rows * cols];
+    let rb = data.len() / rows.max(1);
     for (r, row) in out.chunks_exact_mut(cols).enumerate() {
-        m.dequantize_row(r, row);
+        dequantize_row(dt, &data[r * rb..(r + 1) * rb], row)?;
     }
-    out
+    Some(out)
 }

@@ -3,6 +3,7 @@
 
 use super::error::ApiError;
 use crate::engine::Request;
+use crate::model::GenerationDefaults;
 use crate::sampling::SamplingParams;
 use serde::Deserialize;
 use serde_json::Value;
@@ -249,6 +250,8 @@ pub struct Prompted {
     pub max_model_len: usize,
     /// The model's vocabulary size (for `logit_bias`).
     pub vocab: usize,
+    /// The sampling values the model ships: defaults of `temperature`, `top_k`, `top_p`, `min_p`.
+    pub generation: GenerationDefaults,
     /// What the prompt is called in errors: `messages` (chat) or `prompt`.
     pub prompt_name: &'static str,
     /// Alternatives per token asked for, if any.
@@ -304,7 +307,7 @@ pub fn plan(c: &Common, p: Prompted) -> Result<Plan, ApiError> {
     if stops.iter().any(String::is_empty) {
         return Err(ApiError::bad_request("stop sequences must not be empty").param("stop"));
     }
-    let sampling = sampling(c)?;
+    let sampling = sampling(c, &p.generation)?;
     sampling.validate_for_vocab(p.vocab)?;
     let requests = (0..n as u64)
         .map(|i| Request {
@@ -328,11 +331,15 @@ pub fn plan(c: &Common, p: Prompted) -> Result<Plan, ApiError> {
     })
 }
 
-/// The sampling parameters of the common fields, with OpenAI's defaults and ranges (temperature 1 in
-/// [0, 2], penalties in [-2, 2]; no top-k, top-p 1) on top of the library's own validation. Without a
-/// seed, the clock's.
-fn sampling(c: &Common) -> Result<SamplingParams, ApiError> {
-    let temperature = c.temperature.unwrap_or(1.0);
+/// The sampling parameters of the common fields, with OpenAI's ranges (temperature in [0, 2], penalties
+/// in [-2, 2]) on top of the library's own validation. A field the request leaves out takes the model's
+/// value ([`GenerationDefaults`]), else bushu's default: temperature 0.8 as `bushu run` and llama-server
+/// (not OpenAI's 1), no top-k, top-p 1, min-p 0. Without a seed, the clock's.
+fn sampling(c: &Common, model: &GenerationDefaults) -> Result<SamplingParams, ApiError> {
+    let temperature = c
+        .temperature
+        .or(model.temperature)
+        .unwrap_or(GenerationDefaults::TEMPERATURE);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(
             ApiError::bad_request(format!("temperature must be in [0, 2] (got {temperature})")).param("temperature"),
@@ -356,7 +363,7 @@ fn sampling(c: &Common) -> Result<SamplingParams, ApiError> {
             .unwrap_or(0),
     };
     // vLLM's convention: -1 (or 0) is no top-k.
-    let top_k = match c.top_k.unwrap_or(0) {
+    let top_k = match c.top_k.or(model.top_k.map(|k| k as i64)).unwrap_or(0) {
         -1 | 0 => 0,
         k if k >= 1 => usize::try_from(k).unwrap_or(usize::MAX),
         k => {
@@ -384,8 +391,8 @@ fn sampling(c: &Common) -> Result<SamplingParams, ApiError> {
         temperature,
         top_k,
         logit_bias,
-        top_p: c.top_p.unwrap_or(1.0),
-        min_p: c.min_p.unwrap_or(0.0),
+        top_p: c.top_p.or(model.top_p).unwrap_or(1.0),
+        min_p: c.min_p.or(model.min_p).unwrap_or(0.0),
         presence_penalty: c.presence_penalty.unwrap_or(0.0),
         frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
         repetition_penalty: c.repetition_penalty.unwrap_or(1.0),
@@ -406,6 +413,7 @@ mod tests {
             max_default: 16,
             max_model_len: 64,
             vocab: 100,
+            generation: GenerationDefaults::default(),
             prompt_name: "prompt",
             logprobs: None,
             stop_ids: Vec::new(),

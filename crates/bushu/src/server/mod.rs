@@ -221,6 +221,8 @@ impl Server {
                 l.min
             )
         });
+        // The cache's gauges from the start (a step publishes them after), for /metrics and /api/ps.
+        metrics.lock().unwrap().gauges = engine.gauges();
         let (worker, engine_thread) = Worker::spawn(engine, opts.max_queue, metrics.clone());
         let listener = std::net::TcpListener::bind((opts.host.as_str(), opts.port))
             .with_context(|| format!("cannot listen on {}:{}", opts.host, opts.port))?;
@@ -238,6 +240,14 @@ impl Server {
             model_id,
             model_alias,
             vocab,
+            generation: file.generation.clone(),
+            loaded: routes::Loaded {
+                path: opts.model.display().to_string(),
+                file_bytes: file.file_bytes,
+                kv_type: opts.kv_type.name(),
+                block_size: cfg.block_size,
+                kv_bytes_per_position: cfg.kv_bytes_per_position,
+            },
             api_key: opts.api_key.clone(),
             metrics_public: opts.metrics_public,
             metrics,

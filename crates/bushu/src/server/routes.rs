@@ -37,6 +37,10 @@ pub struct AppState {
     pub model_alias: Option<String>,
     /// The model's vocabulary size.
     pub vocab: usize,
+    /// The sampling values the model ships (defaults of the requests' fields).
+    pub generation: crate::model::GenerationDefaults,
+    /// What `/api/ps` reports besides the live gauges: the model file's size, the KV cache's layout.
+    pub loaded: Loaded,
     pub api_key: Option<String>,
     /// `/metrics` without the key even when there is one (`--metrics-public`).
     pub metrics_public: bool,
@@ -47,6 +51,18 @@ pub struct AppState {
     pub created: u64,
     /// Structured output: the grammar compiler (`super::structured`).
     pub structured: Arc<super::structured::Structured>,
+}
+
+/// The loaded model and its KV cache, as `GET /api/ps` (`bushu ps`) reports them.
+pub struct Loaded {
+    /// The model file (or directory) served.
+    pub path: String,
+    /// Bytes of its weight files.
+    pub file_bytes: u64,
+    /// `f32` or `int8`.
+    pub kv_type: &'static str,
+    pub block_size: usize,
+    pub kv_bytes_per_position: usize,
 }
 
 /// Largest request body (OpenAI's own limit is larger, but a prompt of a few thousand tokens is far
@@ -60,6 +76,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/api/ps", get(ps))
         .layer(middleware::from_fn(intake))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -218,6 +235,32 @@ async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
+/// ollama's `GET /api/ps`: what is loaded, and how much of its KV cache is in use (blocks held by running
+/// sequences; blocks that only keep a finished prefix for reuse count as cached, not used).
+async fn ps(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let g = st.metrics.lock().unwrap().gauges;
+    let l = &st.loaded;
+    let block_bytes = (l.block_size * l.kv_bytes_per_position) as u64;
+    let used = g.kv_blocks_total.saturating_sub(g.kv_blocks_free);
+    Json(json!({"models": [{
+        "name": st.model_id,
+        "model": l.path,
+        "size": l.file_bytes,
+        "context_length": st.max_model_len,
+        "running": g.running,
+        "waiting": g.waiting,
+        "kv_cache": {
+            "type": l.kv_type,
+            "block_size": l.block_size,
+            "blocks_total": g.kv_blocks_total,
+            "blocks_used": used,
+            "blocks_cached": g.kv_blocks_cached,
+            "bytes_total": g.kv_blocks_total as u64 * block_bytes,
+            "bytes_used": used as u64 * block_bytes,
+        },
+    }]}))
+}
+
 async fn models(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(json!({"object": "list", "data": [{
         "id": st.model_id,
@@ -286,6 +329,7 @@ async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Res
         max_default: 16,
         max_model_len: st.max_model_len,
         vocab: st.vocab,
+        generation: st.generation.clone(),
         prompt_name: "prompt",
         logprobs,
         stop_ids: Vec::new(),
@@ -339,6 +383,7 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Resul
         max_default: st.max_model_len,
         max_model_len: st.max_model_len,
         vocab: st.vocab,
+        generation: st.generation.clone(),
         prompt_name: "messages",
         tokens: prompt,
         logprobs,
