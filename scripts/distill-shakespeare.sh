@@ -3,10 +3,11 @@
 # student of the amateur's shape (dim 128, 2 layers, 4 heads, 2 KV heads, ffn 384) three ways on the same
 # windows and steps — hard labels only, logit KD, logit + feature KD — then `bushu perplexity -c 512` on
 # the held-out val.txt for the three students and the teacher.
-# usage: scripts/distill-shakespeare.sh [OUTDIR=/tmp/distill-shakespeare] [TOKENS=131072]
+# usage: scripts/distill-shakespeare.sh [OUTDIR=/tmp/distill-shakespeare] [TOKENS=131072] [CHUNKS]
+# (CHUNKS: evaluate the first CHUNKS chunks of 512 tokens of val.txt only; default all 197)
 # Needs `cargo build --release -p bushu -p bushu-train` (binaries in $CARGO_TARGET_DIR or target/).
 set -euo pipefail
-out=${1:-/tmp/distill-shakespeare} tokens=${2:-131072}
+out=${1:-/tmp/distill-shakespeare} tokens=${2:-131072} chunks=${3:-}
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${CARGO_TARGET_DIR:-$root/target}/release
 shared=$root/../shared
@@ -26,5 +27,5 @@ run logit-kd --alpha 0.5
 run hard --alpha 0
 for m in "$teacher" "$out/hard.gguf" "$out/logit-kd.gguf" "$out/logit-feature-kd.gguf"; do
   echo "== $m"
-  nice -n 19 "$bin/bushu" perplexity -m "$m" -f "$shared/testdata/shakespeare/val.txt" -c 512 2>&1 | tail -2
+  nice -n 19 "$bin/bushu" perplexity -m "$m" -f "$shared/testdata/shakespeare/val.txt" -c 512 ${chunks:+--chunks $chunks} 2>&1 | tail -2
 done

@@ -173,7 +173,9 @@ pub fn student_config(o: &DistillOptions, teacher: &ModelFile) -> Result<Student
     let t = &teacher.config;
     let dim = o.student_dim.unwrap_or(t.dim);
     let same = dim == t.dim;
-    let heads = o.student_heads.unwrap_or(if same { t.n_heads } else { (dim / 32).max(1) });
+    let heads = o
+        .student_heads
+        .unwrap_or(if same { t.n_heads } else { (dim / 32).max(1) });
     let c = StudentConfig {
         vocab: t.vocab_size,
         dim,
@@ -197,7 +199,10 @@ pub fn init_student(o: &DistillOptions, teacher: &ModelFile) -> Result<Student> 
             let c = student_config(o, teacher)?;
             let n = teacher.config.n_layers;
             if c.layers > n {
-                bail!("a student of {} layers cannot take them from a teacher of {n}", c.layers);
+                bail!(
+                    "a student of {} layers cannot take them from a teacher of {n}",
+                    c.layers
+                );
             }
             // Evenly spaced, first and last included.
             let layers: Vec<usize> = match c.layers {
@@ -282,7 +287,10 @@ fn batch_tensors(windows: &Windows, first: usize, n: usize) -> Result<(Tensor, T
     let toks = windows.tokens[first * ctx..(first + n) * ctx].to_vec();
     let targets: Vec<u32> = toks.chunks_exact(ctx).flat_map(|w| w[1..].iter().copied()).collect();
     let dev = Device::Cpu;
-    Ok((Tensor::from_vec(toks, (n, ctx), &dev)?, Tensor::from_vec(targets, n * (ctx - 1), &dev)?))
+    Ok((
+        Tensor::from_vec(toks, (n, ctx), &dev)?,
+        Tensor::from_vec(targets, n * (ctx - 1), &dev)?,
+    ))
 }
 
 /// The loss of one batch and its parts.
@@ -317,9 +325,14 @@ pub fn batch_loss(
         let mut distill = kd;
         for (i, &(sl, _)) in o.feature_layers.iter().enumerate() {
             let dt = c.feature_dim;
-            let hs = out.hidden[sl].narrow(1, 0, ctx - 1)?.reshape((rows, t.student.config.dim))?;
+            let hs = out.hidden[sl]
+                .narrow(1, 0, ctx - 1)?
+                .reshape((rows, t.student.config.dim))?;
             let proj = hs.matmul(&t.phi[i].as_tensor().t()?)?;
-            let f: Vec<f32> = c.features[i][r0 * dt..(r0 + rows) * dt].iter().map(|x| x.to_f32()).collect();
+            let f: Vec<f32> = c.features[i][r0 * dt..(r0 + rows) * dt]
+                .iter()
+                .map(|x| x.to_f32())
+                .collect();
             let ht = Tensor::from_vec(f, (rows, dt), &dev)?;
             let fl = feature_mse(&proj, &ht)?;
             log.feature += fl.to_scalar::<f32>()?;
@@ -358,7 +371,11 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
     let tcfg = tfile.config.clone();
     let data = read_data(&tfile, &o.data)?;
     if data.len() < o.ctx {
-        bail!("the data has {} tokens, fewer than one window of --ctx {}", data.len(), o.ctx);
+        bail!(
+            "the data has {} tokens, fewer than one window of --ctx {}",
+            data.len(),
+            o.ctx
+        );
     }
     let mut trainee = Trainee {
         student: init_student(o, &tfile)?,
@@ -382,7 +399,11 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
             );
         }
         let w = normal(&mut rng, tcfg.dim * sc.dim, 0.02);
-        trainee.phi.push(Var::from_tensor(&Tensor::from_vec(w, (tcfg.dim, sc.dim), &Device::Cpu)?)?);
+        trainee.phi.push(Var::from_tensor(&Tensor::from_vec(
+            w,
+            (tcfg.dim, sc.dim),
+            &Device::Cpu,
+        )?)?);
     }
     let steps = o.tokens.div_ceil(o.batch * o.ctx);
     let windows = Windows::sample(&data, o.ctx, steps * o.batch, tfile.tokenizer.bos_id(), o.seed)?;
@@ -444,7 +465,12 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
         log.push(l);
     }
     let train_seconds = t1.elapsed().as_secs_f64();
-    let name = o.out.file_stem().and_then(|s| s.to_str()).unwrap_or("student").to_string();
+    let name = o
+        .out
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("student")
+        .to_string();
     write_student(&trainee.student, &tgguf, &name, o.export_type, &o.out)?;
     Ok(DistillReport {
         steps,

@@ -24,7 +24,10 @@ pub fn student_gguf(student: &Student, teacher: &Gguf, name: &str, ty: ExportTyp
     let u = |x: usize| Value::U32(x as u32);
     w.set("general.architecture", Value::String("llama".into()));
     w.set("general.name", Value::String(name.into()));
-    w.set("general.file_type", Value::U32(if ty == ExportType::F16 { 1 } else { 0 }));
+    w.set(
+        "general.file_type",
+        Value::U32(if ty == ExportType::F16 { 1 } else { 0 }),
+    );
     w.set("llama.context_length", u(c.ctx));
     w.set("llama.embedding_length", u(c.dim));
     w.set("llama.block_count", u(c.layers));

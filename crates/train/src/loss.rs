@@ -48,10 +48,16 @@ pub fn feature_mse(projected: &Tensor, teacher: &Tensor) -> Result<Tensor> {
 
 /// The same KD loss on plain numbers, one row, in f64: the reference the tests hold [`kd_topk`] to.
 pub fn kd_topk_reference(student_logits: &[f32], top: &[(u32, f32)], tau: f64) -> f64 {
-    let m = student_logits.iter().map(|&x| x as f64 / tau).fold(f64::NEG_INFINITY, f64::max);
+    let m = student_logits
+        .iter()
+        .map(|&x| x as f64 / tau)
+        .fold(f64::NEG_INFINITY, f64::max);
     let z: f64 = student_logits.iter().map(|&x| (x as f64 / tau - m).exp()).sum();
     let log_q = |i: u32| student_logits[i as usize] as f64 / tau - m - z.ln();
-    let mt = top.iter().map(|&(_, v)| v as f64 / tau).fold(f64::NEG_INFINITY, f64::max);
+    let mt = top
+        .iter()
+        .map(|&(_, v)| v as f64 / tau)
+        .fold(f64::NEG_INFINITY, f64::max);
     let zt: f64 = top.iter().map(|&(_, v)| (v as f64 / tau - mt).exp()).sum();
     top.iter()
         .map(|&(i, v)| {

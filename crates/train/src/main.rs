@@ -9,7 +9,10 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "bushu-train", about = "bushu's training path: knowledge distillation on the CPU")]
+#[command(
+    name = "bushu-train",
+    about = "bushu's training path: knowledge distillation on the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

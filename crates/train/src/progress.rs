@@ -44,7 +44,7 @@ impl Progress for Console {
             if done == total {
                 b.finish();
             }
-        } else if done == total || done % (total / 10).max(1) == 0 {
+        } else if done == total || done.is_multiple_of((total / 10).max(1)) {
             eprintln!("teacher: {done}/{total} windows");
         }
     }
@@ -63,7 +63,7 @@ impl Progress for Console {
             if l.step == steps {
                 b.finish();
             }
-        } else if l.step == steps || l.step % (steps / 10).max(1) == 0 {
+        } else if l.step == steps || l.step.is_multiple_of((steps / 10).max(1)) {
             eprintln!("step {}/{steps}: {msg}", l.step);
         }
     }

@@ -43,15 +43,19 @@ impl StudentConfig {
         if self.vocab == 0 || self.dim == 0 || self.layers == 0 || self.heads == 0 || self.ffn == 0 {
             bail!("student shape {self:?}: every size must be at least 1");
         }
-        if self.dim % self.heads != 0 || self.head_dim() % 2 != 0 {
+        if !self.dim.is_multiple_of(self.heads) || !self.head_dim().is_multiple_of(2) {
             bail!(
                 "student dim {} is not a multiple of 2 x {} heads (RoPE rotates pairs)",
                 self.dim,
                 self.heads
             );
         }
-        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
-            bail!("{} heads are not a multiple of {} key/value heads", self.heads, self.kv_heads);
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
+            bail!(
+                "{} heads are not a multiple of {} key/value heads",
+                self.heads,
+                self.kv_heads
+            );
         }
         if self.ctx < 2 {
             bail!("context {} is too short to train on (at least 2 tokens)", self.ctx);
@@ -82,7 +86,10 @@ impl StudentConfig {
 
     /// Number of trained values.
     pub fn parameter_count(&self) -> usize {
-        self.parameter_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+        self.parameter_shapes()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
     }
 }
 
@@ -94,6 +101,9 @@ pub struct Student {
     cos: Tensor,
     sin: Tensor,
 }
+
+/// A named parameter's values: GGUF name, candle shape, values (row-major).
+pub type NamedValues = Vec<(String, Vec<usize>, Vec<f32>)>;
 
 /// A forward pass's results: logits `[batch, seq, vocab]` and the residual stream after each layer
 /// (`[batch, seq, dim]`, before the final norm — what bushu's `Pass::keep_hidden` gives of a teacher).
@@ -141,7 +151,11 @@ impl Student {
     pub fn from_teacher(config: StudentConfig, teacher: &ModelFile, layers: &[usize]) -> Result<Student> {
         config.validate()?;
         if layers.len() != config.layers {
-            bail!("{} teacher layers chosen for a student of {}", layers.len(), config.layers);
+            bail!(
+                "{} teacher layers chosen for a student of {}",
+                layers.len(),
+                config.layers
+            );
         }
         let mut values = Vec::new();
         for (name, shape) in config.parameter_shapes() {
@@ -173,7 +187,7 @@ impl Student {
     }
 
     /// A student from given values (GGUF name, candle shape, values), in `parameter_shapes` order.
-    pub fn from_values(config: StudentConfig, values: Vec<(String, Vec<usize>, Vec<f32>)>) -> Result<Student> {
+    pub fn from_values(config: StudentConfig, values: NamedValues) -> Result<Student> {
         config.validate()?;
         let dev = Device::Cpu;
         let expected = config.parameter_shapes();
@@ -230,7 +244,9 @@ impl Student {
         }
         let (d, hd, nh, nkv) = (c.dim, c.head_dim(), c.heads, c.kv_heads);
         let rep = nh / nkv;
-        let mut x = self.param("token_embd.weight")?.index_select(&tokens.flatten_all()?, 0)?; // [b*t, d]
+        let mut x = self
+            .param("token_embd.weight")?
+            .index_select(&tokens.flatten_all()?, 0)?; // [b*t, d]
         let mask: Vec<f32> = (0..t * t)
             .map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 })
             .collect();
@@ -242,16 +258,18 @@ impl Student {
             let w = |s: &str| self.param(&format!("blk.{l}.{s}.weight"));
             let h = rms_norm(&x, w("attn_norm")?, c.rms_eps)?;
             let heads = |wt: &Tensor, n: usize| -> Result<Tensor> {
-                let y = h.matmul(&wt.t()?)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?;
+                let y = h
+                    .matmul(&wt.t()?)?
+                    .reshape((b, t, n, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?;
                 Ok(y)
             };
             let q = candle_nn::rotary_emb::rope_i_slow(&heads(w("attn_q")?, nh)?, &cos, &sin)?;
             let k = candle_nn::rotary_emb::rope_i_slow(&heads(w("attn_k")?, nkv)?, &cos, &sin)?;
             let v = heads(w("attn_v")?, nkv)?;
             let (k, v) = if rep > 1 {
-                let r = |x: Tensor| -> Result<Tensor> {
-                    Ok(Tensor::cat(&vec![&x; rep], 2)?.reshape((b, nh, t, hd))?)
-                };
+                let r = |x: Tensor| -> Result<Tensor> { Ok(Tensor::cat(&vec![&x; rep], 2)?.reshape((b, nh, t, hd))?) };
                 (r(k)?, r(v)?)
             } else {
                 (k, v)
@@ -272,11 +290,15 @@ impl Student {
     }
 
     /// The parameters' values (GGUF name, candle shape, values).
-    pub fn values(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn values(&self) -> Result<NamedValues> {
         let mut out = Vec::new();
         for (name, v) in &self.params {
             let t = v.as_tensor();
-            out.push((name.clone(), t.dims().to_vec(), t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?));
+            out.push((
+                name.clone(),
+                t.dims().to_vec(),
+                t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+            ));
         }
         Ok(out)
     }

@@ -158,7 +158,12 @@ impl TeacherCache {
     pub fn save(&self, path: &Path, key: u64) -> Result<()> {
         let mut b: Vec<u8> = Vec::new();
         b.extend_from_slice(MAGIC);
-        for v in [key, self.k as u64, self.rows_per_window as u64, self.top_idx.len() as u64] {
+        for v in [
+            key,
+            self.k as u64,
+            self.rows_per_window as u64,
+            self.top_idx.len() as u64,
+        ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.extend_from_slice(&(self.feature_layers.len() as u64).to_le_bytes());
@@ -202,12 +207,23 @@ impl TeacherCache {
         if layers.iter().any(|l| !feature_layers.contains(l)) {
             return Ok(None);
         }
-        let top_idx = take(&b, &mut at, 4 * n)?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
-        let top_val = take(&b, &mut at, 4 * n)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let top_idx = take(&b, &mut at, 4 * n)?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let top_val = take(&b, &mut at, 4 * n)?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         let mut features: Vec<Vec<f16>> = Vec::new();
         for _ in 0..nl {
             let m = read_u64s(&b, &mut at, 1)?[0] as usize;
-            features.push(take(&b, &mut at, 2 * m)?.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect());
+            features.push(
+                take(&b, &mut at, 2 * m)?
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            );
         }
         // Keep the asked layers only, in the order asked.
         let mut kept = Vec::with_capacity(layers.len());
@@ -236,5 +252,7 @@ fn take<'a>(b: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8]> {
 }
 
 fn read_u64s(b: &[u8], at: &mut usize, n: usize) -> Result<Vec<u64>> {
-    (0..n).map(|_| Ok(u64::from_le_bytes(take(b, at, 8)?.try_into()?))).collect()
+    (0..n)
+        .map(|_| Ok(u64::from_le_bytes(take(b, at, 8)?.try_into()?)))
+        .collect()
 }

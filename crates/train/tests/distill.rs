@@ -61,15 +61,23 @@ fn kd_loss_matches_a_hand_computation() {
     let hand = 4.0 * (p1 * (p1.ln() - (4.0f64 / 7.0).ln()) + p0 * (p0.ln() - (1.0f64 / 7.0).ln()));
     let idx = Tensor::from_slice(&[1u32, 0], (1, 2), &Device::Cpu).unwrap();
     let val = row_tensor(&[2.0, 0.0]);
-    let got = kd_topk(&row_tensor(&s), &idx, &val, 2.0).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let got = kd_topk(&row_tensor(&s), &idx, &val, 2.0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
     assert!((got - hand).abs() < 1e-5, "candle {got} vs hand {hand}");
     let reference = kd_topk_reference(&s, &[(1, 2.0), (0, 0.0)], 2.0);
     assert!((reference - hand).abs() < 1e-9, "reference {reference} vs hand {hand}");
     // A student matching the teacher on the top-k, with no mass elsewhere, scores 0.
-    let matched = kd_topk(&row_tensor(&[2.0, 0.0]), &Tensor::from_slice(&[0u32, 1], (1, 2), &Device::Cpu).unwrap(), &row_tensor(&[2.0, 0.0]), 1.0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let matched = kd_topk(
+        &row_tensor(&[2.0, 0.0]),
+        &Tensor::from_slice(&[0u32, 1], (1, 2), &Device::Cpu).unwrap(),
+        &row_tensor(&[2.0, 0.0]),
+        1.0,
+    )
+    .unwrap()
+    .to_scalar::<f32>()
+    .unwrap();
     assert!(matched.abs() < 1e-6, "{matched}");
 }
 
@@ -95,7 +103,15 @@ fn kd_loss_with_full_k_is_the_kl_divergence_and_its_gradient_is_tau_q_minus_p() 
     let got = loss.to_scalar::<f32>().unwrap() as f64;
     assert!((got - kl).abs() < 1e-4 * kl.max(1.0), "kd {got} vs KL {kl}");
     // Analytic gradient: τ (q_j − p_j); and finite differences of the f64 reference.
-    let g: Vec<f32> = loss.backward().unwrap().get(sv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let g: Vec<f32> = loss
+        .backward()
+        .unwrap()
+        .get(sv.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let top: Vec<(u32, f32)> = order.iter().map(|&i| (i, t[i as usize])).collect();
     for j in 0..v {
         let analytic = tau * (q[j] - p[j]);
@@ -104,8 +120,15 @@ fn kd_loss_with_full_k_is_the_kl_divergence_and_its_gradient_is_tau_q_minus_p() 
         up[j] += h;
         dn[j] -= h;
         let fd = (kd_topk_reference(&up, &top, tau) - kd_topk_reference(&dn, &top, tau)) / (2.0 * h as f64);
-        assert!((g[j] as f64 - analytic).abs() < 1e-4, "grad {j}: {} vs {analytic}", g[j]);
-        assert!((fd - analytic).abs() < 1e-3, "finite difference {j}: {fd} vs {analytic}");
+        assert!(
+            (g[j] as f64 - analytic).abs() < 1e-4,
+            "grad {j}: {} vs {analytic}",
+            g[j]
+        );
+        assert!(
+            (fd - analytic).abs() < 1e-3,
+            "finite difference {j}: {fd} vs {analytic}"
+        );
     }
 }
 
@@ -117,7 +140,10 @@ fn top_k_truncation_renormalizes_over_the_kept_tokens() {
     assert_eq!(top_k(&t, 2), vec![0, 1]);
     assert_eq!(top_k(&[1.0, 5.0, 5.0, 0.0], 3), vec![1, 2, 0], "ties: lower id first");
     let idx = Tensor::from_slice(&[0u32, 1], (1, 2), &Device::Cpu).unwrap();
-    let got = kd_topk(&row_tensor(&t), &idx, &row_tensor(&[3.0, 2.0]), 1.0).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let got = kd_topk(&row_tensor(&t), &idx, &row_tensor(&[3.0, 2.0]), 1.0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
     // p = softmax([3, 2]) over two tokens; q = softmax([3, 2, 1, 0]) over four: KL = Σ p (ln p − ln q)
     // = Σ p ln(Z_q / Z_p) = ln(Z_q / Z_p), Z the partition sums.
     let zp = 3f64.exp() + 2f64.exp();
@@ -137,14 +163,28 @@ fn feature_loss_is_mse_over_the_teachers_mean_square() {
 /// A random student of a small shape with large weights (so logits differ by whole units) and the
 /// Shakespeare vocabulary.
 fn random_student(ctx: usize) -> Student {
-    let c = StudentConfig { vocab: 4096, dim: 32, layers: 2, heads: 4, kv_heads: 2, ffn: 48, ctx, rope_theta: 10000.0, rms_eps: 1e-5 };
+    let c = StudentConfig {
+        vocab: 4096,
+        dim: 32,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        ffn: 48,
+        ctx,
+        rope_theta: 10000.0,
+        rms_eps: 1e-5,
+    };
     let mut rng = Rng::new(11);
     let values = c
         .parameter_shapes()
         .into_iter()
         .map(|(n, s)| {
             let k: usize = s.iter().product();
-            let v = if s.len() == 1 { normal(&mut rng, k, 0.2).iter().map(|x| 1.0 + x).collect() } else { normal(&mut rng, k, 0.3) };
+            let v = if s.len() == 1 {
+                normal(&mut rng, k, 0.2).iter().map(|x| 1.0 + x).collect()
+            } else {
+                normal(&mut rng, k, 0.3)
+            };
             (n, s, v)
         })
         .collect();
@@ -161,20 +201,32 @@ fn exported_student_loads_in_bushu_and_computes_candles_logits_and_hidden_states
     let file = load(&out).unwrap();
     assert_eq!(file.config.arch, "llama");
     assert_eq!(file.tokenizer.vocab_size(), 4096);
-    let text_ids = file.tokenizer.encode("To be, or not to be: that is the question.", true).unwrap();
+    let text_ids = file
+        .tokenizer
+        .encode("To be, or not to be: that is the question.", true)
+        .unwrap();
     assert!(text_ids.len() > 8 && text_ids.len() <= 24);
     let model = Model::new(&file).unwrap();
     let mut st = model.new_state(24);
     let layers = [0usize, 1];
-    let bushu_logits = model.forward_pass(&mut st, Pass::causal(&text_ids, Logits::All).keep_hidden(&layers)).unwrap().to_vec();
+    let bushu_logits = model
+        .forward_pass(&mut st, Pass::causal(&text_ids, Logits::All).keep_hidden(&layers))
+        .unwrap()
+        .to_vec();
     let toks = Tensor::from_slice(&text_ids, (1, text_ids.len()), &Device::Cpu).unwrap();
     let out = student.forward(&toks).unwrap();
     let candle_logits: Vec<f32> = out.logits.flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(bushu_logits.len(), candle_logits.len());
     let spread = candle_logits.iter().fold(0f32, |m, x| m.max(x.abs()));
     assert!(spread > 1.0, "logits too small to compare meaningfully: {spread}");
-    let diff = bushu_logits.iter().zip(&candle_logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(diff < 1e-3 * spread.max(1.0), "logits differ by {diff} (largest {spread})");
+    let diff = bushu_logits
+        .iter()
+        .zip(&candle_logits)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff < 1e-3 * spread.max(1.0),
+        "logits differ by {diff} (largest {spread})"
+    );
     for &l in &layers {
         let h: Vec<f32> = out.hidden[l].flatten_all().unwrap().to_vec1().unwrap();
         let hb = st.hidden_at(l).unwrap();
@@ -186,7 +238,10 @@ fn exported_student_loads_in_bushu_and_computes_candles_logits_and_hidden_states
     let f16 = Model::new(&load(&dir.join("h.gguf")).unwrap()).unwrap();
     let mut st = f16.new_state(24);
     let l16 = f16.forward(&mut st, &text_ids, Logits::All).unwrap();
-    let d16 = l16.iter().zip(&candle_logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let d16 = l16
+        .iter()
+        .zip(&candle_logits)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(d16 < 0.05 * spread && d16 > 0.0, "F16 logits differ by {d16}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -196,7 +251,10 @@ fn kl_to_teacher(student: &Path, text: &Path, ctx: usize) -> f64 {
     let t = Model::new(&load(&teacher_path()).unwrap()).unwrap();
     let sf = load(student).unwrap();
     let s = Model::new(&sf).unwrap();
-    let ids = sf.tokenizer.encode(&std::fs::read_to_string(text).unwrap(), false).unwrap();
+    let ids = sf
+        .tokenizer
+        .encode(&std::fs::read_to_string(text).unwrap(), false)
+        .unwrap();
     let (mut total, mut n) = (0f64, 0usize);
     for w in ids.chunks_exact(ctx).take(8) {
         let (mut ts, mut ss) = (t.new_state(ctx), s.new_state(ctx));
@@ -208,7 +266,11 @@ fn kl_to_teacher(student: &Path, text: &Path, ctx: usize) -> f64 {
                 m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
             };
             let (za, zb) = (lse(a), lse(b));
-            total += a.iter().zip(b).map(|(&x, &y)| (x as f64 - za).exp() * ((x as f64 - za) - (y as f64 - zb))).sum::<f64>();
+            total += a
+                .iter()
+                .zip(b)
+                .map(|(&x, &y)| (x as f64 - za).exp() * ((x as f64 - za) - (y as f64 - zb)))
+                .sum::<f64>();
             n += 1;
         }
     }
@@ -251,7 +313,10 @@ fn logit_kd_brings_the_student_closer_to_the_teacher_than_hard_labels() {
     eprintln!("held-out KL to the teacher: hard labels {kl_hard:.4}, logit KD {kl_kd:.4}");
     // Measured: 1.54 vs 1.62 (a 1-layer, 32-wide student has little room either way). A miswired KD
     // (rows or top-k ids misaligned, wrong sign) pulls the student away from the teacher instead.
-    assert!(kl_kd < 0.97 * kl_hard, "KD student KL {kl_kd} not clearly below the hard-label student's {kl_hard}");
+    assert!(
+        kl_kd < 0.97 * kl_hard,
+        "KD student KL {kl_kd} not clearly below the hard-label student's {kl_hard}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -284,14 +349,24 @@ fn a_seed_gives_the_same_student_and_the_teacher_cache_is_reused() {
     o.out = dir.join("3/a.gguf");
     let r3 = distill(&o, &mut Quiet).unwrap();
     assert!(!r3.teacher_cached, "other windows, other cache key");
-    assert!(a != std::fs::read(&o.out).unwrap(), "another seed gave the same student");
+    assert!(
+        a != std::fs::read(&o.out).unwrap(),
+        "another seed gave the same student"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Runs `bushu-train distill` with `args`; returns (exit code, stderr).
 fn cli(args: &[&str]) -> (i32, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_bushu-train")).arg("distill").args(args).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+    let o = Command::new(env!("CARGO_BIN_EXE_bushu-train"))
+        .arg("distill")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -307,15 +382,83 @@ fn bad_input_gives_one_clear_error_line() {
     let o = out.to_str().unwrap();
     let other_vocab = shared("models/tiny-llama-f16.gguf");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--teacher", d, "--student-layers", "1", "--data", d, "--out", o], "not a GGUF file"),
-        (vec!["--teacher", t, "--student-layers", "1", "--data", empty.to_str().unwrap(), "--out", o], "hold no text"),
         (
-            vec!["--teacher", t, "--student-layers", "1", "--init", other_vocab.to_str().unwrap(), "--data", d, "--out", o],
+            vec!["--teacher", d, "--student-layers", "1", "--data", d, "--out", o],
+            "not a GGUF file",
+        ),
+        (
+            vec![
+                "--teacher",
+                t,
+                "--student-layers",
+                "1",
+                "--data",
+                empty.to_str().unwrap(),
+                "--out",
+                o,
+            ],
+            "hold no text",
+        ),
+        (
+            vec![
+                "--teacher",
+                t,
+                "--student-layers",
+                "1",
+                "--init",
+                other_vocab.to_str().unwrap(),
+                "--data",
+                d,
+                "--out",
+                o,
+            ],
             "vocabulary",
         ),
-        (vec!["--teacher", t, "--student-layers", "1", "--alpha", "1.5", "--data", d, "--out", o], "--alpha"),
-        (vec!["--teacher", t, "--student-layers", "1", "--data", d, "--ctx", "100000", "--out", o], "fewer than one window"),
-        (vec!["--teacher", t, "--student-layers", "3", "--feature-layers", "5:1", "--data", d, "--out", o], "--feature-layers"),
+        (
+            vec![
+                "--teacher",
+                t,
+                "--student-layers",
+                "1",
+                "--alpha",
+                "1.5",
+                "--data",
+                d,
+                "--out",
+                o,
+            ],
+            "--alpha",
+        ),
+        (
+            vec![
+                "--teacher",
+                t,
+                "--student-layers",
+                "1",
+                "--data",
+                d,
+                "--ctx",
+                "100000",
+                "--out",
+                o,
+            ],
+            "fewer than one window",
+        ),
+        (
+            vec![
+                "--teacher",
+                t,
+                "--student-layers",
+                "3",
+                "--feature-layers",
+                "5:1",
+                "--data",
+                d,
+                "--out",
+                o,
+            ],
+            "--feature-layers",
+        ),
     ];
     for (args, want) in cases {
         let (code, err) = cli(&args);
@@ -324,5 +467,34 @@ fn bad_input_gives_one_clear_error_line() {
         assert!(err.starts_with("error: ") && err.contains(want), "{args:?}: {err}");
         assert!(!out.exists(), "{args:?} wrote an output");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bushu_distill_runs_bushu_train() {
+    // `bushu distill` runs the `bushu-train` beside it; the `bushu` binary is there when the workspace
+    // (or `-p bushu`) was built, as CI does first.
+    let bushu =
+        Path::new(env!("CARGO_BIN_EXE_bushu-train")).with_file_name(format!("bushu{}", std::env::consts::EXE_SUFFIX));
+    if !bushu.is_file() {
+        eprintln!(
+            "skipped: {} is not built (cargo build --release -p bushu)",
+            bushu.display()
+        );
+        return;
+    }
+    let dir = tmpdir("forward");
+    let data = text_slice("testdata/shakespeare/train.txt", 0, 2_000, &dir, "train.txt");
+    let d = data.to_str().unwrap();
+    let o = Command::new(&bushu)
+        .args(["distill", "--teacher", d, "--student-layers", "1", "--data", d])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("is not a GGUF file"), "{err}");
+    let help = Command::new(&bushu).args(["distill", "--help"]).output().unwrap();
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("--kd-temperature"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -30,16 +30,12 @@ fn program() -> PathBuf {
 /// Runs `bushu-train sub args...`; a failure exits with its status (it printed its own error line).
 pub fn forward(sub: &str, a: TrainArgs) -> Result<()> {
     let prog = program();
-    let status = Command::new(&prog)
-        .arg(sub)
-        .args(&a.args)
-        .status()
-        .with_context(|| {
-            format!(
-                "cannot run {} (bushu {sub} needs the training program: `cargo build --release -p bushu-train`)",
-                prog.display()
-            )
-        })?;
+    let status = Command::new(&prog).arg(sub).args(&a.args).status().with_context(|| {
+        format!(
+            "cannot run {} (bushu {sub} needs the training program: `cargo build --release -p bushu-train`)",
+            prog.display()
+        )
+    })?;
     match status.code() {
         Some(0) => Ok(()),
         Some(c) => std::process::exit(c),
