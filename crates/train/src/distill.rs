@@ -9,6 +9,7 @@
 
 use crate::export::{write_student, ExportType};
 use crate::loss::{feature_mse, hard_ce, kd_topk};
+use crate::optim::{AdamW, ParamsAdamW};
 use crate::student::{normal, Student, StudentConfig};
 use crate::teacher::{cache_key, TeacherCache, Windows};
 use anyhow::{bail, Context, Result};
@@ -17,7 +18,6 @@ use bushu::model::loader::load_gguf;
 use bushu::model::{Model, ModelFile};
 use bushu::tokenizer::VocabDifference;
 use candle_core::{backprop::GradStore, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -63,6 +63,11 @@ pub struct DistillOptions {
     pub export_type: ExportType,
     /// Teacher cache file; `None`: `<out>.teacher-cache`.
     pub cache: Option<PathBuf>,
+    /// Write a checkpoint (`<out>.ckpt`) every this many steps (0: never).
+    pub checkpoint_every: usize,
+    /// Stop after this many steps of the whole run, as an interrupted run would (the checkpoint is
+    /// written; the student is not): for tests of resuming.
+    pub stop_after: Option<usize>,
 }
 
 impl DistillOptions {
@@ -90,6 +95,8 @@ impl DistillOptions {
             out,
             export_type: ExportType::F32,
             cache: None,
+            checkpoint_every: 50,
+            stop_after: None,
         }
     }
 }
@@ -114,7 +121,12 @@ pub struct DistillReport {
     pub teacher_seconds: f64,
     pub teacher_cached: bool,
     pub train_seconds: f64,
+    /// The steps this invocation ran (after `resumed_at`, if it resumed).
     pub log: Vec<StepLog>,
+    /// The step a checkpoint let this run start at.
+    pub resumed_at: Option<usize>,
+    /// Whether the student was written (not stopped by `stop_after`).
+    pub finished: bool,
 }
 
 /// Reports progress: the teacher pass, then each step.
@@ -413,11 +425,7 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
     let mut cached = false;
     let cache = if o.alpha > 0.0 {
         let tlayers: Vec<usize> = o.feature_layers.iter().map(|&(_, t)| t).collect();
-        let path = o.cache.clone().unwrap_or_else(|| {
-            let mut p = o.out.clone().into_os_string();
-            p.push(".teacher-cache");
-            PathBuf::from(p)
-        });
+        let path = o.cache.clone().unwrap_or_else(|| suffixed(&o.out, ".teacher-cache"));
         let key = cache_key(&o.teacher, &windows, o.top_k)?;
         match TeacherCache::load(&path, key, &tlayers)? {
             Some(c) => {
@@ -446,9 +454,16 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
         weight_decay: 0.1,
     };
     let mut opt = AdamW::new(vars.clone(), params)?;
+    let ckpt = suffixed(&o.out, ".ckpt");
+    let fingerprint = run_fingerprint(o, &sc, &windows)?;
+    let resumed_at = match crate::checkpoint::restore(&ckpt, fingerprint, &mut opt)? {
+        true => Some(opt.step),
+        false => None,
+    };
     let t1 = Instant::now();
     let mut log = Vec::with_capacity(steps);
-    for step in 0..steps {
+    let first = opt.step;
+    for step in first..steps {
         let lr = lr_at(o.lr, step, steps);
         opt.set_learning_rate(lr);
         let (loss, mut l) = batch_loss(&trainee, o, &windows, cache.as_ref(), step * o.batch, o.batch)?;
@@ -460,9 +475,27 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
         opt.step(&grads)?;
         l.step = step + 1;
         l.lr = lr;
-        let tps = ((step + 1) * o.batch * o.ctx) as f64 / t1.elapsed().as_secs_f64().max(1e-9);
+        let tps = ((step + 1 - first) * o.batch * o.ctx) as f64 / t1.elapsed().as_secs_f64().max(1e-9);
         progress.step(&l, steps, tps);
         log.push(l);
+        let done = step + 1;
+        let stop = o.stop_after == Some(done) && done < steps;
+        if stop || (o.checkpoint_every > 0 && done.is_multiple_of(o.checkpoint_every) && done < steps) {
+            crate::checkpoint::save(&ckpt, fingerprint, &opt)?;
+        }
+        if stop {
+            return Ok(DistillReport {
+                steps,
+                tokens: steps * o.batch * o.ctx,
+                parameters: sc.parameter_count(),
+                teacher_seconds,
+                teacher_cached: cached,
+                train_seconds: t1.elapsed().as_secs_f64(),
+                log,
+                resumed_at,
+                finished: false,
+            });
+        }
     }
     let train_seconds = t1.elapsed().as_secs_f64();
     let name = o
@@ -472,6 +505,7 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
         .unwrap_or("student")
         .to_string();
     write_student(&trainee.student, &tgguf, &name, o.export_type, &o.out)?;
+    let _ = std::fs::remove_file(&ckpt);
     Ok(DistillReport {
         steps,
         tokens: steps * o.batch * o.ctx,
@@ -480,5 +514,30 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
         teacher_cached: cached,
         train_seconds,
         log,
+        resumed_at,
+        finished: true,
     })
+}
+
+/// `path` with `suffix` appended to its file name.
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.to_path_buf().into_os_string();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// What decides a run's trajectory: the teacher file and windows (the cache key), the student's shape
+/// and start, and the training options.
+fn run_fingerprint(o: &DistillOptions, sc: &StudentConfig, windows: &Windows) -> Result<u64> {
+    let key = cache_key(&o.teacher, windows, o.top_k)?;
+    let what = format!(
+        "{key} {sc:?} {:?} {} {} {} {} {:?} {} {} {} {}",
+        o.init, o.lr, o.alpha, o.temperature, o.top_k, o.feature_layers, o.feature_weight, o.batch, o.ctx, o.seed
+    );
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in what.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    Ok(h)
 }

@@ -8,13 +8,16 @@
 //! - [`teacher`]: training windows and the teacher's cached top-k logits and hidden states.
 //! - [`distill`]: the training loop (`bushu distill`).
 //! - [`export`]: the student as a Llama GGUF with the teacher's tokenizer.
+//! - [`optim`], [`checkpoint`]: AdamW with open state, and resumable checkpoints.
 //! - [`progress`]: a progress bar on a terminal, plain lines elsewhere.
 //!
 //! docs/DISTILLATION.md has the method, the measurements and the commands to rerun them.
 
+pub mod checkpoint;
 pub mod distill;
 pub mod export;
 pub mod loss;
+pub mod optim;
 pub mod progress;
 pub mod student;
 pub mod teacher;

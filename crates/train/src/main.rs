@@ -90,6 +90,9 @@ struct DistillArgs {
     /// Teacher cache file (default: OUT.teacher-cache).
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// Write a checkpoint (OUT.ckpt) every N steps (0: never); a rerun of the same command resumes from it.
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: usize,
 }
 
 /// `0:2,1:5` → [(0, 2), (1, 5)].
@@ -136,7 +139,11 @@ fn run(cli: Cli) -> Result<()> {
             o.seed = a.seed;
             o.export_type = a.out_type;
             o.cache = a.cache;
+            o.checkpoint_every = a.checkpoint_every;
             let r = distill(&o, &mut Console::new())?;
+            if let Some(s) = r.resumed_at {
+                eprintln!("resumed from the checkpoint at step {s}");
+            }
             let tps = r.tokens as f64 / r.train_seconds.max(1e-9);
             let last = r.log.last().cloned().unwrap_or_default();
             eprintln!(

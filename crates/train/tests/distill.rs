@@ -498,3 +498,71 @@ fn bushu_distill_runs_bushu_train() {
     assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("--kd-temperature"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn our_adamw_is_candles_adamw() {
+    use candle_nn::Optimizer;
+    let mut rng = Rng::new(5);
+    let init = normal(&mut rng, 12, 1.0);
+    let params = bushu_train::optim::ParamsAdamW {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let a = Var::from_tensor(&Tensor::from_slice(&init, (3, 4), &Device::Cpu).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::from_slice(&init, (3, 4), &Device::Cpu).unwrap()).unwrap();
+    let mut ours = bushu_train::optim::AdamW::new(vec![a.clone()], params.clone()).unwrap();
+    let mut theirs = candle_nn::AdamW::new(vec![b.clone()], params).unwrap();
+    for step in 0..4 {
+        let target = Tensor::from_vec(normal(&mut rng, 12, 1.0), (3, 4), &Device::Cpu).unwrap();
+        let la = (a.as_tensor() - &target).unwrap().sqr().unwrap().sum_all().unwrap();
+        let lb = (b.as_tensor() - &target).unwrap().sqr().unwrap().sum_all().unwrap();
+        ours.step(&la.backward().unwrap()).unwrap();
+        theirs.step(&lb.backward().unwrap()).unwrap();
+        let (va, vb): (Vec<f32>, Vec<f32>) = (
+            a.as_tensor().flatten_all().unwrap().to_vec1().unwrap(),
+            b.as_tensor().flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert_eq!(va, vb, "step {step}");
+        assert_ne!(va, init);
+    }
+}
+
+#[test]
+fn an_interrupted_run_resumes_from_its_checkpoint_to_the_same_student() {
+    let dir = tmpdir("resume");
+    let data = text_slice("testdata/shakespeare/train.txt", 0, 20_000, &dir, "train.txt");
+    for sub in ["1", "2"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let mut o = small_options(&dir, data, "1/a.gguf");
+    o.tokens = 6 * 4 * 32;
+    o.alpha = 0.5;
+    o.cache = Some(dir.join("cache"));
+    let whole = distill(&o, &mut Quiet).unwrap();
+    assert!(whole.finished && whole.resumed_at.is_none());
+    o.out = dir.join("2/a.gguf");
+    o.stop_after = Some(4);
+    let part = distill(&o, &mut Quiet).unwrap();
+    assert!(!part.finished && part.log.len() == 4 && !o.out.exists());
+    let ckpt = dir.join("2/a.gguf.ckpt");
+    assert!(ckpt.is_file());
+    o.stop_after = None;
+    let rest = distill(&o, &mut Quiet).unwrap();
+    assert_eq!(rest.resumed_at, Some(4));
+    assert_eq!(rest.log.len(), 2);
+    assert!(
+        std::fs::read(dir.join("1/a.gguf")).unwrap() == std::fs::read(&o.out).unwrap(),
+        "resumed student differs"
+    );
+    assert!(!ckpt.exists(), "the checkpoint outlived the finished run");
+    // A checkpoint of another run (another seed) is not resumed from.
+    o.stop_after = Some(4);
+    distill(&o, &mut Quiet).unwrap();
+    o.stop_after = None;
+    o.seed = 9;
+    assert_eq!(distill(&o, &mut Quiet).unwrap().resumed_at, None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
