@@ -332,7 +332,8 @@ pub fn batch_loss(
         let dev = Device::Cpu;
         let idx = Tensor::from_slice(&c.top_idx[r0 * k..(r0 + rows) * k], (rows, k), &dev)?;
         let val = Tensor::from_slice(&c.top_val[r0 * k..(r0 + rows) * k], (rows, k), &dev)?;
-        let kd = kd_topk(&logits, &idx, &val, o.temperature)?;
+        let lse = Tensor::from_slice(&c.lse[r0..r0 + rows], (rows, 1), &dev)?;
+        let kd = kd_topk(&logits, &idx, &val, &lse, o.temperature)?;
         log.kd = kd.to_scalar::<f32>()?;
         let mut distill = kd;
         for (i, &(sl, _)) in o.feature_layers.iter().enumerate() {
@@ -426,7 +427,7 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
     let cache = if o.alpha > 0.0 {
         let tlayers: Vec<usize> = o.feature_layers.iter().map(|&(_, t)| t).collect();
         let path = o.cache.clone().unwrap_or_else(|| suffixed(&o.out, ".teacher-cache"));
-        let key = cache_key(&o.teacher, &windows, o.top_k)?;
+        let key = cache_key(&o.teacher, &windows, o.top_k, o.temperature)?;
         match TeacherCache::load(&path, key, &tlayers)? {
             Some(c) => {
                 cached = true;
@@ -434,7 +435,9 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
             }
             None => {
                 let model = Model::new(&tfile)?;
-                let c = TeacherCache::build(&model, &windows, o.top_k, &tlayers, |d, n| progress.teacher(d, n))?;
+                let c = TeacherCache::build(&model, &windows, o.top_k, o.temperature, &tlayers, |d, n| {
+                    progress.teacher(d, n)
+                })?;
                 c.save(&path, key)?;
                 Some(c)
             }
@@ -529,7 +532,7 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
 /// What decides a run's trajectory: the teacher file and windows (the cache key), the student's shape
 /// and start, and the training options.
 fn run_fingerprint(o: &DistillOptions, sc: &StudentConfig, windows: &Windows) -> Result<u64> {
-    let key = cache_key(&o.teacher, windows, o.top_k)?;
+    let key = cache_key(&o.teacher, windows, o.top_k, o.temperature)?;
     let what = format!(
         "{key} {sc:?} {:?} {} {} {} {} {:?} {} {} {} {}",
         o.init, o.lr, o.alpha, o.temperature, o.top_k, o.feature_layers, o.feature_weight, o.batch, o.ctx, o.seed

@@ -1,12 +1,13 @@
 //! The training windows and what the teacher says about them, computed once with bushu's forward pass
-//! and cached on disk: for every predicting position its top-k next-token logits, and (for feature
-//! KD) its residual stream after chosen layers, in f16.
+//! and cached on disk: for every predicting position its top-k next-token logits, the log-partition of
+//! its full distribution at the KD temperature (so the mass outside the top-k is known), and (for
+//! feature KD) its residual stream after chosen layers, in f16.
 //!
 //! Windows are `ctx` tokens of the tokenized data at offsets drawn from the seed (as the Shakespeare
 //! models were trained: `../shared/tools/shakespeare/train.py`), the first token replaced by BOS; the
 //! `ctx - 1` first positions predict the next token. A cache file is reused only if its key — a hash
 //! of the teacher file's size and modification time, the windows' tokens, k and the feature layers —
-//! matches, so the three runs of an experiment over the same data and seed run the teacher once.
+//! matches (and the temperature), so the runs of an experiment over the same data and seed run the teacher once.
 
 use anyhow::{bail, Context, Result};
 use bushu::model::{Logits, Model, Pass};
@@ -61,6 +62,8 @@ pub struct TeacherCache {
     /// `rows x k` token ids and logits, best first.
     pub top_idx: Vec<u32>,
     pub top_val: Vec<f32>,
+    /// Per row, ln Σ_v exp(logit_v / τ) over the whole vocabulary, τ the temperature it was built for.
+    pub lse: Vec<f32>,
     /// Teacher layers whose residual stream is kept, and its width.
     pub feature_layers: Vec<usize>,
     pub feature_dim: usize,
@@ -68,7 +71,7 @@ pub struct TeacherCache {
     pub features: Vec<Vec<f16>>,
 }
 
-const MAGIC: &[u8; 8] = b"BUSHUKD1";
+const MAGIC: &[u8; 8] = b"BUSHUKD2";
 
 /// FNV-1a, 64 bits.
 fn fnv(h: &mut u64, bytes: &[u8]) {
@@ -80,7 +83,7 @@ fn fnv(h: &mut u64, bytes: &[u8]) {
 
 /// The key a cache must match: teacher file identity, windows and k. (A cache serves any run whose
 /// feature layers are among those it kept: [`TeacherCache::load`].)
-pub fn cache_key(teacher: &Path, windows: &Windows, k: usize) -> Result<u64> {
+pub fn cache_key(teacher: &Path, windows: &Windows, k: usize, temperature: f64) -> Result<u64> {
     let meta = std::fs::metadata(teacher).with_context(|| format!("cannot read {}", teacher.display()))?;
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     fnv(&mut h, &meta.len().to_le_bytes());
@@ -94,6 +97,7 @@ pub fn cache_key(teacher: &Path, windows: &Windows, k: usize) -> Result<u64> {
         fnv(&mut h, &t.to_le_bytes());
     }
     fnv(&mut h, &(k as u64).to_le_bytes());
+    fnv(&mut h, &temperature.to_le_bytes());
     Ok(h)
 }
 
@@ -117,6 +121,7 @@ impl TeacherCache {
         model: &Model,
         windows: &Windows,
         k: usize,
+        temperature: f64,
         feature_layers: &[usize],
         mut progress: impl FnMut(usize, usize),
     ) -> Result<TeacherCache> {
@@ -130,6 +135,7 @@ impl TeacherCache {
             rows_per_window: rows,
             top_idx: Vec::with_capacity(windows.len() * rows * k),
             top_val: Vec::with_capacity(windows.len() * rows * k),
+            lse: Vec::with_capacity(windows.len() * rows),
             feature_layers: feature_layers.to_vec(),
             feature_dim: dim,
             features: vec![Vec::with_capacity(windows.len() * rows * dim); feature_layers.len()],
@@ -140,6 +146,9 @@ impl TeacherCache {
             let logits = model.forward_pass(&mut state, pass)?;
             let vocab = logits.len() / rows;
             for row in logits.chunks_exact(vocab) {
+                let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64 / temperature;
+                let z: f64 = row.iter().map(|&x| (x as f64 / temperature - m).exp()).sum();
+                c.lse.push((m + z.ln()) as f32);
                 for i in top_k(row, k) {
                     c.top_idx.push(i);
                     c.top_val.push(row[i as usize]);
@@ -173,6 +182,8 @@ impl TeacherCache {
         b.extend_from_slice(&(self.feature_dim as u64).to_le_bytes());
         self.top_idx.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
         self.top_val.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+        b.extend_from_slice(&(self.lse.len() as u64).to_le_bytes());
+        self.lse.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
         for f in &self.features {
             b.extend_from_slice(&(f.len() as u64).to_le_bytes());
             f.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
@@ -215,6 +226,11 @@ impl TeacherCache {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
+        let nr = read_u64s(&b, &mut at, 1)?[0] as usize;
+        let lse = take(&b, &mut at, 4 * nr)?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         let mut features: Vec<Vec<f16>> = Vec::new();
         for _ in 0..nl {
             let m = read_u64s(&b, &mut at, 1)?[0] as usize;
@@ -237,6 +253,7 @@ impl TeacherCache {
             rows_per_window,
             top_idx,
             top_val,
+            lse,
             feature_layers,
             feature_dim,
             features,

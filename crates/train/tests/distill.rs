@@ -51,34 +51,29 @@ fn row_tensor(v: &[f32]) -> Tensor {
     Tensor::from_slice(v, (1, v.len()), &Device::Cpu).unwrap()
 }
 
+fn lse_tensor(v: &[f32]) -> Tensor {
+    Tensor::from_slice(v, (v.len(), 1), &Device::Cpu).unwrap()
+}
+
 #[test]
 fn kd_loss_matches_a_hand_computation() {
     // Student logits [0, 2 ln 4, 2 ln 2] at τ = 2: exp(s/τ) = [1, 4, 2], q = [1/7, 4/7, 2/7].
-    // Teacher top-2: token 1 with logit 2, token 0 with logit 0; at τ = 2, p ∝ [e, 1] over those two.
+    // Teacher logits [0, 2, -2] at τ = 2: exp = [1, e, 1/e]; its top-2 (tokens 1 and 0) are cached with
+    // ln Z_T = ln(1 + e + 1/e), so p = [1, e] / Z_T on them and p_rest = (1/e) / Z_T for token 2.
     let s = [0.0f32, 2.0 * 4f32.ln(), 2.0 * 2f32.ln()];
     let e = std::f64::consts::E;
-    let (p1, p0) = (e / (e + 1.0), 1.0 / (e + 1.0));
-    let hand = 4.0 * (p1 * (p1.ln() - (4.0f64 / 7.0).ln()) + p0 * (p0.ln() - (1.0f64 / 7.0).ln()));
+    let z = 1.0 + e + 1.0 / e;
+    let (p1, p0, pr) = (e / z, 1.0 / z, (1.0 / e) / z);
+    let hand = 4.0 * (p1 * (p1 / (4.0 / 7.0)).ln() + p0 * (p0 / (1.0 / 7.0)).ln() + pr * (pr / (2.0 / 7.0)).ln());
     let idx = Tensor::from_slice(&[1u32, 0], (1, 2), &Device::Cpu).unwrap();
     let val = row_tensor(&[2.0, 0.0]);
-    let got = kd_topk(&row_tensor(&s), &idx, &val, 2.0)
+    let got = kd_topk(&row_tensor(&s), &idx, &val, &lse_tensor(&[z.ln() as f32]), 2.0)
         .unwrap()
         .to_scalar::<f32>()
         .unwrap() as f64;
     assert!((got - hand).abs() < 1e-5, "candle {got} vs hand {hand}");
-    let reference = kd_topk_reference(&s, &[(1, 2.0), (0, 0.0)], 2.0);
-    assert!((reference - hand).abs() < 1e-9, "reference {reference} vs hand {hand}");
-    // A student matching the teacher on the top-k, with no mass elsewhere, scores 0.
-    let matched = kd_topk(
-        &row_tensor(&[2.0, 0.0]),
-        &Tensor::from_slice(&[0u32, 1], (1, 2), &Device::Cpu).unwrap(),
-        &row_tensor(&[2.0, 0.0]),
-        1.0,
-    )
-    .unwrap()
-    .to_scalar::<f32>()
-    .unwrap();
-    assert!(matched.abs() < 1e-6, "{matched}");
+    let reference = kd_topk_reference(&s, &[(1, 2.0), (0, 0.0)], z.ln(), 2.0);
+    assert!((reference - hand).abs() < 1e-6, "reference {reference} vs hand {hand}");
 }
 
 #[test]
@@ -87,11 +82,11 @@ fn kd_loss_with_full_k_is_the_kl_divergence_and_its_gradient_is_tau_q_minus_p() 
     let (v, tau) = (7usize, 1.7f64);
     let s = normal(&mut rng, v, 2.0);
     let t = normal(&mut rng, v, 2.0);
-    let soft = |x: &[f32]| -> Vec<f64> {
+    let lse = |x: &[f32]| -> f64 {
         let m = x.iter().map(|&a| a as f64 / tau).fold(f64::NEG_INFINITY, f64::max);
-        let z: f64 = x.iter().map(|&a| (a as f64 / tau - m).exp()).sum();
-        x.iter().map(|&a| (a as f64 / tau - m).exp() / z).collect()
+        m + x.iter().map(|&a| (a as f64 / tau - m).exp()).sum::<f64>().ln()
     };
+    let soft = |x: &[f32]| -> Vec<f64> { x.iter().map(|&a| (a as f64 / tau - lse(x)).exp()).collect() };
     let (p, q) = (soft(&t), soft(&s));
     let kl: f64 = p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum::<f64>() * tau * tau;
     let order = top_k(&t, v);
@@ -99,7 +94,7 @@ fn kd_loss_with_full_k_is_the_kl_divergence_and_its_gradient_is_tau_q_minus_p() 
     let vals: Vec<f32> = order.iter().map(|&i| t[i as usize]).collect();
     let val = row_tensor(&vals);
     let sv = Var::from_tensor(&row_tensor(&s)).unwrap();
-    let loss = kd_topk(sv.as_tensor(), &idx, &val, tau).unwrap();
+    let loss = kd_topk(sv.as_tensor(), &idx, &val, &lse_tensor(&[lse(&t) as f32]), tau).unwrap();
     let got = loss.to_scalar::<f32>().unwrap() as f64;
     assert!((got - kl).abs() < 1e-4 * kl.max(1.0), "kd {got} vs KL {kl}");
     // Analytic gradient: τ (q_j − p_j); and finite differences of the f64 reference.
@@ -119,7 +114,8 @@ fn kd_loss_with_full_k_is_the_kl_divergence_and_its_gradient_is_tau_q_minus_p() 
         let (mut up, mut dn) = (s.clone(), s.clone());
         up[j] += h;
         dn[j] -= h;
-        let fd = (kd_topk_reference(&up, &top, tau) - kd_topk_reference(&dn, &top, tau)) / (2.0 * h as f64);
+        let fd = (kd_topk_reference(&up, &top, lse(&t), tau) - kd_topk_reference(&dn, &top, lse(&t), tau))
+            / (2.0 * h as f64);
         assert!(
             (g[j] as f64 - analytic).abs() < 1e-4,
             "grad {j}: {} vs {analytic}",
@@ -130,25 +126,77 @@ fn kd_loss_with_full_k_is_the_kl_divergence_and_its_gradient_is_tau_q_minus_p() 
             "finite difference {j}: {fd} vs {analytic}"
         );
     }
+    // With a tail (k = 3 of 7): candle's gradient against finite differences of the reference.
+    let top3 = &top[..3];
+    let idx3 = Tensor::from_slice(&order[..3], (1, 3), &Device::Cpu).unwrap();
+    let sv = Var::from_tensor(&row_tensor(&s)).unwrap();
+    let loss = kd_topk(
+        sv.as_tensor(),
+        &idx3,
+        &row_tensor(&vals[..3]),
+        &lse_tensor(&[lse(&t) as f32]),
+        tau,
+    )
+    .unwrap();
+    let got = loss.to_scalar::<f32>().unwrap() as f64;
+    let want = kd_topk_reference(&s, top3, lse(&t), tau);
+    assert!((got - want).abs() < 1e-5 * want.max(1.0), "k=3: {got} vs {want}");
+    assert!(got < kl, "a coarsened KL is at most the full one: {got} vs {kl}");
+    let g: Vec<f32> = loss
+        .backward()
+        .unwrap()
+        .get(sv.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    for j in 0..v {
+        let h = 1e-3f32;
+        let (mut up, mut dn) = (s.clone(), s.clone());
+        up[j] += h;
+        dn[j] -= h;
+        let fd = (kd_topk_reference(&up, top3, lse(&t), tau) - kd_topk_reference(&dn, top3, lse(&t), tau))
+            / (2.0 * h as f64);
+        assert!(
+            (g[j] as f64 - fd).abs() < 1e-3,
+            "k=3 grad {j}: {} vs finite difference {fd}",
+            g[j]
+        );
+    }
 }
 
 #[test]
-fn top_k_truncation_renormalizes_over_the_kept_tokens() {
-    // Documented: the teacher's tail beyond k is dropped and p renormalized over the k tokens, so a
-    // student matching the teacher's full distribution still scores above 0 (its mass on the tail).
+fn top_k_truncation_keeps_the_tail_as_one_outcome() {
+    // Documented: beyond its top-k the teacher counts as one outcome, "any other token", with the mass
+    // the full distribution gives it: a student equal to the teacher scores 0, and so does one that
+    // only moves mass between tail tokens; one with less tail mass pays for it.
     let t = [3.0f32, 2.0, 1.0, 0.0];
     assert_eq!(top_k(&t, 2), vec![0, 1]);
     assert_eq!(top_k(&[1.0, 5.0, 5.0, 0.0], 3), vec![1, 2, 0], "ties: lower id first");
+    let zt = 3f64.exp() + 2f64.exp() + 1f64.exp() + 1.0;
     let idx = Tensor::from_slice(&[0u32, 1], (1, 2), &Device::Cpu).unwrap();
-    let got = kd_topk(&row_tensor(&t), &idx, &row_tensor(&[3.0, 2.0]), 1.0)
+    let kd = |s: &[f32]| {
+        kd_topk(
+            &row_tensor(s),
+            &idx,
+            &row_tensor(&[3.0, 2.0]),
+            &lse_tensor(&[zt.ln() as f32]),
+            1.0,
+        )
         .unwrap()
         .to_scalar::<f32>()
-        .unwrap() as f64;
-    // p = softmax([3, 2]) over two tokens; q = softmax([3, 2, 1, 0]) over four: KL = Σ p (ln p − ln q)
-    // = Σ p ln(Z_q / Z_p) = ln(Z_q / Z_p), Z the partition sums.
-    let zp = 3f64.exp() + 2f64.exp();
-    let zq = zp + 1f64.exp() + 1.0;
-    assert!((got - (zq / zp).ln()).abs() < 1e-5, "{got} vs {}", (zq / zp).ln());
+        .unwrap() as f64
+    };
+    assert!(kd(&t).abs() < 1e-6, "{}", kd(&t));
+    let tail_moved = [3.0f32, 2.0, (1f64.exp() + 1.0 - 0.5).ln() as f32, 0.5f64.ln() as f32];
+    assert!(kd(&tail_moved).abs() < 1e-6, "{}", kd(&tail_moved));
+    // Student [3, 2, -inf-ish, -inf-ish]: q = [e³, e²] / (e³ + e²) on the top, ~0 on the tail.
+    let zs = 3f64.exp() + 2f64.exp();
+    let (p0, p1, pr) = (3f64.exp() / zt, 2f64.exp() / zt, (1f64.exp() + 1.0) / zt);
+    let hand = p0 * (p0 / (3f64.exp() / zs)).ln() + p1 * (p1 / (2f64.exp() / zs)).ln() + pr * (pr / 1e-12).ln();
+    let got = kd(&[3.0, 2.0, -1e4, -1e4]);
+    assert!((got - hand).abs() < 1e-3 * hand, "{got} vs {hand}");
 }
 
 #[test]
