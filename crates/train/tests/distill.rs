@@ -614,3 +614,51 @@ fn an_interrupted_run_resumes_from_its_checkpoint_to_the_same_student() {
     assert_eq!(distill(&o, &mut Quiet).unwrap().resumed_at, None);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_student_initialised_from_all_the_teachers_layers_computes_the_teachers_logits() {
+    // `--init teacher` copies the teacher's embeddings, head and chosen layers: with every layer the
+    // student is the teacher, and candle's forward pass must give bushu's logits for it.
+    let file = load(&teacher_path()).unwrap();
+    let c = &file.config;
+    let config = StudentConfig {
+        vocab: c.vocab_size,
+        dim: c.dim,
+        layers: c.n_layers,
+        heads: c.n_heads,
+        kv_heads: c.n_kv_heads,
+        ffn: c.ffn_dim,
+        ctx: 32,
+        rope_theta: c.rope_theta,
+        rms_eps: c.rms_eps,
+    };
+    let layers: Vec<usize> = (0..c.n_layers).collect();
+    let student = Student::from_teacher(config, &file, &layers).unwrap();
+    let ids = file
+        .tokenizer
+        .encode("ROMEO: But, soft! what light through yonder window breaks?", true)
+        .unwrap();
+    let model = Model::new(&file).unwrap();
+    let mut st = model.new_state(32);
+    let want = model.forward(&mut st, &ids, Logits::All).unwrap().to_vec();
+    let toks = Tensor::from_slice(&ids, (1, ids.len()), &Device::Cpu).unwrap();
+    let got: Vec<f32> = student
+        .forward(&toks)
+        .unwrap()
+        .logits
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let d = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(d < 2e-3, "student from the teacher differs from it by {d}");
+    // A subset of layers needs the right count, and a student of another width cannot take them.
+    let mut narrow = student.config.clone();
+    narrow.layers = 1;
+    assert!(Student::from_teacher(narrow.clone(), &file, &[0, 1]).is_err());
+    narrow.dim = 64;
+    narrow.heads = 2;
+    narrow.kv_heads = 1;
+    let err = Student::from_teacher(narrow, &file, &[1]).err().unwrap().to_string();
+    assert!(err.contains("needs its width") || err.contains("shape"), "{err}");
+}
