@@ -15,6 +15,7 @@ mod serve;
 mod spec;
 mod structured;
 mod tokenize;
+mod train;
 
 use crate::model::{load, KvType, Model, ModelFile, ModelOptions};
 use anyhow::{bail, Result};
@@ -67,6 +68,9 @@ pub enum Command {
     Ps(ps::PsArgs),
     /// Interactive chat with a model (multi-turn, streaming).
     Chat(Box<chat::ChatArgs>),
+    /// Distill a teacher into a smaller student (runs `bushu-train distill`; `bushu distill --help`).
+    #[command(disable_help_flag = true)]
+    Distill(train::TrainArgs),
     /// Print a shell completion script (e.g. `bushu completions bash > ~/.local/share/bash-completion/completions/bushu`).
     Completions(CompletionsArgs),
 }
@@ -263,6 +267,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Rm(a) => pull::rm(a),
         Command::Ps(a) => ps::ps(a),
         Command::Chat(a) => chat::chat(*a),
+        Command::Distill(a) => train::forward("distill", a),
         Command::Completions(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "bushu", &mut std::io::stdout());
             Ok(())

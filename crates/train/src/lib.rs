@@ -1,0 +1,23 @@
+//! bushu-train: bushu's training path, apart from the inference crates. Autograd and AdamW come from
+//! candle (`candle-core`/`candle-nn`, CPU); bushu does what it does best — the teacher's forward pass
+//! (logits at every position, the residual stream after chosen layers: `Pass::keep_hidden`),
+//! tokenization, GGUF reading, and GGUF writing (the writer `bushu quantize` uses).
+//!
+//! - [`student`]: a Llama decoder in candle ops that have gradients, laid out as bushu reads GGUF.
+//! - [`loss`]: hard-label cross-entropy, top-k logit KD at a temperature, feature KD through a learned Φ.
+//! - [`teacher`]: training windows and the teacher's cached top-k logits and hidden states.
+//! - [`distill`]: the training loop (`bushu distill`).
+//! - [`export`]: the student as a Llama GGUF with the teacher's tokenizer.
+//! - [`optim`], [`checkpoint`]: AdamW with open state, and resumable checkpoints.
+//! - [`progress`]: a progress bar on a terminal, plain lines elsewhere.
+//!
+//! docs/DISTILLATION.md has the method, the measurements and the commands to rerun them.
+
+pub mod checkpoint;
+pub mod distill;
+pub mod export;
+pub mod loss;
+pub mod optim;
+pub mod progress;
+pub mod student;
+pub mod teacher;
