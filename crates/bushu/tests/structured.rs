@@ -11,7 +11,7 @@ mod common;
 use bushu::generate::{generate, FinishReason, GenerateOptions};
 use bushu::model::{load, Model, ModelFile};
 use bushu::sampling::{Sampler, SamplingParams};
-use bushu::spec_decode::{generate_speculative, DraftLengthParams, DraftModel, PromptLookup};
+use bushu::spec_decode::{generate_fast_forward, generate_speculative, DraftLengthParams, DraftModel, PromptLookup};
 use bushu::structured::{vocab, Compiler, Constraint, InvalidGrammar};
 use common::{fixture, shared};
 use serde_json::Value;
@@ -360,6 +360,243 @@ fn speculative_decoding_under_a_grammar_equals_plain_decoding() {
     }
 }
 
+// ---- Fast-forward ----
+
+/// Schemas whose outputs have forced stretches of several kinds (keys, separators, enums, a `const`).
+const FF_SCHEMAS: [&str; 6] = [
+    "person",
+    "order_with_items",
+    "weather",
+    "recipe",
+    "geo_point_const_type",
+    "log_entry",
+];
+
+/// Runs `schemas` on a model with and without fast-forward, greedy and sampled: the same tokens and
+/// finish reason, and fewer forward passes (counted on the model's state). Returns the passes
+/// (without, with) and the forced tokens (fed, kept).
+fn fast_forward_equals_plain(
+    f: &ModelFile,
+    m: &Model,
+    prompt: &dyn Fn(&str) -> Vec<u32>,
+    max_tokens: usize,
+) -> ((usize, usize), (usize, usize)) {
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let all = schemas();
+    let (mut plain_passes, mut ff_passes, mut fed, mut kept) = (0, 0, 0, 0);
+    for name in FF_SCHEMAS {
+        let schema = &all.iter().find(|(n, _)| n == name).unwrap().1;
+        let g = compiler.compile(&Constraint::JsonSchema(schema.clone())).unwrap();
+        for (i, temperature) in [0.0, 0.9].into_iter().enumerate() {
+            let sampling = SamplingParams {
+                temperature,
+                top_k: 0,
+                top_p: 1.0,
+                seed: 11 + i as u64,
+                grammar: Some(g.clone()),
+                ..Default::default()
+            };
+            let mut opts = GenerateOptions::new(max_tokens, sampling, f.eos_ids.clone());
+            let p = prompt(name);
+            opts.fast_forward = false;
+            let mut st = m.new_state(p.len() + max_tokens + 1);
+            let plain = generate(m, &f.tokenizer, &mut st, &p, &opts, &mut |_| {}).unwrap();
+            // Plain decoding: the prompt's pass, then one pass per token but the last.
+            assert_eq!(st.passes(), plain.tokens.len(), "{name}");
+            plain_passes += st.passes();
+            opts.fast_forward = true;
+            let mut st = m.new_state(p.len() + max_tokens + 1);
+            let mut streamed = String::new();
+            let (ff, stats) =
+                generate_fast_forward((m, &f.tokenizer, &mut st), &p, &opts, &mut |s| streamed.push_str(s)).unwrap();
+            let also = generate(
+                m,
+                &f.tokenizer,
+                &mut m.new_state(p.len() + max_tokens + 1),
+                &p,
+                &opts,
+                &mut |_| {},
+            );
+            assert_eq!(
+                also.unwrap().tokens,
+                ff.tokens,
+                "{name}: generate() fast-forwards the same way"
+            );
+            assert_eq!(ff.tokens, plain.tokens, "{name} t={temperature}");
+            assert_eq!(ff.finish_reason, plain.finish_reason, "{name} t={temperature}");
+            assert_eq!(ff.text, plain.text);
+            assert_eq!(streamed, plain.text);
+            assert_eq!(st.passes(), 1 + stats.target_passes, "{name}");
+            assert!(stats.forced_n_accepted <= stats.forced_n);
+            // Each pass makes one token beside the forced tokens it keeps (the last pass may make more
+            // than the output keeps).
+            assert!(
+                st.passes() + stats.forced_n_accepted >= ff.tokens.len(),
+                "{name}: {stats:?}"
+            );
+            eprintln!(
+                "{name} t={temperature}: {} tokens, {} passes without fast-forward, {} with ({} forced fed, {} kept)",
+                ff.tokens.len(),
+                plain.tokens.len(),
+                st.passes(),
+                stats.forced_n,
+                stats.forced_n_accepted
+            );
+            ff_passes += st.passes();
+            fed += stats.forced_n;
+            kept += stats.forced_n_accepted;
+        }
+    }
+    eprintln!("passes: {plain_passes} without fast-forward, {ff_passes} with; forced tokens fed {fed}, kept {kept}");
+    assert!(
+        ff_passes < plain_passes,
+        "{ff_passes} passes with fast-forward, {plain_passes} without"
+    );
+    ((plain_passes, ff_passes), (fed, kept))
+}
+
+#[test]
+fn fast_forward_gives_plain_decodings_tokens_in_fewer_passes_shakespeare() {
+    let (f, m) = open(EXPERT);
+    let tok = f.tokenizer.clone();
+    let ((plain, ff), (fed, kept)) = fast_forward_equals_plain(
+        &f,
+        &m,
+        &|name| tok.encode(&format!("KING: {name}\n"), true).unwrap(),
+        80,
+    );
+    // SentencePiece: the model picks its own split of the forced bytes, often not the greedy one; still
+    // a good share of the drafts stand (392 of 1,095 when written) and the passes halve (321 of 713).
+    assert!(kept * 4 > fed, "{kept} of {fed} forced tokens kept");
+    assert!(ff * 2 < plain, "{ff} passes with fast-forward, {plain} without");
+}
+
+#[test]
+fn fast_forward_gives_plain_decodings_tokens_in_fewer_passes_tiny_llama() {
+    // Random weights, Llama 2's 32,000-token SentencePiece vocabulary.
+    let (f, m) = open("models/tiny-llama-q8_0.gguf");
+    let tok = f.tokenizer.clone();
+    fast_forward_equals_plain(&f, &m, &|name| tok.encode(&format!("Hello {name}"), true).unwrap(), 48);
+}
+
+#[test]
+fn fast_forward_gives_plain_decodings_tokens_in_fewer_passes_smollm2() {
+    let Some(f) = common::cached_model("smollm2-135m") else {
+        return;
+    };
+    let m = Model::new(&f).unwrap();
+    let tok = f.tokenizer.clone();
+    let prompt = |name: &str| {
+        let text = format!(
+            "<|im_start|>user\nGive an example {} as JSON.<|im_end|>\n<|im_start|>assistant\n",
+            name.replace('_', " ")
+        );
+        tok.encode_with(&text, false, true).unwrap()
+    };
+    let ((plain, ff), (fed, kept)) = fast_forward_equals_plain(&f, &m, &prompt, 80);
+    // Byte-level BPE: llguidance's forced tokens are the only ones its mask allows, so they stand.
+    assert_eq!(kept, fed, "forced tokens rejected");
+    assert!(ff * 10 < plain * 8, "{ff} passes with fast-forward, {plain} without");
+}
+
+#[test]
+fn fast_forward_with_speculative_decoding_equals_plain_decoding() {
+    let (f, m) = open(EXPERT);
+    let (_, dm) = open(AMATEUR);
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let all = schemas();
+    for name in ["recipe", "order_with_items"] {
+        let schema = &all.iter().find(|(n, _)| n == name).unwrap().1;
+        let g = compiler.compile(&Constraint::JsonSchema(schema.clone())).unwrap();
+        for temperature in [0.0, 0.8] {
+            let mut opts = GenerateOptions::new(
+                80,
+                SamplingParams {
+                    temperature,
+                    top_k: 0,
+                    top_p: 1.0,
+                    seed: 3,
+                    grammar: Some(g.clone()),
+                    ..Default::default()
+                },
+                f.eos_ids.clone(),
+            );
+            let p = f.tokenizer.encode(&format!("KING: {name}\n"), true).unwrap();
+            opts.fast_forward = false;
+            let plain = generate(&m, &f.tokenizer, &mut m.new_state(256), &p, &opts, &mut |_| {}).unwrap();
+            opts.fast_forward = true;
+            let length = DraftLengthParams {
+                max: 4,
+                ..DraftLengthParams::default()
+            };
+            let mut draft = DraftModel::new(&dm, 256, &opts.sampling, 0.0).unwrap();
+            let mut st = m.new_state(256);
+            let (spec, stats) =
+                generate_speculative((&m, &f.tokenizer, &mut st), &p, &opts, &mut draft, length, &mut |_| {}).unwrap();
+            assert!(stats.forced_steps > 0 && stats.draft_steps > 0, "{name}: {stats:?}");
+            assert_eq!(st.passes(), 1 + stats.target_passes);
+            if temperature == 0.0 {
+                // Greedy: token for token (sampled speculative decoding is exact in distribution only).
+                assert_eq!(spec.tokens, plain.tokens, "{name}");
+            } else {
+                let v: Value = serde_json::from_str(&spec.text).unwrap_or(Value::Null);
+                if spec.finish_reason == FinishReason::Stop {
+                    assert!(validator(schema).is_valid(&v), "{name}: {}", spec.text);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn engine_fast_forward_gives_the_same_outputs_in_fewer_steps() {
+    use bushu::engine::{Engine, EngineConfig, Request};
+    let (f, m) = open(EXPERT);
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let all = schemas();
+    let mut reqs = Vec::new();
+    for (i, name) in FF_SCHEMAS.iter().enumerate() {
+        let schema = &all.iter().find(|(n, _)| n == name).unwrap().1;
+        let g = compiler.compile(&Constraint::JsonSchema(schema.clone())).unwrap();
+        let mut r = Request::greedy(f.tokenizer.encode(&format!("KING: {name}\n"), true).unwrap(), 64);
+        r.sampling.grammar = Some(g);
+        if i % 2 == 1 {
+            r.sampling.temperature = 0.9;
+            r.sampling.top_k = 0;
+            r.sampling.top_p = 1.0;
+            r.sampling.seed = i as u64;
+        }
+        reqs.push(r);
+    }
+    // And one unconstrained sequence in the same batch.
+    reqs.push(Request::greedy(f.tokenizer.encode("KING:", true).unwrap(), 40));
+    let eos = f.eos_ids.clone();
+    let mut engine = Engine::new(m, eos, EngineConfig::for_model(&open(EXPERT).1, 8, Some(256), None));
+    engine.fast_forward = false;
+    let plain = engine.generate(reqs.clone()).unwrap();
+    let plain_steps = engine.gauges().steps;
+    assert_eq!(engine.forced, Default::default());
+    engine.fast_forward = true;
+    let ff = engine.generate(reqs).unwrap();
+    let ff_steps = engine.gauges().steps - plain_steps;
+    assert_eq!(ff, plain);
+    let c = engine.forced;
+    eprintln!("engine: {plain_steps} steps without fast-forward, {ff_steps} with; forced {c:?}");
+    assert!(c.steps > 0 && c.accepted > 0, "{c:?}");
+    assert!(
+        ff_steps < plain_steps,
+        "{ff_steps} steps with fast-forward, {plain_steps} without"
+    );
+    for (out, name) in ff.iter().zip(FF_SCHEMAS) {
+        let schema = &all.iter().find(|(n, _)| n == name).unwrap().1;
+        if f.eos_ids.contains(out.last().unwrap()) {
+            let text = f.tokenizer.decode(&out[..out.len() - 1]);
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}: {text}"));
+            assert!(validator(schema).is_valid(&v), "{name}: {text}");
+        }
+    }
+}
+
 // ---- Command line ----
 
 fn bushu(args: &[&str]) -> (i32, String, String) {
@@ -573,4 +810,35 @@ fn cli_chat_answers_follow_the_schema() {
         assert!(validator(&schema).is_valid(&v), "{v}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn forced_tokens_spell_the_forced_bytes_with_pieces() {
+    use bushu::tokenizer::TokenType;
+    let (f, m) = open(EXPERT);
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let schema = schemas().into_iter().find(|(n, _)| n == "person").unwrap().1;
+    assert_eq!(schema["required"][0], "name", "the fixture's first required key");
+    let g = compiler.compile(&Constraint::JsonSchema(schema)).unwrap();
+    let mut s = g.state();
+    // At the start the schema forces the object's opening and its first key (compact layout).
+    let forced = s.forced(&[], 32);
+    let bytes: Vec<u8> = forced
+        .iter()
+        .flat_map(|&t| f.tokenizer.id_to_bytes(t).to_vec())
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&bytes), "{\"name\": \"");
+    // `"` is an ordinary piece of this vocabulary: the draft uses it, not the byte token <0x22>.
+    let quote = forced[1];
+    assert_eq!(f.tokenizer.id_to_bytes(quote), b"\"");
+    assert_eq!(f.tokenizer.token_type(quote), Some(TokenType::Normal));
+    // `{` has no piece: its byte token stays.
+    assert_eq!(f.tokenizer.token_type(forced[0]), Some(TokenType::Byte));
+    assert_eq!(s.forced(&[], 3), forced[..3]);
+    // Each forced token is allowed where it stands.
+    for i in 0..forced.len() {
+        assert!(s.mask(&forced[..i]).is_allowed(forced[i]), "token {i}");
+    }
+    // Inside the free string nothing is forced.
+    assert!(s.forced(&forced, 32).is_empty());
 }

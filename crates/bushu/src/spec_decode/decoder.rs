@@ -3,13 +3,19 @@
 //! the decoder hands out the tokens of its last verification step from a queue and runs the next step
 //! only when the queue is empty. Tokens a step produced after a stop condition are simply not used.
 //!
+//! Under a structured-output grammar the decoder also fast-forwards (see [`crate::structured`]): when
+//! the grammar forces tokens after the sequence, they are the step's drafts instead of the proposer's,
+//! verified with [`Rule::Sample`] (the output stays plain decoding's, token for token); the proposer is
+//! not asked at that step (a draft model catches up on the tokens it has not seen at its next proposal).
+//! [`generate_fast_forward`] is this decoder without a proposer: plain decoding plus fast-forward.
+//!
 //! The sequence's invariant between steps: the target's cache holds the sequence but its last token,
 //! whose logits a step computes first (row 0 of the verification pass), and the sampler's history holds
 //! the whole sequence.
 
 use super::adaptive::{DraftLength, DraftLengthParams};
 use super::proposer::{Proposal, Proposer};
-use super::verify::verify;
+use super::verify::{verify_with, Rule};
 use super::SpecStats;
 use crate::generate::{check_prompt, run_decoder, Decoder, GenerateOptions, Generation, Strategy};
 use crate::model::llama::State;
@@ -23,8 +29,11 @@ pub struct SpecDecoder<'a> {
     model: &'a Model,
     state: &'a mut State,
     sampler: Sampler,
-    proposer: &'a mut dyn Proposer,
+    /// `None`: no speculation (fast-forward only).
+    proposer: Option<&'a mut dyn Proposer>,
     length: DraftLength,
+    /// At most this many grammar-forced tokens per pass (0: no fast-forward).
+    forced_max: usize,
     prompt_len: usize,
     max_tokens: usize,
     /// Tokens handed out by `choose` so far.
@@ -37,19 +46,26 @@ pub struct SpecDecoder<'a> {
 }
 
 impl<'a> SpecDecoder<'a> {
+    /// A decoder drafting with `proposer` (`None`: no speculation), fast-forwarding when
+    /// `opts.fast_forward` and the sampling carries a grammar.
     pub fn new(
         model: &'a Model,
         state: &'a mut State,
-        proposer: &'a mut dyn Proposer,
+        proposer: Option<&'a mut dyn Proposer>,
         opts: &GenerateOptions,
         length: DraftLengthParams,
     ) -> Result<SpecDecoder<'a>> {
+        let forced_max = match opts.fast_forward && opts.sampling.grammar.is_some() {
+            true => MAX_FORCED,
+            false => 0,
+        };
         Ok(SpecDecoder {
             model,
             state,
             sampler: Sampler::new(&opts.sampling)?,
             proposer,
             length: DraftLength::new(length)?,
+            forced_max,
             prompt_len: 0,
             max_tokens: opts.max_tokens,
             emitted: 0,
@@ -63,43 +79,74 @@ impl<'a> SpecDecoder<'a> {
     /// One draft-and-verify step after the sequence so far.
     fn step(&mut self) -> Result<()> {
         let pos0 = self.state.pos();
-        let history = self.sampler.history();
-        debug_assert_eq!(pos0 + 1, history.len());
-        let last = *history.last().expect("a sequence");
+        debug_assert_eq!(pos0 + 1, self.sampler.history().len());
+        let last = *self.sampler.history().last().expect("a sequence");
         // Room for the verification pass (last token + drafts) and no drafts beyond the token limit.
         let room = self.state.cache.capacity() - pos0 - 1;
         let left = self.max_tokens.saturating_sub(self.emitted).saturating_sub(1);
-        let k = self.length.k().min(room).min(left);
+        let forced = match self.forced_max.min(room).min(left) {
+            0 => Vec::new(),
+            n => self.sampler.forced_tokens(n),
+        };
+        if !forced.is_empty() {
+            let proposal = Proposal {
+                tokens: forced,
+                q: None,
+            };
+            let step = verify_with(
+                self.model,
+                self.state,
+                &mut self.sampler,
+                last,
+                &proposal,
+                &mut self.rows,
+                Rule::Sample,
+            )?;
+            self.stats.forced_n += proposal.len();
+            self.stats.forced_n_accepted += step.accepted;
+            self.stats.forced_steps += 1;
+            self.stats.target_passes += 1;
+            self.queue = step.tokens;
+            self.next = 0;
+            return Ok(());
+        }
+        let k = match self.proposer {
+            Some(_) => self.length.k().min(room).min(left),
+            None => 0,
+        };
         let mut proposal = Proposal::default();
-        if k > 0 {
+        if let (true, Some(proposer)) = (k > 0, self.proposer.as_deref_mut()) {
             let seq = Context {
-                tokens: history,
+                tokens: self.sampler.history(),
                 prompt_len: self.prompt_len,
             };
-            proposal = self.proposer.propose(&seq, k, self.model, self.state)?;
+            proposal = proposer.propose(&seq, k, self.model, self.state)?;
             if self.state.pos() != pos0 {
                 bail!(
                     "the {} proposer left the target's cache at {} positions, not {pos0}",
-                    self.proposer.name(),
+                    proposer.name(),
                     self.state.pos()
                 );
             }
             proposal.truncate(k);
             if !self.length.enough(proposal.len()) {
                 proposal = Proposal::default();
-                self.proposer.accepted(0);
+                proposer.accepted(0);
             }
         }
-        let step = verify(
+        let step = verify_with(
             self.model,
             self.state,
             &mut self.sampler,
             last,
             &proposal,
             &mut self.rows,
+            Rule::Rejection,
         )?;
         if !proposal.is_empty() {
-            self.proposer.accepted(step.accepted);
+            if let Some(p) = self.proposer.as_deref_mut() {
+                p.accepted(step.accepted);
+            }
             self.length.update(proposal.len(), step.accepted);
             self.stats.draft_n += proposal.len();
             self.stats.draft_n_accepted += step.accepted;
@@ -117,7 +164,9 @@ impl Decoder for SpecDecoder<'_> {
     fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
         self.sampler.set_prompt(prompt);
         self.prompt_len = prompt.len();
-        self.proposer.prefill(prompt)?;
+        if let Some(p) = self.proposer.as_deref_mut() {
+            p.prefill(prompt)?;
+        }
         let logits = self.model.forward(self.state, prompt, Logits::Last)?;
         self.rows.clear();
         self.rows.extend_from_slice(logits);
@@ -169,7 +218,31 @@ pub fn generate_speculative(
     }
     check_prompt(state, prompt)?;
     opts.sampling.validate_for_vocab(model.config.vocab_size)?;
-    let mut dec = SpecDecoder::new(model, state, proposer, opts, length)?;
+    let mut dec = SpecDecoder::new(model, state, Some(proposer), opts, length)?;
+    let g = run_decoder(&mut dec, tokenizer, prompt, opts, on_text)?;
+    Ok((g, dec.stats))
+}
+
+/// At most this many grammar-forced tokens are fed in one pass.
+pub const MAX_FORCED: usize = 32;
+
+/// Plain decoding (sampling or greedy, `opts.strategy` must be [`Strategy::Sample`]) with
+/// fast-forward under `opts.sampling.grammar` (see the module documentation): the tokens of plain
+/// decoding, in fewer passes. Returns the generation and the passes' counts (`forced_*`,
+/// `target_passes`).
+pub fn generate_fast_forward(
+    (model, tokenizer, state): (&Model, &Tokenizer, &mut State),
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<(Generation, SpecStats)> {
+    opts.validate()?;
+    if opts.strategy != Strategy::Sample {
+        bail!("fast-forward works with sampling or greedy decoding only, not beam search or contrastive search");
+    }
+    check_prompt(state, prompt)?;
+    opts.sampling.validate_for_vocab(model.config.vocab_size)?;
+    let mut dec = SpecDecoder::new(model, state, None, opts, DraftLengthParams::default())?;
     let g = run_decoder(&mut dec, tokenizer, prompt, opts, on_text)?;
     Ok((g, dec.stats))
 }

@@ -32,7 +32,7 @@ pub mod serving;
 pub mod verify;
 
 pub use adaptive::{DraftLength, DraftLengthParams};
-pub use decoder::{generate_speculative, SpecDecoder};
+pub use decoder::{generate_fast_forward, generate_speculative, SpecDecoder, MAX_FORCED};
 pub use draft_model::{check_same_vocabulary, load_draft, DraftModel};
 pub use lookup::PromptLookup;
 pub use proposer::{Proposal, Proposer};
@@ -86,6 +86,11 @@ pub struct SpecStats {
     pub target_passes: usize,
     /// Whether speculation was switched off for lack of acceptance.
     pub switched_off: bool,
+    /// Structured output's fast-forward: grammar-forced tokens fed as drafts, how many of them were
+    /// kept, and the passes that fed them (counted in `target_passes` too, not in `draft_*`).
+    pub forced_n: usize,
+    pub forced_n_accepted: usize,
+    pub forced_steps: usize,
 }
 
 impl SpecStats {
