@@ -635,6 +635,29 @@ fn cli_run_with_a_json_schema_regex_and_grammar() {
     assert_eq!(o["finish_reason"], "stop", "{o}");
     let v: Value = serde_json::from_str(o["text"].as_str().unwrap()).unwrap();
     assert!(validator(&schema).is_valid(&v), "{v}");
+    // Without fast-forward: the same tokens, one pass per token (prompt's pass included, the last token
+    // not fed); with it, fewer.
+    let (code, out, err) = bushu(&[
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "KING:",
+        "-n",
+        "80",
+        "--temperature",
+        "0",
+        "--json-schema",
+        sp.to_str().unwrap(),
+        "--json",
+        "--no-fast-forward",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let slow: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(slow["tokens"], o["tokens"]);
+    let n = o["tokens"].as_array().unwrap().len() as u64;
+    assert_eq!(slow["timings"]["forward_passes"], n);
+    assert!(o["timings"]["forward_passes"].as_u64().unwrap() < n, "{o}");
 
     let (code, out, err) = bushu(&["run", "-m", &m, "-p", "KING:", "-n", "20", "--regex", "(yes|no)"]);
     assert_eq!(code, 0, "{err}");
@@ -695,56 +718,79 @@ fn cli_run_with_a_json_schema_regex_and_grammar() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Measurements for docs/STRUCTURED.md (run by hand: `cargo test --release --test structured -- --ignored
-/// --nocapture`): mask time per token on SmolLM2's 49,152-token vocabulary (replaying greedy outputs of
-/// every schema: one sync of one token plus one mask per step), first-mask latency after compile, and
-/// decode tokens/s with and without a grammar on the same prompt.
-#[test]
-#[ignore]
-fn measure_mask_time_and_decode_speed_smollm2() {
-    let Some(f) = common::cached_model("smollm2-135m") else {
+/// Measurements for docs/STRUCTURED.md and docs/BENCHMARKS.md (run by hand: `cargo test --release --test
+/// structured -- --ignored --nocapture measure`): on a cached model, the compiler's build time, compile
+/// time and first-mask latency per schema, the time per token of the sampler's grammar step (sync one
+/// token, compute llguidance's mask, fill the candidates from it) replaying greedy outputs, and decode
+/// tokens/s on the same prompt constrained with fast-forward, constrained without, and unconstrained
+/// (the same number of tokens, no end-of-sequence).
+fn measure(model: &str, names: &[&str], max_tokens: usize) {
+    use bushu::sampling::grammar::GrammarMask;
+    use bushu::sampling::{Candidates, Context};
+    let Some(f) = common::cached_model(model) else {
         return;
     };
     let m = Model::new(&f).unwrap();
+    let vocab = m.config.vocab_size;
     let t0 = std::time::Instant::now();
-    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let compiler = Compiler::new(&f.tokenizer, vocab, &f.eos_ids).unwrap();
     eprintln!(
-        "compiler (token trie + llguidance tables) built in {:.1} ms",
+        "{model}: vocabulary {vocab}; compiler (token trie + llguidance tables) built in {:.1} ms",
         t0.elapsed().as_secs_f64() * 1e3
     );
-    let mut times = Vec::new();
-    let mut first = Vec::new();
-    let mut compile = Vec::new();
-    let (mut tok_c, mut s_c, mut tok_u, mut s_u) = (0usize, 0f64, 0usize, 0f64);
-    for (name, schema) in schemas() {
+    let (mut times, mut first, mut compile) = (Vec::new(), Vec::new(), Vec::new());
+    // (tokens after the first, seconds) for: fast-forward, no fast-forward, unconstrained.
+    let mut speed = [(0usize, 0f64); 3];
+    let (mut passes_ff, mut passes_plain) = (0, 0);
+    let logits: Vec<f32> = (0..vocab).map(|i| (i % 97) as f32 * 0.01).collect();
+    for (name, schema) in schemas().into_iter().filter(|(n, _)| names.contains(&n.as_str())) {
         let t0 = std::time::Instant::now();
         let g = compiler.compile(&Constraint::JsonSchema(schema)).unwrap();
         compile.push(t0.elapsed().as_secs_f64());
-        let text = format!("<|im_start|>user\nGive an example {name} as JSON.<|im_end|>\n<|im_start|>assistant\n");
+        let text = format!(
+            "<|im_start|>user\nGive an example {} as JSON.<|im_end|>\n<|im_start|>assistant\n",
+            name.replace('_', " ")
+        );
         let p = f.tokenizer.encode_with(&text, false, true).unwrap();
-        let run = |grammar| {
+        let run = |grammar: Option<_>, ff: bool, n: usize, eos: Vec<u32>| {
             let sampling = SamplingParams {
                 grammar,
                 ..SamplingParams::greedy()
             };
-            let mut st = m.new_state(p.len() + 97);
-            let opts = GenerateOptions::new(64, sampling, f.eos_ids.clone());
-            generate(&m, &f.tokenizer, &mut st, &p, &opts, &mut |_| {}).unwrap()
+            let mut st = m.new_state(p.len() + max_tokens + 2);
+            let mut opts = GenerateOptions::new(n, sampling, eos);
+            opts.fast_forward = ff;
+            let g = generate(&m, &f.tokenizer, &mut st, &p, &opts, &mut |_| {}).unwrap();
+            (g, st.passes())
         };
-        let c = run(Some(g.clone()));
-        let mut u_opts = GenerateOptions::new(c.tokens.len(), SamplingParams::greedy(), Vec::new());
-        u_opts.max_tokens = c.tokens.len();
-        let mut st = m.new_state(p.len() + 97);
-        let u = generate(&m, &f.tokenizer, &mut st, &p, &u_opts, &mut |_| {}).unwrap();
-        tok_c += c.tokens.len().saturating_sub(1);
-        s_c += c.timings.decode_ms / 1e3;
-        tok_u += u.tokens.len().saturating_sub(1);
-        s_u += u.timings.decode_ms / 1e3;
-        let mut s = g.state();
+        let (c, pc) = run(Some(g.clone()), true, max_tokens, f.eos_ids.clone());
+        let (c2, pc2) = run(Some(g.clone()), false, max_tokens, f.eos_ids.clone());
+        assert_eq!(c.tokens, c2.tokens, "{name}");
+        let (u, _) = run(None, false, c.tokens.len(), Vec::new());
+        for (k, g) in [&c, &c2, &u].into_iter().enumerate() {
+            speed[k].0 += g.tokens.len().saturating_sub(1);
+            speed[k].1 += g.timings.decode_ms / 1e3;
+        }
+        passes_ff += pc;
+        passes_plain += pc2;
+        eprintln!(
+            "{name}: {} tokens, {pc} passes with fast-forward ({pc2} without); {:.1} / {:.1} / {:.1} t/s (ff / no ff / unconstrained)",
+            c.tokens.len(),
+            c.timings.decode_tokens_per_s,
+            c2.timings.decode_tokens_per_s,
+            u.timings.decode_tokens_per_s
+        );
+        let mut mask = GrammarMask::new(&g);
+        let mut cands = Candidates::default();
         for i in 0..c.tokens.len() {
+            let ctx = Context {
+                tokens: &c.tokens[..i],
+                prompt_len: 0,
+            };
             let t0 = std::time::Instant::now();
-            let _ = s.mask(&c.tokens[..i]);
+            mask.fill(&mut cands, &logits, &ctx);
             let dt = t0.elapsed().as_secs_f64();
+            assert!(cands.items.iter().any(|x| x.0 == c.tokens[i]), "{name}: step {i}");
             if i == 0 {
                 first.push(dt);
             } else {
@@ -754,27 +800,58 @@ fn measure_mask_time_and_decode_speed_smollm2() {
     }
     times.sort_by(f64::total_cmp);
     let mean = times.iter().sum::<f64>() / times.len() as f64;
-    let p99 = times[(times.len() as f64 * 0.99) as usize];
+    let p99 = times[((times.len() as f64 * 0.99) as usize).min(times.len() - 1)];
     first.sort_by(f64::total_cmp);
     compile.sort_by(f64::total_cmp);
     eprintln!(
-        "mask per token over {} steps: mean {:.1} us, p99 {:.1} us, max {:.1} us",
+        "{model}: grammar step per token over {} steps: mean {:.1} us, median {:.1} us, p99 {:.1} us, max {:.1} us",
         times.len(),
         mean * 1e6,
+        times[times.len() / 2] * 1e6,
         p99 * 1e6,
         times.last().unwrap() * 1e6
     );
     eprintln!(
-        "compile: median {:.2} ms, max {:.2} ms; first mask after compile: median {:.1} us, max {:.1} us",
+        "{model}: compile median {:.2} ms, max {:.2} ms; first mask after compile median {:.1} us, max {:.1} us",
         compile[compile.len() / 2] * 1e3,
         compile.last().unwrap() * 1e3,
         first[first.len() / 2] * 1e6,
         first.last().unwrap() * 1e6
     );
+    let tps = |(n, s): (usize, f64)| n as f64 / s;
     eprintln!(
-        "decode: constrained {:.1} t/s ({tok_c} tokens), unconstrained {:.1} t/s ({tok_u} tokens) on the same prompts",
-        tok_c as f64 / s_c,
-        tok_u as f64 / s_u
+        "{model}: decode {:.2} t/s with fast-forward ({passes_ff} passes), {:.2} t/s without ({passes_plain} passes), {:.2} t/s unconstrained; ratios {:.2}x and {:.2}x of unconstrained",
+        tps(speed[0]),
+        tps(speed[1]),
+        tps(speed[2]),
+        tps(speed[0]) / tps(speed[2]),
+        tps(speed[1]) / tps(speed[2])
+    );
+}
+
+#[test]
+#[ignore]
+fn measure_smollm2() {
+    let names = [
+        "person",
+        "address",
+        "order_with_items",
+        "weather",
+        "book",
+        "log_entry",
+        "recipe",
+        "http_request",
+    ];
+    measure("smollm2-135m", &names, 64);
+}
+
+#[test]
+#[ignore]
+fn measure_qwen25_coder() {
+    measure(
+        "qwen2.5-coder-0.5b",
+        &["person", "order_with_items", "weather", "log_entry", "recipe"],
+        48,
     );
 }
 

@@ -9,6 +9,7 @@ use super::template::{ChatTemplate, Message};
 use crate::generate::{run_decoder, ContextTooSmall, Decoder, FinishReason, GenerateOptions, SampleDecoder};
 use crate::model::llama::State;
 use crate::model::{Model, ModelFile};
+use crate::spec_decode::{DraftLengthParams, SpecDecoder};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,9 +79,10 @@ pub struct ChatSession<'m> {
     messages: Vec<Message>,
 }
 
-/// Stops a [`SampleDecoder`] at the next token once `flag` is set, by choosing an end-of-turn token.
+/// Stops a decoder ([`SampleDecoder`], or [`SpecDecoder`] for structured output's fast-forward) at the
+/// next token once `flag` is set, by choosing an end-of-turn token.
 struct Interruptible<'a> {
-    inner: SampleDecoder<'a>,
+    inner: Box<dyn Decoder + 'a>,
     flag: &'a AtomicBool,
     stop_id: u32,
 }
@@ -195,8 +197,19 @@ impl<'m> ChatSession<'m> {
         let prompt = &ids[keep..];
         let mut opts = opts.clone();
         opts.eos_ids = self.stop_ids.clone();
+        let inner: Box<dyn Decoder + '_> = if opts.fast_forward && opts.sampling.grammar.is_some() {
+            Box::new(SpecDecoder::new(
+                self.model,
+                &mut self.state,
+                None,
+                &opts,
+                DraftLengthParams::default(),
+            )?)
+        } else {
+            Box::new(SampleDecoder::new(self.model, &mut self.state, &opts.sampling)?)
+        };
         let mut dec = Interruptible {
-            inner: SampleDecoder::new(self.model, &mut self.state, &opts.sampling)?,
+            inner,
             flag: interrupt,
             stop_id: self.stop_ids[0],
         };
@@ -212,6 +225,8 @@ impl<'m> ChatSession<'m> {
         self.cached.extend_from_slice(prompt);
         self.cached.extend_from_slice(&g.tokens);
         self.cached.truncate(self.state.pos());
+        // Fast-forward may have run forced tokens past the end of the answer: the cache keeps the answer.
+        self.state.rewind(self.cached.len());
         debug_assert_eq!(self.cached.len(), self.state.pos());
         messages.push(Message::new("assistant", &g.text));
         self.messages = messages;
