@@ -286,6 +286,86 @@ except openai.BadRequestError as e:
 print("openai structured ok")
 "#;
 
+/// 16 streams at once, each with its own schema and prompt (greedy and sampled): every answer that ends
+/// on its own validates; then the same 16 prompts unconstrained (`ignore_eos`, the same token limit) for
+/// the aggregate tokens/s of both (printed: docs/BENCHMARKS.md quotes a run).
+#[test]
+fn sixteen_concurrent_constrained_streams_validate() {
+    let mut o = ServeOptions::new(common::shared("models/shakespeare/shakespeare-expert-f16.gguf"));
+    o.port = 0;
+    o.ctx = Some(256);
+    o.max_batch = 16;
+    o.grace = Duration::from_secs(2);
+    let server = Server::start(o).unwrap();
+    let a = server.addr;
+    let fixtures = common::read_json(&common::fixture("structured/schemas.json"));
+    let fixture =
+        |name: &str| fixtures.as_array().unwrap().iter().find(|e| e["name"] == name).unwrap()["schema"].clone();
+    let schemas = [
+        weather(),
+        fixture("person"),
+        fixture("rating_enum"),
+        fixture("book"),
+        fixture("geo_point_const_type"),
+        fixture("feature_flags"),
+        fixture("yes_no_bool"),
+        fixture("address"),
+    ];
+    let cities = [
+        "Verona", "Padua", "Mantua", "Venice", "Milan", "Rome", "Naples", "Elsinore",
+    ];
+    let run = |constrained: bool| {
+        let t0 = std::time::Instant::now();
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let schema = schemas[i % schemas.len()].clone();
+                let mut body = json!({
+                    "messages": [{"role": "user", "content": format!("{} of {}, as JSON.", i, cities[i % cities.len()])}],
+                    "max_tokens": 64, "temperature": if i % 2 == 0 { 0.0 } else { 0.8 }, "seed": i,
+                });
+                if constrained {
+                    body["response_format"] =
+                        json!({"type": "json_schema", "json_schema": {"name": "s", "strict": true, "schema": schema}});
+                } else {
+                    body["ignore_eos"] = json!(true);
+                }
+                std::thread::spawn(move || (i, schema, post(a, "/v1/chat/completions", body)))
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        (results, t0.elapsed().as_secs_f64())
+    };
+    let (results, secs_c) = run(true);
+    let (mut stopped, mut tokens_c) = (0, 0);
+    for (i, schema, (status, r)) in &results {
+        assert_eq!(*status, 200, "stream {i}: {r}");
+        let c = &r["choices"][0];
+        let content = c["message"]["content"].as_str().unwrap();
+        tokens_c += r["usage"]["completion_tokens"].as_u64().unwrap();
+        if c["finish_reason"] == "stop" {
+            stopped += 1;
+            let v: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("stream {i}: {content}: {e}"));
+            assert!(valid(schema, &v), "stream {i}: {v}");
+        } else {
+            assert_eq!(c["finish_reason"], "length", "stream {i}: {c}");
+        }
+    }
+    assert!(stopped >= 12, "only {stopped} of 16 streams completed");
+    let (results, secs_u) = run(false);
+    let tokens_u: u64 = results
+        .iter()
+        .map(|(_, _, (s, r))| {
+            assert_eq!(*s, 200, "{r}");
+            r["usage"]["completion_tokens"].as_u64().unwrap()
+        })
+        .sum();
+    eprintln!(
+        "16 streams: constrained {tokens_c} tokens in {secs_c:.2} s ({:.1} t/s, {stopped} complete), unconstrained {tokens_u} tokens in {secs_u:.2} s ({:.1} t/s)",
+        tokens_c as f64 / secs_c,
+        tokens_u as f64 / secs_u
+    );
+}
+
 #[test]
 fn official_openai_client_response_format() {
     let has = Command::new("python3")

@@ -11,7 +11,7 @@ mod common;
 use bushu::generate::{generate, FinishReason, GenerateOptions};
 use bushu::model::{load, Model, ModelFile};
 use bushu::sampling::{Sampler, SamplingParams};
-use bushu::spec_decode::{generate_speculative, DraftLengthParams, DraftModel, PromptLookup};
+use bushu::spec_decode::{generate_fast_forward, generate_speculative, DraftLengthParams, DraftModel, PromptLookup};
 use bushu::structured::{vocab, Compiler, Constraint, InvalidGrammar};
 use common::{fixture, shared};
 use serde_json::Value;
@@ -360,6 +360,243 @@ fn speculative_decoding_under_a_grammar_equals_plain_decoding() {
     }
 }
 
+// ---- Fast-forward ----
+
+/// Schemas whose outputs have forced stretches of several kinds (keys, separators, enums, a `const`).
+const FF_SCHEMAS: [&str; 6] = [
+    "person",
+    "order_with_items",
+    "weather",
+    "recipe",
+    "geo_point_const_type",
+    "log_entry",
+];
+
+/// Runs `schemas` on a model with and without fast-forward, greedy and sampled: the same tokens and
+/// finish reason, and fewer forward passes (counted on the model's state). Returns the passes
+/// (without, with) and the forced tokens (fed, kept).
+fn fast_forward_equals_plain(
+    f: &ModelFile,
+    m: &Model,
+    prompt: &dyn Fn(&str) -> Vec<u32>,
+    max_tokens: usize,
+) -> ((usize, usize), (usize, usize)) {
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let all = schemas();
+    let (mut plain_passes, mut ff_passes, mut fed, mut kept) = (0, 0, 0, 0);
+    for name in FF_SCHEMAS {
+        let schema = &all.iter().find(|(n, _)| n == name).unwrap().1;
+        let g = compiler.compile(&Constraint::JsonSchema(schema.clone())).unwrap();
+        for (i, temperature) in [0.0, 0.9].into_iter().enumerate() {
+            let sampling = SamplingParams {
+                temperature,
+                top_k: 0,
+                top_p: 1.0,
+                seed: 11 + i as u64,
+                grammar: Some(g.clone()),
+                ..Default::default()
+            };
+            let mut opts = GenerateOptions::new(max_tokens, sampling, f.eos_ids.clone());
+            let p = prompt(name);
+            opts.fast_forward = false;
+            let mut st = m.new_state(p.len() + max_tokens + 1);
+            let plain = generate(m, &f.tokenizer, &mut st, &p, &opts, &mut |_| {}).unwrap();
+            // Plain decoding: the prompt's pass, then one pass per token but the last.
+            assert_eq!(st.passes(), plain.tokens.len(), "{name}");
+            plain_passes += st.passes();
+            opts.fast_forward = true;
+            let mut st = m.new_state(p.len() + max_tokens + 1);
+            let mut streamed = String::new();
+            let (ff, stats) =
+                generate_fast_forward((m, &f.tokenizer, &mut st), &p, &opts, &mut |s| streamed.push_str(s)).unwrap();
+            let also = generate(
+                m,
+                &f.tokenizer,
+                &mut m.new_state(p.len() + max_tokens + 1),
+                &p,
+                &opts,
+                &mut |_| {},
+            );
+            assert_eq!(
+                also.unwrap().tokens,
+                ff.tokens,
+                "{name}: generate() fast-forwards the same way"
+            );
+            assert_eq!(ff.tokens, plain.tokens, "{name} t={temperature}");
+            assert_eq!(ff.finish_reason, plain.finish_reason, "{name} t={temperature}");
+            assert_eq!(ff.text, plain.text);
+            assert_eq!(streamed, plain.text);
+            assert_eq!(st.passes(), 1 + stats.target_passes, "{name}");
+            assert!(stats.forced_n_accepted <= stats.forced_n);
+            // Each pass makes one token beside the forced tokens it keeps (the last pass may make more
+            // than the output keeps).
+            assert!(
+                st.passes() + stats.forced_n_accepted >= ff.tokens.len(),
+                "{name}: {stats:?}"
+            );
+            eprintln!(
+                "{name} t={temperature}: {} tokens, {} passes without fast-forward, {} with ({} forced fed, {} kept)",
+                ff.tokens.len(),
+                plain.tokens.len(),
+                st.passes(),
+                stats.forced_n,
+                stats.forced_n_accepted
+            );
+            ff_passes += st.passes();
+            fed += stats.forced_n;
+            kept += stats.forced_n_accepted;
+        }
+    }
+    eprintln!("passes: {plain_passes} without fast-forward, {ff_passes} with; forced tokens fed {fed}, kept {kept}");
+    assert!(
+        ff_passes < plain_passes,
+        "{ff_passes} passes with fast-forward, {plain_passes} without"
+    );
+    ((plain_passes, ff_passes), (fed, kept))
+}
+
+#[test]
+fn fast_forward_gives_plain_decodings_tokens_in_fewer_passes_shakespeare() {
+    let (f, m) = open(EXPERT);
+    let tok = f.tokenizer.clone();
+    let ((plain, ff), (fed, kept)) = fast_forward_equals_plain(
+        &f,
+        &m,
+        &|name| tok.encode(&format!("KING: {name}\n"), true).unwrap(),
+        80,
+    );
+    // SentencePiece: the model picks its own split of the forced bytes, often not the greedy one; still
+    // a good share of the drafts stand (392 of 1,095 when written) and the passes halve (321 of 713).
+    assert!(kept * 4 > fed, "{kept} of {fed} forced tokens kept");
+    assert!(ff * 2 < plain, "{ff} passes with fast-forward, {plain} without");
+}
+
+#[test]
+fn fast_forward_gives_plain_decodings_tokens_in_fewer_passes_tiny_llama() {
+    // Random weights, Llama 2's 32,000-token SentencePiece vocabulary.
+    let (f, m) = open("models/tiny-llama-q8_0.gguf");
+    let tok = f.tokenizer.clone();
+    fast_forward_equals_plain(&f, &m, &|name| tok.encode(&format!("Hello {name}"), true).unwrap(), 48);
+}
+
+#[test]
+fn fast_forward_gives_plain_decodings_tokens_in_fewer_passes_smollm2() {
+    let Some(f) = common::cached_model("smollm2-135m") else {
+        return;
+    };
+    let m = Model::new(&f).unwrap();
+    let tok = f.tokenizer.clone();
+    let prompt = |name: &str| {
+        let text = format!(
+            "<|im_start|>user\nGive an example {} as JSON.<|im_end|>\n<|im_start|>assistant\n",
+            name.replace('_', " ")
+        );
+        tok.encode_with(&text, false, true).unwrap()
+    };
+    let ((plain, ff), (fed, kept)) = fast_forward_equals_plain(&f, &m, &prompt, 80);
+    // Byte-level BPE: llguidance's forced tokens are the only ones its mask allows, so they stand.
+    assert_eq!(kept, fed, "forced tokens rejected");
+    assert!(ff * 10 < plain * 8, "{ff} passes with fast-forward, {plain} without");
+}
+
+#[test]
+fn fast_forward_with_speculative_decoding_equals_plain_decoding() {
+    let (f, m) = open(EXPERT);
+    let (_, dm) = open(AMATEUR);
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let all = schemas();
+    for name in ["recipe", "order_with_items"] {
+        let schema = &all.iter().find(|(n, _)| n == name).unwrap().1;
+        let g = compiler.compile(&Constraint::JsonSchema(schema.clone())).unwrap();
+        for temperature in [0.0, 0.8] {
+            let mut opts = GenerateOptions::new(
+                80,
+                SamplingParams {
+                    temperature,
+                    top_k: 0,
+                    top_p: 1.0,
+                    seed: 3,
+                    grammar: Some(g.clone()),
+                    ..Default::default()
+                },
+                f.eos_ids.clone(),
+            );
+            let p = f.tokenizer.encode(&format!("KING: {name}\n"), true).unwrap();
+            opts.fast_forward = false;
+            let plain = generate(&m, &f.tokenizer, &mut m.new_state(256), &p, &opts, &mut |_| {}).unwrap();
+            opts.fast_forward = true;
+            let length = DraftLengthParams {
+                max: 4,
+                ..DraftLengthParams::default()
+            };
+            let mut draft = DraftModel::new(&dm, 256, &opts.sampling, 0.0).unwrap();
+            let mut st = m.new_state(256);
+            let (spec, stats) =
+                generate_speculative((&m, &f.tokenizer, &mut st), &p, &opts, &mut draft, length, &mut |_| {}).unwrap();
+            assert!(stats.forced_steps > 0 && stats.draft_steps > 0, "{name}: {stats:?}");
+            assert_eq!(st.passes(), 1 + stats.target_passes);
+            if temperature == 0.0 {
+                // Greedy: token for token (sampled speculative decoding is exact in distribution only).
+                assert_eq!(spec.tokens, plain.tokens, "{name}");
+            } else {
+                let v: Value = serde_json::from_str(&spec.text).unwrap_or(Value::Null);
+                if spec.finish_reason == FinishReason::Stop {
+                    assert!(validator(schema).is_valid(&v), "{name}: {}", spec.text);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn engine_fast_forward_gives_the_same_outputs_in_fewer_steps() {
+    use bushu::engine::{Engine, EngineConfig, Request};
+    let (f, m) = open(EXPERT);
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let all = schemas();
+    let mut reqs = Vec::new();
+    for (i, name) in FF_SCHEMAS.iter().enumerate() {
+        let schema = &all.iter().find(|(n, _)| n == name).unwrap().1;
+        let g = compiler.compile(&Constraint::JsonSchema(schema.clone())).unwrap();
+        let mut r = Request::greedy(f.tokenizer.encode(&format!("KING: {name}\n"), true).unwrap(), 64);
+        r.sampling.grammar = Some(g);
+        if i % 2 == 1 {
+            r.sampling.temperature = 0.9;
+            r.sampling.top_k = 0;
+            r.sampling.top_p = 1.0;
+            r.sampling.seed = i as u64;
+        }
+        reqs.push(r);
+    }
+    // And one unconstrained sequence in the same batch.
+    reqs.push(Request::greedy(f.tokenizer.encode("KING:", true).unwrap(), 40));
+    let eos = f.eos_ids.clone();
+    let mut engine = Engine::new(m, eos, EngineConfig::for_model(&open(EXPERT).1, 8, Some(256), None));
+    engine.fast_forward = false;
+    let plain = engine.generate(reqs.clone()).unwrap();
+    let plain_steps = engine.gauges().steps;
+    assert_eq!(engine.forced, Default::default());
+    engine.fast_forward = true;
+    let ff = engine.generate(reqs).unwrap();
+    let ff_steps = engine.gauges().steps - plain_steps;
+    assert_eq!(ff, plain);
+    let c = engine.forced;
+    eprintln!("engine: {plain_steps} steps without fast-forward, {ff_steps} with; forced {c:?}");
+    assert!(c.steps > 0 && c.accepted > 0, "{c:?}");
+    assert!(
+        ff_steps < plain_steps,
+        "{ff_steps} steps with fast-forward, {plain_steps} without"
+    );
+    for (out, name) in ff.iter().zip(FF_SCHEMAS) {
+        let schema = &all.iter().find(|(n, _)| n == name).unwrap().1;
+        if f.eos_ids.contains(out.last().unwrap()) {
+            let text = f.tokenizer.decode(&out[..out.len() - 1]);
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}: {text}"));
+            assert!(validator(schema).is_valid(&v), "{name}: {text}");
+        }
+    }
+}
+
 // ---- Command line ----
 
 fn bushu(args: &[&str]) -> (i32, String, String) {
@@ -398,6 +635,29 @@ fn cli_run_with_a_json_schema_regex_and_grammar() {
     assert_eq!(o["finish_reason"], "stop", "{o}");
     let v: Value = serde_json::from_str(o["text"].as_str().unwrap()).unwrap();
     assert!(validator(&schema).is_valid(&v), "{v}");
+    // Without fast-forward: the same tokens, one pass per token (prompt's pass included, the last token
+    // not fed); with it, fewer.
+    let (code, out, err) = bushu(&[
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "KING:",
+        "-n",
+        "80",
+        "--temperature",
+        "0",
+        "--json-schema",
+        sp.to_str().unwrap(),
+        "--json",
+        "--no-fast-forward",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let slow: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(slow["tokens"], o["tokens"]);
+    let n = o["tokens"].as_array().unwrap().len() as u64;
+    assert_eq!(slow["timings"]["forward_passes"], n);
+    assert!(o["timings"]["forward_passes"].as_u64().unwrap() < n, "{o}");
 
     let (code, out, err) = bushu(&["run", "-m", &m, "-p", "KING:", "-n", "20", "--regex", "(yes|no)"]);
     assert_eq!(code, 0, "{err}");
@@ -458,56 +718,79 @@ fn cli_run_with_a_json_schema_regex_and_grammar() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Measurements for docs/STRUCTURED.md (run by hand: `cargo test --release --test structured -- --ignored
-/// --nocapture`): mask time per token on SmolLM2's 49,152-token vocabulary (replaying greedy outputs of
-/// every schema: one sync of one token plus one mask per step), first-mask latency after compile, and
-/// decode tokens/s with and without a grammar on the same prompt.
-#[test]
-#[ignore]
-fn measure_mask_time_and_decode_speed_smollm2() {
-    let Some(f) = common::cached_model("smollm2-135m") else {
+/// Measurements for docs/STRUCTURED.md and docs/BENCHMARKS.md (run by hand: `cargo test --release --test
+/// structured -- --ignored --nocapture measure`): on a cached model, the compiler's build time, compile
+/// time and first-mask latency per schema, the time per token of the sampler's grammar step (sync one
+/// token, compute llguidance's mask, fill the candidates from it) replaying greedy outputs, and decode
+/// tokens/s on the same prompt constrained with fast-forward, constrained without, and unconstrained
+/// (the same number of tokens, no end-of-sequence).
+fn measure(model: &str, names: &[&str], max_tokens: usize) {
+    use bushu::sampling::grammar::GrammarMask;
+    use bushu::sampling::{Candidates, Context};
+    let Some(f) = common::cached_model(model) else {
         return;
     };
     let m = Model::new(&f).unwrap();
+    let vocab = m.config.vocab_size;
     let t0 = std::time::Instant::now();
-    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let compiler = Compiler::new(&f.tokenizer, vocab, &f.eos_ids).unwrap();
     eprintln!(
-        "compiler (token trie + llguidance tables) built in {:.1} ms",
+        "{model}: vocabulary {vocab}; compiler (token trie + llguidance tables) built in {:.1} ms",
         t0.elapsed().as_secs_f64() * 1e3
     );
-    let mut times = Vec::new();
-    let mut first = Vec::new();
-    let mut compile = Vec::new();
-    let (mut tok_c, mut s_c, mut tok_u, mut s_u) = (0usize, 0f64, 0usize, 0f64);
-    for (name, schema) in schemas() {
+    let (mut times, mut first, mut compile) = (Vec::new(), Vec::new(), Vec::new());
+    // (tokens after the first, seconds) for: fast-forward, no fast-forward, unconstrained.
+    let mut speed = [(0usize, 0f64); 3];
+    let (mut passes_ff, mut passes_plain) = (0, 0);
+    let logits: Vec<f32> = (0..vocab).map(|i| (i % 97) as f32 * 0.01).collect();
+    for (name, schema) in schemas().into_iter().filter(|(n, _)| names.contains(&n.as_str())) {
         let t0 = std::time::Instant::now();
         let g = compiler.compile(&Constraint::JsonSchema(schema)).unwrap();
         compile.push(t0.elapsed().as_secs_f64());
-        let text = format!("<|im_start|>user\nGive an example {name} as JSON.<|im_end|>\n<|im_start|>assistant\n");
+        let text = format!(
+            "<|im_start|>user\nGive an example {} as JSON.<|im_end|>\n<|im_start|>assistant\n",
+            name.replace('_', " ")
+        );
         let p = f.tokenizer.encode_with(&text, false, true).unwrap();
-        let run = |grammar| {
+        let run = |grammar: Option<_>, ff: bool, n: usize, eos: Vec<u32>| {
             let sampling = SamplingParams {
                 grammar,
                 ..SamplingParams::greedy()
             };
-            let mut st = m.new_state(p.len() + 97);
-            let opts = GenerateOptions::new(64, sampling, f.eos_ids.clone());
-            generate(&m, &f.tokenizer, &mut st, &p, &opts, &mut |_| {}).unwrap()
+            let mut st = m.new_state(p.len() + max_tokens + 2);
+            let mut opts = GenerateOptions::new(n, sampling, eos);
+            opts.fast_forward = ff;
+            let g = generate(&m, &f.tokenizer, &mut st, &p, &opts, &mut |_| {}).unwrap();
+            (g, st.passes())
         };
-        let c = run(Some(g.clone()));
-        let mut u_opts = GenerateOptions::new(c.tokens.len(), SamplingParams::greedy(), Vec::new());
-        u_opts.max_tokens = c.tokens.len();
-        let mut st = m.new_state(p.len() + 97);
-        let u = generate(&m, &f.tokenizer, &mut st, &p, &u_opts, &mut |_| {}).unwrap();
-        tok_c += c.tokens.len().saturating_sub(1);
-        s_c += c.timings.decode_ms / 1e3;
-        tok_u += u.tokens.len().saturating_sub(1);
-        s_u += u.timings.decode_ms / 1e3;
-        let mut s = g.state();
+        let (c, pc) = run(Some(g.clone()), true, max_tokens, f.eos_ids.clone());
+        let (c2, pc2) = run(Some(g.clone()), false, max_tokens, f.eos_ids.clone());
+        assert_eq!(c.tokens, c2.tokens, "{name}");
+        let (u, _) = run(None, false, c.tokens.len(), Vec::new());
+        for (k, g) in [&c, &c2, &u].into_iter().enumerate() {
+            speed[k].0 += g.tokens.len().saturating_sub(1);
+            speed[k].1 += g.timings.decode_ms / 1e3;
+        }
+        passes_ff += pc;
+        passes_plain += pc2;
+        eprintln!(
+            "{name}: {} tokens, {pc} passes with fast-forward ({pc2} without); {:.1} / {:.1} / {:.1} t/s (ff / no ff / unconstrained)",
+            c.tokens.len(),
+            c.timings.decode_tokens_per_s,
+            c2.timings.decode_tokens_per_s,
+            u.timings.decode_tokens_per_s
+        );
+        let mut mask = GrammarMask::new(&g);
+        let mut cands = Candidates::default();
         for i in 0..c.tokens.len() {
+            let ctx = Context {
+                tokens: &c.tokens[..i],
+                prompt_len: 0,
+            };
             let t0 = std::time::Instant::now();
-            let _ = s.mask(&c.tokens[..i]);
+            mask.fill(&mut cands, &logits, &ctx);
             let dt = t0.elapsed().as_secs_f64();
+            assert!(cands.items.iter().any(|x| x.0 == c.tokens[i]), "{name}: step {i}");
             if i == 0 {
                 first.push(dt);
             } else {
@@ -517,27 +800,58 @@ fn measure_mask_time_and_decode_speed_smollm2() {
     }
     times.sort_by(f64::total_cmp);
     let mean = times.iter().sum::<f64>() / times.len() as f64;
-    let p99 = times[(times.len() as f64 * 0.99) as usize];
+    let p99 = times[((times.len() as f64 * 0.99) as usize).min(times.len() - 1)];
     first.sort_by(f64::total_cmp);
     compile.sort_by(f64::total_cmp);
     eprintln!(
-        "mask per token over {} steps: mean {:.1} us, p99 {:.1} us, max {:.1} us",
+        "{model}: grammar step per token over {} steps: mean {:.1} us, median {:.1} us, p99 {:.1} us, max {:.1} us",
         times.len(),
         mean * 1e6,
+        times[times.len() / 2] * 1e6,
         p99 * 1e6,
         times.last().unwrap() * 1e6
     );
     eprintln!(
-        "compile: median {:.2} ms, max {:.2} ms; first mask after compile: median {:.1} us, max {:.1} us",
+        "{model}: compile median {:.2} ms, max {:.2} ms; first mask after compile median {:.1} us, max {:.1} us",
         compile[compile.len() / 2] * 1e3,
         compile.last().unwrap() * 1e3,
         first[first.len() / 2] * 1e6,
         first.last().unwrap() * 1e6
     );
+    let tps = |(n, s): (usize, f64)| n as f64 / s;
     eprintln!(
-        "decode: constrained {:.1} t/s ({tok_c} tokens), unconstrained {:.1} t/s ({tok_u} tokens) on the same prompts",
-        tok_c as f64 / s_c,
-        tok_u as f64 / s_u
+        "{model}: decode {:.2} t/s with fast-forward ({passes_ff} passes), {:.2} t/s without ({passes_plain} passes), {:.2} t/s unconstrained; ratios {:.2}x and {:.2}x of unconstrained",
+        tps(speed[0]),
+        tps(speed[1]),
+        tps(speed[2]),
+        tps(speed[0]) / tps(speed[2]),
+        tps(speed[1]) / tps(speed[2])
+    );
+}
+
+#[test]
+#[ignore]
+fn measure_smollm2() {
+    let names = [
+        "person",
+        "address",
+        "order_with_items",
+        "weather",
+        "book",
+        "log_entry",
+        "recipe",
+        "http_request",
+    ];
+    measure("smollm2-135m", &names, 64);
+}
+
+#[test]
+#[ignore]
+fn measure_qwen25_coder() {
+    measure(
+        "qwen2.5-coder-0.5b",
+        &["person", "order_with_items", "weather", "log_entry", "recipe"],
+        48,
     );
 }
 
@@ -573,4 +887,35 @@ fn cli_chat_answers_follow_the_schema() {
         assert!(validator(&schema).is_valid(&v), "{v}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn forced_tokens_spell_the_forced_bytes_with_pieces() {
+    use bushu::tokenizer::TokenType;
+    let (f, m) = open(EXPERT);
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let schema = schemas().into_iter().find(|(n, _)| n == "person").unwrap().1;
+    assert_eq!(schema["required"][0], "name", "the fixture's first required key");
+    let g = compiler.compile(&Constraint::JsonSchema(schema)).unwrap();
+    let mut s = g.state();
+    // At the start the schema forces the object's opening and its first key (compact layout).
+    let forced = s.forced(&[], 32);
+    let bytes: Vec<u8> = forced
+        .iter()
+        .flat_map(|&t| f.tokenizer.id_to_bytes(t).to_vec())
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&bytes), "{\"name\": \"");
+    // `"` is an ordinary piece of this vocabulary: the draft uses it, not the byte token <0x22>.
+    let quote = forced[1];
+    assert_eq!(f.tokenizer.id_to_bytes(quote), b"\"");
+    assert_eq!(f.tokenizer.token_type(quote), Some(TokenType::Normal));
+    // `{` has no piece: its byte token stays.
+    assert_eq!(f.tokenizer.token_type(forced[0]), Some(TokenType::Byte));
+    assert_eq!(s.forced(&[], 3), forced[..3]);
+    // Each forced token is allowed where it stands.
+    for i in 0..forced.len() {
+        assert!(s.mask(&forced[..i]).is_allowed(forced[i]), "token {i}");
+    }
+    // Inside the free string nothing is forced.
+    assert!(s.forced(&forced, 32).is_empty());
 }

@@ -88,7 +88,8 @@ pub struct ChatSession<'m> {
     spec: Option<(Box<dyn Proposer + 'm>, DraftLengthParams)>,
 }
 
-/// Stops a decoder at the next token once `flag` is set, by choosing an end-of-turn token.
+/// Stops a decoder ([`SampleDecoder`], or [`SpecDecoder`] for speculative decoding and structured
+/// output's fast-forward) at the next token once `flag` is set, by choosing an end-of-turn token.
 struct Interruptible<'a, 'd> {
     inner: &'a mut (dyn Decoder + 'd),
     flag: &'a AtomicBool,
@@ -215,8 +216,10 @@ impl<'m> ChatSession<'m> {
         let mut opts = opts.clone();
         opts.eos_ids = self.stop_ids.clone();
         let stop_id = self.stop_ids[0];
+        let fast_forward = opts.fast_forward && opts.sampling.grammar.is_some();
+        let speculating = self.spec.is_some();
         let (g, spec) = match &mut self.spec {
-            None => {
+            None if !fast_forward => {
                 let mut inner = SampleDecoder::new(self.model, &mut self.state, &opts.sampling)?;
                 let mut dec = Interruptible {
                     inner: &mut inner,
@@ -225,9 +228,14 @@ impl<'m> ChatSession<'m> {
                 };
                 (run_decoder(&mut dec, self.tokenizer, prompt, &opts, on_text)?, None)
             }
-            Some((proposer, length)) => {
-                let mut inner = SpecDecoder::new(self.model, &mut self.state, proposer.as_mut(), &opts, *length)?
-                    .after(&self.cached);
+            spec => {
+                // Speculative decoding, or plain decoding with fast-forward (no proposer).
+                let (proposer, length) = match spec {
+                    Some((p, l)) => (Some(p.as_mut() as &mut dyn Proposer), *l),
+                    None => (None, DraftLengthParams::default()),
+                };
+                let mut inner =
+                    SpecDecoder::new(self.model, &mut self.state, proposer, &opts, length)?.after(&self.cached);
                 let mut dec = Interruptible {
                     inner: &mut inner,
                     flag: interrupt,
@@ -237,7 +245,7 @@ impl<'m> ChatSession<'m> {
                 // Verified tokens after a stop (or replaced by an interrupt) leave the cache.
                 inner.settle(g.tokens.len());
                 let stats = inner.stats;
-                (g, Some(stats))
+                (g, speculating.then_some(stats))
             }
         };
         let interrupted = interrupt.load(Ordering::Relaxed);
@@ -250,6 +258,8 @@ impl<'m> ChatSession<'m> {
         self.cached.extend_from_slice(prompt);
         self.cached.extend_from_slice(&g.tokens);
         self.cached.truncate(self.state.pos());
+        // Fast-forward may have run forced tokens past the end of the answer: the cache keeps the answer.
+        self.state.rewind(self.cached.len());
         debug_assert_eq!(self.cached.len(), self.state.pos());
         messages.push(Message::new("assistant", &g.text));
         self.messages = messages;

@@ -222,7 +222,8 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         eprintln!("Type a message; /help lists the commands, /exit (or Ctrl-D) leaves, Ctrl-C stops an answer.");
     }
     let mut session = ChatSession::new(&model, &file.tokenizer, template, stops, ctx, a.system.clone())?;
-    let opts = GenerateOptions::new(a.n, sampling, Vec::new());
+    let mut opts = GenerateOptions::new(a.n, sampling, Vec::new());
+    opts.fast_forward = !a.structured.no_fast_forward;
     if let Some(p) = super::spec::proposer(&spec, draft.as_ref(), &model, ctx, &opts.sampling)? {
         eprintln!(
             "bushu chat: speculative decoding by {} (up to {} drafts per step)",

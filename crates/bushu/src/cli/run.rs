@@ -168,6 +168,7 @@ pub fn options(a: &RunArgs, eos_ids: Vec<u32>, model: &GenerationDefaults) -> Re
         eos_ids,
         stop: a.stop.clone(),
         strategy,
+        fast_forward: !a.structured.no_fast_forward,
     };
     opts.validate().map_err(|e| flag_error(e, FLAGS))?;
     if a.amateur.is_some() {
@@ -280,6 +281,8 @@ pub fn run(a: RunArgs) -> Result<()> {
                 "decode_ms": g.timings.decode_ms,
                 "prefill_tokens_per_s": g.timings.prefill_tokens_per_s,
                 "decode_tokens_per_s": g.timings.decode_tokens_per_s,
+                // Target forward passes, prefill included (fewer than tokens with fast-forward or drafts).
+                "forward_passes": state.passes(),
             },
             "kv_cache": {"type": state.cache.kv_type().name(), "bytes": state.cache.bytes(), "positions": ctx},
         });

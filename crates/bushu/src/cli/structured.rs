@@ -22,6 +22,10 @@ pub struct StructuredArgs {
     /// Structured output: the output follows the Lark grammar in FILE (llguidance's Lark syntax).
     #[arg(long, value_name = "FILE")]
     pub grammar: Option<PathBuf>,
+    /// Structured output: feed the tokens the grammar forces one pass each, instead of all in one pass
+    /// (the output is the same; for measuring).
+    #[arg(long)]
+    pub no_fast_forward: bool,
 }
 
 impl StructuredArgs {

@@ -9,6 +9,11 @@
 //! only the number of steps does. (For a deterministic drafter this is exactly speculative sampling:
 //! a draft `d` survives with probability `p(d)`, and a rejection's token follows `p` without `d`.)
 //!
+//! Structured output's fast-forward uses the same path ([`Engine::fast_forward`]): a decoding sequence
+//! whose grammar forces tokens after it gets them as its drafts ([`crate::structured`]), so that they
+//! run in this step's pass instead of one step each; they are verified like any draft, and counted
+//! apart ([`Engine::forced`], [`Output::forced`]).
+//!
 //! Drafts may form a tree ([`Engine::propose_tree`]): the walk then goes from the last token's row to
 //! the child drafted as the token sampled, and so on; the accepted branch's rows are moved to
 //! consecutive positions ([`PagedCache::keep_rows`]) before the rest is rewound.
@@ -20,6 +25,7 @@ use super::sequence::{FinishReason, Request, SeqId, SeqStatus, Sequence};
 use crate::model::{Logits, Model};
 use crate::sampling::top_logprobs;
 use crate::spec_decode::serving::{Speculator, Verified};
+use crate::spec_decode::MAX_FORCED;
 use anyhow::{bail, Context, Result};
 
 #[derive(Clone, Debug)]
@@ -192,6 +198,16 @@ pub struct Output {
     pub cached_tokens: usize,
     /// Drafts this step verified for the sequence and how many it kept.
     pub verified: Verified,
+    /// Grammar-forced tokens (fast-forward) this step fed for the sequence and how many it kept.
+    pub forced: Verified,
+}
+
+/// Fast-forward over every sequence: steps that fed grammar-forced tokens, the tokens, those kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForcedCounters {
+    pub steps: u64,
+    pub tokens: u64,
+    pub accepted: u64,
 }
 
 pub struct Engine {
@@ -203,6 +219,10 @@ pub struct Engine {
     steps: u64,
     /// Speculative decoding: drafts for every decoding sequence before each step.
     pub spec: Option<Speculator>,
+    /// Structured output: feed the tokens a sequence's grammar forces in one step (default); the
+    /// outputs are the same without, in more steps.
+    pub fast_forward: bool,
+    pub forced: ForcedCounters,
 }
 
 impl Engine {
@@ -224,6 +244,8 @@ impl Engine {
             next_id: 1,
             steps: 0,
             spec: None,
+            fast_forward: true,
+            forced: ForcedCounters::default(),
         }
     }
 
@@ -289,6 +311,7 @@ impl Engine {
             .saturating_sub(1);
         let keep = draft.len().min(room);
         seq.draft.clear();
+        seq.draft_forced = false;
         seq.draft.extend_from_slice(&draft[..keep]);
         seq.draft_parent.clear();
         seq.draft_parent.extend_from_slice(&parent[..parent.len().min(keep)]);
@@ -321,8 +344,42 @@ impl Engine {
         }
     }
 
+    /// Fast-forward: each decoding sequence whose grammar forces tokens after it gets them as its
+    /// drafts (at most [`MAX_FORCED`], within its length limits), ahead of the speculative drafter, which
+    /// leaves sequences with drafts alone. Forced drafts a step could not run are recomputed.
+    fn forced_drafts(&mut self) {
+        let max_len = self.cfg.max_model_len;
+        for seq in self.sched.seqs.values_mut() {
+            if seq.draft_forced {
+                seq.draft.clear();
+                seq.draft_forced = false;
+            }
+            if seq.status != SeqStatus::Running
+                || seq.num_uncomputed() != 1
+                || !seq.draft.is_empty()
+                || !seq.sampler.has_grammar()
+            {
+                continue;
+            }
+            // As in `propose_tree`: each kept draft is one more token, and one more follows them.
+            let room = max_len
+                .saturating_sub(seq.len())
+                .min(seq.max_tokens.saturating_sub(seq.num_generated()))
+                .saturating_sub(1);
+            let forced = seq.sampler.forced_tokens(room.min(MAX_FORCED));
+            if !forced.is_empty() {
+                seq.draft = forced;
+                seq.draft_parent.clear();
+                seq.draft_forced = true;
+            }
+        }
+    }
+
     /// One step of the loop. Finished sequences are reported once and forgotten.
     pub fn step(&mut self) -> Result<Vec<Output>> {
+        if self.fast_forward {
+            self.forced_drafts();
+        }
         if let Some(spec) = &mut self.spec {
             spec.draft(&mut self.sched, &mut self.runner)?;
         }
@@ -345,6 +402,7 @@ impl Engine {
                 finish: seq.finish,
                 cached_tokens: 0,
                 verified: Verified::default(),
+                forced: Verified::default(),
             });
         }
         if chunks.is_empty() {
@@ -420,6 +478,7 @@ impl Engine {
                 finish: None,
                 cached_tokens,
                 verified: Verified::default(),
+                forced: Verified::default(),
             };
             // Row i + 1 follows draft i (row 0 the last token). From row 0, sample a token and go on
             // to the row of the draft that is this token, a child of the current row, while there is one.
@@ -450,12 +509,23 @@ impl Engine {
                     None => break,
                 }
             }
-            out.verified = Verified {
+            let v = Verified {
                 drafted: c.draft,
                 accepted: accepted.len(),
             };
-            if let Some(spec) = &mut self.spec {
-                spec.verified(c.seq, out.verified);
+            if seq.draft_forced {
+                seq.draft_forced = false;
+                out.forced = v;
+                if v.drafted > 0 {
+                    self.forced.steps += 1;
+                    self.forced.tokens += v.drafted as u64;
+                    self.forced.accepted += v.accepted as u64;
+                }
+            } else {
+                out.verified = v;
+                if let Some(spec) = &mut self.spec {
+                    spec.verified(c.seq, v);
+                }
             }
             // A tree's accepted branch is moved to consecutive positions (a chain's already is).
             if accepted.iter().enumerate().any(|(d, &r)| r != d + 1) {

@@ -68,6 +68,8 @@ pub struct Sequence {
     /// Empty for a chain of drafts; else draft `i`'s parent draft, `None` for one that follows
     /// `tokens` directly ([`crate::engine::Engine::propose_tree`]).
     pub draft_parent: Vec<Option<usize>>,
+    /// The drafts are the tokens the grammar forces (fast-forward), not a drafter's guesses.
+    pub draft_forced: bool,
     pub status: SeqStatus,
     pub finish: Option<FinishReason>,
     pub sampler: Sampler,
@@ -94,6 +96,7 @@ impl Sequence {
             block_hashes: Vec::new(),
             draft: Vec::new(),
             draft_parent: Vec::new(),
+            draft_forced: false,
             status: SeqStatus::Waiting,
             finish: None,
             sampler,

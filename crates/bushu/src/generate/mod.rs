@@ -44,6 +44,9 @@ pub struct GenerateOptions {
     /// Strings that end generation (never part of the returned text).
     pub stop: Vec<String>,
     pub strategy: Strategy,
+    /// Under a structured-output grammar, feed the tokens it forces in one pass
+    /// ([`crate::spec_decode::generate_fast_forward`]); the output is the same either way.
+    pub fast_forward: bool,
 }
 
 impl GenerateOptions {
@@ -56,6 +59,7 @@ impl GenerateOptions {
             eos_ids,
             stop: Vec::new(),
             strategy: Strategy::Sample,
+            fast_forward: true,
         }
     }
 
@@ -240,6 +244,9 @@ pub fn generate(
     check_prompt(state, prompt)?;
     opts.sampling.validate_for_vocab(model.config.vocab_size)?;
     match &opts.strategy {
+        Strategy::Sample if opts.fast_forward && opts.sampling.grammar.is_some() => {
+            crate::spec_decode::generate_fast_forward((model, tokenizer, state), prompt, opts, on_text).map(|(g, _)| g)
+        }
         Strategy::Sample => {
             let mut dec = SampleDecoder::new(model, state, &opts.sampling)?;
             run_decoder(&mut dec, tokenizer, prompt, opts, on_text)

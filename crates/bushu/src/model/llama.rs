@@ -105,9 +105,16 @@ pub struct State {
     /// ([`Pass::keep_hidden`]), layer after layer in `hidden_layers`' order.
     hidden_at: Vec<f32>,
     hidden_layers: Vec<usize>,
+    /// Forward passes run on this state (any number of tokens each).
+    passes: usize,
 }
 
 impl State {
+    /// Forward passes run on this state so far (prefill and decode, one per call of any size).
+    pub fn passes(&self) -> usize {
+        self.passes
+    }
+
     /// Number of positions already in the cache.
     pub fn pos(&self) -> usize {
         self.cache.len()
@@ -201,6 +208,7 @@ impl Model {
             tree: Tree::default(),
             hidden_at: Vec::new(),
             hidden_layers: Vec::new(),
+            passes: 0,
         }
     }
 
@@ -248,6 +256,7 @@ impl Model {
                 state.cache.capacity()
             );
         }
+        state.passes += 1;
         state.positions.clear();
         match pass.tree {
             None => state.positions.extend(pos0..pos0 + n),

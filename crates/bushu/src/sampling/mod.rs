@@ -127,6 +127,9 @@ pub fn log_softmax(x: &mut [f32]) {
 /// The processor chain of a [`SamplingParams`]: the logits processors, then — when sampling — the
 /// warpers, in Hugging Face order.
 pub struct Processors {
+    /// Structured output's mask, first (kept apart from the chain so that its state can be asked for
+    /// the tokens the grammar forces).
+    grammar: Option<grammar::GrammarMask>,
     chain: Vec<Box<dyn LogitProcessor>>,
     cands: Candidates,
 }
@@ -135,9 +138,7 @@ impl Processors {
     /// `warpers`: include temperature, top-k, top-p and min-p (random sampling only, as in HF).
     pub fn new(p: &SamplingParams, warpers: bool) -> Processors {
         let mut chain: Vec<Box<dyn LogitProcessor>> = Vec::new();
-        if let Some(g) = &p.grammar {
-            chain.push(Box::new(grammar::GrammarMask::new(g)));
-        }
+        let grammar = p.grammar.as_ref().map(grammar::GrammarMask::new);
         if !p.logit_bias.is_empty() {
             chain.push(Box::new(logit_bias::LogitBias::new(&p.logit_bias)));
         }
@@ -175,13 +176,14 @@ impl Processors {
             }
         }
         Processors {
+            grammar,
             chain,
             cands: Candidates::default(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.chain.is_empty()
+        self.grammar.is_none() && self.chain.is_empty()
     }
 
     /// Adds a processor at the end of the chain.
@@ -191,7 +193,10 @@ impl Processors {
 
     /// Runs the chain over `logits`; the surviving candidates.
     pub fn apply(&mut self, logits: &[f32], ctx: &Context) -> &mut Candidates {
-        self.cands.fill(logits);
+        match &mut self.grammar {
+            Some(g) => g.fill(&mut self.cands, logits, ctx),
+            None => self.cands.fill(logits),
+        }
         for p in &mut self.chain {
             p.process(&mut self.cands, ctx);
         }
@@ -202,7 +207,7 @@ impl Processors {
     /// Runs the chain over a dense score vector in place (removed tokens become `-inf`): how beam
     /// search and contrastive search apply processors to whole distributions.
     pub fn apply_dense(&mut self, scores: &mut [f32], ctx: &Context) {
-        if self.chain.is_empty() {
+        if self.is_empty() {
             return;
         }
         self.apply(scores, ctx);
@@ -279,6 +284,21 @@ impl Sampler {
     /// Adds a processor at the end of the chain.
     pub fn push(&mut self, p: Box<dyn LogitProcessor>) {
         self.procs.push(p);
+    }
+
+    /// Whether the parameters carry a structured-output grammar.
+    pub fn has_grammar(&self) -> bool {
+        self.procs.grammar.is_some()
+    }
+
+    /// At most `max` tokens the grammar forces after the history (empty without a grammar, or where the
+    /// grammar leaves a choice): drafts for fast-forward ([`crate::structured::GrammarState::forced`]).
+    pub fn forced_tokens(&mut self, max: usize) -> Vec<u32> {
+        let generated = &self.history[self.prompt_len.min(self.history.len())..];
+        match &mut self.procs.grammar {
+            Some(g) => g.forced(generated, max),
+            None => Vec::new(),
+        }
     }
 
     /// Whether tokens are taken greedily (temperature 0).

@@ -199,6 +199,7 @@ fn end(
                 finish: Some(reason),
                 cached_tokens: 0,
                 verified: Default::default(),
+                forced: Default::default(),
             });
         }
     }

@@ -3,6 +3,12 @@
 //! the decoder hands out the tokens of its last verification step from a queue and runs the next step
 //! only when the queue is empty. Tokens a step produced after a stop condition are simply not used.
 //!
+//! Under a structured-output grammar the decoder also fast-forwards (see [`crate::structured`]): when
+//! the grammar forces tokens after the sequence, they are the step's drafts instead of the proposer's,
+//! verified with [`Rule::Sample`] (the output stays plain decoding's, token for token); the proposer is
+//! not asked at that step (a draft model catches up on the tokens it has not seen at its next proposal).
+//! [`generate_fast_forward`] is this decoder without a proposer: plain decoding plus fast-forward.
+//!
 //! The sequence's invariant between steps: the target's cache holds the sequence but its last token,
 //! whose logits a step computes first (row 0 of the verification pass), and the sampler's history holds
 //! the generation's prompt and every token since. The sequence may start with tokens the cache held
@@ -12,7 +18,7 @@
 
 use super::adaptive::{DraftLength, DraftLengthParams};
 use super::proposer::{Proposal, Proposer};
-use super::verify::{verify, verify_tree};
+use super::verify::{verify, verify_tree, verify_with, Rule};
 use super::SpecStats;
 use crate::generate::{check_prompt, run_decoder, Decoder, GenerateOptions, Generation, Strategy};
 use crate::model::llama::State;
@@ -26,8 +32,11 @@ pub struct SpecDecoder<'a> {
     model: &'a Model,
     state: &'a mut State,
     sampler: Sampler,
-    proposer: &'a mut dyn Proposer,
+    /// `None`: no speculation (fast-forward only).
+    proposer: Option<&'a mut dyn Proposer>,
     length: DraftLength,
+    /// At most this many grammar-forced tokens per pass (0: no fast-forward).
+    forced_max: usize,
     prompt_len: usize,
     max_tokens: usize,
     /// Tokens handed out by `choose` so far.
@@ -45,19 +54,26 @@ pub struct SpecDecoder<'a> {
 }
 
 impl<'a> SpecDecoder<'a> {
+    /// A decoder drafting with `proposer` (`None`: no speculation), fast-forwarding when
+    /// `opts.fast_forward` and the sampling carries a grammar.
     pub fn new(
         model: &'a Model,
         state: &'a mut State,
-        proposer: &'a mut dyn Proposer,
+        proposer: Option<&'a mut dyn Proposer>,
         opts: &GenerateOptions,
         length: DraftLengthParams,
     ) -> Result<SpecDecoder<'a>> {
+        let forced_max = match opts.fast_forward && opts.sampling.grammar.is_some() {
+            true => MAX_FORCED,
+            false => 0,
+        };
         Ok(SpecDecoder {
             model,
             state,
             sampler: Sampler::new(&opts.sampling)?,
             proposer,
             length: DraftLength::new(length)?,
+            forced_max,
             prompt_len: 0,
             max_tokens: opts.max_tokens,
             emitted: 0,
@@ -95,18 +111,48 @@ impl<'a> SpecDecoder<'a> {
         // Room for the verification pass (last token + drafts) and no drafts beyond the token limit.
         let room = self.state.cache.capacity() - pos0 - 1;
         let left = self.max_tokens.saturating_sub(self.emitted).saturating_sub(1);
-        let k = self.length.k().min(room).min(left);
+        let forced = match self.forced_max.min(room).min(left) {
+            0 => Vec::new(),
+            n => self.sampler.forced_tokens(n),
+        };
+        if !forced.is_empty() {
+            let proposal = Proposal {
+                tokens: forced,
+                ..Proposal::default()
+            };
+            let step = verify_with(
+                self.model,
+                self.state,
+                &mut self.sampler,
+                last,
+                &proposal,
+                &mut self.rows,
+                Rule::Sample,
+            )?;
+            self.stats.forced_n += proposal.len();
+            self.stats.forced_n_accepted += step.accepted;
+            self.stats.forced_steps += 1;
+            self.stats.target_passes += 1;
+            self.seq.extend_from_slice(&step.tokens);
+            self.queue = step.tokens;
+            self.next = 0;
+            return Ok(());
+        }
+        let k = match self.proposer {
+            Some(_) => self.length.k().min(room).min(left),
+            None => 0,
+        };
         let mut proposal = Proposal::default();
-        if k > 0 {
+        if let (true, Some(proposer)) = (k > 0, self.proposer.as_deref_mut()) {
             let seq = Context {
                 tokens: &self.seq,
                 prompt_len: self.start + self.prompt_len,
             };
-            proposal = self.proposer.propose(&seq, k, self.model, self.state)?;
+            proposal = proposer.propose(&seq, k, self.model, self.state)?;
             if self.state.pos() != pos0 {
                 bail!(
                     "the {} proposer left the target's cache at {} positions, not {pos0}",
-                    self.proposer.name(),
+                    proposer.name(),
                     self.state.pos()
                 );
             }
@@ -114,20 +160,32 @@ impl<'a> SpecDecoder<'a> {
             proposal.truncate(if proposal.is_tree() { room } else { k });
             if !self.length.enough(proposal.depth()) {
                 proposal = Proposal::default();
-                self.proposer.accepted(0);
+                proposer.accepted(0);
             }
         }
-        let check = if proposal.is_tree() { verify_tree } else { verify };
-        let step = check(
-            self.model,
-            self.state,
-            &mut self.sampler,
-            last,
-            &proposal,
-            &mut self.rows,
-        )?;
+        let step = if proposal.is_tree() {
+            verify_tree(
+                self.model,
+                self.state,
+                &mut self.sampler,
+                last,
+                &proposal,
+                &mut self.rows,
+            )?
+        } else {
+            verify(
+                self.model,
+                self.state,
+                &mut self.sampler,
+                last,
+                &proposal,
+                &mut self.rows,
+            )?
+        };
         if !proposal.is_empty() {
-            self.proposer.accepted(step.accepted);
+            if let Some(p) = self.proposer.as_deref_mut() {
+                p.accepted(step.accepted);
+            }
             // The length adapts to the tree's depth (its chain), whose nodes are drafted one by one.
             let depth = proposal.depth();
             self.length.update(depth, step.accepted.min(depth));
@@ -161,7 +219,9 @@ impl Decoder for SpecDecoder<'_> {
         self.sampler.set_prompt(prompt);
         self.prompt_len = prompt.len();
         self.seq.extend_from_slice(prompt);
-        self.proposer.prefill(&self.seq)?;
+        if let Some(p) = self.proposer.as_deref_mut() {
+            p.prefill(&self.seq)?;
+        }
         let logits = self.model.forward(self.state, prompt, Logits::Last)?;
         self.rows.clear();
         self.rows.extend_from_slice(logits);
@@ -214,7 +274,31 @@ pub fn generate_speculative(
     }
     check_prompt(state, prompt)?;
     opts.sampling.validate_for_vocab(model.config.vocab_size)?;
-    let mut dec = SpecDecoder::new(model, state, proposer, opts, length)?;
+    let mut dec = SpecDecoder::new(model, state, Some(proposer), opts, length)?;
+    let g = run_decoder(&mut dec, tokenizer, prompt, opts, on_text)?;
+    Ok((g, dec.stats))
+}
+
+/// At most this many grammar-forced tokens are fed in one pass.
+pub const MAX_FORCED: usize = 32;
+
+/// Plain decoding (sampling or greedy, `opts.strategy` must be [`Strategy::Sample`]) with
+/// fast-forward under `opts.sampling.grammar` (see the module documentation): the tokens of plain
+/// decoding, in fewer passes. Returns the generation and the passes' counts (`forced_*`,
+/// `target_passes`).
+pub fn generate_fast_forward(
+    (model, tokenizer, state): (&Model, &Tokenizer, &mut State),
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<(Generation, SpecStats)> {
+    opts.validate()?;
+    if opts.strategy != Strategy::Sample {
+        bail!("fast-forward works with sampling or greedy decoding only, not beam search or contrastive search");
+    }
+    check_prompt(state, prompt)?;
+    opts.sampling.validate_for_vocab(model.config.vocab_size)?;
+    let mut dec = SpecDecoder::new(model, state, None, opts, DraftLengthParams::default())?;
     let g = run_decoder(&mut dec, tokenizer, prompt, opts, on_text)?;
     Ok((g, dec.stats))
 }

@@ -35,7 +35,7 @@ pub mod verify;
 
 pub use adaptive::{DraftLength, DraftLengthParams};
 pub use combined::LookupThenDraft;
-pub use decoder::{generate_speculative, SpecDecoder};
+pub use decoder::{generate_fast_forward, generate_speculative, SpecDecoder, MAX_FORCED};
 pub use draft_model::{check_same_vocabulary, load_draft, DraftModel, DraftTree};
 pub use lookup::PromptLookup;
 pub use proposer::{Proposal, Proposer};
@@ -117,6 +117,11 @@ pub struct SpecStats {
     /// Tree steps whose accepted branch took a second choice of the draft (what a chain would have
     /// missed).
     pub tree_second_choices: usize,
+    /// Structured output's fast-forward: grammar-forced tokens fed as drafts, how many of them were
+    /// kept, and the passes that fed them (counted in `target_passes` too, not in `draft_*`).
+    pub forced_n: usize,
+    pub forced_n_accepted: usize,
+    pub forced_steps: usize,
 }
 
 impl SpecStats {

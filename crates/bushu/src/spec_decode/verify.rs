@@ -12,6 +12,10 @@
 //! on while it is found. The accepted branch's cache rows are then moved to consecutive positions
 //! ([`crate::model::KvCache::keep_rows`]) and the other branches forgotten: the cache holds exactly what
 //! running the accepted tokens causally would have written.
+//! Drafts that are not guesses of a proposer but tokens a grammar forces (structured output's
+//! fast-forward) are verified by [`Rule::Sample`] instead: each row is sampled as plain decoding would
+//! sample it and a draft is kept while it is the token sampled (the serving engine's rule), so that the
+//! output is token for token plain decoding's, random draws included.
 
 use super::proposer::Proposal;
 use super::rejection::{verify_one, Verdict};
@@ -33,6 +37,16 @@ pub struct Step {
     pub off_first: bool,
 }
 
+/// How drafts are checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// Speculative sampling ([`verify_one`]): the output distribution is plain decoding's.
+    Rejection,
+    /// Each row sampled by the sampler, a draft kept while it is the token sampled: the output is plain
+    /// decoding's token for token (same draws), whatever the drafts.
+    Sample,
+}
+
 /// Verifies `proposal` after `last` (the sequence's last token, not yet in `state`'s cache, which holds
 /// the rest of the sequence; `sampler`'s history is the whole sequence). Leaves the cache holding the
 /// sequence and every returned token but the last, the history the sequence and every returned token,
@@ -45,6 +59,19 @@ pub fn verify(
     proposal: &Proposal,
     rows: &mut Vec<f32>,
 ) -> Result<Step> {
+    verify_with(model, state, sampler, last, proposal, rows, Rule::Rejection)
+}
+
+/// [`verify`] with the given [`Rule`].
+pub fn verify_with(
+    model: &Model,
+    state: &mut State,
+    sampler: &mut Sampler,
+    last: u32,
+    proposal: &Proposal,
+    rows: &mut Vec<f32>,
+    rule: Rule,
+) -> Result<Step> {
     let (pos0, k, vocab) = (state.pos(), proposal.len(), model.config.vocab_size);
     let mut input = Vec::with_capacity(k + 1);
     input.push(last);
@@ -55,14 +82,26 @@ pub fn verify(
     rows.extend_from_slice(logits);
     let mut tokens = Vec::with_capacity(k + 1);
     for (i, &x) in proposal.tokens.iter().enumerate() {
-        let p = sampler.distribution(&rows[i * vocab..(i + 1) * vocab]);
-        match verify_one(&p, proposal.q(i), x, sampler.rng()) {
-            Verdict::Accept => {
-                sampler.accept(x);
-                tokens.push(x);
+        let row = &rows[i * vocab..(i + 1) * vocab];
+        let verdict = match rule {
+            Rule::Rejection => {
+                let p = sampler.distribution(row);
+                let v = verify_one(&p, proposal.q(i), x, sampler.rng());
+                sampler.accept(match v {
+                    Verdict::Accept => x,
+                    Verdict::Reject(t) => t,
+                });
+                v
             }
+            // `sample` records the token in the history.
+            Rule::Sample => match sampler.sample(row) {
+                t if t == x => Verdict::Accept,
+                t => Verdict::Reject(t),
+            },
+        };
+        match verdict {
+            Verdict::Accept => tokens.push(x),
             Verdict::Reject(t) => {
-                sampler.accept(t);
                 tokens.push(t);
                 // Keep `last` and the i accepted drafts; the target's token is the next `last`.
                 state.rewind(pos0 + 1 + i);

@@ -17,6 +17,20 @@
 //! consumes what is new. A rewind of the sampler is therefore a rewind of the grammar, with nothing else
 //! to call.
 //!
+//! # Fast-forward
+//!
+//! Where the grammar allows one continuation only (a JSON key and its `": "`, the `", "` between
+//! fields, a `const`), the bytes it forces need no choice from the model. [`GrammarState::forced`] turns
+//! them into tokens, and the decoding loops ([`crate::spec_decode::SpecDecoder`] for `bushu run` and
+//! `chat`, [`crate::engine::Engine`] for each served sequence) feed them as drafts after the
+//! sequence's last token: one forward pass over all of them instead of one pass each. Each row of that
+//! pass is then sampled by the sequence's own sampler (the mask included) and a draft is kept while it
+//! is the token sampled, exactly as speculative drafts are verified: the output is token for token
+//! the output without fast-forward (greedy or sampled, with the same draws), only the number of passes
+//! differs. With a byte-level BPE tokenizer the mask allows only the forced token at each of these
+//! positions, so the drafts are never rejected; with SentencePiece the model may prefer another
+//! tokenization of the forced bytes, and the draft is then replaced by the model's token.
+//!
 //! JSON is generated compactly by default — `", "` between items, `": "` after keys, no other whitespace
 //! (llguidance's own default lets any whitespace in, which lets a small model pad an object with newlines
 //! until it runs out of tokens); a schema may override this with llguidance's `x-guidance` options.
@@ -115,6 +129,7 @@ impl std::error::Error for InvalidGrammar {}
 pub struct Compiler {
     factory: ParserFactory,
     n_vocab: usize,
+    aliases: Arc<Vec<u32>>,
 }
 
 impl Compiler {
@@ -128,9 +143,11 @@ impl Compiler {
             verbose_errors: false,
             ..ParserLimits::default()
         };
+        let n_vocab = env.tok_trie().vocab_size();
         Ok(Compiler {
             factory,
-            n_vocab: env.tok_trie().vocab_size(),
+            n_vocab,
+            aliases: Arc::new(vocab::byte_aliases(tok, n_vocab)),
         })
     }
 
@@ -157,6 +174,8 @@ impl Compiler {
         m.compute_mask().map_err(invalid)?;
         Ok(Arc::new(Grammar {
             parser,
+            env: self.factory.tok_env().clone(),
+            aliases: self.aliases.clone(),
             eos: self.factory.tok_env().tok_trie().eos_token_set(),
             n_vocab: self.n_vocab,
             constraint: c.clone(),
@@ -172,6 +191,9 @@ impl Compiler {
 /// A compiled constraint: the start state every sequence's [`GrammarState`] is cloned from.
 pub struct Grammar {
     parser: TokenParser,
+    /// The vocabulary (to tokenize forced bytes when the tokenizer is not canonical).
+    env: TokEnv,
+    aliases: Arc<Vec<u32>>,
     /// The end-of-sequence tokens, as a mask.
     eos: SimpleVob,
     n_vocab: usize,
@@ -210,6 +232,8 @@ impl Grammar {
             consumed: Vec::new(),
             error: None,
             eos: self.eos.clone(),
+            env: self.env.clone(),
+            aliases: self.aliases.clone(),
         }
     }
 }
@@ -221,6 +245,9 @@ pub struct GrammarState {
     consumed: Vec<u32>,
     error: Option<String>,
     eos: SimpleVob,
+    env: TokEnv,
+    /// [`vocab::byte_aliases`].
+    aliases: Arc<Vec<u32>>,
 }
 
 impl GrammarState {
@@ -267,10 +294,43 @@ impl GrammarState {
         self.error.is_none() && (self.matcher.is_stopped() || self.matcher.is_accepting().unwrap_or(false))
     }
 
-    /// The tokens the grammar forces next (where it allows exactly one continuation), without consuming
-    /// them; empty when there is a choice.
-    pub fn forced_tokens(&mut self) -> Vec<u32> {
-        self.matcher.compute_ff_tokens()
+    /// At most `max` tokens the grammar forces after `generated` (where it allows one continuation of
+    /// its bytes), as a draft for [fast-forward](crate::structured#fast-forward); empty when the next bytes are a
+    /// choice, the tokens left the grammar, or it is complete.
+    ///
+    /// With a canonical tokenizer (byte-level BPE) they are llguidance's fast-forward tokens: the forced
+    /// bytes in the model's own tokenization, minus a last token that the text after it could merge
+    /// into; llguidance's mask then allows exactly the first of them, so each is the only choice in
+    /// turn. Otherwise (SentencePiece: the mask allows every tokenization of the forced bytes) they are
+    /// the forced bytes split greedily into the longest tokens of the vocabulary — a guess that the
+    /// model's own choice, made at verification, confirms or not.
+    pub fn forced(&mut self, generated: &[u32], max: usize) -> Vec<u32> {
+        if max == 0 || self.error.is_some() {
+            return Vec::new();
+        }
+        if let Err(e) = self.sync(generated) {
+            self.error = Some(format!("{e:#}"));
+            return Vec::new();
+        }
+        if self.matcher.is_stopped() {
+            return Vec::new();
+        }
+        let mut tokens = if self.env.tokenize_is_canonical() {
+            self.matcher.compute_ff_tokens()
+        } else {
+            let bytes = self.matcher.compute_ff_bytes();
+            if bytes.is_empty() {
+                Vec::new()
+            } else {
+                let mut t = self.env.tok_trie().greedy_tokenize(&bytes);
+                for x in &mut t {
+                    *x = self.aliases.get(*x as usize).copied().unwrap_or(*x);
+                }
+                t
+            }
+        };
+        tokens.truncate(max);
+        tokens
     }
 
     /// Why the tokens stopped following the grammar, if they did.

@@ -33,6 +33,25 @@ pub fn token_bytes(tok: &Tokenizer, n_vocab: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// For each of the `n_vocab` ids, the token to draft in its place: a byte-fallback token (`<0x22>`)
+/// whose byte is also an ordinary piece (`"`) maps to that piece, every other token to itself. A
+/// SentencePiece model writes a character with its piece, never with the byte token (the byte tokens
+/// are for characters the vocabulary lacks), so drafts split from forced bytes use the piece.
+pub fn byte_aliases(tok: &Tokenizer, n_vocab: usize) -> Vec<u32> {
+    let mut piece_of_byte = [None; 256];
+    for id in 0..n_vocab as u32 {
+        if let (Some(TokenType::Normal), [b]) = (tok.token_type(id), tok.id_to_bytes(id)) {
+            piece_of_byte[*b as usize].get_or_insert(id);
+        }
+    }
+    (0..n_vocab as u32)
+        .map(|id| match (tok.token_type(id), tok.id_to_bytes(id)) {
+            (Some(TokenType::Byte), [b]) => piece_of_byte[*b as usize].unwrap_or(id),
+            _ => id,
+        })
+        .collect()
+}
+
 /// A [`TokenizerEnv`] over a bushu tokenizer.
 struct Env {
     tok: Tokenizer,
