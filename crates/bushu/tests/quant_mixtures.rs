@@ -193,19 +193,109 @@ fn types_bushu_cannot_write_are_refused_by_name() {
     );
 }
 
+/// `src` with every tensor of two or more dimensions dequantized to F32: the reference the quantized
+/// file's products must reproduce.
+fn dequantized_copy(src: &Path, dst: &Path) {
+    let g = Gguf::open(src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.set(k, v.clone());
+    }
+    for t in &g.tensors {
+        let n: usize = t.shape.iter().product();
+        let mut v = vec![0.0f32; n];
+        let row = t.shape[0];
+        let rb = t.dtype.bytes_for(row).unwrap();
+        for (r, out) in v.chunks_exact_mut(row).enumerate() {
+            bushu::quant::gguf_types::dequantize_row(t.dtype, &t.bytes()[r * rb..][..rb], out).unwrap();
+        }
+        w.add_f32(&t.name, t.shape.clone(), &v);
+    }
+    w.write(dst).unwrap();
+}
+
+#[test]
+fn q2_k_and_q3_k_files_run_as_their_dequantized_weights() {
+    use bushu::model::{llama::Logits, load, Model};
+    use kernels::Precision;
+    let dir = common::TempDir::new("quant-mixtures-run");
+    let input = dir.0.join("gqa.gguf");
+    write_input("gqa", &input);
+    let toks: Vec<u32> = (3..40).collect();
+    let logits = |path: &Path, p: Precision| {
+        let mut m = Model::new(&load(path).unwrap()).unwrap();
+        m.precision = p;
+        let mut st = m.new_state(64);
+        m.forward(&mut st, &toks, Logits::All).unwrap().to_vec()
+    };
+    // Q4_K_M (kernels tested since long) calibrates what int8 activations cost on this random model.
+    let mut fast_q4k = f32::NAN;
+    for (ty, dtype) in [("q4_k_m", "Q4_K"), ("q2_k", "Q2_K"), ("q3_k_m", "Q3_K")] {
+        let out = dir.0.join(format!("gqa-{ty}.gguf"));
+        let q = std::process::Command::new(env!("CARGO_BIN_EXE_bushu"))
+            .arg("quantize")
+            .args([&input, &out])
+            .args(["--type", ty, "-q"])
+            .output()
+            .unwrap();
+        assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+        let g = Gguf::open(&out).unwrap();
+        assert!(
+            g.tensors.iter().any(|t| t.dtype.name() == dtype),
+            "{ty}: no {dtype} tensor"
+        );
+        let reference = dir.0.join(format!("gqa-{ty}-f32.gguf"));
+        dequantized_copy(&out, &reference);
+        let want = logits(&reference, Precision::Exact);
+        let scale = want.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        for p in [Precision::Exact, Precision::Wide, Precision::Fast] {
+            let got = logits(&out, p);
+            let err = got.iter().zip(&want).fold(0.0f32, |a, (g, w)| a.max((g - w).abs())) / scale;
+            eprintln!("{ty} {p:?}: max logit error {err:.2e} of the largest logit");
+            // Exact computes with f32 activations (summation order only), wide with int16 ones where
+            // a kernel exists, fast with int8 blocks: within twice what they cost Q4_K_M.
+            let bound = match p {
+                Precision::Exact => 1e-4,
+                Precision::Wide => 1e-3,
+                Precision::Fast if ty == "q4_k_m" => {
+                    fast_q4k = err;
+                    0.1
+                }
+                Precision::Fast => 2.0 * fast_q4k,
+            };
+            assert!(err <= bound, "{ty} {p:?}: {err}");
+        }
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_bushu"))
+            .args(["run", "-m"])
+            .arg(&out)
+            .args(["-p", "t5 t6", "-n", "4", "--temp", "0"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{ty}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
 #[test]
 fn a_file_of_a_type_bushu_cannot_run_is_refused_in_one_line() {
-    // bushu writes Q2_K and Q3_K (llama.cpp runs them) but has no kernels for them yet.
-    let dir = common::TempDir::new("quant-mixtures-run");
-    let (input, out) = (dir.0.join("tied.gguf"), dir.0.join("tied-q3_k_m.gguf"));
+    // A tensor stored as Q8_K (llama.cpp's activation type, never a weight type bushu computes with).
+    let dir = common::TempDir::new("quant-mixtures-refuse");
+    let (input, out) = (dir.0.join("tied.gguf"), dir.0.join("tied-q8_k.gguf"));
     write_input("tied", &input);
-    let q = std::process::Command::new(env!("CARGO_BIN_EXE_bushu"))
-        .arg("quantize")
-        .args([&input, &out])
-        .args(["--type", "q3_k_m", "-q"])
-        .output()
-        .unwrap();
-    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let g = Gguf::open(&input).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.set(k, v.clone());
+    }
+    for t in &g.tensors {
+        if t.name == "blk.0.ffn_up.weight" {
+            let n: usize = t.shape.iter().product();
+            let bytes = kernels::DType::Q8K.bytes_for(n).unwrap();
+            w.add_tensor(&t.name, t.shape.clone(), kernels::DType::Q8K, vec![0; bytes]);
+        } else {
+            w.add_tensor(&t.name, t.shape.clone(), t.dtype, t.bytes().to_vec());
+        }
+    }
+    w.write(&out).unwrap();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_bushu"))
         .args(["run", "-m"])
         .arg(&out)
@@ -214,7 +304,7 @@ fn a_file_of_a_type_bushu_cannot_run_is_refused_in_one_line() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("Q3_K") && err.contains("cannot compute"), "{err}");
+    assert!(err.contains("Q8_K") && err.contains("cannot compute"), "{err}");
     assert!(
         !err.contains("internal error") && err.trim().lines().count() == 1,
         "{err}"

@@ -33,7 +33,7 @@ fn put_f16(b: &mut [u8], at: usize, v: f32) {
 }
 
 /// The types with kernels.
-pub const TYPES: [DType; 11] = [
+pub const TYPES: [DType; 13] = [
     DType::F32,
     DType::F16,
     DType::BF16,
@@ -45,6 +45,8 @@ pub const TYPES: [DType; 11] = [
     DType::Q4K,
     DType::Q5K,
     DType::Q6K,
+    DType::Q2K,
+    DType::Q3K,
 ];
 
 /// `rows` random rows of `cols` weights of type `t`: random codes, finite random scales.
@@ -82,6 +84,11 @@ pub fn random_matrix(rng: &mut Rng, t: DType, rows: usize, cols: usize) -> Vec<u
                 put_f16(b, 2, rng.f32() * 0.1);
             }
             DType::Q6K => put_f16(b, 208, rng.f32() * 0.01),
+            DType::Q2K => {
+                put_f16(b, 80, rng.f32() * 0.01);
+                put_f16(b, 82, rng.f32() * 0.01);
+            }
+            DType::Q3K => put_f16(b, 108, rng.f32() * 0.01),
             other => panic!("no generator for {other}"),
         }
     }

@@ -1,4 +1,4 @@
-//! K-quant (and Q5_0 / Q5_1) dequantization bit-exact against gguf-py (fixtures made by fixtures/make_kquants.py), and
+//! K-quant (Q2_K-Q6_K, and Q5_0 / Q5_1) dequantization bit-exact against gguf-py (fixtures made by fixtures/make_kquants.py), and
 //! the exact dot product equal to the dot with the dequantized row.
 
 use kernels::quants::{dequantize_row, dot_row, supported};
@@ -17,12 +17,14 @@ fn fixture(name: &str) -> (Vec<u8>, Vec<f32>) {
     )
 }
 
-const TYPES: [(&str, DType); 5] = [
+const TYPES: [(&str, DType); 7] = [
     ("q4_k", DType::Q4K),
     ("q5_k", DType::Q5K),
     ("q6_k", DType::Q6K),
     ("q5_0", DType::Q5_0),
     ("q5_1", DType::Q5_1),
+    ("q2_k", DType::Q2K),
+    ("q3_k", DType::Q3K),
 ];
 
 #[test]

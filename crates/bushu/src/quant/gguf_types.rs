@@ -469,8 +469,7 @@ fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
 
 /// The signed 6-bit scale of Q3_K sub-block `j` (low 4 bits in `sc[0..8]`, high 2 in `sc[8..12]`).
 fn q3_scale(sc: &[u8], j: usize) -> i32 {
-    let low = if j < 8 { sc[j] & 0xf } else { sc[j - 8] >> 4 };
-    (low | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32
+    kernels::quants::k_quants::q3k_scale(sc, j) as i32
 }
 
 fn q3_k(x: &[f32], out: &mut Vec<u8>) {
@@ -632,68 +631,10 @@ fn q6_k(x: &[f32], out: &mut Vec<u8>) {
     put_f16(out, 1.0 / iscale);
 }
 
-/// Decodes one row of `dtype` blocks into `out`: Q2_K and Q3_K here (ports of ggml's
-/// `dequantize_row_q2_K` / `q3_K`, which bushu's kernels do not compute with), the others through the
-/// kernels crate. `None` for a type neither decodes.
+/// Decodes one row of `dtype` blocks into `out` through the kernels crate; `None` for a type it does
+/// not decode.
 pub fn dequantize_row(dtype: DType, row: &[u8], out: &mut [f32]) -> Option<()> {
-    match dtype {
-        DType::Q2K => {
-            for (b, y) in row.chunks_exact(84).zip(out.chunks_exact_mut(256)) {
-                dequantize_q2_k(b, y);
-            }
-        }
-        DType::Q3K => {
-            for (b, y) in row.chunks_exact(110).zip(out.chunks_exact_mut(256)) {
-                dequantize_q3_k(b, y);
-            }
-        }
-        d if kernels::quants::supported(d) => kernels::quants::dequantize_row(d, row, out),
-        _ => return None,
-    }
-    Some(())
-}
-
-fn get_f16(b: &[u8]) -> f32 {
-    f16::from_le_bytes([b[0], b[1]]).to_f32()
-}
-
-fn dequantize_q2_k(b: &[u8], y: &mut [f32]) {
-    let (scales, qs) = (&b[..16], &b[16..80]);
-    let (d, min) = (get_f16(&b[80..]), get_f16(&b[82..]));
-    let mut k = 0;
-    for (half, q) in qs.chunks_exact(32).enumerate() {
-        for j in 0..4 {
-            for part in 0..2 {
-                let sc = scales[half * 8 + 2 * j + part];
-                let (dl, ml) = (d * (sc & 0xf) as f32, min * (sc >> 4) as f32);
-                for l in 0..16 {
-                    y[k] = dl * ((q[16 * part + l] >> (2 * j)) & 3) as f32 - ml;
-                    k += 1;
-                }
-            }
-        }
-    }
-}
-
-fn dequantize_q3_k(b: &[u8], y: &mut [f32]) {
-    let (hm, qs, sc) = (&b[..32], &b[32..96], &b[96..108]);
-    let d = get_f16(&b[108..]);
-    let mut k = 0;
-    let mut m = 1u8;
-    for (half, q) in qs.chunks_exact(32).enumerate() {
-        for j in 0..4 {
-            for part in 0..2 {
-                let dl = d * q3_scale(sc, half * 8 + 2 * j + part) as f32;
-                for l in 0..16 {
-                    let i = 16 * part + l;
-                    let v = ((q[i] >> (2 * j)) & 3) as i32 - if hm[i] & m != 0 { 0 } else { 4 };
-                    y[k] = dl * v as f32;
-                    k += 1;
-                }
-            }
-            m <<= 1;
-        }
-    }
+    kernels::quants::supported(dtype).then(|| kernels::quants::dequantize_row(dtype, row, out))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub mod q8;
 mod q8_0;
 
 pub use floats::{Bf16, F16, F32};
-pub use k_quants::{Q4K, Q5K, Q6K};
+pub use k_quants::{Q2K, Q3K, Q4K, Q5K, Q6K};
 pub use q4_0::Q4_0;
 pub use q4_1::Q4_1;
 pub use q5::{Q5_0, Q5_1};
@@ -64,6 +64,8 @@ macro_rules! dispatch {
             DType::Q4K => $f::<Q4K>($($arg),*),
             DType::Q5K => $f::<Q5K>($($arg),*),
             DType::Q6K => $f::<Q6K>($($arg),*),
+            DType::Q2K => $f::<Q2K>($($arg),*),
+            DType::Q3K => $f::<Q3K>($($arg),*),
             other => panic!("no kernel for tensor type {other}"),
         }
     };
@@ -81,6 +83,8 @@ macro_rules! dispatch_q8 {
             DType::Q4K => $f::<Q4K>($($arg),*),
             DType::Q5K => $f::<Q5K>($($arg),*),
             DType::Q6K => $f::<Q6K>($($arg),*),
+            DType::Q2K => $f::<Q2K>($($arg),*),
+            DType::Q3K => $f::<Q3K>($($arg),*),
             other => panic!("no int8-activation kernel for tensor type {other}"),
         }
     };
@@ -101,6 +105,8 @@ pub fn supported(dtype: DType) -> bool {
             | DType::Q4K
             | DType::Q5K
             | DType::Q6K
+            | DType::Q2K
+            | DType::Q3K
     )
 }
 

@@ -2,7 +2,7 @@
 //! to f32 and multiplied with f32 activations; each sub-block's partial sum then takes its scale (and
 //! minimum, times the sum of its activations). Equal to the scalar path up to f32 summation order.
 
-use super::fast::{q6k_codes, K4Codes, Q6Kf, K4, WK};
+use super::fast::{codes_2bit, load_q2k, load_q3k, q3k_codes, q6k_codes, K4Codes, Q6Kf, K4, W16, WK};
 use super::{hsum, Avx2Dot, Kern};
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
@@ -83,6 +83,75 @@ impl Kern for ExQ6K {
     unsafe fn dot(acc: &mut Self::Acc, w: &WK, x: *const f32) {
         for g in 0..8 {
             let q = _mm256_sub_epi8(q6k_codes(w.p, g), _mm256_set1_epi8(32));
+            let (a, b) = halves(q);
+            let xg = x.add(32 * g);
+            acc[0] = _mm256_fmadd_ps(qdot16(a, xg), _mm256_set1_ps(w.d[2 * g]), acc[0]);
+            acc[1] = _mm256_fmadd_ps(qdot16(b, xg.add(16)), _mm256_set1_ps(w.d[2 * g + 1]), acc[1]);
+        }
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: Self::Acc) -> f32 {
+        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+}
+
+/// Q2_K: `w = d·sc·q − dmin·m`, a scale and a minimum per 16 weights.
+pub(crate) struct ExQ2K;
+
+impl Kern for ExQ2K {
+    type X = f32;
+    type W = W16;
+    type Acc = [__m256; 2];
+    const ELEMS: usize = 256;
+    const BYTES: usize = 84;
+    #[inline(always)]
+    unsafe fn zero() -> Self::Acc {
+        [_mm256_setzero_ps(); 2]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> W16 {
+        load_q2k(p)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: &mut Self::Acc, w: &W16, x: *const f32) {
+        for g in 0..8 {
+            let (a, b) = halves(codes_2bit(w.p.add(16), g));
+            let xg = x.add(32 * g);
+            for (h, q) in [a, b].into_iter().enumerate() {
+                let xh = xg.add(16 * h);
+                let sx = _mm256_add_ps(_mm256_loadu_ps(xh), _mm256_loadu_ps(xh.add(8)));
+                acc[0] = _mm256_fmadd_ps(qdot16(q, xh), _mm256_set1_ps(w.d[2 * g + h]), acc[0]);
+                acc[1] = _mm256_fnmadd_ps(sx, _mm256_set1_ps(w.m[2 * g + h]), acc[1]);
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: Self::Acc) -> f32 {
+        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+}
+
+/// Q3_K: `w = d·sc·(q − 4)`, a scale per 16 weights.
+pub(crate) struct ExQ3K;
+
+impl Kern for ExQ3K {
+    type X = f32;
+    type W = W16;
+    type Acc = [__m256; 2];
+    const ELEMS: usize = 256;
+    const BYTES: usize = 110;
+    #[inline(always)]
+    unsafe fn zero() -> Self::Acc {
+        [_mm256_setzero_ps(); 2]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> W16 {
+        load_q3k(p)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: &mut Self::Acc, w: &W16, x: *const f32) {
+        for g in 0..8 {
+            let q = _mm256_sub_epi8(q3k_codes(w.p, g), _mm256_set1_epi8(4));
             let (a, b) = halves(q);
             let xg = x.add(32 * g);
             acc[0] = _mm256_fmadd_ps(qdot16(a, xg), _mm256_set1_ps(w.d[2 * g]), acc[0]);

@@ -307,3 +307,131 @@ impl<D: IDot> Kern for Q6Kf<D> {
         hsum(acc.v) + acc.c
     }
 }
+
+/// The 32 two-bit codes of sub-block `g` (0..8) of the Q2_K/Q3_K code bytes at `qs` (64 bytes).
+#[inline(always)]
+pub(crate) unsafe fn codes_2bit(qs: *const u8, g: usize) -> __m256i {
+    let v = _mm256_loadu_si256(qs.add(32 * (g / 4)) as *const __m256i);
+    _mm256_and_si256(
+        _mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * (g % 4) as i32)),
+        _mm256_set1_epi8(3),
+    )
+}
+
+/// The 32 codes (0..8, offset 4 not subtracted) of sub-block `g` of the Q3_K block at `p`.
+#[inline(always)]
+pub(crate) unsafe fn q3k_codes(p: *const u8, g: usize) -> __m256i {
+    let hm = _mm256_loadu_si256(p as *const __m256i);
+    let bit = _mm256_set1_epi8((1u8 << g) as i8);
+    let high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), _mm256_set1_epi8(4));
+    _mm256_or_si256(codes_2bit(p.add(32), g), high)
+}
+
+/// Scales and minimums of a Q2_K/Q3_K block, one per 16 weights: `d * sc` and `dmin * m` (Q2_K; zero
+/// for Q3_K).
+#[derive(Clone, Copy)]
+pub(crate) struct W16 {
+    pub p: *const u8,
+    pub d: [f32; 16],
+    pub m: [f32; 16],
+}
+
+#[inline(always)]
+pub(crate) unsafe fn load_q2k(p: *const u8) -> W16 {
+    let s = crate::quants::k_quants::scales_q2k(std::slice::from_raw_parts(p, 84));
+    W16 {
+        p,
+        d: s.map(|v| v.0),
+        m: s.map(|v| v.1),
+    }
+}
+
+#[inline(always)]
+pub(crate) unsafe fn load_q3k(p: *const u8) -> W16 {
+    W16 {
+        p,
+        d: crate::quants::k_quants::scales_q3k(std::slice::from_raw_parts(p, 110)),
+        m: [0.0; 16],
+    }
+}
+
+/// `a` in lanes 0-3 (the first 16 weights of a sub-block), `b` in lanes 4-7.
+#[inline(always)]
+unsafe fn halves_ps(a: f32, b: f32) -> __m256 {
+    _mm256_set_m128(_mm_set1_ps(b), _mm_set1_ps(a))
+}
+
+/// Q2_K: codes 0..4 with a scale and a minimum per 16 weights; the minimums take a second dot with ones
+/// (the sum of each half's activation codes).
+pub(crate) struct Q2Kf<D>(PhantomData<D>);
+
+impl<D: IDot> Kern for Q2Kf<D> {
+    type X = BlockQ8;
+    type W = W16;
+    type Acc = FAcc;
+    const ELEMS: usize = 256;
+    const BYTES: usize = 84;
+    #[inline(always)]
+    unsafe fn zero() -> FAcc {
+        facc0()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> W16 {
+        load_q2k(p)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: &mut FAcc, w: &W16, x: *const BlockQ8) {
+        let ones = _mm256_set1_epi8(1);
+        for g in 0..8 {
+            let xb = &*x.add(g);
+            let xq = qs(xb);
+            let i = D::dot(codes_2bit(w.p.add(16), g), xq);
+            let sx = D::dot(ones, xq);
+            let (d, m) = (
+                halves_ps(w.d[2 * g], w.d[2 * g + 1]),
+                halves_ps(w.m[2 * g], w.m[2 * g + 1]),
+            );
+            let dx = _mm256_set1_ps(xb.d);
+            acc.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(d, dx), acc.v);
+            acc.v = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(sx), _mm256_mul_ps(m, dx), acc.v);
+        }
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: FAcc) -> f32 {
+        hsum(acc.v)
+    }
+}
+
+/// Q3_K: codes 0..8 (offset 4 subtracted as a second dot with 4s), a scale per 16 weights.
+pub(crate) struct Q3Kf<D>(PhantomData<D>);
+
+impl<D: IDot> Kern for Q3Kf<D> {
+    type X = BlockQ8;
+    type W = W16;
+    type Acc = FAcc;
+    const ELEMS: usize = 256;
+    const BYTES: usize = 110;
+    #[inline(always)]
+    unsafe fn zero() -> FAcc {
+        facc0()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> W16 {
+        load_q3k(p)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: &mut FAcc, w: &W16, x: *const BlockQ8) {
+        let four = _mm256_set1_epi8(4);
+        for g in 0..8 {
+            let xb = &*x.add(g);
+            let xq = qs(xb);
+            let i = _mm256_sub_epi32(D::dot(q3k_codes(w.p, g), xq), D::dot(four, xq));
+            let sc = _mm256_mul_ps(halves_ps(w.d[2 * g], w.d[2 * g + 1]), _mm256_set1_ps(xb.d));
+            acc.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), sc, acc.v);
+        }
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: FAcc) -> f32 {
+        hsum(acc.v)
+    }
+}
