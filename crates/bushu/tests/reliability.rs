@@ -175,6 +175,17 @@ fn engine_sizing_arithmetic() {
     let p = EngineConfig::sized(&model, &s(Some(1 << 40), None, 65 << 20)).unwrap();
     assert_eq!(p.cfg.max_model_len, p.cfg.num_blocks * 16);
     assert_eq!(p.notes.len(), 2, "{:?}", p.notes);
+    // A context beyond the default budget: 16 sequences x 4096 positions, the longest sequence the
+    // whole context.
+    let p = EngineConfig::sized(&model, &s(Some(16384), None, 8 << 30)).unwrap();
+    assert_eq!((p.cfg.num_blocks, p.cfg.max_model_len), (16 * 4096 / 16, 16384));
+    // One sequence: the pool still holds one whole context.
+    let one = KvSizing {
+        max_batch: 1,
+        ..s(Some(16384), None, 8 << 30)
+    };
+    let p = EngineConfig::sized(&model, &one).unwrap();
+    assert_eq!((p.cfg.num_blocks, p.cfg.max_model_len), (16384 / 16, 16384));
     assert!(EngineConfig::sized(&model, &s(None, Some(2 << 30), 1 << 30)).is_err());
     assert!(EngineConfig::sized(&model, &s(Some(0), None, 1 << 30)).is_err());
 }

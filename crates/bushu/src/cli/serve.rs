@@ -25,8 +25,8 @@ pub struct ServeArgs {
     /// Sequences allowed to wait before requests are refused with 429.
     #[arg(long, default_value_t = 256)]
     pub max_queue: usize,
-    /// KV cache size, e.g. 512M or 2G (default: --max-batch sequences of --ctx positions, at most half
-    /// of the memory available beside the model).
+    /// KV cache size, e.g. 512M or 2G (default: --max-batch sequences of --ctx positions or of 4096 if
+    /// less, at least one whole --ctx, at most half of the memory available beside the model).
     #[arg(long)]
     pub kv_memory: Option<String>,
     /// Longest sequence, prompt + completion (default: the model's trained context length).

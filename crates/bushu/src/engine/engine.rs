@@ -45,6 +45,9 @@ pub struct EngineConfig {
     pub kv_bytes_per_position: usize,
 }
 
+/// Positions budgeted per sequence when the KV cache is sized by default (ollama's default context).
+pub const DEFAULT_SEQUENCE_BUDGET: usize = 4096;
+
 /// What a server asks of its KV cache; [`EngineConfig::sized`] turns it into a cache that fits.
 #[derive(Clone, Debug)]
 pub struct KvSizing {
@@ -104,7 +107,8 @@ impl EngineConfig {
 
     /// Sizes the cache for `model` from what was asked and what the machine has, before anything is
     /// allocated: `--kv-memory` if given (refused beyond the memory available), else `max_batch`
-    /// sequences of the context, capped at half of the memory available beyond the model's files. The
+    /// sequences of the context or of [`DEFAULT_SEQUENCE_BUDGET`] positions if less (at least one
+    /// whole context), capped at half of the memory available beyond the model's files. The
     /// longest sequence is the context, or what the cache holds if less. Every product is computed
     /// without overflow; a cache that cannot hold one block is an error naming the numbers and the flag.
     pub fn sized(model: &Model, s: &KvSizing) -> Result<KvPlan> {
@@ -122,7 +126,14 @@ impl EngineConfig {
         if ctx > trained {
             notes.extend(c.beyond_training(ctx));
         }
-        let wanted = product(s.max_batch, ctx, per_pos);
+        // Paged blocks are shared: a pool of `max_batch` full contexts is rarely filled (SmolLM2's 8192
+        // positions x 16 sequences would be 5.6 GiB of f32), so by default each sequence is budgeted
+        // ollama's default context of 4096 positions (vLLM's CPU backend reserves 4 GiB), the pool
+        // still holding one sequence of the full context; longer ones take blocks others do not use,
+        // and the scheduler preempts when the pool runs out.
+        let per_seq_budget = ctx.min(DEFAULT_SEQUENCE_BUDGET);
+        let pool = (s.max_batch.saturating_mul(per_seq_budget)).max(ctx);
+        let wanted = product(1, pool, per_pos);
         let (bytes, basis) = match s.kv_memory {
             Some(b) => {
                 ensure_fits_in(
@@ -134,7 +145,14 @@ impl EngineConfig {
                 (b as u128, format!("--kv-memory {}", fmt_bytes(b as u128)))
             }
             None => {
-                let per_seq = format!("{} sequences x {ctx} positions", s.max_batch);
+                let per_seq = if per_seq_budget < ctx {
+                    format!(
+                        "{} sequences x {per_seq_budget} positions, at least one context of {ctx}",
+                        s.max_batch
+                    )
+                } else {
+                    format!("{} sequences x {ctx} positions", s.max_batch)
+                };
                 match s.available.map(|a| a.saturating_sub(s.model_bytes) as u128 / 2) {
                     Some(cap) if wanted > cap => (
                         cap,
