@@ -153,6 +153,9 @@ fn main() -> Result<()> {
                 tok.decode(&a.tokens)
             );
         }
+        // Progress (stderr): a run on a large model takes hours, and a stopped one still counts.
+        let counts: Vec<String> = (1..models.len()).map(|k| format!("{} {}", names[k], differ[k])).collect();
+        eprintln!("[{}/{}] differing so far: {}", i + 1, prompts.len(), counts.join(", "));
     }
     println!(
         "\n{} prompts, greedy up to {n} tokens, {}",
