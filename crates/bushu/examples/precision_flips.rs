@@ -154,7 +154,9 @@ fn main() -> Result<()> {
             );
         }
         // Progress (stderr): a run on a large model takes hours, and a stopped one still counts.
-        let counts: Vec<String> = (1..models.len()).map(|k| format!("{} {}", names[k], differ[k])).collect();
+        let counts: Vec<String> = (1..models.len())
+            .map(|k| format!("{} {}", names[k], differ[k]))
+            .collect();
         eprintln!("[{}/{}] differing so far: {}", i + 1, prompts.len(), counts.join(", "));
     }
     println!(

@@ -2,7 +2,7 @@
 //! to f32 and multiplied with f32 activations; each sub-block's partial sum then takes its scale (and
 //! minimum, times the sum of its activations). Equal to the scalar path up to f32 summation order.
 
-use super::fast::{codes_2bit, load_q2k, load_q3k, q3k_codes, q6k_codes, K4Codes, Q6Kf, K4, W16, WK};
+use super::fast::{codes_2bit, load_offset16, load_q2k, K4Codes, Offset16, K4, W16, WK};
 use super::{hsum, Avx2Dot, Kern};
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
@@ -62,39 +62,6 @@ impl<F: K4Codes> Kern for ExK4<F> {
     }
 }
 
-/// Q6_K: `w = d·sc·(q − 32)`, a scale per 16 weights.
-pub(crate) struct ExQ6K;
-
-impl Kern for ExQ6K {
-    type X = f32;
-    type W = WK;
-    type Acc = [__m256; 2];
-    const ELEMS: usize = 256;
-    const BYTES: usize = 210;
-    #[inline(always)]
-    unsafe fn zero() -> Self::Acc {
-        [_mm256_setzero_ps(); 2]
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const u8) -> WK {
-        <Q6Kf<Avx2Dot> as Kern>::load(p)
-    }
-    #[inline(always)]
-    unsafe fn dot(acc: &mut Self::Acc, w: &WK, x: *const f32) {
-        for g in 0..8 {
-            let q = _mm256_sub_epi8(q6k_codes(w.p, g), _mm256_set1_epi8(32));
-            let (a, b) = halves(q);
-            let xg = x.add(32 * g);
-            acc[0] = _mm256_fmadd_ps(qdot16(a, xg), _mm256_set1_ps(w.d[2 * g]), acc[0]);
-            acc[1] = _mm256_fmadd_ps(qdot16(b, xg.add(16)), _mm256_set1_ps(w.d[2 * g + 1]), acc[1]);
-        }
-    }
-    #[inline(always)]
-    unsafe fn finish(acc: Self::Acc) -> f32 {
-        hsum(_mm256_add_ps(acc[0], acc[1]))
-    }
-}
-
 /// Q2_K: `w = d·sc·q − dmin·m`, a scale and a minimum per 16 weights.
 pub(crate) struct ExQ2K;
 
@@ -131,27 +98,27 @@ impl Kern for ExQ2K {
     }
 }
 
-/// Q3_K: `w = d·sc·(q − 4)`, a scale per 16 weights.
-pub(crate) struct ExQ3K;
+/// Q6_K and Q3_K: `w = d·sc·(q − offset)`, a scale per 16 weights.
+pub(crate) struct ExOff16<F>(PhantomData<F>);
 
-impl Kern for ExQ3K {
+impl<F: Offset16> Kern for ExOff16<F> {
     type X = f32;
     type W = W16;
     type Acc = [__m256; 2];
     const ELEMS: usize = 256;
-    const BYTES: usize = 110;
+    const BYTES: usize = F::BYTES;
     #[inline(always)]
     unsafe fn zero() -> Self::Acc {
         [_mm256_setzero_ps(); 2]
     }
     #[inline(always)]
     unsafe fn load(p: *const u8) -> W16 {
-        load_q3k(p)
+        load_offset16::<F>(p)
     }
     #[inline(always)]
     unsafe fn dot(acc: &mut Self::Acc, w: &W16, x: *const f32) {
         for g in 0..8 {
-            let q = _mm256_sub_epi8(q3k_codes(w.p, g), _mm256_set1_epi8(4));
+            let q = _mm256_sub_epi8(F::codes(w.p, g), _mm256_set1_epi8(F::OFFSET));
             let (a, b) = halves(q);
             let xg = x.add(32 * g);
             acc[0] = _mm256_fmadd_ps(qdot16(a, xg), _mm256_set1_ps(w.d[2 * g]), acc[0]);

@@ -194,8 +194,8 @@ impl K4Codes for Q5Kf {
 #[derive(Clone, Copy)]
 pub(crate) struct WK {
     pub p: *const u8,
-    /// `d * sc` and `-dmin * m` (Q4_K/Q5_K) or `d * sc` per 16 (Q6_K).
-    pub d: [f32; 16],
+    /// `d * sc` and `-dmin * m` of each sub-block of 32 (Q4_K/Q5_K).
+    pub d: [f32; 8],
     pub m: [f32; 8],
 }
 
@@ -217,7 +217,7 @@ impl<F: K4Codes, D: IDot> Kern for K4<F, D> {
         let s = std::slice::from_raw_parts(p.add(4), 12);
         let mut w = WK {
             p,
-            d: [0.0; 16],
+            d: [0.0; 8],
             m: [0.0; 8],
         };
         for g in 0..8 {
@@ -260,54 +260,6 @@ pub(crate) unsafe fn q6k_codes(p: *const u8, g: usize) -> __m256i {
     _mm256_or_si256(_mm256_and_si256(nib, _mm256_set1_epi8(15)), _mm256_slli_epi16::<4>(h))
 }
 
-/// Q6_K: codes 0..64 (offset 32 subtracted as a second dot with 32s), a scale per 16 weights applied
-/// to the i32 lanes (lanes 0-3 hold weights 0-15 of a sub-block, lanes 4-7 weights 16-31).
-pub(crate) struct Q6Kf<D>(PhantomData<D>);
-
-impl<D: IDot> Kern for Q6Kf<D> {
-    type X = BlockQ8;
-    type W = WK;
-    type Acc = FAcc;
-    const ELEMS: usize = 256;
-    const BYTES: usize = 210;
-    #[inline(always)]
-    unsafe fn zero() -> FAcc {
-        facc0()
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const u8) -> WK {
-        let d = f16(p.add(208));
-        let mut w = WK {
-            p,
-            d: [0.0; 16],
-            m: [0.0; 8],
-        };
-        for (i, v) in w.d.iter_mut().enumerate() {
-            *v = d * (*p.add(192 + i) as i8) as f32;
-        }
-        w
-    }
-    #[inline(always)]
-    unsafe fn dot(acc: &mut FAcc, w: &WK, x: *const BlockQ8) {
-        let m32 = _mm256_set1_epi8(32);
-        for n in 0..2 {
-            for k in 0..4 {
-                let g = 4 * n + k;
-                let q = q6k_codes(w.p, g);
-                let xb = &*x.add(g);
-                let xq = qs(xb);
-                let i = _mm256_sub_epi32(D::dot(q, xq), D::dot(m32, xq));
-                let sc = _mm256_set_m128(_mm_set1_ps(w.d[2 * g + 1] * xb.d), _mm_set1_ps(w.d[2 * g] * xb.d));
-                acc.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), sc, acc.v);
-            }
-        }
-    }
-    #[inline(always)]
-    unsafe fn finish(acc: FAcc) -> f32 {
-        hsum(acc.v) + acc.c
-    }
-}
-
 /// The 32 two-bit codes of sub-block `g` (0..8) of the Q2_K/Q3_K code bytes at `qs` (64 bytes).
 #[inline(always)]
 pub(crate) unsafe fn codes_2bit(qs: *const u8, g: usize) -> __m256i {
@@ -327,8 +279,8 @@ pub(crate) unsafe fn q3k_codes(p: *const u8, g: usize) -> __m256i {
     _mm256_or_si256(codes_2bit(p.add(32), g), high)
 }
 
-/// Scales and minimums of a Q2_K/Q3_K block, one per 16 weights: `d * sc` and `dmin * m` (Q2_K; zero
-/// for Q3_K).
+/// Scales and minimums of a Q2_K, Q3_K or Q6_K block, one per 16 weights: `d * sc` and `dmin * m`
+/// (Q2_K; zero for the others).
 #[derive(Clone, Copy)]
 pub(crate) struct W16 {
     pub p: *const u8,
@@ -343,15 +295,6 @@ pub(crate) unsafe fn load_q2k(p: *const u8) -> W16 {
         p,
         d: s.map(|v| v.0),
         m: s.map(|v| v.1),
-    }
-}
-
-#[inline(always)]
-pub(crate) unsafe fn load_q3k(p: *const u8) -> W16 {
-    W16 {
-        p,
-        d: crate::quants::k_quants::scales_q3k(std::slice::from_raw_parts(p, 110)),
-        m: [0.0; 16],
     }
 }
 
@@ -402,30 +345,82 @@ impl<D: IDot> Kern for Q2Kf<D> {
     }
 }
 
-/// Q3_K: codes 0..8 (offset 4 subtracted as a second dot with 4s), a scale per 16 weights.
-pub(crate) struct Q3Kf<D>(PhantomData<D>);
+/// Q6_K and Q3_K: unsigned codes minus a fixed offset, a scale per 16 weights.
+pub(crate) trait Offset16 {
+    const BYTES: usize;
+    /// Subtracted from every code.
+    const OFFSET: i8;
+    /// `d * sc` of each 16 weights.
+    unsafe fn scales(p: *const u8) -> [f32; 16];
+    /// The 32 unsigned codes of sub-block `g` (0..8).
+    unsafe fn codes(p: *const u8, g: usize) -> __m256i;
+}
 
-impl<D: IDot> Kern for Q3Kf<D> {
+pub(crate) struct Q6Kc;
+pub(crate) struct Q3Kc;
+
+impl Offset16 for Q6Kc {
+    const BYTES: usize = 210;
+    const OFFSET: i8 = 32;
+    #[inline(always)]
+    unsafe fn scales(p: *const u8) -> [f32; 16] {
+        let d = f16(p.add(208));
+        std::array::from_fn(|i| d * (*p.add(192 + i) as i8) as f32)
+    }
+    #[inline(always)]
+    unsafe fn codes(p: *const u8, g: usize) -> __m256i {
+        q6k_codes(p, g)
+    }
+}
+
+impl Offset16 for Q3Kc {
+    const BYTES: usize = 110;
+    const OFFSET: i8 = 4;
+    #[inline(always)]
+    unsafe fn scales(p: *const u8) -> [f32; 16] {
+        crate::quants::k_quants::scales_q3k(std::slice::from_raw_parts(p, 110))
+    }
+    #[inline(always)]
+    unsafe fn codes(p: *const u8, g: usize) -> __m256i {
+        q3k_codes(p, g)
+    }
+}
+
+#[inline(always)]
+pub(crate) unsafe fn load_offset16<F: Offset16>(p: *const u8) -> W16 {
+    W16 {
+        p,
+        d: F::scales(p),
+        m: [0.0; 16],
+    }
+}
+
+/// [`Offset16`] formats against int8 activations: the offset subtracted as a second dot with the
+/// offset's bytes, a scale per 16 weights applied to the i32 lanes (lanes 0-3 hold weights 0-15 of a
+/// sub-block, lanes 4-7 weights 16-31).
+pub(crate) struct Off16<F, D>(PhantomData<(F, D)>);
+
+impl<F: Offset16, D: IDot> Kern for Off16<F, D> {
     type X = BlockQ8;
     type W = W16;
     type Acc = FAcc;
     const ELEMS: usize = 256;
-    const BYTES: usize = 110;
+    const BYTES: usize = F::BYTES;
     #[inline(always)]
     unsafe fn zero() -> FAcc {
         facc0()
     }
     #[inline(always)]
     unsafe fn load(p: *const u8) -> W16 {
-        load_q3k(p)
+        load_offset16::<F>(p)
     }
     #[inline(always)]
     unsafe fn dot(acc: &mut FAcc, w: &W16, x: *const BlockQ8) {
-        let four = _mm256_set1_epi8(4);
+        let off = _mm256_set1_epi8(F::OFFSET);
         for g in 0..8 {
             let xb = &*x.add(g);
             let xq = qs(xb);
-            let i = _mm256_sub_epi32(D::dot(q3k_codes(w.p, g), xq), D::dot(four, xq));
+            let i = _mm256_sub_epi32(D::dot(F::codes(w.p, g), xq), D::dot(off, xq));
             let sc = _mm256_mul_ps(halves_ps(w.d[2 * g], w.d[2 * g + 1]), _mm256_set1_ps(xb.d));
             acc.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), sc, acc.v);
         }

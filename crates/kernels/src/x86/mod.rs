@@ -229,9 +229,9 @@ pub(crate) fn select(dtype: DType, fast: bool, level: Simd) -> Option<RowsFn> {
                 (DType::Q5_1, false) => $run::<Ex<Q5_1x>>,
                 (DType::Q4K, false) => $run::<ExK4<Q4Kf>>,
                 (DType::Q5K, false) => $run::<ExK4<Q5Kf>>,
-                (DType::Q6K, false) => $run::<ExQ6K>,
+                (DType::Q6K, false) => $run::<ExOff16<Q6Kc>>,
                 (DType::Q2K, false) => $run::<ExQ2K>,
-                (DType::Q3K, false) => $run::<ExQ3K>,
+                (DType::Q3K, false) => $run::<ExOff16<Q3Kc>>,
                 (DType::Q8_0, true) => $run::<Blk32<Q8_0f, $D>>,
                 (DType::Q4_0, true) => $run::<Blk32<Q4_0f, $D>>,
                 (DType::Q4_1, true) => $run::<Blk32<Q4_1f, $D>>,
@@ -239,9 +239,9 @@ pub(crate) fn select(dtype: DType, fast: bool, level: Simd) -> Option<RowsFn> {
                 (DType::Q5_1, true) => $run::<Blk32<Q5_1f, $D>>,
                 (DType::Q4K, true) => $run::<K4<Q4Kf, $D>>,
                 (DType::Q5K, true) => $run::<K4<Q5Kf, $D>>,
-                (DType::Q6K, true) => $run::<Q6Kf<$D>>,
+                (DType::Q6K, true) => $run::<Off16<Q6Kc, $D>>,
                 (DType::Q2K, true) => $run::<Q2Kf<$D>>,
-                (DType::Q3K, true) => $run::<Q3Kf<$D>>,
+                (DType::Q3K, true) => $run::<Off16<Q3Kc, $D>>,
                 _ => return None,
             })
         };
