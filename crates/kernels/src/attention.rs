@@ -5,8 +5,17 @@
 //! The loop is generic over how a cached key or value row is stored ([`KvRows`]): f32 rows here, int8
 //! rows with a scale per position and head in [`kv_int8`], dequantized inside the dot product and the
 //! weighted sum — one online-softmax loop for every cache type.
+//!
+//! Prefill on AVX-512 (causal, no window, head size a multiple of 16) takes `query_block`: the query
+//! heads of eight consecutive tokens share each tile of keys, transposed so sixteen keys' scores are
+//! plain vector multiply-adds; the same operations per result, so the same bits as the loop here
+//! (`active_level_equals_scalar_bit_for_bit`, f32 and int8 rows).
 
 pub mod kv_int8;
+#[cfg(target_arch = "x86_64")]
+mod query_block;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use query_block::{applies as query_block_applies, attend as query_block_attend};
 
 /// Keys per tile.
 const TILE: usize = 64;
@@ -178,6 +187,11 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape,
 pub fn attention_kv<K: KvRows + ?Sized>(q: &[f32], k: &K, v: &K, out: &mut [f32], s: AttnShape, pos0: usize) {
     let hd = s.head_dim;
     let kv_dim = s.n_kv_heads * hd;
+    #[cfg(target_arch = "x86_64")]
+    if query_block::applies(&s, q.len() / (s.n_heads * hd)) {
+        // Prefill on AVX-512: blocks of query tokens share each tile of keys (same results).
+        return query_block::attend(q, k, v, out, s, pos0, |kvh, p| p * kv_dim + kvh * hd);
+    }
     let group = s.n_heads / s.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     crate::pool::for_each_chunk_mut(out, group * hd, &|i, o| {
@@ -399,7 +413,7 @@ unsafe fn group_impl<K: KvRows + ?Sized, const AVX: bool>(
         }
         for h in 0..g {
             let sc = &mut scores[h][..end - start];
-            let tile_max = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let tile_max = max_of(sc);
             // Rescale what was accumulated under the old maximum.
             if tile_max > max[h] {
                 let c = (max[h] - tile_max).exp();
@@ -442,6 +456,15 @@ fn weighted_rows<K: KvRows + ?Sized, const HD: usize>(v: &K, out: &mut [f32], p:
 /// polynomial; within 2 ulp of `f32::exp`), so every SIMD level gives the same result.
 #[inline(always)]
 fn exp_shifted(s: &mut [f32], m: f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let tail = exp_shifted_from(s, m, &mut acc);
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// [`exp_shifted`]'s element loop from lane sums `acc`: whole eights of `s` into the lanes, returning
+/// the sum of the tail.
+#[inline(always)]
+fn exp_shifted_from(s: &mut [f32], m: f32, acc: &mut [f32; 8]) -> f32 {
     #[inline(always)]
     fn exp(x: f32) -> f32 {
         // 1.5 * 2^23: adding it rounds to an integer.
@@ -462,7 +485,6 @@ fn exp_shifted(s: &mut [f32], m: f32) -> f32 {
             y
         }
     }
-    let mut acc = [0.0f32; 8];
     let mut chunks = s.chunks_exact_mut(8);
     for c in &mut chunks {
         for i in 0..8 {
@@ -475,7 +497,23 @@ fn exp_shifted(s: &mut [f32], m: f32) -> f32 {
         *x = exp(*x - m);
         tail += *x;
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    tail
+}
+
+/// The largest of `s` (NaNs ignored; `-inf` for none): eight running maxima, lane `i` over elements
+/// `i, i + 8, ...` (vector instructions; a single chain of scalar maxima waited on each one's latency),
+/// then the eight. The maximum of a set does not depend on the order it is taken in.
+#[inline(always)]
+pub(crate) fn max_of(s: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            m[i] = m[i].max(c[i]);
+        }
+    }
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+    m.iter().fold(tail, |a, &x| a.max(x))
 }
 
 /// Key rows ahead of the one being read that the score loop prefetches (cached rows of successive
@@ -615,27 +653,51 @@ mod tests {
                 head_dim: hd,
                 window: None,
             };
+            // The same keys and values as int8 rows with a scale per head (`--kv-type int8`).
+            let int8 = |x: &[f32]| {
+                let mut c = vec![0i8; x.len()];
+                let mut sc = vec![0.0f32; x.len() / hd];
+                kv_int8::quantize_heads(x, hd, &mut c, &mut sc);
+                (c, sc)
+            };
+            let ((kq, ks), (vq, vs)) = (int8(&k), int8(&v));
+            let (k8, v8) = (
+                kv_int8::KvI8 {
+                    q: &kq,
+                    scale: &ks,
+                    head_dim: hd,
+                },
+                kv_int8::KvI8 {
+                    q: &vq,
+                    scale: &vs,
+                    head_dim: hd,
+                },
+            );
             let mut fast = vec![0.0; q.len()];
             attention(&q, &k, &v, &mut fast, s, 0);
+            let mut fast8 = vec![0.0; q.len()];
+            attention_kv(&q, &k8, &v8, &mut fast8, s, 0);
             let group = heads / kv;
             let scale = 1.0 / (hd as f32).sqrt();
             for t in 0..n {
                 for kvh in 0..kv {
                     let i = t * kv + kvh;
-                    let mut o = vec![0.0; group * hd];
                     let qg = &q[i * group * hd..(i + 1) * group * hd];
+                    let at = |p| p * kv_dim + kvh * hd;
+                    let (mut o, mut o8) = (vec![0.0; group * hd], vec![0.0; group * hd]);
                     // SAFETY: `AVX` is false.
                     unsafe {
-                        passes::<[f32], false>(qg, &k[..], &v[..], &mut o, hd, 0..t + 1, scale, |p| {
-                            p * kv_dim + kvh * hd
-                        })
+                        passes::<[f32], false>(qg, &k[..], &v[..], &mut o, hd, 0..t + 1, scale, at);
+                        passes::<kv_int8::KvI8, false>(qg, &k8, &v8, &mut o8, hd, 0..t + 1, scale, at);
                     };
-                    let got = &fast[i * group * hd..(i + 1) * group * hd];
-                    assert!(
-                        o.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{heads}/{kv} heads, hd {hd}, token {t}: {} differs from scalar",
-                        crate::Simd::active().name()
-                    );
+                    for (o, fast, what) in [(&o, &fast, "f32"), (&o8, &fast8, "int8")] {
+                        let got = &fast[i * group * hd..(i + 1) * group * hd];
+                        assert!(
+                            o.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{heads}/{kv} heads, hd {hd}, token {t}, {what} rows: {} differs from scalar",
+                            crate::Simd::active().name()
+                        );
+                    }
                 }
             }
         }

@@ -74,9 +74,46 @@ pub fn paged_attention<K: KvRows + ?Sized>(
         "query length does not match the query tokens"
     );
     assert_eq!(out.len(), q.len(), "output length does not match the queries");
+    // Runs of two or more query tokens of one sequence at consecutive positions (a prompt's chunk)
+    // take the query-block kernel where it applies (the same results); the rest go token by token.
+    let mut covered = vec![false; queries.len()];
+    #[cfg(target_arch = "x86_64")]
+    if crate::attention::query_block_applies(&s, 2) {
+        let per_token = s.n_heads * hd;
+        let mut a = 0;
+        while a < queries.len() {
+            let first = queries[a];
+            let mut b = a + 1;
+            while b < queries.len()
+                && queries[b].path.is_empty()
+                && first.path.is_empty()
+                && std::ptr::eq(queries[b].block_table, first.block_table)
+                && queries[b].pos == first.pos + (b - a)
+            {
+                b += 1;
+            }
+            if b - a >= 2 {
+                let (table, bs) = (first.block_table, kv.block_size);
+                crate::attention::query_block_attend(
+                    &q[a * per_token..b * per_token],
+                    kv.k,
+                    kv.v,
+                    &mut out[a * per_token..b * per_token],
+                    s,
+                    first.pos,
+                    |kvh, p| slot(table, bs, p) * kv_dim + kvh * hd,
+                );
+                covered[a..b].fill(true);
+            }
+            a = b;
+        }
+    }
     // One task per (query token, KV head): the query heads of a GQA group read each row once.
     crate::pool::for_each_chunk_mut(out, group * hd, &|i, o| {
         let (t, kvh) = (i / s.n_kv_heads, i % s.n_kv_heads);
+        if covered[t] {
+            return;
+        }
         let qg = &q[i * group * hd..(i + 1) * group * hd];
         let kv_off = kvh * hd;
         let query = queries[t];
