@@ -115,20 +115,26 @@ unsafe fn block<K: KvRows + ?Sized>(
             let len = (pos + 1).min(tile_end) - start;
             let qh = &q[row(qi)..row(qi) + hd];
             let sc = &mut scores[qi];
-            for jg in (0..len).step_by(16) {
-                let mut acc = [_mm512_setzero_ps(); 8];
-                for c in (0..hd).step_by(8) {
-                    for l in 0..8 {
-                        let kv = _mm512_loadu_ps(kt.as_ptr().add((c + l) * TILE + jg));
-                        acc[l] = _mm512_fmadd_ps(_mm512_set1_ps(qh[c + l]), kv, acc[l]);
+            // Two groups of sixteen keys at a time while they are both needed (each broadcast query
+            // element serves both), then one.
+            let mut jg = 0;
+            while jg < len {
+                if jg + 16 < len {
+                    let d = scores16::<2>(qh.as_ptr(), kt.as_ptr().add(jg), hd);
+                    for (i, d) in d.into_iter().enumerate() {
+                        let d = _mm512_mul_ps(d, _mm512_loadu_ps(rs.as_ptr().add(jg + 16 * i)));
+                        _mm512_storeu_ps(
+                            sc.as_mut_ptr().add(jg + 16 * i),
+                            _mm512_mul_ps(d, _mm512_set1_ps(scale)),
+                        );
                     }
+                    jg += 32;
+                } else {
+                    let [d] = scores16::<1>(qh.as_ptr(), kt.as_ptr().add(jg), hd);
+                    let d = _mm512_mul_ps(d, _mm512_loadu_ps(rs.as_ptr().add(jg)));
+                    _mm512_storeu_ps(sc.as_mut_ptr().add(jg), _mm512_mul_ps(d, _mm512_set1_ps(scale)));
+                    jg += 16;
                 }
-                let d = _mm512_add_ps(
-                    _mm512_add_ps(_mm512_add_ps(acc[0], acc[4]), _mm512_add_ps(acc[1], acc[5])),
-                    _mm512_add_ps(_mm512_add_ps(acc[2], acc[6]), _mm512_add_ps(acc[3], acc[7])),
-                );
-                let d = _mm512_mul_ps(d, _mm512_loadu_ps(rs.as_ptr().add(jg)));
-                _mm512_storeu_ps(sc.as_mut_ptr().add(jg), _mm512_mul_ps(d, _mm512_set1_ps(scale)));
             }
             let sc = &mut sc[..len];
             let oh = &mut out[row(qi)..row(qi) + hd];
@@ -234,6 +240,7 @@ unsafe fn exp_shifted16(s: &mut [f32], m: f32) -> f32 {
 /// # Safety
 /// The CPU must have AVX-512 F and AVX.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)]
 unsafe fn rows_x<K: KvRows + ?Sized, const V: usize, const N: usize>(
     v: &K,
     out: &mut [f32],
@@ -242,34 +249,36 @@ unsafe fn rows_x<K: KvRows + ?Sized, const V: usize, const N: usize>(
     len: usize,
     at: impl Fn(usize) -> usize,
 ) -> usize {
+    let p: [&[f32; TILE]; N] = std::array::from_fn(|i| &p[i]);
+    let o: [usize; N] = std::array::from_fn(&row);
     let mut acc = [[_mm512_setzero_ps(); V]; N];
-    for (i, a) in acc.iter_mut().enumerate() {
-        for (c, a) in a.iter_mut().enumerate() {
-            *a = _mm512_loadu_ps(out.as_ptr().add(row(i) + 16 * c));
+    for i in 0..N {
+        for c in 0..V {
+            acc[i][c] = _mm512_loadu_ps(out.as_ptr().add(o[i] + 16 * c));
         }
     }
     for j in 0..len {
         let r = at(j);
         let s = v.row_scale(r);
         let mut x = [_mm512_setzero_ps(); V];
-        for (c, x) in x.iter_mut().enumerate() {
+        for c in 0..V {
             let (lo, hi) = (v.load8(r + 16 * c), v.load8(r + 16 * c + 8));
             let lo = _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(lo.as_ptr())));
-            *x = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            x[c] = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
                 lo,
                 _mm256_castps_pd(_mm256_loadu_ps(hi.as_ptr())),
             ));
         }
-        for (a, p) in acc.iter_mut().zip(p) {
-            let w = _mm512_set1_ps(p[j] * s);
-            for (a, x) in a.iter_mut().zip(&x) {
-                *a = _mm512_fmadd_ps(w, *x, *a);
+        for i in 0..N {
+            let w = _mm512_set1_ps(p[i][j] * s);
+            for c in 0..V {
+                acc[i][c] = _mm512_fmadd_ps(w, x[c], acc[i][c]);
             }
         }
     }
-    for (i, a) in acc.iter().enumerate() {
-        for (c, a) in a.iter().enumerate() {
-            _mm512_storeu_ps(out.as_mut_ptr().add(row(i) + 16 * c), *a);
+    for i in 0..N {
+        for c in 0..V {
+            _mm512_storeu_ps(out.as_mut_ptr().add(o[i] + 16 * c), acc[i][c]);
         }
     }
     N
@@ -308,4 +317,35 @@ unsafe fn exp16(x: __m512) -> __m512 {
     let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)));
     let y = _mm512_mul_ps(e, _mm512_castsi512_ps(bits));
     _mm512_mask_blend_ps(tiny, y, _mm512_setzero_ps())
+}
+
+/// `q · k` of `16 G` keys whose elements are at `kt[i * TILE + 16 g + lane]` (element `i`, group `g`):
+/// per key, accumulator `l` takes the products of elements `l, l + 8, ...` in order, then
+/// `((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7))` — `dots`' operations.
+///
+/// # Safety
+/// The CPU must have AVX-512 F; `q` holds `hd` values and `kt` `hd` rows of `TILE` from the group.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn scores16<const G: usize>(q: *const f32, kt: *const f32, hd: usize) -> [__m512; G] {
+    let mut acc = [[_mm512_setzero_ps(); 8]; G];
+    for c in (0..hd).step_by(8) {
+        for l in 0..8 {
+            let x = _mm512_set1_ps(*q.add(c + l));
+            for g in 0..G {
+                let kv = _mm512_loadu_ps(kt.add((c + l) * TILE + 16 * g));
+                acc[g][l] = _mm512_fmadd_ps(x, kv, acc[g][l]);
+            }
+        }
+    }
+    let mut out = [_mm512_setzero_ps(); G];
+    for g in 0..G {
+        let a = &acc[g];
+        out[g] = _mm512_add_ps(
+            _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[1], a[5])),
+            _mm512_add_ps(_mm512_add_ps(a[2], a[6]), _mm512_add_ps(a[3], a[7])),
+        );
+    }
+    out
 }
