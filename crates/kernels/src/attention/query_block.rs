@@ -164,6 +164,9 @@ unsafe fn block<K: KvRows + ?Sized>(
                     (64, 4..) => {
                         rows_x::<K, 4, 4>(v, out, &scores[q0 + h..], |i| row(q0 + h + i), len, |j| at(start + j))
                     }
+                    (64, 3) => {
+                        rows_x::<K, 4, 3>(v, out, &scores[q0 + h..], |i| row(q0 + h + i), len, |j| at(start + j))
+                    }
                     (64, 2..) | (128, 2..) => match hd {
                         64 => rows_x::<K, 4, 2>(v, out, &scores[q0 + h..], |i| row(q0 + h + i), len, |j| at(start + j)),
                         _ => rows_x::<K, 8, 2>(v, out, &scores[q0 + h..], |i| row(q0 + h + i), len, |j| at(start + j)),
