@@ -1,7 +1,7 @@
-//! Prefill attention by blocks of query tokens (AVX-512): the query heads of up to [`QB`] consecutive tokens
-//! that share a KV head take each tile of keys together. The tile is transposed once — element `i` of
-//! sixteen keys in one vector — so a query head's scores for sixteen keys are eight accumulators of
-//! broadcast query elements times key vectors, with no horizontal sums.
+//! Prefill attention by blocks of query tokens (AVX-512, AVX2): the query heads of up to [`QB`]
+//! consecutive tokens that share a KV head take each tile of keys together. The tile is transposed once —
+//! element `i` of sixteen (AVX2: eight) keys in one vector — so a query head's scores for those keys are
+//! eight accumulators of broadcast query elements times key vectors, with no horizontal sums.
 //!
 //! Bit for bit the same as [`super::attend_heads`] on every level: accumulator `l` of a key takes the
 //! products of elements `l, l + 8, ...` in order (fused multiply-adds), as `dots`' lane `l` does; the
@@ -21,7 +21,7 @@ pub(super) const QB: usize = 32;
 
 /// Whether [`attend`] handles these shapes on this CPU.
 pub(crate) fn applies(s: &AttnShape, n_tokens: usize) -> bool {
-    crate::Simd::active() == crate::Simd::Avx512
+    matches!(crate::Simd::active(), crate::Simd::Avx512 | crate::Simd::Avx2)
         && s.window.is_none()
         && s.head_dim.is_multiple_of(16)
         && s.head_dim <= 256
@@ -53,21 +53,67 @@ pub(crate) fn attend<K: KvRows + ?Sized>(
         let t0 = b * qb;
         let t1 = (t0 + qb).min(n);
         // SAFETY: tasks write the disjoint rows of their own tokens and KV head; `out` outlives the
-        // call; the CPU has AVX-512 F and FMA (`applies`).
+        // call; the CPU has what the active level names (`applies`).
         unsafe {
             let out = std::slice::from_raw_parts_mut(out_ptr.get(), len);
-            block(q, k, v, out, &s, kvh, t0..t1, pos0, |p| at(kvh, p));
+            let at = |p| at(kvh, p);
+            if crate::Simd::active() == crate::Simd::Avx512 {
+                block_avx512(q, k, v, out, &s, kvh, t0..t1, pos0, at);
+            } else {
+                block_avx2(q, k, v, out, &s, kvh, t0..t1, pos0, at);
+            }
         }
     });
 }
 
-/// One block of query tokens `tokens` for KV head `kvh`.
+/// [`block`] in 512-bit vectors.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F and FMA; `out` is written only at this block's rows of this KV head.
+/// The CPU must have AVX-512 F/BW/VL, AVX2 and FMA; `out` as [`block`].
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block<K: KvRows + ?Sized>(
+unsafe fn block_avx512<K: KvRows + ?Sized>(
+    q: &[f32],
+    k: &K,
+    v: &K,
+    out: &mut [f32],
+    s: &AttnShape,
+    kvh: usize,
+    tokens: std::ops::Range<usize>,
+    pos0: usize,
+    at: impl Fn(usize) -> usize,
+) {
+    block::<K, __m512>(q, k, v, out, s, kvh, tokens, pos0, at)
+}
+
+/// [`block`] in 256-bit vectors.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `out` as [`block`].
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_avx2<K: KvRows + ?Sized>(
+    q: &[f32],
+    k: &K,
+    v: &K,
+    out: &mut [f32],
+    s: &AttnShape,
+    kvh: usize,
+    tokens: std::ops::Range<usize>,
+    pos0: usize,
+    at: impl Fn(usize) -> usize,
+) {
+    block::<K, __m256>(q, k, v, out, s, kvh, tokens, pos0, at)
+}
+
+/// One block of query tokens `tokens` for KV head `kvh`, in vectors `V`.
+///
+/// # Safety
+/// The CPU must have what `V` needs (inlined into a function compiled for it); `out` is written only at
+/// this block's rows of this KV head.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block<K: KvRows + ?Sized, V: Lanes>(
     q: &[f32],
     k: &K,
     v: &K,
@@ -115,30 +161,24 @@ unsafe fn block<K: KvRows + ?Sized>(
             let len = (pos + 1).min(tile_end) - start;
             let qh = &q[row(qi)..row(qi) + hd];
             let sc = &mut scores[qi];
-            // Two groups of sixteen keys at a time while they are both needed (each broadcast query
-            // element serves both), then one.
-            let mut jg = 0;
+            // Two groups of keys at a time in 512-bit vectors while both are needed (each broadcast
+            // query element serves both), then one; one at a time in 256-bit vectors (registers).
+            let (w, mut jg) = (V::N, 0);
             while jg < len {
-                if jg + 16 < len {
-                    let d = scores16::<2>(qh.as_ptr(), kt.as_ptr().add(jg), hd);
-                    for (i, d) in d.into_iter().enumerate() {
-                        let d = _mm512_mul_ps(d, _mm512_loadu_ps(rs.as_ptr().add(jg + 16 * i)));
-                        _mm512_storeu_ps(
-                            sc.as_mut_ptr().add(jg + 16 * i),
-                            _mm512_mul_ps(d, _mm512_set1_ps(scale)),
-                        );
-                    }
-                    jg += 32;
+                if w == 16 && jg + w < len {
+                    let [d0, d1] = key_scores::<V, 2>(qh.as_ptr(), kt.as_ptr().add(jg), hd);
+                    put_scores(sc, &rs, jg, d0, scale);
+                    put_scores(sc, &rs, jg + w, d1, scale);
+                    jg += 2 * w;
                 } else {
-                    let [d] = scores16::<1>(qh.as_ptr(), kt.as_ptr().add(jg), hd);
-                    let d = _mm512_mul_ps(d, _mm512_loadu_ps(rs.as_ptr().add(jg)));
-                    _mm512_storeu_ps(sc.as_mut_ptr().add(jg), _mm512_mul_ps(d, _mm512_set1_ps(scale)));
-                    jg += 16;
+                    let [d] = key_scores::<V, 1>(qh.as_ptr(), kt.as_ptr().add(jg), hd);
+                    put_scores(sc, &rs, jg, d, scale);
+                    jg += w;
                 }
             }
             let sc = &mut sc[..len];
             let oh = &mut out[row(qi)..row(qi) + hd];
-            let tile_max = max16(sc);
+            let tile_max = max_v::<V>(sc);
             // Rescale what was accumulated under the old maximum.
             if tile_max > max[qi] {
                 let c = (max[qi] - tile_max).exp();
@@ -146,7 +186,7 @@ unsafe fn block<K: KvRows + ?Sized>(
                 oh.iter_mut().for_each(|o| *o *= c);
                 max[qi] = tile_max;
             }
-            sum[qi] += exp_shifted16(sc, max[qi]);
+            sum[qi] += exp_shifted_v::<V>(sc, max[qi]);
         }
         // The weighted value rows, the heads of a token together (they see the same rows): each
         // output element is its own chain of multiply-adds over the rows, as `weighted_rows` runs it,
@@ -160,14 +200,17 @@ unsafe fn block<K: KvRows + ?Sized>(
             let q0 = (t - tokens.start) * g;
             let mut h = 0;
             while h < g {
-                let n = match (hd, g - h) {
-                    (64, 4..) => {
+                // Value rows in registers for several heads: 512-bit vectors only (the 256-bit ones do
+                // not leave the registers for it); `rows_x` is compiled for AVX-512 and never reached
+                // in the 256-bit instantiation.
+                let n = match (V::N, hd, g - h) {
+                    (16, 64, 4..) => {
                         rows_x::<K, 4, 4>(v, out, &scores[q0 + h..], |i| row(q0 + h + i), len, |j| at(start + j))
                     }
-                    (64, 3) => {
+                    (16, 64, 3) => {
                         rows_x::<K, 4, 3>(v, out, &scores[q0 + h..], |i| row(q0 + h + i), len, |j| at(start + j))
                     }
-                    (64, 2..) | (128, 2..) => match hd {
+                    (16, 64, 2..) | (16, 128, 2..) => match hd {
                         64 => rows_x::<K, 4, 2>(v, out, &scores[q0 + h..], |i| row(q0 + h + i), len, |j| at(start + j)),
                         _ => rows_x::<K, 8, 2>(v, out, &scores[q0 + h..], |i| row(q0 + h + i), len, |j| at(start + j)),
                     },
@@ -192,39 +235,38 @@ unsafe fn block<K: KvRows + ?Sized>(
     }
 }
 
-/// [`max_of`] sixteen lanes at a time: `max(x, m)` returns `m` for a NaN `x`, as `f32::max` does; the
+/// [`max_of`] a vector at a time: `max(x, m)` returns `m` for a NaN `x`, as `f32::max` does; the
 /// maximum of a set does not depend on the order it is taken in.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F.
+/// The CPU must have what `V` needs.
 #[inline(always)]
-unsafe fn max16(s: &[f32]) -> f32 {
-    let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
-    let mut chunks = s.chunks_exact(16);
+unsafe fn max_v<V: Lanes>(s: &[f32]) -> f32 {
+    let mut m = V::set1(f32::NEG_INFINITY);
+    let mut chunks = s.chunks_exact(V::N);
     for c in &mut chunks {
-        m = _mm512_max_ps(_mm512_loadu_ps(c.as_ptr()), m);
+        m = V::load(c.as_ptr()).max_or(m);
     }
     let mut lanes = [0.0f32; 16];
-    _mm512_storeu_ps(lanes.as_mut_ptr(), m);
-    max_of(chunks.remainder()).max(max_of(&lanes))
+    m.store(lanes.as_mut_ptr());
+    max_of(chunks.remainder()).max(max_of(&lanes[..V::N]))
 }
 
-/// [`super::exp_shifted`] sixteen lanes at a time: the same operations on each element (Cephes' `exp`), and
+/// [`super::exp_shifted`] a vector at a time: the same operations on each element (Cephes' `exp`), and
 /// the sum in the same eight lanes — elements `i, i + 8, ...` into lane `i`, in order — then the same
 /// tree and tail.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F and AVX.
+/// The CPU must have what `V` needs.
 #[inline(always)]
-unsafe fn exp_shifted16(s: &mut [f32], m: f32) -> f32 {
-    let mv = _mm512_set1_ps(m);
+unsafe fn exp_shifted_v<V: Lanes>(s: &mut [f32], m: f32) -> f32 {
+    let mv = V::set1(m);
     let mut acc = _mm256_setzero_ps();
-    let mut chunks = s.chunks_exact_mut(16);
+    let mut chunks = s.chunks_exact_mut(V::N);
     for c in &mut chunks {
-        let y = exp16(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), mv));
-        _mm512_storeu_ps(c.as_mut_ptr(), y);
-        acc = _mm256_add_ps(acc, _mm512_castps512_ps256(y));
-        acc = _mm256_add_ps(acc, _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(y))));
+        let y = exp_v(V::load(c.as_ptr()).sub(mv));
+        y.store(c.as_mut_ptr());
+        acc = y.add_into8(acc);
     }
     let rest = chunks.into_remainder();
     // The rest as `exp_shifted` takes it: whole eights into the lanes, then the tail.
@@ -232,6 +274,66 @@ unsafe fn exp_shifted16(s: &mut [f32], m: f32) -> f32 {
     _mm256_storeu_ps(a.as_mut_ptr(), acc);
     let tail = exp_shifted_from(rest, m, &mut a);
     ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail
+}
+
+/// Cephes' `exp` of [`super::exp_shifted`] on every lane, operation for operation.
+///
+/// # Safety
+/// The CPU must have what `V` needs.
+#[inline(always)]
+unsafe fn exp_v<V: Lanes>(x: V) -> V {
+    const MAGIC: f32 = 12_582_912.0;
+    let lim = V::set1(-87.3);
+    // `x.max(-87.3)`: -87.3 for a NaN `x`.
+    let xc = x.max_or(lim);
+    let magic = V::set1(MAGIC);
+    let n = xc.mul(V::set1(std::f32::consts::LOG2_E)).add(magic).sub(magic);
+    let r = xc.sub(n.mul(V::set1(0.693_359_4))).sub(n.mul(V::set1(-2.121_944_4e-4)));
+    let mut p = V::set1(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = p.mul(r).add(V::set1(c));
+    }
+    let e = p.mul(r).mul(r).add(r).add(V::set1(1.0));
+    // Below -87.3 the result would be subnormal: 0 instead.
+    e.mul(n.pow2()).zero_where_below(x, lim)
+}
+
+/// `sc[jg..jg + V::N] = d * rs[jg..] * scale` (row scales, then the softmax scale, as `dots` and `put`).
+///
+/// # Safety
+/// The CPU must have what `V` needs; `jg + V::N <= TILE`.
+#[inline(always)]
+unsafe fn put_scores<V: Lanes>(sc: &mut [f32; TILE], rs: &[f32; TILE], jg: usize, d: V, scale: f32) {
+    d.mul(V::load(rs.as_ptr().add(jg)))
+        .mul(V::set1(scale))
+        .store(sc.as_mut_ptr().add(jg));
+}
+
+/// `q · k` of `G` groups of `V::N` keys whose elements are at `kt[i * TILE + V::N g + lane]` (element
+/// `i`, group `g`): per key, accumulator `l` takes the products of elements `l, l + 8, ...` in order,
+/// then `((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7))` — `dots`' operations.
+///
+/// # Safety
+/// The CPU must have what `V` needs; `q` holds `hd` values and `kt` `hd` rows of `TILE` from the group.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn key_scores<V: Lanes, const G: usize>(q: *const f32, kt: *const f32, hd: usize) -> [V; G] {
+    let mut acc = [[V::zero(); 8]; G];
+    for c in (0..hd).step_by(8) {
+        for l in 0..8 {
+            let x = V::set1(*q.add(c + l));
+            for g in 0..G {
+                let kv = V::load(kt.add((c + l) * TILE + V::N * g));
+                acc[g][l] = x.fma(kv, acc[g][l]);
+            }
+        }
+    }
+    let mut out = [V::zero(); G];
+    for g in 0..G {
+        let a = &acc[g];
+        out[g] = (a[0].add(a[4]).add(a[1].add(a[5]))).add(a[2].add(a[6]).add(a[3].add(a[7])));
+    }
+    out
 }
 
 /// [`weighted_rows`] for the `N` heads whose outputs start at `row(i)` in `out` and whose weights are
@@ -287,68 +389,138 @@ unsafe fn rows_x<K: KvRows + ?Sized, const V: usize, const N: usize>(
     N
 }
 
-/// Cephes' `exp` of [`super::exp_shifted`] on sixteen lanes, operation for operation.
-///
-/// # Safety
-/// The CPU must have AVX-512 F.
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
-#[inline]
-unsafe fn exp16(x: __m512) -> __m512 {
-    const MAGIC: f32 = 12_582_912.0;
-    let lim = _mm512_set1_ps(-87.3);
-    let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lim);
-    // `x.max(-87.3)`: -87.3 for a NaN `x`, as `max_ps` returns its second operand then.
-    let x = _mm512_max_ps(x, lim);
-    let magic = _mm512_set1_ps(MAGIC);
-    let n = _mm512_sub_ps(
-        _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), magic),
-        magic,
-    );
-    let r = _mm512_sub_ps(
-        _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693_359_4))),
-        _mm512_mul_ps(n, _mm512_set1_ps(-2.121_944_4e-4)),
-    );
-    let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-        p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(c));
-    }
-    let e = _mm512_add_ps(
-        _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r),
-        _mm512_set1_ps(1.0),
-    );
-    // `n` is a whole number in -126..=0 here: the conversion is exact.
-    let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)));
-    let y = _mm512_mul_ps(e, _mm512_castsi512_ps(bits));
-    _mm512_mask_blend_ps(tiny, y, _mm512_setzero_ps())
+/// A vector of `N` f32 lanes with the operations the block kernel uses, each one IEEE operation per lane
+/// (no fusing but `fma`): `__m512` (AVX-512 F) and `__m256` (AVX2 + FMA). Only inside functions
+/// compiled for the vector's instructions.
+pub(crate) trait Lanes: Copy {
+    const N: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn set1(x: f32) -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    unsafe fn add(self, o: Self) -> Self;
+    unsafe fn sub(self, o: Self) -> Self;
+    unsafe fn mul(self, o: Self) -> Self;
+    /// `self * b + c`, rounded once.
+    unsafe fn fma(self, b: Self, c: Self) -> Self;
+    /// `max(self, m)`, `m` where `self` is NaN (`f32::max`'s choice).
+    unsafe fn max_or(self, m: Self) -> Self;
+    /// `2^self` for whole numbers `self` in -126..=127.
+    unsafe fn pow2(self) -> Self;
+    /// `self`, with `+0` where `x < lim` (false for NaN).
+    unsafe fn zero_where_below(self, x: Self, lim: Self) -> Self;
+    /// `acc` plus each group of eight lanes of `self`, lowest group first.
+    unsafe fn add_into8(self, acc: __m256) -> __m256;
 }
 
-/// `q · k` of `16 G` keys whose elements are at `kt[i * TILE + 16 g + lane]` (element `i`, group `g`):
-/// per key, accumulator `l` takes the products of elements `l, l + 8, ...` in order, then
-/// `((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7))` — `dots`' operations.
-///
-/// # Safety
-/// The CPU must have AVX-512 F; `q` holds `hd` values and `kt` `hd` rows of `TILE` from the group.
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
-#[inline]
-#[allow(clippy::needless_range_loop)]
-unsafe fn scores16<const G: usize>(q: *const f32, kt: *const f32, hd: usize) -> [__m512; G] {
-    let mut acc = [[_mm512_setzero_ps(); 8]; G];
-    for c in (0..hd).step_by(8) {
-        for l in 0..8 {
-            let x = _mm512_set1_ps(*q.add(c + l));
-            for g in 0..G {
-                let kv = _mm512_loadu_ps(kt.add((c + l) * TILE + 16 * g));
-                acc[g][l] = _mm512_fmadd_ps(x, kv, acc[g][l]);
-            }
-        }
+impl Lanes for __m512 {
+    const N: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        _mm512_setzero_ps()
     }
-    let mut out = [_mm512_setzero_ps(); G];
-    for g in 0..G {
-        let a = &acc[g];
-        out[g] = _mm512_add_ps(
-            _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[1], a[5])),
-            _mm512_add_ps(_mm512_add_ps(a[2], a[6]), _mm512_add_ps(a[3], a[7])),
-        );
+    #[inline(always)]
+    unsafe fn set1(x: f32) -> Self {
+        _mm512_set1_ps(x)
     }
-    out
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        _mm512_storeu_ps(p, self)
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        _mm512_add_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        _mm512_sub_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        _mm512_mul_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn fma(self, b: Self, c: Self) -> Self {
+        _mm512_fmadd_ps(self, b, c)
+    }
+    #[inline(always)]
+    unsafe fn max_or(self, m: Self) -> Self {
+        // `max_ps` returns its second operand when either is NaN.
+        _mm512_max_ps(self, m)
+    }
+    #[inline(always)]
+    unsafe fn pow2(self) -> Self {
+        let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(self), _mm512_set1_epi32(127)));
+        _mm512_castsi512_ps(bits)
+    }
+    #[inline(always)]
+    unsafe fn zero_where_below(self, x: Self, lim: Self) -> Self {
+        _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lim), self, _mm512_setzero_ps())
+    }
+    #[inline(always)]
+    unsafe fn add_into8(self, acc: __m256) -> __m256 {
+        let acc = _mm256_add_ps(acc, _mm512_castps512_ps256(self));
+        _mm256_add_ps(
+            acc,
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self))),
+        )
+    }
+}
+
+impl Lanes for __m256 {
+    const N: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn set1(x: f32) -> Self {
+        _mm256_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        _mm256_storeu_ps(p, self)
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        _mm256_add_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        _mm256_sub_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        _mm256_mul_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn fma(self, b: Self, c: Self) -> Self {
+        _mm256_fmadd_ps(self, b, c)
+    }
+    #[inline(always)]
+    unsafe fn max_or(self, m: Self) -> Self {
+        // `max_ps` returns its second operand when either is NaN.
+        _mm256_max_ps(self, m)
+    }
+    #[inline(always)]
+    unsafe fn pow2(self) -> Self {
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(self), _mm256_set1_epi32(127)));
+        _mm256_castsi256_ps(bits)
+    }
+    #[inline(always)]
+    unsafe fn zero_where_below(self, x: Self, lim: Self) -> Self {
+        _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(x, lim), self)
+    }
+    #[inline(always)]
+    unsafe fn add_into8(self, acc: __m256) -> __m256 {
+        _mm256_add_ps(acc, self)
+    }
 }
