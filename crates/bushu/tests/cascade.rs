@@ -50,17 +50,53 @@ const PROMPTS: [&str; 3] = ["ROMEO:\n", "KING HENRY:\nWhat say you, lords", "To 
 
 /// `run --json` greedy tokens of one model.
 fn plain(model: &str, prompt: &str) -> Vec<u64> {
-    let v = json_of(&["run", "-m", model, "-p", prompt, "-n", "24", "--temperature", "0", "-t", "1", "--json"]);
-    v["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect()
+    let v = json_of(&[
+        "run",
+        "-m",
+        model,
+        "-p",
+        prompt,
+        "-n",
+        "24",
+        "--temperature",
+        "0",
+        "-t",
+        "1",
+        "--json",
+    ]);
+    v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect()
 }
 
 /// `run --cascade --json` with `extra` flags: its tokens and the stage that answered.
 fn cascade(prompt: &str, extra: &[&str]) -> (Vec<u64>, u64) {
     let p = pair();
-    let mut args = vec!["run", "--cascade", &p, "-p", prompt, "-n", "24", "--temperature", "0", "-t", "1", "--json"];
+    let mut args = vec![
+        "run",
+        "--cascade",
+        &p,
+        "-p",
+        prompt,
+        "-n",
+        "24",
+        "--temperature",
+        "0",
+        "-t",
+        "1",
+        "--json",
+    ];
     args.extend_from_slice(extra);
     let v = json_of(&args);
-    let tokens = v["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+    let tokens = v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
     (tokens, v["cascade"]["stage"].as_u64().unwrap())
 }
 
@@ -129,11 +165,18 @@ fn always_defer_is_the_largest_model_and_threshold_zero_the_smallest() {
     let c = c.to_str().unwrap();
     for prompt in PROMPTS {
         let (expert, amateur) = (plain(&path(EXPERT), prompt), plain(&path(AMATEUR), prompt));
-        assert_ne!(expert, amateur, "{prompt:?}: the two models agree, the test proves nothing");
+        assert_ne!(
+            expert, amateur,
+            "{prompt:?}: the two models agree, the test proves nothing"
+        );
         for judge in [&[][..], &["--cascade-classifier", c][..]] {
             let with = |t: &str| [judge, &["--cascade-threshold", t][..]].concat();
             assert_eq!(cascade(prompt, &with("1")), (expert.clone(), 2), "{prompt:?} {judge:?}");
-            assert_eq!(cascade(prompt, &with("0")), (amateur.clone(), 1), "{prompt:?} {judge:?}");
+            assert_eq!(
+                cascade(prompt, &with("0")),
+                (amateur.clone(), 1),
+                "{prompt:?} {judge:?}"
+            );
         }
     }
     // The saved classifier names its features and the models it was fitted for.
@@ -151,7 +194,20 @@ fn an_intermediate_threshold_follows_the_reported_reliability() {
     // threshold just above it defers, the one at it keeps.
     let prompt = PROMPTS[0];
     let p = pair();
-    let v = json_of(&["run", "--cascade", &p, "-p", prompt, "-n", "24", "--temperature", "0", "-t", "1", "--json"]);
+    let v = json_of(&[
+        "run",
+        "--cascade",
+        &p,
+        "-p",
+        prompt,
+        "-n",
+        "24",
+        "--temperature",
+        "0",
+        "-t",
+        "1",
+        "--json",
+    ]);
     let r = v["cascade"]["stages"][0]["reliability"].as_f64().unwrap();
     let mean_lp = v["cascade"]["stages"][0]["features"]["mean_logprob"].as_f64().unwrap();
     assert!((r - mean_lp.exp()).abs() < 1e-12);
@@ -188,16 +244,40 @@ fn bad_cascades_are_refused_with_one_line() {
     );
     fails(&run(&["--cascade", &mixed]), "do not share a vocabulary");
     for t in ["NaN", "-0.1", "1.5", "inf"] {
-        fails(&run(&["--cascade", &p, "--cascade-threshold", t]), "--cascade-threshold must be a number in [0, 1]");
+        fails(
+            &run(&["--cascade", &p, "--cascade-threshold", t]),
+            "--cascade-threshold must be a number in [0, 1]",
+        );
     }
-    fails(&run(&["--cascade", &path(EXPERT)]), "--cascade needs at least two models");
-    fails(&run(&["-m", &path(EXPERT), "--cascade-threshold", "0.5"]), "--cascade-threshold needs --cascade");
-    fails(&run(&["--cascade", &p, "--beams", "2"]), "--cascade and --beams cannot be combined");
-    fails(&run(&["--cascade", &p, "--lookup"]), "--cascade and speculative decoding");
+    fails(
+        &run(&["--cascade", &path(EXPERT)]),
+        "--cascade needs at least two models",
+    );
+    fails(
+        &run(&["-m", &path(EXPERT), "--cascade-threshold", "0.5"]),
+        "--cascade-threshold needs --cascade",
+    );
+    fails(
+        &run(&["--cascade", &p, "--beams", "2"]),
+        "--cascade and --beams cannot be combined",
+    );
+    fails(
+        &run(&["--cascade", &p, "--lookup"]),
+        "--cascade and speculative decoding",
+    );
     // serve refuses the same way before it listens.
-    fails(&["serve", "--port", "0", "--cascade", &path(EXPERT)], "--cascade needs at least two models");
-    fails(&["serve", "--port", "0", "--cascade", &p, "--cascade-threshold", "NaN"], "--cascade-threshold must be");
-    fails(&["serve", "--port", "0", "--cascade", &mixed], "do not share a vocabulary");
+    fails(
+        &["serve", "--port", "0", "--cascade", &path(EXPERT)],
+        "--cascade needs at least two models",
+    );
+    fails(
+        &["serve", "--port", "0", "--cascade", &p, "--cascade-threshold", "NaN"],
+        "--cascade-threshold must be",
+    );
+    fails(
+        &["serve", "--port", "0", "--cascade", &mixed],
+        "do not share a vocabulary",
+    );
     // A classifier made for other models (the F16 files of the same pair) is refused, as is a file that
     // is no classifier.
     let dir = TempDir::new("refuse");
@@ -230,7 +310,10 @@ fn logistic_regression_matches_closed_forms() {
     assert!((m.bias - (0.75f64 / 0.25).ln()).abs() < 1e-9, "{}", m.bias);
     // One binary feature, no penalty: the fitted probability in each group is the group's share of
     // positives (3/4 and 1/4).
-    let x: Vec<Vec<f64>> = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0].iter().map(|&v| vec![v]).collect();
+    let x: Vec<Vec<f64>> = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+        .iter()
+        .map(|&v| vec![v])
+        .collect();
     let y = [true, true, true, false, true, false, false, false];
     let (m, _) = Logistic::fit(&x, &y, 0.0).unwrap();
     assert!((m.score(&[0.0]) - 0.75).abs() < 1e-7, "{}", m.score(&[0.0]));
@@ -239,7 +322,13 @@ fn logistic_regression_matches_closed_forms() {
 
 #[test]
 fn logistic_gradient_matches_finite_differences() {
-    let z = vec![vec![0.3, -1.2], vec![-0.7, 0.4], vec![1.5, 0.9], vec![-0.2, -0.1], vec![0.8, -0.6]];
+    let z = vec![
+        vec![0.3, -1.2],
+        vec![-0.7, 0.4],
+        vec![1.5, 0.9],
+        vec![-0.2, -0.1],
+        vec![0.8, -0.6],
+    ];
     let y = [true, false, true, false, true];
     let (w, b, l2) = (vec![0.4, -0.3], 0.2, 0.7);
     let (gw, gb) = Logistic::gradient(&z, &y, &w, b, l2);
@@ -397,7 +486,9 @@ fn greedy_text(rel: &str, prompt: &str, n: usize) -> String {
     };
     let opts = GenerateOptions::new(n, greedy, f.eos_ids.clone());
     let mut st = m.new_state(256);
-    generate(&m, &f.tokenizer, &mut st, &ids, &opts, &mut |_| {}).unwrap().text
+    generate(&m, &f.tokenizer, &mut st, &ids, &opts, &mut |_| {})
+        .unwrap()
+        .text
 }
 
 #[test]
@@ -412,7 +503,11 @@ fn serve_cascade_answers_and_reports_the_stage() {
         let (status, head, b) = request(addr, "POST", "/v1/completions", Some(&body));
         assert_eq!(status, 200, "{b}");
         let v: Value = serde_json::from_str(&b).unwrap();
-        assert_eq!(v["choices"][0]["text"].as_str().unwrap(), text.as_str(), "threshold {threshold}");
+        assert_eq!(
+            v["choices"][0]["text"].as_str().unwrap(),
+            text.as_str(),
+            "threshold {threshold}"
+        );
         assert_eq!(v["cascade"]["stage"], stage);
         assert!(v["choices"][0]["logprobs"].is_null(), "logprobs nobody asked for: {v}");
         assert!(head.contains(&format!("x-bushu-cascade-stage: {stage}")), "{head}");

@@ -86,7 +86,11 @@ impl Logistic {
         for (row, &yi) in z.iter().zip(y) {
             let t = b + row.iter().zip(w).map(|(a, c)| a * c).sum::<f64>();
             // log(1 + e^t) − y t, computed without overflow.
-            let softplus = if t > 0.0 { t + (-t).exp().ln_1p() } else { t.exp().ln_1p() };
+            let softplus = if t > 0.0 {
+                t + (-t).exp().ln_1p()
+            } else {
+                t.exp().ln_1p()
+            };
             l += softplus - if yi { t } else { 0.0 };
         }
         l
@@ -111,7 +115,11 @@ impl Logistic {
     /// Each feature is standardised by its training mean and standard deviation (1 when constant).
     pub fn fit(x: &[Vec<f64>], y: &[bool], l2: f64) -> Result<(Logistic, FitStats)> {
         if x.is_empty() || x.len() != y.len() {
-            bail!("fitting a classifier needs examples ({} rows, {} labels)", x.len(), y.len());
+            bail!(
+                "fitting a classifier needs examples ({} rows, {} labels)",
+                x.len(),
+                y.len()
+            );
         }
         if !(l2 >= 0.0 && l2.is_finite()) {
             bail!("the L2 strength must be a finite number ≥ 0 (got {l2})");

@@ -117,10 +117,9 @@ impl Stages {
         let last = st.files.len() - 1;
         for i in 0..last {
             let (a, b) = (&st.files[i], &st.files[last]);
-            if let Some(m) = vocabulary_mismatch(
-                (a.config.vocab_size, &a.tokenizer),
-                (b.config.vocab_size, &b.tokenizer),
-            ) {
+            if let Some(m) =
+                vocabulary_mismatch((a.config.vocab_size, &a.tokenizer), (b.config.vocab_size, &b.tokenizer))
+            {
                 bail!(
                     "--cascade: {} and {} do not share a vocabulary ({m}); a cascade's models must have one vocabulary",
                     st.ids[i].name,

@@ -81,7 +81,10 @@ pub fn run(a: &RunArgs) -> Result<()> {
         bail!("--cascade and speculative decoding (--draft-model, --lookup, --self-speculate) cannot be combined");
     }
     if a.structured.constraint()?.is_some() {
-        bail!("--cascade and {} (structured output) cannot be combined", a.structured.flag());
+        bail!(
+            "--cascade and {} (structured output) cannot be combined",
+            a.structured.flag()
+        );
     }
     super::run::options(a, Vec::new(), &GenerationDefaults::default())?;
     let (stages, judge) = a.cascade.open(&a.model)?;
@@ -114,7 +117,11 @@ pub fn run(a: &RunArgs) -> Result<()> {
                     if keep { "≥" } else { "<" },
                     if keep { "kept" } else { "deferred to the next model" }
                 ),
-                None => eprintln!("[cascade stage {} ({}): the largest model answers]", i + 1, stages.ids[i].name),
+                None => eprintln!(
+                    "[cascade stage {} ({}): the largest model answers]",
+                    i + 1,
+                    stages.ids[i].name
+                ),
             }
         }
         if keep {

@@ -339,7 +339,8 @@ pub fn run_decoder(
         }
         let next = dec.choose()?;
         if opts.logprobs.is_some() {
-            gen.chosen_logprobs.push(crate::sampling::logprob_of(dec.logits(), next));
+            gen.chosen_logprobs
+                .push(crate::sampling::logprob_of(dec.logits(), next));
         }
         gen.tokens.push(next);
         if opts.eos_ids.contains(&next) {

@@ -93,7 +93,8 @@ impl Cascade {
             scores.push(score);
             if accepts(score, self.threshold) {
                 let (tx, rx) = mpsc::unbounded_channel();
-                let want: HashMap<SeqId, Option<usize>> = ids.iter().zip(requests).map(|(&id, r)| (id, r.logprobs)).collect();
+                let want: HashMap<SeqId, Option<usize>> =
+                    ids.iter().zip(requests).map(|(&id, r)| (id, r.logprobs)).collect();
                 for mut o in outputs {
                     match want.get(&o.seq).copied().flatten() {
                         Some(k) => o.logprobs.iter_mut().for_each(|l| l.top.truncate(k)),

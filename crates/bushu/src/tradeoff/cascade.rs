@@ -80,7 +80,8 @@ pub fn markdown(rows: &[Row], names: &[String]) -> String {
     for n in names {
         s += &format!(" answered by {n} |");
     }
-    s += " cascade time (s) | largest alone (s) | speedup | agreement with largest (%) | identical answers (%) |\n|---|";
+    s +=
+        " cascade time (s) | largest alone (s) | speedup | agreement with largest (%) | identical answers (%) |\n|---|";
     s += &"---|".repeat(names.len() + 5);
     s += "\n";
     for r in rows {
