@@ -170,10 +170,16 @@ fn always_defer_is_the_largest_model_and_threshold_zero_the_smallest() {
             "{prompt:?}: the two models agree, the test proves nothing"
         );
         for judge in [&[][..], &["--cascade-classifier", c][..]] {
-            let with = |t: &str| [judge, &["--cascade-threshold", t][..]].concat();
-            assert_eq!(cascade(prompt, &with("1")), (expert.clone(), 2), "{prompt:?} {judge:?}");
+            fn with<'a>(judge: &[&'a str], t: &'a str) -> Vec<&'a str> {
+                [judge, &["--cascade-threshold", t][..]].concat()
+            }
             assert_eq!(
-                cascade(prompt, &with("0")),
+                cascade(prompt, &with(judge, "1")),
+                (expert.clone(), 2),
+                "{prompt:?} {judge:?}"
+            );
+            assert_eq!(
+                cascade(prompt, &with(judge, "0")),
                 (amateur.clone(), 1),
                 "{prompt:?} {judge:?}"
             );
@@ -231,7 +237,9 @@ fn fails(args: &[&str], expect: &str) {
 #[test]
 fn bad_cascades_are_refused_with_one_line() {
     let p = pair();
-    let run = |extra: &[&str]| [&["run", "-p", "To be", "-n", "4", "-t", "1"][..], extra].concat();
+    fn run<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        [&["run", "-p", "To be", "-n", "4", "-t", "1"][..], extra].concat()
+    }
     // Vocabulary: the Llama-2 tiny model and the Shakespeare expert, both named.
     let mixed = format!("{},{}", path(TINY), path(EXPERT));
     let (code, _, err) = bushu(&run(&["--cascade", &mixed]));
