@@ -6,6 +6,8 @@
 //! - [`sampling`]: logit processors and token choice (greedy, temperature, top-k, top-p).
 //! - [`generate`]: the prefill / decode loop that ties them together.
 //! - [`structured`]: structured output (JSON Schema, regex, Lark grammars on llguidance), tool calls.
+//! - [`cascade`]: cascade decoding (`--cascade M1,M2`: a classifier decides whether a larger model runs);
+//!   [`tradeoff`]: the quality/compute sweeps of adaptive computation.
 //! - [`spec_decode`]: speculative decoding for `bushu run` (prompt lookup, draft model, self-speculation).
 //! - [`engine`]: the serving engine: paged KV cache, continuous batching, prefix caching, preemption.
 //! - [`server`]: the OpenAI-compatible HTTP server over the engine (`bushu serve`).
@@ -13,6 +15,7 @@
 //! - [`chat`]: chat templates (Jinja, Hugging Face semantics); [`pull`]: the model cache and `bushu pull`.
 //! - [`cli`]: the `bushu` command line; [`display`]: untrusted text in messages, control characters escaped.
 
+pub mod cascade;
 pub mod chat;
 pub mod cli;
 pub mod display;
@@ -29,3 +32,4 @@ pub mod server;
 pub mod spec_decode;
 pub mod structured;
 pub mod tokenizer;
+pub mod tradeoff;

@@ -1,6 +1,7 @@
 //! The `bushu` command line. Each subcommand is one module; they share model opening and thread setup.
 
 mod bench;
+mod cascade;
 mod chat;
 mod info;
 mod list;
@@ -71,6 +72,11 @@ pub enum Command {
     /// Distill a teacher into a smaller student (runs `bushu-train distill`; `bushu distill --help`).
     #[command(disable_help_flag = true)]
     Distill(train::TrainArgs),
+    /// Fit the reliability classifier of a cascade (`--cascade M1,M2`) on prompts: labels are agreement
+    /// with the largest model's greedy answer.
+    CascadeTrain(cascade::TrainArgs),
+    /// Cascade decoding's threshold sweep on prompts: fraction answered per stage, speedup, agreement.
+    CascadeReport(cascade::ReportArgs),
     /// Print a shell completion script (e.g. `bushu completions bash > ~/.local/share/bash-completion/completions/bushu`).
     Completions(CompletionsArgs),
 }
@@ -267,6 +273,8 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Rm(a) => pull::rm(a),
         Command::Ps(a) => ps::ps(a),
         Command::Chat(a) => chat::chat(*a),
+        Command::CascadeTrain(a) => cascade::train(a),
+        Command::CascadeReport(a) => cascade::report(a),
         Command::Distill(a) => train::forward("distill", a),
         Command::Completions(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "bushu", &mut std::io::stdout());

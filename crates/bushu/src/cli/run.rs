@@ -64,6 +64,8 @@ pub struct RunArgs {
     pub penalty_alpha: Option<f32>,
     #[command(flatten)]
     pub spec: SpecArgs,
+    #[command(flatten)]
+    pub cascade: super::cascade::CascadeArgs,
     /// Context size in tokens (default: the model's, at most 4096).
     #[arg(short, long, visible_alias = "ctx-size")]
     pub ctx: Option<usize>,
@@ -101,7 +103,7 @@ pub fn speculation(a: &RunArgs) -> Result<(Speculation, DraftLengthParams)> {
 
 /// The decoding strategy other than sampling or greedy decoding the flags ask for, if any (speculative
 /// decoding and structured output work with those two only).
-fn other_strategy(a: &RunArgs) -> Option<&'static str> {
+pub(super) fn other_strategy(a: &RunArgs) -> Option<&'static str> {
     if a.beams > 1 {
         Some("--beams")
     } else if a.penalty_alpha.is_some() {
@@ -183,7 +185,7 @@ pub fn options(a: &RunArgs, eos_ids: Vec<u32>, model: &GenerationDefaults) -> Re
 }
 
 /// The prompt: `--prompt`, or the contents of `--file`.
-fn prompt_text(a: &RunArgs) -> Result<String> {
+pub(super) fn prompt_text(a: &RunArgs) -> Result<String> {
     match (&a.prompt, &a.file) {
         (Some(p), _) => Ok(p.clone()),
         (None, Some(f)) => {
@@ -195,6 +197,10 @@ fn prompt_text(a: &RunArgs) -> Result<String> {
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
+    if a.cascade.on() {
+        return super::cascade::run(&a);
+    }
+    a.cascade.threshold()?;
     options(&a, Vec::new(), &GenerationDefaults::default())?;
     let (file, load_ms) = a.model.open()?;
     let mut opts = options(&a, file.eos_ids.clone(), &file.generation)?;

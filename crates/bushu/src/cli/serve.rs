@@ -46,6 +46,8 @@ pub struct ServeArgs {
     pub shutdown_grace: u64,
     #[command(flatten)]
     pub spec: SpecArgs,
+    #[command(flatten)]
+    pub cascade: super::cascade::CascadeArgs,
     /// Serve /metrics without the API key (by default it asks for the key when there is one).
     #[arg(long)]
     pub metrics_public: bool,
@@ -57,7 +59,21 @@ pub struct ServeArgs {
 pub fn serve(a: ServeArgs) -> Result<()> {
     a.model.gpu_note();
     super::init_threads(a.model.threads)?;
-    let path = crate::pull::resolve(a.model.model.as_deref())?;
+    let threshold = a.cascade.threshold()?;
+    let cascade = if a.cascade.on() {
+        crate::cascade::check_models(&a.cascade.cascade)?;
+        Some(crate::server::CascadeOptions {
+            models: a.cascade.cascade.clone(),
+            threshold,
+            classifier: a.cascade.cascade_classifier.clone(),
+        })
+    } else {
+        None
+    };
+    let path = match &cascade {
+        Some(c) => crate::pull::resolve(c.models.last().map(|p| p.as_path()))?,
+        None => crate::pull::resolve(a.model.model.as_deref())?,
+    };
     if a.max_batch == 0 || a.max_batched_tokens == 0 {
         bail!("--max-batch and --max-batched-tokens must be at least 1");
     }
@@ -98,6 +114,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         metrics_public: a.metrics_public,
         check_tensors: a.model.check_tensors_asked(),
         max_connections: a.max_connections,
+        cascade,
         ..ServeOptions::new(path)
     };
     let server = Server::start(opts)?;
@@ -119,6 +136,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         e.max_batched_tokens,
         if e.prefix_caching { "on" } else { "off" },
     );
+    if let Some(c) = &server.cascade {
+        eprintln!("bushu serve: cascade decoding: {c}");
+    }
     if let Some(s) = &server.speculation {
         eprintln!("bushu serve: speculative decoding by {s}");
     }

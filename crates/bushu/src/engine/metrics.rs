@@ -79,6 +79,8 @@ pub struct Metrics {
     pub gauges: Gauges,
     /// Speculative decoding's counters, when the engine speculates.
     pub spec: Option<crate::spec_decode::serving::SpecCounters>,
+    /// Cascade decoding: per stage (smallest first), its model's name and the requests it answered.
+    pub cascade: Vec<(String, u64)>,
 }
 
 impl Default for Metrics {
@@ -92,6 +94,7 @@ impl Default for Metrics {
             e2e: Histogram::new(E2E),
             gauges: Gauges::default(),
             spec: None,
+            cascade: Vec::new(),
         }
     }
 }
@@ -144,6 +147,20 @@ impl Metrics {
             "bushu_e2e_request_latency_seconds",
             "Time from arrival to the last token.",
         );
+        if !self.cascade.is_empty() {
+            let _ = writeln!(
+                o,
+                "# HELP bushu_cascade_answers_total Requests answered by each cascade stage (1: the smallest model).\n# TYPE bushu_cascade_answers_total counter"
+            );
+            for (i, (model, n)) in self.cascade.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "bushu_cascade_answers_total{{stage=\"{}\",model=\"{}\"}} {n}",
+                    i + 1,
+                    model.replace('\\', "\\\\").replace('"', "\\\"")
+                );
+            }
+        }
         let g = &self.gauges;
         gauge(
             &mut o,

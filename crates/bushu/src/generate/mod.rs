@@ -156,6 +156,10 @@ pub struct Generation {
     /// Per generated token, the top-k log-probabilities (when asked for).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub logprobs: Vec<Vec<TokenLogprob>>,
+    /// Per generated token, its own log-probability under the raw logits (when `logprobs` were asked
+    /// for; the cascade's reliability features use it). Not serialized.
+    #[serde(skip)]
+    pub chosen_logprobs: Vec<f32>,
     /// Beam search: the best sequences, best first (the first is also `tokens`/`text`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sequences: Vec<Sequence>,
@@ -169,6 +173,7 @@ impl Generation {
             text: String::new(),
             finish_reason: FinishReason::Length,
             logprobs: Vec::new(),
+            chosen_logprobs: Vec::new(),
             sequences: Vec::new(),
             timings: Timings::default(),
         }
@@ -333,6 +338,10 @@ pub fn run_decoder(
             );
         }
         let next = dec.choose()?;
+        if opts.logprobs.is_some() {
+            gen.chosen_logprobs
+                .push(crate::sampling::logprob_of(dec.logits(), next));
+        }
         gen.tokens.push(next);
         if opts.eos_ids.contains(&next) {
             gen.finish_reason = FinishReason::Stop;

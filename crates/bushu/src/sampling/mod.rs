@@ -390,6 +390,13 @@ impl Sampler {
     }
 }
 
+/// `log_softmax(logits)[t]`, computed as [`top_logprobs`] and the serving engine compute it.
+pub fn logprob_of(logits: &[f32], t: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
+    logits[t as usize] - lse
+}
+
 /// The `k` most likely tokens under `log_softmax(logits)`, most likely first.
 pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -11,6 +11,7 @@
 //! requests finish for up to the grace period, then cancels what is left.
 
 pub mod api;
+pub mod cascade;
 pub mod error;
 pub mod request_log;
 pub mod respond;
@@ -76,6 +77,17 @@ pub struct ServeOptions {
     pub header_timeout: Duration,
     /// Check the weights for NaN/infinity at load (`None`: for files under 1 GiB).
     pub check_tensors: Option<bool>,
+    /// Cascade decoding (`--cascade`); `model` is then the cascade's largest model.
+    pub cascade: Option<CascadeOptions>,
+}
+
+/// `--cascade M1,M2[,M3] [--cascade-threshold P] [--cascade-classifier FILE]`.
+#[derive(Clone, Debug)]
+pub struct CascadeOptions {
+    /// The models, smallest first (the last one is also [`ServeOptions::model`]).
+    pub models: Vec<PathBuf>,
+    pub threshold: f64,
+    pub classifier: Option<PathBuf>,
 }
 
 impl ServeOptions {
@@ -112,6 +124,7 @@ impl ServeOptions {
             max_connections: 512,
             header_timeout: Duration::from_secs(10),
             check_tensors: None,
+            cascade: None,
         }
     }
 }
@@ -124,6 +137,8 @@ pub struct Server {
     pub speculation: Option<String>,
     /// How the KV cache was sized, and the warnings that go with it.
     pub kv_plan: KvPlan,
+    /// The cascade (for the start-up line): its models and threshold.
+    pub cascade: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     http: Option<std::thread::JoinHandle<Result<()>>>,
 }
@@ -131,10 +146,38 @@ pub struct Server {
 impl Server {
     /// Loads the model, binds the address and starts the engine and HTTP threads.
     pub fn start(opts: ServeOptions) -> Result<Server> {
-        let file = load(&opts.model)?;
-        if crate::model::check::wanted(opts.check_tensors, &file) {
-            crate::model::check::check_tensors(&file)?;
-        }
+        // A cascade: every model opened (one vocabulary, a classifier for exactly these models); the
+        // largest is the main engine's model, the others get engines of their own below.
+        let (file, smaller) = match &opts.cascade {
+            None => {
+                let file = load(&opts.model)?;
+                if crate::model::check::wanted(opts.check_tensors, &file) {
+                    crate::model::check::check_tensors(&file)?;
+                }
+                (file, None)
+            }
+            Some(c) => {
+                if opts.spec.method != Speculation::Off {
+                    anyhow::bail!("--cascade and speculative decoding (--draft-model, --lookup, --self-speculate) cannot be combined");
+                }
+                crate::cascade::check_threshold(c.threshold)?;
+                let mut stages = crate::cascade::Stages::open(&c.models, |f| {
+                    if crate::model::check::wanted(opts.check_tensors, f) {
+                        crate::model::check::check_tensors(f)?;
+                    }
+                    Ok(())
+                })?;
+                let judge = crate::cascade::Judge::load(c.classifier.as_deref(), &stages.ids)?;
+                let file = stages.files.pop().expect("two models or more");
+                let last = stages.ids.pop().expect("two models or more");
+                let models = stages
+                    .files
+                    .iter()
+                    .map(|f| opts.model_options().build(f))
+                    .collect::<Result<Vec<_>>>()?;
+                (file, Some((stages, models, judge, last.name)))
+            }
+        };
         let model = opts.model_options().build(&file)?;
         // A draft model is loaded first: its paged cache has the target's blocks, so the KV budget is
         // shared between the two caches in proportion to their bytes per position.
@@ -144,7 +187,13 @@ impl Server {
         };
         let per_pos = PagedCache::bytes_per_position(&model) as u128;
         let draft_per_pos = draft.as_ref().map_or(0, |d| PagedCache::bytes_per_position(d) as u128);
-        let share = |b: u128| b * per_pos / (per_pos + draft_per_pos);
+        // The cascade's smaller models share the budget the same way.
+        let smaller_per_pos: u128 = smaller.as_ref().map_or(0, |(_, ms, _, _)| {
+            ms.iter().map(|m| PagedCache::bytes_per_position(m) as u128).sum()
+        });
+        let all_per_pos = per_pos + draft_per_pos + smaller_per_pos;
+        let share_of = |b: u128, mine: u128| b * mine / all_per_pos;
+        let share = |b: u128| share_of(b, per_pos);
         // Sized before anything is allocated: a cache that cannot fit is refused with the numbers.
         let plan = EngineConfig::sized(
             &model,
@@ -159,6 +208,50 @@ impl Server {
         let mut cfg = plan.cfg.clone();
         cfg.max_batched_tokens = opts.max_batched_tokens;
         cfg.prefix_caching = opts.prefix_caching;
+        // The cascade's smaller models: an engine each, on its own thread.
+        let mut stage_threads = Vec::new();
+        let mut max_model_len = cfg.max_model_len;
+        let (cascade, cascade_line) = match smaller {
+            None => (None, None),
+            Some((stages, models, judge, last)) => {
+                let mut workers = Vec::new();
+                for ((m, f), id) in models.into_iter().zip(&stages.files).zip(&stages.ids) {
+                    let mine = PagedCache::bytes_per_position(&m) as u128;
+                    let p = EngineConfig::sized(
+                        &m,
+                        &KvSizing {
+                            max_batch: opts.max_batch,
+                            ctx: opts.ctx,
+                            kv_memory: opts.kv_memory.map(|b| share_of(b as u128, mine) as usize),
+                            available: crate::model::memory::available_bytes()
+                                .map(|a| share_of(a as u128, mine) as u64),
+                            model_bytes: share_of(f.file_bytes as u128, mine) as u64,
+                        },
+                    )?;
+                    let mut c = p.cfg.clone();
+                    c.max_batched_tokens = opts.max_batched_tokens;
+                    c.prefix_caching = opts.prefix_caching;
+                    max_model_len = max_model_len.min(c.max_model_len);
+                    let engine = Engine::new(m, f.eos_ids.clone(), c);
+                    // Each stage's engine keeps its own gauges; /metrics shows the largest model's.
+                    let (w, h) = Worker::spawn(engine, opts.max_queue, Arc::new(Mutex::new(Metrics::default())));
+                    workers.push((w, id.name.clone()));
+                    stage_threads.push(h);
+                }
+                let threshold = opts.cascade.as_ref().map_or(0.5, |c| c.threshold);
+                let names: Vec<String> = workers.iter().map(|w| w.1.clone()).chain([last.clone()]).collect();
+                let line = format!("{} (threshold {threshold}, judge: {})", names.join(" → "), judge.name());
+                (
+                    Some(cascade::Cascade {
+                        stages: workers,
+                        last,
+                        judge,
+                        threshold,
+                    }),
+                    Some(line),
+                )
+            }
+        };
         // The model's own template and end-of-turn tokens, as `bushu chat` uses them (ChatML when the
         // file has no template, as llama-server falls back to).
         let (template, chat_stop_ids, _) = template_for(&file).context("the model's chat template")?;
@@ -175,7 +268,10 @@ impl Server {
             .filter(|a| *a != model_id);
         let vocab = model.config.vocab_size;
         let metrics = Arc::new(Mutex::new(Metrics::default()));
-        let max_model_len = cfg.max_model_len;
+        if let Some(c) = &cascade {
+            let names = c.stages.iter().map(|s| s.1.clone()).chain([c.last.clone()]);
+            metrics.lock().unwrap().cascade = names.map(|n| (n, 0)).collect();
+        }
         let mut grammar_eos = file.eos_ids.clone();
         grammar_eos.extend(chat_stop_ids.iter().filter(|t| !file.eos_ids.contains(t)));
         let structured = Arc::new(structured::Structured::new(
@@ -256,6 +352,7 @@ impl Server {
             next_id: AtomicU64::new(1),
             created,
             structured,
+            cascade,
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let (grace, signals) = (opts.grace, opts.handle_signals);
@@ -286,9 +383,17 @@ impl Server {
                     };
                     serve_http(listener, app, limits, shutdown).await;
                     worker.send(Command::Stop);
+                    if let Some(c) = &state.cascade {
+                        for (w, _) in &c.stages {
+                            w.send(Command::Stop);
+                        }
+                    }
                     Ok::<(), anyhow::Error>(())
                 })?;
                 let _ = engine_thread.join();
+                for h in stage_threads {
+                    let _ = h.join();
+                }
                 Ok(())
             })?;
         Ok(Server {
@@ -296,6 +401,7 @@ impl Server {
             engine: cfg,
             speculation,
             kv_plan: plan,
+            cascade: cascade_line,
             stop: Some(stop),
             http: Some(http),
         })

@@ -5,7 +5,7 @@
 use super::api::{self, ChatRequest, CompletionRequest, Plan, Prompt, Prompted};
 use super::error::ApiError;
 use super::respond::{Collector, Kind};
-use super::worker::{Command, SubmitError, Worker};
+use super::worker::{Command, Worker};
 use crate::chat::{ChatTemplate, Message};
 use crate::engine::metrics::Metrics;
 use crate::engine::{Output, SeqId};
@@ -51,6 +51,8 @@ pub struct AppState {
     pub created: u64,
     /// Structured output: the grammar compiler (`super::structured`).
     pub structured: Arc<super::structured::Structured>,
+    /// Cascade decoding (`--cascade`): the smaller models' engines; `worker` is the largest model's.
+    pub cascade: Option<super::cascade::Cascade>,
 }
 
 /// The loaded model and its KV cache, as `GET /api/ps` (`bushu ps`) reports them.
@@ -481,13 +483,28 @@ async fn generate(
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
     let prompt_tokens = plan.requests[0].prompt.len();
-    let (ids, rx) = st.worker.submit(plan.requests).await.map_err(|e| match e {
-        SubmitError::QueueFull { waiting, max } => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("the request queue is full ({waiting} sequences waiting, limit {max}); retry later"),
-        ),
-        SubmitError::Invalid(m) => ApiError::bad_request(m),
-    })?;
+    // A cascade: the smaller models answer first; a kept answer is replayed, else the largest answers.
+    let decided = match &st.cascade {
+        Some(c) => Some(c.decide(&plan.requests).await?),
+        None => None,
+    };
+    if let Some(d) = &decided {
+        if let Some(n) = st.metrics.lock().unwrap().cascade.get_mut(d.stage) {
+            n.1 += 1;
+        }
+    }
+    let cascade_info = decided.as_ref().map(|d| d.info.clone());
+    let (worker, ids, rx) = match decided.and_then(|d| d.replay) {
+        Some(r) => r,
+        None => {
+            let (ids, rx) = st
+                .worker
+                .submit(plan.requests)
+                .await
+                .map_err(super::cascade::submit_error)?;
+            (st.worker.clone(), ids, rx)
+        }
+    };
     let col = Collector::new(
         kind,
         id.clone(),
@@ -500,7 +517,7 @@ async fn generate(
         echo,
     );
     let mut sub = Submission {
-        worker: st.worker.clone(),
+        worker,
         rx,
         col,
         metrics: st.metrics.clone(),
@@ -520,24 +537,36 @@ async fn generate(
         if let Some(t) = &tools {
             t.rewrite(&mut resp, &id);
         }
+        if let Some(info) = &cascade_info {
+            resp["cascade"] = info.clone();
+        }
         if !plan.stream {
-            return Ok(Json(resp).into_response());
+            return Ok(with_stage(Json(resp).into_response(), cascade_info.as_ref()));
         }
         // Tools: the whole answer, sent as OpenAI's chunks (super::tools).
         let mut events: Vec<Result<Event, Infallible>> = super::tools::Tools::chunks(&resp)
             .into_iter()
-            .map(|c| Ok(Event::default().data(c.to_string())))
+            .map(|mut c| {
+                if let Some(info) = &cascade_info {
+                    c["cascade"] = info.clone();
+                }
+                Ok(Event::default().data(c.to_string()))
+            })
             .collect();
         if plan.include_usage {
             events.push(Ok(Event::default().data(sub.col.usage_chunk().to_string())));
         }
         events.push(Ok(Event::default().data("[DONE]")));
-        return Ok(Sse::new(futures::stream::iter(events)).into_response());
+        return Ok(with_stage(
+            Sse::new(futures::stream::iter(events)).into_response(),
+            cascade_info.as_ref(),
+        ));
     }
     // Streaming: a task feeds the SSE body; when the client disconnects the body is dropped, the
     // task's send fails, and dropping the submission cancels the sequences.
     let (tx, body) = mpsc::channel::<Result<Event, Infallible>>(64);
     let include_usage = plan.include_usage;
+    let header_info = cascade_info.clone();
     tokio::spawn(async move {
         let mut announced = vec![false; plan.n];
         loop {
@@ -556,7 +585,11 @@ async fn generate(
                 continue;
             }
             let first = !std::mem::replace(&mut announced[d.index], true);
-            let ev = Event::default().data(sub.col.chunk(&d, first).to_string());
+            let mut chunk = sub.col.chunk(&d, first);
+            if let Some(info) = &cascade_info {
+                chunk["cascade"] = info.clone();
+            }
+            let ev = Event::default().data(chunk.to_string());
             if tx.send(Ok(ev)).await.is_err() {
                 return;
             }
@@ -569,5 +602,16 @@ async fn generate(
         let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(body);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    Ok(with_stage(
+        Sse::new(stream).keep_alive(KeepAlive::default()).into_response(),
+        header_info.as_ref(),
+    ))
+}
+
+/// A cascade's answer says which stage answered in the `x-bushu-cascade-stage` header too.
+fn with_stage(mut r: Response, info: Option<&serde_json::Value>) -> Response {
+    if let Some(stage) = info.and_then(|i| i["stage"].as_u64()) {
+        r.headers_mut().insert("x-bushu-cascade-stage", stage.into());
+    }
+    r
 }

@@ -21,20 +21,50 @@ use anyhow::{bail, Result};
 /// Errors unless the draft can speak for the target: the same number of logits (`target.0`,
 /// `draft.0`: the models' vocabulary sizes) and the same tokenizer (every token's id, text and bytes).
 pub fn check_same_vocabulary(target: (usize, &Tokenizer), draft: (usize, &Tokenizer)) -> Result<()> {
-    let (tv, dv) = (target.0, draft.0);
-    if tv != dv {
-        bail!("the draft model's vocabulary has {dv} tokens, the target's {tv}: speculative decoding needs one shared vocabulary");
-    }
-    match target.1.vocab_difference(draft.1) {
-        None => {}
-        Some(VocabDifference::Size { ours, theirs }) => bail!(
+    match vocabulary_mismatch(target, draft) {
+        None => Ok(()),
+        Some(VocabMismatch::Logits { ours: tv, theirs: dv }) => bail!("the draft model's vocabulary has {dv} tokens, the target's {tv}: speculative decoding needs one shared vocabulary"),
+        Some(VocabMismatch::Tokenizer(VocabDifference::Size { ours, theirs })) => bail!(
             "the draft model's tokenizer has {theirs} tokens, the target's {ours}: speculative decoding needs one shared vocabulary"
         ),
-        Some(VocabDifference::Token { id, ours, theirs }) => bail!(
+        Some(VocabMismatch::Tokenizer(VocabDifference::Token { id, ours, theirs })) => bail!(
             "the draft model's tokenizer differs from the target's (token {id}: {theirs:?} vs {ours:?}): speculative decoding needs one shared vocabulary"
         ),
     }
-    Ok(())
+}
+
+/// How two models' vocabularies differ ([`vocabulary_mismatch`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum VocabMismatch {
+    /// Different numbers of logits.
+    Logits { ours: usize, theirs: usize },
+    /// Different tokenizers.
+    Tokenizer(VocabDifference),
+}
+
+impl std::fmt::Display for VocabMismatch {
+    /// "`ours`" is the first model, "`theirs`" the second.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VocabMismatch::Logits { ours, theirs } => write!(f, "{ours} logits vs {theirs}"),
+            VocabMismatch::Tokenizer(VocabDifference::Size { ours, theirs }) => {
+                write!(f, "tokenizers of {ours} tokens vs {theirs}")
+            }
+            VocabMismatch::Tokenizer(VocabDifference::Token { id, ours, theirs }) => {
+                write!(f, "token {id} is {ours:?} vs {theirs:?}")
+            }
+        }
+    }
+}
+
+/// How the vocabulary of `b` differs from that of `a` (each: the model's vocabulary size and its
+/// tokenizer), or `None` when they are one vocabulary: the same number of logits and every token's
+/// id, text and bytes the same. The check of draft models ([`check_same_vocabulary`]) and of cascades.
+pub fn vocabulary_mismatch(a: (usize, &Tokenizer), b: (usize, &Tokenizer)) -> Option<VocabMismatch> {
+    if a.0 != b.0 {
+        return Some(VocabMismatch::Logits { ours: a.0, theirs: b.0 });
+    }
+    a.1.vocab_difference(b.1).map(VocabMismatch::Tokenizer)
 }
 
 /// Opens the draft model at `path` for `target` (checked with [`check_same_vocabulary`]) and builds it
