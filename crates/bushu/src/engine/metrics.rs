@@ -79,6 +79,11 @@ pub struct Metrics {
     pub gauges: Gauges,
     /// Speculative decoding's counters, when the engine speculates.
     pub spec: Option<crate::spec_decode::serving::SpecCounters>,
+    /// Structured output: admitted requests with a grammar (`response_format`, `guided_*`, tools
+    /// `required` or named).
+    pub structured_requests: u64,
+    /// Structured output's fast-forward: steps that fed grammar-forced tokens, the tokens, those kept.
+    pub forced: super::engine::ForcedCounters,
 }
 
 impl Default for Metrics {
@@ -92,6 +97,8 @@ impl Default for Metrics {
             e2e: Histogram::new(E2E),
             gauges: Gauges::default(),
             spec: None,
+            structured_requests: 0,
+            forced: Default::default(),
         }
     }
 }
@@ -211,6 +218,30 @@ impl Metrics {
             g.preemptions,
         );
         counter(&mut o, "bushu_engine_steps_total", "Engine steps.", g.steps);
+        counter(
+            &mut o,
+            "bushu_structured_requests_total",
+            "Admitted requests with a structured-output grammar (response_format, guided_*, tool_choice required or named).",
+            self.structured_requests,
+        );
+        counter(
+            &mut o,
+            "bushu_structured_forced_steps_total",
+            "Fast-forward: sequence steps that fed grammar-forced tokens.",
+            self.forced.steps,
+        );
+        counter(
+            &mut o,
+            "bushu_structured_forced_tokens_total",
+            "Fast-forward: grammar-forced tokens fed to the model.",
+            self.forced.tokens,
+        );
+        counter(
+            &mut o,
+            "bushu_structured_forced_accepted_tokens_total",
+            "Fast-forward: grammar-forced tokens kept (the model's own sampling chose them).",
+            self.forced.accepted,
+        );
         if let Some(s) = &self.spec {
             counter(
                 &mut o,

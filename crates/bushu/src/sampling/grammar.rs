@@ -21,6 +21,8 @@ pub struct GrammarMask {
     /// Time spent computing masks and filling candidates, and how many (for measurements).
     pub mask_time: Duration,
     pub masks: usize,
+    /// Time spent in [`GrammarMask::prepare`] (off the sampling path: overlapped with the pass).
+    pub prepare_time: Duration,
 }
 
 impl GrammarMask {
@@ -29,12 +31,21 @@ impl GrammarMask {
             state: g.state(),
             mask_time: Duration::ZERO,
             masks: 0,
+            prepare_time: Duration::ZERO,
         }
     }
 
     /// At most `max` tokens the grammar forces after `generated` ([`GrammarState::forced`]).
     pub fn forced(&mut self, generated: &[u32], max: usize) -> Vec<u32> {
         self.state.forced(generated, max)
+    }
+
+    /// Computes ahead the masks after `generated` and after each of `drafts` in turn
+    /// ([`GrammarState::prepare`]), for the next [`GrammarMask::fill`]s.
+    pub fn prepare(&mut self, generated: &[u32], drafts: &[u32]) {
+        let t0 = Instant::now();
+        self.state.prepare(generated, drafts);
+        self.prepare_time += t0.elapsed();
     }
 
     /// Fills `c` with the tokens the grammar allows after `ctx`'s generated tokens and their `logits`,
