@@ -1,11 +1,14 @@
 //! Structured output through `bushu serve` (issue 21) on the Shakespeare model: `response_format`
 //! `json_schema` (strict) and `json_object`, vLLM's `guided_json` / `guided_regex` / `guided_grammar` /
 //! `guided_choice`, streaming, the `length` finish of a schema the token limit cuts, the 400s (a grammar
-//! that does not compile names the field and the problem), and the official `openai` Python client with
-//! `response_format` (skipped when the package is missing).
+//! that does not compile names the field and the problem), the official `openai` Python client with
+//! `response_format` and `tools` (skipped when the package is missing), the `/metrics` counters of
+//! constrained requests and fast-forward, and tool calls streamed as generated ([`ToolStream`]: the
+//! parts checked by hand, OpenAI's delta shapes).
 
 mod common;
 use bushu::server::{ServeOptions, Server};
+use bushu::server::tools::{Part, ToolStream, Tools};
 use common::http::{post, request};
 use serde_json::{json, Value};
 use std::process::Command;
@@ -620,3 +623,196 @@ fn tools_render_through_qwen25_and_chatml_templates() {
     );
     assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
 }
+
+/// The tools of the streaming tests: `get_weather(city)` and `add()`, with `tool_choice` `choice`.
+fn tools(choice: Value) -> Tools {
+    let defs = json!([{"type": "function", "function": {"name": "get_weather", "parameters":
+        {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "add"}}]);
+    Tools::parse(Some(&defs), Some(&choice), None).unwrap().unwrap()
+}
+
+/// Feeds `text` in pieces of `step` characters; the parts and the finish reason.
+fn stream(t: &Tools, text: &str, step: usize, finish: &str) -> (Vec<Part>, String) {
+    let mut ts = ToolStream::new(t, "chatcmpl-7", 0);
+    let chars: Vec<char> = text.chars().collect();
+    let mut parts = Vec::new();
+    for piece in chars.chunks(step) {
+        parts.extend(ts.push(&piece.iter().collect::<String>()));
+    }
+    let (more, reason) = ts.finish(finish);
+    parts.extend(more);
+    (parts, reason)
+}
+
+fn content(parts: &[Part]) -> String {
+    parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Content(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn args(parts: &[Part], index: usize) -> Vec<String> {
+    parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Args { index: i, text } if *i == index => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn constrained_calls_stream_their_arguments_token_by_token() {
+    let t = tools(json!("required"));
+    let call0 = r#"{"city": "Par}is \"{x\"", "n": [1, {"a": 2}]}"#;
+    let text = format!(
+        "<tool_call>\n{{\"name\": \"get_weather\", \"arguments\": {call0}}}\n</tool_call>\n<tool_call>\n{{\"name\": \"add\", \"arguments\": {{}}}}\n</tool_call>"
+    );
+    for step in [1, 2, 3, 7, 1000] {
+        let (parts, reason) = stream(&t, &text, step, "stop");
+        assert_eq!(reason, "tool_calls", "step {step}");
+        assert_eq!(content(&parts), "", "step {step}");
+        // Each call: its header first, then its arguments, which rebuild the text generated.
+        let heads: Vec<(usize, &str, &str)> = parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Call { index, id, name } => Some((*index, id.as_str(), name.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            heads,
+            vec![
+                (0, "call_chatcmpl-7_0_0", "get_weather"),
+                (1, "call_chatcmpl-7_0_1", "add")
+            ],
+            "step {step}"
+        );
+        let first_args = parts
+            .iter()
+            .position(|p| matches!(p, Part::Args { index: 0, .. }))
+            .unwrap();
+        assert!(matches!(parts[first_args - 1], Part::Call { index: 0, .. }));
+        assert_eq!(args(&parts, 0).concat(), call0, "step {step}");
+        assert_eq!(args(&parts, 1).concat(), "{}", "step {step}");
+        let second = parts
+            .iter()
+            .position(|p| matches!(p, Part::Call { index: 1, .. }))
+            .unwrap();
+        assert!(parts[second..]
+            .iter()
+            .all(|p| !matches!(p, Part::Args { index: 0, .. })));
+        // In pieces, the arguments come in pieces.
+        if step < 7 {
+            assert!(
+                args(&parts, 0).len() >= call0.len() / step / 2,
+                "step {step}: {:?}",
+                args(&parts, 0)
+            );
+        }
+    }
+    // Cut inside the arguments: what was generated went out, the reason stays `length`.
+    let (parts, reason) = stream(
+        &t,
+        "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1",
+        2,
+        "length",
+    );
+    assert_eq!(reason, "length");
+    assert_eq!(args(&parts, 0).concat(), "{\"a\": 1");
+    // Cut before the name is known: no call, the text is content.
+    let (parts, reason) = stream(&t, "<tool_call>\n{\"name\": \"ad", 2, "length");
+    assert_eq!(
+        (content(&parts).as_str(), reason.as_str()),
+        ("<tool_call>\n{\"name\": \"ad", "length")
+    );
+}
+
+#[test]
+fn auto_sends_content_as_it_comes_and_each_call_once_it_parses() {
+    let t = tools(json!("auto"));
+    let text = "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    let mut ts = ToolStream::new(&t, "c", 1);
+    // The content goes out before the call is complete; a possible start of `<tool_call>` waits.
+    assert_eq!(
+        ts.push("Let me look.\n<tool"),
+        vec![Part::Content("Let me look.".into())]
+    );
+    assert_eq!(ts.push("_call>\n{\"name\": \"get_weather\""), vec![]);
+    let rest = &text["Let me look.\n<tool_call>\n{\"name\": \"get_weather\"".len()..];
+    let parts = ts.push(rest);
+    assert_eq!(
+        parts,
+        vec![
+            Part::Call {
+                index: 0,
+                id: "call_c_1_0".into(),
+                name: "get_weather".into()
+            },
+            Part::Args {
+                index: 0,
+                text: "{\"city\":\"Paris\"}".into()
+            },
+        ]
+    );
+    assert_eq!(ts.finish("stop"), (vec![], "tool_calls".to_string()));
+    // The same as the whole response's parse.
+    assert_eq!(
+        t.parse_calls(text).unwrap().1,
+        vec![("get_weather".into(), "{\"city\":\"Paris\"}".into())]
+    );
+    for step in [1, 3, 1000] {
+        // Text with a `<` and no call: all content, `stop`.
+        let plain = "a < b <tool and <tool_c ok ";
+        let (parts, reason) = stream(&t, plain, step, "stop");
+        assert_eq!(
+            (content(&parts).as_str(), reason.as_str()),
+            (plain, "stop"),
+            "step {step}"
+        );
+        // A block calling an unknown tool, or with arguments that are not an object: content, whole.
+        for bad in [
+            "Hi \n<tool_call>\n{\"name\": \"nope\", \"arguments\": {}}\n</tool_call> bye",
+            "Hi <tool_call>{\"name\": \"add\", \"arguments\": 3}</tool_call>",
+            "Hi <tool_call>{not json</tool_call>",
+        ] {
+            let (parts, reason) = stream(&t, bad, step, "stop");
+            assert_eq!(
+                (content(&parts).as_str(), reason.as_str()),
+                (bad, "stop"),
+                "step {step}"
+            );
+            assert!(parts.iter().all(|p| matches!(p, Part::Content(_))));
+        }
+    }
+}
+
+#[test]
+fn stream_deltas_are_openais() {
+    let d = ToolStream::deltas(&[
+        Part::Content("hi".into()),
+        Part::Call {
+            index: 0,
+            id: "call_1".into(),
+            name: "add".into(),
+        },
+        Part::Args {
+            index: 0,
+            text: "{\"a\"".into(),
+        },
+    ]);
+    assert_eq!(d[0], json!({"content": "hi"}));
+    assert_eq!(
+        d[1],
+        json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "add", "arguments": ""}}]})
+    );
+    assert_eq!(
+        d[2],
+        json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\""}}]})
+    );
+}
+

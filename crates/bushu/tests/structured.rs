@@ -384,6 +384,14 @@ fn mask_application_equals_reference(f: &ModelFile, vocab: usize) {
                     reference[i]
                 );
             }
+            // Greedy decoding under the grammar alone: the reference's argmax (smallest id among equals).
+            let best = (0..vocab)
+                .filter(|&i| reference[i] != f32::NEG_INFINITY)
+                .fold(None::<usize>, |b, i| match b {
+                    Some(j) if reference[j] >= reference[i] => Some(j),
+                    _ => Some(i),
+                });
+            assert_eq!(ours.argmax(&logits, &ctx), best.map(|i| i as u32), "{name} step {step}");
             checked += 1;
             if allowed.iter().all(|t| f.eos_ids.contains(t)) {
                 break;
@@ -1045,7 +1053,8 @@ fn thread_cpu() -> f64 {
 /// right after compiling (llguidance builds its lexer automaton lazily: states first visited here cost
 /// their construction), the second on a new state of the same grammar (clones share the lexer's
 /// caches: what a second sequence with the same grammar pays) — timing separately the sync (consuming
-/// the new token), llguidance's mask and filling the candidates, in wall-clock time and in the
+/// the new token), llguidance's mask, filling the candidates from it (sampling's path) and greedy's
+/// pick straight from its bits (`masked_argmax`), in wall-clock time and in the
 /// thread's CPU time (a step much longer in wall clock than in CPU time lost the core to another
 /// process). Prints mean, median, p99 and the slowest steps with the token that precedes them.
 fn profile(model: &str, names: &[&str], max_tokens: usize) {
@@ -1058,7 +1067,7 @@ fn profile(model: &str, names: &[&str], max_tokens: usize) {
     let compiler = Compiler::new(&f.tokenizer, vocab, &f.eos_ids).unwrap();
     let logits: Vec<f32> = (0..vocab).map(|i| (i % 97) as f32 * 0.01).collect();
     // Per replay: (what, wall s, cpu s) per step and part.
-    let mut rows: [Vec<(String, [f64; 6])>; 2] = [Vec::new(), Vec::new()];
+    let mut rows: [Vec<(String, [f64; 8])>; 2] = [Vec::new(), Vec::new()];
     for (name, schema) in schemas().into_iter().filter(|(n, _)| names.contains(&n.as_str())) {
         let g = compiler.compile(&Constraint::JsonSchema(schema)).unwrap();
         let text = format!(
@@ -1087,6 +1096,8 @@ fn profile(model: &str, names: &[&str], max_tokens: usize) {
                 cands.items.clear();
                 mask.iter_set_entries(|t| cands.items.push((t as u32, logits[t])));
                 let (w3, c3) = (std::time::Instant::now(), thread_cpu());
+                std::hint::black_box(bushu::sampling::grammar::masked_argmax(&mask, &logits));
+                let (w4, c4) = (std::time::Instant::now(), thread_cpu());
                 assert!(mask.is_allowed(out.tokens[i]), "{name}: step {i}");
                 let prev = if i == 0 {
                     "<start>".to_owned()
@@ -1102,6 +1113,8 @@ fn profile(model: &str, names: &[&str], max_tokens: usize) {
                         c2 - c1,
                         (w3 - w2).as_secs_f64(),
                         c3 - c2,
+                        (w4 - w3).as_secs_f64(),
+                        c4 - c3,
                     ],
                 ));
             }
@@ -1131,7 +1144,7 @@ fn profile(model: &str, names: &[&str], max_tokens: usize) {
                 v.last().unwrap() * 1e6
             );
         }
-        let mut slow: Vec<&(String, [f64; 6])> = rows.iter().collect();
+        let mut slow: Vec<&(String, [f64; 8])> = rows.iter().collect();
         slow.sort_by(|a, b| (b.1[2] + b.1[0]).total_cmp(&(a.1[2] + a.1[0])));
         for (what, t) in slow.iter().take(8) {
             eprintln!(

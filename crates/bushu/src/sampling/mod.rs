@@ -368,6 +368,10 @@ impl Sampler {
             tokens: &self.history,
             prompt_len: self.prompt_len,
         };
+        if let (true, true, Some(g)) = (self.greedy, self.procs.chain.is_empty(), &mut self.procs.grammar) {
+            // Greedy under a grammar alone: the best allowed token straight from the mask's bits.
+            return Processed::Token(g.argmax(logits, &ctx).unwrap_or_else(|| kernels::ops::argmax(logits) as u32));
+        }
         let cands = self.procs.apply(logits, &ctx);
         if cands.items.is_empty() {
             // Everything was banned: fall back to the raw argmax rather than invent a token.
