@@ -7,8 +7,8 @@
 //! parts checked by hand, OpenAI's delta shapes).
 
 mod common;
-use bushu::server::{ServeOptions, Server};
 use bushu::server::tools::{Part, ToolStream, Tools};
+use bushu::server::{ServeOptions, Server};
 use common::http::{post, request};
 use serde_json::{json, Value};
 use std::process::Command;
@@ -735,7 +735,8 @@ fn constrained_calls_stream_their_arguments_token_by_token() {
 #[test]
 fn auto_sends_content_as_it_comes_and_each_call_once_it_parses() {
     let t = tools(json!("auto"));
-    let text = "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    let text =
+        "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
     let mut ts = ToolStream::new(&t, "c", 1);
     // The content goes out before the call is complete; a possible start of `<tool_call>` waits.
     assert_eq!(
@@ -815,4 +816,3 @@ fn stream_deltas_are_openais() {
         json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\""}}]})
     );
 }
-

@@ -1127,6 +1127,8 @@ fn profile(model: &str, names: &[&str], max_tokens: usize) {
         "mask cpu",
         "fill wall",
         "fill cpu",
+        "pick wall",
+        "pick cpu",
     ];
     for (r, rows) in rows.iter().enumerate() {
         let what = ["first replay after compile", "second replay (lexer caches warm)"][r];

@@ -370,7 +370,10 @@ impl Sampler {
         };
         if let (true, true, Some(g)) = (self.greedy, self.procs.chain.is_empty(), &mut self.procs.grammar) {
             // Greedy under a grammar alone: the best allowed token straight from the mask's bits.
-            return Processed::Token(g.argmax(logits, &ctx).unwrap_or_else(|| kernels::ops::argmax(logits) as u32));
+            return Processed::Token(
+                g.argmax(logits, &ctx)
+                    .unwrap_or_else(|| kernels::ops::argmax(logits) as u32),
+            );
         }
         let cands = self.procs.apply(logits, &ctx);
         if cands.items.is_empty() {
