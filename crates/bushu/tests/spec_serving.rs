@@ -16,7 +16,6 @@ use bushu::spec_decode::{DraftLengthParams, PromptLookup, SpecOptions, Speculati
 use common::http::request;
 use common::shared;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 const EXPERT: &str = "models/shakespeare/shakespeare-expert-f16.gguf";
 const AMATEUR: &str = "models/shakespeare/shakespeare-amateur-f16.gguf";
