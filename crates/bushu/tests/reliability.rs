@@ -9,10 +9,11 @@ mod common;
 
 use bushu::formats::gguf::Value as G;
 use bushu::server::{ServeOptions, Server};
+use common::http::{post, raw};
 use common::{shared, tiny_llama_gguf, TempDir};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -412,46 +413,6 @@ fn start(f: impl FnOnce(&mut ServeOptions)) -> Server {
     o.grace = Duration::from_secs(2);
     f(&mut o);
     Server::start(o).unwrap()
-}
-
-/// One request on its own connection: status and (de-chunked) body.
-fn raw(addr: SocketAddr, method: &str, path: &str, ctype: &str, body: &str, key: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = key.map(|k| format!("Authorization: {k}\r\n")).unwrap_or_default();
-    // Writes may fail once the server has answered and closed (a 413, the connection cap's 503): the
-    // answer is still there to read.
-    let _ = write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let _ = s.write_all(body.as_bytes());
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{text:?}"));
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        let (mut s, mut out) = (rest, String::new());
-        while let Some((size, r)) = s.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap();
-            if n == 0 {
-                break;
-            }
-            out.push_str(&r[..n]);
-            s = &r[n + 2..];
-        }
-        out
-    } else {
-        rest.to_string()
-    };
-    (status, body)
-}
-
-fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
-    let (st, b) = raw(addr, "POST", path, "application/json", &body.to_string(), None);
-    (st, serde_json::from_str(&b).unwrap_or(Value::String(b)))
 }
 
 /// An OpenAI error body with this status.

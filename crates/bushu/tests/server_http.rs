@@ -3,6 +3,7 @@
 //! graceful shutdown.
 
 mod common;
+use common::http::{post, request, sse_data};
 
 use bushu::chat::session::CHATML;
 use bushu::chat::{ChatTemplate, Message};
@@ -42,47 +43,6 @@ fn send(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>, key: O
     )
     .unwrap();
     s
-}
-
-/// Status and body (de-chunked) of a whole response.
-fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>, key: Option<&str>) -> (u16, String) {
-    let mut raw = Vec::new();
-    send(addr, method, path, body, key).read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap();
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
-}
-
-fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
-    let (status, b) = request(addr, "POST", path, Some(&body), None);
-    (status, serde_json::from_str(&b).unwrap_or(Value::String(b)))
-}
-
-/// The `data:` payloads of an SSE body.
-fn sse_data(body: &str) -> Vec<String> {
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(str::to_owned)
-        .collect()
 }
 
 fn metric(addr: SocketAddr, name: &str) -> f64 {

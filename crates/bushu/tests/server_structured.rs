@@ -1,14 +1,16 @@
 //! Structured output through `bushu serve` (issue 21) on the Shakespeare model: `response_format`
 //! `json_schema` (strict) and `json_object`, vLLM's `guided_json` / `guided_regex` / `guided_grammar` /
 //! `guided_choice`, streaming, the `length` finish of a schema the token limit cuts, the 400s (a grammar
-//! that does not compile names the field and the problem), and the official `openai` Python client with
-//! `response_format` (skipped when the package is missing).
+//! that does not compile names the field and the problem), the official `openai` Python client with
+//! `response_format` and `tools` (skipped when the package is missing), the `/metrics` counters of
+//! constrained requests and fast-forward, and tool calls streamed as generated ([`ToolStream`]: the
+//! parts checked by hand, OpenAI's delta shapes).
 
 mod common;
+use bushu::server::tools::{Part, ToolStream, Tools};
 use bushu::server::{ServeOptions, Server};
+use common::http::{post, request};
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,43 +23,6 @@ fn start() -> Server {
     // The name the Python clients ask for.
     o.model_name = Some("m".into());
     Server::start(o).unwrap()
-}
-
-fn post_raw(addr: SocketAddr, path: &str, body: &Value) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let body = body.to_string();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        let (mut out, mut s) = (String::new(), rest);
-        while let Some((size, rest)) = s.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap();
-            if n == 0 {
-                break;
-            }
-            out.push_str(&rest[..n]);
-            s = &rest[n + 2..];
-        }
-        out
-    } else {
-        rest.to_string()
-    };
-    (status, body)
-}
-
-fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
-    let (status, b) = post_raw(addr, path, &body);
-    (status, serde_json::from_str(&b).unwrap_or(Value::String(b)))
 }
 
 fn valid(schema: &Value, v: &Value) -> bool {
@@ -179,12 +144,14 @@ fn response_format_guided_fields_and_errors() {
     assert!(serde_json::from_str::<Value>(r["choices"][0]["text"].as_str().unwrap()).is_err());
 
     // Streaming: the concatenated deltas are the schema's JSON.
-    let (s, body) = post_raw(
+    let (s, body) = request(
         a,
+        "POST",
         "/v1/chat/completions",
-        &json!({
+        Some(&json!({
         "messages": msgs, "max_tokens": 96, "temperature": 0, "stream": true,
-        "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": weather()}}}),
+        "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": weather()}}})),
+        None,
     );
     assert_eq!(s, 200);
     let mut text = String::new();
@@ -455,18 +422,28 @@ r = c.chat.completions.create(model="m", messages=m, tools=tools, tool_choice="r
                               max_tokens=80, temperature=0)
 s = c.chat.completions.create(model="m", messages=m, tools=tools, tool_choice="required", parallel_tool_calls=False,
                               max_tokens=80, temperature=0, stream=True)
-name, args, ids, finish = "", "", set(), None
+name, args, ids, finish, pieces, first = "", "", set(), None, 0, None
 for chunk in s:
     d = chunk.choices[0].delta
     for t in d.tool_calls or []:
         assert t.index == 0
+        if first is None:
+            # As OpenAI: the call's first delta has its id, type and name, and empty arguments.
+            first = t
+            assert t.id and t.type == "function" and t.function.name and t.function.arguments == "", t
+        else:
+            assert not t.id and not t.function.name, t
         if t.id:
             ids.add(t.id)
         if t.function.name:
             name += t.function.name
+        if t.function.arguments:
+            pieces += 1
         args += t.function.arguments or ""
     finish = chunk.choices[0].finish_reason or finish
 assert finish == "tool_calls" and len(ids) == 1, (finish, ids)
+# The arguments come as they are generated: in several fragments, not one.
+assert pieces > 1, (pieces, args)
 assert name == r.choices[0].message.tool_calls[0].function.name
 assert json.loads(args) == json.loads(r.choices[0].message.tool_calls[0].function.arguments)
 try:
@@ -496,6 +473,79 @@ fn tools_against(server: &Server, tools: &Value, context: &str) {
         out.status.success() && so.contains("openai tools ok"),
         "stdout: {so}\nstderr: {se}"
     );
+}
+
+/// The value of an unlabelled counter in a Prometheus text page.
+fn metric(page: &str, name: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {name} in\n{page}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_count_constrained_requests_and_forced_tokens() {
+    let server = start();
+    let a = server.addr;
+    let names = [
+        "bushu_structured_requests_total",
+        "bushu_structured_forced_steps_total",
+        "bushu_structured_forced_tokens_total",
+        "bushu_structured_forced_accepted_tokens_total",
+        "bushu_engine_steps_total",
+    ];
+    let read = || {
+        let page = request(a, "GET", "/metrics", None, None).1;
+        names.map(|n| metric(&page, n))
+    };
+    let m0 = read();
+    assert_eq!(m0[..4], [0, 0, 0, 0]);
+    // Unconstrained: the structured counters stay.
+    let (status, r) = post(
+        a,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "Speak."}], "max_tokens": 6, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{r}");
+    let m1 = read();
+    assert_eq!(m1[..4], [0, 0, 0, 0]);
+    assert!(m1[4] > m0[4]);
+    // One constrained request, alone in the engine: every step of it gives one token plus the forced
+    // tokens kept, so its tokens are the steps it took plus the forced tokens kept.
+    let (status, r) = post(
+        a,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "The weather of Verona, as JSON."}], "max_tokens": 64,
+               "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": weather()}}}),
+    );
+    assert_eq!(status, 200, "{r}");
+    let tokens = r["usage"]["completion_tokens"].as_u64().unwrap();
+    let m2 = read();
+    let d: Vec<u64> = (0..5).map(|i| m2[i] - m1[i]).collect();
+    assert_eq!(d[0], 1, "one constrained request");
+    assert!(d[1] > 0 && d[2] >= d[1] && d[2] >= d[3], "{d:?}");
+    assert_eq!(tokens, d[4] + d[3], "tokens = steps + forced tokens kept ({d:?})");
+    // A request of two choices is one request; a tool_choice required is constrained too.
+    let (status, r) = post(
+        a,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "Yes or no?"}], "max_tokens": 8, "n": 2,
+               "temperature": 0.7, "seed": 1, "guided_choice": ["yes", "no"]}),
+    );
+    assert_eq!(status, 200, "{r}");
+    let tool = json!({"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+        "properties": {"x": {"enum": [1, 2]}}, "required": ["x"]}}});
+    let (status, r) = post(
+        a,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "Call f."}], "max_tokens": 40, "temperature": 0,
+               "tools": [tool], "tool_choice": "required"}),
+    );
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(read()[0] - m2[0], 2);
+    server.shutdown().unwrap();
 }
 
 #[test]
@@ -572,4 +622,197 @@ fn tools_render_through_qwen25_and_chatml_templates() {
         "{text}"
     );
     assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
+}
+
+/// The tools of the streaming tests: `get_weather(city)` and `add()`, with `tool_choice` `choice`.
+fn tools(choice: Value) -> Tools {
+    let defs = json!([{"type": "function", "function": {"name": "get_weather", "parameters":
+        {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "add"}}]);
+    Tools::parse(Some(&defs), Some(&choice), None).unwrap().unwrap()
+}
+
+/// Feeds `text` in pieces of `step` characters; the parts and the finish reason.
+fn stream(t: &Tools, text: &str, step: usize, finish: &str) -> (Vec<Part>, String) {
+    let mut ts = ToolStream::new(t, "chatcmpl-7", 0);
+    let chars: Vec<char> = text.chars().collect();
+    let mut parts = Vec::new();
+    for piece in chars.chunks(step) {
+        parts.extend(ts.push(&piece.iter().collect::<String>()));
+    }
+    let (more, reason) = ts.finish(finish);
+    parts.extend(more);
+    (parts, reason)
+}
+
+fn content(parts: &[Part]) -> String {
+    parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Content(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn args(parts: &[Part], index: usize) -> Vec<String> {
+    parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Args { index: i, text } if *i == index => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn constrained_calls_stream_their_arguments_token_by_token() {
+    let t = tools(json!("required"));
+    let call0 = r#"{"city": "Par}is \"{x\"", "n": [1, {"a": 2}]}"#;
+    let text = format!(
+        "<tool_call>\n{{\"name\": \"get_weather\", \"arguments\": {call0}}}\n</tool_call>\n<tool_call>\n{{\"name\": \"add\", \"arguments\": {{}}}}\n</tool_call>"
+    );
+    for step in [1, 2, 3, 7, 1000] {
+        let (parts, reason) = stream(&t, &text, step, "stop");
+        assert_eq!(reason, "tool_calls", "step {step}");
+        assert_eq!(content(&parts), "", "step {step}");
+        // Each call: its header first, then its arguments, which rebuild the text generated.
+        let heads: Vec<(usize, &str, &str)> = parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Call { index, id, name } => Some((*index, id.as_str(), name.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            heads,
+            vec![
+                (0, "call_chatcmpl-7_0_0", "get_weather"),
+                (1, "call_chatcmpl-7_0_1", "add")
+            ],
+            "step {step}"
+        );
+        let first_args = parts
+            .iter()
+            .position(|p| matches!(p, Part::Args { index: 0, .. }))
+            .unwrap();
+        assert!(matches!(parts[first_args - 1], Part::Call { index: 0, .. }));
+        assert_eq!(args(&parts, 0).concat(), call0, "step {step}");
+        assert_eq!(args(&parts, 1).concat(), "{}", "step {step}");
+        let second = parts
+            .iter()
+            .position(|p| matches!(p, Part::Call { index: 1, .. }))
+            .unwrap();
+        assert!(parts[second..]
+            .iter()
+            .all(|p| !matches!(p, Part::Args { index: 0, .. })));
+        // In pieces, the arguments come in pieces.
+        if step < 7 {
+            assert!(
+                args(&parts, 0).len() >= call0.len() / step / 2,
+                "step {step}: {:?}",
+                args(&parts, 0)
+            );
+        }
+    }
+    // Cut inside the arguments: what was generated went out, the reason stays `length`.
+    let (parts, reason) = stream(
+        &t,
+        "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1",
+        2,
+        "length",
+    );
+    assert_eq!(reason, "length");
+    assert_eq!(args(&parts, 0).concat(), "{\"a\": 1");
+    // Cut before the name is known: no call, the text is content.
+    let (parts, reason) = stream(&t, "<tool_call>\n{\"name\": \"ad", 2, "length");
+    assert_eq!(
+        (content(&parts).as_str(), reason.as_str()),
+        ("<tool_call>\n{\"name\": \"ad", "length")
+    );
+}
+
+#[test]
+fn auto_sends_content_as_it_comes_and_each_call_once_it_parses() {
+    let t = tools(json!("auto"));
+    let text =
+        "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    let mut ts = ToolStream::new(&t, "c", 1);
+    // The content goes out before the call is complete; a possible start of `<tool_call>` waits.
+    assert_eq!(
+        ts.push("Let me look.\n<tool"),
+        vec![Part::Content("Let me look.".into())]
+    );
+    assert_eq!(ts.push("_call>\n{\"name\": \"get_weather\""), vec![]);
+    let rest = &text["Let me look.\n<tool_call>\n{\"name\": \"get_weather\"".len()..];
+    let parts = ts.push(rest);
+    assert_eq!(
+        parts,
+        vec![
+            Part::Call {
+                index: 0,
+                id: "call_c_1_0".into(),
+                name: "get_weather".into()
+            },
+            Part::Args {
+                index: 0,
+                text: "{\"city\":\"Paris\"}".into()
+            },
+        ]
+    );
+    assert_eq!(ts.finish("stop"), (vec![], "tool_calls".to_string()));
+    // The same as the whole response's parse.
+    assert_eq!(
+        t.parse_calls(text).unwrap().1,
+        vec![("get_weather".into(), "{\"city\":\"Paris\"}".into())]
+    );
+    for step in [1, 3, 1000] {
+        // Text with a `<` and no call: all content, `stop`.
+        let plain = "a < b <tool and <tool_c ok ";
+        let (parts, reason) = stream(&t, plain, step, "stop");
+        assert_eq!(
+            (content(&parts).as_str(), reason.as_str()),
+            (plain, "stop"),
+            "step {step}"
+        );
+        // A block calling an unknown tool, or with arguments that are not an object: content, whole.
+        for bad in [
+            "Hi \n<tool_call>\n{\"name\": \"nope\", \"arguments\": {}}\n</tool_call> bye",
+            "Hi <tool_call>{\"name\": \"add\", \"arguments\": 3}</tool_call>",
+            "Hi <tool_call>{not json</tool_call>",
+        ] {
+            let (parts, reason) = stream(&t, bad, step, "stop");
+            assert_eq!(
+                (content(&parts).as_str(), reason.as_str()),
+                (bad, "stop"),
+                "step {step}"
+            );
+            assert!(parts.iter().all(|p| matches!(p, Part::Content(_))));
+        }
+    }
+}
+
+#[test]
+fn stream_deltas_are_openais() {
+    let d = ToolStream::deltas(&[
+        Part::Content("hi".into()),
+        Part::Call {
+            index: 0,
+            id: "call_1".into(),
+            name: "add".into(),
+        },
+        Part::Args {
+            index: 0,
+            text: "{\"a\"".into(),
+        },
+    ]);
+    assert_eq!(d[0], json!({"content": "hi"}));
+    assert_eq!(
+        d[1],
+        json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "add", "arguments": ""}}]})
+    );
+    assert_eq!(
+        d[2],
+        json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\""}}]})
+    );
 }

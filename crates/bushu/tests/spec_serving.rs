@@ -13,11 +13,9 @@ use bushu::sampling::SamplingParams;
 use bushu::server::{ServeOptions, Server};
 use bushu::spec_decode::serving::{draft_runner, Method, SpecCounters, Speculator};
 use bushu::spec_decode::{DraftLengthParams, PromptLookup, SpecOptions, Speculation};
+use common::http::request;
 use common::shared;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
 
 const EXPERT: &str = "models/shakespeare/shakespeare-expert-f16.gguf";
 const AMATEUR: &str = "models/shakespeare/shakespeare-amateur-f16.gguf";
@@ -222,23 +220,6 @@ fn bad_speculators_are_refused() {
     assert!(Speculator::new(Method::Lookup(PromptLookup::new(2).unwrap()), length(), 1.5, &e.runner).is_err());
 }
 
-fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, rest.to_string())
-}
-
 /// `bushu serve --lookup`: a completion of a repetitive prompt comes back with the same text as
 /// without speculation, `timings.draft_n` / `draft_n_accepted`, and `/metrics` counts the drafts.
 #[test]
@@ -262,12 +243,12 @@ fn serve_with_lookup_reports_drafts() {
         o.max_batch = 4;
         o.spec = spec.clone();
         let server = Server::start(o).unwrap();
-        let (status, b) = http(server.addr, "POST", "/v1/completions", Some(body.clone()));
+        let (status, b) = request(server.addr, "POST", "/v1/completions", Some(&body), None);
         assert_eq!(status, 200, "{b}");
         // A body without chunked encoding (axum sends JSON with a length).
         let v: Value = serde_json::from_str(b.trim()).unwrap_or_else(|_| panic!("{b}"));
         texts.push(v["choices"][0]["text"].as_str().unwrap().to_owned());
-        let (_, metrics) = http(server.addr, "GET", "/metrics", None);
+        let (_, metrics) = request(server.addr, "GET", "/metrics", None, None);
         if spec.method == Speculation::Off {
             assert!(v.get("timings").is_none());
             assert!(!metrics.contains("spec_decode"));

@@ -320,6 +320,124 @@ fn rewinding_the_sampler_rewinds_the_grammar() {
     }
 }
 
+/// Applying a grammar's mask: at every step, the sampler's candidates (filled from the mask's set bits,
+/// with or without the masks prepared ahead as the engine does during the pass) written back densely
+/// equal the reference — every token the mask does not allow at `-inf`, every other logit unchanged —
+/// on random logits, along a path that takes the forced tokens, rejects prepared drafts (a draft
+/// that is not the token taken) and rewinds.
+fn mask_application_equals_reference(f: &ModelFile, vocab: usize) {
+    use bushu::sampling::grammar::GrammarMask;
+    use bushu::sampling::rng::Rng;
+    use bushu::sampling::{Candidates, Context};
+    let compiler = Compiler::new(&f.tokenizer, vocab, &f.eos_ids).unwrap();
+    let mut rng = Rng::new(11);
+    let mut checked = 0;
+    for name in ["person", "order_with_items", "weather"] {
+        let schema = schemas().into_iter().find(|(n, _)| n == name).unwrap().1;
+        let g = compiler.compile(&Constraint::JsonSchema(schema)).unwrap();
+        let prompt = [1u32, 2, 3];
+        // Ours: prepared (odd steps) or computed on demand (even steps).
+        let mut ours = GrammarMask::new(&g);
+        let mut cands = Candidates::default();
+        let mut tokens: Vec<u32> = prompt.to_vec();
+        let mut dense = vec![0f32; vocab];
+        for step in 0..40 {
+            let generated = tokens[prompt.len()..].to_vec();
+            // The reference: llguidance's mask from a fresh state, applied token by token.
+            let mask = g.state().mask(&generated);
+            let logits: Vec<f32> = (0..vocab).map(|_| rng.next_f32() * 20.0 - 10.0).collect();
+            let reference: Vec<f32> = (0..vocab)
+                .map(|i| {
+                    if mask.is_allowed(i as u32) {
+                        logits[i]
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+                .collect();
+            let forced = g.state().forced(&generated, 4);
+            if let Some(&t) = forced.first() {
+                assert!(mask.is_allowed(t), "{name} step {step}: forced token {t} not allowed");
+            }
+            // Prepared with drafts: the forced tokens, or a wrong guess (an allowed token that will
+            // not be taken) to be rejected.
+            let allowed: Vec<u32> = (0..vocab as u32).filter(|&t| mask.is_allowed(t)).collect();
+            let drafts = match step % 4 {
+                1 => forced.clone(),
+                3 => allowed.iter().rev().take(1).copied().collect(),
+                _ => Vec::new(),
+            };
+            if step % 2 == 1 {
+                ours.prepare(&generated, &drafts);
+            }
+            let ctx = Context {
+                tokens: &tokens,
+                prompt_len: prompt.len(),
+            };
+            ours.fill(&mut cands, &logits, &ctx);
+            cands.to_dense(&mut dense);
+            for i in 0..vocab {
+                assert!(
+                    dense[i].to_bits() == reference[i].to_bits(),
+                    "{name} step {step} token {i}: {} vs reference {}",
+                    dense[i],
+                    reference[i]
+                );
+            }
+            // Greedy decoding under the grammar alone: the reference's argmax (smallest id among equals).
+            let best = (0..vocab)
+                .filter(|&i| reference[i] != f32::NEG_INFINITY)
+                .fold(None::<usize>, |b, i| match b {
+                    Some(j) if reference[j] >= reference[i] => Some(j),
+                    _ => Some(i),
+                });
+            assert_eq!(ours.argmax(&logits, &ctx), best.map(|i| i as u32), "{name} step {step}");
+            checked += 1;
+            if allowed.iter().all(|t| f.eos_ids.contains(t)) {
+                break;
+            }
+            // Next: the first forced token, else the allowed non-EOS token with the best logit
+            // (never the wrong draft above, unless it is the only choice).
+            let next = forced.first().copied().unwrap_or_else(|| {
+                let mut c: Vec<u32> = allowed.iter().copied().filter(|t| !f.eos_ids.contains(t)).collect();
+                if c.len() > 1 && step % 4 == 3 {
+                    c.retain(|t| Some(t) != drafts.first());
+                }
+                *c.iter()
+                    .max_by(|a, b| logits[**a as usize].total_cmp(&logits[**b as usize]))
+                    .unwrap()
+            });
+            tokens.push(next);
+            // Now and then a rewind of two tokens, then the same tokens again.
+            if step % 7 == 6 && tokens.len() > prompt.len() + 2 {
+                let again = tokens.split_off(tokens.len() - 2);
+                let ctx = Context {
+                    tokens: &tokens,
+                    prompt_len: prompt.len(),
+                };
+                ours.fill(&mut cands, &logits, &ctx);
+                tokens.extend(again);
+            }
+        }
+    }
+    assert!(checked > 60, "{checked} steps checked");
+}
+
+#[test]
+fn mask_application_equals_reference_masking_shakespeare() {
+    let (f, m) = open(EXPERT);
+    mask_application_equals_reference(&f, m.config.vocab_size);
+}
+
+#[test]
+fn mask_application_equals_reference_masking_smollm2() {
+    let Some(f) = common::cached_model("smollm2-135m") else {
+        return;
+    };
+    let vocab = bushu::model::Model::new(&f).unwrap().config.vocab_size;
+    mask_application_equals_reference(&f, vocab);
+}
+
 #[test]
 fn speculative_decoding_under_a_grammar_equals_plain_decoding() {
     let (f, m) = open(EXPERT);
@@ -918,4 +1036,152 @@ fn forced_tokens_spell_the_forced_bytes_with_pieces() {
     }
     // Inside the free string nothing is forced.
     assert!(s.forced(&forced, 32).is_empty());
+}
+
+/// The calling thread's CPU time (Linux `CLOCK_THREAD_CPUTIME_ID`): what the thread itself spent,
+/// without the time other processes had the core.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Where the time of a grammar step goes (run by hand: `cargo test --release --test structured --
+/// --ignored --nocapture profile_`): greedy outputs of the model on the schemas of [`measure`], then
+/// each output replayed token by token through a fresh [`GrammarState`] three times — the first replay
+/// right after compiling (llguidance builds its lexer automaton lazily: states first visited here cost
+/// their construction), the second on a new state of the same grammar (clones share the lexer's
+/// caches: what a second sequence with the same grammar pays) — timing separately the sync (consuming
+/// the new token), llguidance's mask, filling the candidates from it (sampling's path) and greedy's
+/// pick straight from its bits (`masked_argmax`), in wall-clock time and in the
+/// thread's CPU time (a step much longer in wall clock than in CPU time lost the core to another
+/// process). Prints mean, median, p99 and the slowest steps with the token that precedes them.
+fn profile(model: &str, names: &[&str], max_tokens: usize) {
+    use bushu::sampling::Candidates;
+    let Some(f) = common::cached_model(model) else {
+        return;
+    };
+    let m = Model::new(&f).unwrap();
+    let vocab = m.config.vocab_size;
+    let compiler = Compiler::new(&f.tokenizer, vocab, &f.eos_ids).unwrap();
+    let logits: Vec<f32> = (0..vocab).map(|i| (i % 97) as f32 * 0.01).collect();
+    // Per replay: (what, wall s, cpu s) per step and part.
+    let mut rows: [Vec<(String, [f64; 8])>; 2] = [Vec::new(), Vec::new()];
+    for (name, schema) in schemas().into_iter().filter(|(n, _)| names.contains(&n.as_str())) {
+        let g = compiler.compile(&Constraint::JsonSchema(schema)).unwrap();
+        let text = format!(
+            "<|im_start|>user\nGive an example {} as JSON.<|im_end|>\n<|im_start|>assistant\n",
+            name.replace('_', " ")
+        );
+        let p = f.tokenizer.encode_with(&text, false, true).unwrap();
+        let sampling = SamplingParams {
+            grammar: Some(g.clone()),
+            ..SamplingParams::greedy()
+        };
+        let mut st = m.new_state(p.len() + max_tokens + 2);
+        let opts = GenerateOptions::new(max_tokens, sampling, f.eos_ids.clone());
+        let out = generate(&m, &f.tokenizer, &mut st, &p, &opts, &mut |_| {}).unwrap();
+        // A fresh compile: the generation above warmed the grammar's lexer.
+        let g = compiler.compile(g.constraint()).unwrap();
+        for rows in rows.iter_mut() {
+            let mut s = g.state();
+            let mut cands = Candidates::default();
+            for i in 0..out.tokens.len() {
+                let (w0, c0) = (std::time::Instant::now(), thread_cpu());
+                s.sync(&out.tokens[..i]).unwrap();
+                let (w1, c1) = (std::time::Instant::now(), thread_cpu());
+                let mask = s.mask(&out.tokens[..i]);
+                let (w2, c2) = (std::time::Instant::now(), thread_cpu());
+                cands.items.clear();
+                mask.iter_set_entries(|t| cands.items.push((t as u32, logits[t])));
+                let (w3, c3) = (std::time::Instant::now(), thread_cpu());
+                std::hint::black_box(bushu::sampling::grammar::masked_argmax(&mask, &logits));
+                let (w4, c4) = (std::time::Instant::now(), thread_cpu());
+                assert!(mask.is_allowed(out.tokens[i]), "{name}: step {i}");
+                let prev = if i == 0 {
+                    "<start>".to_owned()
+                } else {
+                    f.tokenizer.decode(&out.tokens[i - 1..i])
+                };
+                rows.push((
+                    format!("{name} step {i} after {prev:?} ({} allowed)", mask.num_set()),
+                    [
+                        (w1 - w0).as_secs_f64(),
+                        c1 - c0,
+                        (w2 - w1).as_secs_f64(),
+                        c2 - c1,
+                        (w3 - w2).as_secs_f64(),
+                        c3 - c2,
+                        (w4 - w3).as_secs_f64(),
+                        c4 - c3,
+                    ],
+                ));
+            }
+        }
+    }
+    let parts = [
+        "sync wall",
+        "sync cpu",
+        "mask wall",
+        "mask cpu",
+        "fill wall",
+        "fill cpu",
+        "pick wall",
+        "pick cpu",
+    ];
+    for (r, rows) in rows.iter().enumerate() {
+        let what = ["first replay after compile", "second replay (lexer caches warm)"][r];
+        eprintln!("{model} ({vocab} tokens), {what}, {} steps:", rows.len());
+        for (k, part) in parts.iter().enumerate() {
+            let mut v: Vec<f64> = rows.iter().map(|x| x.1[k]).collect();
+            v.sort_by(f64::total_cmp);
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let p99 = v[((v.len() as f64 * 0.99) as usize).min(v.len() - 1)];
+            eprintln!(
+                "  {part:9}: mean {:8.1} us  median {:7.1} us  p99 {:8.1} us  max {:8.1} us",
+                mean * 1e6,
+                v[v.len() / 2] * 1e6,
+                p99 * 1e6,
+                v.last().unwrap() * 1e6
+            );
+        }
+        let mut slow: Vec<&(String, [f64; 8])> = rows.iter().collect();
+        slow.sort_by(|a, b| (b.1[2] + b.1[0]).total_cmp(&(a.1[2] + a.1[0])));
+        for (what, t) in slow.iter().take(8) {
+            eprintln!(
+                "  slow: {what}: sync {:.0}/{:.0} us, mask {:.0}/{:.0} us (wall/cpu)",
+                t[0] * 1e6,
+                t[1] * 1e6,
+                t[2] * 1e6,
+                t[3] * 1e6
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore]
+fn profile_smollm2() {
+    let names = [
+        "person",
+        "address",
+        "order_with_items",
+        "weather",
+        "book",
+        "log_entry",
+        "recipe",
+        "http_request",
+    ];
+    profile("smollm2-135m", &names, 64);
+}
+
+#[test]
+#[ignore]
+fn profile_qwen25_coder() {
+    profile(
+        "qwen2.5-coder-0.5b",
+        &["person", "order_with_items", "weather", "log_entry", "recipe"],
+        48,
+    );
 }

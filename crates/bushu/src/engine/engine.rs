@@ -14,6 +14,11 @@
 //! run in this step's pass instead of one step each; they are verified like any draft, and counted
 //! apart ([`Engine::forced`], [`Output::forced`]).
 //!
+//! A grammar's work does not serialize the step: the forced tokens of the step's sequences are
+//! computed in parallel (rayon), and so are the masks of every row the step will sample — each
+//! constrained sequence's sampler prepares them ([`crate::sampling::Sampler::prepare_grammar`]) on the
+//! pool while the batched forward pass runs (`rayon::join`), so that sampling finds them computed.
+//!
 //! Drafts may form a tree ([`Engine::propose_tree`]): the walk then goes from the last token's row to
 //! the child drafted as the token sampled, and so on; the accepted branch's rows are moved to
 //! consecutive positions ([`PagedCache::keep_rows`]) before the rest is rewound.
@@ -366,19 +371,24 @@ impl Engine {
     /// drafts (at most [`MAX_FORCED`], within its length limits), ahead of the speculative drafter, which
     /// leaves sequences with drafts alone. Forced drafts a step could not run are recomputed.
     fn forced_drafts(&mut self) {
+        use rayon::prelude::*;
         let max_len = self.cfg.max_model_len;
+        let mut todo: Vec<&mut Sequence> = Vec::new();
         for seq in self.sched.seqs.values_mut() {
             if seq.draft_forced {
                 seq.draft.clear();
                 seq.draft_forced = false;
             }
-            if seq.status != SeqStatus::Running
-                || seq.num_uncomputed() != 1
-                || !seq.draft.is_empty()
-                || !seq.sampler.has_grammar()
+            if seq.status == SeqStatus::Running
+                && seq.num_uncomputed() == 1
+                && seq.draft.is_empty()
+                && seq.sampler.has_grammar()
             {
-                continue;
+                todo.push(seq);
             }
+        }
+        // Each sequence's grammar is its own: computed in parallel.
+        let one = |seq: &mut &mut Sequence| {
             // As in `propose_tree`: each kept draft is one more token, and one more follows them.
             let room = max_len
                 .saturating_sub(seq.len())
@@ -390,6 +400,11 @@ impl Engine {
                 seq.draft_parent.clear();
                 seq.draft_forced = true;
             }
+        };
+        match todo.len() {
+            0 => {}
+            1 => one(&mut todo[0]),
+            _ => todo.par_iter_mut().for_each(one),
         }
     }
 
@@ -455,12 +470,40 @@ impl Engine {
         // (empty, and not allocated, without drafts).
         let max_n = chunks.iter().filter(|c| c.draft > 0).map(|c| c.n).max().unwrap_or(0);
         let row_ids: Vec<usize> = (0..max_n).collect();
+        // Each scheduled sequence's borrow split in two: the tokens and block table the pass reads, and
+        // — for a sequence sampled this step under a grammar — its sampler, whose masks for this
+        // step's rows are computed meanwhile (structured output's masks overlap the forward pass and
+        // run in parallel across sequences instead of one after the other on this thread).
+        let mut views = std::collections::HashMap::with_capacity(chunks.len());
+        let mut prepare: Vec<(&mut crate::sampling::Sampler, &[u32])> = Vec::new();
+        for s in seqs.values_mut() {
+            let Some(c) = chunks.iter().find(|c| c.seq == s.id) else {
+                continue;
+            };
+            let Sequence {
+                tokens,
+                block_table,
+                sampler,
+                draft,
+                draft_parent,
+                ..
+            } = s;
+            views.insert(c.seq, (tokens.as_slice(), block_table.as_slice()));
+            if c.sample && sampler.has_grammar() {
+                // The rows of a chain of drafts follow the drafts; a tree's are prepared from its root only.
+                let drafts = match draft_parent.is_empty() {
+                    true => &draft[..c.draft],
+                    false => &[][..],
+                };
+                prepare.push((sampler, drafts));
+            }
+        }
         let inputs: Vec<SeqInput> = chunks
             .iter()
             .zip(&joined)
             .zip(&trees)
             .map(|((c, joined), tree)| {
-                let s = &seqs[&c.seq];
+                let (seq_tokens, block_table) = views[&c.seq];
                 let logits = match (c.sample, c.draft) {
                     (false, _) => Logits::None,
                     (true, 0) => Logits::Last,
@@ -468,17 +511,31 @@ impl Engine {
                 };
                 let tokens = match joined {
                     Some(t) => t,
-                    None => &s.tokens[c.pos0..c.pos0 + c.n],
+                    None => &seq_tokens[c.pos0..c.pos0 + c.n],
                 };
                 SeqInput {
                     tree: tree.as_deref(),
-                    ..SeqInput::causal(tokens, c.pos0, &s.block_table, logits)
+                    ..SeqInput::causal(tokens, c.pos0, block_table, logits)
                 }
             })
             .collect();
         let vocab = self.runner.model.config.vocab_size;
-        let logits = self.runner.forward(&inputs)?;
+        let runner = &mut self.runner;
+        let logits = if prepare.is_empty() {
+            runner.forward(&inputs)?
+        } else {
+            let (logits, ()) = rayon::join(
+                || runner.forward(&inputs),
+                || {
+                    use rayon::prelude::*;
+                    prepare.par_iter_mut().for_each(|(s, d)| s.prepare_grammar(d))
+                },
+            );
+            logits?
+        };
         drop(inputs);
+        drop(prepare);
+        drop(views);
         let mut sampled = Vec::new();
         // Per sampling chunk: its output's index and the sequence's length before this step's tokens.
         let mut bases = Vec::new();

@@ -81,6 +81,11 @@ pub struct Metrics {
     pub spec: Option<crate::spec_decode::serving::SpecCounters>,
     /// Cascade decoding: per stage (smallest first), its model's name and the requests it answered.
     pub cascade: Vec<(String, u64)>,
+    /// Structured output: admitted requests with a grammar (`response_format`, `guided_*`, tools
+    /// `required` or named).
+    pub structured_requests: u64,
+    /// Structured output's fast-forward: steps that fed grammar-forced tokens, the tokens, those kept.
+    pub forced: super::engine::ForcedCounters,
 }
 
 impl Default for Metrics {
@@ -95,6 +100,8 @@ impl Default for Metrics {
             gauges: Gauges::default(),
             spec: None,
             cascade: Vec::new(),
+            structured_requests: 0,
+            forced: Default::default(),
         }
     }
 }
@@ -228,6 +235,30 @@ impl Metrics {
             g.preemptions,
         );
         counter(&mut o, "bushu_engine_steps_total", "Engine steps.", g.steps);
+        counter(
+            &mut o,
+            "bushu_structured_requests_total",
+            "Admitted requests with a structured-output grammar (response_format, guided_*, tool_choice required or named).",
+            self.structured_requests,
+        );
+        counter(
+            &mut o,
+            "bushu_structured_forced_steps_total",
+            "Fast-forward: sequence steps that fed grammar-forced tokens.",
+            self.forced.steps,
+        );
+        counter(
+            &mut o,
+            "bushu_structured_forced_tokens_total",
+            "Fast-forward: grammar-forced tokens fed to the model.",
+            self.forced.tokens,
+        );
+        counter(
+            &mut o,
+            "bushu_structured_forced_accepted_tokens_total",
+            "Fast-forward: grammar-forced tokens kept (the model's own sampling chose them).",
+            self.forced.accepted,
+        );
         if let Some(s) = &self.spec {
             counter(
                 &mut o,

@@ -301,6 +301,18 @@ impl Sampler {
         }
     }
 
+    /// Structured output: computes ahead the grammar masks the next samples will need — after the
+    /// history and after each of `drafts` in turn (the rows of a pass verifying them) — so that
+    /// they can be computed while the forward pass runs, on another thread
+    /// ([`crate::structured::GrammarState::prepare`]). Nothing without a grammar; the samples are the
+    /// same with or without it.
+    pub fn prepare_grammar(&mut self, drafts: &[u32]) {
+        let generated = &self.history[self.prompt_len.min(self.history.len())..];
+        if let Some(g) = &mut self.procs.grammar {
+            g.prepare(generated, drafts);
+        }
+    }
+
     /// Whether tokens are taken greedily (temperature 0).
     pub fn is_greedy(&self) -> bool {
         self.greedy
@@ -356,6 +368,13 @@ impl Sampler {
             tokens: &self.history,
             prompt_len: self.prompt_len,
         };
+        if let (true, true, Some(g)) = (self.greedy, self.procs.chain.is_empty(), &mut self.procs.grammar) {
+            // Greedy under a grammar alone: the best allowed token straight from the mask's bits.
+            return Processed::Token(
+                g.argmax(logits, &ctx)
+                    .unwrap_or_else(|| kernels::ops::argmax(logits) as u32),
+            );
+        }
         let cands = self.procs.apply(logits, &ctx);
         if cands.items.is_empty() {
             // Everything was banned: fall back to the raw argmax rather than invent a token.

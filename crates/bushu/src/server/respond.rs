@@ -274,6 +274,15 @@ impl Collector {
         self.envelope(true, vec![choice])
     }
 
+    /// A chat streaming chunk for choice `index` with a given `delta` (tool calls: [`super::tools::ToolStream`]).
+    pub fn chat_chunk(&self, index: usize, delta: Value, logprobs: &[Value], finish: Option<&str>) -> Value {
+        let lp = self.logprobs_value(logprobs);
+        self.envelope(
+            true,
+            vec![json!({"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish})],
+        )
+    }
+
     /// The last streaming chunk when usage is asked for: no choices, the totals.
     pub fn usage_chunk(&self) -> Value {
         let mut v = self.envelope(true, Vec::new());

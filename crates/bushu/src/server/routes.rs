@@ -525,7 +525,7 @@ async fn generate(
         first_token: None,
         last_token: None,
     };
-    if !plan.stream || tools.is_some() {
+    if !plan.stream {
         while sub.next().await.is_some() {}
         if !sub.col.done() {
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine stopped"));
@@ -540,33 +540,17 @@ async fn generate(
         if let Some(info) = &cascade_info {
             resp["cascade"] = info.clone();
         }
-        if !plan.stream {
-            return Ok(with_stage(Json(resp).into_response(), cascade_info.as_ref()));
-        }
-        // Tools: the whole answer, sent as OpenAI's chunks (super::tools).
-        let mut events: Vec<Result<Event, Infallible>> = super::tools::Tools::chunks(&resp)
-            .into_iter()
-            .map(|mut c| {
-                if let Some(info) = &cascade_info {
-                    c["cascade"] = info.clone();
-                }
-                Ok(Event::default().data(c.to_string()))
-            })
-            .collect();
-        if plan.include_usage {
-            events.push(Ok(Event::default().data(sub.col.usage_chunk().to_string())));
-        }
-        events.push(Ok(Event::default().data("[DONE]")));
-        return Ok(with_stage(
-            Sse::new(futures::stream::iter(events)).into_response(),
-            cascade_info.as_ref(),
-        ));
+        return Ok(with_stage(Json(resp).into_response(), cascade_info.as_ref()));
     }
     // Streaming: a task feeds the SSE body; when the client disconnects the body is dropped, the
     // task's send fails, and dropping the submission cancels the sequences.
     let (tx, body) = mpsc::channel::<Result<Event, Infallible>>(64);
     let include_usage = plan.include_usage;
     let header_info = cascade_info.clone();
+    // Tools: each choice's text turned into OpenAI's content and tool-call deltas as it comes.
+    let mut tool_streams: Option<Vec<super::tools::ToolStream>> = tools
+        .as_ref()
+        .map(|t| (0..plan.n).map(|i| super::tools::ToolStream::new(t, &id, i)).collect());
     tokio::spawn(async move {
         let mut announced = vec![false; plan.n];
         loop {
@@ -582,6 +566,48 @@ async fn generate(
                 break;
             }
             if d.text.is_empty() && d.finish.is_none() && d.logprobs.is_empty() {
+                continue;
+            }
+            if let Some(ts) = &mut tool_streams {
+                let t = &mut ts[d.index];
+                let mut parts = t.push(&d.text);
+                let finish = d.finish.map(|f| {
+                    let (more, reason) = t.finish(f);
+                    parts.extend(more);
+                    reason
+                });
+                let mut deltas = super::tools::ToolStream::deltas(&parts);
+                if deltas.is_empty() && !d.logprobs.is_empty() {
+                    deltas.push(json!({}));
+                }
+                for (k, mut delta) in deltas.into_iter().enumerate() {
+                    if !std::mem::replace(&mut announced[d.index], true) {
+                        delta["role"] = json!("assistant");
+                    }
+                    let lp: &[serde_json::Value] = if k == 0 { &d.logprobs } else { &[] };
+                    let mut chunk = sub.col.chat_chunk(d.index, delta, lp, None);
+                    if let Some(info) = &cascade_info {
+                        chunk["cascade"] = info.clone();
+                    }
+                    let ev = Event::default().data(chunk.to_string());
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                if let Some(f) = finish {
+                    let mut delta = json!({});
+                    if !std::mem::replace(&mut announced[d.index], true) {
+                        delta["role"] = json!("assistant");
+                    }
+                    let mut chunk = sub.col.chat_chunk(d.index, delta, &[], Some(f.as_str()));
+                    if let Some(info) = &cascade_info {
+                        chunk["cascade"] = info.clone();
+                    }
+                    let ev = Event::default().data(chunk.to_string());
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
                 continue;
             }
             let first = !std::mem::replace(&mut announced[d.index], true);

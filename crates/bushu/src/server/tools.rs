@@ -13,8 +13,14 @@
 //! tool with a JSON object of arguments become `tool_calls` and the finish reason `tool_calls`; anything
 //! else stays `content`. With `none` the tools are not shown and nothing is parsed.
 //!
-//! Streaming: a request with tools is generated whole, then sent as the chunks OpenAI sends — the role,
-//! the content if any, each call's id and name with empty arguments then its arguments, the finish reason.
+//! Streaming ([`ToolStream`]): the chunks OpenAI sends, as the answer is generated — the content before
+//! the first `<tool_call>` as it comes (holding back only what may be the start of `<tool_call>`); per
+//! call, a `tool_calls` delta with its `index`, `id`, `type` and `function.name` (arguments `""`), then
+//! its arguments in fragments; the finish reason `tool_calls`. With `required` or a named function the
+//! grammar makes every call well-formed, and the arguments go out token by token as they are generated.
+//! With `auto` the model is free and may write a malformed call: each call is sent once its
+//! `</tool_call>` closes it and it parses (its name and arguments then in one delta each), so that no
+//! call is ever sent that the whole answer would not hold.
 
 use super::error::ApiError;
 use crate::chat::ChatTemplate;
@@ -250,35 +256,391 @@ impl Tools {
             c["finish_reason"] = json!("tool_calls");
         }
     }
+}
 
-    /// The streaming chunks of a whole (rewritten) chat response, as OpenAI sends them.
-    pub fn chunks(resp: &Value) -> Vec<Value> {
-        let env = |choice: Value| {
-            json!({"id": resp["id"], "object": "chat.completion.chunk", "created": resp["created"],
-                   "model": resp["model"], "choices": [choice]})
-        };
-        let mut out = Vec::new();
-        for c in resp["choices"].as_array().into_iter().flatten() {
-            let i = &c["index"];
-            let m = &c["message"];
-            out.push(env(json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})));
-            if let Some(t) = m["content"].as_str().filter(|t| !t.is_empty()) {
-                out.push(env(
-                    json!({"index": i, "delta": {"content": t}, "logprobs": null, "finish_reason": null}),
-                ));
-            }
-            for (k, tc) in m["tool_calls"].as_array().into_iter().flatten().enumerate() {
-                out.push(env(json!({"index": i, "delta": {"tool_calls": [{"index": k, "id": tc["id"], "type": "function",
-                    "function": {"name": tc["function"]["name"], "arguments": ""}}]}, "logprobs": null, "finish_reason": null})));
-                out.push(env(json!({"index": i, "delta": {"tool_calls": [{"index": k,
-                    "function": {"arguments": tc["function"]["arguments"]}}]}, "logprobs": null, "finish_reason": null})));
-            }
-            out.push(env(
-                json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": c["finish_reason"]}),
-            ));
+/// What a [`ToolStream`] has to send, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Part {
+    /// Text before the calls.
+    Content(String),
+    /// A call begins: its index among the choice's calls, its id and the function's name.
+    Call { index: usize, id: String, name: String },
+    /// More of call `index`'s arguments (JSON text).
+    Args { index: usize, text: String },
+}
+
+/// Where a [`ToolStream`] is in the answer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Before the first `<tool_call>`: content.
+    Content,
+    /// After `<tool_call>`: the call's head (up to its arguments' `{`), or — `auto` — the whole block.
+    Head,
+    /// Inside the arguments object (`depth` braces or brackets open), streamed as it comes.
+    Args { depth: usize, in_str: bool, esc: bool },
+    /// After the arguments: up to `</tool_call>`.
+    Tail,
+    /// Between calls (text there is not part of the answer, as in [`Tools::parse_calls`]).
+    Between,
+    /// A malformed block: what follows is content when no call was sent, else dropped.
+    Broken,
+    /// After a malformed block with no call sent: content.
+    BrokenContent,
+}
+
+const OPEN: &str = "<tool_call>";
+const CLOSE: &str = "</tool_call>";
+
+/// One choice's answer turned into OpenAI's streaming parts as its text arrives (see the module
+/// documentation).
+pub struct ToolStream {
+    names: Vec<String>,
+    /// Stream the arguments token by token (the grammar guarantees well-formed calls); else a call is
+    /// sent whole once it closes and parses.
+    incremental: bool,
+    /// Call ids: `{id_prefix}_{k}`, as [`Tools::rewrite`] names them.
+    id_prefix: String,
+    mode: Mode,
+    /// Text received and not yet turned into parts.
+    pending: String,
+    /// Calls sent (a call counts from its [`Part::Call`]).
+    calls: usize,
+    /// The whitespace between the content and the first `<tool_call>` (not part of the content when a
+    /// call follows; given back if the block is not a call).
+    gap: String,
+}
+
+impl ToolStream {
+    /// The stream of choice `choice` of response `id`.
+    pub fn new(tools: &Tools, id: &str, choice: usize) -> ToolStream {
+        ToolStream {
+            names: tools.names.clone(),
+            incremental: tools.constraint().is_some(),
+            id_prefix: format!("call_{id}_{choice}"),
+            mode: Mode::Content,
+            pending: String::new(),
+            calls: 0,
+            gap: String::new(),
         }
+    }
+
+    /// Takes the next piece of the answer's text; the parts it completes.
+    pub fn push(&mut self, text: &str) -> Vec<Part> {
+        self.pending.push_str(text);
+        let mut out = Vec::new();
+        while self.step(&mut out, false) {}
         out
     }
+
+    /// The answer ended with `finish` (`stop`, `length`, ...): the last parts and the finish reason to
+    /// send (`tool_calls` when calls were sent and the answer ended on its own).
+    pub fn finish(&mut self, finish: &str) -> (Vec<Part>, String) {
+        let mut out = Vec::new();
+        while self.step(&mut out, true) {}
+        // Left over only in an unfinished call head: content if no call was sent, else dropped.
+        let rest = std::mem::take(&mut self.pending);
+        if !rest.is_empty() && self.calls == 0 {
+            out.push(Part::Content(format!("{}{OPEN}{rest}", self.gap)));
+        }
+        let reason = match (finish, self.calls) {
+            ("stop", n) if n > 0 => "tool_calls".to_string(),
+            (f, _) => f.to_string(),
+        };
+        (out, reason)
+    }
+
+    /// One move of the state machine over `pending`; whether to go on.
+    fn step(&mut self, out: &mut Vec<Part>, end: bool) -> bool {
+        match self.mode {
+            Mode::Content => match self.pending.find(OPEN) {
+                Some(i) => {
+                    let before = self.pending[..i].trim_end();
+                    self.gap = self.pending[before.len()..i].to_string();
+                    if !before.is_empty() {
+                        out.push(Part::Content(before.to_string()));
+                    }
+                    self.pending.drain(..i + OPEN.len());
+                    self.mode = Mode::Head;
+                    true
+                }
+                None => {
+                    // Hold back what may be the start of `<tool_call>` and the whitespace before it.
+                    let keep = match end {
+                        true => 0,
+                        false => held_back(&self.pending),
+                    };
+                    let send = self.pending.len() - keep;
+                    if send > 0 {
+                        out.push(Part::Content(self.pending[..send].to_string()));
+                        self.pending.drain(..send);
+                    }
+                    false
+                }
+            },
+            Mode::Head if self.incremental => match head(&self.pending) {
+                Head::More => false,
+                Head::Bad => {
+                    self.mode = Mode::Broken;
+                    true
+                }
+                Head::Done { name, len } if self.names.contains(&name) => {
+                    let index = self.calls;
+                    self.calls += 1;
+                    out.push(Part::Call {
+                        index,
+                        id: format!("{}_{index}", self.id_prefix),
+                        name,
+                    });
+                    out.push(Part::Args {
+                        index,
+                        text: "{".into(),
+                    });
+                    self.pending.drain(..len);
+                    self.mode = Mode::Args {
+                        depth: 1,
+                        in_str: false,
+                        esc: false,
+                    };
+                    true
+                }
+                Head::Done { .. } => {
+                    self.mode = Mode::Broken;
+                    true
+                }
+            },
+            Mode::Head => {
+                // `auto`: the whole block, parsed as `Tools::parse_calls` would.
+                let end_at = self.pending.find(CLOSE);
+                if end_at.is_none() && !end {
+                    return false;
+                }
+                let body_end = end_at.unwrap_or(self.pending.len());
+                let parsed = serde_json::from_str::<Value>(self.pending[..body_end].trim())
+                    .ok()
+                    .and_then(|v| {
+                        let name = v.get("name").and_then(Value::as_str)?.to_string();
+                        let args = v.get("arguments").filter(|a| a.is_object())?.to_string();
+                        self.names.contains(&name).then_some((name, args))
+                    });
+                match parsed {
+                    Some((name, args)) => {
+                        let index = self.calls;
+                        self.calls += 1;
+                        out.push(Part::Call {
+                            index,
+                            id: format!("{}_{index}", self.id_prefix),
+                            name,
+                        });
+                        out.push(Part::Args { index, text: args });
+                        self.pending.drain(..end_at.map_or(body_end, |e| e + CLOSE.len()));
+                        self.mode = Mode::Between;
+                        true
+                    }
+                    None => {
+                        self.mode = Mode::Broken;
+                        true
+                    }
+                }
+            }
+            Mode::Args {
+                mut depth,
+                mut in_str,
+                mut esc,
+            } => {
+                let mut cut = None;
+                for (i, ch) in self.pending.char_indices() {
+                    if in_str {
+                        match (esc, ch) {
+                            (true, _) => esc = false,
+                            (false, '\\') => esc = true,
+                            (false, '"') => in_str = false,
+                            _ => {}
+                        }
+                        continue;
+                    }
+                    match ch {
+                        '"' => in_str = true,
+                        '{' | '[' => depth += 1,
+                        '}' | ']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                cut = Some(i + 1);
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let index = self.calls - 1;
+                let n = cut.unwrap_or(self.pending.len());
+                if n > 0 {
+                    out.push(Part::Args {
+                        index,
+                        text: self.pending[..n].to_string(),
+                    });
+                    self.pending.drain(..n);
+                }
+                self.mode = match cut {
+                    Some(_) => Mode::Tail,
+                    None => Mode::Args { depth, in_str, esc },
+                };
+                cut.is_some()
+            }
+            Mode::Tail => match self.pending.find(CLOSE) {
+                Some(i) => {
+                    self.pending.drain(..i + CLOSE.len());
+                    self.mode = Mode::Between;
+                    true
+                }
+                None => {
+                    if end {
+                        self.pending.clear();
+                    }
+                    false
+                }
+            },
+            Mode::Between => match self.pending.find(OPEN) {
+                Some(i) => {
+                    self.pending.drain(..i + OPEN.len());
+                    self.mode = Mode::Head;
+                    true
+                }
+                None => {
+                    // Text between or after calls is not sent (as in the whole response); keep a
+                    // possible start of `<tool_call>`.
+                    let keep = held_back(&self.pending);
+                    let drop = self.pending.len() - keep;
+                    self.pending.drain(..drop);
+                    if end {
+                        self.pending.clear();
+                    }
+                    false
+                }
+            },
+            Mode::Broken => {
+                if self.calls == 0 {
+                    // Nothing sent as a call: the block and what follows are content.
+                    let rest = format!("{}{OPEN}{}", self.gap, std::mem::take(&mut self.pending));
+                    out.push(Part::Content(rest));
+                    self.mode = Mode::BrokenContent;
+                } else {
+                    self.pending.clear();
+                }
+                false
+            }
+            Mode::BrokenContent => {
+                if !self.pending.is_empty() {
+                    out.push(Part::Content(std::mem::take(&mut self.pending)));
+                }
+                false
+            }
+        }
+    }
+
+    /// The streaming chunk deltas of `parts`, as OpenAI sends them.
+    pub fn deltas(parts: &[Part]) -> Vec<Value> {
+        parts
+            .iter()
+            .map(|p| match p {
+                Part::Content(t) => json!({"content": t}),
+                Part::Call { index, id, name } => json!({"tool_calls": [{"index": index, "id": id, "type": "function",
+                    "function": {"name": name, "arguments": ""}}]}),
+                Part::Args { index, text } => {
+                    json!({"tool_calls": [{"index": index, "function": {"arguments": text}}]})
+                }
+            })
+            .collect()
+    }
+}
+
+/// How many bytes at the end of `s` may begin `<tool_call>` (a prefix of it, and the whitespace
+/// before it, which the content before a call does not keep).
+fn held_back(s: &str) -> usize {
+    let partial = (1..OPEN.len().min(s.len()) + 1)
+        .rev()
+        .find(|&k| s.is_char_boundary(s.len() - k) && OPEN.starts_with(&s[s.len() - k..]))
+        .unwrap_or(0);
+    let rest = &s[..s.len() - partial];
+    partial + (rest.len() - rest.trim_end().len())
+}
+
+/// The head of a call block, `\n{"name": "NAME", "arguments": {`, with any whitespace between tokens.
+enum Head {
+    More,
+    Bad,
+    Done { name: String, len: usize },
+}
+
+fn head(s: &str) -> Head {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let ws = |i: &mut usize| {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    // Each literal: all there, a prefix of it at the end (more to come), or a mismatch.
+    let lit = |i: &mut usize, l: &str| -> Option<bool> {
+        let rest = &b[*i..];
+        if rest.len() < l.len() {
+            return if l.as_bytes().starts_with(rest) {
+                None
+            } else {
+                Some(false)
+            };
+        }
+        if rest.starts_with(l.as_bytes()) {
+            *i += l.len();
+            Some(true)
+        } else {
+            Some(false)
+        }
+    };
+    macro_rules! expect {
+        ($l:expr) => {
+            ws(&mut i);
+            match lit(&mut i, $l) {
+                None => return Head::More,
+                Some(false) => return Head::Bad,
+                Some(true) => {}
+            }
+        };
+    }
+    expect!("{");
+    expect!("\"name\"");
+    expect!(":");
+    ws(&mut i);
+    if i >= b.len() {
+        return Head::More;
+    }
+    if b[i] != b'"' {
+        return Head::Bad;
+    }
+    // The name: a JSON string.
+    let start = i;
+    i += 1;
+    let mut esc = false;
+    loop {
+        if i >= b.len() {
+            return Head::More;
+        }
+        match (esc, b[i]) {
+            (true, _) => esc = false,
+            (false, b'\\') => esc = true,
+            (false, b'"') => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    i += 1;
+    let Ok(name) = serde_json::from_str::<String>(&s[start..i]) else {
+        return Head::Bad;
+    };
+    expect!(",");
+    expect!("\"arguments\"");
+    expect!(":");
+    expect!("{");
+    Head::Done { name, len: i }
 }
 
 /// The prompt: the conversation (OpenAI messages, tool calls and results included) rendered with the

@@ -114,11 +114,16 @@ fn run(
                         continue;
                     }
                     let prompt_tokens: usize = reqs.iter().map(|r| r.prompt.len()).sum();
+                    let constrained = reqs.iter().any(|r| r.sampling.grammar.is_some());
                     let ids: Vec<SeqId> = reqs.into_iter().map(|r| engine.add(r).expect("checked")).collect();
                     for &id in &ids {
                         routes.insert(id, events.clone());
                     }
-                    metrics.lock().unwrap().prompt_tokens += prompt_tokens as u64;
+                    {
+                        let mut m = metrics.lock().unwrap();
+                        m.prompt_tokens += prompt_tokens as u64;
+                        m.structured_requests += constrained as u64;
+                    }
                     if reply.send(Ok(ids.clone())).is_err() {
                         cancel(&mut engine, &mut routes, &ids);
                     }
@@ -208,6 +213,7 @@ fn end(
 fn publish(engine: &Engine, metrics: &Mutex<Metrics>, tokens: usize) {
     let mut m = metrics.lock().unwrap();
     m.gauges = engine.gauges();
+    m.forced = engine.forced;
     if let Some(spec) = &engine.spec {
         m.spec = Some(spec.counters.clone());
     }

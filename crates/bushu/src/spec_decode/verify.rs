@@ -77,7 +77,17 @@ pub fn verify_with(
     input.push(last);
     input.extend_from_slice(&proposal.tokens);
     let idx: Vec<usize> = (0..=k).collect();
-    let logits = model.forward_pass(state, Pass::causal(&input, Logits::Rows(&idx)))?;
+    // Under a grammar, the masks of the rows are computed on another thread while the pass runs.
+    let logits = match sampler.has_grammar() {
+        true => {
+            let (logits, ()) = rayon::join(
+                || model.forward_pass(state, Pass::causal(&input, Logits::Rows(&idx))),
+                || sampler.prepare_grammar(&proposal.tokens),
+            );
+            logits?
+        }
+        false => model.forward_pass(state, Pass::causal(&input, Logits::Rows(&idx)))?,
+    };
     rows.clear();
     rows.extend_from_slice(logits);
     let mut tokens = Vec::with_capacity(k + 1);

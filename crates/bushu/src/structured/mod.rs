@@ -234,6 +234,7 @@ impl Grammar {
             eos: self.eos.clone(),
             env: self.env.clone(),
             aliases: self.aliases.clone(),
+            ready: Vec::new(),
         }
     }
 }
@@ -248,6 +249,9 @@ pub struct GrammarState {
     env: TokEnv,
     /// [`vocab::byte_aliases`].
     aliases: Arc<Vec<u32>>,
+    /// Masks computed ahead by [`GrammarState::prepare`]: `(n, mask)` is the mask after `consumed[..n]`
+    /// (every entry has `n <= consumed.len()`; a rollback below `n` drops it).
+    ready: Vec<(usize, SimpleVob)>,
 }
 
 impl GrammarState {
@@ -256,6 +260,7 @@ impl GrammarState {
     pub fn sync(&mut self, generated: &[u32]) -> Result<()> {
         let common = self.consumed.iter().zip(generated).take_while(|(a, b)| a == b).count();
         if common < self.consumed.len() {
+            self.ready.retain(|(n, _)| *n <= common);
             let back = self.consumed.len() - common;
             if common == 0 {
                 self.matcher.reset()?;
@@ -274,7 +279,29 @@ impl GrammarState {
     /// The tokens allowed after `generated`: the grammar's mask, the end-of-sequence tokens alone once it
     /// is complete. When the tokens do not follow the grammar (a caller forced a token the mask did not
     /// allow) the state keeps the error and allows the end-of-sequence tokens only.
+    ///
+    /// A mask [`GrammarState::prepare`]d for `generated` is returned without computing it again.
     pub fn mask(&mut self, generated: &[u32]) -> SimpleVob {
+        if let Some(m) = self.take_ready(generated) {
+            return m;
+        }
+        self.compute(generated)
+    }
+
+    /// The prepared mask after `generated`, if there is one (see the field `ready`).
+    fn take_ready(&mut self, generated: &[u32]) -> Option<SimpleVob> {
+        let n = generated.len();
+        let i = self.ready.iter().position(|(k, _)| *k == n)?;
+        if self.error.is_none() && self.consumed.get(..n) == Some(generated) {
+            Some(self.ready.swap_remove(i).1)
+        } else {
+            self.ready.clear();
+            None
+        }
+    }
+
+    /// Computes the mask after `generated` (see [`GrammarState::mask`]).
+    fn compute(&mut self, generated: &[u32]) -> SimpleVob {
         if self.error.is_none() {
             if let Err(e) = self.sync(generated) {
                 self.error = Some(format!("{e:#}"));
@@ -289,7 +316,45 @@ impl GrammarState {
         self.eos.clone()
     }
 
-    /// Whether the tokens consumed so far form a complete output (the grammar accepts them).
+    /// Computes ahead the masks [`GrammarState::mask`] will be asked for next: the one after
+    /// `generated` and, while the grammar accepts them, the ones after each of `drafts` in turn (the
+    /// rows a pass verifying these drafts gives). Meant to run while the forward pass that produces
+    /// the logits runs (the engine does, on another thread); a later [`GrammarState::mask`] for one of
+    /// these token prefixes returns the prepared mask, any other prefix computes its own (prepared
+    /// masks of a prefix no longer there are dropped). The masks are those `mask` computes: a
+    /// function of the tokens alone.
+    pub fn prepare(&mut self, generated: &[u32], drafts: &[u32]) {
+        self.ready.clear();
+        let m = self.compute(generated);
+        if self.error.is_some() {
+            return;
+        }
+        self.ready.push((generated.len(), m));
+        for &d in drafts {
+            if self.matcher.is_stopped() {
+                break;
+            }
+            // Checked before consuming: a token the grammar refuses would put llguidance's matcher
+            // in its error state for good.
+            match self.matcher.try_consume_tokens(&[d]) {
+                Ok(1) => self.consumed.push(d),
+                _ => break,
+            }
+            let n = self.consumed.len();
+            match self.matcher.compute_mask_or_eos() {
+                Ok(m) => self.ready.push((n, m)),
+                Err(e) => {
+                    self.error = Some(format!("{e:#}"));
+                    self.ready.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether the tokens consumed so far form a complete output (the grammar accepts them); call it
+    /// after a [`GrammarState::sync`] or [`GrammarState::mask`] of the sequence's tokens (a
+    /// [`GrammarState::prepare`] consumes drafts ahead).
     pub fn is_accepting(&mut self) -> bool {
         self.error.is_none() && (self.matcher.is_stopped() || self.matcher.is_accepting().unwrap_or(false))
     }

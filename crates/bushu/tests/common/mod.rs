@@ -1,6 +1,8 @@
 //! Paths shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::PathBuf;
 
 /// `../shared` beside the repository.
