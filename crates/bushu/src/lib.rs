@@ -29,3 +29,4 @@ pub mod server;
 pub mod spec_decode;
 pub mod structured;
 pub mod tokenizer;
+pub mod tradeoff;

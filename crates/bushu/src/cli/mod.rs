@@ -1,5 +1,6 @@
 //! The `bushu` command line. Each subcommand is one module; they share model opening and thread setup.
 
+mod adaptive;
 mod bench;
 mod chat;
 mod info;
@@ -15,6 +16,7 @@ mod serve;
 mod spec;
 mod structured;
 mod tokenize;
+mod tradeoff;
 mod train;
 
 use crate::model::{load, KvType, Model, ModelFile, ModelOptions};
@@ -71,6 +73,8 @@ pub enum Command {
     /// Distill a teacher into a smaller student (runs `bushu-train distill`; `bushu distill --help`).
     #[command(disable_help_flag = true)]
     Distill(train::TrainArgs),
+    /// Quality vs compute of an adaptive-computation method: sweeps its knob, writes a table and an SVG chart.
+    Tradeoff(Box<tradeoff::TradeoffArgs>),
     /// Print a shell completion script (e.g. `bushu completions bash > ~/.local/share/bash-completion/completions/bushu`).
     Completions(CompletionsArgs),
 }
@@ -267,6 +271,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Rm(a) => pull::rm(a),
         Command::Ps(a) => ps::ps(a),
         Command::Chat(a) => chat::chat(*a),
+        Command::Tradeoff(a) => tradeoff::tradeoff(*a),
         Command::Distill(a) => train::forward("distill", a),
         Command::Completions(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "bushu", &mut std::io::stdout());
