@@ -97,7 +97,8 @@ fn the_exit_is_the_first_exit_layer_below_the_threshold() {
     for l in 1..=n {
         let mut st = m.new_state(64);
         m.forward(&mut st, &prompt, Logits::None).unwrap();
-        let pass = Pass::causal(&[next], Logits::Last);
+        let tokens = [next];
+        let pass = Pass::causal(&tokens, Logits::Last);
         let pass = if l < n { pass.exit_after(l) } else { pass };
         per_layer.push(m.forward_pass(&mut st, pass).unwrap().to_vec());
     }

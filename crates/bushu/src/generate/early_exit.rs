@@ -101,7 +101,8 @@ impl Decoder for EarlyExitDecoder<'_> {
         Ok(self.sampler.sample(&self.logits))
     }
     fn feed(&mut self, token: u32) -> Result<()> {
-        let pass = Pass::causal(&[token], Logits::Last).exit_by_entropy(self.rule.rule());
+        let tokens = [token];
+        let pass = Pass::causal(&tokens, Logits::Last).exit_by_entropy(self.rule.rule());
         let l = self.model.forward_pass(self.state, pass)?;
         self.logits.copy_from_slice(l);
         self.stats.record(self.state.layers_run(), self.rule, &self.cost);
