@@ -7,7 +7,7 @@
 //! are filled by CALM's *state propagation*: the exit layer's residual stream stands in for each skipped
 //! layer's input, and each skipped layer computes only its K and V projections (with its own attention
 //! norm, biases, K-norm and RoPE) from it. That costs `2·dim·kv_dim` multiply-adds per skipped layer
-//! (6 % of a SmolLM2-135M layer, whose grouped-query attention has narrow keys), so the compute saved
+//! (6.25 % of a SmolLM2-135M layer, whose grouped-query attention has narrow keys), so the compute saved
 //! stays saved. The alternative — computing the skipped layers of this position lazily, as an extra row
 //! of the next token's pass — would restore the exact keys and values but runs every skipped layer anyway:
 //! on a CPU it saves time only as far as a two-row pass costs less than two one-row passes, and it saves no
