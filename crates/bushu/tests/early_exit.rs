@@ -36,7 +36,12 @@ fn greedy() -> GenerateOptions {
     GenerateOptions::new(N, SamplingParams::greedy(), Vec::new())
 }
 
-fn early(f: &ModelFile, m: &Model, prompt: &[u32], rule: &EarlyExit) -> (Vec<u32>, bushu::generate::early_exit::ExitStats) {
+fn early(
+    f: &ModelFile,
+    m: &Model,
+    prompt: &[u32],
+    rule: &EarlyExit,
+) -> (Vec<u32>, bushu::generate::early_exit::ExitStats) {
     let mut st = m.new_state(256);
     let (g, s) = generate_early_exit((m, &f.tokenizer, &mut st), prompt, &greedy(), rule, &mut |_| {}).unwrap();
     (g.tokens, s)
@@ -50,7 +55,9 @@ fn threshold_zero_is_plain_greedy_decoding() {
         for p in PROMPTS {
             let prompt = f.tokenizer.encode(p, true).unwrap();
             let mut st = m.new_state(256);
-            let plain = generate(&m, &f.tokenizer, &mut st, &prompt, &greedy(), &mut |_| {}).unwrap().tokens;
+            let plain = generate(&m, &f.tokenizer, &mut st, &prompt, &greedy(), &mut |_| {})
+                .unwrap()
+                .tokens;
             let every: Vec<usize> = (1..n).collect();
             let rule = EarlyExit::new(0.0, Some(&every), n).unwrap();
             let (tokens, stats) = early(&f, &m, &prompt, &rule);
@@ -115,14 +122,20 @@ fn the_exit_is_the_first_exit_layer_below_the_threshold() {
         let mut st = m.new_state(64);
         m.forward(&mut st, &prompt, Logits::None).unwrap();
         let logits = m
-            .forward_pass(&mut st, Pass::causal(&[next], Logits::Last).exit_by_entropy(rule.rule()))
+            .forward_pass(
+                &mut st,
+                Pass::causal(&[next], Logits::Last).exit_by_entropy(rule.rule()),
+            )
             .unwrap()
             .to_vec();
         assert_eq!(st.layers_run(), want, "threshold {h}");
         assert_eq!(logits, per_layer[want - 1], "threshold {h}: the exit's logits");
         seen.insert(want);
     }
-    assert!(seen.len() >= 3, "the thresholds exercised too few exit points: {seen:?}");
+    assert!(
+        seen.len() >= 3,
+        "the thresholds exercised too few exit points: {seen:?}"
+    );
 }
 
 /// The model with layers `from..` adding nothing to the residual stream (output and down projections
@@ -149,6 +162,7 @@ fn skipped_layers_get_state_propagated_keys_and_values() {
             let rule = EarlyExit::new(h, Some(&[exit]), n).unwrap();
             for p in PROMPTS {
                 let prompt = f.tokenizer.encode(p, true).unwrap();
+                // Every step exiting at `exit`, through the decoder.
                 let (tokens, stats) = early(&f, &m, &prompt, &rule);
                 assert_eq!(stats.mean_layers(), exit as f64);
                 // Reference: the prompt through the real model, then plain greedy decoding by the
@@ -161,9 +175,72 @@ fn skipped_layers_get_state_propagated_keys_and_values() {
                     want.push(t);
                 }
                 assert_eq!(tokens, want, "{rel} exit {exit} {p:?}");
+
+                // Exits and full-depth steps alternating: the full steps' upper layers attend to the
+                // exited positions' propagated keys and values, which must be the silenced model's.
+                let (mut a, mut b) = (m.new_state(256), m.new_state(256));
+                let mut ta = argmax(m.forward(&mut a, &prompt, Logits::Last).unwrap()) as u32;
+                let mut tb = argmax(m.forward(&mut b, &prompt, Logits::Last).unwrap()) as u32;
+                for step in 0..N {
+                    let (ia, ib) = ([ta], [tb]);
+                    let (la, lb) = if step % 3 == 2 {
+                        (
+                            m.forward(&mut a, &ia, Logits::Last).unwrap().to_vec(),
+                            m.forward(&mut b, &ib, Logits::Last).unwrap().to_vec(),
+                        )
+                    } else {
+                        let pass = Pass::causal(&ia, Logits::Last).exit_by_entropy(rule.rule());
+                        let la = m.forward_pass(&mut a, pass).unwrap().to_vec();
+                        assert_eq!(a.layers_run(), exit);
+                        (la, silenced.forward(&mut b, &ib, Logits::Last).unwrap().to_vec())
+                    };
+                    assert_eq!(la, lb, "{rel} exit {exit} {p:?} step {step}");
+                    (ta, tb) = (argmax(&la) as u32, argmax(&lb) as u32);
+                }
+                // And the keys and values of every layer and position are the same.
+                for l in 0..n {
+                    let len = a.pos() * m.config.kv_dim();
+                    let (mut ka, mut va) = (vec![0.0; len], vec![0.0; len]);
+                    let (mut kb, mut vb) = (vec![0.0; len], vec![0.0; len]);
+                    a.cache.layers[l].read(0, &mut ka, &mut va);
+                    b.cache.layers[l].read(0, &mut kb, &mut vb);
+                    assert!(ka == kb && va == vb, "{rel} exit {exit}: layer {l}'s cache differs");
+                }
             }
         }
     }
+}
+
+/// A wrong fill of the skipped layers is caught: without the propagated keys and values (the rows left
+/// as a plain exit_after pass leaves them), the alternating run departs from the reference.
+#[test]
+fn skipped_layers_left_unfilled_would_differ() {
+    let (f, m) = open(EXPERT);
+    let (n, exit) = (m.config.n_layers, 2);
+    let silenced = upper_layers_silenced(&f, exit);
+    let prompt = f.tokenizer.encode(PROMPTS[0], true).unwrap();
+    let (mut a, mut b) = (m.new_state(256), m.new_state(256));
+    let mut ta = argmax(m.forward(&mut a, &prompt, Logits::Last).unwrap()) as u32;
+    let mut tb = argmax(m.forward(&mut b, &prompt, Logits::Last).unwrap()) as u32;
+    let mut differs = false;
+    for step in 0..N {
+        let (ia, ib) = ([ta], [tb]);
+        let (la, lb) = if step % 3 == 2 {
+            (
+                m.forward(&mut a, &ia, Logits::Last).unwrap().to_vec(),
+                m.forward(&mut b, &ib, Logits::Last).unwrap().to_vec(),
+            )
+        } else {
+            let la = m
+                .forward_pass(&mut a, Pass::causal(&ia, Logits::Last).exit_after(exit))
+                .unwrap()
+                .to_vec();
+            (la, silenced.forward(&mut b, &ib, Logits::Last).unwrap().to_vec())
+        };
+        differs |= la != lb;
+        (ta, tb) = (argmax(&la) as u32, argmax(&lb) as u32);
+    }
+    assert!(differs && n > exit);
 }
 
 #[test]
@@ -174,7 +251,10 @@ fn early_exit_rule_bad_input() {
     // A multi-token pass cannot exit per token; an exit layer outside the model is refused.
     let rule = EarlyExit::new(1.0, Some(&[2]), 6).unwrap();
     assert!(m
-        .forward_pass(&mut st, Pass::causal(&prompt, Logits::Last).exit_by_entropy(rule.rule()))
+        .forward_pass(
+            &mut st,
+            Pass::causal(&prompt, Logits::Last).exit_by_entropy(rule.rule())
+        )
         .is_err());
     let bad = bushu::model::early_exit::ExitRule {
         threshold: 1.0,
@@ -268,8 +348,20 @@ fn bushu(args: &[&str]) -> (i32, String, String) {
 fn run_json_reports_mean_layers() {
     let model = shared(EXPERT);
     let (code, out, err) = bushu(&[
-        "run", "--model", model.to_str().unwrap(), "--prompt", "ROMEO:", "-n", "12", "--temperature", "0",
-        "--early-exit-entropy", "100", "--exit-layers", "3,5", "--json",
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "ROMEO:",
+        "-n",
+        "12",
+        "--temperature",
+        "0",
+        "--early-exit-entropy",
+        "100",
+        "--exit-layers",
+        "3,5",
+        "--json",
     ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -277,7 +369,10 @@ fn run_json_reports_mean_layers() {
     assert_eq!(e["mean_layers"], 3.0);
     assert_eq!(e["exit_layers"], serde_json::json!([3, 5]));
     assert_eq!(e["layers"], 6);
-    assert_eq!(e["decode_steps"].as_u64().unwrap() + 1, v["tokens"].as_array().unwrap().len() as u64);
+    assert_eq!(
+        e["decode_steps"].as_u64().unwrap() + 1,
+        v["tokens"].as_array().unwrap().len() as u64
+    );
 }
 
 #[test]
@@ -286,23 +381,118 @@ fn bad_flags_get_one_clear_line() {
     let m = model.to_str().unwrap();
     let text = shared("testdata/shakespeare/val.txt");
     let cases: &[(&[&str], &str)] = &[
-        (&["run", "-m", m, "-p", "x", "--early-exit-entropy", "-1"], "--early-exit-entropy must be"),
-        (&["run", "-m", m, "-p", "x", "--early-exit-entropy", "NaN"], "--early-exit-entropy must be"),
-        (&["run", "-m", m, "-p", "x", "--early-exit-entropy", "1", "--exit-layers", "0"], "--exit-layers: 0"),
-        (&["run", "-m", m, "-p", "x", "--early-exit-entropy", "1", "--exit-layers", "2,6"], "--exit-layers: 6"),
-        (&["run", "-m", m, "-p", "x", "--early-exit-entropy", "1", "--exit-layers", "2,x"], "--exit-layers"),
-        (&["run", "-m", m, "-p", "x", "--exit-layers", "2"], "give --early-exit-entropy"),
-        (&["run", "-m", m, "-p", "x", "--early-exit-entropy", "1", "--self-speculate", "2"], "cannot be combined"),
-        (&["run", "-m", m, "-p", "x", "--early-exit-entropy", "1", "--lookup"], "cannot be combined"),
-        (&["run", "-m", m, "-p", "x", "--early-exit-entropy", "1", "--beams", "2"], "cannot be combined"),
-        (&["chat", "-m", m, "--early-exit-entropy", "-2"], "--early-exit-entropy must be"),
-        (&["chat", "-m", m, "--early-exit-entropy", "1", "--draft-model", m], "cannot be combined"),
         (
-            &["tradeoff", "-m", m, "--method", "early-exit", "-f", text.to_str().unwrap(), "--points", "0,-1", "--out", "/tmp"],
+            &["run", "-m", m, "-p", "x", "--early-exit-entropy", "-1"],
+            "--early-exit-entropy must be",
+        ),
+        (
+            &["run", "-m", m, "-p", "x", "--early-exit-entropy", "NaN"],
+            "--early-exit-entropy must be",
+        ),
+        (
+            &[
+                "run",
+                "-m",
+                m,
+                "-p",
+                "x",
+                "--early-exit-entropy",
+                "1",
+                "--exit-layers",
+                "0",
+            ],
+            "--exit-layers: 0",
+        ),
+        (
+            &[
+                "run",
+                "-m",
+                m,
+                "-p",
+                "x",
+                "--early-exit-entropy",
+                "1",
+                "--exit-layers",
+                "2,6",
+            ],
+            "--exit-layers: 6",
+        ),
+        (
+            &[
+                "run",
+                "-m",
+                m,
+                "-p",
+                "x",
+                "--early-exit-entropy",
+                "1",
+                "--exit-layers",
+                "2,x",
+            ],
+            "--exit-layers",
+        ),
+        (
+            &["run", "-m", m, "-p", "x", "--exit-layers", "2"],
+            "give --early-exit-entropy",
+        ),
+        (
+            &[
+                "run",
+                "-m",
+                m,
+                "-p",
+                "x",
+                "--early-exit-entropy",
+                "1",
+                "--self-speculate",
+                "2",
+            ],
+            "cannot be combined",
+        ),
+        (
+            &["run", "-m", m, "-p", "x", "--early-exit-entropy", "1", "--lookup"],
+            "cannot be combined",
+        ),
+        (
+            &["run", "-m", m, "-p", "x", "--early-exit-entropy", "1", "--beams", "2"],
+            "cannot be combined",
+        ),
+        (
+            &["chat", "-m", m, "--early-exit-entropy", "-2"],
+            "--early-exit-entropy must be",
+        ),
+        (
+            &["chat", "-m", m, "--early-exit-entropy", "1", "--draft-model", m],
+            "cannot be combined",
+        ),
+        (
+            &[
+                "tradeoff",
+                "-m",
+                m,
+                "--method",
+                "early-exit",
+                "-f",
+                text.to_str().unwrap(),
+                "--points",
+                "0,-1",
+                "--out",
+                "/tmp",
+            ],
             "--points: an entropy threshold",
         ),
         (
-            &["tradeoff", "-m", m, "--method", "early-exit", "-f", text.to_str().unwrap(), "--exit-layers", "9"],
+            &[
+                "tradeoff",
+                "-m",
+                m,
+                "--method",
+                "early-exit",
+                "-f",
+                text.to_str().unwrap(),
+                "--exit-layers",
+                "9",
+            ],
             "--exit-layers: 9",
         ),
     ];

@@ -13,8 +13,8 @@
 use super::template::{ChatTemplate, Message};
 use crate::generate::early_exit::{EarlyExitDecoder, ExitStats};
 use crate::generate::{run_decoder, ContextTooSmall, Decoder, FinishReason, GenerateOptions, SampleDecoder};
-use crate::model::llama::State;
 use crate::model::early_exit::EarlyExit;
+use crate::model::llama::State;
 use crate::model::{Model, ModelFile};
 use crate::spec_decode::{DraftLengthParams, Proposer, SpecDecoder, SpecStats};
 use crate::tokenizer::Tokenizer;

@@ -28,7 +28,9 @@ impl AdaptiveArgs {
     /// exit cannot be combined with (its flag), if any.
     pub fn check(&self, other: Option<&str>) -> Result<()> {
         match self.early_exit_entropy {
-            None if self.exit_layers.is_some() => bail!("--exit-layers chooses where --early-exit-entropy exits: give --early-exit-entropy H too"),
+            None if self.exit_layers.is_some() => {
+                bail!("--exit-layers chooses where --early-exit-entropy exits: give --early-exit-entropy H too")
+            }
             None => return Ok(()),
             Some(h) => EarlyExit::check_threshold(h)?,
         }

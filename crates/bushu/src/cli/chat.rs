@@ -6,8 +6,8 @@
 //! `--self-speculate`, as `bushu run`) decodes every answer; `--verbose` reports each turn's drafts.
 //! `--early-exit-entropy H [--exit-layers ...]` decodes with early exit (lossy, as `bushu run`).
 
-use super::run::context_size;
 use super::adaptive::AdaptiveArgs;
+use super::run::context_size;
 use super::sampling::{flag_error, Command, SamplingArgs};
 use super::spec::SpecArgs;
 use super::structured::StructuredArgs;

@@ -105,7 +105,12 @@ pub fn tradeoff(a: TradeoffArgs) -> Result<()> {
         );
         rows.push(pt);
     }
-    let name = file.name.clone().unwrap_or_else(|| a.model.model.as_ref().map_or("model".into(), |m| m.display().to_string()));
+    let name = file.name.clone().unwrap_or_else(|| {
+        a.model
+            .model
+            .as_ref()
+            .map_or("model".into(), |m| m.display().to_string())
+    });
     let md_path = a.out.join(format!("tradeoff-{}.md", method.name()));
     let svg_path = a.out.join(format!("tradeoff-{}.svg", method.name()));
     let mut md = format!(

@@ -50,7 +50,7 @@ impl EarlyExit {
     pub fn new(threshold: f32, layers: Option<&[usize]>, n_layers: usize) -> Result<EarlyExit> {
         EarlyExit::check_threshold(threshold)?;
         let mut layers = match layers {
-            Some(l) if l.is_empty() => bail!("--exit-layers is empty: give at least one layer"),
+            Some([]) => bail!("--exit-layers is empty: give at least one layer"),
             Some(l) => l.to_vec(),
             None => default_exit_layers(n_layers),
         };

@@ -301,10 +301,16 @@ impl Model {
         };
         if let Some(rule) = pass.early_exit {
             if pass.exit.is_some() || n != 1 || state.out_rows.len() != 1 {
-                bail!("early exit by entropy decides for one token: a one-token pass with its logits, without exit_after");
+                bail!(
+                    "early exit by entropy decides for one token: a one-token pass with its logits, without exit_after"
+                );
             }
             if let Some(&l) = rule.layers.iter().find(|&&l| l == 0 || l >= self.config.n_layers) {
-                bail!("exit layer {l} is not between 1 and {} (the model has {} layers)", self.config.n_layers - 1, self.config.n_layers);
+                bail!(
+                    "exit layer {l} is not between 1 and {} (the model has {} layers)",
+                    self.config.n_layers - 1,
+                    self.config.n_layers
+                );
             }
         }
         if let Some(&l) = pass.hidden.iter().find(|&&l| l >= layers) {

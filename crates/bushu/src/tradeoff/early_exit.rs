@@ -114,10 +114,7 @@ impl Method for EarlyExitMethod<'_> {
              |---|---|---|---|\n",
         );
         for r in &profile {
-            s += &format!(
-                "| {} | {:.3} | {:.3} | {:.3} |\n",
-                r.layers, r.entropy, r.top1, r.kl
-            );
+            s += &format!("| {} | {:.3} | {:.3} | {:.3} |\n", r.layers, r.entropy, r.top1, r.kl);
         }
         Ok(s)
     }

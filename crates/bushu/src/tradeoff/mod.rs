@@ -239,7 +239,10 @@ pub fn heldout(model: &Model, tokens: &[u32], bos: Option<u32>, sizes: Sizes) ->
         );
     }
     if window.max(prompt + n) > model.config.max_ctx {
-        bail!("windows and prompts must fit the model's context of {}", model.config.max_ctx);
+        bail!(
+            "windows and prompts must fit the model's context of {}",
+            model.config.max_ctx
+        );
     }
     let vocab = model.config.vocab_size;
     let mut ws = Vec::new();
@@ -252,7 +255,10 @@ pub fn heldout(model: &Model, tokens: &[u32], bos: Option<u32>, sizes: Sizes) ->
         let mut state = model.new_state(window);
         let logits = model.forward(&mut state, &toks[..window - 1], Logits::All)?;
         full_rows.push(logits[prefix * vocab..].to_vec());
-        ws.push(Window { tokens: toks, from: prefix });
+        ws.push(Window {
+            tokens: toks,
+            from: prefix,
+        });
     }
     let base = windows * window;
     let (mut ps, mut conts) = (Vec::new(), Vec::new());
@@ -359,11 +365,7 @@ pub fn table(method: &dyn Method, points: &[Point]) -> String {
         };
         s += &format!(
             "| {knob} | {:.3} |{ml} {:.1} | {:.4} | {:.3} | {:.2} |\n",
-            p.compute_fraction,
-            p.tokens_per_s,
-            p.kl,
-            p.agreement,
-            p.own_ppl
+            p.compute_fraction, p.tokens_per_s, p.kl, p.agreement, p.own_ppl
         );
     }
     s
@@ -386,9 +388,11 @@ pub fn plot(path: &Path, title: &str, points: &[Point]) -> Result<()> {
     let xmin = points.iter().map(|p| p.compute_fraction).fold(1.0, f64::min);
     let xr = (xmin - 0.05).max(0.0)..1.02;
     let kl_max = points.iter().map(|p| p.kl).fold(0.0, f64::max);
-    let panels: [(&DrawingArea<_, _>, &str, f64, fn(&Point) -> f64); 2] = [
-        (&left, "KL(full ‖ method), nats", kl_max * 1.15 + 1e-3, |p| p.kl),
-        (&right, "greedy agreement with the full model", 1.05, |p| p.agreement),
+    let kl_of = |p: &Point| p.kl;
+    let agreement_of = |p: &Point| p.agreement;
+    let panels: [(_, _, _, &dyn Fn(&Point) -> f64); 2] = [
+        (&left, "KL(full ‖ method), nats", kl_max * 1.15 + 1e-3, &kl_of),
+        (&right, "greedy agreement with the full model", 1.05, &agreement_of),
     ];
     for (area, ydesc, ymax, y) in panels {
         let mut chart = ChartBuilder::on(area)
