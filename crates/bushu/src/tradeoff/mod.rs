@@ -386,7 +386,9 @@ pub fn plot(path: &Path, title: &str, points: &[Point]) -> Result<()> {
     let root = root.titled(title, ("sans-serif", 20)).map_err(|e| err(&e))?;
     let (left, right) = root.split_horizontally(550);
     let xmin = points.iter().map(|p| p.compute_fraction).fold(1.0, f64::min);
-    let xr = (xmin - 0.05).max(0.0)..1.02;
+    // Above 1 when what a method adds (exit heads, a second model) outweighs what it skips.
+    let xmax = points.iter().map(|p| p.compute_fraction).fold(1.0, f64::max);
+    let xr = (xmin - 0.05).max(0.0)..xmax + 0.05;
     let kl_max = points.iter().map(|p| p.kl).fold(0.0, f64::max);
     let kl_of = |p: &Point| p.kl;
     let agreement_of = |p: &Point| p.agreement;
