@@ -390,13 +390,12 @@ pub fn plot(path: &Path, title: &str, points: &[Point]) -> Result<()> {
     let xmax = points.iter().map(|p| p.compute_fraction).fold(1.0, f64::max);
     let xr = (xmin - 0.05).max(0.0)..xmax + 0.05;
     let kl_max = points.iter().map(|p| p.kl).fold(0.0, f64::max);
-    let kl_of = |p: &Point| p.kl;
-    let agreement_of = |p: &Point| p.agreement;
-    let panels: [(_, _, _, &dyn Fn(&Point) -> f64); 2] = [
-        (&left, "KL(full ‖ method), nats", kl_max * 1.15 + 1e-3, &kl_of),
-        (&right, "greedy agreement with the full model", 1.05, &agreement_of),
+    let panels = [
+        (&left, "KL(full ‖ method), nats", kl_max * 1.15 + 1e-3, false),
+        (&right, "greedy agreement with the full model", 1.05, true),
     ];
-    for (area, ydesc, ymax, y) in panels {
+    for (area, ydesc, ymax, agreement) in panels {
+        let y = |p: &Point| if agreement { p.agreement } else { p.kl };
         let mut chart = ChartBuilder::on(area)
             .margin(14)
             .x_label_area_size(40)
