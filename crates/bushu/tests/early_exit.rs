@@ -505,3 +505,50 @@ fn bad_flags_get_one_clear_line() {
         assert!(lines[0].contains(expect), "{args:?}: expected {expect:?} in {err:?}");
     }
 }
+
+/// `bushu chat` with the conversation on stdin; returns (stdout, stderr).
+fn chat(args: &[&str], input: &str) -> (String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bushu"))
+        .arg("chat")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn chat_with_early_exit() {
+    let model = shared(EXPERT);
+    let m = model.to_str().unwrap();
+    let input = "ROMEO: speak\nJULIET: again\n";
+    let base = ["-m", m, "-n", "16", "--temperature", "0", "--verbose"];
+    let (plain, _) = chat(&base, input);
+    // Threshold 0: the same two answers, with full depth reported.
+    let (neutral, err) = chat(&[&base[..], &["--early-exit-entropy", "0"]].concat(), input);
+    assert_eq!(neutral, plain);
+    assert_eq!(
+        err.matches("[early exit: 6.00 layers per decode step").count(),
+        2,
+        "{err}"
+    );
+    // Every step at layer 2, on both turns (the second reuses the first turn's cache).
+    let (_, err) = chat(
+        &[&base[..], &["--early-exit-entropy", "100", "--exit-layers", "2"]].concat(),
+        input,
+    );
+    assert_eq!(
+        err.matches("[early exit: 2.00 layers per decode step").count(),
+        2,
+        "{err}"
+    );
+}
