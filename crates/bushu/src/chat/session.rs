@@ -7,10 +7,13 @@
 //!
 //! With a proposer ([`ChatSession::set_speculation`]) every answer is decoded speculatively
 //! ([`crate::spec_decode::SpecDecoder`]): the same answer (greedy: token for token), the proposer drafting
-//! from the whole conversation, and the cache left as plain decoding leaves it.
+//! from the whole conversation, and the cache left as plain decoding leaves it. With early exit
+//! ([`ChatSession::set_early_exit`]) every answer's decode steps may leave at an exit layer (lossy).
 
 use super::template::{ChatTemplate, Message};
+use crate::generate::early_exit::{EarlyExitDecoder, ExitStats};
 use crate::generate::{run_decoder, ContextTooSmall, Decoder, FinishReason, GenerateOptions, SampleDecoder};
+use crate::model::early_exit::EarlyExit;
 use crate::model::llama::State;
 use crate::model::{Model, ModelFile};
 use crate::spec_decode::{DraftLengthParams, Proposer, SpecDecoder, SpecStats};
@@ -71,6 +74,8 @@ pub struct Turn {
     pub decode_tokens_per_s: f64,
     /// What speculative decoding did in this turn (`None` without a proposer).
     pub spec: Option<SpecStats>,
+    /// What early exit did in this turn (`None` without it).
+    pub early_exit: Option<ExitStats>,
 }
 
 pub struct ChatSession<'m> {
@@ -86,6 +91,8 @@ pub struct ChatSession<'m> {
     /// Speculative decoding: the proposer (kept across turns, with whatever cache it has) and the draft
     /// length.
     spec: Option<(Box<dyn Proposer + 'm>, DraftLengthParams)>,
+    /// Early exit by entropy for every answer's decode steps (lossy).
+    early_exit: Option<EarlyExit>,
 }
 
 /// Stops a decoder ([`SampleDecoder`], or [`SpecDecoder`] for speculative decoding and structured
@@ -140,6 +147,7 @@ impl<'m> ChatSession<'m> {
             system,
             messages: vec![],
             spec: None,
+            early_exit: None,
         };
         s.reset();
         Ok(s)
@@ -150,6 +158,16 @@ impl<'m> ChatSession<'m> {
     pub fn set_speculation(&mut self, proposer: Box<dyn Proposer + 'm>, length: DraftLengthParams) -> Result<()> {
         length.validate()?;
         self.spec = Some((proposer, length));
+        Ok(())
+    }
+
+    /// Decodes every answer with early exit by entropy (lossy: answers may differ from the full
+    /// model's; not with speculation).
+    pub fn set_early_exit(&mut self, rule: EarlyExit) -> Result<()> {
+        if self.spec.is_some() {
+            bail!("early exit and speculative decoding cannot be combined");
+        }
+        self.early_exit = Some(rule);
         Ok(())
     }
 
@@ -218,7 +236,20 @@ impl<'m> ChatSession<'m> {
         let stop_id = self.stop_ids[0];
         let fast_forward = opts.fast_forward && opts.sampling.grammar.is_some();
         let speculating = self.spec.is_some();
+        let mut exit_stats = None;
         let (g, spec) = match &mut self.spec {
+            None if self.early_exit.is_some() => {
+                let rule = self.early_exit.as_ref().expect("early exit");
+                let mut inner = EarlyExitDecoder::new(self.model, &mut self.state, &opts.sampling, rule)?;
+                let mut dec = Interruptible {
+                    inner: &mut inner,
+                    flag: interrupt,
+                    stop_id,
+                };
+                let g = run_decoder(&mut dec, self.tokenizer, prompt, &opts, on_text)?;
+                exit_stats = Some(inner.stats);
+                (g, None)
+            }
             None if !fast_forward => {
                 let mut inner = SampleDecoder::new(self.model, &mut self.state, &opts.sampling)?;
                 let mut dec = Interruptible {
@@ -273,6 +304,7 @@ impl<'m> ChatSession<'m> {
             prefill_tokens_per_s: g.timings.prefill_tokens_per_s,
             decode_tokens_per_s: g.timings.decode_tokens_per_s,
             spec,
+            early_exit: exit_stats,
         })
     }
 }

@@ -4,7 +4,9 @@
 //! way a line ending in `\` continues on the next one, and the commands are [`HELP`]'s. Ctrl-C stops the
 //! current answer and keeps the program running. Speculative decoding (`--draft-model`, `--lookup`,
 //! `--self-speculate`, as `bushu run`) decodes every answer; `--verbose` reports each turn's drafts.
+//! `--early-exit-entropy H [--exit-layers ...]` decodes with early exit (lossy, as `bushu run`).
 
+use super::adaptive::AdaptiveArgs;
 use super::run::context_size;
 use super::sampling::{flag_error, Command, SamplingArgs};
 use super::spec::SpecArgs;
@@ -39,6 +41,8 @@ pub struct ChatArgs {
     pub structured: StructuredArgs,
     #[command(flatten)]
     pub spec: SpecArgs,
+    #[command(flatten)]
+    pub adaptive: AdaptiveArgs,
     /// Context size in tokens (default: the model's, at most 4096).
     #[arg(short, long, visible_alias = "ctx-size")]
     pub ctx: Option<usize>,
@@ -192,6 +196,9 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     a.sampling.params(&GenerationDefaults::default(), Command::Chat)?;
     a.structured.constraint()?;
     let spec = a.spec.options()?;
+    let spec_flags = "speculative decoding (--draft-model, --lookup, --self-speculate)";
+    a.adaptive
+        .check((spec.method != crate::spec_decode::Speculation::Off).then_some(spec_flags))?;
     let (file, _) = a.model.open()?;
     let mut sampling = a.sampling.params(&file.generation, Command::Chat)?;
     let ctx = context_size(a.ctx, &file.config, a.model.kv_type)?;
@@ -231,6 +238,14 @@ pub fn chat(a: ChatArgs) -> Result<()> {
             spec.length.max
         );
         session.set_speculation(p, spec.length)?;
+    }
+
+    if let Some(rule) = a.adaptive.early_exit(model.config.n_layers)? {
+        eprintln!(
+            "bushu chat: early exit (lossy) below {} nats of entropy, after layers {:?} of {}",
+            rule.threshold, rule.layers, model.config.n_layers
+        );
+        session.set_early_exit(rule)?;
     }
 
     let interrupt = Arc::new(AtomicBool::new(false));
@@ -296,6 +311,13 @@ pub fn chat(a: ChatArgs) -> Result<()> {
                 turn.decode_tokens_per_s,
                 turn.finish_reason
             );
+            if let Some(s) = &turn.early_exit {
+                eprintln!(
+                    "[early exit: {:.2} layers per decode step on average, {:.1} % of full-depth compute]",
+                    s.mean_layers(),
+                    100.0 * s.compute_fraction()
+                );
+            }
             if let Some(s) = &turn.spec {
                 // llama-server's names for the two counts.
                 eprintln!(

@@ -1,5 +1,6 @@
 //! The `bushu` command line. Each subcommand is one module; they share model opening and thread setup.
 
+mod adaptive;
 mod bench;
 mod cascade;
 mod chat;
@@ -16,6 +17,7 @@ mod serve;
 mod spec;
 mod structured;
 mod tokenize;
+mod tradeoff;
 mod train;
 
 use crate::model::{load, KvType, Model, ModelFile, ModelOptions};
@@ -77,6 +79,8 @@ pub enum Command {
     CascadeTrain(cascade::TrainArgs),
     /// Cascade decoding's threshold sweep on prompts: fraction answered per stage, speedup, agreement.
     CascadeReport(cascade::ReportArgs),
+    /// Quality vs compute of an adaptive-computation method: sweeps its knob, writes a table and an SVG chart.
+    Tradeoff(Box<tradeoff::TradeoffArgs>),
     /// Print a shell completion script (e.g. `bushu completions bash > ~/.local/share/bash-completion/completions/bushu`).
     Completions(CompletionsArgs),
 }
@@ -275,6 +279,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Chat(a) => chat::chat(*a),
         Command::CascadeTrain(a) => cascade::train(a),
         Command::CascadeReport(a) => cascade::report(a),
+        Command::Tradeoff(a) => tradeoff::tradeoff(*a),
         Command::Distill(a) => train::forward("distill", a),
         Command::Completions(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "bushu", &mut std::io::stdout());

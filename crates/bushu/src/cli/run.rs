@@ -2,12 +2,15 @@
 //! Decoding strategy: sampling/greedy (default), `--beams N`, `--penalty-alpha` (contrastive search),
 //! `--amateur PATH` (contrastive decoding, greedy/sampled or with `--beams`). Speculative decoding of
 //! greedy or sampled output: `--draft-model PATH`, `--lookup` or `--self-speculate L` (one of them).
+//! Early exit by entropy (lossy): `--early-exit-entropy H [--exit-layers ...]` (docs/ADAPTIVE.md).
 
+use super::adaptive::AdaptiveArgs;
 use super::sampling::{flag_error, Command, SamplingArgs};
 use super::spec::SpecArgs;
 use super::structured::StructuredArgs;
 use super::ModelArgs;
 use crate::generate::contrastive::{generate_contrastive, CdParams};
+use crate::generate::early_exit::generate_early_exit;
 use crate::generate::{generate, GenerateOptions, Generation, Strategy};
 use crate::model::GenerationDefaults;
 use crate::sampling::beam::{BeamParams, EarlyStopping};
@@ -66,6 +69,8 @@ pub struct RunArgs {
     pub spec: SpecArgs,
     #[command(flatten)]
     pub cascade: super::cascade::CascadeArgs,
+    #[command(flatten)]
+    pub adaptive: AdaptiveArgs,
     /// Context size in tokens (default: the model's, at most 4096).
     #[arg(short, long, visible_alias = "ctx-size")]
     pub ctx: Option<usize>,
@@ -118,7 +123,10 @@ pub(super) fn other_strategy(a: &RunArgs) -> Option<&'static str> {
 /// The generation options the flags describe for a model shipping `model`'s sampling values (called
 /// once with none before the model loads: everything checkable then is checked then).
 pub fn options(a: &RunArgs, eos_ids: Vec<u32>, model: &GenerationDefaults) -> Result<GenerateOptions> {
-    speculation(a)?;
+    let (spec, _) = speculation(a)?;
+    let spec_flags = "speculative decoding (--draft-model, --lookup, --self-speculate)";
+    a.adaptive
+        .check(other_strategy(a).or((spec != Speculation::Off).then_some(spec_flags)))?;
     let sampling = a.sampling.params(model, Command::Run)?;
     if a.beams < 1 {
         bail!("--beams must be at least 1 (got {})", a.beams);
@@ -235,6 +243,8 @@ pub fn run(a: RunArgs) -> Result<()> {
     let spec = a.spec.options()?;
     let draft = super::spec::load_draft_for(&spec, &file, &model, &a.model)?;
     let mut proposer = super::spec::proposer(&spec, draft.as_ref(), &model, ctx, &opts.sampling)?;
+    let early = a.adaptive.early_exit(model.config.n_layers)?;
+    let mut exit_stats = None;
     let mut stats = None;
     let mut stdout = std::io::stdout().lock();
     let mut on_text = |s: &str| {
@@ -244,6 +254,13 @@ pub fn run(a: RunArgs) -> Result<()> {
         }
     };
     let g: Generation = match (&amateur, &mut proposer) {
+        _ if early.is_some() => {
+            let rule = early.as_ref().expect("early exit");
+            generate_early_exit((&model, tok, &mut state), &prompt, &opts, rule, &mut on_text).map(|(g, s)| {
+                exit_stats = Some(s);
+                g
+            })
+        }
         (_, Some(p)) => generate_speculative(
             (&model, tok, &mut state),
             &prompt,
@@ -295,6 +312,17 @@ pub fn run(a: RunArgs) -> Result<()> {
         if a.logprobs.is_some() && !g.logprobs.is_empty() {
             out["logprobs"] = serde_json::to_value(&g.logprobs)?;
         }
+        if let (Some(e), Some(s)) = (&early, &exit_stats) {
+            out["early_exit"] = json!({
+                "threshold": e.threshold,
+                "exit_layers": e.layers,
+                "layers": model.config.n_layers,
+                "decode_steps": s.steps,
+                "mean_layers": s.mean_layers(),
+                "steps_by_layers_run": s.exits,
+                "compute_fraction": s.compute_fraction(),
+            });
+        }
         if !g.sequences.is_empty() {
             out["sequences"] = serde_json::to_value(&g.sequences)?;
         }
@@ -339,6 +367,14 @@ pub fn run(a: RunArgs) -> Result<()> {
                 } else {
                     ""
                 }
+            );
+        }
+        if let Some(s) = &exit_stats {
+            eprintln!(
+                "[early exit: {:.2} of {} layers per decode step on average, {:.1} % of full-depth compute]",
+                s.mean_layers(),
+                model.config.n_layers,
+                100.0 * s.compute_fraction()
             );
         }
         for (i, s) in g.sequences.iter().enumerate().skip(1) {

@@ -3,11 +3,12 @@
 //!
 //! One loop ([`run_decoder`]) serves every one-token-per-step strategy — a [`Decoder`] chooses the
 //! tokens: sampling/greedy ([`SampleDecoder`]), contrastive search and contrastive decoding
-//! ([`contrastive`]). The loop owns the stop conditions ([`stop`]): EOS, stop strings, the token limit,
+//! ([`contrastive`]), early exit by entropy ([`early_exit`]). The loop owns the stop conditions ([`stop`]): EOS, stop strings, the token limit,
 //! the context size. Beam search ([`beam`]) keeps several sequences and has its own driver.
 
 pub mod beam;
 pub mod contrastive;
+pub mod early_exit;
 pub mod stop;
 
 use crate::model::llama::{Logits, State};

@@ -13,7 +13,7 @@
 use super::config::{Activation, Config};
 use super::kv_cache::{KvCache, KvType, KvView};
 use super::loader::ModelFile;
-use super::pass::Tree;
+use super::pass::{ExitRule, Tree};
 pub use super::pass::{Logits, Pass};
 use super::weights::{Proj, Weights};
 use crate::quant::llm_int8::Int8Weights;
@@ -79,6 +79,8 @@ pub struct Scratch {
     logits: Vec<f32>,
     /// The restricted classifier's logits ([`Model::head_rows`]).
     head: Vec<f32>,
+    /// Layers the last pass ran (fewer than asked when it exited early by entropy).
+    layers_run: usize,
 }
 
 fn fit(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -113,6 +115,17 @@ impl State {
     /// Forward passes run on this state so far (prefill and decode, one per call of any size).
     pub fn passes(&self) -> usize {
         self.passes
+    }
+
+    /// Layers the last forward pass ran: all it was asked for, or where it exited early by entropy
+    /// ([`Pass::exit_by_entropy`]).
+    pub fn layers_run(&self) -> usize {
+        self.scratch.layers_run
+    }
+
+    /// The logits the last forward pass returned (`vocab` values per row that got them).
+    pub fn last_logits(&self, vocab: usize) -> &[f32] {
+        &self.scratch.logits[..self.n_out * vocab]
     }
 
     /// Number of positions already in the cache.
@@ -286,6 +299,20 @@ impl Model {
             Some(k) => k,
             None => self.config.n_layers,
         };
+        if let Some(rule) = pass.early_exit {
+            if pass.exit.is_some() || n != 1 || state.out_rows.len() != 1 {
+                bail!(
+                    "early exit by entropy decides for one token: a one-token pass with its logits, without exit_after"
+                );
+            }
+            if let Some(&l) = rule.layers.iter().find(|&&l| l == 0 || l >= self.config.n_layers) {
+                bail!(
+                    "exit layer {l} is not between 1 and {} (the model has {} layers)",
+                    self.config.n_layers - 1,
+                    self.config.n_layers
+                );
+            }
+        }
         if let Some(&l) = pass.hidden.iter().find(|&&l| l >= layers) {
             bail!("hidden states after layer {l} asked of a pass through {layers} layers");
         }
@@ -304,7 +331,7 @@ impl Model {
             observe(p, x)
         };
         let (s, pos) = (&mut state.scratch, &state.positions);
-        let logits = self.forward_layers(s, tokens, pos, &mut kv, rows, layers, &mut keep)?;
+        let logits = self.forward_exit(s, tokens, pos, &mut kv, rows, layers, pass.early_exit, &mut keep)?;
         // Kept in layer order, each asked layer once.
         state.hidden_layers.clear();
         state.hidden_layers.extend_from_slice(pass.hidden);
@@ -345,98 +372,190 @@ impl Model {
         layers: usize,
         observe: &mut dyn FnMut(Probe, &[f32]),
     ) -> Result<&'s [f32]> {
-        let c = &self.config;
+        self.forward_exit(s, tokens, positions, kv, out_rows, layers, None, observe)
+    }
+
+    /// [`Model::forward_layers`], and with `rule` early exit by entropy ([`super::early_exit`]): after
+    /// each exit layer the final norm and classifier; when the entropy of every logit row is below the
+    /// threshold the pass ends there, the remaining layers' keys and values propagated from the exit
+    /// layer's residual stream. `Scratch::layers_run` says how many layers ran.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_exit<'s>(
+        &self,
+        s: &'s mut Scratch,
+        tokens: &[u32],
+        positions: &[usize],
+        kv: &mut impl KvStore,
+        out_rows: &[usize],
+        layers: usize,
+        rule: Option<ExitRule>,
+        observe: &mut dyn FnMut(Probe, &[f32]),
+    ) -> Result<&'s [f32]> {
         let w = &self.weights;
         w.before_pass();
+        self.embed(s, tokens)?;
+        s.layers_run = layers;
+        for layer in 0..layers {
+            self.layer(s, layer, positions, kv, observe);
+            // Early exit: the shared head after an exit layer; confident enough, the token leaves here.
+            let run = layer + 1;
+            if let Some(rule) = rule.filter(|r| run < layers && r.threshold > 0.0 && r.layers.contains(&run)) {
+                self.head(s, out_rows, &mut |_, _| {})?;
+                let vocab = self.config.vocab_size;
+                let confident = s.logits[..out_rows.len() * vocab]
+                    .chunks_exact(vocab)
+                    .all(|row| super::early_exit::entropy(row) < rule.threshold as f64);
+                if confident {
+                    for skipped in run..self.config.n_layers {
+                        self.propagate_kv(s, skipped, positions, kv);
+                    }
+                    s.layers_run = run;
+                    break;
+                }
+            }
+        }
+        w.first_pass_done();
+        if s.layers_run == layers {
+            self.head(s, out_rows, observe)?;
+        }
+        Ok(&s.logits[..out_rows.len() * self.config.vocab_size])
+    }
+
+    /// Token embeddings (Gemma: times sqrt(dim)) into the residual stream `s.x`.
+    fn embed(&self, s: &mut Scratch, tokens: &[u32]) -> Result<()> {
+        let c = &self.config;
         let n = tokens.len();
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
             bail!("token id {t} is outside the vocabulary of {} tokens", c.vocab_size);
         }
-        let (dim, q_dim, kv_dim, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
-
-        // Token embeddings (Gemma: times sqrt(dim)).
-        let x = fit(&mut s.x, n * dim);
-        let embd = w.token_embd.matrix();
-        for (row, &t) in x.chunks_exact_mut(dim).zip(tokens) {
+        let x = fit(&mut s.x, n * c.dim);
+        let embd = self.weights.token_embd.matrix();
+        for (row, &t) in x.chunks_exact_mut(c.dim).zip(tokens) {
             embd.dequantize_row(t as usize, row);
         }
         if let Some(e) = c.block.embed_scale {
             scale(x, e);
         }
+        Ok(())
+    }
 
-        for (layer, lw) in w.layers.iter().enumerate().take(layers) {
-            // Local (sliding-window) layers may have their own RoPE base.
-            let (window, inv_freq) = match c.is_local(layer) {
-                true => (c.window(layer), &self.inv_freq_local),
-                false => (None, &self.inv_freq),
-            };
-            let shape = AttnShape {
-                n_heads: c.n_heads,
-                n_kv_heads: c.n_kv_heads,
-                head_dim: c.head_dim,
-                window,
-            };
-
-            // Attention block.
-            let xb = fit(&mut s.xb, n * dim);
-            norm_rows(xb, &s.x[..n * dim], &lw.attn_norm, c.rms_eps);
-            observe(Probe::AttnIn(layer), xb);
-            let (q, k, v) = (
-                fit(&mut s.q, n * q_dim),
-                fit(&mut s.k, n * kv_dim),
-                fit(&mut s.v, n * kv_dim),
-            );
-            self.proj(layer, Proj::Q, xb, q, lw.bq.as_deref());
-            self.proj(layer, Proj::K, xb, k, lw.bk.as_deref());
-            self.proj(layer, Proj::V, xb, v, lw.bv.as_deref());
-            // QK-norm (Gemma 3): every query and key head RMS-normalized.
-            if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
-                rmsnorm_pieces(q, qn, c.rms_eps);
-                rmsnorm_pieces(k, kn, c.rms_eps);
-            }
-            for (t, &pos) in positions.iter().enumerate() {
-                let (qt, kt) = (&mut q[t * q_dim..(t + 1) * q_dim], &mut k[t * kv_dim..(t + 1) * kv_dim]);
-                rope(qt, c.head_dim, pos, inv_freq, c.rope_style);
-                rope(kt, c.head_dim, pos, inv_freq, c.rope_style);
-                kv.store(layer, t, pos, kt, &v[t * kv_dim..(t + 1) * kv_dim]);
-            }
-            if let Some(r) = self.q_rescale {
-                scale(q, r);
-            }
-            let att = fit(&mut s.att, n * q_dim);
-            kv.attend(layer, q, att, shape);
-            observe(Probe::AttnOut(layer), att);
-            self.proj(layer, Proj::O, att, xb, None);
-            if let Some(pn) = &lw.post_attn_norm {
-                rmsnorm_pieces(xb, pn, c.rms_eps);
-            }
-            add_assign(&mut s.x[..n * dim], xb);
-
-            // Feed-forward block.
-            norm_rows(xb, &s.x[..n * dim], &lw.ffn_norm, c.rms_eps);
-            observe(Probe::FfnIn(layer), xb);
-            let (gate, up) = (fit(&mut s.gate, n * ffn), fit(&mut s.up, n * ffn));
-            self.proj(layer, Proj::Gate, xb, gate, None);
-            self.proj(layer, Proj::Up, xb, up, None);
-            match c.block.activation {
-                Activation::Silu => swiglu(gate, up),
-                Activation::GeluTanh => geglu(gate, up),
-            }
-            observe(Probe::FfnDown(layer), gate);
-            self.proj(layer, Proj::Down, gate, xb, None);
-            if let Some(pn) = &lw.post_ffn_norm {
-                rmsnorm_pieces(xb, pn, c.rms_eps);
-            }
-            add_assign(&mut s.x[..n * dim], xb);
-            observe(Probe::Residual(layer), &s.x[..n * dim]);
+    /// Local (sliding-window) layers may have their own RoPE base.
+    fn layer_rope(&self, layer: usize) -> (Option<usize>, &[f32]) {
+        match self.config.is_local(layer) {
+            true => (self.config.window(layer), &self.inv_freq_local),
+            false => (None, &self.inv_freq),
         }
+    }
 
-        w.first_pass_done();
+    /// One transformer layer over the residual stream `s.x` of the tokens at `positions`.
+    fn layer(
+        &self,
+        s: &mut Scratch,
+        layer: usize,
+        positions: &[usize],
+        kv: &mut impl KvStore,
+        observe: &mut dyn FnMut(Probe, &[f32]),
+    ) {
+        let c = &self.config;
+        let lw = &self.weights.layers[layer];
+        let n = positions.len();
+        let (dim, q_dim, kv_dim, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        let (window, inv_freq) = self.layer_rope(layer);
+        let shape = AttnShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            window,
+        };
 
-        // Final norm and classifier, for the tokens asked for (none for a pass that only fills the cache).
+        // Attention block.
+        let xb = fit(&mut s.xb, n * dim);
+        norm_rows(xb, &s.x[..n * dim], &lw.attn_norm, c.rms_eps);
+        observe(Probe::AttnIn(layer), xb);
+        let (q, k, v) = (
+            fit(&mut s.q, n * q_dim),
+            fit(&mut s.k, n * kv_dim),
+            fit(&mut s.v, n * kv_dim),
+        );
+        self.proj(layer, Proj::Q, xb, q, lw.bq.as_deref());
+        self.proj(layer, Proj::K, xb, k, lw.bk.as_deref());
+        self.proj(layer, Proj::V, xb, v, lw.bv.as_deref());
+        // QK-norm (Gemma 3): every query and key head RMS-normalized.
+        if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
+            rmsnorm_pieces(q, qn, c.rms_eps);
+            rmsnorm_pieces(k, kn, c.rms_eps);
+        }
+        for (t, &pos) in positions.iter().enumerate() {
+            let (qt, kt) = (&mut q[t * q_dim..(t + 1) * q_dim], &mut k[t * kv_dim..(t + 1) * kv_dim]);
+            rope(qt, c.head_dim, pos, inv_freq, c.rope_style);
+            rope(kt, c.head_dim, pos, inv_freq, c.rope_style);
+            kv.store(layer, t, pos, kt, &v[t * kv_dim..(t + 1) * kv_dim]);
+        }
+        if let Some(r) = self.q_rescale {
+            scale(q, r);
+        }
+        let att = fit(&mut s.att, n * q_dim);
+        kv.attend(layer, q, att, shape);
+        observe(Probe::AttnOut(layer), att);
+        self.proj(layer, Proj::O, att, xb, None);
+        if let Some(pn) = &lw.post_attn_norm {
+            rmsnorm_pieces(xb, pn, c.rms_eps);
+        }
+        add_assign(&mut s.x[..n * dim], xb);
+
+        // Feed-forward block.
+        norm_rows(xb, &s.x[..n * dim], &lw.ffn_norm, c.rms_eps);
+        observe(Probe::FfnIn(layer), xb);
+        let (gate, up) = (fit(&mut s.gate, n * ffn), fit(&mut s.up, n * ffn));
+        self.proj(layer, Proj::Gate, xb, gate, None);
+        self.proj(layer, Proj::Up, xb, up, None);
+        match c.block.activation {
+            Activation::Silu => swiglu(gate, up),
+            Activation::GeluTanh => geglu(gate, up),
+        }
+        observe(Probe::FfnDown(layer), gate);
+        self.proj(layer, Proj::Down, gate, xb, None);
+        if let Some(pn) = &lw.post_ffn_norm {
+            rmsnorm_pieces(xb, pn, c.rms_eps);
+        }
+        add_assign(&mut s.x[..n * dim], xb);
+        observe(Probe::Residual(layer), &s.x[..n * dim]);
+    }
+
+    /// The keys and values `layer` stores for tokens that exited before it (CALM's state propagation):
+    /// the residual stream `s.x` as the layer's input, through its attention norm, K and V projections,
+    /// K-norm and RoPE. Leaves `s.xb` (the exit's final-norm hidden states) as it is.
+    fn propagate_kv(&self, s: &mut Scratch, layer: usize, positions: &[usize], kv: &mut impl KvStore) {
+        let c = &self.config;
+        let lw = &self.weights.layers[layer];
+        let n = positions.len();
+        let (dim, kv_dim) = (c.dim, c.kv_dim());
+        let (_, inv_freq) = self.layer_rope(layer);
+        let xn = fit(&mut s.up, n * dim);
+        norm_rows(xn, &s.x[..n * dim], &lw.attn_norm, c.rms_eps);
+        let (k, v) = (fit(&mut s.k, n * kv_dim), fit(&mut s.v, n * kv_dim));
+        self.proj(layer, Proj::K, xn, k, lw.bk.as_deref());
+        self.proj(layer, Proj::V, xn, v, lw.bv.as_deref());
+        if let (Some(_), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
+            rmsnorm_pieces(k, kn, c.rms_eps);
+        }
+        for (t, &pos) in positions.iter().enumerate() {
+            let kt = &mut k[t * kv_dim..(t + 1) * kv_dim];
+            rope(kt, c.head_dim, pos, inv_freq, c.rope_style);
+            kv.store(layer, t, pos, kt, &v[t * kv_dim..(t + 1) * kv_dim]);
+        }
+    }
+
+    /// Final norm and classifier of the tokens at `out_rows` of the residual stream, into `s.logits`
+    /// (`vocab` values each) and their final-norm hidden states into `s.xb`; nothing for no rows (a pass
+    /// that only fills the cache).
+    fn head(&self, s: &mut Scratch, out_rows: &[usize], observe: &mut dyn FnMut(Probe, &[f32])) -> Result<()> {
+        let c = &self.config;
+        let w = &self.weights;
+        let dim = c.dim;
         let m = out_rows.len();
         if m == 0 {
-            return Ok(&[]);
+            return Ok(());
         }
         let xb = fit(&mut s.xb, m * dim);
         for (o, &r) in xb.chunks_exact_mut(dim).zip(out_rows) {
@@ -475,7 +594,21 @@ impl Model {
                 i / n
             );
         }
-        Ok(&s.logits[..m * c.vocab_size])
+        Ok(())
+    }
+
+    /// The final norm and classifier applied to residual-stream rows `x` (`dim` values each, e.g.
+    /// [`State::hidden_at`] of an intermediate layer): the shared-head exit's logits, `vocab` per row.
+    pub fn classify(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let dim = self.config.dim;
+        if x.is_empty() || !x.len().is_multiple_of(dim) {
+            bail!("classify: {} values are not whole rows of {dim}", x.len());
+        }
+        let mut s = Scratch::default();
+        fit(&mut s.x, x.len()).copy_from_slice(x);
+        let rows: Vec<usize> = (0..x.len() / dim).collect();
+        self.head(&mut s, &rows, &mut |_, _| {})?;
+        Ok(s.logits[..rows.len() * self.config.vocab_size].to_vec())
     }
 }
 

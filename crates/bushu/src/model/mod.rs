@@ -11,11 +11,13 @@
 //! - [`memory`]: the memory available, and size checks before allocating.
 //! - [`options`]: the one builder from a model file to a runnable model.
 //! - [`llama`]: the forward pass (prefill and incremental decode).
+//! - [`early_exit`]: early exit by entropy (the exit rule, state propagation of skipped layers' K, V).
 //! - [`pass`]: what a pass computes: rows that get logits, causal or token-tree visibility.
 
 pub mod arch;
 pub mod check;
 pub mod config;
+pub mod early_exit;
 pub mod hf;
 pub mod kv_cache;
 pub mod llama;

@@ -14,6 +14,7 @@
 //! ones that pass would have written (same RoPE position, same visible context), so the cache ends up
 //! bit for bit as if the branch alone had been run.
 
+pub use super::early_exit::ExitRule;
 use anyhow::{bail, Result};
 use kernels::attention::TreePaths;
 
@@ -64,6 +65,10 @@ pub struct Pass<'a> {
     /// Layers after which the residual stream of the rows that get logits is kept
     /// (`State::hidden_at`): features for exit heads, distillation, drafters.
     pub hidden: &'a [usize],
+    /// Early exit by entropy (a one-token pass): after each of the rule's exit layers, the final norm
+    /// and classifier; below the threshold, the remaining layers only get this token's keys and values,
+    /// propagated from the exit layer's residual stream ([`super::early_exit`]).
+    pub early_exit: Option<ExitRule<'a>>,
 }
 
 impl<'a> Pass<'a> {
@@ -75,6 +80,7 @@ impl<'a> Pass<'a> {
             tree: None,
             exit: None,
             hidden: &[],
+            early_exit: None,
         }
     }
 
@@ -86,6 +92,7 @@ impl<'a> Pass<'a> {
             tree: Some(parent),
             exit: None,
             hidden: &[],
+            early_exit: None,
         }
     }
 
@@ -93,6 +100,15 @@ impl<'a> Pass<'a> {
     pub fn exit_after(self, layers: usize) -> Pass<'a> {
         Pass {
             exit: Some(layers),
+            ..self
+        }
+    }
+
+    /// This (one-token) pass exiting early by `rule` ([`super::early_exit`]); `State::layers_run` says
+    /// where it exited.
+    pub fn exit_by_entropy(self, rule: ExitRule<'a>) -> Pass<'a> {
+        Pass {
+            early_exit: Some(rule),
             ..self
         }
     }
