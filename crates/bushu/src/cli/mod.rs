@@ -71,6 +71,9 @@ pub enum Command {
     /// Distill a teacher into a smaller student (runs `bushu-train distill`; `bushu distill --help`).
     #[command(disable_help_flag = true)]
     Distill(train::TrainArgs),
+    /// Train Medusa heads for a model (runs `bushu-train train-medusa`; `bushu train-medusa --help`).
+    #[command(disable_help_flag = true)]
+    TrainMedusa(train::TrainArgs),
     /// Print a shell completion script (e.g. `bushu completions bash > ~/.local/share/bash-completion/completions/bushu`).
     Completions(CompletionsArgs),
 }
@@ -268,6 +271,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Ps(a) => ps::ps(a),
         Command::Chat(a) => chat::chat(*a),
         Command::Distill(a) => train::forward("distill", a),
+        Command::TrainMedusa(a) => train::forward("train-medusa", a),
         Command::Completions(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "bushu", &mut std::io::stdout());
             Ok(())

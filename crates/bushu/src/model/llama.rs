@@ -479,6 +479,24 @@ impl Model {
     }
 }
 
+impl Model {
+    /// The final norm of the residual rows `x` (`dim` values each) into `out`, as a pass computes it
+    /// before the classifier ([`State::hidden`]).
+    pub fn final_norm(&self, x: &[f32], out: &mut [f32]) {
+        norm_rows(out, x, &self.weights.output_norm, self.config.rms_eps);
+    }
+
+    /// The classifier applied to `x` (rows of `dim` values, e.g. final-norm hidden states passed through
+    /// extra heads), `vocab` logits per row into `out`, at the precision a forward pass uses for it.
+    pub fn classify(&self, x: &[f32], out: &mut [f32]) {
+        let classifier = match self.precision {
+            Precision::Fast => Precision::Wide,
+            p => p,
+        };
+        linear(&self.weights.output.matrix(), classifier, x, out, None);
+    }
+}
+
 /// Where a forward pass keeps the keys and values of its tokens, and how their queries attend to
 /// what is kept: a contiguous [`KvCache`] for one sequence here, a paged cache in the serving engine.
 pub trait KvStore {
