@@ -102,7 +102,10 @@ fn zero_heads_say_what_the_lm_head_says() {
     let hs = MedusaHeads::new(2, vec![vec![0.5, 0.0, 1.0, 1.0]], vec![vec![0.0, 0.5]]).unwrap();
     let mut u = [0.0; 2];
     hs.residual(0, &[1.0, -2.0], &mut u);
-    assert!((u[0] - 1.311_230_8).abs() < 1e-5 && (u[1] - (-2.188_769)).abs() < 1e-5, "{u:?}");
+    assert!(
+        (u[0] - 1.311_230_8).abs() < 1e-5 && (u[1] - (-2.188_769)).abs() < 1e-5,
+        "{u:?}"
+    );
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -217,7 +220,8 @@ fn semi_ar_k0_is_plain_decoding_and_zero_heads_repeat() {
             let prompt = f.tokenizer.encode(text, true).unwrap();
             let want = plain(&f, &m, &prompt, &o);
             let mut st = m.new_state(512);
-            let (g, passes) = generate_semi_ar((&m, &f.tokenizer, &mut st), &prompt, &o, &heads, 0, &mut |_| {}).unwrap();
+            let (g, passes) =
+                generate_semi_ar((&m, &f.tokenizer, &mut st), &prompt, &o, &heads, 0, &mut |_| {}).unwrap();
             assert_eq!(g.tokens, want, "K = 0 {text}");
             assert_eq!(passes, N - 1);
         }
@@ -275,7 +279,20 @@ fn medusa_on_the_command_line() {
         .write(&tiny_heads)
         .unwrap();
     let expert = path(EXPERT);
-    let base = ["run", "-m", expert.as_str(), "-p", PROMPTS[2], "-n", "24", "-t", "1", "--temp", "0", "--json"];
+    let base = [
+        "run",
+        "-m",
+        expert.as_str(),
+        "-p",
+        PROMPTS[2],
+        "-n",
+        "24",
+        "-t",
+        "1",
+        "--temp",
+        "0",
+        "--json",
+    ];
     let (code, plain_out, err) = bushu(&base);
     assert_eq!(code, 0, "{err}");
     let plain: serde_json::Value = serde_json::from_str(&plain_out).unwrap();
@@ -318,12 +335,18 @@ fn medusa_on_the_command_line() {
     fails(&["--medusa", tiny_heads.to_str().unwrap()], "trained for another model");
     fails(&["--medusa", &expert], "not a Medusa heads file");
     fails(&["--medusa", "/etc/hostname"], "not a GGUF file");
-    fails(&["--medusa", &heads, "--medusa-tree", "0"], "--medusa-tree must be at least 1");
+    fails(
+        &["--medusa", &heads, "--medusa-tree", "0"],
+        "--medusa-tree must be at least 1",
+    );
     fails(&["--medusa", &heads, "--medusa-epsilon", "2"], "--medusa-epsilon");
     fails(&["--medusa", &heads, "--medusa-delta", "0"], "--medusa-delta");
     fails(&["--semi-ar", "2"], "need --medusa");
     fails(&["--medusa", &heads, "--semi-ar", "4"], "has 3 heads");
-    fails(&["--medusa", &heads, "--semi-ar", "1", "--non-ar"], "cannot be combined");
+    fails(
+        &["--medusa", &heads, "--semi-ar", "1", "--non-ar"],
+        "cannot be combined",
+    );
     fails(&["--medusa", &heads, "--lookup"], "choose one proposer");
     fails(&["--medusa", &heads, "--beams", "2"], "cannot be combined");
     let _ = std::fs::remove_dir_all(dir);

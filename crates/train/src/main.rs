@@ -206,7 +206,16 @@ fn run(cli: Cli) -> Result<()> {
                 delta: a.delta,
             };
             typical.validate()?;
-            eval_medusa(&a.model, &a.heads, &a.prompts, a.n, &trees, a.temperature, a.seed, typical)
+            eval_medusa(
+                &a.model,
+                &a.heads,
+                &a.prompts,
+                a.n,
+                &trees,
+                a.temperature,
+                a.seed,
+                typical,
+            )
         }
         Command::TrainMedusa(a) => {
             let mut o = MedusaOptions::new(a.model, a.heads, a.data, a.out);
@@ -234,7 +243,12 @@ fn run(cli: Cli) -> Result<()> {
                 ce.join(", ")
             );
             if r.val_positions > 0 {
-                let pct = |v: &[f64]| v.iter().map(|x| format!("{:.1}", 100.0 * x)).collect::<Vec<_>>().join(", ");
+                let pct = |v: &[f64]| {
+                    v.iter()
+                        .map(|x| format!("{:.1}", 100.0 * x))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
                 eprintln!(
                     "held-out top-1 accuracy over {} positions: model (t+1) {:.1} %, heads (t+2..) [{}] %, untrained heads (the LM head) [{}] %",
                     r.val_positions,

@@ -200,7 +200,10 @@ pub fn self_distill(model: &Model, file: &ModelFile, prompts: &Path, n: usize) -
         .with_context(|| format!("cannot read the self-distillation prompts {}", prompts.display()))?;
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     if lines.is_empty() {
-        bail!("the self-distillation prompts file {} has no prompt (one per line)", prompts.display());
+        bail!(
+            "the self-distillation prompts file {} has no prompt (one per line)",
+            prompts.display()
+        );
     }
     let mut out = Vec::new();
     for l in lines {
@@ -265,7 +268,9 @@ impl HeadVars {
 
     /// Head `i`'s residual block on `h` `[n, dim]`: `h + SiLU(h W^T + b)`.
     pub fn residual(&self, i: usize, h: &Tensor) -> Result<Tensor> {
-        let z = h.matmul(&self.w[i].as_tensor().t()?)?.broadcast_add(self.b[i].as_tensor())?;
+        let z = h
+            .matmul(&self.w[i].as_tensor().t()?)?
+            .broadcast_add(self.b[i].as_tensor())?;
         Ok((h + candle_nn::ops::silu(&z)?)?)
     }
 
@@ -340,7 +345,10 @@ impl MedusaProgress for StderrMedusa {
 /// Checks the options that need no file.
 pub fn check(o: &MedusaOptions) -> Result<()> {
     if o.heads == 0 || o.heads > MAX_HEADS {
-        bail!("--heads must be between 1 and {MAX_HEADS} (got {}; Medusa uses 3 to 5)", o.heads);
+        bail!(
+            "--heads must be between 1 and {MAX_HEADS} (got {}; Medusa uses 3 to 5)",
+            o.heads
+        );
     }
     if o.data.is_empty() {
         bail!("no data files given (--data)");
@@ -533,8 +541,12 @@ mod tests {
         let mut rng = bushu::sampling::rng::Rng::new(7);
         let mut r = |m: usize| -> Vec<f32> { (0..m).map(|_| rng.next_u32() as f32 / u32::MAX as f32 - 0.5).collect() };
         let u: Vec<f32> = r(n * dim).into_iter().map(|x| x * 2.0).collect();
-        let e = Tensor::from_vec(r(vocab * dim).into_iter().map(|x| x * 3.0).collect::<Vec<_>>(), (vocab, dim), &dev)
-            .unwrap();
+        let e = Tensor::from_vec(
+            r(vocab * dim).into_iter().map(|x| x * 3.0).collect::<Vec<_>>(),
+            (vocab, dim),
+            &dev,
+        )
+        .unwrap();
         let labels = [1u32, 6, 0];
         let ut = Tensor::from_vec(u.clone(), (n, dim), &dev).unwrap();
         let (loss, du) = lm_head_ce(&ut, &e, &labels).unwrap();
@@ -573,8 +585,12 @@ mod tests {
         let mut rng = bushu::sampling::rng::Rng::new(3);
         let mut r = |m: usize| -> Vec<f32> { (0..m).map(|_| rng.next_u32() as f32 / u32::MAX as f32 - 0.5).collect() };
         let h = Tensor::from_vec(r(n * dim), (n, dim), &dev).unwrap();
-        let e = Tensor::from_vec(r(vocab * dim).into_iter().map(|x| x * 4.0).collect::<Vec<_>>(), (vocab, dim), &dev)
-            .unwrap();
+        let e = Tensor::from_vec(
+            r(vocab * dim).into_iter().map(|x| x * 4.0).collect::<Vec<_>>(),
+            (vocab, dim),
+            &dev,
+        )
+        .unwrap();
         let w0 = r(dim * dim);
         let b0 = r(dim);
         let labels = [4u32, 2];
@@ -585,7 +601,13 @@ mod tests {
         let u = vars.residual(0, &h).unwrap();
         let (_, du) = lm_head_ce(&u.detach(), &e, &labels).unwrap();
         let grads = (&u * du).unwrap().sum_all().unwrap().backward().unwrap();
-        let gw: Vec<f32> = grads.get(vars.w[0].as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let gw: Vec<f32> = grads
+            .get(vars.w[0].as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let gb: Vec<f32> = grads.get(vars.b[0].as_tensor()).unwrap().to_vec1().unwrap();
         let loss = |w: &[f32], b: &[f32]| -> f64 {
             let v = HeadVars {

@@ -83,7 +83,9 @@ fn heads_learn_and_decode_exactly() {
     for text in ["HAMLET: To be, or not to be,", "KING: My lord, the queen"] {
         let prompt = f.tokenizer.encode(text, true).unwrap();
         let mut st = m.new_state(256);
-        let want = generate(&m, &f.tokenizer, &mut st, &prompt, &opts, &mut |_| {}).unwrap().tokens;
+        let want = generate(&m, &f.tokenizer, &mut st, &prompt, &opts, &mut |_| {})
+            .unwrap()
+            .tokens;
         let mut p = Medusa::new(&heads, 10, None).unwrap();
         let mut st = m.new_state(256);
         let (g, s) = generate_speculative(
@@ -99,7 +101,10 @@ fn heads_learn_and_decode_exactly() {
         accepted += s.draft_n_accepted;
         steps += s.draft_steps;
     }
-    assert!(accepted > 0 && steps > 0, "the trained heads' drafts were never accepted");
+    assert!(
+        accepted > 0 && steps > 0,
+        "the trained heads' drafts were never accepted"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -151,12 +156,32 @@ fn bad_input_is_one_clear_line() {
     let out = dir.join("h.gguf");
     let o = out.to_str().unwrap();
     let cases: [(&[&str], &str); 5] = [
-        (&["--model", m, "--heads", "0", "--data", d, "--out", o], "--heads must be between 1 and 8"),
-        (&["--model", m, "--heads", "9", "--data", d, "--out", o], "--heads must be between 1 and 8"),
-        (&["--model", m, "--heads", "3", "--data", e, "--out", o], "hold no text"),
-        (&["--model", d, "--heads", "3", "--data", d, "--out", o], "is not a GGUF file"),
         (
-            &["--model", m, "--heads", "3", "--data", d, "--self-distill-prompts", e, "--out", o],
+            &["--model", m, "--heads", "0", "--data", d, "--out", o],
+            "--heads must be between 1 and 8",
+        ),
+        (
+            &["--model", m, "--heads", "9", "--data", d, "--out", o],
+            "--heads must be between 1 and 8",
+        ),
+        (&["--model", m, "--heads", "3", "--data", e, "--out", o], "hold no text"),
+        (
+            &["--model", d, "--heads", "3", "--data", d, "--out", o],
+            "is not a GGUF file",
+        ),
+        (
+            &[
+                "--model",
+                m,
+                "--heads",
+                "3",
+                "--data",
+                d,
+                "--self-distill-prompts",
+                e,
+                "--out",
+                o,
+            ],
             "has no prompt",
         ),
     ];

@@ -242,7 +242,11 @@ pub fn run(a: RunArgs) -> Result<()> {
     let semi_ar = match (&medusa, a.spec.semi_ar, a.spec.non_ar) {
         (Some(h), Some(k), _) => {
             if k > h.len() {
-                bail!("--semi-ar {k}: the heads file has {} heads (0 to {} guesses per pass)", h.len(), h.len());
+                bail!(
+                    "--semi-ar {k}: the heads file has {} heads (0 to {} guesses per pass)",
+                    h.len(),
+                    h.len()
+                );
             }
             Some(k)
         }

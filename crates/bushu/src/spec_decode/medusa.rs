@@ -95,7 +95,11 @@ impl MedusaHeads {
     /// Heads from their weights; an error unless there are 1 to [`MAX_HEADS`] of `dim x dim` and `dim`.
     pub fn new(dim: usize, w: Vec<Vec<f32>>, b: Vec<Vec<f32>>) -> Result<MedusaHeads> {
         if w.is_empty() || w.len() > MAX_HEADS || w.len() != b.len() {
-            bail!("Medusa heads: {} matrices and {} biases (1 to {MAX_HEADS} heads)", w.len(), b.len());
+            bail!(
+                "Medusa heads: {} matrices and {} biases (1 to {MAX_HEADS} heads)",
+                w.len(),
+                b.len()
+            );
         }
         if w.iter().any(|m| m.len() != dim * dim) || b.iter().any(|v| v.len() != dim) {
             bail!("Medusa heads: every head must be {dim} x {dim} with a bias of {dim}");
@@ -442,18 +446,24 @@ mod tests {
         };
         // threshold min(0.5, e^−1.0297 = 0.3571): 0.3 is refused, 0.5 accepted.
         assert!(!strict.accepts(&p, 1) && strict.accepts(&p, 0));
-        assert!(Typical { epsilon: 0.0, delta: 0.3 }.validate().is_err());
-        assert!(Typical { epsilon: 0.1, delta: 1.5 }.validate().is_err());
+        assert!(Typical {
+            epsilon: 0.0,
+            delta: 0.3
+        }
+        .validate()
+        .is_err());
+        assert!(Typical {
+            epsilon: 0.1,
+            delta: 1.5
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]
     fn tree_grows_best_first() {
         // Head 1: a 0.6, b 0.3; head 2: c 0.5, d 0.4; head 3: e 0.9.
-        let cands = vec![
-            vec![(10, 0.6), (11, 0.3)],
-            vec![(20, 0.5), (21, 0.4)],
-            vec![(30, 0.9)],
-        ];
+        let cands = vec![vec![(10, 0.6), (11, 0.3)], vec![(20, 0.5), (21, 0.4)], vec![(30, 0.9)]];
         // Path probabilities: a .6; b .3 and a-c .3 (the shallower first); a-c-e .27; a-d .24; b-c .15.
         let p = grow_tree(&cands, 5);
         assert_eq!(p.tokens, [10, 11, 20, 30, 21]);
