@@ -229,11 +229,16 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     let mut opts = GenerateOptions::new(a.n, sampling, Vec::new());
     opts.fast_forward = !a.structured.no_fast_forward;
     if let Some(p) = super::spec::proposer(&spec, draft.as_ref(), medusa.as_ref(), &model, ctx, &opts.sampling)? {
-        eprintln!(
-            "bushu chat: speculative decoding by {} (up to {} drafts per step)",
-            p.name(),
-            spec.length.max
-        );
+        match &spec.method {
+            crate::spec_decode::Speculation::Medusa { nodes, .. } => {
+                eprintln!("bushu chat: speculative decoding by medusa (token trees of up to {nodes} drafts per step)")
+            }
+            _ => eprintln!(
+                "bushu chat: speculative decoding by {} (up to {} drafts per step)",
+                p.name(),
+                spec.length.max
+            ),
+        }
         session.set_speculation(p, spec.length)?;
     }
 
