@@ -7,6 +7,8 @@
 //! - [`loss`]: hard-label cross-entropy, top-k logit KD at a temperature, feature KD through a learned Φ.
 //! - [`teacher`]: training windows and the teacher's cached top-k logits and hidden states.
 //! - [`distill`]: the training loop (`bushu distill`).
+//! - [`medusa`]: Medusa heads for a frozen model (`bushu train-medusa`), written as a GGUF side file;
+//!   [`medusa_eval`] measures them (`bushu-train eval-medusa`).
 //! - [`export`]: the student as a Llama GGUF with the teacher's tokenizer.
 //! - [`optim`], [`checkpoint`]: AdamW with open state, and resumable checkpoints.
 //! - [`progress`]: a progress bar on a terminal, plain lines elsewhere.
@@ -17,6 +19,8 @@ pub mod checkpoint;
 pub mod distill;
 pub mod export;
 pub mod loss;
+pub mod medusa;
+pub mod medusa_eval;
 pub mod optim;
 pub mod progress;
 pub mod student;

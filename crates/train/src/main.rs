@@ -1,9 +1,11 @@
-//! The `bushu-train` executable: `bushu-train distill ...` (also reached as `bushu distill ...`, which
-//! runs this program). Errors end in one line and a non-zero exit.
+//! The `bushu-train` executable: `bushu-train distill ...` and `bushu-train train-medusa ...` (also
+//! reached as `bushu distill ...` and `bushu train-medusa ...`, which run this program). Errors end in one line and a non-zero exit.
 
 use anyhow::{bail, Result};
 use bushu_train::distill::{distill, DistillOptions, Init};
 use bushu_train::export::ExportType;
+use bushu_train::medusa::{train_medusa, MedusaOptions, StderrMedusa};
+use bushu_train::medusa_eval::eval_medusa;
 use bushu_train::progress::Console;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -22,6 +24,86 @@ struct Cli {
 enum Command {
     /// Distill a teacher GGUF into a smaller Llama student (hard labels, logit KD, feature KD), written as GGUF.
     Distill(DistillArgs),
+    /// Train Medusa heads for a frozen model (head i predicts token t+i+1 from the last hidden state),
+    /// written as a GGUF side file that `bushu run --medusa` loads.
+    TrainMedusa(MedusaArgs),
+    /// Measure Medusa heads: tree speculation, typical acceptance, semi- and non-autoregressive decoding.
+    EvalMedusa(EvalMedusaArgs),
+}
+
+#[derive(Args)]
+struct EvalMedusaArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    heads: PathBuf,
+    /// One prompt per line.
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Tokens generated per prompt.
+    #[arg(short, long, default_value_t = 128)]
+    n: usize,
+    /// Tree node budgets to measure (comma-separated).
+    #[arg(long, default_value = "4,8,16,32")]
+    trees: String,
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 0.09)]
+    epsilon: f32,
+    #[arg(long, default_value_t = 0.3)]
+    delta: f32,
+}
+
+#[derive(Args)]
+struct MedusaArgs {
+    /// The model (GGUF) the heads are for.
+    #[arg(long)]
+    model: PathBuf,
+    /// Number of heads (Medusa uses 3 to 5; at most 8).
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Training text files (tokenized with the model's tokenizer; their next tokens are the labels).
+    #[arg(long, num_args = 1.., required = true)]
+    data: Vec<PathBuf>,
+    /// Tokens of the data used (the first ones).
+    #[arg(long, default_value_t = 100_000)]
+    tokens: usize,
+    /// Self-distillation (Medusa-2): one prompt per line; the model continues each greedily and the
+    /// heads also learn its own text.
+    #[arg(long)]
+    self_distill_prompts: Option<PathBuf>,
+    /// Tokens generated per self-distillation prompt.
+    #[arg(long, default_value_t = 128)]
+    self_distill_tokens: usize,
+    /// Tokens per forward-pass window of the data.
+    #[arg(long, default_value_t = 256)]
+    ctx: usize,
+    /// Positions per AdamW step.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Passes over the training positions.
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Peak learning rate (AdamW; warm-up, then cosine to a tenth).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Loss weight of head i (1-based): DECAY^i.
+    #[arg(long, default_value_t = 0.8)]
+    decay: f64,
+    /// Seed of the batch order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Held-out text: report each head's top-1 accuracy on it.
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Tokens of the held-out text used.
+    #[arg(long, default_value_t = 4096)]
+    val_tokens: usize,
+    /// Output heads file (GGUF).
+    #[arg(long, default_value = "heads.gguf")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -112,6 +194,72 @@ fn parse_pairs(s: &str) -> Result<Vec<(usize, usize)>> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::EvalMedusa(a) => {
+            let trees = a
+                .trees
+                .split(',')
+                .map(|t| t.trim().parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| anyhow::anyhow!("--trees: {:?} is not a list of node counts", a.trees))?;
+            let typical = bushu::spec_decode::Typical {
+                epsilon: a.epsilon,
+                delta: a.delta,
+            };
+            typical.validate()?;
+            eval_medusa(
+                &a.model,
+                &a.heads,
+                &a.prompts,
+                a.n,
+                &trees,
+                a.temperature,
+                a.seed,
+                typical,
+            )
+        }
+        Command::TrainMedusa(a) => {
+            let mut o = MedusaOptions::new(a.model, a.heads, a.data, a.out);
+            o.tokens = a.tokens;
+            o.self_distill_prompts = a.self_distill_prompts;
+            o.self_distill_tokens = a.self_distill_tokens;
+            o.ctx = a.ctx;
+            o.batch = a.batch;
+            o.epochs = a.epochs;
+            o.lr = a.lr;
+            o.decay = a.decay;
+            o.seed = a.seed;
+            o.val = a.val;
+            o.val_tokens = a.val_tokens;
+            let r = train_medusa(&o, &mut StderrMedusa)?;
+            let ce: Vec<String> = r.final_ce.iter().map(|c| format!("{c:.3}")).collect();
+            eprintln!(
+                "{} positions ({} self-distilled; generation {:.1} s, hidden states {:.1} s), {} steps in {:.1} s, final head CE [{}]",
+                r.positions,
+                r.self_distilled_positions,
+                r.generate_seconds,
+                r.hidden_seconds,
+                r.steps,
+                r.train_seconds,
+                ce.join(", ")
+            );
+            if r.val_positions > 0 {
+                let pct = |v: &[f64]| {
+                    v.iter()
+                        .map(|x| format!("{:.1}", 100.0 * x))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                eprintln!(
+                    "held-out top-1 accuracy over {} positions: model (t+1) {:.1} %, heads (t+2..) [{}] %, untrained heads (the LM head) [{}] %",
+                    r.val_positions,
+                    100.0 * r.val_base,
+                    pct(&r.val_heads),
+                    pct(&r.val_untrained)
+                );
+            }
+            println!("{}", o.out.display());
+            Ok(())
+        }
         Command::Distill(a) => {
             let mut o = DistillOptions::new(a.teacher, a.data, a.out);
             o.student_layers = a.student_layers;

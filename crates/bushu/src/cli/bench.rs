@@ -110,6 +110,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         bail!("nothing to run: -p and -n are both 0");
     }
     let spec = a.spec.options()?;
+    if a.spec.medusa.is_some() {
+        bail!("--medusa is for bushu run and chat (their --json reports the drafts and the speed)");
+    }
     let speculating = spec.method != Speculation::Off;
     if speculating || a.file.is_some() {
         let what = if speculating { "speculative decoding" } else { "--file" };
@@ -336,7 +339,7 @@ fn prompt_samples(
     let ctx = st.cache.capacity();
     let mut run = || -> Result<(Vec<u32>, f64, Drafted)> {
         st.cache.truncate(0);
-        match super::spec::proposer(spec, draft, model, ctx, &opts.sampling)? {
+        match super::spec::proposer(spec, draft, None, model, ctx, &opts.sampling)? {
             Some(mut p) => {
                 let (g, s) =
                     generate_speculative((model, tok, st), prompt, &opts, p.as_mut(), spec.length, &mut |_| {})?;

@@ -15,7 +15,7 @@ use super::ModelArgs;
 use crate::chat::session::{template_for, ChatSession};
 use crate::generate::{ContextTooSmall, GenerateOptions};
 use crate::model::GenerationDefaults;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use kernels::Precision;
 use rustyline::error::ReadlineError;
@@ -207,6 +207,10 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         .validate_for_vocab(model.config.vocab_size)
         .map_err(|e| flag_error(e, &[]))?;
     let draft = super::spec::load_draft_for(&spec, &file, &model, &a.model)?;
+    if a.spec.semi_ar.is_some() || a.spec.non_ar {
+        bail!("--semi-ar and --non-ar are for bushu run");
+    }
+    let medusa = super::spec::load_medusa_for(&a.spec, &file)?;
     let (template, stops, own_template) = template_for(&file)?;
     // Each answer follows the grammar and ends with an end-of-turn token.
     sampling.grammar = a.structured.compile(&file.tokenizer, model.config.vocab_size, &stops)?;
@@ -231,12 +235,17 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     let mut session = ChatSession::new(&model, &file.tokenizer, template, stops, ctx, a.system.clone())?;
     let mut opts = GenerateOptions::new(a.n, sampling, Vec::new());
     opts.fast_forward = !a.structured.no_fast_forward;
-    if let Some(p) = super::spec::proposer(&spec, draft.as_ref(), &model, ctx, &opts.sampling)? {
-        eprintln!(
-            "bushu chat: speculative decoding by {} (up to {} drafts per step)",
-            p.name(),
-            spec.length.max
-        );
+    if let Some(p) = super::spec::proposer(&spec, draft.as_ref(), medusa.as_ref(), &model, ctx, &opts.sampling)? {
+        match &spec.method {
+            crate::spec_decode::Speculation::Medusa { nodes, .. } => {
+                eprintln!("bushu chat: speculative decoding by medusa (token trees of up to {nodes} drafts per step)")
+            }
+            _ => eprintln!(
+                "bushu chat: speculative decoding by {} (up to {} drafts per step)",
+                p.name(),
+                spec.length.max
+            ),
+        }
         session.set_speculation(p, spec.length)?;
     }
 

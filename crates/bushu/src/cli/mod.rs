@@ -81,6 +81,9 @@ pub enum Command {
     CascadeReport(cascade::ReportArgs),
     /// Quality vs compute of an adaptive-computation method: sweeps its knob, writes a table and an SVG chart.
     Tradeoff(Box<tradeoff::TradeoffArgs>),
+    /// Train Medusa heads for a model (runs `bushu-train train-medusa`; `bushu train-medusa --help`).
+    #[command(disable_help_flag = true)]
+    TrainMedusa(train::TrainArgs),
     /// Print a shell completion script (e.g. `bushu completions bash > ~/.local/share/bash-completion/completions/bushu`).
     Completions(CompletionsArgs),
 }
@@ -281,6 +284,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::CascadeReport(a) => cascade::report(a),
         Command::Tradeoff(a) => tradeoff::tradeoff(*a),
         Command::Distill(a) => train::forward("distill", a),
+        Command::TrainMedusa(a) => train::forward("train-medusa", a),
         Command::Completions(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "bushu", &mut std::io::stdout());
             Ok(())

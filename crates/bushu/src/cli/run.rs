@@ -1,7 +1,8 @@
 //! `bushu run`: generate from a prompt, streaming text, or one JSON object with `--json`.
 //! Decoding strategy: sampling/greedy (default), `--beams N`, `--penalty-alpha` (contrastive search),
 //! `--amateur PATH` (contrastive decoding, greedy/sampled or with `--beams`). Speculative decoding of
-//! greedy or sampled output: `--draft-model PATH`, `--lookup` or `--self-speculate L` (one of them).
+//! greedy or sampled output: `--draft-model PATH`, `--lookup`, `--self-speculate L` or `--medusa HEADS`
+//! (one of them); with the heads, lossy semi-/non-autoregressive decoding (`--semi-ar K`, `--non-ar`).
 //! Early exit by entropy (lossy): `--early-exit-entropy H [--exit-layers ...]` (docs/ADAPTIVE.md).
 
 use super::adaptive::AdaptiveArgs;
@@ -14,6 +15,7 @@ use crate::generate::early_exit::generate_early_exit;
 use crate::generate::{generate, GenerateOptions, Generation, Strategy};
 use crate::model::GenerationDefaults;
 use crate::sampling::beam::{BeamParams, EarlyStopping};
+use crate::spec_decode::semi_ar::generate_semi_ar;
 use crate::spec_decode::{generate_speculative, DraftLengthParams, SpecOptions, Speculation};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -98,10 +100,16 @@ pub fn speculation(a: &RunArgs) -> Result<(Speculation, DraftLengthParams)> {
     let SpecOptions {
         method: spec, length, ..
     } = a.spec.options()?;
-    if spec != Speculation::Off {
+    if spec != Speculation::Off || a.spec.semi_ar.is_some() || a.spec.non_ar {
         if let Some(other) = other_strategy(a) {
-            bail!("speculative decoding (--draft-model, --lookup, --self-speculate) and {other} cannot be combined");
+            bail!("speculative decoding (--draft-model, --lookup, --self-speculate, --medusa) and {other} cannot be combined");
         }
+    }
+    if (a.spec.semi_ar.is_some() || a.spec.non_ar) && a.structured.constraint()?.is_some() {
+        bail!(
+            "--semi-ar and --non-ar emit unverified guesses: they cannot follow {} (structured output)",
+            a.structured.flag()
+        );
     }
     Ok((spec, length))
 }
@@ -242,7 +250,27 @@ pub fn run(a: RunArgs) -> Result<()> {
     let (_, length) = speculation(&a)?;
     let spec = a.spec.options()?;
     let draft = super::spec::load_draft_for(&spec, &file, &model, &a.model)?;
-    let mut proposer = super::spec::proposer(&spec, draft.as_ref(), &model, ctx, &opts.sampling)?;
+    let medusa = super::spec::load_medusa_for(&a.spec, &file)?;
+    let mut proposer = super::spec::proposer(&spec, draft.as_ref(), medusa.as_ref(), &model, ctx, &opts.sampling)?;
+    // Semi- or non-autoregressive decoding with the heads (lossy): K head tokens per pass.
+    let semi_ar = match (&medusa, a.spec.semi_ar, a.spec.non_ar) {
+        (Some(h), Some(k), _) => {
+            if k > h.len() {
+                bail!(
+                    "--semi-ar {k}: the heads file has {} heads (0 to {} guesses per pass)",
+                    h.len(),
+                    h.len()
+                );
+            }
+            Some(k)
+        }
+        (Some(h), None, true) => {
+            opts.max_tokens = opts.max_tokens.min(h.len() + 1);
+            Some(h.len())
+        }
+        _ => None,
+    };
+    let mut semi_passes = 0;
     let early = a.adaptive.early_exit(model.config.n_layers)?;
     let mut exit_stats = None;
     let mut stats = None;
@@ -261,6 +289,18 @@ pub fn run(a: RunArgs) -> Result<()> {
                 g
             })
         }
+        _ if semi_ar.is_some() => generate_semi_ar(
+            (&model, tok, &mut state),
+            &prompt,
+            &opts,
+            medusa.as_ref().expect("--medusa"),
+            semi_ar.unwrap_or(0),
+            &mut on_text,
+        )
+        .map(|(g, passes)| {
+            semi_passes = passes;
+            g
+        }),
         (_, Some(p)) => generate_speculative(
             (&model, tok, &mut state),
             &prompt,
@@ -325,6 +365,15 @@ pub fn run(a: RunArgs) -> Result<()> {
         }
         if !g.sequences.is_empty() {
             out["sequences"] = serde_json::to_value(&g.sequences)?;
+        }
+        if let Some(k) = semi_ar {
+            out["semi_ar"] = json!({
+                "k": k,
+                "non_ar": a.spec.non_ar,
+                "passes_after_prefill": semi_passes,
+                "tokens_per_pass": g.tokens.len() as f64 / (semi_passes + 1) as f64,
+                "lossy": true,
+            });
         }
         if let Some((name, s)) = &stats {
             // llama-server reports these two among its timings.

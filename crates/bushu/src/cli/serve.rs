@@ -78,6 +78,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         bail!("--max-batch and --max-batched-tokens must be at least 1");
     }
     let spec = a.spec.options()?;
+    if a.spec.medusa.is_some() {
+        bail!("--medusa is for bushu run and chat: the serving engine drafts with --draft-model, --lookup or --self-speculate");
+    }
     if spec.tree.is_some() {
         bail!("--draft-tree is for bushu run and chat: the serving engine verifies chains of drafts");
     }

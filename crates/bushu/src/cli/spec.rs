@@ -7,8 +7,8 @@ use super::ModelArgs;
 use crate::model::{Model, ModelFile};
 use crate::sampling::SamplingParams;
 use crate::spec_decode::{
-    load_draft, DraftLengthParams, DraftModel, DraftTree, LookupThenDraft, PromptLookup, Proposer, SelfSpeculation,
-    SpecOptions, Speculation,
+    load_draft, DraftLengthParams, DraftModel, DraftTree, LookupThenDraft, Medusa, MedusaHeads, PromptLookup, Proposer,
+    SelfSpeculation, SpecOptions, Speculation, Typical,
 };
 use anyhow::{bail, Result};
 use clap::Args;
@@ -50,6 +50,28 @@ pub struct SpecArgs {
     /// Speculative decoding with the model's own first L layers as the draft (early exit).
     #[arg(long, value_name = "L")]
     pub self_speculate: Option<usize>,
+    /// Speculative decoding with Medusa heads (run and chat): the heads file `bushu train-medusa` wrote
+    /// for this model. Greedy output is plain greedy decoding's; sampling uses typical acceptance (lossy).
+    #[arg(long, value_name = "HEADS")]
+    pub medusa: Option<PathBuf>,
+    /// With --medusa: draft a token tree of at most N nodes per step from the heads' top candidates.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub medusa_tree: usize,
+    /// With --medusa and sampling: typical acceptance's hard threshold ε (accept x if
+    /// p(x) > min(ε, δ·exp(−H(p)))).
+    #[arg(long, value_name = "EPS", default_value_t = 0.09, allow_negative_numbers = true)]
+    pub medusa_epsilon: f32,
+    /// With --medusa and sampling: typical acceptance's entropy-scaled threshold δ.
+    #[arg(long, value_name = "DELTA", default_value_t = 0.3, allow_negative_numbers = true)]
+    pub medusa_delta: f32,
+    /// With --medusa (bushu run): semi-autoregressive decoding, LOSSY — each pass emits the model's token
+    /// and the first K heads' top-1 guesses WITHOUT verification. 0: plain decoding.
+    #[arg(long, value_name = "K")]
+    pub semi_ar: Option<usize>,
+    /// With --medusa (bushu run): non-autoregressive decoding, LOSSY — one pass over the prompt gives the
+    /// model's token and every head's guess, and that is the output (at most heads + 1 tokens).
+    #[arg(long)]
+    pub non_ar: bool,
 }
 
 impl SpecArgs {
@@ -68,10 +90,35 @@ impl SpecArgs {
         if self.lookup_ngram == 0 {
             bail!("--lookup-ngram must be at least 1 (got 0)");
         }
+        if self.medusa.is_some() && (self.self_speculate.is_some() || self.draft_model.is_some() || self.lookup) {
+            bail!("--medusa cannot be combined with --draft-model, --lookup or --self-speculate: choose one proposer");
+        }
+        if self.medusa.is_none() && (self.semi_ar.is_some() || self.non_ar) {
+            bail!("--semi-ar and --non-ar emit the guesses of Medusa heads: they need --medusa HEADS");
+        }
+        if self.semi_ar.is_some() && self.non_ar {
+            bail!("--semi-ar and --non-ar cannot be combined: choose one");
+        }
         if self.self_speculate.is_some() && (self.draft_model.is_some() || self.lookup) {
             bail!("--self-speculate cannot be combined with --draft-model or --lookup: choose one proposer (--draft-model and --lookup go together)");
         }
+        let typical = Typical {
+            epsilon: self.medusa_epsilon,
+            delta: self.medusa_delta,
+        };
+        if self.medusa.is_some() {
+            typical.validate()?;
+            if self.medusa_tree == 0 {
+                bail!("--medusa-tree must be at least 1 (the number of draft nodes per step)");
+            }
+        }
         let method = match (&self.draft_model, self.self_speculate) {
+            _ if self.semi_ar.is_some() || self.non_ar => Speculation::Off,
+            _ if self.medusa.is_some() => Speculation::Medusa {
+                heads: self.medusa.clone().expect("--medusa"),
+                nodes: self.medusa_tree,
+                typical,
+            },
             (Some(p), _) if self.lookup => Speculation::LookupThenDraft {
                 draft: p.clone(),
                 ngram: self.lookup_ngram,
@@ -124,17 +171,28 @@ pub fn load_draft_for(opts: &SpecOptions, file: &ModelFile, model: &Model, margs
     }
 }
 
+/// The Medusa heads `--medusa` names, checked against the model (`None` without the flag).
+pub fn load_medusa_for(a: &SpecArgs, file: &ModelFile) -> Result<Option<MedusaHeads>> {
+    a.medusa.as_ref().map(|p| MedusaHeads::load(p, file)).transpose()
+}
+
 /// The proposer of `opts` for `model` decoding with `sampling` in a context of `ctx` (`draft`: the model
-/// [`load_draft_for`] built); `None` without speculation.
+/// [`load_draft_for`] built; `medusa`: the heads [`load_medusa_for`] read); `None` without speculation.
 pub fn proposer<'a>(
     opts: &SpecOptions,
     draft: Option<&'a Model>,
+    medusa: Option<&'a MedusaHeads>,
     model: &Model,
     ctx: usize,
     sampling: &SamplingParams,
 ) -> Result<Option<Box<dyn Proposer + 'a>>> {
     Ok(match &opts.method {
         Speculation::Off => None,
+        Speculation::Medusa { nodes, typical, .. } => {
+            let heads = medusa.expect("the Medusa heads were loaded");
+            let rule = (!sampling.is_greedy()).then_some(*typical);
+            Some(Box::new(Medusa::new(heads, *nodes, rule)?))
+        }
         Speculation::DraftModel(_) => Some(Box::new(draft_model(opts, draft, ctx, sampling)?)),
         Speculation::Lookup { ngram } => Some(Box::new(PromptLookup::new(*ngram)?)),
         Speculation::LookupThenDraft { ngram, .. } => Some(Box::new(LookupThenDraft::new(

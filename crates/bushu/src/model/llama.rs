@@ -599,16 +599,34 @@ impl Model {
 
     /// The final norm and classifier applied to residual-stream rows `x` (`dim` values each, e.g.
     /// [`State::hidden_at`] of an intermediate layer): the shared-head exit's logits, `vocab` per row.
-    pub fn classify(&self, x: &[f32]) -> Result<Vec<f32>> {
+    pub fn exit_logits(&self, x: &[f32]) -> Result<Vec<f32>> {
         let dim = self.config.dim;
         if x.is_empty() || !x.len().is_multiple_of(dim) {
-            bail!("classify: {} values are not whole rows of {dim}", x.len());
+            bail!("exit_logits: {} values are not whole rows of {dim}", x.len());
         }
         let mut s = Scratch::default();
         fit(&mut s.x, x.len()).copy_from_slice(x);
         let rows: Vec<usize> = (0..x.len() / dim).collect();
         self.head(&mut s, &rows, &mut |_, _| {})?;
         Ok(s.logits[..rows.len() * self.config.vocab_size].to_vec())
+    }
+}
+
+impl Model {
+    /// The final norm of the residual rows `x` (`dim` values each) into `out`, as a pass computes it
+    /// before the classifier ([`State::hidden`]).
+    pub fn final_norm(&self, x: &[f32], out: &mut [f32]) {
+        norm_rows(out, x, &self.weights.output_norm, self.config.rms_eps);
+    }
+
+    /// The classifier applied to `x` (rows of `dim` values, e.g. final-norm hidden states passed through
+    /// extra heads), `vocab` logits per row into `out`, at the precision a forward pass uses for it.
+    pub fn classify(&self, x: &[f32], out: &mut [f32]) {
+        let classifier = match self.precision {
+            Precision::Fast => Precision::Wide,
+            p => p,
+        };
+        linear(&self.weights.output.matrix(), classifier, x, out, None);
     }
 }
 

@@ -30,7 +30,7 @@ pub mod weights;
 
 pub use config::{Activation, Block, Config, RopeScaling};
 pub use kv_cache::{KvCache, KvType};
-pub use llama::Model;
+pub use llama::{Model, Probe};
 pub use loader::{load, GenerationDefaults, ModelFile};
 pub use options::ModelOptions;
 pub use pass::{Logits, Pass};

@@ -288,6 +288,9 @@ impl Server {
             Speculation::Off => None,
             Speculation::Lookup { ngram } => Some(Method::Lookup(PromptLookup::new(*ngram)?)),
             Speculation::SelfSpeculate { layers } => Some(Method::SelfSpeculate { layers: *layers }),
+            Speculation::Medusa { .. } => {
+                anyhow::bail!("--medusa is for bushu run and chat: the serving engine does not draft with heads")
+            }
             Speculation::DraftModel(_) => {
                 let draft = draft.expect("the draft model was loaded");
                 Some(Method::DraftModel(draft_runner(draft, &engine.runner)?))

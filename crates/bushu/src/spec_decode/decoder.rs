@@ -18,7 +18,7 @@
 
 use super::adaptive::{DraftLength, DraftLengthParams};
 use super::proposer::{Proposal, Proposer};
-use super::verify::{verify, verify_tree, verify_with, Rule};
+use super::verify::{verify, verify_tree, verify_tree_typical, verify_with, Rule};
 use super::SpecStats;
 use crate::generate::{check_prompt, run_decoder, Decoder, GenerateOptions, Generation, Strategy};
 use crate::model::llama::State;
@@ -103,6 +103,17 @@ impl<'a> SpecDecoder<'a> {
         }
     }
 
+    /// Hands the proposer the final-norm hidden state of row `row` of the last target pass (the row
+    /// that chose the sequence's last token).
+    fn show_hidden(&mut self, row: usize) {
+        let dim = self.model.config.dim;
+        if let Some(p) = self.proposer.as_deref_mut() {
+            if let Some(h) = self.state.hidden().get(row * dim..(row + 1) * dim) {
+                p.hidden(h);
+            }
+        }
+    }
+
     /// One draft-and-verify step after the sequence so far.
     fn step(&mut self) -> Result<()> {
         let pos0 = self.state.pos();
@@ -133,6 +144,7 @@ impl<'a> SpecDecoder<'a> {
             self.stats.forced_n_accepted += step.accepted;
             self.stats.forced_steps += 1;
             self.stats.target_passes += 1;
+            self.show_hidden(step.last_row);
             self.seq.extend_from_slice(&step.tokens);
             self.queue = step.tokens;
             self.next = 0;
@@ -163,7 +175,18 @@ impl<'a> SpecDecoder<'a> {
                 proposer.accepted(0);
             }
         }
-        let step = if proposal.is_tree() {
+        let typical = self.proposer.as_deref().and_then(|p| p.typical());
+        let step = if let (true, false, Some(rule)) = (proposal.is_tree(), self.sampler.is_greedy(), typical) {
+            verify_tree_typical(
+                self.model,
+                self.state,
+                &mut self.sampler,
+                last,
+                &proposal,
+                &mut self.rows,
+                rule,
+            )?
+        } else if proposal.is_tree() {
             verify_tree(
                 self.model,
                 self.state,
@@ -199,6 +222,7 @@ impl<'a> SpecDecoder<'a> {
         }
         self.stats.target_passes += 1;
         self.stats.switched_off = self.length.is_off();
+        self.show_hidden(step.last_row);
         self.seq.extend_from_slice(&step.tokens);
         self.queue = step.tokens;
         self.next = 0;
@@ -228,6 +252,7 @@ impl Decoder for SpecDecoder<'_> {
         // The first token comes from the prefill's logits, as in plain decoding.
         self.queue = vec![self.sampler.sample(&self.rows)];
         self.seq.push(self.queue[0]);
+        self.show_hidden(0);
         self.next = 0;
         Ok(())
     }

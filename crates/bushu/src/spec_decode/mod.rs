@@ -10,6 +10,10 @@
 //! - [`draft_model`]: a second, smaller model with the same vocabulary and its own KV cache;
 //! - [`self_spec`]: the target's own first layers as the draft (early exit, sharing its cache);
 //! - [`combined`]: prompt lookup when it has a match, the draft model otherwise;
+//! - [`medusa`]: Medusa heads on the target's last hidden state drafting a token tree (typical
+//!   acceptance when sampling);
+//! - [`semi_ar`]: the Medusa heads' guesses emitted without verification (semi-autoregressive
+//!   decoding, lossy);
 //! - [`rejection`]: the per-position acceptance rule (greedy match, or rejection sampling);
 //! - [`verify`]: one verification step — one target pass over the last token and the drafts, the
 //!   rule applied row by row, the cache and the sampler brought back to the accepted length;
@@ -27,9 +31,11 @@ pub mod combined;
 pub mod decoder;
 pub mod draft_model;
 pub mod lookup;
+pub mod medusa;
 pub mod proposer;
 pub mod rejection;
 pub mod self_spec;
+pub mod semi_ar;
 pub mod serving;
 pub mod verify;
 
@@ -38,6 +44,7 @@ pub use combined::LookupThenDraft;
 pub use decoder::{generate_fast_forward, generate_speculative, SpecDecoder, MAX_FORCED};
 pub use draft_model::{check_same_vocabulary, load_draft, DraftModel, DraftTree};
 pub use lookup::PromptLookup;
+pub use medusa::{Medusa, MedusaHeads, Typical};
 pub use proposer::{Proposal, Proposer};
 pub use self_spec::SelfSpeculation;
 
@@ -60,6 +67,12 @@ pub enum Speculation {
     LookupThenDraft {
         draft: PathBuf,
         ngram: usize,
+    },
+    /// Medusa heads drafting token trees of at most `nodes` nodes ([`medusa`]; run and chat).
+    Medusa {
+        heads: PathBuf,
+        nodes: usize,
+        typical: Typical,
     },
 }
 

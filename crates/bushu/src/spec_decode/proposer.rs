@@ -85,6 +85,16 @@ pub trait Proposer {
     /// The target accepted the first `n` tokens of the last proposal (the rest were rejected): rewind
     /// any state to the sequence plus those `n`.
     fn accepted(&mut self, n: usize);
+
+    /// After every target pass (the prefill, each verification): the target's final-norm hidden state
+    /// of the row whose logits chose the sequence's last token (Medusa's heads draft from it).
+    fn hidden(&mut self, _h: &[f32]) {}
+
+    /// How a token tree of this proposer is verified when the target samples: `None`, it is not (trees
+    /// are verified greedily only); `Some`, by typical acceptance (lossy, [`super::medusa`]).
+    fn typical(&self) -> Option<super::medusa::Typical> {
+        None
+    }
 }
 
 /// How a draft model chooses its tokens: greedily when the target decodes greedily, else by drawing

@@ -12,11 +12,14 @@
 //! on while it is found. The accepted branch's cache rows are then moved to consecutive positions
 //! ([`crate::model::KvCache::keep_rows`]) and the other branches forgotten: the cache holds exactly what
 //! running the accepted tokens causally would have written.
+//! With sampling, a tree of Medusa drafts is walked with typical acceptance instead
+//! ([`verify_tree_typical`], lossy).
 //! Drafts that are not guesses of a proposer but tokens a grammar forces (structured output's
 //! fast-forward) are verified by [`Rule::Sample`] instead: each row is sampled as plain decoding would
 //! sample it and a draft is kept while it is the token sampled (the serving engine's rule), so that the
 //! output is token for token plain decoding's, random draws included.
 
+use super::medusa::Typical;
 use super::proposer::Proposal;
 use super::rejection::{verify_one, Verdict};
 use crate::model::llama::State;
@@ -35,6 +38,9 @@ pub struct Step {
     /// A token tree's accepted branch left the first-child line somewhere (took a node's second or
     /// later child: a draft's second choice).
     pub off_first: bool,
+    /// The row of the pass (among those that got logits) whose logits chose the last token: its
+    /// hidden state is where Medusa's heads draft the next step from.
+    pub last_row: usize,
 }
 
 /// How drafts are checked.
@@ -119,6 +125,7 @@ pub fn verify_with(
                     tokens,
                     accepted: i,
                     off_first: false,
+                    last_row: i,
                 });
             }
         }
@@ -129,6 +136,7 @@ pub fn verify_with(
         tokens,
         accepted: k,
         off_first: false,
+        last_row: k,
     })
 }
 
@@ -147,6 +155,37 @@ pub fn verify_tree(
     if !sampler.is_greedy() {
         bail!("token trees are verified greedily only (--temperature 0)");
     }
+    walk_tree(model, state, sampler, last, proposal, rows, None)
+}
+
+/// Verifies the token tree `proposal` after `last` with Medusa's typical acceptance (`sampler`
+/// samples): at each accepted node, among its children whose token the target's processed distribution
+/// `p` accepts ([`Typical::accepts`]) the most likely one is taken; where none is, the step ends with a
+/// token sampled from that row as plain decoding would. Lossy: the output is not distributed as plain
+/// sampling's. Leaves cache, history and `rows` as [`verify_tree`] does.
+pub fn verify_tree_typical(
+    model: &Model,
+    state: &mut State,
+    sampler: &mut Sampler,
+    last: u32,
+    proposal: &Proposal,
+    rows: &mut Vec<f32>,
+    typical: Typical,
+) -> Result<Step> {
+    walk_tree(model, state, sampler, last, proposal, rows, Some(typical))
+}
+
+/// One tree-masked pass over `last` and the tree, then the walk from the root: greedy matching
+/// (`typical` `None`) or typical acceptance.
+fn walk_tree(
+    model: &Model,
+    state: &mut State,
+    sampler: &mut Sampler,
+    last: u32,
+    proposal: &Proposal,
+    rows: &mut Vec<f32>,
+    typical: Option<Typical>,
+) -> Result<Step> {
     let (pos0, n, vocab) = (state.pos(), proposal.len(), model.config.vocab_size);
     if proposal.parent.len() != n {
         bail!("a tree of {} parents over {n} drafts", proposal.parent.len());
@@ -167,13 +206,33 @@ pub fn verify_tree(
     loop {
         let row = &all[node * vocab..(node + 1) * vocab];
         rows.extend_from_slice(row);
-        let t = sampler.sample(row);
-        tokens.push(t);
-        let mut children = (node + 1..=n).filter(|&c| parent[c] == Some(node));
-        let first = children.clone().next();
-        match children.find(|&c| input[c] == t) {
+        let children: Vec<usize> = (node + 1..=n).filter(|&c| parent[c] == Some(node)).collect();
+        let found = match typical {
+            None => {
+                let t = sampler.sample(row);
+                tokens.push(t);
+                children.iter().copied().find(|&c| input[c] == t)
+            }
+            Some(rule) => {
+                let p = sampler.distribution(row);
+                let best = children
+                    .iter()
+                    .copied()
+                    .filter(|&c| rule.accepts(&p, input[c]))
+                    .max_by(|&a, &b| p[input[a] as usize].total_cmp(&p[input[b] as usize]).then(b.cmp(&a)));
+                match best {
+                    Some(c) => {
+                        sampler.accept(input[c]);
+                        tokens.push(input[c]);
+                    }
+                    None => tokens.push(sampler.sample(row)),
+                }
+                best
+            }
+        };
+        match found {
             Some(c) => {
-                off_first |= Some(c) != first;
+                off_first |= Some(c) != children.first().copied();
                 node = c;
                 path.push(c);
             }
@@ -185,5 +244,6 @@ pub fn verify_tree(
         accepted: path.len() - 1,
         tokens,
         off_first,
+        last_row: node,
     })
 }

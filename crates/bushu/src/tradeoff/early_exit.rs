@@ -148,7 +148,7 @@ pub fn layer_profile(model: &Model, held: &Heldout) -> Result<Vec<LayerExit>> {
         )?;
         for (l, sum) in sums.iter_mut().enumerate() {
             let hidden = state.hidden_at(l).expect("kept");
-            let logits = model.classify(hidden)?;
+            let logits = model.exit_logits(hidden)?;
             for (j, row) in logits.chunks_exact(vocab).enumerate() {
                 let last = &full[j * vocab..(j + 1) * vocab];
                 sum.0 += entropy(row);
