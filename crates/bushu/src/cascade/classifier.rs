@@ -207,8 +207,9 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
         b.swap(c, p);
         for r in c + 1..n {
             let f = a[r][c] / a[c][c];
-            for k in c..n {
-                a[r][k] -= f * a[c][k];
+            let (top, bottom) = a.split_at_mut(r);
+            for (x, &y) in bottom[0][c..n].iter_mut().zip(&top[c][c..n]) {
+                *x -= f * y;
             }
             b[r] -= f * b[c];
         }
@@ -285,7 +286,9 @@ impl Classifier {
             l.mean.len() != d
                 || l.std.len() != d
                 || l.weights.len() != d
-                || l.std.iter().any(|v| !(*v > 0.0))
+                || l.std
+                    .iter()
+                    .any(|v| v.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
                 || !l.bias.is_finite()
                 || l.mean.iter().chain(&l.std).chain(&l.weights).any(|v| !v.is_finite())
         });
