@@ -20,7 +20,7 @@
 use crate::buffer::ZeroedBuf;
 use crate::dtype::DType;
 use crate::matmul::QMatrix;
-use crate::quants::k_quants::{scale_min_k4, unpack_q6k};
+use crate::quants::k_quants::{pack_q3k_scales, q3k_scale, scale_min_k4, unpack_q3k, unpack_q6k};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
@@ -78,6 +78,19 @@ fn layout(dtype: DType) -> Option<Layout> {
             head: 0,
             codes: 256,
             rec: 16 + 128 + GROUP * 256,
+        },
+        // d, dmin, the scale/minimum bytes (16 x 8 rows) as stored, the 2-bit code bytes: the file's
+        // bytes, interleaved.
+        DType::Q2K => Layout {
+            head: 0,
+            codes: 64,
+            rec: Q2K_Q + GROUP * 64,
+        },
+        // d, the 6-bit scales unpacked to signed bytes (16 x 8 rows), the 3-bit codes as nibbles.
+        DType::Q3K => Layout {
+            head: 0,
+            codes: 128,
+            rec: Q3K_Q + GROUP * 128,
         },
         _ => return None,
     })
@@ -238,8 +251,11 @@ fn unit(at: usize, u: usize, r: usize) -> usize {
 
 fn pack_record<'a>(dtype: DType, l: &Layout, rec: &mut [u8], block: impl Fn(usize) -> &'a [u8]) {
     let codes_at = l.rec - GROUP * l.codes;
-    if dtype == DType::Q6K {
-        return (0..GROUP).for_each(|r| pack_q6k(rec, r, block(r)));
+    match dtype {
+        DType::Q6K => return (0..GROUP).for_each(|r| pack_q6k(rec, r, block(r))),
+        DType::Q2K => return (0..GROUP).for_each(|r| pack_q2k(rec, r, block(r))),
+        DType::Q3K => return (0..GROUP).for_each(|r| pack_q3k(rec, r, block(r))),
+        _ => {}
     }
     assert!(rec.len() == l.rec);
     for r in 0..GROUP {
@@ -281,8 +297,11 @@ fn pack_record<'a>(dtype: DType, l: &Layout, rec: &mut [u8], block: impl Fn(usiz
 
 fn unpack_block(dtype: DType, l: &Layout, rec: &[u8], r: usize) -> Vec<u8> {
     let codes_at = l.rec - GROUP * l.codes;
-    if dtype == DType::Q6K {
-        return unpack_q6k_row(rec, r);
+    match dtype {
+        DType::Q6K => return unpack_q6k_row(rec, r),
+        DType::Q2K => return unpack_q2k_row(rec, r),
+        DType::Q3K => return unpack_q3k_row(rec, r),
+        _ => {}
     }
     let mut b = vec![0u8; l.head];
     match dtype {
@@ -337,6 +356,74 @@ fn unpack_q6k_row(rec: &[u8], r: usize) -> Vec<u8> {
             let (n, m) = (g / 4, g % 4);
             b[64 * n + 32 * (m % 2) + w] |= lo << (4 * (m / 2));
             b[128 + 32 * n + w] |= hi << (2 * m);
+        }
+    }
+    b
+}
+
+/// Where Q2_K's code units start in a record (after `d`, `dmin` and the scale bytes): unit `u` holds
+/// bytes `4u..4u + 4` of each row's 64 code bytes, that is, for half `n = u / 8`, weights
+/// `128n + 32s + 4(u % 8)..+4` at bits `2s`.
+pub const Q2K_Q: usize = 32 + 128;
+
+fn pack_q2k(rec: &mut [u8], r: usize, b: &[u8]) {
+    rec[2 * r..2 * r + 2].copy_from_slice(&b[80..82]);
+    rec[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&b[82..84]);
+    for i in 0..16 {
+        rec[32 + i * GROUP + r] = b[i];
+    }
+    for u in 0..16 {
+        rec[unit(Q2K_Q, u, r)..][..4].copy_from_slice(&b[16 + 4 * u..][..4]);
+    }
+}
+
+fn unpack_q2k_row(rec: &[u8], r: usize) -> Vec<u8> {
+    let mut b = vec![0u8; 84];
+    b[80..82].copy_from_slice(&rec[2 * r..2 * r + 2]);
+    b[82..84].copy_from_slice(&rec[16 + 2 * r..16 + 2 * r + 2]);
+    for i in 0..16 {
+        b[i] = rec[32 + i * GROUP + r];
+    }
+    for u in 0..16 {
+        b[16 + 4 * u..][..4].copy_from_slice(&rec[unit(Q2K_Q, u, r)..][..4]);
+    }
+    b
+}
+
+/// Where Q3_K's codes start in a record (after `d` and the scales, signed bytes as Q6_K's). The codes
+/// `low + 4 high` (0..8) are stored as nibbles in Q4_K's order: unit `8j + k` holds weights
+/// `4k..4k + 4` of sub-block `2j` in its low nibbles and of sub-block `2j + 1` in its high ones — 146
+/// bytes per row and block instead of the file's 110, for products with no bit assembly.
+pub const Q3K_Q: usize = 16 + 128;
+
+fn pack_q3k(rec: &mut [u8], r: usize, b: &[u8]) {
+    rec[2 * r..2 * r + 2].copy_from_slice(&b[108..110]);
+    for i in 0..16 {
+        rec[16 + i * GROUP + r] = q3k_scale(&b[96..108], i) as u8;
+    }
+    let mut c = [0u8; 32];
+    for g in 0..8 {
+        unpack_q3k(b, g, &mut c);
+        for (w, &q) in c.iter().enumerate() {
+            let at = unit(Q3K_Q, 8 * (g / 2) + w / 4, r) + w % 4;
+            rec[at] = (rec[at] & (0xf0 >> (4 * (g % 2)))) | (q << (4 * (g % 2)));
+        }
+    }
+}
+
+/// Row `r`'s original Q3_K block from a packed record.
+fn unpack_q3k_row(rec: &[u8], r: usize) -> Vec<u8> {
+    let mut b = vec![0u8; 110];
+    b[108..110].copy_from_slice(&rec[2 * r..2 * r + 2]);
+    let sc: [i8; 16] = std::array::from_fn(|i| rec[16 + i * GROUP + r] as i8);
+    b[96..108].copy_from_slice(&pack_q3k_scales(&sc));
+    for g in 0..8 {
+        for w in 0..32 {
+            let q = (rec[unit(Q3K_Q, 8 * (g / 2) + w / 4, r) + w % 4] >> (4 * (g % 2))) & 15;
+            // Q3_K's own layout: the low two bits in `qs[32 (g / 4) + w]` at bits 2 (g % 4), the high
+            // bit in `hmask[w]` at bit g.
+            b[32 + 32 * (g / 4) + w] |= (q & 3) << (2 * (g % 4));
+            b[w] |= (q >> 2) << g;
         }
     }
     b

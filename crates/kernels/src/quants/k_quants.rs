@@ -108,6 +108,17 @@ pub fn q3k_scale(sc: &[u8], j: usize) -> i8 {
     (low | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i8 - 32
 }
 
+/// The 12 bytes that [`q3k_scale`] reads back as these sixteen scales (each in -32..32).
+pub fn pack_q3k_scales(sc: &[i8; 16]) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    for (j, &s) in sc.iter().enumerate() {
+        let v = (s as i32 + 32) as u8 & 63;
+        b[j % 8] |= (v & 0xf) << (4 * (j / 8));
+        b[8 + j % 4] |= (v >> 4) << (2 * (j / 4));
+    }
+    b
+}
+
 /// `(d * sc, dmin * m)` of each 16 weights of a Q2_K block.
 #[inline]
 pub fn scales_q2k(b: &[u8]) -> [(f32, f32); 16] {

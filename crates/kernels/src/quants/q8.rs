@@ -57,6 +57,9 @@ pub struct BlockQ16 {
     /// `d * Σ qs`: what formats with an offset or a minimum (Q4_0, Q4_1, Q4_K) need.
     pub s: f32,
     pub qs: [i16; QK8],
+    /// The integer sums of each half, `h[j] = Σ qs[16j..16j + 16]` (for a minimum per 16 weights:
+    /// Q2_K).
+    pub h: [i32; 2],
 }
 
 /// Quantizes `x` (a multiple of 32 values) into `out`, 16 bits per value, round half to even (a
@@ -69,6 +72,7 @@ pub fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16]) {
                 d: f32::NAN,
                 s: f32::NAN,
                 qs: [0; QK8],
+                h: [0; 2],
             };
             continue;
         }
@@ -78,8 +82,10 @@ pub fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16]) {
         for (q, &v) in b.qs.iter_mut().zip(xs) {
             *q = round_even(v * id) as i16;
         }
+        let half = |j: usize| b.qs[16 * j..16 * j + 16].iter().map(|&q| q as i32).sum::<i32>();
+        b.h = [half(0), half(1)];
         b.d = d;
-        b.s = d * b.qs.iter().map(|&q| q as i32).sum::<i32>() as f32;
+        b.s = d * (b.h[0] + b.h[1]) as f32;
     }
 }
 

@@ -6,7 +6,7 @@
 
 use super::{Avx2Dot, IDot, VnniDot};
 use crate::matmul::Job;
-use crate::packed::{GROUP, Q6K_Q};
+use crate::packed::{GROUP, Q2K_Q, Q3K_Q, Q6K_Q};
 use crate::quants::{BlockQ16, BlockQ8, QK8};
 use crate::simd::prefetch_bytes;
 use std::arch::x86_64::*;
@@ -274,6 +274,129 @@ unsafe fn q6k_two<D: IAcc>(c: *const u8, u: usize, x: &BlockQ8, at: usize) -> __
     D::finish_small(D::add_small(i, unit(c, u + 1), bcast4(x, at + 4)))
 }
 
+/// Unit `u` of 2-bit codes shifted right by `2s` and masked: four codes (of weights `32s + 4(u % 8)..` of
+/// half `u / 8`) of each of eight rows, in 0..4.
+#[inline(always)]
+unsafe fn codes2(c: *const u8, u: usize, s: usize) -> __m256i {
+    let v = _mm256_srl_epi16(unit(c, u), _mm_cvtsi32_si128(2 * s as i32));
+    _mm256_and_si256(v, _mm256_set1_epi8(3))
+}
+
+/// Eight bytes at `p`, low nibbles and high nibbles, as f32 (Q2_K's scales and minimums).
+#[inline(always)]
+unsafe fn nib8(p: *const u8) -> (__m256, __m256) {
+    let b = _mm_loadl_epi64(p as *const __m128i);
+    let m = _mm_set1_epi8(15);
+    let f = |v| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+    (f(_mm_and_si128(b, m)), f(_mm_and_si128(_mm_srli_epi16::<4>(b), m)))
+}
+
+/// Q2_K: per 16 weights `d * sc · Σ q x − dmin * m · Σ x` ([`BlockQ8::h`] for `Σ x`). Sub-block
+/// `g = 4n + s` takes code units `8n..8n + 8` at shift `2s`; each half of 16 is four units.
+pub(crate) struct PQ2K<D>(PhantomData<D>);
+
+impl<D: IAcc> PackKern for PQ2K<D> {
+    const ELEMS: usize = 256;
+    /// `d` and `−dmin` of the eight rows.
+    type S = (__m256, __m256);
+    #[inline(always)]
+    unsafe fn setup(rec: *const u8) -> (__m256, __m256) {
+        let dmin = f16x8(rec.add(2 * GROUP));
+        (f16x8(rec), _mm256_sub_ps(_mm256_setzero_ps(), dmin))
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256, s: &Self::S, rec: *const u8, x: *const BlockQ8) -> __m256 {
+        Self::dot_tile([acc], s, rec, [x])[0]
+    }
+    #[inline(always)]
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m256; T],
+        &(d, dmin): &(__m256, __m256),
+        rec: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m256; T] {
+        let c = rec.add(Q2K_Q);
+        for g in 0..8 {
+            let (n, sh) = (g / 4, g % 4);
+            let xg = x.map(|p| &*p.add(g));
+            for half in 0..2 {
+                let mut i = [_mm256_setzero_si256(); T];
+                for k in 4 * half..4 * half + 4 {
+                    let q = codes2(c, 8 * n + k, sh);
+                    for t in 0..T {
+                        i[t] = D::add_small(i[t], q, bcast4(xg[t], 4 * k));
+                    }
+                }
+                let (sc, m) = nib8(rec.add(32 + (2 * g + half) * GROUP));
+                let (ds, ms) = (_mm256_mul_ps(d, sc), _mm256_mul_ps(dmin, m));
+                for t in 0..T {
+                    let v = _mm256_mul_ps(_mm256_cvtepi32_ps(D::finish_small(i[t])), _mm256_set1_ps(xg[t].d));
+                    acc[t] = _mm256_fmadd_ps(ds, v, acc[t]);
+                    let sx = xg[t].d * xg[t].h[half] as f32;
+                    acc[t] = _mm256_fmadd_ps(ms, _mm256_set1_ps(sx), acc[t]);
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// Q3_K: codes `low + 4 high` in 0..8 (nibbles, as Q4_K's) standing for `q − 4` (`Σ q x − 4 Σ x` per
+/// 16 activations), a signed scale per 16 weights.
+pub(crate) struct PQ3K<D>(PhantomData<D>);
+
+/// The scales `d * sc` of Q3_K's 16 weights `i` (0..16) of eight rows.
+#[inline(always)]
+unsafe fn q3k_scales(rec: *const u8, d: __m256, i: usize) -> __m256 {
+    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(rec.add(16 + i * GROUP) as *const __m128i));
+    _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc))
+}
+
+impl<D: IAcc> PackKern for PQ3K<D> {
+    const ELEMS: usize = 256;
+    type S = __m256;
+    #[inline(always)]
+    unsafe fn setup(rec: *const u8) -> __m256 {
+        f16x8(rec)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256, d: &__m256, rec: *const u8, x: *const BlockQ8) -> __m256 {
+        Self::dot_tile([acc], d, rec, [x])[0]
+    }
+    /// Per sub-block pair and half: each unit's nibbles split once for the tile's tokens.
+    #[inline(always)]
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m256; T],
+        d: &__m256,
+        rec: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m256; T] {
+        let c = rec.add(Q3K_Q);
+        for j in 0..4 {
+            let (xl, xh) = (x.map(|p| &*p.add(2 * j)), x.map(|p| &*p.add(2 * j + 1)));
+            for half in 0..2 {
+                let (mut il, mut ih) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
+                for k in 4 * half..4 * half + 4 {
+                    let (lo, hi) = nibbles(unit(c, 8 * j + k));
+                    for t in 0..T {
+                        il[t] = D::add_small(il[t], lo, bcast4(xl[t], 4 * k));
+                        ih[t] = D::add_small(ih[t], hi, bcast4(xh[t], 4 * k));
+                    }
+                }
+                let (sl, sh) = (q3k_scales(rec, *d, 4 * j + half), q3k_scales(rec, *d, 4 * j + 2 + half));
+                for t in 0..T {
+                    for (s, i, xb) in [(sl, il[t], xl[t]), (sh, ih[t], xh[t])] {
+                        let i = _mm256_sub_epi32(D::finish_small(i), _mm256_set1_epi32(4 * xb.h[half] as i32));
+                        let v = _mm256_mul_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(xb.d));
+                        acc[t] = _mm256_fmadd_ps(s, v, acc[t]);
+                    }
+                }
+            }
+        }
+        acc
+    }
+}
+
 /// A packed format's product with int16 activations ([`BlockQ16`]), for `Precision::Wide`: the codes
 /// of a unit are decoded and widened once for the `T` tokens of a tile.
 pub(crate) trait WideKern: PackKern {
@@ -487,6 +610,67 @@ impl<D: IAcc> WideKern for PQ4K<D> {
     }
 }
 
+impl<D: IAcc> WideKern for PQ2K<D> {
+    /// Per 16 weights: the codes against int16 activations times `d * sc`, then `−dmin * m` times the
+    /// half's activation sum ([`BlockQ16::h`]), as the int8 kernel.
+    #[inline(always)]
+    unsafe fn dot16<W: Wide16, const T: usize>(
+        mut acc: [__m256; T],
+        &(d, dmin): &(__m256, __m256),
+        rec: *const u8,
+        x: [*const BlockQ16; T],
+    ) -> [__m256; T] {
+        let c = rec.add(Q2K_Q);
+        for g in 0..8 {
+            let (n, sh) = (g / 4, g % 4);
+            let xg = x.map(|p| &*p.add(g));
+            for half in 0..2 {
+                let mut a = [W::zero(); T];
+                for k in 4 * half..4 * half + 4 {
+                    madd16::<W, T>(&mut a, codes2(c, 8 * n + k, sh), xg, 4 * k);
+                }
+                let (sc, m) = nib8(rec.add(32 + (2 * g + half) * GROUP));
+                finish16::<W, T>(&mut acc, _mm256_mul_ps(d, sc), a, xg);
+                let ms = _mm256_mul_ps(dmin, m);
+                for t in 0..T {
+                    let sx = xg[t].d * xg[t].h[half] as f32;
+                    acc[t] = _mm256_fmadd_ps(ms, _mm256_set1_ps(sx), acc[t]);
+                }
+            }
+        }
+        acc
+    }
+}
+
+impl<D: IAcc> WideKern for PQ3K<D> {
+    /// The nibbles minus 4 (signed bytes) against int16 activations, times `d * sc`, in the int8
+    /// kernel's order.
+    #[inline(always)]
+    unsafe fn dot16<W: Wide16, const T: usize>(
+        mut acc: [__m256; T],
+        d: &__m256,
+        rec: *const u8,
+        x: [*const BlockQ16; T],
+    ) -> [__m256; T] {
+        let c = rec.add(Q3K_Q);
+        let four = _mm256_set1_epi8(4);
+        for j in 0..4 {
+            let (xl, xh) = (x.map(|p| &*p.add(2 * j)), x.map(|p| &*p.add(2 * j + 1)));
+            for half in 0..2 {
+                let (mut al, mut ah) = ([W::zero(); T], [W::zero(); T]);
+                for k in 4 * half..4 * half + 4 {
+                    let (lo, hi) = nibbles(unit(c, 8 * j + k));
+                    madd16::<W, T>(&mut al, _mm256_sub_epi8(lo, four), xl, 4 * k);
+                    madd16::<W, T>(&mut ah, _mm256_sub_epi8(hi, four), xh, 4 * k);
+                }
+                finish16::<W, T>(&mut acc, q3k_scales(rec, *d, 4 * j + half), al, xl);
+                finish16::<W, T>(&mut acc, q3k_scales(rec, *d, 4 * j + 2 + half), ah, xh);
+            }
+        }
+        acc
+    }
+}
+
 #[inline(always)]
 unsafe fn run_wide<K: WideKern, W: Wide16>(job: &Job, g0: usize, g1: usize) {
     let mut t = 0;
@@ -550,6 +734,8 @@ pub(crate) fn select_wide(dtype: crate::DType, level: crate::Simd) -> Option<cra
                 DType::Q4_0 => $run::<PQ4<true, $D>>,
                 DType::Q4_1 => $run::<PQ4<false, $D>>,
                 DType::Q4K => $run::<PQ4K<$D>>,
+                DType::Q2K => $run::<PQ2K<$D>>,
+                DType::Q3K => $run::<PQ3K<$D>>,
                 _ => return None,
             })
         };
@@ -623,6 +809,8 @@ pub(crate) fn select(dtype: crate::DType, level: crate::Simd) -> Option<crate::m
                 DType::Q4_1 => $run::<PQ4<false, $D>>,
                 DType::Q4K => $run::<PQ4K<$D>>,
                 DType::Q6K => $run::<PQ6K<$D>>,
+                DType::Q2K => $run::<PQ2K<$D>>,
+                DType::Q3K => $run::<PQ3K<$D>>,
                 _ => return None,
             })
         };

@@ -9,10 +9,10 @@
 //! instructions per token and unit), the codes are shifted to unsigned once per unit (`w + 128`, an
 //! exclusive-or with `0x80`) and `128 Σ x` is taken off the token's integer sum: the same integer.
 
-use super::packed::{PackKern, PF_DIST, PQ4, PQ4K, PQ6K, PQ8_0};
+use super::packed::{PackKern, PF_DIST, PQ2K, PQ3K, PQ4, PQ4K, PQ6K, PQ8_0};
 use super::VnniDot;
 use crate::matmul::Job;
-use crate::packed::{GROUP, Q6K_Q};
+use crate::packed::{GROUP, Q2K_Q, Q3K_Q, Q6K_Q};
 use crate::quants::{BlockQ8, QK8};
 use crate::simd::prefetch_bytes;
 use std::arch::x86_64::*;
@@ -263,6 +263,109 @@ impl Kern16 for P16Q6K {
     }
 }
 
+/// Unit `u` of sixteen rows' 2-bit codes at shift `2s`, in 0..4.
+#[inline(always)]
+unsafe fn codes2_16(c0: *const u8, c1: *const u8, u: usize, s: usize) -> __m512i {
+    let v = _mm512_srl_epi16(unit16(c0, c1, u), _mm_cvtsi32_si128(2 * s as i32));
+    _mm512_and_si512(v, _mm512_set1_epi8(3))
+}
+
+/// Q2_K for sixteen rows: the 256-bit kernel's integers and float operations per lane.
+pub(crate) struct P16Q2K;
+
+impl Kern16 for P16Q2K {
+    const ELEMS: usize = 256;
+    type S = (__m512, __m512);
+    #[inline(always)]
+    unsafe fn setup(r0: *const u8, r1: *const u8) -> (__m512, __m512) {
+        let dmin = f16x16(r0.add(2 * GROUP), r1.add(2 * GROUP));
+        (f16x16(r0, r1), _mm512_sub_ps(_mm512_setzero_ps(), dmin))
+    }
+    #[inline(always)]
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m512; T],
+        &(d, dmin): &(__m512, __m512),
+        r0: *const u8,
+        r1: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m512; T] {
+        let (c0, c1) = (r0.add(Q2K_Q), r1.add(Q2K_Q));
+        for g in 0..8 {
+            let (n, sh) = (g / 4, g % 4);
+            let xg = x.map(|p| &*p.add(g));
+            for half in 0..2 {
+                let mut i = [_mm512_setzero_si512(); T];
+                for k in 4 * half..4 * half + 4 {
+                    let q = codes2_16(c0, c1, 8 * n + k, sh);
+                    for t in 0..T {
+                        i[t] = _mm512_dpbusd_epi32(i[t], q, bcast4(xg[t], 4 * k));
+                    }
+                }
+                let at = 32 + (2 * g + half) * GROUP;
+                let b = _mm_unpacklo_epi64(
+                    _mm_loadl_epi64(r0.add(at) as *const __m128i),
+                    _mm_loadl_epi64(r1.add(at) as *const __m128i),
+                );
+                let m15 = _mm_set1_epi8(15);
+                let f = |v| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
+                let (sc, m) = (f(_mm_and_si128(b, m15)), f(_mm_and_si128(_mm_srli_epi16::<4>(b), m15)));
+                let (ds, ms) = (_mm512_mul_ps(d, sc), _mm512_mul_ps(dmin, m));
+                for t in 0..T {
+                    acc[t] = scaled(acc[t], ds, i[t], xg[t].d);
+                    let sx = xg[t].d * xg[t].h[half] as f32;
+                    acc[t] = _mm512_fmadd_ps(ms, _mm512_set1_ps(sx), acc[t]);
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// Q3_K for sixteen rows: nibble codes, `Σ q x − 4 Σ x` per 16 activations, a signed scale per 16
+/// weights, in the 256-bit kernel's order.
+pub(crate) struct P16Q3K;
+
+impl Kern16 for P16Q3K {
+    const ELEMS: usize = 256;
+    type S = __m512;
+    #[inline(always)]
+    unsafe fn setup(r0: *const u8, r1: *const u8) -> __m512 {
+        f16x16(r0, r1)
+    }
+    #[inline(always)]
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m512; T],
+        d: &__m512,
+        r0: *const u8,
+        r1: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m512; T] {
+        let (c0, c1) = (r0.add(Q3K_Q), r1.add(Q3K_Q));
+        let sc = |i: usize| _mm512_mul_ps(*d, i8x16(r0.add(16 + i * GROUP), r1.add(16 + i * GROUP)));
+        for j in 0..4 {
+            let (xl, xh) = (x.map(|p| &*p.add(2 * j)), x.map(|p| &*p.add(2 * j + 1)));
+            for half in 0..2 {
+                let (mut il, mut ih) = ([_mm512_setzero_si512(); T], [_mm512_setzero_si512(); T]);
+                for k in 4 * half..4 * half + 4 {
+                    let (lo, hi) = nibbles(unit16(c0, c1, 8 * j + k));
+                    for t in 0..T {
+                        il[t] = _mm512_dpbusd_epi32(il[t], lo, bcast4(xl[t], 4 * k));
+                        ih[t] = _mm512_dpbusd_epi32(ih[t], hi, bcast4(xh[t], 4 * k));
+                    }
+                }
+                let (sl, sh) = (sc(4 * j + half), sc(4 * j + 2 + half));
+                for t in 0..T {
+                    for (s, i, xb) in [(sl, il[t], xl[t]), (sh, ih[t], xh[t])] {
+                        let i = _mm512_sub_epi32(i, _mm512_set1_epi32(4 * xb.h[half] as i32));
+                        acc[t] = scaled(acc[t], s, i, xb.d);
+                    }
+                }
+            }
+        }
+        acc
+    }
+}
+
 /// Groups `g, g + 1` (rows `8g..8g + 16`) for tokens `t..t + T`.
 #[inline(always)]
 unsafe fn tile16<K: Kern16, const T: usize>(job: &Job, g: usize, t: usize) {
@@ -318,6 +421,8 @@ pub(crate) fn select(dtype: crate::DType) -> Option<crate::matmul::RowsFn> {
         DType::Q4_1 => run16::<P16Q4<false>, PQ4<false, VnniDot>, 8>,
         DType::Q4K => run16::<P16Q4K, PQ4K<VnniDot>, 4>,
         DType::Q6K => run16::<P16Q6K, PQ6K<VnniDot>, 4>,
+        DType::Q2K => run16::<P16Q2K, PQ2K<VnniDot>, 4>,
+        DType::Q3K => run16::<P16Q3K, PQ3K<VnniDot>, 4>,
         _ => return None,
     })
 }

@@ -75,11 +75,12 @@ pub(crate) unsafe fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16]) {
             _mm256_storeu_si256(b.qs.as_mut_ptr().add(16 * h) as *mut __m256i, w);
         }
         b.d = d;
+        b.h = [sum_i32(q[0], q[1]), sum_i32(q[2], q[3])];
         // NaN for a non-finite block (whose codes are 0), as the scalar version.
         b.s = if d.is_nan() {
             f32::NAN
         } else {
-            d * (sum_i32(q[0], q[1]) + sum_i32(q[2], q[3])) as f32
+            d * (b.h[0] + b.h[1]) as f32
         };
     }
 }
