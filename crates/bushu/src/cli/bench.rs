@@ -271,6 +271,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                     "mean_accepted_length": s.mean_accepted_length(),
                     "target_passes": s.target_passes,
                     "switched_off": s.switched_off,
+                    "pauses": s.pauses,
                     "tree_steps": s.tree_steps,
                     "tree_second_choices": s.tree_second_choices,
                     "same_output_as_plain": same,

@@ -388,6 +388,7 @@ pub fn run(a: RunArgs) -> Result<()> {
                 "draft_steps": s.draft_steps,
                 "target_passes": s.target_passes,
                 "switched_off": s.switched_off,
+                "pauses": s.pauses,
                 "tree_steps": s.tree_steps,
                 "tree_second_choices": s.tree_second_choices,
             });
@@ -405,7 +406,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         );
         if let Some((name, s)) = &stats {
             eprintln!(
-                "[{name}: {} drafted, {} accepted ({:.0} %), mean accepted length {:.2} over {} target passes{}]",
+                "[{name}: {} drafted, {} accepted ({:.0} %), mean accepted length {:.2} over {} target passes{}{}]",
                 s.draft_n,
                 s.draft_n_accepted,
                 100.0 * s.acceptance_rate(),
@@ -415,6 +416,10 @@ pub fn run(a: RunArgs) -> Result<()> {
                     ", switched off for lack of acceptance"
                 } else {
                     ""
+                },
+                match s.pauses {
+                    0 => String::new(),
+                    n => format!(", paused {n} times for being slower than plain decoding"),
                 }
             );
         }

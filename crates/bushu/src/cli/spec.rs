@@ -25,6 +25,11 @@ pub struct SpecArgs {
     /// Speculative decoding: draft at least K tokens per step; shorter drafts are not verified (0: any).
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub draft_min: usize,
+    /// Do not pause speculation while it is measured slower than plain decoding (by default it
+    /// pauses; timing then decides when to draft, so a seeded sampled run may draw differently from
+    /// run to run — its distribution stays the target's).
+    #[arg(long)]
+    pub no_draft_timing: bool,
     /// With --draft-model or --self-speculate: stop drafting when the draft's top probability is below P.
     #[arg(long, value_name = "P", default_value_t = 0.75, allow_negative_numbers = true)]
     pub draft_p_min: f32,
@@ -81,6 +86,7 @@ impl SpecArgs {
         let length = DraftLengthParams {
             max: self.draft_max,
             min: self.draft_min,
+            timed: !self.no_draft_timing,
             ..DraftLengthParams::default()
         };
         length.validate()?;

@@ -4,6 +4,19 @@
 //! `[draft_min, draft_max]`. And when acceptance stays near zero over a window of drafting steps,
 //! speculation is switched off for the rest of the sequence: from then on every step is a plain decode
 //! step, so speculation is never much slower than not speculating.
+//!
+//! Acceptance alone does not say whether speculation pays: a draft model that is accepted 84 % of the
+//! time still loses when drafting and verifying cost more than the tokens they save (Qwen2.5-Coder 0.5B
+//! drafting a poem for the 1.5B: 0.77x plain, docs/BENCHMARKS.md). With [`DraftLengthParams::timed`]
+//! the length also watches the clock ([`DraftLength::timed`]): the wall time per token of the last
+//! [`TIMED_STEPS`] speculative steps against that of plain steps (the second decode step is a plain one, and
+//! one in every [`PROBE_EVERY`] steps after it, so the plain time follows the machine's load; the
+//! first step is not timed: it may wait for a background packer, `model::weights`). When
+//! speculation is slower, it pauses — plain steps — for [`PAUSE`] steps, doubled each time it is found
+//! slower again (up to [`PAUSE_MAX`]), then tries again. Timing decides only *when* to draft, never
+//! which token is emitted: greedy output stays plain decoding's and sampled output keeps its
+//! distribution, but which random draws a seeded sampled run makes may then vary between runs, so
+//! the timed length is for the command line (`run`, `chat`, `bench`), not for reproducibility tests.
 
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
@@ -20,6 +33,8 @@ pub struct DraftLengthParams {
     pub window: usize,
     /// Switch off when the window's acceptance rate is below this.
     pub off_below: f64,
+    /// Pause speculation while it is measured slower than plain steps ([`DraftLength::timed`]).
+    pub timed: bool,
 }
 
 impl Default for DraftLengthParams {
@@ -29,6 +44,7 @@ impl Default for DraftLengthParams {
             min: 0,
             window: 8,
             off_below: 0.1,
+            timed: false,
         }
     }
 }
@@ -45,6 +61,32 @@ impl DraftLengthParams {
     }
 }
 
+/// A plain step is taken (to time it) once in this many steps while speculating.
+pub const PROBE_EVERY: usize = 32;
+/// Speculative steps timed before they are compared with plain ones.
+pub const TIMED_STEPS: usize = 4;
+/// Steps of the first pause after speculation was measured slower than plain decoding.
+pub const PAUSE: usize = 32;
+/// The longest pause.
+pub const PAUSE_MAX: usize = 512;
+
+/// The clock's side of [`DraftLength`]: plain and speculative seconds per token.
+#[derive(Clone, Debug, Default)]
+struct Clock {
+    /// Seconds per token of plain steps (a moving average), once one was timed.
+    plain: Option<f64>,
+    /// (seconds, tokens) of the last `TIMED_STEPS` speculative steps.
+    spec: VecDeque<(f64, usize)>,
+    /// Steps so far; a plain probe is due at step 1 and every `PROBE_EVERY` after it.
+    steps: usize,
+    /// Speculation pauses until this step.
+    paused_until: usize,
+    /// The next pause's length.
+    pause: usize,
+    /// Pauses so far.
+    pauses: usize,
+}
+
 /// The adaptive draft length of one sequence.
 #[derive(Clone, Debug)]
 pub struct DraftLength {
@@ -53,6 +95,7 @@ pub struct DraftLength {
     /// (drafted, accepted) of the last `window` steps that verified drafts.
     recent: VecDeque<(usize, usize)>,
     off: bool,
+    clock: Clock,
 }
 
 impl DraftLength {
@@ -63,16 +106,60 @@ impl DraftLength {
             k: params.max,
             recent: VecDeque::new(),
             off: false,
+            clock: Clock {
+                pause: PAUSE,
+                ..Clock::default()
+            },
         })
     }
 
-    /// The number of drafts to ask for next; 0 once speculation is switched off.
+    /// The number of drafts to ask for next; 0 once speculation is switched off, and (timed) for a
+    /// plain probe step or while speculation is paused.
     pub fn k(&self) -> usize {
-        if self.off {
+        let c = &self.clock;
+        let plain_step = self.params.timed && (c.steps % PROBE_EVERY == 1 || c.steps < c.paused_until);
+        if self.off || plain_step {
             0
         } else {
             self.k
         }
+    }
+
+    /// Times of the steps: a step that took `secs` and produced `tokens` tokens, `speculative` when it
+    /// verified drafts. Without [`DraftLengthParams::timed`] nothing changes.
+    pub fn timed(&mut self, speculative: bool, secs: f64, tokens: usize) {
+        if !self.params.timed || tokens == 0 {
+            return;
+        }
+        let c = &mut self.clock;
+        c.steps += 1;
+        if c.steps == 1 {
+            return;
+        }
+        if !speculative {
+            let t = secs / tokens as f64;
+            c.plain = Some(c.plain.map_or(t, |p| 0.75 * p + 0.25 * t));
+            return;
+        }
+        c.spec.push_back((secs, tokens));
+        if c.spec.len() > TIMED_STEPS {
+            c.spec.pop_front();
+        }
+        let (Some(plain), true) = (c.plain, c.spec.len() == TIMED_STEPS) else {
+            return;
+        };
+        let (t, n) = c.spec.iter().fold((0.0, 0), |a, s| (a.0 + s.0, a.1 + s.1));
+        if t / n as f64 > plain {
+            c.paused_until = c.steps + c.pause;
+            c.pause = (2 * c.pause).min(PAUSE_MAX);
+            c.pauses += 1;
+            c.spec.clear();
+        }
+    }
+
+    /// Times speculation was paused for being slower than plain steps.
+    pub fn pauses(&self) -> usize {
+        self.clock.pauses
     }
 
     /// Whether a proposal of `n` drafts is long enough to verify.
@@ -117,6 +204,53 @@ impl DraftLength {
 mod tests {
     use super::*;
 
+    /// A step's drafts (`k()`), then its time: plain steps take 1 s per token, speculative ones
+    /// `spec` seconds for 3 tokens.
+    fn run(l: &mut DraftLength, steps: usize, spec: f64) -> Vec<bool> {
+        (0..steps)
+            .map(|_| {
+                let drafting = l.k() > 0;
+                match drafting {
+                    true => l.timed(true, spec, 3),
+                    false => l.timed(false, 1.0, 1),
+                }
+                drafting
+            })
+            .collect()
+    }
+
+    #[test]
+    fn timed_length_probes_pauses_and_retries() {
+        assert_eq!(TIMED_STEPS, 4);
+        let params = DraftLengthParams {
+            timed: true,
+            ..Default::default()
+        };
+        // Paying (3 tokens in 2 s against 1 s per token): only the probes are plain.
+        let mut l = DraftLength::new(params).unwrap();
+        let steps = run(&mut l, 2 * PROBE_EVERY + 2, 2.0);
+        let plain: Vec<usize> = (0..steps.len()).filter(|&i| !steps[i]).collect();
+        assert_eq!(plain, vec![1, PROBE_EVERY + 1, 2 * PROBE_EVERY + 1]);
+        assert_eq!(l.pauses(), 0);
+        // Not paying (3 tokens in 4 s): step 0 (not timed), the probe, 4 speculative steps (timed), a
+        // pause of PAUSE plain steps, 4 more, a pause twice as long, then speculation again.
+        let mut l = DraftLength::new(params).unwrap();
+        let steps = run(&mut l, 2 + 4 + PAUSE + 4 + 2 * PAUSE + 1, 4.0);
+        let spec_at: Vec<usize> = (0..steps.len()).filter(|&i| steps[i]).collect();
+        let second = 2 + 4 + PAUSE;
+        let want: Vec<usize> = [0]
+            .into_iter()
+            .chain(2..6)
+            .chain(second..second + 4)
+            .chain([second + 4 + 2 * PAUSE])
+            .collect();
+        assert_eq!(spec_at, want);
+        assert_eq!(l.pauses(), 2);
+        // Untimed: the clock changes nothing.
+        let mut l = DraftLength::new(DraftLengthParams { timed: false, ..params }).unwrap();
+        assert!(run(&mut l, 50, 100.0).iter().all(|&d| d));
+    }
+
     #[test]
     fn grows_shrinks_and_switches_off() {
         let mut l = DraftLength::new(DraftLengthParams {
@@ -124,6 +258,7 @@ mod tests {
             min: 2,
             window: 3,
             off_below: 0.1,
+            timed: false,
         })
         .unwrap();
         assert_eq!(l.k(), 6);

@@ -116,6 +116,7 @@ impl<'a> SpecDecoder<'a> {
 
     /// One draft-and-verify step after the sequence so far.
     fn step(&mut self) -> Result<()> {
+        let t0 = std::time::Instant::now();
         let pos0 = self.state.pos();
         debug_assert_eq!(pos0 + 1, self.seq.len());
         let last = *self.seq.last().expect("a sequence");
@@ -221,7 +222,10 @@ impl<'a> SpecDecoder<'a> {
             }
         }
         self.stats.target_passes += 1;
+        // A step that asked the proposer is a speculative one, drafts or not (its draft passes count).
+        self.length.timed(k > 0, t0.elapsed().as_secs_f64(), step.tokens.len());
         self.stats.switched_off = self.length.is_off();
+        self.stats.pauses = self.length.pauses();
         self.show_hidden(step.last_row);
         self.seq.extend_from_slice(&step.tokens);
         self.queue = step.tokens;

@@ -125,6 +125,8 @@ pub struct SpecStats {
     pub target_passes: usize,
     /// Whether speculation was switched off for lack of acceptance.
     pub switched_off: bool,
+    /// Times speculation paused for being slower than plain steps (timed draft length only).
+    pub pauses: usize,
     /// Steps that verified a token tree.
     pub tree_steps: usize,
     /// Tree steps whose accepted branch took a second choice of the draft (what a chain would have
