@@ -86,7 +86,7 @@ pub enum Precision {
     /// Activations quantized to int8 blocks of 32 once per call, integer dot products (as llama.cpp).
     /// Error per output at most `Σ_blocks Σ|w| * max|x_block| / 254` beyond `Exact`.
     Fast,
-    /// Activations in int16 blocks of 32 against packed weights (Q8_0, Q5_0, Q4_0, Q4_1, Q2_K, Q3_K,
+    /// Activations in int16 blocks of 32 against packed weights (Q8_0, Q5_0, Q4_0, Q4_1, Q2_K, Q3_K, Q5_K,
     /// Q4_K, Q6_K; other types: `Exact`):
     /// error at most `Σ_blocks Σ|w| * max|x_block| / 65534` beyond `Exact`, 256 times below `Fast`'s,
     /// at about the speed of `Fast`. The default: a small model's greedy answers under `Fast` differ

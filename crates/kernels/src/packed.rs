@@ -20,7 +20,7 @@
 use crate::buffer::ZeroedBuf;
 use crate::dtype::DType;
 use crate::matmul::QMatrix;
-use crate::quants::k_quants::{pack_q3k_scales, q3k_scale, scale_min_k4, unpack_q3k, unpack_q6k};
+use crate::quants::k_quants::{pack_q3k_scales, q3k_scale, scale_min_k4, unpack_q3k, unpack_q5k, unpack_q6k};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
@@ -78,6 +78,14 @@ fn layout(dtype: DType) -> Option<Layout> {
             head: 0,
             codes: 256,
             rec: 16 + 128 + GROUP * 256,
+        },
+        // Q4_K's header (d, dmin, scales and minimums as bytes), then the 5-bit codes one per byte
+        // (0..=31, units as Q6_K's): 276 bytes per row and block instead of 176, for products with no
+        // bit assembly.
+        DType::Q5K => Layout {
+            head: 0,
+            codes: 256,
+            rec: Q5K_Q + GROUP * 256,
         },
         // d, dmin, the scale/minimum bytes (16 x 8 rows) as stored, the 2-bit code bytes: the file's
         // bytes, interleaved.
@@ -254,6 +262,7 @@ fn pack_record<'a>(dtype: DType, l: &Layout, rec: &mut [u8], block: impl Fn(usiz
     match dtype {
         DType::Q6K => return (0..GROUP).for_each(|r| pack_q6k(rec, r, block(r))),
         DType::Q2K => return (0..GROUP).for_each(|r| pack_q2k(rec, r, block(r))),
+        DType::Q5K => return (0..GROUP).for_each(|r| pack_q5k(rec, r, block(r))),
         DType::Q3K => return (0..GROUP).for_each(|r| pack_q3k(rec, r, block(r))),
         _ => {}
     }
@@ -300,6 +309,7 @@ fn unpack_block(dtype: DType, l: &Layout, rec: &[u8], r: usize) -> Vec<u8> {
     match dtype {
         DType::Q6K => return unpack_q6k_row(rec, r),
         DType::Q2K => return unpack_q2k_row(rec, r),
+        DType::Q5K => return unpack_q5k_row(rec, r),
         DType::Q3K => return unpack_q3k_row(rec, r),
         _ => {}
     }
@@ -424,6 +434,44 @@ fn unpack_q3k_row(rec: &[u8], r: usize) -> Vec<u8> {
             // bit in `hmask[w]` at bit g.
             b[32 + 32 * (g / 4) + w] |= (q & 3) << (2 * (g % 4));
             b[w] |= (q >> 2) << g;
+        }
+    }
+    b
+}
+
+/// Where Q5_K's codes start in a record: after `d`, `dmin` and the eight sub-blocks' scales and minimums
+/// as bytes (Q4_K's header); sub-block `g`'s 32 codes of row `r` are units `8g..8g + 8`, one byte each.
+pub const Q5K_Q: usize = 32 + 128;
+
+fn pack_q5k(rec: &mut [u8], r: usize, b: &[u8]) {
+    rec[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
+    rec[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&b[2..4]);
+    let mut c = [0u8; 32];
+    for g in 0..8 {
+        let (sc, m) = scale_min_k4(g, &b[4..16]);
+        rec[32 + g * GROUP + r] = sc;
+        rec[96 + g * GROUP + r] = m;
+        unpack_q5k(b, g, &mut c);
+        for (w, &q) in c.iter().enumerate() {
+            rec[unit(Q5K_Q, 8 * g + w / 4, r) + w % 4] = q;
+        }
+    }
+}
+
+/// Row `r`'s original Q5_K block from a packed record.
+fn unpack_q5k_row(rec: &[u8], r: usize) -> Vec<u8> {
+    let mut b = vec![0u8; 176];
+    b[0..2].copy_from_slice(&rec[2 * r..2 * r + 2]);
+    b[2..4].copy_from_slice(&rec[16 + 2 * r..16 + 2 * r + 2]);
+    let sc: Vec<u8> = (0..8).map(|g| rec[32 + g * GROUP + r]).collect();
+    let m: Vec<u8> = (0..8).map(|g| rec[96 + g * GROUP + r]).collect();
+    b[4..16].copy_from_slice(&crate::quants::k_quants::pack_scale_min_k4(&sc, &m));
+    for g in 0..8 {
+        for w in 0..32 {
+            let q = rec[unit(Q5K_Q, 8 * g + w / 4, r) + w % 4];
+            // Q5_K's own layout: the high bit in `qh[w]` at bit g, the nibble in `qs[32 (g / 2) + w]`.
+            b[16 + w] |= (q >> 4) << g;
+            b[48 + 32 * (g / 2) + w] |= (q & 15) << (4 * (g % 2));
         }
     }
     b

@@ -11,11 +11,12 @@ use kernels::packed::{packable, Packed};
 use kernels::simd::Simd;
 use kernels::{matmul_on, DType, PackSlot, Precision, QMatrix};
 
-const PACKED: [DType; 8] = [
+const PACKED: [DType; 9] = [
     DType::Q8_0,
     DType::Q4_0,
     DType::Q4_1,
     DType::Q4K,
+    DType::Q5K,
     DType::Q6K,
     DType::Q2K,
     DType::Q3K,
@@ -33,10 +34,12 @@ fn packing_is_a_permutation_of_the_rows() {
         let p = Packed::new(&w).expect("packable");
         assert_eq!(p.rows, 16, "{t}: whole groups only");
         // Q4_K: scales and mins unpacked to bytes (4 more per row and block); Q6_K: a byte per code
-        // (64 more per row and block); Q3_K: its scales as bytes and its codes as nibbles (36 more).
+        // (64 more per row and block); Q3_K: its scales as bytes and its codes as nibbles (36 more); Q5_K:
+        // Q4_K's header and a byte per code (100 more).
         let extra = match t {
             DType::Q4K => 16 * 2 * 4,
             DType::Q3K => 16 * 2 * 36,
+            DType::Q5K => 16 * 2 * 100,
             DType::Q6K => 16 * 2 * 64,
             _ => 0,
         };

@@ -100,7 +100,7 @@ pub struct CompletionsArgs {
 pub enum PrecisionArg {
     /// f32 activations against the dequantized weights, everywhere.
     Exact,
-    /// Activations rounded to 16-bit blocks where a kernel exists (Q8_0, Q6_K, Q5_0, Q4_0, Q4_1, Q4_K, Q3_K and Q2_K weights), f32 elsewhere.
+    /// Activations rounded to 16-bit blocks where a kernel exists (Q8_0, Q6_K, Q5_K, Q5_0, Q4_0, Q4_1, Q4_K, Q3_K and Q2_K weights), f32 elsewhere.
     Wide,
     /// Activations rounded to 8-bit blocks as llama.cpp does (16-bit for the classifier).
     Fast,

@@ -6,7 +6,7 @@
 
 use super::{Avx2Dot, IDot, VnniDot};
 use crate::matmul::Job;
-use crate::packed::{GROUP, Q2K_Q, Q3K_Q, Q6K_Q};
+use crate::packed::{GROUP, Q2K_Q, Q3K_Q, Q5K_Q, Q6K_Q};
 use crate::quants::{BlockQ16, BlockQ8, QK8};
 use crate::simd::prefetch_bytes;
 use std::arch::x86_64::*;
@@ -226,6 +226,80 @@ impl<D: IAcc> PackKern for PQ4K<D> {
                     acc[t] = _mm256_fmadd_ps(s.d[sub], v, acc[t]);
                     acc[t] = _mm256_fmadd_ps(s.m[sub], _mm256_set1_ps(xb.s), acc[t]);
                 }
+            }
+        }
+        acc
+    }
+}
+
+/// Q5_K: codes 0..=31 one per byte, Q4_K's scales and minimums per sub-block of 32 (its setup).
+pub(crate) struct PQ5K<D>(PhantomData<D>);
+
+impl<D: IAcc> PackKern for PQ5K<D> {
+    const ELEMS: usize = 256;
+    type S = Q4KS;
+    #[inline(always)]
+    unsafe fn setup(rec: *const u8) -> Q4KS {
+        PQ4K::<D>::setup(rec)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256, s: &Q4KS, rec: *const u8, x: *const BlockQ8) -> __m256 {
+        Self::dot_tile([acc], s, rec, [x])[0]
+    }
+    /// Per sub-block: eight units, in two sums of four (the most an AVX2 i16 lane holds for codes
+    /// up to 31), then `d * sc` and `−dmin * m` as Q4_K's.
+    #[inline(always)]
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m256; T],
+        s: &Q4KS,
+        rec: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m256; T] {
+        let c = rec.add(Q5K_Q);
+        for g in 0..8 {
+            let xg = x.map(|p| &*p.add(g));
+            let mut i = [_mm256_setzero_si256(); T];
+            for half in 0..2 {
+                let mut h = [_mm256_setzero_si256(); T];
+                for k in 4 * half..4 * half + 4 {
+                    let u = unit(c, 8 * g + k);
+                    for t in 0..T {
+                        h[t] = D::add_small(h[t], u, bcast4(xg[t], 4 * k));
+                    }
+                }
+                for t in 0..T {
+                    i[t] = _mm256_add_epi32(i[t], D::finish_small(h[t]));
+                }
+            }
+            for t in 0..T {
+                let v = _mm256_mul_ps(_mm256_cvtepi32_ps(i[t]), _mm256_set1_ps(xg[t].d));
+                acc[t] = _mm256_fmadd_ps(s.d[g], v, acc[t]);
+                acc[t] = _mm256_fmadd_ps(s.m[g], _mm256_set1_ps(xg[t].s), acc[t]);
+            }
+        }
+        acc
+    }
+}
+
+impl<D: IAcc> WideKern for PQ5K<D> {
+    /// The codes (0..=31, valid signed bytes) against int16 activations, then as the int8 kernel.
+    #[inline(always)]
+    unsafe fn dot16<W: Wide16, const T: usize>(
+        mut acc: [__m256; T],
+        s: &Q4KS,
+        rec: *const u8,
+        x: [*const BlockQ16; T],
+    ) -> [__m256; T] {
+        let c = rec.add(Q5K_Q);
+        for g in 0..8 {
+            let xg = x.map(|p| &*p.add(g));
+            let mut a = [W::zero(); T];
+            for k in 0..8 {
+                madd16::<W, T>(&mut a, unit(c, 8 * g + k), xg, 4 * k);
+            }
+            finish16::<W, T>(&mut acc, s.d[g], a, xg);
+            for t in 0..T {
+                acc[t] = _mm256_fmadd_ps(s.m[g], _mm256_set1_ps(xg[t].s), acc[t]);
             }
         }
         acc
@@ -735,6 +809,7 @@ pub(crate) fn select_wide(dtype: crate::DType, level: crate::Simd) -> Option<cra
                 DType::Q4_1 => $run::<PQ4<false, $D>>,
                 DType::Q4K => $run::<PQ4K<$D>>,
                 DType::Q2K => $run::<PQ2K<$D>>,
+                DType::Q5K => $run::<PQ5K<$D>>,
                 DType::Q3K => $run::<PQ3K<$D>>,
                 _ => return None,
             })
@@ -810,6 +885,7 @@ pub(crate) fn select(dtype: crate::DType, level: crate::Simd) -> Option<crate::m
                 DType::Q4K => $run::<PQ4K<$D>>,
                 DType::Q6K => $run::<PQ6K<$D>>,
                 DType::Q2K => $run::<PQ2K<$D>>,
+                DType::Q5K => $run::<PQ5K<$D>>,
                 DType::Q3K => $run::<PQ3K<$D>>,
                 _ => return None,
             })

@@ -9,10 +9,10 @@
 //! instructions per token and unit), the codes are shifted to unsigned once per unit (`w + 128`, an
 //! exclusive-or with `0x80`) and `128 Σ x` is taken off the token's integer sum: the same integer.
 
-use super::packed::{PackKern, PF_DIST, PQ2K, PQ3K, PQ4, PQ4K, PQ6K, PQ8_0};
+use super::packed::{PackKern, PF_DIST, PQ2K, PQ3K, PQ4, PQ4K, PQ5K, PQ6K, PQ8_0};
 use super::VnniDot;
 use crate::matmul::Job;
-use crate::packed::{GROUP, Q2K_Q, Q3K_Q, Q6K_Q};
+use crate::packed::{GROUP, Q2K_Q, Q3K_Q, Q5K_Q, Q6K_Q};
 use crate::quants::{BlockQ8, QK8};
 use crate::simd::prefetch_bytes;
 use std::arch::x86_64::*;
@@ -213,6 +213,51 @@ impl Kern16 for P16Q4K {
                     acc[t] = scaled(acc[t], ds, i, xb.d);
                     acc[t] = _mm512_fmadd_ps(ms, _mm512_set1_ps(xb.s), acc[t]);
                 }
+            }
+        }
+        acc
+    }
+}
+
+/// Q5_K for sixteen rows: byte codes, Q4_K's scales and minimums, in the 256-bit kernel's order.
+pub(crate) struct P16Q5K;
+
+impl Kern16 for P16Q5K {
+    const ELEMS: usize = 256;
+    type S = (__m512, __m512);
+    #[inline(always)]
+    unsafe fn setup(r0: *const u8, r1: *const u8) -> (__m512, __m512) {
+        P16Q4K::setup(r0, r1)
+    }
+    #[inline(always)]
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m512; T],
+        &(d, dmin): &(__m512, __m512),
+        r0: *const u8,
+        r1: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m512; T] {
+        let (c0, c1) = (r0.add(Q5K_Q), r1.add(Q5K_Q));
+        for g in 0..8 {
+            let xg = x.map(|p| &*p.add(g));
+            let mut i = [_mm512_setzero_si512(); T];
+            for half in 0..2 {
+                let mut h = [_mm512_setzero_si512(); T];
+                for k in 4 * half..4 * half + 4 {
+                    let u = unit16(c0, c1, 8 * g + k);
+                    for t in 0..T {
+                        h[t] = _mm512_dpbusd_epi32(h[t], u, bcast4(xg[t], 4 * k));
+                    }
+                }
+                for t in 0..T {
+                    i[t] = _mm512_add_epi32(i[t], h[t]);
+                }
+            }
+            let ds = _mm512_mul_ps(d, u8x16(r0.add(32 + g * GROUP), r1.add(32 + g * GROUP)));
+            let ms = _mm512_mul_ps(dmin, u8x16(r0.add(96 + g * GROUP), r1.add(96 + g * GROUP)));
+            for t in 0..T {
+                acc[t] = scaled(acc[t], ds, i[t], xg[t].d);
+                acc[t] = _mm512_fmadd_ps(ms, _mm512_set1_ps(xg[t].s), acc[t]);
             }
         }
         acc
@@ -422,6 +467,7 @@ pub(crate) fn select(dtype: crate::DType) -> Option<crate::matmul::RowsFn> {
         DType::Q4K => run16::<P16Q4K, PQ4K<VnniDot>, 4>,
         DType::Q6K => run16::<P16Q6K, PQ6K<VnniDot>, 4>,
         DType::Q2K => run16::<P16Q2K, PQ2K<VnniDot>, 4>,
+        DType::Q5K => run16::<P16Q5K, PQ5K<VnniDot>, 4>,
         DType::Q3K => run16::<P16Q3K, PQ3K<VnniDot>, 4>,
         _ => return None,
     })
