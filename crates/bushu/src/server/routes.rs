@@ -585,12 +585,8 @@ async fn generate(
                         delta["role"] = json!("assistant");
                     }
                     let lp: &[serde_json::Value] = if k == 0 { &d.logprobs } else { &[] };
-                    let mut chunk = sub.col.chat_chunk(d.index, delta, lp, None);
-                    if let Some(info) = &cascade_info {
-                        chunk["cascade"] = info.clone();
-                    }
-                    let ev = Event::default().data(chunk.to_string());
-                    if tx.send(Ok(ev)).await.is_err() {
+                    let chunk = sub.col.chat_chunk(d.index, delta, lp, None);
+                    if !send_chunk(&tx, chunk, cascade_info.as_ref()).await {
                         return;
                     }
                 }
@@ -599,24 +595,15 @@ async fn generate(
                     if !std::mem::replace(&mut announced[d.index], true) {
                         delta["role"] = json!("assistant");
                     }
-                    let mut chunk = sub.col.chat_chunk(d.index, delta, &[], Some(f.as_str()));
-                    if let Some(info) = &cascade_info {
-                        chunk["cascade"] = info.clone();
-                    }
-                    let ev = Event::default().data(chunk.to_string());
-                    if tx.send(Ok(ev)).await.is_err() {
+                    let chunk = sub.col.chat_chunk(d.index, delta, &[], Some(f.as_str()));
+                    if !send_chunk(&tx, chunk, cascade_info.as_ref()).await {
                         return;
                     }
                 }
                 continue;
             }
             let first = !std::mem::replace(&mut announced[d.index], true);
-            let mut chunk = sub.col.chunk(&d, first);
-            if let Some(info) = &cascade_info {
-                chunk["cascade"] = info.clone();
-            }
-            let ev = Event::default().data(chunk.to_string());
-            if tx.send(Ok(ev)).await.is_err() {
+            if !send_chunk(&tx, sub.col.chunk(&d, first), cascade_info.as_ref()).await {
                 return;
             }
         }
@@ -632,6 +619,19 @@ async fn generate(
         Sse::new(stream).keep_alive(KeepAlive::default()).into_response(),
         header_info.as_ref(),
     ))
+}
+
+/// Sends one chunk of a stream, with the cascade's stage when a cascade answered; false once the client
+/// is gone.
+async fn send_chunk(
+    tx: &mpsc::Sender<Result<Event, Infallible>>,
+    mut chunk: serde_json::Value,
+    cascade: Option<&serde_json::Value>,
+) -> bool {
+    if let Some(info) = cascade {
+        chunk["cascade"] = info.clone();
+    }
+    tx.send(Ok(Event::default().data(chunk.to_string()))).await.is_ok()
 }
 
 /// A cascade's answer says which stage answered in the `x-bushu-cascade-stage` header too.
