@@ -43,26 +43,18 @@ impl IAcc for VnniDot {
 }
 
 /// A packed block kernel: `setup` decodes what a record's tokens share (scales, unpacked codes),
-/// `dot` adds one token's products for the eight rows.
+/// `dot_tile` adds the products of the `T` tokens of a tile for the eight rows.
 pub(crate) trait PackKern {
     /// Weights per block (activation blocks: `ELEMS / 32`).
     const ELEMS: usize;
     type S;
     unsafe fn setup(rec: *const u8) -> Self::S;
-    unsafe fn dot(acc: __m256, s: &Self::S, rec: *const u8, x: *const BlockQ8) -> __m256;
-    /// [`PackKern::dot`] for the `T` tokens of a tile (kernels may order the work differently).
-    #[inline(always)]
     unsafe fn dot_tile<const T: usize>(
-        mut acc: [__m256; T],
+        acc: [__m256; T],
         s: &Self::S,
         rec: *const u8,
         x: [*const BlockQ8; T],
-    ) -> [__m256; T] {
-        for j in 0..T {
-            acc[j] = Self::dot(acc[j], s, rec, x[j]);
-        }
-        acc
-    }
+    ) -> [__m256; T];
 }
 
 /// How far ahead of the record being read decode prefetches (Q8_0 22 -> 26 GB/s, Q4_K 18 -> 22 on Zen 3;
@@ -102,10 +94,6 @@ impl<D: IAcc> PackKern for PQ8_0<D> {
     #[inline(always)]
     unsafe fn setup(rec: *const u8) -> __m256 {
         f16x8(rec)
-    }
-    #[inline(always)]
-    unsafe fn dot(acc: __m256, d: &__m256, rec: *const u8, x: *const BlockQ8) -> __m256 {
-        Self::dot_tile([acc], d, rec, [x])[0]
     }
     /// Unit by unit, each unit's codes and their absolute values shared by the `T` tokens (token by
     /// token they would need sixteen registers and spill): the same integers and float operations.
@@ -158,16 +146,25 @@ impl<const OFFSET: bool, D: IAcc> PackKern for PQ4<OFFSET, D> {
         }
         Q4S { d, m, q }
     }
+    /// Token by token (the nibbles are in registers already).
     #[inline(always)]
-    unsafe fn dot(acc: __m256, s: &Q4S, _rec: *const u8, x: *const BlockQ8) -> __m256 {
-        let x = &*x;
-        let mut i = _mm256_setzero_si256();
-        for k in 0..4 {
-            i = D::add_small(i, s.q[2 * k], bcast4(x, 4 * k));
-            i = D::add_small(i, s.q[2 * k + 1], bcast4(x, 16 + 4 * k));
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m256; T],
+        s: &Q4S,
+        _rec: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m256; T] {
+        for (a, x) in acc.iter_mut().zip(x) {
+            let x = &*x;
+            let mut i = _mm256_setzero_si256();
+            for k in 0..4 {
+                i = D::add_small(i, s.q[2 * k], bcast4(x, 4 * k));
+                i = D::add_small(i, s.q[2 * k + 1], bcast4(x, 16 + 4 * k));
+            }
+            let v = _mm256_mul_ps(_mm256_cvtepi32_ps(D::finish_small(i)), _mm256_set1_ps(x.d));
+            *a = _mm256_fmadd_ps(s.m, _mm256_set1_ps(x.s), _mm256_fmadd_ps(s.d, v, *a));
         }
-        let v = _mm256_mul_ps(_mm256_cvtepi32_ps(D::finish_small(i)), _mm256_set1_ps(x.d));
-        _mm256_fmadd_ps(s.m, _mm256_set1_ps(x.s), _mm256_fmadd_ps(s.d, v, acc))
+        acc
     }
 }
 
@@ -196,10 +193,6 @@ impl<D: IAcc> PackKern for PQ4K<D> {
             d: std::array::from_fn(|s| _mm256_mul_ps(d, u8x8(rec.add(32 + s * GROUP)))),
             m: std::array::from_fn(|s| _mm256_mul_ps(dmin, u8x8(rec.add(96 + s * GROUP)))),
         }
-    }
-    #[inline(always)]
-    unsafe fn dot(acc: __m256, s: &Q4KS, rec: *const u8, x: *const BlockQ8) -> __m256 {
-        Self::dot_tile([acc], s, rec, [x])[0]
     }
     /// Each unit's nibbles split once for the `T` tokens; per token the same sums in the same order.
     #[inline(always)]
@@ -241,10 +234,6 @@ impl<D: IAcc> PackKern for PQ5K<D> {
     #[inline(always)]
     unsafe fn setup(rec: *const u8) -> Q4KS {
         PQ4K::<D>::setup(rec)
-    }
-    #[inline(always)]
-    unsafe fn dot(acc: __m256, s: &Q4KS, rec: *const u8, x: *const BlockQ8) -> __m256 {
-        Self::dot_tile([acc], s, rec, [x])[0]
     }
     /// Per sub-block: eight units, in two sums of four (the most an AVX2 i16 lane holds for codes
     /// up to 31), then `d * sc` and `−dmin * m` as Q4_K's.
@@ -323,17 +312,25 @@ impl<D: IAcc> PackKern for PQ6K<D> {
             _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc))
         })
     }
+    /// Token by token.
     #[inline(always)]
-    unsafe fn dot(mut acc: __m256, s: &[__m256; 16], rec: *const u8, x: *const BlockQ8) -> __m256 {
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m256; T],
+        s: &[__m256; 16],
+        rec: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m256; T] {
         let c = rec.add(Q6K_Q);
-        for g in 0..8 {
-            let xg = &*x.add(g);
-            for half in 0..2 {
-                let (u, at) = (8 * g + 4 * half, 16 * half);
-                let i = _mm256_add_epi32(q6k_two::<D>(c, u, xg, at), q6k_two::<D>(c, u + 2, xg, at + 8));
-                let i = _mm256_sub_epi32(i, _mm256_set1_epi32(32 * xg.h[half] as i32));
-                let v = _mm256_mul_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(xg.d));
-                acc = _mm256_fmadd_ps(s[2 * g + half], v, acc);
+        for (a, x) in acc.iter_mut().zip(x) {
+            for g in 0..8 {
+                let xg = &*x.add(g);
+                for half in 0..2 {
+                    let (u, at) = (8 * g + 4 * half, 16 * half);
+                    let i = _mm256_add_epi32(q6k_two::<D>(c, u, xg, at), q6k_two::<D>(c, u + 2, xg, at + 8));
+                    let i = _mm256_sub_epi32(i, _mm256_set1_epi32(32 * xg.h[half] as i32));
+                    let v = _mm256_mul_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(xg.d));
+                    *a = _mm256_fmadd_ps(s[2 * g + half], v, *a);
+                }
             }
         }
         acc
@@ -377,10 +374,6 @@ impl<D: IAcc> PackKern for PQ2K<D> {
     unsafe fn setup(rec: *const u8) -> (__m256, __m256) {
         let dmin = f16x8(rec.add(2 * GROUP));
         (f16x8(rec), _mm256_sub_ps(_mm256_setzero_ps(), dmin))
-    }
-    #[inline(always)]
-    unsafe fn dot(acc: __m256, s: &Self::S, rec: *const u8, x: *const BlockQ8) -> __m256 {
-        Self::dot_tile([acc], s, rec, [x])[0]
     }
     #[inline(always)]
     unsafe fn dot_tile<const T: usize>(
@@ -432,10 +425,6 @@ impl<D: IAcc> PackKern for PQ3K<D> {
     #[inline(always)]
     unsafe fn setup(rec: *const u8) -> __m256 {
         f16x8(rec)
-    }
-    #[inline(always)]
-    unsafe fn dot(acc: __m256, d: &__m256, rec: *const u8, x: *const BlockQ8) -> __m256 {
-        Self::dot_tile([acc], d, rec, [x])[0]
     }
     /// Per sub-block pair and half: each unit's nibbles split once for the tile's tokens.
     #[inline(always)]
