@@ -61,7 +61,10 @@ fn calibrated(f: &ModelFile, m: &Model, seed: u64) -> Routers {
             0 => embeddings(m, tokens),
             _ => st.hidden_at(l - 1).unwrap().to_vec(),
         };
-        let mut s: Vec<f32> = rows.chunks_exact(dim).map(|x| r.score(l, x, m.config.rms_eps)).collect();
+        let mut s: Vec<f32> = rows
+            .chunks_exact(dim)
+            .map(|x| r.score(l, x, m.config.rms_eps))
+            .collect();
         s.sort_by(|a, b| a.total_cmp(b));
         q.extend((0..QUANTILES).map(|i| s[i * (s.len() - 1) / (QUANTILES - 1)]));
     }
@@ -174,7 +177,8 @@ fn missing_keys_and_values_of_skipped_layers_would_differ() {
     let (_, plain) = open(EXPERT);
     let (layers, dim) = (m.config.n_layers, m.config.dim);
     let b: Vec<f32> = (0..layers).map(|l| if l % 2 == 1 { -1.0 } else { 1.0 }).collect();
-    m.routing = Some(Routing::with_thresholds(routers(&m, vec![0.0; layers * dim], b), vec![0.0; layers], &m.config).unwrap());
+    m.routing =
+        Some(Routing::with_thresholds(routers(&m, vec![0.0; layers * dim], b), vec![0.0; layers], &m.config).unwrap());
     let prompt = f.tokenizer.encode(PROMPT, true).unwrap();
     let (mut a, mut z) = (m.new_state(64), m.new_state(64));
     m.forward(&mut a, &prompt, Logits::Last).unwrap();
@@ -271,7 +275,10 @@ fn routers_file_names_its_model() {
     assert!(e.contains("not a mixture-of-depths routers file"), "{e}");
     let txt = dir.join("x.txt");
     std::fs::write(&txt, "hello").unwrap();
-    assert!(Routers::load(&txt, &f, &m).unwrap_err().to_string().contains("not a GGUF file"));
+    assert!(Routers::load(&txt, &f, &m)
+        .unwrap_err()
+        .to_string()
+        .contains("not a GGUF file"));
     for bad in [0.0, -1.0, 1.5, f64::NAN] {
         assert!(Routing::new(r.clone(), bad, &m.config).is_err(), "{bad}");
     }
@@ -282,7 +289,18 @@ fn routers_file_names_its_model() {
     let model = shared(EXPERT);
     let model = model.to_str().unwrap();
     let rp = path.to_str().unwrap();
-    let base = ["run", "--model", model, "--prompt", PROMPT, "-n", "12", "--temperature", "0", "--json"];
+    let base = [
+        "run",
+        "--model",
+        model,
+        "--prompt",
+        PROMPT,
+        "-n",
+        "12",
+        "--temperature",
+        "0",
+        "--json",
+    ];
     let plain = run(&base);
     assert!(plain.status.success(), "{}", String::from_utf8_lossy(&plain.stderr));
     let json = |o: &std::process::Output| serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap();
@@ -304,7 +322,10 @@ fn routers_file_names_its_model() {
         (vec!["--mod-capacity", "0.5"], "give --mod-routers"),
         (vec!["--mod-routers", rp, "--mod-capacity", "0"], "(0, 1]"),
         (vec!["--mod-routers", rp, "--mod-capacity", "1.5"], "(0, 1]"),
-        (vec!["--mod-routers", rp, "--early-exit-entropy", "1"], "cannot be combined"),
+        (
+            vec!["--mod-routers", rp, "--early-exit-entropy", "1"],
+            "cannot be combined",
+        ),
         (vec!["--mod-routers", rp, "--beams", "2"], "cannot be combined"),
         (vec!["--mod-routers", model], "not a mixture-of-depths routers file"),
     ];
@@ -316,9 +337,20 @@ fn routers_file_names_its_model() {
         assert!(!o.status.success() && err.contains(want), "{extra:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{extra:?}: {err}");
     }
-    let o = run(&["run", "--model", tiny.to_str().unwrap(), "--prompt", "x", "--mod-routers", rp]);
+    let o = run(&[
+        "run",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--mod-routers",
+        rp,
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("trained for another model"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("trained for another model"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -347,9 +379,15 @@ fn tradeoff_at_capacity_one_is_the_full_model() {
     assert_eq!(neutral.mean_layers, Some(6.0));
     assert!((neutral.own_ppl - held.full.own_ppl).abs() < 1e-9 * held.full.own_ppl);
     let quarter = measure(&mut method, &m, &held, 0.25).unwrap();
-    assert!(quarter.mean_layers.unwrap() < 4.0 && quarter.compute_fraction < 0.8, "{quarter:?}");
+    assert!(
+        quarter.mean_layers.unwrap() < 4.0 && quarter.compute_fraction < 0.8,
+        "{quarter:?}"
+    );
     assert!(quarter.kl > 0.0);
     let notes = bushu::tradeoff::Method::notes(&mut method, &held).unwrap();
-    assert!(notes.contains("| 1 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 |"), "{notes}");
+    assert!(
+        notes.contains("| 1 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 |"),
+        "{notes}"
+    );
     assert!(measure(&mut method, &m, &held, 1.5).is_err());
 }

@@ -283,7 +283,11 @@ pub fn train_routers(o: &RouterOptions, progress: &mut dyn FnMut(&str)) -> Resul
     let mut rng = bushu::sampling::rng::Rng::new(o.seed);
     // Small random weights break the ties of the first step's top-k.
     let vars = RouterVars {
-        w: Var::from_tensor(&Tensor::from_vec(normal(&mut rng, layers * dim, 1e-3), (layers, dim), &dev)?)?,
+        w: Var::from_tensor(&Tensor::from_vec(
+            normal(&mut rng, layers * dim, 1e-3),
+            (layers, dim),
+            &dev,
+        )?)?,
         b: Var::zeros(layers, candle_core::DType::F32, &dev)?,
     };
     let mut opt = AdamW::new(
@@ -456,7 +460,13 @@ mod tests {
             assert!((fd - du[i] as f64).abs() < 1e-3, "d/du[{i}]: {fd} vs {}", du[i]);
         }
         // KL of a distribution to itself is 0: targets equal to the model's own softmax.
-        let logits: Vec<f32> = ut.matmul(&e.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let logits: Vec<f32> = ut
+            .matmul(&e.t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let mut own = Vec::new();
         for row in logits.chunks(vocab) {
             let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -509,12 +519,20 @@ mod tests {
         }
         assert!((gb[0] - want_b).abs() < 1e-4, "{} vs {want_b}", gb[0]);
         // Capacity 1: every row runs.
-        let all: Vec<f32> = routed(&vars, 0, &x, Tensor::ones((n, dim), candle_core::DType::F32, &dev).unwrap(), 1.0, 0.0, None)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let all: Vec<f32> = routed(
+            &vars,
+            0,
+            &x,
+            Tensor::ones((n, dim), candle_core::DType::F32, &dev).unwrap(),
+            1.0,
+            0.0,
+            None,
+        )
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
         assert_eq!(all, vec![1.0; n * dim]);
         assert_eq!(quantile(&[0.0, 1.0, 2.0, 4.0], 0.5), 1.5);
         assert_eq!(quantile(&[3.0], 0.3), 3.0);

@@ -227,7 +227,12 @@ impl Student {
     /// Makes every parameter a constant: the forward pass reads them without tracking gradients (a frozen
     /// model under trained additions, e.g. mixture-of-depths routers). The values are shared, not copied.
     pub fn freeze(&mut self) {
-        self.frozen = Some(self.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect());
+        self.frozen = Some(
+            self.params
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+                .collect(),
+        );
     }
 
     /// The variable named `name`.

@@ -87,11 +87,26 @@ fn bad_input_gets_one_line() {
     );
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--model", m, "--data", d, "--capacity", "0", "--out", o], "(0, 1]"),
-        (vec!["--model", m, "--data", d, "--capacity", "1.5", "--out", o], "(0, 1]"),
-        (vec!["--model", m, "--data", d, "--capacity", "-0.5", "--out", o], "(0, 1]"),
-        (vec!["--model", m, "--data", e, "--capacity", "0.5", "--out", o], "no text"),
-        (vec!["--model", m, "--data", s, "--capacity", "0.5", "--out", o], "fewer than one window"),
-        (vec!["--model", d, "--data", d, "--capacity", "0.5", "--out", o], "not a GGUF file"),
+        (
+            vec!["--model", m, "--data", d, "--capacity", "1.5", "--out", o],
+            "(0, 1]",
+        ),
+        (
+            vec!["--model", m, "--data", d, "--capacity", "-0.5", "--out", o],
+            "(0, 1]",
+        ),
+        (
+            vec!["--model", m, "--data", e, "--capacity", "0.5", "--out", o],
+            "no text",
+        ),
+        (
+            vec!["--model", m, "--data", s, "--capacity", "0.5", "--out", o],
+            "fewer than one window",
+        ),
+        (
+            vec!["--model", d, "--data", d, "--capacity", "0.5", "--out", o],
+            "not a GGUF file",
+        ),
     ];
     for (args, want) in cases {
         let r = Command::new(env!("CARGO_BIN_EXE_bushu-train"))

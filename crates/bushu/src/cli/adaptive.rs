@@ -39,7 +39,9 @@ impl AdaptiveArgs {
     /// exit cannot be combined with (its flag), if any.
     pub fn check(&self, other: Option<&str>) -> Result<()> {
         match (&self.mod_routers, self.mod_capacity) {
-            (None, Some(_)) => bail!("--mod-capacity sets the capacity of --mod-routers: give --mod-routers R.gguf too"),
+            (None, Some(_)) => {
+                bail!("--mod-capacity sets the capacity of --mod-routers: give --mod-routers R.gguf too")
+            }
             (_, Some(c)) => check_capacity(c)?,
             _ => {}
         }

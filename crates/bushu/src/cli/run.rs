@@ -223,7 +223,9 @@ pub fn run(a: RunArgs) -> Result<()> {
     let ctx = context_size(a.ctx, &file.config, a.model.kv_type)?;
     let mut model = a.model.build(&file)?;
     if a.adaptive.mod_routers.is_some() && (a.spec.semi_ar.is_some() || a.spec.non_ar) {
-        bail!("--mod-routers (mixture of depths) and --semi-ar/--non-ar cannot be combined: one lossy method at a time");
+        bail!(
+            "--mod-routers (mixture of depths) and --semi-ar/--non-ar cannot be combined: one lossy method at a time"
+        );
     }
     model.routing = a.adaptive.routing(&file, &model)?;
     if a.beams > 1 {

@@ -3,8 +3,8 @@
 //! chart (`tradeoff-METHOD.svg`) into `--out` ([`crate::tradeoff`]; docs/ADAPTIVE.md).
 
 use super::ModelArgs;
-use crate::perplexity::tokenize_text;
 use crate::model::mixture_of_depths::Routers;
+use crate::perplexity::tokenize_text;
 use crate::tradeoff::early_exit::EarlyExitMethod;
 use crate::tradeoff::mixture_of_depths::ModMethod;
 use crate::tradeoff::{heldout, measure, parse_points, plot, table, Method, Sizes};
@@ -68,7 +68,9 @@ pub fn tradeoff(a: TradeoffArgs) -> Result<()> {
         bail!("--exit-layers belongs to --method early-exit");
     }
     match (a.method, &a.mod_routers) {
-        (MethodArg::Mod, None) => bail!("--method mod needs --mod-routers R.gguf (the routers bushu train-routers wrote)"),
+        (MethodArg::Mod, None) => {
+            bail!("--method mod needs --mod-routers R.gguf (the routers bushu train-routers wrote)")
+        }
         (MethodArg::EarlyExit, Some(_)) => bail!("--mod-routers belongs to --method mod"),
         _ => {}
     }

@@ -591,7 +591,8 @@ impl Model {
     ) {
         let (n, dim) = (positions.len(), self.config.dim);
         s.skip.clear();
-        s.skip.extend(s.x[..n * dim].chunks_exact(dim).map(|x| r.skips(layer, x)));
+        s.skip
+            .extend(s.x[..n * dim].chunks_exact(dim).map(|x| r.skips(layer, x)));
         let skipped = s.skip.iter().filter(|&&k| k).count();
         s.pairs_run += n - skipped;
         if skipped == 0 {

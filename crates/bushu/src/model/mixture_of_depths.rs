@@ -53,7 +53,12 @@ impl RoutersBase {
     pub fn of(file: &ModelFile, model: &Model) -> RoutersBase {
         let mut h = 0xcbf2_9ce4_8422_2325u64;
         let w = &model.weights;
-        for v in w.layers.iter().map(|l| &l.attn_norm).chain(std::iter::once(&w.output_norm)) {
+        for v in w
+            .layers
+            .iter()
+            .map(|l| &l.attn_norm)
+            .chain(std::iter::once(&w.output_norm))
+        {
             for x in v {
                 for b in x.to_bits().to_le_bytes() {
                     h ^= b as u64;
@@ -116,7 +121,10 @@ impl Routers {
         if w.iter().chain(&b).chain(&quantiles).any(|v| !v.is_finite()) {
             bail!("mixture-of-depths routers: a weight, bias or quantile is not finite");
         }
-        if quantiles.chunks_exact(QUANTILES).any(|q| q.windows(2).any(|p| p[0] > p[1])) {
+        if quantiles
+            .chunks_exact(QUANTILES)
+            .any(|q| q.windows(2).any(|p| p[0] > p[1]))
+        {
             bail!("mixture-of-depths routers: score quantiles must ascend");
         }
         check_capacity(trained_capacity as f64)?;
@@ -168,7 +176,10 @@ impl Routers {
             Value::String(format!("{:016x}", base.base.tokens_hash)),
         );
         g.set("mod.base.block_count", Value::U32(base.layers as u32));
-        g.set("mod.base.norms_hash", Value::String(format!("{:016x}", base.norms_hash)));
+        g.set(
+            "mod.base.norms_hash",
+            Value::String(format!("{:016x}", base.norms_hash)),
+        );
         g.add_f32("mod.router.weight", vec![self.dim, self.layers], &self.w);
         g.add_f32("mod.router.bias", vec![self.layers], &self.b);
         g.add_f32("mod.router.quantiles", vec![QUANTILES, self.layers], &self.quantiles);
@@ -308,7 +319,9 @@ mod tests {
     use super::*;
 
     fn routers(layers: usize, dim: usize) -> Routers {
-        let q: Vec<f32> = (0..layers).flat_map(|_| (0..QUANTILES).map(|i| i as f32 / 10.0)).collect();
+        let q: Vec<f32> = (0..layers)
+            .flat_map(|_| (0..QUANTILES).map(|i| i as f32 / 10.0))
+            .collect();
         Routers::new(dim, vec![0.0; layers * dim], vec![0.0; layers], q, 0.5).unwrap()
     }
 
