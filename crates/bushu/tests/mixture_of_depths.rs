@@ -391,3 +391,55 @@ fn tradeoff_at_capacity_one_is_the_full_model() {
     );
     assert!(measure(&mut method, &m, &held, 1.5).is_err());
 }
+
+fn chat(args: &[&str], input: &str) -> (String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bushu"))
+        .arg("chat")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `bushu chat --mod-routers`: capacity 1 answers both turns as plain chat does; a capacity below 1 says
+/// so and answers otherwise (these routers skip layers 1, 3 and 5 for every token: zero weights, biases
+/// below every stored quantile at odd layers and above them at even ones).
+#[test]
+fn chat_with_mod_routers() {
+    let (f, m) = open(EXPERT);
+    let (layers, dim) = (m.config.n_layers, m.config.dim);
+    let b: Vec<f32> = (0..layers).map(|l| if l % 2 == 1 { -1000.0 } else { 1000.0 }).collect();
+    let r = routers(&m, vec![0.0; layers * dim], b);
+    let dir = std::env::temp_dir().join(format!("bushu-mod-chat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("r.gguf");
+    r.to_gguf(&RoutersBase::of(&f, &m)).write(&path).unwrap();
+    let model = shared(EXPERT);
+    let base = ["-m", model.to_str().unwrap(), "-n", "16", "--temperature", "0"];
+    let input = "ROMEO: speak\nJULIET: again\n";
+    let (plain, _) = chat(&base, input);
+    let rp = path.to_str().unwrap();
+    let (full, err) = chat(
+        &[&base[..], &["--mod-routers", rp, "--mod-capacity", "1"]].concat(),
+        input,
+    );
+    assert_eq!(full, plain);
+    assert!(err.contains("mixture of depths (lossy), capacity 1"), "{err}");
+    let (half, err) = chat(
+        &[&base[..], &["--mod-routers", rp, "--mod-capacity", "0.5"]].concat(),
+        input,
+    );
+    assert!(err.contains("capacity 0.5"), "{err}");
+    assert_ne!(half, plain);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
