@@ -1,5 +1,6 @@
-//! The `bushu-train` executable: `bushu-train distill ...` and `bushu-train train-medusa ...` (also
-//! reached as `bushu distill ...` and `bushu train-medusa ...`, which run this program). Errors end in one line and a non-zero exit.
+//! The `bushu-train` executable: `bushu-train distill ...`, `bushu-train train-medusa ...` and
+//! `bushu-train train-routers ...` (also reached as `bushu distill ...`, `bushu train-medusa ...` and
+//! `bushu train-routers ...`, which run this program). Errors end in one line and a non-zero exit.
 
 use anyhow::{bail, Result};
 use bushu_train::distill::{distill, DistillOptions, Init};
@@ -7,6 +8,7 @@ use bushu_train::export::ExportType;
 use bushu_train::medusa::{train_medusa, MedusaOptions, StderrMedusa};
 use bushu_train::medusa_eval::eval_medusa;
 use bushu_train::progress::Console;
+use bushu_train::routers::{train_routers, RouterOptions};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -29,6 +31,46 @@ enum Command {
     TrainMedusa(MedusaArgs),
     /// Measure Medusa heads: tree speculation, typical acceptance, semi- and non-autoregressive decoding.
     EvalMedusa(EvalMedusaArgs),
+    /// Train mixture-of-depths routers for a frozen model (a linear scorer per layer decides which tokens
+    /// run it), written as a GGUF side file that `bushu run --mod-routers` loads.
+    TrainRouters(RoutersArgs),
+}
+
+#[derive(Args)]
+struct RoutersArgs {
+    /// The model (GGUF, Llama architecture) the routers are for.
+    #[arg(long)]
+    model: PathBuf,
+    /// Training text files (tokenized with the model's tokenizer).
+    #[arg(long, num_args = 1.., required = true)]
+    data: Vec<PathBuf>,
+    /// The fraction of tokens that run each layer, in (0, 1].
+    #[arg(long, allow_negative_numbers = true)]
+    capacity: f64,
+    /// Training tokens (the data's first ones, cut into windows of --ctx).
+    #[arg(long, default_value_t = 16_384)]
+    tokens: usize,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 128)]
+    ctx: usize,
+    /// Windows per AdamW step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Passes over the windows.
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Peak learning rate (AdamW; warm-up, then cosine to a tenth).
+    #[arg(long, default_value_t = 1e-2)]
+    lr: f64,
+    /// Seed of the initial weights and the window order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Windows of the training data whose router scores give the stored quantiles (the thresholds).
+    #[arg(long, default_value_t = 16)]
+    calib_windows: usize,
+    /// Output routers file (GGUF).
+    #[arg(long, default_value = "routers.gguf")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -194,6 +236,33 @@ fn parse_pairs(s: &str) -> Result<Vec<(usize, usize)>> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::TrainRouters(a) => {
+            let mut o = RouterOptions::new(a.model, a.data, a.capacity, a.out);
+            o.tokens = a.tokens;
+            o.ctx = a.ctx;
+            o.batch = a.batch;
+            o.epochs = a.epochs;
+            o.lr = a.lr;
+            o.seed = a.seed;
+            o.calib_windows = a.calib_windows;
+            let r = train_routers(&o, &mut |line| eprintln!("{line}"))?;
+            eprintln!(
+                "{} windows ({} tokens), {} steps in {:.1} s (teacher {:.1} s): KL {:.4} -> {:.4} nats (first and last tenth of the steps), {:.4} -> {:.4} on the first batch; quantiles from {} positions in {:.1} s",
+                r.windows,
+                r.positions,
+                r.steps,
+                r.train_seconds,
+                r.teacher_seconds,
+                r.first_kl,
+                r.final_kl,
+                r.batch_kl_before,
+                r.batch_kl_after,
+                r.calib_positions,
+                r.calib_seconds
+            );
+            println!("{}", o.out.display());
+            Ok(())
+        }
         Command::EvalMedusa(a) => {
             let trees = a
                 .trees

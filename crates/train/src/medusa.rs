@@ -103,7 +103,7 @@ pub struct MedusaReport {
 }
 
 /// Opens `path` as a GGUF model; one clear error when it is not a GGUF file.
-fn open_model(path: &Path) -> Result<ModelFile> {
+pub fn open_model(path: &Path) -> Result<ModelFile> {
     let mut magic = [0u8; 4];
     let n = std::fs::File::open(path)
         .and_then(|mut f| f.read(&mut magic))

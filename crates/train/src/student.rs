@@ -98,6 +98,8 @@ impl StudentConfig {
 pub struct Student {
     pub config: StudentConfig,
     pub params: Vec<(String, Var)>,
+    /// After [`Student::freeze`]: the parameters as constants (no gradient tracked through them).
+    frozen: Option<Vec<(String, Tensor)>>,
     cos: Tensor,
     sin: Tensor,
 }
@@ -218,11 +220,30 @@ impl Student {
             sin: Tensor::from_vec(sin, (ctx, hd / 2), &dev)?,
             config,
             params,
+            frozen: None,
         })
+    }
+
+    /// Makes every parameter a constant: the forward pass reads them without tracking gradients (a frozen
+    /// model under trained additions, e.g. mixture-of-depths routers). The values are shared, not copied.
+    pub fn freeze(&mut self) {
+        self.frozen = Some(
+            self.params
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+                .collect(),
+        );
     }
 
     /// The variable named `name`.
     pub fn param(&self, name: &str) -> Result<&Tensor> {
+        if let Some(f) = &self.frozen {
+            return f
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t)
+                .with_context(|| format!("no parameter {name}"));
+        }
         self.params
             .iter()
             .find(|(n, _)| n == name)
@@ -237,6 +258,23 @@ impl Student {
 
     /// The forward pass over `tokens` (`[batch, seq]`, u32, seq ≤ ctx).
     pub fn forward(&self, tokens: &Tensor) -> Result<StudentOutput> {
+        let (x, hidden) = self.run_layers(tokens, &mut |_, _, y| Ok(y))?;
+        let c = &self.config;
+        let (b, t) = tokens.dims2()?;
+        let h = rms_norm(&x, self.param("output_norm.weight")?, c.rms_eps)?;
+        let logits = h.matmul(&self.param("output.weight")?.t()?)?.reshape((b, t, c.vocab))?;
+        Ok(StudentOutput { logits, hidden })
+    }
+
+    /// The layers over `tokens` (`[batch, seq]`): the residual stream after the last one (`[batch·seq,
+    /// dim]`, before the final norm) and after each (`[batch, seq, dim]`). `next(l, x, y)` gives the
+    /// residual stream after layer `l` from its input `x` and the layer's output `y` (`y` itself: the
+    /// plain model; mixture of depths mixes the two per token).
+    pub fn run_layers(
+        &self,
+        tokens: &Tensor,
+        next: &mut dyn FnMut(usize, &Tensor, Tensor) -> Result<Tensor>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let c = &self.config;
         let (b, t) = tokens.dims2()?;
         if t > c.ctx {
@@ -277,16 +315,15 @@ impl Student {
             let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask)?;
             let att = candle_nn::ops::softmax(&att, D::Minus1)?;
             let o = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
-            x = (x + o.matmul(&w("attn_output")?.t()?)?)?;
-            let h = rms_norm(&x, w("ffn_norm")?, c.rms_eps)?;
+            let a = (&x + o.matmul(&w("attn_output")?.t()?)?)?;
+            let h = rms_norm(&a, w("ffn_norm")?, c.rms_eps)?;
             let g = candle_nn::ops::silu(&h.matmul(&w("ffn_gate")?.t()?)?)?;
             let u = h.matmul(&w("ffn_up")?.t()?)?;
-            x = (x + (g * u)?.matmul(&w("ffn_down")?.t()?)?)?;
+            let y = (a + (g * u)?.matmul(&w("ffn_down")?.t()?)?)?;
+            x = next(l, &x, y)?;
             hidden.push(x.reshape((b, t, d))?);
         }
-        let h = rms_norm(&x, self.param("output_norm.weight")?, c.rms_eps)?;
-        let logits = h.matmul(&self.param("output.weight")?.t()?)?.reshape((b, t, c.vocab))?;
-        Ok(StudentOutput { logits, hidden })
+        Ok((x, hidden))
     }
 
     /// The parameters' values (GGUF name, candle shape, values).
@@ -305,7 +342,7 @@ impl Student {
 }
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     Ok(x.broadcast_div(&(ms + eps as f64)?.sqrt()?)?.broadcast_mul(weight)?)
 }

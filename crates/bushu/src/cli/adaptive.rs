@@ -1,10 +1,13 @@
 //! The adaptive-computation flags of `run` and `chat`: early exit by entropy (`--early-exit-entropy H
-//! [--exit-layers l1,l2,...]`, lossy; docs/ADAPTIVE.md), checked before the model is loaded as far as
-//! they can be, then against its layer count.
+//! [--exit-layers l1,l2,...]`) and mixture of depths (`--mod-routers R.gguf [--mod-capacity C]`), both
+//! lossy (docs/ADAPTIVE.md), checked before the model is loaded as far as they can be, then against it.
 
 use crate::model::early_exit::{parse_layers, EarlyExit};
+use crate::model::mixture_of_depths::{check_capacity, Routers, Routing};
+use crate::model::{Model, ModelFile};
 use anyhow::{bail, Result};
 use clap::Args;
+use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct AdaptiveArgs {
@@ -16,6 +19,14 @@ pub struct AdaptiveArgs {
     /// default: a quarter, half and three quarters of the layers).
     #[arg(long, value_name = "L1,L2,...", allow_hyphen_values = true)]
     pub exit_layers: Option<String>,
+    /// Mixture of depths (lossy): per-layer routers (the file `bushu train-routers` writes for this model);
+    /// a token whose router score is below a layer's threshold skips that layer.
+    #[arg(long, value_name = "R.gguf")]
+    pub mod_routers: Option<PathBuf>,
+    /// With --mod-routers: the fraction of tokens that run each layer, in (0, 1] (1: every layer, plain
+    /// decoding; default: the capacity the routers were trained for).
+    #[arg(long, value_name = "C", allow_negative_numbers = true)]
+    pub mod_capacity: Option<f64>,
 }
 
 impl AdaptiveArgs {
@@ -27,6 +38,21 @@ impl AdaptiveArgs {
     /// The checks that need no model; `other`: a decoding method on the same command line that early
     /// exit cannot be combined with (its flag), if any.
     pub fn check(&self, other: Option<&str>) -> Result<()> {
+        match (&self.mod_routers, self.mod_capacity) {
+            (None, Some(_)) => {
+                bail!("--mod-capacity sets the capacity of --mod-routers: give --mod-routers R.gguf too")
+            }
+            (_, Some(c)) => check_capacity(c)?,
+            _ => {}
+        }
+        if self.mod_routers.is_some() {
+            if self.early_exit_entropy.is_some() {
+                bail!("--mod-routers (mixture of depths) and --early-exit-entropy (early exit) cannot be combined: choose one way of skipping layers");
+            }
+            if let Some(other) = other {
+                bail!("--mod-routers (mixture of depths) and {other} cannot be combined: mixture of depths samples or decodes greedily, one model, one token per step");
+            }
+        }
         match self.early_exit_entropy {
             None if self.exit_layers.is_some() => {
                 bail!("--exit-layers chooses where --early-exit-entropy exits: give --early-exit-entropy H too")
@@ -50,5 +76,15 @@ impl AdaptiveArgs {
         };
         let layers = self.exit_layers.as_deref().map(parse_layers).transpose()?;
         EarlyExit::new(h, layers.as_deref(), n_layers).map(Some)
+    }
+
+    /// The mixture-of-depths routing for `model` (opened from `file`), `None` without `--mod-routers`.
+    pub fn routing(&self, file: &ModelFile, model: &Model) -> Result<Option<Routing>> {
+        let Some(path) = &self.mod_routers else {
+            return Ok(None);
+        };
+        let routers = Routers::load(path, file, model)?;
+        let c = self.mod_capacity.unwrap_or(routers.trained_capacity as f64);
+        Routing::new(routers, c, &model.config).map(Some)
     }
 }

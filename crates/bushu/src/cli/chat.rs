@@ -202,7 +202,8 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     let (file, _) = a.model.open()?;
     let mut sampling = a.sampling.params(&file.generation, Command::Chat)?;
     let ctx = context_size(a.ctx, &file.config, a.model.kv_type)?;
-    let model = a.model.build(&file)?;
+    let mut model = a.model.build(&file)?;
+    model.routing = a.adaptive.routing(&file, &model)?;
     sampling
         .validate_for_vocab(model.config.vocab_size)
         .map_err(|e| flag_error(e, &[]))?;
@@ -249,6 +250,12 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         session.set_speculation(p, spec.length)?;
     }
 
+    if let Some(r) = &model.routing {
+        eprintln!(
+            "bushu chat: mixture of depths (lossy), capacity {} (routers trained at {}): a token below a layer's router threshold skips it",
+            r.capacity, r.routers.trained_capacity
+        );
+    }
     if let Some(rule) = a.adaptive.early_exit(model.config.n_layers)? {
         eprintln!(
             "bushu chat: early exit (lossy) below {} nats of entropy, after layers {:?} of {}",

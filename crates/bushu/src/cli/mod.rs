@@ -84,6 +84,9 @@ pub enum Command {
     /// Train Medusa heads for a model (runs `bushu-train train-medusa`; `bushu train-medusa --help`).
     #[command(disable_help_flag = true)]
     TrainMedusa(train::TrainArgs),
+    /// Train mixture-of-depths routers for a model (runs `bushu-train train-routers`; `bushu train-routers --help`).
+    #[command(disable_help_flag = true)]
+    TrainRouters(train::TrainArgs),
     /// Print a shell completion script (e.g. `bushu completions bash > ~/.local/share/bash-completion/completions/bushu`).
     Completions(CompletionsArgs),
 }
@@ -285,6 +288,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Tradeoff(a) => tradeoff::tradeoff(*a),
         Command::Distill(a) => train::forward("distill", a),
         Command::TrainMedusa(a) => train::forward("train-medusa", a),
+        Command::TrainRouters(a) => train::forward("train-routers", a),
         Command::Completions(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "bushu", &mut std::io::stdout());
             Ok(())

@@ -221,7 +221,13 @@ pub fn run(a: RunArgs) -> Result<()> {
     let (file, load_ms) = a.model.open()?;
     let mut opts = options(&a, file.eos_ids.clone(), &file.generation)?;
     let ctx = context_size(a.ctx, &file.config, a.model.kv_type)?;
-    let model = a.model.build(&file)?;
+    let mut model = a.model.build(&file)?;
+    if a.adaptive.mod_routers.is_some() && (a.spec.semi_ar.is_some() || a.spec.non_ar) {
+        bail!(
+            "--mod-routers (mixture of depths) and --semi-ar/--non-ar cannot be combined: one lossy method at a time"
+        );
+    }
+    model.routing = a.adaptive.routing(&file, &model)?;
     if a.beams > 1 {
         // Each beam may hold up to a context of KV rows, and a step scores every beam's vocabulary.
         let c = &model.config;
@@ -361,6 +367,19 @@ pub fn run(a: RunArgs) -> Result<()> {
                 "mean_layers": s.mean_layers(),
                 "steps_by_layers_run": s.exits,
                 "compute_fraction": s.compute_fraction(),
+            });
+        }
+        if let Some(r) = &model.routing {
+            let (run, slots) = state.layer_pairs();
+            out["mixture_of_depths"] = json!({
+                "capacity": r.capacity,
+                "trained_capacity": r.routers.trained_capacity,
+                "layers": model.config.n_layers,
+                // Over every position computed, the prompt's included (whose pass saves nothing: see
+                // docs/ADAPTIVE.md); decode steps save what they skip.
+                "layer_pairs_run": run,
+                "layer_pairs": slots,
+                "mean_layers_per_token": model.config.n_layers as f64 * run as f64 / slots.max(1) as f64,
             });
         }
         if !g.sequences.is_empty() {

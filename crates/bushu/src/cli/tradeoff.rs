@@ -1,10 +1,12 @@
-//! `bushu tradeoff --model M --method early-exit --file TEXT [--points a,b,...] [--out DIR]`: sweeps an
+//! `bushu tradeoff --model M --method early-exit|mod --file TEXT [--points a,b,...] [--out DIR]`: sweeps an
 //! adaptive-computation method's knob and writes its quality/compute table (`tradeoff-METHOD.md`) and
 //! chart (`tradeoff-METHOD.svg`) into `--out` ([`crate::tradeoff`]; docs/ADAPTIVE.md).
 
 use super::ModelArgs;
+use crate::model::mixture_of_depths::Routers;
 use crate::perplexity::tokenize_text;
 use crate::tradeoff::early_exit::EarlyExitMethod;
+use crate::tradeoff::mixture_of_depths::ModMethod;
 use crate::tradeoff::{heldout, measure, parse_points, plot, table, Method, Sizes};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -15,6 +17,8 @@ use std::path::PathBuf;
 pub enum MethodArg {
     /// Early exit by entropy; the knob is the threshold H (nats).
     EarlyExit,
+    /// Mixture of depths (--mod-routers); the knob is the capacity C.
+    Mod,
 }
 
 #[derive(Args)]
@@ -36,6 +40,9 @@ pub struct TradeoffArgs {
     /// Early exit: the exit points, as numbers of layers run (default: a quarter, half and three quarters).
     #[arg(long, value_name = "L1,L2,...")]
     pub exit_layers: Option<String>,
+    /// Mixture of depths: the routers file (`bushu train-routers`) for the model.
+    #[arg(long, value_name = "R.gguf")]
+    pub mod_routers: Option<PathBuf>,
     /// Teacher-forced windows, tokens per window, and prompt tokens of each window.
     #[arg(long, default_value_t = 2)]
     pub windows: usize,
@@ -60,6 +67,13 @@ pub fn tradeoff(a: TradeoffArgs) -> Result<()> {
     if a.exit_layers.is_some() && a.method != MethodArg::EarlyExit {
         bail!("--exit-layers belongs to --method early-exit");
     }
+    match (a.method, &a.mod_routers) {
+        (MethodArg::Mod, None) => {
+            bail!("--method mod needs --mod-routers R.gguf (the routers bushu train-routers wrote)")
+        }
+        (MethodArg::EarlyExit, Some(_)) => bail!("--mod-routers belongs to --method mod"),
+        _ => {}
+    }
     let layers = a
         .exit_layers
         .as_deref()
@@ -73,6 +87,12 @@ pub fn tradeoff(a: TradeoffArgs) -> Result<()> {
     let model = a.model.build(&file)?;
     let mut method: Box<dyn Method> = match a.method {
         MethodArg::EarlyExit => Box::new(EarlyExitMethod::new(&model, layers)?),
+        MethodArg::Mod => {
+            let routed = a.model.build(&file)?;
+            let path = a.mod_routers.as_ref().expect("checked");
+            let routers = Routers::load(path, &file, &routed)?;
+            Box::new(ModMethod::new(routed, routers)?)
+        }
     };
     let points = points.unwrap_or_else(|| method.default_points());
     for &p in &points {

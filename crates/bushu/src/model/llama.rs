@@ -9,10 +9,16 @@
 //! One entry point serves both phases of the lecture's §2: prefill passes the whole prompt (n tokens)
 //! and fills the cache; decode passes one token and appends its k, v. A [`Pass`] also serves
 //! verification: logits of chosen rows, and token trees ([`super::pass`]).
+//!
+//! Two adaptive variants skip work: early exit by entropy leaves after an exit layer
+//! ([`super::early_exit`]), and mixture of depths lets a router per layer send a token around the layer
+//! ([`Model::routing`], [`super::mixture_of_depths`]); either way a skipped layer still stores the
+//! token's K and V, computed from the residual stream it was not changed by ([`Model::propagate_kv`]).
 
 use super::config::{Activation, Config};
 use super::kv_cache::{KvCache, KvType, KvView};
 use super::loader::ModelFile;
+use super::mixture_of_depths::Routing;
 use super::pass::{ExitRule, Tree};
 pub use super::pass::{Logits, Pass};
 use super::weights::{Proj, Weights};
@@ -45,6 +51,10 @@ pub struct Model {
     /// to frequent tokens; byte-level BPE vocabularies number their tokens in merge order, most
     /// frequent first). `None`: every entry.
     pub head_rows: Option<usize>,
+    /// Mixture of depths (`--mod-routers`, `--mod-capacity`): per layer, the tokens whose router score
+    /// is below the threshold skip the layer ([`super::mixture_of_depths`]). `None`: every token runs
+    /// every layer.
+    pub routing: Option<Routing>,
 }
 
 /// A place in the forward pass where an observer sees activations: the input of each group of linear
@@ -81,6 +91,12 @@ pub struct Scratch {
     head: Vec<f32>,
     /// Layers the last pass ran (fewer than asked when it exited early by entropy).
     layers_run: usize,
+    /// Mixture of depths: layer-token pairs the last pass ran (the others skipped), each row's
+    /// decision at the current layer, and the skipped rows' residual stream while a layer runs.
+    pairs_run: usize,
+    pairs_by_layer: Vec<usize>,
+    skip: Vec<bool>,
+    kept: Vec<f32>,
 }
 
 fn fit(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -109,12 +125,27 @@ pub struct State {
     hidden_layers: Vec<usize>,
     /// Forward passes run on this state (any number of tokens each).
     passes: usize,
+    /// Layer-token pairs run and computed (run or skipped by mixture of depths) over every pass.
+    layer_runs: usize,
+    layer_slots: usize,
+    runs_by_layer: Vec<usize>,
 }
 
 impl State {
     /// Forward passes run on this state so far (prefill and decode, one per call of any size).
     pub fn passes(&self) -> usize {
         self.passes
+    }
+
+    /// Layer-token pairs the forward passes on this state ran, and how many there were (run or skipped
+    /// by mixture of depths: [`Model::routing`]), summed over every pass so far.
+    pub fn layer_pairs(&self) -> (usize, usize) {
+        (self.layer_runs, self.layer_slots)
+    }
+
+    /// Per layer, the tokens that ran it over every pass so far (the others skipped it).
+    pub fn runs_by_layer(&self) -> &[usize] {
+        &self.runs_by_layer
     }
 
     /// Layers the last forward pass ran: all it was asked for, or where it exited early by entropy
@@ -186,6 +217,7 @@ impl Model {
             int8: None,
             kv_type: KvType::default(),
             head_rows: None,
+            routing: None,
         })
     }
 
@@ -222,6 +254,9 @@ impl Model {
             hidden_at: Vec::new(),
             hidden_layers: Vec::new(),
             passes: 0,
+            layer_runs: 0,
+            layer_slots: 0,
+            runs_by_layer: vec![0; c.n_layers],
         }
     }
 
@@ -331,14 +366,19 @@ impl Model {
             observe(p, x)
         };
         let (s, pos) = (&mut state.scratch, &state.positions);
-        let logits = self.forward_exit(s, tokens, pos, &mut kv, rows, layers, pass.early_exit, &mut keep)?;
+        self.forward_exit(s, tokens, pos, &mut kv, rows, layers, pass.early_exit, &mut keep)?;
         // Kept in layer order, each asked layer once.
         state.hidden_layers.clear();
         state.hidden_layers.extend_from_slice(pass.hidden);
         state.hidden_layers.sort_unstable();
         state.hidden_layers.dedup();
+        state.layer_runs += state.scratch.pairs_run;
+        state.layer_slots += n * self.config.n_layers;
+        for (a, b) in state.runs_by_layer.iter_mut().zip(&state.scratch.pairs_by_layer) {
+            *a += b;
+        }
         state.cache.advance(n);
-        Ok(logits)
+        Ok(&state.scratch.logits[..state.n_out * self.config.vocab_size])
     }
 
     /// The transformer over a batch of tokens at `positions` (one per token, any mix of sequences),
@@ -395,8 +435,22 @@ impl Model {
         w.before_pass();
         self.embed(s, tokens)?;
         s.layers_run = layers;
+        s.pairs_run = 0;
+        s.pairs_by_layer.clear();
+        s.pairs_by_layer.resize(self.config.n_layers, 0);
+        let n = tokens.len();
         for layer in 0..layers {
-            self.layer(s, layer, positions, kv, observe);
+            let before = s.pairs_run;
+            // Mixture of depths: a router decides per token whether the layer runs.
+            match self.routing.as_ref().filter(|r| r.routes(layer)) {
+                Some(r) => self.routed_layer(s, r, layer, positions, kv, observe),
+                None => {
+                    self.layer(s, layer, positions, kv, observe);
+                    s.pairs_run += n;
+                }
+            }
+            s.pairs_by_layer[layer] = s.pairs_run - before;
+            observe(Probe::Residual(layer), &s.x[..n * self.config.dim]);
             // Early exit: the shared head after an exit layer; confident enough, the token leaves here.
             let run = layer + 1;
             if let Some(rule) = rule.filter(|r| run < layers && r.threshold > 0.0 && r.layers.contains(&run)) {
@@ -519,7 +573,43 @@ impl Model {
             rmsnorm_pieces(xb, pn, c.rms_eps);
         }
         add_assign(&mut s.x[..n * dim], xb);
-        observe(Probe::Residual(layer), &s.x[..n * dim]);
+    }
+
+    /// Mixture of depths at `layer` ([`super::mixture_of_depths`]): the rows whose router score is below
+    /// the layer's threshold skip it — their residual stream passes through unchanged, and the layer
+    /// stores their K and V computed from it ([`Model::propagate_kv`]). A pass whose rows decide
+    /// differently runs the layer for every row and gives the skipped ones their residual stream back:
+    /// their K and V come from the same input either way.
+    fn routed_layer(
+        &self,
+        s: &mut Scratch,
+        r: &Routing,
+        layer: usize,
+        positions: &[usize],
+        kv: &mut impl KvStore,
+        observe: &mut dyn FnMut(Probe, &[f32]),
+    ) {
+        let (n, dim) = (positions.len(), self.config.dim);
+        s.skip.clear();
+        s.skip
+            .extend(s.x[..n * dim].chunks_exact(dim).map(|x| r.skips(layer, x)));
+        let skipped = s.skip.iter().filter(|&&k| k).count();
+        s.pairs_run += n - skipped;
+        if skipped == 0 {
+            self.layer(s, layer, positions, kv, observe);
+        } else if skipped == n {
+            self.propagate_kv(s, layer, positions, kv);
+        } else {
+            s.kept.clear();
+            for (t, _) in s.skip.iter().enumerate().filter(|p| *p.1) {
+                s.kept.extend_from_slice(&s.x[t * dim..(t + 1) * dim]);
+            }
+            self.layer(s, layer, positions, kv, observe);
+            let mut rows = s.kept.chunks_exact(dim);
+            for (t, _) in s.skip.iter().enumerate().filter(|p| *p.1) {
+                s.x[t * dim..(t + 1) * dim].copy_from_slice(rows.next().expect("a kept row per skipped one"));
+            }
+        }
     }
 
     /// The keys and values `layer` stores for tokens that exited before it (CALM's state propagation):

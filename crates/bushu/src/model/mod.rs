@@ -12,6 +12,7 @@
 //! - [`options`]: the one builder from a model file to a runnable model.
 //! - [`llama`]: the forward pass (prefill and incremental decode).
 //! - [`early_exit`]: early exit by entropy (the exit rule, state propagation of skipped layers' K, V).
+//! - [`mixture_of_depths`]: per-layer routers that let a token skip a layer (the routers file, thresholds).
 //! - [`pass`]: what a pass computes: rows that get logits, causal or token-tree visibility.
 
 pub mod arch;
@@ -24,6 +25,7 @@ pub mod llama;
 pub mod llama2c;
 pub mod loader;
 pub mod memory;
+pub mod mixture_of_depths;
 pub mod options;
 pub mod pass;
 pub mod weights;

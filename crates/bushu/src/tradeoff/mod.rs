@@ -1,7 +1,7 @@
 //! `bushu tradeoff`: the quality/compute curve of an adaptive-computation method (lecture §6), one
 //! point per setting of its knob, against the full model on held-out text.
 //!
-//! A method ([`Method`]; one file each: [`early_exit`]) does two things at a setting: scores a text
+//! A method ([`Method`]; one file each: [`early_exit`], [`mixture_of_depths`]) does two things at a setting: scores a text
 //! teacher-forced (its next-token logits at each position) and continues a prompt greedily, each time
 //! saying what it computed ([`Compute`]). [`measure`] turns those into a [`Point`]:
 //! - **compute**: the weights' multiply-adds per token as a fraction of the full model's (and, for
@@ -18,6 +18,7 @@
 
 pub mod cascade;
 pub mod early_exit;
+pub mod mixture_of_depths;
 
 use crate::model::llama::Logits;
 use crate::model::Model;
