@@ -22,13 +22,13 @@ done
 data+=(/usr/share/common-licenses/GPL-3 /usr/share/common-licenses/Apache-2.0 /usr/share/common-licenses/MPL-2.0)
 if [ "$what" != eval ]; then
   /usr/bin/time -f "train-medusa: %e s wall, %U s user" nice -n 19 "$bin/bushu-train" train-medusa \
-    --model "$model" --heads 4 --head-vocab 16384 --data "${data[@]}" --tokens 60000 --ctx 256 \
-    --self-distill-prompts "$here/train-prompts.txt" --chat --self-distill-tokens 160 \
+    --model "$model" --heads 4 --head-vocab 8192 --data "${data[@]}" --tokens 16000 --ctx 256 \
+    --self-distill-prompts "$here/train-prompts.txt" --chat --self-distill-tokens 96 \
     --epochs 2 --batch 64 --lr 1e-3 --seed 0 \
     --val "$root/docs/SPECULATIVE.md" --val-tokens 4096 --out "$out/smollm2-heads.gguf" 2>&1 | tee "$out/train.log"
 fi
 if [ "$what" != train ]; then
   nice -n 19 "$bin/bushu-train" eval-medusa --model "$model" --heads "$out/smollm2-heads.gguf" \
-    --prompts "$here/eval-prompts.txt" --chat -n 128 --trees 2,4,8,16 --vocabs 0,8192 \
+    --prompts "$here/eval-prompts.txt" --chat -n 128 --trees 2,4,8,16 --vocabs 0,4096 \
     --temperature 0.7 --seed 0 2>&1 | tee "$out/eval.log"
 fi
