@@ -136,7 +136,9 @@ fn restricted_heads_score_the_first_ids() {
                 // Bit for bit in the classifier's packed groups of rows; the kernels' rounding past them.
                 assert!(worst <= 2e-3, "{model} n {n} head {i}: {worst}");
                 assert_eq!(&padded[i * v..i * v + rows], s);
-                assert!(padded[i * v + rows..(i + 1) * v].iter().all(|&x| x == f32::NEG_INFINITY));
+                assert!(padded[i * v + rows..(i + 1) * v]
+                    .iter()
+                    .all(|&x| x == f32::NEG_INFINITY));
             }
         }
         assert!(full.clone().with_vocab(Some(0)).is_err());
@@ -200,7 +202,9 @@ fn medusa_greedy_equals_plain_greedy() {
                 (MedusaHeads::zeros(m.config.dim, 3).unwrap(), 4),
                 (random_heads(m.config.dim, 4, scale, i as u64), 12),
                 (
-                    random_heads(m.config.dim, 4, scale, i as u64).with_vocab(quarter).unwrap(),
+                    random_heads(m.config.dim, 4, scale, i as u64)
+                        .with_vocab(quarter)
+                        .unwrap(),
                     12,
                 ),
             ] {

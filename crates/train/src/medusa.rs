@@ -719,7 +719,13 @@ mod tests {
         // Nothing inside: zero loss, zero gradient.
         let (l, g) = lm_head_ce(&ut, &e, &[9, 9, 9]).unwrap();
         assert_eq!(l, 0.0);
-        assert!(g.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|&x| x == 0.0));
+        assert!(g
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|&x| x == 0.0));
     }
 
     #[test]

@@ -93,8 +93,7 @@ pub fn eval_medusa(eo: &EvalOptions) -> Result<()> {
     let file: ModelFile = load(&eo.model).with_context(|| format!("the model {}", eo.model.display()))?;
     let model = Model::new(&file)?;
     let heads = MedusaHeads::load(&eo.heads, &file)?;
-    let text =
-        std::fs::read_to_string(&eo.prompts).with_context(|| format!("cannot read {}", eo.prompts.display()))?;
+    let text = std::fs::read_to_string(&eo.prompts).with_context(|| format!("cannot read {}", eo.prompts.display()))?;
     let (template, stops) = match eo.chat {
         true => {
             let (t, s, _) = template_for(&file)?;
@@ -192,9 +191,7 @@ pub fn eval_medusa(eo: &EvalOptions) -> Result<()> {
         if eo.chat { ", chat template, stopping at the end of the turn" } else { "" },
         heads.len()
     );
-    println!(
-        "| plain greedy | - | - | 1.00 | {base_tps:.1} | 1.00x | 1.00x |"
-    );
+    println!("| plain greedy | - | - | 1.00 | {base_tps:.1} | 1.00x | 1.00x |");
     for (c, &(nodes, v)) in configs.iter().enumerate() {
         let rs = &runs[c];
         let same = rs.iter().zip(&base).filter(|(a, b)| a.tokens == b.tokens).count();

@@ -190,10 +190,17 @@ fn chat_prompts_use_the_template() {
     let got = encode_prompt(&f, Some(&t), "ROMEO: speak").unwrap();
     let want = f
         .tokenizer
-        .encode_with("<|im_start|>user\nROMEO: speak<|im_end|>\n<|im_start|>assistant\n", false, true)
+        .encode_with(
+            "<|im_start|>user\nROMEO: speak<|im_end|>\n<|im_start|>assistant\n",
+            false,
+            true,
+        )
         .unwrap();
     assert_eq!(got, want);
-    assert_eq!(encode_prompt(&f, None, "ROMEO: speak").unwrap(), f.tokenizer.encode("ROMEO: speak", true).unwrap());
+    assert_eq!(
+        encode_prompt(&f, None, "ROMEO: speak").unwrap(),
+        f.tokenizer.encode("ROMEO: speak", true).unwrap()
+    );
 }
 
 fn train_cli(args: &[&str]) -> (i32, String, String) {
@@ -221,7 +228,18 @@ fn bad_input_is_one_clear_line() {
     let o = out.to_str().unwrap();
     let cases: [(&[&str], &str); 6] = [
         (
-            &["--model", m, "--heads", "3", "--data", d, "--head-vocab", "0", "--out", o],
+            &[
+                "--model",
+                m,
+                "--heads",
+                "3",
+                "--data",
+                d,
+                "--head-vocab",
+                "0",
+                "--out",
+                o,
+            ],
             "--head-vocab must be at least 1",
         ),
         (
