@@ -28,7 +28,13 @@ if [ "$what" != eval ]; then
     --val "$root/docs/SPECULATIVE.md" --val-tokens 4096 --out "$out/smollm2-heads.gguf" 2>&1 | tee "$out/train.log"
 fi
 if [ "$what" != train ]; then
+  # Greedy trees (interleaved with plain greedy) on the 8 held-out chat prompts; then typical acceptance
+  # and semi-autoregressive decoding on the first 3 of them.
   nice -n 19 "$bin/bushu-train" eval-medusa --model "$model" --heads "$out/smollm2-heads.gguf" \
-    --prompts "$here/eval-prompts.txt" --chat -n 128 --trees 2,4,8,16 --vocabs 0,4096 \
-    --temperature 0.7 --seed 0 2>&1 | tee "$out/eval.log"
+    --prompts "$here/eval-prompts.txt" --chat -n 64 --trees 2,4,8 --vocabs 0,4096 --greedy-only \
+    2>&1 | tee "$out/eval-greedy.log"
+  head -3 "$here/eval-prompts.txt" > "$out/eval-prompts-3.txt"
+  nice -n 19 "$bin/bushu-train" eval-medusa --model "$model" --heads "$out/smollm2-heads.gguf" \
+    --prompts "$out/eval-prompts-3.txt" --chat -n 64 --trees 4 \
+    --temperature 0.7 --seed 0 2>&1 | tee "$out/eval-sampling.log"
 fi

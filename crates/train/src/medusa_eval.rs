@@ -28,6 +28,7 @@ use bushu::chat::session::template_for;
 use bushu::generate::{generate, GenerateOptions, Generation};
 use bushu::model::{load, Logits, Model, ModelFile};
 use bushu::sampling::SamplingParams;
+use bushu::spec_decode::medusa::{top_k_probs, TOP_K};
 use bushu::spec_decode::semi_ar::generate_semi_ar;
 use bushu::spec_decode::{generate_speculative, DraftLengthParams, Medusa, MedusaHeads, SpecStats, Typical};
 use std::path::PathBuf;
@@ -246,6 +247,32 @@ pub fn eval_medusa(eo: &EvalOptions) -> Result<()> {
             acc.join(", ")
         );
     }
+    // What drafting costs per step (the heads' residual blocks, their classifier product, the top
+    // candidates), next to a plain decode step (mean over the plain runs), for each vocabulary.
+    let hid = hidden_states(&model, &prompts[0])?;
+    let last = &hid[hid.len() - heads.dim..];
+    let step_ms = 1000.0 / base_tps;
+    let mut costs = Vec::new();
+    let whole = heads.clone().with_vocab(None)?;
+    for h in std::iter::once(&whole).chain(variants.iter().map(|(_, h)| h)) {
+        let rows = h.rows_on(&model);
+        let mut out = Vec::new();
+        let reps = 20;
+        h.scores(&model, last, k, &mut out); // warm-up
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            h.scores(&model, last, k, &mut out);
+            for row in out.chunks_exact(rows) {
+                std::hint::black_box(top_k_probs(row, TOP_K));
+            }
+        }
+        let ms = t.elapsed().as_secs_f64() * 1000.0 / reps as f64;
+        costs.push(format!("{rows} ids {ms:.2} ms ({:.0} %)", 100.0 * ms / step_ms));
+    }
+    println!(
+        "\nDrafting cost per step ({k} heads; % of a plain decode step of {step_ms:.2} ms): {}",
+        costs.join(", ")
+    );
     if eo.greedy_only {
         return Ok(());
     }
