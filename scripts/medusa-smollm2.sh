@@ -28,6 +28,9 @@ if [ "$what" != eval ]; then
     --val "$root/docs/SPECULATIVE.md" --val-tokens 4096 --out "$out/smollm2-heads.gguf" 2>&1 | tee "$out/train.log"
 fi
 if [ "$what" != train ]; then
+  # THREADS=N: the kernels' threads (RAYON_NUM_THREADS; default all cores). On a host shared with other
+  # jobs, THREADS=1 avoids the stalls of a worker thread kept off the CPU (docs: measured that way).
+  if [ -n "${THREADS:-}" ]; then export RAYON_NUM_THREADS=$THREADS; fi
   # Greedy trees (interleaved with plain greedy) on the 8 held-out chat prompts; then typical acceptance
   # and semi-autoregressive decoding on the first 3 of them.
   nice -n 19 "$bin/bushu-train" eval-medusa --model "$model" --heads "$out/smollm2-heads.gguf" \
