@@ -282,3 +282,53 @@ fn bad_input_is_one_clear_line() {
     assert!(!out.exists());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `eval-medusa` end to end on the amateur with zero heads (each says what the LM head says): every
+/// Medusa run is checked identical to plain greedy (2/2 in the table), for the file's vocabulary and a
+/// restricted one; the drafting cost line names each vocabulary; a zero tree budget is one clear line.
+#[test]
+fn eval_medusa_runs_and_checks_identity() {
+    let dir = tmpdir("eval");
+    let f = load(&model_path()).unwrap();
+    let heads = dir.join("zero.gguf");
+    MedusaHeads::zeros(f.config.dim, 2)
+        .unwrap()
+        .to_gguf(&bushu::spec_decode::medusa::BaseIdentity::of(&f))
+        .write(&heads)
+        .unwrap();
+    let prompts = dir.join("p.txt");
+    std::fs::write(&prompts, "ROMEO: O\nJULIET: Ay me\n").unwrap();
+    let m = model_path();
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bushu-train"))
+            .args(["eval-medusa", "--model", m.to_str().unwrap(), "--heads"])
+            .arg(&heads)
+            .arg("--prompts")
+            .arg(&prompts)
+            .args(["-n", "8", "--greedy-only"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["--trees", "2,3", "--vocabs", "0,512"]);
+    assert_eq!(code, 0, "{err}");
+    for row in [
+        "| Medusa tree of 2 | 4096 | 2/2 |",
+        "| Medusa tree of 2 | 512 | 2/2 |",
+        "| Medusa tree of 3 | 512 | 2/2 |",
+    ] {
+        assert!(out.contains(row), "{row} missing:\n{out}");
+    }
+    assert!(out.contains("4096 ids") && out.contains("512 ids"), "{out}");
+    let (code, _, err) = run(&["--trees", "0"]);
+    assert_ne!(code, 0);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("--trees"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
