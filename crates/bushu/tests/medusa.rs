@@ -2,7 +2,8 @@
 //! `W = 0` say exactly what the LM head says; the residual block against a hand computation; the heads
 //! file round-trips and is refused for another model; Medusa greedy output is plain greedy output
 //! token for token (random heads, so drafts are accepted and rejected) with its hidden-state hand-over
-//! checked; typical acceptance at a near-zero temperature reproduces greedy decoding; semi-AR with
+//! checked, also with heads restricted to the first token ids (FR-Spec), whose scores are the
+//! unrestricted heads' for those ids; typical acceptance at a near-zero temperature reproduces greedy decoding; semi-AR with
 //! K = 0 is plain decoding (greedy and sampled), and with zero heads repeats each token K + 1 times;
 //! bad flags are refused with one clear line.
 
@@ -108,6 +109,42 @@ fn zero_heads_say_what_the_lm_head_says() {
     );
 }
 
+/// Heads restricted to the first `n` token ids score what the unrestricted heads score for those ids
+/// (one classifier product over fewer rows), and `logits` pads the rest with `-inf`.
+#[test]
+fn restricted_heads_score_the_first_ids() {
+    for model in [EXPERT, TINY] {
+        let (f, m) = open(model);
+        let prompt = f.tokenizer.encode(PROMPTS[1], true).unwrap();
+        let mut st = m.new_state(64);
+        m.forward(&mut st, &prompt, Logits::Last).unwrap();
+        let h = st.hidden().to_vec();
+        let v = m.config.vocab_size;
+        let full = random_heads(m.config.dim, 3, 0.05, 4);
+        for n in [1, 100, 1000, v, v + 7] {
+            let part = full.clone().with_vocab(Some(n)).unwrap();
+            let rows = n.min(v);
+            assert_eq!(part.rows_on(&m), rows);
+            let (mut all, mut some, mut padded) = (Vec::new(), Vec::new(), Vec::new());
+            full.scores(&m, &h, 3, &mut all);
+            part.scores(&m, &h, 3, &mut some);
+            part.logits(&m, &h, 3, &mut padded);
+            assert_eq!((all.len(), some.len(), padded.len()), (3 * v, 3 * rows, 3 * v));
+            for i in 0..3 {
+                let (a, s) = (&all[i * v..i * v + rows], &some[i * rows..(i + 1) * rows]);
+                let worst = a.iter().zip(s).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+                // Bit for bit in the classifier's packed groups of rows; the kernels' rounding past them.
+                assert!(worst <= 2e-3, "{model} n {n} head {i}: {worst}");
+                assert_eq!(&padded[i * v..i * v + rows], s);
+                assert!(padded[i * v + rows..(i + 1) * v]
+                    .iter()
+                    .all(|&x| x == f32::NEG_INFINITY));
+            }
+        }
+        assert!(full.clone().with_vocab(Some(0)).is_err());
+    }
+}
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("bushu-medusa-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
@@ -122,6 +159,12 @@ fn heads_file_round_trips_and_names_its_model() {
     let p = dir.join("heads.gguf");
     heads.to_gguf(&BaseIdentity::of(&f)).write(&p).unwrap();
     assert_eq!(MedusaHeads::load(&p, &f).unwrap(), heads);
+    // A restricted vocabulary is stored with the heads.
+    let narrow = heads.clone().with_vocab(Some(300)).unwrap();
+    narrow.to_gguf(&BaseIdentity::of(&f)).write(&p).unwrap();
+    let back = MedusaHeads::load(&p, &f).unwrap();
+    assert_eq!(back.vocab, Some(300));
+    assert_eq!(back, narrow);
     // Another model (the amateur shares the tokenizer but not the width; tiny-llama neither).
     for other in [AMATEUR, TINY] {
         let (of, _) = open(other);
@@ -153,9 +196,17 @@ fn medusa_greedy_equals_plain_greedy() {
         for (i, text) in PROMPTS.iter().enumerate() {
             let prompt = f.tokenizer.encode(text, true).unwrap();
             let want = plain(&f, &m, &prompt, &o);
+            // The last: heads scoring only the first quarter of the vocabulary (FR-Spec).
+            let quarter = Some(m.config.vocab_size / 4);
             for (heads, nodes) in [
                 (MedusaHeads::zeros(m.config.dim, 3).unwrap(), 4),
                 (random_heads(m.config.dim, 4, scale, i as u64), 12),
+                (
+                    random_heads(m.config.dim, 4, scale, i as u64)
+                        .with_vocab(quarter)
+                        .unwrap(),
+                    12,
+                ),
             ] {
                 let (got, s) = medusa(&f, &m, &prompt, &o, &heads, nodes);
                 assert_eq!(got, want, "{model}: prompt {i}, {nodes} nodes");
@@ -303,6 +354,12 @@ fn medusa_on_the_command_line() {
     assert_eq!(v["speculative"]["proposer"], "medusa");
     assert!(v["speculative"]["draft_n"].as_u64().unwrap() > 0);
     assert!(v["speculative"]["mean_accepted_length"].as_f64().unwrap() >= 1.0);
+    // A restricted heads' vocabulary changes the drafts, not the output.
+    let (code, out, err) = bushu(&[&base[..], &["--medusa", &heads, "--medusa-vocab", "500"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tokens"], plain["tokens"]);
+    assert!(v["speculative"]["draft_n"].as_u64().unwrap() > 0);
     // Semi-AR K = 0 is plain; K = 2 is one pass per 3 tokens.
     let (code, out, err) = bushu(&[&base[..], &["--medusa", &heads, "--semi-ar", "0"]].concat());
     assert_eq!(code, 0, "{err}");
@@ -342,6 +399,7 @@ fn medusa_on_the_command_line() {
     fails(&["--medusa", &heads, "--medusa-epsilon", "2"], "--medusa-epsilon");
     fails(&["--medusa", &heads, "--medusa-delta", "0"], "--medusa-delta");
     fails(&["--semi-ar", "2"], "need --medusa");
+    fails(&["--medusa-vocab", "100"], "needs --medusa HEADS");
     fails(&["--medusa", &heads, "--semi-ar", "4"], "has 3 heads");
     fails(
         &["--medusa", &heads, "--semi-ar", "1", "--non-ar"],

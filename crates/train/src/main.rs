@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use bushu_train::distill::{distill, DistillOptions, Init};
 use bushu_train::export::ExportType;
 use bushu_train::medusa::{train_medusa, MedusaOptions, StderrMedusa};
-use bushu_train::medusa_eval::eval_medusa;
+use bushu_train::medusa_eval::{eval_medusa, EvalOptions};
 use bushu_train::progress::Console;
 use bushu_train::routers::{train_routers, RouterOptions};
 use clap::{Args, Parser, Subcommand};
@@ -96,6 +96,16 @@ struct EvalMedusaArgs {
     epsilon: f32,
     #[arg(long, default_value_t = 0.3)]
     delta: f32,
+    /// The heads' vocabularies to measure each tree with (comma-separated; 0: the heads file's own).
+    #[arg(long, default_value = "0")]
+    vocabs: String,
+    /// Prompts are user messages, rendered with the model's chat template; generation stops at its
+    /// end-of-turn tokens (else every run is N tokens long).
+    #[arg(long)]
+    chat: bool,
+    /// Skip the sampling and semi-autoregressive measurements (greedy trees only).
+    #[arg(long)]
+    greedy_only: bool,
 }
 
 #[derive(Args)]
@@ -146,6 +156,13 @@ struct MedusaArgs {
     /// Output heads file (GGUF).
     #[arg(long, default_value = "heads.gguf")]
     out: PathBuf,
+    /// The heads score only the first N token ids (FR-Spec: N / vocab of the classifier's cost, in
+    /// training and at inference; stored in the file). Without it: the whole vocabulary.
+    #[arg(long)]
+    head_vocab: Option<usize>,
+    /// Self-distillation prompts are user messages, rendered with the model's chat template.
+    #[arg(long)]
+    chat: bool,
 }
 
 #[derive(Args)]
@@ -275,16 +292,25 @@ fn run(cli: Cli) -> Result<()> {
                 delta: a.delta,
             };
             typical.validate()?;
-            eval_medusa(
-                &a.model,
-                &a.heads,
-                &a.prompts,
-                a.n,
-                &trees,
-                a.temperature,
-                a.seed,
+            let vocabs = a
+                .vocabs
+                .split(',')
+                .map(|t| t.trim().parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| anyhow::anyhow!("--vocabs: {:?} is not a list of token counts", a.vocabs))?;
+            eval_medusa(&EvalOptions {
+                model: a.model,
+                heads: a.heads,
+                prompts: a.prompts,
+                n: a.n,
+                trees,
+                vocabs,
+                temperature: a.temperature,
+                seed: a.seed,
                 typical,
-            )
+                chat: a.chat,
+                greedy_only: a.greedy_only,
+            })
         }
         Command::TrainMedusa(a) => {
             let mut o = MedusaOptions::new(a.model, a.heads, a.data, a.out);
@@ -299,6 +325,8 @@ fn run(cli: Cli) -> Result<()> {
             o.seed = a.seed;
             o.val = a.val;
             o.val_tokens = a.val_tokens;
+            o.head_vocab = a.head_vocab;
+            o.chat = a.chat;
             let r = train_medusa(&o, &mut StderrMedusa)?;
             let ce: Vec<String> = r.final_ce.iter().map(|c| format!("{c:.3}")).collect();
             eprintln!(
@@ -319,11 +347,12 @@ fn run(cli: Cli) -> Result<()> {
                         .join(", ")
                 };
                 eprintln!(
-                    "held-out top-1 accuracy over {} positions: model (t+1) {:.1} %, heads (t+2..) [{}] %, untrained heads (the LM head) [{}] %",
+                    "held-out top-1 accuracy over {} positions: model (t+1) {:.1} %, heads (t+2..) [{}] %, untrained heads (the LM head) [{}] %, labels inside the heads' vocabulary [{}] %",
                     r.val_positions,
                     100.0 * r.val_base,
                     pct(&r.val_heads),
-                    pct(&r.val_untrained)
+                    pct(&r.val_untrained),
+                    pct(&r.val_in_vocab)
                 );
             }
             println!("{}", o.out.display());

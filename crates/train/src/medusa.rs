@@ -11,6 +11,10 @@
 //! ([`bushu::spec_decode::medusa::BaseIdentity`]) → measure each head's top-1 accuracy on held-out text
 //! with bushu's inference path (the written file, the model's own classifier kernels).
 //!
+//! With `head_vocab` (`--head-vocab N`, FR-Spec) the heads learn to score the first `N` token ids only:
+//! the classifier is its first `N` rows (`N / vocab` of the cost), a position whose label is past them
+//! does not train that head, and the file records `N` so that inference restricts the heads alike.
+//!
 //! The costly part is the classifier over the whole vocabulary (49,152 × 576 for SmolLM2) — forward
 //! and backward for every head and position. candle's matmul backward would also compute the frozen
 //! classifier's gradient (a third product as large); [`lm_head_ce`] computes the cross-entropy and its
@@ -22,6 +26,8 @@
 use crate::distill::{lr_at, read_data};
 use crate::optim::{AdamW, ParamsAdamW};
 use anyhow::{bail, Context, Result};
+use bushu::chat::session::template_for;
+use bushu::chat::template::{ChatTemplate, Message};
 use bushu::generate::{generate, GenerateOptions};
 use bushu::model::loader::load_gguf;
 use bushu::model::{Logits, Model, ModelFile, Pass, Probe};
@@ -58,6 +64,12 @@ pub struct MedusaOptions {
     /// Held-out text for the per-head accuracy, and how many of its tokens.
     pub val: Option<PathBuf>,
     pub val_tokens: usize,
+    /// `Some(n)`: the heads learn to score the first `n` token ids only (FR-Spec; positions whose label
+    /// is past them do not train that head), and the file says so ([`MedusaHeads::vocab`]).
+    pub head_vocab: Option<usize>,
+    /// Self-distillation prompts are user messages rendered with the model's chat template (the
+    /// generation stops at its end-of-turn tokens) rather than raw text.
+    pub chat: bool,
 }
 
 impl MedusaOptions {
@@ -78,6 +90,8 @@ impl MedusaOptions {
             out,
             val: None,
             val_tokens: 4096,
+            head_vocab: None,
+            chat: false,
         }
     }
 }
@@ -100,6 +114,8 @@ pub struct MedusaReport {
     pub val_base: f64,
     pub val_heads: Vec<f64>,
     pub val_untrained: Vec<f64>,
+    /// Per head, the fraction of held-out labels inside the heads' vocabulary (1 without a restriction).
+    pub val_in_vocab: Vec<f64>,
 }
 
 /// Opens `path` as a GGUF model; one clear error when it is not a GGUF file.
@@ -195,7 +211,15 @@ fn windows(tokens: &[u32], ctx: usize, bos: Option<u32>) -> Vec<Vec<u32>> {
 
 /// The model's own continuations of each line of `prompts` (greedy, `n` tokens): `(sequence, first
 /// generated position - 1)`, so that every trained position's labels are generated tokens.
-pub fn self_distill(model: &Model, file: &ModelFile, prompts: &Path, n: usize) -> Result<Vec<(Vec<u32>, usize)>> {
+/// With `chat`, each line is a user message rendered with the model's chat template (its generation
+/// prompt appended) and the continuation stops at the template's end-of-turn tokens.
+pub fn self_distill(
+    model: &Model,
+    file: &ModelFile,
+    prompts: &Path,
+    n: usize,
+    chat: bool,
+) -> Result<Vec<(Vec<u32>, usize)>> {
     let text = std::fs::read_to_string(prompts)
         .with_context(|| format!("cannot read the self-distillation prompts {}", prompts.display()))?;
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
@@ -206,10 +230,17 @@ pub fn self_distill(model: &Model, file: &ModelFile, prompts: &Path, n: usize) -
         );
     }
     let mut out = Vec::new();
+    let (template, stops) = match chat {
+        true => {
+            let (t, stops, _) = template_for(file)?;
+            (Some(t), stops)
+        }
+        false => (None, file.eos_ids.clone()),
+    };
     for l in lines {
-        let prompt = file.tokenizer.encode(l, true)?;
+        let prompt = encode_prompt(file, template.as_ref(), l)?;
         let mut state = model.new_state(prompt.len() + n + 1);
-        let opts = GenerateOptions::new(n, SamplingParams::greedy(), file.eos_ids.clone());
+        let opts = GenerateOptions::new(n, SamplingParams::greedy(), stops.clone());
         let g = generate(model, &file.tokenizer, &mut state, &prompt, &opts, &mut |_| {})?;
         let mut seq = prompt.clone();
         seq.extend_from_slice(&g.tokens);
@@ -218,16 +249,36 @@ pub fn self_distill(model: &Model, file: &ModelFile, prompts: &Path, n: usize) -
     Ok(out)
 }
 
+/// The tokens of prompt `line`: raw text (BOS as the file says), or with `template` a user message
+/// rendered with the model's chat template, ending where the assistant's answer starts, tokenized as
+/// `bushu chat` does (the template writes whatever special tokens it wants; no BOS added).
+pub fn encode_prompt(file: &ModelFile, template: Option<&ChatTemplate>, line: &str) -> Result<Vec<u32>> {
+    match template {
+        None => file.tokenizer.encode(line, true),
+        Some(t) => {
+            let text = t.render(&[Message::new("user", line)], true)?;
+            file.tokenizer.encode_with(&text, false, true)
+        }
+    }
+}
+
 /// The mean cross-entropy of `softmax(u E^T)` against `labels` and its gradient with respect to `u`
 /// (`u`: `[n, dim]`, `e`: the classifier `[vocab, dim]`): `(p − onehot) E / n`, written by hand so that
-/// the frozen classifier gets no gradient (see the module documentation).
+/// the frozen classifier gets no gradient (see the module documentation). `e` may be the classifier's
+/// first rows only (`--head-vocab`): rows whose label is past them are left out (no loss, zero
+/// gradient) and `n` counts the others; none left gives a loss and a gradient of 0.
 pub fn lm_head_ce(u: &Tensor, e: &Tensor, labels: &[u32]) -> Result<(f32, Tensor)> {
-    let (n, dim) = u.dims2()?;
+    let (_, dim) = u.dims2()?;
     let logits = u.matmul(&e.t()?)?;
     let vocab = logits.dim(1)?;
+    let n = labels.iter().filter(|&&y| (y as usize) < vocab).count().max(1);
     let mut g: Vec<f32> = logits.flatten_all()?.to_vec1()?;
     let mut loss = 0.0f64;
     for (row, &y) in g.chunks_exact_mut(vocab).zip(labels) {
+        if y as usize >= vocab {
+            row.fill(0.0);
+            continue;
+        }
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut z = 0.0f64;
         for x in row.iter_mut() {
@@ -241,9 +292,10 @@ pub fn lm_head_ce(u: &Tensor, e: &Tensor, labels: &[u32]) -> Result<(f32, Tensor
         }
         row[y as usize] -= 1.0 / n as f32;
     }
-    let g = Tensor::from_vec(g, (n, vocab), u.device())?;
+    let rows = labels.len();
+    let g = Tensor::from_vec(g, (rows, vocab), u.device())?;
     let du = g.matmul(e)?;
-    debug_assert_eq!(du.dims2()?, (n, dim));
+    debug_assert_eq!(du.dims2()?, (rows, dim));
     Ok(((loss / n as f64) as f32, du))
 }
 
@@ -290,9 +342,11 @@ impl HeadVars {
     }
 }
 
-/// The model's classifier as a candle tensor `[vocab, dim]` (dequantized to f32).
-pub fn classifier(model: &Model) -> Result<Tensor> {
-    let (vocab, dim) = (model.config.vocab_size, model.config.dim);
+/// The model's classifier as a candle tensor `[vocab, dim]` (dequantized to f32); with `rows`, its
+/// first `rows` rows only (at most the vocabulary).
+pub fn classifier(model: &Model, rows: Option<usize>) -> Result<Tensor> {
+    let dim = model.config.dim;
+    let vocab = rows.map_or(model.config.vocab_size, |n| n.min(model.config.vocab_size));
     let m = model.weights.output.matrix();
     let mut e = vec![0.0f32; vocab * dim];
     for (r, row) in e.chunks_exact_mut(dim).enumerate() {
@@ -365,6 +419,9 @@ pub fn check(o: &MedusaOptions) -> Result<()> {
     if !(o.decay > 0.0 && o.decay <= 1.0) {
         bail!("--decay must be in (0, 1] (got {})", o.decay);
     }
+    if o.head_vocab == Some(0) {
+        bail!("--head-vocab must be at least 1 (omit it for the whole vocabulary)");
+    }
     Ok(())
 }
 
@@ -383,7 +440,7 @@ pub fn train_medusa(o: &MedusaOptions, progress: &mut dyn MedusaProgress) -> Res
     let t0 = Instant::now();
     let mut distilled = Vec::new();
     if let Some(p) = &o.self_distill_prompts {
-        distilled = self_distill(&model, &file, p, o.self_distill_tokens)?;
+        distilled = self_distill(&model, &file, p, o.self_distill_tokens, o.chat)?;
         progress.note(&format!(
             "self-distillation: {} prompts, {} tokens generated in {:.1} s",
             distilled.len(),
@@ -414,7 +471,7 @@ pub fn train_medusa(o: &MedusaOptions, progress: &mut dyn MedusaProgress) -> Res
 
     // Training.
     let dev = Device::Cpu;
-    let e = classifier(&model)?;
+    let e = classifier(&model, o.head_vocab)?;
     let h_all = Tensor::from_vec(ex.h.clone(), (ex.len(), dim), &dev)?;
     let vars = HeadVars::zeros(dim, k)?;
     let all: Vec<Var> = vars.w.iter().chain(&vars.b).cloned().collect();
@@ -466,7 +523,7 @@ pub fn train_medusa(o: &MedusaOptions, progress: &mut dyn MedusaProgress) -> Res
         .map(|i| tail.iter().map(|c| c[i]).sum::<f32>() / tail.len() as f32)
         .collect();
 
-    let heads = vars.to_heads()?;
+    let heads = vars.to_heads()?.with_vocab(o.head_vocab)?;
     heads
         .to_gguf(&BaseIdentity::of(&file))
         .write(&o.out)
@@ -498,6 +555,8 @@ pub fn evaluate(
         ex.add(model, &w, 0)?;
     }
     let vocab = model.config.vocab_size;
+    let rows = heads.rows_on(model);
+    let mut inside = vec![0usize; k];
     let (mut base, mut hits, mut hits0) = (0usize, vec![0usize; k], vec![0usize; k]);
     let (mut out, mut out0) = (Vec::new(), Vec::new());
     for r in 0..ex.len() {
@@ -509,6 +568,7 @@ pub fn evaluate(
         for i in 0..k {
             hits[i] += usize::from(argmax(&out[i * vocab..(i + 1) * vocab]) == ex.labels[i][r]);
             hits0[i] += usize::from(argmax(&out0[i * vocab..(i + 1) * vocab]) == ex.labels[i][r]);
+            inside[i] += usize::from((ex.labels[i][r] as usize) < rows);
         }
     }
     let n = ex.len().max(1) as f64;
@@ -516,6 +576,7 @@ pub fn evaluate(
     report.val_base = base as f64 / n;
     report.val_heads = hits.iter().map(|&x| x as f64 / n).collect();
     report.val_untrained = hits0.iter().map(|&x| x as f64 / n).collect();
+    report.val_in_vocab = inside.iter().map(|&x| x as f64 / n).collect();
     Ok(())
 }
 
@@ -631,6 +692,40 @@ mod tests {
             let fd = (loss(&w0, &a) - loss(&w0, &b)) / (2.0 * eps as f64);
             assert!((fd - gb[i] as f64).abs() < 2e-3, "db[{i}]: {fd} vs {}", gb[i]);
         }
+    }
+
+    /// With the classifier's first rows only (`--head-vocab`), a row whose label is past them is left
+    /// out: loss and gradient are those of the other rows alone, and its own gradient is zero.
+    #[test]
+    fn lm_head_ce_leaves_out_labels_past_the_rows() {
+        let dev = Device::Cpu;
+        let (dim, rows) = (3, 4);
+        let mut rng = bushu::sampling::rng::Rng::new(11);
+        let mut r = |m: usize| -> Vec<f32> { (0..m).map(|_| rng.next_u32() as f32 / u32::MAX as f32 - 0.5).collect() };
+        let u = r(3 * dim);
+        let e = Tensor::from_vec(r(rows * dim), (rows, dim), &dev).unwrap();
+        let ut = Tensor::from_vec(u.clone(), (3, dim), &dev).unwrap();
+        // Row 1's label (7) is past the 4 rows.
+        let (loss, du) = lm_head_ce(&ut, &e, &[2, 7, 0]).unwrap();
+        let kept = Tensor::from_vec([&u[..dim], &u[2 * dim..]].concat(), (2, dim), &dev).unwrap();
+        let (want_loss, want_du) = lm_head_ce(&kept, &e, &[2, 0]).unwrap();
+        assert!((loss - want_loss).abs() < 1e-6, "{loss} vs {want_loss}");
+        let du: Vec<f32> = du.flatten_all().unwrap().to_vec1().unwrap();
+        let want: Vec<f32> = want_du.flatten_all().unwrap().to_vec1().unwrap();
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+        assert!(close(&du[..dim], &want[..dim]), "{du:?} vs {want:?}");
+        assert!(du[dim..2 * dim].iter().all(|&g| g == 0.0), "{du:?}");
+        assert!(close(&du[2 * dim..], &want[dim..]), "{du:?} vs {want:?}");
+        // Nothing inside: zero loss, zero gradient.
+        let (l, g) = lm_head_ce(&ut, &e, &[9, 9, 9]).unwrap();
+        assert_eq!(l, 0.0);
+        assert!(g
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|&x| x == 0.0));
     }
 
     #[test]

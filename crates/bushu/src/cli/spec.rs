@@ -62,6 +62,10 @@ pub struct SpecArgs {
     /// With --medusa: draft a token tree of at most N nodes per step from the heads' top candidates.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub medusa_tree: usize,
+    /// With --medusa: the heads score only the first N token ids (FR-Spec: a cheaper classifier product
+    /// for the drafts; the output is unchanged). 0: the heads file's setting (else the whole vocabulary).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub medusa_vocab: usize,
     /// With --medusa and sampling: typical acceptance's hard threshold ε (accept x if
     /// p(x) > min(ε, δ·exp(−H(p)))).
     #[arg(long, value_name = "EPS", default_value_t = 0.09, allow_negative_numbers = true)]
@@ -101,6 +105,9 @@ impl SpecArgs {
         }
         if self.medusa.is_none() && (self.semi_ar.is_some() || self.non_ar) {
             bail!("--semi-ar and --non-ar emit the guesses of Medusa heads: they need --medusa HEADS");
+        }
+        if self.medusa_vocab > 0 && self.medusa.is_none() {
+            bail!("--medusa-vocab restricts the Medusa heads' classifier: it needs --medusa HEADS");
         }
         if self.semi_ar.is_some() && self.non_ar {
             bail!("--semi-ar and --non-ar cannot be combined: choose one");
@@ -179,7 +186,11 @@ pub fn load_draft_for(opts: &SpecOptions, file: &ModelFile, model: &Model, margs
 
 /// The Medusa heads `--medusa` names, checked against the model (`None` without the flag).
 pub fn load_medusa_for(a: &SpecArgs, file: &ModelFile) -> Result<Option<MedusaHeads>> {
-    a.medusa.as_ref().map(|p| MedusaHeads::load(p, file)).transpose()
+    let heads = a.medusa.as_ref().map(|p| MedusaHeads::load(p, file)).transpose()?;
+    match heads {
+        Some(h) if a.medusa_vocab > 0 => Ok(Some(h.with_vocab(Some(a.medusa_vocab))?)),
+        h => Ok(h),
+    }
 }
 
 /// The proposer of `opts` for `model` decoding with `sampling` in a context of `ctx` (`draft`: the model

@@ -718,6 +718,18 @@ impl Model {
         };
         linear(&self.weights.output.matrix(), classifier, x, out, None);
     }
+
+    /// The classifier's first `n` rows (at most the vocabulary) applied to `x`: the logits of token ids
+    /// `0..n` only, `n` per row into `out` — a cheaper head for drafting (FR-Spec; see [`Model::head_rows`]).
+    /// Each value is the one [`Model::classify`] computes for that row (to the kernels' rounding).
+    pub fn classify_first(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        let classifier = match self.precision {
+            Precision::Fast => Precision::Wide,
+            p => p,
+        };
+        let n = n.min(self.config.vocab_size);
+        linear(&self.weights.output.matrix().first_rows(n), classifier, x, out, None);
+    }
 }
 
 /// Where a forward pass keeps the keys and values of its tokens, and how their queries attend to

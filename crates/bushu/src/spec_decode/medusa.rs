@@ -15,6 +15,13 @@
 //! acceptance** ([`Typical`], [`super::verify::verify_tree_typical`]) — a lossy rule: the output no
 //! longer has the target's distribution exactly (docs/SPECULATIVE.md measures the cost).
 //!
+//! **A cheaper classifier (FR-Spec).** On a model with a large vocabulary each head's classifier product
+//! costs as much as the model's own LM head (SmolLM2: 49,152 x 576 per head). Heads may project onto
+//! the first `N` token ids only ([`MedusaHeads::vocab`]; `bushu train-medusa --head-vocab N` stores it,
+//! `--medusa-vocab N` overrides it): byte-level BPE vocabularies number their tokens in merge order, most
+//! frequent first, so the drafts lose little and the heads cost `N / vocab` of it. Only the drafts
+//! change: verification uses the model's whole classifier, so greedy output stays plain greedy output.
+//!
 //! The heads file names the model it was trained for ([`BaseIdentity`]: architecture, width,
 //! vocabulary size and a hash of every token's text and bytes); loading it for another model is an error.
 
@@ -85,6 +92,9 @@ pub struct MedusaHeads {
     pub dim: usize,
     pub w: Vec<Vec<f32>>,
     pub b: Vec<Vec<f32>>,
+    /// `Some(n)`: the heads project onto token ids `0..n` only (FR-Spec, see the module documentation);
+    /// `None`: onto the whole vocabulary.
+    pub vocab: Option<usize>,
 }
 
 fn silu(x: f32) -> f32 {
@@ -104,7 +114,24 @@ impl MedusaHeads {
         if w.iter().any(|m| m.len() != dim * dim) || b.iter().any(|v| v.len() != dim) {
             bail!("Medusa heads: every head must be {dim} x {dim} with a bias of {dim}");
         }
-        Ok(MedusaHeads { dim, w, b })
+        Ok(MedusaHeads { dim, w, b, vocab: None })
+    }
+
+    /// These heads projecting onto the first `n` token ids only (`None`: the whole vocabulary); an error
+    /// for `Some(0)`.
+    pub fn with_vocab(mut self, n: Option<usize>) -> Result<MedusaHeads> {
+        if n == Some(0) {
+            bail!("the Medusa heads' vocabulary must be at least 1 token (0 is not a restriction)");
+        }
+        self.vocab = n;
+        Ok(self)
+    }
+
+    /// The number of token ids the heads score on `model`: [`MedusaHeads::vocab`], at most the model's
+    /// vocabulary.
+    pub fn rows_on(&self, model: &Model) -> usize {
+        let v = model.config.vocab_size;
+        self.vocab.map_or(v, |n| n.min(v))
     }
 
     /// `k` heads with `W = 0`, `b = 0` (where training starts: every head says what the LM head says).
@@ -120,26 +147,53 @@ impl MedusaHeads {
         self.w.is_empty()
     }
 
-    /// Head `i`'s residual block on `h`: `h + SiLU(W_i h + b_i)`, into `out`.
+    /// Head `i`'s residual block on `h`: `h + SiLU(W_i h + b_i)`, into `out`. The dot products run in
+    /// eight independent lanes (the compiler vectorizes them; a single running sum it may not reorder).
     pub fn residual(&self, i: usize, h: &[f32], out: &mut [f32]) {
         let (d, w, b) = (self.dim, &self.w[i], &self.b[i]);
         for (r, o) in out.iter_mut().enumerate().take(d) {
-            let row = &w[r * d..(r + 1) * d];
-            let z: f32 = row.iter().zip(h).map(|(a, x)| a * x).sum::<f32>() + b[r];
+            let z = dot(&w[r * d..(r + 1) * d], &h[..d]) + b[r];
             *o = h[r] + silu(z);
         }
     }
 
-    /// The logits of the first `n` heads on the final-norm hidden state `h`, `n x vocab` into `out`:
-    /// the residual blocks, then `model`'s classifier over the `n` rows in one product.
-    pub fn logits(&self, model: &Model, h: &[f32], n: usize, out: &mut Vec<f32>) {
-        let (d, vocab) = (self.dim, model.config.vocab_size);
+    /// The first `n` heads' residual blocks on `h`, `n x dim`.
+    fn residuals(&self, h: &[f32], n: usize) -> Vec<f32> {
+        let d = self.dim;
         let mut u = vec![0.0; n * d];
         for (i, row) in u.chunks_exact_mut(d).enumerate() {
             self.residual(i, h, row);
         }
+        u
+    }
+
+    /// The logits of the first `n` heads on the final-norm hidden state `h`, `n x vocab` into `out`:
+    /// the residual blocks, then `model`'s classifier over the `n` rows in one product. With a restricted
+    /// vocabulary ([`MedusaHeads::vocab`]) the entries past it are `-inf`.
+    pub fn logits(&self, model: &Model, h: &[f32], n: usize, out: &mut Vec<f32>) {
+        let vocab = model.config.vocab_size;
+        let rows = self.rows_on(model);
+        let mut part = Vec::new();
+        self.scores(model, h, n, &mut part);
         out.resize(n * vocab, 0.0);
-        model.classify(&u, &mut out[..n * vocab]);
+        for (o, p) in out.chunks_exact_mut(vocab).zip(part.chunks_exact(rows)) {
+            o[..rows].copy_from_slice(p);
+            o[rows..].fill(f32::NEG_INFINITY);
+        }
+    }
+
+    /// The logits of the first `n` heads on `h` over the token ids they score only
+    /// ([`MedusaHeads::rows_on`] per head, `n x rows` into `out`): what the proposer uses — with a
+    /// restricted vocabulary, a classifier product over its rows only.
+    pub fn scores(&self, model: &Model, h: &[f32], n: usize, out: &mut Vec<f32>) {
+        let rows = self.rows_on(model);
+        let u = self.residuals(h, n);
+        out.resize(n * rows, 0.0);
+        if rows == model.config.vocab_size {
+            model.classify(&u, &mut out[..n * rows]);
+        } else {
+            model.classify_first(&u, rows, &mut out[..n * rows]);
+        }
     }
 
     /// The GGUF image of the heads, naming `base` as the model they are for.
@@ -154,6 +208,9 @@ impl MedusaHeads {
             "medusa.base.tokens_hash",
             Value::String(format!("{:016x}", base.tokens_hash)),
         );
+        if let Some(n) = self.vocab {
+            w.set("medusa.vocab_rows", Value::U32(n as u32));
+        }
         for i in 0..self.len() {
             w.add_f32(&format!("medusa.{i}.weight"), vec![self.dim, self.dim], &self.w[i]);
             w.add_f32(&format!("medusa.{i}.bias"), vec![self.dim], &self.b[i]);
@@ -216,8 +273,26 @@ impl MedusaHeads {
             w.push(tensor(&format!("medusa.{i}.weight"), dim * dim)?);
             b.push(tensor(&format!("medusa.{i}.bias"), dim)?);
         }
-        MedusaHeads::new(dim, w, b)
+        let vocab = match g.get_i64("medusa.vocab_rows") {
+            None => None,
+            Some(n) if n >= 1 => Some(n as usize),
+            Some(n) => bail!("{}: medusa.vocab_rows is {n} (at least 1)", path.display()),
+        };
+        MedusaHeads::new(dim, w, b)?.with_vocab(vocab)
     }
+}
+
+/// `a · b` summed in eight lanes (vectorizable).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Medusa's typical acceptance: a candidate `x` is accepted where the target's (processed) distribution
@@ -345,7 +420,8 @@ pub fn grow_tree(cands: &[Vec<(u32, f32)>], nodes: usize) -> Proposal {
 /// The `k` most likely tokens of `logits` with their softmax probabilities, best first.
 pub fn top_k_probs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let z: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    // f32 exponentials (half the cost of f64 ones over a 49k vocabulary, every step), summed in f64.
+    let z: f64 = logits.iter().map(|&l| (l - max).exp() as f64).sum();
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let by = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
     let k = k.min(idx.len());
@@ -399,11 +475,11 @@ impl Proposer for Medusa<'_> {
         if self.hidden.len() != self.heads.dim {
             return Ok(Proposal::default());
         }
-        let (k, vocab) = (self.heads.len(), target.config.vocab_size);
-        self.heads.logits(target, &self.hidden, k, &mut self.logits);
+        let (k, rows) = (self.heads.len(), self.heads.rows_on(target));
+        self.heads.scores(target, &self.hidden, k, &mut self.logits);
         let cands: Vec<Vec<(u32, f32)>> = self
             .logits
-            .chunks_exact(vocab)
+            .chunks_exact(rows)
             .map(|row| top_k_probs(row, TOP_K.min(self.nodes)))
             .collect();
         Ok(grow_tree(&cands, self.nodes))
