@@ -7,20 +7,22 @@
 #
 # Env: TEACHER (default ~/.cache/bushu/models/SmolLM2-135M-Instruct.Q4_1.gguf), LAYERS (student layers,
 # default 4), QTYPE (default Q4_1, quantized --pure: the LM head too), BIN (default target/release),
-# LR (default 1e-3), ALPHA (default 0.9), GEN_TOKENS (tokens the teacher writes per prompt, default 256),
+# LR (default 2e-3), CTX / BATCH (training windows and windows per step, default 128 / 8), ALPHA (default 0.9), GEN_TOKENS (tokens the teacher writes per prompt, default 256),
 # NICE (default "nice -n 19"). Needs `cargo build --release -p bushu -p bushu-train`.
 # Writes OUTDIR/draft-distilled.gguf and OUTDIR/draft-truncated.gguf (and the F16 files they come from,
 # the teacher cache and the generated sequences, which reruns reuse). scripts/eval-smollm2-draft.sh measures them.
 set -euo pipefail
 OUT=${1:-/tmp/distill-smollm2}
-TOKENS=${2:-196608}
+TOKENS=${2:-32768}
 TEACHER=${TEACHER:-$HOME/.cache/bushu/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 LAYERS=${LAYERS:-4}
 QTYPE=${QTYPE:-Q4_1}
 BIN=${BIN:-target/release}
-LR=${LR:-1e-3}
+LR=${LR:-2e-3}
 ALPHA=${ALPHA:-0.9}
 GEN_TOKENS=${GEN_TOKENS:-256}
+CTX=${CTX:-128}
+BATCH=${BATCH:-8}
 NICE=${NICE:-nice -n 19}
 SHARED=${SHARED:-../shared}
 [ -f "$TEACHER" ] || { echo "no teacher $TEACHER" >&2; exit 1; }
@@ -29,9 +31,16 @@ mkdir -p "$OUT/data"
 
 # 1. Text found on the machine: Shakespeare (the plays of train.txt; Hamlet and The Tempest, val.txt,
 #    stay held out), this repository's documentation and Rust source. Fixed slices: reruns see the same text.
-head -c 150000 "$SHARED/testdata/shakespeare/train.txt" >"$OUT/data/shakespeare.txt"
-cat $(ls docs/*.md | sort) | head -c 120000 >"$OUT/data/docs.md"
-cat $(find crates/bushu/src -name '*.rs' | sort) | head -c 120000 >"$OUT/data/code.rs"
+slice() { # BYTES OUT FILE...: the first BYTES bytes of the files, one after the other
+  local n=$1 out=$2
+  shift 2
+  cat "$@" >"$out.all"
+  head -c "$n" "$out.all" >"$out"
+  rm "$out.all"
+}
+slice 150000 "$OUT/data/shakespeare.txt" "$SHARED/testdata/shakespeare/train.txt"
+slice 120000 "$OUT/data/docs.md" $(ls docs/*.md | LC_ALL=C sort)
+slice 120000 "$OUT/data/code.rs" $(find crates/bushu/src -name '*.rs' | LC_ALL=C sort)
 
 # 2. Prompts the teacher answers or continues (self-distillation): 6 of every 7 lines of
 #    bench/prompts/chat-prompts.txt (every 7th is held out for the evaluation), the instructions and the
@@ -45,7 +54,7 @@ $NICE "$BIN/bushu" distill --teacher "$TEACHER" --init teacher --student-layers 
   --data "$OUT/data/shakespeare.txt" "$OUT/data/docs.md" "$OUT/data/code.rs" \
   --generate-chat "$OUT/chat-train.txt" --generate-prompts bench/prompts/distill/openings.txt \
   --generate-tokens "$GEN_TOKENS" --generate-batch 16 \
-  --tokens "$TOKENS" --ctx 256 --batch 8 --lr "$LR" --alpha "$ALPHA" --kd-temperature 1 --top-k 32 \
+  --tokens "$TOKENS" --ctx "$CTX" --batch "$BATCH" --lr "$LR" --alpha "$ALPHA" --kd-temperature 1 --top-k 32 \
   --checkpoint-every 10 --seed 0 --out-type f16 --out "$OUT/draft-distilled-f16.gguf"
 
 # 4. The undistilled baseline: the same layers, no training.
