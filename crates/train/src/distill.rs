@@ -376,11 +376,17 @@ pub fn batch_grads(
     let (inputs, targets) = batch_tensors(windows, first, n)?;
     let (h, hidden) = t.student.forward_normed(&inputs)?;
     let (ctx, dim) = (windows.ctx, t.student.config.dim);
-    let h = h.reshape((n, ctx, dim))?.narrow(1, 0, ctx - 1)?.reshape((n * (ctx - 1), dim))?;
+    let h = h
+        .reshape((n, ctx, dim))?
+        .narrow(1, 0, ctx - 1)?
+        .reshape((n * (ctx - 1), dim))?;
     let w = t.student.param("output.weight")?.detach();
     let z = Var::from_tensor(&h.detach().matmul(&w.t()?)?)?;
     let (head, feature, mut log) = losses(t, o, cache, first, n, ctx, z.as_tensor(), &targets, &hidden)?;
-    let dz = head.backward()?.remove(z.as_tensor()).context("no gradient for the logits")?;
+    let dz = head
+        .backward()?
+        .remove(z.as_tensor())
+        .context("no gradient for the logits")?;
     let dh = dz.matmul(&w)?.detach();
     let mut surrogate = (&h * &dh)?.sum_all()?;
     let mut loss = head.to_scalar::<f32>()?;

@@ -39,12 +39,7 @@ pub fn read_lines(files: &[PathBuf], what: &str) -> Result<Vec<String>> {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("cannot read the {what} file {}", f.display()))?;
         let before = out.len();
-        out.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from),
-        );
+        out.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
         if out.len() == before {
             bail!("the {what} file {} has no prompt (one per line)", f.display());
         }
@@ -100,8 +95,7 @@ pub fn generate_all(model: Model, eos: &[u32], p: &GenPrompts, n: usize, batch: 
         })
         .collect();
     let generated = engine.generate(reqs)?;
-    Ok(p
-        .prompts
+    Ok(p.prompts
         .iter()
         .zip(generated)
         .map(|(prompt, g)| prompt.iter().copied().chain(g).collect())

@@ -264,7 +264,11 @@ impl Student {
         let (d, hd, nh, nkv) = (c.dim, c.head_dim(), c.heads, c.kv_heads);
         let rep = nh / nkv;
         let embd = self.param("token_embd.weight")?;
-        let embd = if self.frozen_embeddings { embd.detach() } else { embd.clone() };
+        let embd = if self.frozen_embeddings {
+            embd.detach()
+        } else {
+            embd.clone()
+        };
         let mut x = embd.index_select(&tokens.flatten_all()?, 0)?; // [b*t, d]
         let mask: Vec<f32> = (0..t * t)
             .map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 })

@@ -52,7 +52,10 @@ fn text(skip: usize, bytes: usize, dir: &Path, name: &str) -> PathBuf {
 #[test]
 fn engine_generation_is_the_teachers_greedy_text() {
     let file = load(&expert()).unwrap();
-    let plain = vec!["ROMEO:".to_string(), "First Citizen:\nBefore we proceed any further".to_string()];
+    let plain = vec![
+        "ROMEO:".to_string(),
+        "First Citizen:\nBefore we proceed any further".to_string(),
+    ];
     let chat = vec!["Speak to me of the sea.".to_string()];
     let p = selfgen::prompts(&file, &plain, &chat).unwrap();
     assert_eq!(p.prompts.len(), 3);
@@ -75,7 +78,11 @@ fn engine_generation_is_the_teachers_greedy_text() {
         assert_eq!(&seq[..prompt.len()], &prompt[..], "the sequence starts with its prompt");
         // Both keep the token that stopped them (a document's end is worth learning).
         assert!(!g.tokens.is_empty());
-        assert_eq!(&seq[prompt.len()..], &g.tokens[..], "engine greedy text vs plain greedy text");
+        assert_eq!(
+            &seq[prompt.len()..],
+            &g.tokens[..],
+            "engine greedy text vs plain greedy text"
+        );
     }
 }
 
@@ -108,16 +115,18 @@ fn generated_text_joins_the_training_stream_and_is_cached() {
     assert!(r1.generated_tokens > 0 && r1.generated_tokens <= 4 * 24);
     // The stream is the data files' tokens followed by the generated sequences (prompt + text).
     let file = load(&amateur()).unwrap();
-    let file_tokens = read_data(&file, &[data.clone()]).unwrap().len();
+    let file_tokens = read_data(&file, std::slice::from_ref(&data)).unwrap().len();
     let cache = dir.join("a.gguf.generated");
     let key_prompts = selfgen::prompts(
         &file,
-        &selfgen::read_lines(&[prompts.clone()], "--generate-prompts").unwrap(),
+        &selfgen::read_lines(std::slice::from_ref(&prompts), "--generate-prompts").unwrap(),
         &[],
     )
     .unwrap();
     let key = selfgen::gen_key(&amateur(), &key_prompts, 24).unwrap();
-    let seqs = selfgen::load(&cache, key).unwrap().expect("the generated sequences are cached");
+    let seqs = selfgen::load(&cache, key)
+        .unwrap()
+        .expect("the generated sequences are cached");
     let seq_tokens: usize = seqs.iter().map(Vec::len).sum();
     assert_eq!(r1.data_tokens, file_tokens + seq_tokens);
     assert_eq!(
@@ -125,9 +134,11 @@ fn generated_text_joins_the_training_stream_and_is_cached() {
         r1.generated_tokens
     );
     // Another budget is another key: the cache is not taken for it.
-    assert!(selfgen::load(&cache, selfgen::gen_key(&amateur(), &key_prompts, 25).unwrap())
-        .unwrap()
-        .is_none());
+    assert!(
+        selfgen::load(&cache, selfgen::gen_key(&amateur(), &key_prompts, 25).unwrap())
+            .unwrap()
+            .is_none()
+    );
     // A second run reads the cache and trains the same student, bit for bit.
     std::fs::create_dir_all(dir.join("2")).unwrap();
     let mut o2 = o.clone();
@@ -155,14 +166,28 @@ fn tokens_zero_writes_the_layer_truncated_teacher() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(!dir.join("trunc.gguf.teacher-cache").exists(), "the teacher must not run");
+    assert!(
+        !dir.join("trunc.gguf.teacher-cache").exists(),
+        "the teacher must not run"
+    );
     let (s, t) = (load(&out).unwrap(), load(&expert()).unwrap());
     assert_eq!(s.config.n_layers, 3);
-    assert_eq!(s.config.max_ctx, t.config.max_ctx, "the file declares the teacher's context");
+    assert_eq!(
+        s.config.max_ctx, t.config.max_ctx,
+        "the file declares the teacher's context"
+    );
     // Evenly spaced, first and last included: the expert's layers 0, 2 and 5.
     for (sl, tl) in [(0, 0), (1, 2), (2, 5)] {
         for part in [
-            "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down",
+            "attn_norm",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_norm",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
         ] {
             let a = s.tensors[&format!("blk.{sl}.{part}.weight")].to_f32();
             let b = t.tensors[&format!("blk.{tl}.{part}.weight")].to_f32();
@@ -227,24 +252,55 @@ fn frozen_embeddings_get_autograds_gradients_by_hand_and_stay_the_teachers() {
     );
     assert!(log_frozen.kd > 0.0 && log_frozen.feature > 0.0);
     let frozen_vars = frozen.student.vars();
-    assert_eq!(frozen_vars.len(), frozen.student.params.len() - 2, "embedding and head are not trained");
+    assert_eq!(
+        frozen_vars.len(),
+        frozen.student.params.len() - 2,
+        "embedding and head are not trained"
+    );
     let mut checked = 0;
     for ((name, pv), (_, fv)) in plain.student.params.iter().zip(&frozen.student.params) {
         if is_embedding(name) {
             assert!(g_frozen.get(fv.as_tensor()).is_none(), "{name} got a gradient");
             continue;
         }
-        let a: Vec<f32> = g_plain.get(pv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = g_frozen.get(fv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let a: Vec<f32> = g_plain
+            .get(pv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = g_frozen
+            .get(fv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
         let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(scale > 0.0 && diff <= 1e-4 * scale + 1e-7, "{name}: max diff {diff}, scale {scale}");
+        assert!(
+            scale > 0.0 && diff <= 1e-4 * scale + 1e-7,
+            "{name}: max diff {diff}, scale {scale}"
+        );
         checked += 1;
     }
     assert_eq!(checked, 1 + 9);
     let (a, b): (Vec<f32>, Vec<f32>) = (
-        g_plain.get(phi.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap(),
-        g_frozen.get(phi.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap(),
+        g_plain
+            .get(phi.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap(),
+        g_frozen
+            .get(phi.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap(),
     );
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5), "Φ's gradient");
 
@@ -275,7 +331,10 @@ fn cli(args: &[&str]) -> (i32, String) {
         .args(args)
         .output()
         .unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -295,7 +354,18 @@ fn bad_self_distillation_input_is_one_clear_line() {
     );
     let out = dir.join("s.gguf");
     let out = out.to_str().unwrap();
-    let base = ["--teacher", t, "--data", d, "--out", out, "--student-layers", "1", "--ctx", "32"];
+    let base = [
+        "--teacher",
+        t,
+        "--data",
+        d,
+        "--out",
+        out,
+        "--student-layers",
+        "1",
+        "--ctx",
+        "32",
+    ];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--generate-prompts", e], "has no prompt"),
         (vec!["--generate-chat", "/nonexistent/prompts.txt"], "cannot read"),
@@ -310,7 +380,10 @@ fn bad_self_distillation_input_is_one_clear_line() {
         assert_ne!(code, 0, "{extra:?} succeeded");
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{extra:?}: {err}");
-        assert!(lines[0].starts_with("error:") && lines[0].contains(want), "{extra:?}: {err}");
+        assert!(
+            lines[0].starts_with("error:") && lines[0].contains(want),
+            "{extra:?}: {err}"
+        );
         assert!(!Path::new(out).exists(), "{extra:?} wrote a student");
     }
     let _ = std::fs::remove_dir_all(&dir);
