@@ -25,6 +25,8 @@ ap.add_argument("--drafts", default="truncated,distilled")
 ap.add_argument("--skip-agreement", action="store_true")
 ap.add_argument("--skip-acceptance", action="store_true")
 ap.add_argument("--skip-speed", action="store_true")
+ap.add_argument("--p-min", default=None, help="--draft-p-min of every speculative run (bushu's default: 0.75)")
+ap.add_argument("--draft-max", default=None, help="--draft-max of every speculative run (bushu's default: 8)")
 ap.add_argument("--heldout-bytes", type=int, default=12000, help="bytes of each held-out text")
 ap.add_argument("--acceptance-prompts", type=int, default=0, help="0: every held-out prompt")
 a = ap.parse_args()
@@ -92,6 +94,10 @@ for i, l in enumerate(lines):
 def run(prompt, draft=None, vocab=0):
     args = [f"{BIN}/bushu", "run", "-m", TEACHER, "-f", prompt, "-n", str(a.n), "--temperature", "0",
             "--threads", THREADS, "--json"]
+    if draft and a.p_min is not None:
+        args += ["--draft-p-min", a.p_min]
+    if draft and a.draft_max is not None:
+        args += ["--draft-max", a.draft_max]
     if draft and draft.startswith("self-speculate "):
         args += ["--self-speculate", draft.split()[1]]
     elif draft:
