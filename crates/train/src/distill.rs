@@ -10,6 +10,7 @@
 use crate::export::{write_student, ExportType};
 use crate::loss::{feature_mse, hard_ce, kd_topk};
 use crate::optim::{AdamW, ParamsAdamW};
+use crate::selfgen::{self, read_lines};
 use crate::student::{normal, Student, StudentConfig};
 use crate::teacher::{cache_key, TeacherCache, Windows};
 use anyhow::{bail, Context, Result};
@@ -68,6 +69,18 @@ pub struct DistillOptions {
     /// Stop after this many steps of the whole run, as an interrupted run would (the checkpoint is
     /// written; the student is not): for tests of resuming.
     pub stop_after: Option<usize>,
+    /// Self-distillation ([`crate::selfgen`]): plain text openings the teacher continues, and
+    /// instructions it answers in its chat template; its outputs join the training data.
+    pub generate_prompts: Vec<PathBuf>,
+    pub generate_chat: Vec<PathBuf>,
+    /// Tokens generated per prompt at most.
+    pub generate_tokens: usize,
+    /// Sequences generated at once.
+    pub generate_batch: usize,
+    /// Cache of the generated sequences; `None`: `<out>.generated`.
+    pub generate_cache: Option<PathBuf>,
+    /// Keep the teacher's token embeddings and LM head (not trained; `--init teacher` or a file).
+    pub freeze_embeddings: bool,
 }
 
 impl DistillOptions {
@@ -97,6 +110,12 @@ impl DistillOptions {
             cache: None,
             checkpoint_every: 50,
             stop_after: None,
+            generate_prompts: Vec::new(),
+            generate_chat: Vec::new(),
+            generate_tokens: 128,
+            generate_batch: 16,
+            generate_cache: None,
+            freeze_embeddings: false,
         }
     }
 }
@@ -127,6 +146,14 @@ pub struct DistillReport {
     pub resumed_at: Option<usize>,
     /// Whether the student was written (not stopped by `stop_after`).
     pub finished: bool,
+    /// Tokens of the training stream: the data files' and the generated sequences'.
+    pub data_tokens: usize,
+    /// Self-distillation: sequences generated, tokens the teacher generated (prompts excluded), the
+    /// time it took, and whether they came from the cache.
+    pub generated_sequences: usize,
+    pub generated_tokens: usize,
+    pub generate_seconds: f64,
+    pub generated_cached: bool,
 }
 
 /// Reports progress: the teacher pass, then each step.
@@ -314,47 +341,117 @@ pub fn batch_loss(
     first: usize,
     n: usize,
 ) -> Result<(Tensor, StepLog)> {
-    let ctx = windows.ctx;
-    let rows = n * (ctx - 1);
     let (inputs, targets) = batch_tensors(windows, first, n)?;
     let out = t.student.forward(&inputs)?;
-    let vocab = t.student.config.vocab;
-    let logits = out.logits.narrow(1, 0, ctx - 1)?.reshape((rows, vocab))?;
-    let ce = hard_ce(&logits, &targets)?;
+    let (ctx, vocab) = (windows.ctx, t.student.config.vocab);
+    let logits = out.logits.narrow(1, 0, ctx - 1)?.reshape((n * (ctx - 1), vocab))?;
+    let (head, feature, mut log) = losses(t, o, cache, first, n, ctx, &logits, &targets, &out.hidden)?;
+    let loss = match feature {
+        Some(f) => (head + f)?,
+        None => head,
+    };
+    log.loss = loss.to_scalar::<f32>()?;
+    Ok((loss, log))
+}
+
+/// The gradients of one batch's loss ([`batch_loss`]) and its parts. With `--freeze-embeddings` the
+/// LM head gets no gradient, but candle's matmul backward would compute it anyway (a product as large
+/// as the classifier's forward pass): the loss's gradient with respect to the logits `z = h Wᵀ` is
+/// taken by autograd on a detached copy, carried back to the final-norm hidden states by hand
+/// (`∂L/∂h = ∂L/∂z · W`), and from there by autograd through the surrogate `Σ h · ∂L/∂h` (plus the
+/// feature loss, which does not go through the classifier). A test holds these gradients equal to
+/// plain autograd's.
+pub fn batch_grads(
+    t: &Trainee,
+    o: &DistillOptions,
+    windows: &Windows,
+    cache: Option<&TeacherCache>,
+    first: usize,
+    n: usize,
+) -> Result<(GradStore, StepLog)> {
+    if !t.student.frozen_embeddings {
+        let (loss, log) = batch_loss(t, o, windows, cache, first, n)?;
+        return Ok((loss.backward()?, log));
+    }
+    let (inputs, targets) = batch_tensors(windows, first, n)?;
+    let (h, hidden) = t.student.forward_normed(&inputs)?;
+    let (ctx, dim) = (windows.ctx, t.student.config.dim);
+    let h = h
+        .reshape((n, ctx, dim))?
+        .narrow(1, 0, ctx - 1)?
+        .reshape((n * (ctx - 1), dim))?;
+    let w = t.student.param("output.weight")?.detach();
+    let z = Var::from_tensor(&h.detach().matmul(&w.t()?)?)?;
+    let (head, feature, mut log) = losses(t, o, cache, first, n, ctx, z.as_tensor(), &targets, &hidden)?;
+    let dz = head
+        .backward()?
+        .remove(z.as_tensor())
+        .context("no gradient for the logits")?;
+    let dh = dz.matmul(&w)?.detach();
+    let mut surrogate = (&h * &dh)?.sum_all()?;
+    let mut loss = head.to_scalar::<f32>()?;
+    if let Some(f) = feature {
+        loss += f.to_scalar::<f32>()?;
+        surrogate = (surrogate + f)?;
+    }
+    log.loss = loss;
+    Ok((surrogate.backward()?, log))
+}
+
+/// The loss's parts from the logits of the predicting rows (`[rows, vocab]`) and the student's
+/// residual streams: the classifier's part `(1 − α)·CE + α·KD` (CE alone when α = 0) and the feature
+/// part `α·β·Σ F` (when there are feature pairs), and the step's log (`loss` not set).
+#[allow(clippy::too_many_arguments)]
+fn losses(
+    t: &Trainee,
+    o: &DistillOptions,
+    cache: Option<&TeacherCache>,
+    first: usize,
+    n: usize,
+    ctx: usize,
+    logits: &Tensor,
+    targets: &Tensor,
+    hidden: &[Tensor],
+) -> Result<(Tensor, Option<Tensor>, StepLog)> {
+    let rows = n * (ctx - 1);
+    let ce = hard_ce(logits, targets)?;
     let mut log = StepLog {
         ce: ce.to_scalar::<f32>()?,
         ..StepLog::default()
     };
-    let mut loss = ce.clone();
-    if o.alpha > 0.0 {
-        let c = cache.context("logit KD without the teacher's cache")?;
-        let (k, r0) = (c.k, first * (ctx - 1));
-        let dev = Device::Cpu;
-        let idx = Tensor::from_slice(&c.top_idx[r0 * k..(r0 + rows) * k], (rows, k), &dev)?;
-        let val = Tensor::from_slice(&c.top_val[r0 * k..(r0 + rows) * k], (rows, k), &dev)?;
-        let lse = Tensor::from_slice(&c.lse[r0..r0 + rows], (rows, 1), &dev)?;
-        let kd = kd_topk(&logits, &idx, &val, &lse, o.temperature)?;
-        log.kd = kd.to_scalar::<f32>()?;
-        let mut distill = kd;
-        for (i, &(sl, _)) in o.feature_layers.iter().enumerate() {
-            let dt = c.feature_dim;
-            let hs = out.hidden[sl]
-                .narrow(1, 0, ctx - 1)?
-                .reshape((rows, t.student.config.dim))?;
-            let proj = hs.matmul(&t.phi[i].as_tensor().t()?)?;
-            let f: Vec<f32> = c.features[i][r0 * dt..(r0 + rows) * dt]
-                .iter()
-                .map(|x| x.to_f32())
-                .collect();
-            let ht = Tensor::from_vec(f, (rows, dt), &dev)?;
-            let fl = feature_mse(&proj, &ht)?;
-            log.feature += fl.to_scalar::<f32>()?;
-            distill = (distill + (fl * o.feature_weight)?)?;
-        }
-        loss = ((ce * (1.0 - o.alpha))? + (distill * o.alpha)?)?;
+    if o.alpha == 0.0 {
+        return Ok((ce, None, log));
     }
-    log.loss = loss.to_scalar::<f32>()?;
-    Ok((loss, log))
+    let c = cache.context("logit KD without the teacher's cache")?;
+    let (k, r0) = (c.k, first * (ctx - 1));
+    let dev = Device::Cpu;
+    let idx = Tensor::from_slice(&c.top_idx[r0 * k..(r0 + rows) * k], (rows, k), &dev)?;
+    let val = Tensor::from_slice(&c.top_val[r0 * k..(r0 + rows) * k], (rows, k), &dev)?;
+    let lse = Tensor::from_slice(&c.lse[r0..r0 + rows], (rows, 1), &dev)?;
+    let kd = kd_topk(logits, &idx, &val, &lse, o.temperature)?;
+    log.kd = kd.to_scalar::<f32>()?;
+    let head = ((ce * (1.0 - o.alpha))? + (kd * o.alpha)?)?;
+    let mut feature: Option<Tensor> = None;
+    for (i, &(sl, _)) in o.feature_layers.iter().enumerate() {
+        let dt = c.feature_dim;
+        let hs = hidden[sl]
+            .narrow(1, 0, ctx - 1)?
+            .reshape((rows, t.student.config.dim))?;
+        let proj = hs.matmul(&t.phi[i].as_tensor().t()?)?;
+        let f: Vec<f32> = c.features[i][r0 * dt..(r0 + rows) * dt]
+            .iter()
+            .map(|x| x.to_f32())
+            .collect();
+        let ht = Tensor::from_vec(f, (rows, dt), &dev)?;
+        let fl = feature_mse(&proj, &ht)?;
+        log.feature += fl.to_scalar::<f32>()?;
+        let term = (fl * (o.alpha * o.feature_weight))?;
+        feature = Some(match feature {
+            Some(f) => (f + term)?,
+            None => term,
+        });
+    }
+    Ok((head, feature, log))
 }
 
 /// Checks the options that do not need the files.
@@ -365,8 +462,17 @@ pub fn check_options(o: &DistillOptions) -> Result<()> {
     if o.temperature <= 0.0 || !o.temperature.is_finite() {
         bail!("--kd-temperature must be positive, got {}", o.temperature);
     }
-    if o.tokens == 0 || o.batch == 0 || o.top_k == 0 {
-        bail!("--tokens, --batch and --top-k must be at least 1");
+    if o.batch == 0 || o.top_k == 0 {
+        bail!("--batch and --top-k must be at least 1");
+    }
+    if o.tokens == 0 && !(o.generate_prompts.is_empty() && o.generate_chat.is_empty()) {
+        bail!("--tokens 0 writes the student as initialised, without training: --generate-prompts/--generate-chat would not be used");
+    }
+    if o.generate_tokens == 0 || o.generate_batch == 0 {
+        bail!("--generate-tokens and --generate-batch must be at least 1");
+    }
+    if o.freeze_embeddings && o.init == Init::Scratch {
+        bail!("--freeze-embeddings keeps the embeddings and LM head the student starts with: it needs --init teacher or a GGUF file");
     }
     if o.ctx < 2 {
         bail!("--ctx must be at least 2");
@@ -382,7 +488,43 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
     check_options(o)?;
     let (tfile, tgguf) = open_teacher(&o.teacher)?;
     let tcfg = tfile.config.clone();
-    let data = read_data(&tfile, &o.data)?;
+    let mut data = read_data(&tfile, &o.data)?;
+    let mut gen = GenStats::default();
+    if o.tokens > 0 && !(o.generate_prompts.is_empty() && o.generate_chat.is_empty()) {
+        let t = Instant::now();
+        let plain = read_lines(&o.generate_prompts, "--generate-prompts")?;
+        let chat = read_lines(&o.generate_chat, "--generate-chat")?;
+        let p = selfgen::prompts(&tfile, &plain, &chat)?;
+        let key = selfgen::gen_key(&o.teacher, &p, o.generate_tokens)?;
+        let path = o
+            .generate_cache
+            .clone()
+            .unwrap_or_else(|| suffixed(&o.out, ".generated"));
+        let seqs = match selfgen::load(&path, key)? {
+            Some(s) => {
+                gen.cached = true;
+                s
+            }
+            None => {
+                let s = selfgen::generate_all(
+                    Model::new(&tfile)?,
+                    &tfile.eos_ids,
+                    &p,
+                    o.generate_tokens,
+                    o.generate_batch,
+                )?;
+                selfgen::save(&path, key, &s)?;
+                s
+            }
+        };
+        gen.sequences = seqs.len();
+        gen.tokens = seqs.iter().zip(&p.prompts).map(|(s, q)| s.len() - q.len()).sum();
+        gen.seconds = t.elapsed().as_secs_f64();
+        for s in seqs {
+            data.extend(s);
+        }
+    }
+    let data_tokens = data.len();
     if data.len() < o.ctx {
         bail!(
             "the data has {} tokens, fewer than one window of --ctx {}",
@@ -391,7 +533,11 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
         );
     }
     let mut trainee = Trainee {
-        student: init_student(o, &tfile)?,
+        student: {
+            let mut s = init_student(o, &tfile)?;
+            s.frozen_embeddings = o.freeze_embeddings;
+            s
+        },
         phi: Vec::new(),
     };
     let sc = trainee.student.config.clone();
@@ -417,6 +563,30 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
             (tcfg.dim, sc.dim),
             &Device::Cpu,
         )?)?);
+    }
+    // The file declares the teacher's context length when it is longer than the training windows:
+    // RoPE extends to any position, and a draft must follow its target that far.
+    let export_ctx = o.ctx.max(tcfg.max_ctx);
+    if o.tokens == 0 {
+        // The student as initialised (e.g. the teacher's layers, untrained): the undistilled baseline.
+        trainee.student.config.ctx = export_ctx;
+        write_student(&trainee.student, &tgguf, &out_name(o), o.export_type, &o.out)?;
+        return Ok(DistillReport {
+            steps: 0,
+            tokens: 0,
+            parameters: sc.parameter_count(),
+            teacher_seconds: 0.0,
+            teacher_cached: false,
+            train_seconds: 0.0,
+            log: Vec::new(),
+            resumed_at: None,
+            finished: true,
+            data_tokens,
+            generated_sequences: 0,
+            generated_tokens: 0,
+            generate_seconds: 0.0,
+            generated_cached: false,
+        });
     }
     let steps = o.tokens.div_ceil(o.batch * o.ctx);
     let windows = Windows::sample(&data, o.ctx, steps * o.batch, tfile.tokenizer.bos_id(), o.seed)?;
@@ -469,11 +639,10 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
     for step in first..steps {
         let lr = lr_at(o.lr, step, steps);
         opt.set_learning_rate(lr);
-        let (loss, mut l) = batch_loss(&trainee, o, &windows, cache.as_ref(), step * o.batch, o.batch)?;
+        let (mut grads, mut l) = batch_grads(&trainee, o, &windows, cache.as_ref(), step * o.batch, o.batch)?;
         if !l.loss.is_finite() {
             bail!("the loss is {} at step {step}: lower --lr", l.loss);
         }
-        let mut grads = loss.backward()?;
         clip_grad_norm(&mut grads, &vars, 1.0)?;
         opt.step(&grads)?;
         l.step = step + 1;
@@ -497,17 +666,17 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
                 log,
                 resumed_at,
                 finished: false,
+                data_tokens,
+                generated_sequences: gen.sequences,
+                generated_tokens: gen.tokens,
+                generate_seconds: gen.seconds,
+                generated_cached: gen.cached,
             });
         }
     }
     let train_seconds = t1.elapsed().as_secs_f64();
-    let name = o
-        .out
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("student")
-        .to_string();
-    write_student(&trainee.student, &tgguf, &name, o.export_type, &o.out)?;
+    trainee.student.config.ctx = export_ctx;
+    write_student(&trainee.student, &tgguf, &out_name(o), o.export_type, &o.out)?;
     let _ = std::fs::remove_file(&ckpt);
     Ok(DistillReport {
         steps,
@@ -519,7 +688,30 @@ pub fn distill(o: &DistillOptions, progress: &mut dyn Progress) -> Result<Distil
         log,
         resumed_at,
         finished: true,
+        data_tokens,
+        generated_sequences: gen.sequences,
+        generated_tokens: gen.tokens,
+        generate_seconds: gen.seconds,
+        generated_cached: gen.cached,
     })
+}
+
+/// The student's name in its file's metadata: the output's file stem.
+fn out_name(o: &DistillOptions) -> String {
+    o.out
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("student")
+        .to_string()
+}
+
+/// What self-distillation added to the data.
+#[derive(Default)]
+struct GenStats {
+    sequences: usize,
+    tokens: usize,
+    seconds: f64,
+    cached: bool,
 }
 
 /// `path` with `suffix` appended to its file name.
@@ -534,8 +726,18 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
 fn run_fingerprint(o: &DistillOptions, sc: &StudentConfig, windows: &Windows) -> Result<u64> {
     let key = cache_key(&o.teacher, windows, o.top_k, o.temperature)?;
     let what = format!(
-        "{key} {sc:?} {:?} {} {} {} {} {:?} {} {} {} {}",
-        o.init, o.lr, o.alpha, o.temperature, o.top_k, o.feature_layers, o.feature_weight, o.batch, o.ctx, o.seed
+        "{key} {sc:?} {:?} {} {} {} {} {:?} {} {} {} {} {}",
+        o.init,
+        o.lr,
+        o.alpha,
+        o.temperature,
+        o.top_k,
+        o.feature_layers,
+        o.feature_weight,
+        o.batch,
+        o.ctx,
+        o.seed,
+        o.freeze_embeddings
     );
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     for b in what.bytes() {

@@ -10,6 +10,7 @@
 //! - [`medusa`]: Medusa heads for a frozen model (`bushu train-medusa`), written as a GGUF side file;
 //!   [`medusa_eval`] measures them (`bushu-train eval-medusa`).
 //! - [`routers`]: mixture-of-depths routers for a frozen model (`bushu train-routers`), a GGUF side file.
+//! - [`selfgen`]: self-distillation data, the teacher's own greedy continuations and answers.
 //! - [`export`]: the student as a Llama GGUF with the teacher's tokenizer.
 //! - [`optim`], [`checkpoint`]: AdamW with open state, and resumable checkpoints.
 //! - [`progress`]: a progress bar on a terminal, plain lines elsewhere.
@@ -25,5 +26,6 @@ pub mod medusa_eval;
 pub mod optim;
 pub mod progress;
 pub mod routers;
+pub mod selfgen;
 pub mod student;
 pub mod teacher;

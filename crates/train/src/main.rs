@@ -192,7 +192,8 @@ struct DistillArgs {
     /// Training text files (tokenized with the teacher's tokenizer).
     #[arg(long, num_args = 1.., required = true)]
     data: Vec<PathBuf>,
-    /// Training tokens (windows of --ctx; rounded up to whole batches).
+    /// Training tokens (windows of --ctx; rounded up to whole batches). 0: write the student as
+    /// initialised, untrained (with --init teacher: the layer-truncated teacher).
     #[arg(long, default_value_t = 100_000)]
     tokens: usize,
     /// Tokens per training window.
@@ -234,6 +235,28 @@ struct DistillArgs {
     /// Write a checkpoint (OUT.ckpt) every N steps (0: never); a rerun of the same command resumes from it.
     #[arg(long, default_value_t = 50)]
     checkpoint_every: usize,
+    /// Self-distillation: plain text openings (one per line) the teacher continues greedily; its text
+    /// joins the training data.
+    #[arg(long, num_args = 1..)]
+    generate_prompts: Vec<PathBuf>,
+    /// Self-distillation: instructions (one per line) rendered with the teacher's chat template, which
+    /// the teacher answers greedily; its answers join the training data.
+    #[arg(long, num_args = 1..)]
+    generate_chat: Vec<PathBuf>,
+    /// Tokens generated per prompt at most (generation also stops at an end-of-sequence or end-of-turn token).
+    #[arg(long, default_value_t = 128)]
+    generate_tokens: usize,
+    /// Prompts generated at once (bushu's batching engine).
+    #[arg(long, default_value_t = 16)]
+    generate_batch: usize,
+    /// Cache of the generated sequences (default: OUT.generated), reused by any run with the same
+    /// teacher, prompts and --generate-tokens.
+    #[arg(long)]
+    generate_cache: Option<PathBuf>,
+    /// Keep the student's token embeddings and LM head as initialised (--init teacher: the teacher's);
+    /// only the layers and norms train.
+    #[arg(long)]
+    freeze_embeddings: bool,
 }
 
 /// `0:2,1:5` → [(0, 2), (1, 5)].
@@ -386,7 +409,23 @@ fn run(cli: Cli) -> Result<()> {
             o.export_type = a.out_type;
             o.cache = a.cache;
             o.checkpoint_every = a.checkpoint_every;
+            o.generate_prompts = a.generate_prompts;
+            o.generate_chat = a.generate_chat;
+            o.generate_tokens = a.generate_tokens;
+            o.generate_batch = a.generate_batch;
+            o.generate_cache = a.generate_cache;
+            o.freeze_embeddings = a.freeze_embeddings;
             let r = distill(&o, &mut Console::new())?;
+            if r.generated_sequences > 0 {
+                eprintln!(
+                    "self-distillation: {} sequences, {} generated tokens ({}{:.1} s); training stream {} tokens",
+                    r.generated_sequences,
+                    r.generated_tokens,
+                    if r.generated_cached { "cached, " } else { "" },
+                    r.generate_seconds,
+                    r.data_tokens
+                );
+            }
             if let Some(s) = r.resumed_at {
                 eprintln!("resumed from the checkpoint at step {s}");
             }

@@ -277,7 +277,7 @@ pub fn train_routers(o: &RouterOptions, progress: &mut dyn FnMut(&str)) -> Resul
     let (layers, dim, eps) = (c.n_layers, c.dim, c.rms_eps);
     let mut student = Student::from_teacher(config, &file, &(0..layers).collect::<Vec<_>>())?;
     student.freeze();
-    let e = classifier(&model)?;
+    let e = classifier(&model, None)?;
     let out_norm = student.param("output_norm.weight")?.clone();
     let dev = Device::Cpu;
     let mut rng = bushu::sampling::rng::Rng::new(o.seed);

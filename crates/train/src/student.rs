@@ -100,6 +100,9 @@ pub struct Student {
     pub params: Vec<(String, Var)>,
     /// After [`Student::freeze`]: the parameters as constants (no gradient tracked through them).
     frozen: Option<Vec<(String, Tensor)>>,
+    /// Token embeddings and LM head kept as they are: not among [`Student::vars`], and the embedding
+    /// is read detached in the forward pass (no gradient computed for it).
+    pub frozen_embeddings: bool,
     cos: Tensor,
     sin: Tensor,
 }
@@ -221,6 +224,7 @@ impl Student {
             config,
             params,
             frozen: None,
+            frozen_embeddings: false,
         })
     }
 
@@ -251,19 +255,33 @@ impl Student {
             .with_context(|| format!("no parameter {name}"))
     }
 
-    /// Every parameter, for the optimizer.
+    /// Every trained parameter, for the optimizer (without the embeddings and LM head when frozen).
     pub fn vars(&self) -> Vec<Var> {
-        self.params.iter().map(|(_, v)| v.clone()).collect()
+        self.params
+            .iter()
+            .filter(|(n, _)| !(self.frozen_embeddings && is_embedding(n)))
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// The forward pass over `tokens` (`[batch, seq]`, u32, seq ≤ ctx).
     pub fn forward(&self, tokens: &Tensor) -> Result<StudentOutput> {
-        let (x, hidden) = self.run_layers(tokens, &mut |_, _, y| Ok(y))?;
-        let c = &self.config;
+        let (h, hidden) = self.forward_normed(tokens)?;
         let (b, t) = tokens.dims2()?;
-        let h = rms_norm(&x, self.param("output_norm.weight")?, c.rms_eps)?;
-        let logits = h.matmul(&self.param("output.weight")?.t()?)?.reshape((b, t, c.vocab))?;
+        let logits = h
+            .matmul(&self.param("output.weight")?.t()?)?
+            .reshape((b, t, self.config.vocab))?;
         Ok(StudentOutput { logits, hidden })
+    }
+
+    /// The forward pass up to the classifier: the final-norm hidden states `[batch * seq, dim]` and
+    /// the residual stream after each layer.
+    pub fn forward_normed(&self, tokens: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let (x, hidden) = self.run_layers(tokens, &mut |_, _, y| Ok(y))?;
+        Ok((
+            rms_norm(&x, self.param("output_norm.weight")?, self.config.rms_eps)?,
+            hidden,
+        ))
     }
 
     /// The layers over `tokens` (`[batch, seq]`): the residual stream after the last one (`[batch·seq,
@@ -282,9 +300,13 @@ impl Student {
         }
         let (d, hd, nh, nkv) = (c.dim, c.head_dim(), c.heads, c.kv_heads);
         let rep = nh / nkv;
-        let mut x = self
-            .param("token_embd.weight")?
-            .index_select(&tokens.flatten_all()?, 0)?; // [b*t, d]
+        let embd = self.param("token_embd.weight")?;
+        let embd = if self.frozen_embeddings {
+            embd.detach()
+        } else {
+            embd.clone()
+        };
+        let mut x = embd.index_select(&tokens.flatten_all()?, 0)?; // [b*t, d]
         let mask: Vec<f32> = (0..t * t)
             .map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 })
             .collect();
@@ -339,6 +361,11 @@ impl Student {
         }
         Ok(out)
     }
+}
+
+/// The token embedding and the LM head, which `--freeze-embeddings` keeps.
+pub fn is_embedding(name: &str) -> bool {
+    name == "token_embd.weight" || name == "output.weight"
 }
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
