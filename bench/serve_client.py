@@ -134,6 +134,16 @@ def wait_health(url, timeout):
     return False
 
 
+def served_model(url):
+    """The first model the server lists at /v1/models ("m" if it lists none)."""
+    try:
+        with urllib.request.urlopen(url + "/v1/models", timeout=10) as f:
+            data = json.loads(f.read()).get("data") or []
+    except (urllib.error.URLError, ConnectionError, OSError, ValueError):
+        return "m"
+    return data[0].get("id", "m") if data else "m"
+
+
 def warmup(url, model, vocab_lo, vocab_hi):
     body = {"model": model, "prompt": [vocab_lo + k for k in range(8)], "max_tokens": 4, "temperature": 0}
     req = urllib.request.Request(url + "/v1/completions", json.dumps(body).encode(),
@@ -174,7 +184,8 @@ async def run(a):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", default="http://127.0.0.1:8080")
-    ap.add_argument("--model", default="m")
+    ap.add_argument("--model", help="model name to send (default: the first of the server's /v1/models; bushu "
+                    "serve answers 404 to a name it does not serve)")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens per client")
     ap.add_argument("--gen", type=int, default=128, help="generated tokens per client")
@@ -189,6 +200,8 @@ def main():
     a = ap.parse_args()
     if not wait_health(a.url, a.health_timeout):
         sys.exit(f"{a.url}/health not ready after {a.health_timeout}s")
+    if a.model is None:
+        a.model = served_model(a.url)
     warmup(a.url, a.model, a.vocab_lo, a.vocab_hi)
     t0, t1, res, unfinished = asyncio.run(run(a))
     ttft, itl, decode_rates, toks, errors = [], [], [], 0, []
