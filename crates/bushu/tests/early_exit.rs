@@ -14,7 +14,7 @@ use bushu::model::{load, Logits, Model, ModelFile, Pass};
 use bushu::sampling::SamplingParams;
 use bushu::tradeoff::early_exit::EarlyExitMethod;
 use bushu::tradeoff::{argmax, heldout, measure, table, Method, Point, Sizes};
-use common::shared;
+use common::{chat_cli as chat, shared};
 use std::process::Command;
 
 const EXPERT: &str = "models/shakespeare/shakespeare-expert-f16.gguf";
@@ -504,26 +504,6 @@ fn bad_flags_get_one_clear_line() {
         assert_eq!(lines.len(), 1, "{args:?}: {err}");
         assert!(lines[0].contains(expect), "{args:?}: expected {expect:?} in {err:?}");
     }
-}
-
-/// `bushu chat` with the conversation on stdin; returns (stdout, stderr).
-fn chat(args: &[&str], input: &str) -> (String, String) {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bushu"))
-        .arg("chat")
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -14,7 +14,7 @@ use bushu::model::{load, Logits, Model, ModelFile, Pass, Probe};
 use bushu::sampling::SamplingParams;
 use bushu::tradeoff::mixture_of_depths::ModMethod;
 use bushu::tradeoff::{argmax, heldout, measure, Sizes};
-use common::shared;
+use common::{chat_cli as chat, shared};
 use std::process::Command;
 
 const EXPERT: &str = "models/shakespeare/shakespeare-expert-q8_0.gguf";
@@ -390,25 +390,6 @@ fn tradeoff_at_capacity_one_is_the_full_model() {
         "{notes}"
     );
     assert!(measure(&mut method, &m, &held, 1.5).is_err());
-}
-
-fn chat(args: &[&str], input: &str) -> (String, String) {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bushu"))
-        .arg("chat")
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// `bushu chat --mod-routers`: capacity 1 answers both turns as plain chat does; a capacity below 1 says
