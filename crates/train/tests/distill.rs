@@ -4,6 +4,9 @@
 //! Uses the trained Shakespeare amateur (../shared/models/shakespeare) as a small real teacher; each
 //! test runs in seconds.
 
+mod common;
+use common::{shared, text_slice, tmpdir};
+
 use bushu::model::{load, Logits, Model, Pass};
 use bushu::sampling::rng::Rng;
 use bushu_train::distill::{distill, DistillOptions, Quiet};
@@ -15,36 +18,8 @@ use candle_core::{Device, Tensor, Var};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared").join(rel)
-}
-
 fn teacher_path() -> PathBuf {
     shared("models/shakespeare/shakespeare-amateur-f16.gguf")
-}
-
-/// A fresh directory under the target's temp dir.
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bushu-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// The first `bytes` of a Shakespeare text file (cut at a char boundary), written to `dir/name`.
-fn text_slice(src: &str, skip: usize, bytes: usize, dir: &Path, name: &str) -> PathBuf {
-    let t = std::fs::read_to_string(shared(src)).unwrap();
-    let mut a = skip;
-    while !t.is_char_boundary(a) {
-        a += 1;
-    }
-    let mut b = (a + bytes).min(t.len());
-    while !t.is_char_boundary(b) {
-        b += 1;
-    }
-    let p = dir.join(name);
-    std::fs::write(&p, &t[a..b]).unwrap();
-    p
 }
 
 fn row_tensor(v: &[f32]) -> Tensor {

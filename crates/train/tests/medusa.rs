@@ -4,6 +4,9 @@
 //! model's own text, the written heads drive Medusa decoding whose greedy output is plain greedy
 //! decoding's, and bad input ends in one clear line.
 
+mod common;
+use common::{shared, text_slice, tmpdir};
+
 use bushu::generate::{generate, GenerateOptions};
 use bushu::model::{load, Model};
 use bushu::sampling::SamplingParams;
@@ -12,35 +15,8 @@ use bushu_train::medusa::{encode_prompt, train_medusa, MedusaOptions, QuietMedus
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared").join(rel)
-}
-
 fn model_path() -> PathBuf {
     shared("models/shakespeare/shakespeare-amateur-f16.gguf")
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bushu-medusa-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// `bytes` of a Shakespeare text from `skip`, written to `dir/name`.
-fn text_slice(src: &str, skip: usize, bytes: usize, dir: &Path, name: &str) -> PathBuf {
-    let t = std::fs::read_to_string(shared(src)).unwrap();
-    let mut a = skip;
-    while !t.is_char_boundary(a) {
-        a += 1;
-    }
-    let mut b = (a + bytes).min(t.len());
-    while !t.is_char_boundary(b) {
-        b += 1;
-    }
-    let p = dir.join(name);
-    std::fs::write(&p, &t[a..b]).unwrap();
-    p
 }
 
 fn small(dir: &Path, out: &str, seed: u64) -> MedusaOptions {

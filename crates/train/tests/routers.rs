@@ -4,24 +4,15 @@
 //! loads for the model (and its quantiles give about the trained capacity per layer on the training
 //! text), and bad input ends in one clear line.
 
+mod common;
+use common::{shared, tmpdir};
+
 use bushu::model::mixture_of_depths::{Routers, Routing};
 use bushu::model::{load, Logits, Model};
 use bushu_train::routers::{train_routers, RouterOptions};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared").join(rel)
-}
-
 const EXPERT: &str = "models/shakespeare/shakespeare-expert-q8_0.gguf";
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bushu-routers-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 #[test]
 fn routers_train_and_load() {

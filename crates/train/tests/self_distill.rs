@@ -5,6 +5,9 @@
 //! `--freeze-embeddings`, whose hand-carried gradient must be plain autograd's. Small Shakespeare
 //! models as teachers; each test runs in seconds.
 
+mod common;
+use common::{shared, tmpdir};
+
 use bushu::generate::{generate, GenerateOptions};
 use bushu::model::{load, Logits, Model};
 use bushu::sampling::SamplingParams;
@@ -15,23 +18,12 @@ use bushu_train::teacher::{TeacherCache, Windows};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared").join(rel)
-}
-
 fn expert() -> PathBuf {
     shared("models/shakespeare/shakespeare-expert-f16.gguf")
 }
 
 fn amateur() -> PathBuf {
     shared("models/shakespeare/shakespeare-amateur-f16.gguf")
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bushu-selfdistill-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// `bytes` bytes of the Shakespeare training text from `skip`, written to `dir/name`.
