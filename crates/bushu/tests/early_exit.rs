@@ -13,8 +13,8 @@ use bushu::model::early_exit::{entropy, EarlyExit, StepCost};
 use bushu::model::{load, Logits, Model, ModelFile, Pass};
 use bushu::sampling::SamplingParams;
 use bushu::tradeoff::early_exit::EarlyExitMethod;
-use bushu::tradeoff::{argmax, heldout, measure, table, Method, Point, Sizes};
-use common::{chat_cli as chat, shared};
+use bushu::tradeoff::{argmax, measure, table, Method, Point};
+use common::{chat_cli as chat, shared, small_heldout};
 use std::process::Command;
 
 const EXPERT: &str = "models/shakespeare/shakespeare-expert-f16.gguf";
@@ -304,17 +304,7 @@ fn tradeoff_table_and_plot() {
 #[test]
 fn tradeoff_measures_the_extremes() {
     let (f, m) = open(EXPERT);
-    let text = std::fs::read_to_string(shared("testdata/shakespeare/val.txt")).unwrap();
-    let tokens = bushu::perplexity::tokenize_text(&f.tokenizer, &text).unwrap();
-    let sizes = Sizes {
-        windows: 1,
-        window: 48,
-        prefix: 16,
-        prompts: 2,
-        prompt: 16,
-        n: 12,
-    };
-    let held = heldout(&m, &tokens, f.tokenizer.bos_id(), sizes).unwrap();
+    let held = small_heldout(&f, &m);
     assert_eq!(held.full_rows[0].len(), (48 - 1 - 16) * m.config.vocab_size);
     let mut method = EarlyExitMethod::new(&m, Some(vec![2, 4])).unwrap();
     let neutral = measure(&mut method, &m, &held, 0.0).unwrap();

@@ -13,8 +13,8 @@ use bushu::model::mixture_of_depths::{Routers, RoutersBase, Routing, QUANTILES};
 use bushu::model::{load, Logits, Model, ModelFile, Pass, Probe};
 use bushu::sampling::SamplingParams;
 use bushu::tradeoff::mixture_of_depths::ModMethod;
-use bushu::tradeoff::{argmax, heldout, measure, Sizes};
-use common::{chat_cli as chat, shared};
+use bushu::tradeoff::{argmax, measure};
+use common::{chat_cli as chat, shared, small_heldout};
 use std::process::Command;
 
 const EXPERT: &str = "models/shakespeare/shakespeare-expert-q8_0.gguf";
@@ -358,17 +358,7 @@ fn routers_file_names_its_model() {
 #[test]
 fn tradeoff_at_capacity_one_is_the_full_model() {
     let (f, m) = open(EXPERT);
-    let text = std::fs::read_to_string(shared("testdata/shakespeare/val.txt")).unwrap();
-    let tokens = bushu::perplexity::tokenize_text(&f.tokenizer, &text).unwrap();
-    let sizes = Sizes {
-        windows: 1,
-        window: 48,
-        prefix: 16,
-        prompts: 2,
-        prompt: 16,
-        n: 12,
-    };
-    let held = heldout(&m, &tokens, f.tokenizer.bos_id(), sizes).unwrap();
+    let held = small_heldout(&f, &m);
     let routed = Model::new(&f).unwrap();
     let r = calibrated(&f, &routed, 4);
     let mut method = ModMethod::new(routed, r).unwrap();

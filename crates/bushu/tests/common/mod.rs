@@ -170,3 +170,19 @@ pub fn chat_cli(args: &[&str], input: &str) -> (String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A small held-out set for `bushu::tradeoff` tests: the first window of 48 tokens of the Shakespeare
+/// `val.txt` (16 of prefix) and 2 prompts of 16 continued by 12 tokens.
+pub fn small_heldout(f: &bushu::model::ModelFile, m: &bushu::model::Model) -> bushu::tradeoff::Heldout {
+    let text = std::fs::read_to_string(shared("testdata/shakespeare/val.txt")).unwrap();
+    let tokens = bushu::perplexity::tokenize_text(&f.tokenizer, &text).unwrap();
+    let sizes = bushu::tradeoff::Sizes {
+        windows: 1,
+        window: 48,
+        prefix: 16,
+        prompts: 2,
+        prompt: 16,
+        n: 12,
+    };
+    bushu::tradeoff::heldout(m, &tokens, f.tokenizer.bos_id(), sizes).unwrap()
+}
