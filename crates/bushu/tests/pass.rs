@@ -491,3 +491,45 @@ fn bad_proposals_are_errors() {
     }
     assert!(e.propose(id, &[4]).is_err());
 }
+
+/// Big models pack their matrices on a background thread (`Weights::prepare_packing`): a first pass
+/// of at most `ROW_MAJOR_FIRST_PASS` tokens runs on the row-major kernels beside the packer, a longer
+/// one packs first (the row-major prefill kernels are several times slower) and runs on the packed
+/// ones, as does every pass after the first. Forced on a small int8-activation model: a long first
+/// pass and the decode steps after it give the bits of a model that packed every matrix on its first
+/// product.
+#[test]
+fn background_packing_schedule_gives_the_packed_bits() {
+    use bushu::model::weights::ROW_MAJOR_FIRST_PASS;
+    use bushu::model::ModelOptions;
+    use kernels::Precision;
+    let file = load(&shared("models/tiny-llama-q4_0.gguf")).unwrap();
+    let build = |background: bool| {
+        let o = ModelOptions {
+            precision: Precision::Fast,
+            background_packing: false,
+            ..ModelOptions::default()
+        };
+        let m = o.build(&file).unwrap();
+        if background {
+            m.weights.pack_in_background(0);
+        }
+        m
+    };
+    let vocab = file.config.vocab_size;
+    for n in [ROW_MAJOR_FIRST_PASS + 1, 40] {
+        let prompt = tokens(n as u64, n, vocab);
+        let run = |m: &Model| {
+            let mut st = m.new_state(n + 8);
+            let first = m.forward(&mut st, &prompt, Logits::All).unwrap().to_vec();
+            let t = kernels::ops::argmax(&first[(n - 1) * vocab..]) as u32;
+            (first, decode(m, &mut st, t, 4))
+        };
+        let (want_first, want_decode) = run(&build(false));
+        let (first, decoded) = run(&build(true));
+        assert!(same(&first, &want_first), "first pass of {n} tokens");
+        for (i, (a, b)) in decoded.iter().zip(&want_decode).enumerate() {
+            assert!(same(a, b), "decode step {i} after {n} tokens");
+        }
+    }
+}

@@ -432,7 +432,7 @@ impl Model {
         observe: &mut dyn FnMut(Probe, &[f32]),
     ) -> Result<&'s [f32]> {
         let w = &self.weights;
-        w.before_pass();
+        w.before_pass(tokens.len());
         self.embed(s, tokens)?;
         s.layers_run = layers;
         s.pairs_run = 0;

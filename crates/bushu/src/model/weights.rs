@@ -6,7 +6,7 @@ use super::config::Config;
 use crate::formats::Tensor;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -71,8 +71,8 @@ pub struct Weights {
     pub output: Tensor,
     /// Per-frequency RoPE divisors (`rope_freqs.weight`, Llama 3.1 scaling in GGUF files).
     pub rope_freqs: Option<Vec<f32>>,
-    /// The background thread packing the matrices, if one was started.
-    packer: Mutex<Option<JoinHandle<()>>>,
+    /// The background thread packing the matrices, if one was started, and the matrices it packs.
+    packer: Mutex<Option<(JoinHandle<()>, Arc<PackQueue>)>>,
     /// Opened by the end of the first forward pass: the background packer waits for it.
     first_pass: Arc<Gate>,
 }
@@ -102,6 +102,30 @@ impl Gate {
             .wait_timeout_while(guard, at_most, |_| !self.open.load(Ordering::Acquire));
     }
 }
+
+/// Matrices to pack, taken one at a time by whoever packs: the background packer, and the pass that
+/// waits for it ([`Weights::wait_packed`]).
+struct PackQueue {
+    tensors: Vec<Tensor>,
+    next: AtomicUsize,
+}
+
+impl PackQueue {
+    /// Packs the matrices no one has taken yet, in order, until none is left.
+    fn pack(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(t) = self.tensors.get(i) else { return };
+            t.pack.fill_serial(&t.matrix());
+        }
+    }
+}
+
+/// The longest first pass that runs on the row-major kernels while the matrices are packed in the
+/// background. A longer one packs first: the row-major prefill kernels are several times slower than
+/// the packed ones (Qwen2.5-1.5B Q4_K_M on 2 threads: 27 vs 140 tokens/s), so beyond a few dozen
+/// tokens the packing pays for itself within the pass (measured: docs/BENCHMARKS.md, session 11).
+pub const ROW_MAJOR_FIRST_PASS: usize = 16;
 
 /// How long a background packer waits for the first forward pass to end before it starts anyway.
 const FIRST_PASS_WAIT: Duration = Duration::from_secs(5);
@@ -266,34 +290,44 @@ impl Weights {
     /// Prepares the packed copies the fast kernels use (`kernels::packed`). Small models are left to
     /// pack each matrix on its first product (milliseconds). From 256 MiB of packable matrices on,
     /// copying them all takes long enough (~0.7 ms per MB on the hosts measured: page faults of the
-    /// fresh memory) to hold up the first token, so a background thread packs them, in the order the
-    /// forward pass uses them, while the first pass (the prompt) runs on the row-major kernels; the
-    /// second pass waits for the packer ([`Weights::before_pass`]) and only then lets products use the copies
-    /// (a copy the packer finishes during a long first pass is not used in it), so results never depend on timing. The packer
+    /// fresh memory) to hold up a short prompt's first token, so a background thread packs them, in the
+    /// order the forward pass uses them, while a short first pass (at most [`ROW_MAJOR_FIRST_PASS`]
+    /// tokens) runs on the row-major kernels; the next pass waits for the packer, packing beside it
+    /// ([`Weights::before_pass`]), and only then lets products use the copies (a copy the packer
+    /// finishes during the first pass is not used in it), so results never depend on timing. The packer
     /// starts once the first forward pass is over (or after 5 s), so the first token has the cores.
     pub fn prepare_packing(&self) {
+        self.pack_in_background(BACKGROUND_PACKING);
+    }
+
+    /// [`Weights::prepare_packing`] for models with at least `min_bytes` of packable matrices (0: any
+    /// model, as the tests of this schedule use it); once per model.
+    pub fn pack_in_background(&self, min_bytes: usize) {
         let packable: Vec<Tensor> = self
             .matrices()
             .filter(|t| kernels::packed::packable(t.dtype))
             .cloned()
             .collect();
-        if packable.iter().map(|t| t.nbytes).sum::<usize>() < BACKGROUND_PACKING {
+        if packable.iter().map(|t| t.nbytes).sum::<usize>() < min_bytes.max(1) {
             return;
         }
         for t in &packable {
             t.pack.defer();
         }
+        let queue = Arc::new(PackQueue {
+            tensors: packable,
+            next: AtomicUsize::new(0),
+        });
         let first_pass = self.first_pass.clone();
+        let work = queue.clone();
         let handle = std::thread::Builder::new().name("bushu-packer".into()).spawn(move || {
             // The first token (often a prompt) runs alone on the row-major kernels: packing beside it
             // would take one of the cores it uses.
             first_pass.wait(FIRST_PASS_WAIT);
-            for t in &packable {
-                t.pack.fill_serial(&t.matrix());
-            }
+            work.pack();
         });
         if let (Ok(h), Ok(mut slot)) = (handle, self.packer.lock()) {
-            *slot = Some(h);
+            *slot = Some((h, queue));
         } else {
             // No thread: pack on first use after all.
             self.matrices().for_each(|t| t.pack.release());
@@ -305,12 +339,13 @@ impl Weights {
         self.first_pass.open();
     }
 
-    /// Called before each forward pass: after the first one, waits for a background packer to finish,
-    /// so that only the first pass runs on the row-major kernels and every later pass on the packed
-    /// ones — the same pass sequence then gives the same bits, whatever the timing (a pass never
-    /// switches kernels halfway, a multi-token pass and single-token passes over the same tokens agree).
-    pub fn before_pass(&self) {
-        if self.first_pass.open.load(Ordering::Acquire) {
+    /// Called before each forward pass of `tokens` tokens: after the first pass, and for a first pass
+    /// of more than [`ROW_MAJOR_FIRST_PASS`] tokens, waits for a background packer to finish (helping
+    /// it), so that only a short first pass runs on the row-major kernels and every other pass on the
+    /// packed ones. Which kernels a pass uses depends on the pass sequence only, never on timing (a
+    /// pass never switches kernels halfway), and both give the same bits.
+    pub fn before_pass(&self, tokens: usize) {
+        if tokens > ROW_MAJOR_FIRST_PASS || self.first_pass.open.load(Ordering::Acquire) {
             self.wait_packed();
         }
     }
@@ -319,7 +354,9 @@ impl Weights {
     pub fn wait_packed(&self) {
         self.first_pass_done();
         let h = self.packer.lock().ok().and_then(|mut s| s.take());
-        if let Some(h) = h {
+        if let Some((h, queue)) = h {
+            // The pass that waits would leave its thread idle: it packs beside the packer.
+            queue.pack();
             let _ = h.join();
             // Every deferred copy is made: from this pass on, products use them.
             self.matrices().for_each(|t| t.pack.release());
