@@ -2,7 +2,8 @@
 //! 6-bit codes widened to one per byte; Q5_0 as the Q8_0 blocks of the same weights) and unpacks to them exactly, and fast
 //! products through it equal the row-major fast products on every SIMD level — within 1e-5 of `Σ|w x|`
 //! (the integer sums are identical; only the f32 block sums reorder) — for row counts with and without
-//! a partial last group, and batch sizes 1..=9 (token tiles of 4 plus single tokens).
+//! a partial last group, and batch sizes 1..=15 (token tiles of 8 or 4 and every size of last tile), each
+//! token's result the same bits as when it is the only one.
 
 mod common;
 
@@ -81,7 +82,7 @@ fn packed_products_equal_row_major_ones() {
             let cols = 3 * t.block_len();
             let data = random_matrix(&mut rng, t, rows, cols);
             let plain = QMatrix::new(t, rows, cols, &data);
-            for n in 1..=9 {
+            for n in 1..=15 {
                 let x = rng.vec(n * cols, 2.0);
                 let s = abs_scale(t, &data, rows, cols, &x);
                 for &l in &levels {
@@ -94,10 +95,16 @@ fn packed_products_equal_row_major_ones() {
                     assert!(slot.get().is_some(), "{t} {l}: the pack was made");
                     let e = worst(&got, &want, &s);
                     assert!(e <= 1e-5, "{t} {l}: rows {rows} n {n}: rel err {e}");
-                    // Batching does not change a token's result.
-                    let mut one = vec![0.0; rows];
-                    matmul_on(&packed, &x[..cols], &mut one, Precision::Fast, l);
-                    assert_eq!(one, got[..rows], "{t} {l}: first token alone vs in a batch of {n}");
+                    // Batching does not change a token's result, wherever its tile.
+                    for i in 0..n {
+                        let mut one = vec![0.0; rows];
+                        matmul_on(&packed, &x[i * cols..(i + 1) * cols], &mut one, Precision::Fast, l);
+                        let same = one
+                            .iter()
+                            .zip(&got[i * rows..])
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{t} {l}: token {i} alone vs in a batch of {n}");
+                    }
                 }
             }
         }
@@ -122,7 +129,7 @@ fn sixteen_row_kernels_equal_eight_row_ones_bit_for_bit() {
             let plain = QMatrix::new(t, rows, cols, &data);
             let slot = PackSlot::new();
             let packed = plain.with_pack(&slot);
-            for n in [1, 2, 3, 4, 5, 8, 9, 13, 17] {
+            for n in [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 17] {
                 let x = rng.vec(n * cols, 2.0);
                 for p in [Precision::Fast, Precision::Wide] {
                     let mut avx2 = vec![0.0; n * rows];
@@ -198,7 +205,7 @@ fn wide_products_are_exact_to_int16_rounding() {
             let cols = 2 * t.block_len();
             let data = random_matrix(&mut rng, t, rows, cols);
             let plain = QMatrix::new(t, rows, cols, &data);
-            for n in 1..=3 {
+            for n in 1..=7 {
                 let x = rng.vec(n * cols, 2.0);
                 let s = abs_scale(t, &data, rows, cols, &x);
                 let mut want = vec![0.0; n * rows];
@@ -207,6 +214,16 @@ fn wide_products_are_exact_to_int16_rounding() {
                     let slot = PackSlot::new();
                     let mut got = vec![f32::NAN; n * rows];
                     matmul_on(&plain.with_pack(&slot), &x, &mut got, Precision::Wide, l);
+                    for i in 0..n {
+                        let mut one = vec![0.0; rows];
+                        let xi = &x[i * cols..(i + 1) * cols];
+                        matmul_on(&plain.with_pack(&slot), xi, &mut one, Precision::Wide, l);
+                        let same = one
+                            .iter()
+                            .zip(&got[i * rows..])
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{t} {l}: wide token {i} alone vs in a batch of {n}");
+                    }
                     let e = worst(&got, &want, &s);
                     // int16 rounding: half a step of 1/32767 of each block's largest |x|.
                     assert!(e <= 1e-4, "{t} {l}: rows {rows} n {n}: rel err {e}");

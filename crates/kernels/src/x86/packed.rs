@@ -734,6 +734,7 @@ impl<D: IAcc> WideKern for PQ3K<D> {
     }
 }
 
+/// [`run`] with int16 activations.
 #[inline(always)]
 unsafe fn run_wide<K: WideKern, W: Wide16>(job: &Job, g0: usize, g1: usize) {
     let mut t = 0;
@@ -743,11 +744,13 @@ unsafe fn run_wide<K: WideKern, W: Wide16>(job: &Job, g0: usize, g1: usize) {
         }
         t += 4;
     }
-    while t < job.n {
-        for g in g0..g1 {
-            tile_wide::<K, W, 1>(job, g, t);
+    for g in g0..g1 {
+        match job.n - t {
+            0 => break,
+            1 => tile_wide::<K, W, 1>(job, g, t),
+            2 => tile_wide::<K, W, 2>(job, g, t),
+            _ => tile_wide::<K, W, 3>(job, g, t),
         }
-        t += 1;
     }
 }
 
@@ -834,7 +837,9 @@ unsafe fn tile<K: PackKern, const T: usize>(job: &Job, g: usize, t: usize) {
     }
 }
 
-/// Groups `g0..g1` for every token of the job, tokens four at a time.
+/// Groups `g0..g1` for every token of the job, tokens four at a time, the last one to three tokens in
+/// one tile (a tile decodes each record once for all its tokens: three one-token tiles would decode
+/// them three times). A token's sums do not depend on its tile: the same bits in any pass.
 #[inline(always)]
 pub(crate) unsafe fn run<K: PackKern>(job: &Job, g0: usize, g1: usize) {
     let mut t = 0;
@@ -844,11 +849,13 @@ pub(crate) unsafe fn run<K: PackKern>(job: &Job, g0: usize, g1: usize) {
         }
         t += 4;
     }
-    while t < job.n {
-        for g in g0..g1 {
-            tile::<K, 1>(job, g, t);
+    for g in g0..g1 {
+        match job.n - t {
+            0 => break,
+            1 => tile::<K, 1>(job, g, t),
+            2 => tile::<K, 2>(job, g, t),
+            _ => tile::<K, 3>(job, g, t),
         }
-        t += 1;
     }
 }
 

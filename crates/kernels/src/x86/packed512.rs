@@ -439,18 +439,31 @@ unsafe fn tile16<K: Kern16, const T: usize>(job: &Job, g: usize, t: usize) {
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn run16<K: Kern16, K8: PackKern, const T: usize>(job: &Job, g0: usize, g1: usize) {
     let pairs = (g1 - g0) / 2;
+    // Tiles of T tokens, then the rest in one tile; with four-token tiles the last one to three tokens
+    // join the last full tile instead (a tile of five to seven: 32 vector registers hold it).
+    let full = match job.n % T {
+        r if T == 4 && r > 0 && job.n > 4 => job.n - 4 - r,
+        r => job.n - r,
+    };
     let mut t = 0;
-    while t + T <= job.n {
+    while t < full {
         for g in (g0..g0 + 2 * pairs).step_by(2) {
             tile16::<K, T>(job, g, t);
         }
         t += T;
     }
-    while t < job.n {
-        for g in (g0..g0 + 2 * pairs).step_by(2) {
-            tile16::<K, 1>(job, g, t);
+    // The last tokens in one tile: each record is decoded once for all of them.
+    for g in (g0..g0 + 2 * pairs).step_by(2) {
+        match job.n - t {
+            0 => break,
+            1 => tile16::<K, 1>(job, g, t),
+            2 => tile16::<K, 2>(job, g, t),
+            3 => tile16::<K, 3>(job, g, t),
+            4 => tile16::<K, 4>(job, g, t),
+            5 => tile16::<K, 5>(job, g, t),
+            6 => tile16::<K, 6>(job, g, t),
+            _ => tile16::<K, 7>(job, g, t),
         }
-        t += 1;
     }
     if g0 + 2 * pairs < g1 {
         super::packed::run::<K8>(job, g1 - 1, g1);
