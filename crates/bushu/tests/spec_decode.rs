@@ -219,6 +219,52 @@ fn greedy_with_processors_still_equal() {
     assert_eq!(spec(&f, &m, &prompt, &o, &mut s).0, want);
 }
 
+/// `--draft-p-min`: drafting stops after the first draft whose top probability is below it, and that
+/// draft is still proposed (marked `unsure`): with `p_min = 1` (nothing is that sure) each proposal is
+/// exactly one draft — the draft's own greedy token — for the draft model and self-speculation; with
+/// `p_min = 0` a chain of `k`. Either way greedy output is plain greedy output.
+#[test]
+fn unsure_drafts_are_proposed_and_end_the_chain() {
+    use bushu::model::Logits;
+    use bushu::sampling::Context;
+    let (f, m) = open(EXPERT);
+    let (_, dm) = open(AMATEUR);
+    let o = opts(SamplingParams::greedy());
+    let prompt = f.tokenizer.encode(PROMPTS[0], true).unwrap();
+    let want = plain(&f, &m, &prompt, &o);
+    let (_, head) = prompt.split_last().unwrap();
+    let seq = Context {
+        tokens: &prompt,
+        prompt_len: prompt.len(),
+    };
+    let mut own = dm.new_state(64);
+    let first = kernels::ops::argmax(dm.forward(&mut own, &prompt, Logits::Last).unwrap()) as u32;
+    let n = m.config.n_layers;
+    for p_min in [1.0, 0.0] {
+        let mut proposers: Vec<Box<dyn Proposer>> = vec![
+            Box::new(DraftModel::new(&dm, 512, &o.sampling, p_min).unwrap()),
+            Box::new(SelfSpeculation::new(2, n, &o.sampling, p_min).unwrap()),
+        ];
+        for (i, p) in proposers.iter_mut().enumerate() {
+            let mut st = m.new_state(512);
+            m.forward(&mut st, head, Logits::None).unwrap();
+            let d = p.propose(&seq, 5, &m, &mut st).unwrap();
+            if p_min == 1.0 {
+                assert_eq!((d.len(), d.unsure), (1, 1), "proposer {i}, p_min 1: {:?}", d.tokens);
+                if i == 0 {
+                    assert_eq!(d.tokens[0], first, "the draft model's greedy token");
+                }
+            } else {
+                assert_eq!((d.len(), d.unsure), (5, 0), "proposer {i}, p_min 0");
+            }
+        }
+        let mut d = DraftModel::new(&dm, 512, &o.sampling, p_min).unwrap();
+        let (got, stats) = spec(&f, &m, &prompt, &o, &mut d);
+        assert_eq!(got, want, "p_min {p_min}");
+        assert!(stats.draft_n > 0, "p_min {p_min}: {stats:?}");
+    }
+}
+
 #[test]
 fn sampled_speculation_is_deterministic_for_a_seed() {
     let (f, m) = open(EXPERT);
@@ -790,6 +836,7 @@ fn hand_built_tree_accepts_the_known_branch() {
         tokens: vec![wrong(g1), g1, g2, wrong(g2), wrong(g3), g2],
         q: None,
         parent: vec![None, None, Some(1), Some(1), Some(2), Some(0)],
+        unsure: 0,
     };
     let (last, head) = prompt.split_last().unwrap();
     let mut st = m.new_state(128);
@@ -829,6 +876,7 @@ fn hand_built_tree_accepts_the_known_branch() {
         tokens: vec![wrong(g1), wrong(wrong(g1))],
         q: None,
         parent: vec![None, None],
+        unsure: 0,
     };
     let mut st = m.new_state(128);
     m.forward(&mut st, head, Logits::None).unwrap();

@@ -66,7 +66,7 @@ pub const PROBE_EVERY: usize = 32;
 /// Speculative steps timed before they are compared with plain ones.
 pub const TIMED_STEPS: usize = 4;
 /// Steps of the first pause after speculation was measured slower than plain decoding.
-pub const PAUSE: usize = 32;
+pub const PAUSE: usize = 8;
 /// The longest pause.
 pub const PAUSE_MAX: usize = 512;
 

@@ -210,8 +210,9 @@ impl<'a> SpecDecoder<'a> {
             if let Some(p) = self.proposer.as_deref_mut() {
                 p.accepted(step.accepted);
             }
-            // The length adapts to the tree's depth (its chain), whose nodes are drafted one by one.
-            let depth = proposal.depth();
+            // The length adapts to the tree's depth (its chain), whose nodes are drafted one by one, and
+            // to the drafts the proposer was sure of.
+            let depth = proposal.depth() - proposal.unsure;
             self.length.update(depth, step.accepted.min(depth));
             self.stats.draft_n += proposal.len();
             self.stats.draft_n_accepted += step.accepted;

@@ -3,7 +3,9 @@
 //! cache. Its cache follows the sequence: before drafting it catches up on the tokens it has not seen
 //! (the target's last token), and after verification it is rewound to the accepted length, so a
 //! rejected draft leaves no trace. Drafting stops early when the draft's top probability falls below
-//! `p_min` (llama.cpp's `--draft-p-min`): an unsure draft is likely to be rejected.
+//! `p_min` (llama.cpp's `--draft-p-min`): the next draft would likely be rejected. Unlike llama.cpp,
+//! the unsure token itself is still proposed ([`Proposal::unsure`]): its draft pass is already paid
+//! for, and verifying one more row costs a fraction of a pass.
 //!
 //! With a [`DraftTree`] (greedy decoding) the draft hedges where it is unsure: a position whose top
 //! probability is below `p_branch` also gets the draft's next best token as a sibling leaf, and where
@@ -167,20 +169,27 @@ impl Proposer for DraftModel<'_> {
         let mut chain = 0;
         loop {
             let top = self.tree.and_then(|_| top_two(logits));
-            let Some((t, q)) = self.sampler.pick(logits) else {
+            let (t, q, sure) = self.sampler.pick(logits);
+            if let (false, Some(_), Some((a, b, _))) = (sure, self.tree, top) {
                 // Unsure: a tree hedges with the draft's two best tokens as leaves.
-                if let (Some(_), Some((a, b, _))) = (self.tree, top) {
-                    if extra > 0 {
-                        for x in [a, b] {
-                            out.tokens.push(x);
-                            out.parent.push(parent);
-                        }
+                if extra > 0 {
+                    for x in [a, b] {
+                        out.tokens.push(x);
+                        out.parent.push(parent);
                     }
+                    break;
                 }
-                break;
-            };
+            }
             push(&mut out, t, q);
             chain += 1;
+            if !sure {
+                // Proposed all the same (its pass is paid for), and the last one.
+                out.unsure = 1;
+                if self.tree.is_some() {
+                    out.parent.push(parent);
+                }
+                break;
+            }
             if let Some(tree) = self.tree {
                 out.parent.push(parent);
                 let me = out.len() - 1;

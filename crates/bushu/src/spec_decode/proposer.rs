@@ -22,6 +22,10 @@ pub struct Proposal {
     /// index of token `i`'s parent among the tokens (always an earlier one), `None` for a token that
     /// follows the sequence's last token directly.
     pub parent: Vec<Option<usize>>,
+    /// How many of the last drafts the proposer was unsure of (below `--draft-p-min`; 0 or 1): such a
+    /// draft ends the chain but is still proposed — its draft pass is paid for, and one more
+    /// verification row costs a fraction of a pass. The draft length adapts to the sure drafts only.
+    pub unsure: usize,
 }
 
 impl Proposal {
@@ -40,6 +44,9 @@ impl Proposal {
 
     /// Keeps the first `n` drafts (of a tree, a tree too: parents come before their children).
     pub fn truncate(&mut self, n: usize) {
+        if n < self.tokens.len() {
+            self.unsure = 0;
+        }
         self.tokens.truncate(n);
         if let Some(q) = &mut self.q {
             q.truncate(n);
@@ -133,19 +140,18 @@ impl DraftSampler {
         }
     }
 
-    /// The next draft token from the draft's `logits` (recorded in the history) and its `q` when
-    /// sampling; `None` when the draft's top probability is below `p_min`.
-    pub fn pick(&mut self, logits: &[f32]) -> Option<(u32, Option<Vec<f32>>)> {
-        if self.p_min > 0.0 && top_probability(logits) < self.p_min {
-            return None;
-        }
+    /// The next draft token from the draft's `logits` (recorded in the history), its `q` when
+    /// sampling, and whether the draft is sure of it: its top probability is at least `p_min`. Drafting
+    /// stops after a token it is unsure of, which is still proposed ([`Proposal::unsure`]).
+    pub fn pick(&mut self, logits: &[f32]) -> (u32, Option<Vec<f32>>, bool) {
+        let sure = self.p_min <= 0.0 || top_probability(logits) >= self.p_min;
         if self.sampler.is_greedy() {
-            return Some((self.sampler.sample(logits), None));
+            return (self.sampler.sample(logits), None, sure);
         }
         let q = self.sampler.distribution(logits);
         let t = self.sampler.sample_from(&q);
         self.sampler.accept(t);
-        Some((t, Some(q)))
+        (t, Some(q), sure)
     }
 }
 

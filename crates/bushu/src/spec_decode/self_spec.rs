@@ -48,8 +48,12 @@ impl Proposer for SelfSpeculation {
         let result = (|| -> Result<()> {
             while out.len() < k {
                 let logits = target.forward_pass(state, Pass::causal(&[t], Logits::Last).exit_after(self.layers))?;
-                let Some((d, q)) = self.sampler.pick(logits) else { break };
+                let (d, q, sure) = self.sampler.pick(logits);
                 push(&mut out, d, q);
+                if !sure {
+                    out.unsure = 1;
+                    break;
+                }
                 t = d;
             }
             Ok(())

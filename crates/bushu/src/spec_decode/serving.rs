@@ -24,8 +24,8 @@
 //!
 //! Drafts are the draft's most likely tokens (for a greedy target exactly what it would pick; for a
 //! sampling target, a guess the engine's sampling either confirms or not — the output distribution is
-//! the target's either way). Drafting stops early for a sequence when the draft's top probability falls
-//! below `p_min`. Each sequence has its own adaptive draft length ([`super::adaptive`]), switched off
+//! the target's either way). Drafting stops early for a sequence after a draft whose top probability
+//! is below `p_min` (that draft is still verified). Each sequence has its own adaptive draft length ([`super::adaptive`]), switched off
 //! when its drafts keep being rejected. Counters follow vLLM's `spec_decode_*` metrics.
 
 use super::adaptive::{DraftLength, DraftLengthParams};
@@ -84,6 +84,8 @@ struct SeqSpec {
     preemptions: u32,
     /// Drafts of the last proposal that the draft model was fed (their positions are in its cache).
     fed: usize,
+    /// Whether the last proposal ended with a draft below `p_min` (proposed, not counted by the length).
+    unsure: bool,
     stats: SpecStats,
 }
 
@@ -175,6 +177,7 @@ impl Speculator {
                     draft_computed: 0,
                     preemptions: seq.preemptions,
                     fed: 0,
+                    unsure: false,
                     stats: SpecStats::default(),
                 }),
             };
@@ -211,7 +214,9 @@ impl Speculator {
                         Some((n, d)) if n >= min && self.seqs[&id].length.enough(d.len()) => {
                             seq.draft = d;
                             // Not fed to the draft model: nothing of it in its cache.
-                            self.seqs.get_mut(&id).expect("listed").fed = 0;
+                            let s = self.seqs.get_mut(&id).expect("listed");
+                            s.fed = 0;
+                            s.unsure = false;
                             self.combined_sources.0 += 1;
                         }
                         _ => rest.push((id, k)),
@@ -224,7 +229,10 @@ impl Speculator {
             }
             Method::SelfSpeculate { layers } => {
                 let plan = reserve(sched, &todo, |_, seq_len, _| seq_len - 1);
-                rounds(target, Some(*layers), sched, &plan, self.p_min, self.length.min)?;
+                let done = rounds(target, Some(*layers), sched, &plan, self.p_min, self.length.min)?;
+                for (&(id, _, _), (_, unsure)) in plan.iter().zip(done) {
+                    self.seqs.get_mut(&id).expect("listed").unsure = unsure;
+                }
                 Ok(())
             }
         }
@@ -232,6 +240,7 @@ impl Speculator {
 
     /// The step verified `v.drafted` drafts of sequence `id` and kept `v.accepted`.
     pub fn verified(&mut self, id: SeqId, v: Verified) {
+        let unsure = self.seqs.get_mut(&id).is_some_and(|s| std::mem::take(&mut s.unsure));
         if v.drafted == 0 {
             return;
         }
@@ -246,7 +255,8 @@ impl Speculator {
             .iter_mut()
             .for_each(|n| *n += 1);
         if let Some(s) = self.seqs.get_mut(&id) {
-            s.length.update(v.drafted, v.accepted);
+            let sure = v.drafted - usize::from(unsure);
+            s.length.update(sure, v.accepted.min(sure));
             // The accepted drafts the draft model was fed are positions its cache holds.
             s.draft_computed += v.accepted.min(s.fed);
             s.fed = 0;
@@ -283,9 +293,11 @@ fn draft_with(
         s.draft_computed = seq_len;
         from
     });
-    let fed = rounds(runner, None, sched, &plan, p_min, min)?;
-    for (&(id, _, _), fed) in plan.iter().zip(fed) {
-        seqs.get_mut(&id).expect("listed").fed = fed;
+    let done = rounds(runner, None, sched, &plan, p_min, min)?;
+    for (&(id, _, _), (fed, unsure)) in plan.iter().zip(done) {
+        let s = seqs.get_mut(&id).expect("listed");
+        s.fed = fed;
+        s.unsure = unsure;
     }
     Ok(())
 }
@@ -313,8 +325,9 @@ fn reserve(
 
 /// Batched draft rounds with `runner` (the draft model, or the target exiting after `exit` layers):
 /// round 0 feeds each planned sequence its tokens from `first` on, each later round the previous
-/// round's drafts; a sequence stops at `k` drafts or when its draft's top probability is below
-/// `p_min`. Sets each sequence's drafts (if at least `min`); returns how many drafts each was fed.
+/// round's drafts; a sequence stops at `k` drafts or after a draft whose top probability is below
+/// `p_min` (proposed all the same). Sets each sequence's drafts (if at least `min`); returns, per
+/// planned sequence, how many drafts it was fed and whether its drafts end with an unsure one.
 fn rounds(
     runner: &mut ModelRunner,
     exit: Option<usize>,
@@ -322,8 +335,9 @@ fn rounds(
     plan: &[(SeqId, usize, usize)],
     p_min: f32,
     min: usize,
-) -> Result<Vec<usize>> {
+) -> Result<Vec<(usize, bool)>> {
     let mut drafts: Vec<Vec<u32>> = vec![Vec::new(); plan.len()];
+    let mut unsure = vec![false; plan.len()];
     // Passes after the first each feed one draft.
     let mut passes = vec![0usize; plan.len()];
     let mut active: Vec<usize> = (0..plan.len()).collect();
@@ -350,11 +364,11 @@ fn rounds(
             let mut next = Vec::with_capacity(active.len());
             for (row, &i) in logits.chunks_exact(vocab).zip(&active) {
                 passes[i] += 1;
-                if p_min > 0.0 && top_probability(row) < p_min {
-                    continue;
-                }
+                // An unsure draft is proposed all the same (its pass is paid for) and ends the chain.
+                let sure = p_min <= 0.0 || top_probability(row) >= p_min;
                 drafts[i].push(argmax(row));
-                if drafts[i].len() < plan[i].1 {
+                unsure[i] = !sure;
+                if sure && drafts[i].len() < plan[i].1 {
                     next.push(i);
                 }
             }
@@ -368,7 +382,11 @@ fn rounds(
             sched.seqs.get_mut(&id).expect("planned").draft = d;
         }
     }
-    Ok(passes.iter().map(|p| p.saturating_sub(1)).collect())
+    Ok(passes
+        .iter()
+        .zip(unsure)
+        .map(|(p, u)| (p.saturating_sub(1), u))
+        .collect())
 }
 
 /// Index of the largest value (the first of equals, as greedy sampling picks).
