@@ -216,17 +216,23 @@ pub(crate) fn select(dtype: crate::DType, level: crate::Simd) -> Option<(crate::
     })
 }
 
-/// `x` (`n` tokens of `cols`, token-major) into `out` in tiles of `tile` tokens, each `[k][m]`.
+/// `x` (`n` tokens of `cols`, token-major) into `out` in tiles of `tile` tokens, each `[k][m]`; tiles
+/// in parallel on the pool when there are several.
 pub(crate) fn tile_activations(x: &[f32], cols: usize, tile: usize, out: &mut [f32]) {
     let n = x.len() / cols;
-    for t in (0..n).step_by(tile) {
-        let m = tile.min(n - t);
-        let o = &mut out[t * cols..(t + m) * cols];
+    let one = |i: usize, o: &mut [f32]| {
+        let (t, m) = (i * tile, o.len() / cols);
         for j in 0..m {
             let xj = &x[(t + j) * cols..][..cols];
             for (k, &v) in xj.iter().enumerate() {
                 o[k * m + j] = v;
             }
         }
+    };
+    let out = &mut out[..n * cols];
+    if n > tile {
+        crate::pool::for_each_chunk_mut(out, tile * cols, &one);
+    } else {
+        one(0, out);
     }
 }
