@@ -296,7 +296,10 @@ fn wide(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
                 ..Job::new(w, x, y)
             };
             let packed_rows = packed_rows(p, w);
-            par_units(&job, f, packed_rows / p.group_rows(), 1);
+            // Prefill chunks of four groups: every chunk reads all the token tiles (from L3), so
+            // bigger chunks read them less often, and the small-token kernels run four groups at a
+            // time; weights and a token tile stay in L2 (1.3 MB at 5632 columns).
+            par_units_by(&job, f, packed_rows / p.group_rows(), 1, 64);
             if packed_rows < w.rows {
                 let ex = Job { packed: None, ..job };
                 // SAFETY: the exact kernel of this type; rows in range.
@@ -345,7 +348,10 @@ fn float_packed(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
                 ..Job::new(w, x, y)
             };
             let packed_rows = packed_rows(p, w);
-            par_units(&job, f, packed_rows / p.group_rows(), 1);
+            // Prefill chunks of four groups: every chunk reads all the token tiles (from L3), so
+            // bigger chunks read them less often, and the small-token kernels run four groups at a
+            // time; weights and a token tile stay in L2 (1.3 MB at 5632 columns).
+            par_units_by(&job, f, packed_rows / p.group_rows(), 1, 64);
             if packed_rows < w.rows {
                 let ex = Job { packed: None, ..job };
                 // SAFETY: the exact kernel of this type; rows in range.
@@ -441,6 +447,11 @@ fn par_rows(job: &Job, f: RowsFn) {
 /// Splits `units` units of work (rows, or groups of packed rows, as `f` counts them) across the pool:
 /// decode in about four chunks per thread (a multiple of `align` units), prefill in chunks of 32 rows.
 fn par_units(job: &Job, f: RowsFn, units: usize, align: usize) {
+    par_units_by(job, f, units, align, 32)
+}
+
+/// [`par_units`] with prefill chunks of `prefill_rows` rows.
+fn par_units_by(job: &Job, f: RowsFn, units: usize, align: usize, prefill_rows: usize) {
     let threads = crate::pool::threads();
     let per_unit = job.rows / units.max(1);
     if threads == 1 || job.rows * job.cols * job.n < SERIAL_WORK {
@@ -450,7 +461,7 @@ fn par_units(job: &Job, f: RowsFn, units: usize, align: usize) {
     let chunk = if job.n == 1 {
         units.div_ceil(threads * 4).next_multiple_of(align)
     } else {
-        (32 / per_unit.max(1)).max(1)
+        (prefill_rows / per_unit.max(1)).max(1)
     };
     crate::pool::run(units.div_ceil(chunk), &|c| {
         // SAFETY: as above; chunks are disjoint, so are the outputs they write.

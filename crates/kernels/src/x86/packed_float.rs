@@ -134,7 +134,7 @@ impl Micro for L256 {
     }
 }
 
-/// Groups `g0..g1` for tokens `t..t + T` (`G` groups at a time, then one).
+/// Groups `g0..g1` for tokens `t..t + T`: `G` groups at a time, then two, then one.
 #[inline(always)]
 unsafe fn span<M: Micro, C: FloatCol, const G: usize, const T: usize>(
     job: &Job,
@@ -149,6 +149,10 @@ unsafe fn span<M: Micro, C: FloatCol, const G: usize, const T: usize>(
         M::tile::<C, G, T>(job, g, t, x, m);
         g += G;
     }
+    while G > 2 && g + 2 <= g1 {
+        M::tile::<C, 2, T>(job, g, t, x, m);
+        g += 2;
+    }
     while g < g1 {
         M::tile::<C, 1, T>(job, g, t, x, m);
         g += 1;
@@ -156,11 +160,26 @@ unsafe fn span<M: Micro, C: FloatCol, const G: usize, const T: usize>(
 }
 
 /// Groups `g0..g1` for every token of the job: whole tiles of `TILE` tokens, `GT` groups at a time; the
-/// last tile's tokens in pieces of 8 (AVX-512 only), 4, 2 and 1 (more groups at a time for fewer tokens).
+/// last tile's tokens in pieces of 8 (when `TILE > 8`), 4, 2 and 1 tokens, `G8`, `G4`, `G2` and `G1`
+/// groups at a time (more groups for fewer tokens: enough independent accumulators to hide the FMA
+/// latency). One token alone (decode) is a piece of 1.
 #[inline(always)]
-unsafe fn run<M: Micro, C: FloatCol, const TILE: usize, const GT: usize>(job: &Job, g0: usize, g1: usize) {
+unsafe fn run<
+    M: Micro,
+    C: FloatCol,
+    const TILE: usize,
+    const GT: usize,
+    const G8: usize,
+    const G4: usize,
+    const G2: usize,
+    const G1: usize,
+>(
+    job: &Job,
+    g0: usize,
+    g1: usize,
+) {
     if job.n == 1 {
-        return span::<M, C, 4, 1>(job, g0, g1, 0, job.xf.as_ptr(), 1);
+        return span::<M, C, G1, 1>(job, g0, g1, 0, job.xf.as_ptr(), 1);
     }
     let cols = job.cols;
     let mut t = 0;
@@ -173,20 +192,20 @@ unsafe fn run<M: Micro, C: FloatCol, const TILE: usize, const GT: usize>(job: &J
             let mut j = 0;
             if TILE > 8 {
                 while j + 8 <= m {
-                    span::<M, C, 2, 8>(job, g0, g1, t + j, xt.add(j), m);
+                    span::<M, C, G8, 8>(job, g0, g1, t + j, xt.add(j), m);
                     j += 8;
                 }
             }
             while j + 4 <= m {
-                span::<M, C, 1, 4>(job, g0, g1, t + j, xt.add(j), m);
+                span::<M, C, G4, 4>(job, g0, g1, t + j, xt.add(j), m);
                 j += 4;
             }
             while j + 2 <= m {
-                span::<M, C, 2, 2>(job, g0, g1, t + j, xt.add(j), m);
+                span::<M, C, G2, 2>(job, g0, g1, t + j, xt.add(j), m);
                 j += 2;
             }
             if j < m {
-                span::<M, C, 4, 1>(job, g0, g1, t + j, xt.add(j), m);
+                span::<M, C, G1, 1>(job, g0, g1, t + j, xt.add(j), m);
             }
         }
         t += m;
@@ -195,12 +214,14 @@ unsafe fn run<M: Micro, C: FloatCol, const TILE: usize, const GT: usize>(job: &J
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_avx2<C: FloatCol>(job: &Job, g0: usize, g1: usize) {
-    run::<L256, C, TILE256, 1>(job, g0, g1)
+    // Accumulators (two registers per group and token): 12, -, 8, 8, 8 of the 16 registers.
+    run::<L256, C, TILE256, 1, 1, 1, 2, 4>(job, g0, g1)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
 unsafe fn run_avx512<C: FloatCol>(job: &Job, g0: usize, g1: usize) {
-    run::<L512, C, TILE512, 1>(job, g0, g1)
+    // Accumulators: 24, 16, 16, 8, 8 of the 32 registers.
+    run::<L512, C, TILE512, 1, 2, 4, 4, 8>(job, g0, g1)
 }
 
 /// The packed F16/BF16 kernel of `level` (it computes groups `g0..g1` of sixteen rows) and its token
