@@ -64,8 +64,9 @@ fn packed_float_products_are_the_sequential_fma_chain() {
     let levels = Simd::available_levels();
     eprintln!("levels on this CPU: {levels:?}; packing: {}", packs());
     for t in FLOATS {
-        // 3 whole groups and 5 rows past them; an odd width.
-        let (rows, cols) = (53, 301);
+        // 9 whole groups and 5 rows past them, an odd width: one token runs on the calling thread (below
+        // the pool's threshold) with 8 groups at a time, then one; more tokens in chunks of 4 groups.
+        let (rows, cols) = (149, 203);
         let data = random_matrix(&mut rng, t, rows, cols);
         let wf = weights(t, &data);
         let slot = PackSlot::new();
