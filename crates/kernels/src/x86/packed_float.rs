@@ -86,8 +86,8 @@ impl Micro for L512 {
         for k in 0..job.cols {
             for i in 0..G {
                 let c = C::col16(w[i].add(k * REC));
-                for j in 0..T {
-                    acc[i][j] = _mm512_fmadd_ps(c, _mm512_set1_ps(*xk.add(j)), acc[i][j]);
+                for (j, a) in acc[i].iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(c, _mm512_set1_ps(*xk.add(j)), *a);
                 }
             }
             xk = xk.add(m);
@@ -116,10 +116,10 @@ impl Micro for L256 {
         for k in 0..job.cols {
             for i in 0..G {
                 let c = [C::col8(w[i].add(k * REC)), C::col8(w[i].add(k * REC + 16))];
-                for j in 0..T {
+                for (j, a) in acc[i].iter_mut().enumerate() {
                     let b = _mm256_broadcast_ss(&*xk.add(j));
-                    acc[i][j][0] = _mm256_fmadd_ps(c[0], b, acc[i][j][0]);
-                    acc[i][j][1] = _mm256_fmadd_ps(c[1], b, acc[i][j][1]);
+                    a[0] = _mm256_fmadd_ps(c[0], b, a[0]);
+                    a[1] = _mm256_fmadd_ps(c[1], b, a[1]);
                 }
             }
             xk = xk.add(m);
