@@ -189,6 +189,7 @@ thread_local! {
     static XQ: RefCell<Vec<BlockQ8>> = const { RefCell::new(Vec::new()) };
     static XW: RefCell<Vec<BlockQ16>> = const { RefCell::new(Vec::new()) };
     /// Activations in token tiles for the packed float kernels.
+    #[cfg(target_arch = "x86_64")]
     static XT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
