@@ -23,7 +23,7 @@ pub struct QMatrix<'a> {
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
-    /// Where the packed copy for the fast kernels lives, if the owner keeps one.
+    /// Where the packed copy for the fast (and F16/BF16) kernels lives, if the owner keeps one.
     pub pack: Option<&'a PackSlot>,
 }
 
@@ -39,8 +39,9 @@ impl<'a> QMatrix<'a> {
         }
     }
 
-    /// This matrix with a slot for its packed copy: fast products then run on eight interleaved rows
-    /// ([`Packed`]), made on first use.
+    /// This matrix with a slot for its packed copy: fast and wide products then run on eight interleaved
+    /// rows, F16/BF16 products (every precision) on sixteen rows column by column ([`Packed`]), made on
+    /// first use.
     pub fn with_pack(self, slot: &'a PackSlot) -> Self {
         QMatrix {
             pack: Some(slot),

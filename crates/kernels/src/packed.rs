@@ -153,7 +153,8 @@ fn q5_0_as_q8_0(b: &[u8], out: &mut [u8; 34]) {
     }
 }
 
-/// Where a matrix's packed copy lives once made. By default the first fast product makes it (and waits
+/// Where a matrix's packed copy lives once made. By default the first product that uses it (fast or wide;
+/// any for F16/BF16) makes it (and waits
 /// for it); a [`defer`](PackSlot::defer)red slot is filled by someone else (a background packer, with
 /// [`fill_serial`](PackSlot::fill_serial)) and products use the row-major kernels until the slot is
 /// [`release`](PackSlot::release)d — not merely until it is filled, so that which kernel a product
