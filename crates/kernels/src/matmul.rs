@@ -10,7 +10,7 @@
 
 use crate::dtype::DType;
 pub use crate::packed::PackSlot;
-use crate::packed::{Packed, GROUP};
+use crate::packed::Packed;
 use crate::quants::{self, BlockQ16, BlockQ8, QK8};
 use crate::simd::Simd;
 use std::cell::RefCell;
@@ -23,7 +23,7 @@ pub struct QMatrix<'a> {
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
-    /// Where the packed copy for the fast kernels lives, if the owner keeps one.
+    /// Where the packed copy for the fast (and F16/BF16) kernels lives, if the owner keeps one.
     pub pack: Option<&'a PackSlot>,
 }
 
@@ -39,8 +39,9 @@ impl<'a> QMatrix<'a> {
         }
     }
 
-    /// This matrix with a slot for its packed copy: fast products then run on eight interleaved rows
-    /// ([`Packed`]), made on first use.
+    /// This matrix with a slot for its packed copy: fast and wide products then run on eight interleaved
+    /// rows, F16/BF16 products (every precision) on sixteen rows column by column ([`Packed`]), made on
+    /// first use.
     pub fn with_pack(self, slot: &'a PackSlot) -> Self {
         QMatrix {
             pack: Some(slot),
@@ -116,6 +117,10 @@ pub(crate) struct Job<'a> {
     pub y: *mut f32,
     /// The packed rows (packed kernels only).
     pub packed: Option<&'a Packed>,
+    /// For the packed F16/BF16 kernels with more than one token: `xf` in tiles of tokens
+    /// (`x86::packed_float`), else empty.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub xt: &'a [f32],
 }
 
 // SAFETY: workers write disjoint row ranges of `y`; everything else is shared read-only.
@@ -136,6 +141,7 @@ impl<'a> Job<'a> {
             xw: &[],
             y: y.as_mut_ptr(),
             packed: None,
+            xt: &[],
         }
     }
 }
@@ -183,6 +189,9 @@ thread_local! {
     /// Quantized activations of the calling thread, reused across calls.
     static XQ: RefCell<Vec<BlockQ8>> = const { RefCell::new(Vec::new()) };
     static XW: RefCell<Vec<BlockQ16>> = const { RefCell::new(Vec::new()) };
+    /// Activations in token tiles for the packed float kernels.
+    #[cfg(target_arch = "x86_64")]
+    static XT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `y[t] = W x[t]` for each of the `n = x.len() / cols` tokens, with f32 activations
@@ -210,6 +219,9 @@ pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, le
         return;
     }
     let level = if level.available() { level } else { Simd::Scalar };
+    if crate::packed::is_float_packed(w.dtype) && float_packed(w, x, y, level) {
+        return;
+    }
     if precision == Precision::Wide && wide(w, x, y, level) {
         return;
     }
@@ -239,7 +251,7 @@ fn run_fast<'a>(w: &QMatrix<'a>, mut job: Job<'a>, f: RowsFn, level: Simd) {
         Some((p, pf)) => {
             let packed_rows = packed_rows(p, w);
             job.packed = Some(p);
-            par_units(&job, pf, packed_rows / GROUP, 1);
+            par_units(&job, pf, packed_rows / p.group_rows(), 1);
             job.packed = None;
             // Rows past the last whole group, row-major.
             if packed_rows < w.rows {
@@ -286,7 +298,10 @@ fn wide(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
                 ..Job::new(w, x, y)
             };
             let packed_rows = packed_rows(p, w);
-            par_units(&job, f, packed_rows / GROUP, 1);
+            // Prefill chunks of four groups: every chunk reads all the token tiles (from L3), so
+            // bigger chunks read them less often, and the small-token kernels run four groups at a
+            // time; weights and a token tile stay in L2 (1.3 MB at 5632 columns).
+            par_units_by(&job, f, packed_rows / p.group_rows(), 1, 64);
             if packed_rows < w.rows {
                 let ex = Job { packed: None, ..job };
                 // SAFETY: the exact kernel of this type; rows in range.
@@ -305,7 +320,53 @@ fn wide(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
 /// Rows of `w` a product runs through its packed copy `p`: the copy's whole groups within `w`'s rows
 /// (`w` may be the first rows of the matrix packed).
 fn packed_rows(p: &Packed, w: &QMatrix) -> usize {
-    p.rows.min(w.rows / GROUP * GROUP)
+    let group = p.group_rows();
+    p.rows.min(w.rows / group * group)
+}
+
+/// F16/BF16 weights with a packed copy: outer products over its groups of sixteen rows (every precision:
+/// float weights always take f32 activations), the rows past the last group row-major; false, with
+/// nothing done, when `w` has no pack slot (or it is deferred) or the level no packed float kernel.
+fn float_packed(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let Some((f, tile)) = crate::x86::packed_float::select(w.dtype, level) else {
+            return false;
+        };
+        let Some(p) = w.pack.and_then(|slot| slot.for_product(w)) else {
+            return false;
+        };
+        let n = x.len() / w.cols;
+        with_scratch(&XT, if n > 1 { x.len() } else { 0 }, |xt| {
+            let xt: &[f32] = if n > 1 {
+                crate::x86::packed_float::tile_activations(x, w.cols, tile, xt);
+                xt
+            } else {
+                &[]
+            };
+            let job = Job {
+                xt,
+                packed: Some(p),
+                ..Job::new(w, x, y)
+            };
+            let packed_rows = packed_rows(p, w);
+            // Prefill chunks of four groups: every chunk reads all the token tiles (from L3), so
+            // bigger chunks read them less often, and the small-token kernels run four groups at a
+            // time; weights and a token tile stay in L2 (1.3 MB at 5632 columns).
+            par_units_by(&job, f, packed_rows / p.group_rows(), 1, 64);
+            if packed_rows < w.rows {
+                let ex = Job { packed: None, ..job };
+                // SAFETY: the exact kernel of this type; rows in range.
+                unsafe { kernel(w.dtype, false, level)(&ex, packed_rows, w.rows) };
+            }
+        });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, x, y, level);
+        false
+    }
 }
 
 /// The packed copy of `w` (made now if this is its first use) and its kernel at `level`, when `w`
@@ -388,6 +449,11 @@ fn par_rows(job: &Job, f: RowsFn) {
 /// Splits `units` units of work (rows, or groups of packed rows, as `f` counts them) across the pool:
 /// decode in about four chunks per thread (a multiple of `align` units), prefill in chunks of 32 rows.
 fn par_units(job: &Job, f: RowsFn, units: usize, align: usize) {
+    par_units_by(job, f, units, align, 32)
+}
+
+/// [`par_units`] with prefill chunks of `prefill_rows` rows.
+fn par_units_by(job: &Job, f: RowsFn, units: usize, align: usize, prefill_rows: usize) {
     let threads = crate::pool::threads();
     let per_unit = job.rows / units.max(1);
     if threads == 1 || job.rows * job.cols * job.n < SERIAL_WORK {
@@ -397,7 +463,7 @@ fn par_units(job: &Job, f: RowsFn, units: usize, align: usize) {
     let chunk = if job.n == 1 {
         units.div_ceil(threads * 4).next_multiple_of(align)
     } else {
-        (32 / per_unit.max(1)).max(1)
+        (prefill_rows / per_unit.max(1)).max(1)
     };
     crate::pool::run(units.div_ceil(chunk), &|c| {
         // SAFETY: as above; chunks are disjoint, so are the outputs they write.

@@ -16,6 +16,12 @@
 //! more to read, but no five-bit assembly, and the token-tiled kernels for prefill).
 //!
 //! Rows past the last whole group are not packed; products run them with the row-major kernels.
+//!
+//! F16 and BF16 matrices (f32 activations, every precision) pack by groups of [`FLOAT_GROUP`] = 16 rows,
+//! column-major within the group: record `k` (32 bytes) holds weight `k` of the sixteen rows, so one
+//! 512-bit conversion (or two 256-bit ones) yields column `k` of the group and the products are outer
+//! products — weights times each token's activation `k` broadcast — with no horizontal sums
+//! (`x86::packed_float`). Packed only where such kernels exist (x86-64 with AVX2 or AVX-512).
 
 use crate::buffer::ZeroedBuf;
 use crate::dtype::DType;
@@ -26,6 +32,14 @@ use std::sync::OnceLock;
 
 /// Rows interleaved in a group.
 pub const GROUP: usize = 8;
+
+/// Rows in a group of a packed F16/BF16 matrix.
+pub const FLOAT_GROUP: usize = 16;
+
+/// Whether `dtype` packs as a float matrix (groups of [`FLOAT_GROUP`] rows).
+pub fn is_float_packed(dtype: DType) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16)
+}
 
 /// A packed copy of the first `groups * 8` rows of a matrix.
 #[derive(Debug)]
@@ -112,9 +126,19 @@ pub fn packed_dtype(dtype: DType) -> DType {
     }
 }
 
-/// Whether matrices of `dtype` can be packed.
+/// Whether matrices of `dtype` can be packed (F16/BF16: only where the active SIMD level has the packed
+/// float kernels, since the copy costs as much memory as the matrix).
 pub fn packable(dtype: DType) -> bool {
+    if is_float_packed(dtype) {
+        return float_kernels();
+    }
     layout(packed_dtype(dtype)).is_some()
+}
+
+/// Whether the active SIMD level runs packed F16/BF16 products.
+fn float_kernels() -> bool {
+    use crate::simd::Simd;
+    cfg!(target_arch = "x86_64") && matches!(Simd::active(), Simd::Avx2 | Simd::Avx512)
 }
 
 /// A Q5_0 block (22 bytes) as the Q8_0 block of the same weights (34 bytes): `d`, then `q - 16`.
@@ -129,7 +153,8 @@ fn q5_0_as_q8_0(b: &[u8], out: &mut [u8; 34]) {
     }
 }
 
-/// Where a matrix's packed copy lives once made. By default the first fast product makes it (and waits
+/// Where a matrix's packed copy lives once made. By default the first product that uses it (fast or wide;
+/// any for F16/BF16) makes it (and waits
 /// for it); a [`defer`](PackSlot::defer)red slot is filled by someone else (a background packer, with
 /// [`fill_serial`](PackSlot::fill_serial)) and products use the row-major kernels until the slot is
 /// [`release`](PackSlot::release)d — not merely until it is filled, so that which kernel a product
@@ -189,6 +214,13 @@ impl Packed {
     }
 
     fn build(w: &QMatrix, parallel: bool) -> Option<Packed> {
+        if is_float_packed(w.dtype) {
+            return if float_kernels() {
+                Packed::build_float(w, parallel)
+            } else {
+                None
+            };
+        }
         let dtype = packed_dtype(w.dtype);
         let l = layout(dtype)?;
         let groups = w.rows / GROUP;
@@ -229,6 +261,49 @@ impl Packed {
         })
     }
 
+    /// An F16/BF16 matrix's whole groups of sixteen rows, each `cols` records of the sixteen rows' weight
+    /// `k` (2 bytes each, as stored).
+    fn build_float(w: &QMatrix, parallel: bool) -> Option<Packed> {
+        let groups = w.rows / FLOAT_GROUP;
+        if groups == 0 {
+            return None;
+        }
+        let (cols, rb) = (w.cols, w.row_bytes());
+        let rec = 2 * FLOAT_GROUP;
+        let mut data = ZeroedBuf::zeroed(groups * cols * rec);
+        let group = |g: usize, out: &mut [u8]| {
+            let rows: [&[u8]; FLOAT_GROUP] = std::array::from_fn(|r| &w.data[(g * FLOAT_GROUP + r) * rb..][..rb]);
+            for (k, rec) in out.chunks_exact_mut(rec).enumerate() {
+                for (r, row) in rows.iter().enumerate() {
+                    rec[2 * r..2 * r + 2].copy_from_slice(&row[2 * k..2 * k + 2]);
+                }
+            }
+        };
+        if parallel {
+            crate::pool::for_each_chunk_mut(&mut data, cols * rec, &group);
+        } else {
+            data.chunks_exact_mut(cols * rec)
+                .enumerate()
+                .for_each(|(g, out)| group(g, out));
+        }
+        Some(Packed {
+            dtype: w.dtype,
+            rows: groups * FLOAT_GROUP,
+            cols,
+            rec,
+            data,
+        })
+    }
+
+    /// Rows in one group: [`FLOAT_GROUP`] for F16/BF16, else [`GROUP`].
+    pub fn group_rows(&self) -> usize {
+        if is_float_packed(self.dtype) {
+            FLOAT_GROUP
+        } else {
+            GROUP
+        }
+    }
+
     /// Records of group `g` (`cols / block_len` of them).
     pub fn group(&self, g: usize) -> &[u8] {
         let n = self.cols / self.dtype.block_len() * self.rec;
@@ -242,6 +317,14 @@ impl Packed {
     /// The original bytes of packed row `r` (the inverse of packing; tests) — in [`packed_dtype`]'s
     /// format.
     pub fn unpack_row(&self, r: usize) -> Vec<u8> {
+        if is_float_packed(self.dtype) {
+            let (g, i) = (r / FLOAT_GROUP, r % FLOAT_GROUP);
+            return self
+                .group(g)
+                .chunks_exact(self.rec)
+                .flat_map(|rec| [rec[2 * i], rec[2 * i + 1]])
+                .collect();
+        }
         let l = layout(self.dtype).expect("packed type");
         let (g, i) = (r / GROUP, r % GROUP);
         let mut row = Vec::new();

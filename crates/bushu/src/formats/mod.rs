@@ -55,7 +55,7 @@ pub struct Tensor {
     pub storage: Arc<Storage>,
     pub offset: usize,
     pub nbytes: usize,
-    /// The packed copy of the matrix that the fast kernels make on first use (shared by clones).
+    /// The packed copy of the matrix that the fast (and F16/BF16) kernels make on first use (shared by clones).
     pub pack: Arc<PackSlot>,
 }
 

@@ -287,7 +287,7 @@ impl Weights {
             .chain([&self.output])
     }
 
-    /// Prepares the packed copies the fast kernels use (`kernels::packed`). Small models are left to
+    /// Prepares the packed copies the fast kernels (and every F16/BF16 product) use (`kernels::packed`). Small models are left to
     /// pack each matrix on its first product (milliseconds). From 256 MiB of packable matrices on,
     /// copying them all takes long enough (~0.7 ms per MB on the hosts measured: page faults of the
     /// fresh memory) to hold up a short prompt's first token, so a background thread packs them, in the
