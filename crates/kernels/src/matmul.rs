@@ -298,10 +298,7 @@ fn wide(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
                 ..Job::new(w, x, y)
             };
             let packed_rows = packed_rows(p, w);
-            // Prefill chunks of four groups: every chunk reads all the token tiles (from L3), so
-            // bigger chunks read them less often, and the small-token kernels run four groups at a
-            // time; weights and a token tile stay in L2 (1.3 MB at 5632 columns).
-            par_units_by(&job, f, packed_rows / p.group_rows(), 1, 64);
+            par_units(&job, f, packed_rows / p.group_rows(), 1);
             if packed_rows < w.rows {
                 let ex = Job { packed: None, ..job };
                 // SAFETY: the exact kernel of this type; rows in range.
