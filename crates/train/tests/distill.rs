@@ -5,7 +5,7 @@
 //! test runs in seconds.
 
 mod common;
-use common::{shared, text_slice, tmpdir};
+use common::{distill_cli, shared, text_slice, tmpdir};
 
 use bushu::model::{load, Logits, Model, Pass};
 use bushu::sampling::rng::Rng;
@@ -380,18 +380,6 @@ fn a_seed_gives_the_same_student_and_the_teacher_cache_is_reused() {
 }
 
 /// Runs `bushu-train distill` with `args`; returns (exit code, stderr).
-fn cli(args: &[&str]) -> (i32, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_bushu-train"))
-        .arg("distill")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn bad_input_gives_one_clear_error_line() {
     let dir = tmpdir("cli");
@@ -484,7 +472,7 @@ fn bad_input_gives_one_clear_error_line() {
         ),
     ];
     for (args, want) in cases {
-        let (code, err) = cli(&args);
+        let (code, err) = distill_cli(&args);
         assert_ne!(code, 0, "{args:?} succeeded");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line: {err}");
         assert!(err.starts_with("error: ") && err.contains(want), "{args:?}: {err}");

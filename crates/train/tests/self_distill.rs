@@ -6,7 +6,7 @@
 //! models as teachers; each test runs in seconds.
 
 mod common;
-use common::{shared, tmpdir};
+use common::{distill_cli, shared, tmpdir};
 
 use bushu::generate::{generate, GenerateOptions};
 use bushu::model::{load, Logits, Model};
@@ -317,18 +317,6 @@ fn frozen_embeddings_get_autograds_gradients_by_hand_and_stay_the_teachers() {
 }
 
 /// `bushu-train distill ARGS` → (exit code, stderr).
-fn cli(args: &[&str]) -> (i32, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_bushu-train"))
-        .arg("distill")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn bad_self_distillation_input_is_one_clear_line() {
     let dir = tmpdir("bad");
@@ -368,7 +356,7 @@ fn bad_self_distillation_input_is_one_clear_line() {
     for (extra, want) in cases {
         let mut args = base.to_vec();
         args.extend(extra.iter());
-        let (code, err) = cli(&args);
+        let (code, err) = distill_cli(&args);
         assert_ne!(code, 0, "{extra:?} succeeded");
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{extra:?}: {err}");

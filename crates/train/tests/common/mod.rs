@@ -33,3 +33,16 @@ pub fn text_slice(src: &str, skip: usize, bytes: usize, dir: &Path, name: &str) 
     std::fs::write(&p, &t[a..b]).unwrap();
     p
 }
+
+/// `bushu-train distill ARGS`: its exit code and its stderr.
+pub fn distill_cli(args: &[&str]) -> (i32, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_bushu-train"))
+        .arg("distill")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
