@@ -14,7 +14,8 @@
 # The Qwen2.5-Coder pair comes from scripts/fetch-qwen-pair.sh. Env: LLAMA_BIN (default
 # /tmp/llamacpp/build/bin), BUSHU (default target/release/bushu), OUT (raw outputs; default a temp dir),
 # P_MIN (draft confidence floor for both engines, default 0.75), PRECISION (bushu's, default fast: llama.cpp's
-# int8 activations), TREE / TREE_P (--draft-tree / --draft-tree-p of bushu-tree, default 4 / 0.9), CASES
+# int8 activations), TREE / TREE_P (--draft-tree / --draft-tree-p of bushu-tree, default 4 / 0.9),
+# DRAFT_ARGS (more bushu flags for the bushu-draft case, e.g. "--draft-vocab 65536"), CASES
 # (default all eight, by name:
 # bushu,bushu-draft,bushu-lookup,bushu-combined,bushu-tree,llama,llama-draft,llama-lookup).
 set -euo pipefail
@@ -34,6 +35,7 @@ PRECISION=${PRECISION:-fast}
 TREE=${TREE:-4}
 TREE_P=${TREE_P:-0.9}
 CASES=${CASES:-bushu,bushu-draft,bushu-lookup,bushu-combined,bushu-tree,llama,llama-draft,llama-lookup}
+DRAFT_ARGS=${DRAFT_ARGS:-}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$LLAMA_BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 [ -x "$BUSHU" ] || { echo "no $BUSHU (cargo build --release)" >&2; exit 1; }
@@ -44,7 +46,7 @@ run_case() { # case prompt-file out-file
   case $1 in
   bushu) "$BUSHU" run --precision "$PRECISION" -m "$TARGET" --prompt "$p" -n "$N" --temperature 0 --threads "$T" --json >"$3" ;;
   bushu-draft) "$BUSHU" run --precision "$PRECISION" -m "$TARGET" --prompt "$p" -n "$N" --temperature 0 --threads "$T" --json \
-    --draft-model "$DRAFT" --draft-max "$K" --draft-p-min "$P_MIN" >"$3" ;;
+    --draft-model "$DRAFT" --draft-max "$K" --draft-p-min "$P_MIN" $DRAFT_ARGS >"$3" ;;
   bushu-lookup) "$BUSHU" run --precision "$PRECISION" -m "$TARGET" --prompt "$p" -n "$N" --temperature 0 --threads "$T" --json \
     --lookup --draft-max "$K" >"$3" ;;
   bushu-combined) "$BUSHU" run --precision "$PRECISION" -m "$TARGET" --prompt "$p" -n "$N" --temperature 0 --threads "$T" --json \
