@@ -69,6 +69,10 @@ pub const TIMED_STEPS: usize = 4;
 pub const PAUSE: usize = 8;
 /// The longest pause.
 pub const PAUSE_MAX: usize = 512;
+/// How much slower per token than plain steps the timed speculative steps must be for a pause: at parity
+/// speculation costs nothing, and the text after a stretch the draft is unsure of is often one it drafts
+/// well (measured: docs/BENCHMARKS.md, session 11).
+pub const SLOWER_BY: f64 = 0.05;
 
 /// The clock's side of [`DraftLength`]: plain and speculative seconds per token.
 #[derive(Clone, Debug, Default)]
@@ -149,7 +153,7 @@ impl DraftLength {
             return;
         };
         let (t, n) = c.spec.iter().fold((0.0, 0), |a, s| (a.0 + s.0, a.1 + s.1));
-        if t / n as f64 > plain {
+        if t / n as f64 > plain * (1.0 + SLOWER_BY) {
             c.paused_until = c.steps + c.pause;
             c.pause = (2 * c.pause).min(PAUSE_MAX);
             c.pauses += 1;
