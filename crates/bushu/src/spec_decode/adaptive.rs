@@ -12,7 +12,7 @@
 //! [`TIMED_STEPS`] speculative steps against that of plain steps (the second decode step is a plain one, and
 //! one in every [`PROBE_EVERY`] steps after it, so the plain time follows the machine's load; the
 //! first step is not timed: it may wait for a background packer, `model::weights`). When
-//! speculation is slower, it pauses — plain steps — for [`PAUSE`] steps, doubled each time it is found
+//! speculation is slower by more than [`SLOWER_BY`], it pauses — plain steps — for [`PAUSE`] steps, doubled each time it is found
 //! slower again (up to [`PAUSE_MAX`]), then tries again. Timing decides only *when* to draft, never
 //! which token is emitted: greedy output stays plain decoding's and sampled output keeps its
 //! distribution, but which random draws a seeded sampled run makes may then vary between runs, so
