@@ -297,13 +297,7 @@ fn wide(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
                 packed: Some(p),
                 ..Job::new(w, x, y)
             };
-            let packed_rows = packed_rows(p, w);
-            par_units(&job, f, packed_rows / p.group_rows(), 1);
-            if packed_rows < w.rows {
-                let ex = Job { packed: None, ..job };
-                // SAFETY: the exact kernel of this type; rows in range.
-                unsafe { kernel(w.dtype, false, level)(&ex, packed_rows, w.rows) };
-            }
+            packed_then_rest(job, f, p, w, level, 32);
         });
         true
     }
@@ -311,6 +305,19 @@ fn wide(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
     {
         let _ = (w, x, y, level);
         false
+    }
+}
+
+/// `job` through the packed kernel `f` over the whole groups of `w`'s copy `p` (prefill chunks of
+/// `prefill_rows` rows), then the rows past them on the type's row-major exact kernel.
+#[cfg(target_arch = "x86_64")]
+fn packed_then_rest(job: Job, f: RowsFn, p: &Packed, w: &QMatrix, level: Simd, prefill_rows: usize) {
+    let packed_rows = packed_rows(p, w);
+    par_units_by(&job, f, packed_rows / p.group_rows(), 1, prefill_rows);
+    if packed_rows < w.rows {
+        let ex = Job { packed: None, ..job };
+        // SAFETY: the exact kernel of this type; rows in range.
+        unsafe { kernel(w.dtype, false, level)(&ex, packed_rows, w.rows) };
     }
 }
 
@@ -346,16 +353,10 @@ fn float_packed(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
                 packed: Some(p),
                 ..Job::new(w, x, y)
             };
-            let packed_rows = packed_rows(p, w);
             // Prefill chunks of four groups: every chunk reads all the token tiles (from L3), so
             // bigger chunks read them less often, and the small-token kernels run four groups at a
             // time; weights and a token tile stay in L2 (1.3 MB at 5632 columns).
-            par_units_by(&job, f, packed_rows / p.group_rows(), 1, 64);
-            if packed_rows < w.rows {
-                let ex = Job { packed: None, ..job };
-                // SAFETY: the exact kernel of this type; rows in range.
-                unsafe { kernel(w.dtype, false, level)(&ex, packed_rows, w.rows) };
-            }
+            packed_then_rest(job, f, p, w, level, 64);
         });
         true
     }

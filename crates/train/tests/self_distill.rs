@@ -16,7 +16,6 @@ use bushu_train::selfgen;
 use bushu_train::student::{is_embedding, Student, StudentConfig};
 use bushu_train::teacher::{TeacherCache, Windows};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn expert() -> PathBuf {
     shared("models/shakespeare/shakespeare-expert-f16.gguf")
@@ -148,16 +147,22 @@ fn tokens_zero_writes_the_layer_truncated_teacher() {
     let dir = tmpdir("trunc");
     let data = text(0, 8_000, &dir, "train.txt");
     let out = dir.join("trunc.gguf");
-    let o = Command::new(env!("CARGO_BIN_EXE_bushu-train"))
-        .args(["distill", "--teacher"])
-        .arg(expert())
-        .args(["--init", "teacher", "--student-layers", "3", "--tokens", "0", "--data"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let teacher = expert();
+    let (code, err) = distill_cli(&[
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--init",
+        "teacher",
+        "--student-layers",
+        "3",
+        "--tokens",
+        "0",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
     assert!(
         !dir.join("trunc.gguf.teacher-cache").exists(),
         "the teacher must not run"
@@ -316,7 +321,6 @@ fn frozen_embeddings_get_autograds_gradients_by_hand_and_stay_the_teachers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `bushu-train distill ARGS` → (exit code, stderr).
 #[test]
 fn bad_self_distillation_input_is_one_clear_line() {
     let dir = tmpdir("bad");
