@@ -343,7 +343,8 @@ impl Weights {
     /// of more than [`ROW_MAJOR_FIRST_PASS`] tokens, waits for a background packer to finish (helping
     /// it), so that only a short first pass runs on the row-major kernels and every other pass on the
     /// packed ones. Which kernels a pass uses depends on the pass sequence only, never on timing (a
-    /// pass never switches kernels halfway), and both give the same bits.
+    /// pass never switches kernels halfway): the two round differently, so a given pass sequence always
+    /// gives the same bits.
     pub fn before_pass(&self, tokens: usize) {
         if tokens > ROW_MAJOR_FIRST_PASS || self.first_pass.open.load(Ordering::Acquire) {
             self.wait_packed();
