@@ -1,5 +1,6 @@
 //! Micro-benchmark of one matrix product: `cargo run --release -p bushu-kernels --example matbench --
-//! TYPE ROWS COLS TOKENS [exact|fast|wide] [ITERS]` (random codes); prints GB/s of weights and GMAC/s.
+//! TYPE ROWS COLS TOKENS [exact|fast|wide] [ITERS]` (random codes); prints the mean, median and least time
+//! of a product, GB/s of weights and GMAC/s (at the mean).
 
 use kernels::{matmul_with, DType, Precision, QMatrix};
 use std::time::Instant;
@@ -63,16 +64,24 @@ fn main() {
     );
     let c0 = cpu_seconds();
     let t0 = Instant::now();
-    for k in 0..iters {
-        run(k);
-    }
+    let mut each: Vec<f64> = (0..iters)
+        .map(|k| {
+            let t = Instant::now();
+            run(k);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
     let s = t0.elapsed().as_secs_f64() / iters as f64;
+    each.sort_by(f64::total_cmp);
+    let (median, least) = (each[iters / 2], each[0]);
     let cpu = (cpu_seconds() - c0) / iters as f64;
     let bytes = t.bytes_for(rows * cols).unwrap() as f64;
     println!(
-        "{t} {rows}x{cols} n={n} {p:?} {}: {:.3} ms (cpu {:.3} ms), {:.2} GB/s, {:.2} GMAC/s",
+        "{t} {rows}x{cols} n={n} {p:?} {}: {:.3} ms (median {:.3}, least {:.3}; cpu {:.3} ms), {:.2} GB/s, {:.2} GMAC/s",
         kernels::Simd::active(),
         s * 1e3,
+        median * 1e3,
+        least * 1e3,
         cpu * 1e3,
         bytes / s / 1e9,
         (rows * cols * n) as f64 / s / 1e9

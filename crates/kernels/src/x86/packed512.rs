@@ -422,7 +422,7 @@ unsafe fn tile16<K: Kern16, const T: usize>(job: &Job, g: usize, t: usize) {
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let (r0, r1) = (b0.add(b * rec), b1.add(b * rec));
-        if T == 1 {
+        if t == 0 {
             prefetch_bytes(r0.wrapping_add(PF_DIST), rec);
             prefetch_bytes(r1.wrapping_add(PF_DIST), rec);
         }
