@@ -259,6 +259,7 @@ fn early_exit_rule_bad_input() {
     let bad = bushu::model::early_exit::ExitRule {
         threshold: 1.0,
         layers: &[6],
+        adapters: None,
     };
     assert!(m
         .forward_pass(&mut st, Pass::causal(&prompt[..1], Logits::Last).exit_by_entropy(bad))
@@ -280,7 +281,7 @@ fn point(knob: Option<f64>, c: f64, ml: f64, tps: f64, kl: f64, agree: f64, ppl:
 #[test]
 fn tradeoff_table_and_plot() {
     let (_, m) = open(EXPERT);
-    let method = EarlyExitMethod::new(&m, None).unwrap();
+    let method = EarlyExitMethod::new(&m, None, None).unwrap();
     let rows = [
         point(None, 1.0, 6.0, 812.25, 0.0, 1.0, 3.5),
         point(Some(2.0), 0.61234, 3.5, 1000.0, 0.12345, 0.8125, 4.125),
@@ -306,7 +307,7 @@ fn tradeoff_measures_the_extremes() {
     let (f, m) = open(EXPERT);
     let held = small_heldout(&f, &m);
     assert_eq!(held.full_rows[0].len(), (48 - 1 - 16) * m.config.vocab_size);
-    let mut method = EarlyExitMethod::new(&m, Some(vec![2, 4])).unwrap();
+    let mut method = EarlyExitMethod::new(&m, Some(vec![2, 4]), None).unwrap();
     let neutral = measure(&mut method, &m, &held, 0.0).unwrap();
     assert!(neutral.kl < 1e-9, "{neutral:?}");
     assert_eq!(neutral.agreement, 1.0);
@@ -317,7 +318,7 @@ fn tradeoff_measures_the_extremes() {
     assert_eq!(all_out.mean_layers, Some(2.0));
     assert!(all_out.kl > 0.01 && all_out.compute_fraction < 0.6, "{all_out:?}");
     // The per-layer profile: the last layer's exit is the model itself.
-    let prof = bushu::tradeoff::early_exit::layer_profile(&m, &held).unwrap();
+    let prof = bushu::tradeoff::early_exit::layer_profile(&m, &held, None).unwrap();
     assert_eq!(prof.len(), 6);
     assert_eq!(prof[5].top1, 1.0);
     assert!(prof[5].kl < 1e-9);

@@ -10,6 +10,8 @@
 //! - [`medusa`]: Medusa heads for a frozen model (`bushu train-medusa`), written as a GGUF side file;
 //!   [`medusa_eval`] measures them (`bushu-train eval-medusa`).
 //! - [`routers`]: mixture-of-depths routers for a frozen model (`bushu train-routers`), a GGUF side file.
+//! - [`exit_adapters`]: early-exit adapters, the tuned lens, for a frozen model (`bushu train-exit-adapters`),
+//!   a GGUF side file.
 //! - [`selfgen`]: self-distillation data, the teacher's own greedy continuations and answers.
 //! - [`export`]: the student as a Llama GGUF with the teacher's tokenizer.
 //! - [`optim`], [`checkpoint`]: AdamW with open state, and resumable checkpoints.
@@ -19,6 +21,7 @@
 
 pub mod checkpoint;
 pub mod distill;
+pub mod exit_adapters;
 pub mod export;
 pub mod loss;
 pub mod medusa;

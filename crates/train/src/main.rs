@@ -1,9 +1,11 @@
-//! The `bushu-train` executable: `bushu-train distill ...`, `bushu-train train-medusa ...` and
-//! `bushu-train train-routers ...` (also reached as `bushu distill ...`, `bushu train-medusa ...` and
-//! `bushu train-routers ...`, which run this program). Errors end in one line and a non-zero exit.
+//! The `bushu-train` executable: `bushu-train distill ...`, `bushu-train train-medusa ...`,
+//! `bushu-train train-routers ...` and `bushu-train train-exit-adapters ...` (also reached as `bushu
+//! distill ...`, `bushu train-medusa ...`, `bushu train-routers ...` and `bushu train-exit-adapters ...`,
+//! which run this program). Errors end in one line and a non-zero exit.
 
 use anyhow::{bail, Result};
 use bushu_train::distill::{distill, DistillOptions, Init};
+use bushu_train::exit_adapters::{train_exit_adapters, AdapterOptions};
 use bushu_train::export::ExportType;
 use bushu_train::medusa::{train_medusa, MedusaOptions, StderrMedusa};
 use bushu_train::medusa_eval::{eval_medusa, EvalOptions};
@@ -34,6 +36,44 @@ enum Command {
     /// Train mixture-of-depths routers for a frozen model (a linear scorer per layer decides which tokens
     /// run it), written as a GGUF side file that `bushu run --mod-routers` loads.
     TrainRouters(RoutersArgs),
+    /// Train early-exit adapters (the tuned lens: an affine map of the residual stream per exit layer,
+    /// read by the model's own final norm and classifier), written as a GGUF side file that
+    /// `bushu run --early-exit-entropy H --exit-adapters` loads.
+    TrainExitAdapters(ExitAdapterArgs),
+}
+
+#[derive(Args)]
+struct ExitAdapterArgs {
+    /// The model (GGUF) the adapters are for.
+    #[arg(long)]
+    model: PathBuf,
+    /// Training text files (tokenized with the model's tokenizer).
+    #[arg(long, num_args = 1.., required = true)]
+    data: Vec<PathBuf>,
+    /// The exit points, as numbers of layers run (default: a quarter, half and three quarters).
+    #[arg(long, value_name = "L1,L2,...")]
+    exit_layers: Option<String>,
+    /// Training tokens (the data's first ones, cut into windows of --ctx).
+    #[arg(long, default_value_t = 8192)]
+    tokens: usize,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 128)]
+    ctx: usize,
+    /// Positions per AdamW step.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Passes over the positions.
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
+    /// Peak learning rate (AdamW; warm-up, then cosine to a tenth).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Seed of the batch order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output adapters file (GGUF).
+    #[arg(long, default_value = "exit-adapters.gguf")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -276,6 +316,37 @@ fn parse_pairs(s: &str) -> Result<Vec<(usize, usize)>> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::TrainExitAdapters(a) => {
+            let mut o = AdapterOptions::new(a.model, a.data, a.out);
+            o.layers = a
+                .exit_layers
+                .as_deref()
+                .map(bushu::model::early_exit::parse_layers)
+                .transpose()?;
+            o.tokens = a.tokens;
+            o.ctx = a.ctx;
+            o.batch = a.batch;
+            o.epochs = a.epochs;
+            o.lr = a.lr;
+            o.seed = a.seed;
+            let r = train_exit_adapters(&o, &mut |line| eprintln!("{line}"))?;
+            let kl: Vec<String> = r
+                .layers
+                .iter()
+                .zip(r.first_kl.iter().zip(&r.final_kl))
+                .map(|(l, (a, b))| format!("after {l} layers {a:.3} -> {b:.3}"))
+                .collect();
+            eprintln!(
+                "{} positions, {} steps in {:.1} s (model pass {:.1} s): KL per exit (first and last tenth of the steps): {}; wrote {}",
+                r.positions,
+                r.steps,
+                r.train_seconds,
+                r.teacher_seconds,
+                kl.join(", "),
+                o.out.display()
+            );
+            Ok(())
+        }
         Command::TrainRouters(a) => {
             let mut o = RouterOptions::new(a.model, a.data, a.capacity, a.out);
             o.tokens = a.tokens;

@@ -200,7 +200,7 @@ fn routed(
 }
 
 /// Windows of `ctx` tokens (the last partial one dropped), each starting with `bos` when given.
-fn windows(tokens: &[u32], ctx: usize, bos: Option<u32>) -> Vec<Vec<u32>> {
+pub(crate) fn windows(tokens: &[u32], ctx: usize, bos: Option<u32>) -> Vec<Vec<u32>> {
     let body = ctx - usize::from(bos.is_some());
     tokens
         .chunks_exact(body)
@@ -399,7 +399,7 @@ pub fn quantile(s: &[f32], q: f64) -> f32 {
 }
 
 /// A permutation of `0..n` from `seed`.
-fn shuffle(n: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn shuffle(n: usize, seed: u64) -> Vec<usize> {
     let mut rng = bushu::sampling::rng::Rng::new(seed ^ 0x726f_7574_6572);
     let mut v: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {

@@ -1,13 +1,15 @@
 //! The adaptive-computation flags of `run` and `chat`: early exit by entropy (`--early-exit-entropy H
-//! [--exit-layers l1,l2,...]`) and mixture of depths (`--mod-routers R.gguf [--mod-capacity C]`), both
+//! [--exit-layers l1,l2,...] [--exit-adapters A.gguf]`) and mixture of depths (`--mod-routers R.gguf [--mod-capacity C]`), both
 //! lossy (docs/ADAPTIVE.md), checked before the model is loaded as far as they can be, then against it.
 
 use crate::model::early_exit::{parse_layers, EarlyExit};
+use crate::model::exit_adapters::ExitAdapters;
 use crate::model::mixture_of_depths::{check_capacity, Routers, Routing};
 use crate::model::{Model, ModelFile};
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct AdaptiveArgs {
@@ -19,6 +21,11 @@ pub struct AdaptiveArgs {
     /// default: a quarter, half and three quarters of the layers).
     #[arg(long, value_name = "L1,L2,...", allow_hyphen_values = true)]
     pub exit_layers: Option<String>,
+    /// With --early-exit-entropy: trained exit adapters (tuned lens; the file `bushu train-exit-adapters`
+    /// writes for this model) through which each exit reads the residual stream; the exit points default
+    /// to the file's.
+    #[arg(long, value_name = "A.gguf")]
+    pub exit_adapters: Option<PathBuf>,
     /// Mixture of depths (lossy): per-layer routers (the file `bushu train-routers` writes for this model);
     /// a token whose router score is below a layer's threshold skips that layer.
     #[arg(long, value_name = "R.gguf")]
@@ -57,6 +64,9 @@ impl AdaptiveArgs {
             None if self.exit_layers.is_some() => {
                 bail!("--exit-layers chooses where --early-exit-entropy exits: give --early-exit-entropy H too")
             }
+            None if self.exit_adapters.is_some() => {
+                bail!("--exit-adapters are read by --early-exit-entropy's exits: give --early-exit-entropy H too")
+            }
             None => return Ok(()),
             Some(h) => EarlyExit::check_threshold(h)?,
         }
@@ -69,13 +79,19 @@ impl AdaptiveArgs {
         Ok(())
     }
 
-    /// The rule for a model of `n_layers` (`None` without `--early-exit-entropy`).
-    pub fn early_exit(&self, n_layers: usize) -> Result<Option<EarlyExit>> {
+    /// The rule for `model` (opened from `file`), `None` without `--early-exit-entropy`; reads
+    /// `--exit-adapters` (checked to be this model's).
+    pub fn early_exit(&self, file: &ModelFile, model: &Model) -> Result<Option<EarlyExit>> {
         let Some(h) = self.early_exit_entropy else {
             return Ok(None);
         };
         let layers = self.exit_layers.as_deref().map(parse_layers).transpose()?;
-        EarlyExit::new(h, layers.as_deref(), n_layers).map(Some)
+        let adapters = self
+            .exit_adapters
+            .as_deref()
+            .map(|p| ExitAdapters::load(p, file, model).map(Arc::new))
+            .transpose()?;
+        EarlyExit::with_adapters(h, layers.as_deref(), model.config.n_layers, adapters).map(Some)
     }
 
     /// The mixture-of-depths routing for `model` (opened from `file`), `None` without `--mod-routers`.

@@ -256,7 +256,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
             r.capacity, r.routers.trained_capacity
         );
     }
-    if let Some(rule) = a.adaptive.early_exit(model.config.n_layers)? {
+    if let Some(rule) = a.adaptive.early_exit(&file, &model)? {
         eprintln!(
             "bushu chat: early exit (lossy) below {} nats of entropy, after layers {:?} of {}",
             rule.threshold, rule.layers, model.config.n_layers

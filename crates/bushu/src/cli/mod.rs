@@ -87,6 +87,9 @@ pub enum Command {
     /// Train mixture-of-depths routers for a model (runs `bushu-train train-routers`; `bushu train-routers --help`).
     #[command(disable_help_flag = true)]
     TrainRouters(train::TrainArgs),
+    /// Train early-exit adapters (tuned lens) for a model (runs `bushu-train train-exit-adapters`; `bushu train-exit-adapters --help`).
+    #[command(disable_help_flag = true)]
+    TrainExitAdapters(train::TrainArgs),
     /// Print a shell completion script (e.g. `bushu completions bash > ~/.local/share/bash-completion/completions/bushu`).
     Completions(CompletionsArgs),
 }
@@ -289,6 +292,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Distill(a) => train::forward("distill", a),
         Command::TrainMedusa(a) => train::forward("train-medusa", a),
         Command::TrainRouters(a) => train::forward("train-routers", a),
+        Command::TrainExitAdapters(a) => train::forward("train-exit-adapters", a),
         Command::Completions(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "bushu", &mut std::io::stdout());
             Ok(())

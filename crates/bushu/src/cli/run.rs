@@ -277,7 +277,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         _ => None,
     };
     let mut semi_passes = 0;
-    let early = a.adaptive.early_exit(model.config.n_layers)?;
+    let early = a.adaptive.early_exit(&file, &model)?;
     let mut exit_stats = None;
     let mut stats = None;
     let mut stdout = std::io::stdout().lock();
@@ -362,6 +362,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             out["early_exit"] = json!({
                 "threshold": e.threshold,
                 "exit_layers": e.layers,
+                "adapters": e.adapters.is_some(),
                 "layers": model.config.n_layers,
                 "decode_steps": s.steps,
                 "mean_layers": s.mean_layers(),

@@ -3,6 +3,7 @@
 //! chart (`tradeoff-METHOD.svg`) into `--out` ([`crate::tradeoff`]; docs/ADAPTIVE.md).
 
 use super::ModelArgs;
+use crate::model::exit_adapters::ExitAdapters;
 use crate::model::mixture_of_depths::Routers;
 use crate::perplexity::tokenize_text;
 use crate::tradeoff::early_exit::EarlyExitMethod;
@@ -11,6 +12,7 @@ use crate::tradeoff::{heldout, measure, parse_points, plot, table, Method, Sizes
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// The methods `--method` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -40,6 +42,10 @@ pub struct TradeoffArgs {
     /// Early exit: the exit points, as numbers of layers run (default: a quarter, half and three quarters).
     #[arg(long, value_name = "L1,L2,...")]
     pub exit_layers: Option<String>,
+    /// Early exit: trained exit adapters (`bushu train-exit-adapters`) for the model; the exits read the
+    /// stream through them, and the per-layer profile shows them beside the shared head.
+    #[arg(long, value_name = "A.gguf")]
+    pub exit_adapters: Option<PathBuf>,
     /// Mixture of depths: the routers file (`bushu train-routers`) for the model.
     #[arg(long, value_name = "R.gguf")]
     pub mod_routers: Option<PathBuf>,
@@ -67,6 +73,9 @@ pub fn tradeoff(a: TradeoffArgs) -> Result<()> {
     if a.exit_layers.is_some() && a.method != MethodArg::EarlyExit {
         bail!("--exit-layers belongs to --method early-exit");
     }
+    if a.exit_adapters.is_some() && a.method != MethodArg::EarlyExit {
+        bail!("--exit-adapters belongs to --method early-exit");
+    }
     match (a.method, &a.mod_routers) {
         (MethodArg::Mod, None) => {
             bail!("--method mod needs --mod-routers R.gguf (the routers bushu train-routers wrote)")
@@ -86,7 +95,14 @@ pub fn tradeoff(a: TradeoffArgs) -> Result<()> {
     let (file, _) = a.model.open()?;
     let model = a.model.build(&file)?;
     let mut method: Box<dyn Method> = match a.method {
-        MethodArg::EarlyExit => Box::new(EarlyExitMethod::new(&model, layers)?),
+        MethodArg::EarlyExit => {
+            let adapters = a
+                .exit_adapters
+                .as_deref()
+                .map(|p| ExitAdapters::load(p, &file, &model).map(Arc::new))
+                .transpose()?;
+            Box::new(EarlyExitMethod::new(&model, layers, adapters)?)
+        }
         MethodArg::Mod => {
             let routed = a.model.build(&file)?;
             let path = a.mod_routers.as_ref().expect("checked");

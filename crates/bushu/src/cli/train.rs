@@ -1,4 +1,4 @@
-//! `bushu distill`, `bushu train-medusa` and `bushu train-routers`: training lives in its own crate and executable (`bushu-train`, crates/train: candle
+//! `bushu distill`, `bushu train-medusa`, `bushu train-routers` and `bushu train-exit-adapters`: training lives in its own crate and executable (`bushu-train`, crates/train: candle
 //! for autograd, apart from the inference crates), which this subcommand runs with the same arguments —
 //! the `bushu-train` built next to this `bushu` first, else one on the PATH — and whose exit status it
 //! returns.

@@ -59,6 +59,11 @@ impl ExitStats {
         self.heads += heads;
         *self.exits.entry(layers).or_default() += 1;
         self.macs += cost.step(layers, heads);
+        if rule.adapters.is_some() && rule.threshold > 0.0 {
+            // Every exit head tried (all but the model's own) read the stream through an adapter.
+            let exits_tried = heads - usize::from(layers == cost.n_layers);
+            self.macs += exits_tried as f64 * cost.adapter;
+        }
         self.full_macs += cost.full();
     }
 }

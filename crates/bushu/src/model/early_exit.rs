@@ -17,7 +17,9 @@
 //! the exited tokens against the full model. Threshold 0 never exits (an entropy is never below 0) and
 //! runs no exit head: plain decoding, bit for bit.
 
+use super::exit_adapters::ExitAdapters;
 use anyhow::{bail, Result};
+use std::sync::Arc;
 
 /// The early-exit rule of a one-token decode pass ([`crate::model::Pass::exit_by_entropy`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -26,14 +28,19 @@ pub struct ExitRule<'a> {
     pub threshold: f32,
     /// The exit points, in layers run (after layer `l - 1`, 0-based), ascending; each `1..n_layers`.
     pub layers: &'a [usize],
+    /// Trained adapters ([`crate::model::exit_adapters`]): an exit point with one reads the stream
+    /// through it; without, through the shared head alone.
+    pub adapters: Option<&'a ExitAdapters>,
 }
 
-/// The checked settings of `--early-exit-entropy` and `--exit-layers`.
+/// The checked settings of `--early-exit-entropy`, `--exit-layers` and `--exit-adapters`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EarlyExit {
     pub threshold: f32,
     /// Ascending, distinct, each in `1..n_layers`.
     pub layers: Vec<usize>,
+    /// Trained adapters, one for each exit layer (checked).
+    pub adapters: Option<Arc<ExitAdapters>>,
 }
 
 impl EarlyExit {
@@ -48,11 +55,23 @@ impl EarlyExit {
     /// The rule for a model of `n_layers`: `layers` as given (sorted, duplicates dropped), else
     /// [`default_exit_layers`]. An error for a bad threshold or an exit layer outside `1..n_layers`.
     pub fn new(threshold: f32, layers: Option<&[usize]>, n_layers: usize) -> Result<EarlyExit> {
+        EarlyExit::with_adapters(threshold, layers, n_layers, None)
+    }
+
+    /// [`EarlyExit::new`] with trained adapters: without `layers` the exit points are the adapters'
+    /// own; with them, each must have an adapter (an error names the ones missing).
+    pub fn with_adapters(
+        threshold: f32,
+        layers: Option<&[usize]>,
+        n_layers: usize,
+        adapters: Option<Arc<ExitAdapters>>,
+    ) -> Result<EarlyExit> {
         EarlyExit::check_threshold(threshold)?;
-        let mut layers = match layers {
-            Some([]) => bail!("--exit-layers is empty: give at least one layer"),
-            Some(l) => l.to_vec(),
-            None => default_exit_layers(n_layers),
+        let mut layers = match (layers, &adapters) {
+            (Some([]), _) => bail!("--exit-layers is empty: give at least one layer"),
+            (Some(l), _) => l.to_vec(),
+            (None, Some(a)) => a.layers.clone(),
+            (None, None) => default_exit_layers(n_layers),
         };
         if n_layers < 2 {
             bail!("early exit needs a model of at least 2 layers (this one has {n_layers})");
@@ -65,7 +84,26 @@ impl EarlyExit {
         }
         layers.sort_unstable();
         layers.dedup();
-        Ok(EarlyExit { threshold, layers })
+        if let Some(a) = &adapters {
+            if a.n_layers != n_layers {
+                bail!(
+                    "the exit adapters are for a model of {} layers, not {n_layers}",
+                    a.n_layers
+                );
+            }
+            let missing: Vec<usize> = layers.iter().copied().filter(|&l| a.at(l).is_none()).collect();
+            if !missing.is_empty() {
+                bail!(
+                    "--exit-layers {missing:?} have no trained adapter (the adapters file has {:?}; leave out --exit-layers to use those)",
+                    a.layers
+                );
+            }
+        }
+        Ok(EarlyExit {
+            threshold,
+            layers,
+            adapters,
+        })
     }
 
     /// The rule a pass follows.
@@ -73,6 +111,7 @@ impl EarlyExit {
         ExitRule {
             threshold: self.threshold,
             layers: &self.layers,
+            adapters: self.adapters.as_deref(),
         }
     }
 }
@@ -117,12 +156,15 @@ pub fn entropy(logits: &[f32]) -> f64 {
 }
 
 /// Multiply-adds of one token's decode step through the weights (attention scores, which grow with the
-/// context, are left out): per layer, per exit head, and per skipped layer's propagated K, V.
+/// context, are left out): per layer, per exit head, per skipped layer's propagated K, V, and per exit
+/// adapter applied.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepCost {
     pub layer: f64,
     pub head: f64,
     pub kv: f64,
+    /// A trained exit adapter's `dim x dim` product ([`crate::model::exit_adapters`]).
+    pub adapter: f64,
     pub n_layers: usize,
 }
 
@@ -133,6 +175,7 @@ impl StepCost {
             layer: dim * q * 2.0 + dim * kv * 2.0 + 3.0 * dim * ffn,
             head: dim * c.vocab_size as f64,
             kv: 2.0 * dim * kv,
+            adapter: dim * dim,
             n_layers: c.n_layers,
         }
     }
@@ -187,6 +230,7 @@ mod tests {
             layer: 10.0,
             head: 30.0,
             kv: 1.0,
+            adapter: 2.0,
             n_layers: 4,
         };
         assert_eq!(s.full(), 70.0);

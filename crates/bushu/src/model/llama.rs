@@ -16,6 +16,7 @@
 //! token's K and V, computed from the residual stream it was not changed by ([`Model::propagate_kv`]).
 
 use super::config::{Activation, Config};
+use super::exit_adapters::Lens;
 use super::kv_cache::{KvCache, KvType, KvView};
 use super::loader::ModelFile;
 use super::mixture_of_depths::Routing;
@@ -89,6 +90,8 @@ pub struct Scratch {
     logits: Vec<f32>,
     /// The restricted classifier's logits ([`Model::head_rows`]).
     head: Vec<f32>,
+    /// One residual-stream row translated by an exit adapter.
+    lensed: Vec<f32>,
     /// Layers the last pass ran (fewer than asked when it exited early by entropy).
     layers_run: usize,
     /// Mixture of depths: layer-token pairs the last pass ran (the others skipped), each row's
@@ -454,7 +457,8 @@ impl Model {
             // Early exit: the shared head after an exit layer; confident enough, the token leaves here.
             let run = layer + 1;
             if let Some(rule) = rule.filter(|r| run < layers && r.threshold > 0.0 && r.layers.contains(&run)) {
-                self.head(s, out_rows, &mut |_, _| {})?;
+                let lens = rule.adapters.and_then(|a| a.at(run));
+                self.head(s, out_rows, lens, &mut |_, _| {})?;
                 let vocab = self.config.vocab_size;
                 let confident = s.logits[..out_rows.len() * vocab]
                     .chunks_exact(vocab)
@@ -470,7 +474,7 @@ impl Model {
         }
         w.first_pass_done();
         if s.layers_run == layers {
-            self.head(s, out_rows, observe)?;
+            self.head(s, out_rows, None, observe)?;
         }
         Ok(&s.logits[..out_rows.len() * self.config.vocab_size])
     }
@@ -639,7 +643,15 @@ impl Model {
     /// Final norm and classifier of the tokens at `out_rows` of the residual stream, into `s.logits`
     /// (`vocab` values each) and their final-norm hidden states into `s.xb`; nothing for no rows (a pass
     /// that only fills the cache).
-    fn head(&self, s: &mut Scratch, out_rows: &[usize], observe: &mut dyn FnMut(Probe, &[f32])) -> Result<()> {
+    /// The final norm and classifier on the residual stream's rows `out_rows`, each first translated by
+    /// `lens` when given (an early exit's trained adapter).
+    fn head(
+        &self,
+        s: &mut Scratch,
+        out_rows: &[usize],
+        lens: Option<Lens>,
+        observe: &mut dyn FnMut(Probe, &[f32]),
+    ) -> Result<()> {
         let c = &self.config;
         let w = &self.weights;
         let dim = c.dim;
@@ -648,8 +660,16 @@ impl Model {
             return Ok(());
         }
         let xb = fit(&mut s.xb, m * dim);
+        let lensed = fit(&mut s.lensed, dim);
         for (o, &r) in xb.chunks_exact_mut(dim).zip(out_rows) {
-            rmsnorm(o, &s.x[r * dim..(r + 1) * dim], &w.output_norm, c.rms_eps);
+            let row = &s.x[r * dim..(r + 1) * dim];
+            match lens {
+                Some(l) => {
+                    l.apply(row, lensed);
+                    rmsnorm(o, lensed, &w.output_norm, c.rms_eps);
+                }
+                None => rmsnorm(o, row, &w.output_norm, c.rms_eps),
+            }
         }
         observe(Probe::Output, xb);
         let logits = fit(&mut s.logits, m * c.vocab_size);
@@ -688,8 +708,9 @@ impl Model {
     }
 
     /// The final norm and classifier applied to residual-stream rows `x` (`dim` values each, e.g.
-    /// [`State::hidden_at`] of an intermediate layer): the shared-head exit's logits, `vocab` per row.
-    pub fn exit_logits(&self, x: &[f32]) -> Result<Vec<f32>> {
+    /// [`State::hidden_at`] of an intermediate layer), each first translated by `lens` when given (a
+    /// trained exit adapter): the exit's logits, `vocab` per row.
+    pub fn exit_logits(&self, x: &[f32], lens: Option<Lens>) -> Result<Vec<f32>> {
         let dim = self.config.dim;
         if x.is_empty() || !x.len().is_multiple_of(dim) {
             bail!("exit_logits: {} values are not whole rows of {dim}", x.len());
@@ -697,7 +718,7 @@ impl Model {
         let mut s = Scratch::default();
         fit(&mut s.x, x.len()).copy_from_slice(x);
         let rows: Vec<usize> = (0..x.len() / dim).collect();
-        self.head(&mut s, &rows, &mut |_, _| {})?;
+        self.head(&mut s, &rows, lens, &mut |_, _| {})?;
         Ok(s.logits[..rows.len() * self.config.vocab_size].to_vec())
     }
 }

@@ -73,7 +73,43 @@ impl RoutersBase {
         }
     }
 
-    fn describe(&self) -> String {
+    /// Writes the identity under `prefix` (`PREFIX.architecture`, `.embedding_length`, `.vocab_size`,
+    /// `.tokens_hash`, `.block_count`, `.norms_hash`).
+    pub fn write_keys(&self, g: &mut GgufWriter, prefix: &str) {
+        let b = &self.base;
+        g.set(&format!("{prefix}.architecture"), Value::String(b.architecture.clone()));
+        g.set(&format!("{prefix}.embedding_length"), Value::U32(b.n_embd as u32));
+        g.set(&format!("{prefix}.vocab_size"), Value::U32(b.vocab_size as u32));
+        g.set(
+            &format!("{prefix}.tokens_hash"),
+            Value::String(format!("{:016x}", b.tokens_hash)),
+        );
+        g.set(&format!("{prefix}.block_count"), Value::U32(self.layers as u32));
+        g.set(
+            &format!("{prefix}.norms_hash"),
+            Value::String(format!("{:016x}", self.norms_hash)),
+        );
+    }
+
+    /// The identity [`RoutersBase::write_keys`] wrote under `prefix` (missing keys read as `?` and 0,
+    /// which match no model).
+    pub fn read_keys(g: &Gguf, prefix: &str) -> RoutersBase {
+        let str_of = |key: &str| g.get_str(&format!("{prefix}.{key}")).unwrap_or("?").to_owned();
+        let int_of = |key: &str| g.get_i64(&format!("{prefix}.{key}")).unwrap_or(-1).max(0) as usize;
+        let hex_of = |key: &str| u64::from_str_radix(&str_of(key), 16).unwrap_or(0);
+        RoutersBase {
+            base: BaseIdentity {
+                architecture: str_of("architecture"),
+                n_embd: int_of("embedding_length"),
+                vocab_size: int_of("vocab_size"),
+                tokens_hash: hex_of("tokens_hash"),
+            },
+            layers: int_of("block_count"),
+            norms_hash: hex_of("norms_hash"),
+        }
+    }
+
+    pub fn describe(&self) -> String {
         let b = &self.base;
         format!(
             "{}, {} layers, n_embd {}, vocabulary {} tokens, token hash {:016x}, norms hash {:016x}",
@@ -168,18 +204,7 @@ impl Routers {
         g.set("general.architecture", Value::String("mod-routers".into()));
         g.set("mod.layer_count", Value::U32(self.layers as u32));
         g.set("mod.trained_capacity", Value::F32(self.trained_capacity));
-        g.set("mod.base.architecture", Value::String(base.base.architecture.clone()));
-        g.set("mod.base.embedding_length", Value::U32(base.base.n_embd as u32));
-        g.set("mod.base.vocab_size", Value::U32(base.base.vocab_size as u32));
-        g.set(
-            "mod.base.tokens_hash",
-            Value::String(format!("{:016x}", base.base.tokens_hash)),
-        );
-        g.set("mod.base.block_count", Value::U32(base.layers as u32));
-        g.set(
-            "mod.base.norms_hash",
-            Value::String(format!("{:016x}", base.norms_hash)),
-        );
+        base.write_keys(&mut g, "mod.base");
         g.add_f32("mod.router.weight", vec![self.dim, self.layers], &self.w);
         g.add_f32("mod.router.bias", vec![self.layers], &self.b);
         g.add_f32("mod.router.quantiles", vec![QUANTILES, self.layers], &self.quantiles);
@@ -206,19 +231,7 @@ impl Routers {
                 path.display()
             );
         }
-        let str_of = |key: &str| g.get_str(key).unwrap_or("?").to_owned();
-        let int_of = |key: &str| g.get_i64(key).unwrap_or(-1).max(0) as usize;
-        let hex_of = |key: &str| u64::from_str_radix(&str_of(key), 16).unwrap_or(0);
-        let theirs = RoutersBase {
-            base: BaseIdentity {
-                architecture: str_of("mod.base.architecture"),
-                n_embd: int_of("mod.base.embedding_length"),
-                vocab_size: int_of("mod.base.vocab_size"),
-                tokens_hash: hex_of("mod.base.tokens_hash"),
-            },
-            layers: int_of("mod.base.block_count"),
-            norms_hash: hex_of("mod.base.norms_hash"),
-        };
+        let theirs = RoutersBase::read_keys(&g, "mod.base");
         let ours = RoutersBase::of(file, model);
         if theirs != ours {
             bail!(

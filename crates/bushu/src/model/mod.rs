@@ -19,6 +19,7 @@ pub mod arch;
 pub mod check;
 pub mod config;
 pub mod early_exit;
+pub mod exit_adapters;
 pub mod hf;
 pub mod kv_cache;
 pub mod llama;

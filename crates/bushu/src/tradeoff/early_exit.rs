@@ -2,36 +2,51 @@
 //! [`crate::model::early_exit`], at the exit layers given (`--exit-layers`) or the default ones. The
 //! report adds the per-layer profile of the shared-head exit at every layer: the mean entropy of its
 //! distribution, its top-1 agreement with the last layer's and its KL from it, teacher-forced on the
-//! held-out windows.
+//! held-out windows — and with trained exit adapters (`--exit-adapters`, [`crate::model::exit_adapters`])
+//! the same three numbers through each adapter beside the shared head's, and the curve exits through them.
 
 use super::{argmax, kl, Compute, Heldout, Method};
 use crate::generate::early_exit::ExitStats;
 use crate::model::early_exit::{entropy, EarlyExit, StepCost};
+use crate::model::exit_adapters::ExitAdapters;
 use crate::model::llama::{Logits, State};
 use crate::model::{Model, Pass};
 use anyhow::Result;
+use std::sync::Arc;
 use std::time::Instant;
 
 pub struct EarlyExitMethod<'m> {
     model: &'m Model,
     /// The exit layers (`None`: the default ones).
     layers: Option<Vec<usize>>,
+    adapters: Option<Arc<ExitAdapters>>,
     cost: StepCost,
 }
 
 impl<'m> EarlyExitMethod<'m> {
-    /// Early exit in `model` at `layers` (checked against the model; `None`: the default exit layers).
-    pub fn new(model: &'m Model, layers: Option<Vec<usize>>) -> Result<EarlyExitMethod<'m>> {
-        EarlyExit::new(0.0, layers.as_deref(), model.config.n_layers)?;
+    /// Early exit in `model` at `layers` (checked against the model; `None`: the default exit layers,
+    /// or the adapters' when given), through trained `adapters` when given.
+    pub fn new(
+        model: &'m Model,
+        layers: Option<Vec<usize>>,
+        adapters: Option<Arc<ExitAdapters>>,
+    ) -> Result<EarlyExitMethod<'m>> {
+        EarlyExit::with_adapters(0.0, layers.as_deref(), model.config.n_layers, adapters.clone())?;
         Ok(EarlyExitMethod {
             model,
             layers,
+            adapters,
             cost: StepCost::of(&model.config),
         })
     }
 
     fn rule(&self, v: f64) -> Result<EarlyExit> {
-        EarlyExit::new(v as f32, self.layers.as_deref(), self.model.config.n_layers)
+        EarlyExit::with_adapters(
+            v as f32,
+            self.layers.as_deref(),
+            self.model.config.n_layers,
+            self.adapters.clone(),
+        )
     }
 
     /// One early-exit step of `token`, counted in `stats`.
@@ -106,15 +121,34 @@ impl Method for EarlyExitMethod<'_> {
     }
 
     fn notes(&mut self, held: &Heldout) -> Result<String> {
-        let profile = layer_profile(self.model, held)?;
+        let profile = layer_profile(self.model, held, self.adapters.as_deref())?;
         let mut s = String::from(
             "Shared-head exit at every layer (teacher-forced on the held-out windows): the final norm and \
-             classifier applied to the residual stream after each layer.\n\n\
-             | layers run | mean entropy (nats) | top-1 agreement with the last layer | KL(last ‖ exit) (nats) |\n\
-             |---|---|---|---|\n",
+             classifier applied to the residual stream after each layer.\n\n",
         );
-        for r in &profile {
-            s += &format!("| {} | {:.3} | {:.3} | {:.3} |\n", r.layers, r.entropy, r.top1, r.kl);
+        match self.adapters {
+            None => {
+                s += "| layers run | mean entropy (nats) | top-1 agreement with the last layer | KL(last ‖ exit) (nats) |\n\
+                      |---|---|---|---|\n";
+                for r in &profile {
+                    s += &format!("| {} | {:.3} | {:.3} | {:.3} |\n", r.layers, r.entropy, r.top1, r.kl);
+                }
+            }
+            Some(_) => {
+                s += "With the trained exit adapters (tuned lens) where the file has one:\n\n\
+                      | layers run | mean entropy (nats) | top-1 agreement with the last layer | KL(last ‖ exit) (nats) | adapter: mean entropy | adapter: top-1 agreement | adapter: KL(last ‖ exit) |\n\
+                      |---|---|---|---|---|---|---|\n";
+                for r in &profile {
+                    let a = match r.adapted {
+                        Some((e, t, k)) => format!("{e:.3} | {t:.3} | {k:.3}"),
+                        None => "- | - | -".into(),
+                    };
+                    s += &format!(
+                        "| {} | {:.3} | {:.3} | {:.3} | {a} |\n",
+                        r.layers, r.entropy, r.top1, r.kl
+                    );
+                }
+            }
         }
         Ok(s)
     }
@@ -130,14 +164,18 @@ pub struct LayerExit {
     pub top1: f64,
     /// Mean `KL(p_last || p_exit)`.
     pub kl: f64,
+    /// Through the trained adapter of this exit point, if there is one: entropy, top-1, KL as above.
+    pub adapted: Option<(f64, f64, f64)>,
 }
 
-/// The shared-head exit after every layer on `held`'s windows (teacher-forced, full-depth passes).
-pub fn layer_profile(model: &Model, held: &Heldout) -> Result<Vec<LayerExit>> {
+/// The shared-head exit after every layer on `held`'s windows (teacher-forced, full-depth passes), and
+/// through `adapters` at the exit points they have.
+pub fn layer_profile(model: &Model, held: &Heldout, adapters: Option<&ExitAdapters>) -> Result<Vec<LayerExit>> {
     let n_layers = model.config.n_layers;
     let vocab = model.config.vocab_size;
     let all: Vec<usize> = (0..n_layers).collect();
     let mut sums = vec![(0.0f64, 0usize, 0.0f64); n_layers];
+    let mut lensed = vec![(0.0f64, 0usize, 0.0f64); n_layers];
     let mut count = 0usize;
     for (w, full) in held.windows.iter().zip(&held.full_rows) {
         let rows: Vec<usize> = (w.from..w.tokens.len() - 1).collect();
@@ -146,14 +184,19 @@ pub fn layer_profile(model: &Model, held: &Heldout) -> Result<Vec<LayerExit>> {
             &mut state,
             Pass::causal(&w.tokens[..w.tokens.len() - 1], Logits::Rows(&rows)).keep_hidden(&all),
         )?;
-        for (l, sum) in sums.iter_mut().enumerate() {
-            let hidden = state.hidden_at(l).expect("kept");
-            let logits = model.exit_logits(hidden)?;
+        let add = |sum: &mut (f64, usize, f64), logits: &[f32]| {
             for (j, row) in logits.chunks_exact(vocab).enumerate() {
                 let last = &full[j * vocab..(j + 1) * vocab];
                 sum.0 += entropy(row);
                 sum.1 += usize::from(argmax(row) == argmax(last));
                 sum.2 += kl(last, row);
+            }
+        };
+        for l in 0..n_layers {
+            let hidden = state.hidden_at(l).expect("kept");
+            add(&mut sums[l], &model.exit_logits(hidden, None)?);
+            if let Some(lens) = adapters.and_then(|a| a.at(l + 1)) {
+                add(&mut lensed[l], &model.exit_logits(hidden, Some(lens))?);
             }
         }
         count += rows.len();
@@ -167,6 +210,10 @@ pub fn layer_profile(model: &Model, held: &Heldout) -> Result<Vec<LayerExit>> {
             entropy: e / n,
             top1: t as f64 / n,
             kl: k / n,
+            adapted: adapters.and_then(|a| a.at(l + 1)).map(|_| {
+                let (e, t, k) = lensed[l];
+                (e / n, t as f64 / n, k / n)
+            }),
         })
         .collect())
 }

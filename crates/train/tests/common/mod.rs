@@ -36,8 +36,13 @@ pub fn text_slice(src: &str, skip: usize, bytes: usize, dir: &Path, name: &str) 
 
 /// `bushu-train distill ARGS`: its exit code and its stderr.
 pub fn distill_cli(args: &[&str]) -> (i32, String) {
+    train_cli("distill", args)
+}
+
+/// `bushu-train SUB ARGS`: its exit code and its stderr.
+pub fn train_cli(sub: &str, args: &[&str]) -> (i32, String) {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_bushu-train"))
-        .arg("distill")
+        .arg(sub)
         .args(args)
         .output()
         .unwrap();
