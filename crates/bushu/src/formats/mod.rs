@@ -5,6 +5,7 @@ pub mod gguf;
 pub mod gguf_writer;
 pub mod hf;
 pub mod llama2c;
+pub mod side_file;
 pub mod strlist;
 
 use anyhow::{bail, Context, Result};

@@ -19,13 +19,13 @@
 //! routers use: architecture, width, vocabulary, layer count, norms), so adapters are never applied to
 //! another model.
 
-use crate::formats::gguf::{Gguf, Value};
+use crate::formats::gguf::Value;
 use crate::formats::gguf_writer::GgufWriter;
+use crate::formats::side_file;
 use crate::model::mixture_of_depths::RoutersBase;
 use crate::model::{Model, ModelFile};
 use crate::spec_decode::medusa::dot;
 use anyhow::{bail, Context, Result};
-use std::io::Read;
 use std::path::Path;
 
 /// One exit point's adapter: `W` (`dim x dim`, row-major, output by input) and `b`.
@@ -133,17 +133,11 @@ impl ExitAdapters {
     /// Reads the adapters file at `path` for `model` (opened from `file`); one clear error when it is not
     /// an adapters file or was trained for another model.
     pub fn load(path: &Path, file: &ModelFile, model: &Model) -> Result<ExitAdapters> {
-        let mut magic = [0u8; 4];
-        let n = std::fs::File::open(path)
-            .and_then(|mut f| f.read(&mut magic))
-            .with_context(|| format!("cannot read the exit adapters file {}", path.display()))?;
-        if n < 4 || &magic != b"GGUF" {
-            bail!(
-                "{} is not a GGUF file (--exit-adapters takes the file bushu train-exit-adapters writes)",
-                path.display()
-            );
-        }
-        let g = Gguf::open(path).with_context(|| format!("the exit adapters file {}", path.display()))?;
+        let g = side_file::open(
+            path,
+            "the exit adapters file",
+            "--exit-adapters takes the file bushu train-exit-adapters writes",
+        )?;
         if g.get_str("general.architecture") != Some("exit-adapters") {
             bail!(
                 "{} is not an exit adapters file (bushu train-exit-adapters writes them)",
@@ -161,15 +155,7 @@ impl ExitAdapters {
             );
         }
         let (dim, n_layers) = (model.config.dim, model.config.n_layers);
-        let tensor = |name: &str, numel: usize| -> Result<Vec<f32>> {
-            let t = g
-                .tensor(name)
-                .with_context(|| format!("{}: no tensor {name}", path.display()))?;
-            if t.numel() != numel {
-                bail!("{}: {name} has {} values, not {numel}", path.display(), t.numel());
-            }
-            Ok(t.to_f32())
-        };
+        let tensor = |name: &str, numel: usize| side_file::f32_tensor(&g, path, name, numel);
         let mut layers: Vec<usize> = (1..n_layers)
             .filter(|l| g.tensor(&format!("exit.{l}.weight")).is_some())
             .collect();

@@ -29,10 +29,10 @@
 
 use crate::formats::gguf::{Gguf, Value};
 use crate::formats::gguf_writer::GgufWriter;
+use crate::formats::side_file;
 use crate::model::{Config, Model, ModelFile};
 use crate::spec_decode::medusa::BaseIdentity;
 use anyhow::{bail, Context, Result};
-use std::io::Read;
 use std::path::Path;
 
 /// Quantiles stored per layer: 0, 1, ..., 100 %.
@@ -214,17 +214,11 @@ impl Routers {
     /// Reads the routers file at `path` for `model` (opened from `file`); one clear error when it is not
     /// a routers file or was trained for another model.
     pub fn load(path: &Path, file: &ModelFile, model: &Model) -> Result<Routers> {
-        let mut magic = [0u8; 4];
-        let n = std::fs::File::open(path)
-            .and_then(|mut f| f.read(&mut magic))
-            .with_context(|| format!("cannot read the routers file {}", path.display()))?;
-        if n < 4 || &magic != b"GGUF" {
-            bail!(
-                "{} is not a GGUF file (--mod-routers takes the file bushu train-routers writes)",
-                path.display()
-            );
-        }
-        let g = Gguf::open(path).with_context(|| format!("the routers file {}", path.display()))?;
+        let g = side_file::open(
+            path,
+            "the routers file",
+            "--mod-routers takes the file bushu train-routers writes",
+        )?;
         if g.get_str("general.architecture") != Some("mod-routers") {
             bail!(
                 "{} is not a mixture-of-depths routers file (bushu train-routers writes them)",
@@ -242,15 +236,7 @@ impl Routers {
             );
         }
         let (dim, layers) = (model.config.dim, model.config.n_layers);
-        let tensor = |name: &str, numel: usize| -> Result<Vec<f32>> {
-            let t = g
-                .tensor(name)
-                .with_context(|| format!("{}: no tensor {name}", path.display()))?;
-            if t.numel() != numel {
-                bail!("{}: {name} has {} values, not {numel}", path.display(), t.numel());
-            }
-            Ok(t.to_f32())
-        };
+        let tensor = |name: &str, numel: usize| side_file::f32_tensor(&g, path, name, numel);
         let capacity = g.get_f64("mod.trained_capacity").unwrap_or(f64::NAN) as f32;
         Routers::new(
             dim,

@@ -26,15 +26,15 @@
 //! vocabulary size and a hash of every token's text and bytes); loading it for another model is an error.
 
 use super::proposer::{Proposal, Proposer};
-use crate::formats::gguf::{Gguf, Value};
+use crate::formats::gguf::Value;
 use crate::formats::gguf_writer::GgufWriter;
+use crate::formats::side_file;
 use crate::model::llama::State;
 use crate::model::{Model, ModelFile};
 use crate::sampling::Context;
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
-use std::io::Read;
 use std::path::Path;
 
 /// At most this many heads in a file (`bushu train-medusa --heads`).
@@ -221,17 +221,11 @@ impl MedusaHeads {
     /// Reads the heads file at `path` for the model of `base`; one clear error when it is not a heads
     /// file or was trained for another model.
     pub fn load(path: &Path, base: &ModelFile) -> Result<MedusaHeads> {
-        let mut magic = [0u8; 4];
-        let n = std::fs::File::open(path)
-            .and_then(|mut f| f.read(&mut magic))
-            .with_context(|| format!("cannot read the Medusa heads file {}", path.display()))?;
-        if n < 4 || &magic != b"GGUF" {
-            bail!(
-                "{} is not a GGUF file (--medusa takes the heads file bushu train-medusa writes)",
-                path.display()
-            );
-        }
-        let g = Gguf::open(path).with_context(|| format!("the Medusa heads file {}", path.display()))?;
+        let g = side_file::open(
+            path,
+            "the Medusa heads file",
+            "--medusa takes the heads file bushu train-medusa writes",
+        )?;
         let Some(k) = g.get_i64("medusa.head_count") else {
             bail!(
                 "{} is not a Medusa heads file (no medusa.head_count; bushu train-medusa writes them)",
@@ -259,15 +253,7 @@ impl MedusaHeads {
             bail!("{}: {k} Medusa heads (1 to {MAX_HEADS})", path.display());
         }
         let dim = ours.n_embd;
-        let tensor = |name: &str, numel: usize| -> Result<Vec<f32>> {
-            let t = g
-                .tensor(name)
-                .with_context(|| format!("{}: no tensor {name}", path.display()))?;
-            if t.numel() != numel {
-                bail!("{}: {name} has {} values, not {numel}", path.display(), t.numel());
-            }
-            Ok(t.to_f32())
-        };
+        let tensor = |name: &str, numel: usize| side_file::f32_tensor(&g, path, name, numel);
         let (mut w, mut b) = (Vec::new(), Vec::new());
         for i in 0..k as usize {
             w.push(tensor(&format!("medusa.{i}.weight"), dim * dim)?);
