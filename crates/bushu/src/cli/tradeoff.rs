@@ -165,7 +165,7 @@ fn check_flags(a: &TradeoffArgs) -> Result<()> {
 }
 
 /// Where the table and the chart go: `--out-md` / `--out-svg`, else `--out/tradeoff-METHOD.{md,svg}`;
-/// the chart's path is checked and the directories are created.
+/// the chart's path is checked (the directories are created when written, [`parent_dir`]).
 fn outputs(a: &TradeoffArgs) -> Result<(PathBuf, PathBuf)> {
     let name = a.method.flag();
     let md = a
@@ -177,16 +177,23 @@ fn outputs(a: &TradeoffArgs) -> Result<(PathBuf, PathBuf)> {
         .clone()
         .unwrap_or_else(|| a.out.join(format!("tradeoff-{name}.svg")));
     check_svg(&svg)?;
-    for p in [&md, &svg] {
-        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-    }
     Ok((md, svg))
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+/// Creates the directory `path` goes into.
+fn parent_dir(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes the table and the chart (`draw` draws it into the path given).
+fn write(md_path: &Path, md: &str, svg_path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    parent_dir(md_path)?;
+    std::fs::write(md_path, md).with_context(|| format!("cannot write {}", md_path.display()))?;
+    parent_dir(svg_path)?;
+    draw(svg_path)
 }
 
 /// `bushu tradeoff --method cascade`: [`sweep_prompts`] (what `cascade-report` runs), its table with the
@@ -209,8 +216,9 @@ fn cascade(a: TradeoffArgs, thresholds: Vec<f64>) -> Result<()> {
     let names = s.names();
     let title = format!("cascade: {}", names.join(" → "));
     let md = format!("# {title}\n\nPrompts: {}.\n\n{}", prompts.display(), s.text(1.0));
-    write(&md_path, &md)?;
-    crate::tradeoff::cascade::plot(&svg_path, &title, &s.rows, &names[0])?;
+    write(&md_path, &md, &svg_path, |p| {
+        crate::tradeoff::cascade::plot(p, &title, &s.rows, &names[0])
+    })?;
     print!("{md}");
     eprintln!("[wrote {} and {}]", md_path.display(), svg_path.display());
     if a.json {
@@ -314,13 +322,10 @@ pub fn tradeoff(a: TradeoffArgs) -> Result<()> {
         md += "\n";
         md += &notes;
     }
-    write(&md_path, &md)?;
-    plot_with(
-        &svg_path,
-        &format!("{}: {name}", method.name()),
-        method.compute_axis(),
-        &rows,
-    )?;
+    let title = format!("{}: {name}", method.name());
+    write(&md_path, &md, &svg_path, |p| {
+        plot_with(p, &title, method.compute_axis(), &rows)
+    })?;
     print!("{md}");
     eprintln!("[wrote {} and {}]", md_path.display(), svg_path.display());
     if a.json {
