@@ -88,11 +88,13 @@ pub struct TradeoffArgs {
     /// geometric-mean token probability).
     #[arg(long, value_name = "C.json")]
     pub cascade_classifier: Option<PathBuf>,
-    /// Teacher-forced windows (default 2), tokens per window (160), and prompt tokens of each window (32).
+    /// Teacher-forced windows of the held-out text (default 2).
     #[arg(long)]
     pub windows: Option<usize>,
+    /// Tokens per teacher-forced window (default 160).
     #[arg(long)]
     pub window: Option<usize>,
+    /// Prompt tokens of each window, not scored (default 32).
     #[arg(long)]
     pub prefix: Option<usize>,
     /// The per-token methods: the number of prompts continued greedily (default 4), taken from --file.

@@ -105,6 +105,9 @@ pub fn markdown(rows: &[Row], names: &[String]) -> String {
     s
 }
 
+/// A row's value on the chart's right panel.
+type Measure<'a> = dyn Fn(&Row) -> f64 + 'a;
+
 /// The chart of a sweep: left, agreement with the largest model (%) against the cascade's time as a
 /// fraction of the largest model's alone (quality vs compute, each point labelled with its threshold);
 /// right, against the threshold: the share of prompts the smallest model answers, the agreement, and
@@ -167,7 +170,7 @@ pub fn plot(path: &Path, title: &str, rows: &[Row], smallest: &str) -> Result<()
         .draw()
         .map_err(|e| err(&e))?;
     let answered = format!("answered by {smallest}");
-    let series: [(&str, RGBColor, &dyn Fn(&Row) -> f64); 3] = [
+    let series: [(&str, RGBColor, &Measure); 3] = [
         (&answered, RED, &|r| 100.0 * r.answered.first().copied().unwrap_or(0.0)),
         ("agreement with the largest", BLUE, &|r| r.agreement),
         ("cascade time / largest alone", GREEN, &|r| 100.0 * time(r)),
