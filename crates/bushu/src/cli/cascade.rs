@@ -1,6 +1,7 @@
 //! Cascade decoding on the command line: the `--cascade` flags of `run` and `serve`, `bushu run
 //! --cascade` itself, `bushu cascade-train` (fit the reliability classifier) and `bushu cascade-report`
-//! (the threshold sweep of [`crate::tradeoff::cascade`]).
+//! (the threshold sweep of [`crate::tradeoff::cascade`], run by [`sweep_prompts`], which `bushu tradeoff
+//! --method cascade` runs too).
 
 use super::run::RunArgs;
 use super::sampling::flag_error;
@@ -11,10 +12,11 @@ use crate::cascade::{answer, check_threshold, collect, read_prompts, Answer, Jud
 use crate::generate::GenerateOptions;
 use crate::model::{GenerationDefaults, Model};
 use crate::sampling::SamplingParams;
+use crate::tradeoff::cascade::{markdown, pick, sweep, Row, DEFAULT_THRESHOLDS};
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The cascade flags of `run` and `serve`.
 #[derive(Args, Clone, Debug, Default)]
@@ -322,59 +324,104 @@ pub struct ReportArgs {
     pub json: bool,
 }
 
-/// `bushu cascade-report`: the threshold sweep over held-out prompts.
-pub fn report(a: ReportArgs) -> Result<()> {
-    use crate::tradeoff::cascade::{markdown, pick, sweep, DEFAULT_THRESHOLDS};
-    let thresholds = if a.thresholds.is_empty() {
+/// A cascade's threshold sweep over prompts: what `bushu cascade-report` and `bushu tradeoff --method
+/// cascade` report (one function, [`sweep_prompts`], runs it for both).
+pub struct PromptSweep {
+    pub models: Vec<crate::cascade::classifier::ModelIdentity>,
+    pub judge: String,
+    pub prompts: usize,
+    pub max_tokens: usize,
+    pub rows: Vec<Row>,
+}
+
+impl PromptSweep {
+    /// The stages' model names, smallest first.
+    pub fn names(&self) -> Vec<String> {
+        self.models.iter().map(|i| i.name.clone()).collect()
+    }
+
+    /// The JSON object (`models`, `judge`, `prompts`, `max_tokens`, `rows`, `pick` within `budget`
+    /// points of agreement).
+    pub fn json(&self, budget: f64) -> serde_json::Value {
+        json!({
+            "models": self.models,
+            "judge": self.judge,
+            "prompts": self.prompts,
+            "max_tokens": self.max_tokens,
+            "rows": self.rows,
+            "pick": pick(&self.rows, budget),
+        })
+    }
+
+    /// The markdown report: a line on the data, the table, the pick within `budget` points of agreement.
+    pub fn text(&self, budget: f64) -> String {
+        let names = self.names();
+        let mut s = format!(
+            "{} prompts, {} greedy tokens at most, judge: {}\n\n",
+            self.prompts, self.max_tokens, self.judge
+        );
+        s += &markdown(&self.rows, &names);
+        s += &match pick(&self.rows, budget) {
+            Some(r) => format!(
+                "\nwithin {} point(s) of agreement: threshold {:.2}, {:.1} % answered by {}, speedup {:.2}x, agreement {:.1} %\n",
+                budget,
+                r.threshold,
+                100.0 * r.answered[0],
+                names[0],
+                r.speedup,
+                r.agreement
+            ),
+            None => format!("\nno threshold keeps agreement within {budget} point(s)\n"),
+        };
+        s
+    }
+}
+
+/// Every stage of `data`'s cascade answers every prompt greedily once, then the cascade's decisions are
+/// replayed at each of `thresholds` (default [`DEFAULT_THRESHOLDS`]; each checked) with the judge of
+/// `classifier` ([`crate::tradeoff::cascade::sweep`]); `tag` names the command in the progress line.
+pub fn sweep_prompts(
+    data: &CascadeDataArgs,
+    classifier: Option<&Path>,
+    thresholds: &[f64],
+    tag: &str,
+) -> Result<PromptSweep> {
+    let thresholds = if thresholds.is_empty() {
         DEFAULT_THRESHOLDS.to_vec()
     } else {
-        a.thresholds.clone()
+        thresholds.to_vec()
     };
     for &t in &thresholds {
         check_threshold(t)?;
     }
-    let (stages, models, opts, ctx, prompts) = a.data.prepare()?;
-    let judge = Judge::load(a.cascade_classifier.as_deref(), &stages.ids)?;
+    let (stages, models, opts, ctx, prompts) = data.prepare()?;
+    let judge = Judge::load(classifier, &stages.ids)?;
     let total = prompts.len();
     let runs = collect(&stages, &models, &prompts, &opts, &ctx, |k| {
-        eprint!("\rcascade-report: prompt {}/{total}", k + 1)
+        eprint!("\r{tag}: prompt {}/{total}", k + 1)
     })?;
     eprintln!();
-    let rows = sweep(&judge, &runs, &thresholds);
-    let best = pick(&rows, a.points);
+    Ok(PromptSweep {
+        rows: sweep(&judge, &runs, &thresholds),
+        judge: judge.name().to_string(),
+        models: stages.ids,
+        prompts: total,
+        max_tokens: data.n,
+    })
+}
+
+/// `bushu cascade-report`: the threshold sweep over held-out prompts.
+pub fn report(a: ReportArgs) -> Result<()> {
+    let s = sweep_prompts(
+        &a.data,
+        a.cascade_classifier.as_deref(),
+        &a.thresholds,
+        "cascade-report",
+    )?;
     if a.json {
-        println!(
-            "{}",
-            json!({
-                "models": stages.ids,
-                "judge": judge.name(),
-                "prompts": total,
-                "max_tokens": a.data.n,
-                "rows": rows,
-                "pick": best,
-            })
-        );
-        return Ok(());
-    }
-    let names: Vec<String> = stages.ids.iter().map(|i| i.name.clone()).collect();
-    println!(
-        "{} prompts, {} greedy tokens at most, judge: {}\n",
-        total,
-        a.data.n,
-        judge.name()
-    );
-    print!("{}", markdown(&rows, &names));
-    match best {
-        Some(r) => println!(
-            "\nwithin {} point(s) of agreement: threshold {:.2}, {:.1} % answered by {}, speedup {:.2}x, agreement {:.1} %",
-            a.points,
-            r.threshold,
-            100.0 * r.answered[0],
-            names[0],
-            r.speedup,
-            r.agreement
-        ),
-        None => println!("\nno threshold keeps agreement within {} point(s)", a.points),
+        println!("{}", s.json(a.points));
+    } else {
+        print!("{}", s.text(a.points));
     }
     Ok(())
 }

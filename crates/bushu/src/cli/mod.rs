@@ -77,7 +77,8 @@ pub enum Command {
     /// Fit the reliability classifier of a cascade (`--cascade M1,M2`) on prompts: labels are agreement
     /// with the largest model's greedy answer.
     CascadeTrain(cascade::TrainArgs),
-    /// Cascade decoding's threshold sweep on prompts: fraction answered per stage, speedup, agreement.
+    /// Cascade decoding's threshold sweep on prompts: fraction answered per stage, speedup, agreement
+    /// (the sweep `bushu tradeoff --method cascade` runs, which also writes the table and a chart).
     CascadeReport(cascade::ReportArgs),
     /// Quality vs compute of an adaptive-computation method: sweeps its knob, writes a table and an SVG chart.
     Tradeoff(Box<tradeoff::TradeoffArgs>),

@@ -3,12 +3,16 @@
 //! cascade's decisions ([`crate::cascade::decide`], the rule `bushu run --cascade` applies): the
 //! fraction of prompts each stage answers, the cascade's time (each stage it ran, as measured) against
 //! always running the largest model, and the greedy agreement of its answers with the largest model's.
-//! Self-contained: [`sweep`] gives the rows, [`markdown`] the table, [`pick`] the threshold that keeps
-//! agreement within a budget.
+//! Self-contained: [`sweep`] gives the rows, [`markdown`] the table, [`plot`] the chart, [`pick`] the
+//! threshold that keeps agreement within a budget. `bushu tradeoff --method cascade` and `bushu
+//! cascade-report` both run it (`cli/cascade.rs`, `sweep_prompts`).
 
 use crate::cascade::features::agreement;
 use crate::cascade::{decide, Judge, PromptRun};
+use anyhow::{anyhow, bail, Result};
+use plotters::prelude::*;
 use serde::Serialize;
+use std::path::Path;
 
 /// One threshold's outcome over the prompts.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -99,4 +103,97 @@ pub fn markdown(rows: &[Row], names: &[String]) -> String {
         );
     }
     s
+}
+
+/// A row's value on the chart's right panel.
+type Measure<'a> = dyn Fn(&Row) -> f64 + 'a;
+
+/// The chart of a sweep: left, agreement with the largest model (%) against the cascade's time as a
+/// fraction of the largest model's alone (quality vs compute, each point labelled with its threshold);
+/// right, against the threshold: the share of prompts the smallest model answers, the agreement, and
+/// the time fraction, all in %. `path` must end in `.svg`.
+pub fn plot(path: &Path, title: &str, rows: &[Row], smallest: &str) -> Result<()> {
+    super::check_svg(path)?;
+    if rows.is_empty() {
+        bail!("no thresholds to plot");
+    }
+    let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
+    let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let root = root.titled(title, ("sans-serif", 20)).map_err(|e| err(&e))?;
+    let (left, right) = root.split_horizontally(550);
+    let time = |r: &Row| r.cascade_ms / r.largest_ms.max(1e-9);
+    let xmax = rows.iter().map(time).fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&left)
+        .margin(14)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..xmax + 0.05, 0.0..105.0)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("cascade time (fraction of the largest model alone)")
+        .y_desc("agreement with the largest model (%)")
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(|e| err(&e))?;
+    let mut pts: Vec<(f64, f64)> = rows.iter().map(|r| (time(r), r.agreement)).collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    chart
+        .draw_series(LineSeries::new(pts, BLUE.stroke_width(2)))
+        .map_err(|e| err(&e))?;
+    for r in rows {
+        let at = (time(r), r.agreement);
+        chart
+            .draw_series(std::iter::once(Circle::new(at, 4, BLUE.filled())))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(std::iter::once(
+                EmptyElement::at(at) + Text::new(format!("{}", r.threshold), (6, -16), ("sans-serif", 12).into_font()),
+            ))
+            .map_err(|e| err(&e))?;
+    }
+    let tmin = rows.iter().map(|r| r.threshold).fold(f64::INFINITY, f64::min);
+    let tmax = rows.iter().map(|r| r.threshold).fold(f64::NEG_INFINITY, f64::max);
+    let ymax = rows.iter().map(|r| 100.0 * time(r)).fold(105.0, f64::max);
+    let mut chart = ChartBuilder::on(&right)
+        .margin(14)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(tmin - 0.02..tmax + 0.02, 0.0..ymax)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("cascade threshold")
+        .y_desc("%")
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(|e| err(&e))?;
+    let answered = format!("answered by {smallest}");
+    let series: [(&str, RGBColor, &Measure); 3] = [
+        (&answered, RED, &|r| 100.0 * r.answered.first().copied().unwrap_or(0.0)),
+        ("agreement with the largest", BLUE, &|r| r.agreement),
+        ("cascade time / largest alone", GREEN, &|r| 100.0 * time(r)),
+    ];
+    for (name, color, y) in series {
+        let mut pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.threshold, y(r))).collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::MiddleRight)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! `bushu tradeoff`: the quality/compute curve of an adaptive-computation method (lecture §6), one
 //! point per setting of its knob, against the full model on held-out text.
 //!
-//! A method ([`Method`]; one file each: [`early_exit`], [`mixture_of_depths`]) does two things at a setting: scores a text
+//! A method ([`Method`]; one file each: [`early_exit`], [`mixture_of_depths`], [`semi_ar`]) does two things at a setting: scores a text
 //! teacher-forced (its next-token logits at each position) and continues a prompt greedily, each time
 //! saying what it computed ([`Compute`]). [`measure`] turns those into a [`Point`]:
 //! - **compute**: the weights' multiply-adds per token as a fraction of the full model's (and, for
@@ -13,12 +13,14 @@
 //!
 //! [`table`] writes the markdown table, [`plot`] the SVG chart (KL and agreement against compute).
 //!
-//! [`cascade`] is cascade decoding's threshold sweep (`bushu cascade-report`): per request rather than
-//! per token (fraction answered by each stage, speedup, agreement with the largest model).
+//! [`cascade`] is cascade decoding's threshold sweep (`bushu tradeoff --method cascade`, also `bushu
+//! cascade-report`): per request rather than per token (fraction answered by each stage, speedup,
+//! agreement with the largest model), with its own table and chart.
 
 pub mod cascade;
 pub mod early_exit;
 pub mod mixture_of_depths;
+pub mod semi_ar;
 
 use crate::model::llama::Logits;
 use crate::model::Model;
@@ -33,7 +35,9 @@ use std::time::Instant;
 pub struct Compute {
     /// Tokens computed by the method's own steps (decode steps, not a full-depth prefill).
     pub tokens: usize,
-    /// The weights' multiply-adds of those steps, and what the full model would have spent on them.
+    /// The weights' multiply-adds of those steps, and what the full model would have spent on them (a
+    /// method whose cost is another unit, [`Method::compute_header`], counts that instead: semi-AR
+    /// counts forward passes).
     pub macs: f64,
     pub full_macs: f64,
     /// Layers run, summed over the steps (0 for methods that do not skip layers).
@@ -58,6 +62,15 @@ pub trait Method {
     fn name(&self) -> &'static str;
     /// What the knob is, for the table ("entropy threshold H (nats)").
     fn knob(&self) -> &'static str;
+    /// The table's compute column: what [`Compute::macs`] / [`Compute::full_macs`] count for this method
+    /// (default: the weights' multiply-adds, as a fraction of the full model's).
+    fn compute_header(&self) -> &'static str {
+        "compute (fraction of full)"
+    }
+    /// The chart's compute axis (the same quantity as [`Method::compute_header`]).
+    fn compute_axis(&self) -> &'static str {
+        COMPUTE_AXIS
+    }
     /// The settings swept when `--points` is not given (at least 5, the neutral one first).
     fn default_points(&self) -> Vec<f64>;
     /// An error for a setting out of range.
@@ -356,8 +369,9 @@ pub fn parse_points(s: &str) -> Result<Vec<f64>> {
 pub fn table(method: &dyn Method, points: &[Point]) -> String {
     let layers = method.skips_layers();
     let mut s = format!(
-        "| {} | compute (fraction of full) |{} tokens/s | KL(full ‖ method) (nats) | greedy agreement | own-output perplexity (full model) |\n",
+        "| {} | {} |{} tokens/s | KL(full ‖ method) (nats) | greedy agreement | own-output perplexity (full model) |\n",
         method.knob(),
+        method.compute_header(),
         if layers { " mean layers / token |" } else { "" }
     );
     s += &format!("|---|---|{}---|---|---|---|\n", if layers { "---|" } else { "" });
@@ -376,12 +390,26 @@ pub fn table(method: &dyn Method, points: &[Point]) -> String {
     s
 }
 
-/// The chart: KL (left) and greedy agreement (right) against the compute fraction, each point labelled
-/// with its setting. `path` must end in `.svg`.
-pub fn plot(path: &Path, title: &str, points: &[Point]) -> Result<()> {
+/// The default compute axis of the chart.
+pub const COMPUTE_AXIS: &str = "compute per token (fraction of the full model's multiply-adds)";
+
+/// Refuses a chart path that does not end in `.svg`.
+pub fn check_svg(path: &Path) -> Result<()> {
     if path.extension().and_then(|e| e.to_str()) != Some("svg") {
         bail!("{}: the tradeoff plot is written as .svg", path.display());
     }
+    Ok(())
+}
+
+/// The chart: KL (left) and greedy agreement (right) against the compute fraction, each point labelled
+/// with its setting. `path` must end in `.svg`.
+pub fn plot(path: &Path, title: &str, points: &[Point]) -> Result<()> {
+    plot_with(path, title, COMPUTE_AXIS, points)
+}
+
+/// [`plot`] with the compute axis described as `x_desc` ([`Method::compute_axis`]).
+pub fn plot_with(path: &Path, title: &str, x_desc: &str, points: &[Point]) -> Result<()> {
+    check_svg(path)?;
     if points.is_empty() {
         bail!("no points to plot");
     }
@@ -409,7 +437,7 @@ pub fn plot(path: &Path, title: &str, points: &[Point]) -> Result<()> {
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
-            .x_desc("compute per token (fraction of the full model's multiply-adds)")
+            .x_desc(x_desc)
             .y_desc(ydesc)
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
