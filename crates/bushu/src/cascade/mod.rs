@@ -149,6 +149,10 @@ pub struct Answer {
     pub features: [f64; 5],
     /// Wall time of the generation (prefill and decode), ms.
     pub ms: f64,
+    /// The answer's summed negative log-likelihood under the cascade's largest model (nats) and its
+    /// token count, teacher-forced after the prompt: filled by [`collect`] (the report's own-output
+    /// perplexity), `(0, 0)` elsewhere.
+    pub largest_nll: (f64, usize),
 }
 
 /// Generates the answer of `model` to `prompt` with `opts` (its `logprobs` raised to [`TOP_K`] for the
@@ -175,6 +179,7 @@ pub fn answer(model: &Model, file: &ModelFile, prompt: &[u32], opts: &GenerateOp
         steps,
         features,
         ms,
+        largest_nll: (0.0, 0),
     })
 }
 
@@ -209,8 +214,8 @@ pub struct PromptRun {
 }
 
 /// Runs every prompt through every stage (`models[i]` built from `stages.files[i]`) with `opts`, one
-/// untimed warm-up generation per model first (the first pass packs quantized weights); `progress`
-/// hears each prompt's index.
+/// untimed warm-up generation per model first (the first pass packs quantized weights), and scores each
+/// answer under the largest model ([`Answer::largest_nll`]); `progress` hears each prompt's index.
 pub fn collect(
     stages: &Stages,
     models: &[Model],
@@ -229,11 +234,15 @@ pub fn collect(
     let mut out = Vec::new();
     for (k, p) in prompts.iter().enumerate() {
         progress(k);
-        let answers = models
+        let mut answers = models
             .iter()
             .enumerate()
             .map(|(i, m)| answer(m, &stages.files[i], p, &opts[i], ctx[i]))
             .collect::<Result<Vec<_>>>()?;
+        let largest = models.last().expect("at least two stages");
+        for a in &mut answers {
+            a.largest_nll = crate::tradeoff::nll_under(largest, p, &a.generation.tokens)?;
+        }
         out.push(PromptRun { answers });
     }
     Ok(out)

@@ -30,6 +30,9 @@ pub struct Row {
     pub agreement: f64,
     /// Share of prompts whose cascade answer equals the largest model's token for token, in %.
     pub exact: f64,
+    /// The largest model's perplexity of the cascade's answers (over all their tokens; NaN when no
+    /// answer was scored, [`crate::cascade::Answer::largest_nll`]).
+    pub own_ppl: f64,
 }
 
 /// The thresholds the report sweeps by default.
@@ -43,6 +46,7 @@ pub fn sweep(judge: &Judge, runs: &[PromptRun], thresholds: &[f64]) -> Vec<Row> 
             let stages = runs.first().map_or(0, |r| r.answers.len());
             let mut answered = vec![0usize; stages];
             let (mut cascade_ms, mut largest_ms, mut agree, mut exact) = (0.0, 0.0, 0.0, 0usize);
+            let (mut nll, mut scored) = (0.0, 0usize);
             for r in runs {
                 let last = r.answers.len() - 1;
                 let (stage, _) = decide(judge, r, p);
@@ -52,6 +56,8 @@ pub fn sweep(judge: &Judge, runs: &[PromptRun], thresholds: &[f64]) -> Vec<Row> 
                 let (mine, theirs) = (&r.answers[stage].generation.tokens, &r.answers[last].generation.tokens);
                 agree += agreement(mine, theirs);
                 exact += (mine == theirs) as usize;
+                nll += r.answers[stage].largest_nll.0;
+                scored += r.answers[stage].largest_nll.1;
             }
             let n = runs.len().max(1) as f64;
             Row {
@@ -62,6 +68,7 @@ pub fn sweep(judge: &Judge, runs: &[PromptRun], thresholds: &[f64]) -> Vec<Row> 
                 speedup: largest_ms / cascade_ms.max(1e-9),
                 agreement: 100.0 * agree / n,
                 exact: 100.0 * exact as f64 / n,
+                own_ppl: if scored > 0 { (nll / scored as f64).exp() } else { f64::NAN },
             }
         })
         .collect()
@@ -85,8 +92,8 @@ pub fn markdown(rows: &[Row], names: &[String]) -> String {
         s += &format!(" answered by {n} |");
     }
     s +=
-        " cascade time (s) | largest alone (s) | speedup | agreement with largest (%) | identical answers (%) |\n|---|";
-    s += &"---|".repeat(names.len() + 5);
+        " cascade time (s) | largest alone (s) | speedup | agreement with largest (%) | identical answers (%) | own-output perplexity (largest model) |\n|---|";
+    s += &"---|".repeat(names.len() + 6);
     s += "\n";
     for r in rows {
         s += &format!("| {:.2} |", r.threshold);
@@ -94,12 +101,13 @@ pub fn markdown(rows: &[Row], names: &[String]) -> String {
             s += &format!(" {:.1} % |", 100.0 * a);
         }
         s += &format!(
-            " {:.2} | {:.2} | {:.2}x | {:.1} | {:.1} |\n",
+            " {:.2} | {:.2} | {:.2}x | {:.1} | {:.1} | {:.2} |\n",
             r.cascade_ms / 1e3,
             r.largest_ms / 1e3,
             r.speedup,
             r.agreement,
-            r.exact
+            r.exact,
+            r.own_ppl
         );
     }
     s

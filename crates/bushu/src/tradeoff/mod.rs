@@ -200,8 +200,8 @@ pub fn agreement(reference: &[u32], other: &[u32]) -> f64 {
     same as f64 / reference.len() as f64
 }
 
-/// The full model's mean negative log-likelihood of `cont` after `prompt` (nats per token) and the
-/// number of tokens scored.
+/// The full model's summed negative log-likelihood of `cont` after `prompt` (nats) and the number of
+/// tokens scored.
 pub fn nll_under(model: &Model, prompt: &[u32], cont: &[u32]) -> Result<(f64, usize)> {
     if cont.is_empty() {
         return Ok((0.0, 0));
