@@ -7,7 +7,8 @@
 #   bench/serve-speculative.sh [-N 16] [-n 128] [-t 2] MODEL.gguf "FLAGS1" ["FLAGS2" ...] -- PROMPT.txt...
 #     e.g. bench/serve-speculative.sh M "--lookup" "--draft-model D" -- bench/prompts/*.txt
 #
-# Env: BUSHU (default target/release/bushu), PORT (default 18090), OUT (logs and JSON; default a temp dir).
+# Env: BUSHU (default target/release/bushu), PORT (default 18090), OUT (logs and JSON; default a temp dir),
+# SERVER_ARGS (flags every server gets, e.g. "--precision fast").
 set -euo pipefail
 N=16 G=128 T=2
 while getopts "N:n:t:" o; do
@@ -30,7 +31,7 @@ trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null' EXIT
 i=0
 for mode in "${MODES[@]}"; do
   # shellcheck disable=SC2086
-  "$BUSHU" serve -m "$M" --port "$PORT" --threads "$T" --max-batch "$N" $mode >"$OUT/server.$i.log" 2>&1 &
+  "$BUSHU" serve -m "$M" --port "$PORT" --threads "$T" --max-batch "$N" ${SERVER_ARGS:-} $mode >"$OUT/server.$i.log" 2>&1 &
   pid=$!
   python3 "$HERE/serve_client.py" --url "http://127.0.0.1:$PORT" --clients "$N" --gen "$G" \
     --label="${mode:-plain}" --prompt-files "$@" --json "$OUT/run.$i.json" >"$OUT/client.$i.txt"

@@ -385,8 +385,8 @@ fn a_separable_feature_set_gets_the_expected_decisions() {
 // ---- The threshold sweep ----
 
 /// An answer of `tokens` whose token probability is `p`, generated in `ms`, with a summed negative
-/// log-likelihood `nll` under the largest model.
-fn answer(tokens: &[u32], p: f32, ms: f64, nll: f64) -> Answer {
+/// log-likelihood `nll` under the largest model and a summed KL `kl` from it.
+fn answer(tokens: &[u32], p: f32, ms: f64, nll: f64, kl: f64) -> Answer {
     let steps: Vec<Step> = tokens
         .iter()
         .map(|_| Step {
@@ -409,6 +409,7 @@ fn answer(tokens: &[u32], p: f32, ms: f64, nll: f64) -> Answer {
         features,
         ms,
         largest_nll: (nll, tokens.len()),
+        largest_kl: kl,
     }
 }
 
@@ -419,13 +420,22 @@ fn the_sweep_counts_stages_time_and_agreement_by_hand() {
     // and wrong; the large one takes 4 ms. Reliability without a classifier: the token probability.
     let runs = vec![
         PromptRun {
-            answers: vec![answer(&[1, 2, 3, 4], 0.9, 1.0, 4.0), answer(&[1, 2, 3, 4], 0.9, 4.0, 4.0)],
+            answers: vec![
+                answer(&[1, 2, 3, 4], 0.9, 1.0, 4.0, 0.4),
+                answer(&[1, 2, 3, 4], 0.9, 4.0, 4.0, 0.0),
+            ],
         },
         PromptRun {
-            answers: vec![answer(&[1, 2, 9, 9], 0.7, 1.0, 8.0), answer(&[1, 2, 3, 4], 0.9, 4.0, 4.0)],
+            answers: vec![
+                answer(&[1, 2, 9, 9], 0.7, 1.0, 8.0, 1.2),
+                answer(&[1, 2, 3, 4], 0.9, 4.0, 4.0, 0.0),
+            ],
         },
         PromptRun {
-            answers: vec![answer(&[5, 5, 5, 5], 0.3, 1.0, 20.0), answer(&[1, 2, 3, 4], 0.9, 4.0, 4.0)],
+            answers: vec![
+                answer(&[5, 5, 5, 5], 0.3, 1.0, 20.0, 3.0),
+                answer(&[1, 2, 3, 4], 0.9, 4.0, 4.0, 0.0),
+            ],
         },
     ];
     // The largest model's perplexity of the kept answers: exp(summed NLL / tokens).
@@ -436,11 +446,13 @@ fn the_sweep_counts_stages_time_and_agreement_by_hand() {
     assert!((r.speedup - 12.0 / 3.0).abs() < 1e-12);
     assert!((r.agreement - 100.0 * (1.0 + 0.5 + 0.0) / 3.0).abs() < 1e-9);
     assert!((r.own_ppl - ppl(4.0 + 8.0 + 20.0)).abs() < 1e-9);
+    assert!((r.kl - (0.4 + 1.2 + 3.0) / 12.0).abs() < 1e-12);
     let r = &rows[1]; // 0.9 and 0.7 kept, 0.3 deferred: 3 + 4 ms
     assert!((r.answered[0] - 2.0 / 3.0).abs() < 1e-12);
     assert!((r.speedup - 12.0 / 7.0).abs() < 1e-12);
     assert!((r.agreement - 100.0 * 2.5 / 3.0).abs() < 1e-9);
     assert!((r.own_ppl - ppl(4.0 + 8.0 + 4.0)).abs() < 1e-9);
+    assert!((r.kl - (0.4 + 1.2) / 12.0).abs() < 1e-12);
     let r = &rows[2]; // only 0.9 kept: 3 + 8 ms, agreement 100 %
     assert!((r.answered[0] - 1.0 / 3.0).abs() < 1e-12);
     assert!((r.speedup - 12.0 / 11.0).abs() < 1e-12);
@@ -450,6 +462,7 @@ fn the_sweep_counts_stages_time_and_agreement_by_hand() {
     assert_eq!(r.answered, vec![0.0, 1.0]);
     assert!((r.speedup - 12.0 / 15.0).abs() < 1e-12);
     assert!((r.own_ppl - std::f64::consts::E).abs() < 1e-9);
+    assert_eq!(r.kl, 0.0);
     // Within 1 point of agreement, the most small-model answers: threshold 0.8.
     assert_eq!(pick(&rows, 1.0).unwrap().threshold, 0.8);
 }

@@ -322,6 +322,10 @@ fn cascade_rows_are_cascade_reports() {
     assert_eq!(rows[3]["answered"], serde_json::json!([0.0, 1.0]));
     assert_eq!(rows[3]["agreement"], 100.0);
     assert_eq!(rows[3]["exact"], 100.0);
+    // The largest model's own answers are 0 nats from it; the amateur's are not.
+    assert_eq!(rows[3]["kl"], 0.0);
+    assert!(rows[0]["kl"].as_f64().unwrap() > 0.1, "{}", rows[0]);
+    assert!(rows[0]["own_ppl"].as_f64().unwrap() > rows[3]["own_ppl"].as_f64().unwrap());
     // `--points` is the same list as `--thresholds`.
     let p = last_json(
         &[

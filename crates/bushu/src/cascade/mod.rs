@@ -153,6 +153,9 @@ pub struct Answer {
     /// token count, teacher-forced after the prompt: filled by [`collect`] (the report's own-output
     /// perplexity), `(0, 0)` elsewhere.
     pub largest_nll: (f64, usize),
+    /// Summed `KL(p_largest ‖ p_stage)` over the answer's tokens, teacher-forced after the prompt (0 for
+    /// the largest model's own answer): filled by [`collect`], 0 elsewhere.
+    pub largest_kl: f64,
 }
 
 /// Generates the answer of `model` to `prompt` with `opts` (its `logprobs` raised to [`TOP_K`] for the
@@ -180,6 +183,7 @@ pub fn answer(model: &Model, file: &ModelFile, prompt: &[u32], opts: &GenerateOp
         features,
         ms,
         largest_nll: (0.0, 0),
+        largest_kl: 0.0,
     })
 }
 
@@ -240,12 +244,38 @@ pub fn collect(
             .map(|(i, m)| answer(m, &stages.files[i], p, &opts[i], ctx[i]))
             .collect::<Result<Vec<_>>>()?;
         let largest = models.last().expect("at least two stages");
-        for a in &mut answers {
+        let last = answers.len() - 1;
+        for (i, a) in answers.iter_mut().enumerate() {
             a.largest_nll = crate::tradeoff::nll_under(largest, p, &a.generation.tokens)?;
+            if i < last {
+                a.largest_kl = kl_along(largest, &models[i], p, &a.generation.tokens)?;
+            }
         }
         out.push(PromptRun { answers });
     }
     Ok(out)
+}
+
+/// `Σ KL(p_large ‖ p_small)` over the positions of `answer` after `prompt`, both models teacher-forced.
+fn kl_along(large: &Model, small: &Model, prompt: &[u32], answer: &[u32]) -> Result<f64> {
+    if answer.is_empty() {
+        return Ok(0.0);
+    }
+    let all: Vec<u32> = prompt.iter().chain(answer).copied().collect();
+    let rows: Vec<usize> = (prompt.len() - 1..all.len() - 1).collect();
+    let logits = |m: &Model| -> Result<Vec<f32>> {
+        let mut state = m.new_state(all.len());
+        Ok(
+            m.forward(&mut state, &all[..all.len() - 1], crate::model::Logits::Rows(&rows))?
+                .to_vec(),
+        )
+    };
+    let (p, q) = (logits(large)?, logits(small)?);
+    let vocab = large.config.vocab_size;
+    Ok(p.chunks_exact(vocab)
+        .zip(q.chunks_exact(vocab))
+        .map(|(a, b)| crate::tradeoff::kl(a, b))
+        .sum())
 }
 
 /// Where the cascade stops for one prompt's answers at threshold `p`: the first stage whose answer is

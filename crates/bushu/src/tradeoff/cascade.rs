@@ -33,6 +33,9 @@ pub struct Row {
     /// The largest model's perplexity of the cascade's answers (over all their tokens; NaN when no
     /// answer was scored, [`crate::cascade::Answer::largest_nll`]).
     pub own_ppl: f64,
+    /// Mean `KL(p_largest ‖ p_answering stage)` per token of the cascade's answers, teacher-forced (0
+    /// where the largest model answers; NaN when no answer was scored).
+    pub kl: f64,
 }
 
 /// The thresholds the report sweeps by default.
@@ -46,7 +49,7 @@ pub fn sweep(judge: &Judge, runs: &[PromptRun], thresholds: &[f64]) -> Vec<Row> 
             let stages = runs.first().map_or(0, |r| r.answers.len());
             let mut answered = vec![0usize; stages];
             let (mut cascade_ms, mut largest_ms, mut agree, mut exact) = (0.0, 0.0, 0.0, 0usize);
-            let (mut nll, mut scored) = (0.0, 0usize);
+            let (mut nll, mut scored, mut kl) = (0.0, 0usize, 0.0);
             for r in runs {
                 let last = r.answers.len() - 1;
                 let (stage, _) = decide(judge, r, p);
@@ -58,6 +61,7 @@ pub fn sweep(judge: &Judge, runs: &[PromptRun], thresholds: &[f64]) -> Vec<Row> 
                 exact += (mine == theirs) as usize;
                 nll += r.answers[stage].largest_nll.0;
                 scored += r.answers[stage].largest_nll.1;
+                kl += r.answers[stage].largest_kl;
             }
             let n = runs.len().max(1) as f64;
             Row {
@@ -68,7 +72,12 @@ pub fn sweep(judge: &Judge, runs: &[PromptRun], thresholds: &[f64]) -> Vec<Row> 
                 speedup: largest_ms / cascade_ms.max(1e-9),
                 agreement: 100.0 * agree / n,
                 exact: 100.0 * exact as f64 / n,
-                own_ppl: if scored > 0 { (nll / scored as f64).exp() } else { f64::NAN },
+                own_ppl: if scored > 0 {
+                    (nll / scored as f64).exp()
+                } else {
+                    f64::NAN
+                },
+                kl: if scored > 0 { kl / scored as f64 } else { f64::NAN },
             }
         })
         .collect()
@@ -92,8 +101,8 @@ pub fn markdown(rows: &[Row], names: &[String]) -> String {
         s += &format!(" answered by {n} |");
     }
     s +=
-        " cascade time (s) | largest alone (s) | speedup | agreement with largest (%) | identical answers (%) | own-output perplexity (largest model) |\n|---|";
-    s += &"---|".repeat(names.len() + 6);
+        " cascade time (s) | largest alone (s) | speedup | agreement with largest (%) | identical answers (%) | own-output perplexity (largest model) | KL(largest ‖ cascade) per token |\n|---|";
+    s += &"---|".repeat(names.len() + 7);
     s += "\n";
     for r in rows {
         s += &format!("| {:.2} |", r.threshold);
@@ -101,13 +110,14 @@ pub fn markdown(rows: &[Row], names: &[String]) -> String {
             s += &format!(" {:.1} % |", 100.0 * a);
         }
         s += &format!(
-            " {:.2} | {:.2} | {:.2}x | {:.1} | {:.1} | {:.2} |\n",
+            " {:.2} | {:.2} | {:.2}x | {:.1} | {:.1} | {:.2} | {:.4} |\n",
             r.cascade_ms / 1e3,
             r.largest_ms / 1e3,
             r.speedup,
             r.agreement,
             r.exact,
-            r.own_ppl
+            r.own_ppl,
+            r.kl
         );
     }
     s
