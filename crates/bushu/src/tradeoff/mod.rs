@@ -422,7 +422,9 @@ pub fn plot_with(path: &Path, title: &str, x_desc: &str, points: &[Point]) -> Re
     // Above 1 when what a method adds (exit heads, a second model) outweighs what it skips.
     let xmax = points.iter().map(|p| p.compute_fraction).fold(1.0, f64::max);
     let xr = (xmin - 0.05).max(0.0)..xmax + 0.05;
-    let kl_max = points.iter().map(|p| p.kl).fold(0.0, f64::max);
+    // A point whose KL is infinite (a method that gives some token no probability, e.g. Medusa heads over
+    // a restricted vocabulary) is left out of the KL panel; its row in the table says `inf`.
+    let kl_max = points.iter().map(|p| p.kl).filter(|k| k.is_finite()).fold(0.0, f64::max);
     let panels = [
         (&left, "KL(full ‖ method), nats", kl_max * 1.15 + 1e-3, false),
         (&right, "greedy agreement with the full model", 1.05, true),
@@ -442,12 +444,13 @@ pub fn plot_with(path: &Path, title: &str, x_desc: &str, points: &[Point]) -> Re
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .map_err(|e| err(&e))?;
-        let mut pts: Vec<(f64, f64)> = points.iter().map(|p| (p.compute_fraction, y(p))).collect();
+        let shown = |p: &&Point| y(p).is_finite();
+        let mut pts: Vec<(f64, f64)> = points.iter().filter(shown).map(|p| (p.compute_fraction, y(p))).collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         chart
             .draw_series(LineSeries::new(pts, BLUE.stroke_width(2)))
             .map_err(|e| err(&e))?;
-        for p in points {
+        for p in points.iter().filter(shown) {
             let at = (p.compute_fraction, y(p));
             let label = p.knob.map_or_else(|| "full".to_string(), |v| format!("{v}"));
             chart
