@@ -301,7 +301,10 @@ fn tradeoff_table_and_plot() {
     assert!(bushu::tradeoff::plot(&dir.join("t.png"), "x", &rows).is_err());
     // An infinite KL (heads over a restricted vocabulary give some tokens no probability) is left out of
     // the KL panel instead of stretching its axis to infinity (plotters then never finished).
-    let with_inf = [rows[0].clone(), point(Some(3.0), 0.3, 2.0, 900.0, f64::INFINITY, 0.5, 9.0)];
+    let with_inf = [
+        rows[0].clone(),
+        point(Some(3.0), 0.3, 2.0, 900.0, f64::INFINITY, 0.5, 9.0),
+    ];
     bushu::tradeoff::plot(&svg, "semi-ar: test", &with_inf).unwrap();
     assert!(table(&method, &with_inf).contains("| inf |"));
     std::fs::remove_dir_all(&dir).unwrap();

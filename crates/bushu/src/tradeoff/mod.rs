@@ -424,7 +424,11 @@ pub fn plot_with(path: &Path, title: &str, x_desc: &str, points: &[Point]) -> Re
     let xr = (xmin - 0.05).max(0.0)..xmax + 0.05;
     // A point whose KL is infinite (a method that gives some token no probability, e.g. Medusa heads over
     // a restricted vocabulary) is left out of the KL panel; its row in the table says `inf`.
-    let kl_max = points.iter().map(|p| p.kl).filter(|k| k.is_finite()).fold(0.0, f64::max);
+    let kl_max = points
+        .iter()
+        .map(|p| p.kl)
+        .filter(|k| k.is_finite())
+        .fold(0.0, f64::max);
     let panels = [
         (&left, "KL(full ‖ method), nats", kl_max * 1.15 + 1e-3, false),
         (&right, "greedy agreement with the full model", 1.05, true),
@@ -445,7 +449,11 @@ pub fn plot_with(path: &Path, title: &str, x_desc: &str, points: &[Point]) -> Re
             .draw()
             .map_err(|e| err(&e))?;
         let shown = |p: &&Point| y(p).is_finite();
-        let mut pts: Vec<(f64, f64)> = points.iter().filter(shown).map(|p| (p.compute_fraction, y(p))).collect();
+        let mut pts: Vec<(f64, f64)> = points
+            .iter()
+            .filter(shown)
+            .map(|p| (p.compute_fraction, y(p)))
+            .collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         chart
             .draw_series(LineSeries::new(pts, BLUE.stroke_width(2)))
