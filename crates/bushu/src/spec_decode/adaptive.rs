@@ -12,7 +12,10 @@
 //! [`TIMED_STEPS`] speculative steps against that of plain steps (the second decode step is a plain one, and
 //! one in every [`PROBE_EVERY`] steps after it, so the plain time follows the machine's load; the
 //! first step is not timed: it may wait for a background packer, `model::weights`). When
-//! speculation is slower by more than [`SLOWER_BY`], it pauses — plain steps — for [`PAUSE`] steps, doubled each time it is found
+//! speculation is slower by more than [`SLOWER_BY`], one plain step is taken at once to confirm it (the
+//! plain average may come from a faster stretch of a shared machine's speed: only a plain step timed
+//! beside the speculative ones says they are slower now), and if they are still slower than that step
+//! it pauses — plain steps — for [`PAUSE`] steps, doubled each time it is found
 //! slower again (up to [`PAUSE_MAX`]), then tries again. Timing decides only *when* to draft, never
 //! which token is emitted: greedy output stays plain decoding's and sampled output keeps its
 //! distribution, but which random draws a seeded sampled run makes may then vary between runs, so
@@ -89,6 +92,9 @@ struct Clock {
     pause: usize,
     /// Pauses so far.
     pauses: usize,
+    /// The timed speculative steps were slower than the plain average: the next step is a plain one that
+    /// confirms it (or not) at the machine's current speed.
+    confirming: bool,
 }
 
 /// The adaptive draft length of one sequence.
@@ -121,7 +127,7 @@ impl DraftLength {
     /// plain probe step or while speculation is paused.
     pub fn k(&self) -> usize {
         let c = &self.clock;
-        let plain_step = self.params.timed && (c.steps % PROBE_EVERY == 1 || c.steps < c.paused_until);
+        let plain_step = self.params.timed && (c.steps % PROBE_EVERY == 1 || c.steps < c.paused_until || c.confirming);
         if self.off || plain_step {
             0
         } else {
@@ -143,6 +149,17 @@ impl DraftLength {
         if !speculative {
             let t = secs / tokens as f64;
             c.plain = Some(c.plain.map_or(t, |p| 0.75 * p + 0.25 * t));
+            if std::mem::take(&mut c.confirming) {
+                // The machine's speed now: it replaces the average, which came from another stretch.
+                c.plain = Some(t);
+                let (w, n) = c.spec.iter().fold((0.0, 0), |a, s| (a.0 + s.0, a.1 + s.1));
+                if w / n as f64 > t * (1.0 + SLOWER_BY) {
+                    c.paused_until = c.steps + c.pause;
+                    c.pause = (2 * c.pause).min(PAUSE_MAX);
+                    c.pauses += 1;
+                }
+                c.spec.clear();
+            }
             return;
         }
         c.spec.push_back((secs, tokens));
@@ -154,10 +171,7 @@ impl DraftLength {
         };
         let (t, n) = c.spec.iter().fold((0.0, 0), |a, s| (a.0 + s.0, a.1 + s.1));
         if t / n as f64 > plain * (1.0 + SLOWER_BY) {
-            c.paused_until = c.steps + c.pause;
-            c.pause = (2 * c.pause).min(PAUSE_MAX);
-            c.pauses += 1;
-            c.spec.clear();
+            c.confirming = true;
         }
     }
 
@@ -237,19 +251,37 @@ mod tests {
         assert_eq!(plain, vec![1, PROBE_EVERY + 1, 2 * PROBE_EVERY + 1]);
         assert_eq!(l.pauses(), 0);
         // Not paying (3 tokens in 4 s): step 0 (not timed), the probe, 4 speculative steps (timed), a
-        // pause of PAUSE plain steps, 4 more, a pause twice as long, then speculation again.
+        // plain step that confirms them slower, a pause of PAUSE plain steps, 4 more, the confirming
+        // step, a pause twice as long, then speculation again.
         let mut l = DraftLength::new(params).unwrap();
-        let steps = run(&mut l, 2 + 4 + PAUSE + 4 + 2 * PAUSE + 1, 4.0);
+        let steps = run(&mut l, 2 + 4 + 1 + PAUSE + 4 + 1 + 2 * PAUSE + 1, 4.0);
         let spec_at: Vec<usize> = (0..steps.len()).filter(|&i| steps[i]).collect();
-        let second = 2 + 4 + PAUSE;
+        let second = 2 + 4 + 1 + PAUSE;
         let want: Vec<usize> = [0]
             .into_iter()
             .chain(2..6)
             .chain(second..second + 4)
-            .chain([second + 4 + 2 * PAUSE])
+            .chain([second + 4 + 1 + 2 * PAUSE])
             .collect();
         assert_eq!(spec_at, want);
         assert_eq!(l.pauses(), 2);
+        // The machine slows down while speculating: the plain average (1 s per token, timed fast) says the
+        // speculative steps (1.2 s per token) are slower, the confirming plain step timed now (1.3 s) says
+        // they are not — no pause, speculation goes on after that one step.
+        let mut l = DraftLength::new(params).unwrap();
+        let mut drafted = Vec::new();
+        for i in 0..12 {
+            let d = l.k() > 0;
+            drafted.push(d);
+            match (d, i) {
+                (true, _) => l.timed(true, 3.6, 3),
+                (false, 1) => l.timed(false, 1.0, 1),
+                (false, _) => l.timed(false, 1.3, 1),
+            }
+        }
+        assert_eq!(l.pauses(), 0);
+        let plain: Vec<usize> = (0..12).filter(|&i| !drafted[i]).collect();
+        assert_eq!(plain, vec![1, 6], "the probe and one confirming step");
         // Untimed: the clock changes nothing.
         let mut l = DraftLength::new(DraftLengthParams { timed: false, ..params }).unwrap();
         assert!(run(&mut l, 50, 100.0).iter().all(|&d| d));
