@@ -19,10 +19,10 @@
 //! Everything random (the batch order) comes from `seed`, and candle's CPU ops are deterministic: a seed
 //! gives the same adapters bit for bit.
 
-use crate::distill::{lr_at, read_data};
+use crate::distill::lr_at;
 use crate::medusa::{classifier, open_model};
 use crate::optim::{AdamW, ParamsAdamW};
-use crate::routers::{lm_head_kl, shuffle, windows};
+use crate::routers::{data_windows, lm_head_kl, shuffle};
 use crate::student::rms_norm;
 use anyhow::{bail, Context, Result};
 use bushu::model::early_exit::default_exit_layers;
@@ -138,21 +138,7 @@ pub fn train_exit_adapters(o: &AdapterOptions, progress: &mut dyn FnMut(&str)) -
     };
     // The file's own checks (each exit point in 1..n_layers), before any work.
     ExitAdapters::zeros(dim, n_layers, layers.clone()).context("--exit-layers")?;
-    let mut data = read_data(&file, &o.data)?;
-    data.truncate(o.tokens);
-    let bos = if file.tokenizer.add_bos() {
-        file.tokenizer.bos_id()
-    } else {
-        None
-    };
-    let all = windows(&data, o.ctx, bos);
-    if all.is_empty() {
-        bail!(
-            "the data holds {} tokens: fewer than one window of --ctx {}",
-            data.len(),
-            o.ctx
-        );
-    }
+    let all = data_windows(&file, &o.data, o.tokens, o.ctx)?;
 
     // One pass per window: the final distributions and the residual stream after each exit layer.
     let t0 = Instant::now();

@@ -35,7 +35,7 @@ use crate::optim::{AdamW, ParamsAdamW};
 use crate::student::{normal, rms_norm, Student, StudentConfig};
 use anyhow::{bail, Result};
 use bushu::model::mixture_of_depths::{Routers, RoutersBase, QUANTILES};
-use bushu::model::{Logits, Model};
+use bushu::model::{Logits, Model, ModelFile};
 use candle_core::{Device, Tensor, Var, D};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -199,6 +199,26 @@ fn routed(
     Ok((x + g.broadcast_mul(&(y - x)?)?)?)
 }
 
+/// The first `tokens` tokens of the data `files` (the model `file`'s tokenizer) in windows of `ctx`, each
+/// starting with BOS when the model adds one; an error when not even one window fills.
+pub(crate) fn data_windows(file: &ModelFile, files: &[PathBuf], tokens: usize, ctx: usize) -> Result<Vec<Vec<u32>>> {
+    let mut data = read_data(file, files)?;
+    data.truncate(tokens);
+    let bos = if file.tokenizer.add_bos() {
+        file.tokenizer.bos_id()
+    } else {
+        None
+    };
+    let all = windows(&data, ctx, bos);
+    if all.is_empty() {
+        bail!(
+            "the data holds {} tokens: fewer than one window of --ctx {ctx}",
+            data.len()
+        );
+    }
+    Ok(all)
+}
+
 /// Windows of `ctx` tokens (the last partial one dropped), each starting with `bos` when given.
 pub(crate) fn windows(tokens: &[u32], ctx: usize, bos: Option<u32>) -> Vec<Vec<u32>> {
     let body = ctx - usize::from(bos.is_some());
@@ -248,21 +268,7 @@ pub fn train_routers(o: &RouterOptions, progress: &mut dyn FnMut(&str)) -> Resul
     let mut model = Model::new(&file)?;
     // The reference distribution with f32 activations: the candle model computes the same function.
     model.precision = kernels::Precision::Exact;
-    let mut data = read_data(&file, &o.data)?;
-    data.truncate(o.tokens);
-    let bos = if file.tokenizer.add_bos() {
-        file.tokenizer.bos_id()
-    } else {
-        None
-    };
-    let all = windows(&data, o.ctx, bos);
-    if all.is_empty() {
-        bail!(
-            "the data holds {} tokens: fewer than one window of --ctx {}",
-            data.len(),
-            o.ctx
-        );
-    }
+    let all = data_windows(&file, &o.data, o.tokens, o.ctx)?;
     let config = StudentConfig {
         vocab: c.vocab_size,
         dim: c.dim,
