@@ -20,7 +20,7 @@
 //! gives the same adapters bit for bit.
 
 use crate::distill::lr_at;
-use crate::medusa::{classifier, open_model};
+use crate::medusa::{classifier, open_model, HeadVars};
 use crate::optim::{AdamW, ParamsAdamW};
 use crate::routers::{data_windows, lm_head_kl, shuffle};
 use crate::student::rms_norm;
@@ -29,7 +29,7 @@ use bushu::model::early_exit::default_exit_layers;
 use bushu::model::exit_adapters::ExitAdapters;
 use bushu::model::mixture_of_depths::RoutersBase;
 use bushu::model::{Logits, Model, Pass};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -101,22 +101,6 @@ pub fn check(o: &AdapterOptions) -> Result<()> {
     Ok(())
 }
 
-/// The adapters being trained: per exit point `W` `[dim, dim]` (output by input) and `b` `[dim]`.
-struct Translators {
-    w: Vec<Var>,
-    b: Vec<Var>,
-}
-
-impl Translators {
-    /// Exit `i`'s translated states `h + h W^T + b` (`h`: `[n, dim]`).
-    fn apply(&self, i: usize, h: &Tensor) -> Result<Tensor> {
-        let z = h
-            .matmul(&self.w[i].as_tensor().t()?)?
-            .broadcast_add(self.b[i].as_tensor())?;
-        Ok((h + z)?)
-    }
-}
-
 /// Trains the adapters and writes them to `o.out`; `progress` gets a line now and then.
 pub fn train_exit_adapters(o: &AdapterOptions, progress: &mut dyn FnMut(&str)) -> Result<AdapterReport> {
     check(o)?;
@@ -178,14 +162,8 @@ pub fn train_exit_adapters(o: &AdapterOptions, progress: &mut dyn FnMut(&str)) -
         .map(|v| Tensor::from_vec(v, (n, dim), &dev))
         .collect::<candle_core::Result<_>>()?;
     let k = layers.len();
-    let vars = Translators {
-        w: (0..k)
-            .map(|_| Var::zeros((dim, dim), DType::F32, &dev))
-            .collect::<candle_core::Result<_>>()?,
-        b: (0..k)
-            .map(|_| Var::zeros(dim, DType::F32, &dev))
-            .collect::<candle_core::Result<_>>()?,
-    };
+    // One translator per exit point, in the Medusa heads' variables (zero `W` and `b`).
+    let vars = HeadVars::zeros(dim, k)?;
     let mut opt = AdamW::new(
         vars.w.iter().chain(&vars.b).cloned().collect(),
         ParamsAdamW {
@@ -209,7 +187,7 @@ pub fn train_exit_adapters(o: &AdapterOptions, progress: &mut dyn FnMut(&str)) -
             let mut surrogate: Option<Tensor> = None;
             let mut step_kl = Vec::with_capacity(k);
             for (i, hi) in h.iter().enumerate() {
-                let y = rms_norm(&vars.apply(i, &hi.index_select(&ids, 0)?)?, &norm, eps)?;
+                let y = rms_norm(&vars.affine(i, &hi.index_select(&ids, 0)?)?, &norm, eps)?;
                 let (kl, dy) = lm_head_kl(&y.detach(), &e, &pb)?;
                 step_kl.push(kl);
                 let s = (&y * dy)?.sum_all()?;
@@ -239,16 +217,7 @@ pub fn train_exit_adapters(o: &AdapterOptions, progress: &mut dyn FnMut(&str)) -
     report.first_kl = (0..k).map(|i| mean(&kls[..tenth], i)).collect();
     report.final_kl = (0..k).map(|i| mean(&kls[kls.len() - tenth..], i)).collect();
 
-    let w = vars
-        .w
-        .iter()
-        .map(|v| v.as_tensor().flatten_all()?.to_vec1::<f32>())
-        .collect::<candle_core::Result<_>>()?;
-    let b = vars
-        .b
-        .iter()
-        .map(|v| v.as_tensor().to_vec1::<f32>())
-        .collect::<candle_core::Result<_>>()?;
+    let (w, b) = vars.weights()?;
     ExitAdapters::new(dim, n_layers, layers, w, b)?
         .to_gguf(&RoutersBase::of(&file, &model))
         .write(&o.out)

@@ -299,6 +299,9 @@ pub fn lm_head_ce(u: &Tensor, e: &Tensor, labels: &[u32]) -> Result<(f32, Tensor
     Ok(((loss / n as f64) as f32, du))
 }
 
+/// One vector per head (its `W` flattened, or its `b`).
+pub type HeadWeights = Vec<Vec<f32>>;
+
 /// The heads being trained: per head `W` `[dim, dim]` (output by input) and `b` `[dim]`.
 pub struct HeadVars {
     pub w: Vec<Var>,
@@ -326,8 +329,16 @@ impl HeadVars {
         Ok((h + candle_nn::ops::silu(&z)?)?)
     }
 
-    pub fn to_heads(&self) -> Result<MedusaHeads> {
-        let dim = self.b[0].dim(0)?;
+    /// Head `i`'s affine map on `h` `[n, dim]`: `h + h W^T + b` (the exit adapters' translator).
+    pub fn affine(&self, i: usize, h: &Tensor) -> Result<Tensor> {
+        let z = h
+            .matmul(&self.w[i].as_tensor().t()?)?
+            .broadcast_add(self.b[i].as_tensor())?;
+        Ok((h + z)?)
+    }
+
+    /// Every head's `W` (row-major, output by input) and `b`, as plain vectors.
+    pub fn weights(&self) -> Result<(HeadWeights, HeadWeights)> {
         let w = self
             .w
             .iter()
@@ -338,7 +349,12 @@ impl HeadVars {
             .iter()
             .map(|v| v.as_tensor().to_vec1::<f32>())
             .collect::<candle_core::Result<_>>()?;
-        MedusaHeads::new(dim, w, b)
+        Ok((w, b))
+    }
+
+    pub fn to_heads(&self) -> Result<MedusaHeads> {
+        let (w, b) = self.weights()?;
+        MedusaHeads::new(self.b[0].dim(0)?, w, b)
     }
 }
 
