@@ -128,9 +128,38 @@ fn check(stem: &str, is_f16: bool) {
     }
 }
 
+/// `--precision bf16` on an F16 file (F16 weights rounded to bf16 where the CPU has AVX512_BF16;
+/// elsewhere it is `fast`): the top-5 log-prob error against the exact model, teacher-forced over all
+/// its steps, within `max_bound` (its cost, stated in docs/PRECISION.md).
+fn bf16_cost(stem: &str, path: std::path::PathBuf, max_bound: f64) {
+    let r = read_json(&fixture(&format!("gguf/{stem}.json")));
+    let file = load(&path).unwrap();
+    let mut model = Model::new(&file).unwrap();
+    model.precision = Precision::Bf16;
+    let (prompt, exact) = (u32s(&r["prompt_ids"]), u32s(&r["exact"]["tokens"]));
+    let lps = teacher_forced(&model, &prompt, &exact);
+    let mut errs = Vec::new();
+    for (s, top5) in r["exact"]["top5"].as_array().unwrap().iter().enumerate() {
+        for e in top5.as_array().unwrap() {
+            let (id, lp) = (e[0].as_u64().unwrap() as usize, e[1].as_f64().unwrap());
+            errs.push((lps[s][id] - lp).abs());
+        }
+    }
+    let max = errs.iter().copied().fold(0.0, f64::max);
+    let mean = errs.iter().sum::<f64>() / errs.len() as f64;
+    let agree = agree_len(&greedy(&model, &prompt, exact.len()), &exact);
+    eprintln!(
+        "{stem} Bf16 (AVX512_BF16: {}): top-5 error over {} steps max {max:.5} mean {mean:.5}; greedy agreement {agree}",
+        kernels::bf16::active(),
+        exact.len()
+    );
+    assert!(max <= max_bound, "{stem} Bf16: max top-5 error {max} > {max_bound}");
+}
+
 #[test]
 fn tiny_llama_f16() {
     check("tiny-llama-f16", true);
+    bf16_cost("tiny-llama-f16", shared("models/tiny-llama-f16.gguf"), 0.5);
 }
 
 #[test]
@@ -146,6 +175,11 @@ fn tiny_llama_q4_0() {
 #[test]
 fn shakespeare_expert_f16() {
     check("shakespeare-expert-f16", true);
+    bf16_cost(
+        "shakespeare-expert-f16",
+        shared("models/shakespeare/shakespeare-expert-f16.gguf"),
+        0.05,
+    );
 }
 
 #[test]

@@ -512,7 +512,7 @@ fn background_packing_schedule_gives_the_packed_bits() {
         };
         let m = o.build(&file).unwrap();
         if background {
-            m.weights.pack_in_background(0);
+            m.weights.pack_in_background(0, m.precision);
         }
         m
     };

@@ -262,6 +262,7 @@ fn q2_k_and_q3_k_files_run_as_their_dequantized_weights() {
                     0.1
                 }
                 Precision::Fast => 2.0 * fast_q4k,
+                Precision::Bf16 => unreachable!("not in the list"),
             };
             assert!(err <= bound, "{ty} {p:?}: {err}");
         }

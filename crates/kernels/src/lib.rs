@@ -5,6 +5,7 @@
 //! forces one); `x86` and `neon` hold the per-architecture block kernels behind one generic driver.
 
 pub mod attention;
+pub mod bf16;
 pub mod buffer;
 pub mod dtype;
 pub mod int8_mixed;

@@ -4,7 +4,9 @@
 //!
 //! Two precisions: [`Precision::Exact`] computes with f32 activations against dequantized weights;
 //! [`Precision::Fast`] first quantizes the activations to int8 blocks of 32 (one scale each, like
-//! llama.cpp's `q8_0`/`q8_1`) and uses integer dot products; plain float weights always use f32.
+//! llama.cpp's `q8_0`/`q8_1`) and uses integer dot products; plain float weights use f32, except
+//! on hosts with AVX512_BF16, where BF16 weights at `Fast` and F16/BF16 weights at [`Precision::Bf16`]
+//! meet activations rounded to bf16 ([`crate::bf16`]).
 //! The kernels are those of [`Simd::active`] (runtime detection, `BUSHU_SIMD` override);
 //! [`matmul_on`] picks a level explicitly (tests).
 
@@ -85,7 +87,10 @@ pub enum Precision {
     /// f32 activations against dequantized weights: the scalar result up to f32 rounding.
     Exact,
     /// Activations quantized to int8 blocks of 32 once per call, integer dot products (as llama.cpp).
-    /// Error per output at most `Σ_blocks Σ|w| * max|x_block| / 254` beyond `Exact`.
+    /// Error per output at most `Σ_blocks Σ|w| * max|x_block| / 254` beyond `Exact`. BF16 weights (with
+    /// a pack slot) on hosts with AVX512_BF16: activations rounded to bf16, `vdpbf16ps` (llama.cpp's
+    /// method for BF16 files), error at most `2^-8 Σ|w x|` beyond `Exact` ([`crate::bf16`]); F16
+    /// weights, and BF16 ones elsewhere: as `Exact`.
     Fast,
     /// Activations in int16 blocks of 32 against packed weights (Q8_0, Q5_0, Q4_0, Q4_1, Q2_K, Q3_K, Q5_K,
     /// Q4_K, Q6_K; other types: `Exact`):
@@ -96,6 +101,29 @@ pub enum Precision {
     /// into the logits.
     #[default]
     Wide,
+    /// `Fast`, and F16 weights in bf16 too on hosts with AVX512_BF16: rounded to bf16 once when packed
+    /// (8 of their 11 significant bits), against activations rounded to bf16 — ik_llama.cpp's method
+    /// for F16 files, twice the multiply-adds per instruction of f32 (`vdpbf16ps`), at an error of at
+    /// most `(2^-7 + 2^-16) Σ|w x|` beyond `Exact` (measured on models: docs/PRECISION.md). Elsewhere
+    /// as `Fast`.
+    Bf16,
+}
+
+impl Precision {
+    /// Whether activations of quantized weights are rounded to int8 blocks (`Fast` and `Bf16`).
+    pub fn int8_activations(self) -> bool {
+        matches!(self, Precision::Fast | Precision::Bf16)
+    }
+
+    /// The precision of a model's classifier when its other matrices run at this one: its activation
+    /// rounding would go straight into the logits, so `Fast` and `Bf16` models round them to 16 bits
+    /// (`Wide`: 256 times finer than int8, at int8 speed for Q8_0/Q6_K; f32 for other types).
+    pub fn for_classifier(self) -> Precision {
+        match self {
+            Precision::Fast | Precision::Bf16 => Precision::Wide,
+            p => p,
+        }
+    }
 }
 
 /// One matmul call as the kernels see it: `y[t * rows + r] = W[r] . x[t]`.
@@ -121,6 +149,9 @@ pub(crate) struct Job<'a> {
     /// (`x86::packed_float`), else empty.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub xt: &'a [f32],
+    /// For the bf16 kernels: the activations as bf16 pairs (`x86::packed_bf16`), else empty.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub xb: &'a [u32],
 }
 
 // SAFETY: workers write disjoint row ranges of `y`; everything else is shared read-only.
@@ -142,6 +173,7 @@ impl<'a> Job<'a> {
             y: y.as_mut_ptr(),
             packed: None,
             xt: &[],
+            xb: &[],
         }
     }
 }
@@ -192,6 +224,9 @@ thread_local! {
     /// Activations in token tiles for the packed float kernels.
     #[cfg(target_arch = "x86_64")]
     static XT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Activations as bf16 pairs for the bf16 kernels.
+    #[cfg(target_arch = "x86_64")]
+    static XB: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `y[t] = W x[t]` for each of the `n = x.len() / cols` tokens, with f32 activations
@@ -219,13 +254,18 @@ pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, le
         return;
     }
     let level = if level.available() { level } else { Simd::Scalar };
-    if crate::packed::is_float_packed(w.dtype) && float_packed(w, x, y, level) {
-        return;
+    if crate::packed::is_float_packed(w.dtype) {
+        if crate::packed::uses_pairs(w.dtype, precision, level) && bf16_packed(w, x, y) {
+            return;
+        }
+        if float_packed(w, x, y, level) {
+            return;
+        }
     }
     if precision == Precision::Wide && wide(w, x, y, level) {
         return;
     }
-    let fast = precision == Precision::Fast && quants::has_q8_dot(w.dtype);
+    let fast = precision.int8_activations() && quants::has_q8_dot(w.dtype);
     let f = kernel(w.dtype, fast, level);
     if !fast {
         return par_rows(&Job::new(w, x, y), f);
@@ -363,6 +403,34 @@ fn float_packed(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (w, x, y, level);
+        false
+    }
+}
+
+/// F16/BF16 weights where [`crate::packed::uses_pairs`]: bf16 activations against the
+/// pairs copy (`x86::packed_bf16`), the rows past the last group row-major in f32; false, with nothing
+/// done, when `w` has no pack slot (or it is deferred).
+fn bf16_packed(w: &QMatrix, x: &[f32], y: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::x86::packed_bf16;
+        let Some(p) = w.pack.and_then(|slot| slot.for_pairs(w)) else {
+            return false;
+        };
+        with_scratch(&XB, x.len() / w.cols * w.cols.div_ceil(2), |xb| {
+            packed_bf16::round_activations(x, w.cols, xb);
+            let job = Job {
+                xb,
+                packed: Some(p),
+                ..Job::new(w, x, y)
+            };
+            packed_then_rest(job, packed_bf16::rows, p, w, Simd::Avx512, 64);
+        });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, x, y);
         false
     }
 }

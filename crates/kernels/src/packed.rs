@@ -22,6 +22,11 @@
 //! 512-bit conversion (or two 256-bit ones) yields column `k` of the group and the products are outer
 //! products — weights times each token's activation `k` broadcast — with no horizontal sums
 //! (`x86::packed_float`). Packed only where such kernels exist (x86-64 with AVX2 or AVX-512).
+//!
+//! For bf16 products on hosts with AVX512_BF16 ([`crate::bf16`]: BF16 weights at `Fast`, F16 and BF16
+//! at `Bf16`) a second layout: the same groups of sixteen rows, each record (64 bytes) a pair
+//! of columns `2j, 2j + 1` rounded to bf16, row `i`'s two weights in 32-bit lane `i` (even column in
+//! the low half), as `vdpbf16ps` takes them (`x86::packed_bf16`); an odd last column is paired with 0.
 
 use crate::buffer::ZeroedBuf;
 use crate::dtype::DType;
@@ -49,6 +54,8 @@ pub struct Packed {
     pub cols: usize,
     /// Bytes of one group's record for one weight block.
     pub rec: usize,
+    /// F16/BF16 weights as bf16 column pairs ([`Packed::new_bf16_pairs`]); `dtype` is then BF16.
+    pub pairs: bool,
     data: ZeroedBuf,
 }
 
@@ -162,6 +169,8 @@ fn q5_0_as_q8_0(b: &[u8], out: &mut [u8; 34]) {
 #[derive(Debug, Default)]
 pub struct PackSlot {
     cell: OnceLock<Option<Packed>>,
+    /// The bf16 column pairs of an F16/BF16 matrix, for the products where [`uses_pairs`].
+    pairs: OnceLock<Option<Packed>>,
     deferred: AtomicBool,
 }
 
@@ -173,6 +182,11 @@ impl PackSlot {
     /// Whether the slot has been filled (with a packed copy, or with "this matrix has none").
     pub fn is_ready(&self) -> bool {
         self.cell.get().is_some()
+    }
+
+    /// The bf16 pairs copy, if made.
+    pub fn pairs(&self) -> Option<&Packed> {
+        self.pairs.get()?.as_ref()
     }
 
     /// The packed copy, if made.
@@ -191,9 +205,14 @@ impl PackSlot {
         self.deferred.store(false, Ordering::Release);
     }
 
-    /// Makes the copy of `w` on this thread alone (no pool), unless made already.
-    pub fn fill_serial(&self, w: &QMatrix) {
-        self.cell.get_or_init(|| Packed::build(w, false));
+    /// Makes the copy of `w` that products at `precision` use on this thread alone (no pool), unless
+    /// made already.
+    pub fn fill_serial(&self, w: &QMatrix, precision: crate::Precision) {
+        if uses_pairs(w.dtype, precision, crate::Simd::active()) {
+            self.pairs.get_or_init(|| Packed::build_bf16_pairs(w, false));
+        } else {
+            self.cell.get_or_init(|| Packed::build(w, false));
+        }
     }
 
     /// The copy a product of `w` should use: made now (on the pool) unless deferred.
@@ -204,6 +223,29 @@ impl PackSlot {
         }
         self.cell.get_or_init(|| Packed::new(w)).as_ref()
     }
+
+    /// The bf16 pairs copy for a bf16 product of the F16/BF16 matrix `w`: made now (on the pool) unless
+    /// deferred.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn for_pairs(&self, w: &QMatrix) -> Option<&Packed> {
+        if self.deferred.load(Ordering::Acquire) {
+            return None;
+        }
+        self.pairs.get_or_init(|| Packed::new_bf16_pairs(w)).as_ref()
+    }
+}
+
+/// Whether products of `dtype` at `precision` on `level` use the bf16 pairs copy: BF16 weights at
+/// `Fast` (exact weights, bf16 activations: llama.cpp's method) and F16/BF16 at `Bf16`, where the
+/// level has the bf16 kernels.
+pub fn uses_pairs(dtype: DType, precision: crate::Precision, level: crate::Simd) -> bool {
+    use crate::Precision;
+    let rounds = match dtype {
+        DType::BF16 => matches!(precision, Precision::Fast | Precision::Bf16),
+        DType::F16 => precision == Precision::Bf16,
+        _ => false,
+    };
+    rounds && crate::bf16::at(level)
 }
 
 impl Packed {
@@ -257,6 +299,7 @@ impl Packed {
             rows: groups * GROUP,
             cols: w.cols,
             rec: l.rec,
+            pairs: false,
             data,
         })
     }
@@ -291,6 +334,55 @@ impl Packed {
             rows: groups * FLOAT_GROUP,
             cols,
             rec,
+            pairs: false,
+            data,
+        })
+    }
+
+    /// An F16/BF16 matrix's whole groups of sixteen rows as bf16 column pairs (the module's second
+    /// float layout; in parallel on the pool); `None` for other types or fewer than sixteen rows.
+    pub fn new_bf16_pairs(w: &QMatrix) -> Option<Packed> {
+        Packed::build_bf16_pairs(w, true)
+    }
+
+    fn build_bf16_pairs(w: &QMatrix, parallel: bool) -> Option<Packed> {
+        let groups = w.rows / FLOAT_GROUP;
+        if !is_float_packed(w.dtype) || groups == 0 {
+            return None;
+        }
+        let (cols, rb) = (w.cols, w.row_bytes());
+        let rec = 4 * FLOAT_GROUP;
+        let records = cols.div_ceil(2);
+        let mut data = ZeroedBuf::zeroed(groups * records * rec);
+        let weight = |row: &[u8], k: usize| -> f32 {
+            let h = u16::from_le_bytes([row[2 * k], row[2 * k + 1]]);
+            match w.dtype {
+                DType::F16 => half::f16::from_bits(h).to_f32(),
+                _ => crate::bf16::widen(h),
+            }
+        };
+        let group = |g: usize, out: &mut [u8]| {
+            for r in 0..FLOAT_GROUP {
+                let row = &w.data[(g * FLOAT_GROUP + r) * rb..][..rb];
+                for k in 0..cols {
+                    let at = (k / 2) * rec + 4 * r + 2 * (k % 2);
+                    out[at..at + 2].copy_from_slice(&crate::bf16::round(weight(row, k)).to_le_bytes());
+                }
+            }
+        };
+        if parallel {
+            crate::pool::for_each_chunk_mut(&mut data, records * rec, &group);
+        } else {
+            data.chunks_exact_mut(records * rec)
+                .enumerate()
+                .for_each(|(g, out)| group(g, out));
+        }
+        Some(Packed {
+            dtype: DType::BF16,
+            rows: groups * FLOAT_GROUP,
+            cols,
+            rec,
+            pairs: true,
             data,
         })
     }
@@ -304,9 +396,18 @@ impl Packed {
         }
     }
 
-    /// Records of group `g` (`cols / block_len` of them).
+    /// Records of one group: `cols / block_len`, or `cols / 2` rounded up for bf16 pairs.
+    pub fn records(&self) -> usize {
+        if self.pairs {
+            self.cols.div_ceil(2)
+        } else {
+            self.cols / self.dtype.block_len()
+        }
+    }
+
+    /// Records of group `g`.
     pub fn group(&self, g: usize) -> &[u8] {
-        let n = self.cols / self.dtype.block_len() * self.rec;
+        let n = self.records() * self.rec;
         &self.data[g * n..(g + 1) * n]
     }
 
@@ -315,8 +416,18 @@ impl Packed {
     }
 
     /// The original bytes of packed row `r` (the inverse of packing; tests) — in [`packed_dtype`]'s
-    /// format.
+    /// format (bf16 for pairs).
     pub fn unpack_row(&self, r: usize) -> Vec<u8> {
+        if self.pairs {
+            let (g, i) = (r / FLOAT_GROUP, r % FLOAT_GROUP);
+            let mut row: Vec<u8> = self
+                .group(g)
+                .chunks_exact(self.rec)
+                .flat_map(|rec| rec[4 * i..4 * i + 4].to_vec())
+                .collect();
+            row.truncate(2 * self.cols);
+            return row;
+        }
         if is_float_packed(self.dtype) {
             let (g, i) = (r / FLOAT_GROUP, r % FLOAT_GROUP);
             return self

@@ -177,7 +177,7 @@ fn a_deferred_slot_waits_for_its_packer() {
     matmul_on(&w, &x, &mut y, Precision::Fast, Simd::active());
     assert!(!slot.is_ready(), "a deferred slot is not filled by a product");
     assert_eq!(y, want, "row-major until packed");
-    slot.fill_serial(&plain);
+    slot.fill_serial(&plain, Precision::Fast);
     assert!(slot.get().is_some(), "filled by the packer");
     // Filled but not released: still the row-major kernels, bit for bit (which kernel runs never
     // depends on how far a background packer has got).

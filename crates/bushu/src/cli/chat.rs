@@ -63,6 +63,10 @@ pub fn precision_line(p: Precision) -> &'static str {
              (--precision fast: 8-bit blocks, faster, less exact)"
         }
         Precision::Exact => "exact: f32 activations against the dequantized weights",
+        Precision::Bf16 => {
+            "bf16: fast, and F16/BF16 weights in bf16 where the CPU has AVX512_BF16 \
+             (faster F16 prefill; greedy answers can differ from the exact model's)"
+        }
     }
 }
 

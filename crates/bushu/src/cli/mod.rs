@@ -109,8 +109,10 @@ pub enum PrecisionArg {
     Exact,
     /// Activations rounded to 16-bit blocks where a kernel exists (Q8_0, Q6_K, Q5_K, Q5_0, Q4_0, Q4_1, Q4_K, Q3_K and Q2_K weights), f32 elsewhere.
     Wide,
-    /// Activations rounded to 8-bit blocks as llama.cpp does (16-bit for the classifier).
+    /// Activations rounded to 8-bit blocks as llama.cpp does (16-bit for the classifier); BF16 weights meet bf16 activations on CPUs with AVX512_BF16, as llama.cpp's do.
     Fast,
+    /// fast, and F16 weights rounded to bf16 too on CPUs with AVX512_BF16 (as ik_llama.cpp's -rtr does): about 2x fast's F16 prefill, less exact.
+    Bf16,
 }
 
 impl PrecisionArg {
@@ -119,6 +121,7 @@ impl PrecisionArg {
             PrecisionArg::Exact => Precision::Exact,
             PrecisionArg::Wide => Precision::Wide,
             PrecisionArg::Fast => Precision::Fast,
+            PrecisionArg::Bf16 => Precision::Bf16,
         }
     }
 }

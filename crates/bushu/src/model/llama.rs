@@ -673,13 +673,7 @@ impl Model {
         }
         observe(Probe::Output, xb);
         let logits = fit(&mut s.logits, m * c.vocab_size);
-        // The classifier's activation rounding would go straight into the logits: the fast model rounds
-        // them to 16 bits (256 times finer than int8, at int8 speed for Q8_0/Q6_K; f32 for other types),
-        // the exact one keeps f32.
-        let classifier = match self.precision {
-            Precision::Fast => Precision::Wide,
-            p => p,
-        };
+        let classifier = self.precision.for_classifier();
         // NaN or infinity in the weights or activations ends here: an error, never text sampled from it.
         let (computed, n) = match self.head_rows.filter(|&n| n < c.vocab_size) {
             None => {
@@ -733,10 +727,7 @@ impl Model {
     /// The classifier applied to `x` (rows of `dim` values, e.g. final-norm hidden states passed through
     /// extra heads), `vocab` logits per row into `out`, at the precision a forward pass uses for it.
     pub fn classify(&self, x: &[f32], out: &mut [f32]) {
-        let classifier = match self.precision {
-            Precision::Fast => Precision::Wide,
-            p => p,
-        };
+        let classifier = self.precision.for_classifier();
         linear(&self.weights.output.matrix(), classifier, x, out, None);
     }
 
@@ -744,10 +735,7 @@ impl Model {
     /// `0..n` only, `n` per row into `out` — a cheaper head for drafting (FR-Spec; see [`Model::head_rows`]).
     /// Each value is the one [`Model::classify`] computes for that row (to the kernels' rounding).
     pub fn classify_first(&self, x: &[f32], n: usize, out: &mut [f32]) {
-        let classifier = match self.precision {
-            Precision::Fast => Precision::Wide,
-            p => p,
-        };
+        let classifier = self.precision.for_classifier();
         let n = n.min(self.config.vocab_size);
         linear(&self.weights.output.matrix().first_rows(n), classifier, x, out, None);
     }

@@ -69,8 +69,8 @@ impl ModelOptions {
             model.enable_llm_int8(t)?;
         }
         model.kv_type = self.kv_type;
-        if self.background_packing && model.precision == Precision::Fast && model.int8.is_none() {
-            model.weights.prepare_packing();
+        if self.background_packing && model.precision.int8_activations() && model.int8.is_none() {
+            model.weights.prepare_packing(model.precision);
         }
         Ok(model)
     }

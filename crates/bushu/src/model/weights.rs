@@ -5,6 +5,7 @@ use super::arch::{self, Family};
 use super::config::Config;
 use crate::formats::Tensor;
 use anyhow::{bail, Context, Result};
+use kernels::Precision;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -106,7 +107,8 @@ impl Gate {
 /// Matrices to pack, taken one at a time by whoever packs: the background packer, and the pass that
 /// waits for it ([`Weights::wait_packed`]).
 struct PackQueue {
-    tensors: Vec<Tensor>,
+    /// Each matrix with the precision its products use (which copy an F16/BF16 matrix needs).
+    tensors: Vec<(Tensor, Precision)>,
     next: AtomicUsize,
 }
 
@@ -115,8 +117,10 @@ impl PackQueue {
     fn pack(&self) {
         loop {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
-            let Some(t) = self.tensors.get(i) else { return };
-            t.pack.fill_serial(&t.matrix());
+            let Some((t, precision)) = self.tensors.get(i) else {
+                return;
+            };
+            t.pack.fill_serial(&t.matrix(), *precision);
         }
     }
 }
@@ -296,22 +300,33 @@ impl Weights {
     /// ([`Weights::before_pass`]), and only then lets products use the copies (a copy the packer
     /// finishes during the first pass is not used in it), so results never depend on timing. The packer
     /// starts once the first forward pass is over (or after 5 s), so the first token has the cores.
-    pub fn prepare_packing(&self) {
-        self.pack_in_background(BACKGROUND_PACKING);
+    /// `precision` is the model's: which copy an F16/BF16 matrix's products use depends on it.
+    pub fn prepare_packing(&self, precision: Precision) {
+        self.pack_in_background(BACKGROUND_PACKING, precision);
     }
 
     /// [`Weights::prepare_packing`] for models with at least `min_bytes` of packable matrices (0: any
     /// model, as the tests of this schedule use it); once per model.
-    pub fn pack_in_background(&self, min_bytes: usize) {
-        let packable: Vec<Tensor> = self
+    pub fn pack_in_background(&self, min_bytes: usize, precision: Precision) {
+        // The classifier's products run at its own precision (`Model::head`), every other matrix's at
+        // the model's.
+        let output: *const Tensor = &self.output;
+        let packable: Vec<(Tensor, Precision)> = self
             .matrices()
             .filter(|t| kernels::packed::packable(t.dtype))
-            .cloned()
+            .map(|t| {
+                let p = if std::ptr::eq(t, output) {
+                    precision.for_classifier()
+                } else {
+                    precision
+                };
+                (t.clone(), p)
+            })
             .collect();
-        if packable.iter().map(|t| t.nbytes).sum::<usize>() < min_bytes.max(1) {
+        if packable.iter().map(|(t, _)| t.nbytes).sum::<usize>() < min_bytes.max(1) {
             return;
         }
-        for t in &packable {
+        for (t, _) in &packable {
             t.pack.defer();
         }
         let queue = Arc::new(PackQueue {

@@ -9,6 +9,7 @@ mod exact_k;
 mod fast;
 pub(crate) mod packed;
 mod packed512;
+pub(crate) mod packed_bf16;
 pub(crate) mod packed_float;
 pub(crate) mod quantize;
 

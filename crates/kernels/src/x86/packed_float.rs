@@ -62,23 +62,26 @@ const TILE512: usize = 24;
 const TILE256: usize = 6;
 
 /// One level's register tile: `G` groups x `T` tokens, accumulated over all columns and stored.
-trait Micro {
-    /// Groups `g..g + G`, tokens `t..t + T`, whose activations `k` are at `x + k * m + j`.
-    unsafe fn tile<C: FloatCol, const G: usize, const T: usize>(job: &Job, g: usize, t: usize, x: *const f32, m: usize);
+pub(crate) trait Micro {
+    /// Activation element: f32, or a pair of bf16 (`x86::packed_bf16`).
+    type X;
+    /// Groups `g..g + G`, tokens `t..t + T`, whose activations (records) `k` are at `x + k * m + j`.
+    unsafe fn tile<const G: usize, const T: usize>(job: &Job, g: usize, t: usize, x: *const Self::X, m: usize);
+    /// The job's activations: the one token's (decode), or the tiles' laid out as [`tile_activations`]
+    /// lays out f32, with `per_token` elements per token.
+    fn acts(job: &Job) -> (*const Self::X, usize);
 }
 
-struct L512;
-struct L256;
+struct L512<C>(std::marker::PhantomData<C>);
+struct L256<C>(std::marker::PhantomData<C>);
 
-impl Micro for L512 {
+impl<C: FloatCol> Micro for L512<C> {
+    type X = f32;
+    fn acts(job: &Job) -> (*const f32, usize) {
+        (if job.n == 1 { job.xf.as_ptr() } else { job.xt.as_ptr() }, job.cols)
+    }
     #[inline(always)]
-    unsafe fn tile<C: FloatCol, const G: usize, const T: usize>(
-        job: &Job,
-        g: usize,
-        t: usize,
-        x: *const f32,
-        m: usize,
-    ) {
+    unsafe fn tile<const G: usize, const T: usize>(job: &Job, g: usize, t: usize, x: *const f32, m: usize) {
         let p = job.packed.expect("packed job");
         let w: [*const u8; G] = std::array::from_fn(|i| p.group(g + i).as_ptr());
         let mut acc = [[_mm512_setzero_ps(); T]; G];
@@ -100,15 +103,13 @@ impl Micro for L512 {
     }
 }
 
-impl Micro for L256 {
+impl<C: FloatCol> Micro for L256<C> {
+    type X = f32;
+    fn acts(job: &Job) -> (*const f32, usize) {
+        L512::<C>::acts(job)
+    }
     #[inline(always)]
-    unsafe fn tile<C: FloatCol, const G: usize, const T: usize>(
-        job: &Job,
-        g: usize,
-        t: usize,
-        x: *const f32,
-        m: usize,
-    ) {
+    unsafe fn tile<const G: usize, const T: usize>(job: &Job, g: usize, t: usize, x: *const f32, m: usize) {
         let p = job.packed.expect("packed job");
         let w: [*const u8; G] = std::array::from_fn(|i| p.group(g + i).as_ptr());
         let mut acc = [[[_mm256_setzero_ps(); 2]; T]; G];
@@ -136,25 +137,25 @@ impl Micro for L256 {
 
 /// Groups `g0..g1` for tokens `t..t + T`: `G` groups at a time, then two, then one.
 #[inline(always)]
-unsafe fn span<M: Micro, C: FloatCol, const G: usize, const T: usize>(
+unsafe fn span<M: Micro, const G: usize, const T: usize>(
     job: &Job,
     g0: usize,
     g1: usize,
     t: usize,
-    x: *const f32,
+    x: *const M::X,
     m: usize,
 ) {
     let mut g = g0;
     while g + G <= g1 {
-        M::tile::<C, G, T>(job, g, t, x, m);
+        M::tile::<G, T>(job, g, t, x, m);
         g += G;
     }
     while G > 2 && g + 2 <= g1 {
-        M::tile::<C, 2, T>(job, g, t, x, m);
+        M::tile::<2, T>(job, g, t, x, m);
         g += 2;
     }
     while g < g1 {
-        M::tile::<C, 1, T>(job, g, t, x, m);
+        M::tile::<1, T>(job, g, t, x, m);
         g += 1;
     }
 }
@@ -164,9 +165,8 @@ unsafe fn span<M: Micro, C: FloatCol, const G: usize, const T: usize>(
 /// groups at a time (more groups for fewer tokens: enough independent accumulators to hide the FMA
 /// latency). One token alone (decode) is a piece of 1.
 #[inline(always)]
-unsafe fn run<
+pub(crate) unsafe fn run<
     M: Micro,
-    C: FloatCol,
     const TILE: usize,
     const GT: usize,
     const G8: usize,
@@ -179,14 +179,14 @@ unsafe fn run<
     g1: usize,
 ) {
     if job.n == 1 {
-        return span::<M, C, G1, 1>(job, g0, g1, 0, job.xf.as_ptr(), 1);
+        return span::<M, G1, 1>(job, g0, g1, 0, M::acts(job).0, 1);
     }
     // Blocks of groups (as the pool's prefill chunks): a block's weights stay in L2 while every token
     // tile passes over them.
     let mut b0 = g0;
     while b0 < g1 {
         let b1 = g1.min(b0 + BLOCK);
-        tiles::<M, C, TILE, GT, G8, G4, G2, G1>(job, b0, b1);
+        tiles::<M, TILE, GT, G8, G4, G2, G1>(job, b0, b1);
         b0 = b1;
     }
 }
@@ -198,7 +198,6 @@ const BLOCK: usize = 4;
 #[inline(always)]
 unsafe fn tiles<
     M: Micro,
-    C: FloatCol,
     const TILE: usize,
     const GT: usize,
     const G8: usize,
@@ -210,31 +209,31 @@ unsafe fn tiles<
     g0: usize,
     g1: usize,
 ) {
-    let cols = job.cols;
+    let (x, per_token) = M::acts(job);
     let mut t = 0;
     while t < job.n {
         let m = TILE.min(job.n - t);
-        let xt = job.xt.as_ptr().add(t * cols);
+        let xt = x.add(t * per_token);
         if m == TILE {
-            span::<M, C, GT, TILE>(job, g0, g1, t, xt, m);
+            span::<M, GT, TILE>(job, g0, g1, t, xt, m);
         } else {
             let mut j = 0;
             if TILE > 8 {
                 while j + 8 <= m {
-                    span::<M, C, G8, 8>(job, g0, g1, t + j, xt.add(j), m);
+                    span::<M, G8, 8>(job, g0, g1, t + j, xt.add(j), m);
                     j += 8;
                 }
             }
             while j + 4 <= m {
-                span::<M, C, G4, 4>(job, g0, g1, t + j, xt.add(j), m);
+                span::<M, G4, 4>(job, g0, g1, t + j, xt.add(j), m);
                 j += 4;
             }
             while j + 2 <= m {
-                span::<M, C, G2, 2>(job, g0, g1, t + j, xt.add(j), m);
+                span::<M, G2, 2>(job, g0, g1, t + j, xt.add(j), m);
                 j += 2;
             }
             if j < m {
-                span::<M, C, G1, 1>(job, g0, g1, t + j, xt.add(j), m);
+                span::<M, G1, 1>(job, g0, g1, t + j, xt.add(j), m);
             }
         }
         t += m;
@@ -244,13 +243,13 @@ unsafe fn tiles<
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_avx2<C: FloatCol>(job: &Job, g0: usize, g1: usize) {
     // Accumulators (two registers per group and token): 12, -, 8, 8, 8 of the 16 registers.
-    run::<L256, C, TILE256, 1, 1, 1, 2, 4>(job, g0, g1)
+    run::<L256<C>, TILE256, 1, 1, 1, 2, 4>(job, g0, g1)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
 unsafe fn run_avx512<C: FloatCol>(job: &Job, g0: usize, g1: usize) {
     // Accumulators: 24, 16, 16, 8, 8 of the 32 registers.
-    run::<L512, C, TILE512, 1, 2, 4, 4, 8>(job, g0, g1)
+    run::<L512<C>, TILE512, 1, 2, 4, 4, 8>(job, g0, g1)
 }
 
 /// The packed F16/BF16 kernel of `level` (it computes groups `g0..g1` of sixteen rows) and its token
@@ -269,19 +268,37 @@ pub(crate) fn select(dtype: crate::DType, level: crate::Simd) -> Option<(crate::
 /// `x` (`n` tokens of `cols`, token-major) into `out` in tiles of `tile` tokens, each `[k][m]`; tiles
 /// in parallel on the pool when there are several.
 pub(crate) fn tile_activations(x: &[f32], cols: usize, tile: usize, out: &mut [f32]) {
+    tile_with(x, cols, cols, tile, out, &|xj, o, m, j| {
+        for (k, &v) in xj.iter().enumerate() {
+            o[k * m + j] = v;
+        }
+    })
+}
+
+/// Writes token `j` (its f32 row) of a tile of `m` tokens into the tile: `put(x_j, tile, m, j)`.
+pub(crate) type PutToken<T> = dyn Fn(&[f32], &mut [T], usize, usize) + Sync;
+
+/// `x` (`n` tokens of `cols`) into `out` in tiles of `tile` tokens of `per_token` elements each:
+/// `put(x_j, o, m, j)` writes token `j` of a tile of `m` into the tile's `o`; tiles in parallel on the
+/// pool when there are several.
+pub(crate) fn tile_with<T: Send>(
+    x: &[f32],
+    cols: usize,
+    per_token: usize,
+    tile: usize,
+    out: &mut [T],
+    put: &PutToken<T>,
+) {
     let n = x.len() / cols;
-    let one = |i: usize, o: &mut [f32]| {
-        let (t, m) = (i * tile, o.len() / cols);
+    let one = |i: usize, o: &mut [T]| {
+        let (t, m) = (i * tile, o.len() / per_token);
         for j in 0..m {
-            let xj = &x[(t + j) * cols..][..cols];
-            for (k, &v) in xj.iter().enumerate() {
-                o[k * m + j] = v;
-            }
+            put(&x[(t + j) * cols..][..cols], o, m, j);
         }
     };
-    let out = &mut out[..n * cols];
+    let out = &mut out[..n * per_token];
     if n > tile {
-        crate::pool::for_each_chunk_mut(out, tile * cols, &one);
+        crate::pool::for_each_chunk_mut(out, tile * per_token, &one);
     } else {
         one(0, out);
     }
