@@ -128,6 +128,34 @@ fn x86_avx512() -> bool {
     false
 }
 
+/// Whether the AVX-512 packed kernels prefetch the weights ahead in software (`BUSHU_PREFETCH=0|1`
+/// forces it): on Intel yes (the Xeon of sessions 8-12: Q8_0 5632 x 2048 with 4-16 tokens 1.14-1.47x),
+/// on AMD no — on Zen 4 the hardware prefetchers alone stream faster, and the software prefetches
+/// slowed decode (Q4_K 5632 x 2048, one thread, 0.47-0.66 ms per product without, 0.80-0.85 with;
+/// docs/BENCHMARKS.md, session 13).
+pub(crate) fn prefetch_512() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(
+        || match std::env::var("BUSHU_PREFETCH").ok().as_deref().map(str::trim) {
+            Some("0") => false,
+            Some("1") => true,
+            _ => !amd(),
+        },
+    )
+}
+
+/// Whether the CPU's vendor is AMD (CPUID leaf 0: "AuthenticAMD").
+fn amd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: CPUID leaf 0 exists on every x86-64 CPU.
+        let r = unsafe { std::arch::x86_64::__cpuid(0) };
+        [r.ebx, r.edx, r.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Asks the CPU to bring the cache lines of the `bytes` bytes from `p` into its caches: a hint, which
 /// never faults whatever the address (even past the data). A no-op off x86-64.
 #[inline(always)]

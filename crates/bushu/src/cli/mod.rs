@@ -139,7 +139,8 @@ pub struct ModelArgs {
     /// How activations meet quantized weights: `wide` keeps greedy answers equal to the exact model's
     /// (f32, or 16-bit blocks where a kernel exists); `fast` rounds them to 8-bit blocks as llama.cpp
     /// does (faster, but SmolLM2's greedy chat answer then differs from the exact model's on about half
-    /// of the prompts, docs/PRECISION.md); `exact`: f32 everywhere.
+    /// of the prompts, docs/PRECISION.md); `bf16`: `fast`, and F16 weights in bf16 on CPUs with
+    /// AVX512_BF16 (about twice the F16 prefill, less exact); `exact`: f32 everywhere.
     #[arg(long, value_enum, default_value_t = PrecisionArg::Wide)]
     pub precision: PrecisionArg,
     /// The same as `--precision exact`.

@@ -39,8 +39,8 @@ pub struct Model {
     /// Queries are multiplied by this before attention (whose kernels scale by 1/sqrt(head_dim)) when
     /// the family scales them otherwise.
     q_rescale: Option<f32>,
-    /// How activations meet quantized weights: `Fast` (int8 activation blocks, as llama.cpp; the
-    /// default) or `Exact` (f32 activations). Plain float weights always use f32.
+    /// How activations meet the weights: `Wide` (the default), `Fast`, `Bf16` or `Exact`
+    /// (`kernels::Precision`).
     pub precision: Precision,
     /// LLM.int8() mixed precision for the layer projections (`--int8-outlier-threshold`); `None`: the
     /// `precision` path.

@@ -12,7 +12,8 @@ use kernels::Precision;
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelOptions {
     /// How activations meet quantized weights: int16 blocks where a kernel exists, else f32 (`Wide`,
-    /// the default), int8 blocks (`Fast`, as llama.cpp) or f32 (`Exact`).
+    /// the default), int8 blocks (`Fast`, as llama.cpp; `Bf16` also rounds F16 weights to bf16 where the
+    /// CPU has AVX512_BF16) or f32 (`Exact`).
     pub precision: Precision,
     /// LLM.int8() for the layer projections, with this outlier threshold (`inf`: no outliers).
     pub int8_outlier_threshold: Option<f32>,

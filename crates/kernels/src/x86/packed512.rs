@@ -420,9 +420,10 @@ unsafe fn tile16<K: Kern16, const T: usize>(job: &Job, g: usize, t: usize) {
     let per_tok = job.cols / QK8;
     let xp: [*const BlockQ8; T] = std::array::from_fn(|j| job.xq[(t + j) * per_tok..].as_ptr());
     let mut acc = [_mm512_setzero_ps(); T];
+    let prefetch = t == 0 && crate::simd::prefetch_512();
     for b in 0..nb {
         let (r0, r1) = (b0.add(b * rec), b1.add(b * rec));
-        if t == 0 {
+        if prefetch {
             prefetch_bytes(r0.wrapping_add(PF_DIST), rec);
             prefetch_bytes(r1.wrapping_add(PF_DIST), rec);
         }
