@@ -148,8 +148,7 @@ pub(crate) fn prefetch_512() -> bool {
 fn amd() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: CPUID leaf 0 exists on every x86-64 CPU.
-        let r = unsafe { std::arch::x86_64::__cpuid(0) };
+        let r = std::arch::x86_64::__cpuid(0);
         [r.ebx, r.edx, r.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163]
     }
     #[cfg(not(target_arch = "x86_64"))]
