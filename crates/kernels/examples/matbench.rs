@@ -1,5 +1,5 @@
 //! Micro-benchmark of one matrix product: `cargo run --release -p bushu-kernels --example matbench --
-//! TYPE ROWS COLS TOKENS [exact|fast|wide] [ITERS]` (random codes); prints the mean, median and least time
+//! TYPE ROWS COLS TOKENS [exact|fast|wide|bf16] [ITERS]` (random codes); prints the mean, median and least time
 //! of a product, GB/s of weights and GMAC/s (at the mean).
 
 use kernels::{matmul_with, DType, Precision, QMatrix};
@@ -14,6 +14,7 @@ fn main() {
     let p = match a.get(5).map(|s| s.as_str()) {
         Some("exact") => Precision::Exact,
         Some("wide") => Precision::Wide,
+        Some("bf16") => Precision::Bf16,
         _ => Precision::Fast,
     };
     let iters: usize = a.get(6).map_or(50, |s| s.parse().unwrap());
