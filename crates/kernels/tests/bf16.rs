@@ -14,19 +14,9 @@
 mod common;
 
 use common::*;
-use half::{bf16, f16};
 use kernels::packed::{uses_pairs, Packed, FLOAT_GROUP};
 use kernels::simd::Simd;
 use kernels::{matmul_on, DType, PackSlot, Precision, QMatrix};
-
-fn weights(t: DType, data: &[u8]) -> Vec<f32> {
-    data.chunks_exact(2)
-        .map(|b| match t {
-            DType::F16 => f16::from_le_bytes([b[0], b[1]]).to_f32(),
-            _ => bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-        })
-        .collect()
-}
 
 fn rounded(v: &[f32]) -> Vec<u16> {
     v.iter().map(|&x| kernels::bf16::round(x)).collect()
@@ -47,7 +37,7 @@ fn pairs_layout_holds_the_rounded_weights() {
             2 * 16 * 4 * cols.div_ceil(2),
             "{t}: 10 pairs, the last padded"
         );
-        let wf = weights(t, &data);
+        let wf = float_weights(t, &data);
         for r in 0..p.rows {
             let want: Vec<u8> = rounded(&wf[r * cols..(r + 1) * cols])
                 .iter()
@@ -77,7 +67,7 @@ fn bf16_products_are_the_bf16_chain() {
         // of 32-value conversions and a remainder).
         for (rows, cols) in [(149, 203), (64, 1000)] {
             let data = random_matrix(&mut rng, t, rows, cols);
-            let wf = weights(t, &data);
+            let wf = float_weights(t, &data);
             let wb: Vec<u16> = rounded(&wf);
             let plain = QMatrix::new(t, rows, cols, &data);
             let packed_rows = rows / FLOAT_GROUP * FLOAT_GROUP;

@@ -117,3 +117,13 @@ pub fn abs_scale(t: DType, data: &[u8], rows: usize, cols: usize, x: &[f32]) -> 
     }
     out
 }
+
+/// An F16 or BF16 matrix's bytes as f32 values.
+pub fn float_weights(t: DType, data: &[u8]) -> Vec<f32> {
+    data.chunks_exact(2)
+        .map(|b| match t {
+            DType::F16 => f16::from_le_bytes([b[0], b[1]]).to_f32(),
+            _ => bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        })
+        .collect()
+}

@@ -13,21 +13,11 @@
 mod common;
 
 use common::*;
-use half::{bf16, f16};
 use kernels::packed::{packable, Packed, FLOAT_GROUP};
 use kernels::simd::Simd;
 use kernels::{matmul_on, DType, PackSlot, Precision, QMatrix};
 
 const FLOATS: [DType; 2] = [DType::F16, DType::BF16];
-
-fn weights(t: DType, data: &[u8]) -> Vec<f32> {
-    data.chunks_exact(2)
-        .map(|b| match t {
-            DType::F16 => f16::from_le_bytes([b[0], b[1]]).to_f32(),
-            _ => bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-        })
-        .collect()
-}
 
 /// Whether this process packs float matrices (the active level has the kernels).
 fn packs() -> bool {
@@ -68,7 +58,7 @@ fn packed_float_products_are_the_sequential_fma_chain() {
         // the pool's threshold) with 8 groups at a time, then one; more tokens in chunks of 4 groups.
         let (rows, cols) = (149, 203);
         let data = random_matrix(&mut rng, t, rows, cols);
-        let wf = weights(t, &data);
+        let wf = float_weights(t, &data);
         let slot = PackSlot::new();
         let w = QMatrix::new(t, rows, cols, &data).with_pack(&slot);
         let gamma = {
