@@ -77,11 +77,7 @@ pub fn active() -> bool {
 pub fn at(level: crate::Simd) -> bool {
     use std::sync::OnceLock;
     static HOST: OnceLock<bool> = OnceLock::new();
-    level == crate::Simd::Avx512
-        && *HOST.get_or_init(|| {
-            let off = std::env::var("BUSHU_BF16").is_ok_and(|v| v.trim() == "0");
-            host() && !off
-        })
+    level == crate::Simd::Avx512 && *HOST.get_or_init(|| host() && crate::simd::env_switch("BUSHU_BF16", true))
 }
 
 /// Whether this CPU has AVX512_BF16 (and the AVX-512 level).

@@ -255,7 +255,7 @@ pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, le
     }
     let level = if level.available() { level } else { Simd::Scalar };
     if crate::packed::is_float_packed(w.dtype) {
-        if crate::packed::uses_pairs(w.dtype, precision, level) && bf16_packed(w, x, y) {
+        if crate::packed::uses_pairs(w.dtype, precision, level) && bf16_packed(w, x, y, level) {
             return;
         }
         if float_packed(w, x, y, level) {
@@ -410,7 +410,7 @@ fn float_packed(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
 /// F16/BF16 weights where [`crate::packed::uses_pairs`]: bf16 activations against the
 /// pairs copy (`x86::packed_bf16`), the rows past the last group row-major in f32; false, with nothing
 /// done, when `w` has no pack slot (or it is deferred).
-fn bf16_packed(w: &QMatrix, x: &[f32], y: &mut [f32]) -> bool {
+fn bf16_packed(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::x86::packed_bf16;
@@ -424,13 +424,13 @@ fn bf16_packed(w: &QMatrix, x: &[f32], y: &mut [f32]) -> bool {
                 packed: Some(p),
                 ..Job::new(w, x, y)
             };
-            packed_then_rest(job, packed_bf16::rows, p, w, Simd::Avx512, 64);
+            packed_then_rest(job, packed_bf16::rows, p, w, level, 64);
         });
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (w, x, y);
+        let _ = (w, x, y, level);
         false
     }
 }

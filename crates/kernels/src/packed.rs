@@ -218,20 +218,38 @@ impl PackSlot {
     /// The copy a product of `w` should use: made now (on the pool) unless deferred.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn for_product(&self, w: &QMatrix) -> Option<&Packed> {
-        if self.deferred.load(Ordering::Acquire) {
-            return None;
-        }
-        self.cell.get_or_init(|| Packed::new(w)).as_ref()
+        self.made(&self.cell, || Packed::new(w))
     }
 
     /// The bf16 pairs copy for a bf16 product of the F16/BF16 matrix `w`: made now (on the pool) unless
     /// deferred.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn for_pairs(&self, w: &QMatrix) -> Option<&Packed> {
+        self.made(&self.pairs, || Packed::new_bf16_pairs(w))
+    }
+
+    /// `cell`'s copy, made now by `make` unless made already — or `None` while deferred.
+    fn made<'a>(
+        &'a self,
+        cell: &'a OnceLock<Option<Packed>>,
+        make: impl FnOnce() -> Option<Packed>,
+    ) -> Option<&'a Packed> {
         if self.deferred.load(Ordering::Acquire) {
             return None;
         }
-        self.pairs.get_or_init(|| Packed::new_bf16_pairs(w)).as_ref()
+        cell.get_or_init(make).as_ref()
+    }
+}
+
+/// Fills `data`, whole groups of `per_group` bytes, with `group(g, bytes)`: on the pool when `parallel`
+/// (packing is a copy, bound by page faults and memory bandwidth), else on this thread.
+fn fill_groups(data: &mut [u8], per_group: usize, parallel: bool, group: &(dyn Fn(usize, &mut [u8]) + Sync)) {
+    if parallel {
+        crate::pool::for_each_chunk_mut(data, per_group, group);
+    } else {
+        data.chunks_exact_mut(per_group)
+            .enumerate()
+            .for_each(|(g, out)| group(g, out));
     }
 }
 
@@ -287,13 +305,7 @@ impl Packed {
                 }
             }
         };
-        if parallel {
-            crate::pool::for_each_chunk_mut(&mut data, nb * l.rec, &group);
-        } else {
-            data.chunks_exact_mut(nb * l.rec)
-                .enumerate()
-                .for_each(|(g, out)| group(g, out));
-        }
+        fill_groups(&mut data, nb * l.rec, parallel, &group);
         Some(Packed {
             dtype,
             rows: groups * GROUP,
@@ -322,13 +334,7 @@ impl Packed {
                 }
             }
         };
-        if parallel {
-            crate::pool::for_each_chunk_mut(&mut data, cols * rec, &group);
-        } else {
-            data.chunks_exact_mut(cols * rec)
-                .enumerate()
-                .for_each(|(g, out)| group(g, out));
-        }
+        fill_groups(&mut data, cols * rec, parallel, &group);
         Some(Packed {
             dtype: w.dtype,
             rows: groups * FLOAT_GROUP,
@@ -350,33 +356,21 @@ impl Packed {
         if !is_float_packed(w.dtype) || groups == 0 {
             return None;
         }
-        let (cols, rb) = (w.cols, w.row_bytes());
+        let cols = w.cols;
         let rec = 4 * FLOAT_GROUP;
         let records = cols.div_ceil(2);
         let mut data = ZeroedBuf::zeroed(groups * records * rec);
-        let weight = |row: &[u8], k: usize| -> f32 {
-            let h = u16::from_le_bytes([row[2 * k], row[2 * k + 1]]);
-            match w.dtype {
-                DType::F16 => half::f16::from_bits(h).to_f32(),
-                _ => crate::bf16::widen(h),
-            }
-        };
         let group = |g: usize, out: &mut [u8]| {
+            let mut row = vec![0.0f32; cols];
             for r in 0..FLOAT_GROUP {
-                let row = &w.data[(g * FLOAT_GROUP + r) * rb..][..rb];
-                for k in 0..cols {
+                w.dequantize_row(g * FLOAT_GROUP + r, &mut row);
+                for (k, &v) in row.iter().enumerate() {
                     let at = (k / 2) * rec + 4 * r + 2 * (k % 2);
-                    out[at..at + 2].copy_from_slice(&crate::bf16::round(weight(row, k)).to_le_bytes());
+                    out[at..at + 2].copy_from_slice(&crate::bf16::round(v).to_le_bytes());
                 }
             }
         };
-        if parallel {
-            crate::pool::for_each_chunk_mut(&mut data, records * rec, &group);
-        } else {
-            data.chunks_exact_mut(records * rec)
-                .enumerate()
-                .for_each(|(g, out)| group(g, out));
-        }
+        fill_groups(&mut data, records * rec, parallel, &group);
         Some(Packed {
             dtype: DType::BF16,
             rows: groups * FLOAT_GROUP,

@@ -135,13 +135,7 @@ fn x86_avx512() -> bool {
 /// docs/BENCHMARKS.md, session 13).
 pub(crate) fn prefetch_512() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(
-        || match std::env::var("BUSHU_PREFETCH").ok().as_deref().map(str::trim) {
-            Some("0") => false,
-            Some("1") => true,
-            _ => !amd(),
-        },
-    )
+    *ON.get_or_init(|| env_switch("BUSHU_PREFETCH", !amd()))
 }
 
 /// Whether the AVX-512 level decodes (one token) with the 256-bit eight-row packed kernels and their
@@ -152,11 +146,16 @@ pub(crate) fn prefetch_512() -> bool {
 /// integers with the same float operations per row: the same bits.
 pub(crate) fn decode_eight_rows() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| match std::env::var("BUSHU_DECODE8").ok().as_deref().map(str::trim) {
+    *ON.get_or_init(|| env_switch("BUSHU_DECODE8", amd()))
+}
+
+/// The environment variable `name` as a switch: `0` off, `1` on, anything else (or unset) `default`.
+pub(crate) fn env_switch(name: &str, default: bool) -> bool {
+    match std::env::var(name).ok().as_deref().map(str::trim) {
         Some("0") => false,
         Some("1") => true,
-        _ => amd(),
-    })
+        _ => default,
+    }
 }
 
 /// Whether the CPU's vendor is AMD (CPUID leaf 0: "AuthenticAMD").
