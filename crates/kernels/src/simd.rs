@@ -138,12 +138,14 @@ pub(crate) fn prefetch_512() -> bool {
     *ON.get_or_init(|| env_switch("BUSHU_PREFETCH", !amd()))
 }
 
-/// Whether the AVX-512 level decodes (one token) with the 256-bit eight-row packed kernels and their
-/// `maddubs` dot products (`BUSHU_DECODE8=0|1` forces it): on AMD yes — on Zen 4, whose 512-bit
-/// instructions run as two halves, they stream the weights faster than the sixteen-row `vpdpbusd` ones
-/// (`matbench` 5632 x 2048, 2 threads: Q4_0 0.26-0.31 → 0.21-0.23 ms, Q4_K 0.35 → 0.23-0.27, Q4_1,
-/// Q6_K 1.1x, Q8_0 alike; Qwen2.5-Coder-1.5B Q4_K_M decode 17.8 → 23.2 t/s). Both sum the same
-/// integers with the same float operations per row: the same bits.
+/// Whether the AVX-512 level decodes (one token) with the 256-bit eight-row packed kernels
+/// (`BUSHU_DECODE8=0|1` forces it): on AMD yes — on Zen 4, whose 512-bit instructions run as two
+/// halves, they stream the weights faster than the sixteen-row ones (`matbench` 5632 x 2048, 2 threads:
+/// Q4_0 0.26-0.31 → 0.21-0.23 ms, Q4_K 0.35 → 0.23-0.27, Q4_1, Q6_K 1.1x, Q8_0 alike; Qwen2.5-Coder-1.5B
+/// Q4_K_M decode 17.8 → 23.2 t/s). Their `vpdpbusd` sums, split into two chains
+/// (`x86::packed`'s `IAcc::CHAINS`), run 1.05-1.18x faster than `maddubs` ones in cache (one
+/// thread, every block type). The sixteen-row kernels sum the same integers with the same float
+/// operations per row: the same bits.
 pub(crate) fn decode_eight_rows() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| env_switch("BUSHU_DECODE8", amd()))

@@ -16,11 +16,17 @@ use std::marker::PhantomData;
 /// calls (at most 8 calls for `u <= 15`: `8 * 2 * 15 * 127 < 2^15`; 4 for `u <= 32`), VNNI
 /// accumulates i32 directly.
 pub(crate) trait IAcc: IDot {
+    /// Independent sums a long run of [`IAcc::add_small`] is split into, so that the run is not one
+    /// chain of the instruction's latency: 1 for `maddubs` (its sums are one-cycle `vpaddw`s), 2 for
+    /// `vpdpbusd` (a chain of eight at its latency was the eight-row VNNI kernels' bound: Q4_K decode
+    /// 1.15x faster split in two, Zen 4).
+    const CHAINS: usize;
     unsafe fn add_small(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
     unsafe fn finish_small(acc: __m256i) -> __m256i;
 }
 
 impl IAcc for Avx2Dot {
+    const CHAINS: usize = 1;
     #[inline(always)]
     unsafe fn add_small(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         _mm256_add_epi16(acc, _mm256_maddubs_epi16(u, s))
@@ -32,6 +38,7 @@ impl IAcc for Avx2Dot {
 }
 
 impl IAcc for VnniDot {
+    const CHAINS: usize = 2;
     #[inline(always)]
     unsafe fn add_small(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, u, s)
@@ -39,6 +46,16 @@ impl IAcc for VnniDot {
     #[inline(always)]
     unsafe fn finish_small(acc: __m256i) -> __m256i {
         acc
+    }
+}
+
+/// The i32 sums of [`IAcc::CHAINS`] partial sums (integers: the same whatever the split).
+#[inline(always)]
+unsafe fn finish_chains<D: IAcc>(i: [__m256i; 2]) -> __m256i {
+    if D::CHAINS == 1 {
+        D::finish_small(i[0])
+    } else {
+        _mm256_add_epi32(D::finish_small(i[0]), D::finish_small(i[1]))
     }
 }
 
@@ -158,12 +175,13 @@ impl<const OFFSET: bool, D: IAcc> PackKern for PQ4<OFFSET, D> {
     ) -> [__m256; T] {
         for (a, x) in acc.iter_mut().zip(x) {
             let x = &*x;
-            let mut i = _mm256_setzero_si256();
+            let mut i = [_mm256_setzero_si256(); 2];
             for k in 0..4 {
-                i = D::add_small(i, s.q[2 * k], bcast4(x, 4 * k));
-                i = D::add_small(i, s.q[2 * k + 1], bcast4(x, 16 + 4 * k));
+                let chain = k % D::CHAINS;
+                i[chain] = D::add_small(i[chain], s.q[2 * k], bcast4(x, 4 * k));
+                i[chain] = D::add_small(i[chain], s.q[2 * k + 1], bcast4(x, 16 + 4 * k));
             }
-            let v = _mm256_mul_ps(_mm256_cvtepi32_ps(D::finish_small(i)), _mm256_set1_ps(x.d));
+            let v = _mm256_mul_ps(_mm256_cvtepi32_ps(finish_chains::<D>(i)), _mm256_set1_ps(x.d));
             *a = _mm256_fmadd_ps(s.m, _mm256_set1_ps(x.s), _mm256_fmadd_ps(s.d, v, *a));
         }
         acc
@@ -191,10 +209,17 @@ impl<D: IAcc> PackKern for PQ4K<D> {
     unsafe fn setup(rec: *const u8) -> Q4KS {
         let d = f16x8(rec);
         let dmin = _mm256_sub_ps(_mm256_setzero_ps(), f16x8(rec.add(2 * GROUP)));
-        Q4KS {
-            d: std::array::from_fn(|s| _mm256_mul_ps(d, u8x8(rec.add(32 + s * GROUP)))),
-            m: std::array::from_fn(|s| _mm256_mul_ps(dmin, u8x8(rec.add(96 + s * GROUP)))),
+        // Loops, not `array::from_fn`: a closure does not take the target features of the kernel it
+        // is inlined into, and its intrinsics became calls (out of line, through memory).
+        let mut s = Q4KS {
+            d: [d; 8],
+            m: [dmin; 8],
+        };
+        for i in 0..8 {
+            s.d[i] = _mm256_mul_ps(d, u8x8(rec.add(32 + i * GROUP)));
+            s.m[i] = _mm256_mul_ps(dmin, u8x8(rec.add(96 + i * GROUP)));
         }
+        s
     }
     /// Each unit's nibbles split once for the `T` tokens; per token the same sums in the same order.
     #[inline(always)]
@@ -207,17 +232,18 @@ impl<D: IAcc> PackKern for PQ4K<D> {
         let c = rec.add(160);
         for j in 0..4 {
             let (xl, xh) = (x.map(|p| &*p.add(2 * j)), x.map(|p| &*p.add(2 * j + 1)));
-            let (mut il, mut ih) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
+            let (mut il, mut ih) = ([[_mm256_setzero_si256(); 2]; T], [[_mm256_setzero_si256(); 2]; T]);
             for k in 0..8 {
                 let (lo, hi) = nibbles(unit(c, 8 * j + k));
+                let chain = k % D::CHAINS;
                 for t in 0..T {
-                    il[t] = D::add_small(il[t], lo, bcast4(xl[t], 4 * k));
-                    ih[t] = D::add_small(ih[t], hi, bcast4(xh[t], 4 * k));
+                    il[t][chain] = D::add_small(il[t][chain], lo, bcast4(xl[t], 4 * k));
+                    ih[t][chain] = D::add_small(ih[t][chain], hi, bcast4(xh[t], 4 * k));
                 }
             }
             for t in 0..T {
                 for (sub, i, xb) in [(2 * j, il[t], xl[t]), (2 * j + 1, ih[t], xh[t])] {
-                    let v = _mm256_mul_ps(_mm256_cvtepi32_ps(D::finish_small(i)), _mm256_set1_ps(xb.d));
+                    let v = _mm256_mul_ps(_mm256_cvtepi32_ps(finish_chains::<D>(i)), _mm256_set1_ps(xb.d));
                     acc[t] = _mm256_fmadd_ps(s.d[sub], v, acc[t]);
                     acc[t] = _mm256_fmadd_ps(s.m[sub], _mm256_set1_ps(xb.s), acc[t]);
                 }
@@ -309,10 +335,12 @@ impl<D: IAcc> PackKern for PQ6K<D> {
     #[inline(always)]
     unsafe fn setup(rec: *const u8) -> [__m256; 16] {
         let d = f16x8(rec);
-        std::array::from_fn(|i| {
+        let mut s = [d; 16]; // a loop, not `array::from_fn`: as Q4_K's setup
+        for (i, s) in s.iter_mut().enumerate() {
             let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(rec.add(16 + i * GROUP) as *const __m128i));
-            _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc))
-        })
+            *s = _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc));
+        }
+        s
     }
     /// Token by token.
     #[inline(always)]

@@ -10,7 +10,7 @@
 //! exclusive-or with `0x80`) and `128 Σ x` is taken off the token's integer sum: the same integer.
 
 use super::packed::{PackKern, PF_DIST, PQ2K, PQ3K, PQ4, PQ4K, PQ5K, PQ6K, PQ8_0};
-use super::{Avx2Dot, VnniDot};
+use super::VnniDot;
 use crate::matmul::Job;
 use crate::packed::{GROUP, Q2K_Q, Q3K_Q, Q5K_Q, Q6K_Q};
 use crate::quants::{BlockQ8, QK8};
@@ -436,12 +436,12 @@ unsafe fn tile16<K: Kern16, const T: usize>(job: &Job, g: usize, t: usize) {
 }
 
 /// Groups `g0..g1` for every token: pairs of groups with the sixteen-row kernel `K`, tokens `T` at a
-/// time, an odd last group with the eight-row kernel `K8`; one token (decode) with the eight-row
-/// kernel `KD` where [`crate::simd::decode_eight_rows`] (the same bits).
+/// time, an odd last group with the eight-row kernel `K8`; one token (decode) with `K8` throughout
+/// where [`crate::simd::decode_eight_rows`] (the same bits).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn run16<K: Kern16, K8: PackKern, KD: PackKern, const T: usize>(job: &Job, g0: usize, g1: usize) {
+unsafe fn run16<K: Kern16, K8: PackKern, const T: usize>(job: &Job, g0: usize, g1: usize) {
     if job.n == 1 && crate::simd::decode_eight_rows() {
-        return super::packed::run::<KD>(job, g0, g1);
+        return super::packed::run::<K8>(job, g0, g1);
     }
     let pairs = (g1 - g0) / 2;
     // Tiles of T tokens, then the rest in one tile; with four-token tiles the last one to three tokens
@@ -479,14 +479,14 @@ unsafe fn run16<K: Kern16, K8: PackKern, KD: PackKern, const T: usize>(job: &Job
 pub(crate) fn select(dtype: crate::DType) -> Option<crate::matmul::RowsFn> {
     use crate::DType;
     Some(match dtype {
-        DType::Q8_0 => run16::<P16Q8_0, PQ8_0<VnniDot>, PQ8_0<Avx2Dot>, 8> as crate::matmul::RowsFn,
-        DType::Q4_0 => run16::<P16Q4<true>, PQ4<true, VnniDot>, PQ4<true, Avx2Dot>, 8>,
-        DType::Q4_1 => run16::<P16Q4<false>, PQ4<false, VnniDot>, PQ4<false, Avx2Dot>, 8>,
-        DType::Q4K => run16::<P16Q4K, PQ4K<VnniDot>, PQ4K<Avx2Dot>, 4>,
-        DType::Q6K => run16::<P16Q6K, PQ6K<VnniDot>, PQ6K<Avx2Dot>, 4>,
-        DType::Q2K => run16::<P16Q2K, PQ2K<VnniDot>, PQ2K<Avx2Dot>, 4>,
-        DType::Q5K => run16::<P16Q5K, PQ5K<VnniDot>, PQ5K<Avx2Dot>, 4>,
-        DType::Q3K => run16::<P16Q3K, PQ3K<VnniDot>, PQ3K<Avx2Dot>, 4>,
+        DType::Q8_0 => run16::<P16Q8_0, PQ8_0<VnniDot>, 8> as crate::matmul::RowsFn,
+        DType::Q4_0 => run16::<P16Q4<true>, PQ4<true, VnniDot>, 8>,
+        DType::Q4_1 => run16::<P16Q4<false>, PQ4<false, VnniDot>, 8>,
+        DType::Q4K => run16::<P16Q4K, PQ4K<VnniDot>, 4>,
+        DType::Q6K => run16::<P16Q6K, PQ6K<VnniDot>, 4>,
+        DType::Q2K => run16::<P16Q2K, PQ2K<VnniDot>, 4>,
+        DType::Q5K => run16::<P16Q5K, PQ5K<VnniDot>, 4>,
+        DType::Q3K => run16::<P16Q3K, PQ3K<VnniDot>, 4>,
         _ => return None,
     })
 }
