@@ -93,15 +93,15 @@ fn layout(dtype: DType) -> Option<Layout> {
             codes: 128,
             rec: 32 + 128 + GROUP * 128,
         },
-        // d, scales (16 x 8 rows), the 6-bit codes one per byte (0..=63, 256 per row): 22 % more
-        // bytes than the file's 6 bits, for products with no bit assembly and no sign trick.
+        // d, scales (16 x 8 rows), the 6-bit codes in three vectors per four units
+        // ([`Q6K_Q`]): the file's size.
         DType::Q6K => Layout {
             head: 0,
-            codes: 256,
-            rec: 16 + 128 + GROUP * 256,
+            codes: 192,
+            rec: 16 + 128 + GROUP * 192,
         },
         // Q4_K's header (d, dmin, scales and minimums as bytes), then the 5-bit codes one per byte
-        // (0..=31, units as Q6_K's): 276 bytes per row and block instead of 176, for products with no
+        // (0..=31; unit `u` is codes `4u..4u + 4` of each row): 276 bytes per row and block instead of 176, for products with no
         // bit assembly.
         DType::Q5K => Layout {
             head: 0,
@@ -522,8 +522,20 @@ fn unpack_block(dtype: DType, l: &Layout, rec: &[u8], r: usize) -> Vec<u8> {
     b
 }
 
-/// Where Q6_K's codes start in a record: sub-block `g`'s 32 codes of row `r` are units `8g..8g + 8`.
+/// Where Q6_K's codes start in a record. Each half sub-block (16 weights, one scale) of a 32-weight
+/// group is four units `a, b, c, e` (`4h..4h + 4`) held in three 32-byte vectors laid out as units
+/// (row `r`'s four bytes at `4r`). With `q` a 6-bit code and `q''` its top two bits:
+/// - `X1 = q_a | q_b'' << 6`, `X2 = q_c | q_e'' << 6`, `Y = (q_b & 15) | (q_e & 15) << 4`,
+///
+/// so `q_a = X1 & 63`, `q_c = X2 & 63`, `q_b = (Y & 15) | (X1 >> 2 & 48)`, `q_e = (Y >> 4 & 15) |
+/// (X2 >> 2 & 48)`: eleven vector operations give four units of codes (0..=63) from 96 bytes, the
+/// file's six bits per weight. Group `g`, half `h` starts at `Q6K_Q + 192 g + 96 h`.
 pub const Q6K_Q: usize = 16 + 128;
+
+/// Byte offset of row `r`'s four bytes of vector `v` (X1, X2, Y) of group `g`, half `h`.
+fn q6k_at(g: usize, h: usize, v: usize, r: usize) -> usize {
+    Q6K_Q + 192 * g + 96 * h + 32 * v + 4 * r
+}
 
 fn pack_q6k(rec: &mut [u8], r: usize, b: &[u8]) {
     rec[2 * r..2 * r + 2].copy_from_slice(&b[208..210]);
@@ -533,8 +545,14 @@ fn pack_q6k(rec: &mut [u8], r: usize, b: &[u8]) {
     let mut c = [0u8; 32];
     for g in 0..8 {
         unpack_q6k(b, g, &mut c);
-        for (w, &q) in c.iter().enumerate() {
-            rec[unit(Q6K_Q, 8 * g + w / 4, r) + w % 4] = q;
+        for h in 0..2 {
+            // Codes `i` of units a, b, c, e (4 codes each).
+            let q = |k: usize, i: usize| c[16 * h + 4 * k + i];
+            for i in 0..4 {
+                rec[q6k_at(g, h, 0, r) + i] = q(0, i) | (q(1, i) >> 4) << 6;
+                rec[q6k_at(g, h, 1, r) + i] = q(2, i) | (q(3, i) >> 4) << 6;
+                rec[q6k_at(g, h, 2, r) + i] = (q(1, i) & 15) | (q(3, i) & 15) << 4;
+            }
         }
     }
 }
@@ -548,7 +566,14 @@ fn unpack_q6k_row(rec: &[u8], r: usize) -> Vec<u8> {
     }
     for g in 0..8 {
         for w in 0..32 {
-            let q = rec[unit(Q6K_Q, 8 * g + w / 4, r) + w % 4];
+            let (h, k, i) = (w / 16, w / 4 % 4, w % 4);
+            let v = |v: usize| rec[q6k_at(g, h, v, r) + i];
+            let q = match k {
+                0 => v(0) & 63,
+                1 => (v(2) & 15) | (v(0) >> 6) << 4,
+                2 => v(1) & 63,
+                _ => (v(2) >> 4) | (v(1) >> 6) << 4,
+            };
             let (lo, hi) = (q & 15, q >> 4);
             // Q6_K's own layout: sub-block g = 4n + m of half n.
             let (n, m) = (g / 4, g % 4);

@@ -342,7 +342,8 @@ impl<D: IAcc> PackKern for PQ6K<D> {
         }
         s
     }
-    /// Token by token.
+    /// Half sub-block by half sub-block, its codes assembled once for the `T` tokens; per token the
+    /// same sums in the same order whatever `T`.
     #[inline(always)]
     unsafe fn dot_tile<const T: usize>(
         mut acc: [__m256; T],
@@ -351,15 +352,19 @@ impl<D: IAcc> PackKern for PQ6K<D> {
         x: [*const BlockQ8; T],
     ) -> [__m256; T] {
         let c = rec.add(Q6K_Q);
-        for (a, x) in acc.iter_mut().zip(x) {
-            for g in 0..8 {
-                let xg = &*x.add(g);
-                for half in 0..2 {
-                    let (u, at) = (8 * g + 4 * half, 16 * half);
-                    let i = _mm256_add_epi32(q6k_two::<D>(c, u, xg, at), q6k_two::<D>(c, u + 2, xg, at + 8));
-                    let i = _mm256_sub_epi32(i, _mm256_set1_epi32(32 * xg.h[half] as i32));
-                    let v = _mm256_mul_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(xg.d));
-                    *a = _mm256_fmadd_ps(s[2 * g + half], v, *a);
+        for g in 0..8 {
+            let xg = x.map(|p| &*p.add(g));
+            for half in 0..2 {
+                let q = q6k_codes(c, g, half);
+                let at = 16 * half;
+                for t in 0..T {
+                    let i = _mm256_add_epi32(
+                        q6k_two::<D>(q[0], q[1], xg[t], at),
+                        q6k_two::<D>(q[2], q[3], xg[t], at + 8),
+                    );
+                    let i = _mm256_sub_epi32(i, _mm256_set1_epi32(32 * xg[t].h[half] as i32));
+                    let v = _mm256_mul_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(xg[t].d));
+                    acc[t] = _mm256_fmadd_ps(s[2 * g + half], v, acc[t]);
                 }
             }
         }
@@ -367,12 +372,36 @@ impl<D: IAcc> PackKern for PQ6K<D> {
     }
 }
 
-/// Products of Q6_K code units `u`, `u + 1` with the activation bytes from `at`, as i32 lanes (two
-/// `maddubs` sums are the most an i16 lane holds for codes up to 63).
+/// The four code units (0..=63) of half `h` of Q6_K group `g` from their three vectors (the layout of
+/// [`crate::packed::Q6K_Q`]).
 #[inline(always)]
-unsafe fn q6k_two<D: IAcc>(c: *const u8, u: usize, x: &BlockQ8, at: usize) -> __m256i {
-    let i = D::add_small(_mm256_setzero_si256(), unit(c, u), bcast4(x, at));
-    D::finish_small(D::add_small(i, unit(c, u + 1), bcast4(x, at + 4)))
+pub(crate) unsafe fn q6k_codes(c: *const u8, g: usize, h: usize) -> [__m256i; 4] {
+    // No closures here: they would not take the kernel's target features (see Q4_K's setup).
+    let p = c.add(192 * g + 96 * h);
+    let x1 = _mm256_loadu_si256(p as *const __m256i);
+    let x2 = _mm256_loadu_si256(p.add(32) as *const __m256i);
+    let y = _mm256_loadu_si256(p.add(64) as *const __m256i);
+    let (m63, m15, m48) = (_mm256_set1_epi8(63), _mm256_set1_epi8(15), _mm256_set1_epi8(48));
+    [
+        _mm256_and_si256(x1, m63),
+        _mm256_or_si256(
+            _mm256_and_si256(y, m15),
+            _mm256_and_si256(_mm256_srli_epi16::<2>(x1), m48),
+        ),
+        _mm256_and_si256(x2, m63),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(y), m15),
+            _mm256_and_si256(_mm256_srli_epi16::<2>(x2), m48),
+        ),
+    ]
+}
+
+/// Products of two Q6_K code units with the activation bytes from `at` (and `at + 4`), as i32 lanes
+/// (two `maddubs` sums are the most an i16 lane holds for codes up to 63).
+#[inline(always)]
+unsafe fn q6k_two<D: IAcc>(qa: __m256i, qb: __m256i, x: &BlockQ8, at: usize) -> __m256i {
+    let i = D::add_small(_mm256_setzero_si256(), qa, bcast4(x, at));
+    D::finish_small(D::add_small(i, qb, bcast4(x, at + 4)))
 }
 
 /// Unit `u` of 2-bit codes shifted right by `2s` and masked: four codes (of weights `32s + 4(u % 8)..` of
@@ -636,9 +665,10 @@ impl<D: IAcc> WideKern for PQ6K<D> {
         for g in 0..8 {
             let xg = x.map(|p| &*p.add(g));
             for half in 0..2 {
+                let q = q6k_codes(c, g, half);
                 let mut a = [W::zero(); T];
-                for k in 4 * half..4 * half + 4 {
-                    madd16::<W, T>(&mut a, _mm256_sub_epi8(unit(c, 8 * g + k), m32), xg, 4 * k);
+                for k in 0..4 {
+                    madd16::<W, T>(&mut a, _mm256_sub_epi8(q[k], m32), xg, 16 * half + 4 * k);
                 }
                 finish16::<W, T>(&mut acc, s[2 * g + half], a, xg);
             }

@@ -291,11 +291,11 @@ impl Kern16 for P16Q6K {
                     *d,
                     i8x16(r0.add(16 + (2 * g + half) * GROUP), r1.add(16 + (2 * g + half) * GROUP)),
                 );
+                let q = q6k_codes16(c0, c1, g, half);
                 let mut i = [_mm512_setzero_si512(); T];
-                for k in 4 * half..4 * half + 4 {
-                    let u = unit16(c0, c1, 8 * g + k);
+                for (k, &u) in q.iter().enumerate() {
                     for t in 0..T {
-                        i[t] = _mm512_dpbusd_epi32(i[t], u, bcast4(xg[t], 4 * k));
+                        i[t] = _mm512_dpbusd_epi32(i[t], u, bcast4(xg[t], 16 * half + 4 * k));
                     }
                 }
                 for t in 0..T {
@@ -306,6 +306,27 @@ impl Kern16 for P16Q6K {
         }
         acc
     }
+}
+
+/// The four code units of half `h` of Q6_K group `g` for sixteen rows (`c0`: rows 0-7, `c1`: 8-15), as
+/// the 256-bit kernel's [`super::packed::q6k_codes`] assembles them.
+#[inline(always)]
+unsafe fn q6k_codes16(c0: *const u8, c1: *const u8, g: usize, h: usize) -> [__m512i; 4] {
+    let at = (192 * g + 96 * h) / (4 * GROUP);
+    let (x1, x2, y) = (unit16(c0, c1, at), unit16(c0, c1, at + 1), unit16(c0, c1, at + 2));
+    let (m63, m15, m48) = (_mm512_set1_epi8(63), _mm512_set1_epi8(15), _mm512_set1_epi8(48));
+    [
+        _mm512_and_si512(x1, m63),
+        _mm512_or_si512(
+            _mm512_and_si512(y, m15),
+            _mm512_and_si512(_mm512_srli_epi16::<2>(x1), m48),
+        ),
+        _mm512_and_si512(x2, m63),
+        _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi16::<4>(y), m15),
+            _mm512_and_si512(_mm512_srli_epi16::<2>(x2), m48),
+        ),
+    ]
 }
 
 /// Unit `u` of sixteen rows' 2-bit codes at shift `2s`, in 0..4.
