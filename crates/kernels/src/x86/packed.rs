@@ -667,8 +667,8 @@ impl<D: IAcc> WideKern for PQ6K<D> {
             for half in 0..2 {
                 let q = q6k_codes(c, g, half);
                 let mut a = [W::zero(); T];
-                for k in 0..4 {
-                    madd16::<W, T>(&mut a, _mm256_sub_epi8(q[k], m32), xg, 16 * half + 4 * k);
+                for (k, &q) in q.iter().enumerate() {
+                    madd16::<W, T>(&mut a, _mm256_sub_epi8(q, m32), xg, 16 * half + 4 * k);
                 }
                 finish16::<W, T>(&mut acc, s[2 * g + half], a, xg);
             }
