@@ -101,8 +101,8 @@ fn layout(dtype: DType) -> Option<Layout> {
             rec: 16 + 128 + GROUP * 192,
         },
         // Q4_K's header (d, dmin, scales and minimums as bytes), then the 5-bit codes one per byte
-        // (0..=31; unit `u` is codes `4u..4u + 4` of each row): 276 bytes per row and block instead of 176, for products with no
-        // bit assembly.
+        // (0..=31; unit `u` is codes `4u..4u + 4` of each row): 276 bytes per row and block instead
+        // of 176, for products with no bit assembly.
         DType::Q5K => Layout {
             head: 0,
             codes: 256,
