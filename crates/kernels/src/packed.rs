@@ -100,13 +100,12 @@ fn layout(dtype: DType) -> Option<Layout> {
             codes: 192,
             rec: 16 + 128 + GROUP * 192,
         },
-        // Q4_K's header (d, dmin, scales and minimums as bytes), then the 5-bit codes one per byte
-        // (0..=31; unit `u` is codes `4u..4u + 4` of each row): 276 bytes per row and block instead
-        // of 176, for products with no bit assembly.
+        // Q4_K's header (d, dmin, scales and minimums as bytes), then the 5-bit codes in five vectors
+        // per sub-block ([`Q5K_Q`]): 180 bytes per row and block (the file's 176, scales unpacked).
         DType::Q5K => Layout {
             head: 0,
-            codes: 256,
-            rec: Q5K_Q + GROUP * 256,
+            codes: 160,
+            rec: Q5K_Q + GROUP * 160,
         },
         // d, dmin, the scale/minimum bytes (16 x 8 rows) as stored, the 2-bit code bytes: the file's
         // bytes, interleaved.
@@ -652,9 +651,17 @@ fn unpack_q3k_row(rec: &[u8], r: usize) -> Vec<u8> {
     b
 }
 
-/// Where Q5_K's codes start in a record: after `d`, `dmin` and the eight sub-blocks' scales and minimums
-/// as bytes (Q4_K's header); sub-block `g`'s 32 codes of row `r` are units `8g..8g + 8`, one byte each.
+/// Where Q5_K's codes start in a record (after Q4_K's header). Sub-block `g` (32 weights: units
+/// `0..8` of four codes per row) is five 32-byte vectors laid out as units (row `r`'s four bytes at
+/// `4r`) from `Q5K_Q + 160 g`: `N_m = q_m & 15 | (q_{m+4} & 15) << 4` for `m` in 0..4, then `H`
+/// holding the top bit of unit `k`'s codes at bit `k`. Unit `k` is `(N_{k % 4} >> 4 (k / 4)) & 15 |
+/// (H << 4 >> k) & 16`: four or five vector operations per unit, the file's five bits per weight.
 pub const Q5K_Q: usize = 32 + 128;
+
+/// Byte offset of row `r`'s four bytes of vector `v` (`N_0..N_3`, `H`) of sub-block `g`.
+fn q5k_at(g: usize, v: usize, r: usize) -> usize {
+    Q5K_Q + 160 * g + 32 * v + 4 * r
+}
 
 fn pack_q5k(rec: &mut [u8], r: usize, b: &[u8]) {
     rec[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
@@ -665,8 +672,12 @@ fn pack_q5k(rec: &mut [u8], r: usize, b: &[u8]) {
         rec[32 + g * GROUP + r] = sc;
         rec[96 + g * GROUP + r] = m;
         unpack_q5k(b, g, &mut c);
-        for (w, &q) in c.iter().enumerate() {
-            rec[unit(Q5K_Q, 8 * g + w / 4, r) + w % 4] = q;
+        for i in 0..4 {
+            // Code `i` of unit `k` is `c[4k + i]`.
+            for m in 0..4 {
+                rec[q5k_at(g, m, r) + i] = (c[4 * m + i] & 15) | (c[4 * (m + 4) + i] & 15) << 4;
+            }
+            rec[q5k_at(g, 4, r) + i] = (0..8).map(|k| (c[4 * k + i] >> 4) << k).sum();
         }
     }
 }
@@ -681,7 +692,9 @@ fn unpack_q5k_row(rec: &[u8], r: usize) -> Vec<u8> {
     b[4..16].copy_from_slice(&crate::quants::k_quants::pack_scale_min_k4(&sc, &m));
     for g in 0..8 {
         for w in 0..32 {
-            let q = rec[unit(Q5K_Q, 8 * g + w / 4, r) + w % 4];
+            let (k, i) = (w / 4, w % 4);
+            let n = rec[q5k_at(g, k % 4, r) + i] >> (4 * (k / 4)) & 15;
+            let q = n | (rec[q5k_at(g, 4, r) + i] >> k & 1) << 4;
             // Q5_K's own layout: the high bit in `qh[w]` at bit g, the nibble in `qs[32 (g / 2) + w]`.
             b[16 + w] |= (q >> 4) << g;
             b[48 + 32 * (g / 2) + w] |= (q & 15) << (4 * (g % 2));

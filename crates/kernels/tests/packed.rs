@@ -34,13 +34,11 @@ fn packing_is_a_permutation_of_the_rows() {
         let w = QMatrix::new(t, rows, cols, &data);
         let p = Packed::new(&w).expect("packable");
         assert_eq!(p.rows, 16, "{t}: whole groups only");
-        // Q4_K: scales and mins unpacked to bytes (4 more per row and block); Q3_K: its scales as bytes
-        // and its codes as nibbles (36 more); Q5_K: Q4_K's header and a byte per code (100 more); Q6_K
-        // and the rest: the file's size.
+        // Q4_K and Q5_K: scales and mins unpacked to bytes (4 more per row and block); Q3_K: its
+        // scales as bytes and its codes as nibbles (36 more); Q6_K and the rest: the file's size.
         let extra = match t {
-            DType::Q4K => 16 * 2 * 4,
+            DType::Q4K | DType::Q5K => 16 * 2 * 4,
             DType::Q3K => 16 * 2 * 36,
-            DType::Q5K => 16 * 2 * 100,
             _ => 0,
         };
         assert_eq!(p.bytes(), t.bytes_for(16 * cols).unwrap() + extra, "{t}");

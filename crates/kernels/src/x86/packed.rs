@@ -253,7 +253,8 @@ impl<D: IAcc> PackKern for PQ4K<D> {
     }
 }
 
-/// Q5_K: codes 0..=31 one per byte, Q4_K's scales and minimums per sub-block of 32 (its setup).
+/// Q5_K: codes 0..=31 assembled from the file's five bits per weight ([`q5k_codes`]) into a byte each,
+/// Q4_K's scales and minimums per sub-block of 32 (its setup).
 pub(crate) struct PQ5K<D>(PhantomData<D>);
 
 impl<D: IAcc> PackKern for PQ5K<D> {
@@ -277,11 +278,11 @@ impl<D: IAcc> PackKern for PQ5K<D> {
             let xg = x.map(|p| &*p.add(g));
             let mut i = [_mm256_setzero_si256(); T];
             for half in 0..2 {
+                let q = q5k_codes(c, g, half);
                 let mut h = [_mm256_setzero_si256(); T];
-                for k in 4 * half..4 * half + 4 {
-                    let u = unit(c, 8 * g + k);
+                for (k, &u) in q.iter().enumerate() {
                     for t in 0..T {
-                        h[t] = D::add_small(h[t], u, bcast4(xg[t], 4 * k));
+                        h[t] = D::add_small(h[t], u, bcast4(xg[t], 16 * half + 4 * k));
                     }
                 }
                 for t in 0..T {
@@ -311,8 +312,10 @@ impl<D: IAcc> WideKern for PQ5K<D> {
         for g in 0..8 {
             let xg = x.map(|p| &*p.add(g));
             let mut a = [W::zero(); T];
-            for k in 0..8 {
-                madd16::<W, T>(&mut a, unit(c, 8 * g + k), xg, 4 * k);
+            for half in 0..2 {
+                for (k, &u) in q5k_codes(c, g, half).iter().enumerate() {
+                    madd16::<W, T>(&mut a, u, xg, 16 * half + 4 * k);
+                }
             }
             finish16::<W, T>(&mut acc, s.d[g], a, xg);
             for t in 0..T {
@@ -321,6 +324,38 @@ impl<D: IAcc> WideKern for PQ5K<D> {
         }
         acc
     }
+}
+
+/// Units `4h..4h + 4` (codes 0..=31) of Q5_K sub-block `g` from its five vectors (the layout of
+/// [`crate::packed::Q5K_Q`]).
+#[inline(always)]
+pub(crate) unsafe fn q5k_codes(c: *const u8, g: usize, h: usize) -> [__m256i; 4] {
+    let p = c.add(160 * g);
+    let hi = _mm256_loadu_si256(p.add(128) as *const __m256i);
+    let (m15, m16) = (_mm256_set1_epi8(15), _mm256_set1_epi8(16));
+    // Unit k's top bits moved from bit k to bit 4 of each byte (16-bit shifts: the bits a byte takes
+    // from its neighbour are masked off).
+    let top = match h {
+        0 => [
+            _mm256_slli_epi16::<4>(hi),
+            _mm256_slli_epi16::<3>(hi),
+            _mm256_slli_epi16::<2>(hi),
+            _mm256_slli_epi16::<1>(hi),
+        ],
+        _ => [
+            hi,
+            _mm256_srli_epi16::<1>(hi),
+            _mm256_srli_epi16::<2>(hi),
+            _mm256_srli_epi16::<3>(hi),
+        ],
+    };
+    let mut q = [_mm256_setzero_si256(); 4];
+    for m in 0..4 {
+        let n = _mm256_loadu_si256(p.add(32 * m) as *const __m256i);
+        let n = if h == 0 { n } else { _mm256_srli_epi16::<4>(n) };
+        q[m] = _mm256_or_si256(_mm256_and_si256(n, m15), _mm256_and_si256(top[m], m16));
+    }
+    q
 }
 
 /// Q6_K: codes `q` in 0..=63 standing for `q − 32`, assembled from the file's six bits per weight

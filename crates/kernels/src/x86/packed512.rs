@@ -242,11 +242,11 @@ impl Kern16 for P16Q5K {
             let xg = x.map(|p| &*p.add(g));
             let mut i = [_mm512_setzero_si512(); T];
             for half in 0..2 {
+                let q = q5k_codes16(c0, c1, g, half);
                 let mut h = [_mm512_setzero_si512(); T];
-                for k in 4 * half..4 * half + 4 {
-                    let u = unit16(c0, c1, 8 * g + k);
+                for (k, &u) in q.iter().enumerate() {
                     for t in 0..T {
-                        h[t] = _mm512_dpbusd_epi32(h[t], u, bcast4(xg[t], 4 * k));
+                        h[t] = _mm512_dpbusd_epi32(h[t], u, bcast4(xg[t], 16 * half + 4 * k));
                     }
                 }
                 for t in 0..T {
@@ -306,6 +306,36 @@ impl Kern16 for P16Q6K {
         }
         acc
     }
+}
+
+/// Units `4h..4h + 4` of Q5_K sub-block `g` for sixteen rows (`c0`: rows 0-7, `c1`: 8-15), as the
+/// 256-bit kernel's [`super::packed::q5k_codes`] assembles them.
+#[inline(always)]
+unsafe fn q5k_codes16(c0: *const u8, c1: *const u8, g: usize, h: usize) -> [__m512i; 4] {
+    let at = 160 * g / (4 * GROUP);
+    let hi = unit16(c0, c1, at + 4);
+    let (m15, m16) = (_mm512_set1_epi8(15), _mm512_set1_epi8(16));
+    let top = match h {
+        0 => [
+            _mm512_slli_epi16::<4>(hi),
+            _mm512_slli_epi16::<3>(hi),
+            _mm512_slli_epi16::<2>(hi),
+            _mm512_slli_epi16::<1>(hi),
+        ],
+        _ => [
+            hi,
+            _mm512_srli_epi16::<1>(hi),
+            _mm512_srli_epi16::<2>(hi),
+            _mm512_srli_epi16::<3>(hi),
+        ],
+    };
+    let mut q = [_mm512_setzero_si512(); 4];
+    for m in 0..4 {
+        let n = unit16(c0, c1, at + m);
+        let n = if h == 0 { n } else { _mm512_srli_epi16::<4>(n) };
+        q[m] = _mm512_or_si512(_mm512_and_si512(n, m15), _mm512_and_si512(top[m], m16));
+    }
+    q
 }
 
 /// The four code units of half `h` of Q6_K group `g` for sixteen rows (`c0`: rows 0-7, `c1`: 8-15), as
