@@ -324,7 +324,7 @@ fn with_scratch<T: Clone + Default, R>(
 fn wide(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let Some(f) = crate::x86::packed::select_wide(crate::packed::packed_dtype(w.dtype), level) else {
+        let Some(f) = crate::x86::packed::select_wide(w.dtype, level) else {
             return false;
         };
         let Some(p) = w.pack.and_then(|slot| slot.for_product(w)) else {
@@ -441,7 +441,7 @@ fn packed_kernel<'a>(w: &QMatrix<'a>, level: Simd) -> Option<(&'a Packed, RowsFn
     let slot = w.pack?;
     #[cfg(target_arch = "x86_64")]
     {
-        let dtype = crate::packed::packed_dtype(w.dtype);
+        let dtype = w.dtype;
         let f = crate::x86::packed::select(dtype, level)?;
         let p = slot.for_product(w)?;
         debug_assert!(p.dtype == dtype && p.cols == w.cols);

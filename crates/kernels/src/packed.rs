@@ -11,9 +11,9 @@
 //!   [4]`): Q8_0 bytes `4k..4k+4` for unit `k`; Q4_0/Q4_1 nibble bytes `4k..4k+4` (low nibbles: weights
 //!   `4k..4k+4`, high: `16+4k..`); Q4_K bytes `32j+4k..` of sub-block pair `j` (low: sub-block `2j`).
 //!
-//! Q5_0 is packed as Q8_0: its five-bit codes minus 16 are int8 values with the same scale, so the
-//! conversion is exact and its products use the Q8_0 kernels (34 bytes per 32 weights instead of 22:
-//! more to read, but no five-bit assembly, and the token-tiled kernels for prefill).
+//! Q5_0 keeps its 22 bytes per row and block: `d`, its nibbles as Q4_0's, and its 32 top bits
+//! rearranged so that the kernels assemble five-bit codes as Q5_K's ([`Q5_0_Q`]). (It was packed as
+//! Q8_0 before, 34 bytes: 1.55x the bytes to read in decode, where reading is the cost.)
 //!
 //! Rows past the last whole group are not packed; products run them with the row-major kernels.
 //!
@@ -82,6 +82,12 @@ fn layout(dtype: DType) -> Option<Layout> {
             codes: 16,
             rec: GROUP * 18,
         },
+        // d, then one Q5_K sub-block's vectors ([`Q5_0_Q`]).
+        DType::Q5_0 => Layout {
+            head: 0,
+            codes: 20,
+            rec: Q5_0_Q + GROUP * 20,
+        },
         DType::Q4_1 => Layout {
             head: 4,
             codes: 16,
@@ -124,39 +130,19 @@ fn layout(dtype: DType) -> Option<Layout> {
     })
 }
 
-/// The block type matrices of `dtype` are packed as: their own, or Q8_0 for Q5_0.
-pub fn packed_dtype(dtype: DType) -> DType {
-    match dtype {
-        DType::Q5_0 => DType::Q8_0,
-        d => d,
-    }
-}
-
 /// Whether matrices of `dtype` can be packed (F16/BF16: only where the active SIMD level has the packed
 /// float kernels, since the copy costs as much memory as the matrix).
 pub fn packable(dtype: DType) -> bool {
     if is_float_packed(dtype) {
         return float_kernels();
     }
-    layout(packed_dtype(dtype)).is_some()
+    layout(dtype).is_some()
 }
 
 /// Whether the active SIMD level runs packed F16/BF16 products.
 fn float_kernels() -> bool {
     use crate::simd::Simd;
     cfg!(target_arch = "x86_64") && matches!(Simd::active(), Simd::Avx2 | Simd::Avx512)
-}
-
-/// A Q5_0 block (22 bytes) as the Q8_0 block of the same weights (34 bytes): `d`, then `q - 16`.
-fn q5_0_as_q8_0(b: &[u8], out: &mut [u8; 34]) {
-    out[..2].copy_from_slice(&b[..2]);
-    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-    let qs = &b[6..22];
-    for j in 0..32 {
-        let low = if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 };
-        let q = (low | (((qh >> j) & 1) as u8) << 4) as i8 - 16;
-        out[2 + j] = q as u8;
-    }
 }
 
 /// Where a matrix's packed copy lives once made. By default the first product that uses it (fast or wide;
@@ -280,7 +266,7 @@ impl Packed {
                 None
             };
         }
-        let dtype = packed_dtype(w.dtype);
+        let dtype = w.dtype;
         let l = layout(dtype)?;
         let groups = w.rows / GROUP;
         if groups == 0 {
@@ -292,16 +278,8 @@ impl Packed {
         // Groups in parallel: packing is a copy, bound by page faults and memory bandwidth.
         let group = |g: usize, out: &mut [u8]| {
             let rows: [&[u8]; GROUP] = std::array::from_fn(|r| &w.data[(g * GROUP + r) * rb..][..rb]);
-            let mut converted = [[0u8; 34]; GROUP];
             for (b, rec) in out.chunks_exact_mut(l.rec).enumerate() {
-                if dtype == w.dtype {
-                    pack_record(dtype, &l, rec, |r| &rows[r][b * bb..(b + 1) * bb]);
-                } else {
-                    for (r, c) in converted.iter_mut().enumerate() {
-                        q5_0_as_q8_0(&rows[r][b * bb..(b + 1) * bb], c);
-                    }
-                    pack_record(dtype, &l, rec, |r| &converted[r][..]);
-                }
+                pack_record(dtype, &l, rec, |r| &rows[r][b * bb..(b + 1) * bb]);
             }
         };
         fill_groups(&mut data, nb * l.rec, parallel, &group);
@@ -408,8 +386,7 @@ impl Packed {
         self.data.len()
     }
 
-    /// The original bytes of packed row `r` (the inverse of packing; tests) — in [`packed_dtype`]'s
-    /// format (bf16 for pairs).
+    /// The original bytes of packed row `r` (the inverse of packing; tests) — bf16 for pairs.
     pub fn unpack_row(&self, r: usize) -> Vec<u8> {
         if self.pairs {
             let (g, i) = (r / FLOAT_GROUP, r % FLOAT_GROUP);
@@ -447,6 +424,7 @@ fn unit(at: usize, u: usize, r: usize) -> usize {
 fn pack_record<'a>(dtype: DType, l: &Layout, rec: &mut [u8], block: impl Fn(usize) -> &'a [u8]) {
     let codes_at = l.rec - GROUP * l.codes;
     match dtype {
+        DType::Q5_0 => return (0..GROUP).for_each(|r| pack_q5_0(rec, r, block(r))),
         DType::Q6K => return (0..GROUP).for_each(|r| pack_q6k(rec, r, block(r))),
         DType::Q2K => return (0..GROUP).for_each(|r| pack_q2k(rec, r, block(r))),
         DType::Q5K => return (0..GROUP).for_each(|r| pack_q5k(rec, r, block(r))),
@@ -494,6 +472,7 @@ fn pack_record<'a>(dtype: DType, l: &Layout, rec: &mut [u8], block: impl Fn(usiz
 fn unpack_block(dtype: DType, l: &Layout, rec: &[u8], r: usize) -> Vec<u8> {
     let codes_at = l.rec - GROUP * l.codes;
     match dtype {
+        DType::Q5_0 => return unpack_q5_0_row(rec, r),
         DType::Q6K => return unpack_q6k_row(rec, r),
         DType::Q2K => return unpack_q2k_row(rec, r),
         DType::Q5K => return unpack_q5k_row(rec, r),
@@ -518,6 +497,38 @@ fn unpack_block(dtype: DType, l: &Layout, rec: &[u8], r: usize) -> Vec<u8> {
     for u in 0..l.codes / 4 {
         b.extend_from_slice(&rec[unit(codes_at, u, r)..][..4]);
     }
+    b
+}
+
+/// Where Q5_0's codes start in a record (after the eight rows' `d`): the five vectors of one Q5_K
+/// sub-block ([`Q5K_Q`]'s layout): `N_m` (`m` in 0..4) is the file's nibble bytes `4m..4m + 4` (low:
+/// weights `4m..4m + 4`, high: `16 + 4m..`), `H` the top bit of weight `4k + i` at bit `k` of byte `i`.
+pub const Q5_0_Q: usize = 2 * GROUP;
+
+fn pack_q5_0(rec: &mut [u8], r: usize, b: &[u8]) {
+    rec[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    for i in 0..4 {
+        for m in 0..4 {
+            rec[Q5_0_Q + 32 * m + 4 * r + i] = b[6 + 4 * m + i];
+        }
+        rec[Q5_0_Q + 128 + 4 * r + i] = (0..8).map(|k| ((qh >> (4 * k + i) & 1) as u8) << k).sum();
+    }
+}
+
+/// Row `r`'s original Q5_0 block from a packed record.
+fn unpack_q5_0_row(rec: &[u8], r: usize) -> Vec<u8> {
+    let mut b = vec![0u8; 22];
+    b[0..2].copy_from_slice(&rec[2 * r..2 * r + 2]);
+    let mut qh = 0u32;
+    for i in 0..4 {
+        for m in 0..4 {
+            b[6 + 4 * m + i] = rec[Q5_0_Q + 32 * m + 4 * r + i];
+        }
+        let h = rec[Q5_0_Q + 128 + 4 * r + i];
+        qh |= (0..8).map(|k| ((h >> k & 1) as u32) << (4 * k + i)).sum::<u32>();
+    }
+    b[2..6].copy_from_slice(&qh.to_le_bytes());
     b
 }
 

@@ -6,7 +6,7 @@
 
 use super::{Avx2Dot, IDot, VnniDot};
 use crate::matmul::Job;
-use crate::packed::{GROUP, Q2K_Q, Q3K_Q, Q5K_Q, Q6K_Q};
+use crate::packed::{GROUP, Q2K_Q, Q3K_Q, Q5K_Q, Q5_0_Q, Q6K_Q};
 use crate::quants::{BlockQ16, BlockQ8, QK8};
 use crate::simd::prefetch_bytes;
 use std::arch::x86_64::*;
@@ -183,6 +183,68 @@ impl<const OFFSET: bool, D: IAcc> PackKern for PQ4<OFFSET, D> {
             }
             let v = _mm256_mul_ps(_mm256_cvtepi32_ps(finish_chains::<D>(i)), _mm256_set1_ps(x.d));
             *a = _mm256_fmadd_ps(s.m, _mm256_set1_ps(x.s), _mm256_fmadd_ps(s.d, v, *a));
+        }
+        acc
+    }
+}
+
+/// Q5_0: codes 0..=31 standing for `q − 16` (`−16 d` times the block's activation sum, as Q4_0's
+/// `−8 d`), assembled from the file's five bits per weight as Q5_K's ([`q5k_codes`]); `Q4S` holds `d`,
+/// `−16 d` and the eight code units in weight order.
+pub(crate) struct PQ5_0<D>(PhantomData<D>);
+
+impl<D: IAcc> PackKern for PQ5_0<D> {
+    const ELEMS: usize = 32;
+    type S = Q4S;
+    #[inline(always)]
+    unsafe fn setup(rec: *const u8) -> Q4S {
+        let d = f16x8(rec);
+        let (lo, hi) = (q5k_codes(rec.add(Q5_0_Q), 0, 0), q5k_codes(rec.add(Q5_0_Q), 0, 1));
+        Q4S {
+            d,
+            m: _mm256_mul_ps(d, _mm256_set1_ps(-16.0)),
+            q: [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]],
+        }
+    }
+    /// Token by token, in two sums of four units (the most an AVX2 i16 lane holds for codes up to 31).
+    #[inline(always)]
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m256; T],
+        s: &Q4S,
+        _rec: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m256; T] {
+        for (a, x) in acc.iter_mut().zip(x) {
+            let x = &*x;
+            let mut h = [_mm256_setzero_si256(); 2];
+            for (u, &q) in s.q.iter().enumerate() {
+                h[u / 4] = D::add_small(h[u / 4], q, bcast4(x, 4 * u));
+            }
+            let i = _mm256_add_epi32(D::finish_small(h[0]), D::finish_small(h[1]));
+            let v = _mm256_mul_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(x.d));
+            *a = _mm256_fmadd_ps(s.m, _mm256_set1_ps(x.s), _mm256_fmadd_ps(s.d, v, *a));
+        }
+        acc
+    }
+}
+
+impl<D: IAcc> WideKern for PQ5_0<D> {
+    /// The code units (0..=31, valid signed bytes) against int16 activations, then as Q4_0's.
+    #[inline(always)]
+    unsafe fn dot16<W: Wide16, const T: usize>(
+        mut acc: [__m256; T],
+        s: &Q4S,
+        _rec: *const u8,
+        x: [*const BlockQ16; T],
+    ) -> [__m256; T] {
+        let x = x.map(|p| &*p);
+        let mut a = [W::zero(); T];
+        for (u, &q) in s.q.iter().enumerate() {
+            madd16::<W, T>(&mut a, q, x, 4 * u);
+        }
+        finish16::<W, T>(&mut acc, s.d, a, x);
+        for j in 0..T {
+            acc[j] = _mm256_fmadd_ps(s.m, _mm256_set1_ps(x[j].s), acc[j]);
         }
         acc
     }
@@ -895,6 +957,7 @@ pub(crate) fn select_wide(dtype: crate::DType, level: crate::Simd) -> Option<cra
                 DType::Q8_0 => $run::<PQ8_0<$D>> as crate::matmul::RowsFn,
                 DType::Q6K => $run::<PQ6K<$D>>,
                 DType::Q4_0 => $run::<PQ4<true, $D>>,
+                DType::Q5_0 => $run::<PQ5_0<$D>>,
                 DType::Q4_1 => $run::<PQ4<false, $D>>,
                 DType::Q4K => $run::<PQ4K<$D>>,
                 DType::Q2K => $run::<PQ2K<$D>>,
@@ -974,6 +1037,7 @@ pub(crate) fn select(dtype: crate::DType, level: crate::Simd) -> Option<crate::m
             Some(match dtype {
                 DType::Q8_0 => $run::<PQ8_0<$D>> as crate::matmul::RowsFn,
                 DType::Q4_0 => $run::<PQ4<true, $D>>,
+                DType::Q5_0 => $run::<PQ5_0<$D>>,
                 DType::Q4_1 => $run::<PQ4<false, $D>>,
                 DType::Q4K => $run::<PQ4K<$D>>,
                 DType::Q6K => $run::<PQ6K<$D>>,

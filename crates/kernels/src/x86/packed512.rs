@@ -9,10 +9,10 @@
 //! instructions per token and unit), the codes are shifted to unsigned once per unit (`w + 128`, an
 //! exclusive-or with `0x80`) and `128 Σ x` is taken off the token's integer sum: the same integer.
 
-use super::packed::{PackKern, PF_DIST, PQ2K, PQ3K, PQ4, PQ4K, PQ5K, PQ6K, PQ8_0};
+use super::packed::{PackKern, PF_DIST, PQ2K, PQ3K, PQ4, PQ4K, PQ5K, PQ5_0, PQ6K, PQ8_0};
 use super::VnniDot;
 use crate::matmul::Job;
-use crate::packed::{GROUP, Q2K_Q, Q3K_Q, Q5K_Q, Q6K_Q};
+use crate::packed::{GROUP, Q2K_Q, Q3K_Q, Q5K_Q, Q5_0_Q, Q6K_Q};
 use crate::quants::{BlockQ8, QK8};
 use crate::simd::prefetch_bytes;
 use std::arch::x86_64::*;
@@ -164,6 +164,46 @@ impl<const OFFSET: bool> Kern16 for P16Q4<OFFSET> {
             for j in 0..T {
                 i[j] = _mm512_dpbusd_epi32(i[j], s.q[2 * k], bcast4(x[j], 4 * k));
                 i[j] = _mm512_dpbusd_epi32(i[j], s.q[2 * k + 1], bcast4(x[j], 16 + 4 * k));
+            }
+        }
+        for j in 0..T {
+            let a = scaled(acc[j], s.d, i[j], x[j].d);
+            acc[j] = _mm512_fmadd_ps(s.m, _mm512_set1_ps(x[j].s), a);
+        }
+        acc
+    }
+}
+
+/// Q5_0 for sixteen rows: `d`, `−16 d` and the eight code units, in the 256-bit kernel's order.
+pub(crate) struct P16Q5_0;
+
+impl Kern16 for P16Q5_0 {
+    const ELEMS: usize = 32;
+    type S = Q4S16;
+    #[inline(always)]
+    unsafe fn setup(r0: *const u8, r1: *const u8) -> Q4S16 {
+        let d = f16x16(r0, r1);
+        let (c0, c1) = (r0.add(Q5_0_Q), r1.add(Q5_0_Q));
+        let (lo, hi) = (q5k_codes16(c0, c1, 0, 0), q5k_codes16(c0, c1, 0, 1));
+        Q4S16 {
+            d,
+            m: _mm512_mul_ps(d, _mm512_set1_ps(-16.0)),
+            q: [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]],
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot_tile<const T: usize>(
+        mut acc: [__m512; T],
+        s: &Q4S16,
+        _r0: *const u8,
+        _r1: *const u8,
+        x: [*const BlockQ8; T],
+    ) -> [__m512; T] {
+        let x = x.map(|p| &*p);
+        let mut i = [_mm512_setzero_si512(); T];
+        for (u, &q) in s.q.iter().enumerate() {
+            for j in 0..T {
+                i[j] = _mm512_dpbusd_epi32(i[j], q, bcast4(x[j], 4 * u));
             }
         }
         for j in 0..T {
@@ -533,6 +573,7 @@ pub(crate) fn select(dtype: crate::DType) -> Option<crate::matmul::RowsFn> {
         DType::Q8_0 => run16::<P16Q8_0, PQ8_0<VnniDot>, 8> as crate::matmul::RowsFn,
         DType::Q4_0 => run16::<P16Q4<true>, PQ4<true, VnniDot>, 8>,
         DType::Q4_1 => run16::<P16Q4<false>, PQ4<false, VnniDot>, 8>,
+        DType::Q5_0 => run16::<P16Q5_0, PQ5_0<VnniDot>, 8>,
         DType::Q4K => run16::<P16Q4K, PQ4K<VnniDot>, 4>,
         DType::Q6K => run16::<P16Q6K, PQ6K<VnniDot>, 4>,
         DType::Q2K => run16::<P16Q2K, PQ2K<VnniDot>, 4>,
