@@ -37,6 +37,17 @@ impl AttnShape {
     pub fn first_visible(&self, pos: usize) -> usize {
         self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
     }
+
+    /// The shape for queries at positions up to `last`: without its window when the window does not
+    /// bind there (every such query sees from position 0 either way: the same keys, the same results),
+    /// so that a prompt no longer than the window takes the kernels written for unwindowed attention
+    /// (Gemma 3's local layers, window 512, in a 512-token prefill).
+    pub fn up_to(self, last: usize) -> AttnShape {
+        match self.window {
+            Some(w) if last < w => AttnShape { window: None, ..self },
+            _ => self,
+        }
+    }
 }
 
 /// Cached keys or values of one layer as attention reads them: the `q.len()` values of one head of one
@@ -187,6 +198,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape,
 pub fn attention_kv<K: KvRows + ?Sized>(q: &[f32], k: &K, v: &K, out: &mut [f32], s: AttnShape, pos0: usize) {
     let hd = s.head_dim;
     let kv_dim = s.n_kv_heads * hd;
+    let s = s.up_to((pos0 + q.len() / (s.n_heads * hd)).saturating_sub(1));
     #[cfg(target_arch = "x86_64")]
     if query_block::applies(&s, q.len() / (s.n_heads * hd)) {
         // Prefill on AVX-512: blocks of query tokens share each tile of keys (same results).
@@ -596,7 +608,8 @@ mod tests {
 
     #[test]
     fn tiled_equals_naive() {
-        for window in [None, Some(1), Some(7), Some(100), Some(1000)] {
+        // 154: binds at the last query only (position 154 sees from 1); 155 and up: never.
+        for window in [None, Some(1), Some(7), Some(100), Some(154), Some(155), Some(1000)] {
             let s = AttnShape {
                 n_heads: 6,
                 n_kv_heads: 2,
@@ -619,6 +632,45 @@ mod tests {
             let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
             assert!(err < 1e-5, "window {window:?}: max abs difference {err}");
         }
+    }
+
+    /// A window that binds no query of a pass (`AttnShape::up_to`) leaves the results of no window, bit
+    /// for bit (the prefill kernel for unwindowed attention takes the pass); one that binds the last
+    /// query does not.
+    #[test]
+    fn a_window_that_does_not_bind_is_no_window() {
+        let shape = |window| AttnShape {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 32,
+            window,
+        };
+        let (n, pos0) = (24, 40);
+        let len = pos0 + n;
+        let mut seed = 3u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+        };
+        let q: Vec<f32> = (0..n * 4 * 32).map(|_| rnd()).collect();
+        let k: Vec<f32> = (0..len * 2 * 32).map(|_| rnd()).collect();
+        let v: Vec<f32> = (0..len * 2 * 32).map(|_| rnd()).collect();
+        let run = |window| {
+            let mut o = vec![0.0; q.len()];
+            attention(&q, &k, &v, &mut o, shape(window), pos0);
+            o
+        };
+        let none = run(None);
+        let bits = |o: &[f32]| o.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&run(Some(len))), bits(&none));
+        assert_eq!(bits(&run(Some(len + 100))), bits(&none));
+        assert_ne!(
+            bits(&run(Some(len - 1))),
+            bits(&none),
+            "the last query loses position 0"
+        );
+        assert_eq!(shape(Some(64)).up_to(63).window, None);
+        assert_eq!(shape(Some(64)).up_to(64).window, Some(64));
     }
 
     /// The active SIMD level (AVX2 here when the CPU has it: vector loops, vector sums of 4 and 8 heads)

@@ -68,6 +68,7 @@ pub fn paged_attention<K: KvRows + ?Sized>(
     let kv_dim = s.n_kv_heads * hd;
     let group = s.n_heads / s.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
+    let s = s.up_to(queries.iter().map(|q| q.pos).max().unwrap_or(0));
     assert_eq!(
         q.len(),
         queries.len() * s.n_heads * hd,
