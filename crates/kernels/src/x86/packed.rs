@@ -161,31 +161,62 @@ impl<const OFFSET: bool, D: IAcc> PackKern for PQ4<OFFSET, D> {
         };
         let mut q = [_mm256_setzero_si256(); 8];
         for k in 0..4 {
-            (q[2 * k], q[2 * k + 1]) = nibbles(unit(c, k));
+            (q[k], q[k + 4]) = nibbles(unit(c, k));
         }
         Q4S { d, m, q }
     }
     /// Token by token (the nibbles are in registers already).
     #[inline(always)]
     unsafe fn dot_tile<const T: usize>(
-        mut acc: [__m256; T],
+        acc: [__m256; T],
         s: &Q4S,
         _rec: *const u8,
         x: [*const BlockQ8; T],
     ) -> [__m256; T] {
-        for (a, x) in acc.iter_mut().zip(x) {
-            let x = &*x;
-            let mut i = [_mm256_setzero_si256(); 2];
-            for k in 0..4 {
-                let chain = k % D::CHAINS;
-                i[chain] = D::add_small(i[chain], s.q[2 * k], bcast4(x, 4 * k));
-                i[chain] = D::add_small(i[chain], s.q[2 * k + 1], bcast4(x, 16 + 4 * k));
-            }
-            let v = _mm256_mul_ps(_mm256_cvtepi32_ps(finish_chains::<D>(i)), _mm256_set1_ps(x.d));
-            *a = _mm256_fmadd_ps(s.m, _mm256_set1_ps(x.s), _mm256_fmadd_ps(s.d, v, *a));
-        }
-        acc
+        q4s_tile::<D, 8, T>(acc, s, x)
     }
+}
+
+/// The products of a [`Q4S`] record with `T` tokens, token by token: the eight code units against
+/// the activations, `d` times the sum, `m` times the activation sum. `RUN`: the most units one AVX2
+/// i16 sum holds (8 for codes up to 15, 4 for codes up to 31).
+#[inline(always)]
+unsafe fn q4s_tile<D: IAcc, const RUN: usize, const T: usize>(
+    mut acc: [__m256; T],
+    s: &Q4S,
+    x: [*const BlockQ8; T],
+) -> [__m256; T] {
+    for (a, x) in acc.iter_mut().zip(x) {
+        let x = &*x;
+        let mut h = [_mm256_setzero_si256(); 2];
+        for (u, &q) in s.q.iter().enumerate() {
+            let c = if RUN == 8 { u % D::CHAINS } else { u / 4 };
+            h[c] = D::add_small(h[c], q, bcast4(x, 4 * u));
+        }
+        let i = if RUN == 8 {
+            finish_chains::<D>(h)
+        } else {
+            _mm256_add_epi32(D::finish_small(h[0]), D::finish_small(h[1]))
+        };
+        let v = _mm256_mul_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(x.d));
+        *a = _mm256_fmadd_ps(s.m, _mm256_set1_ps(x.s), _mm256_fmadd_ps(s.d, v, *a));
+    }
+    acc
+}
+
+/// [`q4s_tile`] with int16 activations.
+#[inline(always)]
+unsafe fn q4s_dot16<W: Wide16, const T: usize>(mut acc: [__m256; T], s: &Q4S, x: [*const BlockQ16; T]) -> [__m256; T] {
+    let x = x.map(|p| &*p);
+    let mut a = [W::zero(); T];
+    for (u, &q) in s.q.iter().enumerate() {
+        madd16::<W, T>(&mut a, q, x, 4 * u);
+    }
+    finish16::<W, T>(&mut acc, s.d, a, x);
+    for j in 0..T {
+        acc[j] = _mm256_fmadd_ps(s.m, _mm256_set1_ps(x[j].s), acc[j]);
+    }
+    acc
 }
 
 /// Q5_0: codes 0..=31 standing for `q − 16` (`−16 d` times the block's activation sum, as Q4_0's
@@ -209,22 +240,12 @@ impl<D: IAcc> PackKern for PQ5_0<D> {
     /// Token by token, in two sums of four units (the most an AVX2 i16 lane holds for codes up to 31).
     #[inline(always)]
     unsafe fn dot_tile<const T: usize>(
-        mut acc: [__m256; T],
+        acc: [__m256; T],
         s: &Q4S,
         _rec: *const u8,
         x: [*const BlockQ8; T],
     ) -> [__m256; T] {
-        for (a, x) in acc.iter_mut().zip(x) {
-            let x = &*x;
-            let mut h = [_mm256_setzero_si256(); 2];
-            for (u, &q) in s.q.iter().enumerate() {
-                h[u / 4] = D::add_small(h[u / 4], q, bcast4(x, 4 * u));
-            }
-            let i = _mm256_add_epi32(D::finish_small(h[0]), D::finish_small(h[1]));
-            let v = _mm256_mul_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(x.d));
-            *a = _mm256_fmadd_ps(s.m, _mm256_set1_ps(x.s), _mm256_fmadd_ps(s.d, v, *a));
-        }
-        acc
+        q4s_tile::<D, 4, T>(acc, s, x)
     }
 }
 
@@ -232,21 +253,12 @@ impl<D: IAcc> WideKern for PQ5_0<D> {
     /// The code units (0..=31, valid signed bytes) against int16 activations, then as Q4_0's.
     #[inline(always)]
     unsafe fn dot16<W: Wide16, const T: usize>(
-        mut acc: [__m256; T],
+        acc: [__m256; T],
         s: &Q4S,
         _rec: *const u8,
         x: [*const BlockQ16; T],
     ) -> [__m256; T] {
-        let x = x.map(|p| &*p);
-        let mut a = [W::zero(); T];
-        for (u, &q) in s.q.iter().enumerate() {
-            madd16::<W, T>(&mut a, q, x, 4 * u);
-        }
-        finish16::<W, T>(&mut acc, s.d, a, x);
-        for j in 0..T {
-            acc[j] = _mm256_fmadd_ps(s.m, _mm256_set1_ps(x[j].s), acc[j]);
-        }
-        acc
+        q4s_dot16::<W, T>(acc, s, x)
     }
 }
 
@@ -781,22 +793,12 @@ impl<const OFFSET: bool, D: IAcc> WideKern for PQ4<OFFSET, D> {
     /// or minimum (Q4_1's `m`) times the block's activation sum.
     #[inline(always)]
     unsafe fn dot16<W: Wide16, const T: usize>(
-        mut acc: [__m256; T],
+        acc: [__m256; T],
         s: &Q4S,
         _rec: *const u8,
         x: [*const BlockQ16; T],
     ) -> [__m256; T] {
-        let x = x.map(|p| &*p);
-        let mut a = [W::zero(); T];
-        for k in 0..4 {
-            madd16::<W, T>(&mut a, s.q[2 * k], x, 4 * k);
-            madd16::<W, T>(&mut a, s.q[2 * k + 1], x, 16 + 4 * k);
-        }
-        finish16::<W, T>(&mut acc, s.d, a, x);
-        for j in 0..T {
-            acc[j] = _mm256_fmadd_ps(s.m, _mm256_set1_ps(x[j].s), acc[j]);
-        }
-        acc
+        q4s_dot16::<W, T>(acc, s, x)
     }
 }
 

@@ -146,32 +146,38 @@ impl<const OFFSET: bool> Kern16 for P16Q4<OFFSET> {
         };
         let mut q = [_mm512_setzero_si512(); 8];
         for k in 0..4 {
-            (q[2 * k], q[2 * k + 1]) = nibbles(unit16(r0.add(at), r1.add(at), k));
+            (q[k], q[k + 4]) = nibbles(unit16(r0.add(at), r1.add(at), k));
         }
         Q4S16 { d, m, q }
     }
     #[inline(always)]
     unsafe fn dot_tile<const T: usize>(
-        mut acc: [__m512; T],
+        acc: [__m512; T],
         s: &Q4S16,
         _r0: *const u8,
         _r1: *const u8,
         x: [*const BlockQ8; T],
     ) -> [__m512; T] {
-        let x = x.map(|p| &*p);
-        let mut i = [_mm512_setzero_si512(); T];
-        for k in 0..4 {
-            for j in 0..T {
-                i[j] = _mm512_dpbusd_epi32(i[j], s.q[2 * k], bcast4(x[j], 4 * k));
-                i[j] = _mm512_dpbusd_epi32(i[j], s.q[2 * k + 1], bcast4(x[j], 16 + 4 * k));
-            }
-        }
-        for j in 0..T {
-            let a = scaled(acc[j], s.d, i[j], x[j].d);
-            acc[j] = _mm512_fmadd_ps(s.m, _mm512_set1_ps(x[j].s), a);
-        }
-        acc
+        q4s16_tile::<T>(acc, s, x)
     }
+}
+
+/// The products of a [`Q4S16`] record (eight code units in weight order) with `T` tokens: as the
+/// 256-bit `q4s_tile`, per row the same integers and float operations.
+#[inline(always)]
+unsafe fn q4s16_tile<const T: usize>(mut acc: [__m512; T], s: &Q4S16, x: [*const BlockQ8; T]) -> [__m512; T] {
+    let x = x.map(|p| &*p);
+    let mut i = [_mm512_setzero_si512(); T];
+    for (u, &q) in s.q.iter().enumerate() {
+        for j in 0..T {
+            i[j] = _mm512_dpbusd_epi32(i[j], q, bcast4(x[j], 4 * u));
+        }
+    }
+    for j in 0..T {
+        let a = scaled(acc[j], s.d, i[j], x[j].d);
+        acc[j] = _mm512_fmadd_ps(s.m, _mm512_set1_ps(x[j].s), a);
+    }
+    acc
 }
 
 /// Q5_0 for sixteen rows: `d`, `−16 d` and the eight code units, in the 256-bit kernel's order.
@@ -193,24 +199,13 @@ impl Kern16 for P16Q5_0 {
     }
     #[inline(always)]
     unsafe fn dot_tile<const T: usize>(
-        mut acc: [__m512; T],
+        acc: [__m512; T],
         s: &Q4S16,
         _r0: *const u8,
         _r1: *const u8,
         x: [*const BlockQ8; T],
     ) -> [__m512; T] {
-        let x = x.map(|p| &*p);
-        let mut i = [_mm512_setzero_si512(); T];
-        for (u, &q) in s.q.iter().enumerate() {
-            for j in 0..T {
-                i[j] = _mm512_dpbusd_epi32(i[j], q, bcast4(x[j], 4 * u));
-            }
-        }
-        for j in 0..T {
-            let a = scaled(acc[j], s.d, i[j], x[j].d);
-            acc[j] = _mm512_fmadd_ps(s.m, _mm512_set1_ps(x[j].s), a);
-        }
-        acc
+        q4s16_tile::<T>(acc, s, x)
     }
 }
 
