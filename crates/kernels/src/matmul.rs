@@ -441,10 +441,9 @@ fn packed_kernel<'a>(w: &QMatrix<'a>, level: Simd) -> Option<(&'a Packed, RowsFn
     let slot = w.pack?;
     #[cfg(target_arch = "x86_64")]
     {
-        let dtype = w.dtype;
-        let f = crate::x86::packed::select(dtype, level)?;
+        let f = crate::x86::packed::select(w.dtype, level)?;
         let p = slot.for_product(w)?;
-        debug_assert!(p.dtype == dtype && p.cols == w.cols);
+        debug_assert!(p.dtype == w.dtype && p.cols == w.cols);
         Some((p, f))
     }
     #[cfg(not(target_arch = "x86_64"))]

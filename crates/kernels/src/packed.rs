@@ -266,8 +266,7 @@ impl Packed {
                 None
             };
         }
-        let dtype = w.dtype;
-        let l = layout(dtype)?;
+        let l = layout(w.dtype)?;
         let groups = w.rows / GROUP;
         if groups == 0 {
             return None;
@@ -279,12 +278,12 @@ impl Packed {
         let group = |g: usize, out: &mut [u8]| {
             let rows: [&[u8]; GROUP] = std::array::from_fn(|r| &w.data[(g * GROUP + r) * rb..][..rb]);
             for (b, rec) in out.chunks_exact_mut(l.rec).enumerate() {
-                pack_record(dtype, &l, rec, |r| &rows[r][b * bb..(b + 1) * bb]);
+                pack_record(w.dtype, &l, rec, |r| &rows[r][b * bb..(b + 1) * bb]);
             }
         };
         fill_groups(&mut data, nb * l.rec, parallel, &group);
         Some(Packed {
-            dtype,
+            dtype: w.dtype,
             rows: groups * GROUP,
             cols: w.cols,
             rec: l.rec,
@@ -507,29 +506,43 @@ pub const Q5_0_Q: usize = 2 * GROUP;
 
 fn pack_q5_0(rec: &mut [u8], r: usize, b: &[u8]) {
     rec[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
-    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-    for i in 0..4 {
-        for m in 0..4 {
-            rec[Q5_0_Q + 32 * m + 4 * r + i] = b[6 + 4 * m + i];
-        }
-        rec[Q5_0_Q + 128 + 4 * r + i] = (0..8).map(|k| ((qh >> (4 * k + i) & 1) as u8) << k).sum();
-    }
+    let mut c = [0u8; 32];
+    crate::quants::unpack_q5_0(b, &mut c);
+    put_five_bits(rec, Q5_0_Q, r, &c);
 }
 
 /// Row `r`'s original Q5_0 block from a packed record.
 fn unpack_q5_0_row(rec: &[u8], r: usize) -> Vec<u8> {
     let mut b = vec![0u8; 22];
     b[0..2].copy_from_slice(&rec[2 * r..2 * r + 2]);
-    let mut qh = 0u32;
-    for i in 0..4 {
-        for m in 0..4 {
-            b[6 + 4 * m + i] = rec[Q5_0_Q + 32 * m + 4 * r + i];
-        }
-        let h = rec[Q5_0_Q + 128 + 4 * r + i];
-        qh |= (0..8).map(|k| ((h >> k & 1) as u32) << (4 * k + i)).sum::<u32>();
-    }
+    let c = five_bits(rec, Q5_0_Q, r);
+    let qh: u32 = (0..32).map(|j| ((c[j] >> 4) as u32) << j).sum();
     b[2..6].copy_from_slice(&qh.to_le_bytes());
+    for j in 0..16 {
+        b[6 + j] = (c[j] & 15) | (c[j + 16] & 15) << 4;
+    }
     b
+}
+
+/// Writes row `r`'s 32 five-bit codes `c` (weight order) as one sub-block's five vectors from `at`
+/// ([`Q5K_Q`]'s layout, Q5_0's too).
+fn put_five_bits(rec: &mut [u8], at: usize, r: usize, c: &[u8; 32]) {
+    for i in 0..4 {
+        // Code `i` of unit `k` is `c[4k + i]`.
+        for m in 0..4 {
+            rec[at + 32 * m + 4 * r + i] = (c[4 * m + i] & 15) | (c[4 * (m + 4) + i] & 15) << 4;
+        }
+        rec[at + 128 + 4 * r + i] = (0..8).map(|k| (c[4 * k + i] >> 4) << k).sum();
+    }
+}
+
+/// Row `r`'s 32 five-bit codes from the five vectors at `at` (the inverse of [`put_five_bits`]).
+fn five_bits(rec: &[u8], at: usize, r: usize) -> [u8; 32] {
+    std::array::from_fn(|w| {
+        let (k, i) = (w / 4, w % 4);
+        let n = rec[at + 32 * (k % 4) + 4 * r + i] >> (4 * (k / 4)) & 15;
+        n | (rec[at + 128 + 4 * r + i] >> k & 1) << 4
+    })
 }
 
 /// Where Q6_K's codes start in a record. Each half sub-block (16 weights, one scale) of a 32-weight
@@ -669,11 +682,6 @@ fn unpack_q3k_row(rec: &[u8], r: usize) -> Vec<u8> {
 /// (H << 4 >> k) & 16`: four or five vector operations per unit, the file's five bits per weight.
 pub const Q5K_Q: usize = 32 + 128;
 
-/// Byte offset of row `r`'s four bytes of vector `v` (`N_0..N_3`, `H`) of sub-block `g`.
-fn q5k_at(g: usize, v: usize, r: usize) -> usize {
-    Q5K_Q + 160 * g + 32 * v + 4 * r
-}
-
 fn pack_q5k(rec: &mut [u8], r: usize, b: &[u8]) {
     rec[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
     rec[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&b[2..4]);
@@ -683,13 +691,7 @@ fn pack_q5k(rec: &mut [u8], r: usize, b: &[u8]) {
         rec[32 + g * GROUP + r] = sc;
         rec[96 + g * GROUP + r] = m;
         unpack_q5k(b, g, &mut c);
-        for i in 0..4 {
-            // Code `i` of unit `k` is `c[4k + i]`.
-            for m in 0..4 {
-                rec[q5k_at(g, m, r) + i] = (c[4 * m + i] & 15) | (c[4 * (m + 4) + i] & 15) << 4;
-            }
-            rec[q5k_at(g, 4, r) + i] = (0..8).map(|k| (c[4 * k + i] >> 4) << k).sum();
-        }
+        put_five_bits(rec, Q5K_Q + 160 * g, r, &c);
     }
 }
 
@@ -702,10 +704,7 @@ fn unpack_q5k_row(rec: &[u8], r: usize) -> Vec<u8> {
     let m: Vec<u8> = (0..8).map(|g| rec[96 + g * GROUP + r]).collect();
     b[4..16].copy_from_slice(&crate::quants::k_quants::pack_scale_min_k4(&sc, &m));
     for g in 0..8 {
-        for w in 0..32 {
-            let (k, i) = (w / 4, w % 4);
-            let n = rec[q5k_at(g, k % 4, r) + i] >> (4 * (k / 4)) & 15;
-            let q = n | (rec[q5k_at(g, 4, r) + i] >> k & 1) << 4;
+        for (w, q) in five_bits(rec, Q5K_Q + 160 * g, r).into_iter().enumerate() {
             // Q5_K's own layout: the high bit in `qh[w]` at bit g, the nibble in `qs[32 (g / 2) + w]`.
             b[16 + w] |= (q >> 4) << g;
             b[48 + 32 * (g / 2) + w] |= (q & 15) << (4 * (g % 2));

@@ -20,6 +20,13 @@ fn fives(b: &[u8], at: usize) -> impl Iterator<Item = i32> + '_ {
     })
 }
 
+/// The 32 codes (0..=31) of a Q5_0 block, in weight order.
+pub fn unpack_q5_0(b: &[u8], q: &mut [u8; 32]) {
+    for (o, v) in q.iter_mut().zip(fives(b, 2)) {
+        *o = v as u8;
+    }
+}
+
 impl BlockFormat for Q5_0 {
     const LEN: usize = 32;
     const BYTES: usize = 22;

@@ -437,7 +437,7 @@ pub(crate) unsafe fn q5k_codes(c: *const u8, g: usize, h: usize) -> [__m256i; 4]
 /// lane stay in range: `2 * 2 * 63 * 128 < 2^15`), minus `32 Σ x` per 16 activations ([`BlockQ8::h`]):
 /// the same integers as `Σ (q − 32) x`; a scale per 16 weights (units 0-3 and 4-7 of a sub-block).
 /// (Packed a byte per code before, 30 % more to read: decode from memory is 1.1-1.4x faster with the
-/// assembly, Zen 4; the AVX2 kernel in cache 1.2-1.5x slower, still above a 2-thread memory stream.)
+/// assembly, Zen 4; the AVX2 kernel in cache 1.2-1.7x slower, still above a 2-thread memory stream.)
 pub(crate) struct PQ6K<D>(PhantomData<D>);
 
 impl<D: IAcc> PackKern for PQ6K<D> {
