@@ -46,8 +46,12 @@ impl ZeroedBuf {
     }
 }
 
-/// An anonymous private mapping of `len` bytes starting on a 2 MiB boundary. (Advising huge pages
-/// made packing slower here: the kernel compacts memory to find them on first touch.)
+/// An anonymous private mapping of `len` bytes starting on a 2 MiB boundary, advised to use huge pages.
+/// Decode streams every packed copy once per token, and with 4 KiB pages each page is a TLB miss and
+/// a stop for the hardware prefetchers: TinyLlama Q4_K_M decode 40 -> 47 t/s (median of 6 interleaved
+/// runs, ik_llama.cpp 45 in the same rounds; Q4_K 5632x2048 from memory 28.6 -> 31.8 GB/s, Q8_0 32.9 ->
+/// 34.3; AMD EPYC Zen 4, 2 threads). The price is paid once, when packing: the kernel may compact
+/// memory to find huge pages on first touch (+0.2-0.3 s for that model's 0.6 GB of copies).
 #[cfg(target_os = "linux")]
 fn map_zeroed(len: usize) -> Option<NonNull<u8>> {
     let total = len + ALIGN;
@@ -73,6 +77,8 @@ fn map_zeroed(len: usize) -> Option<NonNull<u8>> {
         if start + total > end {
             libc::munmap(end as *mut libc::c_void, start + total - end);
         }
+        // Huge pages where the kernel allows them (ignored where transparent huge pages are off).
+        libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
         NonNull::new(aligned as *mut u8)
     }
 }

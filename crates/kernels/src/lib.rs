@@ -22,5 +22,5 @@ pub mod simd;
 mod x86;
 
 pub use dtype::DType;
-pub use matmul::{matmul, matmul_on, matmul_with, PackSlot, Precision, QMatrix};
+pub use matmul::{matmul, matmul_many, matmul_many_on, matmul_on, matmul_with, PackSlot, Precision, QMatrix};
 pub use simd::Simd;

@@ -284,6 +284,107 @@ pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, le
     })
 }
 
+/// Most matrices [`matmul_many`] runs in one loop.
+const MAX_FUSED: usize = 4;
+
+/// `ys[i] = ws[i] x` for matrices of the same width (at most four), as [`matmul_with`] on each — the
+/// same bits — but, where every matrix takes the packed integer kernels of `precision` (`Fast`,
+/// `Wide`), in one parallel loop over all their rows: one quantization of `x` and one wait for the
+/// pool instead of one per matrix (a layer's Q, K and V; its gate and up). Otherwise one call each.
+pub fn matmul_many(ws: &[QMatrix], x: &[f32], ys: &mut [&mut [f32]], precision: Precision) {
+    matmul_many_on(ws, x, ys, precision, Simd::active())
+}
+
+/// [`matmul_many`] on a given SIMD level.
+pub fn matmul_many_on(ws: &[QMatrix], x: &[f32], ys: &mut [&mut [f32]], precision: Precision, level: Simd) {
+    assert_eq!(ws.len(), ys.len(), "one output per matrix");
+    let level = if level.available() { level } else { Simd::Scalar };
+    #[cfg(target_arch = "x86_64")]
+    if fused(ws, x, ys, precision, level) {
+        return;
+    }
+    for (w, y) in ws.iter().zip(ys.iter_mut()) {
+        matmul_on(w, x, y, precision, level);
+    }
+}
+
+/// [`matmul_many`]'s single loop; false, with nothing done, unless there are two to four matrices of
+/// one width and every one has a packed copy and a packed kernel for `precision` at `level`.
+#[cfg(target_arch = "x86_64")]
+fn fused(ws: &[QMatrix], x: &[f32], ys: &mut [&mut [f32]], precision: Precision, level: Simd) -> bool {
+    let wide = precision == Precision::Wide;
+    if !(2..=MAX_FUSED).contains(&ws.len()) || !(wide || precision.int8_activations()) {
+        return false;
+    }
+    let cols = ws[0].cols;
+    let n = x.len() / cols;
+    if n == 0 || x.len() != n * cols {
+        return false;
+    }
+    let mut kernels: [Option<(&Packed, RowsFn)>; MAX_FUSED] = [None; MAX_FUSED];
+    for ((w, y), k) in ws.iter().zip(ys.iter()).zip(&mut kernels) {
+        if w.cols != cols || w.rows == 0 || y.len() != n * w.rows || crate::packed::is_float_packed(w.dtype) {
+            return false;
+        }
+        *k = if wide {
+            crate::x86::packed::select_wide(w.dtype, level).and_then(|f| Some((w.pack?.for_product(w)?, f)))
+        } else if quants::has_q8_dot(w.dtype) {
+            packed_kernel(w, level)
+        } else {
+            None
+        };
+        if k.is_none() {
+            return false;
+        }
+    }
+    // The jobs of the matrices, on activations quantized once.
+    let run = |xq: &[BlockQ8], xw: &[BlockQ16], ys: &mut [&mut [f32]]| {
+        let jobs: [Option<Job>; MAX_FUSED] = std::array::from_fn(|i| {
+            let (w, (p, _)) = (ws.get(i)?, kernels[i]?);
+            Some(Job {
+                xq,
+                xw,
+                packed: Some(p),
+                ..Job::new(w, x, ys[i])
+            })
+        });
+        let parts: [Part; MAX_FUSED] = std::array::from_fn(|i| {
+            let i = i.min(ws.len() - 1);
+            let (job, (p, f)) = (
+                jobs[i].as_ref().expect("a job per matrix"),
+                kernels[i].expect("checked"),
+            );
+            Part {
+                job,
+                f,
+                units: packed_rows(p, &ws[i]) / p.group_rows(),
+            }
+        });
+        run_parts(&parts[..ws.len()], 1, 32);
+        // Rows past each copy's last whole group, row-major (wide: on the exact kernel).
+        for (w, (job, (p, _))) in ws.iter().zip(jobs.iter().flatten().zip(kernels.iter().flatten())) {
+            let packed_rows = packed_rows(p, w);
+            if packed_rows < w.rows {
+                let tail = Job { packed: None, ..*job };
+                // SAFETY: the row-major kernel of this type and precision; rows in range.
+                unsafe { kernel(w.dtype, !wide, level)(&tail, packed_rows, w.rows) };
+            }
+        }
+    };
+    if wide {
+        with_scratch(&XW, x.len() / QK8, |xw| {
+            quantize_at(x, xw, level);
+            run(&[], xw, ys)
+        });
+    } else {
+        with_scratch(&XQ, x.len() / QK8, |xq| {
+            quantize(x, xq, level);
+            run(xq, &[], ys)
+        });
+    }
+    true
+}
+
 /// A fast job's rows: packed groups (if `w` has a packed copy and the level kernels for it), then the
 /// rows past the last group row-major; or all rows row-major.
 fn run_fast<'a>(w: &QMatrix<'a>, mut job: Job<'a>, f: RowsFn, level: Simd) {
@@ -505,33 +606,90 @@ fn quantize(x: &[f32], out: &mut [BlockQ8], level: Simd) {
 /// Below this many multiply-adds a call runs on the calling thread.
 const SERIAL_WORK: usize = 1 << 15;
 
-/// Splits the rows of a job across the pool: decode in about four chunks per thread, prefill in
-/// chunks of 32 rows (whose weights stay in L2 while every token tile passes over them).
+/// Splits the rows of a job across the pool (see [`run_parts`]).
 fn par_rows(job: &Job, f: RowsFn) {
     par_units(job, f, job.rows, 4)
 }
 
-/// Splits `units` units of work (rows, or groups of packed rows, as `f` counts them) across the pool:
-/// decode in about four chunks per thread (a multiple of `align` units), prefill in chunks of 32 rows.
+/// Splits `units` units of work (rows, or groups of packed rows, as `f` counts them) across the pool,
+/// decode chunks a multiple of `align` units (see [`run_parts`]).
 fn par_units(job: &Job, f: RowsFn, units: usize, align: usize) {
     par_units_by(job, f, units, align, 32)
 }
 
 /// [`par_units`] with prefill chunks of `prefill_rows` rows.
 fn par_units_by(job: &Job, f: RowsFn, units: usize, align: usize, prefill_rows: usize) {
+    run_parts(&[Part { job, f, units }], align, prefill_rows)
+}
+
+/// One matrix's share of a parallel loop: units `0..units` of `job` through `f`.
+struct Part<'j, 'a> {
+    job: &'j Job<'a>,
+    f: RowsFn,
+    units: usize,
+}
+
+/// Most decode chunks of one loop (the last one takes what is left).
+const MAX_CUTS: usize = 96;
+
+/// Runs every part's units across the pool in one parallel loop, so that several matrices that read
+/// the same activations (a layer's Q, K and V) wait for the pool once. Decode (one token) in chunks of
+/// decreasing size — each a quarter of what is left of the loop for two threads (`1 / 2T`), never
+/// less than 16 rows nor across a part's end — so that the thread that finishes first waits at most
+/// for a small chunk, not for an eighth of the matrix (fixed chunks, four per thread, left one thread
+/// idle 14 % of a TinyLlama decode step); prefill in chunks of `prefill_rows` rows, whose weights stay
+/// in L2 while every token tile passes over them. Each row's result is the same whatever the chunk.
+fn run_parts(parts: &[Part], align: usize, prefill_rows: usize) {
     let threads = crate::pool::threads();
-    let per_unit = job.rows / units.max(1);
-    if threads == 1 || job.rows * job.cols * job.n < SERIAL_WORK {
-        // SAFETY: the kernel matches the job's type; units in range.
-        return unsafe { f(job, 0, units) };
+    let work: usize = parts.iter().map(|p| p.job.rows * p.job.cols * p.job.n).sum();
+    if threads == 1 || work < SERIAL_WORK {
+        for p in parts {
+            // SAFETY: the kernel matches the job's type; units in range.
+            unsafe { (p.f)(p.job, 0, p.units) };
+        }
+        return;
     }
-    let chunk = if job.n == 1 {
-        units.div_ceil(threads * 4).next_multiple_of(align)
-    } else {
-        (prefill_rows / per_unit.max(1)).max(1)
-    };
-    crate::pool::run(units.div_ceil(chunk), &|c| {
-        // SAFETY: as above; chunks are disjoint, so are the outputs they write.
-        unsafe { f(job, c * chunk, units.min((c + 1) * chunk)) }
+    let per_unit = |p: &Part| (p.job.rows / p.units.max(1)).max(1);
+    if parts.iter().all(|p| p.job.n == 1) {
+        let mut cuts = [(0usize, 0usize, 0usize); MAX_CUTS];
+        let mut count = 0;
+        let mut left: usize = parts.iter().map(|p| p.units).sum();
+        for (i, p) in parts.iter().enumerate() {
+            let least = (16 / per_unit(p)).max(1).next_multiple_of(align);
+            let mut u = 0;
+            while u < p.units {
+                let size = if count + 1 == MAX_CUTS {
+                    p.units - u
+                } else {
+                    left.div_ceil(2 * threads)
+                        .max(least)
+                        .next_multiple_of(align)
+                        .min(p.units - u)
+                };
+                cuts[count] = (i, u, u + size);
+                count += 1;
+                u += size;
+                left -= size;
+            }
+        }
+        let cuts = &cuts[..count];
+        crate::pool::run(count, &|c| {
+            let (i, u0, u1) = cuts[c];
+            // SAFETY: as above; chunks are disjoint, so are the outputs they write.
+            unsafe { (parts[i].f)(parts[i].job, u0, u1) }
+        });
+        return;
+    }
+    let chunk = |p: &Part| (prefill_rows / per_unit(p)).max(1);
+    let total: usize = parts.iter().map(|p| p.units.div_ceil(chunk(p))).sum();
+    crate::pool::run(total, &|mut c| {
+        for p in parts {
+            let (size, count) = (chunk(p), p.units.div_ceil(chunk(p)));
+            if c < count {
+                // SAFETY: as above; chunks are disjoint, so are the outputs they write.
+                return unsafe { (p.f)(p.job, c * size, p.units.min((c + 1) * size)) };
+            }
+            c -= count;
+        }
     });
 }

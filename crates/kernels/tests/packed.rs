@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use kernels::packed::{packable, Packed};
 use kernels::simd::Simd;
-use kernels::{matmul_on, DType, PackSlot, Precision, QMatrix};
+use kernels::{matmul_many_on, matmul_on, DType, PackSlot, Precision, QMatrix};
 
 const PACKED: [DType; 9] = [
     DType::Q8_0,
@@ -255,6 +255,65 @@ fn first_rows_products() {
                         assert_eq!(g[..grouped], w[..grouped], "{t} {precision:?} n {n}");
                         let e = worst(&g[grouped..], &w[grouped..n], &s[tok * rows + grouped..tok * rows + n]);
                         assert!(e <= 1e-5, "{t} {precision:?} n {n}: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `matmul_many` runs several matrices of one width in one parallel loop (one activation quantization,
+/// decode chunks of decreasing size across all of them): each output is the same bits as its own
+/// `matmul_on` call — packed types mixed, partial last groups (their rows row-major after the loop),
+/// decode and prefill, `Fast` and `Wide`, every level; and where one matrix cannot join (F16, no pack
+/// slot, `Exact`) the call falls back to one product each, with the same results.
+#[test]
+fn many_matrices_in_one_loop_equal_one_call_each() {
+    let mut rng = Rng::new(31);
+    let cols = 1280;
+    let shapes = [
+        (DType::Q4K, 300),
+        (DType::Q6K, 64),
+        (DType::Q8_0, 45),
+        (DType::Q5_0, 200),
+    ];
+    let data: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|&(t, rows)| random_matrix(&mut rng, t, rows, cols))
+        .collect();
+    let f16 = random_matrix(&mut rng, DType::F16, 24, cols);
+    for l in Simd::available_levels() {
+        for p in [Precision::Fast, Precision::Wide, Precision::Exact] {
+            for n in [1, 2, 5, 33] {
+                let x = rng.vec(n * cols, 2.0);
+                for set in [&[0, 1, 2][..], &[0, 3], &[1, 2, 3, 0], &[2, 4], &[0, 5]] {
+                    let slots: Vec<PackSlot> = (0..6).map(|_| PackSlot::new()).collect();
+                    let ws: Vec<QMatrix> = set
+                        .iter()
+                        .map(|&i| match i {
+                            4 => QMatrix::new(DType::F16, 24, cols, &f16).with_pack(&slots[4]),
+                            // No pack slot: this set runs one product each.
+                            5 => QMatrix::new(shapes[0].0, shapes[0].1, cols, &data[0]),
+                            _ => QMatrix::new(shapes[i].0, shapes[i].1, cols, &data[i]).with_pack(&slots[i]),
+                        })
+                        .collect();
+                    let want: Vec<Vec<f32>> = ws
+                        .iter()
+                        .map(|w| {
+                            let mut y = vec![0.0; n * w.rows];
+                            matmul_on(w, &x, &mut y, p, l);
+                            y
+                        })
+                        .collect();
+                    let mut got: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; n * w.rows]).collect();
+                    let mut ys: Vec<&mut [f32]> = got.iter_mut().map(|y| y.as_mut_slice()).collect();
+                    matmul_many_on(&ws, &x, &mut ys, p, l);
+                    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                        let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "{l} {p:?} n {n} set {set:?}: matrix {k} differs from its own call"
+                        );
                     }
                 }
             }

@@ -27,7 +27,7 @@ use crate::quant::llm_int8::Int8Weights;
 use anyhow::{bail, Result};
 use kernels::attention::{attention, attention_kv, attention_tree, AttnShape, TreePaths};
 use kernels::ops::{add_assign, geglu, rmsnorm, rmsnorm_pieces, rope, scale, swiglu};
-use kernels::{matmul_with, Precision, QMatrix};
+use kernels::{matmul_many, matmul_with, Precision, QMatrix};
 
 pub struct Model {
     pub config: Config,
@@ -240,6 +240,22 @@ impl Model {
                 add_bias(y, bias);
             }
             None => linear(&p.tensor(lw).matrix(), self.precision, x, y, bias),
+        }
+    }
+
+    /// [`Model::proj`] of several projections of the same input `x`: one parallel loop over all their
+    /// rows where the kernels allow it ([`matmul_many`]), the same bits as one call each.
+    fn projs<const N: usize>(&self, layer: usize, ps: [ProjOut; N], x: &[f32]) {
+        if self.int8.is_some() {
+            return ps.into_iter().for_each(|(p, y, bias)| self.proj(layer, p, x, y, bias));
+        }
+        let lw = &self.weights.layers[layer];
+        let ws = ps.each_ref().map(|(p, _, _)| p.tensor(lw).matrix());
+        let biases = ps.each_ref().map(|(_, _, b)| *b);
+        let mut ys = ps.map(|(_, y, _)| y);
+        matmul_many(&ws, x, &mut ys, self.precision);
+        for (y, bias) in ys.into_iter().zip(biases) {
+            add_bias(y, bias);
         }
     }
 
@@ -535,9 +551,15 @@ impl Model {
             fit(&mut s.k, n * kv_dim),
             fit(&mut s.v, n * kv_dim),
         );
-        self.proj(layer, Proj::Q, xb, q, lw.bq.as_deref());
-        self.proj(layer, Proj::K, xb, k, lw.bk.as_deref());
-        self.proj(layer, Proj::V, xb, v, lw.bv.as_deref());
+        self.projs(
+            layer,
+            [
+                (Proj::Q, q, lw.bq.as_deref()),
+                (Proj::K, k, lw.bk.as_deref()),
+                (Proj::V, v, lw.bv.as_deref()),
+            ],
+            xb,
+        );
         // QK-norm (Gemma 3): every query and key head RMS-normalized.
         if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
             rmsnorm_pieces(q, qn, c.rms_eps);
@@ -565,8 +587,7 @@ impl Model {
         norm_rows(xb, &s.x[..n * dim], &lw.ffn_norm, c.rms_eps);
         observe(Probe::FfnIn(layer), xb);
         let (gate, up) = (fit(&mut s.gate, n * ffn), fit(&mut s.up, n * ffn));
-        self.proj(layer, Proj::Gate, xb, gate, None);
-        self.proj(layer, Proj::Up, xb, up, None);
+        self.projs(layer, [(Proj::Gate, gate, None), (Proj::Up, up, None)], xb);
         match c.block.activation {
             Activation::Silu => swiglu(gate, up),
             Activation::GeluTanh => geglu(gate, up),
@@ -783,6 +804,9 @@ fn norm_rows(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
         rmsnorm(o, xr, weight, eps);
     }
 }
+
+/// A projection, its output and its bias, for [`Model::projs`].
+type ProjOut<'a> = (Proj, &'a mut [f32], Option<&'a [f32]>);
 
 /// `y = W x (+ bias)` for every token in `x`.
 fn linear(w: &QMatrix, precision: Precision, x: &[f32], y: &mut [f32], bias: Option<&[f32]>) {
