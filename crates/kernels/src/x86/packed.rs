@@ -897,36 +897,36 @@ impl<D: IAcc> WideKern for PQ3K<D> {
 
 /// [`run`] with int16 activations.
 #[inline(always)]
-unsafe fn run_wide<K: WideKern, W: Wide16>(job: &Job, g0: usize, g1: usize) {
+unsafe fn run_wide<K: WideKern, W: Wide16>(job: &Job, g0: usize, g1: usize, prefetch: bool) {
     let mut t = 0;
     while t + 4 <= job.n {
         for g in g0..g1 {
-            tile_wide::<K, W, 4>(job, g, t);
+            tile_wide::<K, W, 4>(job, g, t, prefetch);
         }
         t += 4;
     }
     for g in g0..g1 {
         match job.n - t {
             0 => break,
-            1 => tile_wide::<K, W, 1>(job, g, t),
-            2 => tile_wide::<K, W, 2>(job, g, t),
-            _ => tile_wide::<K, W, 3>(job, g, t),
+            1 => tile_wide::<K, W, 1>(job, g, t, prefetch),
+            2 => tile_wide::<K, W, 2>(job, g, t, prefetch),
+            _ => tile_wide::<K, W, 3>(job, g, t, prefetch),
         }
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_wide_avx2<K: WideKern>(job: &Job, g0: usize, g1: usize) {
-    run_wide::<K, Madd16>(job, g0, g1)
+    run_wide::<K, Madd16>(job, g0, g1, true)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn run_wide_avx512<K: WideKern>(job: &Job, g0: usize, g1: usize) {
-    run_wide::<K, Dpwssd>(job, g0, g1)
+    run_wide::<K, Dpwssd>(job, g0, g1, crate::simd::prefetch_512())
 }
 
 #[inline(always)]
-unsafe fn tile_wide<K: WideKern, W: Wide16, const T: usize>(job: &Job, g: usize, t: usize) {
+unsafe fn tile_wide<K: WideKern, W: Wide16, const T: usize>(job: &Job, g: usize, t: usize, prefetch: bool) {
     let p = job.packed.expect("packed job");
     let (nb, rec) = (job.cols / K::ELEMS, p.rec);
     let base = p.group(g).as_ptr();
@@ -935,7 +935,7 @@ unsafe fn tile_wide<K: WideKern, W: Wide16, const T: usize>(job: &Job, g: usize,
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let r = base.add(b * rec);
-        if t == 0 {
+        if prefetch && t == 0 {
             prefetch_bytes(r.wrapping_add(PF_DIST), rec);
         }
         let mut x = xp;
@@ -979,7 +979,7 @@ pub(crate) fn select_wide(dtype: crate::DType, level: crate::Simd) -> Option<cra
 /// Group `g` (rows `8g..8g+8`) for tokens `t..t+T`, with int8 activations: each record's shared state
 /// is decoded once for the `T` tokens.
 #[inline(always)]
-unsafe fn tile<K: PackKern, const T: usize>(job: &Job, g: usize, t: usize) {
+unsafe fn tile<K: PackKern, const T: usize>(job: &Job, g: usize, t: usize, prefetch: bool) {
     let p = job.packed.expect("packed job");
     let (nb, rec) = (job.cols / K::ELEMS, p.rec);
     let base = p.group(g).as_ptr();
@@ -988,7 +988,7 @@ unsafe fn tile<K: PackKern, const T: usize>(job: &Job, g: usize, t: usize) {
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let r = base.add(b * rec);
-        if t == 0 {
+        if prefetch && t == 0 {
             prefetch_bytes(r.wrapping_add(PF_DIST), rec);
         }
         let s = K::setup(r);
@@ -1003,32 +1003,32 @@ unsafe fn tile<K: PackKern, const T: usize>(job: &Job, g: usize, t: usize) {
 /// one tile (a tile decodes each record once for all its tokens: three one-token tiles would decode
 /// them three times). A token's sums do not depend on its tile: the same bits in any pass.
 #[inline(always)]
-pub(crate) unsafe fn run<K: PackKern>(job: &Job, g0: usize, g1: usize) {
+pub(crate) unsafe fn run<K: PackKern>(job: &Job, g0: usize, g1: usize, prefetch: bool) {
     let mut t = 0;
     while t + 4 <= job.n {
         for g in g0..g1 {
-            tile::<K, 4>(job, g, t);
+            tile::<K, 4>(job, g, t, prefetch);
         }
         t += 4;
     }
     for g in g0..g1 {
         match job.n - t {
             0 => break,
-            1 => tile::<K, 1>(job, g, t),
-            2 => tile::<K, 2>(job, g, t),
-            _ => tile::<K, 3>(job, g, t),
+            1 => tile::<K, 1>(job, g, t, prefetch),
+            2 => tile::<K, 2>(job, g, t, prefetch),
+            _ => tile::<K, 3>(job, g, t, prefetch),
         }
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_avx2<K: PackKern>(job: &Job, g0: usize, g1: usize) {
-    run::<K>(job, g0, g1)
+    run::<K>(job, g0, g1, true)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn run_avx512<K: PackKern>(job: &Job, g0: usize, g1: usize) {
-    run::<K>(job, g0, g1)
+    run::<K>(job, g0, g1, crate::simd::prefetch_512())
 }
 
 /// The packed kernel for `dtype` at `level` (groups `g0..g1` of a job), if there is one.

@@ -527,7 +527,7 @@ unsafe fn tile16<K: Kern16, const T: usize>(job: &Job, g: usize, t: usize) {
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn run16<K: Kern16, K8: PackKern, const T: usize>(job: &Job, g0: usize, g1: usize) {
     if job.n == 1 && crate::simd::decode_eight_rows() {
-        return super::packed::run::<K8>(job, g0, g1);
+        return super::packed::run::<K8>(job, g0, g1, crate::simd::prefetch_512());
     }
     let pairs = (g1 - g0) / 2;
     // Tiles of T tokens, then the rest in one tile; with four-token tiles the last one to three tokens
@@ -557,7 +557,7 @@ unsafe fn run16<K: Kern16, K8: PackKern, const T: usize>(job: &Job, g0: usize, g
         }
     }
     if g0 + 2 * pairs < g1 {
-        super::packed::run::<K8>(job, g1 - 1, g1);
+        super::packed::run::<K8>(job, g1 - 1, g1, crate::simd::prefetch_512());
     }
 }
 
