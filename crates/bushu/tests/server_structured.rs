@@ -123,6 +123,22 @@ fn response_format_guided_fields_and_errors() {
     if r["choices"][0]["finish_reason"] == "stop" {
         assert!(text.ends_with(')'), "{text:?}");
     }
+    // llama-server's `grammar` field: GBNF (a regular language, checked by an equivalent regex).
+    let (s, r) = post(
+        a,
+        "/v1/completions",
+        json!({
+        "prompt": "KING:", "max_tokens": 40, "temperature": 1.0, "seed": 3,
+        "grammar": "root ::= item+\nitem ::= \"- \" [a-z ]{1,12} \"\\n\"\n"}),
+    );
+    assert_eq!(s, 200, "{r}");
+    let text = r["choices"][0]["text"].as_str().unwrap();
+    let rx = fancy_regex::Regex::new("^(- [a-z ]{1,12}\n)+$").unwrap();
+    if r["choices"][0]["finish_reason"] == "stop" {
+        assert!(rx.is_match(text).unwrap(), "{text:?}");
+    } else {
+        assert!(text.starts_with("- "), "{text:?}");
+    }
     let (s, r) = post(
         a,
         "/v1/completions",
@@ -183,6 +199,11 @@ fn response_format_guided_fields_and_errors() {
             json!({"guided_grammar": "start: nope"}),
             "guided_grammar",
             "unknown name",
+        ),
+        (
+            json!({"grammar": "root ::= item\n"}),
+            "grammar",
+            "invalid GBNF grammar: undefined rule `item`",
         ),
         (
             json!({"guided_json": {"type": "integer", "minimum": 3, "maximum": 1}}),

@@ -4,18 +4,21 @@
 //! cached), greedy and sampled. Every output that ends on an end-of-sequence token parses and validates
 //! against its schema with the `jsonschema` crate (formats checked); an output cut by the token limit is
 //! reported as `length` and its tokens are a prefix the grammar has not completed. Also: regex and Lark
-//! constraints, the token trie's bytes, rewinding a grammar, speculative decoding under a grammar equal to
-//! plain decoding, and the command line (`--json-schema`, `--regex`, `--grammar`, errors in one line).
+//! constraints, GBNF grammars (accepting exactly what llama.cpp's own validator accepts), the token
+//! trie's bytes, rewinding a grammar, speculative decoding under a grammar equal to
+//! plain decoding, and the command line (`--json-schema`, `--regex`, `--grammar` Lark or GBNF, errors in
+//! one line).
 
 mod common;
-use bushu::generate::{generate, FinishReason, GenerateOptions};
+use bushu::generate::{generate, FinishReason, GenerateOptions, Generation};
 use bushu::model::{load, Model, ModelFile};
 use bushu::sampling::{Sampler, SamplingParams};
 use bushu::spec_decode::{generate_fast_forward, generate_speculative, DraftLengthParams, DraftModel, PromptLookup};
-use bushu::structured::{vocab, Compiler, Constraint, InvalidGrammar};
+use bushu::structured::{vocab, Compiler, Constraint, Grammar, InvalidGrammar};
 use common::{fixture, shared};
 use serde_json::Value;
 use std::process::Command;
+use std::sync::Arc;
 
 const EXPERT: &str = "models/shakespeare/shakespeare-expert-f16.gguf";
 const AMATEUR: &str = "models/shakespeare/shakespeare-amateur-f16.gguf";
@@ -155,6 +158,22 @@ fn a_schema_cut_by_the_token_limit_finishes_with_length() {
     assert!(serde_json::from_str::<Value>(&out.text).is_err());
 }
 
+/// `n` tokens at most sampled (temperature 1, seed `seed`) under grammar `g` after "ROMEO:".
+fn sample_after_romeo(f: &ModelFile, m: &Model, g: &Arc<Grammar>, seed: u64, n: usize) -> Generation {
+    let sampling = SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed,
+        grammar: Some(g.clone()),
+        ..Default::default()
+    };
+    let opts = GenerateOptions::new(n, sampling, f.eos_ids.clone());
+    let p = f.tokenizer.encode("ROMEO:", true).unwrap();
+    let mut st = m.new_state(p.len() + n + 1);
+    generate(m, &f.tokenizer, &mut st, &p, &opts, &mut |_| {}).unwrap()
+}
+
 #[test]
 fn regex_and_lark_constraints() {
     let (f, m) = open(EXPERT);
@@ -170,21 +189,105 @@ name: /[A-Z][a-z]{1,8}/"#;
     ] {
         let g = compiler.compile(&c).unwrap();
         for seed in 0..4 {
-            let sampling = SamplingParams {
-                temperature: 1.0,
-                top_k: 0,
-                top_p: 1.0,
-                seed,
-                grammar: Some(g.clone()),
-                ..Default::default()
-            };
-            let opts = GenerateOptions::new(40, sampling, f.eos_ids.clone());
-            let p = f.tokenizer.encode("ROMEO:", true).unwrap();
-            let mut st = m.new_state(64);
-            let out = generate(&m, &f.tokenizer, &mut st, &p, &opts, &mut |_| {}).unwrap();
+            let out = sample_after_romeo(&f, &m, &g, seed, 40);
             assert_eq!(out.finish_reason, FinishReason::Stop, "{c:?}: {}", out.text);
             assert!(check.is_match(&out.text).unwrap(), "{c:?}: {:?}", out.text);
         }
+    }
+}
+
+/// GBNF grammars — six of llama.cpp's own (`grammars/`: arithmetic, JSON, JSON arrays, lists, chess
+/// moves, Japanese) and three written for the corners (a repetition followed by a character it also
+/// takes, counted repetitions and every escape, empty alternatives and rules across lines) — translated
+/// to Lark and compiled by llguidance accept exactly the strings that llama.cpp's `test-gbnf-validator`
+/// accepts: its verdicts on hand-written inputs and seeded mutations of them, recorded by
+/// `scripts/make-gbnf-fixtures.py`. Each input is fed as byte tokens (`<0xNN>`), so the tokenizer
+/// plays no part.
+#[test]
+fn gbnf_grammars_accept_exactly_what_llama_cpp_accepts() {
+    let (f, m) = open(EXPERT);
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let byte = |b: u8| f.tokenizer.token_to_id(&format!("<0x{b:02X}>")).unwrap();
+    let cases = common::read_json(&fixture("gbnf/cases.json"));
+    let mut grammars = std::collections::HashMap::new();
+    let mut seen: std::collections::HashMap<String, (usize, usize)> = Default::default();
+    for case in cases.as_array().unwrap() {
+        let name = case["grammar"].as_str().unwrap();
+        let g = grammars.entry(name.to_owned()).or_insert_with(|| {
+            let text = std::fs::read_to_string(fixture(&format!("gbnf/{name}"))).unwrap();
+            let c = Constraint::grammar(text);
+            assert!(matches!(c, Constraint::Gbnf(_)), "{name}");
+            compiler.compile(&c).unwrap_or_else(|e| panic!("{name}: {e}"))
+        });
+        let input = case["input"].as_str().unwrap();
+        let tokens: Vec<u32> = input.bytes().map(byte).collect();
+        let mut st = g.state();
+        let ours = st.sync(&tokens).is_ok() && st.is_accepting();
+        let want = case["valid"].as_bool().unwrap();
+        assert_eq!(ours, want, "{name}: {input:?}: llama.cpp says valid = {want}");
+        let n = seen.entry(name.to_owned()).or_default();
+        *if want { &mut n.0 } else { &mut n.1 } += 1;
+    }
+    assert_eq!(seen.len(), 9, "{seen:?}");
+    for (name, (valid, invalid)) in &seen {
+        assert!(
+            *valid >= 3 && *invalid >= 3,
+            "{name}: {valid} valid, {invalid} invalid inputs"
+        );
+    }
+}
+
+/// Sampled outputs under two of llama.cpp's GBNF grammars of line-based regular languages (lists, chess
+/// moves) follow regular expressions written for the same languages by hand: every complete line (and
+/// an output that stops is nothing but complete lines, two or more for chess).
+#[test]
+fn gbnf_outputs_follow_the_grammar() {
+    let (f, m) = open(EXPERT);
+    let compiler = Compiler::new(&f.tokenizer, m.config.vocab_size, &f.eos_ids).unwrap();
+    let mv = r"(([a-h]x)?[a-h][1-8](=[NBKQR])?|[NBKQR][a-h]?[1-8]?x?[a-h][1-8]|O-O(-O)?)[+#]?";
+    let list_line = r"^- [^\r\n\x0b\x0c\x85\u2028\u2029]+$".to_owned();
+    for (name, first, line, min_lines) in [
+        ("list", list_line.clone(), list_line, 1),
+        (
+            "chess",
+            format!(r"^1\. {mv} {mv}$"),
+            format!(r"^[1-9][0-9]?\. {mv} {mv}$"),
+            2,
+        ),
+    ] {
+        let text = std::fs::read_to_string(fixture(&format!("gbnf/{name}.gbnf"))).unwrap();
+        let g = compiler.compile(&Constraint::grammar(text)).unwrap();
+        let (first, line) = (
+            fancy_regex::Regex::new(&first).unwrap(),
+            fancy_regex::Regex::new(&line).unwrap(),
+        );
+        let mut lines_checked = 0;
+        for seed in 0..6 {
+            let out = sample_after_romeo(&f, &m, &g, seed, 60);
+            let complete: Vec<&str> = out.text.split_inclusive('\n').filter(|l| l.ends_with('\n')).collect();
+            for (i, l) in complete.iter().enumerate() {
+                let rx = if i == 0 { &first } else { &line };
+                assert!(
+                    rx.is_match(l.trim_end_matches('\n')).unwrap(),
+                    "{name} line {i}: {l:?} in {:?}",
+                    out.text
+                );
+                lines_checked += 1;
+            }
+            if out.finish_reason == FinishReason::Stop {
+                assert!(
+                    out.text.ends_with('\n') && complete.len() >= min_lines,
+                    "{name}: {:?}",
+                    out.text
+                );
+            } else {
+                assert_eq!(out.finish_reason, FinishReason::Length, "{name}");
+            }
+        }
+        assert!(
+            lines_checked >= 3,
+            "{name}: {lines_checked} complete lines in six outputs"
+        );
     }
 }
 
@@ -195,6 +298,16 @@ fn compile_errors_name_the_problem() {
     let cases = [
         (Constraint::Regex("[0-9".into()), "regex", "unclosed character class"),
         (Constraint::Lark("start: foo".into()), "Lark grammar", "unknown name"),
+        (
+            Constraint::grammar("root ::= item\n".into()),
+            "GBNF grammar",
+            "undefined rule `item`",
+        ),
+        (
+            Constraint::grammar("root ::= \"a\" [b-\n".into()),
+            "GBNF grammar",
+            "unterminated character class at line 2, column 1",
+        ),
         (
             Constraint::JsonSchema(serde_json::json!({"$ref": "#/$defs/nowhere"})),
             "JSON schema",
@@ -781,39 +894,62 @@ fn cli_run_with_a_json_schema_regex_and_grammar() {
     assert_eq!(code, 0, "{err}");
     assert!(out.trim() == "yes" || out.trim() == "no", "{out:?}");
 
-    let gp = dir.join("g.lark");
-    std::fs::write(&gp, "start: \"[\" num (\", \" num)* \"]\"\nnum: /[1-9][0-9]?/\n").unwrap();
-    let (code, out, err) = bushu(&[
-        "run",
-        "-m",
-        &m,
-        "-p",
-        "KING:",
-        "-n",
-        "30",
-        "--temperature",
-        "0",
-        "--grammar",
-        gp.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let o: Value = serde_json::from_str(&out).unwrap();
-    let text = o["text"].as_str().unwrap();
-    if o["finish_reason"] == "stop" {
-        let v: Vec<u32> = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    // A grammar file, greedy: the finish reason and the text.
+    let with_grammar = |file: &str, text: &str| {
+        let path = dir.join(file);
+        std::fs::write(&path, text).unwrap();
+        let args = [
+            "run",
+            "-m",
+            &m,
+            "-p",
+            "KING:",
+            "-n",
+            "30",
+            "--temperature",
+            "0",
+            "--json",
+            "--grammar",
+        ];
+        let (code, out, err) = bushu(&[&args[..], &[path.to_str().unwrap()]].concat());
+        assert_eq!(code, 0, "{err}");
+        let o: Value = serde_json::from_str(&out).unwrap();
+        let stop = o["finish_reason"] == "stop";
+        assert!(stop || o["finish_reason"] == "length", "{o}");
+        (stop, o["text"].as_str().unwrap().to_owned())
+    };
+    let (stop, text) = with_grammar("g.lark", "start: \"[\" num (\", \" num)* \"]\"\nnum: /[1-9][0-9]?/\n");
+    if stop {
+        let v: Vec<u32> = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
         assert!(v.iter().all(|&n| (1..100).contains(&n)));
     } else {
-        assert_eq!(o["finish_reason"], "length");
         assert!(text.starts_with('['), "{text}");
     }
+    // A GBNF grammar (llama.cpp's syntax), told apart from Lark by its `::=`.
+    let gbnf = "root ::= \"<\" digit{1,4} (\",\" digit{1,4})* \">\"\ndigit ::= [0-9]\n";
+    let (stop, text) = with_grammar("digits.gbnf", gbnf);
+    let rx = fancy_regex::Regex::new(r"^<[0-9]{1,4}(,[0-9]{1,4})*>$").unwrap();
+    assert!(
+        if stop {
+            rx.is_match(&text).unwrap()
+        } else {
+            text.starts_with('<')
+        },
+        "{text:?}"
+    );
 
     // Errors: one line, non-zero exit, nothing generated.
     let bad = dir.join("bad.json");
     std::fs::write(&bad, "{\"type\": \"integer\", \"minimum\": 3, \"maximum\": 1}").unwrap();
     let notjson = dir.join("not.json");
     std::fs::write(&notjson, "{type: object").unwrap();
+    let badgbnf = dir.join("bad.gbnf");
+    std::fs::write(&badgbnf, "root ::= \"a\" item\n").unwrap();
     for (args, needle) in [
+        (
+            vec!["--grammar", badgbnf.to_str().unwrap()],
+            "--grammar: invalid GBNF grammar: undefined rule `item`",
+        ),
         (vec!["--regex", "[0-9"], "--regex: invalid regex"),
         (
             vec!["--json-schema", bad.to_str().unwrap()],

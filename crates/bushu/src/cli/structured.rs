@@ -1,5 +1,5 @@
 //! The structured-output flags `bushu run` and `bushu chat` share: `--json-schema FILE`, `--json-object`,
-//! `--regex R`, `--grammar FILE.lark` (at most one), and their compilation for the loaded model.
+//! `--regex R`, `--grammar FILE` (Lark or GBNF; at most one), and their compilation for the loaded model.
 
 use crate::structured::{Compiler, Constraint, Grammar};
 use crate::tokenizer::Tokenizer;
@@ -19,7 +19,8 @@ pub struct StructuredArgs {
     /// Structured output: the whole output matches this regular expression (Rust regex syntax).
     #[arg(long, value_name = "REGEX", allow_hyphen_values = true)]
     pub regex: Option<String>,
-    /// Structured output: the output follows the Lark grammar in FILE (llguidance's Lark syntax).
+    /// Structured output: the output follows the grammar in FILE: llguidance's Lark syntax, or llama.cpp's
+    /// GBNF (rules defined with `::=`, starting at `root`).
     #[arg(long, value_name = "FILE")]
     pub grammar: Option<PathBuf>,
     /// Structured output: feed the tokens the grammar forces one pass each, instead of all in one pass
@@ -56,7 +57,7 @@ impl StructuredArgs {
         if let Some(path) = &self.grammar {
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("--grammar: cannot read {}", path.display()))?;
-            return Ok(Some(Constraint::Lark(text)));
+            return Ok(Some(Constraint::grammar(text)));
         }
         Ok(None)
     }

@@ -63,6 +63,7 @@ const COMMON_FIELDS: &[&str] = &[
     "guided_regex",
     "guided_grammar",
     "guided_choice",
+    "grammar",
 ];
 
 /// Fields of `/v1/completions` besides [`COMMON_FIELDS`].

@@ -1,6 +1,6 @@
 //! Structured output in the server: OpenAI's `response_format` (`text`, `json_object`, `json_schema`
-//! with or without `strict`) and vLLM's `guided_json`, `guided_regex`, `guided_grammar` (llguidance's Lark
-//! syntax) and `guided_choice`, turned into one [`Constraint`], compiled per request against the model's
+//! with or without `strict`), vLLM's `guided_json`, `guided_regex`, `guided_grammar` (llguidance's Lark
+//! syntax, or GBNF) and `guided_choice`, and llama-server's `grammar` (GBNF, or Lark), turned into one [`Constraint`], compiled per request against the model's
 //! vocabulary, and attached to every choice's sampling parameters (the engine's samplers then mask each
 //! step: see [`crate::structured`]). A constraint that cannot be compiled is a 400 naming the field and
 //! the problem; `strict: false` is honoured the strict way (the output always follows the schema).
@@ -22,6 +22,8 @@ pub struct StructuredFields {
     pub guided_regex: Option<String>,
     pub guided_grammar: Option<String>,
     pub guided_choice: Option<Vec<String>>,
+    /// llama-server's field: a GBNF grammar.
+    pub grammar: Option<String>,
 }
 
 fn bad(msg: impl Into<String>, param: &'static str) -> ApiError {
@@ -49,7 +51,10 @@ impl StructuredFields {
             found.push((Constraint::Regex(rx.clone()), "guided_regex"));
         }
         if let Some(g) = &self.guided_grammar {
-            found.push((Constraint::Lark(g.clone()), "guided_grammar"));
+            found.push((Constraint::grammar(g.clone()), "guided_grammar"));
+        }
+        if let Some(g) = &self.grammar {
+            found.push((Constraint::grammar(g.clone()), "grammar"));
         }
         if let Some(choices) = &self.guided_choice {
             if choices.is_empty() {

@@ -1,7 +1,7 @@
 //! Structured output: constrained decoding on llguidance, an engine-level concern as in vLLM v1.
 //!
 //! A request may carry a [`Constraint`] — a JSON Schema, "any JSON object", a regular expression or a
-//! Lark grammar. [`Compiler`] (one per model: the token trie of [`vocab`] and llguidance's
+//! Lark grammar (or a llama.cpp GBNF one, translated: [`gbnf`]). [`Compiler`] (one per model: the token trie of [`vocab`] and llguidance's
 //! `ParserFactory`) turns it into a [`Grammar`], shared by reference in
 //! [`crate::sampling::SamplingParams::grammar`]. Every sampler built from those parameters — `bushu run`
 //! and `chat`, each sequence of the serving engine, the target and draft samplers of speculative decoding —
@@ -35,6 +35,7 @@
 //! (llguidance's own default lets any whitespace in, which lets a small model pad an object with newlines
 //! until it runs out of tokens); a schema may override this with llguidance's `x-guidance` options.
 
+pub mod gbnf;
 pub mod vocab;
 
 use anyhow::{anyhow, Result};
@@ -57,9 +58,20 @@ pub enum Constraint {
     Regex(String),
     /// A grammar in llguidance's Lark syntax.
     Lark(String),
+    /// A grammar in llama.cpp's GBNF syntax (translated to Lark, [`gbnf`]).
+    Gbnf(String),
 }
 
 impl Constraint {
+    /// A grammar given as text: GBNF where it defines its rules with `::=` ([`gbnf::is_gbnf`]), else Lark.
+    pub fn grammar(text: String) -> Constraint {
+        if gbnf::is_gbnf(&text) {
+            Constraint::Gbnf(text)
+        } else {
+            Constraint::Lark(text)
+        }
+    }
+
     /// What kind of constraint, for messages: `JSON schema`, `regex`, ...
     pub fn kind(&self) -> &'static str {
         match self {
@@ -67,6 +79,7 @@ impl Constraint {
             Constraint::JsonObject => "JSON object",
             Constraint::Regex(_) => "regex",
             Constraint::Lark(_) => "Lark grammar",
+            Constraint::Gbnf(_) => "GBNF grammar",
         }
     }
 
@@ -81,6 +94,7 @@ impl Constraint {
             Constraint::JsonObject => TopLevelGrammar::from_json_schema(with_compact_json(json!({"type": "object"}))),
             Constraint::Regex(rx) => TopLevelGrammar::from_regex(rx),
             Constraint::Lark(g) => TopLevelGrammar::from_lark(g.clone()),
+            Constraint::Gbnf(g) => TopLevelGrammar::from_lark(gbnf::to_lark(g)?),
         })
     }
 }
