@@ -288,9 +288,10 @@ pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, le
 const MAX_FUSED: usize = 4;
 
 /// `ys[i] = ws[i] x` for matrices of the same width (at most four), as [`matmul_with`] on each — the
-/// same bits — but, where every matrix takes the packed integer kernels of `precision` (`Fast`,
-/// `Wide`), in one parallel loop over all their rows: one quantization of `x` and one wait for the
-/// pool instead of one per matrix (a layer's Q, K and V; its gate and up). Otherwise one call each.
+/// same bits — but, where every matrix takes a packed kernel on the same activations (int8, int16,
+/// bf16 pairs or f32: the same types or kin), in one parallel loop over all their rows: the
+/// activations prepared once and one wait for the pool instead of one per matrix (a layer's Q, K and
+/// V; its gate and up). Otherwise one call each.
 pub fn matmul_many(ws: &[QMatrix], x: &[f32], ys: &mut [&mut [f32]], precision: Precision) {
     matmul_many_on(ws, x, ys, precision, Simd::active())
 }
@@ -308,12 +309,47 @@ pub fn matmul_many_on(ws: &[QMatrix], x: &[f32], ys: &mut [&mut [f32]], precisio
     }
 }
 
+/// How a packed path takes its activations; the matrices of one [`matmul_many`] loop share them.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Acts {
+    /// int8 blocks ([`Precision::Fast`]).
+    Q8,
+    /// int16 blocks ([`Precision::Wide`]).
+    Q16,
+    /// bf16 pairs (F16/BF16 where [`crate::packed::uses_pairs`]).
+    Pairs,
+    /// f32, in tiles of this many tokens when there are several (F16/BF16 otherwise).
+    Tiles(usize),
+}
+
+/// The packed copy, kernel and activations `w` takes at `precision` on `level`, as [`matmul_on`]
+/// picks them; `None` where it takes none (no pack slot or copy yet, no packed kernel, `Exact`).
+#[cfg(target_arch = "x86_64")]
+fn packed_path<'a>(w: &QMatrix<'a>, precision: Precision, level: Simd) -> Option<(Acts, &'a Packed, RowsFn)> {
+    if crate::packed::is_float_packed(w.dtype) {
+        if crate::packed::uses_pairs(w.dtype, precision, level) {
+            return Some((Acts::Pairs, w.pack?.for_pairs(w)?, crate::x86::packed_bf16::rows));
+        }
+        let (f, tile) = crate::x86::packed_float::select(w.dtype, level)?;
+        return Some((Acts::Tiles(tile), w.pack?.for_product(w)?, f));
+    }
+    if precision == Precision::Wide {
+        let f = crate::x86::packed::select_wide(w.dtype, level)?;
+        return Some((Acts::Q16, w.pack?.for_product(w)?, f));
+    }
+    if !(precision.int8_activations() && quants::has_q8_dot(w.dtype)) {
+        return None;
+    }
+    let (p, f) = packed_kernel(w, level)?;
+    Some((Acts::Q8, p, f))
+}
+
 /// [`matmul_many`]'s single loop; false, with nothing done, unless there are two to four matrices of
-/// one width and every one has a packed copy and a packed kernel for `precision` at `level`.
+/// one width that all take packed kernels on the same activations.
 #[cfg(target_arch = "x86_64")]
 fn fused(ws: &[QMatrix], x: &[f32], ys: &mut [&mut [f32]], precision: Precision, level: Simd) -> bool {
-    let wide = precision == Precision::Wide;
-    if !(2..=MAX_FUSED).contains(&ws.len()) || !(wide || precision.int8_activations()) {
+    if !(2..=MAX_FUSED).contains(&ws.len()) {
         return false;
     }
     let cols = ws[0].cols;
@@ -321,66 +357,73 @@ fn fused(ws: &[QMatrix], x: &[f32], ys: &mut [&mut [f32]], precision: Precision,
     if n == 0 || x.len() != n * cols {
         return false;
     }
-    let mut kernels: [Option<(&Packed, RowsFn)>; MAX_FUSED] = [None; MAX_FUSED];
-    for ((w, y), k) in ws.iter().zip(ys.iter()).zip(&mut kernels) {
-        if w.cols != cols || w.rows == 0 || y.len() != n * w.rows || crate::packed::is_float_packed(w.dtype) {
+    let mut paths: [Option<(Acts, &Packed, RowsFn)>; MAX_FUSED] = [None; MAX_FUSED];
+    let mut acts = None;
+    for ((w, y), path) in ws.iter().zip(ys.iter()).zip(&mut paths) {
+        if w.cols != cols || w.rows == 0 || y.len() != n * w.rows {
             return false;
         }
-        *k = if wide {
-            crate::x86::packed::select_wide(w.dtype, level).and_then(|f| Some((w.pack?.for_product(w)?, f)))
-        } else if quants::has_q8_dot(w.dtype) {
-            packed_kernel(w, level)
-        } else {
-            None
-        };
-        if k.is_none() {
-            return false;
+        *path = packed_path(w, precision, level);
+        match (*path, acts) {
+            (Some((a, ..)), None) => acts = Some(a),
+            (Some((a, ..)), Some(first)) if a == first => {}
+            _ => return false,
         }
     }
-    // The jobs of the matrices, on activations quantized once.
-    let run = |xq: &[BlockQ8], xw: &[BlockQ16], ys: &mut [&mut [f32]]| {
+    let acts = acts.expect("two matrices or more");
+    // The jobs of the matrices, on activations prepared once.
+    let run = |xq: &[BlockQ8], xw: &[BlockQ16], xb: &[u32], xt: &[f32], ys: &mut [&mut [f32]]| {
         let jobs: [Option<Job>; MAX_FUSED] = std::array::from_fn(|i| {
-            let (w, (p, _)) = (ws.get(i)?, kernels[i]?);
+            let (w, (_, p, _)) = (ws.get(i)?, paths[i]?);
             Some(Job {
                 xq,
                 xw,
+                xb,
+                xt,
                 packed: Some(p),
                 ..Job::new(w, x, ys[i])
             })
         });
         let parts: [Part; MAX_FUSED] = std::array::from_fn(|i| {
             let i = i.min(ws.len() - 1);
-            let (job, (p, f)) = (
-                jobs[i].as_ref().expect("a job per matrix"),
-                kernels[i].expect("checked"),
-            );
+            let (job, (_, p, f)) = (jobs[i].as_ref().expect("a job per matrix"), paths[i].expect("checked"));
             Part {
                 job,
                 f,
                 units: packed_rows(p, &ws[i]) / p.group_rows(),
             }
         });
-        run_parts(&parts[..ws.len()], 1, 32);
-        // Rows past each copy's last whole group, row-major (wide: on the exact kernel).
-        for (w, (job, (p, _))) in ws.iter().zip(jobs.iter().flatten().zip(kernels.iter().flatten())) {
+        let prefill_rows = if matches!(acts, Acts::Q8 | Acts::Q16) { 32 } else { 64 };
+        run_parts(&parts[..ws.len()], 1, prefill_rows);
+        // Rows past each copy's last whole group, row-major (but int8: on the exact kernel).
+        for (w, (job, (_, p, _))) in ws.iter().zip(jobs.iter().flatten().zip(paths.iter().flatten())) {
             let packed_rows = packed_rows(p, w);
             if packed_rows < w.rows {
                 let tail = Job { packed: None, ..*job };
-                // SAFETY: the row-major kernel of this type and precision; rows in range.
-                unsafe { kernel(w.dtype, !wide, level)(&tail, packed_rows, w.rows) };
+                // SAFETY: the row-major kernel of this type and activations; rows in range.
+                unsafe { kernel(w.dtype, acts == Acts::Q8, level)(&tail, packed_rows, w.rows) };
             }
         }
     };
-    if wide {
-        with_scratch(&XW, x.len() / QK8, |xw| {
-            quantize_at(x, xw, level);
-            run(&[], xw, ys)
-        });
-    } else {
-        with_scratch(&XQ, x.len() / QK8, |xq| {
+    match acts {
+        Acts::Q8 => with_scratch(&XQ, x.len() / QK8, |xq| {
             quantize(x, xq, level);
-            run(xq, &[], ys)
-        });
+            run(xq, &[], &[], &[], ys)
+        }),
+        Acts::Q16 => with_scratch(&XW, x.len() / QK8, |xw| {
+            quantize_at(x, xw, level);
+            run(&[], xw, &[], &[], ys)
+        }),
+        Acts::Pairs => with_scratch(&XB, n * cols.div_ceil(2), |xb| {
+            crate::x86::packed_bf16::round_activations(x, cols, xb);
+            run(&[], &[], xb, &[], ys)
+        }),
+        Acts::Tiles(tile) => with_scratch(&XT, if n > 1 { x.len() } else { 0 }, |xt| {
+            if n > 1 {
+                crate::x86::packed_float::tile_activations(x, cols, tile, xt);
+            }
+            run(&[], &[], &[], xt, ys)
+        }),
     }
     true
 }
@@ -632,8 +675,15 @@ struct Part<'j, 'a> {
 /// Most decode chunks of one loop (the last one takes what is left).
 const MAX_CUTS: usize = 96;
 
+/// Passes of at most this many tokens (decode, a verification pass) stream the weights in the decode
+/// chunks of [`run_parts`]: the kernels pass every token tile over a block of 32 rows at a time
+/// (`x86::packed::BLOCK`, `x86::packed_float`'s blocks), so a big chunk reads its weights from memory
+/// once. In the prefill chunks of 32 rows instead, each thread's stream jumped every 37 KB (Q4_K) and
+/// a pass of 2 tokens took twice one token's time (Qwen2.5-Coder-1.5B Q4_K_M, Zen 4).
+const FEW_TOKENS: usize = 8;
+
 /// Runs every part's units across the pool in one parallel loop, so that several matrices that read
-/// the same activations (a layer's Q, K and V) wait for the pool once. Decode (one token) in chunks of
+/// the same activations (a layer's Q, K and V) wait for the pool once. Decode (up to [`FEW_TOKENS`]) in chunks of
 /// decreasing size — each a quarter of what is left of the loop for two threads (`1 / 2T`), never
 /// less than 16 rows nor across a part's end — so that the thread that finishes first waits at most
 /// for a small chunk, not for an eighth of the matrix (fixed chunks, four per thread, left one thread
@@ -650,7 +700,9 @@ fn run_parts(parts: &[Part], align: usize, prefill_rows: usize) {
         return;
     }
     let per_unit = |p: &Part| (p.job.rows / p.units.max(1)).max(1);
-    if parts.iter().all(|p| p.job.n == 1) {
+    // Row-major kernels (`align` 4) pass over their rows once per token tile: one token only.
+    let few = if align == 1 { FEW_TOKENS } else { 1 };
+    if parts.iter().all(|p| p.job.n <= few) {
         let mut cuts = [(0usize, 0usize, 0usize); MAX_CUTS];
         let mut count = 0;
         let mut left: usize = parts.iter().map(|p| p.units).sum();

@@ -128,17 +128,21 @@ fn x86_avx512() -> bool {
     false
 }
 
-/// Whether the AVX-512 packed kernels prefetch the weights ahead in software (`BUSHU_PREFETCH=0|1`
-/// forces it): on Intel yes (the Xeon of sessions 8-12: Q8_0 5632 x 2048 with 4-16 tokens 1.14-1.47x),
-/// on AMD no — on Zen 4 the hardware prefetchers alone stream faster, and the software prefetches
-/// slowed decode (Q4_K 5632 x 2048, one thread, 0.47-0.66 ms per product without, 0.80-0.85 with;
-/// docs/BENCHMARKS.md, session 13).
+/// Whether the AVX-512 level's packed kernels — the sixteen-row ones and the eight-row ones it runs
+/// (decode on AMD, odd last groups, the int16 classifier) — prefetch the weights ahead in software
+/// (`BUSHU_PREFETCH=0|1` forces it): on Intel yes (the Xeon of sessions 8-12: Q8_0 5632 x 2048 with
+/// 4-16 tokens 1.14-1.47x), on AMD no — on Zen 4 the hardware prefetchers alone stream faster, and the
+/// software prefetches slowed decode (Q4_K 5632 x 2048, one thread, 0.47-0.66 ms per product without,
+/// 0.80-0.85 with; docs/BENCHMARKS.md, session 13; the eight-row kernels from memory on huge pages,
+/// session 15: Q4_K 0.185 vs 0.191 ms, Q8_0 0.337 vs 0.340, medians of five pairs). The AVX2 level
+/// (AVX2-only hosts) always prefetches: Zen 3 streamed faster with it.
 pub(crate) fn prefetch_512() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| env_switch("BUSHU_PREFETCH", !amd()))
 }
 
-/// Whether the AVX-512 level decodes (one token) with the 256-bit eight-row packed kernels
+/// Whether the AVX-512 level decodes (one token; also two and three: `x86::packed512`'s
+/// `EIGHT_ROWS_UP_TO`) with the 256-bit eight-row packed kernels
 /// (`BUSHU_DECODE8=0|1` forces it): on AMD yes — on Zen 4, whose 512-bit instructions run as two
 /// halves, they stream the weights faster than the sixteen-row ones (`matbench` 5632 x 2048, 2 threads:
 /// Q4_0 0.26-0.31 → 0.21-0.23 ms, Q4_K 0.35 → 0.23-0.27, Q4_1, Q6_K 1.1x, Q8_0 alike; Qwen2.5-Coder-1.5B

@@ -262,11 +262,12 @@ fn first_rows_products() {
     }
 }
 
-/// `matmul_many` runs several matrices of one width in one parallel loop (one activation quantization,
+/// `matmul_many` runs several matrices of one width in one parallel loop (activations prepared once,
 /// decode chunks of decreasing size across all of them): each output is the same bits as its own
-/// `matmul_on` call — packed types mixed, partial last groups (their rows row-major after the loop),
-/// decode and prefill, `Fast` and `Wide`, every level; and where one matrix cannot join (F16, no pack
-/// slot, `Exact`) the call falls back to one product each, with the same results.
+/// `matmul_on` call — packed types mixed, float types (F16, BF16: f32 tiles or bf16 pairs), partial
+/// last groups (their rows row-major after the loop), decode and prefill, every precision and level;
+/// and where one matrix cannot join (a quantized type beside a float one, no pack slot, `Exact` for a
+/// quantized type) the call falls back to one product each, with the same results.
 #[test]
 fn many_matrices_in_one_loop_equal_one_call_each() {
     let mut rng = Rng::new(31);
@@ -281,17 +282,34 @@ fn many_matrices_in_one_loop_equal_one_call_each() {
         .iter()
         .map(|&(t, rows)| random_matrix(&mut rng, t, rows, cols))
         .collect();
-    let f16 = random_matrix(&mut rng, DType::F16, 24, cols);
+    // Float matrices (F16, F16, BF16): f32 tiles or bf16 pairs, in a loop of their own.
+    let floats = [(DType::F16, 24), (DType::F16, 40), (DType::BF16, 72)];
+    let fdata: Vec<Vec<u8>> = floats
+        .iter()
+        .map(|&(t, rows)| random_matrix(&mut rng, t, rows, cols))
+        .collect();
     for l in Simd::available_levels() {
-        for p in [Precision::Fast, Precision::Wide, Precision::Exact] {
+        for p in [Precision::Fast, Precision::Wide, Precision::Exact, Precision::Bf16] {
             for n in [1, 2, 5, 33] {
                 let x = rng.vec(n * cols, 2.0);
-                for set in [&[0, 1, 2][..], &[0, 3], &[1, 2, 3, 0], &[2, 4], &[0, 5]] {
-                    let slots: Vec<PackSlot> = (0..6).map(|_| PackSlot::new()).collect();
+                let sets = [
+                    &[0, 1, 2][..],
+                    &[0, 3],
+                    &[1, 2, 3, 0],
+                    &[2, 4],
+                    &[0, 5],
+                    &[4, 6],
+                    &[6, 7, 4],
+                ];
+                for set in sets {
+                    let slots: Vec<PackSlot> = (0..8).map(|_| PackSlot::new()).collect();
                     let ws: Vec<QMatrix> = set
                         .iter()
                         .map(|&i| match i {
-                            4 => QMatrix::new(DType::F16, 24, cols, &f16).with_pack(&slots[4]),
+                            4 | 6 | 7 => {
+                                let k = [0, 0, 1, 2][i - 4];
+                                QMatrix::new(floats[k].0, floats[k].1, cols, &fdata[k]).with_pack(&slots[i])
+                            }
                             // No pack slot: this set runs one product each.
                             5 => QMatrix::new(shapes[0].0, shapes[0].1, cols, &data[0]),
                             _ => QMatrix::new(shapes[i].0, shapes[i].1, cols, &data[i]).with_pack(&slots[i]),

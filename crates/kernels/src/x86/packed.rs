@@ -898,20 +898,25 @@ impl<D: IAcc> WideKern for PQ3K<D> {
 /// [`run`] with int16 activations.
 #[inline(always)]
 unsafe fn run_wide<K: WideKern, W: Wide16>(job: &Job, g0: usize, g1: usize, prefetch: bool) {
-    let mut t = 0;
-    while t + 4 <= job.n {
-        for g in g0..g1 {
-            tile_wide::<K, W, 4>(job, g, t, prefetch);
+    let mut b0 = g0;
+    while b0 < g1 {
+        let b1 = g1.min(b0 + BLOCK);
+        let mut t = 0;
+        while t + 4 <= job.n {
+            for g in b0..b1 {
+                tile_wide::<K, W, 4>(job, g, t, prefetch);
+            }
+            t += 4;
         }
-        t += 4;
-    }
-    for g in g0..g1 {
-        match job.n - t {
-            0 => break,
-            1 => tile_wide::<K, W, 1>(job, g, t, prefetch),
-            2 => tile_wide::<K, W, 2>(job, g, t, prefetch),
-            _ => tile_wide::<K, W, 3>(job, g, t, prefetch),
+        for g in b0..b1 {
+            match job.n - t {
+                0 => break,
+                1 => tile_wide::<K, W, 1>(job, g, t, prefetch),
+                2 => tile_wide::<K, W, 2>(job, g, t, prefetch),
+                _ => tile_wide::<K, W, 3>(job, g, t, prefetch),
+            }
         }
+        b0 = b1;
     }
 }
 
@@ -999,25 +1004,36 @@ unsafe fn tile<K: PackKern, const T: usize>(job: &Job, g: usize, t: usize, prefe
     }
 }
 
-/// Groups `g0..g1` for every token of the job, tokens four at a time, the last one to three tokens in
-/// one tile (a tile decodes each record once for all its tokens: three one-token tiles would decode
-/// them three times). A token's sums do not depend on its tile: the same bits in any pass.
+/// Groups per block of the packed kernels' passes: every token tile passes over a block's weights (32
+/// rows: 37 KB of Q4_K at 2048 columns) while they are in L2, so the pool's chunks may be of any size
+/// — one token's or a few's (a verification pass) in big chunks that stream, many tokens' in small ones.
+pub(crate) const BLOCK: usize = 4;
+
+/// Groups `g0..g1` for every token of the job, block by block ([`BLOCK`]); tokens four at a time, the
+/// last one to three tokens in one tile (a tile decodes each record once for all its tokens: three
+/// one-token tiles would decode them three times). A token's sums do not depend on its tile: the same
+/// bits in any pass.
 #[inline(always)]
 pub(crate) unsafe fn run<K: PackKern>(job: &Job, g0: usize, g1: usize, prefetch: bool) {
-    let mut t = 0;
-    while t + 4 <= job.n {
-        for g in g0..g1 {
-            tile::<K, 4>(job, g, t, prefetch);
+    let mut b0 = g0;
+    while b0 < g1 {
+        let b1 = g1.min(b0 + BLOCK);
+        let mut t = 0;
+        while t + 4 <= job.n {
+            for g in b0..b1 {
+                tile::<K, 4>(job, g, t, prefetch);
+            }
+            t += 4;
         }
-        t += 4;
-    }
-    for g in g0..g1 {
-        match job.n - t {
-            0 => break,
-            1 => tile::<K, 1>(job, g, t, prefetch),
-            2 => tile::<K, 2>(job, g, t, prefetch),
-            _ => tile::<K, 3>(job, g, t, prefetch),
+        for g in b0..b1 {
+            match job.n - t {
+                0 => break,
+                1 => tile::<K, 1>(job, g, t, prefetch),
+                2 => tile::<K, 2>(job, g, t, prefetch),
+                _ => tile::<K, 3>(job, g, t, prefetch),
+            }
         }
+        b0 = b1;
     }
 }
 

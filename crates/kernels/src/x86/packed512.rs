@@ -521,12 +521,20 @@ unsafe fn tile16<K: Kern16, const T: usize>(job: &Job, g: usize, t: usize) {
     }
 }
 
+/// Passes of at most this many tokens run the eight-row kernels throughout where
+/// [`crate::simd::decode_eight_rows`]: on Zen 4 they stream 1.1-1.9x faster than the sixteen-row ones
+/// for two and three tokens too (`matbench` 5632 x 2048 from memory, 2 threads: Q4_K 0.26 -> 0.15-0.19
+/// ms for two tokens, Q4_0 0.28 -> 0.18, Q5_0 0.35 -> 0.18, Q6_K 0.36 -> 0.28, Q8_0 0.40 -> 0.34),
+/// not for four or more (Q4_K 0.32-0.33 -> 0.40-0.46 ms; in tiles of two and three alike).
+const EIGHT_ROWS_UP_TO: usize = 3;
+
 /// Groups `g0..g1` for every token: pairs of groups with the sixteen-row kernel `K`, tokens `T` at a
-/// time, an odd last group with the eight-row kernel `K8`; one token (decode) with `K8` throughout
-/// where [`crate::simd::decode_eight_rows`] (the same bits).
+/// time, an odd last group with the eight-row kernel `K8`; up to [`EIGHT_ROWS_UP_TO`] tokens (decode,
+/// short verification passes) with `K8` throughout where [`crate::simd::decode_eight_rows`] (the same
+/// bits).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn run16<K: Kern16, K8: PackKern, const T: usize>(job: &Job, g0: usize, g1: usize) {
-    if job.n == 1 && crate::simd::decode_eight_rows() {
+    if job.n <= EIGHT_ROWS_UP_TO && crate::simd::decode_eight_rows() {
         return super::packed::run::<K8>(job, g0, g1, crate::simd::prefetch_512());
     }
     let pairs = (g1 - g0) / 2;
@@ -536,25 +544,32 @@ unsafe fn run16<K: Kern16, K8: PackKern, const T: usize>(job: &Job, g0: usize, g
         r if T == 4 && r > 0 && job.n > 4 => job.n - 4 - r,
         r => job.n - r,
     };
-    let mut t = 0;
-    while t < full {
-        for g in (g0..g0 + 2 * pairs).step_by(2) {
-            tile16::<K, T>(job, g, t);
+    // Block by block (`packed::BLOCK` groups, whole pairs), every tile over a block's weights.
+    let end = g0 + 2 * pairs;
+    let mut b0 = g0;
+    while b0 < end {
+        let b1 = end.min(b0 + super::packed::BLOCK);
+        let mut t = 0;
+        while t < full {
+            for g in (b0..b1).step_by(2) {
+                tile16::<K, T>(job, g, t);
+            }
+            t += T;
         }
-        t += T;
-    }
-    // The last tokens in one tile: each record is decoded once for all of them.
-    for g in (g0..g0 + 2 * pairs).step_by(2) {
-        match job.n - t {
-            0 => break,
-            1 => tile16::<K, 1>(job, g, t),
-            2 => tile16::<K, 2>(job, g, t),
-            3 => tile16::<K, 3>(job, g, t),
-            4 => tile16::<K, 4>(job, g, t),
-            5 => tile16::<K, 5>(job, g, t),
-            6 => tile16::<K, 6>(job, g, t),
-            _ => tile16::<K, 7>(job, g, t),
+        // The last tokens in one tile: each record is decoded once for all of them.
+        for g in (b0..b1).step_by(2) {
+            match job.n - t {
+                0 => break,
+                1 => tile16::<K, 1>(job, g, t),
+                2 => tile16::<K, 2>(job, g, t),
+                3 => tile16::<K, 3>(job, g, t),
+                4 => tile16::<K, 4>(job, g, t),
+                5 => tile16::<K, 5>(job, g, t),
+                6 => tile16::<K, 6>(job, g, t),
+                _ => tile16::<K, 7>(job, g, t),
+            }
         }
+        b0 = b1;
     }
     if g0 + 2 * pairs < g1 {
         super::packed::run::<K8>(job, g1 - 1, g1, crate::simd::prefetch_512());
