@@ -285,7 +285,7 @@ pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, le
 }
 
 /// Most matrices [`matmul_many`] runs in one loop.
-const MAX_FUSED: usize = 4;
+pub(crate) const MAX_FUSED: usize = 4;
 
 /// `ys[i] = ws[i] x` for matrices of the same width (at most four), as [`matmul_with`] on each — the
 /// same bits — but, where every matrix takes a packed kernel on the same activations (int8, int16,
@@ -672,8 +672,8 @@ struct Part<'j, 'a> {
     units: usize,
 }
 
-/// Most decode chunks of one loop (the last one takes what is left).
-const MAX_CUTS: usize = 96;
+/// Most decode chunks of one loop: at most `MAX_CUTS / 2` of a chunk-size floor plus one per part.
+const MAX_CUTS: usize = 512;
 
 /// Passes of at most this many tokens (decode, a verification pass) stream the weights in the decode
 /// chunks of [`run_parts`]: the kernels pass every token tile over a block of 32 rows at a time
@@ -681,6 +681,32 @@ const MAX_CUTS: usize = 96;
 /// once. In the prefill chunks of 32 rows instead, each thread's stream jumped every 37 KB (Q4_K) and
 /// a pass of 2 tokens took twice one token's time (Qwen2.5-Coder-1.5B Q4_K_M, Zen 4).
 const FEW_TOKENS: usize = 8;
+
+/// The decode chunks of [`run_parts`] for parts of `(units, least)` (units, smallest chunk): `(part,
+/// first unit, end)` into `cuts`, their number returned. Each chunk is a quarter of what is left for
+/// two threads (`1 / 2T`), at least `least` and a `1 / (MAX_CUTS / 2)` share of all units (so there are
+/// never more than `MAX_CUTS`, whatever the thread count), a multiple of `align`, never across a part's end.
+fn decode_cuts(parts: &[(usize, usize)], align: usize, threads: usize, cuts: &mut [(usize, usize, usize)]) -> usize {
+    let total: usize = parts.iter().map(|p| p.0).sum();
+    let floor = total.div_ceil(MAX_CUTS / 2);
+    let (mut count, mut left) = (0, total);
+    for (i, &(units, least)) in parts.iter().enumerate() {
+        let mut u = 0;
+        while u < units {
+            let size = left
+                .div_ceil(2 * threads)
+                .max(least)
+                .max(floor)
+                .next_multiple_of(align)
+                .min(units - u);
+            cuts[count] = (i, u, u + size);
+            count += 1;
+            u += size;
+            left -= size;
+        }
+    }
+    count
+}
 
 /// Runs every part's units across the pool in one parallel loop, so that several matrices that read
 /// the same activations (a layer's Q, K and V) wait for the pool once. Decode (up to [`FEW_TOKENS`]) in chunks of
@@ -704,26 +730,11 @@ fn run_parts(parts: &[Part], align: usize, prefill_rows: usize) {
     let few = if align == 1 { FEW_TOKENS } else { 1 };
     if parts.iter().all(|p| p.job.n <= few) {
         let mut cuts = [(0usize, 0usize, 0usize); MAX_CUTS];
-        let mut count = 0;
-        let mut left: usize = parts.iter().map(|p| p.units).sum();
-        for (i, p) in parts.iter().enumerate() {
-            let least = (16 / per_unit(p)).max(1).next_multiple_of(align);
-            let mut u = 0;
-            while u < p.units {
-                let size = if count + 1 == MAX_CUTS {
-                    p.units - u
-                } else {
-                    left.div_ceil(2 * threads)
-                        .max(least)
-                        .next_multiple_of(align)
-                        .min(p.units - u)
-                };
-                cuts[count] = (i, u, u + size);
-                count += 1;
-                u += size;
-                left -= size;
-            }
+        let mut sizes = [(0usize, 0usize); crate::matmul::MAX_FUSED];
+        for (s, p) in sizes.iter_mut().zip(parts) {
+            *s = (p.units, (16 / per_unit(p)).max(1).next_multiple_of(align));
         }
+        let count = decode_cuts(&sizes[..parts.len()], align, threads, &mut cuts);
         let cuts = &cuts[..count];
         crate::pool::run(count, &|c| {
             let (i, u0, u1) = cuts[c];
@@ -744,4 +755,38 @@ fn run_parts(parts: &[Part], align: usize, prefill_rows: usize) {
             c -= count;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decode chunks cover every unit of every part once, in order, within their part, a multiple of
+    /// `align` (but a part's last), never more than `MAX_CUTS` — two threads or 256, one part or four, a
+    /// classifier's 19k groups or a handful.
+    #[test]
+    fn decode_cuts_cover_every_unit_once() {
+        for threads in [2, 3, 16, 256] {
+            for parts in [
+                &[(19_000, 2)][..],
+                &[(256, 2), (32, 2), (32, 2)],
+                &[(1, 1), (7, 1), (20_000, 2), (5, 1)],
+                &[(4000, 16), (400, 16)],
+            ] {
+                for align in [1, 4] {
+                    let mut cuts = [(0, 0, 0); MAX_CUTS];
+                    let n = decode_cuts(parts, align, threads, &mut cuts);
+                    assert!(n <= MAX_CUTS - MAX_FUSED);
+                    let mut next = vec![0; parts.len()];
+                    for &(i, u0, u1) in &cuts[..n] {
+                        assert_eq!(u0, next[i], "{threads} {parts:?}");
+                        assert!(u1 > u0 && u1 <= parts[i].0);
+                        assert!((u1 - u0) % align == 0 || u1 == parts[i].0);
+                        next[i] = u1;
+                    }
+                    assert!(next.iter().zip(parts).all(|(n, p)| *n == p.0), "{threads} {parts:?}");
+                }
+            }
+        }
+    }
 }
