@@ -847,44 +847,20 @@ fn cli_run_with_a_json_schema_regex_and_grammar() {
     let (_, schema) = schemas().into_iter().find(|(n, _)| n == "weather").unwrap();
     let sp = dir.join("weather.json");
     std::fs::write(&sp, schema.to_string()).unwrap();
-    let (code, out, err) = bushu(&[
-        "run",
-        "-m",
-        &m,
-        "-p",
-        "KING:",
-        "-n",
-        "80",
-        "--temperature",
-        "0",
-        "--json-schema",
-        sp.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let o: Value = serde_json::from_str(&out).unwrap();
+    // Greedy `run --json` of at most `n` tokens after "KING:", with `extra` flags: its JSON output.
+    let greedy = |n: &str, extra: &[&str]| -> Value {
+        let args = ["run", "-m", &m, "-p", "KING:", "-n", n, "--temperature", "0", "--json"];
+        let (code, out, err) = bushu(&[&args[..], extra].concat());
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let o = greedy("80", &["--json-schema", sp.to_str().unwrap()]);
     assert_eq!(o["finish_reason"], "stop", "{o}");
     let v: Value = serde_json::from_str(o["text"].as_str().unwrap()).unwrap();
     assert!(validator(&schema).is_valid(&v), "{v}");
     // Without fast-forward: the same tokens, one pass per token (prompt's pass included, the last token
     // not fed); with it, fewer.
-    let (code, out, err) = bushu(&[
-        "run",
-        "-m",
-        &m,
-        "-p",
-        "KING:",
-        "-n",
-        "80",
-        "--temperature",
-        "0",
-        "--json-schema",
-        sp.to_str().unwrap(),
-        "--json",
-        "--no-fast-forward",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let slow: Value = serde_json::from_str(&out).unwrap();
+    let slow = greedy("80", &["--json-schema", sp.to_str().unwrap(), "--no-fast-forward"]);
     assert_eq!(slow["tokens"], o["tokens"]);
     let n = o["tokens"].as_array().unwrap().len() as u64;
     assert_eq!(slow["timings"]["forward_passes"], n);
@@ -898,22 +874,7 @@ fn cli_run_with_a_json_schema_regex_and_grammar() {
     let with_grammar = |file: &str, text: &str| {
         let path = dir.join(file);
         std::fs::write(&path, text).unwrap();
-        let args = [
-            "run",
-            "-m",
-            &m,
-            "-p",
-            "KING:",
-            "-n",
-            "30",
-            "--temperature",
-            "0",
-            "--json",
-            "--grammar",
-        ];
-        let (code, out, err) = bushu(&[&args[..], &[path.to_str().unwrap()]].concat());
-        assert_eq!(code, 0, "{err}");
-        let o: Value = serde_json::from_str(&out).unwrap();
+        let o = greedy("30", &["--grammar", path.to_str().unwrap()]);
         let stop = o["finish_reason"] == "stop";
         assert!(stop || o["finish_reason"] == "length", "{o}");
         (stop, o["text"].as_str().unwrap().to_owned())

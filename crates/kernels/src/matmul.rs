@@ -220,6 +220,8 @@ fn kernel(dtype: DType, fast: bool, level: Simd) -> RowsFn {
 thread_local! {
     /// Quantized activations of the calling thread, reused across calls.
     static XQ: RefCell<Vec<BlockQ8>> = const { RefCell::new(Vec::new()) };
+    /// int16 activations for the wide packed kernels.
+    #[cfg(target_arch = "x86_64")]
     static XW: RefCell<Vec<BlockQ16>> = const { RefCell::new(Vec::new()) };
     /// Activations in token tiles for the packed float kernels.
     #[cfg(target_arch = "x86_64")]
@@ -254,17 +256,11 @@ pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, le
         return;
     }
     let level = if level.available() { level } else { Simd::Scalar };
-    if crate::packed::is_float_packed(w.dtype) {
-        if crate::packed::uses_pairs(w.dtype, precision, level) && bf16_packed(w, x, y, level) {
-            return;
-        }
-        if float_packed(w, x, y, level) {
-            return;
-        }
-    }
-    if precision == Precision::Wide && wide(w, x, y, level) {
+    #[cfg(target_arch = "x86_64")]
+    if packed_products(std::slice::from_ref(w), x, &mut [&mut *y], precision, level) {
         return;
     }
+    // Row-major: int8 activations where the precision and type take them, else f32.
     let fast = precision.int8_activations() && quants::has_q8_dot(w.dtype);
     let f = kernel(w.dtype, fast, level);
     if !fast {
@@ -272,14 +268,12 @@ pub fn matmul_on(w: &QMatrix, x: &[f32], y: &mut [f32], precision: Precision, le
     }
     with_scratch(&XQ, x.len() / QK8, |xq| {
         quantize(x, xq, level);
-        run_fast(
-            w,
-            Job {
+        par_rows(
+            &Job {
                 xq,
                 ..Job::new(w, x, y)
             },
             f,
-            level,
         )
     })
 }
@@ -301,7 +295,7 @@ pub fn matmul_many_on(ws: &[QMatrix], x: &[f32], ys: &mut [&mut [f32]], precisio
     assert_eq!(ws.len(), ys.len(), "one output per matrix");
     let level = if level.available() { level } else { Simd::Scalar };
     #[cfg(target_arch = "x86_64")]
-    if fused(ws, x, ys, precision, level) {
+    if ws.len() > 1 && packed_products(ws, x, ys, precision, level) {
         return;
     }
     for (w, y) in ws.iter().zip(ys.iter_mut()) {
@@ -329,7 +323,9 @@ enum Acts {
 fn packed_path<'a>(w: &QMatrix<'a>, precision: Precision, level: Simd) -> Option<(Acts, &'a Packed, RowsFn)> {
     if crate::packed::is_float_packed(w.dtype) {
         if crate::packed::uses_pairs(w.dtype, precision, level) {
-            return Some((Acts::Pairs, w.pack?.for_pairs(w)?, crate::x86::packed_bf16::rows));
+            if let Some(p) = w.pack?.for_pairs(w) {
+                return Some((Acts::Pairs, p, crate::x86::packed_bf16::rows));
+            }
         }
         let (f, tile) = crate::x86::packed_float::select(w.dtype, level)?;
         return Some((Acts::Tiles(tile), w.pack?.for_product(w)?, f));
@@ -341,15 +337,19 @@ fn packed_path<'a>(w: &QMatrix<'a>, precision: Precision, level: Simd) -> Option
     if !(precision.int8_activations() && quants::has_q8_dot(w.dtype)) {
         return None;
     }
-    let (p, f) = packed_kernel(w, level)?;
+    let f = crate::x86::packed::select(w.dtype, level)?;
+    let p = w.pack?.for_product(w)?;
+    debug_assert!(p.dtype == w.dtype && p.cols == w.cols);
     Some((Acts::Q8, p, f))
 }
 
-/// [`matmul_many`]'s single loop; false, with nothing done, unless there are two to four matrices of
-/// one width that all take packed kernels on the same activations.
+/// The packed products of one to four matrices of one width that all take packed kernels on the same
+/// activations ([`packed_path`]), in one parallel loop: the activations prepared once, the packed
+/// groups of every matrix, then each one's rows past its last whole group row-major. False, with nothing
+/// done, otherwise. [`matmul_on`] runs every packed product through it, [`matmul_many`] its sets.
 #[cfg(target_arch = "x86_64")]
-fn fused(ws: &[QMatrix], x: &[f32], ys: &mut [&mut [f32]], precision: Precision, level: Simd) -> bool {
-    if !(2..=MAX_FUSED).contains(&ws.len()) {
+fn packed_products(ws: &[QMatrix], x: &[f32], ys: &mut [&mut [f32]], precision: Precision, level: Simd) -> bool {
+    if !(1..=MAX_FUSED).contains(&ws.len()) {
         return false;
     }
     let cols = ws[0].cols;
@@ -370,7 +370,7 @@ fn fused(ws: &[QMatrix], x: &[f32], ys: &mut [&mut [f32]], precision: Precision,
             _ => return false,
         }
     }
-    let acts = acts.expect("two matrices or more");
+    let acts = acts.expect("one matrix or more");
     // The jobs of the matrices, on activations prepared once.
     let run = |xq: &[BlockQ8], xw: &[BlockQ16], xb: &[u32], xt: &[f32], ys: &mut [&mut [f32]]| {
         let jobs: [Option<Job>; MAX_FUSED] = std::array::from_fn(|i| {
@@ -393,6 +393,8 @@ fn fused(ws: &[QMatrix], x: &[f32], ys: &mut [&mut [f32]], precision: Precision,
                 units: packed_rows(p, &ws[i]) / p.group_rows(),
             }
         });
+        // Float prefill in chunks of four groups: every chunk reads all the token tiles (from L3), so
+        // bigger chunks read them less often; weights and a token tile stay in L2 (1.3 MB at 5632 columns).
         let prefill_rows = if matches!(acts, Acts::Q8 | Acts::Q16) { 32 } else { 64 };
         run_parts(&parts[..ws.len()], 1, prefill_rows);
         // Rows past each copy's last whole group, row-major (but int8: on the exact kernel).
@@ -428,25 +430,6 @@ fn fused(ws: &[QMatrix], x: &[f32], ys: &mut [&mut [f32]], precision: Precision,
     true
 }
 
-/// A fast job's rows: packed groups (if `w` has a packed copy and the level kernels for it), then the
-/// rows past the last group row-major; or all rows row-major.
-fn run_fast<'a>(w: &QMatrix<'a>, mut job: Job<'a>, f: RowsFn, level: Simd) {
-    match packed_kernel(w, level) {
-        Some((p, pf)) => {
-            let packed_rows = packed_rows(p, w);
-            job.packed = Some(p);
-            par_units(&job, pf, packed_rows / p.group_rows(), 1);
-            job.packed = None;
-            // Rows past the last whole group, row-major.
-            if packed_rows < w.rows {
-                // SAFETY: the kernel matches the job's type; rows in range.
-                unsafe { f(&job, packed_rows, w.rows) };
-            }
-        }
-        None => par_rows(&job, f),
-    }
-}
-
 /// Runs `f` on the first `n` elements of a thread-local scratch vector, grown as needed and kept for
 /// the next call. The vector is taken out while `f` runs (a nested call finds it empty, never borrowed).
 fn with_scratch<T: Clone + Default, R>(
@@ -463,138 +446,11 @@ fn with_scratch<T: Clone + Default, R>(
     r
 }
 
-/// [`Precision::Wide`]: int16 activations against the packed rows (the tail rows in f32); false, with
-/// nothing done, when `w` has no pack slot or the level no wide kernel for its type.
-fn wide(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let Some(f) = crate::x86::packed::select_wide(w.dtype, level) else {
-            return false;
-        };
-        let Some(p) = w.pack.and_then(|slot| slot.for_product(w)) else {
-            return false;
-        };
-        with_scratch(&XW, x.len() / QK8, |xw| {
-            quantize_at(x, xw, level);
-            let job = Job {
-                xw,
-                packed: Some(p),
-                ..Job::new(w, x, y)
-            };
-            packed_then_rest(job, f, p, w, level, 32);
-        });
-        true
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (w, x, y, level);
-        false
-    }
-}
-
-/// `job` through the packed kernel `f` over the whole groups of `w`'s copy `p` (prefill chunks of
-/// `prefill_rows` rows), then the rows past them on the type's row-major exact kernel.
-#[cfg(target_arch = "x86_64")]
-fn packed_then_rest(job: Job, f: RowsFn, p: &Packed, w: &QMatrix, level: Simd, prefill_rows: usize) {
-    let packed_rows = packed_rows(p, w);
-    par_units_by(&job, f, packed_rows / p.group_rows(), 1, prefill_rows);
-    if packed_rows < w.rows {
-        let ex = Job { packed: None, ..job };
-        // SAFETY: the exact kernel of this type; rows in range.
-        unsafe { kernel(w.dtype, false, level)(&ex, packed_rows, w.rows) };
-    }
-}
-
 /// Rows of `w` a product runs through its packed copy `p`: the copy's whole groups within `w`'s rows
 /// (`w` may be the first rows of the matrix packed).
 fn packed_rows(p: &Packed, w: &QMatrix) -> usize {
     let group = p.group_rows();
     p.rows.min(w.rows / group * group)
-}
-
-/// F16/BF16 weights with a packed copy: outer products over its groups of sixteen rows (every precision:
-/// float weights always take f32 activations), the rows past the last group row-major; false, with
-/// nothing done, when `w` has no pack slot (or it is deferred) or the level no packed float kernel.
-fn float_packed(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let Some((f, tile)) = crate::x86::packed_float::select(w.dtype, level) else {
-            return false;
-        };
-        let Some(p) = w.pack.and_then(|slot| slot.for_product(w)) else {
-            return false;
-        };
-        let n = x.len() / w.cols;
-        with_scratch(&XT, if n > 1 { x.len() } else { 0 }, |xt| {
-            let xt: &[f32] = if n > 1 {
-                crate::x86::packed_float::tile_activations(x, w.cols, tile, xt);
-                xt
-            } else {
-                &[]
-            };
-            let job = Job {
-                xt,
-                packed: Some(p),
-                ..Job::new(w, x, y)
-            };
-            // Prefill chunks of four groups: every chunk reads all the token tiles (from L3), so
-            // bigger chunks read them less often, and the small-token kernels run four groups at a
-            // time; weights and a token tile stay in L2 (1.3 MB at 5632 columns).
-            packed_then_rest(job, f, p, w, level, 64);
-        });
-        true
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (w, x, y, level);
-        false
-    }
-}
-
-/// F16/BF16 weights where [`crate::packed::uses_pairs`]: bf16 activations against the
-/// pairs copy (`x86::packed_bf16`), the rows past the last group row-major in f32; false, with nothing
-/// done, when `w` has no pack slot (or it is deferred).
-fn bf16_packed(w: &QMatrix, x: &[f32], y: &mut [f32], level: Simd) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::x86::packed_bf16;
-        let Some(p) = w.pack.and_then(|slot| slot.for_pairs(w)) else {
-            return false;
-        };
-        with_scratch(&XB, x.len() / w.cols * w.cols.div_ceil(2), |xb| {
-            packed_bf16::round_activations(x, w.cols, xb);
-            let job = Job {
-                xb,
-                packed: Some(p),
-                ..Job::new(w, x, y)
-            };
-            packed_then_rest(job, packed_bf16::rows, p, w, level, 64);
-        });
-        true
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (w, x, y, level);
-        false
-    }
-}
-
-/// The packed copy of `w` (made now if this is its first use) and its kernel at `level`, when `w`
-/// has a pack slot and the level has packed kernels for its type.
-fn packed_kernel<'a>(w: &QMatrix<'a>, level: Simd) -> Option<(&'a Packed, RowsFn)> {
-    let slot = w.pack?;
-    #[cfg(target_arch = "x86_64")]
-    {
-        let f = crate::x86::packed::select(w.dtype, level)?;
-        let p = slot.for_product(w)?;
-        debug_assert!(p.dtype == w.dtype && p.cols == w.cols);
-        Some((p, f))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (slot, level);
-        None
-    }
 }
 
 /// An activation block type: its scalar quantizer (the reference) and a bit-identical AVX2 one.
@@ -649,20 +505,17 @@ fn quantize(x: &[f32], out: &mut [BlockQ8], level: Simd) {
 /// Below this many multiply-adds a call runs on the calling thread.
 const SERIAL_WORK: usize = 1 << 15;
 
-/// Splits the rows of a job across the pool (see [`run_parts`]).
+/// Splits the rows of a job across the pool, decode chunks a multiple of 4 rows (see [`run_parts`]).
 fn par_rows(job: &Job, f: RowsFn) {
-    par_units(job, f, job.rows, 4)
-}
-
-/// Splits `units` units of work (rows, or groups of packed rows, as `f` counts them) across the pool,
-/// decode chunks a multiple of `align` units (see [`run_parts`]).
-fn par_units(job: &Job, f: RowsFn, units: usize, align: usize) {
-    par_units_by(job, f, units, align, 32)
-}
-
-/// [`par_units`] with prefill chunks of `prefill_rows` rows.
-fn par_units_by(job: &Job, f: RowsFn, units: usize, align: usize, prefill_rows: usize) {
-    run_parts(&[Part { job, f, units }], align, prefill_rows)
+    run_parts(
+        &[Part {
+            job,
+            f,
+            units: job.rows,
+        }],
+        4,
+        32,
+    )
 }
 
 /// One matrix's share of a parallel loop: units `0..units` of `job` through `f`.
