@@ -13,7 +13,7 @@
 use crate::dtype::DType;
 pub use crate::packed::PackSlot;
 use crate::packed::Packed;
-use crate::quants::{self, BlockQ16, BlockQ8, QK8};
+use crate::quants::{self, BlockQ16, BlockQ16P, BlockQ8, QK8};
 use crate::simd::Simd;
 use std::cell::RefCell;
 
@@ -142,6 +142,9 @@ pub(crate) struct Job<'a> {
     /// int16 activations, `n * cols / 32` blocks (wide path only, else empty).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub xw: &'a [BlockQ16],
+    /// The same as byte planes, for the AVX-512 wide kernels (else empty).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub xp: &'a [BlockQ16P],
     pub y: *mut f32,
     /// The packed rows (packed kernels only).
     pub packed: Option<&'a Packed>,
@@ -170,6 +173,7 @@ impl<'a> Job<'a> {
             xf: x,
             xq: &[],
             xw: &[],
+            xp: &[],
             y: y.as_mut_ptr(),
             packed: None,
             xt: &[],
@@ -223,6 +227,9 @@ thread_local! {
     /// int16 activations for the wide packed kernels.
     #[cfg(target_arch = "x86_64")]
     static XW: RefCell<Vec<BlockQ16>> = const { RefCell::new(Vec::new()) };
+    /// Those as byte planes for the AVX-512 ones.
+    #[cfg(target_arch = "x86_64")]
+    static XP: RefCell<Vec<BlockQ16P>> = const { RefCell::new(Vec::new()) };
     /// Activations in token tiles for the packed float kernels.
     #[cfg(target_arch = "x86_64")]
     static XT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -372,12 +379,13 @@ fn packed_products(ws: &[QMatrix], x: &[f32], ys: &mut [&mut [f32]], precision: 
     }
     let acts = acts.expect("one matrix or more");
     // The jobs of the matrices, on activations prepared once.
-    let run = |xq: &[BlockQ8], xw: &[BlockQ16], xb: &[u32], xt: &[f32], ys: &mut [&mut [f32]]| {
+    let run = |xq: &[BlockQ8], (xw, xp): (&[BlockQ16], &[BlockQ16P]), xb: &[u32], xt: &[f32], ys: &mut [&mut [f32]]| {
         let jobs: [Option<Job>; MAX_FUSED] = std::array::from_fn(|i| {
             let (w, (_, p, _)) = (ws.get(i)?, paths[i]?);
             Some(Job {
                 xq,
                 xw,
+                xp,
                 xb,
                 xt,
                 packed: Some(p),
@@ -410,21 +418,28 @@ fn packed_products(ws: &[QMatrix], x: &[f32], ys: &mut [&mut [f32]], precision: 
     match acts {
         Acts::Q8 => with_scratch(&XQ, x.len() / QK8, |xq| {
             quantize(x, xq, level);
-            run(xq, &[], &[], &[], ys)
+            run(xq, (&[], &[]), &[], &[], ys)
         }),
         Acts::Q16 => with_scratch(&XW, x.len() / QK8, |xw| {
             quantize_at(x, xw, level);
-            run(&[], xw, &[], &[], ys)
+            // The AVX-512 kernels take the blocks as byte planes.
+            let planes = if level == Simd::Avx512 { xw.len() } else { 0 };
+            with_scratch(&XP, planes, |xp| {
+                for (p, b) in xp.iter_mut().zip(xw.iter()) {
+                    *p = BlockQ16P::from(b);
+                }
+                run(&[], (xw, xp), &[], &[], ys)
+            })
         }),
         Acts::Pairs => with_scratch(&XB, n * cols.div_ceil(2), |xb| {
             crate::x86::packed_bf16::round_activations(x, cols, xb);
-            run(&[], &[], xb, &[], ys)
+            run(&[], (&[], &[]), xb, &[], ys)
         }),
         Acts::Tiles(tile) => with_scratch(&XT, if n > 1 { x.len() } else { 0 }, |xt| {
             if n > 1 {
                 crate::x86::packed_float::tile_activations(x, cols, tile, xt);
             }
-            run(&[], &[], &[], xt, ys)
+            run(&[], (&[], &[]), &[], xt, ys)
         }),
     }
     true

@@ -18,7 +18,7 @@ pub use k_quants::{Q2K, Q3K, Q4K, Q5K, Q6K};
 pub use q4_0::Q4_0;
 pub use q4_1::Q4_1;
 pub use q5::{unpack_q5_0, Q5_0, Q5_1};
-pub use q8::{quantize_row_q16, quantize_row_q8, BlockQ16, BlockQ8, QuantDot, QK8};
+pub use q8::{quantize_row_q16, quantize_row_q8, ActScales, BlockQ16, BlockQ16P, BlockQ8, QuantDot, QK8};
 pub use q8_0::Q8_0;
 
 use crate::dtype::DType;

@@ -62,6 +62,70 @@ pub struct BlockQ16 {
     pub h: [i32; 2],
 }
 
+/// A [`BlockQ16`] as two byte planes, `qs[i] = 256 hi[i] + lo[i]`, for the AVX-512 VNNI kernels:
+/// they multiply the weight codes by each plane with `vpdpbusd` (unsigned by signed bytes) and add
+/// the two sums, 256 times the first — the integers of an int16 product without widening the codes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BlockQ16P {
+    pub d: f32,
+    pub s: f32,
+    /// [`BlockQ16::h`].
+    pub h: [i32; 2],
+    /// `Σ hi`.
+    pub hs: i32,
+    pub lo: [u8; QK8],
+    pub hi: [i8; QK8],
+}
+
+impl From<&BlockQ16> for BlockQ16P {
+    #[inline]
+    fn from(b: &BlockQ16) -> Self {
+        let mut p = BlockQ16P {
+            d: b.d,
+            s: b.s,
+            h: b.h,
+            ..Default::default()
+        };
+        for ((l, h), &q) in p.lo.iter_mut().zip(&mut p.hi).zip(&b.qs) {
+            *l = q as u8;
+            *h = (q >> 8) as i8;
+        }
+        p.hs = p.hi.iter().map(|&h| h as i32).sum();
+        p
+    }
+}
+
+/// What the kernels read of an activation block besides its codes: the scale `d`, `s = d Σ q` and
+/// the integer sum of each half.
+pub trait ActScales {
+    fn d(&self) -> f32;
+    fn s(&self) -> f32;
+    fn h(&self, half: usize) -> i32;
+}
+
+/// The three activation blocks keep their scales in fields of the same names.
+macro_rules! act_scales {
+    ($($t:ty),*) => {$(
+        impl ActScales for $t {
+            #[inline(always)]
+            fn d(&self) -> f32 {
+                self.d
+            }
+            #[inline(always)]
+            fn s(&self) -> f32 {
+                self.s
+            }
+            #[inline(always)]
+            fn h(&self, half: usize) -> i32 {
+                self.h[half] as i32
+            }
+        }
+    )*};
+}
+
+act_scales!(BlockQ8, BlockQ16, BlockQ16P);
+
 /// Quantizes `x` (a multiple of 32 values) into `out`, 16 bits per value, round half to even (a
 /// block with a NaN or an infinity: codes 0 and `d` NaN, as [`quantize_row_q8`]).
 pub fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16]) {
