@@ -20,6 +20,16 @@
 //! which token is emitted: greedy output stays plain decoding's and sampled output keeps its
 //! distribution, but which random draws a seeded sampled run makes may then vary between runs, so
 //! the timed length is for the command line (`run`, `chat`, `bench`), not for reproducibility tests.
+//!
+//! The clock also chooses the length itself ([`DraftLength::costs`]): a step of `k` drafts costs `k`
+//! draft passes and a verification pass over `k + 1` rows, measured as seconds per draft `t_d` and
+//! seconds per verified row beyond a plain step's `t_r` (moving averages), and emits on average
+//! `(1 − a^(k+1)) / (1 − a)` tokens for a per-draft acceptance `a` (the recent drafts'; Leviathan et
+//! al. 2023's expected length). The length is the `k` that maximizes tokens per second,
+//! `E(k) / (k t_d + t_plain + k t_r)`: long drafts only when verifying rows and drafting are cheap
+//! against what acceptance wins (a draft model reading 44 % of the target's bytes and a verification
+//! row costing 0.3 plain steps make `k` = 2-3 the best even at 95 % acceptance, where growing by 2
+//! after each fully accepted step went to 8), a prompt-lookup proposer's free drafts long ones.
 
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
@@ -77,6 +87,11 @@ pub const PAUSE_MAX: usize = 512;
 /// well (measured: docs/BENCHMARKS.md, session 11).
 pub const SLOWER_BY: f64 = 0.05;
 
+/// How much of the acceptance counts each verified step keeps: about the last 10 steps weigh.
+const DECAY: f64 = 0.9;
+/// Weight of a new measurement in the moving averages of the draft and row costs.
+const COST_WEIGHT: f64 = 0.25;
+
 /// The clock's side of [`DraftLength`]: plain and speculative seconds per token.
 #[derive(Clone, Debug, Default)]
 struct Clock {
@@ -92,6 +107,9 @@ struct Clock {
     pause: usize,
     /// Pauses so far.
     pauses: usize,
+    /// Seconds per draft and per verified row beyond the first (moving averages), once measured.
+    draft: Option<f64>,
+    row: Option<f64>,
     /// The timed speculative steps were slower than the plain average: the next step is a plain one that
     /// confirms it (or not) at the machine's current speed.
     confirming: bool,
@@ -102,6 +120,9 @@ struct Clock {
 pub struct DraftLength {
     params: DraftLengthParams,
     k: usize,
+    /// Drafts accepted and rejected, decayed by [`DECAY`] a step: the acceptance per draft.
+    accepted: f64,
+    rejected: f64,
     /// (drafted, accepted) of the last `window` steps that verified drafts.
     recent: VecDeque<(usize, usize)>,
     off: bool,
@@ -114,6 +135,8 @@ impl DraftLength {
         Ok(DraftLength {
             params,
             k: params.max,
+            accepted: 0.0,
+            rejected: 0.0,
             recent: VecDeque::new(),
             off: false,
             clock: Clock {
@@ -131,8 +154,42 @@ impl DraftLength {
         if self.off || plain_step {
             0
         } else {
-            self.k
+            self.modeled().unwrap_or(self.k)
         }
+    }
+
+    /// The length of most tokens per second by the measured costs ([`DraftLength::costs`]), once
+    /// the clock has a plain step, a draft and a verification's rows, and two verified steps.
+    fn modeled(&self) -> Option<usize> {
+        let c = &self.clock;
+        let (true, Some(plain), Some(draft), Some(row)) = (self.params.timed, c.plain, c.draft, c.row) else {
+            return None;
+        };
+        let seen = self.accepted + self.rejected;
+        if seen < 2.0 {
+            return None;
+        }
+        // A rate of exactly 1 would make every length's expected gain k + 1: keep it below.
+        let a = (self.accepted / seen).min(0.999);
+        let rate = |k: usize| {
+            let tokens = (1.0 - a.powi(k as i32 + 1)) / (1.0 - a);
+            tokens / (k as f64 * (draft + row) + plain)
+        };
+        (self.params.min.max(1)..=self.params.max).max_by(|&x, &y| rate(x).total_cmp(&rate(y)))
+    }
+
+    /// The parts of a speculative step: `draft_secs` drafting `drafts` drafts (0 for a proposer
+    /// without draft passes: prompt lookup), `verify_secs` verifying `rows` rows (the drafts and the
+    /// last token). Without [`DraftLengthParams::timed`], or before a plain step was timed, nothing.
+    pub fn costs(&mut self, draft_secs: f64, drafts: usize, verify_secs: f64, rows: usize) {
+        let c = &mut self.clock;
+        let (true, Some(plain), true) = (self.params.timed, c.plain, rows > 1) else {
+            return;
+        };
+        let average =
+            |old: Option<f64>, new: f64| Some(old.map_or(new, |o| (1.0 - COST_WEIGHT) * o + COST_WEIGHT * new));
+        c.draft = average(c.draft, draft_secs / drafts.max(1) as f64);
+        c.row = average(c.row, ((verify_secs - plain) / (rows - 1) as f64).max(0.0));
     }
 
     /// Times of the steps: a step that took `secs` and produced `tokens` tokens, `speculative` when it
@@ -195,6 +252,10 @@ impl DraftLength {
         if drafted == 0 || self.off {
             return;
         }
+        // Each accepted draft a success; the first rejected one (if any) a failure, after which
+        // nothing was tried.
+        self.accepted = DECAY * self.accepted + accepted as f64;
+        self.rejected = DECAY * self.rejected + f64::from(accepted < drafted);
         let floor = self.params.min.max(1);
         self.k = if accepted == drafted {
             (self.k + 2).min(self.params.max)
@@ -285,6 +346,47 @@ mod tests {
         // Untimed: the clock changes nothing.
         let mut l = DraftLength::new(DraftLengthParams { timed: false, ..params }).unwrap();
         assert!(run(&mut l, 50, 100.0).iter().all(|&d| d));
+    }
+
+    /// With the clock's costs measured — a plain step 1 s, `draft` seconds per draft, `row` per
+    /// verified row beyond the first — and a steady acceptance `a` per draft, the length is the `k`
+    /// of most tokens per second, `E(k) / (k (draft + row) + 1)` with `E(k) = (1 − a^(k+1)) / (1 − a)`.
+    /// By hand: a = 0.9, draft 0.4, row 0.3: k = 1, 2, 3 give 1.9 / 1.7 = 1.118, 2.71 / 2.4 = 1.129,
+    /// 3.439 / 3.1 = 1.109 → 2. Free drafts (prompt lookup), a = 0.9, row 0.3: k = 4, 5, 6 give
+    /// 4.095 / 2.2 = 1.861, 4.686 / 2.5 = 1.874, 5.217 / 2.8 = 1.863 → 5. a = 32/33 (each step 32
+    /// accepted, then one rejected), draft 0.4, row 0.3: k = 3, 4, 5 give 3.822 / 3.1 = 1.233,
+    /// 4.706 / 3.8 = 1.238, 5.563 / 4.5 = 1.236 → 4.
+    #[test]
+    fn measured_costs_choose_the_length_of_most_tokens_per_second() {
+        for (draft, row, (drafted, accepted), want) in
+            [(0.4, 0.3, (10, 9), 2), (0.0, 0.3, (10, 9), 5), (0.4, 0.3, (33, 32), 4)]
+        {
+            let mut l = DraftLength::new(DraftLengthParams {
+                timed: true,
+                ..Default::default()
+            })
+            .unwrap();
+            for step in 0..20 {
+                let k = l.k();
+                if k == 0 {
+                    l.timed(false, 1.0, 1);
+                    continue;
+                }
+                l.update(drafted, accepted);
+                l.costs(draft * k as f64, k, 1.0 + row * k as f64, k + 1);
+                // Fast enough per token never to pause.
+                l.timed(true, 0.1, k + 1);
+                if step >= 4 {
+                    assert_eq!(l.k(), want, "draft {draft}, row {row}, acceptance {accepted}/{drafted}");
+                }
+            }
+            assert_eq!(l.pauses(), 0);
+        }
+        // Untimed: the costs are not kept, the length is the acceptance schedule's.
+        let mut l = DraftLength::new(DraftLengthParams::default()).unwrap();
+        l.update(8, 8);
+        l.costs(0.4, 1, 2.0, 2);
+        assert_eq!(l.k(), 8);
     }
 
     #[test]

@@ -156,6 +156,7 @@ impl<'a> SpecDecoder<'a> {
             None => 0,
         };
         let mut proposal = Proposal::default();
+        let drafting = std::time::Instant::now();
         if let (true, Some(proposer)) = (k > 0, self.proposer.as_deref_mut()) {
             let seq = Context {
                 tokens: &self.seq,
@@ -176,6 +177,8 @@ impl<'a> SpecDecoder<'a> {
                 proposer.accepted(0);
             }
         }
+        let draft_secs = drafting.elapsed().as_secs_f64();
+        let verifying = std::time::Instant::now();
         let typical = self.proposer.as_deref().and_then(|p| p.typical());
         let step = if let (true, false, Some(rule)) = (proposal.is_tree(), self.sampler.is_greedy(), typical) {
             verify_tree_typical(
@@ -214,6 +217,9 @@ impl<'a> SpecDecoder<'a> {
             // to the drafts the proposer was sure of.
             let depth = proposal.depth() - proposal.unsure;
             self.length.update(depth, step.accepted.min(depth));
+            let verify_secs = verifying.elapsed().as_secs_f64();
+            self.length
+                .costs(draft_secs, proposal.len(), verify_secs, proposal.len() + 1);
             self.stats.draft_n += proposal.len();
             self.stats.draft_n_accepted += step.accepted;
             self.stats.draft_steps += 1;
