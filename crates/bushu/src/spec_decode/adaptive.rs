@@ -15,21 +15,23 @@
 //! speculation is slower by more than [`SLOWER_BY`], one plain step is taken at once to confirm it (the
 //! plain average may come from a faster stretch of a shared machine's speed: only a plain step timed
 //! beside the speculative ones says they are slower now), and if they are still slower than that step
-//! it pauses — plain steps — for [`PAUSE`] steps, doubled each time it is found
-//! slower again (up to [`PAUSE_MAX`]), then tries again. Timing decides only *when* to draft, never
+//! it pauses — plain steps — for [`PAUSE`] steps, doubled each time it is found slower again, then
+//! tries again; found slower after [`MAX_PAUSES`] pauses, speculation is switched off for the
+//! sequence (a draft model's catching up after a pause costs in proportion to the pause). Timing
+//! decides only *when* to draft, never
 //! which token is emitted: greedy output stays plain decoding's and sampled output keeps its
 //! distribution, but which random draws a seeded sampled run makes may then vary between runs, so
 //! the timed length is for the command line (`run`, `chat`, `bench`), not for reproducibility tests.
 //!
 //! The clock also chooses the length itself ([`DraftLength::costs`]): a step of `k` drafts costs `k`
 //! draft passes and a verification pass over `k + 1` rows, measured as seconds per draft `t_d` and
-//! seconds per verified row beyond a plain step's `t_r` (moving averages), and emits on average
-//! `(1 − a^(k+1)) / (1 − a)` tokens for a per-draft acceptance `a` (the recent drafts'; Leviathan et
-//! al. 2023's expected length). The length is the `k` that maximizes tokens per second,
-//! `E(k) / (k t_d + t_plain + k t_r)`: long drafts only when verifying rows and drafting are cheap
-//! against what acceptance wins (a draft model reading 44 % of the target's bytes and a verification
-//! row costing 0.3 plain steps make `k` = 2-3 the best even at 95 % acceptance, where growing by 2
-//! after each fully accepted step went to 8), a prompt-lookup proposer's free drafts long ones.
+//! seconds per verified row beyond a plain step's, `t_r(k + 1)`, for each pass length (moving
+//! averages; a length not tried yet is taken at the cheapest row measured, so that it gets tried),
+//! and emits on average `E(k) = (1 − a^(k+1)) / (1 − a)` tokens for a per-draft acceptance `a` (the
+//! recent drafts'; Leviathan et al. 2023's expected length). The length is the `k` that maximizes
+//! tokens per second, `E(k) / (k (t_d + t_r(k + 1)) + t_plain)`: long drafts only when drafting and
+//! verifying rows are cheap against what acceptance wins, a prompt-lookup proposer's free drafts long
+//! ones. When even the best `k` is predicted slower than plain decoding, speculation pauses at once.
 
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
@@ -80,8 +82,8 @@ pub const PROBE_EVERY: usize = 32;
 pub const TIMED_STEPS: usize = 4;
 /// Steps of the first pause after speculation was measured slower than plain decoding.
 pub const PAUSE: usize = 8;
-/// The longest pause.
-pub const PAUSE_MAX: usize = 512;
+/// Pauses before speculation found slower once more is switched off for the sequence.
+pub const MAX_PAUSES: usize = 3;
 /// How much slower per token than plain steps the timed speculative steps must be for a pause: at parity
 /// speculation costs nothing, and the text after a stretch the draft is unsure of is often one it drafts
 /// well (measured: docs/BENCHMARKS.md, session 11).
@@ -107,9 +109,11 @@ struct Clock {
     pause: usize,
     /// Pauses so far.
     pauses: usize,
-    /// Seconds per draft and per verified row beyond the first (moving averages), once measured.
+    /// Seconds per draft (a moving average), once measured.
     draft: Option<f64>,
-    row: Option<f64>,
+    /// Seconds per verified row beyond the first, by the pass's rows (`row[m]`: passes of `m` rows;
+    /// moving averages): a row costs less in a longer pass (the weights are read once for all).
+    row: Vec<Option<f64>>,
     /// The timed speculative steps were slower than the plain average: the next step is a plain one that
     /// confirms it (or not) at the machine's current speed.
     confirming: bool,
@@ -154,17 +158,22 @@ impl DraftLength {
         if self.off || plain_step {
             0
         } else {
-            self.modeled().unwrap_or(self.k)
+            self.modeled().map_or(self.k, |(k, _)| k)
         }
     }
 
-    /// The length of most tokens per second by the measured costs ([`DraftLength::costs`]), once
-    /// the clock has a plain step, a draft and a verification's rows, and two verified steps.
-    fn modeled(&self) -> Option<usize> {
+    /// The length of most tokens per second by the measured costs ([`DraftLength::costs`]) and that
+    /// rate against plain decoding's (above 1: faster), once the clock has a plain step, a draft and a
+    /// verification's rows, and two verified steps.
+    fn modeled(&self) -> Option<(usize, f64)> {
         let c = &self.clock;
-        let (true, Some(plain), Some(draft), Some(row)) = (self.params.timed, c.plain, c.draft, c.row) else {
+        let (true, Some(plain), Some(draft)) = (self.params.timed, c.plain, c.draft) else {
             return None;
         };
+        // Passes of a length not measured yet are taken at the cheapest row measured (optimism: a
+        // length is tried, and then known, rather than never tried because a shorter one was dear).
+        let cheapest = c.row.iter().flatten().copied().min_by(f64::total_cmp)?;
+        let row = |m: usize| c.row.get(m).copied().flatten().unwrap_or(cheapest);
         let seen = self.accepted + self.rejected;
         if seen < 2.0 {
             return None;
@@ -173,9 +182,10 @@ impl DraftLength {
         let a = (self.accepted / seen).min(0.999);
         let rate = |k: usize| {
             let tokens = (1.0 - a.powi(k as i32 + 1)) / (1.0 - a);
-            tokens / (k as f64 * (draft + row) + plain)
+            tokens / (k as f64 * (draft + row(k + 1)) + plain)
         };
-        (self.params.min.max(1)..=self.params.max).max_by(|&x, &y| rate(x).total_cmp(&rate(y)))
+        let k = (self.params.min.max(1)..=self.params.max).max_by(|&x, &y| rate(x).total_cmp(&rate(y)))?;
+        Some((k, rate(k) * plain))
     }
 
     /// The parts of a speculative step: `draft_secs` drafting `drafts` drafts (0 for a proposer
@@ -189,7 +199,19 @@ impl DraftLength {
         let average =
             |old: Option<f64>, new: f64| Some(old.map_or(new, |o| (1.0 - COST_WEIGHT) * o + COST_WEIGHT * new));
         c.draft = average(c.draft, draft_secs / drafts.max(1) as f64);
-        c.row = average(c.row, ((verify_secs - plain) / (rows - 1) as f64).max(0.0));
+        if c.row.len() <= rows {
+            c.row.resize(rows + 1, None);
+        }
+        c.row[rows] = average(c.row[rows], ((verify_secs - plain) / (rows - 1) as f64).max(0.0));
+        // Predicted slower than plain decoding at its best length: pause now, as a measured slowdown
+        // would after TIMED_STEPS slow steps, and let a retry's evidence weigh more than the old.
+        if let Some((_, gain)) = self.modeled() {
+            if gain < 1.0 {
+                self.pause();
+                self.accepted *= 0.5;
+                self.rejected *= 0.5;
+            }
+        }
     }
 
     /// Times of the steps: a step that took `secs` and produced `tokens` tokens, `speculative` when it
@@ -210,12 +232,10 @@ impl DraftLength {
                 // The machine's speed now: it replaces the average, which came from another stretch.
                 c.plain = Some(t);
                 let (w, n) = c.spec.iter().fold((0.0, 0), |a, s| (a.0 + s.0, a.1 + s.1));
-                if w / n as f64 > t * (1.0 + SLOWER_BY) {
-                    c.paused_until = c.steps + c.pause;
-                    c.pause = (2 * c.pause).min(PAUSE_MAX);
-                    c.pauses += 1;
-                }
                 c.spec.clear();
+                if w / n as f64 > t * (1.0 + SLOWER_BY) {
+                    self.pause();
+                }
             }
             return;
         }
@@ -230,6 +250,22 @@ impl DraftLength {
         if t / n as f64 > plain * (1.0 + SLOWER_BY) {
             c.confirming = true;
         }
+    }
+
+    /// Speculation found slower than plain steps: a pause, twice as long as the last, or after
+    /// [`MAX_PAUSES`] of them, speculation off for the sequence — a draft model resuming after `P`
+    /// plain steps first reads those `P` tokens (a prefill of them, about 8 % of a target step each
+    /// for Qwen2.5-Coder 0.5B drafting for the 1.5B), so retries after ever longer pauses cost a
+    /// sequence where speculation never pays that share of its paused steps.
+    fn pause(&mut self) {
+        let c = &mut self.clock;
+        if c.pauses >= MAX_PAUSES {
+            self.off = true;
+            return;
+        }
+        c.paused_until = c.steps + c.pause;
+        c.pause *= 2;
+        c.pauses += 1;
     }
 
     /// Times speculation was paused for being slower than plain steps.
@@ -247,15 +283,24 @@ impl DraftLength {
         self.off
     }
 
-    /// A step verified `drafted` drafts, of which `accepted` stood.
+    /// The acceptance the costs weigh ([`DraftLength::costs`]): a step verified a chain of `drafted`
+    /// drafts — every one, those its proposer was unsure of too (they cost a draft pass and a row
+    /// like the others) — of which the first `accepted` stood. Each accepted draft a success, the
+    /// first rejected one (if any) a failure, after which nothing was tried.
+    pub fn observe(&mut self, drafted: usize, accepted: usize) {
+        if drafted == 0 {
+            return;
+        }
+        self.accepted = DECAY * self.accepted + accepted.min(drafted) as f64;
+        self.rejected = DECAY * self.rejected + f64::from(accepted < drafted);
+    }
+
+    /// A step verified `drafted` drafts its proposer was sure of, of which `accepted` stood: the
+    /// acceptance schedule's length and the switch-off.
     pub fn update(&mut self, drafted: usize, accepted: usize) {
         if drafted == 0 || self.off {
             return;
         }
-        // Each accepted draft a success; the first rejected one (if any) a failure, after which
-        // nothing was tried.
-        self.accepted = DECAY * self.accepted + accepted as f64;
-        self.rejected = DECAY * self.rejected + f64::from(accepted < drafted);
         let floor = self.params.min.max(1);
         self.k = if accepted == drafted {
             (self.k + 2).min(self.params.max)
@@ -349,7 +394,7 @@ mod tests {
     }
 
     /// With the clock's costs measured — a plain step 1 s, `draft` seconds per draft, `row` per
-    /// verified row beyond the first — and a steady acceptance `a` per draft, the length is the `k`
+    /// verified row beyond the first at every pass length — and a steady acceptance `a` per draft, the length is the `k`
     /// of most tokens per second, `E(k) / (k (draft + row) + 1)` with `E(k) = (1 − a^(k+1)) / (1 − a)`.
     /// By hand: a = 0.9, draft 0.4, row 0.3: k = 1, 2, 3 give 1.9 / 1.7 = 1.118, 2.71 / 2.4 = 1.129,
     /// 3.439 / 3.1 = 1.109 → 2. Free drafts (prompt lookup), a = 0.9, row 0.3: k = 4, 5, 6 give
@@ -358,9 +403,18 @@ mod tests {
     /// 4.706 / 3.8 = 1.238, 5.563 / 4.5 = 1.236 → 4.
     #[test]
     fn measured_costs_choose_the_length_of_most_tokens_per_second() {
-        for (draft, row, (drafted, accepted), want) in
-            [(0.4, 0.3, (10, 9), 2), (0.0, 0.3, (10, 9), 5), (0.4, 0.3, (33, 32), 4)]
-        {
+        // (draft, row cost by pass rows, per-step drafted/accepted, the length wanted).
+        type Row = fn(usize) -> f64;
+        let cases: [(f64, Row, (usize, usize), usize); 4] = [
+            (0.4, |_| 0.3, (10, 9), 2),
+            (0.0, |_| 0.3, (10, 9), 5),
+            (0.4, |_| 0.3, (33, 32), 4),
+            // Rows cheaper in passes of five or more: k = 2, 3, 4, 5 give 2.71 / 2.4 = 1.129, 3.439 /
+            // 3.1 = 1.109, 4.095 / 3.0 = 1.365, 4.686 / 3.5 = 1.339 → 4, found by trying lengths
+            // not measured yet at the cheapest row seen.
+            (0.4, |m| if m < 5 { 0.3 } else { 0.1 }, (10, 9), 4),
+        ];
+        for (draft, row, (drafted, accepted), want) in cases {
             let mut l = DraftLength::new(DraftLengthParams {
                 timed: true,
                 ..Default::default()
@@ -373,15 +427,60 @@ mod tests {
                     continue;
                 }
                 l.update(drafted, accepted);
-                l.costs(draft * k as f64, k, 1.0 + row * k as f64, k + 1);
+                l.observe(drafted, accepted);
+                l.costs(draft * k as f64, k, 1.0 + row(k + 1) * k as f64, k + 1);
                 // Fast enough per token never to pause.
                 l.timed(true, 0.1, k + 1);
-                if step >= 4 {
-                    assert_eq!(l.k(), want, "draft {draft}, row {row}, acceptance {accepted}/{drafted}");
+                if step >= 8 {
+                    assert_eq!(l.k(), want, "draft {draft}, acceptance {accepted}/{drafted}");
                 }
             }
             assert_eq!(l.pauses(), 0);
         }
+        // Acceptance 2 in 3 with those costs: k = 1 gives 1.667 / 1.7 = 0.98 tokens per plain step's
+        // time — slower than plain, so speculation pauses as soon as the costs say so (the first
+        // step with a plain time and two verified steps), not after four slow steps.
+        let mut l = DraftLength::new(DraftLengthParams {
+            timed: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut drafted = Vec::new();
+        for _ in 0..(3 + PAUSE) {
+            let k = l.k();
+            drafted.push(k > 0);
+            if k == 0 {
+                l.timed(false, 1.0, 1);
+                continue;
+            }
+            l.update(3, 2);
+            l.observe(3, 2);
+            l.costs(0.4 * k as f64, k, 1.0 + 0.3 * k as f64, k + 1);
+            l.timed(true, 0.1, 3);
+        }
+        let mut want = vec![true, false, true];
+        want.extend(std::iter::repeat_n(false, PAUSE - 1));
+        want.push(true);
+        assert_eq!(
+            drafted, want,
+            "step 0, the probe, one step with the costs, a pause, a retry"
+        );
+        assert_eq!(l.pauses(), 2, "the retry, still at 2 in 3, pauses again");
+        // Retries after pauses of 2 PAUSE and 4 PAUSE steps fail too: the third pause is the last,
+        // the next failure switches speculation off for the sequence.
+        for _ in 0..(2 * PAUSE + 1 + 4 * PAUSE + 1) {
+            let k = l.k();
+            if k == 0 {
+                l.timed(false, 1.0, 1);
+                continue;
+            }
+            l.update(3, 2);
+            l.observe(3, 2);
+            l.costs(0.4 * k as f64, k, 1.0 + 0.3 * k as f64, k + 1);
+            l.timed(true, 0.1, 3);
+        }
+        assert_eq!(l.pauses(), MAX_PAUSES);
+        assert!(l.is_off() && l.k() == 0);
         // Untimed: the costs are not kept, the length is the acceptance schedule's.
         let mut l = DraftLength::new(DraftLengthParams::default()).unwrap();
         l.update(8, 8);

@@ -217,6 +217,7 @@ impl<'a> SpecDecoder<'a> {
             // to the drafts the proposer was sure of.
             let depth = proposal.depth() - proposal.unsure;
             self.length.update(depth, step.accepted.min(depth));
+            self.length.observe(proposal.depth(), step.accepted);
             let verify_secs = verifying.elapsed().as_secs_f64();
             self.length
                 .costs(draft_secs, proposal.len(), verify_secs, proposal.len() + 1);
