@@ -445,19 +445,20 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let mut drafted = Vec::new();
-        for _ in 0..(3 + PAUSE) {
+        // One step: plain (1 s) or 3 drafts of which 2 stood, at those costs; whether it drafted.
+        let step = |l: &mut DraftLength| {
             let k = l.k();
-            drafted.push(k > 0);
             if k == 0 {
                 l.timed(false, 1.0, 1);
-                continue;
+                return false;
             }
             l.update(3, 2);
             l.observe(3, 2);
             l.costs(0.4 * k as f64, k, 1.0 + 0.3 * k as f64, k + 1);
             l.timed(true, 0.1, 3);
-        }
+            true
+        };
+        let drafted: Vec<bool> = (0..3 + PAUSE).map(|_| step(&mut l)).collect();
         let mut want = vec![true, false, true];
         want.extend(std::iter::repeat_n(false, PAUSE - 1));
         want.push(true);
@@ -469,15 +470,7 @@ mod tests {
         // Retries after pauses of 2 PAUSE and 4 PAUSE steps fail too: the third pause is the last,
         // the next failure switches speculation off for the sequence.
         for _ in 0..(2 * PAUSE + 1 + 4 * PAUSE + 1) {
-            let k = l.k();
-            if k == 0 {
-                l.timed(false, 1.0, 1);
-                continue;
-            }
-            l.update(3, 2);
-            l.observe(3, 2);
-            l.costs(0.4 * k as f64, k, 1.0 + 0.3 * k as f64, k + 1);
-            l.timed(true, 0.1, 3);
+            step(&mut l);
         }
         assert_eq!(l.pauses(), MAX_PAUSES);
         assert!(l.is_off() && l.k() == 0);
