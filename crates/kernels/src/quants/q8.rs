@@ -104,7 +104,7 @@ pub trait ActScales {
     fn h(&self, half: usize) -> i32;
 }
 
-/// The three activation blocks keep their scales in fields of the same names.
+/// The activation blocks of the sixteen-row AVX-512 kernels keep their scales in fields of the same names.
 macro_rules! act_scales {
     ($($t:ty),*) => {$(
         impl ActScales for $t {
@@ -124,7 +124,7 @@ macro_rules! act_scales {
     )*};
 }
 
-act_scales!(BlockQ8, BlockQ16, BlockQ16P);
+act_scales!(BlockQ8, BlockQ16P);
 
 /// Quantizes `x` (a multiple of 32 values) into `out`, 16 bits per value, round half to even (a
 /// block with a NaN or an infinity: codes 0 and `d` NaN, as [`quantize_row_q8`]).

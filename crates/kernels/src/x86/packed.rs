@@ -7,7 +7,7 @@
 use super::{Avx2Dot, IDot, VnniDot};
 use crate::matmul::Job;
 use crate::packed::{GROUP, Q2K_Q, Q3K_Q, Q5K_Q, Q5_0_Q, Q6K_Q};
-use crate::quants::{ActScales, BlockQ16, BlockQ8, QK8};
+use crate::quants::{BlockQ16, BlockQ8, QK8};
 use crate::simd::prefetch_bytes;
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
@@ -206,7 +206,7 @@ unsafe fn q4s_tile<D: IAcc, const RUN: usize, const T: usize>(
 
 /// [`q4s_tile`] with int16 activations.
 #[inline(always)]
-unsafe fn q4s_dot16<W: Wide16, const T: usize>(mut acc: [__m256; T], s: &Q4S, x: [*const W::B; T]) -> [__m256; T] {
+unsafe fn q4s_dot16<W: Wide16, const T: usize>(mut acc: [__m256; T], s: &Q4S, x: [*const BlockQ16; T]) -> [__m256; T] {
     let x = x.map(|p| &*p);
     let mut a = [W::zero(); T];
     for (u, &q) in s.q.iter().enumerate() {
@@ -214,7 +214,7 @@ unsafe fn q4s_dot16<W: Wide16, const T: usize>(mut acc: [__m256; T], s: &Q4S, x:
     }
     finish16::<W, T>(&mut acc, s.d, a, x);
     for j in 0..T {
-        acc[j] = _mm256_fmadd_ps(s.m, _mm256_set1_ps(x[j].s()), acc[j]);
+        acc[j] = _mm256_fmadd_ps(s.m, _mm256_set1_ps(x[j].s), acc[j]);
     }
     acc
 }
@@ -256,7 +256,7 @@ impl<D: IAcc> WideKern for PQ5_0<D> {
         acc: [__m256; T],
         s: &Q4S,
         _rec: *const u8,
-        x: [*const W::B; T],
+        x: [*const BlockQ16; T],
     ) -> [__m256; T] {
         q4s_dot16::<W, T>(acc, s, x)
     }
@@ -380,7 +380,7 @@ impl<D: IAcc> WideKern for PQ5K<D> {
         mut acc: [__m256; T],
         s: &Q4KS,
         rec: *const u8,
-        x: [*const W::B; T],
+        x: [*const BlockQ16; T],
     ) -> [__m256; T] {
         let c = rec.add(Q5K_Q);
         for g in 0..8 {
@@ -393,7 +393,7 @@ impl<D: IAcc> WideKern for PQ5K<D> {
             }
             finish16::<W, T>(&mut acc, s.d[g], a, xg);
             for t in 0..T {
-                acc[t] = _mm256_fmadd_ps(s.m[g], _mm256_set1_ps(xg[t].s()), acc[t]);
+                acc[t] = _mm256_fmadd_ps(s.m[g], _mm256_set1_ps(xg[t].s), acc[t]);
             }
         }
         acc
@@ -637,7 +637,7 @@ pub(crate) trait WideKern: PackKern {
         acc: [__m256; T],
         s: &Self::S,
         rec: *const u8,
-        x: [*const W::B; T],
+        x: [*const BlockQ16; T],
     ) -> [__m256; T];
 }
 
@@ -648,14 +648,11 @@ pub(crate) trait WideKern: PackKern {
 /// integers (exact, no saturation), so the two levels give the same bits. (The AVX-512 level's
 /// sixteen-row kernels take the activations as byte planes instead: `x86::packed512::Q16Acts`.)
 pub(crate) trait Wide16 {
-    /// The activation blocks.
-    type B: ActScales;
     type W: Copy;
     type A: Copy;
-    fn acts<'a>(job: &Job<'a>) -> &'a [Self::B];
     unsafe fn zero() -> Self::A;
     unsafe fn widen(u: __m256i) -> Self::W;
-    unsafe fn madd(a: Self::A, w: &Self::W, x: &Self::B, at: usize) -> Self::A;
+    unsafe fn madd(a: Self::A, w: &Self::W, x: &BlockQ16, at: usize) -> Self::A;
     /// The eight rows' sums, as f32 in row order.
     unsafe fn rows(a: Self::A) -> __m256;
 }
@@ -672,12 +669,8 @@ unsafe fn x4(x: &BlockQ16, at: usize) -> i64 {
 }
 
 impl Wide16 for Madd16 {
-    type B = BlockQ16;
     type W = (__m256i, __m256i);
     type A = (__m256i, __m256i);
-    fn acts<'a>(job: &Job<'a>) -> &'a [BlockQ16] {
-        job.xw
-    }
     #[inline(always)]
     unsafe fn zero() -> Self::A {
         (_mm256_setzero_si256(), _mm256_setzero_si256())
@@ -704,12 +697,8 @@ impl Wide16 for Madd16 {
 }
 
 impl Wide16 for Dpwssd {
-    type B = BlockQ16;
     type W = __m512i;
     type A = __m512i;
-    fn acts<'a>(job: &Job<'a>) -> &'a [BlockQ16] {
-        job.xw
-    }
     #[inline(always)]
     unsafe fn zero() -> __m512i {
         _mm512_setzero_si512()
@@ -740,7 +729,7 @@ unsafe fn rows8(lo: __m256i, hi: __m256i) -> __m256 {
 /// Products of one unit (four signed byte codes of each of eight rows, `w`) with four int16
 /// activations from `at` of each token, added to the tokens' accumulators.
 #[inline(always)]
-unsafe fn madd16<W: Wide16, const T: usize>(a: &mut [W::A; T], w: __m256i, x: [&W::B; T], at: usize) {
+unsafe fn madd16<W: Wide16, const T: usize>(a: &mut [W::A; T], w: __m256i, x: [&BlockQ16; T], at: usize) {
     let wd = W::widen(w);
     for j in 0..T {
         a[j] = W::madd(a[j], &wd, x[j], at);
@@ -749,9 +738,9 @@ unsafe fn madd16<W: Wide16, const T: usize>(a: &mut [W::A; T], w: __m256i, x: [&
 
 /// Adds `scale * rows(a) * x.d` to each token's accumulator.
 #[inline(always)]
-unsafe fn finish16<W: Wide16, const T: usize>(acc: &mut [__m256; T], scale: __m256, a: [W::A; T], x: [&W::B; T]) {
+unsafe fn finish16<W: Wide16, const T: usize>(acc: &mut [__m256; T], scale: __m256, a: [W::A; T], x: [&BlockQ16; T]) {
     for j in 0..T {
-        let v = _mm256_mul_ps(W::rows(a[j]), _mm256_set1_ps(x[j].d()));
+        let v = _mm256_mul_ps(W::rows(a[j]), _mm256_set1_ps(x[j].d));
         acc[j] = _mm256_fmadd_ps(scale, v, acc[j]);
     }
 }
@@ -762,7 +751,7 @@ impl<D: IAcc> WideKern for PQ8_0<D> {
         mut acc: [__m256; T],
         d: &__m256,
         rec: *const u8,
-        x: [*const W::B; T],
+        x: [*const BlockQ16; T],
     ) -> [__m256; T] {
         let x = x.map(|p| &*p);
         let c = rec.add(2 * GROUP);
@@ -781,7 +770,7 @@ impl<D: IAcc> WideKern for PQ6K<D> {
         mut acc: [__m256; T],
         s: &[__m256; 16],
         rec: *const u8,
-        x: [*const W::B; T],
+        x: [*const BlockQ16; T],
     ) -> [__m256; T] {
         let c = rec.add(Q6K_Q);
         let m32 = _mm256_set1_epi8(32);
@@ -808,7 +797,7 @@ impl<const OFFSET: bool, D: IAcc> WideKern for PQ4<OFFSET, D> {
         acc: [__m256; T],
         s: &Q4S,
         _rec: *const u8,
-        x: [*const W::B; T],
+        x: [*const BlockQ16; T],
     ) -> [__m256; T] {
         q4s_dot16::<W, T>(acc, s, x)
     }
@@ -822,7 +811,7 @@ impl<D: IAcc> WideKern for PQ4K<D> {
         mut acc: [__m256; T],
         s: &Q4KS,
         rec: *const u8,
-        x: [*const W::B; T],
+        x: [*const BlockQ16; T],
     ) -> [__m256; T] {
         let c = rec.add(160);
         for j in 0..4 {
@@ -835,11 +824,11 @@ impl<D: IAcc> WideKern for PQ4K<D> {
             }
             finish16::<W, T>(&mut acc, s.d[2 * j], al, xl);
             for t in 0..T {
-                acc[t] = _mm256_fmadd_ps(s.m[2 * j], _mm256_set1_ps(xl[t].s()), acc[t]);
+                acc[t] = _mm256_fmadd_ps(s.m[2 * j], _mm256_set1_ps(xl[t].s), acc[t]);
             }
             finish16::<W, T>(&mut acc, s.d[2 * j + 1], ah, xh);
             for t in 0..T {
-                acc[t] = _mm256_fmadd_ps(s.m[2 * j + 1], _mm256_set1_ps(xh[t].s()), acc[t]);
+                acc[t] = _mm256_fmadd_ps(s.m[2 * j + 1], _mm256_set1_ps(xh[t].s), acc[t]);
             }
         }
         acc
@@ -854,7 +843,7 @@ impl<D: IAcc> WideKern for PQ2K<D> {
         mut acc: [__m256; T],
         &(d, dmin): &(__m256, __m256),
         rec: *const u8,
-        x: [*const W::B; T],
+        x: [*const BlockQ16; T],
     ) -> [__m256; T] {
         let c = rec.add(Q2K_Q);
         for g in 0..8 {
@@ -869,7 +858,7 @@ impl<D: IAcc> WideKern for PQ2K<D> {
                 finish16::<W, T>(&mut acc, _mm256_mul_ps(d, sc), a, xg);
                 let ms = _mm256_mul_ps(dmin, m);
                 for t in 0..T {
-                    let sx = xg[t].d() * xg[t].h(half) as f32;
+                    let sx = xg[t].d * xg[t].h[half] as f32;
                     acc[t] = _mm256_fmadd_ps(ms, _mm256_set1_ps(sx), acc[t]);
                 }
             }
@@ -886,7 +875,7 @@ impl<D: IAcc> WideKern for PQ3K<D> {
         mut acc: [__m256; T],
         d: &__m256,
         rec: *const u8,
-        x: [*const W::B; T],
+        x: [*const BlockQ16; T],
     ) -> [__m256; T] {
         let c = rec.add(Q3K_Q);
         let four = _mm256_set1_epi8(4);
@@ -948,7 +937,7 @@ unsafe fn tile_wide<K: WideKern, W: Wide16, const T: usize>(job: &Job, g: usize,
     let (nb, rec) = (job.cols / K::ELEMS, p.rec);
     let base = p.group(g).as_ptr();
     let per_tok = job.cols / QK8;
-    let xp: [*const W::B; T] = std::array::from_fn(|j| W::acts(job)[(t + j) * per_tok..].as_ptr());
+    let xp: [*const BlockQ16; T] = std::array::from_fn(|j| job.xw[(t + j) * per_tok..].as_ptr());
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let r = base.add(b * rec);
