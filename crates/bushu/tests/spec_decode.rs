@@ -265,6 +265,40 @@ fn unsure_drafts_are_proposed_and_end_the_chain() {
     }
 }
 
+/// A draft model says when it read more of the sequence than one step brings before drafting
+/// (`caught_up`: after plain steps it reads them all first), so that step's drafting time is not taken
+/// as a cost per draft (a resumed draft's catch-up had switched speculation off on a code prompt,
+/// docs/SPECULATIVE.md). A step brings one token after a rejection and two after a whole accepted
+/// chain (the last draft, never fed, and the target's next token).
+#[test]
+fn a_draft_model_catching_up_says_so() {
+    use bushu::sampling::Context;
+    let (f, m) = open(EXPERT);
+    let (_, dm) = open(AMATEUR);
+    let o = opts(SamplingParams::greedy());
+    let prompt = f.tokenizer.encode(PROMPTS[0], true).unwrap();
+    let mut d = DraftModel::new(&dm, 512, &o.sampling, 0.0).unwrap();
+    d.prefill(&prompt[..prompt.len() - 1]).unwrap();
+    let mut st = m.new_state(512);
+    fn ctx(tokens: &[u32], prompt_len: usize) -> Context<'_> {
+        Context { tokens, prompt_len }
+    }
+    let first = d.propose(&ctx(&prompt, prompt.len()), 3, &m, &mut st).unwrap();
+    assert_eq!((first.len(), first.caught_up), (3, false), "one new token");
+    // The whole chain accepted, then the target's token: two new tokens.
+    d.accepted(3);
+    let mut seq = prompt.clone();
+    seq.extend(&first.tokens);
+    seq.push(7);
+    let next = d.propose(&ctx(&seq, prompt.len()), 3, &m, &mut st).unwrap();
+    assert_eq!((next.len(), next.caught_up), (3, false), "two new tokens");
+    // Rejected, then three plain steps: the correction and three tokens.
+    d.accepted(0);
+    seq.extend([5, 6, 7, 8]);
+    let after = d.propose(&ctx(&seq, prompt.len()), 3, &m, &mut st).unwrap();
+    assert_eq!((after.len(), after.caught_up), (3, true), "four new tokens");
+}
+
 #[test]
 fn sampled_speculation_is_deterministic_for_a_seed() {
     let (f, m) = open(EXPERT);
@@ -837,6 +871,7 @@ fn hand_built_tree_accepts_the_known_branch() {
         q: None,
         parent: vec![None, None, Some(1), Some(1), Some(2), Some(0)],
         unsure: 0,
+        caught_up: false,
     };
     let (last, head) = prompt.split_last().unwrap();
     let mut st = m.new_state(128);
@@ -877,6 +912,7 @@ fn hand_built_tree_accepts_the_known_branch() {
         q: None,
         parent: vec![None, None],
         unsure: 0,
+        caught_up: false,
     };
     let mut st = m.new_state(128);
     m.forward(&mut st, head, Logits::None).unwrap();

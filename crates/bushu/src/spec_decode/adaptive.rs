@@ -188,17 +188,21 @@ impl DraftLength {
         Some((k, rate(k) * plain))
     }
 
-    /// The parts of a speculative step: `draft_secs` drafting `drafts` drafts (0 for a proposer
-    /// without draft passes: prompt lookup), `verify_secs` verifying `rows` rows (the drafts and the
-    /// last token). Without [`DraftLengthParams::timed`], or before a plain step was timed, nothing.
-    pub fn costs(&mut self, draft_secs: f64, drafts: usize, verify_secs: f64, rows: usize) {
+    /// The parts of a speculative step: `draft_secs` drafting `drafts` drafts (about 0 for a proposer
+    /// without draft passes: prompt lookup; `None` when the step's drafting also read tokens of
+    /// earlier steps — a draft model catching up after a pause — and so does not measure drafting),
+    /// `verify_secs` verifying `rows` rows (the drafts and the last token). Without
+    /// [`DraftLengthParams::timed`], or before a plain step was timed, nothing.
+    pub fn costs(&mut self, draft_secs: Option<f64>, drafts: usize, verify_secs: f64, rows: usize) {
         let c = &mut self.clock;
         let (true, Some(plain), true) = (self.params.timed, c.plain, rows > 1) else {
             return;
         };
         let average =
             |old: Option<f64>, new: f64| Some(old.map_or(new, |o| (1.0 - COST_WEIGHT) * o + COST_WEIGHT * new));
-        c.draft = average(c.draft, draft_secs / drafts.max(1) as f64);
+        if let Some(secs) = draft_secs {
+            c.draft = average(c.draft, secs / drafts.max(1) as f64);
+        }
         if c.row.len() <= rows {
             c.row.resize(rows + 1, None);
         }
@@ -428,7 +432,7 @@ mod tests {
                 }
                 l.update(drafted, accepted);
                 l.observe(drafted, accepted);
-                l.costs(draft * k as f64, k, 1.0 + row(k + 1) * k as f64, k + 1);
+                l.costs(Some(draft * k as f64), k, 1.0 + row(k + 1) * k as f64, k + 1);
                 // Fast enough per token never to pause.
                 l.timed(true, 0.1, k + 1);
                 if step >= 8 {
@@ -436,6 +440,10 @@ mod tests {
                 }
             }
             assert_eq!(l.pauses(), 0);
+            // A step whose drafting also read paused steps' tokens (`None`) leaves the draft cost.
+            let before = l.clock.draft;
+            l.costs(None, want, 1.0 + row(want + 1) * want as f64, want + 1);
+            assert_eq!((l.clock.draft, l.k()), (before, want));
         }
         // Acceptance 2 in 3 with those costs: k = 1 gives 1.667 / 1.7 = 0.98 tokens per plain step's
         // time — slower than plain, so speculation pauses as soon as the costs say so (the first
@@ -454,7 +462,7 @@ mod tests {
             }
             l.update(3, 2);
             l.observe(3, 2);
-            l.costs(0.4 * k as f64, k, 1.0 + 0.3 * k as f64, k + 1);
+            l.costs(Some(0.4 * k as f64), k, 1.0 + 0.3 * k as f64, k + 1);
             l.timed(true, 0.1, 3);
             true
         };
@@ -477,7 +485,7 @@ mod tests {
         // Untimed: the costs are not kept, the length is the acceptance schedule's.
         let mut l = DraftLength::new(DraftLengthParams::default()).unwrap();
         l.update(8, 8);
-        l.costs(0.4, 1, 2.0, 2);
+        l.costs(Some(0.4), 1, 2.0, 2);
         assert_eq!(l.k(), 8);
     }
 

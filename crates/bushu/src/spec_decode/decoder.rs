@@ -219,8 +219,9 @@ impl<'a> SpecDecoder<'a> {
             self.length.update(depth, step.accepted.min(depth));
             self.length.observe(proposal.depth(), step.accepted);
             let verify_secs = verifying.elapsed().as_secs_f64();
+            let drafting = (!proposal.caught_up).then_some(draft_secs);
             self.length
-                .costs(draft_secs, proposal.len(), verify_secs, proposal.len() + 1);
+                .costs(drafting, proposal.len(), verify_secs, proposal.len() + 1);
             self.stats.draft_n += proposal.len();
             self.stats.draft_n_accepted += step.accepted;
             self.stats.draft_steps += 1;

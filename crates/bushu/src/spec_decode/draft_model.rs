@@ -163,6 +163,8 @@ impl Proposer for DraftModel<'_> {
         let mut out = Proposal::default();
         let mut logits = self.model.forward(&mut self.state, new, Logits::Last)?;
         self.cached.extend_from_slice(new);
+        // A step brings the last draft and the target's next token at most; more were paused steps'.
+        out.caught_up = new.len() > 2;
         // A tree: nodes left beyond the chain, and the parent of the next chain node.
         let mut extra = self.tree.map_or(0, |t| t.extra);
         let mut parent = None;

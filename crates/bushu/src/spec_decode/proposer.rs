@@ -26,6 +26,10 @@ pub struct Proposal {
     /// draft ends the chain but is still proposed — its draft pass is paid for, and one more
     /// verification row costs a fraction of a pass. The draft length adapts to the sure drafts only.
     pub unsure: usize,
+    /// The proposer read more of the sequence before drafting than one step brings (a draft model
+    /// resuming after plain steps reads them all first): this step's drafting time is not a drafting
+    /// cost ([`super::adaptive::DraftLength::costs`]).
+    pub caught_up: bool,
 }
 
 impl Proposal {
