@@ -511,6 +511,14 @@ fn bad_speculation_flags_are_refused() {
         &["--lookup", "--draft-vocab", "100"],
         "--draft-vocab restricts a draft model's classifier",
     );
+    fails(
+        &["--lookup", "--draft-quant", "q4_0"],
+        "--draft-quant re-encodes a draft model's weights: it needs --draft-model",
+    );
+    fails(
+        &["--draft-model", &a, "--draft-quant", "q4_k"],
+        "--draft-quant must be one of q4_0, q4_1, q5_0, q8_0 (got \"q4_k\")",
+    );
 }
 
 /// A restricted classifier (FR-Spec's draft head) gives the first `n` logits of the whole one and
@@ -566,6 +574,8 @@ fn json_reports_drafts_and_output_is_plain_greedy() {
         &["--draft-model", &a, "--draft-p-min", "0"],
         &["--self-speculate", "3"],
         &["--draft-model", &a, "--lookup"],
+        // The F16 draft re-encoded as Q8_0 when loaded: drafts still accepted, the output unchanged.
+        &["--draft-model", &a, "--draft-p-min", "0", "--draft-quant", "q8_0"],
     ] {
         let j = run(extra);
         assert_eq!(j["tokens"], plain["tokens"], "{extra:?}");
@@ -574,6 +584,9 @@ fn json_reports_drafts_and_output_is_plain_greedy() {
         assert!(n.as_u64().unwrap() >= acc.as_u64().unwrap(), "{extra:?}: {j}");
         assert_eq!(&j["speculative"]["draft_n"], n);
         assert!(j["speculative"]["mean_accepted_length"].as_f64().is_some());
+        if extra.contains(&"--draft-quant") {
+            assert!(acc.as_u64().unwrap() > 0, "{j}");
+        }
     }
 }
 

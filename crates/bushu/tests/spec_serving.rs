@@ -234,6 +234,7 @@ fn serve_with_lookup_reports_drafts() {
             length: length(),
             p_min: 0.75,
             draft_vocab: None,
+            draft_quant: None,
             tree: None,
         },
     ] {

@@ -37,6 +37,11 @@ pub struct SpecArgs {
     /// byte-level BPE numbers tokens most frequent first). 0: the whole vocabulary.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub draft_vocab: usize,
+    /// With --draft-model: re-encode the draft's matrices stored in more bits as TYPE when loading
+    /// (q4_0, q4_1, q5_0, q8_0): fewer bytes read per draft token; the output is unchanged (the target
+    /// verifies every token), only how often drafts are accepted may change.
+    #[arg(long, value_name = "TYPE")]
+    pub draft_quant: Option<String>,
     /// Speculative decoding by prompt lookup: draft the tokens that followed the last n-gram's most recent
     /// earlier occurrence in the prompt and output. With --draft-model: lookup when it matches at least
     /// 2 tokens, the draft model otherwise.
@@ -147,6 +152,14 @@ impl SpecArgs {
         if self.draft_vocab > 0 && method.draft_path().is_none() {
             bail!("--draft-vocab restricts a draft model's classifier: it needs --draft-model");
         }
+        if self.draft_quant.is_some() && method.draft_path().is_none() {
+            bail!("--draft-quant re-encodes a draft model's weights: it needs --draft-model");
+        }
+        let draft_quant = self
+            .draft_quant
+            .as_deref()
+            .map(crate::quant::requant::parse_draft_type)
+            .transpose()?;
         if self.draft_tree > 0 && method.draft_path().is_none() {
             bail!("--draft-tree grows a draft model's token tree: it needs --draft-model");
         }
@@ -158,6 +171,7 @@ impl SpecArgs {
             length,
             p_min: self.draft_p_min,
             draft_vocab: (self.draft_vocab > 0).then_some(self.draft_vocab),
+            draft_quant,
             tree: (self.draft_tree > 0).then_some(DraftTree {
                 extra: self.draft_tree,
                 p_branch: self.draft_tree_p,
@@ -170,8 +184,7 @@ impl SpecArgs {
 /// it is opened) and the draft model of `opts`, built as the target is (`None` without one).
 pub fn load_draft_for(opts: &SpecOptions, file: &ModelFile, model: &Model, margs: &ModelArgs) -> Result<Option<Model>> {
     if let Some(path) = opts.method.draft_path() {
-        let d = load_draft(path, file, &margs.options(), opts.draft_vocab)
-            .map_err(|e| super::sampling::flag_error(e, &[]))?;
+        let d = load_draft(path, file, &margs.options(), opts).map_err(|e| super::sampling::flag_error(e, &[]))?;
         return Ok(Some(d));
     }
     match &opts.method {

@@ -9,6 +9,7 @@
 //! - [`gptq`]: GPTQ with damping, groups and act-order.
 //! - [`llm_int8`]: LLM.int8() mixed-precision inference (int8 weights and activations, f32 outliers).
 //! - [`convert`]: GGUF → GGUF conversion behind `bushu quantize`.
+//! - [`requant`]: a loaded model's matrices re-encoded in memory (`--draft-quant`).
 
 pub mod affine;
 pub mod calib;
@@ -18,3 +19,4 @@ pub mod gptq;
 pub mod int_types;
 pub mod llm_int8;
 pub mod mixture;
+pub mod requant;

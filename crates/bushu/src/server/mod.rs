@@ -182,7 +182,7 @@ impl Server {
         // A draft model is loaded first: its paged cache has the target's blocks, so the KV budget is
         // shared between the two caches in proportion to their bytes per position.
         let draft = match opts.spec.method.draft_path() {
-            Some(path) => Some(load_draft(path, &file, &opts.model_options(), opts.spec.draft_vocab)?),
+            Some(path) => Some(load_draft(path, &file, &opts.model_options(), &opts.spec)?),
             None => None,
         };
         let per_pos = PagedCache::bytes_per_position(&model) as u128;

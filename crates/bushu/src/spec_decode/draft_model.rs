@@ -69,23 +69,26 @@ pub fn vocabulary_mismatch(a: (usize, &Tokenizer), b: (usize, &Tokenizer)) -> Op
     a.1.vocab_difference(b.1).map(VocabMismatch::Tokenizer)
 }
 
-/// Opens the draft model at `path` for `target` (checked with [`check_same_vocabulary`]) and builds it
-/// with `options`; `draft_vocab` restricts its classifier ([`Model::head_rows`]). One loader for `run`
-/// and `serve`.
+/// Opens the draft model at `path` for `target` (checked with [`check_same_vocabulary`]), re-encodes
+/// its matrices as `spec.draft_quant` ([`crate::quant::requant`]) and builds it with `options`;
+/// `spec.draft_vocab` restricts its classifier ([`Model::head_rows`]). One loader for `run` and `serve`.
 pub fn load_draft(
     path: &std::path::Path,
     target: &crate::model::ModelFile,
     options: &crate::model::ModelOptions,
-    draft_vocab: Option<usize>,
+    spec: &super::SpecOptions,
 ) -> Result<Model> {
     use anyhow::Context;
-    let f = crate::model::load(path).with_context(|| format!("cannot open the draft model {}", path.display()))?;
+    let mut f = crate::model::load(path).with_context(|| format!("cannot open the draft model {}", path.display()))?;
     check_same_vocabulary(
         (target.config.vocab_size, &target.tokenizer),
         (f.config.vocab_size, &f.tokenizer),
     )?;
+    if let Some(dtype) = spec.draft_quant {
+        crate::quant::requant::requantize(&mut f.tensors, dtype)?;
+    }
     let mut m = options.build(&f)?;
-    m.head_rows = draft_vocab;
+    m.head_rows = spec.draft_vocab;
     Ok(m)
 }
 

@@ -95,6 +95,8 @@ pub struct SpecOptions {
     /// The draft model's classifier over the first `n` vocabulary entries only
     /// ([`crate::model::Model::head_rows`]).
     pub draft_vocab: Option<usize>,
+    /// The draft model's matrices re-encoded in this type when loaded ([`crate::quant::requant`]).
+    pub draft_quant: Option<kernels::DType>,
     /// A draft model drafting token trees (`bushu run` and `chat`, greedy).
     pub tree: Option<DraftTree>,
 }
@@ -107,6 +109,7 @@ impl SpecOptions {
             length: DraftLengthParams::default(),
             p_min: 0.75,
             draft_vocab: None,
+            draft_quant: None,
             tree: None,
         }
     }
