@@ -31,7 +31,10 @@
 //! recent drafts'; Leviathan et al. 2023's expected length). The length is the `k` that maximizes
 //! tokens per second, `E(k) / (k (t_d + t_r(k + 1)) + t_plain)`: long drafts only when drafting and
 //! verifying rows are cheap against what acceptance wins, a prompt-lookup proposer's free drafts long
-//! ones. When even the best `k` is predicted slower than plain decoding, speculation pauses at once.
+//! ones. When even the best `k` is predicted slower than plain decoding, speculation pauses at once;
+//! and once the costs are measured they alone decide — the comparison of the last few speculative
+//! steps' wall time with plain steps' is the judge only before (a window of four steps that drew a few
+//! rejections paused speculation that paid).
 
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
@@ -224,6 +227,7 @@ impl DraftLength {
         if !self.params.timed || tokens == 0 {
             return;
         }
+        let costed = self.modeled().is_some();
         let c = &mut self.clock;
         c.steps += 1;
         if c.steps == 1 {
@@ -247,7 +251,10 @@ impl DraftLength {
         if c.spec.len() > TIMED_STEPS {
             c.spec.pop_front();
         }
-        let (Some(plain), true) = (c.plain, c.spec.len() == TIMED_STEPS) else {
+        // Once the costs are measured they decide (`DraftLength::costs`): a short window of steps
+        // that drew rejections, or a busy moment of the machine, paused speculation that paid
+        // (docs/SPECULATIVE.md, session 17).
+        let (Some(plain), true, false) = (c.plain, c.spec.len() == TIMED_STEPS, costed) else {
             return;
         };
         let (t, n) = c.spec.iter().fold((0.0, 0), |a, s| (a.0 + s.0, a.1 + s.1));
@@ -444,6 +451,12 @@ mod tests {
             let before = l.clock.draft;
             l.costs(None, want, 1.0 + row(want + 1) * want as f64, want + 1);
             assert_eq!((l.clock.draft, l.k()), (before, want));
+            // With the costs measured they decide: slow steps on the clock (a stretch of rejected
+            // drafts, a busy machine) neither confirm nor pause.
+            for _ in 0..TIMED_STEPS {
+                l.timed(true, 100.0, 1);
+            }
+            assert_eq!((l.k(), l.pauses()), (want, 0));
         }
         // Acceptance 2 in 3 with those costs: k = 1 gives 1.667 / 1.7 = 0.98 tokens per plain step's
         // time — slower than plain, so speculation pauses as soon as the costs say so (the first
