@@ -521,6 +521,60 @@ fn bad_speculation_flags_are_refused() {
     );
 }
 
+/// `bushu serve` with `extra`: exits non-zero within a minute with one error line containing `expect`,
+/// never listening.
+fn serve_fails(extra: &[&str], expect: &str) {
+    use std::io::Read;
+    let m = path(EXPERT);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bushu"))
+        .args(["serve", "--port", "0", "-m", &m, "--ctx", "128"])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bushu serve {extra:?} started instead of refusing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!status.success(), "{extra:?}: {err}");
+    assert!(
+        !err.contains("listening") && !err.contains("panicked"),
+        "{extra:?}: {err}"
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{extra:?}: not one line: {err}");
+    assert!(lines[0].contains(expect), "{extra:?}: expected {expect:?} in {err:?}");
+}
+
+/// The same bad speculation flags refused by `bushu serve` before it listens.
+#[test]
+fn serve_refuses_bad_speculation_flags() {
+    let tiny = path(TINY);
+    let a = path(AMATEUR);
+    serve_fails(&["--draft-model", &tiny], "one shared vocabulary");
+    serve_fails(&["--lookup", "--draft-max", "0"], "--draft-max must be at least 1");
+    serve_fails(
+        &["--lookup", "--lookup-ngram", "0"],
+        "--lookup-ngram must be at least 1",
+    );
+    serve_fails(&["--self-speculate", "6"], "--self-speculate must be between 1 and 5");
+    serve_fails(
+        &["--draft-model", &a, "--draft-quant", "q3_k"],
+        "--draft-quant must be one of",
+    );
+}
+
 /// A restricted classifier (FR-Spec's draft head) gives the first `n` logits of the whole one and
 /// `-inf` for the others.
 #[test]
