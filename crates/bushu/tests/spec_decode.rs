@@ -573,6 +573,10 @@ fn serve_refuses_bad_speculation_flags() {
         &["--draft-model", &a, "--draft-quant", "q3_k"],
         "--draft-quant must be one of",
     );
+    serve_fails(
+        &["--spec-max-batch", "4"],
+        "--spec-max-batch limits speculative decoding",
+    );
 }
 
 /// A restricted classifier (FR-Spec's draft head) gives the first `n` logits of the whole one and

@@ -194,6 +194,38 @@ fn draft_model_saves_steps() {
     );
 }
 
+/// `max_batch` (`bushu serve --spec-max-batch N`): no drafts in a step where more than N sequences
+/// decode. At the engine's batch (8) it changes nothing; at 2 the steps of many sequences go without
+/// drafts (fewer verifications with drafts, the output unchanged), and the last sequences, decoding
+/// alone, still draft.
+#[test]
+fn no_drafts_above_the_batch_limit() {
+    let expert = open(EXPERT);
+    let setup = Setup {
+        blocks: 600,
+        prefix: true,
+    };
+    let reqs = requests(&expert, false);
+    let (want, _, _, _) = run(engine(&expert, &setup), &reqs);
+    let counters = |max_batch: usize| {
+        let mut e = engine(&expert, &setup);
+        let amateur = draft_runner(Model::new(&open(AMATEUR)).unwrap(), &e.runner).unwrap();
+        let mut s = Speculator::new(Method::DraftModel(amateur), length(), 0.0, &e.runner).unwrap();
+        s.max_batch = max_batch;
+        e.spec = Some(s);
+        let (got, c, _, _) = run(e, &reqs);
+        assert_eq!(got, want, "max_batch {max_batch}");
+        c.unwrap()
+    };
+    let any = counters(0);
+    assert_eq!(counters(8), any);
+    let two = counters(2);
+    assert!(
+        two.num_drafts > 0 && two.num_drafts < any.num_drafts / 2,
+        "{two:?} against {any:?}"
+    );
+}
+
 /// Methods that cannot work for the target are refused when built.
 #[test]
 fn bad_speculators_are_refused() {

@@ -46,6 +46,11 @@ pub struct ServeArgs {
     pub shutdown_grace: u64,
     #[command(flatten)]
     pub spec: SpecArgs,
+    /// With --lookup, --draft-model or --self-speculate: no drafts in a step where more than N
+    /// sequences decode (vLLM's speculative_disable_by_batch_size) — many sequences already fill the
+    /// cores and drafted rows compete with theirs. 0: draft at any batch.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub spec_max_batch: usize,
     #[command(flatten)]
     pub cascade: super::cascade::CascadeArgs,
     /// Serve /metrics without the API key (by default it asks for the key when there is one).
@@ -84,6 +89,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if spec.tree.is_some() {
         bail!("--draft-tree is for bushu run and chat: the serving engine verifies chains of drafts");
     }
+    if a.spec_max_batch > 0 && spec.method == crate::spec_decode::Speculation::Off {
+        bail!("--spec-max-batch limits speculative decoding: it needs --lookup, --draft-model or --self-speculate");
+    }
     if a.max_connections == 0 {
         bail!("--max-connections must be at least 1");
     }
@@ -114,6 +122,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         int8_outlier_threshold: a.model.int8_outlier_threshold,
         kv_type: a.model.kv_type,
         spec,
+        spec_max_batch: a.spec_max_batch,
         metrics_public: a.metrics_public,
         check_tensors: a.model.check_tensors_asked(),
         max_connections: a.max_connections,

@@ -69,6 +69,9 @@ pub struct ServeOptions {
     pub kv_type: crate::model::KvType,
     /// Speculative decoding in the engine (`--lookup`, `--draft-model`, `--self-speculate`).
     pub spec: SpecOptions,
+    /// Speculation makes no drafts in a step where more than this many sequences decode (0: any
+    /// number): [`crate::spec_decode::serving::Speculator::max_batch`].
+    pub spec_max_batch: usize,
     /// `/metrics` open to anyone even with an API key (`--metrics-public`).
     pub metrics_public: bool,
     /// Connections open at once; more are answered 503 and closed (`--max-connections`).
@@ -120,6 +123,7 @@ impl ServeOptions {
             int8_outlier_threshold: None,
             kv_type: crate::model::KvType::default(),
             spec: SpecOptions::off(),
+            spec_max_batch: 0,
             metrics_public: false,
             max_connections: 512,
             header_timeout: Duration::from_secs(10),
@@ -305,7 +309,9 @@ impl Server {
         };
         if let Some(method) = method {
             let spec = &opts.spec;
-            engine.spec = Some(Speculator::new(method, spec.length, spec.p_min, &engine.runner)?);
+            let mut s = Speculator::new(method, spec.length, spec.p_min, &engine.runner)?;
+            s.max_batch = opts.spec_max_batch;
+            engine.spec = Some(s);
         }
         let speculation = engine.spec.as_ref().map(|s| {
             let l = &opts.spec.length;

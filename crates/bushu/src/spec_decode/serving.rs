@@ -96,6 +96,11 @@ pub struct Speculator {
     p_min: f32,
     seqs: HashMap<SeqId, SeqSpec>,
     pub counters: SpecCounters,
+    /// No drafts in a step where more than this many sequences decode (0: any number; vLLM's
+    /// `speculative_disable_by_batch_size`): a batch of many sequences is a pass of many rows already,
+    /// compute-bound on a few cores, where drafted rows cost about what plain rows do (bench/
+    /// serve-speculative.sh, docs/SPECULATIVE.md). The sequences' draft lengths keep their state.
+    pub max_batch: usize,
     /// Lookup then draft model: the proposals each made, (lookup, draft model).
     pub combined_sources: (u64, u64),
 }
@@ -142,6 +147,7 @@ impl Speculator {
             p_min,
             seqs: HashMap::new(),
             counters: SpecCounters::default(),
+            max_batch: 0,
             combined_sources: (0, 0),
         })
     }
@@ -164,10 +170,15 @@ impl Speculator {
     pub fn draft(&mut self, sched: &mut Scheduler, target: &mut ModelRunner) -> Result<()> {
         self.seqs.retain(|id, _| sched.seqs.contains_key(id));
         let max_len = sched.cfg.max_model_len;
+        let decoding =
+            |s: &crate::engine::sequence::Sequence| s.status == SeqStatus::Running && s.num_uncomputed() == 1;
+        if self.max_batch > 0 && sched.seqs.values().filter(|s| decoding(s)).count() > self.max_batch {
+            return Ok(());
+        }
         // (sequence, drafts to ask for)
         let mut todo: Vec<(SeqId, usize)> = Vec::new();
         for (&id, seq) in &sched.seqs {
-            if seq.status != SeqStatus::Running || seq.num_uncomputed() != 1 || !seq.draft.is_empty() {
+            if !decoding(seq) || !seq.draft.is_empty() {
                 continue;
             }
             let s = match self.seqs.entry(id) {
