@@ -48,9 +48,9 @@ pub struct ServeArgs {
     pub spec: SpecArgs,
     /// With --lookup, --draft-model or --self-speculate: no drafts in a step where more than N
     /// sequences decode (vLLM's speculative_disable_by_batch_size) — many sequences already fill the
-    /// cores and drafted rows compete with theirs. 0: draft at any batch.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub spec_max_batch: usize,
+    /// cores and drafted rows compete with theirs (default: twice the threads; 0: draft at any batch).
+    #[arg(long, value_name = "N")]
+    pub spec_max_batch: Option<usize>,
     #[command(flatten)]
     pub cascade: super::cascade::CascadeArgs,
     /// Serve /metrics without the API key (by default it asks for the key when there is one).
@@ -89,7 +89,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if spec.tree.is_some() {
         bail!("--draft-tree is for bushu run and chat: the serving engine verifies chains of drafts");
     }
-    if a.spec_max_batch > 0 && spec.method == crate::spec_decode::Speculation::Off {
+    if a.spec_max_batch.is_some() && spec.method == crate::spec_decode::Speculation::Off {
         bail!("--spec-max-batch limits speculative decoding: it needs --lookup, --draft-model or --self-speculate");
     }
     if a.max_connections == 0 {
@@ -122,7 +122,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         int8_outlier_threshold: a.model.int8_outlier_threshold,
         kv_type: a.model.kv_type,
         spec,
-        spec_max_batch: a.spec_max_batch,
+        // Measured on 2 cores (docs/SPECULATIVE.md): 4 streams gain from drafts, 16 lose; the batch
+        // where a pass's rows fill the cores grows with them.
+        spec_max_batch: a.spec_max_batch.unwrap_or(2 * kernels::pool::threads()),
         metrics_public: a.metrics_public,
         check_tensors: a.model.check_tensors_asked(),
         max_connections: a.max_connections,

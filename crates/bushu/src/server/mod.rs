@@ -319,8 +319,12 @@ impl Server {
                 Some(b) => format!(", its KV cache {:.1} MiB", b as f64 / (1 << 20) as f64),
                 None => String::new(),
             };
+            let batch = match s.max_batch {
+                0 => String::new(),
+                n => format!(", in steps of at most {n} decoding sequences"),
+            };
             format!(
-                "{} (up to {} drafts per step, at least {}{cache})",
+                "{} (up to {} drafts per step, at least {}{batch}{cache})",
                 s.name(),
                 l.max,
                 l.min
