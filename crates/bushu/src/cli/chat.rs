@@ -252,6 +252,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
             ),
         }
         session.set_speculation(p, spec.length)?;
+        super::spec::draft_note(&spec, draft.as_ref());
     }
 
     if let Some(r) = &model.routing {

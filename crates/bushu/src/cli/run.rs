@@ -258,6 +258,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let draft = super::spec::load_draft_for(&spec, &file, &model, &a.model)?;
     let medusa = super::spec::load_medusa_for(&a.spec, &file)?;
     let mut proposer = super::spec::proposer(&spec, draft.as_ref(), medusa.as_ref(), &model, ctx, &opts.sampling)?;
+    super::spec::draft_note(&spec, draft.as_ref());
     // Semi- or non-autoregressive decoding with the heads (lossy): K head tokens per pass.
     let semi_ar = match (&medusa, a.spec.semi_ar, a.spec.non_ar) {
         (Some(h), Some(k), _) => {

@@ -180,6 +180,25 @@ impl SpecArgs {
     }
 }
 
+/// A note on stderr when a draft model (loaded without `--draft-quant`) would read at least 15 % fewer
+/// bytes per token re-encoded as Q4_0 — drafting is bound by those bytes and the output does not
+/// depend on them (docs/SPECULATIVE.md). Printed once the proposer is built (after every check).
+pub fn draft_note(opts: &SpecOptions, draft: Option<&Model>) {
+    let (None, Some(d)) = (opts.draft_quant, draft) else {
+        return;
+    };
+    let now = d.weights.bytes_per_token();
+    let q4 = crate::quant::requant::bytes_as(d.weights.matrices(), kernels::DType::Q4_0);
+    if (q4 as f64) < 0.85 * now as f64 {
+        let mb = |b: usize| crate::model::memory::fmt_bytes(b as u128);
+        eprintln!(
+            "note: the draft model reads {} per token; --draft-quant q4_0 would read {} (the output stays the same)",
+            mb(now),
+            mb(q4)
+        );
+    }
+}
+
 /// The checks that need the target (self-speculation's layer count; the draft model's vocabulary, when
 /// it is opened) and the draft model of `opts`, built as the target is (`None` without one).
 pub fn load_draft_for(opts: &SpecOptions, file: &ModelFile, model: &Model, margs: &ModelArgs) -> Result<Option<Model>> {

@@ -284,7 +284,7 @@ impl Weights {
     }
 
     /// Every matrix, the classifier last (it may be the embedding table itself).
-    fn matrices(&self) -> impl Iterator<Item = &Tensor> {
+    pub fn matrices(&self) -> impl Iterator<Item = &Tensor> {
         self.layers
             .iter()
             .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])

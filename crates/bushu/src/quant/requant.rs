@@ -71,6 +71,17 @@ fn reencode(t: &Tensor, dtype: DType) -> Result<Tensor> {
     })
 }
 
+/// The bytes `matrices` would take with those [`requantize`] re-encodes as `dtype` re-encoded (the
+/// matrices a pass reads: `bushu run` tells how much a draft would save).
+pub fn bytes_as<'a>(matrices: impl Iterator<Item = &'a Tensor>, dtype: DType) -> usize {
+    matrices
+        .map(|t| match worth(t, dtype) {
+            true => dtype.bytes_for(t.numel()).unwrap_or(t.nbytes),
+            false => t.nbytes,
+        })
+        .sum()
+}
+
 /// Re-encodes every matrix of `tensors` (under GGUF names) stored in more bytes per weight than `dtype`
 /// as `dtype` — but the token embedding of a model with its own classifier (`output.weight`): a pass
 /// reads one row of it per token, not worth re-encoding; returns the bytes of all tensors before and
@@ -130,8 +141,18 @@ mod tests {
         );
         tensors.insert("output.weight".into(), matrix("output.weight", DType::Q4_0, &x, cols));
         let old: HashMap<String, Vec<u8>> = tensors.iter().map(|(k, t)| (k.clone(), t.bytes().to_vec())).collect();
+        // What bytes_as foretells of the matrices a pass reads (all but the embedding here).
+        let read = |t: &HashMap<String, Tensor>| {
+            t.iter()
+                .filter(|(k, _)| *k != "token_embd.weight")
+                .map(|(_, t)| t)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let as_q4 = bytes_as(read(&tensors).iter(), DType::Q4_0);
         let (before, after) = requantize(&mut tensors, DType::Q4_0).unwrap();
         assert!(after < before);
+        assert_eq!(as_q4, read(&tensors).iter().map(|t| t.nbytes).sum::<usize>());
         for name in ["q8", "f16"] {
             let t = &tensors[name];
             let want = quantize_matrix(DType::Q4_0, &matrix("w", old_type(name), &x, cols).to_f32(), cols).unwrap();
