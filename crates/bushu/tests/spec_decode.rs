@@ -521,6 +521,25 @@ fn bad_speculation_flags_are_refused() {
     );
 }
 
+/// `--draft-quant` reaches the draft as loaded (`load_draft`, for run, chat, bench and serve): the F16
+/// amateur at q8_0 has only Q8_0 matrices and reads fewer bytes per token; without it, F16 ones.
+#[test]
+fn load_draft_requantizes() {
+    use bushu::spec_decode::{load_draft, SpecOptions};
+    use kernels::DType;
+    let f = load(&shared(EXPERT)).unwrap();
+    let o = bushu::model::ModelOptions::default();
+    let plain = load_draft(&shared(AMATEUR), &f, &o, &SpecOptions::off()).unwrap();
+    let spec = SpecOptions {
+        draft_quant: Some(DType::Q8_0),
+        ..SpecOptions::off()
+    };
+    let q8 = load_draft(&shared(AMATEUR), &f, &o, &spec).unwrap();
+    assert!(plain.weights.matrices().all(|t| t.dtype == DType::F16));
+    assert!(q8.weights.matrices().all(|t| t.dtype == DType::Q8_0));
+    assert!(q8.weights.bytes_per_token() * 17 / 10 < plain.weights.bytes_per_token());
+}
+
 /// `bushu serve` with `extra`: exits non-zero within a minute with one error line containing `expect`,
 /// never listening.
 fn serve_fails(extra: &[&str], expect: &str) {

@@ -38,8 +38,9 @@ pub struct SpecArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub draft_vocab: usize,
     /// With --draft-model: re-encode the draft's matrices stored in more bits as TYPE when loading
-    /// (q4_0, q4_1, q5_0, q8_0): fewer bytes read per draft token; the output is unchanged (the target
-    /// verifies every token), only how often drafts are accepted may change.
+    /// (q4_0, q4_1, q5_0, q8_0): fewer bytes read per draft token; the target verifies every token, so
+    /// greedy output is unchanged and sampled output keeps the target's distribution — only how often
+    /// drafts are accepted may change.
     #[arg(long, value_name = "TYPE")]
     pub draft_quant: Option<String>,
     /// Speculative decoding by prompt lookup: draft the tokens that followed the last n-gram's most recent
@@ -192,7 +193,7 @@ pub fn draft_note(opts: &SpecOptions, draft: Option<&Model>) {
     if (q4 as f64) < 0.85 * now as f64 {
         let mb = |b: usize| crate::model::memory::fmt_bytes(b as u128);
         eprintln!(
-            "note: the draft model reads {} per token; --draft-quant q4_0 would read {} (the output stays the same)",
+            "note: the draft model reads {} per token; --draft-quant q4_0 would read {} (greedy output stays the same)",
             mb(now),
             mb(q4)
         );

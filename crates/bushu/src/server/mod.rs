@@ -320,8 +320,8 @@ impl Server {
                 None => String::new(),
             };
             let batch = match s.max_batch {
-                0 => String::new(),
-                n => format!(", in steps of at most {n} decoding sequences"),
+                n if n > 0 && n < opts.max_batch => format!(", in steps of at most {n} decoding sequences"),
+                _ => String::new(),
             };
             format!(
                 "{} (up to {} drafts per step, at least {}{batch}{cache})",

@@ -8,7 +8,8 @@
 //! Acceptance alone does not say whether speculation pays: a draft model that is accepted 84 % of the
 //! time still loses when drafting and verifying cost more than the tokens they save (Qwen2.5-Coder 0.5B
 //! drafting a poem for the 1.5B: 0.77x plain, docs/BENCHMARKS.md). With [`DraftLengthParams::timed`]
-//! the length also watches the clock ([`DraftLength::timed`]): the wall time per token of the last
+//! the length also watches the clock ([`DraftLength::timed`]) — until the costs below are measured,
+//! which then decide alone —: the wall time per token of the last
 //! [`TIMED_STEPS`] speculative steps against that of plain steps (the second decode step is a plain one, and
 //! one in every [`PROBE_EVERY`] steps after it, so the plain time follows the machine's load; the
 //! first step is not timed: it may wait for a background packer, `model::weights`). When
@@ -51,7 +52,8 @@ pub struct DraftLengthParams {
     pub window: usize,
     /// Switch off when the window's acceptance rate is below this.
     pub off_below: f64,
-    /// Pause speculation while it is measured slower than plain steps ([`DraftLength::timed`]).
+    /// Time the steps: the draft length from the measured costs, and pauses while speculation is
+    /// predicted (or, before the costs are known, measured) slower than plain steps ([`DraftLength::timed`]).
     pub timed: bool,
 }
 
@@ -81,7 +83,7 @@ impl DraftLengthParams {
 
 /// A plain step is taken (to time it) once in this many steps while speculating.
 pub const PROBE_EVERY: usize = 32;
-/// Speculative steps timed before they are compared with plain ones.
+/// Speculative steps timed before they are compared with plain ones (until the costs are measured).
 pub const TIMED_STEPS: usize = 4;
 /// Steps of the first pause after speculation was measured slower than plain decoding.
 pub const PAUSE: usize = 8;

@@ -50,6 +50,9 @@ pub struct SpecDecoder<'a> {
     seq: Vec<u32>,
     /// Positions the cache held before the prompt.
     start: usize,
+    /// The last step asked the proposer for drafts (a plain step — a pause, a probe, forced tokens —
+    /// did not).
+    asked: bool,
     pub stats: SpecStats,
 }
 
@@ -82,6 +85,7 @@ impl<'a> SpecDecoder<'a> {
             rows: Vec::new(),
             seq: Vec::new(),
             start: 0,
+            asked: false,
             stats: SpecStats::default(),
         })
     }
@@ -144,6 +148,7 @@ impl<'a> SpecDecoder<'a> {
             self.stats.forced_n += proposal.len();
             self.stats.forced_n_accepted += step.accepted;
             self.stats.forced_steps += 1;
+            self.asked = false;
             self.stats.target_passes += 1;
             self.show_hidden(step.last_row);
             self.seq.extend_from_slice(&step.tokens);
@@ -219,7 +224,10 @@ impl<'a> SpecDecoder<'a> {
             self.length.update(depth, step.accepted.min(depth));
             self.length.observe(proposal.depth(), step.accepted);
             let verify_secs = verifying.elapsed().as_secs_f64();
-            let drafting = (!proposal.caught_up).then_some(draft_secs);
+            // A draft model catching up after plain steps (a pause, a probe) is a one-off, not a cost
+            // of drafting; catching up after the other half of a combined proposer drafted (lookup)
+            // recurs, and is one.
+            let drafting = (!proposal.caught_up || self.asked).then_some(draft_secs);
             self.length
                 .costs(drafting, proposal.len(), verify_secs, proposal.len() + 1);
             self.stats.draft_n += proposal.len();
@@ -233,6 +241,7 @@ impl<'a> SpecDecoder<'a> {
         self.stats.target_passes += 1;
         // A step that asked the proposer is a speculative one, drafts or not (its draft passes count).
         self.length.timed(k > 0, t0.elapsed().as_secs_f64(), step.tokens.len());
+        self.asked = k > 0;
         self.stats.switched_off = self.length.is_off();
         self.stats.pauses = self.length.pauses();
         self.show_hidden(step.last_row);

@@ -27,8 +27,9 @@ pub struct Proposal {
     /// verification row costs a fraction of a pass. The draft length adapts to the sure drafts only.
     pub unsure: usize,
     /// The proposer read more of the sequence before drafting than one step brings (a draft model
-    /// resuming after plain steps reads them all first): this step's drafting time is not a drafting
-    /// cost ([`super::adaptive::DraftLength::costs`]).
+    /// resuming after plain steps reads them all first; one that skipped steps its partner proposer
+    /// drafted, too): after plain steps that drafting time is a one-off, not a drafting cost
+    /// ([`super::adaptive::DraftLength::costs`]; the decoder decides).
     pub caught_up: bool,
 }
 

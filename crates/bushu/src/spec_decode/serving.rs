@@ -1,5 +1,6 @@
 //! Speculative decoding inside the serving engine (`bushu serve --lookup | --draft-model M |
-//! --self-speculate L`): before each engine step, every running sequence that is decoding gets drafts,
+//! --self-speculate L`): before each engine step, every running sequence that is decoding gets drafts
+//! (unless more sequences decode than [`Speculator::max_batch`]),
 //! and the step verifies them with its last token in the same batched pass ([`crate::engine::Engine`]
 //! samples each row with the sequence's own sampler and keeps a draft while it is the token sampled, so
 //! the output is the one plain decoding gives — token for token, whatever the drafts).
@@ -11,8 +12,8 @@
 //!   addressed through the *same* block tables (a sequence's position `p` has the draft's keys and
 //!   values in the same slot of the draft cache as the target's in the target cache). Each round is one
 //!   batched draft pass: the first feeds each sequence the tokens the draft has not seen (its whole
-//!   prompt the first time, then the one or two tokens since its last proposal), the next ones feed the
-//!   previous round's drafts. The draft's cache is only ever read by the draft, so positions it holds
+//!   prompt the first time, then the tokens since its last proposal: one or two, more after steps without
+//!   drafts), the next ones feed the previous round's drafts. The draft's cache is only ever read by the draft, so positions it holds
 //!   stale values for (after a preemption, or a prefix-cache block it never filled) can cost acceptance,
 //!   never correctness; a sequence's draft position is reset when it is preempted;
 //! - **self-speculation**: the target's own first `L` layers, final norm and classifier, in batched
@@ -164,7 +165,8 @@ impl Speculator {
         }
     }
 
-    /// Drafts for every running sequence that is decoding (its prompt done, one token to run), set as
+    /// Drafts for every running sequence that is decoding (its prompt done, one token to run) — none in
+    /// a step where more than [`Speculator::max_batch`] decode —, set as
     /// its [`crate::engine::sequence::Sequence::draft`]. Model-based drafts get their positions' blocks
     /// first (the ones verification would take); a sequence without free blocks for them goes without.
     pub fn draft(&mut self, sched: &mut Scheduler, target: &mut ModelRunner) -> Result<()> {
