@@ -464,6 +464,11 @@ fn fails(extra: &[&str], expect: &str) {
     let (code, out, err) = bushu(&args);
     assert_ne!(code, 0, "{extra:?} succeeded");
     assert!(out.trim().is_empty(), "{extra:?} generated: {out}");
+    one_error_line(extra, &err, expect);
+}
+
+/// `err` (the stderr of a refused command with `extra`) is one line containing `expect`, no panic.
+fn one_error_line(extra: &[&str], err: &str, expect: &str) {
     assert!(!err.contains("panicked"), "{extra:?} panicked: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{extra:?}: not one line: {err}");
@@ -567,13 +572,8 @@ fn serve_fails(extra: &[&str], expect: &str) {
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(!status.success(), "{extra:?}: {err}");
-    assert!(
-        !err.contains("listening") && !err.contains("panicked"),
-        "{extra:?}: {err}"
-    );
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{extra:?}: not one line: {err}");
-    assert!(lines[0].contains(expect), "{extra:?}: expected {expect:?} in {err:?}");
+    assert!(!err.contains("listening"), "{extra:?}: {err}");
+    one_error_line(extra, &err, expect);
 }
 
 /// The same bad speculation flags refused by `bushu serve` before it listens.

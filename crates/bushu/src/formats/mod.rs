@@ -61,18 +61,27 @@ pub struct Tensor {
 }
 
 impl Tensor {
-    /// A tensor owning its data (tests, converted weights).
-    pub fn from_f32(name: &str, shape: Vec<usize>, values: &[f32]) -> Tensor {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    /// A tensor owning its data, `bytes` encoded as `dtype` (tests, converted or re-encoded weights).
+    pub fn owned(name: &str, dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> Tensor {
         Tensor {
             pack: Default::default(),
             name: name.to_owned(),
-            dtype: DType::F32,
+            dtype,
             shape,
             nbytes: bytes.len(),
             storage: Arc::new(Storage::Owned(bytes)),
             offset: 0,
         }
+    }
+
+    /// A tensor owning its data, f32 values.
+    pub fn from_f32(name: &str, shape: Vec<usize>, values: &[f32]) -> Tensor {
+        Tensor::owned(
+            name,
+            DType::F32,
+            shape,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
     }
 
     pub fn bytes(&self) -> &[u8] {

@@ -4,20 +4,20 @@
 //! more bytes per weight than the chosen type is dequantized row by row and encoded as that type
 //! (llama-quantize's encoders, [`super::gguf_types`]); the others, and every vector, stay as they are.
 
-use super::gguf_types::{can_encode, quantize_row};
-use crate::formats::{Storage, Tensor};
+use super::gguf_types::quantize_row;
+use crate::formats::Tensor;
 use anyhow::{bail, Result};
 use kernels::DType;
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::sync::Arc;
 
-/// The types `--draft-quant` accepts: llama.cpp's block types bushu has packed kernels for.
+/// The types `--draft-quant` accepts: llama.cpp's block types bushu has packed kernels for (each one
+/// [`super::gguf_types`] encodes).
 pub const DRAFT_TYPES: [DType; 4] = [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0];
 
 /// `name` (any case) as one of [`DRAFT_TYPES`], or an error naming them.
 pub fn parse_draft_type(name: &str) -> Result<DType> {
-    match DType::from_name(&name.to_ascii_uppercase()).filter(|d| DRAFT_TYPES.contains(d)) {
+    match DType::from_name(name).filter(|d| DRAFT_TYPES.contains(d)) {
         Some(d) => Ok(d),
         None => bail!(
             "--draft-quant must be one of {} (got {name:?})",
@@ -40,16 +40,18 @@ fn worth(t: &Tensor, dtype: DType) -> bool {
     t.shape.len() == 2 && now > then && t.shape[0].is_multiple_of(dtype.block_len())
 }
 
+/// Rows re-encoded per task of [`reencode`].
+const ROWS_PER_TASK: usize = 64;
+
 /// `t` re-encoded as `dtype`, in memory (its rows in parallel).
 fn reencode(t: &Tensor, dtype: DType) -> Result<Tensor> {
     let m = t.matrix();
-    let chunks: Vec<Result<Vec<u8>>> = (0..m.rows)
-        .collect::<Vec<_>>()
-        .par_chunks(64)
-        .map(|rows| {
+    let chunks: Vec<Result<Vec<u8>>> = (0..m.rows.div_ceil(ROWS_PER_TASK))
+        .into_par_iter()
+        .map(|c| {
             let mut row = vec![0.0f32; m.cols];
             let mut out = Vec::new();
-            for &r in rows {
+            for r in c * ROWS_PER_TASK..((c + 1) * ROWS_PER_TASK).min(m.rows) {
                 m.dequantize_row(r, &mut row);
                 quantize_row(dtype, &row, &mut out)?;
             }
@@ -60,15 +62,7 @@ fn reencode(t: &Tensor, dtype: DType) -> Result<Tensor> {
     for c in chunks {
         bytes.extend_from_slice(&c?);
     }
-    Ok(Tensor {
-        name: t.name.clone(),
-        dtype,
-        shape: t.shape.clone(),
-        nbytes: bytes.len(),
-        storage: Arc::new(Storage::Owned(bytes)),
-        offset: 0,
-        pack: Default::default(),
-    })
+    Ok(Tensor::owned(&t.name, dtype, t.shape.clone(), bytes))
 }
 
 /// The bytes `matrices` would take with those [`requantize`] re-encodes as `dtype` re-encoded (the
@@ -87,7 +81,7 @@ pub fn bytes_as<'a>(matrices: impl Iterator<Item = &'a Tensor>, dtype: DType) ->
 /// reads one row of it per token, not worth re-encoding; returns the bytes of all tensors before and
 /// after.
 pub fn requantize(tensors: &mut HashMap<String, Tensor>, dtype: DType) -> Result<(usize, usize)> {
-    if !can_encode(dtype) || !DRAFT_TYPES.contains(&dtype) {
+    if !DRAFT_TYPES.contains(&dtype) {
         bail!("cannot requantize to {dtype}");
     }
     let before = tensors.values().map(|t| t.nbytes).sum();
@@ -107,16 +101,12 @@ mod tests {
 
     /// A matrix in `dtype` holding `x` (rows of `cols`).
     fn matrix(name: &str, dtype: DType, x: &[f32], cols: usize) -> Tensor {
-        let bytes = quantize_matrix(dtype, x, cols).unwrap();
-        Tensor {
-            name: name.into(),
+        Tensor::owned(
+            name,
             dtype,
-            shape: vec![cols, x.len() / cols],
-            nbytes: bytes.len(),
-            storage: Arc::new(Storage::Owned(bytes)),
-            offset: 0,
-            pack: Default::default(),
-        }
+            vec![cols, x.len() / cols],
+            quantize_matrix(dtype, x, cols).unwrap(),
+        )
     }
 
     /// Q8_0 and F16 matrices become exactly what llama-quantize's Q4_0 encoder makes of their values;
